@@ -1,0 +1,1 @@
+from bigquant.kmeans import KMeans

@@ -1,0 +1,66 @@
+"""The exception and warning family of bigquant.
+
+Every error bigquant raises on purpose derives from :class:`BigquantError`
+and from the matching built-in (``ValueError``, ``TypeError`` or ``OSError``),
+so callers can catch either.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BigquantError",
+    "InvalidParameterError",
+    "InvalidInputError",
+    "InputTypeError",
+    "ImageReadError",
+    "ImageWriteError",
+    "NotFittedError",
+    "ClusterConnectionError",
+    "BigquantWarning",
+    "ConvergenceWarning",
+    "FewColoursWarning",
+]
+
+
+class BigquantError(Exception):
+    """Base class of every error raised by bigquant."""
+
+
+class InvalidParameterError(BigquantError, ValueError):
+    """A parameter has a value outside its allowed range or set."""
+
+
+class InvalidInputError(BigquantError, ValueError):
+    """The data given (array, image) is unusable: wrong shape, empty, NaN..."""
+
+
+class InputTypeError(BigquantError, TypeError):
+    """The data or a parameter has an unsupported type or dtype."""
+
+
+class ImageReadError(BigquantError, OSError):
+    """An image file is missing, unreadable, corrupt or of an unsupported kind."""
+
+
+class ImageWriteError(BigquantError, OSError):
+    """An output image cannot be written (exists, bad directory, codec...)."""
+
+
+class NotFittedError(BigquantError, ValueError, AttributeError):
+    """An estimator method needing a fitted model was called before ``fit``."""
+
+
+class ClusterConnectionError(BigquantError, OSError):
+    """A Dask scheduler could not be reached in time."""
+
+
+class BigquantWarning(UserWarning):
+    """Base class of every warning emitted by bigquant."""
+
+
+class ConvergenceWarning(BigquantWarning):
+    """Lloyd's iteration stopped at ``max_iter`` before converging."""
+
+
+class FewColoursWarning(BigquantWarning):
+    """The data holds fewer distinct colours than the requested ``n_clusters``."""
