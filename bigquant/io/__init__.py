@@ -1,0 +1,12 @@
+"""Image input and output: lazy readers and streaming, atomic writers.
+
+- :func:`read_image` opens TIFF (tiled, striped, BigTIFF, OME, pyramids),
+  zarr, Pillow formats and arrays as a lazy :class:`ImageSource`.
+- :func:`write_image` writes label images with a palette (indexed or RGB) or
+  plain images as tiled BigTIFF, zarr, PNG or JPEG, atomically.
+"""
+
+from bigquant.io._read import read_image
+from bigquant.io._source import ImageSource
+
+__all__ = ["ImageSource", "read_image"]

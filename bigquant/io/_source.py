@@ -1,0 +1,79 @@
+"""The :class:`ImageSource` record: a lazy pixel array plus metadata read once."""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ImageSource"]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A lazily read image and its metadata.
+
+    Built by :func:`bigquant.read_image`; the metadata are read once, up front,
+    and no pixel is read until ``data`` is computed (one task per chunk, each
+    opening the file itself, so the array works on any Dask scheduler).
+
+    Attributes
+    ----------
+    data : dask.array.Array of shape (H, W, C) or (H, W)
+        The pixels, chunked along a multiple of the file's tile grid.
+    path : pathlib.Path or None
+        The file read, or None for an in-memory array.
+    shape : tuple of int
+        Shape of ``data``.
+    dtype : numpy.dtype
+        Data type of ``data``.
+    tile : tuple of int (tile_height, tile_width) or None
+        Tile (or strip: rows per strip and full width) of the file; None when
+        the file has no tiles (contiguous, Pillow formats, arrays).
+    photometric : str or None
+        Colour interpretation in lower case: "rgb", "minisblack", "palette"
+        (expanded to its colours in ``data``), ...
+    channels : int
+        Number of channels C (1 for a 2-D gray image).
+    format : str
+        "tiff", "zarr", "png", "jpeg", ... or "array" for in-memory arrays.
+    levels : int
+        Number of pyramid levels in the file (1 without a pyramid).
+    nbytes : int
+        Size of ``data`` in bytes once computed.
+    level : int
+        Pyramid level read.
+    series : int
+        Image series read (TIFF).
+    """
+
+    data: Any
+    path: pathlib.Path | None
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    tile: tuple[int, int] | None
+    photometric: str | None
+    channels: int
+    format: str
+    levels: int = 1
+    nbytes: int = 0
+    level: int = 0
+    series: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def height(self) -> int:
+        """Image height H in pixels."""
+        return int(self.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Image width W in pixels."""
+        return int(self.shape[1])
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        """Chunk sizes of ``data`` along each axis."""
+        return self.data.chunks

@@ -1,0 +1,282 @@
+"""Lazy TIFF reading: metadata once, pixels per chunk in tasks that open the file.
+
+tifffile's zarr store is not picklable, so the dask array built here holds only
+a small picklable :class:`TiffBlockReader` (path, series, level, layout).  Each
+task calls ``tifffile.imread(path, series=, level=, selection=...)``, which
+reads and decodes only the tiles (or strips) under the block; uncompressed
+contiguous files are memory-mapped instead.  The same array therefore runs on
+the threaded scheduler and on a distributed cluster with worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from bigquant.errors import ImageReadError, InvalidParameterError
+from bigquant.io._chunks import ChunksLike, aligned_chunks
+from bigquant.io._source import ImageSource
+
+__all__ = ["TiffBlockReader", "read_tiff", "is_tiff"]
+
+logger = logging.getLogger(__name__)
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Axes a 2-D image series may have once size-1 axes are dropped.
+_CHANNEL_LAST = ("YX", "YXS")
+_CHANNEL_FIRST = ("SYX", "CYX")
+
+
+def is_tiff(path: pathlib.Path) -> bool:
+    """Return True when ``path`` starts with a TIFF or BigTIFF signature."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class TiffBlockReader:
+    """Picklable array-like reading blocks of one TIFF image level.
+
+    Indexing it with a tuple of slices in (Y, X[, C]) order opens the file,
+    reads the tiles under the selection and returns a numpy array.  It holds no
+    open file, so it can be shipped to worker processes.
+
+    Parameters
+    ----------
+    path : str
+        TIFF file name.
+    series, level : int
+        Image series and pyramid level.
+    shape : tuple of int
+        Output shape (H, W) or (H, W, C).
+    dtype : numpy.dtype
+        Output data type.
+    axes : str
+        Native axes of the series after dropping size-1 axes ("YX", "YXS",
+        "SYX" or "CYX").
+    lead : int
+        Number of size-1 leading axes of the series, indexed with 0.
+    memmap : bool
+        Read through ``tifffile.memmap`` (uncompressed contiguous data).
+    """
+
+    path: str
+    series: int
+    level: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    axes: str
+    lead: int = 0
+    native_ndim: int = 2
+    memmap: bool = False
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _native(self, key: tuple[slice, ...]) -> tuple[Any, ...]:
+        """Translate an output selection to the series' native axes."""
+        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
+        if self.axes in _CHANNEL_FIRST:
+            native = (key[2], key[0], key[1])
+        else:
+            native = key
+        # size-1 axes dropped from the output: index them with 0
+        full = [0] * self.lead + list(native)
+        return tuple(full) + (0,) * (self.native_ndim - len(full))
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        import tifffile
+
+        native = self._native(key)
+        try:
+            if self.memmap:
+                mm = tifffile.memmap(self.path, series=self.series, level=self.level, mode="r")
+                block = np.array(mm[native])
+                del mm
+            else:
+                block = tifffile.imread(
+                    self.path,
+                    series=self.series,
+                    level=self.level,
+                    selection=native,
+                    maxworkers=1,
+                )
+        except Exception as exc:  # noqa: BLE001 - any decoder error means a bad file
+            raise ImageReadError(
+                f"{self.path}: cannot read pixels {key!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        block = np.asarray(block)
+        if self.axes in _CHANNEL_FIRST:
+            block = np.moveaxis(block, 0, -1)
+        if block.dtype != self.dtype:
+            block = block.astype(self.dtype)
+        return block
+
+
+def _palette_lut(colormap: np.ndarray) -> np.ndarray:
+    """Return the (n, 3) colour table of a TIFF colormap, 8-bit when exact."""
+    cmap = np.asarray(colormap, dtype=np.uint16).T
+    if np.all(cmap % 257 == 0):
+        return (cmap // 257).astype(np.uint8)
+    if cmap.max() <= 255:
+        return cmap.astype(np.uint8)
+    return cmap
+
+
+def _expand_palette(block: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    return lut[np.minimum(block, len(lut) - 1)]
+
+
+def _check_extent(tf: Any, pages: list[Any], path: pathlib.Path) -> None:
+    """Raise ImageReadError when the file is shorter than its tiles say."""
+    size = os.path.getsize(path)
+    for page in pages:
+        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        if offsets.size and int((offsets + counts).max()) > size:
+            raise ImageReadError(
+                f"{path}: file is truncated ({size} bytes, image data end at "
+                f"{int((offsets + counts).max())})"
+            )
+
+
+def read_tiff(
+    path: pathlib.Path,
+    *,
+    chunks: ChunksLike = None,
+    level: int = 0,
+    series: int = 0,
+) -> ImageSource:
+    """Open one level of one series of a TIFF file as a lazy ImageSource.
+
+    See :func:`bigquant.read_image` for the parameters.
+    """
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
+        raise ImageReadError(f"{path}: not a readable TIFF file: {exc}") from exc
+    with tf:
+        nseries = len(tf.series)
+        if nseries == 0:
+            raise ImageReadError(f"{path}: TIFF file has no image")
+        if not 0 <= series < nseries:
+            raise InvalidParameterError(
+                f"series={series} out of range: {path} has {nseries} series"
+            )
+        ser = tf.series[series]
+        nlevels = len(ser.levels)
+        if not 0 <= level < nlevels:
+            raise InvalidParameterError(
+                f"level={level} out of range: {path} series {series} has {nlevels} level(s)"
+            )
+        lev = ser.levels[level]
+        page = lev.keyframe
+        native_shape = tuple(int(s) for s in lev.shape)
+        axes_full = lev.axes
+        keep = [i for i, s in enumerate(native_shape) if s != 1 or axes_full[i] in "YX"]
+        axes = "".join(axes_full[i] for i in keep)
+        lead = min(keep) if keep else 0
+        if keep != list(range(lead, len(native_shape))) or axes not in (
+            _CHANNEL_LAST + _CHANNEL_FIRST
+        ):
+            raise ImageReadError(
+                f"{path}: series {series} has axes {axes_full!r} and shape {native_shape}; "
+                "only single 2-D images (Y, X with optional samples/channels) are "
+                "supported - choose another series="
+            )
+        dims = [native_shape[i] for i in keep]
+        if axes in _CHANNEL_FIRST:
+            shape = (dims[1], dims[2], dims[0])
+        else:
+            shape = tuple(dims)
+        dtype = np.dtype(lev.dtype).newbyteorder("=")
+        if dtype.kind not in "uif" or dtype.itemsize > 8:
+            raise ImageReadError(f"{path}: unsupported sample type {dtype}")
+        try:
+            _check_extent(tf, list(lev.pages), path)
+        except ImageReadError:
+            raise
+        except Exception:  # noqa: BLE001 - metadata without offsets: checked per block
+            logger.debug("%s: could not check the extent of the image data", path)
+        memmap = lev.dataoffset is not None and int(page.compression) == 1
+        if page.is_tiled:
+            tile: tuple[int, int] | None = (int(page.tilelength), int(page.tilewidth))
+            grid = tile
+        elif memmap:
+            tile = None
+            grid = (1, 1)
+        else:
+            rps = int(min(page.rowsperstrip or shape[0], shape[0]))
+            tile = (rps, shape[1])
+            grid = tile
+        photometric = page.photometric.name.lower() if page.photometric is not None else None
+        colormap = page.colormap if photometric == "palette" else None
+        is_ome = bool(tf.is_ome)
+    stat = os.stat(path)
+    cy, cx = aligned_chunks(shape[:2], grid, chunks, name=str(path))
+    reader = TiffBlockReader(
+        path=str(path),
+        series=series,
+        level=level,
+        shape=shape,
+        dtype=dtype,
+        axes=axes,
+        lead=lead,
+        native_ndim=len(native_shape),
+        memmap=memmap,
+    )
+    token = tokenize(str(path), stat.st_size, stat.st_mtime_ns, series, level, cy, cx)
+    full_chunks = (cy, cx) + tuple(shape[2:])
+    data = da.from_array(
+        reader,
+        chunks=full_chunks,
+        name=f"bigquant-read-{token}",
+        asarray=False,
+        fancy=False,
+        inline_array=True,
+        meta=np.empty((0,) * len(shape), dtype=dtype),
+    )
+    channels = int(shape[2]) if len(shape) == 3 else 1
+    if colormap is not None and data.ndim == 2 and dtype.kind == "u":
+        lut = _palette_lut(colormap)
+        data = data.map_blocks(
+            _expand_palette,
+            lut,
+            dtype=lut.dtype,
+            new_axis=2,
+            chunks=(data.chunks[0], data.chunks[1], (3,)),
+            name=f"bigquant-read-palette-{token}",
+            meta=np.empty((0, 0, 0), dtype=lut.dtype),
+        )
+        channels = 3
+    logger.debug(
+        "%s: %s %s, tile %s, %s, chunks %s", path, data.shape, data.dtype, tile,
+        photometric, data.chunksize,
+    )
+    return ImageSource(
+        data=data,
+        path=path,
+        shape=tuple(int(s) for s in data.shape),
+        dtype=data.dtype,
+        tile=tile,
+        photometric=photometric,
+        channels=channels,
+        format="ome-tiff" if is_ome else "tiff",
+        levels=nlevels,
+        nbytes=int(data.nbytes),
+        level=level,
+        series=series,
+    )
