@@ -1,1 +1,17 @@
+"""bigquant: exact, fast, memory-bounded k-means colour quantization on Dask."""
+
+from __future__ import annotations
+
+from bigquant import errors
+from bigquant.histogram import ColourHistogram, colour_histogram
 from bigquant.kmeans import KMeans
+
+__version__ = "0.1.0"
+
+__all__: list[str] = [
+    "__version__",
+    "errors",
+    "KMeans",
+    "ColourHistogram",
+    "colour_histogram",
+]

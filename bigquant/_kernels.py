@@ -1,0 +1,437 @@
+"""Numba kernels: fused assignment + partial sums, colour counting, label lookup.
+
+Every kernel is serial and releases the GIL (``nogil=True``): parallelism comes
+from Dask tasks or from a thread pool over row segments (see :mod:`bigquant._points`),
+never from numba's own threading layer, which is not safe to enter from several
+threads at once.
+
+Distances are always computed the same way, ``sum_c (x_c - m_c) ** 2`` in float64
+with channels in order, and ties go to the lowest centre index, so the pixel path,
+the colour-histogram path and the lookup table give bit-identical labels.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = [
+    "partial_sums",
+    "assign_labels",
+    "count_codes",
+    "count_codes_dense",
+    "merge_sparse_counts",
+    "encode_colours",
+    "decode_colours",
+    "build_lut",
+    "lookup_labels",
+    "moments",
+]
+
+_JIT = dict(nogil=True, cache=True)
+
+
+@numba.njit(inline="always", **_JIT)
+def _nearest(X, i, centers_t, dist):  # pragma: no cover - jitted
+    """Nearest centre of row ``i`` of ``X`` and its squared distance (ties -> lowest index).
+
+    RGB gets an unrolled loop (about 15% faster); both loops add the squared
+    channel differences in channel order, so they round identically.
+    """
+    n_channels, k = centers_t.shape
+    if n_channels == 3:
+        x0 = np.float64(X[i, 0])
+        x1 = np.float64(X[i, 1])
+        x2 = np.float64(X[i, 2])
+        best = 0
+        best_d = np.inf
+        for j in range(k):
+            a = x0 - centers_t[0, j]
+            b = x1 - centers_t[1, j]
+            c = x2 - centers_t[2, j]
+            d = a * a + b * b + c * c
+            if d < best_d:
+                best_d = d
+                best = j
+        return best, best_d
+    for j in range(k):
+        dist[j] = 0.0
+    for c in range(n_channels):
+        xc = np.float64(X[i, c])
+        for j in range(k):
+            d = xc - centers_t[c, j]
+            dist[j] += d * d
+    best = 0
+    best_d = dist[0]
+    for j in range(1, k):
+        if dist[j] < best_d:
+            best_d = dist[j]
+            best = j
+    return best, best_d
+
+
+@numba.njit(**_JIT)
+def _partial_sums_unweighted(X, centers_t, sums, counts):  # pragma: no cover
+    n = X.shape[0]
+    n_channels, k = centers_t.shape
+    dist = np.empty(k, dtype=np.float64)
+    inertia = 0.0
+    for i in range(n):
+        best, best_d = _nearest(X, i, centers_t, dist)
+        counts[best] += 1.0
+        for c in range(n_channels):
+            sums[best, c] += np.float64(X[i, c])
+        inertia += best_d
+    return inertia
+
+
+@numba.njit(**_JIT)
+def _partial_sums_weighted(X, weights, centers_t, sums, counts):  # pragma: no cover
+    n = X.shape[0]
+    n_channels, k = centers_t.shape
+    dist = np.empty(k, dtype=np.float64)
+    inertia = 0.0
+    for i in range(n):
+        w = np.float64(weights[i])
+        best, best_d = _nearest(X, i, centers_t, dist)
+        counts[best] += w
+        for c in range(n_channels):
+            sums[best, c] += np.float64(X[i, c]) * w
+        inertia += best_d * w
+    return inertia
+
+
+def partial_sums(
+    X: np.ndarray, centers: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Assign each row of ``X`` to its nearest centre and sum per cluster.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_channels)
+        Points, any real dtype.
+    centers : ndarray of shape (n_clusters, n_channels)
+        Current centres (float64).
+    weights : ndarray of shape (n_samples,), default=None
+        Sample weights; ``None`` means every weight is 1.
+
+    Returns
+    -------
+    sums : ndarray of shape (n_clusters, n_channels)
+        Weighted sum of the points of each cluster (float64; exact for integer
+        data while the sums stay below 2**53).
+    counts : ndarray of shape (n_clusters,)
+        Total weight of each cluster.
+    inertia : float
+        Weighted sum of squared distances to the nearest centre.
+    """
+    centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
+    k = centers_t.shape[1]
+    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.float64)
+    if X.shape[0] == 0:
+        return sums, counts, 0.0
+    if weights is None:
+        inertia = _partial_sums_unweighted(X, centers_t, sums, counts)
+    else:
+        inertia = _partial_sums_weighted(X, weights, centers_t, sums, counts)
+    return sums, counts, float(inertia)
+
+
+@numba.njit(**_JIT)
+def _assign(X, centers_t, labels, min_dist):  # pragma: no cover
+    k = centers_t.shape[1]
+    dist = np.empty(k, dtype=np.float64)
+    for i in range(X.shape[0]):
+        best, best_d = _nearest(X, i, centers_t, dist)
+        labels[i] = best
+        min_dist[i] = best_d
+
+
+def assign_labels(
+    X: np.ndarray, centers: np.ndarray, label_dtype: np.dtype | type = np.int32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each row of ``X`` and the squared distance to it."""
+    centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
+    labels = np.empty(X.shape[0], dtype=label_dtype)
+    min_dist = np.empty(X.shape[0], dtype=np.float64)
+    if X.shape[0]:
+        _assign(X, centers_t, labels, min_dist)
+    return labels, min_dist
+
+
+@numba.njit(**_JIT)
+def moments(X, weights, use_weights):  # pragma: no cover
+    """Weighted count, per-channel sum and sum of squares, and a finiteness flag."""
+    n, n_channels = X.shape
+    total = 0.0
+    s = np.zeros(n_channels, dtype=np.float64)
+    s2 = np.zeros(n_channels, dtype=np.float64)
+    for i in range(n):
+        w = np.float64(weights[i]) if use_weights else 1.0
+        total += w
+        for c in range(n_channels):
+            v = np.float64(X[i, c])
+            s[c] += v * w
+            s2[c] += v * v * w
+    finite = True
+    for c in range(n_channels):
+        if not np.isfinite(s[c]) or not np.isfinite(s2[c]):
+            finite = False
+    return total, s, s2, finite
+
+
+# --------------------------------------------------------------------------- colours
+
+
+@numba.njit(**_JIT)
+def _encode(X, bits, codes):  # pragma: no cover
+    n, n_channels = X.shape
+    for i in range(n):
+        code = np.uint32(0)
+        for c in range(n_channels):
+            code = (code << np.uint32(bits)) | np.uint32(X[i, c])
+        codes[i] = code
+
+
+def encode_colours(X: np.ndarray, bits: int) -> np.ndarray:
+    """Pack each row of unsigned integers into one uint32 colour code."""
+    codes = np.empty(X.shape[0], dtype=np.uint32)
+    _encode(X, bits, codes)
+    return codes
+
+
+def decode_colours(codes: np.ndarray, n_channels: int, bits: int, dtype: np.dtype) -> np.ndarray:
+    """Inverse of :func:`encode_colours`."""
+    mask = (1 << bits) - 1
+    out = np.empty((codes.shape[0], n_channels), dtype=dtype)
+    for c in range(n_channels):
+        shift = bits * (n_channels - 1 - c)
+        out[:, c] = (codes >> np.uint32(shift)) & np.uint32(mask)
+    return out
+
+
+@numba.njit(**_JIT)
+def _count_dense(X, bits, table):  # pragma: no cover
+    n, n_channels = X.shape
+    for i in range(n):
+        code = np.uint32(0)
+        for c in range(n_channels):
+            code = (code << np.uint32(bits)) | np.uint32(X[i, c])
+        table[code] += 1
+
+
+@numba.njit(**_JIT)
+def _nonzero_counts(table):  # pragma: no cover
+    n = 0
+    for v in table:
+        if v:
+            n += 1
+    codes = np.empty(n, dtype=np.uint32)
+    counts = np.empty(n, dtype=np.int64)
+    j = 0
+    for code in range(table.shape[0]):
+        v = table[code]
+        if v:
+            codes[j] = code
+            counts[j] = v
+            j += 1
+    return codes, counts
+
+
+def count_codes_dense(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct colours of ``X`` as sorted uint32 codes and their int64 counts.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_channels)
+        Unsigned integers below ``2 ** bits``; ``bits * n_channels <= 24``.
+    bits : int
+        Bits per channel.
+    """
+    total_bits = bits * X.shape[1]
+    table_dtype = np.uint32 if X.shape[0] < 2**32 else np.uint64
+    table = np.zeros(1 << total_bits, dtype=table_dtype)
+    _count_dense(X, bits, table)
+    return _nonzero_counts(table)
+
+
+def count_codes(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct colours of ``X`` as sorted uint32 codes and int64 counts.
+
+    Small inputs are sorted (``np.unique``); large ones use a dense table of
+    ``2 ** (bits * n_channels)`` counters, which is linear but costs a scan of
+    the whole table.
+    """
+    if X.shape[0] * 16 < (1 << (bits * X.shape[1])):
+        codes, counts = np.unique(encode_colours(X, bits), return_counts=True)
+        return codes.astype(np.uint32), counts.astype(np.int64)
+    return count_codes_dense(X, bits)
+
+
+@numba.njit(**_JIT)
+def _merge(a_codes, a_counts, b_codes, b_counts):  # pragma: no cover
+    na, nb = a_codes.shape[0], b_codes.shape[0]
+    codes = np.empty(na + nb, dtype=np.uint32)
+    counts = np.empty(na + nb, dtype=np.int64)
+    i = j = n = 0
+    while i < na and j < nb:
+        if a_codes[i] < b_codes[j]:
+            codes[n] = a_codes[i]
+            counts[n] = a_counts[i]
+            i += 1
+        elif b_codes[j] < a_codes[i]:
+            codes[n] = b_codes[j]
+            counts[n] = b_counts[j]
+            j += 1
+        else:
+            codes[n] = a_codes[i]
+            counts[n] = a_counts[i] + b_counts[j]
+            i += 1
+            j += 1
+        n += 1
+    while i < na:
+        codes[n] = a_codes[i]
+        counts[n] = a_counts[i]
+        i += 1
+        n += 1
+    while j < nb:
+        codes[n] = b_codes[j]
+        counts[n] = b_counts[j]
+        j += 1
+        n += 1
+    return codes[:n].copy(), counts[:n].copy()
+
+
+def merge_sparse_counts(
+    parts: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum sparse histograms given as (sorted codes, counts) pairs."""
+    if not parts:
+        return np.empty(0, np.uint32), np.empty(0, np.int64)
+    # merge pairwise, smallest first keeps the work near-linear
+    parts = sorted(parts, key=lambda p: p[0].shape[0])
+    codes, counts = parts[0]
+    for other_codes, other_counts in parts[1:]:
+        codes, counts = _merge(codes, counts, other_codes, other_counts)
+    return codes, counts
+
+
+@numba.njit(**_JIT)
+def _fill_lut(codes, labels, lut):  # pragma: no cover
+    for i in range(codes.shape[0]):
+        lut[codes[i]] = labels[i]
+
+
+def build_lut(codes: np.ndarray, labels: np.ndarray, total_bits: int, sentinel: int) -> np.ndarray:
+    """Dense colour-code -> label table; codes not in ``codes`` hold ``sentinel``."""
+    dtype = np.uint8 if sentinel <= np.iinfo(np.uint8).max else np.uint16
+    if sentinel > np.iinfo(np.uint16).max:
+        dtype = np.int32
+    lut = np.full(1 << total_bits, sentinel, dtype=dtype)
+    _fill_lut(codes, labels.astype(dtype), lut)
+    return lut
+
+
+@numba.njit(**_JIT)
+def _lookup(X, bits, lut, sentinel, centers_t, labels):  # pragma: no cover
+    n, n_channels = X.shape
+    k = centers_t.shape[1]
+    dist = np.empty(k, dtype=np.float64)
+    for i in range(n):
+        code = np.uint32(0)
+        for c in range(n_channels):
+            code = (code << np.uint32(bits)) | np.uint32(X[i, c])
+        lab = lut[code]
+        if lab == sentinel:
+            best, _ = _nearest(X, i, centers_t, dist)
+            labels[i] = best
+        else:
+            labels[i] = lab
+
+
+def lookup_labels(
+    X: np.ndarray,
+    bits: int,
+    lut: np.ndarray,
+    sentinel: int,
+    centers: np.ndarray,
+    label_dtype: np.dtype | type,
+) -> np.ndarray:
+    """Labels of the rows of ``X`` through a lookup table (nearest centre as fallback)."""
+    centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
+    labels = np.empty(X.shape[0], dtype=label_dtype)
+    if X.shape[0]:
+        _lookup(X, bits, lut, lut.dtype.type(sentinel), centers_t, labels)
+    return labels
+
+
+# --------------------------------------------------------------------------- init
+
+
+@numba.njit(**_JIT)
+def potential_with(X, weights, closest, point):  # pragma: no cover
+    """``sum_i w_i * min(closest_i, |x_i - point|^2)``: the cost if ``point`` joined."""
+    n, n_channels = X.shape
+    total = 0.0
+    for i in range(n):
+        d = 0.0
+        for c in range(n_channels):
+            t = np.float64(X[i, c]) - point[c]
+            d += t * t
+        if closest[i] < d:
+            d = closest[i]
+        total += weights[i] * d
+    return total
+
+
+@numba.njit(**_JIT)
+def update_closest(X, closest, point):  # pragma: no cover
+    """``closest_i = min(closest_i, |x_i - point|^2)`` in place."""
+    n, n_channels = X.shape
+    for i in range(n):
+        d = 0.0
+        for c in range(n_channels):
+            t = np.float64(X[i, c]) - point[c]
+            d += t * t
+        if d < closest[i]:
+            closest[i] = d
+
+
+@numba.njit(inline="always", **_JIT)
+def _splitmix64(x):  # pragma: no cover
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = x
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(**_JIT)
+def oversample(X, weights, use_weights, centers_t, row0, col0, block_width, image_width, seed, scale):  # pragma: no cover
+    """k-means|| sampling step for one block.
+
+    Row ``i`` of the block is the pixel at image position
+    ``(row0 + i // block_width, col0 + i % block_width)``; it is kept with
+    probability ``min(1, scale * w * d^2)`` using a counter-based random number
+    of its global index, so the draw does not depend on the chunking.
+
+    Returns the kept row indices and the block's cost ``sum w * d^2``.
+    """
+    n = X.shape[0]
+    k = centers_t.shape[1]
+    dist = np.empty(k, dtype=np.float64)
+    keep = np.empty(n, dtype=np.int64)
+    n_keep = 0
+    cost = 0.0
+    s = np.uint64(seed)
+    for i in range(n):
+        _, d = _nearest(X, i, centers_t, dist)
+        w = np.float64(weights[i]) if use_weights else 1.0
+        cost += w * d
+        gidx = np.uint64((row0 + i // block_width) * image_width + col0 + i % block_width)
+        u = np.float64(_splitmix64(gidx ^ s) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+        if u < scale * w * d:
+            keep[n_keep] = i
+            n_keep += 1
+    return keep[:n_keep].copy(), cost

@@ -1,0 +1,142 @@
+"""Lloyd's iteration over a :class:`~bigquant._points.PointSet`.
+
+One iteration = one call of ``points.partial_sums(centers)``: for Dask data a
+single task graph (blockwise fused assign + partial sums, tree-reduced), for
+in-memory data a thread pool. Only k x C numbers come back each time.
+
+The loop mirrors scikit-learn's ``_kmeans_single_lloyd``: new centres are the
+weighted means of the current assignment; empty clusters take the points
+farthest from their centre; the loop stops when the squared centre shift is
+<= ``tol`` (absolute; the caller scales it by the data variance), which
+includes the exact fixed point where labels stop changing.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigquant._points import PointSet
+from bigquant.errors import ConvergenceWarning
+
+__all__ = ["LloydResult", "lloyd", "relocate_empty_clusters"]
+
+logger = logging.getLogger(__name__)
+
+#: signature of the per-iteration callback: (iteration, inertia, centre shift)
+IterationCallback = Callable[[int, float, float], None]
+
+
+@dataclass
+class LloydResult:
+    """Outcome of one Lloyd run."""
+
+    centers: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+
+
+def relocate_empty_clusters(
+    points: PointSet, centers: np.ndarray, sums: np.ndarray, counts: np.ndarray
+) -> int:
+    """Give every empty cluster one of the points farthest from its centre.
+
+    Works on the weighted sums in place, as scikit-learn's
+    ``_relocate_empty_clusters_dense`` does: the point leaves its old cluster's
+    sums and becomes the new cluster's only member. Returns how many clusters
+    were refilled.
+    """
+    empty = np.flatnonzero(counts == 0)
+    if empty.size == 0:
+        return 0
+    far = points.farthest(centers, empty.size)
+    # expand colours into unit points (a colour of count c gives up to c points)
+    row = 0
+    used = 0
+    filled = 0
+    for cluster in empty:
+        while row < far.points.shape[0] and used >= far.multiplicity[row]:
+            row += 1
+            used = 0
+        if row >= far.points.shape[0]:
+            break
+        point, weight, old = far.points[row], far.weights[row], far.labels[row]
+        sums[old] -= point * weight
+        counts[old] -= weight
+        sums[cluster] = point * weight
+        counts[cluster] = weight
+        used += 1
+        filled += 1
+    logger.debug("relocated %d empty cluster(s)", filled)
+    return filled
+
+
+def _update(centers: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    new = centers.copy()
+    nonzero = counts > 0
+    new[nonzero] = sums[nonzero] / counts[nonzero, None]
+    return new
+
+
+def lloyd(
+    points: PointSet,
+    centers: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    callback: IterationCallback | None = None,
+) -> LloydResult:
+    """Run Lloyd's algorithm from ``centers``.
+
+    Parameters
+    ----------
+    points : PointSet
+        The data, in memory or on Dask.
+    centers : ndarray of shape (n_clusters, n_channels)
+        Initial centres.
+    max_iter : int
+        Maximum number of iterations.
+    tol : float
+        Absolute tolerance on the summed squared centre shift.
+    callback : callable, default=None
+        Called after each iteration with ``(iteration, inertia, shift)``.
+
+    Returns
+    -------
+    LloydResult
+        ``inertia`` is for the returned centres.
+    """
+    centers = np.array(centers, dtype=np.float64)
+    converged = False
+    shift = np.inf
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        sums, counts, inertia = points.partial_sums(centers)
+        relocate_empty_clusters(points, centers, sums, counts)
+        new_centers = _update(centers, sums, counts)
+        shift = float(((new_centers - centers) ** 2).sum())
+        logger.info("iteration %d: inertia %.6g, centre shift %.3g", n_iter, inertia, shift)
+        if callback is not None:
+            callback(n_iter, inertia, shift)
+        centers = new_centers
+        if shift <= tol:
+            converged = True
+            break
+    if converged and shift == 0.0:
+        # exact fixed point: the last assignment was to these very centres
+        final_inertia = inertia
+    else:
+        final_inertia = points.partial_sums(centers)[2]
+    if not converged:
+        warnings.warn(
+            f"Lloyd's iteration did not converge within max_iter={max_iter} iterations "
+            f"(last centre shift {shift:.3g} > tol {tol:.3g}); increase max_iter or tol.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return LloydResult(centers, float(final_inertia), n_iter, converged)

@@ -1,0 +1,151 @@
+"""Exact colour histograms of 8-bit (and 16-bit grey) images, on Dask or numpy.
+
+One pass counts the colours of each block with a numba kernel (a dense table
+of ``2**bits`` counters, read back as sorted codes and int64 counts); the
+sparse per-block histograms are merged as a tree. Lloyd's iteration then runs
+on the distinct colours weighted by their counts, which gives exactly the same
+centres and labels as running it on every pixel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.core import flatten
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from bigquant import _kernels
+from bigquant._points import InMemoryPoints, _segments, n_threads, tree_reduce
+
+__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "MAX_HISTOGRAM_BITS"]
+
+logger = logging.getLogger(__name__)
+
+#: largest code width counted with a dense table (2**24 counters = 64 MB)
+MAX_HISTOGRAM_BITS = 24
+
+
+def histogram_bits(dtype: np.dtype, n_channels: int) -> int | None:
+    """Bits per channel if data of this dtype and channel count can be histogrammed.
+
+    Unsigned integers whose total code width ``bits * n_channels`` is at most
+    24 qualify: uint8 grey/RGB (8 or 24 bits), uint8 two-channel, uint16 grey.
+    Returns ``None`` otherwise.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "u":
+        return None
+    bits = dtype.itemsize * 8
+    if bits * n_channels > MAX_HISTOGRAM_BITS:
+        return None
+    return bits
+
+
+@dataclass
+class ColourHistogram:
+    """Distinct colours and how many pixels have each.
+
+    Attributes
+    ----------
+    colours : ndarray of shape (n_colours, n_channels)
+        Distinct colours, in increasing code order, in the image's dtype.
+    counts : ndarray of shape (n_colours,)
+        Pixel count of each colour (int64).
+    codes : ndarray of shape (n_colours,)
+        Packed colour codes (uint32), sorted.
+    bits : int
+        Bits per channel used for the codes.
+    """
+
+    colours: np.ndarray
+    counts: np.ndarray
+    codes: np.ndarray
+    bits: int
+
+    @property
+    def n_colours(self) -> int:
+        """Number of distinct colours."""
+        return int(self.codes.shape[0])
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of pixels counted."""
+        return int(self.counts.sum())
+
+    def points(self) -> InMemoryPoints:
+        """The colours as a weighted point set for Lloyd's iteration."""
+        return InMemoryPoints(self.colours, self.counts, multiplicity=True)
+
+
+def _block_counts(block: np.ndarray, bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    return _kernels.count_codes(block.reshape(-1, n_channels), bits)
+
+
+def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # each segment costs a table of 2**bits counters: only split big inputs
+    n_parts = min(n_threads(), X.shape[0] // (1 << 22))
+    segs = _segments(X.shape[0], n_parts)
+    if len(segs) == 1:
+        return _kernels.count_codes(X, bits)
+    with ThreadPoolExecutor(len(segs)) as pool:
+        parts = list(pool.map(lambda s: _kernels.count_codes(X[s], bits), segs))
+    return _kernels.merge_sparse_counts(parts)
+
+
+def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
+    """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts)."""
+    n_channels = X.shape[-1]
+    token = tokenize(X, bits)
+    name = f"bigquant-histogram-{token}"
+    layer: dict[Any, Any] = {}
+    keys = []
+    for i, key in enumerate(flatten(X.__dask_keys__())):
+        layer[(name, i)] = (_block_counts, key, bits, n_channels)
+        keys.append((name, i))
+    tree, root = tree_reduce(
+        f"bigquant-histogram-merge-{token}", keys, _kernels.merge_sparse_counts, split_every=split_every
+    )
+    layer.update(tree)
+    graph = HighLevelGraph.from_collections(root[0], layer, dependencies=[X])
+    return Delayed(root, graph, layer=root[0])
+
+
+def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> ColourHistogram:
+    """Exact histogram of the colours of ``X``.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_channels) or (H, W, n_channels)
+        Unsigned integer data (see :func:`histogram_bits`), numpy or dask.
+    split_every : int, default=8
+        Fan-in of the merge tree for dask input.
+
+    Returns
+    -------
+    ColourHistogram
+    """
+    n_channels = X.shape[-1]
+    bits = histogram_bits(X.dtype, n_channels)
+    if bits is None:
+        raise TypeError(
+            f"a colour histogram needs unsigned integer data of at most "
+            f"{MAX_HISTOGRAM_BITS} bits per pixel, got dtype={X.dtype} with {n_channels} channels"
+        )
+    if isinstance(X, da.Array):
+        if X.numblocks[-1] != 1:
+            X = X.rechunk({X.ndim - 1: -1})
+        (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every))
+    else:
+        codes, counts = _histogram_numpy(np.ascontiguousarray(X).reshape(-1, n_channels), bits)
+    colours = _kernels.decode_colours(codes, n_channels, bits, X.dtype)
+    logger.info("colour histogram: %d distinct colours in %d pixels", codes.shape[0], int(counts.sum()))
+    return ColourHistogram(colours, counts, codes, bits)

@@ -1,0 +1,507 @@
+"""scikit-learn-style k-means estimators over numpy and dask arrays."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import warnings
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from bigquant import _kernels
+from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
+from bigquant._lloyd import IterationCallback, LloydResult, lloyd
+from bigquant._points import DaskPoints, InMemoryPoints, PointSet
+from bigquant._typing import INIT_METHODS, STRATEGIES
+from bigquant._validation import (
+    Data,
+    check_choice,
+    check_data,
+    check_float,
+    check_int,
+    check_random_state,
+    check_sample_weight,
+    label_dtype,
+)
+from bigquant.errors import (
+    BigquantWarning,
+    FewColoursWarning,
+    InvalidInputError,
+    InvalidParameterError,
+    NotFittedError,
+)
+from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
+
+__all__ = ["KMeans", "BaseEstimator"]
+
+logger = logging.getLogger(__name__)
+
+
+class BaseEstimator:
+    """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters of this estimator, as given to ``__init__``."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> BaseEstimator:
+        """Set parameters; unknown names raise ``InvalidParameterError``."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise InvalidParameterError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; valid: {sorted(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__)
+        changed = []
+        for name in self._param_names():
+            default = sig.parameters[name].default
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray) or value is not default and value != default:
+                shown = "array" if isinstance(value, np.ndarray) else repr(value)
+                changed.append(f"{name}={shown}")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _memory_budget() -> int:
+    """Bytes of memory the data may take when persisted: the cluster's or this machine's."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        total = sum(int(w.get("memory_limit") or 0) for w in workers.values())
+        if total:
+            return total
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _block_assign(block: np.ndarray, centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    labels, _ = _kernels.assign_labels(block.reshape(-1, block.shape[-1]), centers, dtype)
+    return labels.reshape(block.shape[:-1])
+
+
+def _block_lookup(
+    block: np.ndarray, lut: np.ndarray, bits: int, sentinel: int, centers: np.ndarray, dtype: np.dtype
+) -> np.ndarray:
+    labels = _kernels.lookup_labels(block.reshape(-1, block.shape[-1]), bits, lut, sentinel, centers, dtype)
+    return labels.reshape(block.shape[:-1])
+
+
+def _block_distances(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    X = block.reshape(-1, block.shape[-1]).astype(np.float64)
+    out = np.empty((X.shape[0], centers.shape[0]))
+    step = 1 << 16
+    for i in range(0, X.shape[0], step):
+        diff = X[i : i + step, None, :] - centers[None, :, :]
+        out[i : i + step] = np.sqrt((diff * diff).sum(axis=-1))
+    return out.reshape(block.shape[:-1] + (centers.shape[0],))
+
+
+class KMeans(BaseEstimator):
+    """K-means clustering (Lloyd) of pixels or samples, in memory or on Dask.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters (palette size).
+    init : {"k-means++", "k-means||", "random"} or ndarray of shape (n_clusters, n_channels), \
+default="k-means++"
+        Initialisation. ``"k-means++"`` is weighted by colour counts or
+        ``sample_weight`` and, for large pixel data, runs on a uniform sample;
+        ``"k-means||"`` (Bahmani et al. 2012) oversamples in a few distributed
+        passes (pixel strategy on dask data; elsewhere it is k-means++).
+    n_init : int, default=1
+        Number of initialisations; the run with the lowest inertia is kept.
+    max_iter : int, default=300
+        Maximum number of Lloyd iterations per run.
+    tol : float, default=1e-4
+        Convergence when the summed squared centre shift is at most ``tol``
+        times the weighted mean per-channel variance of the data.
+    random_state : int, numpy Generator or None, default=None
+        Seed; results do not depend on the chunking of the data.
+    strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
+        ``"histogram"``: exact Lloyd on the distinct colours weighted by their
+        counts (unsigned data of at most 24 bits per pixel, e.g. uint8 RGB);
+        ``"pixels"``: every iteration is one distributed pass over the pixels;
+        ``"minibatch"``: :class:`~bigquant.MiniBatchKMeans`. ``"auto"`` picks
+        the histogram where it applies, pixels otherwise.
+    persist : {"auto", True, False}, default="auto"
+        Pixel strategy on dask data: keep the data in (cluster) memory during
+        the iterations. ``"auto"`` persists when it takes at most half of the
+        cluster's memory, and otherwise re-reads it from its source each
+        iteration (out-of-core).
+    split_every : int, default=8
+        Fan-in of the tree reductions.
+    callback : callable, default=None
+        Called after every Lloyd iteration with ``(iteration, inertia, shift)``.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_channels)
+        Centres (float64). Fewer rows than ``n_clusters`` when the data has
+        fewer distinct colours (a :class:`~bigquant.errors.FewColoursWarning`).
+    labels_ : ndarray or dask array
+        Label of each sample: shape (n_samples,) for 2-D input and (H, W) for
+        an image; numpy for numpy input, lazy dask for dask input.
+    inertia_ : float
+        Weighted sum of squared distances of the samples to their centre.
+    n_iter_ : int
+        Lloyd iterations of the kept run.
+    n_features_in_ : int
+        Number of channels seen in ``fit``.
+    strategy_ : str
+        The strategy used.
+    histogram_ : ColourHistogram or None
+        The colour histogram, for the histogram strategy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bigquant import KMeans
+    >>> X = np.array([[0, 0, 0], [0, 0, 2], [250, 250, 250], [250, 250, 248]], dtype=np.uint8)
+    >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+    >>> np.sort(km.cluster_centers_[:, 2])
+    array([  1., 249.])
+    >>> float(km.inertia_)
+    4.0
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: str | np.ndarray = "k-means++",
+        n_init: int = 1,
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        random_state: Any = None,
+        strategy: str = "auto",
+        persist: str | bool = "auto",
+        split_every: int = 8,
+        callback: IterationCallback | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.strategy = strategy
+        self.persist = persist
+        self.split_every = split_every
+        self.callback = callback
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_params(self, n_channels: int) -> np.ndarray | None:
+        check_int(self.n_clusters, "n_clusters", minimum=1)
+        check_int(self.n_init, "n_init", minimum=1)
+        check_int(self.max_iter, "max_iter", minimum=1)
+        check_int(self.split_every, "split_every", minimum=2)
+        check_float(self.tol, "tol", minimum=0.0)
+        check_choice(self.strategy, "strategy", STRATEGIES)
+        if self.persist not in ("auto", True, False):
+            raise InvalidParameterError(f"persist={self.persist!r} must be 'auto', True or False")
+        if self.callback is not None and not callable(self.callback):
+            raise InvalidParameterError(f"callback={self.callback!r} must be callable")
+        if isinstance(self.init, str):
+            check_choice(self.init, "init", INIT_METHODS)
+            return None
+        if hasattr(self.init, "__array__"):
+            init = np.asarray(self.init, dtype=np.float64)
+            expected = (self.n_clusters, n_channels)
+            if init.shape != expected:
+                raise InvalidParameterError(
+                    f"init array has shape {init.shape}; expected (n_clusters, n_channels) = {expected}"
+                )
+            if not np.isfinite(init).all():
+                raise InvalidParameterError("init array contains NaN or infinity")
+            return init
+        raise InvalidParameterError(
+            f"init={self.init!r} must be one of {', '.join(map(repr, INIT_METHODS))} or an array"
+        )
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "cluster_centers_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} instance is not fitted yet; call 'fit' first"
+            )
+
+    def _resolve_strategy(self, data: Data, weights: Any) -> str:
+        strategy = self.strategy
+        bits = histogram_bits(data.array.dtype, data.n_channels)
+        if strategy == "auto":
+            return "histogram" if bits is not None and weights is None else "pixels"
+        if strategy == "histogram":
+            if bits is None:
+                raise InvalidParameterError(
+                    f"strategy='histogram' needs unsigned integer data of at most 24 bits per "
+                    f"pixel (e.g. uint8 RGB); got dtype={data.array.dtype} with "
+                    f"{data.n_channels} channels: use strategy='pixels'"
+                )
+            if weights is not None:
+                raise InvalidParameterError(
+                    "strategy='histogram' does not take sample_weight: use strategy='pixels'"
+                )
+        return strategy
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """Compute the k-means clustering.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_channels) or (height, width, n_channels)
+            numpy or dask array of integer or float data.
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,) or (height, width), default=None
+            Weights of the samples.
+
+        Returns
+        -------
+        self : KMeans
+        """
+        data = check_data(X)
+        init_array = self._check_params(data.n_channels)
+        weights = check_sample_weight(sample_weight, data)
+        strategy = self._resolve_strategy(data, weights)
+        if strategy == "minibatch":
+            return self._fit_minibatch(data, weights)
+        rng = check_random_state(self.random_state)
+        k = int(self.n_clusters)
+
+        histogram: ColourHistogram | None = None
+        if strategy == "histogram":
+            histogram = colour_histogram(data.array, split_every=self.split_every)
+            points: PointSet = histogram.points()
+            if histogram.n_colours <= k:
+                return self._fit_few_colours(data, histogram)
+            _, _, variance = points.moments()
+        else:
+            points, variance = self._pixel_points(data, weights)
+        tol = float(self.tol) * float(np.mean(variance))
+
+        n_init = int(self.n_init)
+        if init_array is not None and n_init != 1:
+            warnings.warn(
+                f"explicit initial centres given: running once instead of n_init={n_init}",
+                BigquantWarning,
+                stacklevel=2,
+            )
+            n_init = 1
+        best: LloydResult | None = None
+        for run in range(n_init):
+            centers0 = init_array if init_array is not None else self._initial_centers(points, k, rng)
+            result = lloyd(points, centers0, max_iter=int(self.max_iter), tol=tol, callback=self.callback)
+            logger.info("run %d/%d: inertia %.6g after %d iterations", run + 1, n_init, result.inertia, result.n_iter)
+            if best is None or result.inertia < best.inertia:
+                best = result
+        assert best is not None
+        centers = best.centers
+        if best.inertia == 0.0:
+            centers = self._drop_duplicate_centres(centers)
+
+        self.strategy_ = strategy
+        self.histogram_ = histogram
+        self.cluster_centers_ = centers
+        self.inertia_ = best.inertia
+        self.n_iter_ = best.n_iter
+        self.n_features_in_ = data.n_channels
+        self._dtype_in = data.array.dtype
+        self._lut = None
+        if histogram is not None:
+            self._lut = self._build_lut(histogram)
+        self.labels_ = self._labels(data)
+        return self
+
+    def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
+        if not data.is_dask:
+            points = InMemoryPoints(data.flat(), None if weights is None else np.ascontiguousarray(weights).reshape(-1))
+            _, _, variance = points.moments()
+            return points, variance
+        X = data.array
+        if self.persist is True or (self.persist == "auto" and X.nbytes <= 0.5 * _memory_budget()):
+            logger.info("persisting %.1f MB of pixels in memory", X.nbytes / 1e6)
+            X, weights = dask.persist(X, weights) if weights is not None else (X.persist(), None)
+        else:
+            logger.info("pixels do not fit in memory: every iteration re-reads them")
+        points = DaskPoints(X, weights, split_every=self.split_every)
+        _, _, variance, finite, wmin = points.moments_and_checks()
+        if not finite:
+            raise InvalidInputError("X contains NaN or infinity")
+        if weights is not None and wmin < 0:
+            raise InvalidInputError("sample_weight must be non-negative; found negative values")
+        return points, variance
+
+    def _initial_centers(self, points: PointSet, k: int, rng: np.random.Generator) -> np.ndarray:
+        if self.init == "k-means||" and isinstance(points, DaskPoints):
+            return kmeans_parallel(points, k, rng)
+        sample, weights = points.sample(init_sample_size(k), rng)
+        if self.init == "random":
+            return random_init(sample, weights, k, rng)
+        return kmeans_plusplus(sample, weights, k, rng)
+
+    def _drop_duplicate_centres(self, centers: np.ndarray) -> np.ndarray:
+        _, first = np.unique(centers, axis=0, return_index=True)
+        if first.shape[0] < centers.shape[0]:
+            warnings.warn(
+                f"the data has only {first.shape[0]} distinct points, fewer than "
+                f"n_clusters={self.n_clusters}; returning them as the centres",
+                FewColoursWarning,
+                stacklevel=3,
+            )
+            centers = centers[np.sort(first)]
+        return centers
+
+    def _fit_few_colours(self, data: Data, histogram: ColourHistogram) -> KMeans:
+        if histogram.n_colours < self.n_clusters:
+            warnings.warn(
+                f"the data has only {histogram.n_colours} distinct colours, fewer than "
+                f"n_clusters={self.n_clusters}; returning them as the centres",
+                FewColoursWarning,
+                stacklevel=3,
+            )
+        self.strategy_ = "histogram"
+        self.histogram_ = histogram
+        self.cluster_centers_ = histogram.colours.astype(np.float64)
+        self.inertia_ = 0.0
+        self.n_iter_ = 0
+        self.n_features_in_ = data.n_channels
+        self._dtype_in = data.array.dtype
+        self._lut = self._build_lut(histogram)
+        self.labels_ = self._labels(data)
+        return self
+
+    def _fit_minibatch(self, data: Data, weights: Any) -> KMeans:
+        from bigquant.minibatch import MiniBatchKMeans
+
+        mb = MiniBatchKMeans(
+            self.n_clusters,
+            init=self.init,
+            n_init=self.n_init,
+            random_state=self.random_state,
+            max_iter=self.max_iter,
+        ).fit(data.array, sample_weight=weights)
+        for name in ("cluster_centers_", "inertia_", "n_iter_", "n_features_in_", "labels_"):
+            setattr(self, name, getattr(mb, name))
+        self.strategy_ = "minibatch"
+        self.histogram_ = None
+        self._lut = None
+        self._dtype_in = data.array.dtype
+        return self
+
+    # ------------------------------------------------------------------ labels
+
+    def _build_lut(self, histogram: ColourHistogram) -> tuple[np.ndarray, int, int]:
+        labels = histogram.points().labels(self.cluster_centers_, np.int64)
+        sentinel = len(self.cluster_centers_)
+        lut = _kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
+        return lut, histogram.bits, sentinel
+
+    def _labels(self, data: Data) -> np.ndarray | da.Array:
+        centers = self.cluster_centers_
+        dtype = label_dtype(len(centers))
+        use_lut = (
+            self._lut is not None
+            and data.array.dtype == self._dtype_in
+            and data.n_channels == self.n_features_in_
+        )
+        if data.is_dask:
+            X = data.array
+            if use_lut:
+                lut, bits, sentinel = self._lut
+                lut_d = dask.delayed(lut, pure=True, name=f"bigquant-lut-{dask.base.tokenize(lut)}")
+                return X.map_blocks(
+                    _block_lookup, lut_d, bits, sentinel, centers, dtype,
+                    drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels",
+                )
+            return X.map_blocks(
+                _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels"
+            )
+        flat = data.flat()
+        if use_lut:
+            lut, bits, sentinel = self._lut
+            labels = _kernels.lookup_labels(flat, bits, lut, sentinel, centers, dtype)
+        else:
+            labels = InMemoryPoints(flat).labels(centers, dtype)
+        return labels.reshape(data.spatial_shape)
+
+    # ------------------------------------------------------------------ API
+
+    def predict(self, X: Any) -> np.ndarray | da.Array:
+        """Index of the nearest centre of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_channels) or (height, width, n_channels)
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,) or (height, width)
+        """
+        self._check_fitted()
+        data = self._check_predict_data(X)
+        return self._labels(data)
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Fit, then return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def transform(self, X: Any) -> np.ndarray | da.Array:
+        """Euclidean distance of each sample to every centre.
+
+        Returns
+        -------
+        distances : array of shape (n_samples, n_clusters) or (height, width, n_clusters)
+        """
+        self._check_fitted()
+        data = self._check_predict_data(X)
+        centers = self.cluster_centers_
+        if data.is_dask:
+            X = data.array
+            chunks = X.chunks[:-1] + ((len(centers),),)
+            return X.map_blocks(_block_distances, centers, chunks=chunks, dtype=np.float64, token="bigquant-transform")
+        return _block_distances(np.asarray(data.array), centers)
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Fit, then return the distances of ``X`` to the centres."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the (weighted) inertia of ``X`` on the fitted centres."""
+        self._check_fitted()
+        data = self._check_predict_data(X)
+        weights = check_sample_weight(sample_weight, data)
+        if data.is_dask:
+            points: PointSet = DaskPoints(data.array, weights, split_every=self.split_every)
+        else:
+            w = None if weights is None else np.ascontiguousarray(weights).reshape(-1)
+            points = InMemoryPoints(data.flat(), w)
+        return -points.partial_sums(self.cluster_centers_)[2]
+
+    def _check_predict_data(self, X: Any) -> Data:
+        data = check_data(X)
+        if data.n_channels != self.n_features_in_:
+            raise InvalidInputError(
+                f"X has {data.n_channels} channels, but {type(self).__name__} was fitted "
+                f"with {self.n_features_in_}"
+            )
+        return data
