@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Default number of points drawn by :func:`plot_rgb_vector`.
 DEFAULT_MAX_POINTS = 20_000
+#: Largest number of points drawn with an edge by :func:`plot_rgb_vector`.
+FEW_POINTS = 256
 #: Default longest side, in pixels, of a lazy image drawn by :func:`display_images`.
 DEFAULT_MAX_SIDE = 1024
 
@@ -213,7 +215,8 @@ def plot_rgb_vector(
     alpha : float, default=0.6
         Opacity of the points.
     s : float, default=4
-        Marker size in points².
+        Marker size in points². When at most 256 points are drawn (a palette),
+        they get a thin grey edge, so that near-white colours stay visible.
     max_points : int or None, default=20000
         At most this many points are drawn, chosen by a generator seeded with
         ``random_state`` (so the plot is reproducible); ``None`` draws all.
@@ -249,6 +252,9 @@ def plot_rgb_vector(
         s=s,
         alpha=alpha,
         depthshade=False,
+        # a few big points (a palette) get a thin grey edge so near-white ones show
+        edgecolors="0.4" if len(points) <= FEW_POINTS else "none",
+        linewidths=0.5,
     )
     top = _scale(points)
     ax.set_xlim(0, top)
@@ -256,7 +262,7 @@ def plot_rgb_vector(
     ax.set_zlim(0, top)
     ax.set_xlabel("Red")
     ax.set_ylabel("Green")
-    ax.set_zlabel("Blue")
+    ax.set_zlabel("Blue", labelpad=8)
     if title:
         ax.set_title(title)
     return fig
