@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -77,6 +78,12 @@ class KMeans(_KMeans):
         Number of initialisations; the run with the lowest inertia is kept.
     strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
         How the data is visited (see :class:`bigquant.KMeans`).
+    persist : {"auto", True, False}, default="auto"
+        Whether dask data is persisted for the iterations (see :class:`bigquant.KMeans`).
+    split_every : int, default=8
+        Fan-in of the tree reductions.
+    callback : callable, default=None
+        Called after every iteration (see :class:`bigquant.KMeans`).
 
     Attributes
     ----------
@@ -109,9 +116,12 @@ class KMeans(_KMeans):
         max_iter: int = 300,
         random_state: SeedLike = None,
         *,
-        init: InitMethod = "k-means++",
+        init: InitMethod | np.ndarray = "k-means++",
         n_init: int = 1,
         strategy: Strategy = "auto",
+        persist: str | bool = "auto",
+        split_every: int = 8,
+        callback: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__(
             n_clusters,
@@ -121,9 +131,12 @@ class KMeans(_KMeans):
             tol=tol,
             random_state=random_state,
             strategy=strategy,
+            persist=persist,
+            split_every=split_every,
+            callback=callback,
         )
 
-    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> KMeans:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Compute the clustering.
 
         Parameters
@@ -133,15 +146,19 @@ or Image
             The data; an :class:`~bigquant.image.Image` is fitted on its ``rgb_matrix``.
         y : None
             Ignored.
-        **fit_params
-            Passed to :meth:`bigquant.KMeans.fit`.
+        sample_weight : array-like of shape (n_samples,) or (H, W), default=None
+            Weights of the samples (see :meth:`bigquant.KMeans.fit`).
 
         Returns
         -------
         self : KMeans
             The fitted estimator.
         """
-        super().fit(_pixels(X), **fit_params)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            super().fit(_pixels(X), y, sample_weight=sample_weight)
+        for warning in caught:  # re-issued so that they point at the caller's line
+            warnings.warn(warning.message, warning.category, stacklevel=2)
         return self
 
     @property
