@@ -15,3 +15,8 @@ __all__: list[str] = [
     "ColourHistogram",
     "colour_histogram",
 ]
+
+# The walkthrough's API: ``from bigquant import image, model`` (and their plots).
+from bigquant import image, model, plotting  # noqa: E402
+
+__all__ += ["image", "model", "plotting"]
