@@ -76,14 +76,19 @@ class BaseEstimator:
         return f"{type(self).__name__}({', '.join(changed)})"
 
 
+def _active_client() -> Any:
+    """The distributed Client in use (current or global), or ``None``."""
+    try:
+        from distributed import Client
+
+        return Client.current(allow_global=True)
+    except (ImportError, ValueError):
+        return None
+
+
 def _memory_budget() -> int:
     """Bytes of memory the data may take when persisted: the cluster's or this machine's."""
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        client = None
+    client = _active_client()
     if client is not None:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         total = sum(int(w.get("memory_limit") or 0) for w in workers.values())
@@ -428,7 +433,12 @@ default="k-means++"
             X = data.array
             if use_lut:
                 lut, bits, sentinel = self._lut
-                lut_d = dask.delayed(lut, pure=True, name=f"bigquant-lut-{dask.base.tokenize(lut)}")
+                client = _active_client()
+                if client is not None:
+                    # shipped once to the cluster, fetched once per worker
+                    lut_d = client.scatter(lut, hash=True)
+                else:
+                    lut_d = dask.delayed(lut, pure=True, name=f"bigquant-lut-{dask.base.tokenize(lut)}")
                 return X.map_blocks(
                     _block_lookup, lut_d, bits, sentinel, centers, dtype,
                     drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels",

@@ -1,0 +1,402 @@
+"""KMeans: parity with scikit-learn, histogram vs pixels, determinism, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SKKMeans
+
+from bigquant import KMeans
+from bigquant.errors import (
+    ConvergenceWarning,
+    FewColoursWarning,
+    InputTypeError,
+    InvalidInputError,
+    InvalidParameterError,
+    NotFittedError,
+)
+
+
+def sorted_rows(a: np.ndarray) -> np.ndarray:
+    return a[np.lexsort(a.T[::-1])]
+
+
+@pytest.fixture
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    """Continuous 3-channel data (no exact distance ties) and initial centres."""
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 255, (6, 3))
+    X = np.concatenate([c + rng.normal(0, 25, (700, 3)) for c in true])
+    C0 = X[rng.choice(len(X), 6, replace=False)]
+    return X, C0
+
+
+@pytest.fixture
+def photo_like() -> np.ndarray:
+    """A small uint8 RGB image with smooth gradients and noise (many colours)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:128]
+    img = np.stack([xx * 2, yy * 2 + xx // 3, 255 - xx - yy], axis=-1).astype(float)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------- toy cases
+
+
+def test_hand_computed_toy_case():
+    X = np.array([[0.0], [1.0], [10.0], [11.0], [12.0]])
+    km = KMeans(2, init=np.array([[0.0], [5.0]])).fit(X)
+    np.testing.assert_allclose(km.cluster_centers_, [[0.5], [11.0]])
+    np.testing.assert_array_equal(km.labels_, [0, 0, 1, 1, 1])
+    assert km.inertia_ == pytest.approx(0.25 * 2 + 1 + 0 + 1)
+    assert km.n_iter_ == 2  # second iteration confirms the fixed point
+
+
+def test_weighted_toy_case():
+    X = np.array([[0.0, 0.0], [4.0, 0.0], [100.0, 100.0]])
+    km = KMeans(2, init=np.array([[1.0, 0.0], [90.0, 90.0]])).fit(X, sample_weight=[3, 1, 2])
+    np.testing.assert_allclose(km.cluster_centers_[0], [1.0, 0.0])
+    assert km.inertia_ == pytest.approx(3 * 1 + 1 * 9)
+
+
+def test_k_equals_one_is_the_mean(blobs):
+    X, _ = blobs
+    km = KMeans(1).fit(X)
+    np.testing.assert_allclose(km.cluster_centers_[0], X.mean(axis=0))
+    assert km.inertia_ == pytest.approx(((X - X.mean(axis=0)) ** 2).sum())
+
+
+# ----------------------------------------------------------------- scikit-learn parity
+
+
+@pytest.mark.parametrize("as_dask", [False, True])
+def test_pixels_matches_sklearn_lloyd(blobs, as_dask):
+    X, C0 = blobs
+    sk = SKKMeans(6, init=C0, n_init=1, algorithm="lloyd", tol=1e-4).fit(X)
+    data = da.from_array(X, chunks=(500, 3)) if as_dask else X
+    km = KMeans(6, init=C0, strategy="pixels", tol=1e-4).fit(data)
+    labels = np.asarray(km.labels_)
+    np.testing.assert_array_equal(labels, sk.labels_)
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-6)
+    assert abs(km.n_iter_ - sk.n_iter_) <= 1
+    assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-9)
+
+
+def test_pixels_matches_sklearn_with_sample_weight(blobs):
+    X, C0 = blobs
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
+    sk = SKKMeans(6, init=C0, n_init=1, algorithm="lloyd").fit(X, sample_weight=w)
+    km = KMeans(6, init=C0, strategy="pixels").fit(X, sample_weight=w)
+    np.testing.assert_array_equal(km.labels_, sk.labels_)
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-6)
+    assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-9)
+
+
+def test_uint8_image_matches_sklearn_up_to_ties(photo_like):
+    X = photo_like.reshape(-1, 3)
+    rng = np.random.default_rng(3)
+    C0 = X[rng.choice(len(X), 8, replace=False)].astype(float)
+    sk = SKKMeans(8, init=C0, n_init=1, algorithm="lloyd").fit(X)
+    km = KMeans(8, init=C0).fit(photo_like)
+    assert km.strategy_ == "histogram"
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-6, atol=1e-6)
+    differ = np.flatnonzero(km.labels_.ravel() != sk.labels_)
+    # any label that differs must be an exact tie between the two centres
+    d = ((X[differ, None, :].astype(float) - km.cluster_centers_[None]) ** 2).sum(-1)
+    ours = d[np.arange(len(differ)), km.labels_.ravel()[differ]]
+    theirs = d[np.arange(len(differ)), sk.labels_[differ]]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+
+
+def test_empty_cluster_is_relocated_like_sklearn():
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(0, 1, (200, 2)), rng.normal(50, 1, (200, 2))])
+    C0 = np.array([[0.0, 0.0], [50.0, 50.0], [1000.0, 1000.0]])  # third centre is empty
+    sk = SKKMeans(3, init=C0, n_init=1, algorithm="lloyd").fit(X)
+    km = KMeans(3, init=C0, strategy="pixels").fit(X)
+    assert np.bincount(km.labels_, minlength=3).min() > 0
+    np.testing.assert_allclose(sorted_rows(km.cluster_centers_), sorted_rows(sk.cluster_centers_), rtol=1e-6)
+    assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-9)
+    # histogram path relocates the same way
+    Xi = np.round(X * 2 + 20).astype(np.uint8)
+    C0i = np.array([[20.0, 20.0], [120.0, 120.0], [255.0, 0.0]])
+    a = KMeans(3, init=C0i, strategy="pixels").fit(Xi)
+    b = KMeans(3, init=C0i, strategy="histogram").fit(Xi)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert not (a.cluster_centers_ == 0).all(axis=1).any()
+
+
+# ----------------------------------------------------------------- histogram vs pixels
+
+
+@pytest.mark.parametrize("k", [1, 5, 16])
+def test_histogram_equals_pixels(photo_like, k):
+    X = photo_like.reshape(-1, 3)
+    C0 = X[np.random.default_rng(k).choice(len(X), k, replace=False)].astype(float)
+    a = KMeans(k, init=C0, strategy="pixels").fit(photo_like)
+    b = KMeans(k, init=C0, strategy="histogram").fit(photo_like)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert a.n_iter_ == b.n_iter_
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-12)
+
+
+def test_histogram_equals_pixels_on_dask(photo_like):
+    img = da.from_array(photo_like, chunks=(40, 50, 3))
+    C0 = photo_like.reshape(-1, 3)[:6].astype(float) + np.arange(6)[:, None] * 30
+    a = KMeans(6, init=C0, strategy="pixels").fit(img)
+    b = KMeans(6, init=C0, strategy="histogram").fit(img)
+    assert isinstance(a.labels_, da.Array) and isinstance(b.labels_, da.Array)
+    assert b.labels_.shape == photo_like.shape[:2]
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_.compute(), b.labels_.compute())
+
+
+def test_gray_and_four_channels():
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, (50, 40, 1), dtype=np.uint8)
+    km = KMeans(4, random_state=0).fit(gray)
+    assert km.strategy_ == "histogram" and km.cluster_centers_.shape == (4, 1)
+    kp = KMeans(4, init=km.cluster_centers_, strategy="pixels").fit(gray)
+    np.testing.assert_allclose(kp.cluster_centers_, km.cluster_centers_)
+    rgba = rng.integers(0, 256, (30, 30, 4), dtype=np.uint8)
+    k4 = KMeans(5, random_state=0).fit(rgba)
+    assert k4.strategy_ == "pixels" and k4.cluster_centers_.shape == (5, 4)
+    assert k4.labels_.shape == (30, 30)
+    uint16_gray = (rng.integers(0, 65536, (20, 20, 1))).astype(np.uint16)
+    assert KMeans(3, random_state=0).fit(uint16_gray).strategy_ == "histogram"
+
+
+def test_fewer_colours_than_clusters():
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[:5] = [255, 0, 0]
+    img[5:, :5] = [0, 0, 255]
+    with pytest.warns(FewColoursWarning, match="only 3 distinct colours"):
+        km = KMeans(8).fit(img)
+    assert sorted_rows(km.cluster_centers_).tolist() == [[0, 0, 0], [0, 0, 255], [255, 0, 0]]
+    assert km.inertia_ == 0
+    np.testing.assert_array_equal(km.cluster_centers_[km.labels_], img)
+    with pytest.warns(FewColoursWarning):
+        kp = KMeans(8, strategy="pixels", random_state=0).fit(img)
+    assert len(kp.cluster_centers_) == 3
+    np.testing.assert_array_equal(kp.cluster_centers_[kp.labels_], img)
+
+
+# ----------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("strategy", ["histogram", "pixels"])
+def test_same_palette_for_any_chunking(photo_like, strategy):
+    results = []
+    for chunks in [(96, 128, 3), (32, 48, 3), (17, 128, 3)]:
+        img = da.from_array(photo_like, chunks=chunks)
+        results.append(KMeans(7, random_state=42, strategy=strategy).fit(img).cluster_centers_)
+    results.append(KMeans(7, random_state=42, strategy=strategy).fit(photo_like).cluster_centers_)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_kmeans_parallel_init_is_chunking_independent(photo_like):
+    a = KMeans(6, init="k-means||", random_state=1, strategy="pixels").fit(da.from_array(photo_like, chunks=(50, 50, 3)))
+    b = KMeans(6, init="k-means||", random_state=1, strategy="pixels").fit(da.from_array(photo_like, chunks=(96, 40, 3)))
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    ref = KMeans(6, random_state=1, n_init=3).fit(photo_like)
+    assert a.inertia_ <= 1.05 * ref.inertia_
+
+
+def test_n_init_keeps_the_best_run(photo_like):
+    runs = [KMeans(9, random_state=s, strategy="pixels").fit(photo_like).inertia_ for s in range(3)]
+    best = KMeans(9, random_state=0, n_init=4, strategy="pixels").fit(photo_like).inertia_
+    assert best <= max(runs)
+
+
+def test_random_init_and_reproducibility(photo_like):
+    a = KMeans(5, init="random", random_state=3).fit(photo_like)
+    b = KMeans(5, init="random", random_state=3).fit(photo_like)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    """A real LocalCluster with 2 single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.mark.distributed
+def test_threads_and_processes_give_the_same_palette(photo_like, cluster_client):
+    from distributed import get_task_stream
+
+    img = da.from_array(photo_like, chunks=(32, 64, 3))
+    with dask.config.set(scheduler="threads"):
+        threaded = [KMeans(6, random_state=7, strategy=s).fit(img) for s in ("histogram", "pixels")]
+        threaded_labels = threaded[0].labels_.compute()
+    with cluster_client.as_current(), get_task_stream(cluster_client) as stream:
+        distributed = [KMeans(6, random_state=7, strategy=s).fit(img) for s in ("histogram", "pixels")]
+        labels = distributed[0].labels_.compute()
+    for t, d in zip(threaded, distributed):
+        np.testing.assert_array_equal(t.cluster_centers_, d.cluster_centers_)
+        assert t.n_iter_ == d.n_iter_
+    np.testing.assert_array_equal(labels, threaded_labels)
+    from distributed.utils import key_split
+
+    prefixes = {key_split(t["key"]) for t in stream.data}
+    assert {"bigquant-histogram", "bigquant-lloyd", "bigquant-labels"} <= prefixes
+    workers = {t["worker"] for t in stream.data}
+    assert len(workers) == 2
+
+
+# ----------------------------------------------------------------- estimator API
+
+
+def test_estimator_contract(blobs):
+    X, C0 = blobs
+    km = KMeans(6, random_state=0)
+    assert km.get_params()["n_clusters"] == 6
+    assert km.set_params(n_clusters=4) is km and km.n_clusters == 4
+    with pytest.raises(NotFittedError, match="not fitted"):
+        km.predict(X)
+    assert km.fit(X) is km
+    assert km.cluster_centers_.dtype == np.float64 and km.cluster_centers_.shape == (4, 3)
+    assert km.n_features_in_ == 3
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+    dist = km.transform(X)
+    assert dist.shape == (len(X), 4)
+    np.testing.assert_array_equal(dist.argmin(axis=1), km.labels_)
+    assert km.score(X) == pytest.approx(-km.inertia_)
+    np.testing.assert_array_equal(KMeans(4, random_state=0).fit_predict(X), km.labels_)
+    assert "n_clusters=4" in repr(km)
+
+
+def test_lazy_labels_and_predict_on_dask(photo_like):
+    img = da.from_array(photo_like, chunks=(48, 64, 3))
+    km = KMeans(5, random_state=0).fit(img)
+    assert isinstance(km.labels_, da.Array)
+    assert km.labels_.chunks == img.chunks[:2]
+    assert km.labels_.name.startswith("bigquant-labels")
+    np.testing.assert_array_equal(km.predict(img).compute(), km.predict(photo_like))
+    dist = km.transform(img)
+    assert dist.shape == (96, 128, 5)
+    assert km.score(img) == pytest.approx(-km.inertia_, rel=1e-9)
+
+
+def test_max_iter_warns():
+    X = np.random.default_rng(0).normal(size=(500, 3))
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        km = KMeans(5, max_iter=1, random_state=0).fit(X)
+    assert km.n_iter_ == 1
+
+
+def test_only_centres_come_back_per_iteration(photo_like):
+    """Each Lloyd iteration is one compute returning k x C sums, not the data."""
+    img = da.from_array(photo_like, chunks=(32, 32, 3))
+    computed = []
+
+    class Count(dask.callbacks.Callback):
+        def _finish(self, dsk, state, errored):
+            computed.append(state["cache"])
+
+    calls = []
+    km = KMeans(4, random_state=0, strategy="pixels", persist=False,
+                callback=lambda i, inertia, shift: calls.append(i))
+    with Count():
+        km.fit(img)
+    assert calls == list(range(1, km.n_iter_ + 1))
+    # moments + init sample + one per iteration + final inertia (unless exact fixed point)
+    assert km.n_iter_ + 1 <= len(computed) <= km.n_iter_ + 4
+
+
+# ----------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_clusters": 0}, "n_clusters=0 must be >= 1"),
+        ({"n_clusters": 2.5}, "n_clusters=2.5 must be an integer"),
+        ({"n_clusters": "8"}, "n_clusters='8' must be an integer"),
+        ({"strategy": "magic"}, "strategy='magic' is not one of"),
+        ({"init": "kmeans"}, "init='kmeans' is not one of"),
+        ({"init": np.zeros((3, 2))}, r"init array has shape \(3, 2\); expected"),
+        ({"max_iter": 0}, "max_iter=0 must be >= 1"),
+        ({"tol": -1.0}, "tol=-1.0 must be >= 0"),
+        ({"n_init": 0}, "n_init=0 must be >= 1"),
+        ({"random_state": "x"}, "random_state='x'"),
+    ],
+)
+def test_bad_parameters(params, match):
+    X = np.random.default_rng(0).integers(0, 255, (50, 3)).astype(np.uint8)
+    kw = {"n_clusters": 3, **params}
+    with pytest.raises(InvalidParameterError, match=match):
+        KMeans(**kw).fit(X)
+
+
+@pytest.mark.parametrize(
+    "X, exc, match",
+    [
+        (np.zeros(10), InvalidInputError, "must be 2-D .* got 1-D"),
+        (np.zeros((2, 2, 2, 2)), InvalidInputError, "got 4-D"),
+        (np.zeros((0, 3)), InvalidInputError, "empty"),
+        (np.array([[1.0, np.nan, 2.0]]), InvalidInputError, "NaN or infinity"),
+        (np.array([[1.0, np.inf, 2.0]]), InvalidInputError, "NaN or infinity"),
+        (np.zeros((4, 3), dtype=bool), InputTypeError, "dtype=bool"),
+        (np.zeros((4, 3), dtype=complex), InputTypeError, "dtype=complex128"),
+        (np.array([["a", "b"]], dtype=object), InputTypeError, "dtype=object"),
+        ("not an array", InputTypeError, "numpy or dask array"),
+    ],
+)
+def test_bad_data(X, exc, match):
+    with pytest.raises(exc, match=match):
+        KMeans(2).fit(X)
+
+
+def test_nan_in_dask_data_is_reported_without_dask_traceback():
+    X = np.ones((100, 3))
+    X[57, 1] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN or infinity"):
+        KMeans(2, strategy="pixels").fit(da.from_array(X, chunks=(30, 3)))
+
+
+@pytest.mark.parametrize(
+    "w, match",
+    [
+        (np.ones(7), r"sample_weight has shape \(7,\)"),
+        (-np.ones(40), "non-negative"),
+        (np.zeros(40), "sums to zero"),
+    ],
+)
+def test_bad_sample_weight(w, match):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(InvalidInputError, match=match):
+        KMeans(2).fit(X, sample_weight=w)
+
+
+def test_histogram_strategy_on_float_data_is_refused():
+    with pytest.raises(InvalidParameterError, match="strategy='histogram' needs unsigned"):
+        KMeans(2, strategy="histogram").fit(np.random.default_rng(0).normal(size=(10, 3)))
+
+
+def test_predict_with_wrong_channels(blobs):
+    X, _ = blobs
+    km = KMeans(2, random_state=0).fit(X)
+    with pytest.raises(InvalidInputError, match="X has 2 channels, but KMeans was fitted with 3"):
+        km.predict(X[:, :2])
+
+
+def test_no_warnings_on_normal_fit(photo_like):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KMeans(4, random_state=0).fit(photo_like)
