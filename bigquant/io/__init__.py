@@ -8,5 +8,6 @@
 
 from bigquant.io._read import read_image
 from bigquant.io._source import ImageSource
+from bigquant.io._write import write_image
 
-__all__ = ["ImageSource", "read_image"]
+__all__ = ["ImageSource", "read_image", "write_image"]

@@ -1,0 +1,247 @@
+"""Per-block work of the writers, run on the workers.
+
+A :class:`BlockEncoder` turns one chunk of labels (or of an image) into output
+pixels (palette indices or colours), cuts them into padded tiles, compresses
+the tiles and takes the strided subsamples used for pyramid levels and the
+preview.  It is a small picklable object, so the whole tile encoding happens
+where the chunk was computed and only compressed bytes travel to the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
+
+__all__ = ["BlockEncoder", "Codec", "align_to_tiles", "resolve_codec"]
+
+logger = logging.getLogger(__name__)
+
+_ALIASES = {
+    None: "none", "none": "none", "": "none", "raw": "none",
+    "zlib": "adobe_deflate", "deflate": "adobe_deflate", "adobe_deflate": "adobe_deflate",
+    "lzma": "lzma", "zstd": "zstd", "lzw": "lzw", "packbits": "packbits",
+    "jpeg": "jpeg", "webp": "webp", "png": "png", "jpeg2000": "jpeg2000", "jpegxl": "jpegxl",
+}
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A TIFF compression: its tag and how tiles are encoded.
+
+    ``pre_encoded`` codecs are compressed by :class:`BlockEncoder` on the
+    workers; image codecs (JPEG, WebP...) are left to tifffile.
+    """
+
+    name: str
+    tag: int
+    level: int | None = None
+    pre_encoded: bool = True
+    lossy_image: bool = False
+
+    @property
+    def tifffile_args(self) -> dict[str, Any]:
+        """Keyword arguments naming this compression to ``tifffile``."""
+        if self.tag == 1:
+            return {"compression": None}
+        args: dict[str, Any] = {"compression": self.tag}
+        if self.level is not None:
+            args["compressionargs"] = {"level": self.level}
+        return args
+
+
+def resolve_codec(compression: str | None, level: int | None) -> Codec:
+    """Validate a compression name and check its codec is installed.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown compression name or bad level.
+    ImageWriteError
+        The codec needs a package that is not installed (imagecodecs).
+    """
+    import tifffile
+
+    key = compression.lower() if isinstance(compression, str) else compression
+    if key not in _ALIASES:
+        raise InvalidParameterError(
+            f"compression={compression!r} is not one of "
+            f"{sorted(k for k in _ALIASES if k)} or None"
+        )
+    name = _ALIASES[key]
+    if level is not None and (not isinstance(level, int) or level < 0):
+        raise InvalidParameterError(f"compression_level={level!r} must be a non-negative int")
+    if name == "none":
+        return Codec("none", 1)
+    tag = int(tifffile.COMPRESSION[name.upper()])
+    image_codec = tag in tifffile.TIFF.IMAGE_COMPRESSIONS
+    if tag != 8:
+        try:
+            tifffile.TIFF.COMPRESSORS[tag]
+        except (KeyError, ImportError) as exc:
+            raise ImageWriteError(
+                f"compression={compression!r} needs the 'imagecodecs' package, which is not "
+                "installed (pip install imagecodecs); 'zlib', 'lzma' and None work without it"
+            ) from exc
+    return Codec(name, tag, level, pre_encoded=not image_codec, lossy_image=image_codec)
+
+
+def align_to_tiles(arr: da.Array, tile: int) -> da.Array:
+    """Rechunk so every chunk boundary lies on the ``tile`` grid (Y and X).
+
+    Aligned chunks make each output tile come from exactly one chunk; the
+    writer then computes every chunk once.
+    """
+    new: dict[int, Any] = {}
+    for axis in (0, 1):
+        sizes = arr.chunks[axis]
+        bounds = np.cumsum(sizes)[:-1]
+        if np.all(bounds % tile == 0):
+            continue
+        typical = int(np.median(sizes))
+        new[axis] = max(tile, int(round(typical / tile)) * tile)
+    if new:
+        logger.info(
+            "rechunking %s to %s to align chunks with the %d px tile grid; chunks "
+            "straddling bands are computed twice (align the input chunks to avoid it)",
+            arr.chunksize, new, tile,
+        )
+        arr = arr.rechunk(new)
+    return arr
+
+
+def max_step(tile: int) -> int:
+    """Largest power of two dividing ``tile`` (deepest exact pyramid step)."""
+    return tile & -tile
+
+
+@dataclass(frozen=True)
+class BlockEncoder:
+    """Turn a chunk of labels or pixels into encoded tiles and subsamples.
+
+    Parameters
+    ----------
+    kind : {"palette", "rgb", "image"}
+        Palette indices, colours of the palette, or the data as is.
+    out_dtype : numpy.dtype
+        Stored sample type.
+    colours : ndarray of shape (k, C) or None
+        Palette colours (needed for "rgb", used to validate labels).
+    n_colours : int
+        Labels must lie in ``[0, n_colours)``.
+    tile : int
+        Tile edge in pixels.
+    codec : Codec
+        Compression of the tiles.
+    steps : tuple of int
+        Subsampling steps (powers of two dividing ``tile``) to return.
+    """
+
+    kind: str
+    out_dtype: np.dtype
+    colours: np.ndarray | None
+    n_colours: int
+    tile: int
+    codec: Codec
+    steps: tuple[int, ...] = ()
+
+    def pixels(self, block: np.ndarray) -> np.ndarray:
+        """Map one block of labels (or an image block) to stored pixels."""
+        if self.kind == "image":
+            return np.ascontiguousarray(block, dtype=self.out_dtype)
+        if block.ndim == 3:
+            block = block[..., 0]
+        if block.size:
+            lo, hi = int(block.min()), int(block.max())
+            if lo < 0 or hi >= self.n_colours:
+                raise InvalidInputError(
+                    f"labels range over [{lo}, {hi}] but the palette has "
+                    f"{self.n_colours} colours"
+                )
+        if self.kind == "palette":
+            return block.astype(self.out_dtype)
+        assert self.colours is not None
+        out = self.colours[block]
+        return out[..., 0] if out.shape[-1] == 1 else out
+
+    def encode(self, tile: np.ndarray) -> bytes | np.ndarray:
+        """Compress one full (padded) tile; image codecs return the array."""
+        codec = self.codec
+        if codec.tag == 1:
+            return tile.tobytes()
+        if not codec.pre_encoded:
+            return tile
+        if codec.tag == 8:
+            if codec.level is None and self.kind == "palette":
+                # run-length deflate: fast and small on label images, plain zlib output
+                obj = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+            else:
+                obj = zlib.compressobj(1 if codec.level is None else codec.level)
+            return obj.compress(tile) + obj.flush()
+        import tifffile
+
+        func = tifffile.TIFF.COMPRESSORS[codec.tag]
+        if codec.level is None:
+            return func(tile.tobytes())
+        return func(tile.tobytes(), codec.level)
+
+    def tiles(self, pix: np.ndarray) -> list[list[bytes | np.ndarray]]:
+        """Cut pixels into padded tiles, encode them; rows of tiles."""
+        t = self.tile
+        height, width = pix.shape[:2]
+        rows = []
+        for y in range(0, height, t):
+            row = []
+            for x in range(0, width, t):
+                part = pix[y : y + t, x : x + t]
+                if part.shape[:2] != (t, t):
+                    full = np.zeros((t, t) + pix.shape[2:], dtype=pix.dtype)
+                    full[: part.shape[0], : part.shape[1]] = part
+                    part = full
+                else:
+                    part = np.ascontiguousarray(part)
+                row.append(self.encode(part))
+            rows.append(row)
+        return rows
+
+    def __call__(self, block: np.ndarray) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
+        pix = self.pixels(np.asarray(block))
+        subs = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
+        return self.tiles(pix), subs
+
+
+def pyramid_steps(shape: tuple[int, int], tile: int, pyramid: bool | int) -> tuple[int, ...]:
+    """Subsampling steps of the pyramid levels below full resolution."""
+    if pyramid is False or pyramid is None or pyramid == 0:
+        return ()
+    deepest = max_step(tile)
+    if pyramid is True:
+        steps = []
+        s = 2
+        while s <= deepest and max(math.ceil(shape[0] / (s // 2)), math.ceil(shape[1] / (s // 2))) > tile:
+            steps.append(s)
+            s *= 2
+        return tuple(steps)
+    if not isinstance(pyramid, int) or pyramid < 0:
+        raise InvalidParameterError(f"pyramid={pyramid!r} must be a bool or a number of levels")
+    if 2**pyramid > deepest:
+        raise InvalidParameterError(
+            f"pyramid={pyramid} levels need steps up to {2**pyramid}, but tile={tile} is only "
+            f"divisible by {deepest}; use a tile that is a multiple of {2**pyramid}"
+        )
+    return tuple(2**i for i in range(1, pyramid + 1))
+
+
+def preview_step(shape: tuple[int, int], tile: int, size: int) -> int:
+    """Power-of-two step dividing ``tile`` bringing the long side near ``size``."""
+    step = 1
+    while step < max_step(tile) and max(shape[0], shape[1]) / step > size:
+        step *= 2
+    return step

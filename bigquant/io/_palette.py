@@ -1,0 +1,81 @@
+"""Palettes: validation, output bit depth, TIFF colormaps and index types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bigquant.errors import InvalidParameterError
+
+__all__ = ["as_colours", "index_dtype", "tiff_colormap", "MAX_PALETTE"]
+
+#: Largest palette a TIFF (uint16 indices) can hold.
+MAX_PALETTE = 65536
+
+
+def as_colours(palette: Any, *, dtype: Any = None) -> np.ndarray:
+    """Return the palette as rounded, clipped integer colours of shape (k, C).
+
+    Parameters
+    ----------
+    palette : array-like of shape (k, C)
+        Colours, C in {1, 3, 4}; e.g. ``KMeans.cluster_centers_``.
+    dtype : numpy dtype or None, default=None
+        Output type (uint8 or uint16).  None keeps an unsigned integer palette's
+        type; float palettes become uint8 when every value is <= 255 after
+        rounding, else uint16.
+
+    Returns
+    -------
+    colours : ndarray of shape (k, C), dtype uint8 or uint16
+    """
+    arr = np.asarray(palette)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] not in (1, 3, 4):
+        raise InvalidParameterError(
+            f"palette of shape {np.shape(palette)} must be (k, C) with k >= 1 and C in (1, 3, 4)"
+        )
+    if arr.dtype.kind not in "uif":
+        raise InvalidParameterError(f"palette of dtype {arr.dtype} must be numeric")
+    if arr.shape[0] > MAX_PALETTE:
+        raise InvalidParameterError(
+            f"palette has {arr.shape[0]} colours; at most {MAX_PALETTE} fit an indexed image"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InvalidParameterError("palette holds NaN or infinite values")
+    if dtype is None:
+        if arr.dtype in (np.uint8, np.uint16):
+            return arr.copy()
+        dtype = np.uint8 if np.rint(arr).max(initial=0) <= 255 else np.uint16
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16):
+        raise InvalidParameterError(f"palette dtype {dtype} must be uint8 or uint16")
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(arr.astype(np.float64)), info.min, info.max).astype(dtype)
+
+
+def index_dtype(n_colours: int) -> np.dtype:
+    """uint8 for up to 256 colours, uint16 up to 65536."""
+    if n_colours <= 256:
+        return np.dtype(np.uint8)
+    if n_colours <= MAX_PALETTE:
+        return np.dtype(np.uint16)
+    raise InvalidParameterError(
+        f"palette has {n_colours} colours; at most {MAX_PALETTE} fit an indexed image"
+    )
+
+
+def tiff_colormap(colours: np.ndarray) -> np.ndarray:
+    """Return the TIFF colormap (3, 2**bits) uint16 of 8- or 16-bit colours.
+
+    Gray palettes are replicated to RGB; alpha is dropped.  8-bit values are
+    scaled by 257 so 255 maps to 65535.
+    """
+    bits = 8 if len(colours) <= 256 else 16
+    rgb = colours[:, :3] if colours.shape[1] >= 3 else np.repeat(colours[:, :1], 3, axis=1)
+    scale = 257 if colours.dtype == np.uint8 else 1
+    cmap = np.zeros((3, 2**bits), dtype=np.uint16)
+    cmap[:, : len(colours)] = (rgb.astype(np.uint32) * scale).T
+    return cmap

@@ -1,0 +1,369 @@
+"""``write_image``: labels + palette (or a plain image) -> TIFF, zarr, PNG, JPEG."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+
+from bigquant.errors import (
+    ImageWriteError,
+    InputTypeError,
+    InvalidInputError,
+    InvalidParameterError,
+)
+from bigquant.io._atomic import atomic_output, check_target
+from bigquant.io._chunks import DEFAULT_CHUNK_EDGE
+from bigquant.io._encode import (
+    BlockEncoder,
+    Codec,
+    align_to_tiles,
+    preview_step,
+    pyramid_steps,
+    resolve_codec,
+)
+from bigquant.io._palette import as_colours, index_dtype, tiff_colormap
+from bigquant.io._source import ImageSource
+
+__all__ = ["write_image", "save_preview"]
+
+logger = logging.getLogger(__name__)
+
+_FORMATS = {
+    ".tif": "tiff", ".tiff": "tiff", ".btf": "tiff", ".tf8": "tiff",
+    ".zarr": "zarr", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+}
+
+
+def _as_dask(data: Any, tile: int) -> da.Array:
+    if isinstance(data, ImageSource):
+        data = data.data
+    if isinstance(data, da.Array):
+        return data
+    if isinstance(data, np.ndarray) or hasattr(data, "__array__"):
+        arr = np.asarray(data)
+        if arr.ndim < 2:
+            raise InvalidInputError(f"data of shape {arr.shape} is not an image")
+        edge = max(tile, DEFAULT_CHUNK_EDGE // tile * tile)
+        return da.from_array(arr, chunks=(edge, edge) + arr.shape[2:])
+    raise InputTypeError(f"data of type {type(data).__name__} is not an array or ImageSource")
+
+
+def _check_tile(tile: Any) -> int:
+    if isinstance(tile, (tuple, list)) and len(tile) == 2 and tile[0] == tile[1]:
+        tile = tile[0]
+    if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 16 or tile % 16:
+        raise InvalidParameterError(f"tile={tile!r} must be a positive multiple of 16")
+    return int(tile)
+
+
+def _photometric(kind: str, n_samples: int) -> tuple[str, tuple[str, ...] | None]:
+    if kind == "palette":
+        return "palette", None
+    if n_samples in (3, 4):
+        return "rgb", ("unassalpha",) * (n_samples - 3) or None
+    if n_samples == 2:
+        return "minisblack", ("unassalpha",)
+    return "minisblack", None
+
+
+def save_preview(
+    pixels: np.ndarray,
+    path: pathlib.Path,
+    *,
+    colours: np.ndarray | None = None,
+    size: int = 1024,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Save a small PNG of ``pixels`` (palette indices when ``colours`` given)."""
+    from PIL import Image
+
+    img = colours[pixels] if colours is not None else np.asarray(pixels)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        lo, hi = float(np.min(img)), float(np.max(img))
+        img = ((img - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        img = img[..., :3] if img.shape[2] > 4 else img[..., 0]
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    pil.thumbnail((size, size), Image.Resampling.LANCZOS)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        pil.save(tmp, format="PNG")
+    return path
+
+
+def _write_zarr(
+    arr: da.Array,
+    tmp: pathlib.Path,
+    encoder: BlockEncoder,
+    sample_shape: tuple[int, ...],
+    attrs: dict[str, Any],
+) -> None:
+    import zarr
+    from zarr.codecs import GzipCodec, ZstdCodec
+
+    codec = encoder.codec
+    if codec.tag == 1:
+        compressors: Any = None
+    elif codec.name == "adobe_deflate":
+        compressors = GzipCodec(level=1 if codec.level is None else codec.level)
+    elif codec.name == "zstd":
+        compressors = ZstdCodec(level=3 if codec.level is None else codec.level)
+    else:
+        logger.info("zarr output: compression %r not available, using zarr's default", codec.name)
+        compressors = "auto"
+    t = encoder.tile
+    shape = tuple(arr.shape[:2]) + sample_shape
+    if encoder.kind == "palette" or (encoder.kind == "rgb" and not sample_shape):
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype,
+                                drop_axis=2 if arr.ndim == 3 else None)
+    elif encoder.kind == "rgb":
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, new_axis=2,
+                                chunks=arr.chunks[:2] + (sample_shape,))
+    else:
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype)
+    z = zarr.create_array(
+        store=str(tmp),
+        shape=shape,
+        chunks=(t, t) + sample_shape,
+        dtype=encoder.out_dtype,
+        compressors=compressors,
+        attributes=attrs,
+        fill_value=0,
+    )
+    da.store(mapped, z, lock=False, compute=True)
+
+
+def _write_pillow(
+    arr: da.Array, tmp: pathlib.Path, fmt: str, encoder: BlockEncoder, colours: np.ndarray | None
+) -> np.ndarray:
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    npx = int(arr.shape[0]) * int(arr.shape[1])
+    if limit is not None and npx > limit:
+        raise ImageWriteError(
+            f"{tmp.name}: {npx / 1e6:.0f} MP is too large for {fmt.upper()} output "
+            f"(Pillow's limit is {limit / 1e6:.0f} MP); write a .tif or .zarr instead"
+        )
+    labels_or_pixels = np.asarray(arr.compute())
+    kind = encoder.kind
+    if fmt == "jpeg" and kind == "palette":
+        logger.info("JPEG has no palette: writing the palette colours")
+        kind = "rgb"
+    if kind == "palette":
+        assert colours is not None
+        if len(colours) > 256:
+            raise InvalidParameterError(
+                f"{fmt.upper()} palettes hold at most 256 colours, got {len(colours)}; "
+                "use mode='rgb' or a .tif output"
+            )
+        pix = encoder.pixels(labels_or_pixels)
+        pal = colours if colours.dtype == np.uint8 else (colours >> 8).astype(np.uint8)
+        pal = pal[:, :3] if pal.shape[1] >= 3 else np.repeat(pal[:, :1], 3, axis=1)
+        img = Image.frombytes("P", (pix.shape[1], pix.shape[0]), np.ascontiguousarray(pix).tobytes())
+        img.putpalette(pal.astype(np.uint8).ravel().tolist())
+    else:
+        if kind == "rgb":
+            assert colours is not None
+            enc = BlockEncoder("rgb", colours.dtype, colours, len(colours), encoder.tile,
+                               encoder.codec)
+            pix = enc.pixels(labels_or_pixels)
+        else:
+            pix = labels_or_pixels
+        if fmt == "jpeg" and pix.dtype != np.uint8:
+            raise InputTypeError(f"JPEG output needs 8-bit samples, got {pix.dtype}")
+        if pix.ndim == 3 and pix.shape[2] == 1:
+            pix = pix[..., 0]
+        if pix.dtype not in (np.uint8, np.uint16) or (pix.dtype == np.uint16 and pix.ndim == 3):
+            raise InputTypeError(
+                f"{fmt.upper()} output needs uint8 samples (or uint16 gray), got {pix.dtype} "
+                f"of shape {pix.shape}; write a .tif instead"
+            )
+        if fmt == "jpeg" and pix.ndim == 3 and pix.shape[2] == 4:
+            pix = pix[..., :3]
+        img = Image.fromarray(np.ascontiguousarray(pix))
+    img.save(tmp, format=fmt.upper())
+    return labels_or_pixels
+
+
+def write_image(
+    data: Any,
+    path: str | os.PathLike[str],
+    *,
+    palette: Any = None,
+    mode: Literal["palette", "rgb"] = "palette",
+    tile: int = 512,
+    compression: str | None = "zlib",
+    compression_level: int | None = None,
+    pyramid: bool | int = False,
+    overwrite: bool = False,
+    preview: str | os.PathLike[str] | None = None,
+    preview_size: int = 1024,
+) -> pathlib.Path:
+    """Write labels with a palette, or an image as is, in one streaming pass.
+
+    Parameters
+    ----------
+    data : dask.array.Array, numpy.ndarray or ImageSource
+        Integer labels of shape (H, W) when ``palette`` is given (e.g.
+        ``KMeans.labels_``), otherwise an image (H, W) or (H, W, C) written as
+        is.  Dask arrays are computed one band of tile rows at a time.
+    path : str or os.PathLike
+        Output file; the suffix picks the format: ``.tif``/``.tiff`` (tiled
+        BigTIFF), ``.zarr`` (zarr v3 array, tile-sized chunks), ``.png`` or
+        ``.jpg`` (small images only).
+    palette : array-like of shape (k, C) or None, default=None
+        Colours of the labels (C in 1, 3, 4), e.g. ``KMeans.cluster_centers_``;
+        rounded and clipped to uint8 (or uint16 when a value exceeds 255, or
+        kept when given as uint8/uint16).
+    mode : {"palette", "rgb"}, default="palette"
+        "palette": an indexed image (TIFF colormap, uint8 indices for up to
+        256 colours, uint16 up to 65536; zarr stores indices and the palette
+        in its attributes).  "rgb": the palette colours of every pixel.
+    tile : int, default=512
+        Tile edge in pixels (TIFF tiles, zarr chunks); a multiple of 16.
+    compression : str or None, default="zlib"
+        "zlib" (deflate), "lzma", None, or a codec of the optional
+        ``imagecodecs`` package ("zstd", "webp", "jpeg"...).
+    compression_level : int or None, default=None
+        Codec level.  None: run-length deflate for palette indices, zlib level
+        1 otherwise -- both fast; higher levels trade speed for size.
+    pyramid : bool or int, default=False
+        TIFF only: add half-size levels as SubIFDs (True: down to one tile; an
+        int: that many levels), subsampled by nearest neighbour.
+    overwrite : bool, default=False
+        Replace an existing output (and preview).
+    preview : str, os.PathLike or None, default=None
+        Also write a PNG of at most ``preview_size`` pixels a side, from the
+        same pass.
+
+    Returns
+    -------
+    path : pathlib.Path
+        The file written.  It appears only once complete: data go to a hidden
+        temporary file beside it, renamed at the end, and removed on failure.
+
+    Raises
+    ------
+    ImageWriteError
+        The output exists (without ``overwrite``), its directory is missing,
+        the codec needs a missing package, or the write fails.
+    InvalidParameterError
+        Bad ``mode``, ``tile``, ``compression``, ``pyramid`` or palette.
+    InvalidInputError, InputTypeError
+        Labels out of the palette's range, or data of unusable shape/type.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib, tifffile
+    >>> from bigquant import write_image
+    >>> labels = np.array([[0, 1], [1, 2]], dtype=np.uint8).repeat(40, 0).repeat(40, 1)
+    >>> palette = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     out = write_image(labels, pathlib.Path(d) / "q.tif", palette=palette, tile=32)
+    ...     tifffile.imread(out).max()
+    np.uint8(2)
+    """
+    path = pathlib.Path(path).expanduser()
+    if mode not in ("palette", "rgb"):
+        raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
+    t = _check_tile(tile)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageWriteError(
+            f"{path}: unsupported output suffix {path.suffix!r}; use one of {sorted(_FORMATS)}"
+        )
+    codec = resolve_codec(compression, compression_level) if fmt in ("tiff", "zarr") else Codec("none", 1)
+    if pyramid and fmt != "tiff":
+        raise InvalidParameterError(f"pyramid={pyramid!r} is only supported for TIFF output")
+    arr = _as_dask(data, t)
+    if arr.ndim not in (2, 3) or 0 in arr.shape:
+        raise InvalidInputError(f"data of shape {arr.shape} is not an image (H, W) or (H, W, C)")
+    colours: np.ndarray | None = None
+    if palette is not None:
+        if arr.ndim == 3 and arr.shape[2] != 1:
+            raise InvalidInputError(
+                f"labels of shape {arr.shape} must be 2-D (H, W) when a palette is given"
+            )
+        if arr.dtype.kind not in "ui":
+            raise InputTypeError(f"labels of dtype {arr.dtype} must be integers")
+        colours = as_colours(palette)
+        kind = mode
+        out_dtype = index_dtype(len(colours)) if kind == "palette" else colours.dtype
+        sample_shape: tuple[int, ...] = (
+            () if kind == "palette" or colours.shape[1] == 1 else (colours.shape[1],)
+        )
+        if kind == "palette" and codec.lossy_image:
+            raise InvalidParameterError(
+                f"compression={compression!r} is lossy and would corrupt palette indices; "
+                "use 'zlib' or mode='rgb'"
+            )
+    else:
+        if arr.dtype.kind not in "uif":
+            raise InputTypeError(f"data of dtype {arr.dtype} is not an image type")
+        kind = "image"
+        out_dtype = arr.dtype
+        sample_shape = tuple(arr.shape[2:])
+        if arr.ndim == 3 and arr.numblocks[2] != 1:
+            arr = arr.rechunk({2: -1})
+    if preview is not None:
+        preview = pathlib.Path(preview).expanduser()
+        check_target(preview, overwrite=overwrite)
+    arr = align_to_tiles(arr, t)
+    n_colours = len(colours) if colours is not None else 0
+    pstep = preview_step(arr.shape[:2], t, preview_size) if preview is not None else None
+    levels = pyramid_steps(arr.shape[:2], t, pyramid) if fmt == "tiff" else ()
+    steps = tuple(sorted(set(levels) | ({pstep} if pstep else set())))
+    encoder = BlockEncoder(kind, np.dtype(out_dtype), colours, n_colours, t, codec, steps)
+    logger.info("writing %s: %s %s as %s %s, tile %d, compression %s, %d pyramid level(s)",
+                path, arr.shape, kind, fmt, np.dtype(out_dtype), t, codec.name, len(levels))
+    preview_pixels: np.ndarray | None = None
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        if fmt == "tiff":
+            from bigquant.io._tiff_write import write_tiff
+
+            n_samples = sample_shape[0] if sample_shape else 1
+            photometric, extrasamples = _photometric(kind, n_samples)
+            preview_pixels = write_tiff(
+                arr,
+                tmp,
+                encoder,
+                photometric=photometric,
+                colormap=tiff_colormap(colours) if kind == "palette" else None,
+                extrasamples=extrasamples,
+                levels=levels,
+                preview_step=pstep,
+            )
+        elif fmt == "zarr":
+            attrs: dict[str, Any] = {"bigquant": {"mode": kind}}
+            if colours is not None:
+                attrs["palette"] = colours.tolist()
+                attrs["bigquant"]["palette_dtype"] = str(colours.dtype)
+            _write_zarr(arr, tmp, encoder, sample_shape, attrs)
+            if pstep is not None:
+                import zarr
+
+                stored = zarr.open_array(str(tmp), mode="r")
+                preview_pixels = np.asarray(stored[::pstep, ::pstep])
+        else:
+            full = _write_pillow(arr, tmp, fmt, encoder, colours)
+            if pstep is not None:
+                preview_pixels = (encoder.pixels(full) if kind != "image" else full)[::pstep, ::pstep]
+    if preview is not None and preview_pixels is not None:
+        save_preview(
+            preview_pixels,
+            preview,
+            colours=colours if kind == "palette" else None,
+            size=preview_size,
+            overwrite=overwrite,
+        )
+    return path
+
