@@ -3,7 +3,7 @@
 This module keeps the names of the blog walkthrough "K-Means Clustering for
 Image Quantization" so that its code runs with ``from bigquant import image``.
 An :class:`Image` holds its pixels either in memory (numpy) or lazily (a dask
-array, for images bigger than memory); the plotting functions re-exported here
+array, for images bigger than memory: ``load_image(path, lazy=True)``); the plotting functions re-exported here
 subsample lazy images instead of computing them whole.
 
 Examples
@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
+from bigquant.errors import (
+    ImageReadError,
+    InputTypeError,
+    InvalidInputError,
+    InvalidParameterError,
+)
 from bigquant.plotting import display_images, plot_rgb_vector
 
 __all__ = [
@@ -148,12 +153,19 @@ class Image:
         )
 
 
-def load_image(path: str | os.PathLike[str], title: str | None = None) -> Image:
-    """Read an image file into memory as RGB ``uint8``.
+def load_image(
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    *,
+    lazy: bool = False,
+    chunks: int | tuple[int, int] | None = None,
+) -> Image:
+    """Read an image file as RGB.
 
-    Any format Pillow reads; palette, grey, RGBA and CMYK images are converted
-    to RGB (alpha is dropped). For images too big for memory, read them lazily
-    with ``bigquant.read_image`` and wrap the array: ``Image(pixels)``.
+    Any format Pillow reads, in memory; or, with ``lazy=True``, any file
+    :func:`bigquant.io.read_image` opens (tiled BigTIFF, zarr, ...), as a dask
+    array read chunk by chunk. Grey images are repeated to three channels and
+    alpha is dropped; palette and CMYK images are converted to RGB.
 
     Parameters
     ----------
@@ -161,16 +173,23 @@ def load_image(path: str | os.PathLike[str], title: str | None = None) -> Image:
         The image file.
     title : str or None, default=None
         The image's title; defaults to the file name without its extension.
+    lazy : bool, default=False
+        Read lazily through :func:`bigquant.io.read_image` (for images bigger
+        than memory) instead of decoding the whole file with Pillow.
+    chunks : int, tuple of int (cy, cx) or None, default=None
+        Chunk shape of the lazy array (see :func:`bigquant.io.read_image`);
+        only with ``lazy=True``.
 
     Returns
     -------
     Image
-        The pixels as a (H, W, 3) ``uint8`` numpy array.
+        The pixels as a (H, W, 3) array: ``uint8`` numpy, or with ``lazy=True``
+        a dask array of the file's dtype.
 
     Raises
     ------
     bigquant.errors.ImageReadError
-        If the file is missing or not an image Pillow can read.
+        If the file is missing or not an image that can be read.
 
     Examples
     --------
@@ -179,23 +198,50 @@ def load_image(path: str | os.PathLike[str], title: str | None = None) -> Image:
     >>> img.shape, img.title
     ((600, 512, 3), 'grace_hopper')
     """
+    path = os.fspath(path)
+    if title is None:
+        title = os.path.splitext(os.path.basename(path))[0]
+    if lazy:
+        return Image(_lazy_rgb(path, chunks), title=title)
+    if chunks is not None:
+        raise InvalidParameterError(f"chunks={chunks!r} is only used with lazy=True")
+
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
-    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageReadError(f"path={path!r}: no such file")
     try:
         with PILImage.open(path) as pil:
             mode = pil.mode
             rgb = np.asarray(pil.convert("RGB"))
-    except FileNotFoundError as exc:
-        raise ImageReadError(f"path={path!r}: no such file") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageReadError(f"path={path!r} cannot be read as an image: {exc}") from exc
     if mode != "RGB":
         logger.info("converted %s from mode %s to RGB", path, mode)
-    if title is None:
-        title = os.path.splitext(os.path.basename(path))[0]
     return Image(rgb, title=title)
+
+
+def _lazy_rgb(path: str, chunks: int | tuple[int, int] | None) -> Any:
+    """Open ``path`` lazily and return its pixels as a dask array of shape (H, W, 3)."""
+    import dask.array as da
+
+    from bigquant.io import read_image
+
+    if not os.path.exists(path):
+        raise ImageReadError(f"path={path!r}: no such file")
+    pixels = read_image(path, chunks=chunks).data
+    if pixels.ndim == 2:
+        pixels = da.stack([pixels] * 3, axis=-1)
+    elif pixels.shape[2] in (1, 2):  # grey, grey + alpha
+        pixels = da.concatenate([pixels[..., :1]] * 3, axis=-1)
+    elif pixels.shape[2] == 4:  # RGBA
+        pixels = pixels[..., :3]
+    elif pixels.shape[2] != 3:
+        raise InvalidInputError(
+            f"path={path!r} has {pixels.shape[2]} channels; an RGB image needs 1, 2, 3 or 4"
+        )
+    return pixels
 
 
 def rgb_vector_to_image(

@@ -13,7 +13,12 @@ import pytest
 from PIL import Image as PILImage
 
 from bigquant import image, plotting
-from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
+from bigquant.errors import (
+    ImageReadError,
+    InputTypeError,
+    InvalidInputError,
+    InvalidParameterError,
+)
 
 
 @pytest.fixture
@@ -149,3 +154,42 @@ def test_rgb_vector_to_image_errors(vector_shape, image_shape, match):
 def test_plotting_functions_are_re_exported():
     assert image.display_images is plotting.display_images
     assert image.plot_rgb_vector is plotting.plot_rgb_vector
+
+
+# lazy loading -------------------------------------------------------------
+
+
+def test_load_image_lazy_tiled_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, pixels, tile=(16, 16), photometric="rgb")
+    img = image.load_image(path, lazy=True, chunks=16)
+    assert img.is_lazy
+    assert img.title == "tiled"
+    assert img.shape == (40, 48, 3)
+    assert img.rgb_matrix.chunks[0][0] == 16
+    np.testing.assert_array_equal(img.compute().rgb_matrix, pixels)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA"])
+def test_load_image_lazy_makes_rgb(tmp_path, rgb, mode):
+    path = tmp_path / f"small_{mode}.png"
+    pil = PILImage.fromarray(rgb).convert(mode)
+    pil.save(path)
+    img = image.load_image(path, lazy=True)
+    assert img.is_lazy and img.shape == (5, 7, 3)
+    np.testing.assert_array_equal(img.compute().rgb_matrix, np.asarray(pil.convert("RGB")))
+
+
+def test_load_image_lazy_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file"):
+        image.load_image(tmp_path / "nope.tif", lazy=True)
+
+
+def test_load_image_chunks_need_lazy(tmp_path, rgb):
+    path = tmp_path / "x.png"
+    PILImage.fromarray(rgb).save(path)
+    with pytest.raises(InvalidParameterError, match="chunks=16 is only used with lazy=True"):
+        image.load_image(path, chunks=16)
