@@ -20,3 +20,9 @@ __all__: list[str] = [
 from bigquant import image, model, plotting  # noqa: E402
 
 __all__ += ["image", "model", "plotting"]
+
+# Out-of-core image IO and the end-to-end pipeline.
+from bigquant.io import ImageSource, read_image, write_image  # noqa: E402
+from bigquant.quantize import quantize  # noqa: E402
+
+__all__ += ["ImageSource", "read_image", "write_image", "quantize"]

@@ -1,0 +1,227 @@
+"""The end-to-end pipeline: source image -> fitted palette -> written image.
+
+``quantize`` reads lazily (:func:`bigquant.read_image`), fits
+:class:`bigquant.KMeans` on the pixels, and streams the labels to the output
+(:func:`bigquant.write_image`).  With the histogram strategy (8-bit data) the
+source pixels are read exactly twice: once to count colours, once to map and
+write.  The palette (JSON) and a small preview PNG come from the same passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+
+from bigquant.errors import InvalidParameterError
+from bigquant.io._atomic import atomic_output, check_target
+from bigquant.io._chunks import ChunksLike
+from bigquant.io._encode import resolve_codec
+from bigquant.io._palette import as_colours
+from bigquant.io._read import read_image
+from bigquant.io._source import ImageSource
+from bigquant.io._write import _FORMATS, _check_tile, write_image
+
+__all__ = ["quantize", "palette_colours"]
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _scheduler(client: Any) -> Iterator[None]:
+    """Make ``client`` the scheduler of every compute in the block."""
+    if client is None:
+        yield
+        return
+    import dask
+
+    with client.as_current(), dask.config.set(scheduler=client):
+        yield
+
+
+def palette_colours(centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round cluster centres to stored colours of a source of type ``dtype``.
+
+    uint8 and uint16 sources keep their type; float sources in [0, 1] are
+    scaled to uint8; other types follow :func:`bigquant.io._palette.as_colours`.
+    """
+    dtype = np.dtype(dtype)
+    centers = np.asarray(centers, dtype=np.float64)
+    if dtype in (np.uint8, np.uint16):
+        return as_colours(centers, dtype=dtype)
+    if dtype.kind == "f" and centers.size and centers.min() >= 0 and centers.max() <= 1:
+        return as_colours(centers * 255.0, dtype=np.uint8)
+    return as_colours(centers)
+
+
+def _write_palette_json(
+    path: pathlib.Path,
+    colours: np.ndarray,
+    model: Any,
+    source: ImageSource,
+    dst: pathlib.Path,
+    overwrite: bool,
+) -> None:
+    doc = {
+        "n_colours": int(len(colours)),
+        "dtype": str(colours.dtype),
+        "colours": colours.tolist(),
+        "centres": np.asarray(model.cluster_centers_, dtype=float).tolist(),
+        "inertia": float(getattr(model, "inertia_", float("nan"))),
+        "n_iter": int(getattr(model, "n_iter_", 0)),
+        "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
+        "source": str(source.path) if source.path is not None else None,
+        "shape": list(source.shape),
+        "output": str(dst),
+    }
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def quantize(
+    src: Any,
+    dst: str | os.PathLike[str],
+    n_clusters: int,
+    *,
+    strategy: Literal["auto", "histogram", "pixels", "minibatch"] = "auto",
+    mode: Literal["palette", "rgb"] = "palette",
+    client: Any = None,
+    random_state: Any = None,
+    tile: int = 512,
+    compression: str | None = "zlib",
+    pyramid: bool | int = False,
+    overwrite: bool = False,
+    palette_out: str | os.PathLike[str] | None = None,
+    preview: str | os.PathLike[str] | None = None,
+    chunks: ChunksLike = None,
+    level: int = 0,
+    series: int = 0,
+    **kmeans_kwargs: Any,
+) -> Any:
+    """Quantize an image of any size to ``n_clusters`` colours and write it.
+
+    Parameters
+    ----------
+    src : str, os.PathLike, ImageSource or array
+        The image: anything :func:`bigquant.read_image` opens (TIFF, zarr,
+        PNG/JPEG, numpy or dask array of shape (H, W, C) or (H, W)).
+    dst : str or os.PathLike
+        Output file (``.tif``, ``.zarr``, ``.png``, ``.jpg``); see
+        :func:`bigquant.write_image`.
+    n_clusters : int
+        Number of colours k.
+    strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
+        Fitting strategy of :class:`bigquant.KMeans`.
+    mode : {"palette", "rgb"}, default="palette"
+        Indexed output with a colormap, or the palette colours per pixel.
+    client : distributed.Client or None, default=None
+        Cluster to run on; None uses the current default scheduler (a
+        ``Client`` already created, else dask's threads).
+    random_state : int, numpy Generator or None, default=None
+        Seed of the initialisation.
+    tile : int, default=512
+        Output tile edge in pixels, a multiple of 16.
+    compression : str or None, default="zlib"
+        Output compression (see :func:`bigquant.write_image`).
+    pyramid : bool or int, default=False
+        Add SubIFD pyramid levels to TIFF output.
+    overwrite : bool, default=False
+        Replace existing outputs.
+    palette_out : str, os.PathLike or None, default=None
+        Also write the palette and fit summary as JSON.
+    preview : str, os.PathLike or None, default=None
+        Also write a PNG preview (at most 1024 px a side) from the same pass.
+    chunks : int, tuple of int or None, default=None
+        Chunk shape used to read ``src`` (see :func:`bigquant.read_image`).
+    level, series : int, default=0
+        Pyramid level and series of a TIFF source.
+    **kmeans_kwargs
+        Other :class:`bigquant.KMeans` parameters (``init``, ``max_iter``,
+        ``tol``, ``n_init``...).
+
+    Returns
+    -------
+    model : KMeans
+        The fitted estimator; ``model.cluster_centers_`` is the palette before
+        rounding.
+
+    Raises
+    ------
+    ImageReadError, ImageWriteError, InvalidParameterError
+        As :func:`bigquant.read_image`, :class:`bigquant.KMeans` and
+        :func:`bigquant.write_image`; outputs are checked before any pixel is
+        read, and nothing partial is left on failure.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> from bigquant import quantize
+    >>> img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     model = quantize(img, pathlib.Path(d) / "q.tif", 4, random_state=0, tile=32)
+    >>> model.cluster_centers_.shape
+    (4, 3)
+    """
+    from bigquant.kmeans import KMeans
+
+    dst_path = pathlib.Path(dst).expanduser()
+    # fail fast, before reading a pixel: outputs, tile, compression, mode
+    if mode not in ("palette", "rgb"):
+        raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
+    _check_tile(tile)
+    if dst_path.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
+        resolve_codec(compression, None)
+    elif dst_path.suffix.lower() not in _FORMATS:
+        # write_image raises the precise error
+        write_image(np.zeros((1, 1), np.uint8), dst_path, palette=[[0]], overwrite=overwrite)
+    outputs = [dst_path] + [pathlib.Path(p).expanduser() for p in (palette_out, preview) if p]
+    if len(set(outputs)) != len(outputs):
+        raise InvalidParameterError(f"dst, palette_out and preview must differ: {outputs}")
+    for out in outputs:
+        check_target(out, overwrite=overwrite)
+
+    source = src if isinstance(src, ImageSource) and chunks is None else read_image(
+        src, chunks=chunks, level=level, series=series
+    )
+    data = source.data
+    if data.ndim == 2:
+        data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
+    logger.info(
+        "quantize %s: %s %s to k=%d (%s), chunks %s",
+        source.path or "array", source.shape, source.dtype, n_clusters, strategy, data.chunksize,
+    )
+    with _scheduler(client):
+        t0 = time.perf_counter()
+        model = KMeans(
+            n_clusters, strategy=strategy, random_state=random_state, **kmeans_kwargs
+        ).fit(data)
+        t1 = time.perf_counter()
+        logger.info(
+            "fitted %d colours in %.1f s (%s iterations)",
+            len(model.cluster_centers_), t1 - t0, getattr(model, "n_iter_", "?"),
+        )
+        colours = palette_colours(model.cluster_centers_, source.dtype)
+        write_image(
+            model.labels_,
+            dst_path,
+            palette=colours,
+            mode=mode,
+            tile=tile,
+            compression=compression,
+            pyramid=pyramid,
+            overwrite=overwrite,
+            preview=preview,
+        )
+        logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
+    if palette_out is not None:
+        _write_palette_json(
+            pathlib.Path(palette_out).expanduser(), colours, model, source, dst_path, overwrite
+        )
+    return model
