@@ -199,6 +199,7 @@ def plot_rgb_vector(
     *,
     max_points: int | None = DEFAULT_MAX_POINTS,
     random_state: int | None = 0,
+    ax: Any = None,
 ) -> Figure:
     """Draw colours as a 3-D scatter in RGB space, each point in its own colour.
 
@@ -222,11 +223,15 @@ def plot_rgb_vector(
         ``random_state`` (so the plot is reproducible); ``None`` draws all.
     random_state : int or None, default=0
         Seed of the subsampling.
+    ax : mpl_toolkits.mplot3d.axes3d.Axes3D or None, default=None
+        Draw on this 3-D axes (e.g. ``fig.add_subplot(1, 2, 1, projection="3d")``)
+        instead of a new figure; ``figsize`` is then ignored.
 
     Returns
     -------
     fig : matplotlib.figure.Figure
-        The figure, with one 3-D axes whose single collection holds the points.
+        The figure: a new one with one 3-D axes whose single collection holds
+        the points, or ``ax``'s figure.
 
     Examples
     --------
@@ -242,8 +247,13 @@ def plot_rgb_vector(
         raise ValueError(f"rgb_vector of shape {tuple(x.shape)} must have shape (n_samples, 3)")
     points = subsample_rows(x, max_points=max_points, random_state=random_state)
     colours = _rgb_colours(points)
-    fig = _new_figure(figsize)
-    ax = fig.add_subplot(projection="3d")
+    if ax is None:
+        fig = _new_figure(figsize)
+        ax = fig.add_subplot(projection="3d")
+    elif getattr(ax, "name", None) != "3d":
+        raise ValueError("ax must be a 3-D axes: add_subplot(..., projection='3d')")
+    else:
+        fig = ax.figure
     ax.scatter(
         points[:, 0],
         points[:, 1],

@@ -201,3 +201,19 @@ def test_plot_k_metrics_two_axes_with_the_data():
 def test_plot_k_metrics_lengths_must_match():
     with pytest.raises(ValueError, match="lengths 3, 2 and 3"):
         plotting.plot_k_metrics([2, 4, 8], [1.0, 2.0], [0.1, 0.2, 0.3])
+
+
+def test_plot_rgb_vector_on_given_axes(rgb):
+    fig = plt.figure()
+    left = fig.add_subplot(1, 2, 1, projection="3d")
+    right = fig.add_subplot(1, 2, 2, projection="3d")
+    assert plotting.plot_rgb_vector(rgb.reshape(-1, 3), ax=left) is fig
+    assert plotting.plot_rgb_vector(np.array([[1.0, 2.0, 3.0]]) * 50, ax=right, title="c") is fig
+    assert len(fig.axes) == 2 and right.get_title() == "c"
+    assert len(left.collections) == 1 and len(right.collections) == 1
+
+
+def test_plot_rgb_vector_needs_3d_axes(rgb):
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="ax must be a 3-D axes"):
+        plotting.plot_rgb_vector(rgb.reshape(-1, 3), ax=ax)
