@@ -1,0 +1,56 @@
+"""Shared pytest fixtures.  Each section belongs to one area; append, don't rewrite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+# --- io / quantize fixtures -------------------------------------------------
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    """A small photo-like RGB uint8 image (300 x 400) with many colours."""
+    from bigquant.sample import make_sample_image
+
+    return make_sample_image((300, 400), seed=1)
+
+
+@pytest.fixture
+def few_colour_image() -> np.ndarray:
+    """RGB uint8 image (200 x 260) made of 6 flat colours in blocks."""
+    rng = np.random.default_rng(0)
+    colours = np.array(
+        [[255, 0, 0], [0, 255, 0], [0, 0, 255], [250, 250, 250], [10, 10, 10], [200, 120, 40]],
+        dtype=np.uint8,
+    )
+    labels = rng.integers(0, len(colours), (10, 13)).repeat(20, 0).repeat(20, 1)
+    return colours[labels]
+
+
+@pytest.fixture
+def tiled_tiff(tmp_path, rgb_image):
+    """The ``rgb_image`` as a tiled (64 px), zlib-compressed BigTIFF."""
+    import tifffile
+
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, rgb_image, tile=(64, 64), compression="zlib", bigtiff=True,
+                     photometric="rgb")
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A real LocalCluster with 2 single-thread worker processes, and its Client."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        memory_limit="2GiB",
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
