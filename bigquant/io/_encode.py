@@ -84,8 +84,10 @@ def resolve_codec(compression: str | None, level: int | None) -> Codec:
     image_codec = tag in tifffile.TIFF.IMAGE_COMPRESSIONS
     if tag != 8:
         try:
-            tifffile.TIFF.COMPRESSORS[tag]
-        except (KeyError, ImportError) as exc:
+            func = tifffile.TIFF.COMPRESSORS[tag]
+            probe = np.zeros((16, 16, 3), np.uint8)
+            func(probe if image_codec else probe.tobytes())
+        except Exception as exc:  # noqa: BLE001 - missing module, stub codec...
             raise ImageWriteError(
                 f"compression={compression!r} needs the 'imagecodecs' package, which is not "
                 "installed (pip install imagecodecs); 'zlib', 'lzma' and None work without it"
@@ -242,6 +244,6 @@ def pyramid_steps(shape: tuple[int, int], tile: int, pyramid: bool | int) -> tup
 def preview_step(shape: tuple[int, int], tile: int, size: int) -> int:
     """Power-of-two step dividing ``tile`` bringing the long side near ``size``."""
     step = 1
-    while step < max_step(tile) and max(shape[0], shape[1]) / step > size:
+    while 2 * step <= max_step(tile) and max(shape[0], shape[1]) / (2 * step) >= size:
         step *= 2
     return step
