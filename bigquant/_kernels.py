@@ -435,3 +435,67 @@ def oversample(X, weights, use_weights, centers_t, row0, col0, block_width, imag
             keep[n_keep] = i
             n_keep += 1
     return keep[:n_keep].copy(), cost
+
+
+# --------------------------------------------------------------------------- bounded Lloyd
+
+
+@numba.njit(**_JIT)
+def bounded_step(X, weights, centers_t, drift, max_drift, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
+    """One Lloyd assignment with Hamerly's bounds, updating the sums in place.
+
+    ``upper[i]`` bounds the distance of point ``i`` to its centre and
+    ``lower[i]`` the distance to any other centre. A point is only re-examined
+    when the bounds, moved by the centre drifts, no longer prove that its label
+    stands (with a safety margin for rounding); otherwise the label is provably
+    what a full scan would give. Re-examined points get the full scan (ties to
+    the lowest index) and, if they move, their weighted coordinates move
+    between the per-cluster ``sums`` (and ``counts``, ``sqnorm``). With integer
+    data and integer weights those sums are exact, so the result is identical
+    to a full Lloyd step. Returns how many points were re-examined.
+    """
+    n, n_channels = X.shape
+    k = centers_t.shape[1]
+    examined = 0
+    for i in range(n):
+        a = labels[i]
+        if not first:
+            u = upper[i] + drift[a]
+            low = lower[i] - max_drift
+            if u * (1.0 + 1e-9) + 1e-9 < low:
+                upper[i] = u
+                lower[i] = low
+                continue
+        examined += 1
+        best = 0
+        best_d = np.inf
+        second_d = np.inf
+        for j in range(k):
+            d = 0.0
+            for c in range(n_channels):
+                t = np.float64(X[i, c]) - centers_t[c, j]
+                d += t * t
+            if d < best_d:
+                second_d = best_d
+                best_d = d
+                best = j
+            elif d < second_d:
+                second_d = d
+        upper[i] = np.sqrt(best_d)
+        lower[i] = np.sqrt(second_d)
+        if first or best != a:
+            w = np.float64(weights[i])
+            q = 0.0
+            for c in range(n_channels):
+                v = np.float64(X[i, c])
+                q += v * v
+                sums[best, c] += v * w
+                if not first:
+                    sums[a, c] -= v * w
+            counts[best] += w
+            sqnorm[best] += q * w
+            if not first:
+                counts[a] -= w
+                sqnorm[a] -= q * w
+            labels[i] = best
+    return examined

@@ -112,6 +112,8 @@ def lloyd(
         ``inertia`` is for the returned centres.
     """
     centers = np.array(centers, dtype=np.float64)
+    if hasattr(points, "reset"):
+        points.reset()
     converged = False
     shift = np.inf
     n_iter = 0
@@ -127,7 +129,9 @@ def lloyd(
         if shift <= tol:
             converged = True
             break
-    if converged and shift == 0.0:
+    if hasattr(points, "inertia"):
+        final_inertia = points.inertia(centers)
+    elif converged and shift == 0.0:
         # exact fixed point: the last assignment was to these very centres
         final_inertia = inertia
     else:

@@ -126,6 +126,17 @@ class PointSet(Protocol):
         """Up to ``n`` points (float64) and their weights, for initialisation."""
 
 
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    """One shared pool for the in-memory kernels (they release the GIL)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(n_threads(), thread_name_prefix="bigquant")
+    return _POOL
+
+
 def _segments(n_rows: int, n_parts: int) -> list[slice]:
     n_parts = max(1, min(n_parts, math.ceil(n_rows / _MIN_SEGMENT)))
     bounds = np.linspace(0, n_rows, n_parts + 1).astype(np.int64)
@@ -160,8 +171,7 @@ class InMemoryPoints:
     def _map(self, func: Callable[[slice], Any]) -> list[Any]:
         if len(self._segments) == 1:
             return [func(self._segments[0])]
-        with ThreadPoolExecutor(len(self._segments)) as pool:
-            return list(pool.map(func, self._segments))
+        return list(_thread_pool().map(func, self._segments))
 
     def _w(self, seg: slice) -> np.ndarray | None:
         return None if self.weights is None else self.weights[seg]
@@ -424,3 +434,78 @@ def _oversample_pass(points: DaskPoints, centers: np.ndarray, seed: int, scale: 
     (result,) = dask.compute(Delayed(root, graph, layer=root[0]))
     return result
 
+
+
+class BoundedPoints(InMemoryPoints):
+    """In-memory integer points with integer weights, iterated with Hamerly's bounds.
+
+    For a colour histogram (uint8 colours, int64 counts) every per-cluster sum
+    is an integer, exact in float64, so keeping the sums up to date point by
+    point gives exactly the sums of a full pass; most points are skipped once
+    the centres settle. :meth:`partial_sums` is stateful: it expects to be
+    called with the successive centres of one Lloyd run (a call with centres of
+    another shape or a :meth:`reset` starts over). The returned inertia is
+    computed from per-cluster moments (``sum w|x|^2 - 2 c.S + W|c|^2``), exact
+    up to rounding; :meth:`inertia` gives the direct sum.
+    """
+
+    def __init__(self, X: np.ndarray, weights: np.ndarray):
+        super().__init__(X, weights, multiplicity=True)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the state of the previous run."""
+        self._state: list[dict[str, np.ndarray]] | None = None
+        self._previous: np.ndarray | None = None
+
+    def _new_state(self, k: int) -> list[dict[str, np.ndarray]]:
+        states = []
+        for seg in self._segments:
+            n = seg.stop - seg.start
+            states.append(
+                dict(
+                    labels=np.zeros(n, np.int64),
+                    upper=np.zeros(n),
+                    lower=np.zeros(n),
+                    sums=np.zeros((k, self.n_channels)),
+                    counts=np.zeros(k),
+                    sqnorm=np.zeros(k),
+                )
+            )
+        return states
+
+    def partial_sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        centers = np.asarray(centers, dtype=np.float64)
+        first = self._state is None or self._previous is None or self._previous.shape != centers.shape
+        if first:
+            self._state = self._new_state(centers.shape[0])
+            drift = np.zeros(centers.shape[0])
+        else:
+            drift = np.sqrt(((centers - self._previous) ** 2).sum(axis=1))
+        max_drift = float(drift.max()) if drift.size else 0.0
+        centers_t = np.ascontiguousarray(centers.T)
+        states = self._state
+        assert states is not None
+
+        def one(args):
+            seg, st = args
+            return _kernels.bounded_step(
+                self.X[seg], self.weights[seg], centers_t, drift, max_drift, st["labels"],
+                st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
+            )
+
+        pairs = list(zip(self._segments, states))
+        if len(pairs) == 1:
+            one(pairs[0])
+        else:
+            list(_thread_pool().map(one, pairs))
+        self._previous = centers.copy()
+        sums = np.sum([st["sums"] for st in states], axis=0)
+        counts = np.sum([st["counts"] for st in states], axis=0)
+        sqnorm = np.sum([st["sqnorm"] for st in states], axis=0)
+        inertia = float(np.sum(sqnorm - 2 * (centers * sums).sum(axis=1) + counts * (centers**2).sum(axis=1)))
+        return sums, counts, max(inertia, 0.0)
+
+    def inertia(self, centers: np.ndarray) -> float:
+        """Weighted sum of squared distances, summed directly (a full pass)."""
+        return InMemoryPoints.partial_sums(self, centers)[2]

@@ -29,6 +29,7 @@ from bigquant._validation import (
 )
 from bigquant.errors import (
     BigquantWarning,
+    ConvergenceWarning,
     FewColoursWarning,
     InvalidInputError,
     InvalidParameterError,
@@ -39,6 +40,13 @@ from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
 __all__ = ["KMeans", "BaseEstimator"]
 
 logger = logging.getLogger(__name__)
+
+#: histograms with more distinct colours than this are first fitted coarse-to-fine
+_COARSE_MIN_COLOURS = 1 << 14
+#: bits dropped per channel for the coarse histogram (8-bit -> 5-bit colours)
+_COARSE_DROP_BITS = 3
+#: initialisations screened on the coarse histogram (cheap, and it avoids poor minima)
+_COARSE_MIN_RUNS = 4
 
 
 class BaseEstimator:
@@ -312,14 +320,15 @@ default="k-means++"
                 stacklevel=2,
             )
             n_init = 1
-        best: LloydResult | None = None
-        for run in range(n_init):
-            centers0 = init_array if init_array is not None else self._initial_centers(points, k, rng)
-            result = lloyd(points, centers0, max_iter=int(self.max_iter), tol=tol, callback=self.callback)
-            logger.info("run %d/%d: inertia %.6g after %d iterations", run + 1, n_init, result.inertia, result.n_iter)
-            if best is None or result.inertia < best.inertia:
-                best = result
-        assert best is not None
+        if (
+            histogram is not None
+            and init_array is None
+            and histogram.n_colours > _COARSE_MIN_COLOURS
+            and histogram.bits > _COARSE_DROP_BITS
+        ):
+            best = self._fit_coarse_to_fine(histogram, points, k, n_init, tol, rng)
+        else:
+            best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
         centers = best.centers
         if best.inertia == 0.0:
             centers = self._drop_duplicate_centres(centers)
@@ -336,6 +345,54 @@ default="k-means++"
             self._lut = self._build_lut(histogram)
         self.labels_ = self._labels(data)
         return self
+
+    def _best_of_runs(
+        self,
+        points: PointSet,
+        init_array: np.ndarray | None,
+        k: int,
+        n_init: int,
+        tol: float,
+        rng: np.random.Generator,
+        *,
+        callback: IterationCallback | None | bool = True,
+    ) -> LloydResult:
+        """Run Lloyd ``n_init`` times from fresh initialisations; keep the lowest inertia."""
+        cb = self.callback if callback is True else callback or None
+        best: LloydResult | None = None
+        for run in range(n_init):
+            centers0 = init_array if init_array is not None else self._initial_centers(points, k, rng)
+            result = lloyd(points, centers0, max_iter=int(self.max_iter), tol=tol, callback=cb)
+            logger.info("run %d/%d: inertia %.6g after %d iterations", run + 1, n_init, result.inertia, result.n_iter)
+            if best is None or result.inertia < best.inertia:
+                best = result
+        assert best is not None
+        return best
+
+    def _fit_coarse_to_fine(
+        self,
+        histogram: ColourHistogram,
+        points: PointSet,
+        k: int,
+        n_init: int,
+        tol: float,
+        rng: np.random.Generator,
+    ) -> LloydResult:
+        """Screen initialisations on a coarse histogram, then converge on the exact one.
+
+        The ``n_init`` runs (at least :data:`_COARSE_MIN_RUNS`) go to convergence on
+        colours merged to 5 bits per channel (a few thousand weighted points); the
+        best of them starts Lloyd's iteration on every distinct colour, which ends
+        at an exact fixed point of the full problem in a few iterations.
+        """
+        coarse = histogram.coarse(_COARSE_DROP_BITS)
+        runs = max(n_init, _COARSE_MIN_RUNS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            start = self._best_of_runs(coarse, None, k, runs, tol, rng, callback=False)
+        logger.info("coarse histogram (%d points): best of %d runs, inertia %.6g",
+                    coarse.X.shape[0], runs, start.inertia)
+        return lloyd(points, start.centers, max_iter=int(self.max_iter), tol=tol, callback=self.callback)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
         if not data.is_dask:
