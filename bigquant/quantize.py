@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bigquant.errors import InvalidParameterError
+from bigquant.errors import ImageWriteError, InvalidParameterError
 from bigquant.io._atomic import atomic_output, check_target
 from bigquant.io._chunks import ChunksLike
 from bigquant.io._encode import resolve_codec
@@ -179,8 +179,9 @@ def quantize(
     if dst_path.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
         resolve_codec(compression, None)
     elif dst_path.suffix.lower() not in _FORMATS:
-        # write_image raises the precise error
-        write_image(np.zeros((1, 1), np.uint8), dst_path, palette=[[0]], overwrite=overwrite)
+        raise ImageWriteError(
+            f"{dst_path}: unsupported output suffix {dst_path.suffix!r}; use one of {sorted(_FORMATS)}"
+        )
     outputs = [dst_path] + [pathlib.Path(p).expanduser() for p in (palette_out, preview) if p]
     if len(set(outputs)) != len(outputs):
         raise InvalidParameterError(f"dst, palette_out and preview must differ: {outputs}")

@@ -1,0 +1,133 @@
+"""Tests of bigquant.quantize: the read -> fit -> write pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from bigquant import quantize, read_image
+from bigquant.errors import FewColoursWarning, ImageReadError, ImageWriteError, InvalidParameterError
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Count blocks read from TIFF files (in this process: threaded scheduler)."""
+    from bigquant.io._tiff_read import TiffBlockReader
+
+    calls = []
+    original = TiffBlockReader.__getitem__
+
+    def counting(self, key):
+        calls.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(TiffBlockReader, "__getitem__", counting)
+    return calls
+
+
+def test_quantize_tiled_tiff_end_to_end(tmp_path, tiled_tiff):
+    out = tmp_path / "q.tif"
+    model = quantize(tiled_tiff, out, 8, random_state=0, tile=64,
+                     palette_out=tmp_path / "pal.json", preview=tmp_path / "prev.png")
+    assert model.cluster_centers_.shape == (8, 3)
+    src = read_image(tiled_tiff)
+    expected = np.asarray(model.predict(src.data).compute())
+    with tifffile.TiffFile(out) as tf:
+        page = tf.pages[0]
+        assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
+        np.testing.assert_array_equal(page.asarray(), expected)
+        colours = np.rint(model.cluster_centers_).astype(np.uint16) * 257
+        np.testing.assert_array_equal(page.colormap[:, :8].T, colours)
+    doc = json.loads((tmp_path / "pal.json").read_text())
+    assert doc["n_colours"] == 8 and doc["dtype"] == "uint8"
+    np.testing.assert_array_equal(doc["colours"], np.rint(model.cluster_centers_))
+    assert doc["shape"] == [300, 400, 3]
+    with Image.open(tmp_path / "prev.png") as im:
+        assert im.mode == "RGB" and max(im.size) <= 1024
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pal.json", "prev.png", "q.tif", "tiled.tif"]
+
+
+def test_histogram_strategy_reads_the_source_exactly_twice(tmp_path, tiled_tiff, count_reads):
+    src = read_image(tiled_tiff, chunks=128)
+    quantize(src, tmp_path / "q.tif", 6, strategy="histogram", random_state=0, tile=64,
+             preview=tmp_path / "p.png", pyramid=True)
+    assert len(count_reads) == 2 * src.data.npartitions
+    assert len(set(map(repr, count_reads))) == src.data.npartitions
+
+
+def test_rgb_mode_and_pixels_strategy(tmp_path, rgb_image):
+    model = quantize(rgb_image, tmp_path / "q.tif", 5, strategy="pixels", mode="rgb",
+                     random_state=0, tile=32, max_iter=20)
+    back = tifffile.imread(tmp_path / "q.tif")
+    assert back.shape == rgb_image.shape and back.dtype == np.uint8
+    colours = np.rint(model.cluster_centers_).astype(np.uint8)
+    assert {tuple(c) for c in back.reshape(-1, 3)} <= {tuple(c) for c in colours}
+
+
+def test_gray_image_is_fitted_as_one_channel(tmp_path, rgb_image):
+    gray = rgb_image[..., 1]
+    model = quantize(gray, tmp_path / "g.png", 4, random_state=0)
+    assert model.cluster_centers_.shape == (4, 1)
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.mode == "P"
+        pal = np.array(im.getpalette()[:12]).reshape(4, 3)
+    assert (pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all()
+
+
+def test_uint16_source_keeps_16_bit_colours(tmp_path, rgb_image):
+    deep = rgb_image.astype(np.uint16) * 257 + 3
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, deep, tile=(64, 64), photometric="rgb")
+    model = quantize(path, tmp_path / "q.tif", 4, random_state=0, tile=64, strategy="pixels",
+                     max_iter=10)
+    with tifffile.TiffFile(tmp_path / "q.tif") as tf:
+        cmap = tf.pages[0].colormap
+    np.testing.assert_array_equal(cmap[:, :4].T, np.rint(model.cluster_centers_))
+
+
+def test_few_colours_zarr_output(tmp_path, few_colour_image):
+    import zarr
+
+    with pytest.warns(FewColoursWarning):
+        model = quantize(few_colour_image, tmp_path / "q.zarr", 10, random_state=0, tile=32)
+    assert len(model.cluster_centers_) == 6
+    z = zarr.open_array(str(tmp_path / "q.zarr"), mode="r")
+    pal = np.array(z.attrs["palette"], dtype=np.uint8)
+    np.testing.assert_array_equal(pal[z[:]], few_colour_image)
+
+
+def test_outputs_checked_before_reading(tmp_path, tiled_tiff, count_reads):
+    (tmp_path / "exists.tif").write_bytes(b"x")
+    with pytest.raises(ImageWriteError, match="exists.tif.*exists"):
+        quantize(tiled_tiff, tmp_path / "exists.tif", 4)
+    with pytest.raises(ImageWriteError, match="p.json.*exists"):
+        (tmp_path / "p.json").write_text("{}")
+        quantize(tiled_tiff, tmp_path / "new.tif", 4, palette_out=tmp_path / "p.json")
+    with pytest.raises(InvalidParameterError, match="tile=30"):
+        quantize(tiled_tiff, tmp_path / "new.tif", 4, tile=30)
+    with pytest.raises(InvalidParameterError, match="mode="):
+        quantize(tiled_tiff, tmp_path / "new.tif", 4, mode="cmyk")
+    with pytest.raises(ImageWriteError, match="suffix"):
+        quantize(tiled_tiff, tmp_path / "new.gif", 4)
+    assert count_reads == []
+    assert not (tmp_path / "new.tif").exists()
+    with pytest.raises(ImageReadError, match="missing.tif"):
+        quantize(tmp_path / "missing.tif", tmp_path / "new.tif", 4)
+
+
+@pytest.mark.distributed
+def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
+    from distributed import get_task_stream
+
+    with get_task_stream(local_cluster) as ts:
+        model = quantize(tiled_tiff, tmp_path / "q.tif", 6, client=local_cluster,
+                         random_state=0, tile=64, pyramid=True, chunks=128)
+    keys = [str(t["key"]) for t in ts.data]
+    assert any("bigquant-encode" in k for k in keys)
+    src = read_image(tiled_tiff)
+    expected = np.asarray(model.predict(src.data).compute(scheduler="sync"))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
