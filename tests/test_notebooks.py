@@ -45,6 +45,8 @@ def kernel_name(tmp_path_factory: pytest.TempPathFactory):
         # a notebook's own figures go to the inline backend, whatever the test run uses
         mp.delenv("MPLBACKEND", raising=False)
         mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        # notebooks that generate big images size them by this: small for the tests
+        mp.setenv("BIGQUANT_NOTEBOOK_SIDE", "2048")
         yield KERNEL_NAME
 
 
