@@ -1,0 +1,798 @@
+"""Mini-batch k-means for data too big to iterate over.
+
+:class:`MiniBatchKMeans` follows scikit-learn's ``MiniBatchKMeans``: each step
+assigns a small random batch to the nearest centres and moves every centre
+towards the mean of its batch points with step ``weight / count`` (``count``
+being all the weight the centre has received so far), clusters with very
+little weight are randomly reassigned to batch points, and the run stops early
+when an exponentially smoothed batch inertia stops improving or when the
+centres move by less than ``tol``.
+
+Where the batches come from
+---------------------------
+*Pixels* (``strategy="pixels"``): the image is cut into a fixed grid of
+*virtual tiles* (256 x 256 pixels, or 65,536 rows of 2-D data) that does not
+depend on the chunking. Each draw picks at least 16 tiles at random (with
+probability proportional to their area) and draws pixels uniformly in them,
+so every pixel is equally likely; the global positions are chosen on the
+client from a seeded generator and the values are fetched with one small task
+per chunk that holds some of them. Only the chunks under the chosen tiles are
+read, only the batch pixels travel back, and the batches, hence the fitted
+centres, are identical for any chunking and for numpy and dask input.
+
+Drawing pixels uniformly over the whole image (as ``DaskPoints.sample`` does)
+would be as reproducible but would touch every chunk at every draw -- a full
+read of the image per draw. With the tiles a draw reads at most 16 chunks, and
+one draw serves many steps: the pixels of a round are shuffled and cut into
+``batch_size`` batches, and the next round is fetched while the current one is
+being used.
+
+*Colours* (``strategy="histogram"``, unsigned data of at most 24 bits per
+pixel such as uint8 RGB): one pass counts the colours exactly; batches are then
+colours drawn in proportion to their counts, and the final inertia and the
+labels come from the histogram and a lookup table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from bigquant import _kernels
+from bigquant._init import kmeans_plusplus, random_init
+from bigquant._points import DaskPoints, InMemoryPoints
+from bigquant._typing import INIT_METHODS
+from bigquant._validation import (
+    Data,
+    check_choice,
+    check_data,
+    check_float,
+    check_int,
+    check_random_state,
+    check_sample_weight,
+    label_dtype,
+)
+from bigquant.errors import InvalidInputError, InvalidParameterError
+from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.kmeans import KMeans
+
+__all__ = ["MiniBatchKMeans", "MINIBATCH_STRATEGIES"]
+
+logger = logging.getLogger(__name__)
+
+#: strategies of :class:`MiniBatchKMeans`
+MINIBATCH_STRATEGIES: tuple[str, ...] = ("auto", "pixels", "histogram")
+
+#: edge of the virtual tiles of an image (pixels); rows of a tile of 2-D data
+_TILE_EDGE = 256
+_TILE_ROWS = _TILE_EDGE * _TILE_EDGE
+#: pixels drawn from one tile (a quarter of it), and the fewest tiles of a draw
+_PIXELS_PER_TILE = _TILE_ROWS // 4
+_MIN_TILES = 16
+#: pixels fetched per round (one dask computation serves many steps)
+_ROUND_PIXELS = 1 << 18
+#: the smoothed inertia averages over at most about this many samples
+_EWA_MAX_SAMPLES = 1 << 20
+
+#: signature of the per-step callback: (step, batch inertia per unit weight, centre shift)
+StepCallback = Callable[[int, float, float], None]
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+class _Batch:
+    """Values (n, C) in the data's dtype and weights (n,) or None."""
+
+    __slots__ = ("X", "w")
+
+    def __init__(self, X: np.ndarray, w: np.ndarray | None) -> None:
+        self.X = X
+        self.w = w
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def take(self, sl: slice) -> _Batch:
+        return _Batch(self.X[sl], None if self.w is None else self.w[sl])
+
+
+def _gather_block(block: np.ndarray, wblock: np.ndarray | None, local: np.ndarray) -> tuple:
+    """Rows ``local`` (flat indices) of one chunk, and their weights."""
+    X = block.reshape(-1, block.shape[-1])
+    w = None if wblock is None else np.asarray(wblock).reshape(-1)[local]
+    return np.ascontiguousarray(X[local]), w
+
+
+def _assemble(parts: list[tuple], inverse: np.ndarray) -> tuple:
+    """Concatenate the per-chunk rows and put them back in draw order."""
+    X = np.concatenate([p[0] for p in parts])[inverse]
+    if parts[0][1] is None:
+        return X, None
+    return X, np.concatenate([p[1] for p in parts])[inverse]
+
+
+class _PixelSampler:
+    """Uniform pixels of an array drawn through a fixed grid of virtual tiles.
+
+    The positions drawn depend only on the generator and the array's shape,
+    never on its chunks; numpy and dask arrays give the same values.
+    """
+
+    def __init__(self, data: Data, weights: np.ndarray | da.Array | None) -> None:
+        self.data = data
+        self.weights = weights
+        self.spatial = data.spatial_shape
+        self.n_samples = data.n_samples
+        tile = (_TILE_ROWS,) if len(self.spatial) == 1 else (_TILE_EDGE, _TILE_EDGE)
+        self.tile = np.array(tile, dtype=np.int64)
+        shape = np.array(self.spatial, dtype=np.int64)
+        self.grid = -(-shape // self.tile)
+        # area of every tile, in C order of the tile grid
+        edges = [
+            np.minimum(self.tile[d], shape[d] - np.arange(self.grid[d]) * self.tile[d])
+            for d in range(len(self.spatial))
+        ]
+        area = edges[0].astype(np.float64)
+        for e in edges[1:]:
+            area = np.multiply.outer(area, e).ravel()
+        self.tile_p = area / area.sum()
+        self.edges = edges
+        self._pool: ThreadPoolExecutor | None = None
+        if data.is_dask:
+            X = data.array
+            self._bounds = [np.concatenate([[0], np.cumsum(c)]) for c in X.chunks[:-1]]
+            self._keys = X.__dask_keys__()
+            self._wkeys = None if weights is None else weights.__dask_keys__()
+        else:
+            self._flat = data.flat()
+            self._wflat = None if weights is None else np.ascontiguousarray(weights).reshape(-1)
+
+    # -- positions
+
+    def positions(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Flat indices of ``n`` pixels, each uniform over the data, in random order."""
+        n_tiles = max(_MIN_TILES, math.ceil(n / _PIXELS_PER_TILE))
+        per_tile = math.ceil(n / n_tiles)
+        tiles = rng.choice(self.tile_p.shape[0], size=n_tiles, p=self.tile_p)
+        tcoords = np.unravel_index(tiles, tuple(self.grid))
+        coords = []
+        for d, tc in enumerate(tcoords):
+            extent = self.edges[d][tc]
+            offset = (rng.random((n_tiles, per_tile)) * extent[:, None]).astype(np.int64)
+            coords.append((tc[:, None] * self.tile[d] + offset).ravel())
+        flat = np.ravel_multi_index(tuple(coords), self.spatial)
+        return flat[rng.permutation(flat.shape[0])[:n]]
+
+    # -- values
+
+    def fetch(self, flat: np.ndarray) -> _Batch:
+        """The values (and weights) at flat positions, in the order given."""
+        if not self.data.is_dask:
+            return _Batch(self._flat[flat], None if self._wflat is None else self._wflat[flat])
+        (result,) = dask.compute(self._graph(flat))
+        return _Batch(*result)
+
+    def _graph(self, flat: np.ndarray) -> Delayed:
+        X = self.data.array
+        coords = np.unravel_index(flat, self.spatial)
+        block_ids = []
+        local = []
+        for d, c in enumerate(coords):
+            b = np.searchsorted(self._bounds[d], c, side="right") - 1
+            block_ids.append(b)
+            local.append(c - self._bounds[d][b])
+        nblocks = X.numblocks[:-1]
+        block_lin = np.ravel_multi_index(tuple(block_ids), nblocks)
+        order = np.argsort(block_lin, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.shape[0])
+        sorted_lin = block_lin[order]
+        starts = np.flatnonzero(np.r_[True, sorted_lin[1:] != sorted_lin[:-1]])
+        ends = np.r_[starts[1:], sorted_lin.shape[0]]
+        token = tokenize(X, self.weights, flat)
+        name = f"bigquant-minibatch-gather-{token}"
+        layer: dict[Any, Any] = {}
+        parts = []
+        for i, (a, b) in enumerate(zip(starts, ends)):
+            sel = order[a:b]
+            bidx = np.unravel_index(int(sorted_lin[a]), nblocks)
+            chunk_shape = tuple(int(X.chunks[d][bidx[d]]) for d in range(len(nblocks)))
+            loc = np.ravel_multi_index(tuple(l[sel] for l in local), chunk_shape)
+            key = self._keys
+            for j in bidx:
+                key = key[j]
+            key = key[0]
+            wkey = None
+            if self._wkeys is not None:
+                wkey = self._wkeys
+                for j in bidx:
+                    wkey = wkey[j]
+            layer[(name, i)] = (_gather_block, key, wkey, loc)
+            parts.append((name, i))
+        root = (f"bigquant-minibatch-batch-{token}",)
+        layer[root] = (_assemble, parts, inverse)
+        deps = [X] if self.weights is None else [X, self.weights]
+        graph = HighLevelGraph.from_collections(root[0], layer, dependencies=deps)
+        return Delayed(root, graph, layer=root[0])
+
+    def draw(self, n: int, rng: np.random.Generator) -> _Batch:
+        """``n`` pixels drawn now."""
+        return self.fetch(self.positions(n, rng))
+
+    def submit(self, n: int, rng: np.random.Generator) -> Future:
+        """``n`` pixels whose positions are drawn now and values fetched in the background."""
+        flat = self.positions(n, rng)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="bigquant-minibatch")
+        return self._pool.submit(self.fetch, flat)
+
+    def close(self) -> None:
+        """Stop the background fetcher."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+class _ColourSampler:
+    """Colours of a histogram drawn with probability proportional to their counts."""
+
+    def __init__(self, histogram: ColourHistogram) -> None:
+        self.histogram = histogram
+        self.n_samples = histogram.n_pixels
+        self._cum = np.cumsum(histogram.counts)
+
+    def draw(self, n: int, rng: np.random.Generator) -> _Batch:
+        u = rng.integers(0, int(self._cum[-1]), size=n)
+        idx = np.searchsorted(self._cum, u, side="right")
+        return _Batch(self.histogram.colours[idx], None)
+
+    def submit(self, n: int, rng: np.random.Generator) -> Future:
+        fut: Future = Future()
+        fut.set_result(self.draw(n, rng))
+        return fut
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+class MiniBatchKMeans(KMeans):
+    """Mini-batch k-means (Sculley 2010) of pixels or samples, in memory or on Dask.
+
+    scikit-learn's ``MiniBatchKMeans`` semantics on data that need not fit in
+    memory: each step reads one random batch, so a fit touches a small part of
+    the data (plus one final pass for ``inertia_``, see ``compute_labels``).
+    Results depend only on ``random_state``, not on the chunking, and numpy and
+    dask versions of the same data give the same centres.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters (palette size).
+    batch_size : int, default=4096
+        Pixels (samples) per step.
+    max_iter : int, default=100
+        Maximum number of passes over the data, counted in samples drawn:
+        at most ``max_iter * n_samples // batch_size`` steps (as in
+        scikit-learn); ``max_steps`` can bound them further.
+    max_steps : int or None, default=None
+        Maximum number of steps, whatever the size of the data.
+    tol : float, default=0.0
+        Stop when the summed squared centre change of a step is at most ``tol``
+        times the mean per-channel variance of the data (estimated on the
+        initialisation sample). 0 disables this test.
+    max_no_improvement : int or None, default=10
+        Stop after this many consecutive steps without improvement of the
+        smoothed batch inertia. ``None`` disables this test. The smoothing is
+        scikit-learn's exponentially weighted average over about one pass of
+        the data, but over at most 2**20 samples, so that the test also works
+        on gigapixel data.
+    reassignment_ratio : float, default=0.01
+        Clusters whose accumulated weight is below this fraction of the largest
+        one are moved to random batch points (every ``10 * n_clusters``
+        samples, and whenever a cluster is empty).
+    init : {"k-means++", "random"} or ndarray of shape (n_clusters, n_channels), \
+default="k-means++"
+        Initialisation, computed on ``init_size`` random samples (weighted by
+        ``sample_weight``).
+    init_size : int or None, default=None
+        Samples drawn for each initialisation and for the validation sample
+        that picks the best of ``n_init``; ``None`` means ``3 * batch_size``
+        (at least ``3 * n_clusters``).
+    n_init : int or "auto", default="auto"
+        Number of initialisations; the one with the lowest inertia on the
+        validation sample is kept. ``"auto"``: 1 for ``"k-means++"``, 3 for
+        ``"random"``.
+    compute_labels : bool, default=True
+        After the last step, compute ``inertia_`` exactly with one pass over
+        the data (and ``labels_``, lazily for dask input). ``False`` skips the
+        pass: ``inertia_`` is then the smoothed batch inertia scaled to the
+        whole data (an estimate) and ``labels_`` is not set.
+    random_state : int, numpy Generator or None, default=None
+        Seed of the initialisation, the batches and the reassignments.
+    strategy : {"auto", "pixels", "histogram"}, default="auto"
+        ``"pixels"``: batches of pixels from random virtual tiles; each step
+        reads only the chunks under them. ``"histogram"``: one exact pass
+        counts the colours (unsigned data of at most 24 bits per pixel, e.g.
+        uint8 RGB, without ``sample_weight``), then batches are colours drawn
+        in proportion to their counts. ``"auto"`` is ``"pixels"``.
+    split_every : int, default=8
+        Fan-in of the tree reductions of the final pass and of ``score``.
+    callback : callable, default=None
+        Called after every step with ``(step, batch_inertia, centre_shift)``,
+        the batch inertia being per unit of weight.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_channels)
+        Centres (float64).
+    labels_ : ndarray or dask array
+        Label of each sample of the data given to ``fit``: shape (n_samples,)
+        for 2-D input and (H, W) for an image; numpy for numpy input, lazy dask
+        for dask input. After ``partial_fit``: the labels of its batch.
+    inertia_ : float
+        After ``fit``: weighted sum of squared distances of all samples to
+        their nearest centre, computed in one final pass (an estimate when
+        ``compute_labels=False``). After ``partial_fit``: that of its batch.
+    n_iter_ : int
+        Passes over the data the steps amount to, ``ceil(n_steps_ *
+        batch_size / n_samples)``.
+    n_steps_ : int
+        Number of mini-batch steps run.
+    n_features_in_ : int
+        Number of channels seen in ``fit``.
+    strategy_ : str
+        The strategy used.
+    histogram_ : ColourHistogram or None
+        The colour histogram, for the histogram strategy.
+
+    See Also
+    --------
+    KMeans : exact Lloyd's iteration; ``KMeans(strategy="minibatch")`` runs
+        this estimator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bigquant import MiniBatchKMeans
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(20, 2, (500, 3)), rng.normal(200, 2, (500, 3))])
+    >>> mbk = MiniBatchKMeans(n_clusters=2, batch_size=256, random_state=0).fit(X)
+    >>> np.round(np.sort(mbk.cluster_centers_[:, 0]), -1)
+    array([ 20., 200.])
+    >>> mbk.predict(np.array([[0.0, 0.0, 0.0]])).shape
+    (1,)
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        batch_size: int = 4096,
+        max_iter: int = 100,
+        max_steps: int | None = None,
+        tol: float = 0.0,
+        max_no_improvement: int | None = 10,
+        reassignment_ratio: float = 0.01,
+        init: str | np.ndarray = "k-means++",
+        init_size: int | None = None,
+        n_init: int | str = "auto",
+        compute_labels: bool = True,
+        random_state: Any = None,
+        strategy: str = "auto",
+        split_every: int = 8,
+        callback: StepCallback | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.max_steps = max_steps
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.reassignment_ratio = reassignment_ratio
+        self.init = init
+        self.init_size = init_size
+        self.n_init = n_init
+        self.compute_labels = compute_labels
+        self.random_state = random_state
+        self.strategy = strategy
+        self.split_every = split_every
+        self.callback = callback
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_params(self, n_channels: int) -> np.ndarray | None:
+        check_int(self.n_clusters, "n_clusters", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.max_iter, "max_iter", minimum=1)
+        if self.max_steps is not None:
+            check_int(self.max_steps, "max_steps", minimum=1)
+        check_float(self.tol, "tol", minimum=0.0)
+        if self.max_no_improvement is not None:
+            check_int(self.max_no_improvement, "max_no_improvement", minimum=0)
+        check_float(self.reassignment_ratio, "reassignment_ratio", minimum=0.0)
+        if self.init_size is not None:
+            check_int(self.init_size, "init_size", minimum=1)
+        if not (isinstance(self.n_init, str) and self.n_init == "auto"):
+            check_int(self.n_init, "n_init", minimum=1)
+        if not isinstance(self.compute_labels, (bool, np.bool_)):
+            raise InvalidParameterError(f"compute_labels={self.compute_labels!r} must be True or False")
+        check_choice(self.strategy, "strategy", MINIBATCH_STRATEGIES)
+        check_int(self.split_every, "split_every", minimum=2)
+        if self.callback is not None and not callable(self.callback):
+            raise InvalidParameterError(f"callback={self.callback!r} must be callable")
+        if isinstance(self.init, str):
+            # k-means|| is a distributed pass over all the data: here it is k-means++
+            check_choice(self.init, "init", INIT_METHODS)
+            return None
+        if hasattr(self.init, "__array__"):
+            init = np.asarray(self.init, dtype=np.float64)
+            expected = (self.n_clusters, n_channels)
+            if init.shape != expected:
+                raise InvalidParameterError(
+                    f"init array has shape {init.shape}; expected (n_clusters, n_channels) = {expected}"
+                )
+            if not np.isfinite(init).all():
+                raise InvalidParameterError("init array contains NaN or infinity")
+            return init
+        raise InvalidParameterError(
+            f"init={self.init!r} must be one of {', '.join(map(repr, INIT_METHODS))} or an array"
+        )
+
+    def _n_init(self, init_array: np.ndarray | None) -> int:
+        if init_array is not None:
+            return 1
+        if self.n_init == "auto":
+            return 3 if self.init == "random" else 1
+        return int(self.n_init)
+
+    def _init_size(self) -> int:
+        if self.init_size is not None:
+            size = int(self.init_size)
+        else:
+            size = 3 * int(self.batch_size)
+        return max(size, 3 * int(self.n_clusters))
+
+    def _resolve_strategy(self, data: Data, weights: Any) -> str:
+        if self.strategy != "histogram":
+            return "pixels"
+        if histogram_bits(data.array.dtype, data.n_channels) is None:
+            raise InvalidParameterError(
+                f"strategy='histogram' needs unsigned integer data of at most 24 bits per "
+                f"pixel (e.g. uint8 RGB); got dtype={data.array.dtype} with "
+                f"{data.n_channels} channels: use strategy='pixels'"
+            )
+        if weights is not None:
+            raise InvalidParameterError(
+                "strategy='histogram' does not take sample_weight: use strategy='pixels'"
+            )
+        return "histogram"
+
+    # ------------------------------------------------------------------ steps
+
+    def _start(self, centers: np.ndarray, batch_size: int) -> None:
+        """Reset the state of the steps (counts, smoothing, reassignment clock)."""
+        self.cluster_centers_ = np.array(centers, dtype=np.float64)
+        self._counts = np.zeros(len(centers), dtype=np.float64)
+        self._batch_size = int(batch_size)
+        self._n_since_last_reassign = 0
+        self._ewa_inertia: float | None = None
+        self._ewa_inertia_min: float | None = None
+        self._no_improvement = 0
+
+    def _random_reassign(self) -> bool:
+        """Whether this step reassigns small clusters (scikit-learn's clock)."""
+        self._n_since_last_reassign += self._batch_size
+        if (self._counts == 0).any() or self._n_since_last_reassign >= 10 * self.n_clusters:
+            self._n_since_last_reassign = 0
+            return True
+        return False
+
+    def _step(self, batch: _Batch, rng: np.random.Generator) -> tuple[float, float, float]:
+        """One mini-batch update of the centres in place.
+
+        Returns the batch inertia (before the update), the batch weight and
+        the summed squared change of the centres.
+        """
+        centers = self.cluster_centers_
+        X = batch.X
+        w = batch.w
+        sums, bw, inertia = _kernels.partial_sums(X, centers, w)
+        old = centers.copy()
+        hit = bw > 0
+        counts = self._counts
+        new_counts = counts[hit] + bw[hit]
+        centers[hit] = (centers[hit] * counts[hit, None] + sums[hit]) / new_counts[:, None]
+        counts[hit] = new_counts
+        if self._random_reassign() and self.reassignment_ratio > 0:
+            self._reassign(batch, rng)
+        shift = float(((centers - old) ** 2).sum())
+        return float(inertia), float(bw.sum()), shift
+
+    def _reassign(self, batch: _Batch, rng: np.random.Generator) -> None:
+        """Move clusters of very small weight to random batch points."""
+        counts = self._counts
+        to_reassign = counts < float(self.reassignment_ratio) * counts.max()
+        n_batch = len(batch)
+        if to_reassign.sum() > 0.5 * n_batch:
+            keep = np.argsort(counts, kind="stable")[int(0.5 * n_batch) :]
+            to_reassign[keep] = False
+        if to_reassign.all():
+            to_reassign[int(np.argmax(counts))] = False
+        n = int(to_reassign.sum())
+        if not n:
+            return
+        if batch.w is None:
+            rows = rng.choice(n_batch, size=n, replace=False)
+        else:
+            positive = np.flatnonzero(batch.w > 0)
+            if positive.shape[0] < n:
+                return
+            p = batch.w[positive] / batch.w[positive].sum()
+            rows = positive[rng.choice(positive.shape[0], size=n, replace=False, p=p)]
+        logger.debug("reassigning %d cluster centre(s)", n)
+        self.cluster_centers_[to_reassign] = batch.X[rows]
+        counts[to_reassign] = counts[~to_reassign].min()
+
+    def _converged(self, step: int, n_samples: int, shift: float, batch_inertia: float, tol: float) -> bool:
+        """scikit-learn's early stopping on the smoothed inertia and the centre change."""
+        if step == 1:
+            # the first batch inertia is that of the initial centres
+            return False
+        window = min(n_samples, _EWA_MAX_SAMPLES)
+        alpha = min(1.0, self._batch_size * 2.0 / (window + 1))
+        if self._ewa_inertia is None:
+            self._ewa_inertia = batch_inertia
+        else:
+            self._ewa_inertia = self._ewa_inertia * (1 - alpha) + batch_inertia * alpha
+        if tol > 0.0 and shift <= tol:
+            logger.info("converged (small centre change) at step %d", step)
+            return True
+        if self._ewa_inertia_min is None or self._ewa_inertia < self._ewa_inertia_min:
+            self._no_improvement = 0
+            self._ewa_inertia_min = self._ewa_inertia
+        else:
+            self._no_improvement += 1
+        if self.max_no_improvement is not None and self._no_improvement >= self.max_no_improvement:
+            logger.info("converged (no improvement of the smoothed inertia) at step %d", step)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ init
+
+    def _initial_centers(self, sampler: Any, init_array: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Best of ``n_init`` initialisations on samples, and the variance estimate."""
+        k = int(self.n_clusters)
+        n_init = self._n_init(init_array)
+        size = self._init_size()
+        pool = sampler.draw(size * (n_init + 1), rng)
+        self._check_batch(pool)
+        Xall = np.asarray(pool.X, dtype=np.float64)
+        wall = np.ones(len(pool)) if pool.w is None else np.asarray(pool.w, dtype=np.float64)
+        if wall.sum() <= 0:
+            raise InvalidInputError("sample_weight is zero on every sample drawn for the initialisation")
+        mean = (wall @ Xall) / wall.sum()
+        variance = (wall @ (Xall - mean) ** 2) / wall.sum()
+        if init_array is not None:
+            return init_array.copy(), variance
+        valid = slice(size * n_init, None)
+        Xv, wv = Xall[valid], wall[valid]
+        best, best_inertia = None, np.inf
+        for run in range(n_init):
+            sl = slice(run * size, (run + 1) * size)
+            Xi, wi = Xall[sl], wall[sl]
+            if self.init == "random":
+                centers = random_init(Xi, wi, k, rng)
+            else:
+                centers = kmeans_plusplus(Xi, wi, k, rng)
+            inertia = _kernels.partial_sums(Xv, centers, wv)[2]
+            logger.debug("init %d/%d: validation inertia %.6g", run + 1, n_init, inertia)
+            if inertia < best_inertia:
+                best, best_inertia = centers, inertia
+        assert best is not None
+        return best, variance
+
+    @staticmethod
+    def _check_batch(batch: _Batch) -> None:
+        if batch.X.dtype.kind == "f" and not np.isfinite(batch.X).all():
+            raise InvalidInputError("X contains NaN or infinity")
+        if batch.w is not None and (not np.isfinite(batch.w).all() or (batch.w < 0).any()):
+            raise InvalidInputError("sample_weight must be finite and non-negative")
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> MiniBatchKMeans:
+        """Compute the centres from random mini-batches of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_channels) or (height, width, n_channels)
+            numpy or dask array of integer or float data. Dask arrays are read
+            only where the batches fall (plus one final pass for ``inertia_``
+            when ``compute_labels=True``).
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,) or (height, width), default=None
+            Weights of the samples: batches are drawn uniformly and weighted.
+
+        Returns
+        -------
+        self : MiniBatchKMeans
+        """
+        data = check_data(X)
+        init_array = self._check_params(data.n_channels)
+        weights = check_sample_weight(sample_weight, data)
+        strategy = self._resolve_strategy(data, weights)
+        rng = check_random_state(self.random_state)
+        init_rng, sample_rng, step_rng = rng.spawn(3)
+
+        histogram: ColourHistogram | None = None
+        if strategy == "histogram":
+            histogram = colour_histogram(data.array, split_every=self.split_every)
+            if histogram.n_colours <= self.n_clusters:
+                self._fit_few_colours(data, histogram)
+                self.n_steps_ = 0
+                return self
+            sampler: Any = _ColourSampler(histogram)
+        else:
+            sampler = _PixelSampler(data, weights)
+        n_samples = sampler.n_samples
+        batch_size = int(self.batch_size)
+        try:
+            centers, variance = self._initial_centers(sampler, init_array, init_rng)
+            tol = float(self.tol) * float(np.mean(variance))
+            self._start(centers, batch_size)
+            n_steps = max(1, int(self.max_iter) * n_samples // batch_size)
+            if self.max_steps is not None:
+                n_steps = min(n_steps, int(self.max_steps))
+            step = self._run(sampler, n_steps, n_samples, tol, sample_rng, step_rng)
+        finally:
+            sampler.close()
+
+        self.strategy_ = strategy
+        self.histogram_ = histogram
+        self.n_steps_ = step
+        self.n_iter_ = int(math.ceil(step * batch_size / n_samples))
+        self.n_features_in_ = data.n_channels
+        self._dtype_in = data.array.dtype
+        self._lut = None
+        if histogram is not None:
+            self._lut = self._build_lut(histogram)
+        self._finish(data, weights, histogram)
+        return self
+
+    def _run(
+        self,
+        sampler: Any,
+        n_steps: int,
+        n_samples: int,
+        tol: float,
+        sample_rng: np.random.Generator,
+        step_rng: np.random.Generator,
+    ) -> int:
+        """The steps: rounds of batches fetched one round ahead. Returns the step count."""
+        batch_size = self._batch_size
+        per_round = max(1, _ROUND_PIXELS // batch_size)
+        rounds_left = -(-n_steps // per_round)
+
+        def next_round() -> Future | None:
+            nonlocal rounds_left
+            if rounds_left <= 0:
+                return None
+            rounds_left -= 1
+            return sampler.submit(per_round * batch_size, sample_rng)
+
+        pending = next_round()
+        step = 0
+        while pending is not None:
+            pool: _Batch = pending.result()
+            pending = next_round()
+            self._check_batch(pool)
+            for s in range(per_round):
+                batch = pool.take(slice(s * batch_size, (s + 1) * batch_size))
+                inertia, weight, shift = self._step(batch, step_rng)
+                step += 1
+                per_weight = inertia / weight if weight > 0 else 0.0
+                if self.callback is not None:
+                    self.callback(step, per_weight, shift)
+                if step >= n_steps or self._converged(step, n_samples, shift, per_weight, tol):
+                    if pending is not None:
+                        pending.cancel()
+                    logger.info(
+                        "mini-batch k-means: %d steps of %d samples, smoothed batch inertia %.6g",
+                        step, batch_size, self._ewa_inertia if self._ewa_inertia is not None else per_weight,
+                    )
+                    return step
+        return step
+
+    def _finish(self, data: Data, weights: Any, histogram: ColourHistogram | None) -> None:
+        """``inertia_`` and ``labels_``: one exact pass, or the smoothed estimate."""
+        centers = self.cluster_centers_
+        if not self.compute_labels:
+            total = float(data.n_samples)
+            if weights is not None:
+                total = float(weights.sum().compute() if data.is_dask else weights.sum())
+            ewa = self._ewa_inertia if self._ewa_inertia is not None else 0.0
+            self.inertia_ = float(ewa * total)
+            if hasattr(self, "labels_"):
+                del self.labels_
+            return
+        if histogram is not None:
+            inertia = histogram.points().partial_sums(centers)[2]
+        elif data.is_dask:
+            inertia = DaskPoints(data.array, weights, split_every=self.split_every).partial_sums(centers)[2]
+        else:
+            w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64).reshape(-1)
+            inertia = InMemoryPoints(data.flat(), w).partial_sums(centers)[2]
+        if not np.isfinite(inertia):
+            raise InvalidInputError("X contains NaN or infinity")
+        self.inertia_ = float(inertia)
+        self.labels_ = self._labels(data)
+
+    # ------------------------------------------------------------------ streaming
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> MiniBatchKMeans:
+        """Update the centres with one mini-batch: all the samples of ``X``.
+
+        The first call initialises the centres on (a sample of) ``X``. Dask
+        input is computed: pass blocks, e.g. ``for b in arr.blocks: ...``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_channels) or (height, width, n_channels)
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,) or (height, width), default=None
+
+        Returns
+        -------
+        self : MiniBatchKMeans
+            ``labels_`` and ``inertia_`` are those of ``X`` after the update.
+        """
+        if isinstance(X, da.Array):
+            X = X.compute()
+        if isinstance(sample_weight, da.Array):
+            sample_weight = sample_weight.compute()
+        data = check_data(X)
+        weights = check_sample_weight(sample_weight, data)
+        flat = data.flat()
+        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64).reshape(-1)
+        fitted = hasattr(self, "cluster_centers_")
+        if fitted:
+            if data.n_channels != self.n_features_in_:
+                raise InvalidInputError(
+                    f"X has {data.n_channels} channels, but {type(self).__name__} was fitted "
+                    f"with {self.n_features_in_}"
+                )
+        else:
+            init_array = self._check_params(data.n_channels)
+            rng = check_random_state(self.random_state)
+            self._random_state, init_rng = rng.spawn(2)
+            sampler = _PixelSampler(data, weights)
+            centers, _ = self._initial_centers(sampler, init_array, init_rng)
+            self._start(centers, min(int(self.batch_size), data.n_samples))
+            self.n_features_in_ = data.n_channels
+            self.n_steps_ = 0
+            self.strategy_ = "pixels"
+            self.histogram_ = None
+            self._lut = None
+        self._dtype_in = data.array.dtype
+        batch = _Batch(flat, w)
+        self._check_batch(batch)
+        self._step(batch, self._random_state)
+        self.n_steps_ += 1
+        labels, dist = _kernels.assign_labels(flat, self.cluster_centers_, label_dtype(self.n_clusters))
+        self.inertia_ = float(dist @ w) if w is not None else float(math.fsum(dist))
+        self.labels_ = labels.reshape(data.spatial_shape)
+        return self
