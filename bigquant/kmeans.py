@@ -15,7 +15,7 @@ import numpy as np
 from bigquant import _kernels
 from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
 from bigquant._lloyd import IterationCallback, LloydResult, lloyd
-from bigquant._points import DaskPoints, InMemoryPoints, PointSet
+from bigquant._points import DaskPoints, InMemoryPoints, PointSet, _thread_pool
 from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant._validation import (
     Data,
@@ -36,6 +36,7 @@ from bigquant.errors import (
     NotFittedError,
 )
 from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.runtime import active_client, phase
 
 __all__ = ["KMeans", "BaseEstimator"]
 
@@ -43,10 +44,12 @@ logger = logging.getLogger(__name__)
 
 #: histograms with more distinct colours than this are first fitted coarse-to-fine
 _COARSE_MIN_COLOURS = 1 << 14
-#: bits dropped per channel for the coarse histogram (8-bit -> 5-bit colours)
-_COARSE_DROP_BITS = 3
+#: bits dropped per channel for the coarse histogram (8-bit -> 6-bit colours)
+_COARSE_DROP_BITS = 2
 #: initialisations screened on the coarse histogram (cheap, and it avoids poor minima)
-_COARSE_MIN_RUNS = 4
+_COARSE_MIN_RUNS = 8
+#: the coarse runs stop earlier: they only rank initialisations
+_COARSE_TOL_FACTOR = 10.0
 
 
 class BaseEstimator:
@@ -84,19 +87,9 @@ class BaseEstimator:
         return f"{type(self).__name__}({', '.join(changed)})"
 
 
-def _active_client() -> Any:
-    """The distributed Client in use (current or global), or ``None``."""
-    try:
-        from distributed import Client
-
-        return Client.current(allow_global=True)
-    except (ImportError, ValueError):
-        return None
-
-
 def _memory_budget() -> int:
     """Bytes of memory the data may take when persisted: the cluster's or this machine's."""
-    client = _active_client()
+    client = active_client()
     if client is not None:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         total = sum(int(w.get("memory_limit") or 0) for w in workers.values())
@@ -303,13 +296,15 @@ default="k-means++"
 
         histogram: ColourHistogram | None = None
         if strategy == "histogram":
-            histogram = colour_histogram(data.array, split_every=self.split_every)
+            with phase("bigquant-histogram"):
+                histogram = colour_histogram(data.array, split_every=self.split_every)
             points: PointSet = histogram.points()
             if histogram.n_colours <= k:
                 return self._fit_few_colours(data, histogram)
             _, _, variance = points.moments()
         else:
-            points, variance = self._pixel_points(data, weights)
+            with phase("bigquant-moments"):
+                points, variance = self._pixel_points(data, weights)
         tol = float(self.tol) * float(np.mean(variance))
 
         n_init = int(self.n_init)
@@ -328,7 +323,8 @@ default="k-means++"
         ):
             best = self._fit_coarse_to_fine(histogram, points, k, n_init, tol, rng)
         else:
-            best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
+            with phase("bigquant-lloyd"):
+                best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
         centers = best.centers
         if best.inertia == 0.0:
             centers = self._drop_duplicate_centres(centers)
@@ -381,17 +377,26 @@ default="k-means++"
         """Screen initialisations on a coarse histogram, then converge on the exact one.
 
         The ``n_init`` runs (at least :data:`_COARSE_MIN_RUNS`) go to convergence on
-        colours merged to 5 bits per channel (a few thousand weighted points); the
+        colours merged to 6 bits per channel (typically a few 10^4 weighted points); the
         best of them starts Lloyd's iteration on every distinct colour, which ends
         at an exact fixed point of the full problem in a few iterations.
         """
-        coarse = histogram.coarse(_COARSE_DROP_BITS)
         runs = max(n_init, _COARSE_MIN_RUNS)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            start = self._best_of_runs(coarse, None, k, runs, tol, rng, callback=False)
-        logger.info("coarse histogram (%d points): best of %d runs, inertia %.6g",
-                    coarse.X.shape[0], runs, start.inertia)
+        seeds = rng.integers(0, 2**63 - 1, size=runs)
+        coarse_tol = max(tol, _COARSE_TOL_FACTOR * tol)
+
+        def screen(seed: int) -> LloydResult:
+            # one single-threaded point set per run: the runs go in parallel
+            coarse = histogram.coarse(_COARSE_DROP_BITS, n_parts=1)
+            run_rng = np.random.default_rng(seed)
+            centers0 = self._initial_centers(coarse, k, run_rng)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                return lloyd(coarse, centers0, max_iter=int(self.max_iter), tol=coarse_tol)
+
+        results = list(_thread_pool().map(screen, seeds))
+        start = min(results, key=lambda r: r.inertia)  # first of equals: deterministic
+        logger.info("coarse histogram: best of %d runs, inertia %.6g", runs, start.inertia)
         return lloyd(points, start.centers, max_iter=int(self.max_iter), tol=tol, callback=self.callback)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
@@ -490,7 +495,7 @@ default="k-means++"
             X = data.array
             if use_lut:
                 lut, bits, sentinel = self._lut
-                client = _active_client()
+                client = active_client()
                 if client is not None:
                     # shipped once to the cluster, fetched once per worker
                     lut_d = client.scatter(lut, hash=True)
