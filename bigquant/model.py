@@ -185,7 +185,9 @@ def clusters_cost(X: Any, centroids: Any, labels: Any) -> int:
     colour and its centroid *cast to uint8* (the colour the quantized image
     actually shows — see :func:`bigquant.image.rgb_vector_to_image`). It is
     computed exactly in int64. It differs slightly from the estimator's
-    ``inertia_``, which measures distances to the float centres.
+    ``inertia_``, which measures distances to the float centres, and from the
+    error of :func:`bigquant.quantize`'s output, whose palette rounds the
+    centres to the nearest colour instead of truncating them.
 
     Parameters
     ----------

@@ -63,8 +63,8 @@ def subsample_rows(
 
     Parameters
     ----------
-    x : array-like or dask array of shape (n_samples, n_channels)
-        The points.
+    x : array-like or dask array of shape (n_samples, n_channels) or (H, W, n_channels)
+        The points, or an image's pixels.
     max_points : int or None, default=20000
         Largest number of rows returned; ``None`` keeps every row.
     random_state : int or None, default=0
@@ -75,21 +75,33 @@ def subsample_rows(
     -------
     rows : ndarray of shape (min(n_samples, max_points), n_channels)
 
+    Notes
+    -----
+    An image of shape (H, W, C) is taken as its H·W pixels in row-major
+    order, and gives the same rows as its reshape to (H·W, C); a dask image is
+    sampled pixel by pixel (``vindex``), without reshaping it, which would
+    rechunk it to whole rows.
+
     Examples
     --------
     >>> import numpy as np
     >>> subsample_rows(np.arange(20).reshape(10, 2), max_points=3).shape
     (3, 2)
     """
-    n = int(x.shape[0])
     if max_points is not None and max_points < 1:
         raise ValueError(f"max_points={max_points} must be >= 1 or None")
+    n = int(np.prod(x.shape[:-1]))
     if max_points is None or n <= max_points:
-        rows = x
+        rows = x.reshape(n, x.shape[-1]) if x.ndim != 2 else x
     else:
         rng = np.random.default_rng(random_state)
         index = np.sort(rng.choice(n, size=max_points, replace=False))
-        rows = x[index]
+        if x.ndim == 2:
+            rows = x[index]
+        elif _is_dask(x):
+            rows = x.vindex[np.unravel_index(index, x.shape[:-1])]
+        else:
+            rows = x.reshape(n, x.shape[-1])[index]
         logger.debug("subsampled %d of %d points", max_points, n)
     if _is_dask(rows):
         rows = rows.compute()
@@ -241,9 +253,7 @@ def plot_rgb_vector(
     '3d'
     """
     x = _as_array(rgb_vector)
-    if x.ndim == 3:
-        x = x.reshape(-1, x.shape[-1])
-    if x.ndim != 2 or x.shape[1] != 3:
+    if x.ndim not in (2, 3) or x.shape[-1] != 3:
         raise ValueError(f"rgb_vector of shape {tuple(x.shape)} must have shape (n_samples, 3)")
     points = subsample_rows(x, max_points=max_points, random_state=random_state)
     colours = _rgb_colours(points)

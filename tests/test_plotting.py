@@ -217,3 +217,15 @@ def test_plot_rgb_vector_needs_3d_axes(rgb):
     fig, ax = plt.subplots()
     with pytest.raises(ValueError, match="ax must be a 3-D axes"):
         plotting.plot_rgb_vector(rgb.reshape(-1, 3), ax=ax)
+
+
+def test_subsample_rows_of_images_match_their_vectors():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(60, 70, 3), dtype=np.uint8)
+    expected = plotting.subsample_rows(pixels.reshape(-1, 3), max_points=500)
+    np.testing.assert_array_equal(plotting.subsample_rows(pixels, max_points=500), expected)
+    lazy = da.from_array(pixels, chunks=(16, 16, 3))
+    np.testing.assert_array_equal(plotting.subsample_rows(lazy, max_points=500), expected)
+    np.testing.assert_array_equal(plotting.subsample_rows(lazy, max_points=None), pixels.reshape(-1, 3))
+    colours = _scatter_colours(plotting.plot_rgb_vector(Image(lazy), max_points=500))
+    np.testing.assert_allclose(colours[:, :3], _sorted_rows(expected / 255.0))
