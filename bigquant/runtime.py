@@ -1,0 +1,361 @@
+"""Where the work runs: connect to (or start) a Dask cluster, and name its phases.
+
+- :func:`connect` gives a :class:`Runtime` owning what it started: a
+  :class:`~distributed.LocalCluster` with worker processes sized to the machine
+  (no address), a client of an existing cluster (``tcp://host:8786``), or an
+  existing :class:`~distributed.Client` passed through untouched.
+- :func:`phase` opens a :func:`distributed.span` around a phase of the work
+  (``histogram``, ``lloyd``, ``labels``, ``write``...) when a distributed client
+  is active, so the dashboard groups its tasks; without a client it does
+  nothing and costs next to nothing.
+
+The library only logs; terminal progress belongs to the command line (see
+:mod:`bigquant.progress`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from bigquant.errors import ClusterConnectionError, InvalidParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client, LocalCluster
+
+__all__ = ["Runtime", "connect", "phase", "active_client", "machine_layout", "DEFAULT_TIMEOUT"]
+
+logger = logging.getLogger(__name__)
+
+#: seconds to wait for a scheduler (or for a local cluster to start)
+DEFAULT_TIMEOUT = 30.0
+
+_ADDRESS = re.compile(r"^(?:(?P<proto>[a-z][a-z0-9+]*)://)?(?P<host>\[[^\]]+\]|[^:/\s]+)(?::(?P<port>\d+))?$")
+
+
+def active_client() -> Client | None:
+    """The current default distributed client, or ``None`` (cheap; never starts one).
+
+    Returns
+    -------
+    distributed.Client or None
+        The client that ``dask.compute`` would use, if it is a running
+        distributed client.
+    """
+    import sys
+
+    if "distributed" not in sys.modules:  # never imported: no client can exist
+        return None
+    from distributed.client import _get_global_client
+
+    client = _get_global_client()
+    if client is None or getattr(client, "status", "closed") not in ("running", "connecting"):
+        return None
+    return client
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[str | None]:
+    """Run a phase of the work inside a :func:`distributed.span` of that name.
+
+    With an active distributed client, every task submitted inside the block
+    is annotated with the span, which the dashboard (and
+    ``scheduler.extensions["spans"]``) groups by name. Without a client the
+    block runs as is.
+
+    Parameters
+    ----------
+    name : str
+        The phase, e.g. ``"histogram"``, ``"lloyd"``, ``"labels"``, ``"write"``.
+
+    Yields
+    ------
+    span_id : str or None
+        The span's id, or ``None`` without a client.
+
+    Examples
+    --------
+    >>> from bigquant.runtime import phase
+    >>> with phase("histogram") as span_id:
+    ...     pass
+    >>> span_id is None
+    True
+    """
+    if active_client() is None:
+        yield None
+        return
+    from distributed import span
+
+    logger.debug("phase %s", name)
+    with span(name) as span_id:
+        yield span_id
+
+
+def machine_layout(n_workers: int | None = None, threads_per_worker: int | None = None) -> tuple[int, int]:
+    """Workers and threads per worker for a local cluster on this machine.
+
+    Missing values follow distributed's own split of the usable cores (one
+    single-threaded process per core up to 4 cores, then a few processes of a
+    few threads).
+
+    Parameters
+    ----------
+    n_workers : int or None, default=None
+    threads_per_worker : int or None, default=None
+
+    Returns
+    -------
+    (n_workers, threads_per_worker) : tuple of int
+    """
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    if n_workers is None and threads_per_worker is None:
+        return nprocesses_nthreads(cores)
+    if n_workers is None:
+        assert threads_per_worker is not None
+        return max(1, cores // threads_per_worker), threads_per_worker
+    if threads_per_worker is None:
+        return n_workers, max(1, cores // n_workers)
+    return n_workers, threads_per_worker
+
+
+def _check_count(value: int | None, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidParameterError(f"{name}={value!r} must be a positive integer or None")
+
+
+def _normalise_address(address: str) -> str:
+    match = _ADDRESS.match(address.strip())
+    if match is None:
+        raise InvalidParameterError(
+            f"scheduler={address!r} is not a scheduler address; expected e.g. 'tcp://host:8786'"
+        )
+    proto = match.group("proto") or "tcp"
+    port = match.group("port") or "8786"
+    return f"{proto}://{match.group('host')}:{port}"
+
+
+class Runtime:
+    """A distributed client and whatever :func:`connect` started for it.
+
+    Use it as a context manager, or call :meth:`close`: only what
+    :func:`connect` started (the client it opened, the local cluster it
+    created) is shut down; a client that was passed in is left running.
+
+    Attributes
+    ----------
+    client : distributed.Client
+        The client; it is the default client while the runtime is open.
+    cluster : distributed.LocalCluster or None
+        The local cluster started by :func:`connect`, if any.
+    dashboard_link : str or None
+        URL of the Dask dashboard, when the scheduler serves one.
+    owns_client : bool
+        Whether :meth:`close` closes the client.
+    """
+
+    def __init__(self, client: Client, cluster: LocalCluster | None = None, *, owns_client: bool) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.owns_client = owns_client
+        self._closed = False
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """URL of the Dask dashboard, or ``None`` when there is none."""
+        try:
+            info = self.client.scheduler_info(n_workers=0)
+        except Exception:  # pragma: no cover - closed or lost client
+            return None
+        port = info.get("services", {}).get("dashboard")
+        if not port:
+            return None
+        try:
+            return str(self.client.dashboard_link)
+        except Exception:  # pragma: no cover
+            return None
+
+    @property
+    def scheduler_address(self) -> str:
+        """Address of the scheduler, e.g. ``tcp://127.0.0.1:8786``."""
+        return str(self.client.scheduler.address)
+
+    @property
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """The scheduler's view of its workers (address -> info)."""
+        return dict(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+
+    @property
+    def nthreads(self) -> int:
+        """Total worker threads of the cluster."""
+        return int(sum(self.client.nthreads().values()))
+
+    def close(self) -> None:
+        """Close the client and the cluster if this runtime started them (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.owns_client:
+            with contextlib.suppress(Exception):
+                self.client.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+            logger.info("local Dask cluster stopped")
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        kind = "local" if self.cluster is not None else ("remote" if self.owns_client else "given")
+        state = "closed" if self._closed else "open"
+        return f"Runtime({kind}, scheduler={self.client.scheduler.address!r}, {state})"
+
+
+def connect(
+    scheduler: str | Client | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | float | None = None,
+    dashboard_address: str | None = ":8787",
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Runtime:
+    """Start a local Dask cluster, or connect to an existing one.
+
+    Parameters
+    ----------
+    scheduler : str, distributed.Client or None, default=None
+        ``None`` starts a :class:`~distributed.LocalCluster` with worker
+        processes sized to this machine; an address (``"tcp://host:8786"``, or
+        ``"host:port"``) connects to that scheduler; a ``Client`` passes
+        through (and is never closed by the returned runtime).
+    n_workers : int or None, default=None
+        Local cluster: number of worker processes (default: machine-sized).
+    threads_per_worker : int or None, default=None
+        Local cluster: threads per worker (default: machine-sized).
+    memory_limit : str, int, float or None, default=None
+        Local cluster: memory limit per worker (``"4GiB"``, bytes, or a
+        fraction of the machine's memory); ``None`` splits the machine's memory
+        evenly between the workers.
+    dashboard_address : str or None, default=":8787"
+        Local cluster: where the dashboard listens (a free port is chosen if
+        this one is taken); ``None`` for no dashboard.
+    timeout : float, default=30.0
+        Seconds to wait for the scheduler (or for the local cluster to start)
+        before raising :class:`~bigquant.errors.ClusterConnectionError`.
+
+    Returns
+    -------
+    Runtime
+        Holds ``client`` (the default client from now on) and closes only what
+        it started.
+
+    Raises
+    ------
+    ClusterConnectionError
+        The scheduler cannot be reached, or the local cluster does not start,
+        within ``timeout`` seconds.
+    InvalidParameterError
+        A parameter has an invalid value (e.g. a malformed address).
+
+    Examples
+    --------
+    >>> import bigquant
+    >>> with bigquant.connect(n_workers=1, dashboard_address=None) as rt:  # doctest: +SKIP
+    ...     print(rt.client)
+    """
+    from distributed import Client
+
+    _check_count(n_workers, "n_workers")
+    _check_count(threads_per_worker, "threads_per_worker")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise InvalidParameterError(f"timeout={timeout!r} must be a positive number of seconds")
+
+    if isinstance(scheduler, Client):
+        logger.info("using the given Dask client of %s", scheduler.scheduler.address)
+        return Runtime(scheduler, owns_client=False)
+
+    if scheduler is not None:
+        if not isinstance(scheduler, str):
+            raise InvalidParameterError(
+                f"scheduler={scheduler!r} must be an address string, a distributed.Client or None"
+            )
+        address = _normalise_address(scheduler)
+        start = time.monotonic()
+        try:
+            client = Client(address, timeout=f"{float(timeout)}s", set_as_default=True)
+        except (OSError, TimeoutError) as exc:
+            waited = time.monotonic() - start
+            raise ClusterConnectionError(
+                f"could not reach the Dask scheduler at {address} within {waited:.0f} s "
+                f"(timeout={timeout:g}): {type(exc).__name__}: {exc}"
+            ) from exc
+        runtime = Runtime(client, owns_client=True)
+        logger.info(
+            "connected to Dask scheduler %s: %d workers, %d threads",
+            address,
+            len(client.nthreads()),
+            runtime.nthreads,
+        )
+        _log_dashboard(runtime)
+        return runtime
+
+    from distributed import LocalCluster
+
+    workers, threads = machine_layout(n_workers, threads_per_worker)
+    kwargs: dict[str, Any] = {
+        "n_workers": workers,
+        "threads_per_worker": threads,
+        "processes": True,
+        "dashboard_address": dashboard_address,
+        "timeout": float(timeout),
+    }
+    if memory_limit is not None:
+        kwargs["memory_limit"] = memory_limit
+    start = time.monotonic()
+    try:
+        cluster = LocalCluster(**kwargs)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterConnectionError(
+            f"the local Dask cluster ({workers} workers x {threads} threads) did not start "
+            f"within {timeout:g} s: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        client = Client(cluster, timeout=f"{float(timeout)}s", set_as_default=True)
+    except BaseException:
+        cluster.close()
+        raise
+    runtime = Runtime(client, cluster, owns_client=True)
+    logger.info(
+        "started a local Dask cluster in %.1f s: %d workers x %d threads, scheduler %s",
+        time.monotonic() - start,
+        workers,
+        threads,
+        cluster.scheduler_address,
+    )
+    _log_dashboard(runtime)
+    return runtime
+
+
+def _log_dashboard(runtime: Runtime) -> None:
+    link = runtime.dashboard_link
+    if link:
+        logger.info("Dask dashboard: %s", link)
+    else:
+        logger.info("the Dask scheduler serves no dashboard")
