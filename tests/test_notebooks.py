@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,15 @@ def test_notebook_is_stored_without_outputs(path: Path):
             assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def _marked(path: Path) -> Any:
+    """The notebook as a test parameter, marked ``distributed`` if it starts a Dask cluster."""
+    source = path.read_text(encoding="utf-8")
+    starts_cluster = "LocalCluster(" in source or "connect(" in source
+    marks = [pytest.mark.distributed] if starts_cluster else []
+    return pytest.param(path, marks=marks, id=path.stem)
+
+
+@pytest.mark.parametrize("path", [_marked(p) for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, tmp_path: Path, kernel_name: str):
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable, end='')"))
