@@ -57,6 +57,7 @@ def kmeans_plusplus(
     closest = np.full(n, np.inf)
     _kernels.update_closest(X, closest, centers[0])
     pot = float(closest @ weights)
+    trial_dist = np.empty((n_local_trials, n))
     for c in range(1, n_clusters):
         if pot <= 0:
             # every point sits on a centre already: repeat the last one
@@ -65,10 +66,10 @@ def kmeans_plusplus(
         cumulative = np.cumsum(weights * closest)
         rand_vals = rng.uniform(size=n_local_trials) * cumulative[-1]
         cand = np.clip(np.searchsorted(cumulative, rand_vals), None, n - 1)
-        pots = [_kernels.potential_with(X, weights, closest, X[j]) for j in cand]
+        pots = _kernels.trial_potentials(X, weights, closest, X[cand], trial_dist)
         best = int(np.argmin(pots))
         centers[c] = X[cand[best]]
-        _kernels.update_closest(X, closest, centers[c])
+        closest, trial_dist[best] = trial_dist[best].copy(), closest
         pot = float(pots[best])
     return centers
 

@@ -499,3 +499,28 @@ def bounded_step(X, weights, centers_t, drift, max_drift, labels, upper, lower, 
                 sqnorm[a] -= q * w
             labels[i] = best
     return examined
+
+
+@numba.njit(**_JIT)
+def trial_potentials(X, weights, closest, trials, dist_out):  # pragma: no cover
+    """Cost of adding each trial point as a centre, in one pass over ``X``.
+
+    ``dist_out[t, i]`` receives ``min(closest_i, |x_i - trials_t|^2)``; returns
+    the weighted sum of each row.
+    """
+    n, n_channels = X.shape
+    n_trials = trials.shape[0]
+    pots = np.zeros(n_trials)
+    for i in range(n):
+        w = weights[i]
+        ci = closest[i]
+        for t in range(n_trials):
+            d = 0.0
+            for c in range(n_channels):
+                v = X[i, c] - trials[t, c]
+                d += v * v
+            if ci < d:
+                d = ci
+            dist_out[t, i] = d
+            pots[t] += w * d
+    return pots

@@ -15,7 +15,7 @@ import numpy as np
 from bigquant import _kernels
 from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
 from bigquant._lloyd import IterationCallback, LloydResult, lloyd
-from bigquant._points import DaskPoints, InMemoryPoints, PointSet, _thread_pool
+from bigquant._points import BoundedPoints, DaskPoints, InMemoryPoints, PointSet, _thread_pool
 from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant._validation import (
     Data,
@@ -44,9 +44,11 @@ logger = logging.getLogger(__name__)
 
 #: histograms with more distinct colours than this are first fitted coarse-to-fine
 _COARSE_MIN_COLOURS = 1 << 14
-#: bits dropped per channel for the coarse histogram (8-bit -> 6-bit colours)
-_COARSE_DROP_BITS = 2
-#: initialisations screened on the coarse histogram (cheap, and it avoids poor minima)
+#: bits dropped per channel to screen initialisations (8-bit -> 5-bit colours)
+_SCREEN_DROP_BITS = 3
+#: bits dropped per channel to refine the best screened run (8-bit -> 6-bit colours)
+_REFINE_DROP_BITS = 2
+#: initialisations screened per ``n_init`` (cheap, and it avoids poor minima)
 _COARSE_MIN_RUNS = 8
 #: the coarse runs stop earlier: they only rank initialisations
 _COARSE_TOL_FACTOR = 10.0
@@ -319,7 +321,7 @@ default="k-means++"
             histogram is not None
             and init_array is None
             and histogram.n_colours > _COARSE_MIN_COLOURS
-            and histogram.bits > _COARSE_DROP_BITS
+            and histogram.bits > _SCREEN_DROP_BITS
         ):
             best = self._fit_coarse_to_fine(histogram, points, k, n_init, tol, rng)
         else:
@@ -374,30 +376,38 @@ default="k-means++"
         tol: float,
         rng: np.random.Generator,
     ) -> LloydResult:
-        """Screen initialisations on a coarse histogram, then converge on the exact one.
+        """Screen initialisations on coarse histograms, then converge on the exact one.
 
-        The ``n_init`` runs (at least :data:`_COARSE_MIN_RUNS`) go to convergence on
-        colours merged to 6 bits per channel (typically a few 10^4 weighted points); the
-        best of them starts Lloyd's iteration on every distinct colour, which ends
-        at an exact fixed point of the full problem in a few iterations.
+        ``8 * n_init`` k-means++ runs go to convergence on the colours merged to
+        5 bits per channel (a few thousand weighted points, in parallel); the
+        best is refined on 6-bit colours, and then starts Lloyd's iteration on
+        every distinct colour, which ends at an exact fixed point of the full
+        problem. Screening many cheap runs finds better minima than one full
+        run, for a fraction of its cost.
         """
-        runs = max(n_init, _COARSE_MIN_RUNS)
+        runs = _COARSE_MIN_RUNS * n_init
         seeds = rng.integers(0, 2**63 - 1, size=runs)
-        coarse_tol = max(tol, _COARSE_TOL_FACTOR * tol)
+        coarse_tol = _COARSE_TOL_FACTOR * tol
+        screen_set = histogram.coarse(_SCREEN_DROP_BITS)
 
         def screen(seed: int) -> LloydResult:
             # one single-threaded point set per run: the runs go in parallel
-            coarse = histogram.coarse(_COARSE_DROP_BITS, n_parts=1)
-            run_rng = np.random.default_rng(seed)
-            centers0 = self._initial_centers(coarse, k, run_rng)
+            coarse = BoundedPoints(screen_set.X, screen_set.weights, n_parts=1)
+            centers0 = self._initial_centers(coarse, k, np.random.default_rng(seed))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 return lloyd(coarse, centers0, max_iter=int(self.max_iter), tol=coarse_tol)
 
-        results = list(_thread_pool().map(screen, seeds))
-        start = min(results, key=lambda r: r.inertia)  # first of equals: deterministic
-        logger.info("coarse histogram: best of %d runs, inertia %.6g", runs, start.inertia)
-        return lloyd(points, start.centers, max_iter=int(self.max_iter), tol=tol, callback=self.callback)
+        with phase("bigquant-init"):
+            results = list(_thread_pool().map(screen, seeds))
+            start = min(results, key=lambda r: r.inertia)  # first of equals: deterministic
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                refined = lloyd(histogram.coarse(_REFINE_DROP_BITS), start.centers,
+                                max_iter=int(self.max_iter), tol=coarse_tol)
+        logger.info("coarse histograms: best of %d runs, inertia %.6g", runs, refined.inertia)
+        with phase("bigquant-lloyd"):
+            return lloyd(points, refined.centers, max_iter=int(self.max_iter), tol=tol, callback=self.callback)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
         if not data.is_dask:
