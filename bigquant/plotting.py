@@ -150,6 +150,20 @@ def _rgb_colours(points: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(points, dtype=np.float64) / _scale(points), 0.0, 1.0)
 
 
+def _displayable(pixels: np.ndarray) -> np.ndarray:
+    """Scale pixels to what ``imshow`` expects: uint8, or floats in [0, 1].
+
+    Floats above 1 are taken as 0..255 (e.g. ``centroids[labels]``); wider
+    integers (uint16...) are scaled by their dtype's maximum.
+    """
+    if pixels.dtype.kind == "f" and pixels.size and float(np.nanmax(pixels)) > 1.0:
+        return np.clip(pixels, 0.0, 255.0) / 255.0
+    if pixels.dtype.kind in "ui" and pixels.dtype.itemsize > 1:
+        top = np.iinfo(pixels.dtype).max if pixels.size and pixels.max() > 255 else 255
+        return np.clip(pixels, 0, top).astype(np.float64) / top
+    return pixels
+
+
 def display_images(
     *images: Any,
     figsize: tuple[float, float] = (10, 5),
@@ -162,7 +176,9 @@ def display_images(
     ----------
     *images : Image, ndarray or dask array of shape (H, W, 3) or (H, W)
         The images, drawn left to right. An :class:`~bigquant.image.Image`'s
-        ``title`` is used as its axes title.
+        ``title`` is used as its axes title. uint8 and floats in [0, 1] are
+        drawn as they are; floats above 1 are taken as 0..255 and wider
+        integers (uint16) are scaled by their dtype's maximum.
     figsize : tuple of float, default=(10, 5)
         Figure size in inches.
     titles : sequence of str or None, default=None
@@ -189,7 +205,7 @@ def display_images(
     fig = _new_figure(figsize)
     axes = fig.subplots(1, len(images), squeeze=False)[0]
     for i, (ax, img) in enumerate(zip(axes, images)):
-        pixels = preview(img, max_side=max_side)
+        pixels = _displayable(preview(img, max_side=max_side))
         title = titles[i] if titles is not None else getattr(img, "title", None)
         if pixels.ndim == 2:
             ax.imshow(pixels, cmap="gray", interpolation="nearest")

@@ -229,3 +229,13 @@ def test_subsample_rows_of_images_match_their_vectors():
     np.testing.assert_array_equal(plotting.subsample_rows(lazy, max_points=None), pixels.reshape(-1, 3))
     colours = _scatter_colours(plotting.plot_rgb_vector(Image(lazy), max_points=500))
     np.testing.assert_allclose(colours[:, :3], _sorted_rows(expected / 255.0))
+
+
+def test_display_images_scales_floats_and_wide_integers(rgb):
+    centres = rgb.astype(np.float64) + 0.25  # like centroids[labels]: floats on 0..255
+    wide = rgb.astype(np.uint16) * 257  # 16-bit
+    fig = plotting.display_images(Image(centres), Image(wide), Image(rgb / 255.0))
+    shown = [np.asarray(ax.images[0].get_array(), dtype=np.float64) for ax in fig.axes]
+    np.testing.assert_allclose(shown[0], (rgb + 0.25) / 255.0)
+    np.testing.assert_allclose(shown[1], rgb / 255.0)
+    np.testing.assert_allclose(shown[2], rgb / 255.0)
