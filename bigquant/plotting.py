@@ -1,10 +1,12 @@
 """Plots of the image-quantization walkthrough: images, colour clouds, k sweeps.
 
-Every function builds a new :class:`matplotlib.figure.Figure` and returns it.
-The functions use matplotlib's object API and never call ``plt.show``, so they
-work the same headless (Agg backend, in tests and scripts) and in notebooks
-(where the returned figure is displayed as the cell's result, or by
-``plt.show()`` when made through :mod:`matplotlib.pyplot`).
+Every function builds a new :class:`matplotlib.figure.Figure` and returns it,
+and never calls ``plt.show``, so the functions work the same headless (Agg
+backend, in tests and scripts that save the figures), in scripts that call
+``plt.show()``, and in notebooks. The figures are made through
+:mod:`matplotlib.pyplot`, so a notebook shows each once when the cell ends;
+when a call is the cell's last line, end it with ``;`` (or assign the figure),
+or the returned figure is shown a second time as the cell's result.
 
 Big inputs are never drawn whole: images held as dask arrays are strided down
 to at most ``max_side`` pixels per side before they are computed, and colour
