@@ -193,3 +193,13 @@ def test_load_image_chunks_need_lazy(tmp_path, rgb):
     PILImage.fromarray(rgb).save(path)
     with pytest.raises(InvalidParameterError, match="chunks=16 is only used with lazy=True"):
         image.load_image(path, chunks=16)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from bigquant import image as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -238,3 +238,13 @@ def test_record_k_metrics_feeds_plot_k_metrics(noise_image):
 
 def test_plot_k_metrics_is_re_exported():
     assert model.plot_k_metrics is plotting.plot_k_metrics
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from bigquant import model as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

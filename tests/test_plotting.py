@@ -239,3 +239,13 @@ def test_display_images_scales_floats_and_wide_integers(rgb):
     np.testing.assert_allclose(shown[0], (rgb + 0.25) / 255.0)
     np.testing.assert_allclose(shown[1], rgb / 255.0)
     np.testing.assert_allclose(shown[2], rgb / 255.0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from bigquant import plotting as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
