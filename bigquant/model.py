@@ -161,6 +161,14 @@ or Image
             warnings.warn(warning.message, warning.category, stacklevel=2)
         return self
 
+    def predict(self, X: Any) -> Any:
+        """Index of the nearest centre of each sample (or pixel of an Image).
+
+        See :meth:`bigquant.KMeans.predict`; an :class:`~bigquant.image.Image`
+        is predicted on its ``rgb_matrix``, giving labels of shape (H, W).
+        """
+        return super().predict(_pixels(X))
+
     @property
     def iterations(self) -> int:
         """int: number of Lloyd iterations of the fit (``n_iter_``)."""

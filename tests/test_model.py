@@ -248,3 +248,9 @@ def test_docstring_examples_run():
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_kmeans_predict_accepts_images(blobs):
+    km = model.KMeans(4, random_state=0).fit(image.Image(blobs))
+    np.testing.assert_array_equal(km.predict(image.Image(blobs)), km.labels_)
+    np.testing.assert_array_equal(km.predict(blobs.reshape(-1, 3)), km.labels_.ravel())
