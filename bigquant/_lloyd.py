@@ -90,6 +90,8 @@ def lloyd(
     max_iter: int,
     tol: float,
     callback: IterationCallback | None = None,
+    start_iter: int = 0,
+    on_iteration: Callable[[int, np.ndarray], None] | None = None,
 ) -> LloydResult:
     """Run Lloyd's algorithm from ``centers``.
 
@@ -105,6 +107,10 @@ def lloyd(
         Absolute tolerance on the summed squared centre shift.
     callback : callable, default=None
         Called after each iteration with ``(iteration, inertia, shift)``.
+    start_iter : int, default=0
+        Iterations already done (when resuming from a checkpoint).
+    on_iteration : callable, default=None
+        Called after each iteration with ``(iteration, new_centers)`` (checkpoints).
 
     Returns
     -------
@@ -116,8 +122,8 @@ def lloyd(
         points.reset()
     converged = False
     shift = np.inf
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    n_iter = start_iter
+    for n_iter in range(start_iter + 1, max_iter + 1):
         sums, counts, inertia = points.partial_sums(centers)
         relocate_empty_clusters(points, centers, sums, counts)
         new_centers = _update(centers, sums, counts)
@@ -126,6 +132,8 @@ def lloyd(
         if callback is not None:
             callback(n_iter, inertia, shift)
         centers = new_centers
+        if on_iteration is not None:
+            on_iteration(n_iter, centers)
         if shift <= tol:
             converged = True
             break

@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -15,6 +16,7 @@ import numpy as np
 from bigquant import _kernels
 from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
 from bigquant._lloyd import IterationCallback, LloydResult, lloyd
+from bigquant.checkpoint import Checkpoint
 from bigquant._points import BoundedPoints, DaskPoints, InMemoryPoints, PointSet, _thread_pool
 from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant._validation import (
@@ -52,6 +54,14 @@ _REFINE_DROP_BITS = 2
 _COARSE_MIN_RUNS = 8
 #: the coarse runs stop earlier: they only rank initialisations
 _COARSE_TOL_FACTOR = 10.0
+
+
+def _as_state(result: LloydResult | None) -> dict[str, Any] | None:
+    """A Lloyd result as checkpoint state."""
+    if result is None:
+        return None
+    return {"centers": result.centers, "inertia": result.inertia, "n_iter": result.n_iter,
+            "converged": result.converged}
 
 
 class BaseEstimator:
@@ -159,6 +169,14 @@ default="k-means++"
         Fan-in of the tree reductions.
     callback : callable, default=None
         Called after every Lloyd iteration with ``(iteration, inertia, shift)``.
+    checkpoint : str or path, default=None
+        File where the fit saves its centres and iteration every
+        ``checkpoint_every`` iterations. A fit started with an existing
+        checkpoint of the same data and parameters resumes from it and reaches
+        the same result as an uninterrupted fit; the file is removed when the
+        fit completes.
+    checkpoint_every : int, default=10
+        Iterations between checkpoints.
 
     Attributes
     ----------
@@ -204,6 +222,8 @@ default="k-means++"
         persist: str | bool = "auto",
         split_every: int = 8,
         callback: IterationCallback | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -215,6 +235,8 @@ default="k-means++"
         self.persist = persist
         self.split_every = split_every
         self.callback = callback
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     # ------------------------------------------------------------------ checks
 
@@ -223,6 +245,7 @@ default="k-means++"
         check_int(self.n_init, "n_init", minimum=1)
         check_int(self.max_iter, "max_iter", minimum=1)
         check_int(self.split_every, "split_every", minimum=2)
+        check_int(self.checkpoint_every, "checkpoint_every", minimum=1)
         check_float(self.tol, "tol", minimum=0.0)
         check_choice(self.strategy, "strategy", STRATEGIES)
         if self.persist not in ("auto", True, False):
@@ -295,6 +318,7 @@ default="k-means++"
             return self._fit_minibatch(data, weights)
         rng = check_random_state(self.random_state)
         k = int(self.n_clusters)
+        self._ckpt = self._make_checkpoint(data, strategy, weights is not None)
 
         histogram: ColourHistogram | None = None
         if strategy == "histogram":
@@ -331,6 +355,8 @@ default="k-means++"
         if best.inertia == 0.0:
             centers = self._drop_duplicate_centres(centers)
 
+        if self._ckpt is not None:
+            self._ckpt.clear()
         self.strategy_ = strategy
         self.histogram_ = histogram
         self.cluster_centers_ = centers
@@ -357,15 +383,61 @@ default="k-means++"
     ) -> LloydResult:
         """Run Lloyd ``n_init`` times from fresh initialisations; keep the lowest inertia."""
         cb = self.callback if callback is True else callback or None
+        ckpt = self._ckpt if callback is True else None
+        state = ckpt.load() if ckpt is not None else None
         best: LloydResult | None = None
-        for run in range(n_init):
-            centers0 = init_array if init_array is not None else self._initial_centers(points, k, rng)
-            result = lloyd(points, centers0, max_iter=int(self.max_iter), tol=tol, callback=cb)
+        first_run = 0
+        if state is not None and state.get("stage") == "runs":
+            first_run = int(state["run"])
+            rng.bit_generator.state = state["rng"]
+            if state.get("best") is not None:
+                b = state["best"]
+                best = LloydResult(b["centers"], float(b["inertia"]), int(b["n_iter"]), bool(b["converged"]))
+        for run in range(first_run, n_init):
+            start_iter = 0
+            if state is not None and run == first_run and state.get("centers") is not None:
+                centers0, start_iter = state["centers"], int(state["n_iter"])
+            elif init_array is not None:
+                centers0 = init_array
+            else:
+                centers0 = self._initial_centers(points, k, rng)
+            rng_state = rng.bit_generator.state
+            save = None
+            if ckpt is not None:
+                save = self._saver(ckpt, {"stage": "runs", "run": run, "rng": rng_state, "best": _as_state(best)})
+            result = lloyd(points, centers0, max_iter=int(self.max_iter), tol=tol, callback=cb,
+                           start_iter=start_iter, on_iteration=save)
             logger.info("run %d/%d: inertia %.6g after %d iterations", run + 1, n_init, result.inertia, result.n_iter)
             if best is None or result.inertia < best.inertia:
                 best = result
+            if ckpt is not None and run + 1 < n_init:
+                ckpt.save({"stage": "runs", "run": run + 1, "rng": rng.bit_generator.state,
+                           "centers": None, "n_iter": 0, "best": _as_state(best)})
         assert best is not None
         return best
+
+    def _saver(self, ckpt: Checkpoint, base: dict[str, Any]) -> Callable[[int, np.ndarray], None]:
+        """An ``on_iteration`` hook saving ``base`` plus the centres every few iterations."""
+        every = int(self.checkpoint_every)
+
+        def save(n_iter: int, centers: np.ndarray) -> None:
+            if n_iter % every == 0:
+                ckpt.save({**base, "centers": centers, "n_iter": n_iter})
+
+        return save
+
+    def _make_checkpoint(self, data: Data, strategy: str, weighted: bool) -> Checkpoint | None:
+        if self.checkpoint is None:
+            return None
+        init = self.init if isinstance(self.init, str) else np.asarray(self.init, dtype=np.float64)
+        seed = self.random_state if isinstance(self.random_state, (int, np.integer, type(None))) else repr(self.random_state)
+        fingerprint = {
+            "estimator": type(self).__name__, "n_clusters": self.n_clusters, "init": init,
+            "n_init": self.n_init, "max_iter": self.max_iter, "tol": self.tol, "random_state": seed,
+            "strategy": strategy, "shape": list(data.array.shape), "dtype": str(data.array.dtype),
+            "weighted": weighted,
+        }
+        return Checkpoint(self.checkpoint, int(self.checkpoint_every), fingerprint)
 
     def _fit_coarse_to_fine(
         self,
@@ -385,6 +457,13 @@ default="k-means++"
         problem. Screening many cheap runs finds better minima than one full
         run, for a fraction of its cost.
         """
+        ckpt = self._ckpt
+        state = ckpt.load() if ckpt is not None else None
+        if state is not None and state.get("stage") == "fine":
+            with phase("bigquant-lloyd"):
+                return lloyd(points, state["centers"], max_iter=int(self.max_iter), tol=tol,
+                             callback=self.callback, start_iter=int(state["n_iter"]),
+                             on_iteration=self._saver(ckpt, {"stage": "fine"}))
         runs = _COARSE_MIN_RUNS * n_init
         seeds = rng.integers(0, 2**63 - 1, size=runs)
         coarse_tol = _COARSE_TOL_FACTOR * tol
@@ -406,8 +485,10 @@ default="k-means++"
                 refined = lloyd(histogram.coarse(_REFINE_DROP_BITS), start.centers,
                                 max_iter=int(self.max_iter), tol=coarse_tol)
         logger.info("coarse histograms: best of %d runs, inertia %.6g", runs, refined.inertia)
+        save = self._saver(ckpt, {"stage": "fine"}) if ckpt is not None else None
         with phase("bigquant-lloyd"):
-            return lloyd(points, refined.centers, max_iter=int(self.max_iter), tol=tol, callback=self.callback)
+            return lloyd(points, refined.centers, max_iter=int(self.max_iter), tol=tol,
+                         callback=self.callback, on_iteration=save)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
         if not data.is_dask:

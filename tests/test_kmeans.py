@@ -400,3 +400,73 @@ def test_no_warnings_on_normal_fit(photo_like):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         KMeans(4, random_state=0).fit(photo_like)
+
+
+# ----------------------------------------------------------------- checkpoints
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(iteration):
+    def callback(i, inertia, shift):
+        if i == iteration:
+            raise _Killed
+
+    return callback
+
+
+@pytest.fixture
+def many_colours() -> np.ndarray:
+    """An image with more distinct colours than the coarse-to-fine threshold."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:200, 0:200]
+    img = np.stack([xx, yy, (xx + yy) // 2], axis=-1) + rng.normal(0, 12, (200, 200, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "strategy, n_init, image",
+    [("pixels", 1, "photo_like"), ("pixels", 3, "photo_like"), ("histogram", 1, "many_colours")],
+)
+def test_fit_resumes_from_checkpoint(request, tmp_path, strategy, n_init, image):
+    photo_like = request.getfixturevalue(image)
+    if image == "many_colours":
+        from bigquant import colour_histogram
+        from bigquant.kmeans import _COARSE_MIN_COLOURS
+
+        assert colour_histogram(photo_like).n_colours > _COARSE_MIN_COLOURS  # coarse-to-fine path
+    ckpt = tmp_path / "fit.json"
+    reference = KMeans(12, random_state=4, strategy=strategy, n_init=n_init, tol=0).fit(photo_like)
+    assert reference.n_iter_ > 6
+    killed = KMeans(12, random_state=4, strategy=strategy, n_init=n_init, tol=0,
+                    checkpoint=ckpt, checkpoint_every=2, callback=_kill_at(reference.n_iter_ - 2))
+    with pytest.raises(_Killed):
+        killed.fit(photo_like)
+    assert ckpt.exists()
+    resumed = KMeans(12, random_state=4, strategy=strategy, n_init=n_init, tol=0,
+                     checkpoint=ckpt, checkpoint_every=2)
+    iterations = []
+    resumed.set_params(callback=lambda i, inertia, shift: iterations.append(i))
+    resumed.fit(photo_like)
+    np.testing.assert_array_equal(resumed.cluster_centers_, reference.cluster_centers_)
+    assert resumed.n_iter_ == reference.n_iter_
+    assert resumed.inertia_ == pytest.approx(reference.inertia_, rel=1e-12)
+    assert iterations and iterations[0] > 1  # it did not start over
+    assert not ckpt.exists()  # removed once the fit completed
+
+
+def test_checkpoint_of_another_fit_is_ignored(photo_like, tmp_path):
+    ckpt = tmp_path / "fit.json"
+    with pytest.raises(_Killed):
+        KMeans(5, random_state=0, strategy="pixels", checkpoint=ckpt, checkpoint_every=1,
+               callback=_kill_at(2)).fit(photo_like)
+    other = KMeans(6, random_state=0, strategy="pixels", checkpoint=ckpt).fit(photo_like)
+    plain = KMeans(6, random_state=0, strategy="pixels").fit(photo_like)
+    np.testing.assert_array_equal(other.cluster_centers_, plain.cluster_centers_)
+
+
+def test_checkpoint_directory_must_exist(photo_like, tmp_path):
+    with pytest.raises(InvalidParameterError, match="does not exist"):
+        KMeans(3, checkpoint=tmp_path / "missing" / "c.json").fit(photo_like)
