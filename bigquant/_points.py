@@ -159,14 +159,24 @@ class InMemoryPoints:
     multiplicity : bool, default=False
         ``True`` when ``weights`` are integer counts of identical points (a
         colour histogram): empty clusters are then refilled point by point.
+    n_parts : int, default=None
+        Row segments worked on in parallel (default: one per thread; 1 when
+        the caller itself runs several point sets in parallel).
     """
 
-    def __init__(self, X: np.ndarray, weights: np.ndarray | None = None, *, multiplicity: bool = False):
+    def __init__(
+        self,
+        X: np.ndarray,
+        weights: np.ndarray | None = None,
+        *,
+        multiplicity: bool = False,
+        n_parts: int | None = None,
+    ):
         self.X = X
         self.weights = weights
         self.multiplicity = multiplicity
         self.n_channels = X.shape[1]
-        self._segments = _segments(X.shape[0], n_threads())
+        self._segments = _segments(X.shape[0], n_threads() if n_parts is None else n_parts)
 
     def _map(self, func: Callable[[slice], Any]) -> list[Any]:
         if len(self._segments) == 1:
@@ -449,8 +459,8 @@ class BoundedPoints(InMemoryPoints):
     up to rounding; :meth:`inertia` gives the direct sum.
     """
 
-    def __init__(self, X: np.ndarray, weights: np.ndarray):
-        super().__init__(X, weights, multiplicity=True)
+    def __init__(self, X: np.ndarray, weights: np.ndarray, *, n_parts: int | None = None):
+        super().__init__(X, weights, multiplicity=True, n_parts=n_parts)
         self.reset()
 
     def reset(self) -> None:

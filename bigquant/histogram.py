@@ -83,7 +83,7 @@ class ColourHistogram:
         """The colours as a weighted point set for Lloyd's iteration."""
         return BoundedPoints(self.colours, self.counts)
 
-    def coarse(self, drop_bits: int) -> InMemoryPoints:
+    def coarse(self, drop_bits: int, *, n_parts: int | None = None) -> BoundedPoints:
         """A smaller weighted point set: colours merged on a coarser grid.
 
         Colours sharing their top ``bits - drop_bits`` bits in every channel
@@ -105,7 +105,9 @@ class ColourHistogram:
             means[:, c] = np.bincount(
                 inverse, weights=self.counts * self.colours[:, c].astype(np.float64), minlength=uniq.shape[0]
             ) / weight
-        return InMemoryPoints(means, weight)
+        # the incremental sums of BoundedPoints are not exact for these float
+        # means, which is fine here: the coarse set only screens initialisations
+        return BoundedPoints(means, weight, n_parts=n_parts)
 
 
 def _block_counts(block: np.ndarray, bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
