@@ -189,7 +189,9 @@ default="k-means++"
     inertia_ : float
         Weighted sum of squared distances of the samples to their centre.
     n_iter_ : int
-        Lloyd iterations of the kept run.
+        Lloyd iterations of the kept run on the exact data. For 8-bit
+        histograms with many colours, runs are first screened on coarse
+        (5- and 6-bit) colour sets; those cheap iterations are not counted.
     n_features_in_ : int
         Number of channels seen in ``fit``.
     strategy_ : str

@@ -20,6 +20,8 @@ Examples
 
 from __future__ import annotations
 
+import os
+
 import logging
 import time
 import warnings
@@ -84,6 +86,8 @@ class KMeans(_KMeans):
         Fan-in of the tree reductions.
     callback : callable, default=None
         Called after every iteration (see :class:`bigquant.KMeans`).
+    checkpoint, checkpoint_every : path or None, int
+        Resumable fits (see :class:`bigquant.KMeans`).
 
     Attributes
     ----------
@@ -122,6 +126,8 @@ class KMeans(_KMeans):
         persist: str | bool = "auto",
         split_every: int = 8,
         callback: Callable[..., Any] | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
     ) -> None:
         super().__init__(
             n_clusters,
@@ -134,6 +140,8 @@ class KMeans(_KMeans):
             persist=persist,
             split_every=split_every,
             callback=callback,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
         )
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
