@@ -20,9 +20,8 @@ Examples
 
 from __future__ import annotations
 
-import os
-
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
