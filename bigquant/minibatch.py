@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -50,6 +50,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from bigquant import _kernels
 from bigquant._init import kmeans_plusplus, random_init
+from bigquant._lloyd import lloyd
 from bigquant._points import DaskPoints, InMemoryPoints
 from bigquant._typing import INIT_METHODS
 from bigquant._validation import (
@@ -62,7 +63,7 @@ from bigquant._validation import (
     check_sample_weight,
     label_dtype,
 )
-from bigquant.errors import InvalidInputError, InvalidParameterError
+from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
 from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.kmeans import KMeans
 
@@ -74,15 +75,21 @@ logger = logging.getLogger(__name__)
 MINIBATCH_STRATEGIES: tuple[str, ...] = ("auto", "pixels", "histogram")
 
 #: edge of the virtual tiles of an image (pixels); rows of a tile of 2-D data
-_TILE_EDGE = 256
+_TILE_EDGE = 64
 _TILE_ROWS = _TILE_EDGE * _TILE_EDGE
-#: pixels drawn from one tile (a quarter of it), and the fewest tiles of a draw
-_PIXELS_PER_TILE = _TILE_ROWS // 4
-_MIN_TILES = 16
+#: tiles a draw takes its pixels from
+_ROUND_TILES = 1024
 #: pixels fetched per round (one dask computation serves many steps)
-_ROUND_PIXELS = 1 << 18
+_ROUND_PIXELS = 1 << 20
+#: pixels of the first round that judge the initialisations
+_VALID_PIXELS = 1 << 16
 #: the smoothed inertia averages over at most about this many samples
 _EWA_MAX_SAMPLES = 1 << 20
+#: the refinement runs on at most this many of the pixels fetched
+_REFINE_PIXELS = 1 << 20
+#: Lloyd's iteration of the refinement: relative tolerance and iteration cap
+_REFINE_TOL = 1e-4
+_REFINE_MAX_ITER = 300
 
 #: signature of the per-step callback: (step, batch inertia per unit weight, centre shift)
 StepCallback = Callable[[int, float, float], None]
@@ -148,7 +155,6 @@ class _PixelSampler:
             area = np.multiply.outer(area, e).ravel()
         self.tile_p = area / area.sum()
         self.edges = edges
-        self._pool: ThreadPoolExecutor | None = None
         if data.is_dask:
             X = data.array
             self._bounds = [np.concatenate([[0], np.cumsum(c)]) for c in X.chunks[:-1]]
@@ -162,7 +168,7 @@ class _PixelSampler:
 
     def positions(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Flat indices of ``n`` pixels, each uniform over the data, in random order."""
-        n_tiles = max(_MIN_TILES, math.ceil(n / _PIXELS_PER_TILE))
+        n_tiles = _ROUND_TILES
         per_tile = math.ceil(n / n_tiles)
         tiles = rng.choice(self.tile_p.shape[0], size=n_tiles, p=self.tile_p)
         tcoords = np.unravel_index(tiles, tuple(self.grid))
@@ -227,21 +233,8 @@ class _PixelSampler:
         return Delayed(root, graph, layer=root[0])
 
     def draw(self, n: int, rng: np.random.Generator) -> _Batch:
-        """``n`` pixels drawn now."""
+        """``n`` pixels, uniform over the data, from random tiles."""
         return self.fetch(self.positions(n, rng))
-
-    def submit(self, n: int, rng: np.random.Generator) -> Future:
-        """``n`` pixels whose positions are drawn now and values fetched in the background."""
-        flat = self.positions(n, rng)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="bigquant-minibatch")
-        return self._pool.submit(self.fetch, flat)
-
-    def close(self) -> None:
-        """Stop the background fetcher."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
 
 
 class _ColourSampler:
@@ -253,17 +246,10 @@ class _ColourSampler:
         self._cum = np.cumsum(histogram.counts)
 
     def draw(self, n: int, rng: np.random.Generator) -> _Batch:
+        """``n`` colours drawn with replacement, in proportion to their counts."""
         u = rng.integers(0, int(self._cum[-1]), size=n)
         idx = np.searchsorted(self._cum, u, side="right")
         return _Batch(self.histogram.colours[idx], None)
-
-    def submit(self, n: int, rng: np.random.Generator) -> Future:
-        fut: Future = Future()
-        fut.set_result(self.draw(n, rng))
-        return fut
-
-    def close(self) -> None:
-        """Nothing to stop."""
 
 
 # --------------------------------------------------------------------------- estimator
@@ -390,6 +376,7 @@ default="k-means++"
         init: str | np.ndarray = "k-means++",
         init_size: int | None = None,
         n_init: int | str = "auto",
+        refine: bool = True,
         compute_labels: bool = True,
         random_state: Any = None,
         strategy: str = "auto",
@@ -406,6 +393,7 @@ default="k-means++"
         self.init = init
         self.init_size = init_size
         self.n_init = n_init
+        self.refine = refine
         self.compute_labels = compute_labels
         self.random_state = random_state
         self.strategy = strategy
@@ -428,8 +416,10 @@ default="k-means++"
             check_int(self.init_size, "init_size", minimum=1)
         if not (isinstance(self.n_init, str) and self.n_init == "auto"):
             check_int(self.n_init, "n_init", minimum=1)
-        if not isinstance(self.compute_labels, (bool, np.bool_)):
-            raise InvalidParameterError(f"compute_labels={self.compute_labels!r} must be True or False")
+        for name in ("refine", "compute_labels"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise InvalidParameterError(f"{name}={value!r} must be True or False")
         check_choice(self.strategy, "strategy", MINIBATCH_STRATEGIES)
         check_int(self.split_every, "split_every", minimum=2)
         if self.callback is not None and not callable(self.callback):
@@ -573,44 +563,59 @@ default="k-means++"
 
     # ------------------------------------------------------------------ init
 
-    def _initial_centers(self, sampler: Any, init_array: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Best of ``n_init`` initialisations on samples, and the variance estimate."""
+    def _initial_centers(
+        self, pool: _Batch, init_array: np.ndarray | None, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Best of ``n_init`` initialisations on the head of ``pool``, judged on the next samples.
+
+        Run ``i`` seeds on samples ``[i * init_size, (i + 1) * init_size)``; the
+        ``_VALID_PIXELS`` samples after the last run's pick the best.
+        """
+        if init_array is not None:
+            return init_array.copy()
         k = int(self.n_clusters)
         n_init = self._n_init(init_array)
         size = self._init_size()
-        pool = sampler.draw(size * (n_init + 1), rng)
-        self._check_batch(pool)
-        Xall = np.asarray(pool.X, dtype=np.float64)
-        wall = np.ones(len(pool)) if pool.w is None else np.asarray(pool.w, dtype=np.float64)
-        if wall.sum() <= 0:
-            raise InvalidInputError("sample_weight is zero on every sample drawn for the initialisation")
-        mean = (wall @ Xall) / wall.sum()
-        variance = (wall @ (Xall - mean) ** 2) / wall.sum()
-        if init_array is not None:
-            return init_array.copy(), variance
-        valid = slice(size * n_init, None)
-        Xv, wv = Xall[valid], wall[valid]
+        X = np.asarray(pool.X, dtype=np.float64)
+        w = np.ones(len(pool)) if pool.w is None else np.asarray(pool.w, dtype=np.float64)
+        valid = slice(n_init * size, n_init * size + _VALID_PIXELS)
         best, best_inertia = None, np.inf
         for run in range(n_init):
             sl = slice(run * size, (run + 1) * size)
-            Xi, wi = Xall[sl], wall[sl]
+            Xi, wi = X[sl], w[sl]
+            if wi.sum() <= 0:
+                Xi, wi = X, w
             if self.init == "random":
                 centers = random_init(Xi, wi, k, rng)
             else:
                 centers = kmeans_plusplus(Xi, wi, k, rng)
-            inertia = _kernels.partial_sums(Xv, centers, wv)[2]
+            if n_init == 1:
+                return centers
+            inertia = _kernels.partial_sums(X[valid], centers, w[valid])[2]
             logger.debug("init %d/%d: validation inertia %.6g", run + 1, n_init, inertia)
             if inertia < best_inertia:
                 best, best_inertia = centers, inertia
         assert best is not None
-        return best, variance
+        return best
 
     @staticmethod
     def _check_batch(batch: _Batch) -> None:
         if batch.X.dtype.kind == "f" and not np.isfinite(batch.X).all():
             raise InvalidInputError("X contains NaN or infinity")
-        if batch.w is not None and (not np.isfinite(batch.w).all() or (batch.w < 0).any()):
-            raise InvalidInputError("sample_weight must be finite and non-negative")
+        if batch.w is not None:
+            if not np.isfinite(batch.w).all() or (batch.w < 0).any():
+                raise InvalidInputError("sample_weight must be finite and non-negative")
+
+    @staticmethod
+    def _variance(batch: _Batch) -> np.ndarray:
+        """Weighted per-channel variance of a sample."""
+        X = np.asarray(batch.X, dtype=np.float64)
+        w = np.ones(len(batch)) if batch.w is None else np.asarray(batch.w, dtype=np.float64)
+        total = w.sum()
+        if total <= 0:
+            return np.zeros(X.shape[1])
+        mean = (w @ X) / total
+        return (w @ (X - mean) ** 2) / total
 
     # ------------------------------------------------------------------ fit
 
@@ -621,11 +626,11 @@ default="k-means++"
         ----------
         X : array-like of shape (n_samples, n_channels) or (height, width, n_channels)
             numpy or dask array of integer or float data. Dask arrays are read
-            only where the batches fall (plus one final pass for ``inertia_``
+            only where the samples fall (plus one final pass for ``inertia_``
             when ``compute_labels=True``).
         y : Ignored
         sample_weight : array-like of shape (n_samples,) or (height, width), default=None
-            Weights of the samples: batches are drawn uniformly and weighted.
+            Weights of the samples: samples are drawn uniformly and weighted.
 
         Returns
         -------
@@ -636,7 +641,7 @@ default="k-means++"
         weights = check_sample_weight(sample_weight, data)
         strategy = self._resolve_strategy(data, weights)
         rng = check_random_state(self.random_state)
-        init_rng, sample_rng, step_rng = rng.spawn(3)
+        sample_rng, init_rng, step_rng, refine_rng = rng.spawn(4)
 
         histogram: ColourHistogram | None = None
         if strategy == "histogram":
@@ -650,16 +655,27 @@ default="k-means++"
             sampler = _PixelSampler(data, weights)
         n_samples = sampler.n_samples
         batch_size = int(self.batch_size)
-        try:
-            centers, variance = self._initial_centers(sampler, init_array, init_rng)
-            tol = float(self.tol) * float(np.mean(variance))
-            self._start(centers, batch_size)
-            n_steps = max(1, int(self.max_iter) * n_samples // batch_size)
-            if self.max_steps is not None:
-                n_steps = min(n_steps, int(self.max_steps))
-            step = self._run(sampler, n_steps, n_samples, tol, sample_rng, step_rng)
-        finally:
-            sampler.close()
+        n_steps = max(1, int(self.max_iter) * n_samples // batch_size)
+        if self.max_steps is not None:
+            n_steps = min(n_steps, int(self.max_steps))
+
+        # the first round also seeds the centres, judges the n_init runs and scales tol
+        n_init = self._n_init(init_array)
+        first = max(
+            min(_ROUND_PIXELS, n_steps * batch_size, max(n_samples, batch_size)),
+            n_init * self._init_size() + (_VALID_PIXELS if n_init > 1 else 0),
+        )
+        pool = sampler.draw(first, sample_rng)
+        self._check_batch(pool)
+        if pool.w is not None and pool.w.sum() <= 0:
+            raise InvalidInputError("sample_weight is zero on every sample drawn")
+        variance = self._variance(pool)
+        centers = self._initial_centers(pool, init_array, init_rng)
+        self._start(centers, batch_size)
+        seen = [pool]
+        step = self._run(pool, seen, sampler, n_steps, n_samples, float(self.tol) * float(np.mean(variance)), sample_rng, step_rng)
+        if self.refine:
+            self._refine(seen, n_samples, variance, refine_rng)
 
         self.strategy_ = strategy
         self.histogram_ = histogram
@@ -675,6 +691,8 @@ default="k-means++"
 
     def _run(
         self,
+        pool: _Batch,
+        seen: list[_Batch],
         sampler: Any,
         n_steps: int,
         n_samples: int,
@@ -682,40 +700,59 @@ default="k-means++"
         sample_rng: np.random.Generator,
         step_rng: np.random.Generator,
     ) -> int:
-        """The steps: rounds of batches fetched one round ahead. Returns the step count."""
+        """The mini-batch steps, a round of batches per fetch. Returns the step count.
+
+        ``pool`` is the first round; every round fetched is appended to ``seen``.
+        """
         batch_size = self._batch_size
-        per_round = max(1, _ROUND_PIXELS // batch_size)
-        rounds_left = -(-n_steps // per_round)
-
-        def next_round() -> Future | None:
-            nonlocal rounds_left
-            if rounds_left <= 0:
-                return None
-            rounds_left -= 1
-            return sampler.submit(per_round * batch_size, sample_rng)
-
-        pending = next_round()
         step = 0
-        while pending is not None:
-            pool: _Batch = pending.result()
-            pending = next_round()
-            self._check_batch(pool)
-            for s in range(per_round):
+        while True:
+            n_batches = max(1, min(len(pool) // batch_size, n_steps - step))
+            for s in range(n_batches):
                 batch = pool.take(slice(s * batch_size, (s + 1) * batch_size))
                 inertia, weight, shift = self._step(batch, step_rng)
                 step += 1
                 per_weight = inertia / weight if weight > 0 else 0.0
                 if self.callback is not None:
                     self.callback(step, per_weight, shift)
-                if step >= n_steps or self._converged(step, n_samples, shift, per_weight, tol):
-                    if pending is not None:
-                        pending.cancel()
-                    logger.info(
-                        "mini-batch k-means: %d steps of %d samples, smoothed batch inertia %.6g",
-                        step, batch_size, self._ewa_inertia if self._ewa_inertia is not None else per_weight,
-                    )
-                    return step
+                if self._converged(step, n_samples, shift, per_weight, tol):
+                    n_steps = step
+                    break
+            if step >= n_steps:
+                break
+            n_next = min(min(_ROUND_PIXELS, n_samples) // batch_size, n_steps - step) * batch_size
+            pool = sampler.draw(max(n_next, batch_size), sample_rng)
+            self._check_batch(pool)
+            seen.append(pool)
+        logger.info(
+            "mini-batch k-means: %d steps of %d samples, %d samples fetched, smoothed batch inertia %.6g",
+            step, batch_size, sum(len(p) for p in seen),
+            self._ewa_inertia if self._ewa_inertia is not None else float("nan"),
+        )
         return step
+
+    def _refine(
+        self, seen: list[_Batch], n_samples: int, variance: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        """Lloyd's iteration on (at most ``_REFINE_PIXELS`` of) the samples fetched."""
+        X = np.concatenate([p.X for p in seen])
+        w = None if seen[0].w is None else np.concatenate([p.w for p in seen]).astype(np.float64)
+        cap = min(_REFINE_PIXELS, n_samples)
+        if X.shape[0] > cap:
+            keep = np.sort(rng.choice(X.shape[0], size=cap, replace=False))
+            X = X[keep]
+            w = None if w is None else w[keep]
+        points = InMemoryPoints(np.ascontiguousarray(X), w)
+        tol = _REFINE_TOL * float(np.mean(variance))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            result = lloyd(points, self.cluster_centers_, max_iter=_REFINE_MAX_ITER, tol=tol)
+        logger.info(
+            "refinement: %d Lloyd iterations on %d samples, sample inertia %.6g",
+            result.n_iter, X.shape[0], result.inertia,
+        )
+        self.cluster_centers_ = result.centers
+        self.n_refine_iter_ = result.n_iter
 
     def _finish(self, data: Data, weights: Any, histogram: ColourHistogram | None) -> None:
         """``inertia_`` and ``labels_``: one exact pass, or the smoothed estimate."""
@@ -779,8 +816,11 @@ default="k-means++"
             init_array = self._check_params(data.n_channels)
             rng = check_random_state(self.random_state)
             self._random_state, init_rng = rng.spawn(2)
-            sampler = _PixelSampler(data, weights)
-            centers, _ = self._initial_centers(sampler, init_array, init_rng)
+            n_init = self._n_init(init_array)
+            pool = _PixelSampler(data, weights).draw(
+                n_init * self._init_size() + (_VALID_PIXELS if n_init > 1 else 0), init_rng
+            )
+            centers = self._initial_centers(pool, init_array, init_rng)
             self._start(centers, min(int(self.batch_size), data.n_samples))
             self.n_features_in_ = data.n_channels
             self.n_steps_ = 0
