@@ -10,7 +10,7 @@ centres and labels as running it on every pixel.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -68,6 +68,9 @@ class ColourHistogram:
     counts: np.ndarray
     codes: np.ndarray
     bits: int
+    _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def n_colours(self) -> int:
@@ -84,13 +87,21 @@ class ColourHistogram:
         return BoundedPoints(self.colours, self.counts)
 
     def coarse(self, drop_bits: int, *, n_parts: int | None = None) -> BoundedPoints:
-        """A smaller weighted point set: colours merged on a coarser grid.
+        """A smaller weighted point set: colours merged on a coarser grid (cached).
 
         Colours sharing their top ``bits - drop_bits`` bits in every channel
         become one point at their count-weighted mean, weighted by the summed
         count. Lloyd's iteration on it approximates the full problem at a
         fraction of the cost; it is used to choose among initialisations.
         """
+        if drop_bits not in self._coarse_cache:
+            self._coarse_cache[drop_bits] = self._coarse_points(drop_bits)
+        means, weight = self._coarse_cache[drop_bits]
+        # the incremental sums of BoundedPoints are not exact for these float
+        # means, which is fine here: the coarse set only screens initialisations
+        return BoundedPoints(means, weight, n_parts=n_parts)
+
+    def _coarse_points(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
         n_channels = self.colours.shape[1]
         keep = self.bits - drop_bits
         coarse_codes = np.zeros(self.n_colours, dtype=np.uint32)
@@ -105,9 +116,7 @@ class ColourHistogram:
             means[:, c] = np.bincount(
                 inverse, weights=self.counts * self.colours[:, c].astype(np.float64), minlength=uniq.shape[0]
             ) / weight
-        # the incremental sums of BoundedPoints are not exact for these float
-        # means, which is fine here: the coarse set only screens initialisations
-        return BoundedPoints(means, weight, n_parts=n_parts)
+        return means, weight
 
 
 def _block_counts(block: np.ndarray, bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:

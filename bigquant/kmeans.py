@@ -17,7 +17,7 @@ from bigquant import _kernels
 from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
 from bigquant._lloyd import IterationCallback, LloydResult, lloyd
 from bigquant.checkpoint import Checkpoint
-from bigquant._points import BoundedPoints, DaskPoints, InMemoryPoints, PointSet, _thread_pool
+from bigquant._points import DaskPoints, InMemoryPoints, PointSet, _thread_pool
 from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant._validation import (
     Data,
@@ -52,6 +52,8 @@ _SCREEN_DROP_BITS = 3
 _REFINE_DROP_BITS = 2
 #: initialisations screened per ``n_init`` (cheap, and it avoids poor minima)
 _COARSE_MIN_RUNS = 8
+#: in-memory inputs below this many pixels are labelled by a direct scan, not a table
+_LUT_MIN_PIXELS = 1 << 22
 #: the coarse runs stop earlier: they only rank initialisations
 _COARSE_TOL_FACTOR = 10.0
 
@@ -367,8 +369,7 @@ default="k-means++"
         self.n_features_in_ = data.n_channels
         self._dtype_in = data.array.dtype
         self._lut = None
-        if histogram is not None:
-            self._lut = self._build_lut(histogram)
+        self._lut_source = histogram
         self.labels_ = self._labels(data)
         return self
 
@@ -469,11 +470,11 @@ default="k-means++"
         runs = _COARSE_MIN_RUNS * n_init
         seeds = rng.integers(0, 2**63 - 1, size=runs)
         coarse_tol = _COARSE_TOL_FACTOR * tol
-        screen_set = histogram.coarse(_SCREEN_DROP_BITS)
+        histogram.coarse(_SCREEN_DROP_BITS)  # build (and cache) it once, before the threads
 
         def screen(seed: int) -> LloydResult:
             # one single-threaded point set per run: the runs go in parallel
-            coarse = BoundedPoints(screen_set.X, screen_set.weights, n_parts=1)
+            coarse = histogram.coarse(_SCREEN_DROP_BITS, n_parts=1)
             centers0 = self._initial_centers(coarse, k, np.random.default_rng(seed))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -546,7 +547,8 @@ default="k-means++"
         self.n_iter_ = 0
         self.n_features_in_ = data.n_channels
         self._dtype_in = data.array.dtype
-        self._lut = self._build_lut(histogram)
+        self._lut = None
+        self._lut_source = histogram
         self.labels_ = self._labels(data)
         return self
 
@@ -576,18 +578,26 @@ default="k-means++"
         lut = _kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
         return lut, histogram.bits, sentinel
 
+    def _get_lut(self) -> tuple[np.ndarray, int, int] | None:
+        """The colour -> label table, built on first use from the fitted histogram."""
+        if self._lut is None and getattr(self, "_lut_source", None) is not None:
+            self._lut = self._build_lut(self._lut_source)
+        return self._lut
+
     def _labels(self, data: Data) -> np.ndarray | da.Array:
         centers = self.cluster_centers_
         dtype = label_dtype(len(centers))
         use_lut = (
-            self._lut is not None
+            (self._lut is not None or getattr(self, "_lut_source", None) is not None)
             and data.array.dtype == self._dtype_in
             and data.n_channels == self.n_features_in_
+            # small in-memory inputs: a direct scan is cheaper than building the table
+            and (data.is_dask or data.n_samples >= _LUT_MIN_PIXELS)
         )
         if data.is_dask:
             X = data.array
             if use_lut:
-                lut, bits, sentinel = self._lut
+                lut, bits, sentinel = self._get_lut()
                 client = active_client()
                 if client is not None:
                     # shipped once to the cluster, fetched once per worker
@@ -603,7 +613,7 @@ default="k-means++"
             )
         flat = data.flat()
         if use_lut:
-            lut, bits, sentinel = self._lut
+            lut, bits, sentinel = self._get_lut()
             labels = _kernels.lookup_labels(flat, bits, lut, sentinel, centers, dtype)
         else:
             labels = InMemoryPoints(flat).labels(centers, dtype)
