@@ -26,3 +26,8 @@ from bigquant.io import ImageSource, read_image, write_image  # noqa: E402
 from bigquant.quantize import quantize  # noqa: E402
 
 __all__ += ["ImageSource", "read_image", "write_image", "quantize"]
+
+# Mini-batch k-means for data too big to iterate over.
+from bigquant.minibatch import MiniBatchKMeans  # noqa: E402
+
+__all__ += ["MiniBatchKMeans"]
