@@ -299,6 +299,9 @@ def connect(
         address = _normalise_address(scheduler)
         start = time.monotonic()
         try:
+            # distributed bounds the TCP connect but not the handshake: a silent
+            # or non-Dask peer would hang Client() forever (or fail oddly)
+            _probe_scheduler(address, float(timeout))
             client = Client(address, timeout=f"{float(timeout)}s", set_as_default=True)
         except (OSError, TimeoutError) as exc:
             waited = time.monotonic() - start
@@ -351,6 +354,30 @@ def connect(
     )
     _log_dashboard(runtime)
     return runtime
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Open one comm to ``address``, handshake included, within ``timeout`` seconds.
+
+    Raises ``TimeoutError`` or ``OSError`` (also for a peer that is not a Dask
+    scheduler), never hangs.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect as comm_connect
+
+    async def probe() -> None:
+        comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), timeout)
+        await comm.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="bigquant-probe") as pool:  # works in Jupyter too
+        try:
+            pool.submit(asyncio.run, probe()).result()
+        except (OSError, TimeoutError):
+            raise
+        except Exception as exc:  # e.g. MemoryError decoding an HTTP reply as a Dask frame
+            raise OSError(f"the peer does not speak the Dask protocol ({type(exc).__name__}: {exc})") from exc
 
 
 def _log_dashboard(runtime: Runtime) -> None:
