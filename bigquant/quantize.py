@@ -24,7 +24,7 @@ from bigquant.errors import ImageWriteError, InvalidParameterError
 from bigquant.io._atomic import atomic_output, check_target
 from bigquant.io._chunks import ChunksLike
 from bigquant.io._encode import resolve_codec
-from bigquant.io._palette import as_colours
+from bigquant.io._palette import MAX_PALETTE, as_colours
 from bigquant.io._read import read_image
 from bigquant.io._source import ImageSource
 from bigquant.io._write import _FORMATS, _check_tile, write_image
@@ -176,6 +176,13 @@ def quantize(
     if mode not in ("palette", "rgb"):
         raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
     _check_tile(tile)
+    # k above what the output holds would fail only after the (long) fit
+    limit = 256 if mode == "palette" and dst_path.suffix.lower() == ".png" else MAX_PALETTE
+    if isinstance(n_clusters, (int, np.integer)) and n_clusters > limit:
+        raise InvalidParameterError(
+            f"n_clusters={n_clusters} is above the {limit} colours a {mode} "
+            f"{dst_path.suffix or 'output'} file can hold"
+        )
     if dst_path.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
         resolve_codec(compression, None)
     elif dst_path.suffix.lower() not in _FORMATS:
