@@ -361,11 +361,23 @@ default="k-means++"
 
         if self._ckpt is not None:
             self._ckpt.clear()
+        return self._set_fitted(data, strategy, histogram, centers, best.inertia, best.n_iter)
+
+    def _set_fitted(
+        self,
+        data: Data,
+        strategy: str,
+        histogram: ColourHistogram | None,
+        centers: np.ndarray,
+        inertia: float,
+        n_iter: int,
+    ) -> KMeans:
+        """Store the fitted attributes and the (lazy) labels of the training data."""
         self.strategy_ = strategy
         self.histogram_ = histogram
         self.cluster_centers_ = centers
-        self.inertia_ = best.inertia
-        self.n_iter_ = best.n_iter
+        self.inertia_ = inertia
+        self.n_iter_ = n_iter
         self.n_features_in_ = data.n_channels
         self._dtype_in = data.array.dtype
         self._lut = None
@@ -540,17 +552,7 @@ default="k-means++"
                 FewColoursWarning,
                 stacklevel=3,
             )
-        self.strategy_ = "histogram"
-        self.histogram_ = histogram
-        self.cluster_centers_ = histogram.colours.astype(np.float64)
-        self.inertia_ = 0.0
-        self.n_iter_ = 0
-        self.n_features_in_ = data.n_channels
-        self._dtype_in = data.array.dtype
-        self._lut = None
-        self._lut_source = histogram
-        self.labels_ = self._labels(data)
-        return self
+        return self._set_fitted(data, "histogram", histogram, histogram.colours.astype(np.float64), 0.0, 0)
 
     def _fit_minibatch(self, data: Data, weights: Any) -> KMeans:
         from bigquant.minibatch import MiniBatchKMeans
