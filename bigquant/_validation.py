@@ -20,6 +20,7 @@ __all__ = [
     "check_choice",
     "check_random_state",
     "label_dtype",
+    "check_init",
 ]
 
 
@@ -176,6 +177,26 @@ def check_random_state(seed: Any) -> np.random.Generator:
         return np.random.default_rng(seed.randint(0, 2**31 - 1))
     raise InvalidParameterError(
         f"random_state={seed!r} must be None, an int, or a numpy Generator/RandomState"
+    )
+
+
+def check_init(init: Any, n_clusters: int, n_channels: int, methods: tuple[str, ...]) -> np.ndarray | None:
+    """Validate ``init``: a method name (returns ``None``) or an array of centres."""
+    if isinstance(init, str):
+        check_choice(init, "init", methods)
+        return None
+    if hasattr(init, "__array__"):
+        centres = np.asarray(init, dtype=np.float64)
+        expected = (n_clusters, n_channels)
+        if centres.shape != expected:
+            raise InvalidParameterError(
+                f"init array has shape {centres.shape}; expected (n_clusters, n_channels) = {expected}"
+            )
+        if not np.isfinite(centres).all():
+            raise InvalidParameterError("init array contains NaN or infinity")
+        return centres
+    raise InvalidParameterError(
+        f"init={init!r} must be one of {', '.join(map(repr, methods))} or an array"
     )
 
 
