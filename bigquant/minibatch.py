@@ -75,10 +75,10 @@ logger = logging.getLogger(__name__)
 MINIBATCH_STRATEGIES: tuple[str, ...] = ("auto", "pixels", "histogram")
 
 #: edge of the virtual tiles of an image (pixels); rows of a tile of 2-D data
-_TILE_EDGE = 64
+_TILE_EDGE = 32
 _TILE_ROWS = _TILE_EDGE * _TILE_EDGE
 #: tiles a draw takes its pixels from
-_ROUND_TILES = 1024
+_ROUND_TILES = 4096
 #: pixels fetched per round (one dask computation serves many steps)
 _ROUND_PIXELS = 1 << 20
 #: pixels of the first round that judge the initialisations
@@ -143,18 +143,7 @@ class _PixelSampler:
         self.n_samples = data.n_samples
         tile = (_TILE_ROWS,) if len(self.spatial) == 1 else (_TILE_EDGE, _TILE_EDGE)
         self.tile = np.array(tile, dtype=np.int64)
-        shape = np.array(self.spatial, dtype=np.int64)
-        self.grid = -(-shape // self.tile)
-        # area of every tile, in C order of the tile grid
-        edges = [
-            np.minimum(self.tile[d], shape[d] - np.arange(self.grid[d]) * self.tile[d])
-            for d in range(len(self.spatial))
-        ]
-        area = edges[0].astype(np.float64)
-        for e in edges[1:]:
-            area = np.multiply.outer(area, e).ravel()
-        self.tile_p = area / area.sum()
-        self.edges = edges
+        self.shape = np.array(self.spatial, dtype=np.int64)
         if data.is_dask:
             X = data.array
             self._bounds = [np.concatenate([[0], np.cumsum(c)]) for c in X.chunks[:-1]]
@@ -170,13 +159,15 @@ class _PixelSampler:
         """Flat indices of ``n`` pixels, each uniform over the data, in random order."""
         n_tiles = _ROUND_TILES
         per_tile = math.ceil(n / n_tiles)
-        tiles = rng.choice(self.tile_p.shape[0], size=n_tiles, p=self.tile_p)
-        tcoords = np.unravel_index(tiles, tuple(self.grid))
+        # the tile under a uniform random pixel: tiles are chosen in proportion
+        # to their area (edge tiles are smaller), so every pixel is equally likely
+        anchors = np.unravel_index(rng.integers(0, self.n_samples, size=n_tiles), self.spatial)
         coords = []
-        for d, tc in enumerate(tcoords):
-            extent = self.edges[d][tc]
-            offset = (rng.random((n_tiles, per_tile)) * extent[:, None]).astype(np.int64)
-            coords.append((tc[:, None] * self.tile[d] + offset).ravel())
+        for d, a in enumerate(anchors):
+            start = a // self.tile[d] * self.tile[d]
+            extent = np.minimum(self.tile[d], self.shape[d] - start)
+            offset = rng.integers(0, extent[:, None], size=(n_tiles, per_tile))
+            coords.append((start[:, None] + offset).ravel())
         flat = np.ravel_multi_index(tuple(coords), self.spatial)
         return flat[rng.permutation(flat.shape[0])[:n]]
 
@@ -684,8 +675,7 @@ default="k-means++"
         self.n_features_in_ = data.n_channels
         self._dtype_in = data.array.dtype
         self._lut = None
-        if histogram is not None:
-            self._lut = self._build_lut(histogram)
+        self._lut_source = histogram  # the colour -> label table is built on first use
         self._finish(data, weights, histogram)
         return self
 
@@ -827,6 +817,7 @@ default="k-means++"
             self.strategy_ = "pixels"
             self.histogram_ = None
             self._lut = None
+            self._lut_source = None
         self._dtype_in = data.array.dtype
         batch = _Batch(flat, w)
         self._check_batch(batch)
