@@ -30,8 +30,16 @@ def remove_path(path: pathlib.Path) -> None:
 
 def check_target(path: pathlib.Path, *, overwrite: bool) -> None:
     """Raise ImageWriteError when ``path`` cannot be (re)written."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # checked below
+        pass
+    except OSError as exc:  # e.g. a file name too long: Path.exists() raises it
+        raise ImageWriteError(f"{path}: {exc.strerror or exc}") from exc
     if path.exists() and not overwrite:
         raise ImageWriteError(f"{path}: output exists (pass overwrite=True to replace it)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ImageWriteError(f"{path}: {path.parent} is not a directory")
     if not path.parent.is_dir():
         raise ImageWriteError(f"{path}: directory {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
@@ -40,7 +48,10 @@ def check_target(path: pathlib.Path, *, overwrite: bool) -> None:
 
 def temp_sibling(path: pathlib.Path, tag: str = "tmp") -> pathlib.Path:
     """A hidden, unique name beside ``path`` keeping its suffix."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:10]}.{tag}{path.suffix}")
+    # the stem is shortened so a legal target name gives a legal (<= 255 bytes) temp name
+    room = 255 - len(os.fsencode(f"..{uuid.uuid4().hex[:10]}.{tag}{path.suffix}"))
+    stem = os.fsencode(path.stem)[: max(room, 1)].decode("utf-8", "ignore") or "x"
+    return path.with_name(f".{stem}.{uuid.uuid4().hex[:10]}.{tag}{path.suffix}")
 
 
 @contextlib.contextmanager
