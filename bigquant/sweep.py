@@ -1,0 +1,993 @@
+"""The k-sweep runner: fit a palette for every k on one shared colour histogram.
+
+:func:`sweep` reads the image once into an exact colour histogram
+(:func:`bigquant.colour_histogram`) and fits every k on the distinct colours
+weighted by their counts, concurrently: on the Dask cluster when a client is
+given or active (the histogram is scattered to the workers once, then one task
+per k), else on a thread pool (the kernels release the GIL). Each finished k is
+appended to a CSV file at once, so an interrupted sweep resumes from it.
+
+Each k is fitted by :func:`fit_histogram`:
+
+1. ``n_init`` weighted k-means++ seeds (as scikit-learn's greedy
+   ``_kmeans_plusplus``). With ``n_init > 1`` and a histogram of many colours,
+   the seeds are screened on a *coarse* histogram (colours merged by dropping
+   low bits, each bin at the mean colour of its pixels, so the coarse cost
+   differs from the exact one only by the within-bin spread);
+2. the best (at most two) candidates run Lloyd's iteration to convergence on the
+   exact histogram, with Hamerly's bounds to skip distance computations that
+   cannot change a label (same centres as plain Lloyd: sums are exact);
+3. the palette is made of image colours: every centre is rounded to the
+   nearest integer colour -- the best integer colour for its cluster, as the
+   squared error splits per channel -- and the colours re-assigned to the
+   nearest palette colour, until nothing changes.
+
+``cost`` is the walkthrough's measure of a quantized image: the sum over every
+pixel of the squared distance to its colour in the uint8 (integer) palette;
+``inertia`` is k-means' own objective for the float centres.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import pathlib
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numba
+import numpy as np
+
+from bigquant._typing import STRATEGIES
+from bigquant.errors import InvalidInputError, InvalidParameterError
+from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.runtime import active_client, phase
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+__all__ = ["sweep", "SweepResult", "SweepRow", "HistogramFit", "fit_histogram", "parse_ks", "elbow"]
+
+logger = logging.getLogger(__name__)
+
+_JIT = dict(nogil=True, cache=True)
+
+#: a histogram with more colours than this is coarsened to screen the seeds
+COARSE_COLOURS = 32768
+#: candidates (best screened seeds) run to convergence on the exact histogram
+N_REFINED = 2
+
+# --------------------------------------------------------------------------- kernels
+
+
+@numba.njit(inline="always", **_JIT)
+def _d2(X, i, C, j):  # pragma: no cover - jitted
+    if X.shape[1] == 3:  # RGB, unrolled (same order of additions as the loop)
+        a = X[i, 0] - C[j, 0]
+        b = X[i, 1] - C[j, 1]
+        c = X[i, 2] - C[j, 2]
+        return a * a + b * b + c * c
+    s = 0.0
+    for c in range(X.shape[1]):
+        t = X[i, c] - C[j, c]
+        s += t * t
+    return s
+
+
+@numba.njit(inline="always", **_JIT)
+def _nearest2(X, i, centers):  # pragma: no cover - jitted
+    """Nearest centre (ties -> lowest index), its squared distance and the runner-up's."""
+    b = 0
+    d1 = np.inf
+    d2 = np.inf
+    for j in range(centers.shape[0]):
+        d = _d2(X, i, centers, j)
+        if d < d1:
+            d2 = d1
+            d1 = d
+            b = j
+        elif d < d2:
+            d2 = d
+    return b, d1, d2
+
+
+@numba.njit(**_JIT)
+def _kmeans_plusplus(X, w, k, n_trials, u_first, uniforms):  # pragma: no cover - jitted
+    """Greedy weighted k-means++ (scikit-learn's ``_kmeans_plusplus``) in one kernel.
+
+    ``u_first`` and ``uniforms`` (k - 1, n_trials) are uniform draws in [0, 1).
+    """
+    n, C = X.shape
+    centers = np.empty((k, C))
+    cum = np.cumsum(w)
+    first = min(np.searchsorted(cum, u_first * cum[-1], side="right"), n - 1)
+    centers[0] = X[first]
+    closest = np.empty(n)
+    pot = 0.0
+    for i in range(n):
+        closest[i] = _d2(X, i, centers, 0)
+        pot += w[i] * closest[i]
+    trial = np.empty((n_trials, n))
+    for m in range(1, k):
+        if pot <= 0.0:  # every point sits on a centre: repeat the last one
+            for mm in range(m, k):
+                centers[mm] = centers[m - 1]
+            break
+        acc = 0.0
+        for i in range(n):
+            acc += w[i] * closest[i]
+            cum[i] = acc
+        best_pot = np.inf
+        best_t = 0
+        best_idx = 0
+        for t in range(n_trials):
+            idx = min(np.searchsorted(cum, uniforms[m - 1, t] * acc, side="right"), n - 1)
+            p = 0.0
+            for i in range(n):
+                s = _d2(X, i, X, idx)
+                if s > closest[i]:
+                    s = closest[i]
+                trial[t, i] = s
+                p += w[i] * s
+            if p < best_pot:
+                best_pot = p
+                best_t = t
+                best_idx = idx
+        centers[m] = X[best_idx]
+        for i in range(n):
+            closest[i] = trial[best_t, i]
+        pot = best_pot
+    return centers
+
+
+@numba.njit(**_JIT)
+def _lloyd_hamerly(X, w, centers, max_iter, tol):  # pragma: no cover - jitted
+    """Weighted Lloyd's iteration with Hamerly's (2010) bounds.
+
+    Same stopping rule as :func:`bigquant._lloyd.lloyd`: stop once the summed
+    squared centre shift is <= ``tol``. Sums are updated incrementally, exactly
+    for integer colours and counts. An empty cluster takes the colour farthest
+    from its centre (from a cluster that keeps other colours).
+    """
+    n, C = X.shape
+    k = centers.shape[0]
+    centers = centers.copy()
+    labels = np.empty(n, np.int64)
+    upper = np.empty(n)
+    lower = np.empty(n)
+    sums = np.zeros((k, C))
+    counts = np.zeros(k)
+    for i in range(n):
+        b, d1, d2 = _nearest2(X, i, centers)
+        labels[i] = b
+        upper[i] = math.sqrt(d1)
+        lower[i] = math.sqrt(d2)
+        counts[b] += w[i]
+        for c in range(C):
+            sums[b, c] += w[i] * X[i, c]
+    half = np.empty(k)
+    move = np.empty(k)
+    new = np.empty((k, C))
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        for j in range(k):
+            if counts[j] > 0.0:
+                continue
+            far = -1.0
+            fi = -1
+            for i in range(n):
+                if counts[labels[i]] > w[i]:
+                    d = _d2(X, i, centers, labels[i])
+                    if d > far:
+                        far = d
+                        fi = i
+            if fi < 0:
+                continue
+            a = labels[fi]
+            counts[a] -= w[fi]
+            counts[j] = w[fi]
+            for c in range(C):
+                sums[a, c] -= w[fi] * X[fi, c]
+                sums[j, c] = w[fi] * X[fi, c]
+            labels[fi] = j
+            upper[fi] = np.inf
+            lower[fi] = 0.0
+        shift = 0.0
+        max_move = 0.0
+        for j in range(k):
+            s = 0.0
+            for c in range(C):
+                v = sums[j, c] / counts[j] if counts[j] > 0.0 else centers[j, c]
+                t = v - centers[j, c]
+                s += t * t
+                new[j, c] = v
+            move[j] = math.sqrt(s)
+            shift += s
+            if move[j] > max_move:
+                max_move = move[j]
+        centers[:, :] = new
+        if shift <= tol:
+            converged = True
+            break
+        for j in range(k):
+            m = np.inf
+            for jj in range(k):
+                if jj != j:
+                    d = _d2(centers, j, centers, jj)
+                    if d < m:
+                        m = d
+            half[j] = 0.5 * math.sqrt(m)
+        for i in range(n):
+            a = labels[i]
+            upper[i] += move[a]
+            lower[i] -= max_move
+            bound = max(lower[i], half[a])
+            if upper[i] <= bound:
+                continue
+            upper[i] = math.sqrt(_d2(X, i, centers, a))
+            if upper[i] <= bound:
+                continue
+            b, d1, d2 = _nearest2(X, i, centers)
+            upper[i] = math.sqrt(d1)
+            lower[i] = math.sqrt(d2)
+            if b != a:
+                wi = w[i]
+                counts[a] -= wi
+                counts[b] += wi
+                for c in range(C):
+                    sums[a, c] -= wi * X[i, c]
+                    sums[b, c] += wi * X[i, c]
+                labels[i] = b
+    return centers, it, converged
+
+
+@numba.njit(**_JIT)
+def _assign_sse(X, w, centers, labels):  # pragma: no cover - jitted
+    """Nearest centre of every row (into ``labels``) and the weighted squared error."""
+    total = 0.0
+    for i in range(X.shape[0]):
+        b, d1, _ = _nearest2(X, i, centers)
+        labels[i] = b
+        total += w[i] * d1
+    return total
+
+
+@numba.njit(**_JIT)
+def _integer_palette(X, w, centers, labels, lo, hi, max_pass):  # pragma: no cover - jitted
+    """Round each cluster mean to an integer colour, re-assign, repeat until stable.
+
+    Returns the palette (float64 holding integers) and its weighted squared error;
+    ``labels`` ends as the nearest palette colour of every row.
+    """
+    n, C = X.shape
+    k = centers.shape[0]
+    pal = np.empty((k, C))
+    for j in range(k):
+        for c in range(C):
+            pal[j, c] = min(max(np.rint(centers[j, c]), lo), hi)
+    total = _assign_sse(X, w, pal, labels)
+    for _ in range(max_pass):
+        counts = np.zeros(k)
+        sums = np.zeros((k, C))
+        for i in range(n):
+            counts[labels[i]] += w[i]
+            for c in range(C):
+                sums[labels[i], c] += w[i] * X[i, c]
+        for j in range(k):
+            if counts[j] > 0.0:
+                for c in range(C):
+                    pal[j, c] = min(max(np.rint(sums[j, c] / counts[j]), lo), hi)
+        new_total = _assign_sse(X, w, pal, labels)
+        if new_total >= total:
+            total = new_total
+            break
+        total = new_total
+    return pal, total
+
+
+# --------------------------------------------------------------------------- one k
+
+
+@dataclass
+class HistogramFit:
+    """A palette of ``k`` colours fitted on a colour histogram.
+
+    Attributes
+    ----------
+    centers : ndarray of shape (k, n_channels)
+        Lloyd's centres (float64), the weighted means of their clusters.
+    palette : ndarray of shape (k, n_channels)
+        The integer palette (the histogram's dtype): the quantized image's colours.
+    inertia : float
+        Weighted sum of squared distances of the colours to their nearest centre.
+    cost : int
+        Weighted sum of squared distances of the colours to their nearest palette
+        colour: the squared error of the quantized image.
+    n_iter : int
+        Lloyd iterations on the exact histogram (summed over the refined candidates).
+    converged : bool
+        Whether the kept run converged within ``max_iter``.
+    """
+
+    centers: np.ndarray
+    palette: np.ndarray
+    inertia: float
+    cost: int
+    n_iter: int
+    converged: bool
+
+
+def _coarsen(X: np.ndarray, w: np.ndarray, drop: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge colours equal once ``drop`` low bits are dropped: bin means and weights."""
+    q = X.astype(np.int64) >> drop
+    code = np.zeros(X.shape[0], np.int64)
+    for c in range(X.shape[1]):
+        code = (code << (bits - drop)) | q[:, c]
+    _, inv = np.unique(code, return_inverse=True)
+    weight = np.bincount(inv, weights=w)
+    means = np.stack([np.bincount(inv, weights=w * X[:, c]) for c in range(X.shape[1])], axis=1)
+    return means / weight[:, None], weight
+
+
+def _pyramid(X: np.ndarray, w: np.ndarray, dtype: np.dtype) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Coarse-to-fine histograms for screening seeds, ending with ``(X, w)`` itself.
+
+    Levels of at most ``COARSE_COLOURS`` and ``COARSE_COLOURS / 4`` bins are
+    added when the histogram is larger than that.
+    """
+    bits = np.dtype(dtype).itemsize * 8
+    levels = [(X, w)]
+    target = COARSE_COLOURS
+    for drop in range(1, bits):
+        if levels[0][0].shape[0] <= target or len(levels) == 3:
+            break
+        Xs, ws = _coarsen(X, w, drop, bits)
+        if Xs.shape[0] <= target:
+            levels.insert(0, (Xs, ws))
+            target //= 4
+    return levels
+
+
+def _tolerance(X: np.ndarray, w: np.ndarray, tol: float) -> float:
+    total = w.sum()
+    mean = (X * w[:, None]).sum(axis=0) / total
+    var = (((X - mean) ** 2) * w[:, None]).sum(axis=0) / total
+    return float(tol) * float(var.mean())
+
+
+def fit_histogram(
+    histogram: ColourHistogram | tuple[np.ndarray, np.ndarray],
+    n_clusters: int,
+    *,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    random_state: int | np.random.Generator | None = None,
+) -> HistogramFit:
+    """Fit a palette of ``n_clusters`` colours on a colour histogram (exact weighted k-means).
+
+    Parameters
+    ----------
+    histogram : ColourHistogram or tuple (colours, counts)
+        Distinct colours of shape (n_colours, n_channels) and their pixel counts.
+    n_clusters : int
+        Palette size k.
+    n_init : int, default=1
+        Number of k-means++ initialisations. With more than one, the seeds are
+        screened on a coarsened histogram when the histogram has more than
+        ``COARSE_COLOURS`` colours, and the best two are run on the exact one.
+    max_iter : int, default=300
+        Maximum Lloyd iterations per run.
+    tol : float, default=1e-4
+        Convergence when the summed squared centre shift is at most ``tol``
+        times the weighted mean per-channel variance (as :class:`bigquant.KMeans`).
+    random_state : int, numpy Generator or None, default=None
+        Seed of the initialisations.
+
+    Returns
+    -------
+    HistogramFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> colours = np.array([[0, 0, 0], [0, 0, 2], [250, 250, 250]], dtype=np.uint8)
+    >>> fit = fit_histogram((colours, np.array([3, 1, 4])), 2, random_state=0)
+    >>> fit.palette[np.argsort(fit.palette[:, 2])].tolist()
+    [[0, 0, 0], [250, 250, 250]]
+    >>> fit.cost
+    4
+    """
+    if isinstance(histogram, ColourHistogram):
+        colours, counts = histogram.colours, histogram.counts
+    else:
+        colours, counts = histogram
+    colours = np.asarray(colours)
+    k = int(n_clusters)
+    if k < 1:
+        raise InvalidParameterError(f"n_clusters={n_clusters} must be >= 1")
+    if int(n_init) < 1:
+        raise InvalidParameterError(f"n_init={n_init} must be >= 1")
+    if colours.ndim != 2 or colours.shape[0] == 0:
+        raise InvalidInputError(f"histogram colours of shape {colours.shape} must be (n_colours >= 1, n_channels)")
+    X = np.ascontiguousarray(colours, dtype=np.float64)
+    w = np.ascontiguousarray(counts, dtype=np.float64)
+    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+    if colours.dtype.kind in "ui":
+        info = np.iinfo(colours.dtype)
+        lo, hi, out_dtype = float(info.min), float(info.max), colours.dtype
+    else:
+        lo, hi, out_dtype = -np.inf, np.inf, None
+    labels = np.empty(X.shape[0], np.int64)
+
+    if X.shape[0] <= k:
+        # every colour is its own palette entry: cost 0
+        centers = np.concatenate([X, np.repeat(X[-1:], k - X.shape[0], axis=0)])
+        pal = centers if out_dtype is None else centers.astype(out_dtype)
+        return HistogramFit(centers, pal, 0.0, 0, 0, True)
+
+    tol_abs = _tolerance(X, w, tol)
+    n_trials = 2 + int(np.log(k))
+
+    def seed(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return _kmeans_plusplus(points, weights, k, n_trials, rng.random(), rng.random((max(k - 1, 1), n_trials)))
+
+    n_init = int(n_init)
+    if n_init == 1:
+        starts = [seed(X, w)]
+    else:
+        # screening pyramid: every seed runs on the coarsest histogram, the
+        # best quarter on the next finer one, ..., the best two on the exact one
+        levels = _pyramid(X, w, colours.dtype) if colours.dtype.kind == "u" else []
+        starts = []
+        for depth, (Xs, ws) in enumerate(levels):
+            tol_s = _tolerance(Xs, ws, tol)
+            lab_s = np.empty(Xs.shape[0], np.int64)
+            if depth == 0:
+                starts = [seed(Xs, ws) for _ in range(n_init)]
+            scored = []
+            for c0 in starts:
+                c, _, _ = _lloyd_hamerly(Xs, ws, c0, max_iter, tol_s)
+                scored.append((_assign_sse(Xs, ws, c, lab_s), c))
+            scored.sort(key=lambda t: t[0])
+            keep = N_REFINED if depth == len(levels) - 1 else max(N_REFINED, len(scored) // 4)
+            starts = [c for _, c in scored[:keep]]
+        if not levels:
+            starts = [seed(X, w) for _ in range(n_init)]
+
+    best: HistogramFit | None = None
+    total_iter = 0
+    for start in starts:
+        centers, n_iter, converged = _lloyd_hamerly(X, w, start, max_iter, tol_abs)
+        total_iter += int(n_iter)
+        inertia = float(_assign_sse(X, w, centers, labels))
+        if out_dtype is None:
+            pal, cost = centers, inertia
+        else:
+            pal, cost = _integer_palette(X, w, centers, labels, lo, hi, 50)
+        if best is None or cost < best.cost:
+            palette = pal if out_dtype is None else pal.astype(out_dtype)
+            best = HistogramFit(centers, palette, inertia, int(round(cost)) if out_dtype is not None else cost,
+                                0, bool(converged))
+    assert best is not None
+    best.n_iter = total_iter
+    if not best.converged:
+        logger.warning("k=%d: Lloyd's iteration did not converge within max_iter=%d", k, max_iter)
+    return best
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One k of a sweep (one CSV row)."""
+
+    k: int
+    cost: float
+    inertia: float
+    psnr: float
+    n_iter: int
+    seconds: float
+    palette: str = ""
+
+    def palette_array(self, n_channels: int | None = None) -> np.ndarray:
+        """The palette as an integer array of shape (k, n_channels)."""
+        rows = [[float(v) for v in colour.split()] for colour in self.palette.split(";") if colour]
+        arr = np.array(rows, dtype=np.float64)
+        if n_channels is not None:
+            arr = arr.reshape(-1, n_channels)
+        return arr.astype(np.int64) if np.all(arr == np.round(arr)) else arr
+
+
+_COLUMNS = [f.name for f in fields(SweepRow)]
+
+
+def _format_palette(palette: np.ndarray) -> str:
+    def fmt(v: Any) -> str:
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+    return ";".join(" ".join(fmt(v) for v in colour) for colour in np.asarray(palette))
+
+
+def elbow(ks: Sequence[float], costs: Sequence[float]) -> int | None:
+    """The elbow of a decreasing cost curve (Kneedle: farthest below the chord).
+
+    Parameters
+    ----------
+    ks : sequence of int
+        The k values, increasing.
+    costs : sequence of float
+        The cost for each k.
+
+    Returns
+    -------
+    int or None
+        The suggested k, or ``None`` with fewer than three points.
+
+    Examples
+    --------
+    >>> elbow([1, 2, 3, 4, 5, 6], [100, 40, 20, 15, 12, 10])
+    3
+    """
+    x = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(costs, dtype=np.float64)
+    if x.shape[0] < 3:
+        return None
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    xr = x[-1] - x[0]
+    yr = y.max() - y.min()
+    if xr <= 0 or yr <= 0:
+        return int(x[0])
+    xn = (x - x[0]) / xr
+    yn = (y - y.min()) / yr
+    chord = yn[0] + (yn[-1] - yn[0]) * xn
+    return int(x[int(np.argmax(chord - yn))])
+
+
+@dataclass
+class SweepResult:
+    """The results of a k sweep: one :class:`SweepRow` per k, sorted by k.
+
+    Attributes
+    ----------
+    rows : list of SweepRow
+    n_pixels : int
+        Pixels of the image.
+    n_colours : int or None
+        Distinct colours (histogram strategy).
+    n_channels : int
+    strategy : str
+        ``"histogram"`` or the per-pixel strategy used.
+    seconds : float
+        Wall-clock time of the whole sweep (histogram included).
+    resumed : list of int
+        The ks read back from a previous run's CSV instead of fitted.
+    """
+
+    rows: list[SweepRow]
+    n_pixels: int
+    n_colours: int | None
+    n_channels: int
+    strategy: str
+    seconds: float = 0.0
+    resumed: list[int] = field(default_factory=list)
+
+    @property
+    def ks(self) -> list[int]:
+        """The k values."""
+        return [r.k for r in self.rows]
+
+    @property
+    def costs(self) -> list[float]:
+        """The cost of each k."""
+        return [r.cost for r in self.rows]
+
+    @property
+    def times(self) -> list[float]:
+        """Seconds spent fitting each k."""
+        return [r.seconds for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> SweepRow:
+        for row in self.rows:
+            if row.k == k:
+                return row
+        raise KeyError(k)
+
+    def palette(self, k: int) -> np.ndarray:
+        """The palette fitted for ``k``, of shape (k, n_channels)."""
+        return self[k].palette_array(self.n_channels)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The rows as dictionaries (without the palettes)."""
+        return [{k: v for k, v in asdict(r).items() if k != "palette"} for r in self.rows]
+
+    def to_frame(self) -> Any:
+        """The rows as a pandas DataFrame indexed by k (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.to_records()).set_index("k")
+
+    def to_csv(self, path: str | os.PathLike[str]) -> pathlib.Path:
+        """Write every row (with its palette) to a CSV file; returns the path."""
+        path = pathlib.Path(path)
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow(asdict(row))
+        return path
+
+    def elbow(self) -> int | None:
+        """The suggested k: the elbow of the cost curve (see :func:`elbow`)."""
+        return elbow(self.ks, self.costs)
+
+    def plot(self, figsize: tuple[float, float] = (12, 4)) -> Figure:
+        """Cost and fit time against k, as the walkthrough's ``plot_k_metrics``.
+
+        The suggested k (:meth:`elbow`) is marked on the cost axis.
+        """
+        from bigquant.plotting import plot_k_metrics
+
+        fig = plot_k_metrics(self.ks, self.costs, self.times, figsize=figsize)
+        k = self.elbow()
+        if k is not None and fig.axes:
+            ax = fig.axes[0]
+            ax.axvline(k, color="tab:red", linestyle="--", linewidth=1)
+            ax.annotate(f"elbow k={k}", xy=(k, self[k].cost), xytext=(8, 8), textcoords="offset points",
+                        color="tab:red")
+        return fig
+
+    def table(self) -> str:
+        """The results as a markdown table."""
+        lines = ["| k | cost | inertia | PSNR (dB) | iterations | seconds |", "|---:|---:|---:|---:|---:|---:|"]
+        for r in self.rows:
+            lines.append(f"| {r.k} | {r.cost:.6g} | {r.inertia:.6g} | {r.psnr:.2f} | {r.n_iter} | {r.seconds:.3f} |")
+        return "\n".join(lines)
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[SweepRow]:
+    """Rows of a sweep CSV (as written by :func:`sweep` or :meth:`SweepResult.to_csv`)."""
+    rows = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise InvalidInputError(f"{path}: not a sweep CSV (missing columns {sorted(missing)})")
+        for rec in reader:
+            try:
+                rows.append(SweepRow(int(rec["k"]), float(rec["cost"]), float(rec["inertia"]), float(rec["psnr"]),
+                                     int(rec["n_iter"]), float(rec["seconds"]), rec.get("palette") or ""))
+            except (TypeError, ValueError):
+                logger.warning("%s: skipping an unreadable row %r", path, rec)
+    return rows
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def parse_ks(spec: str | Iterable[int]) -> list[int]:
+    """Parse k values: ``"2:64:2"`` (start:stop:step, stop included), ``"4,8,16"`` or ints.
+
+    Examples
+    --------
+    >>> parse_ks("2:10:4")
+    [2, 6, 10]
+    >>> parse_ks("16,4,8,4")
+    [4, 8, 16]
+    """
+    if isinstance(spec, str):
+        text = spec.strip()
+        try:
+            if ":" in text:
+                parts = [int(p) for p in text.split(":")]
+                if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] < 1):
+                    raise ValueError
+                start, stop = parts[0], parts[1]
+                step = parts[2] if len(parts) == 3 else 1
+                values = list(range(start, stop + 1, step))
+            else:
+                values = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise InvalidParameterError(
+                f"ks={spec!r} must look like 'start:stop[:step]' or 'k1,k2,...' with integers"
+            ) from None
+    else:
+        try:
+            values = [int(v) for v in spec]
+        except (TypeError, ValueError):
+            raise InvalidParameterError(f"ks={spec!r} must be integers") from None
+    if not values:
+        raise InvalidParameterError(f"ks={spec!r} gives no k value")
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise InvalidParameterError(f"ks={spec!r}: every k must be >= 1, got {bad[0]}")
+    return sorted(set(values))
+
+
+def _seed_for(base: int, k: int) -> np.random.Generator:
+    # depends only on (random_state, k): a resumed or reordered sweep fits the same palettes
+    return np.random.default_rng([base, k])
+
+
+def _psnr(cost: float, n_values: int, peak: float) -> float:
+    if cost <= 0:
+        return math.inf
+    return 10.0 * math.log10(peak * peak * n_values / cost)
+
+
+def _fit_task(hist: tuple[np.ndarray, np.ndarray], k: int, n_init: int, max_iter: int, tol: float,
+              base: int) -> tuple[HistogramFit, float]:
+    """One k, run on a worker (or a thread): the fit and its wall time."""
+    start = time.perf_counter()
+    fit = fit_histogram(hist, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=_seed_for(base, k))
+    return fit, time.perf_counter() - start
+
+
+def _load_source(src: Any) -> Any:
+    """An array (numpy or dask) of shape (..., C) from a path, ImageSource or array."""
+    if isinstance(src, (str, os.PathLike)):
+        from bigquant.io import read_image
+
+        src = read_image(src)
+    data = getattr(src, "data", src)
+    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim not in (2, 3) or 0 in data.shape:
+        raise InvalidInputError(f"src of shape {tuple(data.shape)} must be an image (H, W[, C]) or pixels (N, C)")
+    return data
+
+
+class _CsvLog:
+    """Appends rows to a CSV file as they come, flushed at once."""
+
+    def __init__(self, path: pathlib.Path, keep: list[SweepRow], append: bool):
+        self.path = path
+        self.fh = open(path, "a" if append else "w", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=_COLUMNS)
+        if not append:
+            self.writer.writeheader()
+            for row in keep:
+                self.writer.writerow(asdict(row))
+        self.fh.flush()
+
+    def write(self, row: SweepRow) -> None:
+        self.writer.writerow(asdict(row))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def sweep(
+    src: Any,
+    ks: str | Iterable[int],
+    *,
+    strategy: str = "auto",
+    client: Any = None,
+    n_init: int = 1,
+    random_state: int | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    out: str | os.PathLike[str] | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+) -> SweepResult:
+    """Fit a palette for every k and tabulate cost, inertia, PSNR, iterations and time.
+
+    Parameters
+    ----------
+    src : str, path, ImageSource, ColourHistogram, ndarray or dask array
+        The image (a file is read lazily with :func:`bigquant.read_image`), its
+        pixels (n_pixels, n_channels), or its colour histogram.
+    ks : str or iterable of int
+        The k values: ``"2:64:2"`` (stop included), ``"4,8,16"`` or a list.
+    strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
+        ``"histogram"`` (auto for 8-bit data): one exact colour histogram shared
+        by every k, the fits running concurrently; otherwise every k is a
+        :class:`bigquant.KMeans` fit of that strategy on the pixels.
+    client : distributed.Client or None, default=None
+        Where to run; default the active client if any, else local threads.
+    n_init : int, default=1
+        Initialisations per k (see :func:`fit_histogram`).
+    random_state : int or None, default=None
+        Seed; every k gets its own stream derived from ``(random_state, k)``,
+        so a resumed sweep fits the same palettes as an uninterrupted one.
+    max_iter : int, default=300
+    tol : float, default=1e-4
+        As :class:`bigquant.KMeans`.
+    out : str or path, default=None
+        CSV file written incrementally: one row per k as soon as it is done.
+    resume_from : str or path, default=None
+        CSV of an earlier (possibly interrupted) sweep of the same image: its
+        ks are kept and not fitted again. May be the same file as ``out``.
+
+    Returns
+    -------
+    SweepResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    >>> result = sweep(img, "2:8:2", random_state=0)
+    >>> result.ks
+    [2, 4, 6, 8]
+    >>> bool(result.costs[0] > result.costs[-1])
+    True
+    """
+    start = time.perf_counter()
+    k_values = parse_ks(ks)
+    if strategy not in STRATEGIES:
+        raise InvalidParameterError(f"strategy={strategy!r} must be one of {', '.join(map(repr, STRATEGIES))}")
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise InvalidParameterError(f"n_init={n_init!r} must be an integer >= 1")
+    if random_state is None:
+        base = int(np.random.SeedSequence().entropy % (2**63))
+        logger.info("sweep seed: %d (pass random_state to reproduce)", base)
+    elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        base = int(random_state)
+    else:
+        raise InvalidParameterError(f"random_state={random_state!r} must be an int or None")
+
+    kept: list[SweepRow] = []
+    if resume_from is not None and pathlib.Path(resume_from).exists():
+        previous = {r.k: r for r in read_rows(resume_from)}
+        kept = [previous[k] for k in k_values if k in previous]
+        logger.info("resuming from %s: %d of %d k values already done", resume_from, len(kept), len(k_values))
+    todo = [k for k in k_values if k not in {r.k for r in kept}]
+
+    log: _CsvLog | None = None
+    if out is not None:
+        out_path = pathlib.Path(out)
+        append = (
+            resume_from is not None
+            and out_path.exists()
+            and pathlib.Path(resume_from).exists()
+            and out_path.resolve() == pathlib.Path(resume_from).resolve()
+        )
+        log = _CsvLog(out_path, kept, append)
+
+    if client is None:
+        client = active_client()
+    rows = list(kept)
+    try:
+        if isinstance(src, ColourHistogram):
+            hist: ColourHistogram | None = src
+            n_channels = src.colours.shape[1]
+            dtype = src.colours.dtype
+        else:
+            data = _load_source(src)
+            n_channels = int(data.shape[-1])
+            dtype = data.dtype
+            bits = histogram_bits(dtype, n_channels)
+            if strategy == "histogram" and bits is None:
+                raise InvalidParameterError(
+                    f"strategy='histogram' needs unsigned integer data of at most 24 bits per pixel; "
+                    f"got dtype={dtype} with {n_channels} channels: use strategy='pixels'"
+                )
+            hist = None
+            if strategy in ("auto", "histogram") and bits is not None and todo:
+                with phase("bigquant-histogram"):
+                    hist = colour_histogram(data)
+        peak = float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else 1.0
+        if hist is not None or (isinstance(src, ColourHistogram)):
+            assert hist is not None
+            n_pixels = hist.n_pixels
+            n_colours: int | None = hist.n_colours
+            used = "histogram"
+            for k, fit, seconds in _run_histogram(hist, todo, n_init, max_iter, tol, base, client):
+                row = SweepRow(k, float(fit.cost), fit.inertia, _psnr(fit.cost, n_pixels * n_channels, peak),
+                               fit.n_iter, seconds, _format_palette(fit.palette))
+                logger.info("k=%d: cost %.6g, PSNR %.2f dB, %d iterations, %.3f s", k, row.cost, row.psnr,
+                            row.n_iter, seconds)
+                rows.append(row)
+                if log is not None:
+                    log.write(row)
+        else:
+            n_pixels = int(np.prod(data.shape[:-1]))
+            n_colours = None
+            used = "pixels" if strategy in ("auto", "histogram") else strategy
+            for k in todo:
+                row = _fit_pixels(data, k, used, n_init, max_iter, tol, base, peak)
+                rows.append(row)
+                if log is not None:
+                    log.write(row)
+    finally:
+        if log is not None:
+            log.close()
+    rows.sort(key=lambda r: r.k)
+    seconds = time.perf_counter() - start
+    logger.info("sweep of %d k values in %.2f s", len(todo), seconds)
+    return SweepResult(rows, n_pixels, n_colours, n_channels, used, seconds, [r.k for r in kept])
+
+
+def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: int, tol: float, base: int,
+                   client: Any) -> Iterable[tuple[int, HistogramFit, float]]:
+    """Fit every k concurrently; yield (k, fit, seconds) as they finish, largest k started first."""
+    if not ks:
+        return
+    payload = (np.ascontiguousarray(hist.colours), np.ascontiguousarray(hist.counts))
+    order = sorted(ks, reverse=True)  # the slowest first: better packing
+    if client is not None:
+        from distributed import as_completed as dist_as_completed
+        from dask.base import tokenize
+
+        token = tokenize(payload, n_init, max_iter, tol, base)
+        with phase("bigquant-sweep"):
+            [remote] = client.scatter([payload], broadcast=False, hash=False)
+            futures = {
+                client.submit(_fit_task, remote, k, n_init, max_iter, tol, base,
+                              key=f"bigquant-sweep-{k}-{token}", pure=False): k
+                for k in order
+            }
+            try:
+                for future in dist_as_completed(futures):
+                    fit, seconds = future.result()
+                    yield futures[future], fit, seconds
+            finally:
+                client.cancel(list(futures) + [remote])
+        return
+    from bigquant._points import n_threads
+
+    with ThreadPoolExecutor(max(1, min(n_threads(), len(order)))) as pool:
+        tasks = {pool.submit(_fit_task, payload, k, n_init, max_iter, tol, base): k for k in order}
+        try:
+            for task in as_completed(tasks):
+                fit, seconds = task.result()
+                yield tasks[task], fit, seconds
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+def _block_sse(x: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    diff = x.reshape(-1, x.shape[-1]).astype(np.float64) - palette[labels.reshape(-1)]
+    return np.full((1,) * labels.ndim, float(np.einsum("ij,ij->", diff, diff)))
+
+
+def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, tol: float, base: int,
+                peak: float) -> SweepRow:
+    """One k on the pixels with :class:`bigquant.KMeans` (non-histogram strategies)."""
+    import dask.array as da
+
+    from bigquant.kmeans import KMeans
+
+    seed = int(_seed_for(base, k).integers(2**31 - 1))
+    start = time.perf_counter()
+    km = KMeans(k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed, strategy=strategy).fit(data)
+    seconds = time.perf_counter() - start
+    centers = np.asarray(km.cluster_centers_)
+    if np.dtype(data.dtype).kind in "ui":
+        info = np.iinfo(data.dtype)
+        palette = np.clip(np.rint(centers), info.min, info.max)
+    else:
+        palette = centers
+    labels = km.labels_
+    X = data
+    if isinstance(X, da.Array):
+        X = X.rechunk({X.ndim - 1: -1})
+        labels = labels.rechunk(X.chunks[:-1]) if isinstance(labels, da.Array) else da.from_array(
+            np.asarray(labels), chunks=X.chunks[:-1])
+        with phase("bigquant-cost"):
+            cost = float(da.map_blocks(_block_sse, X, labels, palette, dtype=np.float64,
+                                       chunks=tuple((1,) * len(c) for c in labels.chunks)).sum().compute())
+    else:
+        cost = float(_block_sse(np.asarray(X), np.asarray(labels), palette).sum())
+    n_values = int(np.prod(data.shape))
+    row = SweepRow(k, cost, float(km.inertia_), _psnr(cost, n_values, peak), int(km.n_iter_), seconds,
+                   _format_palette(palette))
+    logger.info("k=%d: cost %.6g, PSNR %.2f dB, %d iterations, %.3f s", k, row.cost, row.psnr, row.n_iter, seconds)
+    return row
