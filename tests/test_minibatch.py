@@ -295,3 +295,20 @@ def test_on_local_cluster(client, image):
     names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
     assert any(str(n).startswith("bigquant-minibatch-gather") for n in names)
     assert len({t["worker"] for t in ts.data}) >= 1
+
+
+def test_partial_fit_continues_fit(blobs):
+    X, _ = blobs
+    mbk = MiniBatchKMeans(5, batch_size=512, random_state=0).fit(X)
+    steps = mbk.n_steps_
+    mbk.partial_fit(X[:2000])
+    assert mbk.n_steps_ == steps + 1
+    np.testing.assert_allclose(sort_rows(mbk.cluster_centers_), sort_rows(TRUE_CENTRES), atol=1.0)
+
+
+def test_tiny_input():
+    X = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [100.0, 100.0, 100.0]])
+    mbk = MiniBatchKMeans(2, random_state=0).fit(X)
+    # the centres are means of samples drawn with replacement: close to the exact 0.5
+    np.testing.assert_allclose(sort_rows(mbk.cluster_centers_), [[0.5] * 3, [100.0] * 3], atol=0.05)
+    assert mbk.inertia_ == pytest.approx(1.5, rel=0.01)
