@@ -1,0 +1,518 @@
+"""The ``bigquant`` command: ``quantize``, ``sweep``, ``info`` and ``demo``.
+
+Exit codes: 0 success, 2 usage error (bad arguments or parameter values),
+1 failure (unreadable input, unreachable scheduler, ...), 130 interrupted. Errors
+are one line on stderr; ``--verbose`` adds the traceback and the library's log.
+
+The command line owns the terminal: it configures logging, prints results on
+stdout and draws progress (Lloyd's iterations, long passes) on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import pathlib
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+PROG = "bigquant"
+
+logger = logging.getLogger("bigquant.cli")
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 8192 or 8192x6144") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 16:
+        raise argparse.ArgumentTypeError(f"{text!r} must be N or HxW with sides >= 16")
+    return parts[0], parts[1]
+
+
+def _add_runtime(p: argparse.ArgumentParser, *, cluster_default: bool = True) -> None:
+    g = p.add_argument_group("where it runs")
+    g.add_argument("--scheduler", metavar="ADDR",
+                   help="address of an existing Dask scheduler, e.g. tcp://host:8786 "
+                        "(default: start a local cluster)")
+    g.add_argument("--workers", type=_positive_int, metavar="N", help="local cluster: worker processes")
+    g.add_argument("--threads", type=_positive_int, metavar="N", help="local cluster: threads per worker")
+    g.add_argument("--memory-limit", metavar="SIZE", help="local cluster: memory per worker, e.g. 4GiB")
+    g.add_argument("--dashboard", metavar="ADDR", default=":8787",
+                   help="local cluster: dashboard address (default :8787; 'none' for no dashboard)")
+    g.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the scheduler (default 30)")
+    g.add_argument("--no-cluster", action="store_true",
+                   help="no Dask cluster: run on this process's threads")
+    g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bigquant`` command."""
+    from bigquant import __version__
+    from bigquant._typing import STRATEGIES
+
+    parser = _Parser(prog=PROG, description="Colour quantization of gigapixel images with k-means on Dask.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log progress (-vv: debug); show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    q = sub.add_parser("quantize", help="quantize an image to k colours and write it",
+                       description="Fit a k-colour palette and write the image with it.")
+    q.add_argument("input", metavar="IN", help="input image (TIFF, zarr, PNG, JPEG...)")
+    q.add_argument("output", metavar="OUT", help="output image (.tif, .zarr, .png)")
+    q.add_argument("-k", "--n-clusters", dest="k", type=_positive_int, default=16, help="colours (default 16)")
+    q.add_argument("--strategy", choices=STRATEGIES, default="auto", help="fitting strategy (default auto)")
+    q.add_argument("--mode", choices=("palette", "rgb"), default="palette", help="indexed or RGB output")
+    q.add_argument("--tile", type=_positive_int, default=512, help="output tile size (default 512)")
+    q.add_argument("--compression", default="zlib", help="output compression (default zlib; 'none')")
+    q.add_argument("--pyramid", action="store_true", help="add pyramid levels (TIFF)")
+    q.add_argument("--palette-out", metavar="JSON", help="also write the palette as JSON")
+    q.add_argument("--preview", metavar="PNG", help="also write a small preview PNG")
+    q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    q.add_argument("--random-state", type=int, metavar="N", help="seed")
+    q.add_argument("--n-init", type=_positive_int, default=1, help="initialisations (default 1)")
+    q.add_argument("--max-iter", type=_positive_int, default=300, help="Lloyd iterations at most (default 300)")
+    _add_runtime(q)
+
+    s = sub.add_parser("sweep", help="fit every k of a range and tabulate cost and time",
+                       description="Fit a palette for every k on one shared colour histogram.")
+    s.add_argument("input", metavar="IN", help="input image")
+    s.add_argument("--k", dest="ks", default="2:64:2", help="k values: start:stop[:step] or k1,k2,... (default 2:64:2)")
+    s.add_argument("--out", metavar="CSV", help="results CSV, written as each k finishes")
+    s.add_argument("--plot", metavar="PNG", help="plot of cost and time against k")
+    s.add_argument("--resume", action="store_true", help="keep the ks already in --out and fit the rest")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out / --plot")
+    s.add_argument("--strategy", choices=STRATEGIES, default="auto", help="fitting strategy (default auto)")
+    s.add_argument("--n-init", type=_positive_int, default=1, help="initialisations per k (default 1)")
+    s.add_argument("--random-state", type=int, metavar="N", help="seed")
+    _add_runtime(s)
+
+    i = sub.add_parser("info", help="describe an image: shape, dtype, tiles, distinct colours",
+                       description="Describe an image without reading more than needed.")
+    i.add_argument("input", metavar="IN", help="input image")
+    i.add_argument("--exact", action="store_true", help="count distinct colours exactly, however big")
+
+    d = sub.add_parser("demo", help="quantize a large sample image on a local cluster, end to end",
+                       description="Build a large sample TIFF from a real photo, quantize it on a local "
+                                   "Dask cluster, and write the outputs, a comparison and a sweep plot.")
+    d.add_argument("--out", metavar="DIR", default="bigquant-demo", help="output folder (default ./bigquant-demo)")
+    d.add_argument("--size", type=_size, default=(8192, 8192), metavar="N|HxW",
+                   help="sample image size (default 8192, i.e. 8192x8192)")
+    d.add_argument("-k", "--n-clusters", dest="k", type=_positive_int, default=16, help="colours (default 16)")
+    d.add_argument("--sweep-k", default="2:32:2", help="ks of the sweep plot (default 2:32:2)")
+    d.add_argument("--random-state", type=int, default=0, metavar="N", help="seed (default 0)")
+    _add_runtime(d)
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Console:
+    """Where the command writes: results on stdout, notes on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def out(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text, file=sys.stdout, flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    root = logging.getLogger("bigquant")
+    root.setLevel(level)
+    if not any(getattr(h, "_bigquant_cli", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+        handler._bigquant_cli = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    for name in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose > 1 else logging.ERROR)
+
+
+@contextlib.contextmanager
+def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
+    """Yield a distributed client (or None with --no-cluster), closing what was started."""
+    if args.no_cluster:
+        if args.scheduler:
+            raise UsageError(f"{PROG}: --no-cluster and --scheduler exclude each other")
+        yield None
+        return
+    from bigquant.runtime import connect
+
+    dashboard = None if str(args.dashboard).lower() in ("none", "off", "") else args.dashboard
+    start = time.perf_counter()
+    if not args.scheduler:
+        console.note("starting a local Dask cluster...")
+    runtime = connect(
+        args.scheduler,
+        n_workers=args.workers,
+        threads_per_worker=args.threads,
+        memory_limit=args.memory_limit,
+        dashboard_address=dashboard,
+        timeout=args.timeout,
+    )
+    with runtime:
+        workers = runtime.client.nthreads()
+        kind = "connected to" if args.scheduler else "local cluster"
+        console.note(f"{kind} {runtime.scheduler_address}: {len(workers)} workers, "
+                     f"{sum(workers.values())} threads ({time.perf_counter() - start:.1f} s)")
+        link = runtime.dashboard_link
+        if link:
+            console.note(f"dashboard: {link}")
+        yield runtime.client
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not (args.quiet or getattr(args, "no_progress", False))
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
+    for p in paths:
+        if p and pathlib.Path(p).exists() and not overwrite:
+            raise UsageError(f"{PROG}: {p} exists; pass --overwrite to replace it")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
+    from bigquant.progress import LloydProgress, Line, progress
+    from bigquant.quantize import quantize
+
+    compression = None if str(args.compression).lower() == "none" else args.compression
+    if not pathlib.Path(args.input).exists() and "://" not in args.input:
+        raise FileNotFoundError(f"{args.input}: no such file")
+    line = Line()
+    bar = LloydProgress(args.max_iter, line=line) if _show_progress(args) else None
+    start = time.perf_counter()
+    with _runtime(args, console) as client:
+        with progress(client, enabled=_show_progress(args), line=line):
+            model = quantize(
+                args.input, args.output, args.k,
+                strategy=args.strategy, mode=args.mode, client=client, random_state=args.random_state,
+                tile=args.tile, compression=compression, pyramid=args.pyramid, overwrite=args.overwrite,
+                palette_out=args.palette_out, preview=args.preview,
+                n_init=args.n_init, max_iter=args.max_iter, callback=bar,
+            )
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+    console.out(f"wrote {args.output}: {len(model.cluster_centers_)} colours, strategy {model.strategy_}, "
+                f"{model.n_iter_} iterations, inertia {model.inertia_:.6g}, {seconds:.1f} s")
+    for extra in (args.palette_out, args.preview):
+        if extra:
+            console.out(f"wrote {extra}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
+    from bigquant.sweep import parse_ks, sweep
+
+    ks = parse_ks(args.ks)
+    if args.resume and not args.out:
+        raise UsageError(f"{PROG}: --resume needs --out CSV")
+    if not args.resume:
+        _check_outputs([args.out], args.overwrite)
+    _check_outputs([args.plot], args.overwrite or args.resume)
+    if not pathlib.Path(args.input).exists() and "://" not in args.input:
+        raise FileNotFoundError(f"{args.input}: no such file")
+    with _runtime(args, console) as client:
+        from bigquant.progress import progress
+
+        with progress(client, enabled=_show_progress(args)):
+            result = sweep(
+                args.input, ks, strategy=args.strategy, client=client, n_init=args.n_init,
+                random_state=args.random_state, out=args.out,
+                resume_from=args.out if args.resume else None,
+            )
+    console.out(result.table())
+    console.out()
+    if result.resumed:
+        console.out(f"resumed {len(result.resumed)} k values from {args.out}")
+    elbow = result.elbow()
+    colours = f", {result.n_colours} distinct colours" if result.n_colours is not None else ""
+    console.out(f"{len(result)} k values in {result.seconds:.2f} s ({result.strategy}{colours}); "
+                f"suggested k (elbow): {elbow}")
+    if args.out:
+        console.out(f"wrote {args.out}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        fig = result.plot()
+        fig.savefig(args.plot, dpi=100, bbox_inches="tight")
+        console.out(f"wrote {args.plot}")
+    return 0
+
+
+#: pixels up to which ``info`` counts distinct colours exactly
+_EXACT_PIXELS = 64 * 2**20
+#: pixels ``info`` samples (whole chunks) on bigger images
+_SAMPLE_PIXELS = 16 * 2**20
+
+
+def _distinct_colours(data: Any, exact: bool) -> str:
+    import numpy as np
+
+    from bigquant.histogram import colour_histogram, histogram_bits
+
+    if data.ndim == 2:
+        data = data[:, :, None]
+    bits = histogram_bits(data.dtype, int(data.shape[-1]))
+    if bits is None:
+        return f"n/a (counted for unsigned data of at most 24 bits per pixel, not {data.dtype} x {data.shape[-1]})"
+    n_pixels = int(np.prod(data.shape[:-1]))
+    if exact or n_pixels <= _EXACT_PIXELS:
+        with _threads():
+            hist = colour_histogram(data)
+        return f"{hist.n_colours}"
+    # whole chunks, evenly spread over the image, up to _SAMPLE_PIXELS pixels
+    import dask.array as da
+
+    blocks = [(i, j) for i in range(data.numblocks[0]) for j in range(data.numblocks[1])]
+    per_block = max(1, int(np.prod(data.chunksize[:2])))
+    n = max(1, min(len(blocks), _SAMPLE_PIXELS // per_block))
+    pick = [blocks[int(t)] for t in np.linspace(0, len(blocks) - 1, n).round().astype(int)]
+    sample = da.concatenate([data.blocks[i, j].reshape(-1, data.shape[-1]) for i, j in dict.fromkeys(pick)])
+    with _threads():
+        hist = colour_histogram(sample)
+    share = 100.0 * hist.n_pixels / n_pixels
+    return f">= {hist.n_colours} (estimated: counted in {len(set(pick))} tiles, {share:.1f}% of the pixels; --exact counts all)"
+
+
+@contextlib.contextmanager
+def _threads() -> Iterator[None]:
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        yield
+
+
+def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
+    from bigquant.io import read_image
+
+    src = read_image(args.input)
+    path = pathlib.Path(args.input)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    chunks = src.data.chunksize
+    rows = [
+        ("file", str(path)),
+        ("format", src.format),
+        ("shape", " x ".join(str(s) for s in src.shape)),
+        ("dtype", str(src.dtype)),
+        ("channels", f"{src.channels} ({src.photometric})" if src.photometric else str(src.channels)),
+        ("tiles", " x ".join(map(str, src.tile)) if src.tile else "none"),
+        ("chunks", f"{' x '.join(map(str, chunks))} ({src.data.npartitions} chunks)"),
+        ("levels", str(src.levels)),
+        ("pixels", f"{src.height * src.width / 1e6:.1f} MP"),
+        ("size on disk", _human_bytes(size)),
+        ("size in memory", _human_bytes(src.nbytes or src.data.nbytes)),
+        ("distinct colours", _distinct_colours(src.data, args.exact)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        console.out(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import numpy as np
+    from PIL import Image
+
+    from bigquant.io import read_image
+    from bigquant.plotting import display_images, preview as make_preview
+    from bigquant.progress import LloydProgress, Line, progress
+    from bigquant.quantize import quantize
+    from bigquant.sample import make_sample_tiff
+    from bigquant.sweep import parse_ks, sweep
+
+    ks = parse_ks(args.sweep_k)
+    folder = pathlib.Path(args.out).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: folder / name for name in (
+        "sample.tif", "quantized.tif", "preview.png", "palette.json", "comparison.png", "sweep.csv", "sweep.png")}
+    height, width = args.size
+    t0 = time.perf_counter()
+
+    sample = files["sample.tif"]
+    reuse = False
+    if sample.exists():
+        with contextlib.suppress(Exception):
+            reuse = read_image(sample).shape[:2] == (height, width)
+    if reuse:
+        console.note(f"reusing the sample image {sample} ({height} x {width})")
+    else:
+        console.note(f"building a {height} x {width} sample image ({height * width / 1e6:.0f} MP) "
+                     f"from matplotlib's grace_hopper.jpg...")
+        make_sample_tiff(sample, size=(height, width), tile=512, seed=args.random_state)
+    t_sample = time.perf_counter() - t0
+
+    line = Line()
+    show = _show_progress(args)
+    bar = LloydProgress(300, line=line) if show else None
+    with _runtime(args, console) as client:
+        console.note(f"quantizing to k={args.k} colours...")
+        t1 = time.perf_counter()
+        with progress(client, enabled=show, line=line):
+            model = quantize(
+                sample, files["quantized.tif"], args.k, client=client, random_state=args.random_state,
+                overwrite=True, preview=files["preview.png"], palette_out=files["palette.json"], callback=bar,
+            )
+        if bar is not None:
+            bar.close()
+        t_quantize = time.perf_counter() - t1
+        console.note(f"sweeping k = {args.sweep_k} on the same colour histogram...")
+        t2 = time.perf_counter()
+        src = model.histogram_ if getattr(model, "histogram_", None) is not None else sample
+        with progress(client, enabled=show, line=line):
+            result = sweep(src, ks, client=client, random_state=args.random_state, out=files["sweep.csv"])
+        t_sweep = time.perf_counter() - t2
+
+    fig = result.plot()
+    fig.savefig(files["sweep.png"], dpi=100, bbox_inches="tight")
+    original = make_preview(read_image(sample).data, 1024)
+    quantized = np.asarray(Image.open(files["preview.png"]).convert("RGB"))
+    fig = display_images(original, quantized, figsize=(14, 7),
+                         titles=[f"sample, {height} x {width}", f"quantized, k = {args.k}"])
+    fig.savefig(files["comparison.png"], dpi=100, bbox_inches="tight")
+
+    console.out(f"demo done in {time.perf_counter() - t0:.1f} s (sample {t_sample:.1f} s, "
+                f"quantize {t_quantize:.1f} s, sweep {t_sweep:.1f} s); suggested k (elbow): {result.elbow()}")
+    console.out(f"outputs in {folder.resolve()}:")
+    notes = {
+        "sample.tif": "the input, a photo-like tiled BigTIFF",
+        "quantized.tif": f"the image with {args.k} colours (indexed, tiled BigTIFF)",
+        "preview.png": "a small preview of it",
+        "palette.json": "the palette and fit summary",
+        "comparison.png": "original and quantized side by side",
+        "sweep.csv": "cost, PSNR and time for every k",
+        "sweep.png": "cost and time against k",
+    }
+    for name, path in files.items():
+        console.out(f"  {path.name:<15} {notes[name]}")
+    return 0
+
+
+_COMMANDS = {"quantize": _cmd_quantize, "sweep": _cmd_sweep, "info": _cmd_info, "demo": _cmd_demo}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bigquant`` command; returns the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, default=None
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 2 on a usage error, 1 on failure, 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(_one_line(exc), file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    verbose = args.verbose
+    _setup_logging(args.verbose, args.quiet)
+    console = _Console(args.quiet)
+    from bigquant.errors import BigquantError, ClusterConnectionError, InvalidParameterError
+
+    try:
+        return _COMMANDS[args.command](args, console)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except UsageError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(_one_line(exc), file=sys.stderr)
+        return 2
+    except InvalidParameterError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (BigquantError, ClusterConnectionError, OSError) as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an unexpected failure: still one line unless --verbose
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)} (--verbose for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Terminal progress for the command line: Lloyd's iterations and long passes.
+
+The library itself only logs; these helpers are used by :mod:`bigquant.cli`,
+which owns the terminal.
+
+- :class:`LloydProgress` is a :class:`bigquant.KMeans` ``callback``: one line
+  updated in place with the iteration, the inertia and the centre shift.
+- :class:`TaskProgress` shows how far the current pass has got: on a
+  distributed cluster by polling the scheduler's task groups whose names start
+  with ``bigquant-`` (so it works for remote schedulers too), and with dask's
+  own :class:`~dask.diagnostics.ProgressBar` on the local threaded scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+__all__ = ["LloydProgress", "TaskProgress", "task_counts", "progress", "Line"]
+
+_BAR = 24
+
+
+def _bar(fraction: float) -> str:
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = int(round(fraction * _BAR))
+    return "[" + "#" * filled + " " * (_BAR - filled) + "]"
+
+
+class Line:
+    """One terminal line rewritten in place (TTY) or plain lines (pipes)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width = 0
+        self.lock = threading.Lock()
+
+    def show(self, text: str) -> None:
+        with self.lock:
+            if self.tty:
+                pad = max(0, self.width - len(text))
+                self.stream.write("\r" + text + " " * pad)
+                self.width = len(text)
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def end(self) -> None:
+        with self.lock:
+            if self.tty and self.width:
+                self.stream.write("\n")
+                self.stream.flush()
+            self.width = 0
+
+
+class LloydProgress:
+    """A ``KMeans`` callback drawing Lloyd's progress on one terminal line.
+
+    Parameters
+    ----------
+    max_iter : int, default=300
+        The estimator's ``max_iter``, for the bar.
+    stream : file-like, default=sys.stderr
+    every : int, default=10
+        When the stream is not a terminal, write one line every ``every``
+        iterations (a terminal gets every iteration, in place).
+    label : str, default="lloyd"
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> bar = LloydProgress(max_iter=100, stream=out, every=1)
+    >>> bar(1, 1234.5, 0.25)
+    >>> out.getvalue().split()[:3]
+    ['lloyd', '[', 'iteration']
+    """
+
+    def __init__(self, max_iter: int = 300, *, stream: TextIO | None = None, every: int = 10,
+                 label: str = "lloyd", line: Line | None = None) -> None:
+        self.max_iter = max(1, int(max_iter))
+        self.line = line if line is not None else Line(stream)
+        self.every = max(1, int(every))
+        self.label = label
+        self.iterations = 0
+        self.last: tuple[int, float, float] | None = None
+
+    def __call__(self, iteration: int, inertia: float, shift: float) -> None:
+        """Record one Lloyd iteration (the ``KMeans`` callback signature)."""
+        if self.last is not None and iteration <= self.last[0]:
+            self.line.end()  # a new run (n_init > 1)
+        self.iterations += 1
+        self.last = (iteration, inertia, shift)
+        if self.line.tty or iteration == 1 or iteration % self.every == 0:
+            self.line.show(self._text(iteration, inertia, shift))
+
+    def _text(self, iteration: int, inertia: float, shift: float) -> str:
+        return (f"{self.label} {_bar(iteration / self.max_iter)} iteration {iteration:>3}"
+                f"  inertia {inertia:.6g}  centre shift {shift:.3g}")
+
+    def close(self) -> None:
+        """End the line (and, off a terminal, write the last iteration)."""
+        if self.last is not None and not self.line.tty and self.last[0] % self.every and self.last[0] != 1:
+            self.line.show(self._text(*self.last))
+        self.line.end()
+
+
+def task_counts(dask_scheduler: Any = None, prefix: str = "bigquant-") -> dict[str, tuple[int, int]]:
+    """Per task prefix with unfinished work: (finished, total) tasks. Runs on the scheduler.
+
+    Parameters
+    ----------
+    dask_scheduler : distributed.Scheduler
+        Passed by ``client.run_on_scheduler``.
+    prefix : str, default="bigquant-"
+        Only task groups whose name starts with it.
+    """
+    busy = ("waiting", "processing", "queued", "no-worker")
+    out: dict[str, list[int]] = {}
+    for tg in list(dask_scheduler.task_groups.values()):
+        name = tg.prefix.name
+        if not str(name).startswith(prefix):
+            continue
+        states = tg.states
+        pending = sum(states.get(s, 0) for s in busy)
+        if not pending:
+            continue
+        total = sum(states.values())
+        acc = out.setdefault(str(name), [0, 0])
+        acc[0] += total - pending
+        acc[1] += total
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+class TaskProgress:
+    """Progress of the running pass, drawn on a terminal line from a background thread.
+
+    With a distributed ``client``, the scheduler is polled every ``interval``
+    seconds (:func:`task_counts`); without one, dask's local
+    :class:`~dask.diagnostics.ProgressBar` is used. Off a terminal it draws
+    nothing (logs stay clean).
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+    stream : file-like, default=sys.stderr
+    interval : float, default=0.5
+    exclude : tuple of str, default=("bigquant-lloyd",)
+        Task prefixes not shown (Lloyd's iterations have :class:`LloydProgress`).
+    """
+
+    def __init__(self, client: Any = None, *, stream: TextIO | None = None, interval: float = 0.5,
+                 exclude: tuple[str, ...] = ("bigquant-lloyd",), line: Line | None = None) -> None:
+        self.client = client
+        self.exclude = exclude
+        self.line = line if line is not None else Line(stream)
+        self.interval = float(interval)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._local: contextlib.ExitStack | None = None
+        self.polls = 0
+
+    def _poll(self) -> None:
+        shown = False
+        while not self._stop.wait(self.interval):
+            try:
+                counts = self.client.run_on_scheduler(task_counts)
+            except Exception:  # the client closed under us: stop quietly
+                break
+            self.polls += 1
+            counts = {n: c for n, c in counts.items() if not n.startswith(self.exclude)}
+            if not counts:
+                continue
+            done = sum(d for d, _ in counts.values())
+            total = sum(t for _, t in counts.values())
+            names = ", ".join(sorted(n.removeprefix("bigquant-") for n in counts))
+            self.line.show(f"tasks {_bar(done / max(total, 1))} {done}/{total}  {names}")
+            shown = True
+        if shown:
+            self.line.end()
+
+    def start(self) -> TaskProgress:
+        """Start drawing."""
+        if not self.line.tty:
+            return self
+        if self.client is not None:
+            self._thread = threading.Thread(target=self._poll, name="bigquant-progress", daemon=True)
+            self._thread.start()
+        else:
+            from dask.diagnostics import ProgressBar
+
+            self._local = contextlib.ExitStack()
+            self._local.enter_context(ProgressBar(minimum=1.0, out=self.line.stream))
+        return self
+
+    def stop(self) -> None:
+        """Stop drawing (idempotent)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+
+    def __enter__(self) -> TaskProgress:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def progress(client: Any = None, *, enabled: bool = True, stream: TextIO | None = None,
+             line: Line | None = None) -> Iterator[TaskProgress | None]:
+    """``with progress(client):`` draws :class:`TaskProgress` when ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    bar = TaskProgress(client, stream=stream, line=line).start()
+    try:
+        yield bar
+    finally:
+        bar.stop()
+        time.sleep(0)
