@@ -91,10 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress (-vv: debug); show tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    # the same options after the command name (bigquant quantize ... -v)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="log progress (-vv: debug); show tracebacks on errors")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    q = sub.add_parser("quantize", help="quantize an image to k colours and write it",
+    q = sub.add_parser("quantize", parents=[common], help="quantize an image to k colours and write it",
                        description="Fit a k-colour palette and write the image with it.")
     q.add_argument("input", metavar="IN", help="input image (TIFF, zarr, PNG, JPEG...)")
     q.add_argument("output", metavar="OUT", help="output image (.tif, .zarr, .png)")
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-iter", type=_positive_int, default=300, help="Lloyd iterations at most (default 300)")
     _add_runtime(q)
 
-    s = sub.add_parser("sweep", help="fit every k of a range and tabulate cost and time",
+    s = sub.add_parser("sweep", parents=[common], help="fit every k of a range and tabulate cost and time",
                        description="Fit a palette for every k on one shared colour histogram.")
     s.add_argument("input", metavar="IN", help="input image")
     s.add_argument("--k", dest="ks", default="2:64:2", help="k values: start:stop[:step] or k1,k2,... (default 2:64:2)")
@@ -125,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--random-state", type=int, metavar="N", help="seed")
     _add_runtime(s)
 
-    i = sub.add_parser("info", help="describe an image: shape, dtype, tiles, distinct colours",
+    i = sub.add_parser("info", parents=[common], help="describe an image: shape, dtype, tiles, distinct colours",
                        description="Describe an image without reading more than needed.")
     i.add_argument("input", metavar="IN", help="input image")
     i.add_argument("--exact", action="store_true", help="count distinct colours exactly, however big")
 
-    d = sub.add_parser("demo", help="quantize a large sample image on a local cluster, end to end",
+    d = sub.add_parser("demo", parents=[common], help="quantize a large sample image on a local cluster, end to end",
                        description="Build a large sample TIFF from a real photo, quantize it on a local "
                                    "Dask cluster, and write the outputs, a comparison and a sweep plot.")
     d.add_argument("--out", metavar="DIR", default="bigquant-demo", help="output folder (default ./bigquant-demo)")

@@ -1,0 +1,229 @@
+"""Tests of bigquant.sweep: the per-k histogram fit and the k-sweep runner."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+import bigquant.sweep as sweep_mod
+from bigquant._lloyd import lloyd
+from bigquant.errors import InvalidInputError, InvalidParameterError
+from bigquant.histogram import colour_histogram
+from bigquant.sweep import SweepResult, elbow, fit_histogram, parse_ks, read_rows, sweep
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A small photo-like uint8 RGB image with thousands of colours."""
+    from bigquant.sample import make_sample_image
+
+    return make_sample_image((96, 128), seed=3)
+
+
+# --------------------------------------------------------------------------- parse / elbow
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("2:10:2", [2, 4, 6, 8, 10]), ("3:5", [3, 4, 5]), ("8,2,4,2", [2, 4, 8]), ([5, 1], [1, 5]), ("7", [7])],
+)
+def test_parse_ks(spec, expected):
+    assert parse_ks(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "a:b", "2:10:0", "0:4", "1:2:3:4", "2,x", [0, 2]])
+def test_parse_ks_rejects(spec):
+    with pytest.raises(InvalidParameterError, match="ks="):
+        parse_ks(spec)
+
+
+def test_elbow_toy_curve():
+    assert elbow([1, 2, 3, 4, 5, 6], [100, 40, 20, 15, 12, 10]) == 3
+    assert elbow([2, 4], [10, 5]) is None
+    assert elbow([1, 2, 3], [5, 5, 5]) == 1
+
+
+# --------------------------------------------------------------------------- fit_histogram
+
+
+def test_hamerly_lloyd_matches_reference_lloyd(photo):
+    """The bounded Lloyd kernel gives the same centres and iterations as bigquant's Lloyd."""
+    hist = colour_histogram(photo)
+    X = hist.colours.astype(np.float64)
+    w = hist.counts.astype(np.float64)
+    rng = np.random.default_rng(0)
+    init = X[rng.choice(X.shape[0], 12, replace=False)]
+    tol = sweep_mod._tolerance(X, w, 1e-4)
+    ref = lloyd(hist.points(), init, max_iter=300, tol=tol)
+    centers, n_iter, converged = sweep_mod._lloyd_hamerly(X, w, init, 300, tol)
+    assert converged and ref.converged
+    assert n_iter == ref.n_iter
+    np.testing.assert_allclose(centers, ref.centers, rtol=0, atol=1e-9)
+
+
+def test_fit_histogram_cost_is_the_quantized_image_error(photo):
+    hist = colour_histogram(photo)
+    fit = fit_histogram(hist, 8, random_state=0)
+    assert fit.palette.dtype == np.uint8 and fit.palette.shape == (8, 3)
+    pixels = photo.reshape(-1, 3).astype(np.int64)
+    d = ((pixels[:, None, :] - fit.palette[None].astype(np.int64)) ** 2).sum(-1)
+    # every pixel takes its nearest palette colour: the error of the quantized image
+    assert fit.cost == int(d.min(axis=1).sum())
+    # no worse than the walkthrough's cast of the float centres (truncation)
+    truncated = np.clip(fit.centers, 0, 255).astype(np.uint8).astype(np.int64)
+    labels = ((pixels[:, None, :] - fit.centers[None]) ** 2).sum(-1).argmin(axis=1)
+    assert fit.cost <= int(((pixels - truncated[labels]) ** 2).sum())
+    np.testing.assert_allclose(fit.inertia, ((pixels - fit.centers[labels]) ** 2).sum(), rtol=1e-9)
+
+
+def test_fit_histogram_more_inits_not_worse_and_seeded(photo):
+    hist = colour_histogram(photo)
+    one = fit_histogram(hist, 10, n_init=1, random_state=1)
+    again = fit_histogram(hist, 10, n_init=1, random_state=1)
+    np.testing.assert_array_equal(one.palette, again.palette)
+    several = fit_histogram(hist, 10, n_init=6, random_state=1)
+    assert several.cost <= one.cost * 1.02
+
+
+def test_fit_histogram_screens_on_a_coarse_pyramid(monkeypatch, photo):
+    """With a tiny COARSE_COLOURS the seeds are screened on coarser histograms and still fit well."""
+    hist = colour_histogram(photo)
+    monkeypatch.setattr(sweep_mod, "COARSE_COLOURS", 512)
+    levels = sweep_mod._pyramid(hist.colours.astype(float), hist.counts.astype(float), hist.colours.dtype)
+    assert len(levels) == 3
+    assert [lv[0].shape[0] for lv in levels] == sorted(lv[0].shape[0] for lv in levels)
+    assert all(math.isclose(lv[1].sum(), hist.n_pixels) for lv in levels)
+    fit = fit_histogram(hist, 6, n_init=8, random_state=0)
+    assert fit.converged and fit.cost < fit_histogram(hist, 3, random_state=0).cost
+
+
+def test_fit_histogram_few_colours():
+    colours = np.array([[0, 0, 0], [9, 9, 9]], dtype=np.uint8)
+    fit = fit_histogram((colours, np.array([5, 5])), 4, random_state=0)
+    assert fit.cost == 0 and fit.palette.shape == (4, 3)
+
+
+@pytest.mark.parametrize("kwargs", [{"n_clusters": 0}, {"n_clusters": 2, "n_init": 0}])
+def test_fit_histogram_rejects(kwargs):
+    colours = np.array([[0, 0, 0], [9, 9, 9], [99, 9, 9]], dtype=np.uint8)
+    with pytest.raises(InvalidParameterError):
+        fit_histogram((colours, np.array([1, 2, 3])), **kwargs)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_table(photo):
+    result = sweep(photo, "2:8:2", random_state=0)
+    assert isinstance(result, SweepResult)
+    assert result.ks == [2, 4, 6, 8] and result.strategy == "histogram"
+    assert result.costs[0] > result.costs[-1]
+    n_values = photo.size
+    for row in result.rows:
+        assert row.psnr == pytest.approx(10 * math.log10(255**2 * n_values / row.cost))
+        assert row.seconds >= 0 and row.n_iter >= 1 and row.inertia <= row.cost
+        assert result.palette(row.k).shape == (row.k, 3)
+    assert result.elbow() in result.ks
+    frame = result.to_frame()
+    assert list(frame.index) == result.ks and "cost" in frame.columns
+    assert "| k | cost" in result.table()
+
+
+def test_sweep_shares_one_histogram(monkeypatch, photo):
+    calls = []
+    real = sweep_mod.colour_histogram
+
+    def counting(X, **kw):
+        calls.append(X.shape)
+        return real(X, **kw)
+
+    monkeypatch.setattr(sweep_mod, "colour_histogram", counting)
+    sweep(photo, [2, 3, 4, 5, 6], random_state=0)
+    assert len(calls) == 1
+
+
+def test_sweep_rows_depend_only_on_seed_and_k(photo):
+    full = sweep(photo, [2, 4, 6], random_state=7)
+    alone = sweep(photo, [4], random_state=7)
+    assert alone[4].cost == full[4].cost and alone[4].palette == full[4].palette
+
+
+def test_sweep_accepts_histogram_paths_and_dask(tmp_path, photo):
+    import dask.array as da
+    from PIL import Image
+
+    ref = sweep(photo, [3], random_state=0)
+    path = tmp_path / "p.png"
+    Image.fromarray(photo).save(path)
+    for src in (colour_histogram(photo), path, str(path), da.from_array(photo, chunks=(32, 64, 3))):
+        assert sweep(src, [3], random_state=0)[3].cost == ref[3].cost
+
+
+def test_sweep_csv_incremental_and_resume(tmp_path, photo, monkeypatch):
+    out = tmp_path / "sweep.csv"
+    real = sweep_mod.fit_histogram
+    fitted: list[int] = []
+
+    def failing(hist, k, **kw):
+        if k == 8:
+            raise RuntimeError("interrupted")
+        fitted.append(k)
+        return real(hist, k, **kw)
+
+    monkeypatch.setattr(sweep_mod, "fit_histogram", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sweep(photo, [2, 4, 6, 8], random_state=0, out=out)
+    done = [r.k for r in read_rows(out)]
+    assert 8 not in done  # what finished before the failure is on disk
+
+    monkeypatch.setattr(sweep_mod, "fit_histogram", real)
+    fitted.clear()
+    result = sweep(photo, [2, 4, 6, 8], random_state=0, out=out, resume_from=out)
+    assert sorted(result.resumed) == sorted(done)
+    assert result.ks == [2, 4, 6, 8]
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(int(r["k"]) for r in rows) == [2, 4, 6, 8]  # no duplicates
+    fresh = sweep(photo, [2, 4, 6, 8], random_state=0)
+    assert result.costs == fresh.costs
+
+
+def test_sweep_to_csv_round_trip_and_plot(tmp_path, photo):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    result = sweep(photo, [2, 3, 4], random_state=0)
+    rows = read_rows(result.to_csv(tmp_path / "r.csv"))
+    assert rows == result.rows
+    fig = result.plot()
+    assert len(fig.axes) == 2
+    assert [int(x) for x in fig.axes[0].lines[0].get_xdata()] == [2, 3, 4]
+
+
+def test_sweep_float_image_uses_pixels():
+    rng = np.random.default_rng(0)
+    img = rng.random((20, 24, 3))
+    result = sweep(img, [2, 3], random_state=0)
+    assert result.strategy == "pixels" and result.n_colours is None
+    assert result.costs[0] >= result.costs[1] > 0
+    with pytest.raises(InvalidParameterError, match="strategy='histogram'"):
+        sweep(img, [2], strategy="histogram")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"strategy": "nope"}, "strategy="), ({"n_init": 0}, "n_init="), ({"random_state": "x"}, "random_state=")],
+)
+def test_sweep_rejects_parameters(photo, kwargs, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        sweep(photo, [2], **kwargs)
+
+
+def test_sweep_rejects_bad_csv(tmp_path, photo):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(InvalidInputError, match="not a sweep CSV"):
+        sweep(photo, [2], resume_from=bad)
