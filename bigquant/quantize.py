@@ -40,9 +40,9 @@ def _scheduler(client: Any) -> Iterator[None]:
     if client is None:
         yield
         return
-    import dask
-
-    with client.as_current(), dask.config.set(scheduler=client):
+    # not dask.config.set(scheduler=client): a nanny restarting a killed worker
+    # pickles the global config, and a Client in it cannot be pickled
+    with client.as_current():
         yield
 
 

@@ -58,17 +58,19 @@ def compute_bands(
     )
     depth = int(min(nby, 3, max(1, _AHEAD_BYTES // max(band_bytes, 1))))
     logger.debug("computing %d bands of %d chunks, %d ahead", nby, nbx, depth)
+    # resolved here: the pool's threads do not see the caller's current client
+    scheduler = dask.base.get_scheduler(collections=[arr])
     pool = ThreadPoolExecutor(depth, thread_name_prefix="bigquant-band")
     pending: deque[Any] = deque()
     try:
         nxt = 0
         while nxt < min(depth, nby):
-            pending.append(pool.submit(dask.compute, *tasks[nxt]))
+            pending.append(pool.submit(dask.compute, *tasks[nxt], scheduler=scheduler))
             nxt += 1
         while pending:
             result = pending.popleft().result()
             if nxt < nby:
-                pending.append(pool.submit(dask.compute, *tasks[nxt]))
+                pending.append(pool.submit(dask.compute, *tasks[nxt], scheduler=scheduler))
                 nxt += 1
             yield list(result)
     finally:
