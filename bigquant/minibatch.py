@@ -30,10 +30,11 @@ touches few chunks but spatially clustered samples fit the colours of a few
 places (measured: the inertia of centres fitted on 64 tiles of 256 x 256 was
 25-35% higher on the whole image than on the sample). 4,096 small tiles per
 round keep the sample spread (on a 256 MP photo-like image, Lloyd on a round
-differed from Lloyd on uniform pixels by less than the seed-to-seed spread) while a round reads at most 4,096 chunks -- all of them for
-the usual chunks of 4096 x 4096 on images up to ~64 GP, in one read-only task
-per chunk, which costs a fraction of a Lloyd pass (no assignment), and most
-fits need one to three rounds.
+differed from Lloyd on uniform pixels by less than the seed-to-seed spread)
+while a round reads at most 4,096 chunks -- all of them for the usual chunks of
+4096 x 4096 on images up to ~64 GP, in one read-only task per chunk, which
+costs a fraction of a Lloyd pass (no assignment); most fits need one to three
+rounds.
 
 *Colours* (``strategy="histogram"``, unsigned data of at most 24 bits per
 pixel such as uint8 RGB): one pass counts the colours exactly; batches are
@@ -698,7 +699,8 @@ default="k-means++"
         centers = self._initial_centers(pool, init_array, init_rng)
         self._start(centers, batch_size)
         seen = [pool]
-        step = self._run(pool, seen, sampler, n_steps, n_samples, float(self.tol) * float(np.mean(variance)), sample_rng, step_rng)
+        tol = float(self.tol) * float(np.mean(variance))
+        step = self._run(pool, seen, sampler, n_steps, n_samples, tol, sample_rng, step_rng)
         if self.refine:
             self._refine(seen, n_samples, variance, refine_rng)
 
