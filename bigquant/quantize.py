@@ -40,10 +40,17 @@ def _scheduler(client: Any) -> Iterator[None]:
     if client is None:
         yield
         return
-    # not dask.config.set(scheduler=client): a nanny restarting a killed worker
-    # pickles the global config, and a Client in it cannot be pickled
-    with client.as_current():
+    # Only the context-local current client (what Client.as_current sets), no
+    # global dask.config.set: a nanny restarting a killed worker pickles the
+    # global config (a Client in it cannot be pickled), and concurrent jobs
+    # entering and leaving a global setting in threads leave it set for good.
+    from distributed.client import _current_client
+
+    token = _current_client.set(client)
+    try:
         yield
+    finally:
+        _current_client.reset(token)
 
 
 def palette_colours(centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
