@@ -175,8 +175,11 @@ def test_partial_fit_image_blocks(image):
     assert streamed.n_features_in_ == 3
 
 
-def test_reads_only_the_chunks_it_needs():
-    """A fit reads a fraction of the chunks; only the final pass reads them all."""
+def test_reads_only_the_chunks_it_needs(monkeypatch):
+    """A round reads only the chunks under its tiles; only the final pass reads them all."""
+    from bigquant import minibatch
+
+    monkeypatch.setattr(minibatch, "_ROUND_TILES", 64)  # 4096 in use; fewer keeps the graph small
     seen: set[int] = set()
     lock = threading.Lock()
 
@@ -185,14 +188,20 @@ def test_reads_only_the_chunks_it_needs():
             seen.add(block_info[0]["chunk-location"][0])
         return block
 
-    n_chunks = 16384
+    n_chunks = 512
     rng = da.random.default_rng(0)
     X = rng.integers(0, 256, (n_chunks * 1024, 3), chunks=(1024, 3), dtype=np.uint8)
     X = X.map_blocks(mark, dtype=X.dtype)
     with dask.config.set(scheduler="threads"):
         mbk = MiniBatchKMeans(4, batch_size=1024, max_steps=50, compute_labels=False, random_state=0).fit(X)
     assert mbk.n_steps_ == 50
-    assert 0 < len(seen) <= n_chunks // 4
+    # one round of 64 tiles of 1024 rows: at most 64 of the 512 chunks
+    assert 0 < len(seen) <= 64
+    mbk = MiniBatchKMeans(4, batch_size=1024, max_steps=50, random_state=0)
+    with dask.config.set(scheduler="threads"):
+        seen.clear()
+        mbk.fit(X)
+    assert len(seen) == n_chunks  # the final pass for inertia_
 
 
 def test_minibatch_through_kmeans(image):
