@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=_size, default=(8192, 8192), metavar="N|HxW",
                    help="sample image size (default 8192, i.e. 8192x8192)")
     d.add_argument("-k", "--n-clusters", dest="k", type=_positive_int, default=16, help="colours (default 16)")
-    d.add_argument("--sweep-k", default="2:32:2", help="ks of the sweep plot (default 2:32:2)")
+    d.add_argument("--sweep-k", default="2:32:4", help="ks of the sweep plot (default 2:32:4)")
     d.add_argument("--random-state", type=int, default=0, metavar="N", help="seed (default 0)")
     _add_runtime(d)
     return parser

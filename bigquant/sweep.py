@@ -10,10 +10,11 @@ appended to a CSV file at once, so an interrupted sweep resumes from it.
 Each k is fitted by :func:`fit_histogram`:
 
 1. ``n_init`` weighted k-means++ seeds (as scikit-learn's greedy
-   ``_kmeans_plusplus``). With ``n_init > 1`` and a histogram of many colours,
-   the seeds are screened on a *coarse* histogram (colours merged by dropping
-   low bits, each bin at the mean colour of its pixels, so the coarse cost
-   differs from the exact one only by the within-bin spread);
+   ``_kmeans_plusplus``). On a histogram of many colours the seeds are drawn
+   and run on *coarse* histograms first (colours merged by dropping low bits,
+   each bin at the mean colour of its pixels, so the coarse cost differs from
+   the exact one only by the within-bin spread), the best quarter going on to
+   the next finer level;
 2. the best (at most two) candidates run Lloyd's iteration to convergence on the
    exact histogram, with Hamerly's bounds to skip distance computations that
    cannot change a label (same centres as plain Lloyd: sums are exact);
@@ -51,7 +52,9 @@ from bigquant.runtime import active_client, phase
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["sweep", "SweepResult", "SweepRow", "HistogramFit", "fit_histogram", "parse_ks", "elbow"]
+__all__ = [
+    "sweep", "SweepResult", "SweepRow", "HistogramFit", "fit_histogram", "histogram_pyramid", "parse_ks", "elbow",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -326,23 +329,49 @@ class HistogramFit:
 def _coarsen(X: np.ndarray, w: np.ndarray, drop: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge colours equal once ``drop`` low bits are dropped: bin means and weights."""
     q = X.astype(np.int64) >> drop
+    width = bits - drop
     code = np.zeros(X.shape[0], np.int64)
     for c in range(X.shape[1]):
-        code = (code << (bits - drop)) | q[:, c]
-    _, inv = np.unique(code, return_inverse=True)
-    weight = np.bincount(inv, weights=w)
-    means = np.stack([np.bincount(inv, weights=w * X[:, c]) for c in range(X.shape[1])], axis=1)
-    return means / weight[:, None], weight
+        code = (code << width) | q[:, c]
+    if width * X.shape[1] <= 24:  # a dense table is faster than sorting
+        size = 1 << (width * X.shape[1])
+        weight = np.bincount(code, weights=w, minlength=size)
+        used = np.flatnonzero(weight)
+        sums = [np.bincount(code, weights=w * X[:, c], minlength=size)[used] for c in range(X.shape[1])]
+        weight = weight[used]
+    else:
+        _, inv = np.unique(code, return_inverse=True)
+        weight = np.bincount(inv, weights=w)
+        sums = [np.bincount(inv, weights=w * X[:, c]) for c in range(X.shape[1])]
+    return np.stack(sums, axis=1) / weight[:, None], weight
 
 
-def _pyramid(X: np.ndarray, w: np.ndarray, dtype: np.dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Coarse-to-fine histograms for screening seeds, ending with ``(X, w)`` itself.
+def histogram_pyramid(
+    histogram: ColourHistogram | tuple[np.ndarray, np.ndarray],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Coarse-to-fine weighted colour sets for seeding, ending with the histogram itself.
 
-    Levels of at most ``COARSE_COLOURS`` and ``COARSE_COLOURS / 4`` bins are
-    added when the histogram is larger than that.
+    Levels of at most ``COARSE_COLOURS`` and ``COARSE_COLOURS / 4`` bins (colours
+    merged by dropping low bits; each bin at the mean colour of its pixels) are
+    put before the exact histogram when it is larger than that. A sweep
+    computes it once and shares it between every k.
+
+    Parameters
+    ----------
+    histogram : ColourHistogram or tuple (colours, counts)
+
+    Returns
+    -------
+    list of tuple (colours, weights)
+        float64 arrays of shape (n, C) and (n,), coarsest first.
     """
-    bits = np.dtype(dtype).itemsize * 8
+    colours, counts = _colours_counts(histogram)
+    X = np.ascontiguousarray(colours, dtype=np.float64)
+    w = np.ascontiguousarray(counts, dtype=np.float64)
     levels = [(X, w)]
+    if colours.dtype.kind != "u":
+        return levels
+    bits = colours.dtype.itemsize * 8
     target = COARSE_COLOURS
     for drop in range(1, bits):
         if levels[0][0].shape[0] <= target or len(levels) == 3:
@@ -354,11 +383,35 @@ def _pyramid(X: np.ndarray, w: np.ndarray, dtype: np.dtype) -> list[tuple[np.nda
     return levels
 
 
+def _colours_counts(histogram: ColourHistogram | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(histogram, ColourHistogram):
+        return histogram.colours, histogram.counts
+    colours, counts = histogram
+    return np.asarray(colours), np.asarray(counts)
+
+
+@numba.njit(**_JIT)
+def _mean_variance(X, w):  # pragma: no cover - jitted
+    """Weighted per-channel variance, averaged over the channels (two passes, no temporaries)."""
+    n, C = X.shape
+    total = 0.0
+    mean = np.zeros(C)
+    for i in range(n):
+        total += w[i]
+        for c in range(C):
+            mean[c] += w[i] * X[i, c]
+    mean /= total
+    var = 0.0
+    for i in range(n):
+        for c in range(C):
+            t = X[i, c] - mean[c]
+            var += w[i] * t * t
+    return var / total / C
+
+
 def _tolerance(X: np.ndarray, w: np.ndarray, tol: float) -> float:
-    total = w.sum()
-    mean = (X * w[:, None]).sum(axis=0) / total
-    var = (((X - mean) ** 2) * w[:, None]).sum(axis=0) / total
-    return float(tol) * float(var.mean())
+    """``tol`` times the weighted mean per-channel variance (as :class:`bigquant.KMeans`)."""
+    return float(tol) * float(_mean_variance(X, w))
 
 
 def fit_histogram(
@@ -369,6 +422,7 @@ def fit_histogram(
     max_iter: int = 300,
     tol: float = 1e-4,
     random_state: int | np.random.Generator | None = None,
+    pyramid: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> HistogramFit:
     """Fit a palette of ``n_clusters`` colours on a colour histogram (exact weighted k-means).
 
@@ -379,9 +433,10 @@ def fit_histogram(
     n_clusters : int
         Palette size k.
     n_init : int, default=1
-        Number of k-means++ initialisations. With more than one, the seeds are
-        screened on a coarsened histogram when the histogram has more than
-        ``COARSE_COLOURS`` colours, and the best two are run on the exact one.
+        Number of k-means++ initialisations. When the histogram has more than
+        ``COARSE_COLOURS`` colours, the seeds are drawn and run on coarsened
+        histograms first (see :func:`histogram_pyramid`) and only the best two are run
+        on the exact one.
     max_iter : int, default=300
         Maximum Lloyd iterations per run.
     tol : float, default=1e-4
@@ -389,6 +444,9 @@ def fit_histogram(
         times the weighted mean per-channel variance (as :class:`bigquant.KMeans`).
     random_state : int, numpy Generator or None, default=None
         Seed of the initialisations.
+    pyramid : list, default=None
+        :func:`histogram_pyramid` of ``histogram``, when already computed
+        (a sweep computes it once for every k).
 
     Returns
     -------
@@ -404,11 +462,7 @@ def fit_histogram(
     >>> fit.cost
     4
     """
-    if isinstance(histogram, ColourHistogram):
-        colours, counts = histogram.colours, histogram.counts
-    else:
-        colours, counts = histogram
-    colours = np.asarray(colours)
+    colours, counts = _colours_counts(histogram)
     k = int(n_clusters)
     if k < 1:
         raise InvalidParameterError(f"n_clusters={n_clusters} must be >= 1")
@@ -416,8 +470,8 @@ def fit_histogram(
         raise InvalidParameterError(f"n_init={n_init} must be >= 1")
     if colours.ndim != 2 or colours.shape[0] == 0:
         raise InvalidInputError(f"histogram colours of shape {colours.shape} must be (n_colours >= 1, n_channels)")
-    X = np.ascontiguousarray(colours, dtype=np.float64)
-    w = np.ascontiguousarray(counts, dtype=np.float64)
+    levels = pyramid if pyramid is not None else histogram_pyramid((colours, counts))
+    X, w = levels[-1]
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     if colours.dtype.kind in "ui":
         info = np.iinfo(colours.dtype)
@@ -439,27 +493,23 @@ def fit_histogram(
         return _kmeans_plusplus(points, weights, k, n_trials, rng.random(), rng.random((max(k - 1, 1), n_trials)))
 
     n_init = int(n_init)
-    if n_init == 1:
-        starts = [seed(X, w)]
-    else:
-        # screening pyramid: every seed runs on the coarsest histogram, the
-        # best quarter on the next finer one, ..., the best two on the exact one
-        levels = _pyramid(X, w, colours.dtype) if colours.dtype.kind == "u" else []
-        starts = []
-        for depth, (Xs, ws) in enumerate(levels):
+    # coarse-to-fine: the seeds are drawn and run on the coarsest histogram, the
+    # best quarter go on to the next finer one, ..., the best two to the exact one
+    coarse = levels[:-1]
+    if coarse:
+        starts = [seed(*coarse[0]) for _ in range(n_init)]
+        for depth, (Xs, ws) in enumerate(coarse):
             tol_s = _tolerance(Xs, ws, tol)
             lab_s = np.empty(Xs.shape[0], np.int64)
-            if depth == 0:
-                starts = [seed(Xs, ws) for _ in range(n_init)]
             scored = []
             for c0 in starts:
                 c, _, _ = _lloyd_hamerly(Xs, ws, c0, max_iter, tol_s)
                 scored.append((_assign_sse(Xs, ws, c, lab_s), c))
             scored.sort(key=lambda t: t[0])
-            keep = N_REFINED if depth == len(levels) - 1 else max(N_REFINED, len(scored) // 4)
+            keep = N_REFINED if depth == len(coarse) - 1 else max(N_REFINED, len(scored) // 4)
             starts = [c for _, c in scored[:keep]]
-        if not levels:
-            starts = [seed(X, w) for _ in range(n_init)]
+    else:
+        starts = [seed(X, w) for _ in range(n_init)]
 
     best: HistogramFit | None = None
     total_iter = 0
@@ -726,11 +776,13 @@ def _psnr(cost: float, n_values: int, peak: float) -> float:
     return 10.0 * math.log10(peak * peak * n_values / cost)
 
 
-def _fit_task(hist: tuple[np.ndarray, np.ndarray], k: int, n_init: int, max_iter: int, tol: float,
-              base: int) -> tuple[HistogramFit, float]:
+def _fit_task(payload: tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]], k: int,
+              n_init: int, max_iter: int, tol: float, base: int) -> tuple[HistogramFit, float]:
     """One k, run on a worker (or a thread): the fit and its wall time."""
     start = time.perf_counter()
-    fit = fit_histogram(hist, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=_seed_for(base, k))
+    hist, pyramid = payload
+    fit = fit_histogram(hist, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=_seed_for(base, k),
+                        pyramid=pyramid)
     return fit, time.perf_counter() - start
 
 
@@ -919,13 +971,14 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
     """Fit every k concurrently; yield (k, fit, seconds) as they finish, largest k started first."""
     if not ks:
         return
-    payload = (np.ascontiguousarray(hist.colours), np.ascontiguousarray(hist.counts))
+    colours_counts = (np.ascontiguousarray(hist.colours), np.ascontiguousarray(hist.counts))
+    payload = (colours_counts, histogram_pyramid(colours_counts))
     order = sorted(ks, reverse=True)  # the slowest first: better packing
     if client is not None:
         from distributed import as_completed as dist_as_completed
         from dask.base import tokenize
 
-        token = tokenize(payload, n_init, max_iter, tol, base)
+        token = tokenize(colours_counts, n_init, max_iter, tol, base)
         with phase("bigquant-sweep"):
             [remote] = client.scatter([payload], broadcast=False, hash=False)
             futures = {

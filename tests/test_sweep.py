@@ -92,7 +92,7 @@ def test_fit_histogram_screens_on_a_coarse_pyramid(monkeypatch, photo):
     """With a tiny COARSE_COLOURS the seeds are screened on coarser histograms and still fit well."""
     hist = colour_histogram(photo)
     monkeypatch.setattr(sweep_mod, "COARSE_COLOURS", 512)
-    levels = sweep_mod._pyramid(hist.colours.astype(float), hist.counts.astype(float), hist.colours.dtype)
+    levels = sweep_mod.histogram_pyramid(hist)
     assert len(levels) == 3
     assert [lv[0].shape[0] for lv in levels] == sorted(lv[0].shape[0] for lv in levels)
     assert all(math.isclose(lv[1].sum(), hist.n_pixels) for lv in levels)
