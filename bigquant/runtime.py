@@ -135,7 +135,10 @@ def _check_count(value: int | None, name: str) -> None:
 
 
 def _normalise_address(address: str) -> str:
-    match = _ADDRESS.match(address.strip())
+    address = address.strip()
+    if address.startswith(("inproc://", "ucx://", "ws://", "wss://", "tls://")):
+        return address
+    match = _ADDRESS.match(address)
     if match is None:
         raise InvalidParameterError(
             f"scheduler={address!r} is not a scheduler address; expected e.g. 'tcp://host:8786'"
