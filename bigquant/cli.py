@@ -309,11 +309,12 @@ _EXACT_PIXELS = 64 * 2**20
 _SAMPLE_PIXELS = 16 * 2**20
 
 
-def _distinct_colours(data: Any, exact: bool) -> str:
+def _distinct_colours(src: Any, exact: bool) -> str:
     import numpy as np
 
     from bigquant.histogram import colour_histogram, histogram_bits
 
+    data = src.data
     if data.ndim == 2:
         data = data[:, :, None]
     bits = histogram_bits(data.dtype, int(data.shape[-1]))
@@ -324,8 +325,17 @@ def _distinct_colours(data: Any, exact: bool) -> str:
         with _threads():
             hist = colour_histogram(data)
         return f"{hist.n_colours}"
-    # whole chunks, evenly spread over the image, up to _SAMPLE_PIXELS pixels
+    # whole tiles (else chunks), evenly spread over the image, up to _SAMPLE_PIXELS pixels
     import dask.array as da
+
+    unit = "chunks"
+    if src.tile is not None and src.path is not None:
+        from bigquant.io import read_image
+
+        with contextlib.suppress(Exception):
+            tiled = read_image(src.path, chunks=tuple(src.tile), level=src.level, series=src.series).data
+            data = tiled if tiled.ndim == 3 else tiled[:, :, None]
+            unit = "tiles"
 
     blocks = [(i, j) for i in range(data.numblocks[0]) for j in range(data.numblocks[1])]
     per_block = max(1, int(np.prod(data.chunksize[:2])))
@@ -335,7 +345,8 @@ def _distinct_colours(data: Any, exact: bool) -> str:
     with _threads():
         hist = colour_histogram(sample)
     share = 100.0 * hist.n_pixels / n_pixels
-    return f">= {hist.n_colours} (estimated: counted in {len(set(pick))} tiles, {share:.1f}% of the pixels; --exact counts all)"
+    return (f">= {hist.n_colours} (estimated: counted in {len(set(pick))} {unit}, {share:.1f}% of the pixels; "
+            f"--exact counts all)")
 
 
 @contextlib.contextmanager
@@ -365,7 +376,7 @@ def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
         ("pixels", f"{src.height * src.width / 1e6:.1f} MP"),
         ("size on disk", _human_bytes(size)),
         ("size in memory", _human_bytes(src.nbytes or src.data.nbytes)),
-        ("distinct colours", _distinct_colours(src.data, args.exact)),
+        ("distinct colours", _distinct_colours(src, args.exact)),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

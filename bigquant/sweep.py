@@ -824,6 +824,14 @@ class _CsvLog:
         self.fh.close()
 
 
+def _sort_csv(path: pathlib.Path) -> None:
+    """Rewrite a finished sweep's CSV in k order (one row per k), atomically."""
+    by_k = {r.k: r for r in read_rows(path)}
+    tmp = path.with_name(path.name + ".tmp")
+    SweepResult([by_k[k] for k in sorted(by_k)], 0, None, 0, "").to_csv(tmp)
+    os.replace(tmp, path)
+
+
 def sweep(
     src: Any,
     ks: str | Iterable[int],
@@ -960,6 +968,8 @@ def sweep(
     finally:
         if log is not None:
             log.close()
+    if log is not None:
+        _sort_csv(log.path)
     rows.sort(key=lambda r: r.k)
     seconds = time.perf_counter() - start
     logger.info("sweep of %d k values in %.2f s", len(todo), seconds)
