@@ -393,3 +393,71 @@ def test_longest_legal_output_name_is_written(dirs):
     quantize(src / "good.tif", dst, 4, tile=16, pyramid=1, random_state=0)
     assert tifffile.imread(dst).shape == (64, 64)
     dst.unlink()
+
+
+# ---------------------------------------------------------------- command line
+
+# (arguments, exit code, what the one line on stderr says); IN/OUT/SRC are filled in per test
+CLI_CASES: dict[str, tuple[list[str], int, str]] = {
+    "missing input": (["quantize", "{src}/nope.tif", "{out}/q.tif"], 1, r"nope\.tif: no such file"),
+    "input is a directory": (["quantize", "{src}", "{out}/q.tif"], 1, r"is a directory"),
+    "non-image named .tif": (["quantize", "{src}/notes.tif", "{out}/q.tif"], 1, r"not a recognised image"),
+    "truncated TIFF": (["quantize", "{src}/truncated.tif", "{out}/q.tif"], 1, r"file is truncated"),
+    "k = 0": (["quantize", "{src}/good.tif", "{out}/q.tif", "-k", "0"], 2, r"-k/--n-clusters: '0' must be >= 1"),
+    "non-integer k": (["quantize", "{src}/good.tif", "{out}/q.tif", "-k", "2.5"], 2, r"'2\.5' is not an integer"),
+    "k above the writer's limit": (
+        ["quantize", "{src}/good.tif", "{out}/q.tif", "-k", "70000"], 2, r"n_clusters=70000 is above the 65536",
+    ),
+    "tile not a multiple of 16": (
+        ["quantize", "{src}/good.tif", "{out}/q.tif", "--tile", "100"], 2, r"tile=100 must be a positive multiple of 16",
+    ),
+    "zstd needs imagecodecs": (
+        ["quantize", "{src}/good.tif", "{out}/q.tif", "--compression", "zstd"], 1, r"needs the 'imagecodecs' package",
+    ),
+    "unknown compression": (
+        ["quantize", "{src}/good.tif", "{out}/q.tif", "--compression", "bogus"], 2, r"compression='bogus' is not one of",
+    ),
+    "output exists": (["quantize", "{src}/good.tif", "{out}/exists.tif"], 1, r"exists\.tif: output exists"),
+    "output directory missing": (
+        ["quantize", "{src}/good.tif", "{out}/missing/q.tif"], 1, r"directory .*missing does not exist",
+    ),
+    "unsupported output suffix": (["quantize", "{src}/good.tif", "{out}/q.bmp"], 1, r"unsupported output suffix"),
+    "unknown command": (["frobnicate"], 2, r"invalid choice: 'frobnicate'"),
+    "missing arguments": (["quantize"], 2, r"the following arguments are required: IN, OUT"),
+    "--no-cluster with --scheduler": (
+        ["quantize", "{src}/good.tif", "{out}/q.tif", "--scheduler", "tcp://127.0.0.1:9"], 2,
+        r"--no-cluster and --scheduler exclude each other",
+    ),
+    "sweep --resume without --out": (["sweep", "{src}/good.tif", "--resume"], 2, r"--resume needs --out"),
+    "sweep with malformed ks": (["sweep", "{src}/good.tif", "--k", "a:b"], 2, r"ks='a:b' must look like"),
+    "info of a missing file": (["info", "{src}/nope.tif"], 1, r"nope\.tif: no such file"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_command_line_bad_input(dirs, capsys, case):
+    cli = pytest.importorskip("bigquant.cli")
+    src, out = dirs
+    _text_as_tif(src)
+    _truncated(src)
+    argv, code, match = CLI_CASES[case]
+    argv = [a.format(src=src, out=out) for a in argv]
+    if argv[0] in ("quantize", "sweep"):
+        argv += ["--no-progress", "--no-cluster"]  # no local cluster for a bad input
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, f"expected one line on stderr, got {err!r}"
+    assert re.search(match, err), err
+
+
+def test_command_line_unreachable_scheduler(dirs, capsys, closed_port):
+    cli = pytest.importorskip("bigquant.cli")
+    src, out = dirs
+    start = time.monotonic()
+    code = cli.main(["quantize", str(src / "good.tif"), str(out / "q.tif"), "--no-progress",
+                     "--scheduler", f"tcp://127.0.0.1:{closed_port}", "--timeout", "1"])
+    assert time.monotonic() - start < 1 + 5
+    assert code == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert f"could not reach the Dask scheduler at tcp://127.0.0.1:{closed_port}" in err
