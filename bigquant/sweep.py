@@ -997,7 +997,7 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
                 for k in order
             }
             try:
-                for future in dist_as_completed(futures):
+                for future in dist_as_completed(futures, loop=client.loop):  # not only the default client
                     fit, seconds = future.result()
                     yield futures[future], fit, seconds
             finally:

@@ -140,11 +140,6 @@ def test_same_result_on_threads_processes_and_worker_counts(odd_tiff, tmp_path, 
 
 
 @pytest.mark.distributed
-@pytest.mark.xfail(
-    strict=True,
-    reason="bigquant.sweep(client=...) with a client that is not the default one fails: "
-    "distributed.as_completed(futures) looks for a default client (ValueError: No clients found)",
-)
 def test_sweep_same_palettes_on_threads_and_processes(local_cluster):
     sweep = pytest.importorskip("bigquant.sweep", reason="bigquant.sweep is not there yet").sweep
     image = make_sample_image((128, 160), seed=8)
