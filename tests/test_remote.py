@@ -27,16 +27,26 @@ def _dask_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "dask"]
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in reversed(procs):  # workers first, then the scheduler
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in reversed(procs):
+def _stop(procs: list[subprocess.Popen], address: str | None) -> None:
+    """Shut the cluster down cleanly, then make sure every process is gone."""
+    if address is not None and any(p.poll() is None for p in procs):
+        from distributed import Client
+
         try:
-            proc.wait(timeout=15)
+            with Client(address, timeout=5, set_as_default=False) as client:
+                client.shutdown()
+        except Exception:
+            pass
+    for proc in reversed(procs):  # workers first, then the scheduler
+        try:
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +59,7 @@ def remote_cluster(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(REPO), DASK_DISTRIBUTED__WORKER__DAEMON="False")
     logs = []
     procs: list[subprocess.Popen] = []
+    address: str | None = None
 
     def spawn(args: list[str], name: str) -> None:
         log = open(tmp / f"{name}.log", "w")
@@ -72,7 +83,7 @@ def remote_cluster(tmp_path_factory):
             workers = set(client.scheduler_info(n_workers=-1)["workers"])
         yield address, workers
     finally:
-        _stop(procs)
+        _stop(procs, address)
         for log in logs:
             log.close()
 
