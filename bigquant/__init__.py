@@ -31,3 +31,9 @@ __all__ += ["ImageSource", "read_image", "write_image", "quantize"]
 from bigquant.minibatch import MiniBatchKMeans  # noqa: E402
 
 __all__ += ["MiniBatchKMeans"]
+
+# Where it runs (local or remote Dask cluster) and the k-sweep runner.
+from bigquant.runtime import Runtime, connect  # noqa: E402
+from bigquant.sweep import SweepResult, sweep  # noqa: E402
+
+__all__ += ["Runtime", "connect", "SweepResult", "sweep"]

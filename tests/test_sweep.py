@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 
 import numpy as np
 import pytest
 
-import bigquant.sweep as sweep_mod
 from bigquant._lloyd import lloyd
 from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.histogram import colour_histogram
 from bigquant.sweep import SweepResult, elbow, fit_histogram, parse_ks, read_rows, sweep
+
+# the module (``bigquant.sweep`` is also the function, re-exported by the package)
+sweep_mod = importlib.import_module("bigquant.sweep")
 
 
 @pytest.fixture
@@ -114,6 +117,13 @@ def test_fit_histogram_rejects(kwargs):
 
 
 # --------------------------------------------------------------------------- sweep
+
+
+def test_package_exports():
+    import bigquant
+
+    assert bigquant.sweep is sweep and bigquant.SweepResult is SweepResult
+    assert callable(bigquant.connect) and "connect" in bigquant.__all__ and "sweep" in bigquant.__all__
 
 
 def test_sweep_table(photo):
