@@ -710,16 +710,19 @@ def read_rows(path: str | os.PathLike[str]) -> list[SweepRow]:
     """Rows of a sweep CSV (as written by :func:`sweep` or :meth:`SweepResult.to_csv`)."""
     rows = []
     with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = set(_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise InvalidInputError(f"{path}: not a sweep CSV (missing columns {sorted(missing)})")
-        for rec in reader:
-            try:
-                rows.append(SweepRow(int(rec["k"]), float(rec["cost"]), float(rec["inertia"]), float(rec["psnr"]),
-                                     int(rec["n_iter"]), float(rec["seconds"]), rec.get("palette") or ""))
-            except (TypeError, ValueError):
-                logger.warning("%s: skipping an unreadable row %r", path, rec)
+        text = fh.read()
+    if not text.endswith("\n"):  # a run killed while writing a row: its last line is cut short
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    missing = set(_COLUMNS) - set(reader.fieldnames or ())
+    if missing:
+        raise InvalidInputError(f"{path}: not a sweep CSV (missing columns {sorted(missing)})")
+    for rec in reader:
+        try:
+            rows.append(SweepRow(int(rec["k"]), float(rec["cost"]), float(rec["inertia"]), float(rec["psnr"]),
+                                 int(rec["n_iter"]), float(rec["seconds"]), rec.get("palette") or ""))
+        except (TypeError, ValueError):
+            logger.warning("%s: skipping an unreadable row %r", path, rec)
     return rows
 
 
@@ -807,6 +810,9 @@ class _CsvLog:
 
     def __init__(self, path: pathlib.Path, keep: list[SweepRow], append: bool):
         self.path = path
+        if append:  # drop a row cut short by a killed run, so the next row starts on its own line
+            with open(path, "rb+") as fh:
+                fh.truncate(fh.read().rfind(b"\n") + 1)
         self.fh = open(path, "a" if append else "w", newline="")
         self.writer = csv.DictWriter(self.fh, fieldnames=_COLUMNS)
         if not append:

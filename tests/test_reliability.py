@@ -286,11 +286,6 @@ def test_sweep_interrupted_resumes_from_its_csv(sweep_module, sweep_image, tmp_p
     assert sorted(r.k for r in sweep_module.read_rows(csv_path)) == ks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bigquant.sweep.read_rows keeps a row whose palette column was cut short (a run killed "
-    "mid-write), so the resumed sweep trusts a corrupt palette and appends after the unterminated line",
-)
 def test_sweep_resumes_after_a_torn_last_line(sweep_module, sweep_image, tmp_path):
     """A run killed while writing a row leaves half a line: it is dropped and fitted again."""
     ks = [2, 3, 4]
