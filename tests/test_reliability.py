@@ -354,3 +354,53 @@ def test_concurrent_quantize_jobs_on_one_cluster(local_cluster, tmp_path):
     expected = {f"{n}{i}.{ext}" for n in ("seq", "par") for i in range(4) for ext in ("tif", "json")}
     assert _stray(out, expected) == set()
     assert dask.config.get("scheduler", None) == scheduler_before, "the global dask config was restored"
+
+
+# ---------------------------------------------------------------- killed while writing
+
+_WRITE_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import bigquant.io._tiff_write as tiff_write
+    from bigquant import quantize
+
+    bands = tiff_write.compute_bands
+
+    def slow_bands(*args, **kwargs):
+        for i, band in enumerate(bands(*args, **kwargs)):
+            yield band
+            if i == 1:
+                print("writing", flush=True)
+                time.sleep(60)
+
+    tiff_write.compute_bands = slow_bands
+    quantize(sys.argv[1], sys.argv[2], 6, random_state=0, tile=64, chunks=64, palette_out=sys.argv[3])
+    """
+)
+
+
+def test_process_killed_while_writing_leaves_no_output(source_tiff, tmp_path):
+    """SIGKILL in the middle of the tiled write: no (half-written) output appears; a re-run works."""
+    script = tmp_path / "write.py"
+    script.write_text(_WRITE_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    dst, palette = out / "q.tif", out / "q.json"
+    proc = subprocess.Popen([sys.executable, str(script), str(source_tiff), str(dst), str(palette)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == b"writing"
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+    assert not dst.exists() and not palette.exists()
+    leftovers = {p.name for p in out.iterdir()}
+    assert all(name.startswith(".q.") for name in leftovers), leftovers  # only hidden temporaries
+
+    quantize(source_tiff, dst, 6, random_state=0, tile=64, chunks=64, palette_out=palette)
+    quantize(source_tiff, tmp_path / "clean.tif", 6, random_state=0, tile=64, chunks=64)
+    assert dst.read_bytes() == (tmp_path / "clean.tif").read_bytes()
