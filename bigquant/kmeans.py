@@ -437,6 +437,9 @@ default="k-means++"
             "n_init": self.n_init, "max_iter": self.max_iter, "tol": self.tol, "random_state": seed,
             "strategy": strategy, "shape": list(data.array.shape), "dtype": str(data.array.dtype),
             "weighted": weighted,
+            # the data themselves: a dask array's name (e.g. path, size and mtime of its file),
+            # a hash of numpy data; a checkpoint of other data of the same shape is not resumed
+            "data": data.array.name if data.is_dask else dask.base.tokenize(data.array),
         }
         return Checkpoint(self.checkpoint, int(self.checkpoint_every), fingerprint)
 

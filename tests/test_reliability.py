@@ -231,6 +231,32 @@ def test_fit_killed_in_a_subprocess_resumes_in_another(tmp_path):
     assert _stray(tmp_path, {"fit.py"}) == set(), "no temporary checkpoint files left"
 
 
+def test_checkpoint_of_other_data_of_the_same_shape_is_not_resumed(tmp_path):
+    from bigquant import KMeans
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (4000, 3)) + rng.integers(0, 6, (4000, 1)) * 3.0
+    b = rng.normal(0, 5, (4000, 3))
+    checkpoint = tmp_path / "fit.json"
+
+    def stop_at_4(iteration, inertia, shift):
+        if iteration == 4:
+            raise KeyboardInterrupt
+
+    params = dict(random_state=0, strategy="pixels", tol=0, max_iter=40, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        KMeans(6, checkpoint=checkpoint, callback=stop_at_4, **params).fit(a)
+    assert checkpoint.exists()
+    iterations: list[int] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        on_b = KMeans(6, checkpoint=checkpoint, callback=lambda i, *_: iterations.append(i), **params).fit(b)
+        fresh = KMeans(6, **params).fit(b)
+    assert iterations[0] == 1, "started over: the checkpoint was of other data"
+    np.testing.assert_array_equal(on_b.cluster_centers_, fresh.cluster_centers_)
+
+
 # ---------------------------------------------------------------- resumable sweep
 
 
