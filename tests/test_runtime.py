@@ -85,6 +85,11 @@ def test_lloyd_progress_off_a_terminal_writes_a_few_lines():
     assert "inertia 40" in lines[-1] and "centre shift 0.04" in lines[-1]
 
 
+def _sleepy(block):
+    time.sleep(0.05)
+    return block
+
+
 class _Tty(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -137,8 +142,15 @@ def test_connect_local_cluster_dashboard_spans_and_shutdown():
             lambda dask_scheduler: [s.name for s in dask_scheduler.extensions["spans"].spans.values()]
         )
         assert ("bigquant-histogram",) in names
-        # the scheduler-side progress probe
+        # the scheduler-side progress probe, and the terminal bar drawn from it
         assert rt.client.run_on_scheduler(task_counts) == {}
+        out = _Tty()
+        with TaskProgress(rt.client, stream=out, interval=0.05):
+            from distributed import wait
+
+            slow = da.ones((40, 10), chunks=(1, 10)).map_blocks(_sleepy, name="bigquant-slow", dtype=float)
+            wait(slow.persist())
+        assert "tasks [" in out.getvalue() and "slow" in out.getvalue()
         client = rt.client
     assert client.status == "closed"
     assert rt.cluster.status.name == "closed"
