@@ -182,6 +182,12 @@ def quantize(
     # fail fast, before reading a pixel: outputs, tile, compression, mode
     if mode not in ("palette", "rgb"):
         raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
+    unknown = sorted(set(kmeans_kwargs) - set(KMeans._param_names()))
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
+            f"which takes {', '.join(KMeans._param_names())}"
+        )
     _check_tile(tile)
     # k above what the output holds would fail only after the (long) fit
     limit = 256 if mode == "palette" and dst_path.suffix.lower() == ".png" else MAX_PALETTE

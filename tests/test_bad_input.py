@@ -203,6 +203,7 @@ PARAM_CASES: dict[str, tuple[dict, type[Exception], str]] = {
     "TIFF level out of range": ({"level": 3}, InvalidParameterError, r"level=3 out of range"),
     "TIFF series out of range": ({"series": 2}, InvalidParameterError, r"series=2 out of range"),
     "max_iter = 0": ({"max_iter": 0}, InvalidParameterError, r"max_iter=0 must be >= 1"),
+    "unknown keyword": ({"n_iters": 5}, InvalidParameterError, r"unknown parameter\(s\) n_iters"),
 }
 
 
