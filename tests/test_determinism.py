@@ -82,11 +82,6 @@ def test_16_bit_source_for_any_chunking(tmp_path):
     _assert_same(models, [tmp_path / "c32.tif", tmp_path / "c96.tif"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="zarr output: numcodecs' GZip writes the current time into every chunk's gzip header, "
-    "so two writes of the same array differ (bigquant.io._write._write_zarr uses GzipCodec for 'zlib')",
-)
 def test_zarr_output_for_any_chunking(odd_tiff, tmp_path):
     import zarr
 

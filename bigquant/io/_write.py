@@ -107,13 +107,21 @@ def _write_zarr(
     attrs: dict[str, Any],
 ) -> None:
     import zarr
-    from zarr.codecs import GzipCodec, ZstdCodec
+    from zarr.codecs import ZstdCodec
 
     codec = encoder.codec
     if codec.tag == 1:
         compressors: Any = None
     elif codec.name == "adobe_deflate":
-        compressors = GzipCodec(level=1 if codec.level is None else codec.level)
+        # numcodecs' Zlib, not zarr's GzipCodec: gzip headers carry the write
+        # time, so two writes of the same data would differ byte for byte
+        import warnings
+
+        from numcodecs.zarr3 import Zlib
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
+            compressors = Zlib(level=1 if codec.level is None else codec.level)
     elif codec.name == "zstd":
         compressors = ZstdCodec(level=3 if codec.level is None else codec.level)
     else:
