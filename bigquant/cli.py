@@ -166,12 +166,24 @@ class _Console:
             print(text, file=sys.stderr, flush=True)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (tests swap it between calls of :func:`main`)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     root = logging.getLogger("bigquant")
     root.setLevel(level)
     if not any(getattr(h, "_bigquant_cli", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
         handler._bigquant_cli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -274,15 +286,19 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
     _check_outputs([args.plot], args.overwrite or args.resume)
     if not pathlib.Path(args.input).exists() and "://" not in args.input:
         raise FileNotFoundError(f"{args.input}: no such file")
-    with _runtime(args, console) as client:
-        from bigquant.progress import progress
+    from bigquant.progress import Line, SweepProgress, progress
 
-        with progress(client, enabled=_show_progress(args)):
+    line = Line()
+    bar = SweepProgress(len(ks), line=line) if _show_progress(args) else None
+    with _runtime(args, console) as client:
+        with progress(client, enabled=_show_progress(args), line=line):
             result = sweep(
                 args.input, ks, strategy=args.strategy, client=client, n_init=args.n_init,
                 random_state=args.random_state, out=args.out,
-                resume_from=args.out if args.resume else None,
+                resume_from=args.out if args.resume else None, callback=bar,
             )
+    if bar is not None:
+        bar.close()
     console.out(result.table())
     console.out()
     if result.resumed:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-__all__ = ["LloydProgress", "TaskProgress", "task_counts", "progress", "Line"]
+__all__ = ["LloydProgress", "SweepProgress", "TaskProgress", "task_counts", "progress", "Line"]
 
 _BAR = 24
 
@@ -77,8 +77,8 @@ class LloydProgress:
     >>> out = io.StringIO()
     >>> bar = LloydProgress(max_iter=100, stream=out, every=1)
     >>> bar(1, 1234.5, 0.25)
-    >>> out.getvalue().split()[:3]
-    ['lloyd', '[', 'iteration']
+    >>> "iteration   1  inertia 1234.5  centre shift 0.25" in out.getvalue()
+    True
     """
 
     def __init__(self, max_iter: int = 300, *, stream: TextIO | None = None, every: int = 10,
@@ -107,6 +107,44 @@ class LloydProgress:
         """End the line (and, off a terminal, write the last iteration)."""
         if self.last is not None and not self.line.tty and self.last[0] % self.every and self.last[0] != 1:
             self.line.show(self._text(*self.last))
+        self.line.end()
+
+
+class SweepProgress:
+    """A ``sweep`` callback: how many k values are done, and the last one's cost.
+
+    Parameters
+    ----------
+    total : int
+        Number of k values to fit.
+    stream : file-like, default=sys.stderr
+    line : Line, default=None
+        A terminal line shared with other bars.
+
+    Examples
+    --------
+    >>> import io
+    >>> from bigquant.sweep import SweepRow
+    >>> out = io.StringIO()
+    >>> bar = SweepProgress(4, stream=out)
+    >>> bar(SweepRow(8, 1000.0, 990.0, 30.0, 12, 0.5))
+    >>> "1/4" in out.getvalue() and "k=8" in out.getvalue()
+    True
+    """
+
+    def __init__(self, total: int, *, stream: TextIO | None = None, line: Line | None = None) -> None:
+        self.total = max(1, int(total))
+        self.done = 0
+        self.line = line if line is not None else Line(stream)
+
+    def __call__(self, row: Any) -> None:
+        """Record one finished k (a :class:`bigquant.sweep.SweepRow`)."""
+        self.done += 1
+        self.line.show(f"sweep {_bar(self.done / self.total)} {self.done}/{self.total}  k={row.k}: "
+                       f"cost {row.cost:.6g}, PSNR {row.psnr:.2f} dB, {row.seconds:.2f} s")
+
+    def close(self) -> None:
+        """End the line."""
         self.line.end()
 
 

@@ -30,13 +30,14 @@ pixel of the squared distance to its colour in the uint8 (integer) palette;
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import os
 import pathlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -850,6 +851,7 @@ def sweep(
     tol: float = 1e-4,
     out: str | os.PathLike[str] | None = None,
     resume_from: str | os.PathLike[str] | None = None,
+    callback: Callable[[SweepRow], None] | None = None,
 ) -> SweepResult:
     """Fit a palette for every k and tabulate cost, inertia, PSNR, iterations and time.
 
@@ -879,6 +881,9 @@ def sweep(
     resume_from : str or path, default=None
         CSV of an earlier (possibly interrupted) sweep of the same image: its
         ks are kept and not fitted again. May be the same file as ``out``.
+    callback : callable, default=None
+        Called with each new :class:`SweepRow` as soon as its k is done
+        (in completion order), e.g. to draw progress.
 
     Returns
     -------
@@ -946,13 +951,18 @@ def sweep(
                 )
             hist = None
             if strategy in ("auto", "histogram") and bits is not None and todo:
-                with phase("bigquant-histogram"):
+                with _on(client), phase("bigquant-histogram"):
                     hist = colour_histogram(data)
         peak = float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else 1.0
-        if hist is not None or (isinstance(src, ColourHistogram)):
-            assert hist is not None
+        n_colours: int | None
+        if not todo:
+            n_pixels = hist.n_pixels if hist is not None else int(np.prod(data.shape[:-1]))
+            n_colours = hist.n_colours if hist is not None else None
+            used = "histogram" if hist is not None or (strategy in ("auto", "histogram") and bits is not None) \
+                else ("pixels" if strategy == "auto" else strategy)
+        elif hist is not None:
             n_pixels = hist.n_pixels
-            n_colours: int | None = hist.n_colours
+            n_colours = hist.n_colours
             used = "histogram"
             for k, fit, seconds in _run_histogram(hist, todo, n_init, max_iter, tol, base, client):
                 row = SweepRow(k, float(fit.cost), fit.inertia, _psnr(fit.cost, n_pixels * n_channels, peak),
@@ -962,15 +972,20 @@ def sweep(
                 rows.append(row)
                 if log is not None:
                     log.write(row)
+                if callback is not None:
+                    callback(row)
         else:
             n_pixels = int(np.prod(data.shape[:-1]))
             n_colours = None
             used = "pixels" if strategy in ("auto", "histogram") else strategy
             for k in todo:
-                row = _fit_pixels(data, k, used, n_init, max_iter, tol, base, peak)
+                with _on(client):
+                    row = _fit_pixels(data, k, used, n_init, max_iter, tol, base, peak)
                 rows.append(row)
                 if log is not None:
                     log.write(row)
+                if callback is not None:
+                    callback(row)
     finally:
         if log is not None:
             log.close()
@@ -980,6 +995,18 @@ def sweep(
     seconds = time.perf_counter() - start
     logger.info("sweep of %d k values in %.2f s", len(todo), seconds)
     return SweepResult(rows, n_pixels, n_colours, n_channels, used, seconds, [r.k for r in kept])
+
+
+@contextlib.contextmanager
+def _on(client: Any) -> Iterator[None]:
+    """Make ``client`` the scheduler of the computes in the block (nothing for None)."""
+    if client is None:
+        yield
+        return
+    import dask
+
+    with client.as_current(), dask.config.set(scheduler=client):
+        yield
 
 
 def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: int, tol: float, base: int,
@@ -995,7 +1022,7 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
         from dask.base import tokenize
 
         token = tokenize(colours_counts, n_init, max_iter, tol, base)
-        with phase("bigquant-sweep"):
+        with _on(client), phase("bigquant-sweep"):
             [remote] = client.scatter([payload], broadcast=False, hash=False)
             futures = {
                 client.submit(_fit_task, remote, k, n_init, max_iter, tol, base,
@@ -1051,8 +1078,13 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
         labels = labels.rechunk(X.chunks[:-1]) if isinstance(labels, da.Array) else da.from_array(
             np.asarray(labels), chunks=X.chunks[:-1])
         with phase("bigquant-cost"):
-            cost = float(da.map_blocks(_block_sse, X, labels, palette, dtype=np.float64,
-                                       chunks=tuple((1,) * len(c) for c in labels.chunks)).sum().compute())
+            from dask.base import tokenize
+
+            lab = labels[..., None]  # same dimensions as X, one chunk on the channel axis
+            per_block = da.map_blocks(_block_sse, X, lab, palette, dtype=np.float64,
+                                      chunks=tuple((1,) * len(c) for c in X.chunks),
+                                      name=f"bigquant-cost-{tokenize(X, labels, palette)}")
+            cost = float(per_block.sum().compute())
     else:
         cost = float(_block_sse(np.asarray(X), np.asarray(labels), palette).sum())
     n_values = int(np.prod(data.shape))

@@ -223,6 +223,25 @@ def test_sweep_float_image_uses_pixels():
         sweep(img, [2], strategy="histogram")
 
 
+def test_sweep_pixels_strategy_on_dask_matches_numpy(photo):
+    import dask.array as da
+
+    lazy = da.from_array(photo, chunks=(48, 64, 3))
+    seen = []
+    result = sweep(lazy, [3, 5], strategy="pixels", random_state=0, callback=seen.append)
+    assert result.strategy == "pixels" and sorted(r.k for r in seen) == [3, 5]
+    ref = sweep(photo, [3, 5], strategy="pixels", random_state=0)
+    for a, b in zip(result.rows, ref.rows):
+        assert a.cost == pytest.approx(b.cost, rel=1e-9)
+        assert a.palette_array(3).shape == (a.k, 3)
+
+
+def test_sweep_callback_sees_every_new_row(photo, tmp_path):
+    seen = []
+    sweep(photo, [2, 3, 4], random_state=0, callback=seen.append)
+    assert sorted(r.k for r in seen) == [2, 3, 4]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"strategy": "nope"}, "strategy="), ({"n_init": 0}, "n_init="), ({"random_state": "x"}, "random_state=")],
