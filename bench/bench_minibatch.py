@@ -8,7 +8,8 @@ Two markdown tables, every method timed in the same run:
    (same batch size), each over ``--repeats`` seeds.
 2. A large photo-like image (``bigquant.sample.make_sample_tiff``, tiled
    BigTIFF of ``--megapixels`` MP, read lazily with ``bigquant.read_image``):
-   ``MiniBatchKMeans`` (pixel strategy) over ``--repeats`` seeds against full
+   ``MiniBatchKMeans`` (pixel strategy, with and without the Lloyd refinement)
+   over ``--repeats`` seeds against full
    Lloyd (``--lloyd-repeats`` seeds; it persists the image in memory) and
    scikit-learn's ``MiniBatchKMeans.partial_fit`` streamed over the chunks
    (one pass).
@@ -160,9 +161,13 @@ def big_table(path: pathlib.Path, k: int, seeds: int, lloyd_seeds: int, batch_si
     logger.info("MiniBatchKMeans")
     mb = runs(lambda s: MiniBatchKMeans(k, batch_size=batch_size, random_state=s).fit(X),
               lambda m: m.inertia_, seeds)
+    logger.info("MiniBatchKMeans(refine=False)")
+    mbs = runs(lambda s: MiniBatchKMeans(k, batch_size=batch_size, refine=False, random_state=s).fit(X),
+               lambda m: m.inertia_, seeds)
     lines += [
         row(k, "full Lloyd `KMeans(strategy='pixels')`", lloyd, lloyd),
         row(k, "bigquant `MiniBatchKMeans` (pixels)", mb, lloyd),
+        row(k, "bigquant `MiniBatchKMeans(refine=False)`", mbs, lloyd),
     ]
     if not skip_sklearn:
         from sklearn.cluster import MiniBatchKMeans as SKMiniBatch
