@@ -546,18 +546,21 @@ default="k-means++"
     def _fit_minibatch(self, data: Data, weights: Any) -> KMeans:
         from bigquant.minibatch import MiniBatchKMeans
 
+        # max_iter is not passed: it counts Lloyd iterations here, passes over the data there
         mb = MiniBatchKMeans(
             self.n_clusters,
             init=self.init,
             n_init=self.n_init,
             random_state=self.random_state,
-            max_iter=self.max_iter,
+            split_every=self.split_every,
+            callback=self.callback,
         ).fit(data.array, sample_weight=weights)
         for name in ("cluster_centers_", "inertia_", "n_iter_", "n_features_in_", "labels_"):
             setattr(self, name, getattr(mb, name))
         self.strategy_ = "minibatch"
         self.histogram_ = None
-        self._lut = None
+        self._lut = mb._lut
+        self._lut_source = getattr(mb, "_lut_source", None)
         self._dtype_in = data.array.dtype
         return self
 
