@@ -67,6 +67,7 @@ from bigquant._validation import (
     check_choice,
     check_data,
     check_float,
+    check_init,
     check_int,
     check_random_state,
     check_sample_weight,
@@ -447,23 +448,8 @@ default="k-means++"
         check_int(self.split_every, "split_every", minimum=2)
         if self.callback is not None and not callable(self.callback):
             raise InvalidParameterError(f"callback={self.callback!r} must be callable")
-        if isinstance(self.init, str):
-            # k-means|| is a distributed pass over all the data: here it is k-means++
-            check_choice(self.init, "init", INIT_METHODS)
-            return None
-        if hasattr(self.init, "__array__"):
-            init = np.asarray(self.init, dtype=np.float64)
-            expected = (self.n_clusters, n_channels)
-            if init.shape != expected:
-                raise InvalidParameterError(
-                    f"init array has shape {init.shape}; expected (n_clusters, n_channels) = {expected}"
-                )
-            if not np.isfinite(init).all():
-                raise InvalidParameterError("init array contains NaN or infinity")
-            return init
-        raise InvalidParameterError(
-            f"init={self.init!r} must be one of {', '.join(map(repr, INIT_METHODS))} or an array"
-        )
+        # k-means|| is a distributed pass over all the data: here it is k-means++
+        return check_init(self.init, self.n_clusters, n_channels, INIT_METHODS)
 
     def _n_init(self, init_array: np.ndarray | None) -> int:
         if init_array is not None:
