@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -40,13 +42,13 @@ def tiled_tiff(tmp_path, rgb_image):
     return path
 
 
-@pytest.fixture(scope="module")
-def local_cluster():
-    """A real LocalCluster with 2 single-thread worker processes, and its Client."""
+@contextlib.contextmanager
+def _running_cluster(n_workers: int = 2, threads_per_worker: int = 1):
+    """A real LocalCluster with worker processes, and a Client of it; both closed after."""
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-        memory_limit="2GiB",
+        n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+        dashboard_address=":0", memory_limit="2GiB",
     )
     client = distributed.Client(cluster, set_as_default=False)
     try:
@@ -54,3 +56,24 @@ def local_cluster():
     finally:
         client.close()
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A LocalCluster of 2 single-thread worker processes, shared by a test module."""
+    with _running_cluster() as client:
+        yield client
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A LocalCluster of 2 single-thread worker processes for one test (it may kill workers)."""
+    with _running_cluster() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def one_worker_two_threads():
+    """A LocalCluster of one worker process with two threads."""
+    with _running_cluster(n_workers=1, threads_per_worker=2) as client:
+        yield client

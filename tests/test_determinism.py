@@ -96,20 +96,6 @@ def test_zarr_output_for_any_chunking(odd_tiff, tmp_path):
         assert (tmp_path / "c32.zarr" / rel).read_bytes() == (tmp_path / "c128.zarr" / rel).read_bytes()
 
 
-@pytest.fixture(scope="module")
-def one_worker_two_threads():
-    """A LocalCluster of one worker process with two threads."""
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                                       dashboard_address=None, memory_limit="2GiB")
-    client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_same_result_on_threads_processes_and_worker_counts(odd_tiff, tmp_path, strategy, local_cluster,

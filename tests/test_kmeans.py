@@ -222,29 +222,15 @@ def test_random_init_and_reproducibility(photo_like):
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
-@pytest.fixture(scope="module")
-def cluster_client():
-    """A real LocalCluster with 2 single-threaded worker processes."""
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    client = Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
 @pytest.mark.distributed
-def test_threads_and_processes_give_the_same_palette(photo_like, cluster_client):
+def test_threads_and_processes_give_the_same_palette(photo_like, local_cluster):
     from distributed import get_task_stream
 
     img = da.from_array(photo_like, chunks=(32, 64, 3))
     with dask.config.set(scheduler="threads"):
         threaded = [KMeans(6, random_state=7, strategy=s).fit(img) for s in ("histogram", "pixels")]
         threaded_labels = threaded[0].labels_.compute()
-    with cluster_client.as_current(), get_task_stream(cluster_client) as stream:
+    with local_cluster.as_current(), get_task_stream(local_cluster) as stream:
         distributed = [KMeans(6, random_state=7, strategy=s).fit(img) for s in ("histogram", "pixels")]
         labels = distributed[0].labels_.compute()
     for t, d in zip(threaded, distributed):

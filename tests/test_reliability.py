@@ -34,21 +34,6 @@ def _stray(directory: Path, expected: set[str]) -> set[str]:
 
 
 @pytest.fixture
-def cluster_client():
-    """A fresh LocalCluster of 2 single-thread worker processes (restarted by their nannies)."""
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="2GiB",
-    )
-    client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
-@pytest.fixture
 def source_tiff(tmp_path: Path) -> Path:
     """A photo-like 512 x 512 RGB tiled TIFF on disk: any lost chunk can be re-read."""
     path = tmp_path / "source.tif"
@@ -84,11 +69,11 @@ def _wait_restarted(client, killed: list[int], timeout: float = 60) -> None:
 
 
 @pytest.mark.distributed
-def test_workers_killed_in_lloyd_loop_and_in_write(cluster_client, source_tiff, tmp_path, monkeypatch):
+def test_workers_killed_in_lloyd_loop_and_in_write(fresh_cluster, source_tiff, tmp_path, monkeypatch):
     """One worker SIGKILLed at Lloyd iteration 2, another while tiles are written: same result."""
     import bigquant.io._tiff_write as tiff_write
 
-    client = cluster_client
+    client = fresh_cluster
     out = tmp_path / "out"
     out.mkdir()
     params = dict(strategy="pixels", random_state=0, tile=64, chunks=128, tol=0, max_iter=6,
@@ -131,11 +116,11 @@ def _lookup_table_holders(dask_scheduler) -> list[str]:
 
 
 @pytest.mark.distributed
-def test_worker_holding_the_lookup_table_killed_during_write(cluster_client, source_tiff, tmp_path,
+def test_worker_holding_the_lookup_table_killed_during_write(fresh_cluster, source_tiff, tmp_path,
                                                              monkeypatch):
     import bigquant.io._tiff_write as tiff_write
 
-    client = cluster_client
+    client = fresh_cluster
     params = dict(random_state=1, tile=64, chunks=128)
     reference = quantize(source_tiff, tmp_path / "reference.tif", 8, **params)  # threads: nothing scattered
     bands = tiff_write.compute_bands
