@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import warnings
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,11 @@ def _memory_budget() -> int:
         if total:
             return total
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _inflate_lut(payload: bytes, dtype: str, size: int) -> np.ndarray:
+    """Rebuild a lookup table shipped compressed (see ``KMeans._lut_key``)."""
+    return np.frombuffer(zlib.decompress(payload), dtype=dtype, count=size)
 
 
 def _block_assign(block: np.ndarray, centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -570,26 +576,22 @@ default="k-means++"
         labels = histogram.points().labels(self.cluster_centers_, label_dtype(len(self.cluster_centers_)))
         sentinel = len(self.cluster_centers_)
         lut = _kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
-        self._lut_compact = (histogram.codes, labels)
         return lut, histogram.bits, sentinel
 
     def _lut_key(self) -> Any:
         """The lookup table as one key of a dask graph.
 
         A graph key (rather than a scattered future) is fetched once per worker
-        and re-created if every worker holding it dies. It ships whichever is
-        smaller: the table itself, or the colour codes and their labels from
-        which a task rebuilds it.
+        and re-created if every worker holding it dies. The table, mostly the
+        "absent colour" marker, travels zlib-compressed (16 MB -> typically a
+        few MB) and is inflated once on each worker.
         """
-        lut, bits, sentinel = self._get_lut()
-        compact = getattr(self, "_lut_compact", None)
-        token = dask.base.tokenize(lut)
-        if compact is not None and compact[0].nbytes + compact[1].nbytes < lut.nbytes:
-            total_bits = int(np.log2(lut.shape[0]))
-            return dask.delayed(_kernels.build_lut, pure=True)(
-                compact[0], compact[1], total_bits, sentinel, dask_key_name=f"bigquant-lut-{token}"
-            )
-        return dask.delayed(lut, pure=True, name=f"bigquant-lut-{token}")
+        lut, _, _ = self._get_lut()
+        payload = zlib.compress(lut.tobytes(), 1)
+        token = dask.base.tokenize(payload)
+        return dask.delayed(_inflate_lut, pure=True)(
+            payload, lut.dtype.str, lut.shape[0], dask_key_name=f"bigquant-lut-{token}"
+        )
 
     def _get_lut(self) -> tuple[np.ndarray, int, int] | None:
         """The colour -> label table, built on first use from the fitted histogram."""
