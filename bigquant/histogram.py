@@ -24,7 +24,7 @@ from dask.highlevelgraph import HighLevelGraph
 from bigquant import _kernels
 from bigquant._points import BoundedPoints, InMemoryPoints, _segments, n_threads, tree_reduce
 
-__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "MAX_HISTOGRAM_BITS"]
+__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "coarsen_colours", "MAX_HISTOGRAM_BITS"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,21 +102,47 @@ class ColourHistogram:
         return BoundedPoints(means, weight, n_parts=n_parts)
 
     def _coarse_points(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
-        n_channels = self.colours.shape[1]
-        keep = self.bits - drop_bits
-        coarse_codes = np.zeros(self.n_colours, dtype=np.uint32)
-        for c in range(n_channels):
-            coarse_codes = (coarse_codes << np.uint32(keep)) | (
-                self.colours[:, c].astype(np.uint32) >> np.uint32(drop_bits)
-            )
-        uniq, inverse = np.unique(coarse_codes, return_inverse=True)
-        weight = np.bincount(inverse, weights=self.counts, minlength=uniq.shape[0])
-        means = np.empty((uniq.shape[0], n_channels))
-        for c in range(n_channels):
-            means[:, c] = np.bincount(
-                inverse, weights=self.counts * self.colours[:, c].astype(np.float64), minlength=uniq.shape[0]
-            ) / weight
-        return means, weight
+        return coarsen_colours(self.colours, self.counts.astype(np.float64), drop_bits, self.bits)
+
+
+def coarsen_colours(
+    colours: np.ndarray, weights: np.ndarray, drop_bits: int, bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge colours that are equal once ``drop_bits`` low bits are dropped.
+
+    Parameters
+    ----------
+    colours : ndarray of shape (n_colours, n_channels)
+        Integer-valued colours (any real dtype).
+    weights : ndarray of shape (n_colours,)
+        Their counts (or weights).
+    drop_bits, bits : int
+        Low bits dropped per channel, and bits per channel of the colours.
+
+    Returns
+    -------
+    means : ndarray of shape (n_bins, n_channels)
+        Weighted mean colour of each occupied bin (float64).
+    weights : ndarray of shape (n_bins,)
+        Summed weight of each bin.
+    """
+    X = np.asarray(colours)
+    q = X.astype(np.int64) >> drop_bits
+    width = bits - drop_bits
+    code = np.zeros(X.shape[0], np.int64)
+    for c in range(X.shape[1]):
+        code = (code << width) | q[:, c]
+    if width * X.shape[1] <= MAX_HISTOGRAM_BITS:  # a dense table is faster than sorting
+        size = 1 << (width * X.shape[1])
+        weight = np.bincount(code, weights=weights, minlength=size)
+        used = np.flatnonzero(weight)
+        sums = [np.bincount(code, weights=weights * X[:, c], minlength=size)[used] for c in range(X.shape[1])]
+        weight = weight[used]
+    else:
+        _, inverse = np.unique(code, return_inverse=True)
+        weight = np.bincount(inverse, weights=weights)
+        sums = [np.bincount(inverse, weights=weights * X[:, c]) for c in range(X.shape[1])]
+    return np.stack(sums, axis=1) / weight[:, None], weight
 
 
 def _block_counts(block: np.ndarray, bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,19 +9,19 @@ appended to a CSV file at once, so an interrupted sweep resumes from it.
 
 Each k is fitted by :func:`fit_histogram`:
 
-1. ``n_init`` weighted k-means++ seeds (as scikit-learn's greedy
-   ``_kmeans_plusplus``). On a histogram of many colours the seeds are drawn
+1. ``n_init`` weighted k-means++ seeds (the engine's, :mod:`bigquant._init`).
+   On a histogram of many colours the seeds are drawn
    and run on *coarse* histograms first (colours merged by dropping low bits,
    each bin at the mean colour of its pixels, so the coarse cost differs from
    the exact one only by the within-bin spread), the best quarter going on to
    the next finer level;
 2. the best (at most two) candidates run Lloyd's iteration to convergence on the
-   exact histogram, with Hamerly's bounds to skip distance computations that
-   cannot change a label (same centres as plain Lloyd: sums are exact);
+   exact histogram with the engine's Lloyd (:mod:`bigquant._lloyd` over a
+   Hamerly-bounded :class:`~bigquant._points.BoundedPoints`: exact sums);
 3. the palette is made of image colours: every centre is rounded to the
    nearest integer colour -- the best integer colour for its cluster, as the
    squared error splits per channel -- and the colours re-assigned to the
-   nearest palette colour, until nothing changes.
+   nearest palette colour, while the error drops.
 
 ``cost`` is the walkthrough's measure of a quantized image: the sum over every
 pixel of the squared distance to its colour in the uint8 (integer) palette;
@@ -37,17 +37,21 @@ import math
 import os
 import pathlib
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 
+from bigquant import _kernels
+from bigquant._init import kmeans_plusplus
+from bigquant._lloyd import LloydResult, lloyd
+from bigquant._points import BoundedPoints, InMemoryPoints
 from bigquant._typing import STRATEGIES
-from bigquant.errors import InvalidInputError, InvalidParameterError
-from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
+from bigquant.histogram import ColourHistogram, coarsen_colours, colour_histogram, histogram_bits
 from bigquant.runtime import active_client, phase
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,239 +63,47 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_JIT = dict(nogil=True, cache=True)
-
 #: a histogram with more colours than this is coarsened to screen the seeds
 COARSE_COLOURS = 32768
 #: candidates (best screened seeds) run to convergence on the exact histogram
 N_REFINED = 2
 
-# --------------------------------------------------------------------------- kernels
+# --------------------------------------------------------------------------- engine pieces
 
 
-@numba.njit(inline="always", **_JIT)
-def _d2(X, i, C, j):  # pragma: no cover - jitted
-    if X.shape[1] == 3:  # RGB, unrolled (same order of additions as the loop)
-        a = X[i, 0] - C[j, 0]
-        b = X[i, 1] - C[j, 1]
-        c = X[i, 2] - C[j, 2]
-        return a * a + b * b + c * c
-    s = 0.0
-    for c in range(X.shape[1]):
-        t = X[i, c] - C[j, c]
-        s += t * t
-    return s
+def _lloyd_run(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int, tol: float) -> LloydResult:
+    """Lloyd's iteration (the engine's, with Hamerly's bounds) on weighted colours, single-threaded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return lloyd(BoundedPoints(X, w, n_parts=1), centers, max_iter=max_iter, tol=tol)
 
 
-@numba.njit(inline="always", **_JIT)
-def _nearest2(X, i, centers):  # pragma: no cover - jitted
-    """Nearest centre (ties -> lowest index), its squared distance and the runner-up's."""
-    b = 0
-    d1 = np.inf
-    d2 = np.inf
-    for j in range(centers.shape[0]):
-        d = _d2(X, i, centers, j)
-        if d < d1:
-            d2 = d1
-            d1 = d
-            b = j
-        elif d < d2:
-            d2 = d
-    return b, d1, d2
+def _sse(X: np.ndarray, w: np.ndarray, centers: np.ndarray) -> tuple[float, np.ndarray]:
+    """Weighted squared error of the colours to their nearest centre, and the labels."""
+    labels, d = _kernels.assign_labels(X, centers, np.int64)
+    return float(w @ d), labels
 
 
-@numba.njit(**_JIT)
-def _kmeans_plusplus(X, w, k, n_trials, u_first, uniforms):  # pragma: no cover - jitted
-    """Greedy weighted k-means++ (scikit-learn's ``_kmeans_plusplus``) in one kernel.
+def _integer_palette(
+    X: np.ndarray, w: np.ndarray, centers: np.ndarray, lo: float, hi: float, max_pass: int
+) -> tuple[np.ndarray, float]:
+    """Round each cluster mean to an integer colour, re-assign, repeat while the error drops.
 
-    ``u_first`` and ``uniforms`` (k - 1, n_trials) are uniform draws in [0, 1).
+    Returns the palette (float64 holding integers) and its weighted squared error.
     """
-    n, C = X.shape
-    centers = np.empty((k, C))
-    cum = np.cumsum(w)
-    first = min(np.searchsorted(cum, u_first * cum[-1], side="right"), n - 1)
-    centers[0] = X[first]
-    closest = np.empty(n)
-    pot = 0.0
-    for i in range(n):
-        closest[i] = _d2(X, i, centers, 0)
-        pot += w[i] * closest[i]
-    trial = np.empty((n_trials, n))
-    for m in range(1, k):
-        if pot <= 0.0:  # every point sits on a centre: repeat the last one
-            for mm in range(m, k):
-                centers[mm] = centers[m - 1]
-            break
-        acc = 0.0
-        for i in range(n):
-            acc += w[i] * closest[i]
-            cum[i] = acc
-        best_pot = np.inf
-        best_t = 0
-        best_idx = 0
-        for t in range(n_trials):
-            idx = min(np.searchsorted(cum, uniforms[m - 1, t] * acc, side="right"), n - 1)
-            p = 0.0
-            for i in range(n):
-                s = _d2(X, i, X, idx)
-                if s > closest[i]:
-                    s = closest[i]
-                trial[t, i] = s
-                p += w[i] * s
-            if p < best_pot:
-                best_pot = p
-                best_t = t
-                best_idx = idx
-        centers[m] = X[best_idx]
-        for i in range(n):
-            closest[i] = trial[best_t, i]
-        pot = best_pot
-    return centers
-
-
-@numba.njit(**_JIT)
-def _lloyd_hamerly(X, w, centers, max_iter, tol):  # pragma: no cover - jitted
-    """Weighted Lloyd's iteration with Hamerly's (2010) bounds.
-
-    Same stopping rule as :func:`bigquant._lloyd.lloyd`: stop once the summed
-    squared centre shift is <= ``tol``. Sums are updated incrementally, exactly
-    for integer colours and counts. An empty cluster takes the colour farthest
-    from its centre (from a cluster that keeps other colours).
-    """
-    n, C = X.shape
-    k = centers.shape[0]
-    centers = centers.copy()
-    labels = np.empty(n, np.int64)
-    upper = np.empty(n)
-    lower = np.empty(n)
-    sums = np.zeros((k, C))
-    counts = np.zeros(k)
-    for i in range(n):
-        b, d1, d2 = _nearest2(X, i, centers)
-        labels[i] = b
-        upper[i] = math.sqrt(d1)
-        lower[i] = math.sqrt(d2)
-        counts[b] += w[i]
-        for c in range(C):
-            sums[b, c] += w[i] * X[i, c]
-    half = np.empty(k)
-    move = np.empty(k)
-    new = np.empty((k, C))
-    converged = False
-    it = 0
-    for it in range(1, max_iter + 1):
-        for j in range(k):
-            if counts[j] > 0.0:
-                continue
-            far = -1.0
-            fi = -1
-            for i in range(n):
-                if counts[labels[i]] > w[i]:
-                    d = _d2(X, i, centers, labels[i])
-                    if d > far:
-                        far = d
-                        fi = i
-            if fi < 0:
-                continue
-            a = labels[fi]
-            counts[a] -= w[fi]
-            counts[j] = w[fi]
-            for c in range(C):
-                sums[a, c] -= w[fi] * X[fi, c]
-                sums[j, c] = w[fi] * X[fi, c]
-            labels[fi] = j
-            upper[fi] = np.inf
-            lower[fi] = 0.0
-        shift = 0.0
-        max_move = 0.0
-        for j in range(k):
-            s = 0.0
-            for c in range(C):
-                v = sums[j, c] / counts[j] if counts[j] > 0.0 else centers[j, c]
-                t = v - centers[j, c]
-                s += t * t
-                new[j, c] = v
-            move[j] = math.sqrt(s)
-            shift += s
-            if move[j] > max_move:
-                max_move = move[j]
-        centers[:, :] = new
-        if shift <= tol:
-            converged = True
-            break
-        for j in range(k):
-            m = np.inf
-            for jj in range(k):
-                if jj != j:
-                    d = _d2(centers, j, centers, jj)
-                    if d < m:
-                        m = d
-            half[j] = 0.5 * math.sqrt(m)
-        for i in range(n):
-            a = labels[i]
-            upper[i] += move[a]
-            lower[i] -= max_move
-            bound = max(lower[i], half[a])
-            if upper[i] <= bound:
-                continue
-            upper[i] = math.sqrt(_d2(X, i, centers, a))
-            if upper[i] <= bound:
-                continue
-            b, d1, d2 = _nearest2(X, i, centers)
-            upper[i] = math.sqrt(d1)
-            lower[i] = math.sqrt(d2)
-            if b != a:
-                wi = w[i]
-                counts[a] -= wi
-                counts[b] += wi
-                for c in range(C):
-                    sums[a, c] -= wi * X[i, c]
-                    sums[b, c] += wi * X[i, c]
-                labels[i] = b
-    return centers, it, converged
-
-
-@numba.njit(**_JIT)
-def _assign_sse(X, w, centers, labels):  # pragma: no cover - jitted
-    """Nearest centre of every row (into ``labels``) and the weighted squared error."""
-    total = 0.0
-    for i in range(X.shape[0]):
-        b, d1, _ = _nearest2(X, i, centers)
-        labels[i] = b
-        total += w[i] * d1
-    return total
-
-
-@numba.njit(**_JIT)
-def _integer_palette(X, w, centers, labels, lo, hi, max_pass):  # pragma: no cover - jitted
-    """Round each cluster mean to an integer colour, re-assign, repeat until stable.
-
-    Returns the palette (float64 holding integers) and its weighted squared error;
-    ``labels`` ends as the nearest palette colour of every row.
-    """
-    n, C = X.shape
-    k = centers.shape[0]
-    pal = np.empty((k, C))
-    for j in range(k):
-        for c in range(C):
-            pal[j, c] = min(max(np.rint(centers[j, c]), lo), hi)
-    total = _assign_sse(X, w, pal, labels)
+    k, n_channels = centers.shape
+    pal = np.clip(np.rint(centers), lo, hi)
+    total, labels = _sse(X, w, pal)
     for _ in range(max_pass):
-        counts = np.zeros(k)
-        sums = np.zeros((k, C))
-        for i in range(n):
-            counts[labels[i]] += w[i]
-            for c in range(C):
-                sums[labels[i], c] += w[i] * X[i, c]
-        for j in range(k):
-            if counts[j] > 0.0:
-                for c in range(C):
-                    pal[j, c] = min(max(np.rint(sums[j, c] / counts[j]), lo), hi)
-        new_total = _assign_sse(X, w, pal, labels)
+        counts = np.bincount(labels, weights=w, minlength=k)
+        sums = np.stack([np.bincount(labels, weights=w * X[:, c], minlength=k) for c in range(n_channels)], 1)
+        new = pal.copy()
+        filled = counts > 0
+        new[filled] = np.clip(np.rint(sums[filled] / counts[filled, None]), lo, hi)
+        new_total, new_labels = _sse(X, w, new)
         if new_total >= total:
-            total = new_total
             break
-        total = new_total
+        pal, total, labels = new, new_total, new_labels
     return pal, total
 
 
@@ -327,26 +139,6 @@ class HistogramFit:
     converged: bool
 
 
-def _coarsen(X: np.ndarray, w: np.ndarray, drop: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge colours equal once ``drop`` low bits are dropped: bin means and weights."""
-    q = X.astype(np.int64) >> drop
-    width = bits - drop
-    code = np.zeros(X.shape[0], np.int64)
-    for c in range(X.shape[1]):
-        code = (code << width) | q[:, c]
-    if width * X.shape[1] <= 24:  # a dense table is faster than sorting
-        size = 1 << (width * X.shape[1])
-        weight = np.bincount(code, weights=w, minlength=size)
-        used = np.flatnonzero(weight)
-        sums = [np.bincount(code, weights=w * X[:, c], minlength=size)[used] for c in range(X.shape[1])]
-        weight = weight[used]
-    else:
-        _, inv = np.unique(code, return_inverse=True)
-        weight = np.bincount(inv, weights=w)
-        sums = [np.bincount(inv, weights=w * X[:, c]) for c in range(X.shape[1])]
-    return np.stack(sums, axis=1) / weight[:, None], weight
-
-
 def histogram_pyramid(
     histogram: ColourHistogram | tuple[np.ndarray, np.ndarray],
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -377,7 +169,7 @@ def histogram_pyramid(
     for drop in range(1, bits):
         if levels[0][0].shape[0] <= target or len(levels) == 3:
             break
-        Xs, ws = _coarsen(X, w, drop, bits)
+        Xs, ws = coarsen_colours(X, w, drop, bits)
         if Xs.shape[0] <= target:
             levels.insert(0, (Xs, ws))
             target //= 4
@@ -391,28 +183,9 @@ def _colours_counts(histogram: ColourHistogram | tuple[np.ndarray, np.ndarray]) 
     return np.asarray(colours), np.asarray(counts)
 
 
-@numba.njit(**_JIT)
-def _mean_variance(X, w):  # pragma: no cover - jitted
-    """Weighted per-channel variance, averaged over the channels (two passes, no temporaries)."""
-    n, C = X.shape
-    total = 0.0
-    mean = np.zeros(C)
-    for i in range(n):
-        total += w[i]
-        for c in range(C):
-            mean[c] += w[i] * X[i, c]
-    mean /= total
-    var = 0.0
-    for i in range(n):
-        for c in range(C):
-            t = X[i, c] - mean[c]
-            var += w[i] * t * t
-    return var / total / C
-
-
 def _tolerance(X: np.ndarray, w: np.ndarray, tol: float) -> float:
     """``tol`` times the weighted mean per-channel variance (as :class:`bigquant.KMeans`)."""
-    return float(tol) * float(_mean_variance(X, w))
+    return float(tol) * float(np.mean(InMemoryPoints(X, w, n_parts=1).moments()[2]))
 
 
 def fit_histogram(
@@ -479,8 +252,6 @@ def fit_histogram(
         lo, hi, out_dtype = float(info.min), float(info.max), colours.dtype
     else:
         lo, hi, out_dtype = -np.inf, np.inf, None
-    labels = np.empty(X.shape[0], np.int64)
-
     if X.shape[0] <= k:
         # every colour is its own palette entry: cost 0
         centers = np.concatenate([X, np.repeat(X[-1:], k - X.shape[0], axis=0)])
@@ -488,10 +259,9 @@ def fit_histogram(
         return HistogramFit(centers, pal, 0.0, 0, 0, True)
 
     tol_abs = _tolerance(X, w, tol)
-    n_trials = 2 + int(np.log(k))
 
     def seed(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return _kmeans_plusplus(points, weights, k, n_trials, rng.random(), rng.random((max(k - 1, 1), n_trials)))
+        return kmeans_plusplus(points, weights, k, rng)
 
     n_init = int(n_init)
     # coarse-to-fine: the seeds are drawn and run on the coarsest histogram, the
@@ -501,11 +271,10 @@ def fit_histogram(
         starts = [seed(*coarse[0]) for _ in range(n_init)]
         for depth, (Xs, ws) in enumerate(coarse):
             tol_s = _tolerance(Xs, ws, tol)
-            lab_s = np.empty(Xs.shape[0], np.int64)
             scored = []
             for c0 in starts:
-                c, _, _ = _lloyd_hamerly(Xs, ws, c0, max_iter, tol_s)
-                scored.append((_assign_sse(Xs, ws, c, lab_s), c))
+                run = _lloyd_run(Xs, ws, c0, max_iter, tol_s)
+                scored.append((run.inertia, run.centers))
             scored.sort(key=lambda t: t[0])
             keep = N_REFINED if depth == len(coarse) - 1 else max(N_REFINED, len(scored) // 4)
             starts = [c for _, c in scored[:keep]]
@@ -515,13 +284,13 @@ def fit_histogram(
     best: HistogramFit | None = None
     total_iter = 0
     for start in starts:
-        centers, n_iter, converged = _lloyd_hamerly(X, w, start, max_iter, tol_abs)
-        total_iter += int(n_iter)
-        inertia = float(_assign_sse(X, w, centers, labels))
+        run = _lloyd_run(X, w, start, max_iter, tol_abs)
+        centers, converged, inertia = run.centers, run.converged, run.inertia
+        total_iter += run.n_iter
         if out_dtype is None:
             pal, cost = centers, inertia
         else:
-            pal, cost = _integer_palette(X, w, centers, labels, lo, hi, 50)
+            pal, cost = _integer_palette(X, w, centers, lo, hi, 50)
         if best is None or cost < best.cost:
             palette = pal if out_dtype is None else pal.astype(out_dtype)
             best = HistogramFit(centers, palette, inertia, int(round(cost)) if out_dtype is not None else cost,

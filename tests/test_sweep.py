@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from bigquant._lloyd import lloyd
 from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.histogram import colour_histogram
 from bigquant.sweep import SweepResult, elbow, fit_histogram, parse_ks, read_rows, sweep
@@ -50,21 +49,6 @@ def test_elbow_toy_curve():
 
 
 # --------------------------------------------------------------------------- fit_histogram
-
-
-def test_hamerly_lloyd_matches_reference_lloyd(photo):
-    """The bounded Lloyd kernel gives the same centres and iterations as bigquant's Lloyd."""
-    hist = colour_histogram(photo)
-    X = hist.colours.astype(np.float64)
-    w = hist.counts.astype(np.float64)
-    rng = np.random.default_rng(0)
-    init = X[rng.choice(X.shape[0], 12, replace=False)]
-    tol = sweep_mod._tolerance(X, w, 1e-4)
-    ref = lloyd(hist.points(), init, max_iter=300, tol=tol)
-    centers, n_iter, converged = sweep_mod._lloyd_hamerly(X, w, init, 300, tol)
-    assert converged and ref.converged
-    assert n_iter == ref.n_iter
-    np.testing.assert_allclose(centers, ref.centers, rtol=0, atol=1e-9)
 
 
 def test_fit_histogram_cost_is_the_quantized_image_error(photo):
