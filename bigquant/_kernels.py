@@ -441,15 +441,13 @@ def oversample(X, weights, use_weights, centers_t, row0, col0, block_width, imag
 
 
 @numba.njit(**_JIT)
-def bounded_step(X, weights, centers_t, drift, max_drift, half_sep, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
+def bounded_step(X, weights, centers_t, drift, max_drift, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
     """One Lloyd assignment with Hamerly's bounds, updating the sums in place.
 
     ``upper[i]`` bounds the distance of point ``i`` to its centre and
-    ``lower[i]`` the distance to any other centre; ``half_sep[j]`` is half the
-    distance from centre ``j`` to the nearest other centre. A point is only
-    re-examined when the bounds, moved by the centre drifts, no longer prove
-    that its label stands (with a safety margin for rounding), first with its
-    exact distance to its own centre, then by a full scan; a proven label is
+    ``lower[i]`` the distance to any other centre. A point is only re-examined
+    when the bounds, moved by the centre drifts, no longer prove that its label
+    stands (with a safety margin for rounding); otherwise the label is provably
     what a full scan would give. Re-examined points get the full scan (ties to
     the lowest index) and, if they move, their weighted coordinates move
     between the per-cluster ``sums`` (and ``counts``, ``sqnorm``). With integer
@@ -464,18 +462,7 @@ def bounded_step(X, weights, centers_t, drift, max_drift, half_sep, labels, uppe
         if not first:
             u = upper[i] + drift[a]
             low = lower[i] - max_drift
-            bound = low if low > half_sep[a] else half_sep[a]
-            if u * (1.0 + 1e-9) + 1e-9 < bound:
-                upper[i] = u
-                lower[i] = low
-                continue
-            # tighten the upper bound to the exact distance before a full scan
-            d_a = 0.0
-            for c in range(n_channels):
-                t = np.float64(X[i, c]) - centers_t[c, a]
-                d_a += t * t
-            u = np.sqrt(d_a)
-            if u * (1.0 + 1e-9) + 1e-9 < bound:
+            if u * (1.0 + 1e-9) + 1e-9 < low:
                 upper[i] = u
                 lower[i] = low
                 continue

@@ -494,19 +494,13 @@ class BoundedPoints(InMemoryPoints):
             drift = np.sqrt(((centers - self._previous) ** 2).sum(axis=1))
         max_drift = float(drift.max()) if drift.size else 0.0
         centers_t = np.ascontiguousarray(centers.T)
-        if centers.shape[0] > 1:
-            sep = np.sqrt(((centers[:, None, :] - centers[None, :, :]) ** 2).sum(axis=-1))
-            np.fill_diagonal(sep, np.inf)
-            half_sep = sep.min(axis=1) / 2
-        else:
-            half_sep = np.full(1, np.inf)
         states = self._state
         assert states is not None
 
         def one(args):
             seg, st = args
             return _kernels.bounded_step(
-                self.X[seg], self.weights[seg], centers_t, drift, max_drift, half_sep, st["labels"],
+                self.X[seg], self.weights[seg], centers_t, drift, max_drift, st["labels"],
                 st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
             )
 
