@@ -487,8 +487,14 @@ _COMMANDS = {"quantize": _cmd_quantize, "sweep": _cmd_sweep, "info": _cmd_info, 
 # --------------------------------------------------------------------------- main
 
 
+#: library hints in error messages, as the command line spells them
+_CLI_SPELLING = {"pass overwrite=True": "pass --overwrite"}
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    for library, command_line in _CLI_SPELLING.items():
+        text = text.replace(library, command_line)
     return text
 
 
