@@ -104,7 +104,8 @@ def test_existing_output_is_not_replaced_without_overwrite(capsys, photo_png, tm
     out = tmp_path / "o.tif"
     out.write_bytes(b"keep me")
     assert main(["quantize", str(photo_png), str(out), "-k", "4", "--no-cluster"]) == 1
-    assert "exists" in _one_line(capsys.readouterr().err)
+    err = _one_line(capsys.readouterr().err)
+    assert "exists" in err and "--overwrite" in err and "overwrite=True" not in err
     assert out.read_bytes() == b"keep me"
 
 
