@@ -1,39 +1,43 @@
-"""bigquant: exact, fast, memory-bounded k-means colour quantization on Dask."""
+"""bigquant: exact, fast, memory-bounded k-means colour quantization on Dask.
+
+- estimators: :class:`KMeans`, :class:`MiniBatchKMeans` (numpy or dask arrays, images)
+- images: :func:`read_image`, :func:`write_image`, :func:`quantize` (the whole job)
+- where it runs: :func:`connect`; choosing k: :func:`sweep`
+- the blog walkthrough's API: ``from bigquant import image, model``
+"""
 
 from __future__ import annotations
 
 from bigquant import errors
 from bigquant.histogram import ColourHistogram, colour_histogram
+from bigquant.io import ImageSource, read_image, write_image
 from bigquant.kmeans import KMeans
+from bigquant.minibatch import MiniBatchKMeans
+from bigquant.quantize import quantize
+from bigquant.runtime import Runtime, connect
+from bigquant.sweep import SweepResult, sweep
+
+# the walkthrough's modules (after the engine: they build on it)
+from bigquant import image, model, plotting  # noqa: E402  isort: skip
 
 __version__ = "0.1.0"
 
-__all__: list[str] = [
+__all__ = [
     "__version__",
     "errors",
     "KMeans",
+    "MiniBatchKMeans",
     "ColourHistogram",
     "colour_histogram",
+    "ImageSource",
+    "read_image",
+    "write_image",
+    "quantize",
+    "Runtime",
+    "connect",
+    "SweepResult",
+    "sweep",
+    "image",
+    "model",
+    "plotting",
 ]
-
-# The walkthrough's API: ``from bigquant import image, model`` (and their plots).
-from bigquant import image, model, plotting  # noqa: E402
-
-__all__ += ["image", "model", "plotting"]
-
-# Out-of-core image IO and the end-to-end pipeline.
-from bigquant.io import ImageSource, read_image, write_image  # noqa: E402
-from bigquant.quantize import quantize  # noqa: E402
-
-__all__ += ["ImageSource", "read_image", "write_image", "quantize"]
-
-# Mini-batch k-means for data too big to iterate over.
-from bigquant.minibatch import MiniBatchKMeans  # noqa: E402
-
-__all__ += ["MiniBatchKMeans"]
-
-# Where it runs (local or remote Dask cluster) and the k-sweep runner.
-from bigquant.runtime import Runtime, connect  # noqa: E402
-from bigquant.sweep import SweepResult, sweep  # noqa: E402
-
-__all__ += ["Runtime", "connect", "SweepResult", "sweep"]
