@@ -12,6 +12,10 @@ the colour-histogram path and the lookup table give bit-identical labels.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import numba
 import numpy as np
 
@@ -239,6 +243,51 @@ def _nonzero_counts(table):  # pragma: no cover
     return codes, counts
 
 
+_TABLES = threading.local()
+
+
+@contextlib.contextmanager
+def _counter_table(size: int) -> Iterator[np.ndarray]:
+    """This thread's all-zero uint32 counter table of ``size`` entries, reused.
+
+    Allocating and zeroing 64 MB per block costs as much as counting the
+    block; the table is instead kept per thread and handed back all-zero
+    (callers clear the entries they used; after an error it is dropped).
+    """
+    tables = _TABLES.__dict__.setdefault("tables", {})
+    table = tables.pop(size, None)
+    if table is None:
+        table = np.zeros(size, dtype=np.uint32)
+    yield table
+    tables[size] = table  # not reached after an exception: a dirty table is dropped
+
+
+@numba.njit(**_JIT)
+def _take_nonzero(table):  # pragma: no cover
+    """Sorted codes and counts of the non-zero entries, which are reset to zero."""
+    n = 0
+    for v in table:
+        if v:
+            n += 1
+    codes = np.empty(n, dtype=np.uint32)
+    counts = np.empty(n, dtype=np.int64)
+    j = 0
+    for code in range(table.shape[0]):
+        v = table[code]
+        if v:
+            codes[j] = code
+            counts[j] = v
+            table[code] = 0
+            j += 1
+    return codes, counts
+
+
+@numba.njit(**_JIT)
+def _add_sparse(table, codes, counts):  # pragma: no cover
+    for i in range(codes.shape[0]):
+        table[codes[i]] += counts[i]
+
+
 def count_codes_dense(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct colours of ``X`` as sorted uint32 codes and their int64 counts.
 
@@ -250,10 +299,13 @@ def count_codes_dense(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]
         Bits per channel.
     """
     total_bits = bits * X.shape[1]
-    table_dtype = np.uint32 if X.shape[0] < 2**32 else np.uint64
-    table = np.zeros(1 << total_bits, dtype=table_dtype)
-    _count_dense(X, bits, table)
-    return _nonzero_counts(table)
+    if X.shape[0] >= 2**32:  # counts could overflow the shared uint32 table
+        table = np.zeros(1 << total_bits, dtype=np.uint64)
+        _count_dense(X, bits, table)
+        return _nonzero_counts(table)
+    with _counter_table(1 << total_bits) as table:
+        _count_dense(X, bits, table)
+        return _take_nonzero(table)
 
 
 def count_codes(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -306,9 +358,25 @@ def _merge(a_codes, a_counts, b_codes, b_counts):  # pragma: no cover
 def merge_sparse_counts(
     parts: list[tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sum sparse histograms given as (sorted codes, counts) pairs."""
+    """Sum sparse histograms given as (sorted codes, counts) pairs.
+
+    Several large parts are added into a dense counter table (linear in their
+    total size); small or overflowing ones are merged pairwise.
+    """
+    parts = [p for p in parts if p[0].shape[0]]
     if not parts:
         return np.empty(0, np.uint32), np.empty(0, np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    max_code = max(int(p[0][-1]) for p in parts)
+    size = 1 << max(int(max_code).bit_length(), 8)
+    total_entries = sum(p[0].shape[0] for p in parts)
+    total_count = sum(int(p[1].sum()) for p in parts)
+    if size <= (1 << 24) and size <= 64 * total_entries and total_count < 2**32:
+        with _counter_table(size) as table:
+            for codes, counts in parts:
+                _add_sparse(table, codes, counts)
+            return _take_nonzero(table)
     # merge pairwise, smallest first keeps the work near-linear
     parts = sorted(parts, key=lambda p: p[0].shape[0])
     codes, counts = parts[0]
