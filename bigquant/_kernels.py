@@ -12,10 +12,6 @@ the colour-histogram path and the lookup table give bit-identical labels.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-
 import numba
 import numpy as np
 
@@ -226,45 +222,8 @@ def _count_dense(X, bits, table):  # pragma: no cover
 
 
 @numba.njit(**_JIT)
-def _nonzero_counts(table):  # pragma: no cover
-    n = 0
-    for v in table:
-        if v:
-            n += 1
-    codes = np.empty(n, dtype=np.uint32)
-    counts = np.empty(n, dtype=np.int64)
-    j = 0
-    for code in range(table.shape[0]):
-        v = table[code]
-        if v:
-            codes[j] = code
-            counts[j] = v
-            j += 1
-    return codes, counts
-
-
-_TABLES = threading.local()
-
-
-@contextlib.contextmanager
-def _counter_table(size: int) -> Iterator[np.ndarray]:
-    """This thread's all-zero uint32 counter table of ``size`` entries, reused.
-
-    Allocating and zeroing 64 MB per block costs as much as counting the
-    block; the table is instead kept per thread and handed back all-zero
-    (callers clear the entries they used; after an error it is dropped).
-    """
-    tables = _TABLES.__dict__.setdefault("tables", {})
-    table = tables.pop(size, None)
-    if table is None:
-        table = np.zeros(size, dtype=np.uint32)
-    yield table
-    tables[size] = table  # not reached after an exception: a dirty table is dropped
-
-
-@numba.njit(**_JIT)
 def _take_nonzero(table):  # pragma: no cover
-    """Sorted codes and counts of the non-zero entries, which are reset to zero."""
+    """Sorted codes and counts of the non-zero entries of a counter table."""
     n = 0
     for v in table:
         if v:
@@ -277,7 +236,6 @@ def _take_nonzero(table):  # pragma: no cover
         if v:
             codes[j] = code
             counts[j] = v
-            table[code] = 0
             j += 1
     return codes, counts
 
@@ -299,13 +257,10 @@ def count_codes_dense(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]
         Bits per channel.
     """
     total_bits = bits * X.shape[1]
-    if X.shape[0] >= 2**32:  # counts could overflow the shared uint32 table
-        table = np.zeros(1 << total_bits, dtype=np.uint64)
-        _count_dense(X, bits, table)
-        return _nonzero_counts(table)
-    with _counter_table(1 << total_bits) as table:
-        _count_dense(X, bits, table)
-        return _take_nonzero(table)
+    # a fresh calloc'd table: untouched pages cost nothing, and nothing stays allocated
+    table = np.zeros(1 << total_bits, dtype=np.uint32 if X.shape[0] < 2**32 else np.uint64)
+    _count_dense(X, bits, table)
+    return _take_nonzero(table)
 
 
 def count_codes(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -373,10 +328,10 @@ def merge_sparse_counts(
     total_entries = sum(p[0].shape[0] for p in parts)
     total_count = sum(int(p[1].sum()) for p in parts)
     if size <= (1 << 24) and size <= 64 * total_entries and total_count < 2**32:
-        with _counter_table(size) as table:
-            for codes, counts in parts:
-                _add_sparse(table, codes, counts)
-            return _take_nonzero(table)
+        table = np.zeros(size, dtype=np.uint32)
+        for codes, counts in parts:
+            _add_sparse(table, codes, counts)
+        return _take_nonzero(table)
     # merge pairwise, smallest first keeps the work near-linear
     parts = sorted(parts, key=lambda p: p[0].shape[0])
     codes, counts = parts[0]
