@@ -246,12 +246,17 @@ def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
+    from bigquant.io._atomic import check_target
     from bigquant.progress import LloydProgress, Line, progress
     from bigquant.quantize import quantize
 
     compression = None if str(args.compression).lower() == "none" else args.compression
     if not pathlib.Path(args.input).exists() and "://" not in args.input:
         raise FileNotFoundError(f"{args.input}: no such file")
+    # outputs are checked again by quantize; here, before a cluster is started for nothing
+    for target in (args.output, args.palette_out, args.preview):
+        if target:
+            check_target(pathlib.Path(target).expanduser(), overwrite=args.overwrite)
     line = Line()
     bar = LloydProgress(args.max_iter, line=line) if _show_progress(args) else None
     start = time.perf_counter()

@@ -255,3 +255,13 @@ def test_subprocess_demo_on_a_local_cluster_prints_the_dashboard(tmp_path):
     assert "dashboard: http://127.0.0.1:" in proc.stderr
     assert "local cluster tcp://" in proc.stderr
     assert (folder / "quantized.tif").exists() and (folder / "comparison.png").exists()
+
+
+def test_existing_output_fails_before_a_cluster_starts(capsys, photo_png, tmp_path):
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"keep me")
+    assert main(["quantize", str(photo_png), str(out), "-k", "4", "--dashboard", "none"]) == 1
+    captured = capsys.readouterr()
+    assert "--overwrite" in captured.err
+    assert "cluster" not in captured.out + captured.err
+    assert out.read_bytes() == b"keep me"
