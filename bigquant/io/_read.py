@@ -71,14 +71,10 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     return ImageSource(
         data=arr,
         path=path,
-        shape=tuple(int(s) for s in arr.shape),
-        dtype=arr.dtype,
         tile=None,
         photometric=photometric,
-        channels=channels,
         format=fmt,
         levels=1,
-        nbytes=int(arr.nbytes),
         extra=extra or {},
     )
 
@@ -120,14 +116,10 @@ def _read_zarr(src: Any, chunks: ChunksLike, level: int) -> ImageSource:
     return ImageSource(
         data=data,
         path=path,
-        shape=tuple(int(s) for s in arr.shape),
-        dtype=np.dtype(arr.dtype),
         tile=zchunks[:2],
         photometric=photometric or ("rgb" if channels in (3, 4) else "minisblack"),
-        channels=channels,
         format="zarr",
         levels=levels,
-        nbytes=int(np.prod(arr.shape)) * np.dtype(arr.dtype).itemsize,
         level=level,
         extra={"attrs": attrs},
     )

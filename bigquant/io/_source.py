@@ -51,17 +51,33 @@ class ImageSource:
 
     data: Any
     path: pathlib.Path | None
-    shape: tuple[int, ...]
-    dtype: np.dtype
     tile: tuple[int, int] | None
     photometric: str | None
-    channels: int
     format: str
     levels: int = 1
-    nbytes: int = 0
     level: int = 0
     series: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of ``data``."""
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Data type of ``data``."""
+        return np.dtype(self.data.dtype)
+
+    @property
+    def channels(self) -> int:
+        """Number of channels C (1 for a 2-D gray image)."""
+        return int(self.shape[2]) if len(self.shape) == 3 else 1
+
+    @property
+    def nbytes(self) -> int:
+        """Size of ``data`` in bytes once computed."""
+        return int(self.data.nbytes)
 
     @property
     def height(self) -> int:

@@ -249,7 +249,6 @@ def read_tiff(
         inline_array=True,
         meta=np.empty((0,) * len(shape), dtype=dtype),
     )
-    channels = int(shape[2]) if len(shape) == 3 else 1
     if colormap is not None and data.ndim == 2 and dtype.kind == "u":
         lut = _palette_lut(colormap)
         data = data.map_blocks(
@@ -261,7 +260,6 @@ def read_tiff(
             name=f"bigquant-read-palette-{token}",
             meta=np.empty((0, 0, 0), dtype=lut.dtype),
         )
-        channels = 3
     logger.debug(
         "%s: %s %s, tile %s, %s, chunks %s", path, data.shape, data.dtype, tile,
         photometric, data.chunksize,
@@ -269,14 +267,10 @@ def read_tiff(
     return ImageSource(
         data=data,
         path=path,
-        shape=tuple(int(s) for s in data.shape),
-        dtype=data.dtype,
         tile=tile,
         photometric=photometric,
-        channels=channels,
         format="ome-tiff" if is_ome else "tiff",
         levels=nlevels,
-        nbytes=int(data.nbytes),
         level=level,
         series=series,
     )
