@@ -31,7 +31,7 @@ from bigquant.errors import (
     InvalidInputError,
     InvalidParameterError,
 )
-from bigquant.plotting import display_images, plot_rgb_vector
+from bigquant.plotting import _is_dask, display_images, plot_rgb_vector
 
 __all__ = [
     "Image",
@@ -42,10 +42,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_dask(x: Any) -> bool:
-    return type(x).__module__.startswith("dask.")
 
 
 def to_uint8(x: Any) -> Any:

@@ -31,7 +31,7 @@ import numpy as np
 
 from bigquant._typing import InitMethod, SeedLike, Strategy
 from bigquant.errors import InvalidInputError, NotFittedError
-from bigquant.image import Image, to_uint8
+from bigquant.image import Image, _is_dask, to_uint8
 from bigquant.kmeans import KMeans as _KMeans
 from bigquant.plotting import plot_k_metrics
 
@@ -45,10 +45,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_dask(x: Any) -> bool:
-    return type(x).__module__.startswith("dask.")
 
 
 def _pixels(x: Any) -> Any:
