@@ -184,14 +184,19 @@ def moments(X, weights, use_weights):  # pragma: no cover
 # --------------------------------------------------------------------------- colours
 
 
+@numba.njit(inline="always", **_JIT)
+def _code(X, i, bits):  # pragma: no cover
+    """The colour code of row ``i``: its channels packed ``bits`` apart, first channel highest."""
+    code = np.uint32(0)
+    for c in range(X.shape[1]):
+        code = (code << np.uint32(bits)) | np.uint32(X[i, c])
+    return code
+
+
 @numba.njit(**_JIT)
 def _encode(X, bits, codes):  # pragma: no cover
-    n, n_channels = X.shape
-    for i in range(n):
-        code = np.uint32(0)
-        for c in range(n_channels):
-            code = (code << np.uint32(bits)) | np.uint32(X[i, c])
-        codes[i] = code
+    for i in range(X.shape[0]):
+        codes[i] = _code(X, i, bits)
 
 
 def encode_colours(X: np.ndarray, bits: int) -> np.ndarray:
@@ -213,12 +218,8 @@ def decode_colours(codes: np.ndarray, n_channels: int, bits: int, dtype: np.dtyp
 
 @numba.njit(**_JIT)
 def _count_dense(X, bits, table):  # pragma: no cover
-    n, n_channels = X.shape
-    for i in range(n):
-        code = np.uint32(0)
-        for c in range(n_channels):
-            code = (code << np.uint32(bits)) | np.uint32(X[i, c])
-        table[code] += 1
+    for i in range(X.shape[0]):
+        table[_code(X, i, bits)] += 1
 
 
 @numba.njit(**_JIT)
@@ -358,14 +359,11 @@ def build_lut(codes: np.ndarray, labels: np.ndarray, total_bits: int, sentinel: 
 
 @numba.njit(**_JIT)
 def _lookup(X, bits, lut, sentinel, centers_t, labels):  # pragma: no cover
-    n, n_channels = X.shape
+    n = X.shape[0]
     k = centers_t.shape[1]
     dist = np.empty(k, dtype=np.float64)
     for i in range(n):
-        code = np.uint32(0)
-        for c in range(n_channels):
-            code = (code << np.uint32(bits)) | np.uint32(X[i, c])
-        lab = lut[code]
+        lab = lut[_code(X, i, bits)]
         if lab == sentinel:
             best, _ = _nearest(X, i, centers_t, dist)
             labels[i] = best
