@@ -703,6 +703,15 @@ def sweep(
     if client is None:
         client = active_client()
     rows = list(kept)
+
+    def record(row: SweepRow) -> None:
+        """Keep a finished k: in the results, the CSV and the caller's callback."""
+        rows.append(row)
+        if log is not None:
+            log.write(row)
+        if callback is not None:
+            callback(row)
+
     try:
         if isinstance(src, ColourHistogram):
             hist: ColourHistogram | None = src
@@ -738,23 +747,14 @@ def sweep(
                                fit.n_iter, seconds, _format_palette(fit.palette))
                 logger.info("k=%d: cost %.6g, PSNR %.2f dB, %d iterations, %.3f s", k, row.cost, row.psnr,
                             row.n_iter, seconds)
-                rows.append(row)
-                if log is not None:
-                    log.write(row)
-                if callback is not None:
-                    callback(row)
+                record(row)
         else:
             n_pixels = int(np.prod(data.shape[:-1]))
             n_colours = None
             used = "pixels" if strategy in ("auto", "histogram") else strategy
             for k in todo:
                 with _on(client):
-                    row = _fit_pixels(data, k, used, n_init, max_iter, tol, base, peak)
-                rows.append(row)
-                if log is not None:
-                    log.write(row)
-                if callback is not None:
-                    callback(row)
+                    record(_fit_pixels(data, k, used, n_init, max_iter, tol, base, peak))
     finally:
         if log is not None:
             log.close()
