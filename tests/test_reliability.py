@@ -8,6 +8,7 @@ several jobs can share one cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import textwrap
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -177,6 +179,24 @@ def _run_fit(script: Path, checkpoint: str, slow: float) -> tuple[list[int], np.
     return iterations, np.load(io.BytesIO(b"\x93NUMPY" + tail))
 
 
+@contextlib.contextmanager
+def _subprocess(args: list[str]) -> Iterator[subprocess.Popen]:
+    """A Python subprocess with piped stdout, killed and reaped on the way out."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+
+
+def _sigkill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+
+
 def test_fit_killed_in_a_subprocess_resumes_in_another(tmp_path):
     script = tmp_path / "fit.py"
     script.write_text(_FIT_SCRIPT)
@@ -184,9 +204,7 @@ def test_fit_killed_in_a_subprocess_resumes_in_another(tmp_path):
     reference_iterations, reference = _run_fit(script, "", 0)
     assert len(reference_iterations) > 12
 
-    proc = subprocess.Popen([sys.executable, str(script), str(checkpoint), "0.25"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    try:
+    with _subprocess([sys.executable, str(script), str(checkpoint), "0.25"]) as proc:
         seen = 0
         deadline = time.monotonic() + 90
         while seen < 7 and time.monotonic() < deadline:
@@ -196,13 +214,7 @@ def test_fit_killed_in_a_subprocess_resumes_in_another(tmp_path):
             if line.startswith(b"iteration"):
                 seen = int(line.split()[1])
         assert seen == 7, "the fit did not get to iteration 7"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-        proc.stdout.close()
+        _sigkill(proc)
     assert checkpoint.exists()
 
     iterations, resumed = _run_fit(script, str(checkpoint), 0)
@@ -394,17 +406,9 @@ def test_process_killed_while_writing_leaves_no_output(source_tiff, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     dst, palette = out / "q.tif", out / "q.json"
-    proc = subprocess.Popen([sys.executable, str(script), str(source_tiff), str(dst), str(palette)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
+    with _subprocess([sys.executable, str(script), str(source_tiff), str(dst), str(palette)]) as proc:
         assert proc.stdout.readline().strip() == b"writing"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-        proc.stdout.close()
+        _sigkill(proc)
     assert not dst.exists() and not palette.exists()
     leftovers = {p.name for p in out.iterdir()}
     assert all(name.startswith(".q.") for name in leftovers), leftovers  # only hidden temporaries
