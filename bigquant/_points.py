@@ -38,6 +38,7 @@ __all__ = [
     "InMemoryPoints",
     "DaskPoints",
     "tree_reduce",
+    "block_tree",
     "n_threads",
 ]
 
@@ -268,6 +269,40 @@ def tree_reduce(
     return layer, current[0]
 
 
+def block_tree(
+    prefix: str,
+    X: da.Array,
+    weights: da.Array | None,
+    block_func: Callable,
+    extra: tuple,
+    combine: Callable,
+    *,
+    split_every: int = 8,
+    per_block: Sequence[Any] | None = None,
+) -> Delayed:
+    """One ``block_func`` task per block of ``X``, tree-reduced by ``combine``.
+
+    Each task is ``block_func(block, weight_block_or_None, [per_block[i],] *extra)``;
+    keys are ``bigquant-<prefix>-<token>`` and ``bigquant-<prefix>-sum-<token>``,
+    so the dashboard shows what runs.
+    """
+    token = tokenize(X, weights, block_func.__name__, per_block, *extra)
+    name = f"bigquant-{prefix}-{token}"
+    wkeys = None if weights is None else list(flatten(weights.__dask_keys__()))
+    layer: dict[Any, Any] = {}
+    block_keys = []
+    for i, key in enumerate(flatten(X.__dask_keys__())):
+        wkey = None if wkeys is None else wkeys[i]
+        own = () if per_block is None else (per_block[i],)
+        layer[(name, i)] = (block_func, key, wkey, *own, *extra)
+        block_keys.append((name, i))
+    tree, root = tree_reduce(f"bigquant-{prefix}-sum-{token}", block_keys, combine, split_every=split_every)
+    layer.update(tree)
+    deps = [X] if weights is None else [X, weights]
+    graph = HighLevelGraph.from_collections(root[0], layer, dependencies=deps)
+    return Delayed(root, graph, layer=root[0])
+
+
 def _sum_tuples(parts: list[tuple]) -> tuple:
     """Element-wise sum of (sums, counts, inertia) tuples."""
     sums = np.sum([p[0] for p in parts], axis=0)
@@ -331,23 +366,17 @@ class DaskPoints:
         self.weights = weights
         self.n_channels = X.shape[-1]
         self.split_every = split_every
-        self._keys = list(flatten(X.__dask_keys__()))
-        self._wkeys = None if weights is None else list(flatten(weights.__dask_keys__()))
 
-    def _run(self, prefix: str, block_func: Callable, extra: tuple, combine: Callable, final=None):
-        token = tokenize(self.X, self.weights, block_func.__name__, *extra)
-        bname = f"bigquant-{prefix}-{token}"
-        layer: dict[Any, Any] = {}
-        block_keys = []
-        for i, key in enumerate(self._keys):
-            wkey = None if self._wkeys is None else self._wkeys[i]
-            layer[(bname, i)] = (block_func, key, wkey, *extra)
-            block_keys.append((bname, i))
-        tree, root = tree_reduce(f"bigquant-{prefix}-sum-{token}", block_keys, combine, split_every=self.split_every)
-        layer.update(tree)
-        deps = [self.X] if self.weights is None else [self.X, self.weights]
-        graph = HighLevelGraph.from_collections(root[0], layer, dependencies=deps)
-        return Delayed(root, graph, layer=root[0])
+    def _run(
+        self,
+        prefix: str,
+        block_func: Callable,
+        extra: tuple,
+        combine: Callable,
+        per_block: Sequence[Any] | None = None,
+    ) -> Delayed:
+        return block_tree(prefix, self.X, self.weights, block_func, extra, combine,
+                          split_every=self.split_every, per_block=per_block)
 
     def partial_sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         centers = np.asarray(centers, dtype=np.float64)
@@ -428,22 +457,10 @@ def _block_offsets(X: da.Array) -> list[tuple[int, int, int, int]]:
 def _oversample_pass(points: DaskPoints, centers: np.ndarray, seed: int, scale: float):
     """One k-means|| round: points kept with probability ``scale * w * d^2``, and the cost."""
     centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
-    offsets = _block_offsets(points.X)
-    token = tokenize(points.X, points.weights, centers_t, seed, scale)
-    bname = f"bigquant-init-{token}"
-    layer: dict[Any, Any] = {}
-    keys = []
-    for i, key in enumerate(points._keys):
-        wkey = None if points._wkeys is None else points._wkeys[i]
-        layer[(bname, i)] = (_block_oversample, key, wkey, offsets[i], centers_t, seed, scale)
-        keys.append((bname, i))
-    tree, root = tree_reduce(f"bigquant-init-sum-{token}", keys, _combine_oversample, split_every=points.split_every)
-    layer.update(tree)
-    deps = [points.X] if points.weights is None else [points.X, points.weights]
-    graph = HighLevelGraph.from_collections(root[0], layer, dependencies=deps)
-    (result,) = dask.compute(Delayed(root, graph, layer=root[0]))
+    graph = points._run("init", _block_oversample, (centers_t, seed, scale), _combine_oversample,
+                        per_block=_block_offsets(points.X))
+    (result,) = dask.compute(graph)
     return result
-
 
 
 class BoundedPoints(InMemoryPoints):

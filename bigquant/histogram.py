@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
-from dask.core import flatten
 from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 
 from bigquant import _kernels
-from bigquant._points import BoundedPoints, InMemoryPoints, _segments, n_threads, tree_reduce
+from bigquant._points import BoundedPoints, InMemoryPoints, _segments, block_tree, n_threads
 
 __all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "coarsen_colours", "MAX_HISTOGRAM_BITS"]
 
@@ -145,7 +141,9 @@ def coarsen_colours(
     return np.stack(sums, axis=1) / weight[:, None], weight
 
 
-def _block_counts(block: np.ndarray, bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+def _block_counts(
+    block: np.ndarray, _weights: None, bits: int, n_channels: int
+) -> tuple[np.ndarray, np.ndarray]:
     return _kernels.count_codes(block.reshape(-1, n_channels), bits)
 
 
@@ -164,20 +162,8 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
     """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts)."""
-    n_channels = X.shape[-1]
-    token = tokenize(X, bits)
-    name = f"bigquant-histogram-{token}"
-    layer: dict[Any, Any] = {}
-    keys = []
-    for i, key in enumerate(flatten(X.__dask_keys__())):
-        layer[(name, i)] = (_block_counts, key, bits, n_channels)
-        keys.append((name, i))
-    tree, root = tree_reduce(
-        f"bigquant-histogram-merge-{token}", keys, _kernels.merge_sparse_counts, split_every=split_every
-    )
-    layer.update(tree)
-    graph = HighLevelGraph.from_collections(root[0], layer, dependencies=[X])
-    return Delayed(root, graph, layer=root[0])
+    return block_tree("histogram", X, None, _block_counts, (bits, X.shape[-1]),
+                      _kernels.merge_sparse_counts, split_every=split_every)
 
 
 def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> ColourHistogram:
