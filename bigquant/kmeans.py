@@ -385,12 +385,10 @@ default="k-means++"
         n_init: int,
         tol: float,
         rng: np.random.Generator,
-        *,
-        callback: IterationCallback | None | bool = True,
     ) -> LloydResult:
         """Run Lloyd ``n_init`` times from fresh initialisations; keep the lowest inertia."""
-        cb = self.callback if callback is True else callback or None
-        ckpt = self._ckpt if callback is True else None
+        cb = self.callback
+        ckpt = self._ckpt
         state = ckpt.load() if ckpt is not None else None
         best: LloydResult | None = None
         first_run = 0
