@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 
@@ -129,8 +130,6 @@ def kmeans_parallel(
         weights = np.concatenate([weights, np.full(extra.shape[0], 1e-9)])
     centers = kmeans_plusplus(candidates, weights, n_clusters, rng)
     local = InMemoryPoints(candidates, weights)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return lloyd(local, centers, max_iter=50, tol=0.0).centers

@@ -391,22 +391,6 @@ def lookup_labels(
 
 
 @numba.njit(**_JIT)
-def potential_with(X, weights, closest, point):  # pragma: no cover
-    """``sum_i w_i * min(closest_i, |x_i - point|^2)``: the cost if ``point`` joined."""
-    n, n_channels = X.shape
-    total = 0.0
-    for i in range(n):
-        d = 0.0
-        for c in range(n_channels):
-            t = np.float64(X[i, c]) - point[c]
-            d += t * t
-        if closest[i] < d:
-            d = closest[i]
-        total += weights[i] * d
-    return total
-
-
-@numba.njit(**_JIT)
 def update_closest(X, closest, point):  # pragma: no cover
     """``closest_i = min(closest_i, |x_i - point|^2)`` in place."""
     n, n_channels = X.shape
