@@ -48,31 +48,10 @@ def kmeans_plusplus(
     """
     X = np.ascontiguousarray(X, dtype=np.float64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
-    n = X.shape[0]
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
-    centers = np.empty((n_clusters, X.shape[1]), dtype=np.float64)
-    total_w = weights.sum()
-    first = rng.choice(n, p=weights / total_w) if total_w > 0 else rng.integers(n)
-    centers[0] = X[first]
-    closest = np.full(n, np.inf)
-    _kernels.update_closest(X, closest, centers[0])
-    pot = float(closest @ weights)
-    trial_dist = np.empty((n_local_trials, n))
-    for c in range(1, n_clusters):
-        if pot <= 0:
-            # every point sits on a centre already: repeat the last one
-            centers[c:] = centers[c - 1]
-            break
-        cumulative = np.cumsum(weights * closest)
-        rand_vals = rng.uniform(size=n_local_trials) * cumulative[-1]
-        cand = np.clip(np.searchsorted(cumulative, rand_vals), None, n - 1)
-        pots = _kernels.trial_potentials(X, weights, closest, X[cand], trial_dist)
-        best = int(np.argmin(pots))
-        centers[c] = X[cand[best]]
-        closest, trial_dist[best] = trial_dist[best].copy(), closest
-        pot = float(pots[best])
-    return centers
+    uniforms = rng.random((n_clusters, n_local_trials))
+    return X[_kernels.kmeans_plusplus_greedy(X, weights, n_clusters, uniforms)]
 
 
 def random_init(

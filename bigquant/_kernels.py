@@ -32,42 +32,63 @@ _JIT = dict(nogil=True, cache=True)
 
 
 @numba.njit(inline="always", **_JIT)
-def _nearest(X, i, centers_t, dist):  # pragma: no cover - jitted
-    """Nearest centre of row ``i`` of ``X`` and its squared distance (ties -> lowest index).
+def _distances(X, i, centers_t, dist):  # pragma: no cover - jitted
+    """``dist[j] = sum_c (X[i, c] - centers_t[c, j]) ** 2``, channels added in order.
 
-    RGB gets an unrolled loop (about 15% faster); both loops add the squared
-    channel differences in channel order, so they round identically.
+    The loop over centres is innermost so that it vectorises; RGB is
+    unrolled. Both loops round identically.
     """
     n_channels, k = centers_t.shape
     if n_channels == 3:
         x0 = np.float64(X[i, 0])
         x1 = np.float64(X[i, 1])
         x2 = np.float64(X[i, 2])
-        best = 0
-        best_d = np.inf
         for j in range(k):
             a = x0 - centers_t[0, j]
             b = x1 - centers_t[1, j]
             c = x2 - centers_t[2, j]
-            d = a * a + b * b + c * c
-            if d < best_d:
-                best_d = d
-                best = j
-        return best, best_d
+            dist[j] = a * a + b * b + c * c
+        return
+    x0 = np.float64(X[i, 0])
     for j in range(k):
-        dist[j] = 0.0
-    for c in range(n_channels):
+        t = x0 - centers_t[0, j]
+        dist[j] = t * t
+    for c in range(1, n_channels):
         xc = np.float64(X[i, c])
         for j in range(k):
-            d = xc - centers_t[c, j]
-            dist[j] += d * d
+            t = xc - centers_t[c, j]
+            dist[j] += t * t
+
+
+@numba.njit(inline="always", **_JIT)
+def _nearest(X, i, centers_t, dist):  # pragma: no cover - jitted
+    """Nearest centre of row ``i`` of ``X`` and its squared distance (ties -> lowest index)."""
+    _distances(X, i, centers_t, dist)
     best = 0
     best_d = dist[0]
-    for j in range(1, k):
+    for j in range(1, centers_t.shape[1]):
         if dist[j] < best_d:
             best_d = dist[j]
             best = j
     return best, best_d
+
+
+@numba.njit(inline="always", **_JIT)
+def _nearest_two(X, i, centers_t, dist):  # pragma: no cover - jitted
+    """Like :func:`_nearest`, plus the squared distance to the second nearest centre."""
+    _distances(X, i, centers_t, dist)
+    best = 0
+    best_d = dist[0]
+    second_d = np.inf
+    for j in range(1, centers_t.shape[1]):
+        d = dist[j]
+        if d < best_d:
+            second_d = best_d
+            best_d = d
+            best = j
+        elif d < second_d:
+            second_d = d
+    return best, best_d, second_d
 
 
 @numba.njit(**_JIT)
@@ -390,19 +411,6 @@ def lookup_labels(
 # --------------------------------------------------------------------------- init
 
 
-@numba.njit(**_JIT)
-def update_closest(X, closest, point):  # pragma: no cover
-    """``closest_i = min(closest_i, |x_i - point|^2)`` in place."""
-    n, n_channels = X.shape
-    for i in range(n):
-        d = 0.0
-        for c in range(n_channels):
-            t = np.float64(X[i, c]) - point[c]
-            d += t * t
-        if d < closest[i]:
-            closest[i] = d
-
-
 @numba.njit(inline="always", **_JIT)
 def _splitmix64(x):  # pragma: no cover
     x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -445,49 +453,106 @@ def oversample(X, weights, use_weights, centers_t, row0, col0, block_width, imag
 # --------------------------------------------------------------------------- bounded Lloyd
 
 
+@numba.njit(inline="always", **_JIT)
+def _sqdist(X, i, centers_t, j):  # pragma: no cover - jitted
+    """Squared distance of row ``i`` to centre ``j``, rounded as :func:`_distances` does."""
+    t = np.float64(X[i, 0]) - centers_t[0, j]
+    d = t * t
+    for c in range(1, centers_t.shape[0]):
+        t = np.float64(X[i, c]) - centers_t[c, j]
+        d += t * t
+    return d
+
+
 @numba.njit(**_JIT)
-def bounded_step(X, weights, centers_t, drift, max_drift, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
+def _centre_neighbours(centers_t):  # pragma: no cover
+    """Distances between centres, and each centre's others ordered by distance."""
+    n_channels, k = centers_t.shape
+    between = np.zeros((k, k))
+    for a in range(k):
+        for b in range(a + 1, k):
+            d = 0.0
+            for c in range(n_channels):
+                t = centers_t[c, a] - centers_t[c, b]
+                d += t * t
+            between[a, b] = between[b, a] = np.sqrt(d)
+    order = np.empty((k, k), dtype=np.int64)
+    for a in range(k):
+        order[a] = np.argsort(between[a])
+    return between, order
+
+
+#: relative and absolute slack that keeps the bound tests safe from rounding
+_SLACK = 1e-9
+
+
+@numba.njit(**_JIT)
+def bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
     """One Lloyd assignment with Hamerly's bounds, updating the sums in place.
 
     ``upper[i]`` bounds the distance of point ``i`` to its centre and
-    ``lower[i]`` the distance to any other centre. A point is only re-examined
-    when the bounds, moved by the centre drifts, no longer prove that its label
-    stands (with a safety margin for rounding); otherwise the label is provably
-    what a full scan would give. Re-examined points get the full scan (ties to
-    the lowest index) and, if they move, their weighted coordinates move
-    between the per-cluster ``sums`` (and ``counts``, ``sqnorm``). With integer
-    data and integer weights those sums are exact, so the result is identical
-    to a full Lloyd step. Returns how many points were re-examined.
+    ``lower[i]`` the distance to any other centre; ``drift[j]`` is how far
+    centre ``j`` moved since the last step. A point whose bounds, moved by the
+    drifts, no longer prove that its label stands (with a safety margin for
+    rounding) gets its exact distance ``u`` to its own centre; if that does
+    not settle it, only the centres within ``2u`` of its own centre can be
+    nearer (Newling & Fleuret's "exponion"), and those are scanned, nearest
+    first, ties to the lowest index. Every label is therefore what a full scan
+    would give. Points that move carry their weighted coordinates between the
+    per-cluster ``sums`` (and ``counts``, ``sqnorm``); with integer data and
+    integer weights those sums are exact, so the result is identical to a
+    full Lloyd step. Returns how many points were re-examined.
     """
     n, n_channels = X.shape
     k = centers_t.shape[1]
+    # the largest drift, and the largest among the other centres for its own points
+    top = 0
+    for j in range(k):
+        if drift[j] > drift[top]:
+            top = j
+    second = 0.0
+    for j in range(k):
+        if j != top and drift[j] > second:
+            second = drift[j]
+    between, order = _centre_neighbours(centers_t)
+    dist = np.empty(k, dtype=np.float64)
     examined = 0
     for i in range(n):
         a = labels[i]
-        if not first:
+        if first:
+            best, best_d, second_d = _nearest_two(X, i, centers_t, dist)
+            upper[i] = np.sqrt(best_d)
+            lower[i] = np.sqrt(second_d)
+        else:
+            low = lower[i] - (second if a == top else drift[top])
             u = upper[i] + drift[a]
-            low = lower[i] - max_drift
-            if u * (1.0 + 1e-9) + 1e-9 < low:
+            if u * (1.0 + _SLACK) + _SLACK >= low:
+                u = np.sqrt(_sqdist(X, i, centers_t, a))
+            if u * (1.0 + _SLACK) + _SLACK < low:
                 upper[i] = u
                 lower[i] = low
                 continue
+            # only centres within 2u of centre a can be as near as a
+            radius = 2.0 * u * (1.0 + _SLACK) + _SLACK
+            best = -1
+            best_d = np.inf
+            second_d = np.inf
+            beyond = np.inf
+            for p in range(k):
+                j = order[a, p]
+                if between[a, j] > radius:
+                    beyond = between[a, j] - u  # every centre from here on is farther
+                    break
+                d = _sqdist(X, i, centers_t, j)
+                if d < best_d or (d == best_d and j < best):
+                    second_d = best_d
+                    best_d = d
+                    best = j
+                elif d < second_d:
+                    second_d = d
+            upper[i] = np.sqrt(best_d)
+            lower[i] = min(np.sqrt(second_d), beyond * (1.0 - _SLACK))
         examined += 1
-        best = 0
-        best_d = np.inf
-        second_d = np.inf
-        for j in range(k):
-            d = 0.0
-            for c in range(n_channels):
-                t = np.float64(X[i, c]) - centers_t[c, j]
-                d += t * t
-            if d < best_d:
-                second_d = best_d
-                best_d = d
-                best = j
-            elif d < second_d:
-                second_d = d
-        upper[i] = np.sqrt(best_d)
-        lower[i] = np.sqrt(second_d)
         if first or best != a:
             w = np.float64(weights[i])
             q = 0.0
@@ -506,26 +571,180 @@ def bounded_step(X, weights, centers_t, drift, max_drift, labels, upper, lower, 
     return examined
 
 
-@numba.njit(**_JIT)
-def trial_potentials(X, weights, closest, trials, dist_out):  # pragma: no cover
-    """Cost of adding each trial point as a centre, in one pass over ``X``.
+@numba.njit(inline="always", **_JIT)
+def _draw(cumulative, u):  # pragma: no cover - jitted
+    """Index drawn with probability proportional to its increment of ``cumulative``."""
+    n = cumulative.shape[0]
+    i = np.searchsorted(cumulative, u * cumulative[n - 1], side="right")
+    return min(i, n - 1)
 
-    ``dist_out[t, i]`` receives ``min(closest_i, |x_i - trials_t|^2)``; returns
-    the weighted sum of each row.
+
+@numba.njit(**_JIT)
+def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cover
+    """Greedy weighted k-means++ seeding; returns the indices of the chosen rows.
+
+    As scikit-learn's ``_kmeans_plusplus``: the first centre is drawn in
+    proportion to the weights, every next one is the best (lowest potential
+    ``sum w * D^2``) of ``uniforms.shape[1]`` candidates drawn in proportion to
+    ``w * D^2``. ``uniforms`` (n_clusters, n_trials) in [0, 1) drive every
+    draw, so the caller's random generator alone decides the result.
+    """
+    n = X.shape[0]
+    n_trials = uniforms.shape[1]
+    chosen = np.empty(n_clusters, dtype=np.int64)
+    cumulative = np.cumsum(weights)
+    chosen[0] = _draw(cumulative, uniforms[0, 0]) if cumulative[n - 1] > 0 else min(int(uniforms[0, 0] * n), n - 1)
+    centers_t = np.ascontiguousarray(X[chosen[0]:chosen[0] + 1].T)
+    closest = np.empty(n)
+    pot = 0.0
+    for i in range(n):
+        closest[i] = _sqdist(X, i, centers_t, 0)
+        pot += weights[i] * closest[i]
+    trial_dist = np.empty((n_trials, n))
+    trials_t = np.empty((X.shape[1], n_trials))
+    dist = np.empty(n_trials)
+    cand = np.empty(n_trials, dtype=np.int64)
+    pots = np.empty(n_trials)
+    for c in range(1, n_clusters):
+        if pot <= 0:
+            # every point sits on a centre already: repeat the last one
+            chosen[c:] = chosen[c - 1]
+            break
+        acc = 0.0
+        for i in range(n):
+            acc += weights[i] * closest[i]
+            cumulative[i] = acc
+        for t in range(n_trials):
+            cand[t] = _draw(cumulative, uniforms[c, t])
+            for ch in range(X.shape[1]):
+                trials_t[ch, t] = X[cand[t], ch]
+            pots[t] = 0.0
+        for i in range(n):
+            _distances(X, i, trials_t, dist)
+            for t in range(n_trials):
+                d = min(dist[t], closest[i])
+                trial_dist[t, i] = d
+                pots[t] += weights[i] * d
+        best = 0
+        for t in range(1, n_trials):
+            if pots[t] < pots[best]:
+                best = t
+        chosen[c] = cand[best]
+        closest[:] = trial_dist[best]
+        pot = pots[best]
+    return chosen
+
+
+@numba.njit(**_JIT)
+def squared_shift(new, old):  # pragma: no cover
+    """``sum_jc (new_jc - old_jc)^2``, summed in row-major order (every Lloyd path uses it)."""
+    s = 0.0
+    for j in range(new.shape[0]):
+        for c in range(new.shape[1]):
+            t = new[j, c] - old[j, c]
+            s += t * t
+    return s
+
+
+@numba.njit(**_JIT)
+def _relocate_empty(X, weights, multiplicity, centers_t, sums, counts):  # pragma: no cover
+    """In-kernel twin of :func:`bigquant._lloyd.relocate_empty_clusters`.
+
+    Empty clusters, in index order, take the unit points farthest from their
+    nearest centre (ties in data order); with ``multiplicity`` row ``i`` stands
+    for ``weights[i]`` points of weight 1, otherwise for one point of weight
+    ``weights[i]``.
     """
     n, n_channels = X.shape
-    n_trials = trials.shape[0]
-    pots = np.zeros(n_trials)
+    k = centers_t.shape[1]
+    dist = np.empty(k, dtype=np.float64)
+    far = np.empty(n, dtype=np.float64)
+    near = np.empty(n, dtype=np.int64)
     for i in range(n):
-        w = weights[i]
-        ci = closest[i]
-        for t in range(n_trials):
+        best, best_d = _nearest(X, i, centers_t, dist)
+        near[i] = best
+        far[i] = -best_d
+    order = np.argsort(far, kind="mergesort")
+    row = 0
+    used = 0.0
+    for j in range(k):
+        if counts[j] != 0:
+            continue
+        while row < n and used >= (weights[order[row]] if multiplicity else 1.0):
+            row += 1
+            used = 0.0
+        if row >= n:
+            break
+        i = order[row]
+        w = 1.0 if multiplicity else np.float64(weights[i])
+        old = near[i]
+        for c in range(n_channels):
+            v = np.float64(X[i, c])
+            sums[old, c] -= v * w
+            sums[j, c] = v * w
+        counts[old] -= w
+        counts[j] = w
+        used += 1.0
+
+
+@numba.njit(**_JIT)
+def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma: no cover
+    """A whole Lloyd run with Hamerly's bounds (see :func:`bounded_step`), in one call.
+
+    The same iteration as :func:`bigquant._lloyd.lloyd` over a
+    :class:`~bigquant._points.BoundedPoints`, step for step: centres are the
+    weighted means, empty clusters are refilled by :func:`_relocate_empty`,
+    and the loop stops when :func:`squared_shift` is at most ``tol``. With
+    integer points and weights the sums are exact, so the centres are
+    bit-identical to that loop's.
+
+    Returns the centres, their inertia (a direct sum), the iterations run,
+    whether it converged, and the last shift.
+    """
+    n, n_channels = X.shape
+    k = centers0.shape[0]
+    centers = centers0.copy()
+    centers_t = np.ascontiguousarray(centers.T)
+    labels = np.zeros(n, dtype=np.int64)
+    upper = np.zeros(n)
+    lower = np.zeros(n)
+    sums = np.zeros((k, n_channels))
+    counts = np.zeros(k)
+    sqnorm = np.zeros(k)
+    drift = np.zeros(k)
+    shift = np.inf
+    converged = False
+    n_iter = 0
+    for it in range(1, max_iter + 1):
+        n_iter = it
+        bounded_step(X, weights, centers_t, drift, labels, upper, lower,
+                     sums, counts, sqnorm, it == 1)
+        s = sums.copy()
+        cnt = counts.copy()
+        for j in range(k):
+            if cnt[j] == 0:
+                _relocate_empty(X, weights, multiplicity, centers_t, s, cnt)
+                break
+        new = centers.copy()
+        for j in range(k):
+            if cnt[j] > 0:
+                for c in range(n_channels):
+                    new[j, c] = s[j, c] / cnt[j]
+        shift = squared_shift(new, centers)
+        for j in range(k):
             d = 0.0
             for c in range(n_channels):
-                v = X[i, c] - trials[t, c]
-                d += v * v
-            if ci < d:
-                d = ci
-            dist_out[t, i] = d
-            pots[t] += w * d
-    return pots
+                t = new[j, c] - centers[j, c]
+                d += t * t
+            drift[j] = np.sqrt(d)
+        centers = new
+        centers_t = np.ascontiguousarray(centers.T)
+        if shift <= tol:
+            converged = True
+            break
+    dist = np.empty(k, dtype=np.float64)
+    inertia = 0.0
+    for i in range(n):
+        _, best_d = _nearest(X, i, centers_t, dist)
+        inertia += best_d * np.float64(weights[i])
+    return centers, inertia, n_iter, converged, shift

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bigquant import _kernels
 from bigquant._points import PointSet
 from bigquant.errors import ConvergenceWarning
 
@@ -118,6 +119,16 @@ def lloyd(
         ``inertia`` is for the returned centres.
     """
     centers = np.array(centers, dtype=np.float64)
+    if (
+        callback is None and on_iteration is None and start_iter == 0
+        and getattr(points, "single_call", False)
+    ):
+        centers, final_inertia, n_iter, converged, shift = points.run(centers, max_iter, tol)
+        logger.info("%d iterations in one call: inertia %.6g, last centre shift %.3g",
+                    n_iter, final_inertia, shift)
+        if not converged:
+            _warn_not_converged(max_iter, shift, tol)
+        return LloydResult(centers, final_inertia, n_iter, converged)
     if hasattr(points, "reset"):
         points.reset()
     converged = False
@@ -127,7 +138,7 @@ def lloyd(
         sums, counts, inertia = points.partial_sums(centers)
         relocate_empty_clusters(points, centers, sums, counts)
         new_centers = _update(centers, sums, counts)
-        shift = float(((new_centers - centers) ** 2).sum())
+        shift = _kernels.squared_shift(new_centers, centers)
         logger.info("iteration %d: inertia %.6g, centre shift %.3g", n_iter, inertia, shift)
         if callback is not None:
             callback(n_iter, inertia, shift)
@@ -145,10 +156,14 @@ def lloyd(
     else:
         final_inertia = points.partial_sums(centers)[2]
     if not converged:
-        warnings.warn(
-            f"Lloyd's iteration did not converge within max_iter={max_iter} iterations "
-            f"(last centre shift {shift:.3g} > tol {tol:.3g}); increase max_iter or tol.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
+        _warn_not_converged(max_iter, shift, tol)
     return LloydResult(centers, float(final_inertia), n_iter, converged)
+
+
+def _warn_not_converged(max_iter: int, shift: float, tol: float) -> None:
+    warnings.warn(
+        f"Lloyd's iteration did not converge within max_iter={max_iter} iterations "
+        f"(last centre shift {shift:.3g} > tol {tol:.3g}); increase max_iter or tol.",
+        ConvergenceWarning,
+        stacklevel=4,
+    )

@@ -44,6 +44,8 @@ __all__ = [
 
 #: rows per thread-pool segment below which splitting is not worth it
 _MIN_SEGMENT = 1 << 16
+#: bounded point sets up to this many rows run Lloyd in one compiled call
+_SINGLE_CALL_MAX_ROWS = 1 << 18
 
 
 def n_threads() -> int:
@@ -97,12 +99,8 @@ def _farthest_of(
     X: np.ndarray, weights: np.ndarray | None, mult: np.ndarray | None, centers: np.ndarray, n: int
 ) -> Farthest:
     labels, dist = _kernels.assign_labels(X, centers, np.int64)
-    m = X.shape[0]
-    if m > n:
-        # a superset of the n largest distances, then exact order in merge()
-        idx = np.sort(np.argpartition(dist, m - n)[m - n :])
-    else:
-        idx = np.arange(m)
+    # the n farthest, ties in data order (as the in-kernel relocation picks them)
+    idx = np.sort(np.argsort(-dist, kind="stable")[:n])
     w = np.ones(idx.shape[0]) if weights is None else np.asarray(weights[idx], dtype=np.float64)
     mu = np.ones(idx.shape[0], np.int64) if mult is None else mult[idx].astype(np.int64)
     cand = Farthest(np.asarray(X[idx], dtype=np.float64), w, mu, labels[idx], dist[idx])
@@ -509,7 +507,6 @@ class BoundedPoints(InMemoryPoints):
             drift = np.zeros(centers.shape[0])
         else:
             drift = np.sqrt(((centers - self._previous) ** 2).sum(axis=1))
-        max_drift = float(drift.max()) if drift.size else 0.0
         centers_t = np.ascontiguousarray(centers.T)
         states = self._state
         assert states is not None
@@ -517,7 +514,7 @@ class BoundedPoints(InMemoryPoints):
         def one(args):
             seg, st = args
             return _kernels.bounded_step(
-                self.X[seg], self.weights[seg], centers_t, drift, max_drift, st["labels"],
+                self.X[seg], self.weights[seg], centers_t, drift, st["labels"],
                 st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
             )
 
@@ -536,3 +533,22 @@ class BoundedPoints(InMemoryPoints):
     def inertia(self, centers: np.ndarray) -> float:
         """Weighted sum of squared distances, summed directly (a full pass)."""
         return InMemoryPoints.partial_sums(self, centers)[2]
+
+    def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float]:
+        """A whole Lloyd run in one compiled call (:func:`bigquant._kernels.lloyd_bounded`).
+
+        Step for step the loop of :func:`bigquant._lloyd.lloyd` over this point
+        set, without the Python round trip per iteration; single-threaded.
+        Returns centres, inertia, iterations, converged, last shift.
+        """
+        self.reset()
+        centers, inertia, n_iter, converged, shift = _kernels.lloyd_bounded(
+            self.X, self.weights, np.ascontiguousarray(centers, dtype=np.float64),
+            int(max_iter), float(tol), self.multiplicity,
+        )
+        return centers, float(inertia), int(n_iter), bool(converged), float(shift)
+
+    @property
+    def single_call(self) -> bool:
+        """Whether :meth:`run` beats the threaded per-iteration loop (small sets)."""
+        return len(self._segments) == 1 or self.X.shape[0] <= _SINGLE_CALL_MAX_ROWS
