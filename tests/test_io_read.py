@@ -289,3 +289,142 @@ def test_tiff_reads_on_worker_processes(local_cluster, tiled_tiff, rgb_image):
     assert sum("bigquant-read" in k for k in keys) == src.data.npartitions
     workers = {t["worker"] for t in ts.data}
     assert workers <= set(local_cluster.scheduler_info()["workers"])
+
+
+# --- direct reads of uncompressed tiles and strips ------------------------------
+
+
+def _reader(src: ImageSource):
+    """The TiffBlockReader behind a TIFF source's dask array."""
+    from bigquant.io._tiff_read import TiffBlockReader
+
+    for task in dict(src.data.__dask_graph__()).values():
+        for arg in getattr(task, "args", ()):
+            value = getattr(arg, "value", arg)
+            if isinstance(value, TiffBlockReader):
+                return value
+    raise AssertionError("no TiffBlockReader in the graph")
+
+
+def _no_tifffile_reads(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("read through tifffile")
+
+    monkeypatch.setattr(tifffile, "imread", fail)
+    monkeypatch.setattr(tifffile, "memmap", fail)
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+@pytest.mark.parametrize("chunks", [None, 64, (128, 192), 1000])
+def test_uncompressed_tiles_read_directly(tmp_path, rgb_image, monkeypatch, bigtiff, chunks):
+    path = tmp_path / "raw.tif"
+    # 300 x 400 in 48 x 80 tiles: the last tile row and column are partly padding
+    tifffile.imwrite(path, rgb_image, tile=(48, 80), photometric="rgb", bigtiff=bigtiff)
+    src = read_image(path, chunks=chunks)
+    assert _reader(src).segment == (48, 80)
+    _no_tifffile_reads(monkeypatch)
+    np.testing.assert_array_equal(src.data.compute(scheduler="sync"), rgb_image)
+    # selections the getter may receive after dask fuses slicing into it
+    np.testing.assert_array_equal(src.data[13:250:3, 7:391:5, 1:].compute(), rgb_image[13:250:3, 7:391:5, 1:])
+    np.testing.assert_array_equal(src.data[::-7, 5].compute(), rgb_image[::-7, 5])
+    np.testing.assert_array_equal(src.data[299, 399].compute(), rgb_image[299, 399])
+
+
+def test_uncompressed_gray_big_endian_and_float_tiles(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    cases = {
+        "u2be": (rng.integers(0, 65535, (97, 130), dtype=np.uint16), ">"),
+        "f4": (rng.random((97, 130, 2), dtype=np.float32), "<"),
+        "u1": (rng.integers(0, 255, (97, 130), dtype=np.uint8), "<"),
+    }
+    sources = {}
+    for name, (data, order) in cases.items():
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, data, tile=(32, 48), byteorder=order,
+                         photometric="minisblack", planarconfig="contig")
+        sources[name] = read_image(path, chunks=64)
+        assert _reader(sources[name]).segment == (32, 48)
+    _no_tifffile_reads(monkeypatch)
+    for name, (data, _) in cases.items():
+        got = sources[name].data.compute(scheduler="sync")
+        assert got.dtype == data.dtype.newbyteorder("=")
+        np.testing.assert_array_equal(got, data)
+
+
+def test_uncompressed_strips_read_directly(tmp_path, rgb_image, monkeypatch):
+    """Strips that are not one contiguous run (here: a second page between them) are
+    read strip by strip; the last strip holds only the remaining rows."""
+    from dataclasses import replace
+
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, rgb_image, rowsperstrip=7, photometric="rgb")
+    src = read_image(path, chunks=21)
+    reader = _reader(src)
+    assert reader.memmap  # contiguous: memory-mapped
+    from bigquant.io._tiff_read import _direct_layout
+
+    with tifffile.TiffFile(path) as tf:
+        lev = tf.series[0].levels[0]
+        segment, file_dtype = _direct_layout(tf, lev, "YXS", (300, 400, 3), np.dtype("u1"))
+    assert segment == (7, 400)
+    direct = replace(reader, memmap=False, segment=segment, tiled=False, file_dtype=file_dtype)
+    _no_tifffile_reads(monkeypatch)
+    np.testing.assert_array_equal(direct[:, :], rgb_image)
+    np.testing.assert_array_equal(direct[5:296, 17:33], rgb_image[5:296, 17:33])
+    np.testing.assert_array_equal(direct[294:300, :, 2:], rgb_image[294:300, :, 2:])
+
+
+def test_direct_reads_of_pages_series_and_levels(tmp_path, rgb_image, monkeypatch):
+    path = tmp_path / "multi.tif"
+    gray = rgb_image[:50, :60, 0]
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(rgb_image, tile=(64, 64), subifds=1, photometric="rgb")
+        tw.write(rgb_image[::2, ::2], tile=(32, 32), subfiletype=1, photometric="rgb")
+        tw.write(gray, tile=(16, 32), photometric="minisblack")
+        tw.write(rgb_image, tile=(64, 64), photometric="rgb", compression="zlib")
+    full, low = read_image(path), read_image(path, level=1)
+    second, third = read_image(path, series=1), read_image(path, series=2)
+    assert [_reader(s).segment for s in (full, low, second)] == [(64, 64), (32, 32), (16, 32)]
+    assert _reader(third).segment is None  # compressed: tifffile decodes it
+    np.testing.assert_array_equal(third.data.compute(), rgb_image)
+    _no_tifffile_reads(monkeypatch)
+    np.testing.assert_array_equal(full.data.compute(), rgb_image)
+    np.testing.assert_array_equal(low.data.compute(), rgb_image[::2, ::2])
+    np.testing.assert_array_equal(second.data.compute(), gray)
+
+
+def test_planar_and_palette_files_keep_their_paths(tmp_path, rgb_image):
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, np.moveaxis(rgb_image, -1, 0), planarconfig="separate",
+                     photometric="rgb", tile=(64, 64))
+    assert _reader(read_image(path)).segment is None
+    labels = np.random.default_rng(0).integers(0, 4, (60, 70), dtype=np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :4] = np.arange(12, dtype=np.uint16).reshape(3, 4) * 20 * 257
+    path = tmp_path / "pal.tif"
+    tifffile.imwrite(path, labels, photometric="palette", colormap=cmap, tile=(16, 16))
+    src = read_image(path)
+    assert _reader(src).segment == (16, 16)
+    np.testing.assert_array_equal(src.data.compute(), (cmap.T[:4] // 257).astype(np.uint8)[labels])
+
+
+def test_direct_read_of_file_truncated_after_open(tmp_path, rgb_image):
+    path = tmp_path / "raw.tif"
+    tifffile.imwrite(path, rgb_image, tile=(64, 64), photometric="rgb")
+    src = read_image(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    with pytest.raises(ImageReadError, match="raw.tif"):
+        src.data.compute(scheduler="sync")
+
+
+@pytest.mark.distributed
+def test_direct_reads_on_worker_processes(local_cluster, tmp_path, rgb_image):
+    path = tmp_path / "raw.tif"
+    tifffile.imwrite(path, rgb_image, tile=(64, 64), photometric="rgb", bigtiff=True)
+    src = read_image(path, chunks=128)
+    assert _reader(src).segment == (64, 64)
+    pixels = local_cluster.compute(src.data).result()
+    np.testing.assert_array_equal(pixels, rgb_image)
+    pids = local_cluster.run(lambda: __import__("os").getpid())
+    assert __import__("os").getpid() not in pids.values()

@@ -2,14 +2,23 @@
 
 tifffile's zarr store is not picklable, so the dask array built here holds only
 a small picklable :class:`TiffBlockReader` (path, series, level, layout).  Each
-task calls ``tifffile.imread(path, series=, level=, selection=...)``, which
-reads and decodes only the tiles (or strips) under the block; uncompressed
-contiguous files are memory-mapped instead.  The same array therefore runs on
-the threaded scheduler and on a distributed cluster with worker processes.
+task opens the file itself, so the same array runs on the threaded scheduler
+and on a distributed cluster with worker processes:
+
+- uncompressed tiles or strips (the common layout of very large files) are
+  read straight into the block: the tile offsets are parsed once per process
+  (:func:`_segment_table`), then each tile is one ``readinto`` of a reused
+  buffer -- no per-block IFD parsing, no per-tile allocation (which costs page
+  faults on dask workers, whose glibc returns every large free to the OS);
+- uncompressed contiguous data are memory-mapped;
+- everything else (compressed, planar, multi-file...) goes through
+  ``tifffile.imread(path, series=, level=, selection=...)``, which decodes
+  only the tiles (or strips) under the block.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -68,6 +77,14 @@ class TiffBlockReader:
         Number of size-1 leading axes of the series, indexed with 0.
     memmap : bool
         Read through ``tifffile.memmap`` (uncompressed contiguous data).
+    segment : tuple of int (rows, cols) or None
+        Tile (or strip: rows per strip and full width) of uncompressed
+        segments read directly (see :meth:`_read_segments`); None reads
+        through tifffile.
+    tiled : bool
+        The segments are tiles (stored padded to full size), not strips.
+    file_dtype : numpy.dtype or None
+        Stored sample type, in the file's byte order (direct reads only).
     """
 
     path: str
@@ -79,6 +96,9 @@ class TiffBlockReader:
     lead: int = 0
     native_ndim: int = 2
     memmap: bool = False
+    segment: tuple[int, int] | None = None
+    tiled: bool = True
+    file_dtype: np.dtype | None = None
 
     @property
     def ndim(self) -> int:
@@ -98,6 +118,9 @@ class TiffBlockReader:
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         import tifffile
 
+        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
+        if self.segment is not None and all(isinstance(k, slice) for k in key):
+            return self._read_segments(key)
         native = self._native(key)
         try:
             if self.memmap:
@@ -122,6 +145,157 @@ class TiffBlockReader:
         if block.dtype != self.dtype:
             block = block.astype(self.dtype)
         return block
+
+    def _read_segments(self, key: tuple[slice, ...]) -> np.ndarray:
+        """Read the uncompressed tiles (or strips) under ``key`` into one array."""
+        assert self.segment is not None and self.file_dtype is not None
+        height, width = self.shape[:2]
+        (y0, y1, ystep), (x0, x1, xstep) = key[0].indices(height), key[1].indices(width)
+        if ystep < 0 or xstep < 0 or y1 <= y0 or x1 <= x0:  # unusual selections: read all, then index
+            return self._read_segments((slice(None), slice(None)) + key[2:])[key]
+        sh, sw = self.segment
+        spp = self.shape[2] if self.ndim == 3 else 1
+        item = self.file_dtype.itemsize
+        out = np.empty((y1 - y0, x1 - x0, spp), dtype=self.file_dtype)
+        seg = np.empty(sh * sw * spp, dtype=self.file_dtype)
+        view = memoryview(seg).cast("B")
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                stat = os.fstat(fh.fileno())
+                offsets, counts = _segment_table(
+                    self.path, (stat.st_size, stat.st_mtime_ns), self.series, self.level,
+                    (height, width), self.segment,
+                )
+                nx = -(-width // sw)
+                for ty in range(y0 // sh, (y1 - 1) // sh + 1):
+                    top = ty * sh
+                    rows = sh if self.tiled else min(sh, height - top)
+                    ya, yb = max(y0, top), min(y1, top + sh)
+                    nbytes = rows * sw * spp * item
+                    for tx in range(x0 // sw, (x1 - 1) // sw + 1):
+                        left = tx * sw
+                        xa, xb = max(x0, left), min(x1, left + sw)
+                        dest = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
+                        i = ty * nx + tx
+                        if counts[i] == 0:  # a sparse file's missing segment
+                            dest[...] = 0
+                            continue
+                        fh.seek(int(offsets[i]))
+                        got = 0
+                        while got < nbytes:
+                            n = fh.readinto(view[got:nbytes])
+                            if not n:
+                                raise ImageReadError(
+                                    f"{self.path}: file is truncated (segment {i} at "
+                                    f"{int(offsets[i])} ends after {got} of {nbytes} bytes)"
+                                )
+                            got += n
+                        tile = seg[: nbytes // item].reshape(rows, sw, spp)
+                        dest[...] = tile[ya - top : yb - top, xa - left : xb - left]
+        except ImageReadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any OS or layout error means a bad file
+            raise ImageReadError(
+                f"{self.path}: cannot read pixels {key!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        block = out[::ystep, ::xstep]
+        block = block[..., key[2]] if self.ndim == 3 else block[..., 0]
+        if block.dtype != self.dtype:
+            block = block.astype(self.dtype)
+        elif ystep != 1 or xstep != 1 or self.ndim == 3 and key[2] != slice(None):
+            block = np.ascontiguousarray(block)
+        return block
+
+
+@functools.lru_cache(maxsize=8)
+def _segment_table(
+    path: str,
+    stamp: tuple[int, int],
+    series: int,
+    level: int,
+    shape: tuple[int, int],
+    segment: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and byte counts of the segments of one image level, parsed once a process.
+
+    ``stamp`` (size, modification time) is part of the cache key, so a
+    rewritten file is parsed again; it must keep the layout the reader was
+    built for.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.series[series].levels[level].keyframe
+        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        found = _segment_shape(page) if int(page.compression) == 1 else None
+        size = (int(page.imagelength), int(page.imagewidth))
+    if found != segment or size != shape:
+        raise ImageReadError(
+            f"{path}: the file changed since it was opened (layout {size} {found}, "
+            f"expected {shape} {segment}); read it again"
+        )
+    offsets.setflags(write=False)
+    counts.setflags(write=False)
+    return offsets, counts
+
+
+def _segment_shape(page: Any) -> tuple[int, int] | None:
+    """(rows, cols) of one tile or strip of ``page``, or None when not 2-D."""
+    if page.is_tiled:
+        if int(page.tiledepth) != 1 or int(page.imagedepth) != 1:
+            return None
+        return int(page.tilelength), int(page.tilewidth)
+    height = int(page.imagelength)
+    return int(min(page.rowsperstrip or height, height)), int(page.imagewidth)
+
+
+def _direct_layout(
+    tf: Any, lev: Any, axes: str, shape: tuple[int, ...], dtype: np.dtype
+) -> tuple[tuple[int, int], np.dtype] | None:
+    """Segment shape and stored dtype if ``lev`` can be read without tifffile, else None.
+
+    That is one page of this file, uncompressed, unpredicted, whole bytes per
+    sample, samples interleaved, and every segment complete (or absent).
+    """
+    pages = list(lev.pages)
+    if len(pages) != 1 or axes not in _CHANNEL_LAST:
+        return None
+    page = lev.keyframe
+    spp = shape[2] if len(shape) == 3 else 1
+    try:
+        if (
+            pages[0] is not page
+            or page.parent is not tf
+            or int(page.compression) != 1
+            or int(page.predictor or 1) != 1
+            or int(page.fillorder or 1) != 1
+            or int(page.samplesperpixel) != spp
+            or (spp > 1 and int(page.planarconfig) != 1)
+            or page.subsampling not in (None, (1, 1))
+            or int(page.bitspersample) != dtype.itemsize * 8
+            or (int(page.imagelength), int(page.imagewidth)) != tuple(shape[:2])
+        ):
+            return None
+        segment = _segment_shape(page)
+        if segment is None:
+            return None
+        height = shape[0]
+        sh, sw = segment
+        ny, nx = -(-height // sh), -(-shape[1] // sw)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        if counts.shape != (ny * nx,):
+            return None
+        row_bytes = sw * spp * dtype.itemsize
+        need = np.full((ny, nx), sh * row_bytes, dtype=np.int64)
+        if not page.is_tiled:
+            need[-1] = (height - (ny - 1) * sh) * row_bytes
+        if np.any((counts < need.ravel()) & (counts != 0)):
+            return None
+    except Exception:  # noqa: BLE001 - unusual tags: leave the file to tifffile
+        logger.debug("%s: direct segment reads not possible", tf.filehandle.path, exc_info=True)
+        return None
+    return segment, dtype.newbyteorder(tf.byteorder)
 
 
 def _palette_lut(colormap: np.ndarray) -> np.ndarray:
@@ -212,6 +386,7 @@ def read_tiff(
         except Exception:  # noqa: BLE001 - metadata without offsets: checked per block
             logger.debug("%s: could not check the extent of the image data", path)
         memmap = lev.dataoffset is not None and int(page.compression) == 1
+        page_tiled = page.is_tiled
         if page.is_tiled:
             tile: tuple[int, int] | None = (int(page.tilelength), int(page.tilewidth))
             grid = tile
@@ -225,6 +400,7 @@ def read_tiff(
         photometric = page.photometric.name.lower() if page.photometric is not None else None
         colormap = page.colormap if photometric == "palette" else None
         is_ome = bool(tf.is_ome)
+        direct = None if memmap else _direct_layout(tf, lev, axes, shape, dtype)
     stat = os.stat(path)
     cy, cx = aligned_chunks(shape[:2], grid, chunks, name=str(path))
     reader = TiffBlockReader(
@@ -237,6 +413,9 @@ def read_tiff(
         lead=lead,
         native_ndim=len(native_shape),
         memmap=memmap,
+        segment=direct[0] if direct else None,
+        tiled=bool(page_tiled),
+        file_dtype=direct[1] if direct else None,
     )
     token = tokenize(str(path), stat.st_size, stat.st_mtime_ns, series, level, cy, cx)
     full_chunks = (cy, cx) + tuple(shape[2:])
