@@ -299,6 +299,101 @@ def count_codes(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(**_JIT)
+def _radix_unique(codes, total_bits):  # pragma: no cover
+    """Sorted distinct codes, their counts, and each input's index among them.
+
+    An LSD radix sort (12-bit digits) of the codes carrying their positions,
+    then one scan: linear in the number of codes.
+    """
+    n = codes.shape[0]
+    keys = codes.copy()
+    pos = np.arange(n).astype(np.int32)
+    keys_tmp = np.empty_like(keys)
+    pos_tmp = np.empty_like(pos)
+    shift = 0
+    while shift < total_bits:
+        width = min(12, total_bits - shift)
+        mask = np.uint32((1 << width) - 1)
+        start = np.zeros((1 << width) + 1, dtype=np.int64)
+        for i in range(n):
+            start[((keys[i] >> np.uint32(shift)) & mask) + 1] += 1
+        for b in range(1 << width):
+            start[b + 1] += start[b]
+        for i in range(n):
+            b = (keys[i] >> np.uint32(shift)) & mask
+            keys_tmp[start[b]] = keys[i]
+            pos_tmp[start[b]] = pos[i]
+            start[b] += 1
+        keys, keys_tmp = keys_tmp, keys
+        pos, pos_tmp = pos_tmp, pos
+        shift += width
+    n_unique = 0
+    for i in range(n):
+        if i == 0 or keys[i] != keys[i - 1]:
+            n_unique += 1
+    unique = np.empty(n_unique, dtype=np.uint32)
+    counts = np.zeros(n_unique, dtype=np.int64)
+    inverse = np.empty(n, dtype=np.int32)
+    u = -1
+    for i in range(n):
+        if i == 0 or keys[i] != keys[i - 1]:
+            u += 1
+            unique[u] = keys[i]
+        counts[u] += 1
+        inverse[pos[i]] = u
+    return unique, counts, inverse
+
+
+def unique_colours(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct colours of ``X`` (fewer than 2**31 rows) with counts and the inverse index.
+
+    Returns sorted uint32 codes, int64 counts and, for every row, the int32
+    index of its colour, so that ``codes[inverse]`` encodes ``X``.
+    """
+    return _radix_unique(encode_colours(X, bits), bits * X.shape[1])
+
+
+@numba.njit(**_JIT)
+def _coarsen(X, weights, drop_bits, width):  # pragma: no cover
+    n, n_channels = X.shape
+    table = np.full(1 << (width * n_channels), -1, dtype=np.int32)
+    code = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        q = 0
+        for c in range(n_channels):
+            q = (q << width) | (np.int64(X[i, c]) >> drop_bits)
+        code[i] = q
+        table[q] = 0
+    m = 0
+    for q in range(table.shape[0]):  # bins numbered in code order
+        if table[q] == 0:
+            table[q] = m
+            m += 1
+    means = np.zeros((m, n_channels))
+    total = np.zeros(m)
+    for i in range(n):
+        b = table[code[i]]
+        w = np.float64(weights[i])
+        total[b] += w
+        for c in range(n_channels):
+            means[b, c] += w * np.float64(X[i, c])
+    for b in range(m):
+        for c in range(n_channels):
+            means[b, c] /= total[b]
+    return means, total
+
+
+def coarsen_dense(
+    X: np.ndarray, weights: np.ndarray, drop_bits: int, bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean colour and summed weight of every occupied coarse bin, in code order.
+
+    For ``(bits - drop_bits) * n_channels <= 24`` (a dense table of bins).
+    """
+    return _coarsen(X, weights, drop_bits, bits - drop_bits)
+
+
+@numba.njit(**_JIT)
 def _merge(a_codes, a_counts, b_codes, b_counts):  # pragma: no cover
     na, nb = a_codes.shape[0], b_codes.shape[0]
     codes = np.empty(na + nb, dtype=np.uint32)
@@ -476,9 +571,17 @@ def _centre_neighbours(centers_t):  # pragma: no cover
                 t = centers_t[c, a] - centers_t[c, b]
                 d += t * t
             between[a, b] = between[b, a] = np.sqrt(d)
+    # insertion sort of each row: k is small, and numba's argsort is slow on short rows
     order = np.empty((k, k), dtype=np.int64)
     for a in range(k):
-        order[a] = np.argsort(between[a])
+        row = order[a]
+        for b in range(k):
+            d = between[a, b]
+            p = b
+            while p > 0 and between[a, row[p - 1]] > d:
+                row[p] = row[p - 1]
+                p -= 1
+            row[p] = b
     return between, order
 
 
@@ -602,7 +705,6 @@ def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cove
         pot += weights[i] * closest[i]
     trial_dist = np.empty((n_trials, n))
     trials_t = np.empty((X.shape[1], n_trials))
-    dist = np.empty(n_trials)
     cand = np.empty(n_trials, dtype=np.int64)
     pots = np.empty(n_trials)
     for c in range(1, n_clusters):
@@ -618,13 +720,13 @@ def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cove
             cand[t] = _draw(cumulative, uniforms[c, t])
             for ch in range(X.shape[1]):
                 trials_t[ch, t] = X[cand[t], ch]
-            pots[t] = 0.0
-        for i in range(n):
-            _distances(X, i, trials_t, dist)
-            for t in range(n_trials):
-                d = min(dist[t], closest[i])
-                trial_dist[t, i] = d
-                pots[t] += weights[i] * d
+            row = trial_dist[t]
+            p = 0.0
+            for i in range(n):
+                d = min(_sqdist(X, i, trials_t, t), closest[i])
+                row[i] = d
+                p += weights[i] * d
+            pots[t] = p
         best = 0
         for t in range(1, n_trials):
             if pots[t] < pots[best]:
@@ -699,7 +801,7 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
     bit-identical to that loop's.
 
     Returns the centres, their inertia (a direct sum), the iterations run,
-    whether it converged, and the last shift.
+    whether it converged, the last shift, and the labels for the centres returned.
     """
     n, n_channels = X.shape
     k = centers0.shape[0]
@@ -745,6 +847,84 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
     dist = np.empty(k, dtype=np.float64)
     inertia = 0.0
     for i in range(n):
-        _, best_d = _nearest(X, i, centers_t, dist)
+        best, best_d = _nearest(X, i, centers_t, dist)
+        labels[i] = best
         inertia += best_d * np.float64(weights[i])
-    return centers, inertia, n_iter, converged, shift
+    return centers, inertia, n_iter, converged, shift, labels
+
+
+@numba.njit(**_JIT)
+def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, patience):  # pragma: no cover
+    """Try to lower a Lloyd solution's inertia by moving one centre at a time.
+
+    Each of ``uniforms.shape[0]`` trials removes the centre whose removal
+    costs least (every point falling back to its second-nearest centre),
+    puts it back at the best of ``uniforms.shape[1]`` points drawn as in
+    k-means++ (in proportion to ``w * D^2`` without that centre), and runs
+    Lloyd from there (:func:`lloyd_bounded`); the move is kept when the
+    inertia drops (the swap heuristic of I-k-means-+, Ismkhan 2018). The
+    trials stop early after ``patience`` rejected moves in a row.
+
+    Returns the centres and their inertia.
+    """
+    n, n_channels = X.shape
+    k = centers.shape[0]
+    n_trials = uniforms.shape[1]
+    dist = np.empty(k)
+    fallback = np.empty(n)
+    cumulative = np.empty(n)
+    labels = np.empty(n, dtype=np.int64)
+    second_d = np.empty(n)
+    cost = np.empty(k)
+    trial_t = np.empty((n_channels, n_trials))
+    trial_dist = np.empty(n_trials)
+    pots = np.empty(n_trials)
+    cand = np.empty(n_trials, dtype=np.int64)
+    failures = 0
+    for swap in range(uniforms.shape[0]):
+        centers_t = np.ascontiguousarray(centers.T)
+        cost[:] = 0.0
+        for i in range(n):
+            best, best_d, sec = _nearest_two(X, i, centers_t, dist)
+            labels[i] = best
+            fallback[i] = best_d
+            second_d[i] = sec
+            cost[best] += np.float64(weights[i]) * (sec - best_d)
+        removed = 0
+        for j in range(1, k):
+            if cost[j] < cost[removed]:
+                removed = j
+        acc = 0.0
+        for i in range(n):
+            if labels[i] == removed:
+                fallback[i] = second_d[i]
+            acc += np.float64(weights[i]) * fallback[i]
+            cumulative[i] = acc
+        if acc <= 0:
+            break
+        for t in range(n_trials):
+            cand[t] = _draw(cumulative, uniforms[swap, t])
+            for c in range(n_channels):
+                trial_t[c, t] = X[cand[t], c]
+            pots[t] = 0.0
+        for i in range(n):
+            _distances(X, i, trial_t, trial_dist)
+            for t in range(n_trials):
+                pots[t] += np.float64(weights[i]) * min(trial_dist[t], fallback[i])
+        pick = 0
+        for t in range(1, n_trials):
+            if pots[t] < pots[pick]:
+                pick = t
+        trial = centers.copy()
+        for c in range(n_channels):
+            trial[removed, c] = X[cand[pick], c]
+        moved, moved_inertia, _, _, _, _ = lloyd_bounded(X, weights, trial, max_iter, tol, True)
+        if moved_inertia < inertia:
+            centers = moved
+            inertia = moved_inertia
+            failures = 0
+        else:
+            failures += 1
+            if failures >= patience:
+                break
+    return centers, inertia

@@ -24,7 +24,7 @@ from bigquant import _kernels
 from bigquant._points import PointSet
 from bigquant.errors import ConvergenceWarning
 
-__all__ = ["LloydResult", "lloyd", "relocate_empty_clusters"]
+__all__ = ["LloydResult", "lloyd", "relocate_empty_clusters", "warn_not_converged"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class LloydResult:
     inertia: float
     n_iter: int
     converged: bool
+    #: labels of the points for ``centers``, when the run computed them
+    labels: np.ndarray | None = None
 
 
 def relocate_empty_clusters(
@@ -123,12 +125,12 @@ def lloyd(
         callback is None and on_iteration is None and start_iter == 0
         and getattr(points, "single_call", False)
     ):
-        centers, final_inertia, n_iter, converged, shift = points.run(centers, max_iter, tol)
+        centers, final_inertia, n_iter, converged, shift, labels = points.run(centers, max_iter, tol)
         logger.info("%d iterations in one call: inertia %.6g, last centre shift %.3g",
                     n_iter, final_inertia, shift)
         if not converged:
-            _warn_not_converged(max_iter, shift, tol)
-        return LloydResult(centers, final_inertia, n_iter, converged)
+            warn_not_converged(max_iter, shift, tol)
+        return LloydResult(centers, final_inertia, n_iter, converged, labels)
     if hasattr(points, "reset"):
         points.reset()
     converged = False
@@ -156,14 +158,15 @@ def lloyd(
     else:
         final_inertia = points.partial_sums(centers)[2]
     if not converged:
-        _warn_not_converged(max_iter, shift, tol)
+        warn_not_converged(max_iter, shift, tol)
     return LloydResult(centers, float(final_inertia), n_iter, converged)
 
 
-def _warn_not_converged(max_iter: int, shift: float, tol: float) -> None:
+def warn_not_converged(max_iter: int, shift: float, tol: float, *, stacklevel: int = 4) -> None:
+    """Warn (:class:`ConvergenceWarning`) that a Lloyd run stopped at ``max_iter``."""
     warnings.warn(
         f"Lloyd's iteration did not converge within max_iter={max_iter} iterations "
         f"(last centre shift {shift:.3g} > tol {tol:.3g}); increase max_iter or tol.",
         ConvergenceWarning,
-        stacklevel=4,
+        stacklevel=stacklevel,
     )

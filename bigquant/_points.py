@@ -534,19 +534,20 @@ class BoundedPoints(InMemoryPoints):
         """Weighted sum of squared distances, summed directly (a full pass)."""
         return InMemoryPoints.partial_sums(self, centers)[2]
 
-    def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float]:
+    def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float, np.ndarray]:
         """A whole Lloyd run in one compiled call (:func:`bigquant._kernels.lloyd_bounded`).
 
         Step for step the loop of :func:`bigquant._lloyd.lloyd` over this point
         set, without the Python round trip per iteration; single-threaded.
-        Returns centres, inertia, iterations, converged, last shift.
+        Returns centres, inertia, iterations, converged, last shift, and the
+        labels of the points for the centres returned.
         """
         self.reset()
-        centers, inertia, n_iter, converged, shift = _kernels.lloyd_bounded(
+        centers, inertia, n_iter, converged, shift, labels = _kernels.lloyd_bounded(
             self.X, self.weights, np.ascontiguousarray(centers, dtype=np.float64),
             int(max_iter), float(tol), self.multiplicity,
         )
-        return centers, float(inertia), int(n_iter), bool(converged), float(shift)
+        return centers, float(inertia), int(n_iter), bool(converged), float(shift), labels
 
     @property
     def single_call(self) -> bool:

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: largest code width counted with a dense table (2**24 counters = 64 MB)
 MAX_HISTOGRAM_BITS = 24
+#: in-memory inputs up to this many rows are sorted, which also maps every row to its colour
+_INVERSE_MAX_ROWS = 1 << 22
 
 
 def histogram_bits(dtype: np.dtype, n_channels: int) -> int | None:
@@ -58,12 +60,16 @@ class ColourHistogram:
         Packed colour codes (uint32), sorted.
     bits : int
         Bits per channel used for the codes.
+    inverse : ndarray of shape (n_pixels,) or None
+        For (small) in-memory input: the index of each pixel's colour, so
+        that ``colours[inverse]`` is the image; ``None`` otherwise.
     """
 
     colours: np.ndarray
     counts: np.ndarray
     codes: np.ndarray
     bits: int
+    inverse: np.ndarray | None = field(default=None, repr=False, compare=False)
     _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -122,22 +128,18 @@ def coarsen_colours(
     weights : ndarray of shape (n_bins,)
         Summed weight of each bin.
     """
-    X = np.asarray(colours)
-    q = X.astype(np.int64) >> drop_bits
+    X = np.ascontiguousarray(colours)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
     width = bits - drop_bits
+    if width * X.shape[1] <= MAX_HISTOGRAM_BITS:  # a dense table of bins
+        return _kernels.coarsen_dense(X, weights, drop_bits, bits)
+    q = X.astype(np.int64) >> drop_bits
     code = np.zeros(X.shape[0], np.int64)
     for c in range(X.shape[1]):
         code = (code << width) | q[:, c]
-    if width * X.shape[1] <= MAX_HISTOGRAM_BITS:  # a dense table is faster than sorting
-        size = 1 << (width * X.shape[1])
-        weight = np.bincount(code, weights=weights, minlength=size)
-        used = np.flatnonzero(weight)
-        sums = [np.bincount(code, weights=weights * X[:, c], minlength=size)[used] for c in range(X.shape[1])]
-        weight = weight[used]
-    else:
-        _, inverse = np.unique(code, return_inverse=True)
-        weight = np.bincount(inverse, weights=weights)
-        sums = [np.bincount(inverse, weights=weights * X[:, c]) for c in range(X.shape[1])]
+    _, inverse = np.unique(code, return_inverse=True)
+    weight = np.bincount(inverse, weights=weights)
+    sums = [np.bincount(inverse, weights=weights * X[:, c]) for c in range(X.shape[1])]
     return np.stack(sums, axis=1) / weight[:, None], weight
 
 
@@ -147,17 +149,20 @@ def _block_counts(
     return _kernels.count_codes(block.reshape(-1, n_channels), bits)
 
 
-def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Codes, counts and (for inputs up to ``_INVERSE_MAX_ROWS``) each row's colour index."""
+    if X.shape[0] <= _INVERSE_MAX_ROWS:
+        return _kernels.unique_colours(X, bits)
     from concurrent.futures import ThreadPoolExecutor
 
     # each segment costs a table of 2**bits counters: only split big inputs
     n_parts = min(n_threads(), X.shape[0] // (1 << 22))
     segs = _segments(X.shape[0], n_parts)
     if len(segs) == 1:
-        return _kernels.count_codes(X, bits)
+        return (*_kernels.count_codes(X, bits), None)
     with ThreadPoolExecutor(len(segs)) as pool:
         parts = list(pool.map(lambda s: _kernels.count_codes(X[s], bits), segs))
-    return _kernels.merge_sparse_counts(parts)
+    return (*_kernels.merge_sparse_counts(parts), None)
 
 
 def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
@@ -191,8 +196,9 @@ def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> Colou
         if X.numblocks[-1] != 1:
             X = X.rechunk({X.ndim - 1: -1})
         (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every))
+        inverse = None
     else:
-        codes, counts = _histogram_numpy(np.ascontiguousarray(X).reshape(-1, n_channels), bits)
+        codes, counts, inverse = _histogram_numpy(np.ascontiguousarray(X).reshape(-1, n_channels), bits)
     colours = _kernels.decode_colours(codes, n_channels, bits, X.dtype)
     logger.info("colour histogram: %d distinct colours in %d pixels", codes.shape[0], int(counts.sum()))
-    return ColourHistogram(colours, counts, codes, bits)
+    return ColourHistogram(colours, counts, codes, bits, inverse)

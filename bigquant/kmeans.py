@@ -16,9 +16,10 @@ import numpy as np
 
 from bigquant import _kernels
 from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
-from bigquant._lloyd import IterationCallback, LloydResult, lloyd
+from bigquant._lloyd import IterationCallback, LloydResult, lloyd, warn_not_converged
 from bigquant.checkpoint import Checkpoint
-from bigquant._points import DaskPoints, InMemoryPoints, PointSet, _thread_pool
+from bigquant._points import DaskPoints, InMemoryPoints, PointSet
+from bigquant._search import default_chains, search, uses_coarse_search
 from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant._validation import (
     Data,
@@ -46,18 +47,8 @@ __all__ = ["KMeans", "BaseEstimator"]
 
 logger = logging.getLogger(__name__)
 
-#: histograms with more distinct colours than this are first fitted coarse-to-fine
-_COARSE_MIN_COLOURS = 1 << 14
-#: bits dropped per channel to screen initialisations (8-bit -> 5-bit colours)
-_SCREEN_DROP_BITS = 3
-#: bits dropped per channel to refine the best screened run (8-bit -> 6-bit colours)
-_REFINE_DROP_BITS = 2
-#: initialisations screened per ``n_init`` (cheap, and it avoids poor minima)
-_COARSE_MIN_RUNS = 8
 #: in-memory inputs below this many pixels are labelled by a direct scan, not a table
 _LUT_MIN_PIXELS = 1 << 22
-#: the coarse runs stop earlier: they only rank initialisations
-_COARSE_TOL_FACTOR = 10.0
 
 
 def _as_state(result: LloydResult | None) -> dict[str, Any] | None:
@@ -340,20 +331,22 @@ default="k-means++"
         if (
             histogram is not None
             and init_array is None
-            and histogram.n_colours > _COARSE_MIN_COLOURS
-            and histogram.bits > _SCREEN_DROP_BITS
+            and uses_coarse_search(histogram)
         ):
             best = self._fit_coarse_to_fine(histogram, points, k, n_init, tol, rng)
         else:
             with phase("bigquant-lloyd"):
                 best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
         centers = best.centers
+        # labels of the distinct colours, when the last run computed them for these centres
+        colour_labels = best.labels if histogram is not None else None
         if best.inertia == 0.0:
             centers = self._drop_duplicate_centres(centers)
+            colour_labels = None if centers.shape != best.centers.shape else colour_labels
 
         if self._ckpt is not None:
             self._ckpt.clear()
-        return self._set_fitted(data, strategy, histogram, centers, best.inertia, best.n_iter)
+        return self._set_fitted(data, strategy, histogram, centers, best.inertia, best.n_iter, colour_labels)
 
     def _set_fitted(
         self,
@@ -363,6 +356,7 @@ default="k-means++"
         centers: np.ndarray,
         inertia: float,
         n_iter: int,
+        colour_labels: np.ndarray | None = None,
     ) -> KMeans:
         """Store the fitted attributes and the (lazy) labels of the training data."""
         self.strategy_ = strategy
@@ -374,8 +368,21 @@ default="k-means++"
         self._dtype_in = data.array.dtype
         self._lut = None
         self._lut_source = histogram
-        self.labels_ = self._labels(data)
+        self._colour_labels = colour_labels
+        if histogram is not None and histogram.inverse is not None:
+            # in-memory input: every pixel's label is its colour's
+            self.labels_ = self._labels_of_colours()[histogram.inverse].reshape(data.spatial_shape)
+            histogram.inverse = None
+        else:
+            self.labels_ = self._labels(data)
         return self
+
+    def _labels_of_colours(self) -> np.ndarray:
+        """Label of every distinct colour of the fitted histogram."""
+        dtype = label_dtype(len(self.cluster_centers_))
+        if getattr(self, "_colour_labels", None) is None:
+            self._colour_labels = self._lut_source.points().labels(self.cluster_centers_, dtype)
+        return self._colour_labels.astype(dtype, copy=False)
 
     def _best_of_runs(
         self,
@@ -456,14 +463,13 @@ default="k-means++"
         tol: float,
         rng: np.random.Generator,
     ) -> LloydResult:
-        """Screen initialisations on coarse histograms, then converge on the exact one.
+        """Search on coarse colours for a good start, then converge on the exact ones.
 
-        ``8 * n_init`` k-means++ runs go to convergence on the colours merged to
-        5 bits per channel (a few thousand weighted points, in parallel); the
-        best is refined on 6-bit colours, and then starts Lloyd's iteration on
-        every distinct colour, which ends at an exact fixed point of the full
-        problem. Screening many cheap runs finds better minima than one full
-        run, for a fraction of its cost.
+        See :mod:`bigquant._search`: ``n_init`` chains per thread of k-means++,
+        Lloyd and swap moves on 5-bit colours, refined on 6-bit colours, each
+        ending (on histograms of moderate size) with Lloyd's iteration on the
+        exact colours; the lowest wins. The result is an exact fixed point of
+        the full problem.
         """
         ckpt = self._ckpt
         state = ckpt.load() if ckpt is not None else None
@@ -472,30 +478,18 @@ default="k-means++"
                 return lloyd(points, state["centers"], max_iter=int(self.max_iter), tol=tol,
                              callback=self.callback, start_iter=int(state["n_iter"]),
                              on_iteration=self._saver(ckpt, {"stage": "fine"}))
-        runs = _COARSE_MIN_RUNS * n_init
-        seeds = rng.integers(0, 2**63 - 1, size=runs)
-        coarse_tol = _COARSE_TOL_FACTOR * tol
-        histogram.coarse(_SCREEN_DROP_BITS)  # build (and cache) it once, before the threads
-
-        def screen(seed: int) -> LloydResult:
-            # one single-threaded point set per run: the runs go in parallel
-            coarse = histogram.coarse(_SCREEN_DROP_BITS, n_parts=1)
-            centers0 = self._initial_centers(coarse, k, np.random.default_rng(seed))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                return lloyd(coarse, centers0, max_iter=int(self.max_iter), tol=coarse_tol)
-
+        seeder = random_init if self.init == "random" else kmeans_plusplus
         with phase("bigquant-init"):
-            results = list(_thread_pool().map(screen, seeds))
-            start = min(results, key=lambda r: r.inertia)  # first of equals: deterministic
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                refined = lloyd(histogram.coarse(_REFINE_DROP_BITS), start.centers,
-                                max_iter=int(self.max_iter), tol=coarse_tol)
-        logger.info("coarse histograms: best of %d runs, inertia %.6g", runs, refined.inertia)
+            found = search(histogram, k, n_chains=default_chains(n_init), tol=tol,
+                           max_iter=int(self.max_iter), rng=rng, seeder=seeder)
+        if found.fine is not None and self.callback is None and ckpt is None:
+            if not found.fine.converged:
+                warn_not_converged(int(self.max_iter), found.shift, tol, stacklevel=4)
+            return found.fine
+        # the same run again, step by step, for the callback or the checkpoints
         save = self._saver(ckpt, {"stage": "fine"}) if ckpt is not None else None
         with phase("bigquant-lloyd"):
-            return lloyd(points, refined.centers, max_iter=int(self.max_iter), tol=tol,
+            return lloyd(points, found.start, max_iter=int(self.max_iter), tol=tol,
                          callback=self.callback, on_iteration=save)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
@@ -571,7 +565,7 @@ default="k-means++"
     # ------------------------------------------------------------------ labels
 
     def _build_lut(self, histogram: ColourHistogram) -> tuple[np.ndarray, int, int]:
-        labels = histogram.points().labels(self.cluster_centers_, label_dtype(len(self.cluster_centers_)))
+        labels = self._labels_of_colours()
         sentinel = len(self.cluster_centers_)
         lut = _kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
         return lut, histogram.bits, sentinel

@@ -420,9 +420,9 @@ def test_fit_resumes_from_checkpoint(request, tmp_path, strategy, n_init, image)
     photo_like = request.getfixturevalue(image)
     if image == "many_colours":
         from bigquant import colour_histogram
-        from bigquant.kmeans import _COARSE_MIN_COLOURS
+        from bigquant._search import COARSE_MIN_COLOURS
 
-        assert colour_histogram(photo_like).n_colours > _COARSE_MIN_COLOURS  # coarse-to-fine path
+        assert colour_histogram(photo_like).n_colours > COARSE_MIN_COLOURS  # coarse-to-fine path
     ckpt = tmp_path / "fit.json"
     reference = KMeans(12, random_state=4, strategy=strategy, n_init=n_init, tol=0).fit(photo_like)
     assert reference.n_iter_ > 6

@@ -1,0 +1,166 @@
+"""Finding a good starting point for Lloyd's iteration on a large colour histogram.
+
+Lloyd's iteration ends in the local minimum nearest its start, so the start
+decides the quality of the palette. On a histogram of many colours the search
+runs on *coarse* colour sets (colours merged by dropping low bits, each bin at
+the mean colour of its pixels; see :meth:`ColourHistogram.coarse`), where every
+step is cheap:
+
+a few independent chains run in parallel, each: k-means++ seeds and Lloyd's
+iteration on 5-bit colours, then swap moves there
+(:func:`bigquant._kernels.improve_by_swaps`: move the centre whose removal
+costs least to where k-means++ would put a new one, keep the move when Lloyd
+then ends lower), then Lloyd's iteration on 6-bit colours. The rankings of
+coarse solutions and exact ones agree only roughly, so on histograms of up to
+a few hundred thousand colours every chain also runs the exact Lloyd
+iteration (one compiled call) and the lowest exact inertia wins; on larger
+ones the best refined chain wins and the caller runs the exact iteration.
+Either way the result is an exact fixed point of the full problem.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigquant import _kernels
+from bigquant._lloyd import LloydResult, lloyd
+from bigquant._points import BoundedPoints, _thread_pool, n_threads
+from bigquant.histogram import ColourHistogram
+
+__all__ = ["COARSE_MIN_COLOURS", "SearchResult", "default_chains", "search", "uses_coarse_search"]
+
+logger = logging.getLogger(__name__)
+
+#: histograms with more distinct colours than this are searched on coarse colours
+COARSE_MIN_COLOURS = 1 << 14
+#: bits dropped per channel for the chains (8-bit -> 5-bit colours)
+SEARCH_DROP_BITS = 3
+#: bits dropped per channel to refine the best chain (8-bit -> 6-bit colours)
+REFINE_DROP_BITS = 2
+#: swap moves tried per chain, at most
+N_SWAPS = 10
+#: a chain stops after this many rejected swap moves in a row
+SWAP_PATIENCE = 3
+#: the coarse runs stop earlier: they only look for the right basin
+COARSE_TOL_FACTOR = 10.0
+
+#: draws initial centres from a weighted point set: (points, weights, k, rng) -> centres
+Seeder = Callable[[np.ndarray, np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+def uses_coarse_search(histogram: ColourHistogram) -> bool:
+    """Whether ``histogram`` is large enough (and integer enough) for the coarse search."""
+    return histogram.n_colours > COARSE_MIN_COLOURS and histogram.bits > SEARCH_DROP_BITS
+
+
+#: histograms with at most this many colours run every chain to the exact fixed point
+FINE_IN_CHAINS_MAX_COLOURS = 1 << 18
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`search`.
+
+    ``start`` are the centres the kept chain started its exact Lloyd run
+    from; ``fine`` is that run (``None`` when the histogram is too large to
+    run every chain to the end: the caller then runs Lloyd from ``start``)
+    and ``shift`` its last centre shift.
+    """
+
+    start: np.ndarray
+    fine: LloydResult | None
+    shift: float
+
+
+def _chain(
+    histogram: ColourHistogram, k: int, seed: int, tol: float, max_iter: int, seeder: Seeder, fine: bool
+) -> tuple[float, np.ndarray, tuple[LloydResult, float] | None]:
+    """One search chain: seeds, Lloyd and swap moves on 5-bit colours, refined on 6-bit ones.
+
+    Returns the refined inertia and centres, and (``fine=True``) the exact
+    Lloyd run from them with its last centre shift.
+    """
+    # compiled runs only (BoundedPoints.run): nothing here warns from a worker thread
+    coarse = histogram.coarse(SEARCH_DROP_BITS, n_parts=1)
+    rng = np.random.default_rng(seed)
+    coarse_tol = COARSE_TOL_FACTOR * tol
+    centers, inertia, *_ = coarse.run(seeder(coarse.X, coarse.weights, k, rng), max_iter, coarse_tol)
+    uniforms = rng.random((N_SWAPS, 2 + int(np.log(k))))
+    centers, _ = _kernels.improve_by_swaps(
+        coarse.X, coarse.weights, centers, inertia, uniforms, max_iter, coarse_tol, SWAP_PATIENCE
+    )
+    centers, inertia, *_ = histogram.coarse(REFINE_DROP_BITS, n_parts=1).run(centers, max_iter, coarse_tol)
+    if not fine:
+        return inertia, centers, None
+    exact = BoundedPoints(histogram.colours, histogram.counts, n_parts=1)
+    end, end_inertia, n_iter, converged, shift, labels = exact.run(centers, max_iter, tol)
+    return inertia, centers, (LloydResult(end, end_inertia, n_iter, converged, labels), shift)
+
+
+def search(
+    histogram: ColourHistogram,
+    k: int,
+    *,
+    n_chains: int,
+    tol: float,
+    max_iter: int,
+    rng: np.random.Generator,
+    seeder: Seeder,
+    parallel: bool = True,
+) -> SearchResult:
+    """Search for a good Lloyd run on a large histogram (see the module docstring).
+
+    Parameters
+    ----------
+    histogram : ColourHistogram
+        A histogram for which :func:`uses_coarse_search` holds.
+    k : int
+        Number of clusters.
+    n_chains : int
+        Independent search chains (a multiple of the thread count uses them all).
+    tol : float
+        Absolute tolerance of the exact run; coarse runs use ``COARSE_TOL_FACTOR`` times it.
+    max_iter : int
+        Maximum Lloyd iterations per run.
+    rng : numpy.random.Generator
+        Draws one seed per chain, so the result does not depend on the threads.
+    seeder : callable
+        Initial centres of a chain, e.g. :func:`bigquant._init.kmeans_plusplus`.
+    parallel : bool, default=True
+        Run the chains on the shared thread pool (``False`` when the caller
+        already runs several searches at once).
+
+    Returns
+    -------
+    SearchResult
+        With up to ``FINE_IN_CHAINS_MAX_COLOURS`` colours every chain runs
+        to the exact fixed point and the lowest wins; above, the chain with
+        the lowest refined (6-bit) inertia wins and ``fine`` is ``None``.
+    """
+    seeds = [int(s) for s in rng.integers(0, 2**63 - 1, size=n_chains)]
+    fine = histogram.n_colours <= FINE_IN_CHAINS_MAX_COLOURS
+    histogram.coarse(SEARCH_DROP_BITS)  # build (and cache) them once, before the threads
+    histogram.coarse(REFINE_DROP_BITS)
+
+    def chain(seed: int) -> tuple[float, np.ndarray, tuple[LloydResult, float] | None]:
+        return _chain(histogram, k, seed, tol, max_iter, seeder, fine)
+
+    if parallel and n_threads() > 1 and n_chains > 1:
+        results = list(_thread_pool().map(chain, seeds))
+    else:
+        results = [chain(s) for s in seeds]
+    # the lowest exact inertia (else refined inertia); first of equals: deterministic
+    score = [r[2][0].inertia if fine else r[0] for r in results]
+    best = min(range(n_chains), key=lambda i: score[i])
+    logger.info("coarse search: best of %d chains, inertia %.6g", n_chains, score[best])
+    _, start, end = results[best]
+    return SearchResult(start, None, np.nan) if end is None else SearchResult(start, *end)
+
+
+def default_chains(n_init: int) -> int:
+    """Search chains for ``n_init`` initialisations: ``n_init`` per thread, at least two."""
+    return max(2, n_threads()) * int(n_init)
