@@ -23,7 +23,7 @@ import numpy as np
 from bigquant.errors import ImageWriteError, InvalidParameterError
 from bigquant.io._atomic import atomic_output, check_target
 from bigquant.io._chunks import ChunksLike
-from bigquant.io._encode import resolve_codec
+from bigquant.io._encode import LabelLookup, resolve_codec
 from bigquant.io._palette import MAX_PALETTE, as_colours
 from bigquant.io._read import read_image
 from bigquant.io._source import ImageSource
@@ -66,6 +66,29 @@ def palette_colours(centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind == "f" and centers.size and centers.min() >= 0 and centers.max() <= 1:
         return as_colours(centers * 255.0, dtype=np.uint8)
     return as_colours(centers)
+
+
+def _label_lookup(model: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
+    """The fitted colour -> label table for the TIFF writer to look labels up itself.
+
+    The writer then maps and encodes each tile while it is in cache, and no
+    chunk of labels is ever held; the labels are those of ``model.labels_``
+    (same table, same nearest-centre fallback).  None when the model has no
+    table (pixel strategies) or the output is not a TIFF.
+    """
+    import dask.array as da
+
+    if _FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array):
+        return None
+    if not isinstance(getattr(model, "labels_", None), da.Array):
+        return None
+    get_lut = getattr(model, "_get_lut", None)
+    table = get_lut() if get_lut is not None else None
+    if table is None:
+        return None
+    _, bits, sentinel = table
+    centers = np.asarray(model.cluster_centers_, dtype=np.float64)
+    return LabelLookup(int(bits), int(sentinel), centers), model._lut_key()
 
 
 def _write_palette_json(
@@ -229,8 +252,9 @@ def quantize(
             len(model.cluster_centers_), t1 - t0, getattr(model, "n_iter_", "?"),
         )
         colours = palette_colours(model.cluster_centers_, source.dtype)
+        lookup = _label_lookup(model, data, dst_path)
         write_image(
-            model.labels_,
+            data if lookup is not None else model.labels_,
             dst_path,
             palette=colours,
             mode=mode,
@@ -239,6 +263,7 @@ def quantize(
             pyramid=pyramid,
             overwrite=overwrite,
             preview=preview,
+            _lookup=lookup,
         )
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
     if palette_out is not None:

@@ -131,3 +131,59 @@ def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
     src = read_image(tiled_tiff)
     expected = np.asarray(model.predict(src.data).compute(scheduler="sync"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
+
+
+# --- labels looked up by the TIFF writer, tile by tile --------------------------
+
+
+@pytest.mark.parametrize("mode", ["palette", "rgb"])
+def test_writer_lookup_gives_the_model_labels(tmp_path, rgb_image, monkeypatch, mode):
+    """TIFF output of a histogram fit: the encoder looks labels up per tile (no chunk of
+    labels is computed), bit-identical to ``labels_``, pyramid and preview included."""
+    import bigquant.kmeans
+
+    path = tmp_path / "src.tif"
+    # 300 x 400 with 64 px output tiles and 128 px chunks: partial edge tiles
+    tifffile.imwrite(path, rgb_image, tile=(64, 64), photometric="rgb")
+    calls = []
+    original = bigquant.kmeans._block_lookup
+    monkeypatch.setattr(bigquant.kmeans, "_block_lookup",
+                        lambda *a: calls.append(a[0].size) or original(*a))
+    model = quantize(path, tmp_path / "q.tif", 7, strategy="histogram", mode=mode,
+                     random_state=0, tile=64, chunks=128, pyramid=2, preview=tmp_path / "p.png")
+    assert not any(calls)  # dask's meta probe only
+    labels = np.asarray(model.labels_.compute())
+    assert any(calls)  # labels_ itself still uses the kmeans lookup
+    colours = np.rint(model.cluster_centers_).astype(np.uint8)
+    stored = labels if mode == "palette" else colours[labels]
+    with tifffile.TiffFile(tmp_path / "q.tif") as tf:
+        page = tf.pages[0]
+        np.testing.assert_array_equal(page.asarray(), stored)
+        np.testing.assert_array_equal(page.pages[0].asarray(), stored[::2, ::2])
+        np.testing.assert_array_equal(page.pages[1].asarray(), stored[::4, ::4])
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.size == (400, 300)
+
+
+def test_lookup_window_matches_kernel_lookup_with_absent_colours():
+    from bigquant import _kernels
+    from bigquant.io._tile_kernels import lookup_window
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    centers = rng.random((5, 3)) * 255
+    known = _kernels.encode_colours(block.reshape(-1, 3)[::2], 8)  # every other pixel in the table
+    codes = np.unique(known)
+    labels = _kernels.assign_labels(_kernels.decode_colours(codes, 3, 8, np.uint8), centers, np.uint8)[0]
+    lut = _kernels.build_lut(codes, labels, 24, 5)
+    expected = _kernels.lookup_labels(block.reshape(-1, 3), 8, lut, 5, centers, np.uint8).reshape(37, 53)
+    out = np.full((16, 16), 99, np.uint8)
+    lookup_window(block, (30, 37, 40, 53), 8, lut, 5, np.ascontiguousarray(centers.T), out)
+    np.testing.assert_array_equal(out[:7, :13], expected[30:, 40:])
+    assert (out[7:] == 99).all() and (out[:, 13:] == 99).all()
+
+
+def test_uint16_gray_histogram_lookup(tmp_path):
+    gray = (np.random.default_rng(1).normal(30000, 6000, (90, 110)).clip(0, 65535)).astype(np.uint16)
+    model = quantize(gray, tmp_path / "g.tif", 5, strategy="histogram", random_state=0, tile=32)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "g.tif"), np.asarray(model.labels_))

@@ -5,6 +5,10 @@ pixels (palette indices or colours), cuts them into padded tiles, compresses
 the tiles and takes the strided subsamples used for pyramid levels and the
 preview.  It is a small picklable object, so the whole tile encoding happens
 where the chunk was computed and only compressed bytes travel to the writer.
+
+With a :class:`LabelLookup` the encoder is given the *image* chunk and a
+colour -> label table instead of labels: each tile is looked up into a
+tile-sized buffer and compressed at once (no chunk of labels in memory).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 
-__all__ = ["BlockEncoder", "Codec", "align_to_tiles", "resolve_codec"]
+__all__ = ["BlockEncoder", "Codec", "LabelLookup", "align_to_tiles", "resolve_codec"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +128,33 @@ def max_step(tile: int) -> int:
     return tile & -tile
 
 
+@dataclass(frozen=True, eq=False)
+class LabelLookup:
+    """Colour -> label mapping done by the encoder (see ``KMeans._get_lut``).
+
+    The table itself is not held here: it is a task argument, shipped once to
+    each worker, while the encoder is part of every task.
+
+    Parameters
+    ----------
+    bits : int
+        Bits per channel of the colour codes.
+    sentinel : int
+        Table value of colours it does not hold (their nearest centre is used).
+    centers : ndarray of shape (k, C)
+        Cluster centres (float64).
+    """
+
+    bits: int
+    sentinel: int
+    centers: np.ndarray
+
+    def __dask_tokenize__(self) -> Any:
+        from dask.base import tokenize
+
+        return ("LabelLookup", self.bits, self.sentinel, tokenize(self.centers))
+
+
 @dataclass(frozen=True)
 class BlockEncoder:
     """Turn a chunk of labels or pixels into encoded tiles and subsamples.
@@ -144,6 +175,9 @@ class BlockEncoder:
         Compression of the tiles.
     steps : tuple of int
         Subsampling steps (powers of two dividing ``tile``) to return.
+    lookup : LabelLookup or None
+        Chunks are images whose labels the encoder looks up (kinds "palette"
+        and "rgb"); the table comes as the second argument of each call.
     """
 
     kind: str
@@ -153,6 +187,7 @@ class BlockEncoder:
     tile: int
     codec: Codec
     steps: tuple[int, ...] = ()
+    lookup: LabelLookup | None = None
 
     def pixels(self, block: np.ndarray) -> np.ndarray:
         """Map one block of labels (or an image block) to stored pixels."""
@@ -182,8 +217,10 @@ class BlockEncoder:
             return tile
         if codec.tag == 8:
             if codec.level is None and self.kind == "palette":
-                # run-length deflate: fast and small on label images, plain zlib output
-                obj = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+                # run-length deflate: fast and small on label images, plain zlib output;
+                # memLevel 8 keeps zlib's buffers under glibc's mmap threshold (dask
+                # workers return larger frees to the OS: a page-fault storm per tile)
+                obj = zlib.compressobj(6, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
             else:
                 obj = zlib.compressobj(1 if codec.level is None else codec.level)
             return obj.compress(tile) + obj.flush()
@@ -198,6 +235,8 @@ class BlockEncoder:
         """Cut pixels into padded tiles, encode them; rows of tiles."""
         t = self.tile
         height, width = pix.shape[:2]
+        # one reused tile buffer (encoders copy out of it; image codecs get their own)
+        buf = np.empty((t, t) + pix.shape[2:], dtype=pix.dtype) if self.codec.pre_encoded else None
         rows = []
         for y in range(0, height, t):
             row = []
@@ -207,13 +246,74 @@ class BlockEncoder:
                     full = np.zeros((t, t) + pix.shape[2:], dtype=pix.dtype)
                     full[: part.shape[0], : part.shape[1]] = part
                     part = full
-                else:
-                    part = np.ascontiguousarray(part)
+                elif not part.flags.c_contiguous:
+                    if buf is None:
+                        part = np.ascontiguousarray(part)
+                    else:
+                        buf[...] = part
+                        part = buf
                 row.append(self.encode(part))
             rows.append(row)
         return rows
 
-    def __call__(self, block: np.ndarray) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
+    def _stored(self, labels: np.ndarray) -> np.ndarray:
+        """Stored pixels of labels that are known to be in range."""
+        if self.kind == "palette":
+            return labels
+        assert self.colours is not None
+        out = self.colours[labels]
+        return out[..., 0] if out.shape[-1] == 1 else out
+
+    def _lookup_tiles(
+        self, block: np.ndarray, lut: np.ndarray
+    ) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
+        """Look up and encode the tiles of an image chunk, one tile at a time."""
+        from bigquant.io._palette import index_dtype
+        from bigquant.io._tile_kernels import lookup_window
+
+        lk = self.lookup
+        assert lk is not None and self.kind in ("palette", "rgb")
+        if block.ndim == 2:
+            block = block[:, :, None]
+        block = np.ascontiguousarray(block)
+        centers_t = np.ascontiguousarray(np.asarray(lk.centers, dtype=np.float64).T)
+        labels_dtype = self.out_dtype if self.kind == "palette" else index_dtype(self.n_colours)
+        t = self.tile
+        height, width = block.shape[:2]
+        labels = np.empty((t, t), dtype=labels_dtype)
+        rows = []
+        for y in range(0, height, t):
+            row = []
+            for x in range(0, width, t):
+                h, w = min(t, height - y), min(t, width - x)
+                if (h, w) != (t, t):
+                    labels[...] = 0
+                lookup_window(block, (y, y + h, x, x + w), lk.bits, lut, lk.sentinel, centers_t, labels)
+                if self.kind == "palette":
+                    tile = labels
+                    if not self.codec.pre_encoded:
+                        tile = labels.copy()
+                else:
+                    stored = self._stored(labels[:h, :w])
+                    tile = np.zeros((t, t) + stored.shape[2:], dtype=self.out_dtype)
+                    tile[:h, :w] = stored
+                row.append(self.encode(tile))
+            rows.append(row)
+        subs = {}
+        for s in self.steps:
+            sub = np.ascontiguousarray(block[::s, ::s])
+            sub_labels = np.empty(sub.shape[:2], dtype=labels_dtype)
+            lookup_window(sub, (0, sub.shape[0], 0, sub.shape[1]), lk.bits, lut, lk.sentinel,
+                          centers_t, sub_labels)
+            subs[s] = np.ascontiguousarray(self._stored(sub_labels))
+        return rows, subs
+
+    def __call__(
+        self, block: np.ndarray, lut: np.ndarray | None = None
+    ) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
+        if self.lookup is not None:
+            assert lut is not None, "a lookup encoder needs the table"
+            return self._lookup_tiles(np.asarray(block), lut)
         pix = self.pixels(np.asarray(block))
         subs = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
         return self.tiles(pix), subs

@@ -36,21 +36,33 @@ _AHEAD_BYTES = 384 * 2**20
 
 
 def compute_bands(
-    arr: da.Array, encoder: BlockEncoder, *, name: str = "bigquant-encode"
+    arr: da.Array,
+    encoder: BlockEncoder,
+    *,
+    name: str = "bigquant-encode",
+    extra: tuple[Any, ...] = (),
 ) -> Iterator[list[tuple[list[list[Any]], dict[int, np.ndarray]]]]:
     """Yield, in order, the encoded chunks of each chunk row of ``arr``.
 
     Up to a few bands are computed concurrently (bounded by their raw size) on
     the current dask scheduler, so workers stay busy while the caller writes.
+    ``extra`` are further arguments of every encoder call (e.g. the lookup
+    table as a Delayed: computed once, fetched once by each worker).
     """
     blocks = arr.to_delayed(optimize_graph=True)
     if blocks.ndim == 3:
         blocks = blocks[:, :, 0]
     nby, nbx = blocks.shape
-    token = tokenize(arr.name, encoder)
+    token = tokenize(arr.name, encoder, *[getattr(e, "key", e) for e in extra])
+    # resolved here: the pool's threads do not see the caller's current client
+    scheduler = dask.base.get_scheduler(collections=[arr])
+    if extra:
+        # computed once for all bands (each band is its own compute, which would
+        # otherwise rebuild a shared argument and send it to the workers again)
+        extra = dask.persist(*extra, scheduler=scheduler)
     encode = dask.delayed(encoder, pure=True)
     tasks = [
-        [encode(blocks[i, j], dask_key_name=f"{name}-{token}-{i}-{j}") for j in range(nbx)]
+        [encode(blocks[i, j], *extra, dask_key_name=f"{name}-{token}-{i}-{j}") for j in range(nbx)]
         for i in range(nby)
     ]
     band_bytes = max(arr.chunks[0]) * arr.shape[1] * math.prod(arr.shape[2:]) * max(
@@ -58,8 +70,6 @@ def compute_bands(
     )
     depth = int(min(nby, 3, max(1, _AHEAD_BYTES // max(band_bytes, 1))))
     logger.debug("computing %d bands of %d chunks, %d ahead", nby, nbx, depth)
-    # resolved here: the pool's threads do not see the caller's current client
-    scheduler = dask.base.get_scheduler(collections=[arr])
     pool = ThreadPoolExecutor(depth, thread_name_prefix="bigquant-band")
     pending: deque[Any] = deque()
     try:
@@ -124,6 +134,7 @@ def write_tiff(
     levels: tuple[int, ...],
     preview_step: int | None,
     description: str | None = None,
+    extra: tuple[Any, ...] = (),
 ) -> np.ndarray | None:
     """Stream ``arr`` to a tiled BigTIFF at ``tmp``; return the preview pixels.
 
@@ -141,6 +152,8 @@ def write_tiff(
         Subsampling steps of the SubIFD pyramid levels.
     preview_step : int or None
         Step of the subsample to return for a preview.
+    extra : tuple
+        Further arguments of the encoder (the lookup table of a lookup encoder).
 
     Returns
     -------
@@ -167,7 +180,7 @@ def write_tiff(
     preview_parts: list[np.ndarray] = []
 
     def level0() -> Iterator[Any]:
-        for band in compute_bands(arr, encoder):
+        for band in compute_bands(arr, encoder, extra=extra):
             # keep the subsamples first: tifffile stops pulling after the last tile
             for s, spool in spools.items():
                 spool.append(np.concatenate([subs[s] for _, subs in band], axis=1))

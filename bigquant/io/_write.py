@@ -21,6 +21,7 @@ from bigquant.io._chunks import DEFAULT_CHUNK_EDGE
 from bigquant.io._encode import (
     BlockEncoder,
     Codec,
+    LabelLookup,
     align_to_tiles,
     preview_step,
     pyramid_steps,
@@ -215,6 +216,7 @@ def write_image(
     overwrite: bool = False,
     preview: str | os.PathLike[str] | None = None,
     preview_size: int = 1024,
+    _lookup: tuple[LabelLookup, Any] | None = None,
 ) -> pathlib.Path:
     """Write labels with a palette, or an image as is, in one streaming pass.
 
@@ -252,6 +254,10 @@ def write_image(
     preview : str, os.PathLike or None, default=None
         Also write a PNG of at most ``preview_size`` pixels a side, from the
         same pass.
+    _lookup : (LabelLookup, lookup table) or None
+        Internal (:func:`bigquant.quantize`, TIFF output only): ``data`` is
+        the image and its labels are looked up tile by tile while encoding;
+        the table may be a dask Delayed.
 
     Returns
     -------
@@ -296,12 +302,15 @@ def write_image(
     if arr.ndim not in (2, 3) or 0 in arr.shape:
         raise InvalidInputError(f"data of shape {arr.shape} is not an image (H, W) or (H, W, C)")
     colours: np.ndarray | None = None
+    if _lookup is not None and (palette is None or fmt != "tiff"):
+        raise InvalidParameterError("a label lookup needs a palette and TIFF output")
     if palette is not None:
-        if arr.ndim == 3 and arr.shape[2] != 1:
+        # with a lookup, data is the image: its labels come from the table
+        if _lookup is None and arr.ndim == 3 and arr.shape[2] != 1:
             raise InvalidInputError(
                 f"labels of shape {arr.shape} must be 2-D (H, W) when a palette is given"
             )
-        if arr.dtype.kind not in "ui":
+        if _lookup is None and arr.dtype.kind not in "ui":
             raise InputTypeError(f"labels of dtype {arr.dtype} must be integers")
         colours = as_colours(palette)
         kind = mode
@@ -330,7 +339,10 @@ def write_image(
     pstep = preview_step(arr.shape[:2], t, preview_size) if preview is not None else None
     levels = pyramid_steps(arr.shape[:2], t, pyramid) if fmt == "tiff" else ()
     steps = tuple(sorted(set(levels) | ({pstep} if pstep else set())))
-    encoder = BlockEncoder(kind, np.dtype(out_dtype), colours, n_colours, t, codec, steps)
+    if _lookup is not None and arr.ndim == 3 and arr.numblocks[2] != 1:
+        arr = arr.rechunk({2: -1})
+    encoder = BlockEncoder(kind, np.dtype(out_dtype), colours, n_colours, t, codec, steps,
+                           lookup=_lookup[0] if _lookup is not None else None)
     logger.info("writing %s: %s %s as %s %s, tile %d, compression %s, %d pyramid level(s)",
                 path, arr.shape, kind, fmt, np.dtype(out_dtype), t, codec.name, len(levels))
     preview_pixels: np.ndarray | None = None
@@ -349,6 +361,7 @@ def write_image(
                 extrasamples=extrasamples,
                 levels=levels,
                 preview_step=pstep,
+                extra=(_lookup[1],) if _lookup is not None else (),
             )
         elif fmt == "zarr":
             attrs: dict[str, Any] = {"bigquant": {"mode": kind}}
