@@ -354,6 +354,49 @@ def unique_colours(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 @numba.njit(**_JIT)
+def _merge_unique(a_codes, a_counts, a_inverse, b_codes, b_counts, b_inverse):  # pragma: no cover
+    na, nb = a_codes.shape[0], b_codes.shape[0]
+    codes = np.empty(na + nb, dtype=np.uint32)
+    counts = np.empty(na + nb, dtype=np.int64)
+    a_to = np.empty(na, dtype=np.int32)
+    b_to = np.empty(nb, dtype=np.int32)
+    i = j = n = 0
+    while i < na or j < nb:
+        if j >= nb or (i < na and a_codes[i] < b_codes[j]):
+            codes[n] = a_codes[i]
+            counts[n] = a_counts[i]
+            a_to[i] = n
+            i += 1
+        elif i >= na or b_codes[j] < a_codes[i]:
+            codes[n] = b_codes[j]
+            counts[n] = b_counts[j]
+            b_to[j] = n
+            j += 1
+        else:
+            codes[n] = a_codes[i]
+            counts[n] = a_counts[i] + b_counts[j]
+            a_to[i] = n
+            b_to[j] = n
+            i += 1
+            j += 1
+        n += 1
+    inverse = np.empty(a_inverse.shape[0] + b_inverse.shape[0], dtype=np.int32)
+    for r in range(a_inverse.shape[0]):
+        inverse[r] = a_to[a_inverse[r]]
+    offset = a_inverse.shape[0]
+    for r in range(b_inverse.shape[0]):
+        inverse[offset + r] = b_to[b_inverse[r]]
+    return codes[:n].copy(), counts[:n].copy(), inverse
+
+
+def merge_unique_colours(
+    first: tuple[np.ndarray, np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`unique_colours` of two consecutive row ranges, combined into that of both."""
+    return _merge_unique(*first, *second)
+
+
+@numba.njit(**_JIT)
 def _coarsen(X, weights, drop_bits, width):  # pragma: no cover
     n, n_channels = X.shape
     table = np.full(1 << (width * n_channels), -1, dtype=np.int32)

@@ -18,7 +18,7 @@ import numpy as np
 from dask.delayed import Delayed
 
 from bigquant import _kernels
-from bigquant._points import BoundedPoints, InMemoryPoints, _segments, block_tree, n_threads
+from bigquant._points import _MIN_SEGMENT, BoundedPoints, InMemoryPoints, _segments, _thread_pool, block_tree, n_threads
 
 __all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "coarsen_colours", "MAX_HISTOGRAM_BITS"]
 
@@ -152,7 +152,12 @@ def _block_counts(
 def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Codes, counts and (for inputs up to ``_INVERSE_MAX_ROWS``) each row's colour index."""
     if X.shape[0] <= _INVERSE_MAX_ROWS:
-        return _kernels.unique_colours(X, bits)
+        if n_threads() == 1 or X.shape[0] < 2 * _MIN_SEGMENT:
+            return _kernels.unique_colours(X, bits)
+        half = X.shape[0] // 2
+        first, second = _thread_pool().map(lambda s: _kernels.unique_colours(X[s], bits),
+                                           (slice(0, half), slice(half, None)))
+        return _kernels.merge_unique_colours(first, second)
     from concurrent.futures import ThreadPoolExecutor
 
     # each segment costs a table of 2**bits counters: only split big inputs

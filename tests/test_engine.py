@@ -1,0 +1,169 @@
+"""Tests of the engine's compiled pieces against plain references.
+
+The whole-run Lloyd kernel against the step-by-step loop, the radix-sorted
+histogram against ``np.unique``, the coarse colour sets against ``np.bincount``,
+k-means++ and the swap moves, and the coarse search's determinism and quality.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from bigquant import KMeans, _kernels, colour_histogram
+from bigquant._init import kmeans_plusplus
+from bigquant._lloyd import lloyd
+from bigquant._points import BoundedPoints
+from bigquant._search import COARSE_MIN_COLOURS, default_chains, search, uses_coarse_search
+
+
+@pytest.fixture
+def many_colours() -> np.ndarray:
+    """A 240 x 240 photo-like image with more colours than the coarse-search threshold."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:240, 0:240]
+    img = np.stack([xx, yy, (xx + 2 * yy) // 3], axis=-1) + rng.normal(0, 14, (240, 240, 3))
+    img[60:120, 30:90] = [200, 40, 40] + rng.normal(0, 8, (60, 60, 3))  # a red patch
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- histogram
+
+
+@pytest.mark.parametrize("n_rows", [1, 1000, 300_000])
+def test_unique_colours_match_numpy(n_rows):
+    rng = np.random.default_rng(n_rows)
+    X = rng.integers(0, 50, (n_rows, 3)).astype(np.uint8)
+    hist = colour_histogram(X)  # two threads and a merge above 2 x 65536 rows
+    codes = _kernels.encode_colours(X, 8)
+    expected, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    np.testing.assert_array_equal(hist.codes, expected)
+    np.testing.assert_array_equal(hist.counts, counts)
+    np.testing.assert_array_equal(hist.inverse, inverse)
+    np.testing.assert_array_equal(hist.colours[hist.inverse], X)
+
+
+def test_coarse_colours_are_weighted_bin_means(many_colours):
+    hist = colour_histogram(many_colours)
+    coarse = hist.coarse(3)
+    X = hist.colours.astype(np.int64)
+    w = hist.counts.astype(np.float64)
+    code = ((X[:, 0] >> 3) << 10) | ((X[:, 1] >> 3) << 5) | (X[:, 2] >> 3)
+    bins, inverse = np.unique(code, return_inverse=True)
+    weight = np.bincount(inverse, weights=w)
+    means = np.stack([np.bincount(inverse, weights=w * X[:, c]) for c in range(3)], 1) / weight[:, None]
+    np.testing.assert_array_equal(coarse.weights, weight)
+    np.testing.assert_allclose(coarse.X, means, rtol=1e-12)
+    assert coarse.weights.sum() == many_colours.shape[0] * many_colours.shape[1]
+
+
+# --------------------------------------------------------------------------- Lloyd in one call
+
+
+@pytest.mark.parametrize("k", [1, 5, 24])
+def test_whole_run_kernel_equals_step_by_step_loop(many_colours, k):
+    hist = colour_histogram(many_colours)
+    rng = np.random.default_rng(k)
+    centers0 = kmeans_plusplus(hist.colours.astype(float), hist.counts.astype(float), k, rng)
+    one_call = lloyd(BoundedPoints(hist.colours, hist.counts, n_parts=1), centers0, max_iter=300, tol=0.0)
+    steps = []
+    stepwise = lloyd(BoundedPoints(hist.colours, hist.counts), centers0, max_iter=300, tol=0.0,
+                     callback=lambda i, inertia, shift: steps.append(i))
+    assert steps  # the callback forces the per-iteration loop
+    np.testing.assert_array_equal(one_call.centers, stepwise.centers)
+    assert one_call.n_iter == stepwise.n_iter
+    assert one_call.inertia == pytest.approx(stepwise.inertia, rel=1e-12)
+    labels, _ = _kernels.assign_labels(hist.colours, one_call.centers, np.int64)
+    np.testing.assert_array_equal(one_call.labels, labels)
+
+
+def test_whole_run_kernel_relocates_empty_clusters_as_the_loop_does():
+    # two far groups and three centres stuck on one side: a cluster empties
+    X = np.array([[0, 0, 0]] * 3 + [[1, 1, 1]] * 2 + [[200, 200, 200], [210, 210, 210]], dtype=np.uint8)
+    hist = colour_histogram(X)
+    centers0 = np.array([[0.0, 0, 0], [1, 1, 1], [255, 0, 255]])
+    one_call = lloyd(BoundedPoints(hist.colours, hist.counts, n_parts=1), centers0, max_iter=50, tol=0.0)
+    stepwise = lloyd(BoundedPoints(hist.colours, hist.counts), centers0, max_iter=50, tol=0.0,
+                     callback=lambda *a: None)
+    np.testing.assert_array_equal(one_call.centers, stepwise.centers)
+    assert not np.any(np.all(one_call.centers == [255, 0, 255], axis=1))
+
+
+def test_not_converging_warns_once_from_the_kernel(many_colours):
+    hist = colour_histogram(many_colours)
+    centers0 = hist.colours[:6].astype(float)
+    with pytest.warns(Warning, match="did not converge within max_iter=2"):
+        result = lloyd(BoundedPoints(hist.colours, hist.counts, n_parts=1), centers0, max_iter=2, tol=0.0)
+    assert result.n_iter == 2 and not result.converged
+
+
+# --------------------------------------------------------------------------- seeding and swaps
+
+
+def test_kmeans_plusplus_picks_distinct_weighted_points():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3)) * 50
+    w = rng.integers(0, 3, 500).astype(float)  # a third of the points weigh nothing
+    centers = kmeans_plusplus(X, w, 20, np.random.default_rng(1))
+    rows = [int(np.flatnonzero(np.all(X == c, axis=1))[0]) for c in centers]
+    assert len(set(rows)) == 20
+    assert np.all(w[rows] > 0)
+    again = kmeans_plusplus(X, w, 20, np.random.default_rng(1))
+    np.testing.assert_array_equal(centers, again)
+
+
+def test_swaps_never_raise_the_inertia(many_colours):
+    hist = colour_histogram(many_colours)
+    coarse = hist.coarse(3, n_parts=1)
+    rng = np.random.default_rng(5)
+    for k in (4, 12, 30):
+        centers, inertia, *_ = coarse.run(kmeans_plusplus(coarse.X, coarse.weights, k, rng), 300, 0.0)
+        swapped, swapped_inertia = _kernels.improve_by_swaps(
+            coarse.X, coarse.weights, centers, inertia, rng.random((8, 4)), 300, 0.0, 8
+        )
+        assert swapped_inertia <= inertia
+        assert coarse.inertia(swapped) == pytest.approx(swapped_inertia, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def test_search_is_deterministic_and_thread_independent(many_colours):
+    hist = colour_histogram(many_colours)
+    assert uses_coarse_search(hist) and hist.n_colours > COARSE_MIN_COLOURS
+    runs = [
+        search(hist, 10, n_chains=default_chains(1), tol=1e-3, max_iter=300,
+               rng=np.random.default_rng(7), seeder=kmeans_plusplus, parallel=parallel)
+        for parallel in (True, False, True)
+    ]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other.start, runs[0].start)
+        np.testing.assert_array_equal(other.fine.centers, runs[0].fine.centers)
+    # the kept run is an exact Lloyd fixed point from its start
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = lloyd(hist.points(), runs[0].start, max_iter=300, tol=1e-3, callback=lambda *a: None)
+    np.testing.assert_array_equal(again.centers, runs[0].fine.centers)
+
+
+def test_fit_with_a_callback_gives_the_same_palette(many_colours):
+    plain = KMeans(9, random_state=2).fit(many_colours)
+    seen = []
+    watched = KMeans(9, random_state=2, callback=lambda i, inertia, shift: seen.append(inertia)).fit(many_colours)
+    np.testing.assert_array_equal(plain.cluster_centers_, watched.cluster_centers_)
+    np.testing.assert_array_equal(plain.labels_, watched.labels_)
+    assert seen and plain.n_iter_ == watched.n_iter_ == len(seen)
+
+
+@pytest.mark.parametrize("k", [8, 24])
+def test_search_is_at_least_as_good_as_scikit_learn_best_of_five(many_colours, k):
+    sklearn = pytest.importorskip("sklearn.cluster")
+    X = many_colours.reshape(-1, 3)
+    ours = KMeans(k, random_state=0).fit(many_colours)
+    theirs = sklearn.KMeans(k, n_init=5, random_state=0).fit(X.astype(float))
+    assert ours.inertia_ <= 1.005 * theirs.inertia_
+    # and the reported inertia is the true one of the labels
+    d = ((X - ours.cluster_centers_[ours.labels_.reshape(-1)]) ** 2).sum()
+    assert ours.inertia_ == pytest.approx(d, rel=1e-9)
