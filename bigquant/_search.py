@@ -31,7 +31,7 @@ from bigquant._lloyd import LloydResult, lloyd
 from bigquant._points import BoundedPoints, _thread_pool, n_threads
 from bigquant.histogram import ColourHistogram
 
-__all__ = ["COARSE_MIN_COLOURS", "SearchResult", "default_chains", "search", "uses_coarse_search"]
+__all__ = ["COARSE_MIN_COLOURS", "SearchResult", "default_chains", "prepare_search", "search", "uses_coarse_search"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _chain(
     centers, _ = _kernels.improve_by_swaps(
         coarse.X, coarse.weights, centers, inertia, uniforms, max_iter, coarse_tol, SWAP_PATIENCE
     )
-    centers, inertia, *_ = histogram.coarse(REFINE_DROP_BITS, n_parts=1).run(centers, max_iter, coarse_tol)
+    centers, inertia, *_ = histogram.coarse(REFINE_DROP_BITS, n_parts=1).run(centers, max_iter, tol)
     if not fine:
         return inertia, centers, None
     exact = BoundedPoints(histogram.colours, histogram.counts, n_parts=1)
@@ -143,8 +143,7 @@ def search(
     """
     seeds = [int(s) for s in rng.integers(0, 2**63 - 1, size=n_chains)]
     fine = histogram.n_colours <= FINE_IN_CHAINS_MAX_COLOURS
-    histogram.coarse(SEARCH_DROP_BITS)  # build (and cache) them once, before the threads
-    histogram.coarse(REFINE_DROP_BITS)
+    prepare_search(histogram)  # before the threads
 
     def chain(seed: int) -> tuple[float, np.ndarray, tuple[LloydResult, float] | None]:
         return _chain(histogram, k, seed, tol, max_iter, seeder, fine)
@@ -159,6 +158,12 @@ def search(
     logger.info("coarse search: best of %d chains, inertia %.6g", n_chains, score[best])
     _, start, end = results[best]
     return SearchResult(start, None, np.nan) if end is None else SearchResult(start, *end)
+
+
+def prepare_search(histogram: ColourHistogram) -> None:
+    """Build (and cache in ``histogram``) the coarse colour sets the search runs on."""
+    histogram.coarse(SEARCH_DROP_BITS)
+    histogram.coarse(REFINE_DROP_BITS)
 
 
 def default_chains(n_init: int) -> int:

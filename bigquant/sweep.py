@@ -7,18 +7,15 @@ given or active (the histogram is scattered to the workers once, then one task
 per k), else on a thread pool (the kernels release the GIL). Each finished k is
 appended to a CSV file at once, so an interrupted sweep resumes from it.
 
-Each k is fitted by :func:`fit_histogram`:
+Each k is fitted by :func:`fit_histogram`, with the engine of
+:class:`bigquant.KMeans`:
 
-1. ``n_init`` weighted k-means++ seeds (the engine's, :mod:`bigquant._init`).
-   On a histogram of many colours the seeds are drawn
-   and run on *coarse* histograms first (colours merged by dropping low bits,
-   each bin at the mean colour of its pixels, so the coarse cost differs from
-   the exact one only by the within-bin spread), the best quarter going on to
-   the next finer level;
-2. the best (at most two) candidates run Lloyd's iteration to convergence on the
-   exact histogram with the engine's Lloyd (:mod:`bigquant._lloyd` over a
-   Hamerly-bounded :class:`~bigquant._points.BoundedPoints`: exact sums);
-3. the palette is made of image colours: every centre is rounded to the
+1. on a histogram of many colours, the coarse search of :mod:`bigquant._search`
+   (parallel chains of k-means++, Lloyd's iteration and swap moves on 5-bit
+   colours, refined on 6-bit ones, each run to the exact fixed point; the
+   lowest wins); on a small one, ``n_init`` weighted k-means++ seeds each run
+   to convergence. Lloyd's iteration is exact (integer sums, Hamerly's bounds);
+2. the palette is made of image colours: every centre is rounded to the
    nearest integer colour -- the best integer colour for its cluster, as the
    squared error splits per channel -- and the colours re-assigned to the
    nearest palette colour, while the error drops.
@@ -49,24 +46,20 @@ from bigquant import _kernels
 from bigquant._init import kmeans_plusplus
 from bigquant._lloyd import LloydResult, lloyd
 from bigquant._points import BoundedPoints, InMemoryPoints
+from bigquant._search import default_chains, prepare_search, search, uses_coarse_search
 from bigquant._typing import STRATEGIES
 from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
-from bigquant.histogram import ColourHistogram, coarsen_colours, colour_histogram, histogram_bits
+from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.runtime import active_client, phase
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
-    "sweep", "SweepResult", "SweepRow", "HistogramFit", "fit_histogram", "histogram_pyramid", "parse_ks", "elbow",
+    "sweep", "SweepResult", "SweepRow", "HistogramFit", "fit_histogram", "parse_ks", "elbow",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: a histogram with more colours than this is coarsened to screen the seeds
-COARSE_COLOURS = 32768
-#: candidates (best screened seeds) run to convergence on the exact histogram
-N_REFINED = 2
 
 # --------------------------------------------------------------------------- engine pieces
 
@@ -81,7 +74,7 @@ def _lloyd_run(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int,
 def _sse(X: np.ndarray, w: np.ndarray, centers: np.ndarray) -> tuple[float, np.ndarray]:
     """Weighted squared error of the colours to their nearest centre, and the labels."""
     labels, d = _kernels.assign_labels(X, centers, np.int64)
-    return float(w @ d), labels
+    return float(np.sum(w * d)), labels  # not w @ d: a threaded BLAS call spins when the cores are busy
 
 
 def _integer_palette(
@@ -139,43 +132,6 @@ class HistogramFit:
     converged: bool
 
 
-def histogram_pyramid(
-    histogram: ColourHistogram | tuple[np.ndarray, np.ndarray],
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Coarse-to-fine weighted colour sets for seeding, ending with the histogram itself.
-
-    Levels of at most ``COARSE_COLOURS`` and ``COARSE_COLOURS / 4`` bins (colours
-    merged by dropping low bits; each bin at the mean colour of its pixels) are
-    put before the exact histogram when it is larger than that. A sweep
-    computes it once and shares it between every k.
-
-    Parameters
-    ----------
-    histogram : ColourHistogram or tuple (colours, counts)
-
-    Returns
-    -------
-    list of tuple (colours, weights)
-        float64 arrays of shape (n, C) and (n,), coarsest first.
-    """
-    colours, counts = _colours_counts(histogram)
-    X = np.ascontiguousarray(colours, dtype=np.float64)
-    w = np.ascontiguousarray(counts, dtype=np.float64)
-    levels = [(X, w)]
-    if colours.dtype.kind != "u":
-        return levels
-    bits = colours.dtype.itemsize * 8
-    target = COARSE_COLOURS
-    for drop in range(1, bits):
-        if levels[0][0].shape[0] <= target or len(levels) == 3:
-            break
-        Xs, ws = coarsen_colours(X, w, drop, bits)
-        if Xs.shape[0] <= target:
-            levels.insert(0, (Xs, ws))
-            target //= 4
-    return levels
-
-
 def _colours_counts(histogram: ColourHistogram | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(histogram, ColourHistogram):
         return histogram.colours, histogram.counts
@@ -196,7 +152,7 @@ def fit_histogram(
     max_iter: int = 300,
     tol: float = 1e-4,
     random_state: int | np.random.Generator | None = None,
-    pyramid: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    parallel: bool = True,
 ) -> HistogramFit:
     """Fit a palette of ``n_clusters`` colours on a colour histogram (exact weighted k-means).
 
@@ -207,10 +163,8 @@ def fit_histogram(
     n_clusters : int
         Palette size k.
     n_init : int, default=1
-        Number of k-means++ initialisations. When the histogram has more than
-        ``COARSE_COLOURS`` colours, the seeds are drawn and run on coarsened
-        histograms first (see :func:`histogram_pyramid`) and only the best two are run
-        on the exact one.
+        Number of k-means++ initialisations; on a histogram of many 8-bit
+        colours, search chains per thread (see :mod:`bigquant._search`).
     max_iter : int, default=300
         Maximum Lloyd iterations per run.
     tol : float, default=1e-4
@@ -218,9 +172,9 @@ def fit_histogram(
         times the weighted mean per-channel variance (as :class:`bigquant.KMeans`).
     random_state : int, numpy Generator or None, default=None
         Seed of the initialisations.
-    pyramid : list, default=None
-        :func:`histogram_pyramid` of ``histogram``, when already computed
-        (a sweep computes it once for every k).
+    parallel : bool, default=True
+        Run the search chains on the thread pool (a sweep, which fits
+        several k at once, turns it off).
 
     Returns
     -------
@@ -236,7 +190,8 @@ def fit_histogram(
     >>> fit.cost
     4
     """
-    colours, counts = _colours_counts(histogram)
+    hist = _as_histogram(histogram)
+    colours, counts = _colours_counts(hist if hist is not None else histogram)
     k = int(n_clusters)
     if k < 1:
         raise InvalidParameterError(f"n_clusters={n_clusters} must be >= 1")
@@ -244,8 +199,8 @@ def fit_histogram(
         raise InvalidParameterError(f"n_init={n_init} must be >= 1")
     if colours.ndim != 2 or colours.shape[0] == 0:
         raise InvalidInputError(f"histogram colours of shape {colours.shape} must be (n_colours >= 1, n_channels)")
-    levels = pyramid if pyramid is not None else histogram_pyramid((colours, counts))
-    X, w = levels[-1]
+    X = np.ascontiguousarray(colours, dtype=np.float64)
+    w = np.ascontiguousarray(counts, dtype=np.float64)
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     if colours.dtype.kind in "ui":
         info = np.iinfo(colours.dtype)
@@ -258,48 +213,36 @@ def fit_histogram(
         pal = centers if out_dtype is None else centers.astype(out_dtype)
         return HistogramFit(centers, pal, 0.0, 0, 0, True)
 
-    tol_abs = _tolerance(X, w, tol)
-
-    def seed(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return kmeans_plusplus(points, weights, k, rng)
-
-    n_init = int(n_init)
-    # coarse-to-fine: the seeds are drawn and run on the coarsest histogram, the
-    # best quarter go on to the next finer one, ..., the best two to the exact one
-    coarse = levels[:-1]
-    if coarse:
-        starts = [seed(*coarse[0]) for _ in range(n_init)]
-        for depth, (Xs, ws) in enumerate(coarse):
-            tol_s = _tolerance(Xs, ws, tol)
-            scored = []
-            for c0 in starts:
-                run = _lloyd_run(Xs, ws, c0, max_iter, tol_s)
-                scored.append((run.inertia, run.centers))
-            scored.sort(key=lambda t: t[0])
-            keep = N_REFINED if depth == len(coarse) - 1 else max(N_REFINED, len(scored) // 4)
-            starts = [c for _, c in scored[:keep]]
+    tol_abs = float(tol) * float(np.mean(InMemoryPoints(X, w, n_parts=1).moments()[2]))
+    if hist is not None and uses_coarse_search(hist):
+        found = search(hist, k, n_chains=default_chains(n_init), tol=tol_abs, max_iter=max_iter, rng=rng,
+                       seeder=kmeans_plusplus, parallel=parallel)
+        run = found.fine if found.fine is not None else _lloyd_run(X, w, found.start, max_iter, tol_abs)
     else:
-        starts = [seed(X, w) for _ in range(n_init)]
-
-    best: HistogramFit | None = None
-    total_iter = 0
-    for start in starts:
-        run = _lloyd_run(X, w, start, max_iter, tol_abs)
-        centers, converged, inertia = run.centers, run.converged, run.inertia
-        total_iter += run.n_iter
-        if out_dtype is None:
-            pal, cost = centers, inertia
-        else:
-            pal, cost = _integer_palette(X, w, centers, lo, hi, 50)
-        if best is None or cost < best.cost:
-            palette = pal if out_dtype is None else pal.astype(out_dtype)
-            best = HistogramFit(centers, palette, inertia, int(round(cost)) if out_dtype is not None else cost,
-                                0, bool(converged))
-    assert best is not None
-    best.n_iter = total_iter
-    if not best.converged:
+        runs = [_lloyd_run(X, w, kmeans_plusplus(X, w, k, rng), max_iter, tol_abs) for _ in range(int(n_init))]
+        run = min(runs, key=lambda r: r.inertia)  # first of equals
+    if out_dtype is None:
+        pal, cost = run.centers, run.inertia
+    else:
+        pal, cost = _integer_palette(X, w, run.centers, lo, hi, 50)
+    if not run.converged:
         logger.warning("k=%d: Lloyd's iteration did not converge within max_iter=%d", k, max_iter)
-    return best
+    palette = pal if out_dtype is None else pal.astype(out_dtype)
+    return HistogramFit(run.centers, palette, run.inertia, int(round(cost)) if out_dtype is not None else cost,
+                        run.n_iter, bool(run.converged))
+
+
+def _as_histogram(histogram: ColourHistogram | tuple[np.ndarray, np.ndarray]) -> ColourHistogram | None:
+    """A :class:`ColourHistogram` of (colours, counts) of histogrammable dtype, else ``None``."""
+    if isinstance(histogram, ColourHistogram):
+        return histogram
+    colours, counts = (np.asarray(a) for a in histogram)
+    bits = histogram_bits(colours.dtype, colours.shape[-1]) if colours.ndim == 2 else None
+    if bits is None:
+        return None
+    codes = _kernels.encode_colours(np.ascontiguousarray(colours), bits)
+    order = np.argsort(codes, kind="stable")
+    return ColourHistogram(np.ascontiguousarray(colours[order]), counts[order].astype(np.int64), codes[order], bits)
 
 
 # --------------------------------------------------------------------------- results
@@ -549,13 +492,12 @@ def _psnr(cost: float, n_values: int, peak: float) -> float:
     return 10.0 * math.log10(peak * peak * n_values / cost)
 
 
-def _fit_task(payload: tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]], k: int,
-              n_init: int, max_iter: int, tol: float, base: int) -> tuple[HistogramFit, float]:
+def _fit_task(hist: ColourHistogram, k: int, n_init: int, max_iter: int, tol: float,
+              base: int) -> tuple[HistogramFit, float]:
     """One k, run on a worker (or a thread): the fit and its wall time."""
     start = time.perf_counter()
-    hist, pyramid = payload
     fit = fit_histogram(hist, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=_seed_for(base, k),
-                        pyramid=pyramid)
+                        parallel=False)
     return fit, time.perf_counter() - start
 
 
@@ -783,14 +725,15 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
     """Fit every k concurrently; yield (k, fit, seconds) as they finish, largest k started first."""
     if not ks:
         return
-    colours_counts = (np.ascontiguousarray(hist.colours), np.ascontiguousarray(hist.counts))
-    payload = (colours_counts, histogram_pyramid(colours_counts))
+    payload = ColourHistogram(hist.colours, hist.counts, hist.codes, hist.bits)  # without a pixel index
+    if uses_coarse_search(payload):
+        prepare_search(payload)  # the coarse colour sets, computed once and shipped with it
     order = sorted(ks, reverse=True)  # the slowest first: better packing
     if client is not None:
         from distributed import as_completed as dist_as_completed
         from dask.base import tokenize
 
-        token = tokenize(colours_counts, n_init, max_iter, tol, base)
+        token = tokenize(hist.codes, hist.counts, n_init, max_iter, tol, base)
         with _on(client), phase("bigquant-sweep"):
             [remote] = client.scatter([payload], broadcast=False, hash=False)
             futures = {

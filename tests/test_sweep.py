@@ -75,16 +75,23 @@ def test_fit_histogram_more_inits_not_worse_and_seeded(photo):
     assert several.cost <= one.cost * 1.02
 
 
-def test_fit_histogram_screens_on_a_coarse_pyramid(monkeypatch, photo):
-    """With a tiny COARSE_COLOURS the seeds are screened on coarser histograms and still fit well."""
+def test_fit_histogram_searches_coarse_colours_like_kmeans(monkeypatch, photo):
+    """Above the threshold the fit is the coarse search of KMeans: the same palette, both converged."""
+    from bigquant import KMeans
+
+    search_mod = importlib.import_module("bigquant._search")
     hist = colour_histogram(photo)
-    monkeypatch.setattr(sweep_mod, "COARSE_COLOURS", 512)
-    levels = sweep_mod.histogram_pyramid(hist)
-    assert len(levels) == 3
-    assert [lv[0].shape[0] for lv in levels] == sorted(lv[0].shape[0] for lv in levels)
-    assert all(math.isclose(lv[1].sum(), hist.n_pixels) for lv in levels)
-    fit = fit_histogram(hist, 6, n_init=8, random_state=0)
-    assert fit.converged and fit.cost < fit_histogram(hist, 3, random_state=0).cost
+    monkeypatch.setattr(search_mod, "COARSE_MIN_COLOURS", hist.n_colours // 4)
+    assert search_mod.uses_coarse_search(hist)
+    fit = fit_histogram(hist, 6, random_state=np.random.default_rng(5))
+    km = KMeans(6, random_state=np.random.default_rng(5)).fit(photo)
+    np.testing.assert_array_equal(fit.centers, km.cluster_centers_)
+    assert fit.converged and fit.n_iter == km.n_iter_
+    assert fit.cost < fit_histogram(hist, 3, random_state=0).cost
+    # (colours, counts) in any order is the same histogram
+    order = np.random.default_rng(0).permutation(hist.n_colours)
+    shuffled = fit_histogram((hist.colours[order], hist.counts[order]), 6, random_state=np.random.default_rng(5))
+    np.testing.assert_array_equal(shuffled.centers, fit.centers)
 
 
 def test_fit_histogram_few_colours():
