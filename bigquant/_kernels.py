@@ -887,12 +887,12 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
         if shift <= tol:
             converged = True
             break
-    dist = np.empty(k, dtype=np.float64)
+    # one more bounded step makes every label exact for the final centres (mostly
+    # skipping points); then each point's inertia is one distance, rounded as a scan's
+    bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
     inertia = 0.0
     for i in range(n):
-        best, best_d = _nearest(X, i, centers_t, dist)
-        labels[i] = best
-        inertia += best_d * np.float64(weights[i])
+        inertia += _sqdist(X, i, centers_t, labels[i]) * np.float64(weights[i])
     return centers, inertia, n_iter, converged, shift, labels
 
 
@@ -904,8 +904,8 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
     costs least (every point falling back to its second-nearest centre),
     puts it back at the best of ``uniforms.shape[1]`` points drawn as in
     k-means++ (in proportion to ``w * D^2`` without that centre), and runs
-    Lloyd from there (:func:`lloyd_bounded`); the move is kept when the
-    inertia drops (the swap heuristic of I-k-means-+, Ismkhan 2018). The
+    up to 10 Lloyd iterations from there (:func:`lloyd_bounded`); the move
+    is kept when the inertia drops (the swap heuristic of I-k-means-+, Ismkhan 2018). The
     trials stop early after ``patience`` rejected moves in a row.
 
     Returns the centres and their inertia.
@@ -961,7 +961,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
         trial = centers.copy()
         for c in range(n_channels):
             trial[removed, c] = X[cand[pick], c]
-        moved, moved_inertia, _, _, _, _ = lloyd_bounded(X, weights, trial, max_iter, tol, True)
+        moved, moved_inertia, _, _, _, _ = lloyd_bounded(X, weights, trial, min(max_iter, 10), tol, True)
         if moved_inertia < inertia:
             centers = moved
             inertia = moved_inertia

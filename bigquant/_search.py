@@ -42,9 +42,9 @@ SEARCH_DROP_BITS = 3
 #: bits dropped per channel to refine the best chain (8-bit -> 6-bit colours)
 REFINE_DROP_BITS = 2
 #: swap moves tried per chain, at most
-N_SWAPS = 10
+N_SWAPS = 8
 #: a chain stops after this many rejected swap moves in a row
-SWAP_PATIENCE = 3
+SWAP_PATIENCE = 2
 #: the coarse runs stop earlier: they only look for the right basin
 COARSE_TOL_FACTOR = 10.0
 
