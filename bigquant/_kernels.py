@@ -781,6 +781,15 @@ def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cove
 
 
 @numba.njit(**_JIT)
+def labelled_inertia(X, weights, centers_t, labels):  # pragma: no cover
+    """``sum_i w_i |x_i - c_{labels_i}|^2``, each distance rounded as a scan's."""
+    inertia = 0.0
+    for i in range(X.shape[0]):
+        inertia += _sqdist(X, i, centers_t, labels[i]) * np.float64(weights[i])
+    return inertia
+
+
+@numba.njit(**_JIT)
 def squared_shift(new, old):  # pragma: no cover
     """``sum_jc (new_jc - old_jc)^2``, summed in row-major order (every Lloyd path uses it)."""
     s = 0.0
@@ -890,10 +899,7 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
     # one more bounded step makes every label exact for the final centres (mostly
     # skipping points); then each point's inertia is one distance, rounded as a scan's
     bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
-    inertia = 0.0
-    for i in range(n):
-        inertia += _sqdist(X, i, centers_t, labels[i]) * np.float64(weights[i])
-    return centers, inertia, n_iter, converged, shift, labels
+    return centers, labelled_inertia(X, weights, centers_t, labels), n_iter, converged, shift, labels
 
 
 @numba.njit(**_JIT)

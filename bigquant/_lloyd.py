@@ -150,8 +150,9 @@ def lloyd(
         if shift <= tol:
             converged = True
             break
-    if hasattr(points, "inertia"):
-        final_inertia = points.inertia(centers)
+    labels = None
+    if hasattr(points, "finish"):
+        final_inertia, labels = points.finish(centers)
     elif converged and shift == 0.0:
         # exact fixed point: the last assignment was to these very centres
         final_inertia = inertia
@@ -159,7 +160,7 @@ def lloyd(
         final_inertia = points.partial_sums(centers)[2]
     if not converged:
         warn_not_converged(max_iter, shift, tol)
-    return LloydResult(centers, float(final_inertia), n_iter, converged)
+    return LloydResult(centers, float(final_inertia), n_iter, converged, labels)
 
 
 def warn_not_converged(max_iter: int, shift: float, tol: float, *, stacklevel: int = 4) -> None:

@@ -518,11 +518,7 @@ class BoundedPoints(InMemoryPoints):
                 st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
             )
 
-        pairs = list(zip(self._segments, states))
-        if len(pairs) == 1:
-            one(pairs[0])
-        else:
-            list(_thread_pool().map(one, pairs))
+        self._map_pairs(lambda seg, st: one((seg, st)), list(zip(self._segments, states)))
         self._previous = centers.copy()
         sums = np.sum([st["sums"] for st in states], axis=0)
         counts = np.sum([st["counts"] for st in states], axis=0)
@@ -533,6 +529,26 @@ class BoundedPoints(InMemoryPoints):
     def inertia(self, centers: np.ndarray) -> float:
         """Weighted sum of squared distances, summed directly (a full pass)."""
         return InMemoryPoints.partial_sums(self, centers)[2]
+
+    def finish(self, centers: np.ndarray) -> tuple[float, np.ndarray]:
+        """Inertia and labels for the last centres of a run: one more bounded step.
+
+        Cheaper than :meth:`inertia`'s full pass: the step skips most points,
+        and then each point's distance is the one to its own centre.
+        """
+        self.partial_sums(centers)
+        assert self._state is not None
+        centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
+        pairs = list(zip(self._segments, self._state))
+        parts = self._map_pairs(
+            lambda seg, st: _kernels.labelled_inertia(self.X[seg], self.weights[seg], centers_t, st["labels"]), pairs
+        )
+        return float(math.fsum(parts)), np.concatenate([st["labels"] for st in self._state])
+
+    def _map_pairs(self, func: Callable[[slice, dict[str, np.ndarray]], Any], pairs: list) -> list[Any]:
+        if len(pairs) == 1:
+            return [func(*pairs[0])]
+        return list(_thread_pool().map(lambda p: func(*p), pairs))
 
     def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float, np.ndarray]:
         """A whole Lloyd run in one compiled call (:func:`bigquant._kernels.lloyd_bounded`).
