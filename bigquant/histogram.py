@@ -144,9 +144,11 @@ def coarsen_colours(
 
 
 def _block_counts(
-    block: np.ndarray, _weights: None, bits: int, n_channels: int
+    block: np.ndarray, _weights: None, bits: int, n_channels: int, morton: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    return _kernels.count_codes(block.reshape(-1, n_channels), bits)
+    from bigquant.io._tile_counts import block_counts
+
+    return block_counts(block, bits, n_channels, morton)
 
 
 def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -171,9 +173,44 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
-    """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts)."""
-    return block_tree("histogram", X, None, _block_counts, (bits, X.shape[-1]),
-                      _kernels.merge_sparse_counts, split_every=split_every)
+    """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts).
+
+    Blocks of a TIFF read directly (uncompressed tiles) are counted tile by
+    tile as they are read, in the same task; RGB uint8 colours are counted in
+    Morton order and converted to the usual codes after the merge.
+    """
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    from bigquant._points import tree_reduce
+    from bigquant.io._tile_counts import region_counts
+    from bigquant.io._tile_kernels import morton_to_codes
+    from bigquant.io._tiff_read import direct_reader
+
+    n_channels = X.shape[-1]
+    morton = bits == 8 and n_channels == 3
+    reader = direct_reader(X) if X.ndim == 3 else None
+    if reader is None:
+        root = block_tree("histogram", X, None, _block_counts, (bits, n_channels, morton),
+                          _kernels.merge_sparse_counts, split_every=split_every)
+    else:
+        token = tokenize(X.name, bits, morton, split_every)
+        name = f"bigquant-histogram-{token}"
+        ys, xs = np.cumsum((0,) + X.chunks[0]), np.cumsum((0,) + X.chunks[1])
+        layer: dict = {}
+        for a in range(len(ys) - 1):
+            for b in range(len(xs) - 1):
+                window = (int(ys[a]), int(ys[a + 1]), int(xs[b]), int(xs[b + 1]))
+                layer[(name, len(layer))] = (region_counts, reader, window, bits, n_channels, morton)
+        tree, top = tree_reduce(f"bigquant-histogram-sum-{token}", list(layer), _kernels.merge_sparse_counts,
+                                split_every=split_every)
+        layer.update(tree)
+        root = Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
+    if morton:
+        root = dask.delayed(morton_to_codes, pure=True)(
+            root, dask_key_name=f"bigquant-histogram-codes-{tokenize(root.key)}"
+        )
+    return root
 
 
 def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> ColourHistogram:

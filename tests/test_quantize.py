@@ -187,3 +187,82 @@ def test_uint16_gray_histogram_lookup(tmp_path):
     gray = (np.random.default_rng(1).normal(30000, 6000, (90, 110)).clip(0, 65535)).astype(np.uint16)
     model = quantize(gray, tmp_path / "g.tif", 5, strategy="histogram", random_state=0, tile=32)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "g.tif"), np.asarray(model.labels_))
+
+
+# --- the histogram pass: tiles counted as read, Morton order --------------------
+
+
+def _expected_histogram(img):
+    flat = img.reshape(-1, img.shape[-1]).astype(np.uint32)
+    codes = np.zeros(len(flat), np.uint32)
+    for c in range(flat.shape[1]):
+        codes = (codes << (8 * img.dtype.itemsize)) | flat[:, c]
+    return np.unique(codes, return_counts=True)
+
+
+@pytest.mark.parametrize("chunks", [None, 256, (1024, 768)])
+def test_histogram_of_direct_tiff_counts_tiles_as_read(tmp_path, monkeypatch, chunks):
+    """Blocks of >= 1 M pixels are counted from the tiles as they are read (no block
+    read), small ones from the block; both in Morton order, merged to usual codes."""
+    from bigquant import colour_histogram
+    from bigquant.io._tiff_read import TiffBlockReader
+    from bigquant.sample import make_sample_image
+
+    img = make_sample_image((1100, 1300), seed=4)
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, img, tile=(128, 192), photometric="rgb")
+    src = read_image(path, chunks=chunks)
+    blocks = []
+    original = TiffBlockReader.__getitem__
+    monkeypatch.setattr(TiffBlockReader, "__getitem__",
+                        lambda self, key: blocks.append(key) or original(self, key))
+    hist = colour_histogram(src.data)
+    codes, counts = _expected_histogram(img)
+    np.testing.assert_array_equal(hist.codes, codes)
+    np.testing.assert_array_equal(hist.counts, counts)
+    assert hist.counts.dtype == np.int64 and hist.codes.dtype == np.uint32
+    np.testing.assert_array_equal(hist.colours, img.reshape(-1, 3)[np.unique(
+        img.reshape(-1, 3).astype(np.uint32) @ np.array([65536, 256, 1], np.uint32),
+        return_index=True)[1]])
+    big = [c for c in zip(*[np.repeat(src.data.chunks[0], len(src.data.chunks[1])),
+                           np.tile(src.data.chunks[1], len(src.data.chunks[0]))])
+           if c[0] * c[1] * 16 >= 1 << 24]
+    assert len(blocks) == src.data.npartitions - len(big)
+
+
+def test_histogram_of_other_arrays_and_types(tmp_path):
+    from bigquant import colour_histogram
+    from bigquant.sample import make_sample_image
+
+    img = make_sample_image((1030, 1050), seed=5)
+    import dask.array as da
+
+    for data in (img, img[..., :1], img[..., :2], (img[..., :1].astype(np.uint16) * 251)):
+        hist = colour_histogram(da.from_array(data, chunks=(1030, 1050, data.shape[2])))
+        codes, counts = _expected_histogram(data)
+        np.testing.assert_array_equal(hist.codes, codes)
+        np.testing.assert_array_equal(hist.counts, counts)
+    gray = img[..., 1]
+    path = tmp_path / "g.tif"
+    tifffile.imwrite(path, gray, tile=(256, 256))
+    src = read_image(path)
+    hist = colour_histogram(src.data[..., None])
+    codes, counts = _expected_histogram(gray[..., None])
+    np.testing.assert_array_equal(hist.codes, codes)
+    np.testing.assert_array_equal(hist.counts, counts)
+
+
+@pytest.mark.distributed
+def test_histogram_tiles_counted_on_worker_processes(local_cluster, tmp_path):
+    from bigquant import colour_histogram
+    from bigquant.sample import make_sample_image
+
+    img = make_sample_image((1100, 1000), seed=6)
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", bigtiff=True)
+    src = read_image(path)
+    with local_cluster.as_current():
+        hist = colour_histogram(src.data)
+    codes, counts = _expected_histogram(img)
+    np.testing.assert_array_equal(hist.codes, codes)
+    np.testing.assert_array_equal(hist.counts, counts)

@@ -18,10 +18,12 @@ and on a distributed cluster with worker processes:
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from bigquant.errors import ImageReadError, InvalidParameterError
 from bigquant.io._chunks import ChunksLike, aligned_chunks
 from bigquant.io._source import ImageSource
 
-__all__ = ["TiffBlockReader", "read_tiff", "is_tiff"]
+__all__ = ["TiffBlockReader", "direct_reader", "read_tiff", "is_tiff"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +155,35 @@ class TiffBlockReader:
         (y0, y1, ystep), (x0, x1, xstep) = key[0].indices(height), key[1].indices(width)
         if ystep < 0 or xstep < 0 or y1 <= y0 or x1 <= x0:  # unusual selections: read all, then index
             return self._read_segments((slice(None), slice(None)) + key[2:])[key]
+        spp = self.shape[2] if self.ndim == 3 else 1
+        out = np.empty((y1 - y0, x1 - x0, spp), dtype=self.file_dtype)
+        for part, (ya, xa) in self.segment_windows((y0, y1, x0, x1)):
+            out[ya - y0 : ya - y0 + part.shape[0], xa - x0 : xa - x0 + part.shape[1]] = part
+        block = out[::ystep, ::xstep]
+        block = block[..., key[2]] if self.ndim == 3 else block[..., 0]
+        if block.dtype != self.dtype:
+            block = block.astype(self.dtype)
+        elif ystep != 1 or xstep != 1 or self.ndim == 3 and key[2] != slice(None):
+            block = np.ascontiguousarray(block)
+        return block
+
+    def segment_windows(
+        self, window: tuple[int, int, int, int]
+    ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
+        """Yield the parts of ``[y0:y1, x0:x1]`` one stored tile (or strip) at a time.
+
+        Only for direct reads (``segment`` set).  Each item is the part, of
+        shape (rows, cols, samples) in the file's dtype and byte order, and the
+        image position of its top-left pixel.  The part is a view of one
+        buffer reused for the next tile: use it before asking for the next.
+        Missing segments of sparse files read as zeros.
+        """
+        assert self.segment is not None and self.file_dtype is not None
+        y0, y1, x0, x1 = window
+        height, width = self.shape[:2]
         sh, sw = self.segment
         spp = self.shape[2] if self.ndim == 3 else 1
         item = self.file_dtype.itemsize
-        out = np.empty((y1 - y0, x1 - x0, spp), dtype=self.file_dtype)
         seg = np.empty(sh * sw * spp, dtype=self.file_dtype)
         view = memoryview(seg).cast("B")
         try:
@@ -172,39 +199,54 @@ class TiffBlockReader:
                     rows = sh if self.tiled else min(sh, height - top)
                     ya, yb = max(y0, top), min(y1, top + sh)
                     nbytes = rows * sw * spp * item
+                    tile = seg[: nbytes // item].reshape(rows, sw, spp)
                     for tx in range(x0 // sw, (x1 - 1) // sw + 1):
                         left = tx * sw
                         xa, xb = max(x0, left), min(x1, left + sw)
-                        dest = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
                         i = ty * nx + tx
                         if counts[i] == 0:  # a sparse file's missing segment
-                            dest[...] = 0
-                            continue
-                        fh.seek(int(offsets[i]))
-                        got = 0
-                        while got < nbytes:
-                            n = fh.readinto(view[got:nbytes])
-                            if not n:
-                                raise ImageReadError(
-                                    f"{self.path}: file is truncated (segment {i} at "
-                                    f"{int(offsets[i])} ends after {got} of {nbytes} bytes)"
-                                )
-                            got += n
-                        tile = seg[: nbytes // item].reshape(rows, sw, spp)
-                        dest[...] = tile[ya - top : yb - top, xa - left : xb - left]
+                            tile[...] = 0
+                        else:
+                            fh.seek(int(offsets[i]))
+                            got = 0
+                            while got < nbytes:
+                                n = fh.readinto(view[got:nbytes])
+                                if not n:
+                                    raise ImageReadError(
+                                        f"{self.path}: file is truncated (segment {i} at "
+                                        f"{int(offsets[i])} ends after {got} of {nbytes} bytes)"
+                                    )
+                                got += n
+                        yield tile[ya - top : yb - top, xa - left : xb - left], (ya, xa)
         except ImageReadError:
             raise
         except Exception as exc:  # noqa: BLE001 - any OS or layout error means a bad file
             raise ImageReadError(
-                f"{self.path}: cannot read pixels {key!r}: {type(exc).__name__}: {exc}"
+                f"{self.path}: cannot read pixels [{y0}:{y1}, {x0}:{x1}]: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
-        block = out[::ystep, ::xstep]
-        block = block[..., key[2]] if self.ndim == 3 else block[..., 0]
-        if block.dtype != self.dtype:
-            block = block.astype(self.dtype)
-        elif ystep != 1 or xstep != 1 or self.ndim == 3 and key[2] != slice(None):
-            block = np.ascontiguousarray(block)
-        return block
+
+
+#: Arrays made by :func:`read_tiff` whose blocks can be read tile by tile
+#: (name -> reader), for passes that consume tiles as they are read (colour
+#: counting) instead of whole blocks.  Names are tokens of path, file stamp,
+#: level and chunks, so an entry never goes stale.
+_DIRECT_ARRAYS: collections.OrderedDict[str, TiffBlockReader] = collections.OrderedDict()
+
+
+def direct_reader(arr: da.Array) -> TiffBlockReader | None:
+    """The reader of ``arr`` if it is a TIFF level read directly, unchanged, else None."""
+    reader = _DIRECT_ARRAYS.get(arr.name)
+    if reader is None or tuple(arr.shape) != reader.shape:
+        return None
+    return reader
+
+
+def _register_direct(arr: da.Array, reader: TiffBlockReader) -> None:
+    _DIRECT_ARRAYS[arr.name] = reader
+    _DIRECT_ARRAYS.move_to_end(arr.name)
+    while len(_DIRECT_ARRAYS) > 64:
+        _DIRECT_ARRAYS.popitem(last=False)
 
 
 @functools.lru_cache(maxsize=8)
@@ -428,6 +470,8 @@ def read_tiff(
         inline_array=True,
         meta=np.empty((0,) * len(shape), dtype=dtype),
     )
+    if reader.segment is not None:
+        _register_direct(data, reader)
     if colormap is not None and data.ndim == 2 and dtype.kind == "u":
         lut = _palette_lut(colormap)
         data = data.map_blocks(

@@ -51,3 +51,87 @@ def lookup_window(
     y0, y1, x0, x1 = window
     X = np.ascontiguousarray(block).reshape(-1, block.shape[-1])
     _lookup_window(X, block.shape[1], y0, y1, x0, x1, bits, lut, lut.dtype.type(sentinel), centers_t, out)
+
+
+# --------------------------------------------------------------------------- colour counting
+#
+# RGB uint8 colours are counted in Morton (bit-interleaved) order: the colours of
+# neighbouring pixels differ in their low bits, so their counters lie close
+# together in the 2**24 table instead of 64 K counters apart per step of red --
+# fewer cache and TLB misses (a 4096^2 block counts ~30 % faster).  The merged
+# histogram is converted back to the usual codes (red highest) once.
+
+
+def _spread_table() -> np.ndarray:
+    """``v`` (8 bits) with two zero bits after each bit: bit b of v at bit 3b."""
+    v = np.arange(256, dtype=np.uint32)
+    out = np.zeros(256, dtype=np.uint32)
+    for b in range(8):
+        out |= ((v >> b) & 1) << (3 * b)
+    return out
+
+
+_SPREAD = _spread_table()
+#: per-channel tables: red, green, blue bits at 3b + 2, 3b + 1, 3b
+MORTON_TABLES = (_SPREAD << 2, _SPREAD << 1, _SPREAD)
+
+
+@numba.njit(**_JIT)
+def _count_morton(X, s0, s1, s2, table):  # pragma: no cover
+    for i in range(X.shape[0]):
+        table[s0[X[i, 0]] | s1[X[i, 1]] | s2[X[i, 2]]] += 1
+
+
+@numba.njit(**_JIT)
+def _encode_morton(X, s0, s1, s2, codes):  # pragma: no cover
+    for i in range(X.shape[0]):
+        codes[i] = s0[X[i, 0]] | s1[X[i, 1]] | s2[X[i, 2]]
+
+
+@numba.njit(inline="always", **_JIT)
+def _unmorton(m):  # pragma: no cover
+    r = np.uint32(0)
+    g = np.uint32(0)
+    b = np.uint32(0)
+    for bit in range(8):
+        r |= ((m >> np.uint32(3 * bit + 2)) & np.uint32(1)) << np.uint32(bit)
+        g |= ((m >> np.uint32(3 * bit + 1)) & np.uint32(1)) << np.uint32(bit)
+        b |= ((m >> np.uint32(3 * bit)) & np.uint32(1)) << np.uint32(bit)
+    return (r << np.uint32(16)) | (g << np.uint32(8)) | b
+
+
+@numba.njit(**_JIT)
+def _morton_to_codes(mcodes, counts, index):  # pragma: no cover
+    for i in range(mcodes.shape[0]):
+        index[_unmorton(mcodes[i])] = i + 1
+    codes = np.empty(mcodes.shape[0], dtype=np.uint32)
+    out = np.empty(mcodes.shape[0], dtype=np.int64)
+    j = 0
+    for code in range(index.shape[0]):
+        v = index[code]
+        if v:
+            codes[j] = code
+            out[j] = counts[v - 1]
+            j += 1
+    return codes, out
+
+
+def count_morton(X: np.ndarray, table: np.ndarray) -> None:
+    """Add the colours of ``X`` (n, 3) uint8 to ``table`` (2**24 counters), Morton order."""
+    _count_morton(X, *MORTON_TABLES, table)
+
+
+def encode_morton(X: np.ndarray) -> np.ndarray:
+    """Morton codes of the colours of ``X`` (n, 3) uint8."""
+    codes = np.empty(X.shape[0], dtype=np.uint32)
+    _encode_morton(X, *MORTON_TABLES, codes)
+    return codes
+
+
+def morton_to_codes(hist: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram of Morton codes as sorted usual codes (red highest) and int64 counts."""
+    mcodes, counts = hist
+    if mcodes.shape[0] == 0:
+        return mcodes.astype(np.uint32), counts.astype(np.int64)
+    index = np.zeros(1 << 24, dtype=np.uint32)
+    return _morton_to_codes(mcodes, counts, index)
