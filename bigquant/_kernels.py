@@ -80,14 +80,11 @@ def _nearest_two(X, i, centers_t, dist):  # pragma: no cover - jitted
     best = 0
     best_d = dist[0]
     second_d = np.inf
-    for j in range(1, centers_t.shape[1]):
+    for j in range(1, centers_t.shape[1]):  # branch-free: about twice as fast
         d = dist[j]
-        if d < best_d:
-            second_d = best_d
-            best_d = d
-            best = j
-        elif d < second_d:
-            second_d = d
+        second_d = min(second_d, max(best_d, d))
+        best = j if d < best_d else best
+        best_d = min(best_d, d)
     return best, best_d, second_d
 
 
@@ -660,61 +657,79 @@ def bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, count
     for j in range(k):
         if j != top and drift[j] > second:
             second = drift[j]
+    if first:
+        return _first_step(X, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
     between, order = _centre_neighbours(centers_t)
     dist = np.empty(k, dtype=np.float64)
     examined = 0
     for i in range(n):
         a = labels[i]
-        if first:
-            best, best_d, second_d = _nearest_two(X, i, centers_t, dist)
-            upper[i] = np.sqrt(best_d)
-            lower[i] = np.sqrt(second_d)
-        else:
-            low = lower[i] - (second if a == top else drift[top])
-            u = upper[i] + drift[a]
-            if u * (1.0 + _SLACK) + _SLACK >= low:
-                u = np.sqrt(_sqdist(X, i, centers_t, a))
-            if u * (1.0 + _SLACK) + _SLACK < low:
-                upper[i] = u
-                lower[i] = low
-                continue
-            # only centres within 2u of centre a can be as near as a
-            radius = 2.0 * u * (1.0 + _SLACK) + _SLACK
-            best = -1
-            best_d = np.inf
-            second_d = np.inf
-            beyond = np.inf
-            for p in range(k):
-                j = order[a, p]
-                if between[a, j] > radius:
-                    beyond = between[a, j] - u  # every centre from here on is farther
-                    break
-                d = _sqdist(X, i, centers_t, j)
-                if d < best_d or (d == best_d and j < best):
-                    second_d = best_d
-                    best_d = d
-                    best = j
-                elif d < second_d:
-                    second_d = d
-            upper[i] = np.sqrt(best_d)
-            lower[i] = min(np.sqrt(second_d), beyond * (1.0 - _SLACK))
+        low = lower[i] - (second if a == top else drift[top])
+        u = upper[i] + drift[a]
+        if u * (1.0 + _SLACK) + _SLACK >= low:
+            u = np.sqrt(_sqdist(X, i, centers_t, a))
+        if u * (1.0 + _SLACK) + _SLACK < low:
+            upper[i] = u
+            lower[i] = low
+            continue
+        # only centres within 2u of centre a can be as near as a
+        radius = 2.0 * u * (1.0 + _SLACK) + _SLACK
+        best = -1
+        best_d = np.inf
+        second_d = np.inf
+        beyond = np.inf
+        for p in range(k):
+            j = order[a, p]
+            if between[a, j] > radius:
+                beyond = between[a, j] - u  # every centre from here on is farther
+                break
+            d = _sqdist(X, i, centers_t, j)
+            if d < best_d or (d == best_d and j < best):
+                second_d = best_d
+                best_d = d
+                best = j
+            elif d < second_d:
+                second_d = d
+        upper[i] = np.sqrt(best_d)
+        lower[i] = min(np.sqrt(second_d), beyond * (1.0 - _SLACK))
         examined += 1
-        if first or best != a:
+        if best != a:
             w = np.float64(weights[i])
             q = 0.0
             for c in range(n_channels):
                 v = np.float64(X[i, c])
                 q += v * v
                 sums[best, c] += v * w
-                if not first:
-                    sums[a, c] -= v * w
+                sums[a, c] -= v * w
             counts[best] += w
             sqnorm[best] += q * w
-            if not first:
-                counts[a] -= w
-                sqnorm[a] -= q * w
+            counts[a] -= w
+            sqnorm[a] -= q * w
             labels[i] = best
     return examined
+
+
+@numba.njit(**_JIT)
+def _first_step(X, weights, centers_t, labels, upper, lower, sums, counts, sqnorm):  # pragma: no cover
+    """The first step of :func:`bounded_step`: a full scan that sets labels, bounds and sums."""
+    n, n_channels = X.shape
+    dist = np.empty(centers_t.shape[1], dtype=np.float64)
+    for i in range(n):  # a tight loop of its own: it vectorises
+        best, best_d, second_d = _nearest_two(X, i, centers_t, dist)
+        labels[i] = best
+        upper[i] = np.sqrt(best_d)
+        lower[i] = np.sqrt(second_d)
+    for i in range(n):
+        best = labels[i]
+        w = np.float64(weights[i])
+        q = 0.0
+        for c in range(n_channels):
+            v = np.float64(X[i, c])
+            q += v * v
+            sums[best, c] += v * w
+        counts[best] += w
+        sqnorm[best] += q * w
+    return n
 
 
 @numba.njit(inline="always", **_JIT)
