@@ -104,6 +104,10 @@ class ColourHistogram:
         return BoundedPoints(means, weight, n_parts=n_parts)
 
     def _coarse_points(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
+        if drop_bits > 2:
+            # from the next finer level (a bin mean stays inside its bin): 4x fewer points to merge
+            finer, weight = self.coarse(drop_bits - 1).X, self.coarse(drop_bits - 1).weights
+            return coarsen_colours(finer, weight, drop_bits, self.bits)
         return coarsen_colours(self.colours, self.counts.astype(np.float64), drop_bits, self.bits)
 
 
