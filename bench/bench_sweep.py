@@ -101,20 +101,19 @@ def run_bigquant(img: np.ndarray, spec: str, n_init: int, seed: int, repeat: int
 def bigquant_truncated(img: np.ndarray, pixels: np.ndarray, ks: list[int], n_init: int, seed: int) -> dict[int, int]:
     """bigquant's float centres with the walkthrough's truncation (same seeds as the sweep)."""
     from bigquant.histogram import colour_histogram
-    from bigquant.sweep import _seed_for, fit_histogram, histogram_pyramid
+    from bigquant.sweep import _seed_for, fit_histogram
 
     hist = colour_histogram(img)
-    pyramid = histogram_pyramid(hist)
     out = {}
     for k in ks:
-        fit = fit_histogram(hist, k, n_init=n_init, random_state=_seed_for(seed, k), pyramid=pyramid)
+        fit = fit_histogram(hist, k, n_init=n_init, random_state=_seed_for(seed, k), parallel=False)
         out[k] = walkthrough_cost(pixels, fit.centers, nearest(pixels, fit.centers))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-init", type=int, nargs="+", default=[16, 1], help="bigquant n_init values")
+    parser.add_argument("--n-init", type=int, nargs="+", default=[1, 2], help="bigquant n_init values")
     parser.add_argument("--sklearn-n-init", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="scikit-learn with n_init=1 only")
     parser.add_argument("--also-sklearn-1", action="store_true", help="also time scikit-learn n_init=1")
