@@ -145,13 +145,23 @@ def test_writer_lookup_gives_the_model_labels(tmp_path, rgb_image, monkeypatch, 
     path = tmp_path / "src.tif"
     # 300 x 400 with 64 px output tiles and 128 px chunks: partial edge tiles
     tifffile.imwrite(path, rgb_image, tile=(64, 64), photometric="rgb")
+    from bigquant.io._tiff_read import TiffBlockReader
+
     calls = []
     original = bigquant.kmeans._block_lookup
     monkeypatch.setattr(bigquant.kmeans, "_block_lookup",
                         lambda *a: calls.append(a[0].size) or original(*a))
+    blocks, windows = [], []
+    getitem, segment_windows = TiffBlockReader.__getitem__, TiffBlockReader.segment_windows
+    monkeypatch.setattr(TiffBlockReader, "__getitem__", lambda self, key: blocks.append(key) or getitem(self, key))
+    monkeypatch.setattr(TiffBlockReader, "segment_windows",
+                        lambda self, w: windows.append(w) or segment_windows(self, w))
     model = quantize(path, tmp_path / "q.tif", 7, strategy="histogram", mode=mode,
                      random_state=0, tile=64, chunks=128, pyramid=2, preview=tmp_path / "p.png")
     assert not any(calls)  # dask's meta probe only
+    # small blocks are counted from whole blocks; the writer reads tile by tile
+    assert len(blocks) == read_image(path, chunks=128).data.npartitions
+    assert len(windows) == len(blocks) + 5 * 7  # each getitem reads through segment_windows
     labels = np.asarray(model.labels_.compute())
     assert any(calls)  # labels_ itself still uses the kmeans lookup
     colours = np.rint(model.cluster_centers_).astype(np.uint8)

@@ -24,7 +24,7 @@ import numpy as np
 
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 
-__all__ = ["BlockEncoder", "Codec", "LabelLookup", "align_to_tiles", "resolve_codec"]
+__all__ = ["BlockEncoder", "Codec", "LabelLookup", "TileRegion", "align_to_tiles", "resolve_codec"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,16 @@ class LabelLookup:
 
 
 @dataclass(frozen=True)
+class TileRegion:
+    """A window ``(y0, y1, x0, x1)`` of a TIFF read directly (see
+    :meth:`bigquant.io._tiff_read.TiffBlockReader.segment_windows`): an encoder
+    given it reads the pixels itself, one output tile at a time."""
+
+    reader: Any
+    window: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
 class BlockEncoder:
     """Turn a chunk of labels or pixels into encoded tiles and subsamples.
 
@@ -265,22 +275,43 @@ class BlockEncoder:
         return out[..., 0] if out.shape[-1] == 1 else out
 
     def _lookup_tiles(
-        self, block: np.ndarray, lut: np.ndarray
+        self, source: np.ndarray | TileRegion, lut: np.ndarray
     ) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
-        """Look up and encode the tiles of an image chunk, one tile at a time."""
+        """Look up and encode the tiles of an image chunk, one tile at a time.
+
+        ``source`` is the chunk, or a :class:`TileRegion` whose pixels are read
+        here one output tile at a time (no chunk of pixels in memory).
+        """
         from bigquant.io._palette import index_dtype
         from bigquant.io._tile_kernels import lookup_window
 
         lk = self.lookup
         assert lk is not None and self.kind in ("palette", "rgb")
-        if block.ndim == 2:
-            block = block[:, :, None]
-        block = np.ascontiguousarray(block)
+        t = self.tile
+        if isinstance(source, TileRegion):
+            reader = source.reader
+            wy0, wy1, wx0, wx1 = source.window
+            height, width = wy1 - wy0, wx1 - wx0
+            pix = np.empty((t, t, reader.shape[2] if reader.ndim == 3 else 1), dtype=reader.dtype)
+
+            def window(y: int, h: int, x: int, w: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+                top, left = wy0 + y, wx0 + x
+                for part, (ya, xa) in reader.segment_windows((top, top + h, left, left + w)):
+                    pix[ya - top : ya - top + part.shape[0], xa - left : xa - left + part.shape[1]] = part
+                return pix, (0, h, 0, w)
+        else:
+            block = np.ascontiguousarray(source if source.ndim == 3 else source[:, :, None])
+            height, width = block.shape[:2]
+
+            def window(y: int, h: int, x: int, w: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+                return block, (y, y + h, x, x + w)
+
         centers_t = np.ascontiguousarray(np.asarray(lk.centers, dtype=np.float64).T)
         labels_dtype = self.out_dtype if self.kind == "palette" else index_dtype(self.n_colours)
-        t = self.tile
-        height, width = block.shape[:2]
         labels = np.empty((t, t), dtype=labels_dtype)
+        sub_labels = {
+            s: np.empty((-(-height // s), -(-width // s)), dtype=labels_dtype) for s in self.steps
+        }
         rows = []
         for y in range(0, height, t):
             row = []
@@ -288,32 +319,28 @@ class BlockEncoder:
                 h, w = min(t, height - y), min(t, width - x)
                 if (h, w) != (t, t):
                     labels[...] = 0
-                lookup_window(block, (y, y + h, x, x + w), lk.bits, lut, lk.sentinel, centers_t, labels)
+                pixels, win = window(y, h, x, w)
+                lookup_window(pixels, win, lk.bits, lut, lk.sentinel, centers_t, labels)
+                for s, sub in sub_labels.items():  # steps divide the tile: y, x are multiples
+                    part = labels[:h:s, :w:s]
+                    sub[y // s : y // s + part.shape[0], x // s : x // s + part.shape[1]] = part
                 if self.kind == "palette":
-                    tile = labels
-                    if not self.codec.pre_encoded:
-                        tile = labels.copy()
+                    tile = labels if self.codec.pre_encoded else labels.copy()
                 else:
                     stored = self._stored(labels[:h, :w])
                     tile = np.zeros((t, t) + stored.shape[2:], dtype=self.out_dtype)
                     tile[:h, :w] = stored
                 row.append(self.encode(tile))
             rows.append(row)
-        subs = {}
-        for s in self.steps:
-            sub = np.ascontiguousarray(block[::s, ::s])
-            sub_labels = np.empty(sub.shape[:2], dtype=labels_dtype)
-            lookup_window(sub, (0, sub.shape[0], 0, sub.shape[1]), lk.bits, lut, lk.sentinel,
-                          centers_t, sub_labels)
-            subs[s] = np.ascontiguousarray(self._stored(sub_labels))
+        subs = {s: np.ascontiguousarray(self._stored(sub)) for s, sub in sub_labels.items()}
         return rows, subs
 
     def __call__(
-        self, block: np.ndarray, lut: np.ndarray | None = None
+        self, block: np.ndarray | TileRegion, lut: np.ndarray | None = None
     ) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
         if self.lookup is not None:
             assert lut is not None, "a lookup encoder needs the table"
-            return self._lookup_tiles(np.asarray(block), lut)
+            return self._lookup_tiles(block if isinstance(block, TileRegion) else np.asarray(block), lut)
         pix = self.pixels(np.asarray(block))
         subs = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
         return self.tiles(pix), subs

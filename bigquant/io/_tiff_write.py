@@ -25,7 +25,8 @@ import numpy as np
 from dask.base import tokenize
 
 from bigquant.io._atomic import remove_path, temp_sibling
-from bigquant.io._encode import BlockEncoder
+from bigquant.io._encode import BlockEncoder, TileRegion
+from bigquant.io._tiff_read import direct_reader
 
 __all__ = ["write_tiff", "compute_bands"]
 
@@ -47,11 +48,22 @@ def compute_bands(
     Up to a few bands are computed concurrently (bounded by their raw size) on
     the current dask scheduler, so workers stay busy while the caller writes.
     ``extra`` are further arguments of every encoder call (e.g. the lookup
-    table as a Delayed: computed once, fetched once by each worker).
+    table as a Delayed: computed once, fetched once by each worker).  A lookup
+    encoder over a TIFF read directly is given :class:`TileRegion` windows
+    instead of chunks, and reads the tiles itself.
     """
-    blocks = arr.to_delayed(optimize_graph=True)
-    if blocks.ndim == 3:
-        blocks = blocks[:, :, 0]
+    reader = direct_reader(arr) if encoder.lookup is not None and arr.ndim == 3 else None
+    if reader is not None:
+        # the encoder reads its tiles itself: no chunk of pixels is ever held
+        ys, xs = np.cumsum((0,) + arr.chunks[0]), np.cumsum((0,) + arr.chunks[1])
+        blocks = np.empty((len(ys) - 1, len(xs) - 1), dtype=object)
+        for i in range(blocks.shape[0]):
+            for j in range(blocks.shape[1]):
+                blocks[i, j] = TileRegion(reader, (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1])))
+    else:
+        blocks = arr.to_delayed(optimize_graph=True)
+        if blocks.ndim == 3:
+            blocks = blocks[:, :, 0]
     nby, nbx = blocks.shape
     token = tokenize(arr.name, encoder, *[getattr(e, "key", e) for e in extra])
     # resolved here: the pool's threads do not see the caller's current client
