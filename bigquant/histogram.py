@@ -181,22 +181,25 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
 
     Blocks of a TIFF read directly (uncompressed tiles) are counted tile by
     tile as they are read, in the same task; RGB uint8 colours are counted in
-    Morton order and converted to the usual codes after the merge.
+    Morton order, merged with uint32 counts and converted to the usual codes
+    and int64 counts at the end.
     """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
     from bigquant._points import tree_reduce
     from bigquant.io._tile_counts import region_counts
-    from bigquant.io._tile_kernels import morton_to_codes
+    from bigquant.io._tile_kernels import merge_counts, morton_to_codes
     from bigquant.io._tiff_read import direct_reader
 
     n_channels = X.shape[-1]
     morton = bits == 8 and n_channels == 3
+    # Morton partials carry uint32 counts: a third fewer bytes held and sent
+    merge = merge_counts if morton else _kernels.merge_sparse_counts
     reader = direct_reader(X) if X.ndim == 3 else None
     if reader is None:
         root = block_tree("histogram", X, None, _block_counts, (bits, n_channels, morton),
-                          _kernels.merge_sparse_counts, split_every=split_every)
+                          merge, split_every=split_every)
     else:
         token = tokenize(X.name, bits, morton, split_every)
         name = f"bigquant-histogram-{token}"
@@ -206,7 +209,7 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
             for b in range(len(xs) - 1):
                 window = (int(ys[a]), int(ys[a + 1]), int(xs[b]), int(xs[b + 1]))
                 layer[(name, len(layer))] = (region_counts, reader, window, bits, n_channels, morton)
-        tree, top = tree_reduce(f"bigquant-histogram-sum-{token}", list(layer), _kernels.merge_sparse_counts,
+        tree, top = tree_reduce(f"bigquant-histogram-sum-{token}", list(layer), merge,
                                 split_every=split_every)
         layer.update(tree)
         root = Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])

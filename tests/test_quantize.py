@@ -276,3 +276,21 @@ def test_histogram_tiles_counted_on_worker_processes(local_cluster, tmp_path):
     codes, counts = _expected_histogram(img)
     np.testing.assert_array_equal(hist.codes, codes)
     np.testing.assert_array_equal(hist.counts, counts)
+
+
+def test_histogram_partials_keep_uint32_counts_until_they_could_overflow():
+    from bigquant.io._tile_kernels import merge_counts, morton_to_codes
+
+    a = (np.array([1, 5, 9], np.uint32), np.array([3, 4, 2**31], np.uint32))
+    b = (np.array([5, 9], np.uint32), np.array([1, 2**31], np.uint32))
+    codes, counts = merge_counts([a, (np.array([2], np.uint32), np.array([7], np.uint32))])
+    assert counts.dtype == np.uint32
+    np.testing.assert_array_equal(codes, [1, 2, 5, 9])
+    codes, counts = merge_counts([a, b])  # 2**32 does not fit: int64
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, [3, 5, 2**32])
+    # Morton code 0b100 is red 1 (red bits are the highest of each triple)
+    codes, counts = morton_to_codes((np.array([0b001, 0b100], np.uint32), np.array([5, 6], np.uint32)))
+    np.testing.assert_array_equal(codes, [1, 1 << 16])
+    np.testing.assert_array_equal(counts, [5, 6])
+    assert counts.dtype == np.int64

@@ -14,23 +14,27 @@ from typing import Any
 import numpy as np
 
 from bigquant import _kernels
-from bigquant.io._tile_kernels import count_morton, encode_morton
+from bigquant.io._tile_kernels import count_morton, encode_morton, take_counts
 
 __all__ = ["block_counts", "region_counts"]
 
 def block_counts(
     block: np.ndarray, bits: int, n_channels: int, morton: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted codes (Morton codes when ``morton``) and counts of a block's colours."""
+    """Sorted codes and counts of a block's colours.
+
+    With ``morton``: Morton codes and uint32 counts (merged by
+    :func:`bigquant.io._tile_kernels.merge_counts`).
+    """
     X = block.reshape(-1, n_channels)
     if not morton:
         return _kernels.count_codes(X, bits)
     if X.shape[0] * 16 < (1 << 24):
         codes, counts = np.unique(encode_morton(X), return_counts=True)
-        return codes.astype(np.uint32), counts.astype(np.int64)
+        return codes.astype(np.uint32), counts.astype(np.uint32 if X.shape[0] < 2**32 else np.int64)
     table = np.zeros(1 << 24, dtype=np.uint32 if X.shape[0] < 2**32 else np.uint64)
     count_morton(X, table)
-    return _kernels._take_nonzero(table)
+    return take_counts(table)
 
 def region_counts(
     reader: Any, window: tuple[int, int, int, int], bits: int, n_channels: int, morton: bool
@@ -50,4 +54,4 @@ def region_counts(
             count_morton(X, table)
         else:
             _kernels._count_dense(X, bits, table)
-    return _kernels._take_nonzero(table)
+    return take_counts(table) if morton else _kernels._take_nonzero(table)

@@ -135,3 +135,59 @@ def morton_to_codes(hist: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np
         return mcodes.astype(np.uint32), counts.astype(np.int64)
     index = np.zeros(1 << 24, dtype=np.uint32)
     return _morton_to_codes(mcodes, counts, index)
+
+
+@numba.njit(**_JIT)
+def _take_nonzero32(table):  # pragma: no cover
+    """Sorted codes and uint32 counts of the non-zero entries of a uint32 table."""
+    n = 0
+    for v in table:
+        if v:
+            n += 1
+    codes = np.empty(n, dtype=np.uint32)
+    counts = np.empty(n, dtype=np.uint32)
+    j = 0
+    for code in range(table.shape[0]):
+        v = table[code]
+        if v:
+            codes[j] = code
+            counts[j] = v
+            j += 1
+    return codes, counts
+
+
+@numba.njit(**_JIT)
+def _add_counts(table, codes, counts):  # pragma: no cover
+    for i in range(codes.shape[0]):
+        table[codes[i]] += counts[i]
+
+
+def take_counts(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and counts of a counter table; uint32 counts (half the bytes of int64)."""
+    if table.dtype == np.uint32:
+        return _take_nonzero32(table)
+    from bigquant import _kernels
+
+    return _kernels._take_nonzero(table)
+
+
+def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum 24-bit histograms in a dense uint32 table, keeping uint32 counts.
+
+    Partial histograms of the tree stay a third smaller than with int64
+    counts; sums that could reach 2**32 go to
+    :func:`bigquant._kernels.merge_sparse_counts` (int64 counts).
+    """
+    from bigquant import _kernels
+
+    parts = [p for p in parts if p[0].shape[0]]
+    if len(parts) == 1:
+        return parts[0]
+    total = sum(int(p[1].sum(dtype=np.uint64)) for p in parts)
+    if not parts or total >= 2**32 or max(int(p[0][-1]) for p in parts) >= 1 << 24:
+        return _kernels.merge_sparse_counts(parts)
+    table = np.zeros(1 << 24, dtype=np.uint32)
+    for codes, counts in parts:
+        _add_counts(table, codes, counts)
+    del parts
+    return _take_nonzero32(table)
