@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,28 +78,34 @@ class SearchResult:
 
 
 def _chain(
-    histogram: ColourHistogram, k: int, seed: int, tol: float, max_iter: int, seeder: Seeder, fine: bool
-) -> tuple[float, np.ndarray, tuple[LloydResult, float] | None]:
-    """One search chain: seeds, Lloyd and swap moves on 5-bit colours, refined on 6-bit ones.
+    histogram: ColourHistogram, k: int, seed: int, tol: float, max_iter: int, seeder: Seeder, polish: int
+) -> tuple[float, np.ndarray]:
+    """One search chain on coarse colours; returns its 6-bit inertia and centres.
 
-    Returns the refined inertia and centres, and (``fine=True``) the exact
-    Lloyd run from them with its last centre shift.
+    k-means++ seeds, Lloyd and swap moves on 5-bit colours, then Lloyd (and
+    ``polish`` more swap trials) on 6-bit colours.
     """
     # compiled runs only (BoundedPoints.run): nothing here warns from a worker thread
     coarse = histogram.coarse(SEARCH_DROP_BITS, n_parts=1)
     rng = np.random.default_rng(seed)
     coarse_tol = COARSE_TOL_FACTOR * tol
+    n_trials = 2 + int(np.log(k))
     centers, inertia, *_ = coarse.run(seeder(coarse.X, coarse.weights, k, rng), max_iter, coarse_tol)
-    uniforms = rng.random((N_SWAPS, 2 + int(np.log(k))))
-    centers, _ = _kernels.improve_by_swaps(
-        coarse.X, coarse.weights, centers, inertia, uniforms, max_iter, coarse_tol, SWAP_PATIENCE
-    )
-    centers, inertia, *_ = histogram.coarse(REFINE_DROP_BITS, n_parts=1).run(centers, max_iter, tol)
-    if not fine:
-        return inertia, centers, None
+    centers, _ = _kernels.improve_by_swaps(coarse.X, coarse.weights, centers, inertia,
+                                           rng.random((N_SWAPS, n_trials)), max_iter, coarse_tol, SWAP_PATIENCE)
+    refine = histogram.coarse(REFINE_DROP_BITS, n_parts=1)
+    centers, inertia, *_ = refine.run(centers, max_iter, tol)
+    if polish:
+        centers, inertia = _kernels.improve_by_swaps(refine.X, refine.weights, centers, inertia,
+                                                     rng.random((polish, n_trials)), max_iter, tol, SWAP_PATIENCE)
+    return float(inertia), centers
+
+
+def _exact_run(histogram: ColourHistogram, centers: np.ndarray, tol: float, max_iter: int) -> tuple[LloydResult, float]:
+    """Lloyd's iteration on every colour, in one compiled call, and its last centre shift."""
     exact = BoundedPoints(histogram.colours, histogram.counts, n_parts=1)
-    end, end_inertia, n_iter, converged, shift, labels = exact.run(centers, max_iter, tol)
-    return inertia, centers, (LloydResult(end, end_inertia, n_iter, converged, labels), shift)
+    end, inertia, n_iter, converged, shift, labels = exact.run(centers, max_iter, tol)
+    return LloydResult(end, inertia, n_iter, converged, labels), shift
 
 
 def search(
@@ -111,6 +118,8 @@ def search(
     rng: np.random.Generator,
     seeder: Seeder,
     parallel: bool = True,
+    polish: int = 0,
+    n_exact: int | None = None,
 ) -> SearchResult:
     """Search for a good Lloyd run on a large histogram (see the module docstring).
 
@@ -133,31 +142,37 @@ def search(
     parallel : bool, default=True
         Run the chains on the shared thread pool (``False`` when the caller
         already runs several searches at once).
+    polish : int, default=0
+        Swap trials on the 6-bit colours at the end of each chain.
+    n_exact : int, default=None
+        How many chains (those of lowest 6-bit inertia) run to the exact
+        fixed point; ``None``: all of them.
 
     Returns
     -------
     SearchResult
-        With up to ``FINE_IN_CHAINS_MAX_COLOURS`` colours every chain runs
-        to the exact fixed point and the lowest wins; above, the chain with
-        the lowest refined (6-bit) inertia wins and ``fine`` is ``None``.
+        With up to ``FINE_IN_CHAINS_MAX_COLOURS`` colours the kept run is the
+        lowest exact fixed point; above, the chain with the lowest 6-bit
+        inertia is kept and ``fine`` is ``None``.
     """
     seeds = [int(s) for s in rng.integers(0, 2**63 - 1, size=n_chains)]
-    fine = histogram.n_colours <= FINE_IN_CHAINS_MAX_COLOURS
     prepare_search(histogram)  # before the threads
+    use_pool = parallel and n_threads() > 1
 
-    def chain(seed: int) -> tuple[float, np.ndarray, tuple[LloydResult, float] | None]:
-        return _chain(histogram, k, seed, tol, max_iter, seeder, fine)
+    def each(func: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return list(_thread_pool().map(func, items)) if use_pool and len(items) > 1 else [func(x) for x in items]
 
-    if parallel and n_threads() > 1 and n_chains > 1:
-        results = list(_thread_pool().map(chain, seeds))
-    else:
-        results = [chain(s) for s in seeds]
-    # the lowest exact inertia (else refined inertia); first of equals: deterministic
-    score = [r[2][0].inertia if fine else r[0] for r in results]
-    best = min(range(n_chains), key=lambda i: score[i])
-    logger.info("coarse search: best of %d chains, inertia %.6g", n_chains, score[best])
-    _, start, end = results[best]
-    return SearchResult(start, None, np.nan) if end is None else SearchResult(start, *end)
+    chains = each(lambda seed: _chain(histogram, k, seed, tol, max_iter, seeder, polish), seeds)
+    # lowest first; equal inertias keep the chain order: deterministic
+    ranked = sorted(range(n_chains), key=lambda i: chains[i][0])
+    if histogram.n_colours > FINE_IN_CHAINS_MAX_COLOURS:
+        logger.info("coarse search: best of %d chains, 6-bit inertia %.6g", n_chains, chains[ranked[0]][0])
+        return SearchResult(chains[ranked[0]][1], None, np.nan)
+    finalists = ranked[: n_chains if n_exact is None else max(1, n_exact)]
+    exact = each(lambda i: _exact_run(histogram, chains[i][1], tol, max_iter), finalists)
+    best = min(range(len(finalists)), key=lambda j: exact[j][0].inertia)
+    logger.info("coarse search: best of %d chains, inertia %.6g", n_chains, exact[best][0].inertia)
+    return SearchResult(chains[finalists[best]][1], *exact[best])
 
 
 def prepare_search(histogram: ColourHistogram) -> None:

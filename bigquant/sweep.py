@@ -11,10 +11,13 @@ Each k is fitted by :func:`fit_histogram`, with the engine of
 :class:`bigquant.KMeans`:
 
 1. on a histogram of many colours, the coarse search of :mod:`bigquant._search`
-   (parallel chains of k-means++, Lloyd's iteration and swap moves on 5-bit
-   colours, refined on 6-bit ones, each run to the exact fixed point; the
-   lowest wins); on a small one, ``n_init`` weighted k-means++ seeds each run
-   to convergence. Lloyd's iteration is exact (integer sums, Hamerly's bounds);
+   with a wider reach than a single :class:`~bigquant.KMeans` fit, as a sweep
+   is read across k: ``4 * n_init`` chains of k-means++, Lloyd's iteration
+   and swap moves on 5-bit colours, Lloyd and 3 more swap trials on 6-bit
+   colours; the best ``2 * n_init`` run to the exact fixed point and the
+   lowest wins. On a small histogram, ``n_init`` weighted k-means++ seeds each
+   run to convergence. Lloyd's iteration is exact (integer sums, Hamerly's
+   bounds);
 2. the palette is made of image colours: every centre is rounded to the
    nearest integer colour -- the best integer colour for its cluster, as the
    squared error splits per channel -- and the colours re-assigned to the
@@ -46,7 +49,7 @@ from bigquant import _kernels
 from bigquant._init import kmeans_plusplus
 from bigquant._lloyd import LloydResult, lloyd
 from bigquant._points import BoundedPoints, InMemoryPoints
-from bigquant._search import default_chains, prepare_search, search, uses_coarse_search
+from bigquant._search import prepare_search, search, uses_coarse_search
 from bigquant._typing import STRATEGIES
 from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
 from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -60,6 +63,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: search chains per initialisation of each k (see bigquant._search.search)
+SWEEP_CHAINS_PER_INIT = 4
+#: swap trials on 6-bit colours at the end of each chain
+SWEEP_POLISH = 3
+#: chains per initialisation (the best on 6-bit colours) run to the exact fixed point
+SWEEP_EXACT_RUNS = 2
 
 # --------------------------------------------------------------------------- engine pieces
 
@@ -164,7 +174,7 @@ def fit_histogram(
         Palette size k.
     n_init : int, default=1
         Number of k-means++ initialisations; on a histogram of many 8-bit
-        colours, search chains per thread (see :mod:`bigquant._search`).
+        colours, ``4 * n_init`` search chains (see the module docstring).
     max_iter : int, default=300
         Maximum Lloyd iterations per run.
     tol : float, default=1e-4
@@ -215,8 +225,10 @@ def fit_histogram(
 
     tol_abs = float(tol) * float(np.mean(InMemoryPoints(X, w, n_parts=1).moments()[2]))
     if hist is not None and uses_coarse_search(hist):
-        found = search(hist, k, n_chains=default_chains(n_init), tol=tol_abs, max_iter=max_iter, rng=rng,
-                       seeder=kmeans_plusplus, parallel=parallel)
+        # a sweep is read across k: each k gets a wider search than a single fit
+        found = search(hist, k, n_chains=SWEEP_CHAINS_PER_INIT * int(n_init), tol=tol_abs, max_iter=max_iter,
+                       rng=rng, seeder=kmeans_plusplus, parallel=parallel, polish=SWEEP_POLISH,
+                       n_exact=SWEEP_EXACT_RUNS * int(n_init))
         run = found.fine if found.fine is not None else _lloyd_run(X, w, found.start, max_iter, tol_abs)
     else:
         runs = [_lloyd_run(X, w, kmeans_plusplus(X, w, k, rng), max_iter, tol_abs) for _ in range(int(n_init))]

@@ -75,19 +75,24 @@ def test_fit_histogram_more_inits_not_worse_and_seeded(photo):
     assert several.cost <= one.cost * 1.02
 
 
-def test_fit_histogram_searches_coarse_colours_like_kmeans(monkeypatch, photo):
-    """Above the threshold the fit is the coarse search of KMeans: the same palette, both converged."""
-    from bigquant import KMeans
+def test_fit_histogram_searches_coarse_colours(monkeypatch, photo):
+    """Above the threshold the fit is the engine's coarse search: an exact Lloyd fixed point."""
+    from bigquant._lloyd import lloyd
 
     search_mod = importlib.import_module("bigquant._search")
     hist = colour_histogram(photo)
     monkeypatch.setattr(search_mod, "COARSE_MIN_COLOURS", hist.n_colours // 4)
     assert search_mod.uses_coarse_search(hist)
+    calls = []
+    real_search = search_mod.search
+    monkeypatch.setattr(sweep_mod, "search", lambda *a, **kw: calls.append(kw) or real_search(*a, **kw))
     fit = fit_histogram(hist, 6, random_state=np.random.default_rng(5))
-    km = KMeans(6, random_state=np.random.default_rng(5)).fit(photo)
-    np.testing.assert_array_equal(fit.centers, km.cluster_centers_)
-    assert fit.converged and fit.n_iter == km.n_iter_
-    assert fit.cost < fit_histogram(hist, 3, random_state=0).cost
+    assert calls and calls[0]["n_chains"] == 4 and calls[0]["polish"] > 0
+    assert fit.converged and fit.cost < fit_histogram(hist, 3, random_state=0).cost
+    # one more Lloyd step from the result moves the centres by less than the tolerance
+    tol = 1e-4 * float(np.mean(hist.points().moments()[2]))
+    again = lloyd(hist.points(), fit.centers, max_iter=1, tol=tol)
+    assert again.converged and again.inertia <= fit.inertia * (1 + 1e-12)
     # (colours, counts) in any order is the same histogram
     order = np.random.default_rng(0).permutation(hist.n_colours)
     shuffled = fit_histogram((hist.colours[order], hist.counts[order]), 6, random_state=np.random.default_rng(5))
