@@ -155,7 +155,7 @@ def test_writer_lookup_gives_the_model_labels(tmp_path, rgb_image, monkeypatch, 
     getitem, segment_windows = TiffBlockReader.__getitem__, TiffBlockReader.segment_windows
     monkeypatch.setattr(TiffBlockReader, "__getitem__", lambda self, key: blocks.append(key) or getitem(self, key))
     monkeypatch.setattr(TiffBlockReader, "segment_windows",
-                        lambda self, w: windows.append(w) or segment_windows(self, w))
+                        lambda self, w, *a: windows.append(w) or segment_windows(self, w, *a))
     model = quantize(path, tmp_path / "q.tif", 7, strategy="histogram", mode=mode,
                      random_state=0, tile=64, chunks=128, pyramid=2, preview=tmp_path / "p.png")
     assert not any(calls)  # dask's meta probe only

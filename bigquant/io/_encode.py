@@ -293,10 +293,13 @@ class BlockEncoder:
             wy0, wy1, wx0, wx1 = source.window
             height, width = wy1 - wy0, wx1 - wx0
             pix = np.empty((t, t, reader.shape[2] if reader.ndim == 3 else 1), dtype=reader.dtype)
+            # one segment buffer for the chunk: dask workers return every large free to
+            # the OS, so a fresh buffer per tile would page-fault all over again
+            seg = reader.segment_buffer()
 
             def window(y: int, h: int, x: int, w: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
                 top, left = wy0 + y, wx0 + x
-                for part, (ya, xa) in reader.segment_windows((top, top + h, left, left + w)):
+                for part, (ya, xa) in reader.segment_windows((top, top + h, left, left + w), seg):
                     pix[ya - top : ya - top + part.shape[0], xa - left : xa - left + part.shape[1]] = part
                 return pix, (0, h, 0, w)
         else:

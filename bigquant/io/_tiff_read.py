@@ -167,8 +167,14 @@ class TiffBlockReader:
             block = np.ascontiguousarray(block)
         return block
 
+    def segment_buffer(self) -> np.ndarray:
+        """A buffer for one stored segment, to pass to :meth:`segment_windows`."""
+        assert self.segment is not None and self.file_dtype is not None
+        spp = self.shape[2] if self.ndim == 3 else 1
+        return np.empty(self.segment[0] * self.segment[1] * spp, dtype=self.file_dtype)
+
     def segment_windows(
-        self, window: tuple[int, int, int, int]
+        self, window: tuple[int, int, int, int], buffer: np.ndarray | None = None
     ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
         """Yield the parts of ``[y0:y1, x0:x1]`` one stored tile (or strip) at a time.
 
@@ -176,7 +182,8 @@ class TiffBlockReader:
         shape (rows, cols, samples) in the file's dtype and byte order, and the
         image position of its top-left pixel.  The part is a view of one
         buffer reused for the next tile: use it before asking for the next.
-        Missing segments of sparse files read as zeros.
+        Missing segments of sparse files read as zeros.  ``buffer`` (from
+        :meth:`segment_buffer`) saves allocating one for each call.
         """
         assert self.segment is not None and self.file_dtype is not None
         y0, y1, x0, x1 = window
@@ -184,7 +191,7 @@ class TiffBlockReader:
         sh, sw = self.segment
         spp = self.shape[2] if self.ndim == 3 else 1
         item = self.file_dtype.itemsize
-        seg = np.empty(sh * sw * spp, dtype=self.file_dtype)
+        seg = self.segment_buffer() if buffer is None else buffer
         view = memoryview(seg).cast("B")
         try:
             with open(self.path, "rb", buffering=0) as fh:
