@@ -34,6 +34,22 @@ def _lookup_window(X, width, y0, y1, x0, x1, bits, lut, sentinel, centers_t, out
                 out[y - y0, x - x0] = lab
 
 
+@numba.njit(**_JIT)
+def _lookup_window_rgb8(P, X, y0, y1, x0, x1, lut, sentinel, centers_t, out):  # pragma: no cover
+    """:func:`_lookup_window` for (H, W, 3) uint8 pixels: the code ``_code`` gives, unrolled."""
+    dist = np.empty(centers_t.shape[1], dtype=np.float64)
+    width = P.shape[1]
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            code = (np.uint32(P[y, x, 0]) << np.uint32(16)) | (np.uint32(P[y, x, 1]) << np.uint32(8)) | np.uint32(P[y, x, 2])
+            lab = lut[code]
+            if lab == sentinel:
+                best, _ = _nearest(X, y * width + x, centers_t, dist)
+                out[y - y0, x - x0] = best
+            else:
+                out[y - y0, x - x0] = lab
+
+
 def lookup_window(
     block: np.ndarray,
     window: tuple[int, int, int, int],
@@ -49,8 +65,12 @@ def lookup_window(
     centre; ``centers_t`` is the (C, k) float64 transpose of the centres.
     """
     y0, y1, x0, x1 = window
-    X = np.ascontiguousarray(block).reshape(-1, block.shape[-1])
-    _lookup_window(X, block.shape[1], y0, y1, x0, x1, bits, lut, lut.dtype.type(sentinel), centers_t, out)
+    block = np.ascontiguousarray(block)
+    X = block.reshape(-1, block.shape[-1])
+    if bits == 8 and block.dtype == np.uint8 and block.shape[-1] == 3:
+        _lookup_window_rgb8(block, X, y0, y1, x0, x1, lut, lut.dtype.type(sentinel), centers_t, out)
+    else:
+        _lookup_window(X, block.shape[1], y0, y1, x0, x1, bits, lut, lut.dtype.type(sentinel), centers_t, out)
 
 
 # --------------------------------------------------------------------------- colour counting
