@@ -925,8 +925,8 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
     costs least (every point falling back to its second-nearest centre),
     puts it back at the best of ``uniforms.shape[1]`` points drawn as in
     k-means++ (in proportion to ``w * D^2`` without that centre), and runs
-    up to 10 Lloyd iterations from there (:func:`lloyd_bounded`); the move
-    is kept when the inertia drops (the swap heuristic of I-k-means-+, Ismkhan 2018). The
+    up to ``max_iter`` Lloyd iterations from there (:func:`lloyd_bounded`);
+    the move is kept when the inertia drops (the swap heuristic of I-k-means-+, Ismkhan 2018). The
     trials stop early after ``patience`` rejected moves in a row.
 
     Returns the centres and their inertia.
@@ -982,7 +982,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
         trial = centers.copy()
         for c in range(n_channels):
             trial[removed, c] = X[cand[pick], c]
-        moved, moved_inertia, _, _, _, _ = lloyd_bounded(X, weights, trial, min(max_iter, 10), tol, True)
+        moved, moved_inertia, _, _, _, _ = lloyd_bounded(X, weights, trial, max_iter, tol, True)
         if moved_inertia < inertia:
             centers = moved
             inertia = moved_inertia

@@ -46,6 +46,8 @@ REFINE_DROP_BITS = 2
 N_SWAPS = 8
 #: a chain stops after this many rejected swap moves in a row
 SWAP_PATIENCE = 2
+#: Lloyd iterations that judge a swap move (a few tell a better basin)
+SWAP_ITER = 5
 #: the coarse runs stop earlier: they only look for the right basin
 COARSE_TOL_FACTOR = 10.0
 
@@ -78,7 +80,8 @@ class SearchResult:
 
 
 def _chain(
-    histogram: ColourHistogram, k: int, seed: int, tol: float, max_iter: int, seeder: Seeder, polish: int
+    histogram: ColourHistogram, k: int, seed: int, tol: float, max_iter: int, seeder: Seeder, polish: int,
+    swap_iter: int,
 ) -> tuple[float, np.ndarray]:
     """One search chain on coarse colours; returns its 6-bit inertia and centres.
 
@@ -92,12 +95,12 @@ def _chain(
     n_trials = 2 + int(np.log(k))
     centers, inertia, *_ = coarse.run(seeder(coarse.X, coarse.weights, k, rng), max_iter, coarse_tol)
     centers, _ = _kernels.improve_by_swaps(coarse.X, coarse.weights, centers, inertia,
-                                           rng.random((N_SWAPS, n_trials)), max_iter, coarse_tol, SWAP_PATIENCE)
+                                           rng.random((N_SWAPS, n_trials)), swap_iter, coarse_tol, SWAP_PATIENCE)
     refine = histogram.coarse(REFINE_DROP_BITS, n_parts=1)
     centers, inertia, *_ = refine.run(centers, max_iter, tol)
     if polish:
         centers, inertia = _kernels.improve_by_swaps(refine.X, refine.weights, centers, inertia,
-                                                     rng.random((polish, n_trials)), max_iter, tol, SWAP_PATIENCE)
+                                                     rng.random((polish, n_trials)), swap_iter, tol, SWAP_PATIENCE)
     return float(inertia), centers
 
 
@@ -120,6 +123,7 @@ def search(
     parallel: bool = True,
     polish: int = 0,
     n_exact: int | None = None,
+    swap_iter: int = SWAP_ITER,
 ) -> SearchResult:
     """Search for a good Lloyd run on a large histogram (see the module docstring).
 
@@ -147,6 +151,8 @@ def search(
     n_exact : int, default=None
         How many chains (those of lowest 6-bit inertia) run to the exact
         fixed point; ``None``: all of them.
+    swap_iter : int, default=SWAP_ITER
+        Lloyd iterations that judge each swap move.
 
     Returns
     -------
@@ -162,7 +168,7 @@ def search(
     def each(func: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         return list(_thread_pool().map(func, items)) if use_pool and len(items) > 1 else [func(x) for x in items]
 
-    chains = each(lambda seed: _chain(histogram, k, seed, tol, max_iter, seeder, polish), seeds)
+    chains = each(lambda seed: _chain(histogram, k, seed, tol, max_iter, seeder, polish, swap_iter), seeds)
     # lowest first; equal inertias keep the chain order: deterministic
     ranked = sorted(range(n_chains), key=lambda i: chains[i][0])
     if histogram.n_colours > FINE_IN_CHAINS_MAX_COLOURS:

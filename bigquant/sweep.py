@@ -70,6 +70,8 @@ SWEEP_CHAINS_PER_INIT = 4
 SWEEP_POLISH = 3
 #: chains per initialisation (the best on 6-bit colours) run to the exact fixed point
 SWEEP_EXACT_RUNS = 2
+#: Lloyd iterations that judge a swap move
+SWEEP_SWAP_ITER = 10
 
 # --------------------------------------------------------------------------- engine pieces
 
@@ -228,7 +230,7 @@ def fit_histogram(
         # a sweep is read across k: each k gets a wider search than a single fit
         found = search(hist, k, n_chains=SWEEP_CHAINS_PER_INIT * int(n_init), tol=tol_abs, max_iter=max_iter,
                        rng=rng, seeder=kmeans_plusplus, parallel=parallel, polish=SWEEP_POLISH,
-                       n_exact=SWEEP_EXACT_RUNS * int(n_init))
+                       n_exact=SWEEP_EXACT_RUNS * int(n_init), swap_iter=SWEEP_SWAP_ITER)
         run = found.fine if found.fine is not None else _lloyd_run(X, w, found.start, max_iter, tol_abs)
     else:
         runs = [_lloyd_run(X, w, kmeans_plusplus(X, w, k, rng), max_iter, tol_abs) for _ in range(int(n_init))]
