@@ -9,26 +9,27 @@ step is cheap:
 a few independent chains run in parallel, each: k-means++ seeds and Lloyd's
 iteration on 5-bit colours, then swap moves there
 (:func:`bigquant._kernels.improve_by_swaps`: move the centre whose removal
-costs least to where k-means++ would put a new one, keep the move when Lloyd
-then ends lower), then Lloyd's iteration on 6-bit colours. The rankings of
-coarse solutions and exact ones agree only roughly, so on histograms of up to
-a few hundred thousand colours every chain also runs the exact Lloyd
-iteration (one compiled call) and the lowest exact inertia wins; on larger
-ones the best refined chain wins and the caller runs the exact iteration.
-Either way the result is an exact fixed point of the full problem.
+costs least to where k-means++ would put a new one, keep the move when a few
+Lloyd iterations then end lower), then Lloyd's iteration (and optionally more
+swap moves) on 6-bit colours. The rankings of coarse solutions and exact
+ones agree only roughly, so on histograms of up to a few hundred thousand
+colours the best chains also run the exact Lloyd iteration (one compiled
+call each) and the lowest exact inertia wins; on larger ones the best 6-bit
+chain wins and the caller runs the exact iteration. Either way the result is
+an exact fixed point of the full problem.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bigquant import _kernels
-from bigquant._lloyd import LloydResult, lloyd
+from bigquant._lloyd import LloydResult
 from bigquant._points import BoundedPoints, _thread_pool, n_threads
 from bigquant.histogram import ColourHistogram
 
@@ -50,6 +51,8 @@ SWAP_PATIENCE = 2
 SWAP_ITER = 5
 #: the coarse runs stop earlier: they only look for the right basin
 COARSE_TOL_FACTOR = 10.0
+#: histograms with at most this many colours run the best chains to the exact fixed point
+FINE_IN_CHAINS_MAX_COLOURS = 1 << 18
 
 #: draws initial centres from a weighted point set: (points, weights, k, rng) -> centres
 Seeder = Callable[[np.ndarray, np.ndarray, int, np.random.Generator], np.ndarray]
@@ -60,18 +63,14 @@ def uses_coarse_search(histogram: ColourHistogram) -> bool:
     return histogram.n_colours > COARSE_MIN_COLOURS and histogram.bits > SEARCH_DROP_BITS
 
 
-#: histograms with at most this many colours run every chain to the exact fixed point
-FINE_IN_CHAINS_MAX_COLOURS = 1 << 18
-
-
 @dataclass
 class SearchResult:
     """Outcome of :func:`search`.
 
     ``start`` are the centres the kept chain started its exact Lloyd run
-    from; ``fine`` is that run (``None`` when the histogram is too large to
-    run every chain to the end: the caller then runs Lloyd from ``start``)
-    and ``shift`` its last centre shift.
+    from; ``fine`` is that run (``None`` when the histogram is too large for
+    the search to run it: the caller then runs Lloyd from ``start``) and
+    ``shift`` its last centre shift.
     """
 
     start: np.ndarray
