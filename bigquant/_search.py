@@ -167,15 +167,24 @@ def search(
     def each(func: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         return list(_thread_pool().map(func, items)) if use_pool and len(items) > 1 else [func(x) for x in items]
 
-    chains = each(lambda seed: _chain(histogram, k, seed, tol, max_iter, seeder, polish, swap_iter), seeds)
+    exact_here = histogram.n_colours <= FINE_IN_CHAINS_MAX_COLOURS
+    every_chain = exact_here and (n_exact is None or n_exact >= n_chains)
+
+    def run_chain(seed: int) -> tuple[float, np.ndarray, tuple[LloydResult, float] | None]:
+        inertia, centers = _chain(histogram, k, seed, tol, max_iter, seeder, polish, swap_iter)
+        # when every chain runs exactly, it does so in the same task: no second round
+        return inertia, centers, _exact_run(histogram, centers, tol, max_iter) if every_chain else None
+
+    chains = each(run_chain, seeds)
     # lowest first; equal inertias keep the chain order: deterministic
     ranked = sorted(range(n_chains), key=lambda i: chains[i][0])
-    if histogram.n_colours > FINE_IN_CHAINS_MAX_COLOURS:
+    if not exact_here:
         logger.info("coarse search: best of %d chains, 6-bit inertia %.6g", n_chains, chains[ranked[0]][0])
         return SearchResult(chains[ranked[0]][1], None, np.nan)
-    finalists = ranked[: n_chains if n_exact is None else max(1, n_exact)]
-    exact = each(lambda i: _exact_run(histogram, chains[i][1], tol, max_iter), finalists)
-    best = min(range(len(finalists)), key=lambda j: exact[j][0].inertia)
+    finalists = ranked if every_chain else ranked[: max(1, int(n_exact))]
+    exact = [chains[i][2] for i in finalists] if every_chain else each(
+        lambda i: _exact_run(histogram, chains[i][1], tol, max_iter), finalists)
+    best = min(range(len(finalists)), key=lambda j: exact[j][0].inertia)  # first of equals
     logger.info("coarse search: best of %d chains, inertia %.6g", n_chains, exact[best][0].inertia)
     return SearchResult(chains[finalists[best]][1], *exact[best])
 
