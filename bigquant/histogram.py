@@ -179,8 +179,8 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
 def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
     """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts).
 
-    Blocks of a TIFF read directly (uncompressed tiles) are counted tile by
-    tile as they are read, in the same task; RGB uint8 colours are counted in
+    Large blocks of a TIFF read directly (uncompressed tiles) are counted
+    tile by tile as they are read, in the same task; RGB uint8 colours are counted in
     Morton order, merged with uint32 counts and converted to the usual codes
     and int64 counts at the end.
     """
@@ -197,6 +197,8 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
     # Morton partials carry uint32 counts: a third fewer bytes held and sent
     merge = merge_counts if morton else _kernels.merge_sparse_counts
     reader = direct_reader(X) if X.ndim == 3 else None
+    if reader is not None and max(X.chunks[0]) * max(X.chunks[1]) * 16 < (1 << (bits * n_channels)):
+        reader = None  # small blocks are sorted, not tabled: reading them whole costs nothing
     if reader is None:
         root = block_tree("histogram", X, None, _block_counts, (bits, n_channels, morton),
                           merge, split_every=split_every)
