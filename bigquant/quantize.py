@@ -53,6 +53,26 @@ def _scheduler(client: Any) -> Iterator[None]:
         _current_client.reset(token)
 
 
+def _release_freed_memory() -> None:
+    """Return the heap memory freed by the fit to the OS (glibc only; else a no-op).
+
+    The fit allocates and frees hundreds of MB of temporaries in this process;
+    glibc keeps much of it mapped, which would count in the peak memory of the
+    write pass that follows.  Dask workers do the same (MALLOC_TRIM_THRESHOLD_).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc without malloc_trim
+        pass
+
+
 def palette_colours(centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round cluster centres to stored colours of a source of type ``dtype``.
 
@@ -251,6 +271,7 @@ def quantize(
             "fitted %d colours in %.1f s (%s iterations)",
             len(model.cluster_centers_), t1 - t0, getattr(model, "n_iter_", "?"),
         )
+        _release_freed_memory()
         colours = palette_colours(model.cluster_centers_, source.dtype)
         lookup = _label_lookup(model, data, dst_path)
         write_image(
@@ -266,6 +287,7 @@ def quantize(
             _lookup=lookup,
         )
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
+        _release_freed_memory()
     if palette_out is not None:
         _write_palette_json(
             pathlib.Path(palette_out).expanduser(), colours, model, source, dst_path, overwrite
