@@ -77,9 +77,17 @@ def compute_bands(
         [encode(blocks[i, j], *extra, dask_key_name=f"{name}-{token}-{i}-{j}") for j in range(nbx)]
         for i in range(nby)
     ]
-    band_bytes = max(arr.chunks[0]) * arr.shape[1] * math.prod(arr.shape[2:]) * max(
-        encoder.out_dtype.itemsize, arr.dtype.itemsize
-    )
+    band_pixels = max(arr.chunks[0]) * arr.shape[1]
+    if reader is not None:
+        # only encoded tiles are held (read and labelled tile by tile): bound by the
+        # stored pixels, which their compressed size never exceeds by much
+        band_bytes = band_pixels * encoder.out_dtype.itemsize * (
+            encoder.colours.shape[1] if encoder.kind == "rgb" and encoder.colours is not None else 1
+        )
+    else:
+        band_bytes = band_pixels * math.prod(arr.shape[2:]) * max(
+            encoder.out_dtype.itemsize, arr.dtype.itemsize
+        )
     depth = int(min(nby, 3, max(1, _AHEAD_BYTES // max(band_bytes, 1))))
     logger.debug("computing %d bands of %d chunks, %d ahead", nby, nbx, depth)
     pool = ThreadPoolExecutor(depth, thread_name_prefix="bigquant-band")
