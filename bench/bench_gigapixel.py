@@ -40,32 +40,37 @@ class RssSampler:
         self.proc = psutil.Process()
         self.interval = interval
         self.peak = 0
+        self.peak_parts: tuple[int, int] = (0, 0)  # (this process, descendants) at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
         import psutil
 
-        total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
+        own = self.proc.memory_info().rss
+        children = 0
+        for p in self.proc.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total
+                children += p.memory_info().rss
+        if own + children > self.peak:
+            self.peak, self.peak_parts = own + children, (own, children)
+        return own + children
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
-        self.peak = self._sample()
+        self.peak = 0
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._sample())
+        self._sample()
 
 
 @contextlib.contextmanager
@@ -76,6 +81,7 @@ def measured() -> Iterator[dict[str, float]]:
         yield out
         out["seconds"] = time.perf_counter() - t0
     out["peak_gb"] = rss.peak / 2**30
+    out["peak_client_gb"], out["peak_workers_gb"] = (b / 2**30 for b in rss.peak_parts)
 
 
 def _block_sum(block: np.ndarray) -> np.ndarray:
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     import distributed
 
     from bigquant import quantize
+    from bigquant.quantize import _release_freed_memory
     from bigquant.sample import make_sample_tiff
 
     rows: list[dict[str, object]] = []
@@ -133,11 +140,16 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 row[f"{strategy}_iter"] = int(model.n_iter_)
                 row[f"{strategy}_out_mb"] = dst.stat().st_size / 2**20
                 dst.unlink()
-                print(f"# {mp} MP {strategy}: {m['seconds']:.1f} s, {m['peak_gb']:.2f} GB",
-                      file=sys.stderr, flush=True)
+                print(f"# {mp} MP {strategy}: {m['seconds']:.1f} s, {m['peak_gb']:.2f} GB "
+                      f"(client + scheduler {m['peak_client_gb']:.2f}, workers and nannies "
+                      f"{m['peak_workers_gb']:.2f})", file=sys.stderr, flush=True)
+                del model  # each size is measured on its own
             rows.append(row)
             src.unlink()
+            # the next size starts from a clean slate: garbage collected, freed heap returned
             client.run(lambda: __import__("gc").collect())
+            __import__("gc").collect()
+            _release_freed_memory()
     finally:
         client.close()
         cluster.close()
