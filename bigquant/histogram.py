@@ -211,8 +211,14 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
             for b in range(len(xs) - 1):
                 window = (int(ys[a]), int(ys[a + 1]), int(xs[b]), int(xs[b + 1]))
                 layer[(name, len(layer))] = (region_counts, reader, window, bits, n_channels, morton)
-        tree, top = tree_reduce(f"bigquant-histogram-sum-{token}", list(layer), merge,
-                                split_every=split_every)
+        # fan-in split_every over the blocks, then pairs: the merged histograms near
+        # the top overlap a lot, and a pair of them holds far less than eight
+        first, tops = f"bigquant-histogram-sum-{token}", []
+        blocks = list(layer)
+        for i in range(0, len(blocks), split_every):
+            tops.append((first, 0, i // split_every))
+            layer[tops[-1]] = (merge, blocks[i : i + split_every])
+        tree, top = tree_reduce(f"bigquant-histogram-merge-{token}", tops, merge, split_every=2)
         layer.update(tree)
         root = Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
     if morton:
