@@ -294,3 +294,25 @@ def test_histogram_partials_keep_uint32_counts_until_they_could_overflow():
     np.testing.assert_array_equal(codes, [1, 1 << 16])
     np.testing.assert_array_equal(counts, [5, 6])
     assert counts.dtype == np.int64
+
+
+@pytest.mark.distributed
+def test_direct_tiff_quantize_on_worker_processes(local_cluster, tmp_path):
+    """Uncompressed input on worker processes: tiles counted as read (large blocks),
+    labels looked up and encoded tile by tile by the workers."""
+    from distributed import get_task_stream
+
+    from bigquant.sample import make_sample_image
+
+    img = make_sample_image((1100, 1030), seed=7)
+    path = tmp_path / "raw.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", bigtiff=True)
+    with get_task_stream(local_cluster) as ts:
+        model = quantize(path, tmp_path / "q.tif", 6, client=local_cluster, random_state=0,
+                         tile=256, pyramid=True)
+    prefixes = {str(t["key"]).split("-")[1] for t in ts.data if "bigquant-" in str(t["key"])}
+    assert {"histogram", "encode"} <= prefixes and "read" not in prefixes, prefixes
+    expected = np.asarray(model.predict(img).reshape(img.shape[:2]))
+    with tifffile.TiffFile(tmp_path / "q.tif") as tf:
+        np.testing.assert_array_equal(tf.pages[0].asarray(), expected)
+        np.testing.assert_array_equal(tf.pages[0].pages[0].asarray(), expected[::2, ::2])
