@@ -191,8 +191,8 @@ def search(
 
 def prepare_search(histogram: ColourHistogram) -> None:
     """Build (and cache in ``histogram``) the coarse colour sets the search runs on."""
-    histogram.coarse(SEARCH_DROP_BITS)
-    histogram.coarse(REFINE_DROP_BITS)
+    histogram.coarse_colours(REFINE_DROP_BITS)
+    histogram.coarse_colours(SEARCH_DROP_BITS)
 
 
 def default_chains(n_init: int) -> int:

@@ -96,19 +96,22 @@ class ColourHistogram:
         count. Lloyd's iteration on it approximates the full problem at a
         fraction of the cost; it is used to choose among initialisations.
         """
-        if drop_bits not in self._coarse_cache:
-            self._coarse_cache[drop_bits] = self._coarse_points(drop_bits)
-        means, weight = self._coarse_cache[drop_bits]
+        means, weight = self.coarse_colours(drop_bits)
         # the incremental sums of BoundedPoints are not exact for these float
         # means, which is fine here: the coarse set only screens initialisations
         return BoundedPoints(means, weight, n_parts=n_parts)
 
-    def _coarse_points(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
-        if drop_bits > 2:
-            # from the next finer level (a bin mean stays inside its bin): 4x fewer points to merge
-            finer, weight = self.coarse(drop_bits - 1).X, self.coarse(drop_bits - 1).weights
-            return coarsen_colours(finer, weight, drop_bits, self.bits)
-        return coarsen_colours(self.colours, self.counts.astype(np.float64), drop_bits, self.bits)
+    def coarse_colours(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """The arrays behind :meth:`coarse`: bin means (float64) and weights (cached)."""
+        if drop_bits not in self._coarse_cache:
+            if drop_bits > 2:
+                # from the next finer level (a bin mean stays inside its bin): 4x fewer points
+                finer, weight = self.coarse_colours(drop_bits - 1)
+                self._coarse_cache[drop_bits] = coarsen_colours(finer, weight, drop_bits, self.bits)
+            else:
+                self._coarse_cache[drop_bits] = coarsen_colours(
+                    self.colours, self.counts.astype(np.float64), drop_bits, self.bits)
+        return self._coarse_cache[drop_bits]
 
 
 def coarsen_colours(
