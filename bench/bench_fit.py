@@ -43,7 +43,16 @@ def sse(X: np.ndarray, centers: np.ndarray) -> float:
     return -km.score(X)
 
 
+#: idle time before each contender's calls: OpenMP/BLAS worker threads left spinning by
+#: the previous library would otherwise be charged to the next one
+SETTLE_SECONDS = 0.3
+
+
 def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``repeats`` back-to-back calls, after a pause and one untimed call."""
+    time.sleep(SETTLE_SECONDS)
+    if repeats > 1:
+        fn()  # warm: caches, thread pools, allocator
     times, out = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()

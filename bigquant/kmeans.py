@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 
 from bigquant import _kernels
+from bigquant._allocator import tune_allocator
 from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
 from bigquant._lloyd import IterationCallback, LloydResult, lloyd, warn_not_converged
 from bigquant.checkpoint import Checkpoint
@@ -297,6 +298,7 @@ default="k-means++"
         -------
         self : KMeans
         """
+        tune_allocator()
         data = check_data(X)
         init_array = self._check_params(data.n_channels)
         weights = check_sample_weight(sample_weight, data)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bigquant import _kernels
+from bigquant._allocator import tune_allocator
 from bigquant._init import kmeans_plusplus
 from bigquant._lloyd import LloydResult, lloyd
 from bigquant._points import BoundedPoints, InMemoryPoints
@@ -625,6 +626,7 @@ def sweep(
     True
     """
     start = time.perf_counter()
+    tune_allocator()
     k_values = parse_ks(ks)
     if strategy not in STRATEGIES:
         raise InvalidParameterError(f"strategy={strategy!r} must be one of {', '.join(map(repr, STRATEGIES))}")

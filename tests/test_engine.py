@@ -167,3 +167,29 @@ def test_search_is_at_least_as_good_as_scikit_learn_best_of_five(many_colours, k
     # and the reported inertia is the true one of the labels
     d = ((X - ours.cluster_centers_[ours.labels_.reshape(-1)]) ** 2).sum()
     assert ours.inertia_ == pytest.approx(d, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- allocator
+
+
+def test_allocator_is_tuned_once_in_the_client(monkeypatch):
+    import sys
+
+    import bigquant._allocator as allocator
+
+    monkeypatch.setattr(allocator, "_tuned", None)
+    monkeypatch.setenv("BIGQUANT_TUNE_MALLOC", "0")
+    assert allocator.tune_allocator() is False
+    assert allocator.tune_allocator() is False  # settled for the process
+    monkeypatch.setattr(allocator, "_tuned", None)
+    monkeypatch.delenv("BIGQUANT_TUNE_MALLOC")
+    expected = sys.platform.startswith("linux")  # glibc here; elsewhere it is left alone
+    assert allocator.tune_allocator() is expected
+    assert allocator._tuned is expected
+
+
+def test_allocator_is_left_alone_inside_a_dask_worker(local_cluster, monkeypatch):
+    import bigquant._allocator as allocator
+
+    monkeypatch.setattr(allocator, "_tuned", None)
+    assert local_cluster.submit(allocator.tune_allocator, pure=False).result() is False
