@@ -266,15 +266,25 @@ def _count_dense(X, bits, table):  # pragma: no cover
         table[_code(X, i, bits)] += 1
 
 
+def _take_nonzero(table: np.ndarray, like: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted codes and counts of the non-zero entries of a counter table.
+
+    The counts have the dtype of ``like`` (an empty array), int64 by default.
+    """
+    return _take_nonzero_as(table, _INT64_LIKE if like is None else like)
+
+
+_INT64_LIKE = np.empty(0, dtype=np.int64)
+
+
 @numba.njit(**_JIT)
-def _take_nonzero(table):  # pragma: no cover
-    """Sorted codes and counts of the non-zero entries of a counter table."""
+def _take_nonzero_as(table, like):  # pragma: no cover
     n = 0
     for v in table:
         if v:
             n += 1
     codes = np.empty(n, dtype=np.uint32)
-    counts = np.empty(n, dtype=np.int64)
+    counts = np.empty(n, dtype=like.dtype)
     j = 0
     for code in range(table.shape[0]):
         v = table[code]

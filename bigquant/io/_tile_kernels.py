@@ -12,6 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from bigquant import _kernels
 from bigquant._kernels import _code, _nearest
 
 __all__ = ["lookup_window"]
@@ -157,29 +158,12 @@ def morton_to_codes(hist: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np
     return _morton_to_codes(mcodes, counts, index)
 
 
-@numba.njit(**_JIT)
-def _take_nonzero32(table):  # pragma: no cover
+_UINT32_LIKE = np.empty(0, dtype=np.uint32)
+
+
+def _take_nonzero32(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted codes and uint32 counts of the non-zero entries of a uint32 table."""
-    n = 0
-    for v in table:
-        if v:
-            n += 1
-    codes = np.empty(n, dtype=np.uint32)
-    counts = np.empty(n, dtype=np.uint32)
-    j = 0
-    for code in range(table.shape[0]):
-        v = table[code]
-        if v:
-            codes[j] = code
-            counts[j] = v
-            j += 1
-    return codes, counts
-
-
-@numba.njit(**_JIT)
-def _add_counts(table, codes, counts):  # pragma: no cover
-    for i in range(codes.shape[0]):
-        table[codes[i]] += counts[i]
+    return _kernels._take_nonzero(table, _UINT32_LIKE)
 
 
 def take_counts(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,6 +192,6 @@ def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
         return _kernels.merge_sparse_counts(parts)
     table = np.zeros(1 << 24, dtype=np.uint32)
     for codes, counts in parts:
-        _add_counts(table, codes, counts)
+        _kernels._add_sparse(table, codes, counts)
     del parts
     return _take_nonzero32(table)
