@@ -195,6 +195,14 @@ def prepare_search(histogram: ColourHistogram) -> None:
     histogram.coarse_colours(SEARCH_DROP_BITS)
 
 
+#: search chains per initialisation of a single fit
+CHAINS_PER_INIT = 2
+
+
 def default_chains(n_init: int) -> int:
-    """Search chains for ``n_init`` initialisations: ``n_init`` per thread, at least two."""
-    return max(2, n_threads()) * int(n_init)
+    """Search chains for ``n_init`` initialisations of a single fit.
+
+    A fixed number, not one per core: the same ``random_state`` gives the
+    same palette on every machine.
+    """
+    return CHAINS_PER_INIT * int(n_init)

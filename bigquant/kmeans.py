@@ -467,7 +467,7 @@ default="k-means++"
     ) -> LloydResult:
         """Search on coarse colours for a good start, then converge on the exact ones.
 
-        See :mod:`bigquant._search`: ``n_init`` chains per thread of k-means++,
+        See :mod:`bigquant._search`: ``2 * n_init`` chains of k-means++,
         Lloyd and swap moves on 5-bit colours, refined on 6-bit colours, each
         ending (on histograms of moderate size) with Lloyd's iteration on the
         exact colours; the lowest wins. The result is an exact fixed point of

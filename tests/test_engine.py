@@ -148,6 +148,18 @@ def test_search_is_deterministic_and_thread_independent(many_colours):
     np.testing.assert_array_equal(again.centers, runs[0].fine.centers)
 
 
+def test_search_effort_does_not_depend_on_the_core_count(monkeypatch, many_colours):
+    import bigquant._points as points_mod
+    import bigquant._search as search_mod
+
+    two = KMeans(7, random_state=3).fit(many_colours)
+    monkeypatch.setattr(points_mod, "n_threads", lambda: 8)
+    monkeypatch.setattr(search_mod, "n_threads", lambda: 8)
+    assert default_chains(1) == 2 and default_chains(3) == 6
+    eight = KMeans(7, random_state=3).fit(many_colours)
+    np.testing.assert_array_equal(two.cluster_centers_, eight.cluster_centers_)
+
+
 def test_fit_with_a_callback_gives_the_same_palette(many_colours):
     plain = KMeans(9, random_state=2).fit(many_colours)
     seen = []
