@@ -981,27 +981,31 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
     pots = np.empty(n_trials)
     cand = np.empty(n_trials, dtype=np.int64)
     failures = 0
+    removed = 0
+    changed = True
     for swap in range(uniforms.shape[0]):
-        centers_t = np.ascontiguousarray(centers.T)
-        cost[:] = 0.0
-        for i in range(n):
-            best, best_d, sec = _nearest_two(X, i, centers_t, dist)
-            labels[i] = best
-            fallback[i] = best_d
-            second_d[i] = sec
-            cost[best] += np.float64(weights[i]) * (sec - best_d)
-        removed = 0
-        for j in range(1, k):
-            if cost[j] < cost[removed]:
-                removed = j
-        acc = 0.0
-        for i in range(n):
-            if labels[i] == removed:
-                fallback[i] = second_d[i]
-            acc += np.float64(weights[i]) * fallback[i]
-            cumulative[i] = acc
-        if acc <= 0:
-            break
+        if changed:  # after a rejected move the centres, and all of this, are as they were
+            centers_t = np.ascontiguousarray(centers.T)
+            cost[:] = 0.0
+            for i in range(n):
+                best, best_d, sec = _nearest_two(X, i, centers_t, dist)
+                labels[i] = best
+                fallback[i] = best_d
+                second_d[i] = sec
+                cost[best] += np.float64(weights[i]) * (sec - best_d)
+            removed = 0
+            for j in range(1, k):
+                if cost[j] < cost[removed]:
+                    removed = j
+            acc = 0.0
+            for i in range(n):
+                if labels[i] == removed:
+                    fallback[i] = second_d[i]
+                acc += np.float64(weights[i]) * fallback[i]
+                cumulative[i] = acc
+            if acc <= 0:
+                break
+            changed = False
         for t in range(n_trials):
             cand[t] = _draw(cumulative, uniforms[swap, t])
             for c in range(n_channels):
@@ -1023,6 +1027,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
             centers = moved
             inertia = moved_inertia
             failures = 0
+            changed = True
         else:
             failures += 1
             if failures >= patience:
