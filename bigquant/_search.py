@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: histograms with more distinct colours than this are searched on coarse colours
 COARSE_MIN_COLOURS = 1 << 14
+#: search chains per initialisation of a single fit
+CHAINS_PER_INIT = 2
 #: bits dropped per channel for the chains (8-bit -> 5-bit colours)
 SEARCH_DROP_BITS = 3
 #: bits dropped per channel to refine the best chain (8-bit -> 6-bit colours)
@@ -193,10 +195,6 @@ def prepare_search(histogram: ColourHistogram) -> None:
     """Build (and cache in ``histogram``) the coarse colour sets the search runs on."""
     histogram.coarse_colours(REFINE_DROP_BITS)
     histogram.coarse_colours(SEARCH_DROP_BITS)
-
-
-#: search chains per initialisation of a single fit
-CHAINS_PER_INIT = 2
 
 
 def default_chains(n_init: int) -> int:
