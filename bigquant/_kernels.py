@@ -682,6 +682,8 @@ def bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, count
     integer weights those sums are exact, so the result is identical to a
     full Lloyd step. Returns how many points were re-examined.
     """
+    if first:
+        return _first_step(X, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
     n, n_channels = X.shape
     k = centers_t.shape[1]
     # the largest drift, and the largest among the other centres for its own points
@@ -693,10 +695,7 @@ def bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, count
     for j in range(k):
         if j != top and drift[j] > second:
             second = drift[j]
-    if first:
-        return _first_step(X, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
     between, order = _centre_neighbours(centers_t)
-    dist = np.empty(k, dtype=np.float64)
     examined = 0
     for i in range(n):
         a = labels[i]

@@ -35,7 +35,6 @@ from bigquant._validation import (
 )
 from bigquant.errors import (
     BigquantWarning,
-    ConvergenceWarning,
     FewColoursWarning,
     InvalidInputError,
     InvalidParameterError,
