@@ -177,10 +177,11 @@ class InMemoryPoints:
         self.n_channels = X.shape[1]
         self._segments = _segments(X.shape[0], n_threads() if n_parts is None else n_parts)
 
-    def _map(self, func: Callable[[slice], Any]) -> list[Any]:
+    def _map(self, func: Callable[..., Any], *per_segment: Sequence[Any]) -> list[Any]:
+        """``func(segment, *items)`` for every row segment (with its item of each of ``per_segment``)."""
         if len(self._segments) == 1:
-            return [func(self._segments[0])]
-        return list(_thread_pool().map(func, self._segments))
+            return [func(self._segments[0], *(items[0] for items in per_segment))]
+        return list(_thread_pool().map(func, self._segments, *per_segment))
 
     def _w(self, seg: slice) -> np.ndarray | None:
         return None if self.weights is None else self.weights[seg]
@@ -511,14 +512,13 @@ class BoundedPoints(InMemoryPoints):
         states = self._state
         assert states is not None
 
-        def one(args):
-            seg, st = args
+        def one(seg: slice, st: dict[str, np.ndarray]) -> int:
             return _kernels.bounded_step(
                 self.X[seg], self.weights[seg], centers_t, drift, st["labels"],
                 st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
             )
 
-        self._map_pairs(lambda seg, st: one((seg, st)), list(zip(self._segments, states)))
+        self._map(one, states)
         self._previous = centers.copy()
         sums = np.sum([st["sums"] for st in states], axis=0)
         counts = np.sum([st["counts"] for st in states], axis=0)
@@ -526,29 +526,20 @@ class BoundedPoints(InMemoryPoints):
         inertia = float(np.sum(sqnorm - 2 * (centers * sums).sum(axis=1) + counts * (centers**2).sum(axis=1)))
         return sums, counts, max(inertia, 0.0)
 
-    def inertia(self, centers: np.ndarray) -> float:
-        """Weighted sum of squared distances, summed directly (a full pass)."""
-        return InMemoryPoints.partial_sums(self, centers)[2]
-
     def finish(self, centers: np.ndarray) -> tuple[float, np.ndarray]:
         """Inertia and labels for the last centres of a run: one more bounded step.
 
-        Cheaper than :meth:`inertia`'s full pass: the step skips most points,
-        and then each point's distance is the one to its own centre.
+        Cheaper than a full pass: the step skips most points, and then each
+        point's distance is the one to its own centre.
         """
         self.partial_sums(centers)
         assert self._state is not None
         centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
-        pairs = list(zip(self._segments, self._state))
-        parts = self._map_pairs(
-            lambda seg, st: _kernels.labelled_inertia(self.X[seg], self.weights[seg], centers_t, st["labels"]), pairs
+        parts = self._map(
+            lambda seg, st: _kernels.labelled_inertia(self.X[seg], self.weights[seg], centers_t, st["labels"]),
+            self._state,
         )
         return float(math.fsum(parts)), np.concatenate([st["labels"] for st in self._state])
-
-    def _map_pairs(self, func: Callable[[slice, dict[str, np.ndarray]], Any], pairs: list) -> list[Any]:
-        if len(pairs) == 1:
-            return [func(*pairs[0])]
-        return list(_thread_pool().map(lambda p: func(*p), pairs))
 
     def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float, np.ndarray]:
         """A whole Lloyd run in one compiled call (:func:`bigquant._kernels.lloyd_bounded`).
