@@ -167,15 +167,12 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
         first, second = _thread_pool().map(lambda s: _kernels.unique_colours(X[s], bits),
                                            (slice(0, half), slice(half, None)))
         return _kernels.merge_unique_colours(first, second)
-    from concurrent.futures import ThreadPoolExecutor
-
     # each segment costs a table of 2**bits counters: only split big inputs
     n_parts = min(n_threads(), X.shape[0] // (1 << 22))
     segs = _segments(X.shape[0], n_parts)
     if len(segs) == 1:
         return (*_kernels.count_codes(X, bits), None)
-    with ThreadPoolExecutor(len(segs)) as pool:
-        parts = list(pool.map(lambda s: _kernels.count_codes(X[s], bits), segs))
+    parts = list(_thread_pool().map(lambda s: _kernels.count_codes(X[s], bits), segs))
     return (*_kernels.merge_sparse_counts(parts), None)
 
 
