@@ -635,55 +635,30 @@ def _sqdist(X, i, centers_t, j):  # pragma: no cover - jitted
     return d
 
 
-@numba.njit(**_JIT)
-def _centre_neighbours(centers_t):  # pragma: no cover
-    """Distances between centres, and each centre's others ordered by distance."""
-    n_channels, k = centers_t.shape
-    between = np.zeros((k, k))
-    for a in range(k):
-        for b in range(a + 1, k):
-            d = 0.0
-            for c in range(n_channels):
-                t = centers_t[c, a] - centers_t[c, b]
-                d += t * t
-            between[a, b] = between[b, a] = np.sqrt(d)
-    # insertion sort of each row: k is small, and numba's argsort is slow on short rows
-    order = np.empty((k, k), dtype=np.int64)
-    for a in range(k):
-        row = order[a]
-        for b in range(k):
-            d = between[a, b]
-            p = b
-            while p > 0 and between[a, row[p - 1]] > d:
-                row[p] = row[p - 1]
-                p -= 1
-            row[p] = b
-    return between, order
-
-
 #: relative and absolute slack that keeps the bound tests safe from rounding
 _SLACK = 1e-9
 
 
 @numba.njit(**_JIT)
-def bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
+def bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
     """One Lloyd assignment with Hamerly's bounds, updating the sums in place.
 
-    ``upper[i]`` bounds the distance of point ``i`` to its centre and
-    ``lower[i]`` the distance to any other centre; ``drift[j]`` is how far
-    centre ``j`` moved since the last step. A point whose bounds, moved by the
-    drifts, no longer prove that its label stands (with a safety margin for
-    rounding) gets its exact distance ``u`` to its own centre; if that does
-    not settle it, only the centres within ``2u`` of its own centre can be
-    nearer (Newling & Fleuret's "exponion"), and those are scanned, nearest
-    first, ties to the lowest index. Every label is therefore what a full scan
-    would give. Points that move carry their weighted coordinates between the
-    per-cluster ``sums`` (and ``counts``, ``sqnorm``); with integer data and
-    integer weights those sums are exact, so the result is identical to a
-    full Lloyd step. Returns how many points were re-examined.
+    ``columns`` is ``X`` as :func:`as_columns` gives it. ``upper[i]`` bounds
+    the distance of point ``i`` to its centre and ``lower[i]`` the distance
+    to any other centre; ``drift[j]`` is how far centre ``j`` moved since the
+    last step. A point whose bounds, moved by the drifts, no longer prove that
+    its label stands (with a safety margin for rounding) gets its exact
+    distance to its own centre; if that does not settle it, the point is
+    rescanned against every centre, with the other unsettled points in one
+    blocked scan (:func:`_scan_two`), ties to the lowest index. Every label is
+    therefore what a full scan would give. Points that move carry their
+    weighted coordinates between the per-cluster ``sums`` (and ``counts``,
+    ``sqnorm``); with integer data and integer weights those sums are exact,
+    so the result is identical to a full Lloyd step. Returns how many points
+    were rescanned.
     """
     if first:
-        return _first_step(X, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
+        return _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
     n, n_channels = X.shape
     k = centers_t.shape[1]
     # the largest drift, and the largest among the other centres for its own points
@@ -695,66 +670,162 @@ def bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, count
     for j in range(k):
         if j != top and drift[j] > second:
             second = drift[j]
-    between, order = _centre_neighbours(centers_t)
-    examined = 0
+    unsettled = np.empty(n, dtype=np.int64)
+    n_unsettled = 0
     for i in range(n):
         a = labels[i]
         low = lower[i] - (second if a == top else drift[top])
         u = upper[i] + drift[a]
         if u * (1.0 + _SLACK) + _SLACK >= low:
             u = np.sqrt(_sqdist(X, i, centers_t, a))
-        if u * (1.0 + _SLACK) + _SLACK < low:
-            upper[i] = u
-            lower[i] = low
-            continue
-        # only centres within 2u of centre a can be as near as a
-        radius = 2.0 * u * (1.0 + _SLACK) + _SLACK
-        best = -1
-        best_d = np.inf
-        second_d = np.inf
-        beyond = np.inf
-        for p in range(k):
-            j = order[a, p]
-            if between[a, j] > radius:
-                beyond = between[a, j] - u  # every centre from here on is farther
-                break
-            d = _sqdist(X, i, centers_t, j)
-            if d < best_d or (d == best_d and j < best):
-                second_d = best_d
-                best_d = d
-                best = j
-            elif d < second_d:
-                second_d = d
-        upper[i] = np.sqrt(best_d)
-        lower[i] = min(np.sqrt(second_d), beyond * (1.0 - _SLACK))
-        examined += 1
+            if u * (1.0 + _SLACK) + _SLACK >= low:
+                unsettled[n_unsettled] = i
+                n_unsettled += 1
+                continue
+        upper[i] = u
+        lower[i] = low
+    rows = unsettled[:n_unsettled]
+    nearest = np.empty(n_unsettled, dtype=np.int64)
+    best_d = np.empty(n_unsettled)
+    second_d = np.empty(n_unsettled)
+    _scan_two(X, columns, rows, centers_t, nearest, best_d, second_d)
+    for q in range(n_unsettled):
+        i = rows[q]
+        upper[i] = np.sqrt(best_d[q])
+        lower[i] = np.sqrt(second_d[q])
+        best = nearest[q]
+        a = labels[i]
         if best != a:
             w = np.float64(weights[i])
-            q = 0.0
+            s = 0.0
             for c in range(n_channels):
                 v = np.float64(X[i, c])
-                q += v * v
+                s += v * v
                 sums[best, c] += v * w
                 sums[a, c] -= v * w
             counts[best] += w
-            sqnorm[best] += q * w
+            sqnorm[best] += s * w
             counts[a] -= w
-            sqnorm[a] -= q * w
+            sqnorm[a] -= s * w
             labels[i] = best
-    return examined
+    return n_unsettled
+
+
+#: points per block of :func:`_scan_two`: the block's state stays in L1
+_SCAN_BLOCK = 128
 
 
 @numba.njit(**_JIT)
-def _first_step(X, weights, centers_t, labels, upper, lower, sums, counts, sqnorm):  # pragma: no cover
+def as_columns(X):  # pragma: no cover
+    """``X`` (n, C) as float64 columns (C, n): the layout the blocked scans read."""
+    n, n_channels = X.shape
+    columns = np.empty((n_channels, n))
+    for i in range(n):
+        for c in range(n_channels):
+            columns[c, i] = X[i, c]
+    return columns
+
+
+@numba.njit(**_JIT)
+def _scan_two(X, columns, rows, centers_t, labels, best_d, second_d):  # pragma: no cover
+    """:func:`_nearest_two` of the points ``rows``: ``labels[q]``, ``best_d[q]``, ``second_d[q]`` for ``rows[q]``.
+
+    ``columns`` is ``X`` as :func:`as_columns` gives it. For RGB the points
+    are taken a block at a time, centres four at a time, so that the loop over
+    the block's points vectorises (the per-point scan's minimum is a chain of
+    dependent steps); distances, their rounding and the ties are exactly
+    those of :func:`_nearest_two`.
+    """
+    n_channels, k = centers_t.shape
+    n = rows.shape[0]
+    if n_channels != 3:
+        dist = np.empty(k)
+        for q in range(n):
+            labels[q], best_d[q], second_d[q] = _nearest_two(X, rows[q], centers_t, dist)
+        return
+    B = _SCAN_BLOCK
+    x0 = np.empty(B)
+    x1 = np.empty(B)
+    x2 = np.empty(B)
+    bd = np.empty(B)
+    sd = np.empty(B)
+    bl = np.empty(B, dtype=np.int64)
+    k4 = k - k % 4
+    for start in range(0, n, B):
+        m = min(B, n - start)
+        for p in range(B):  # a short last block repeats its last point: the trip count stays B
+            q = rows[start + min(p, m - 1)]
+            x0[p] = columns[0, q]
+            x1[p] = columns[1, q]
+            x2[p] = columns[2, q]
+            bd[p] = np.inf
+            sd[p] = np.inf
+            bl[p] = 0
+        for j in range(0, k4, 4):
+            a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
+            b0, b1, b2 = centers_t[0, j + 1], centers_t[1, j + 1], centers_t[2, j + 1]
+            c0, c1, c2 = centers_t[0, j + 2], centers_t[1, j + 2], centers_t[2, j + 2]
+            e0, e1, e2 = centers_t[0, j + 3], centers_t[1, j + 3], centers_t[2, j + 3]
+            for p in range(B):
+                best = bd[p]
+                second = sd[p]
+                label = bl[p]
+                u = x0[p] - a0
+                v = x1[p] - a1
+                w = x2[p] - a2
+                d = u * u + v * v + w * w
+                second = min(second, max(best, d))
+                label = j if d < best else label
+                best = min(best, d)
+                u = x0[p] - b0
+                v = x1[p] - b1
+                w = x2[p] - b2
+                d = u * u + v * v + w * w
+                second = min(second, max(best, d))
+                label = j + 1 if d < best else label
+                best = min(best, d)
+                u = x0[p] - c0
+                v = x1[p] - c1
+                w = x2[p] - c2
+                d = u * u + v * v + w * w
+                second = min(second, max(best, d))
+                label = j + 2 if d < best else label
+                best = min(best, d)
+                u = x0[p] - e0
+                v = x1[p] - e1
+                w = x2[p] - e2
+                d = u * u + v * v + w * w
+                second = min(second, max(best, d))
+                label = j + 3 if d < best else label
+                best = min(best, d)
+                bd[p] = best
+                sd[p] = second
+                bl[p] = label
+        for j in range(k4, k):
+            a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
+            for p in range(B):
+                u = x0[p] - a0
+                v = x1[p] - a1
+                w = x2[p] - a2
+                d = u * u + v * v + w * w
+                best = bd[p]
+                sd[p] = min(sd[p], max(best, d))
+                bl[p] = j if d < best else bl[p]
+                bd[p] = min(best, d)
+        for p in range(m):
+            labels[start + p] = bl[p]
+            best_d[start + p] = bd[p]
+            second_d[start + p] = sd[p]
+
+
+@numba.njit(**_JIT)
+def _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm):  # pragma: no cover
     """The first step of :func:`bounded_step`: a full scan that sets labels, bounds and sums."""
     n, n_channels = X.shape
-    dist = np.empty(centers_t.shape[1], dtype=np.float64)
-    for i in range(n):  # a tight loop of its own: it vectorises
-        best, best_d, second_d = _nearest_two(X, i, centers_t, dist)
-        labels[i] = best
-        upper[i] = np.sqrt(best_d)
-        lower[i] = np.sqrt(second_d)
+    _scan_two(X, columns, np.arange(n), centers_t, labels, upper, lower)
     for i in range(n):
+        upper[i] = np.sqrt(upper[i])
+        lower[i] = np.sqrt(lower[i])
         best = labels[i]
         w = np.float64(weights[i])
         q = 0.0
@@ -776,6 +847,39 @@ def _draw(cumulative, u):  # pragma: no cover - jitted
 
 
 @numba.njit(**_JIT)
+def _capped_distances(columns, point, cap, out):  # pragma: no cover
+    """``out[i] = min(|x_i - point|^2, cap[i])``, rounded as :func:`_sqdist`; vectorises over ``i``."""
+    n = columns.shape[1]
+    p0 = point[0]
+    for i in range(n):
+        t = columns[0, i] - p0
+        out[i] = t * t
+    for c in range(1, columns.shape[0]):
+        pc = point[c]
+        for i in range(n):
+            t = columns[c, i] - pc
+            out[i] += t * t
+    for i in range(n):
+        out[i] = min(out[i], cap[i])
+
+
+@numba.njit(**_JIT)
+def _weighted_sum(weights, values):  # pragma: no cover
+    """``sum_i weights[i] * values[i]`` over four interleaved partial sums (no serial add chain)."""
+    n = values.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        s0 += np.float64(weights[i]) * values[i]
+        s1 += np.float64(weights[i + 1]) * values[i + 1]
+        s2 += np.float64(weights[i + 2]) * values[i + 2]
+        s3 += np.float64(weights[i + 3]) * values[i + 3]
+    for i in range(n4, n):
+        s0 += np.float64(weights[i]) * values[i]
+    return (s0 + s1) + (s2 + s3)
+
+
+@numba.njit(**_JIT)
 def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cover
     """Greedy weighted k-means++ seeding; returns the indices of the chosen rows.
 
@@ -785,19 +889,20 @@ def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cove
     ``w * D^2``. ``uniforms`` (n_clusters, n_trials) in [0, 1) drive every
     draw, so the caller's random generator alone decides the result.
     """
-    n = X.shape[0]
+    n, n_channels = X.shape
     n_trials = uniforms.shape[1]
+    columns = as_columns(X)
     chosen = np.empty(n_clusters, dtype=np.int64)
-    cumulative = np.cumsum(weights)
-    chosen[0] = _draw(cumulative, uniforms[0, 0]) if cumulative[n - 1] > 0 else min(int(uniforms[0, 0] * n), n - 1)
-    centers_t = np.ascontiguousarray(X[chosen[0]:chosen[0] + 1].T)
-    closest = np.empty(n)
-    pot = 0.0
+    cumulative = np.empty(n)
+    acc = 0.0
     for i in range(n):
-        closest[i] = _sqdist(X, i, centers_t, 0)
-        pot += weights[i] * closest[i]
+        acc += np.float64(weights[i])
+        cumulative[i] = acc
+    chosen[0] = _draw(cumulative, uniforms[0, 0]) if cumulative[n - 1] > 0 else min(int(uniforms[0, 0] * n), n - 1)
+    closest = np.full(n, np.inf)
+    _capped_distances(columns, columns[:, chosen[0]].copy(), closest, closest)
+    pot = _weighted_sum(weights, closest)
     trial_dist = np.empty((n_trials, n))
-    trials_t = np.empty((X.shape[1], n_trials))
     cand = np.empty(n_trials, dtype=np.int64)
     pots = np.empty(n_trials)
     for c in range(1, n_clusters):
@@ -807,19 +912,12 @@ def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cove
             break
         acc = 0.0
         for i in range(n):
-            acc += weights[i] * closest[i]
+            acc += np.float64(weights[i]) * closest[i]
             cumulative[i] = acc
         for t in range(n_trials):
             cand[t] = _draw(cumulative, uniforms[c, t])
-            for ch in range(X.shape[1]):
-                trials_t[ch, t] = X[cand[t], ch]
-            row = trial_dist[t]
-            p = 0.0
-            for i in range(n):
-                d = min(_sqdist(X, i, trials_t, t), closest[i])
-                row[i] = d
-                p += weights[i] * d
-            pots[t] = p
+            _capped_distances(columns, columns[:, cand[t]].copy(), closest, trial_dist[t])
+            pots[t] = _weighted_sum(weights, trial_dist[t])
         best = 0
         for t in range(1, n_trials):
             if pots[t] < pots[best]:
@@ -905,6 +1003,12 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
     Returns the centres, their inertia (a direct sum), the iterations run,
     whether it converged, the last shift, and the labels for the centres returned.
     """
+    return _lloyd_bounded(X, as_columns(X), weights, centers0, max_iter, tol, multiplicity)
+
+
+@numba.njit(**_JIT)
+def _lloyd_bounded(X, columns, weights, centers0, max_iter, tol, multiplicity):  # pragma: no cover
+    """:func:`lloyd_bounded` with ``X``'s columns (:func:`as_columns`) at hand."""
     n, n_channels = X.shape
     k = centers0.shape[0]
     centers = centers0.copy()
@@ -921,8 +1025,10 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
     n_iter = 0
     for it in range(1, max_iter + 1):
         n_iter = it
-        bounded_step(X, weights, centers_t, drift, labels, upper, lower,
-                     sums, counts, sqnorm, it == 1)
+        if it == 1:
+            _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
+        else:
+            bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
         s = sums.copy()
         cnt = counts.copy()
         for j in range(k):
@@ -948,7 +1054,7 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
             break
     # one more bounded step makes every label exact for the final centres (mostly
     # skipping points); then each point's inertia is one distance, rounded as a scan's
-    bounded_step(X, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
+    bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
     return centers, labelled_inertia(X, weights, centers_t, labels), n_iter, converged, shift, labels
 
 
@@ -979,6 +1085,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
     trial_dist = np.empty(n_trials)
     pots = np.empty(n_trials)
     cand = np.empty(n_trials, dtype=np.int64)
+    columns = as_columns(X)
     failures = 0
     removed = 0
     changed = True
@@ -986,12 +1093,9 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
         if changed:  # after a rejected move the centres, and all of this, are as they were
             centers_t = np.ascontiguousarray(centers.T)
             cost[:] = 0.0
+            _scan_two(X, columns, np.arange(n), centers_t, labels, fallback, second_d)
             for i in range(n):
-                best, best_d, sec = _nearest_two(X, i, centers_t, dist)
-                labels[i] = best
-                fallback[i] = best_d
-                second_d[i] = sec
-                cost[best] += np.float64(weights[i]) * (sec - best_d)
+                cost[labels[i]] += np.float64(weights[i]) * (second_d[i] - fallback[i])
             removed = 0
             for j in range(1, k):
                 if cost[j] < cost[removed]:
@@ -1021,7 +1125,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
         trial = centers.copy()
         for c in range(n_channels):
             trial[removed, c] = X[cand[pick], c]
-        moved, moved_inertia, _, _, _, _ = lloyd_bounded(X, weights, trial, max_iter, tol, True)
+        moved, moved_inertia, _, _, _, _ = _lloyd_bounded(X, columns, weights, trial, max_iter, tol, True)
         if moved_inertia < inertia:
             centers = moved
             inertia = moved_inertia

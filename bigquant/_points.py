@@ -490,6 +490,7 @@ class BoundedPoints(InMemoryPoints):
             n = seg.stop - seg.start
             states.append(
                 dict(
+                    columns=_kernels.as_columns(self.X[seg]),
                     labels=np.zeros(n, np.int64),
                     upper=np.zeros(n),
                     lower=np.zeros(n),
@@ -514,7 +515,7 @@ class BoundedPoints(InMemoryPoints):
 
         def one(seg: slice, st: dict[str, np.ndarray]) -> int:
             return _kernels.bounded_step(
-                self.X[seg], self.weights[seg], centers_t, drift, st["labels"],
+                self.X[seg], st["columns"], self.weights[seg], centers_t, drift, st["labels"],
                 st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
             )
 
