@@ -720,112 +720,163 @@ def as_columns(X):  # pragma: no cover
     """``X`` (n, C) as float64 columns (C, n): the layout the blocked scans read."""
     n, n_channels = X.shape
     columns = np.empty((n_channels, n))
-    for i in range(n):
-        for c in range(n_channels):
+    if n_channels == 3:  # one pass with three output streams: it vectorises
+        red, green, blue = columns[0], columns[1], columns[2]
+        for i in range(n):
+            red[i] = X[i, 0]
+            green[i] = X[i, 1]
+            blue[i] = X[i, 2]
+        return columns
+    for c in range(n_channels):
+        for i in range(n):
             columns[c, i] = X[i, c]
     return columns
+
+
+@numba.njit(inline="always", **_JIT)
+def _scan_block(x0, x1, x2, centers_t, labels, best_d, second_d):  # pragma: no cover - jitted
+    """:func:`_nearest_two` of the ``_SCAN_BLOCK`` RGB points ``(x0, x1, x2)``, centres four at a time.
+
+    The loop over the block's points vectorises (a point's own running
+    minimum is a chain of dependent steps); distances, their rounding and
+    the ties are exactly those of :func:`_nearest_two`.
+    """
+    k = centers_t.shape[1]
+    k4 = k - k % 4
+    for p in range(_SCAN_BLOCK):
+        best_d[p] = np.inf
+        second_d[p] = np.inf
+        labels[p] = 0
+    for j in range(0, k4, 4):
+        a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
+        b0, b1, b2 = centers_t[0, j + 1], centers_t[1, j + 1], centers_t[2, j + 1]
+        c0, c1, c2 = centers_t[0, j + 2], centers_t[1, j + 2], centers_t[2, j + 2]
+        e0, e1, e2 = centers_t[0, j + 3], centers_t[1, j + 3], centers_t[2, j + 3]
+        for p in range(_SCAN_BLOCK):
+            best = best_d[p]
+            second = second_d[p]
+            label = labels[p]
+            u = x0[p] - a0
+            v = x1[p] - a1
+            w = x2[p] - a2
+            d = u * u + v * v + w * w
+            second = min(second, max(best, d))
+            label = j if d < best else label
+            best = min(best, d)
+            u = x0[p] - b0
+            v = x1[p] - b1
+            w = x2[p] - b2
+            d = u * u + v * v + w * w
+            second = min(second, max(best, d))
+            label = j + 1 if d < best else label
+            best = min(best, d)
+            u = x0[p] - c0
+            v = x1[p] - c1
+            w = x2[p] - c2
+            d = u * u + v * v + w * w
+            second = min(second, max(best, d))
+            label = j + 2 if d < best else label
+            best = min(best, d)
+            u = x0[p] - e0
+            v = x1[p] - e1
+            w = x2[p] - e2
+            d = u * u + v * v + w * w
+            second = min(second, max(best, d))
+            label = j + 3 if d < best else label
+            best = min(best, d)
+            best_d[p] = best
+            second_d[p] = second
+            labels[p] = label
+    for j in range(k4, k):
+        a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
+        for p in range(_SCAN_BLOCK):
+            u = x0[p] - a0
+            v = x1[p] - a1
+            w = x2[p] - a2
+            d = u * u + v * v + w * w
+            best = best_d[p]
+            second_d[p] = min(second_d[p], max(best, d))
+            labels[p] = j if d < best else labels[p]
+            best_d[p] = min(best, d)
 
 
 @numba.njit(**_JIT)
 def _scan_two(X, columns, rows, centers_t, labels, best_d, second_d):  # pragma: no cover
     """:func:`_nearest_two` of the points ``rows``: ``labels[q]``, ``best_d[q]``, ``second_d[q]`` for ``rows[q]``.
 
-    ``columns`` is ``X`` as :func:`as_columns` gives it. For RGB the points
-    are taken a block at a time, centres four at a time, so that the loop over
-    the block's points vectorises (the per-point scan's minimum is a chain of
-    dependent steps); distances, their rounding and the ties are exactly
-    those of :func:`_nearest_two`.
+    ``rows=None`` scans every point. ``columns`` is ``X`` as
+    :func:`as_columns` gives it: for RGB the points go through
+    :func:`_scan_block` a block at a time, read in place (``rows`` are
+    gathered first).
     """
     n_channels, k = centers_t.shape
-    n = rows.shape[0]
+    n = X.shape[0] if rows is None else rows.shape[0]
     if n_channels != 3:
         dist = np.empty(k)
         for q in range(n):
-            labels[q], best_d[q], second_d[q] = _nearest_two(X, rows[q], centers_t, dist)
+            labels[q], best_d[q], second_d[q] = _nearest_two(X, q if rows is None else rows[q], centers_t, dist)
         return
+    if rows is not None:  # gathered once: the blocks then read in place
+        gathered = np.empty((3, n))
+        for q in range(n):
+            i = rows[q]
+            gathered[0, q] = columns[0, i]
+            gathered[1, q] = columns[1, i]
+            gathered[2, q] = columns[2, i]
+        columns = gathered
     B = _SCAN_BLOCK
-    x0 = np.empty(B)
-    x1 = np.empty(B)
-    x2 = np.empty(B)
-    bd = np.empty(B)
-    sd = np.empty(B)
-    bl = np.empty(B, dtype=np.int64)
-    k4 = k - k % 4
-    for start in range(0, n, B):
-        m = min(B, n - start)
-        for p in range(B):  # a short last block repeats its last point: the trip count stays B
-            q = rows[start + min(p, m - 1)]
-            x0[p] = columns[0, q]
-            x1[p] = columns[1, q]
-            x2[p] = columns[2, q]
-            bd[p] = np.inf
-            sd[p] = np.inf
-            bl[p] = 0
-        for j in range(0, k4, 4):
-            a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
-            b0, b1, b2 = centers_t[0, j + 1], centers_t[1, j + 1], centers_t[2, j + 1]
-            c0, c1, c2 = centers_t[0, j + 2], centers_t[1, j + 2], centers_t[2, j + 2]
-            e0, e1, e2 = centers_t[0, j + 3], centers_t[1, j + 3], centers_t[2, j + 3]
-            for p in range(B):
-                best = bd[p]
-                second = sd[p]
-                label = bl[p]
-                u = x0[p] - a0
-                v = x1[p] - a1
-                w = x2[p] - a2
-                d = u * u + v * v + w * w
-                second = min(second, max(best, d))
-                label = j if d < best else label
-                best = min(best, d)
-                u = x0[p] - b0
-                v = x1[p] - b1
-                w = x2[p] - b2
-                d = u * u + v * v + w * w
-                second = min(second, max(best, d))
-                label = j + 1 if d < best else label
-                best = min(best, d)
-                u = x0[p] - c0
-                v = x1[p] - c1
-                w = x2[p] - c2
-                d = u * u + v * v + w * w
-                second = min(second, max(best, d))
-                label = j + 2 if d < best else label
-                best = min(best, d)
-                u = x0[p] - e0
-                v = x1[p] - e1
-                w = x2[p] - e2
-                d = u * u + v * v + w * w
-                second = min(second, max(best, d))
-                label = j + 3 if d < best else label
-                best = min(best, d)
-                bd[p] = best
-                sd[p] = second
-                bl[p] = label
-        for j in range(k4, k):
-            a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
-            for p in range(B):
-                u = x0[p] - a0
-                v = x1[p] - a1
-                w = x2[p] - a2
-                d = u * u + v * v + w * w
-                best = bd[p]
-                sd[p] = min(sd[p], max(best, d))
-                bl[p] = j if d < best else bl[p]
-                bd[p] = min(best, d)
-        for p in range(m):
-            labels[start + p] = bl[p]
-            best_d[start + p] = bd[p]
-            second_d[start + p] = sd[p]
+    start = 0
+    while start + B <= n:
+        stop = start + B
+        _scan_block(columns[0, start:stop], columns[1, start:stop], columns[2, start:stop], centers_t,
+                    labels[start:stop], best_d[start:stop], second_d[start:stop])
+        start = stop
+    if start < n:  # the short last block repeats its last point: the trip count stays B
+        x = np.empty((3, B))
+        for p in range(B):
+            q = min(start + p, n - 1)
+            x[0, p] = columns[0, q]
+            x[1, p] = columns[1, q]
+            x[2, p] = columns[2, q]
+        bl = np.empty(B, dtype=np.int64)
+        bd = np.empty(B)
+        sd = np.empty(B)
+        _scan_block(x[0], x[1], x[2], centers_t, bl, bd, sd)
+        labels[start:] = bl[: n - start]
+        best_d[start:] = bd[: n - start]
+        second_d[start:] = sd[: n - start]
 
 
 @numba.njit(**_JIT)
 def _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm):  # pragma: no cover
     """The first step of :func:`bounded_step`: a full scan that sets labels, bounds and sums."""
     n, n_channels = X.shape
-    _scan_two(X, columns, np.arange(n), centers_t, labels, upper, lower)
+    _scan_two(X, columns, None, centers_t, labels, upper, lower)
     for i in range(n):
         upper[i] = np.sqrt(upper[i])
+    for i in range(n):
         lower[i] = np.sqrt(lower[i])
+    if n_channels == 3:
+        # consecutive points often share a label: four interleaved tables of
+        # (sums, count, square norm) keep the additions from waiting on each other
+        tables = np.zeros((4, sums.shape[0], 5))
+        for i in range(n):
+            row = tables[i & 3, labels[i]]
+            w = np.float64(weights[i])
+            r, g, b = columns[0, i], columns[1, i], columns[2, i]
+            row[0] += r * w
+            row[1] += g * w
+            row[2] += b * w
+            row[3] += w
+            row[4] += (r * r + g * g + b * b) * w
+        for t in range(4):
+            for j in range(sums.shape[0]):
+                for c in range(3):
+                    sums[j, c] += tables[t, j, c]
+                counts[j] += tables[t, j, 3]
+                sqnorm[j] += tables[t, j, 4]
+        return n
+    for i in range(n):
         best = labels[i]
         w = np.float64(weights[i])
         q = 0.0
@@ -1093,7 +1144,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
         if changed:  # after a rejected move the centres, and all of this, are as they were
             centers_t = np.ascontiguousarray(centers.T)
             cost[:] = 0.0
-            _scan_two(X, columns, np.arange(n), centers_t, labels, fallback, second_d)
+            _scan_two(X, columns, None, centers_t, labels, fallback, second_d)
             for i in range(n):
                 cost[labels[i]] += np.float64(weights[i]) * (second_d[i] - fallback[i])
             removed = 0
