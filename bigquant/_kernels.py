@@ -332,48 +332,54 @@ def count_codes(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(**_JIT)
-def _radix_unique(codes, total_bits):  # pragma: no cover
-    """Sorted distinct codes, their counts, and each input's index among them.
+def _radix_unique(X, bits):  # pragma: no cover
+    """Sorted distinct codes of the rows of ``X``, their counts, and each row's index among them.
 
-    An LSD radix sort (12-bit digits) of the codes carrying their positions,
-    then one scan: linear in the number of codes.
+    Each row's code and position are packed in one uint64 (code above,
+    position below), sorted by an LSD radix sort of the code (12-bit digits),
+    then read in one scan: linear in the number of rows.
     """
-    n = codes.shape[0]
-    keys = codes.copy()
-    pos = np.arange(n).astype(np.int32)
-    keys_tmp = np.empty_like(keys)
-    pos_tmp = np.empty_like(pos)
-    shift = 0
-    while shift < total_bits:
-        width = min(12, total_bits - shift)
-        mask = np.uint32((1 << width) - 1)
+    n = X.shape[0]
+    total_bits = bits * X.shape[1]
+    packed = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        packed[i] = (np.uint64(_code(X, i, bits)) << np.uint64(32)) | np.uint64(i)
+    spare = np.empty_like(packed)
+    shift = 32
+    while shift < 32 + total_bits:
+        width = min(12, 32 + total_bits - shift)
+        mask = np.uint64((1 << width) - 1)
         start = np.zeros((1 << width) + 1, dtype=np.int64)
         for i in range(n):
-            start[((keys[i] >> np.uint32(shift)) & mask) + 1] += 1
-        for b in range(1 << width):
-            start[b + 1] += start[b]
+            start[((packed[i] >> np.uint64(shift)) & mask) + 1] += 1
+        for d in range(1 << width):
+            start[d + 1] += start[d]
         for i in range(n):
-            b = (keys[i] >> np.uint32(shift)) & mask
-            keys_tmp[start[b]] = keys[i]
-            pos_tmp[start[b]] = pos[i]
-            start[b] += 1
-        keys, keys_tmp = keys_tmp, keys
-        pos, pos_tmp = pos_tmp, pos
+            v = packed[i]
+            d = (v >> np.uint64(shift)) & mask
+            spare[start[d]] = v
+            start[d] += 1
+        packed, spare = spare, packed
         shift += width
     n_unique = 0
+    previous = np.uint64(0)
     for i in range(n):
-        if i == 0 or keys[i] != keys[i - 1]:
+        code = packed[i] >> np.uint64(32)
+        if i == 0 or code != previous:
             n_unique += 1
+        previous = code
     unique = np.empty(n_unique, dtype=np.uint32)
     counts = np.zeros(n_unique, dtype=np.int64)
     inverse = np.empty(n, dtype=np.int32)
     u = -1
     for i in range(n):
-        if i == 0 or keys[i] != keys[i - 1]:
+        code = packed[i] >> np.uint64(32)
+        if i == 0 or code != previous:
             u += 1
-            unique[u] = keys[i]
+            unique[u] = code
+        previous = code
         counts[u] += 1
-        inverse[pos[i]] = u
+        inverse[packed[i] & np.uint64(0xFFFFFFFF)] = u
     return unique, counts, inverse
 
 
@@ -383,7 +389,7 @@ def unique_colours(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np
     Returns sorted uint32 codes, int64 counts and, for every row, the int32
     index of its colour, so that ``codes[inverse]`` encodes ``X``.
     """
-    return _radix_unique(encode_colours(X, bits), bits * X.shape[1])
+    return _radix_unique(X, bits)
 
 
 @numba.njit(**_JIT)
@@ -430,14 +436,26 @@ def merge_unique_colours(
 
 
 @numba.njit(**_JIT)
-def _coarsen(X, weights, drop_bits, width):  # pragma: no cover
-    n, n_channels = X.shape
+def coarse_bins(cells, sums, weights, shift, width):  # pragma: no cover
+    """Merge weighted points into the cells of a coarser grid, in code order.
+
+    Point ``i`` lies in grid cell ``cells[i]`` (integer coordinates, one per
+    channel); its coarse cell is ``cells[i] >> shift``, numbered by the code
+    of ``width`` bits per channel (a dense table of ``2**(width * C)``).
+    ``sums[i]`` is the point's weighted coordinate sum (``None``: the cell
+    itself is the point, ``sums = cells * weights``). Integer inputs give
+    integer sums, exact in float64 whatever the order: every path to a
+    coarse set gives the same bits.
+
+    Returns the coarse cells (int64), their summed coordinates and weights.
+    """
+    n, n_channels = cells.shape
     table = np.full(1 << (width * n_channels), -1, dtype=np.int32)
     code = np.empty(n, dtype=np.int64)
     for i in range(n):
         q = 0
         for c in range(n_channels):
-            q = (q << width) | (np.int64(X[i, c]) >> drop_bits)
+            q = (q << width) | (np.int64(cells[i, c]) >> shift)
         code[i] = q
         table[q] = 0
     m = 0
@@ -445,28 +463,22 @@ def _coarsen(X, weights, drop_bits, width):  # pragma: no cover
         if table[q] == 0:
             table[q] = m
             m += 1
-    means = np.zeros((m, n_channels))
-    total = np.zeros(m)
+    out_cells = np.empty((m, n_channels), dtype=np.int64)
+    out_sums = np.zeros((m, n_channels))
+    out_weights = np.zeros(m)
     for i in range(n):
         b = table[code[i]]
         w = np.float64(weights[i])
-        total[b] += w
+        out_weights[b] += w
         for c in range(n_channels):
-            means[b, c] += w * np.float64(X[i, c])
-    for b in range(m):
-        for c in range(n_channels):
-            means[b, c] /= total[b]
-    return means, total
-
-
-def coarsen_dense(
-    X: np.ndarray, weights: np.ndarray, drop_bits: int, bits: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean colour and summed weight of every occupied coarse bin, in code order.
-
-    For ``(bits - drop_bits) * n_channels <= 24`` (a dense table of bins).
-    """
-    return _coarsen(X, weights, drop_bits, bits - drop_bits)
+            out_cells[b, c] = np.int64(cells[i, c]) >> shift
+        if sums is None:
+            for c in range(n_channels):
+                out_sums[b, c] += w * np.float64(cells[i, c])
+        else:
+            for c in range(n_channels):
+                out_sums[b, c] += sums[i, c]
+    return out_cells, out_sums, out_weights
 
 
 @numba.njit(**_JIT)

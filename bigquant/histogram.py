@@ -20,7 +20,7 @@ from dask.delayed import Delayed
 from bigquant import _kernels
 from bigquant._points import _MIN_SEGMENT, BoundedPoints, InMemoryPoints, _segments, _thread_pool, block_tree, n_threads
 
-__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "coarsen_colours", "MAX_HISTOGRAM_BITS"]
+__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "MAX_HISTOGRAM_BITS"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ColourHistogram:
     codes: np.ndarray
     bits: int
     inverse: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+    _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -103,51 +103,25 @@ class ColourHistogram:
 
     def coarse_colours(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
         """The arrays behind :meth:`coarse`: bin means (float64) and weights (cached)."""
+        cells, sums, weights = self.coarse_sums(drop_bits)
+        return sums / weights[:, None], weights
+
+    def coarse_sums(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cells, summed colours and weights of the coarse set for ``drop_bits`` (cached).
+
+        Sets of more than 2 dropped bits merge the next finer set (4x fewer
+        points than the colours). The sums are exact integers, so the set is
+        the same whichever way it is built.
+        """
         if drop_bits not in self._coarse_cache:
+            width = self.bits - drop_bits
             if drop_bits > 2:
-                # from the next finer level (a bin mean stays inside its bin): 4x fewer points
-                finer, weight = self.coarse_colours(drop_bits - 1)
-                self._coarse_cache[drop_bits] = coarsen_colours(finer, weight, drop_bits, self.bits)
+                cells, sums, weights = self.coarse_sums(drop_bits - 1)
+                found = _kernels.coarse_bins(cells, sums, weights, 1, width)
             else:
-                self._coarse_cache[drop_bits] = coarsen_colours(
-                    self.colours, self.counts.astype(np.float64), drop_bits, self.bits)
+                found = _kernels.coarse_bins(self.colours, None, self.counts, drop_bits, width)
+            self._coarse_cache[drop_bits] = found
         return self._coarse_cache[drop_bits]
-
-
-def coarsen_colours(
-    colours: np.ndarray, weights: np.ndarray, drop_bits: int, bits: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merge colours that are equal once ``drop_bits`` low bits are dropped.
-
-    Parameters
-    ----------
-    colours : ndarray of shape (n_colours, n_channels)
-        Integer-valued colours (any real dtype).
-    weights : ndarray of shape (n_colours,)
-        Their counts (or weights).
-    drop_bits, bits : int
-        Low bits dropped per channel, and bits per channel of the colours.
-
-    Returns
-    -------
-    means : ndarray of shape (n_bins, n_channels)
-        Weighted mean colour of each occupied bin (float64).
-    weights : ndarray of shape (n_bins,)
-        Summed weight of each bin.
-    """
-    X = np.ascontiguousarray(colours)
-    weights = np.ascontiguousarray(weights, dtype=np.float64)
-    width = bits - drop_bits
-    if width * X.shape[1] <= MAX_HISTOGRAM_BITS:  # a dense table of bins
-        return _kernels.coarsen_dense(X, weights, drop_bits, bits)
-    q = X.astype(np.int64) >> drop_bits
-    code = np.zeros(X.shape[0], np.int64)
-    for c in range(X.shape[1]):
-        code = (code << width) | q[:, c]
-    _, inverse = np.unique(code, return_inverse=True)
-    weight = np.bincount(inverse, weights=weights)
-    sums = [np.bincount(inverse, weights=weights * X[:, c]) for c in range(X.shape[1])]
-    return np.stack(sums, axis=1) / weight[:, None], weight
 
 
 def _block_counts(
