@@ -862,12 +862,20 @@ def _scan_two(X, columns, rows, centers_t, labels, best_d, second_d):  # pragma:
 @numba.njit(**_JIT)
 def _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm):  # pragma: no cover
     """The first step of :func:`bounded_step`: a full scan that sets labels, bounds and sums."""
-    n, n_channels = X.shape
+    n = X.shape[0]
     _scan_two(X, columns, None, centers_t, labels, upper, lower)
     for i in range(n):
         upper[i] = np.sqrt(upper[i])
     for i in range(n):
         lower[i] = np.sqrt(lower[i])
+    _add_label_sums(X, columns, weights, labels, sums, counts, sqnorm)
+    return n
+
+
+@numba.njit(**_JIT)
+def _add_label_sums(X, columns, weights, labels, sums, counts, sqnorm):  # pragma: no cover
+    """Add every point's weighted coordinates, weight and square norm to its label's ``sums``, ``counts``, ``sqnorm``."""
+    n, n_channels = X.shape
     if n_channels == 3:
         # consecutive points often share a label: four interleaved tables of
         # (sums, count, square norm) keep the additions from waiting on each other
@@ -887,7 +895,7 @@ def _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, coun
                     sums[j, c] += tables[t, j, c]
                 counts[j] += tables[t, j, 3]
                 sqnorm[j] += tables[t, j, 4]
-        return n
+        return
     for i in range(n):
         best = labels[i]
         w = np.float64(weights[i])
@@ -898,7 +906,45 @@ def _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, coun
             sums[best, c] += v * w
         counts[best] += w
         sqnorm[best] += q * w
-    return n
+
+
+@numba.njit(**_JIT)
+def lloyd_dense(X, columns, weights, centers0, max_iter, tol):  # pragma: no cover
+    """Lloyd's iteration with a full blocked scan at every step, for small point sets.
+
+    On a few thousand points most labels change in the first steps and
+    Hamerly's bounds do not pay for their upkeep; :func:`_scan_two` of every
+    point does. Empty clusters are refilled by :func:`_relocate_empty`
+    (``weights`` are counts); the loop stops when :func:`squared_shift` is at
+    most ``tol``. Returns the centres and their inertia (a direct sum).
+    """
+    n, n_channels = X.shape
+    k = centers0.shape[0]
+    centers = centers0.copy()
+    labels = np.empty(n, dtype=np.int64)
+    best_d = np.empty(n)
+    second_d = np.empty(n)
+    for _ in range(max_iter):
+        centers_t = np.ascontiguousarray(centers.T)
+        _scan_two(X, columns, None, centers_t, labels, best_d, second_d)
+        sums = np.zeros((k, n_channels))
+        counts = np.zeros(k)
+        _add_label_sums(X, columns, weights, labels, sums, counts, np.zeros(k))
+        for j in range(k):
+            if counts[j] == 0:
+                _relocate_empty(X, weights, True, centers_t, sums, counts)
+                break
+        new = centers.copy()
+        for j in range(k):
+            if counts[j] > 0:
+                for c in range(n_channels):
+                    new[j, c] = sums[j, c] / counts[j]
+        shift = squared_shift(new, centers)
+        centers = new
+        if shift <= tol:
+            break
+    _scan_two(X, columns, None, np.ascontiguousarray(centers.T), labels, best_d, second_d)
+    return centers, _weighted_sum(weights, best_d)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -1129,7 +1175,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
     costs least (every point falling back to its second-nearest centre),
     puts it back at the best of ``uniforms.shape[1]`` points drawn as in
     k-means++ (in proportion to ``w * D^2`` without that centre), and runs
-    up to ``max_iter`` Lloyd iterations from there (:func:`lloyd_bounded`);
+    up to ``max_iter`` Lloyd iterations from there (:func:`lloyd_dense`);
     the move is kept when the inertia drops (the swap heuristic of I-k-means-+, Ismkhan 2018). The
     trials stop early after ``patience`` rejected moves in a row.
 
@@ -1188,7 +1234,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
         trial = centers.copy()
         for c in range(n_channels):
             trial[removed, c] = X[cand[pick], c]
-        moved, moved_inertia, _, _, _, _ = _lloyd_bounded(X, columns, weights, trial, max_iter, tol, True)
+        moved, moved_inertia = lloyd_dense(X, columns, weights, trial, max_iter, tol)
         if moved_inertia < inertia:
             centers = moved
             inertia = moved_inertia

@@ -94,7 +94,9 @@ def _chain(
     rng = np.random.default_rng(seed)
     coarse_tol = COARSE_TOL_FACTOR * tol
     n_trials = 2 + int(np.log(k))
-    centers, inertia, *_ = coarse.run(seeder(coarse.X, coarse.weights, k, rng), max_iter, coarse_tol)
+    # few thousand points: full scans beat bounds
+    centers, inertia = _kernels.lloyd_dense(coarse.X, _kernels.as_columns(coarse.X), coarse.weights,
+                                            seeder(coarse.X, coarse.weights, k, rng), max_iter, coarse_tol)
     centers, _ = _kernels.improve_by_swaps(coarse.X, coarse.weights, centers, inertia,
                                            rng.random((N_SWAPS, n_trials)), swap_iter, coarse_tol, SWAP_PATIENCE)
     refine = histogram.coarse(REFINE_DROP_BITS, n_parts=1)
