@@ -12,6 +12,9 @@ the colour-histogram path and the lookup table give bit-identical labels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
 
@@ -332,29 +335,33 @@ def count_codes(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(**_JIT)
-def _radix_unique(X, bits):  # pragma: no cover
-    """Sorted distinct codes of the rows of ``X``, their counts, and each row's index among them.
+def _radix_sorted(X, bits, low, high):  # pragma: no cover
+    """The rows of ``X`` with codes in ``[low, high)``, sorted by code, and how many distinct codes they have.
 
     Each row's code and position are packed in one uint64 (code above,
-    position below), sorted by an LSD radix sort of the code (12-bit digits),
-    then read in one scan: linear in the number of rows.
+    position below) and sorted by an LSD radix sort of the code (12-bit
+    digits): linear in the number of rows.
     """
     n = X.shape[0]
     total_bits = bits * X.shape[1]
     packed = np.empty(n, dtype=np.uint64)
-    for i in range(n):
-        packed[i] = (np.uint64(_code(X, i, bits)) << np.uint64(32)) | np.uint64(i)
+    m = 0
+    for i in range(n):  # branch-free: which range a row falls in is hard to predict
+        code = _code(X, i, bits)
+        packed[m] = (np.uint64(code) << np.uint64(32)) | np.uint64(i)
+        m += 1 if low <= code < high else 0
+    packed = packed[:m]
     spare = np.empty_like(packed)
     shift = 32
     while shift < 32 + total_bits:
         width = min(12, 32 + total_bits - shift)
         mask = np.uint64((1 << width) - 1)
         start = np.zeros((1 << width) + 1, dtype=np.int64)
-        for i in range(n):
+        for i in range(m):
             start[((packed[i] >> np.uint64(shift)) & mask) + 1] += 1
         for d in range(1 << width):
             start[d + 1] += start[d]
-        for i in range(n):
+        for i in range(m):
             v = packed[i]
             d = (v >> np.uint64(shift)) & mask
             spare[start[d]] = v
@@ -363,24 +370,30 @@ def _radix_unique(X, bits):  # pragma: no cover
         shift += width
     n_unique = 0
     previous = np.uint64(0)
-    for i in range(n):
+    for i in range(m):
         code = packed[i] >> np.uint64(32)
         if i == 0 or code != previous:
             n_unique += 1
         previous = code
+    return packed, n_unique
+
+
+@numba.njit(**_JIT)
+def _read_sorted(packed, n_unique, offset, inverse):  # pragma: no cover
+    """Distinct codes and counts of :func:`_radix_sorted` rows; ``inverse[row]`` = ``offset`` + its code's index."""
     unique = np.empty(n_unique, dtype=np.uint32)
     counts = np.zeros(n_unique, dtype=np.int64)
-    inverse = np.empty(n, dtype=np.int32)
     u = -1
-    for i in range(n):
+    previous = np.uint64(0)
+    for i in range(packed.shape[0]):
         code = packed[i] >> np.uint64(32)
         if i == 0 or code != previous:
             u += 1
             unique[u] = code
         previous = code
         counts[u] += 1
-        inverse[packed[i] & np.uint64(0xFFFFFFFF)] = u
-    return unique, counts, inverse
+        inverse[packed[i] & np.uint64(0xFFFFFFFF)] = offset + u
+    return unique, counts
 
 
 def unique_colours(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -389,50 +402,47 @@ def unique_colours(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np
     Returns sorted uint32 codes, int64 counts and, for every row, the int32
     index of its colour, so that ``codes[inverse]`` encodes ``X``.
     """
-    return _radix_unique(X, bits)
+    inverse = np.empty(X.shape[0], dtype=np.int32)
+    packed, n_unique = _radix_sorted(X, bits, 0, 1 << (bits * X.shape[1]))
+    return (*_read_sorted(packed, n_unique, 0, inverse), inverse)
+
+
+def unique_colours_parallel(
+    X: np.ndarray, bits: int, run: Callable[..., list[Any]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`unique_colours` counted as two code ranges at once.
+
+    ``run(func, items)`` maps ``func`` over two items concurrently (a thread
+    pool's ``map``, as a list). The ranges split at a code that halves a
+    sample of the rows; each is sorted, then read with the lower range's
+    count of distinct codes as the upper one's offset, so the two results
+    simply concatenate.
+    """
+    inverse = np.empty(X.shape[0], dtype=np.int32)
+    split = _balanced_split(X, bits)
+    ranges = [(0, split), (split, 1 << (bits * X.shape[1]))]
+    (lower, n_lower), (upper, n_upper) = run(lambda r: _radix_sorted(X, bits, *r), ranges)
+    (codes_a, counts_a), (codes_b, counts_b) = run(
+        lambda job: _read_sorted(*job, inverse), [(lower, n_lower, 0), (upper, n_upper, n_lower)])
+    return np.concatenate([codes_a, codes_b]), np.concatenate([counts_a, counts_b]), inverse
 
 
 @numba.njit(**_JIT)
-def _merge_unique(a_codes, a_counts, a_inverse, b_codes, b_counts, b_inverse):  # pragma: no cover
-    na, nb = a_codes.shape[0], b_codes.shape[0]
-    codes = np.empty(na + nb, dtype=np.uint32)
-    counts = np.empty(na + nb, dtype=np.int64)
-    a_to = np.empty(na, dtype=np.int32)
-    b_to = np.empty(nb, dtype=np.int32)
-    i = j = n = 0
-    while i < na or j < nb:
-        if j >= nb or (i < na and a_codes[i] < b_codes[j]):
-            codes[n] = a_codes[i]
-            counts[n] = a_counts[i]
-            a_to[i] = n
-            i += 1
-        elif i >= na or b_codes[j] < a_codes[i]:
-            codes[n] = b_codes[j]
-            counts[n] = b_counts[j]
-            b_to[j] = n
-            j += 1
-        else:
-            codes[n] = a_codes[i]
-            counts[n] = a_counts[i] + b_counts[j]
-            a_to[i] = n
-            b_to[j] = n
-            i += 1
-            j += 1
-        n += 1
-    inverse = np.empty(a_inverse.shape[0] + b_inverse.shape[0], dtype=np.int32)
-    for r in range(a_inverse.shape[0]):
-        inverse[r] = a_to[a_inverse[r]]
-    offset = a_inverse.shape[0]
-    for r in range(b_inverse.shape[0]):
-        inverse[offset + r] = b_to[b_inverse[r]]
-    return codes[:n].copy(), counts[:n].copy(), inverse
-
-
-def merge_unique_colours(
-    first: tuple[np.ndarray, np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`unique_colours` of two consecutive row ranges, combined into that of both."""
-    return _merge_unique(*first, *second)
+def _balanced_split(X, bits):  # pragma: no cover
+    """A code (a multiple of ``2**(bits * (C - 1))``) below which about half of a sample of the rows lie."""
+    n, n_channels = X.shape
+    top = np.zeros(1 << bits, dtype=np.int64)
+    step = max(1, n // 4096)
+    sampled = 0
+    for i in range(0, n, step):
+        top[np.int64(X[i, 0])] += 1
+        sampled += 1
+    below = 0
+    for v in range(1 << bits):
+        below += top[v]
+        if 2 * below >= sampled:
+            return (v + 1) << (bits * (n_channels - 1))
+    return 1 << (bits * n_channels)
 
 
 @numba.njit(**_JIT)
@@ -543,6 +553,15 @@ def merge_sparse_counts(
     for other_codes, other_counts in parts[1:]:
         codes, counts = _merge(codes, counts, other_codes, other_counts)
     return codes, counts
+
+
+@numba.njit(**_JIT)
+def take(table, index):  # pragma: no cover
+    """``table[index]`` for a 1-D table and index array (numpy's fancy indexing is ~3x slower)."""
+    out = np.empty(index.shape[0], dtype=table.dtype)
+    for i in range(index.shape[0]):
+        out[i] = table[index[i]]
+    return out
 
 
 @numba.njit(**_JIT)

@@ -137,10 +137,7 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
     if X.shape[0] <= _INVERSE_MAX_ROWS:
         if n_threads() == 1 or X.shape[0] < 2 * _MIN_SEGMENT:
             return _kernels.unique_colours(X, bits)
-        half = X.shape[0] // 2
-        first, second = _thread_pool().map(lambda s: _kernels.unique_colours(X[s], bits),
-                                           (slice(0, half), slice(half, None)))
-        return _kernels.merge_unique_colours(first, second)
+        return _kernels.unique_colours_parallel(X, bits, lambda f, items: list(_thread_pool().map(f, items)))
     # each segment costs a table of 2**bits counters: only split big inputs
     n_parts = min(n_threads(), X.shape[0] // (1 << 22))
     segs = _segments(X.shape[0], n_parts)

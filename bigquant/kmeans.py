@@ -372,7 +372,7 @@ default="k-means++"
         self._colour_labels = None if colour_labels is None else colour_labels.astype(label_dtype(len(centers)))
         if histogram is not None and histogram.inverse is not None:
             # in-memory input: every pixel's label is its colour's
-            self.labels_ = self._labels_of_colours()[histogram.inverse].reshape(data.spatial_shape)
+            self.labels_ = _kernels.take(self._labels_of_colours(), histogram.inverse).reshape(data.spatial_shape)
             histogram.inverse = None
         else:
             self.labels_ = self._labels(data)
