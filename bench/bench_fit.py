@@ -46,13 +46,20 @@ def sse(X: np.ndarray, centers: np.ndarray) -> float:
 #: idle time before each contender's calls: OpenMP/BLAS worker threads left spinning by
 #: the previous library would otherwise be charged to the next one
 SETTLE_SECONDS = 0.3
+#: untimed calls run for at least this long before the timed ones: after the pause the
+#: cores run slower for some tens of milliseconds (measured here: 10-12 ms fits that settle
+#: at 8 ms), which a call of 0.1 s absorbs and one of 10 ms does not
+WARM_SECONDS = 0.25
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median wall time of ``repeats`` back-to-back calls, after a pause and one untimed call."""
+    """Median wall time of ``repeats`` back-to-back calls, after a pause and untimed warm-up calls."""
     time.sleep(SETTLE_SECONDS)
-    if repeats > 1:
-        fn()  # warm: caches, thread pools, allocator
+    if repeats > 1:  # warm: caches, thread pools, allocator, clock speed
+        start = time.perf_counter()
+        fn()
+        while time.perf_counter() - start < WARM_SECONDS:
+            fn()
     times, out = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
