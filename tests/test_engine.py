@@ -59,6 +59,63 @@ def test_coarse_colours_are_weighted_bin_means(many_colours):
     assert coarse.weights.sum() == many_colours.shape[0] * many_colours.shape[1]
 
 
+@pytest.mark.parametrize("first_channel", ["spread", "constant"])
+def test_two_range_histogram_matches_one_thread(first_channel):
+    # the two code ranges split at a sampled median; a constant first channel puts every row in one
+    rng = np.random.default_rng(11)
+    X = rng.integers(0, 256, (200_000, 3)).astype(np.uint8)
+    if first_channel == "constant":
+        X[:, 0] = 77
+    alone = _kernels.unique_colours(X, 8)
+    both = _kernels.unique_colours_parallel(X, 8, lambda f, items: [f(x) for x in items])
+    for a, b in zip(alone, both):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_coarse_sets_are_the_same_bits_however_built(many_colours):
+    hist = colour_histogram(many_colours)
+    direct = _kernels.coarse_bins(hist.colours, None, hist.counts, 3, 5)
+    via_six = _kernels.coarse_bins(*hist.coarse_sums(2), 1, 5)
+    for a, b in zip(direct, via_six):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(hist.coarse_sums(3), direct):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- scans
+
+
+@pytest.mark.parametrize("n_rows", [1, 127, 1000])
+@pytest.mark.parametrize("k", [1, 3, 4, 9, 33])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_blocked_scan_matches_the_per_point_scan(n_rows, k, dtype):
+    rng = np.random.default_rng(n_rows * k)
+    X = rng.integers(0, 256, (n_rows, 3)).astype(dtype)
+    X[: n_rows // 2] = X[0]  # ties between points, and (with repeated centres) between centres
+    centers = rng.uniform(0, 255, (k, 3))
+    centers[k // 2] = centers[0]
+    centers_t = np.ascontiguousarray(centers.T)
+    dist = np.empty(k)
+    expected = [_kernels._nearest_two(X, i, centers_t, dist) for i in range(n_rows)]
+    columns = _kernels.as_columns(X)
+    for rows in (None, np.arange(n_rows)[::-1].copy()):
+        order = np.arange(n_rows) if rows is None else rows
+        labels, best, second = np.empty(len(order), np.int64), np.empty(len(order)), np.empty(len(order))
+        _kernels._scan_two(X, columns, rows, centers_t, labels, best, second)
+        assert [(int(a), b, c) for a, b, c in zip(labels, best, second)] == [expected[i] for i in order]
+
+
+def test_dense_lloyd_matches_the_bounded_one(many_colours):
+    hist = colour_histogram(many_colours)
+    X, w = hist.colours, hist.counts
+    for k in (2, 7, 20):
+        centers0 = kmeans_plusplus(X.astype(float), w.astype(float), k, np.random.default_rng(k))
+        dense, dense_inertia = _kernels.lloyd_dense(X, _kernels.as_columns(X), w, centers0, 300, 0.0)
+        bounded = lloyd(BoundedPoints(X, w, n_parts=1), centers0, max_iter=300, tol=0.0)
+        np.testing.assert_array_equal(dense, bounded.centers)  # integer sums: exact either way
+        assert dense_inertia == pytest.approx(bounded.inertia, rel=1e-12)
+
+
 # --------------------------------------------------------------------------- Lloyd in one call
 
 
