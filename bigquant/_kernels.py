@@ -765,6 +765,16 @@ def as_columns(X):  # pragma: no cover
 
 
 @numba.njit(inline="always", **_JIT)
+def _scan_update(x0, x1, x2, c0, c1, c2, j, best, second, label):  # pragma: no cover - jitted
+    """One centre ``j`` at ``(c0, c1, c2)`` against one point's running nearest two (branch-free)."""
+    u = x0 - c0
+    v = x1 - c1
+    w = x2 - c2
+    d = u * u + v * v + w * w
+    return min(best, d), min(second, max(best, d)), j if d < best else label
+
+
+@numba.njit(inline="always", **_JIT)
 def _scan_block(x0, x1, x2, centers_t, labels, best_d, second_d):  # pragma: no cover - jitted
     """:func:`_nearest_two` of the ``_SCAN_BLOCK`` RGB points ``(x0, x1, x2)``, centres four at a time.
 
@@ -784,51 +794,17 @@ def _scan_block(x0, x1, x2, centers_t, labels, best_d, second_d):  # pragma: no 
         c0, c1, c2 = centers_t[0, j + 2], centers_t[1, j + 2], centers_t[2, j + 2]
         e0, e1, e2 = centers_t[0, j + 3], centers_t[1, j + 3], centers_t[2, j + 3]
         for p in range(_SCAN_BLOCK):
-            best = best_d[p]
-            second = second_d[p]
-            label = labels[p]
-            u = x0[p] - a0
-            v = x1[p] - a1
-            w = x2[p] - a2
-            d = u * u + v * v + w * w
-            second = min(second, max(best, d))
-            label = j if d < best else label
-            best = min(best, d)
-            u = x0[p] - b0
-            v = x1[p] - b1
-            w = x2[p] - b2
-            d = u * u + v * v + w * w
-            second = min(second, max(best, d))
-            label = j + 1 if d < best else label
-            best = min(best, d)
-            u = x0[p] - c0
-            v = x1[p] - c1
-            w = x2[p] - c2
-            d = u * u + v * v + w * w
-            second = min(second, max(best, d))
-            label = j + 2 if d < best else label
-            best = min(best, d)
-            u = x0[p] - e0
-            v = x1[p] - e1
-            w = x2[p] - e2
-            d = u * u + v * v + w * w
-            second = min(second, max(best, d))
-            label = j + 3 if d < best else label
-            best = min(best, d)
-            best_d[p] = best
-            second_d[p] = second
-            labels[p] = label
+            best, second, label = best_d[p], second_d[p], labels[p]
+            best, second, label = _scan_update(x0[p], x1[p], x2[p], a0, a1, a2, j, best, second, label)
+            best, second, label = _scan_update(x0[p], x1[p], x2[p], b0, b1, b2, j + 1, best, second, label)
+            best, second, label = _scan_update(x0[p], x1[p], x2[p], c0, c1, c2, j + 2, best, second, label)
+            best, second, label = _scan_update(x0[p], x1[p], x2[p], e0, e1, e2, j + 3, best, second, label)
+            best_d[p], second_d[p], labels[p] = best, second, label
     for j in range(k4, k):
         a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
         for p in range(_SCAN_BLOCK):
-            u = x0[p] - a0
-            v = x1[p] - a1
-            w = x2[p] - a2
-            d = u * u + v * v + w * w
-            best = best_d[p]
-            second_d[p] = min(second_d[p], max(best, d))
-            labels[p] = j if d < best else labels[p]
-            best_d[p] = min(best, d)
+            best_d[p], second_d[p], labels[p] = _scan_update(
+                x0[p], x1[p], x2[p], a0, a1, a2, j, best_d[p], second_d[p], labels[p])
 
 
 @numba.njit(**_JIT)
