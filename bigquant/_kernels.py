@@ -904,6 +904,28 @@ def _add_label_sums(X, columns, weights, labels, sums, counts, sqnorm):  # pragm
 
 
 @numba.njit(**_JIT)
+def _new_centres(X, weights, multiplicity, centers, centers_t, sums, counts):  # pragma: no cover
+    """The clusters' weighted means, as the update step of :func:`bigquant._lloyd.lloyd` makes them.
+
+    Empty clusters first take points by :func:`_relocate_empty` (on copies
+    of ``sums`` and ``counts``); a cluster still empty keeps its centre.
+    """
+    k, n_channels = centers.shape
+    sums = sums.copy()
+    counts = counts.copy()
+    for j in range(k):
+        if counts[j] == 0:
+            _relocate_empty(X, weights, multiplicity, centers_t, sums, counts)
+            break
+    new = centers.copy()
+    for j in range(k):
+        if counts[j] > 0:
+            for c in range(n_channels):
+                new[j, c] = sums[j, c] / counts[j]
+    return new
+
+
+@numba.njit(**_JIT)
 def lloyd_dense(X, columns, weights, centers0, max_iter, tol):  # pragma: no cover
     """Lloyd's iteration with a full blocked scan at every step, for small point sets.
 
@@ -925,15 +947,7 @@ def lloyd_dense(X, columns, weights, centers0, max_iter, tol):  # pragma: no cov
         sums = np.zeros((k, n_channels))
         counts = np.zeros(k)
         _add_label_sums(X, columns, weights, labels, sums, counts, np.zeros(k))
-        for j in range(k):
-            if counts[j] == 0:
-                _relocate_empty(X, weights, True, centers_t, sums, counts)
-                break
-        new = centers.copy()
-        for j in range(k):
-            if counts[j] > 0:
-                for c in range(n_channels):
-                    new[j, c] = sums[j, c] / counts[j]
+        new = _new_centres(X, weights, True, centers, centers_t, sums, counts)
         shift = squared_shift(new, centers)
         centers = new
         if shift <= tol:
@@ -1133,17 +1147,7 @@ def _lloyd_bounded(X, columns, weights, centers0, max_iter, tol, multiplicity): 
             _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
         else:
             bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
-        s = sums.copy()
-        cnt = counts.copy()
-        for j in range(k):
-            if cnt[j] == 0:
-                _relocate_empty(X, weights, multiplicity, centers_t, s, cnt)
-                break
-        new = centers.copy()
-        for j in range(k):
-            if cnt[j] > 0:
-                for c in range(n_channels):
-                    new[j, c] = s[j, c] / cnt[j]
+        new = _new_centres(X, weights, multiplicity, centers, centers_t, sums, counts)
         shift = squared_shift(new, centers)
         for j in range(k):
             d = 0.0
@@ -1179,7 +1183,6 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
     n, n_channels = X.shape
     k = centers.shape[0]
     n_trials = uniforms.shape[1]
-    dist = np.empty(k)
     fallback = np.empty(n)
     cumulative = np.empty(n)
     labels = np.empty(n, dtype=np.int64)
