@@ -215,9 +215,12 @@ class InMemoryPoints:
     def moments(self) -> tuple[float, np.ndarray, np.ndarray]:
         use_w = self.weights is not None
         dummy = np.empty(0)
-        parts = self._map(
-            lambda seg: _kernels.moments(self.X[seg], self.weights[seg] if use_w else dummy, use_w)
-        )
+
+        def one(seg: slice) -> tuple[float, np.ndarray, np.ndarray, bool]:
+            return _kernels.moments(self.X[seg], self.weights[seg] if use_w else dummy, use_w)
+
+        # one pass is cheaper than a round trip through the pool below a few hundred thousand rows
+        parts = [one(slice(None))] if self.X.shape[0] <= _SINGLE_CALL_MAX_ROWS else self._map(one)
         total = float(sum(p[0] for p in parts))
         s = np.sum([p[1] for p in parts], axis=0)
         s2 = np.sum([p[2] for p in parts], axis=0)
