@@ -103,7 +103,7 @@ class ColourHistogram:
 
     def coarse_colours(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
         """The arrays behind :meth:`coarse`: bin means (float64) and weights (cached)."""
-        cells, sums, weights = self.coarse_sums(drop_bits)
+        _, sums, weights = self.coarse_sums(drop_bits)
         return sums / weights[:, None], weights
 
     def coarse_sums(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
