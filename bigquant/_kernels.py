@@ -671,14 +671,18 @@ _SLACK = 1e-9
 
 
 @numba.njit(**_JIT)
-def bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, first):  # pragma: no cover
+def bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper, lower, sums, counts,
+                 sqnorm, first):  # pragma: no cover
     """One Lloyd assignment with Hamerly's bounds, updating the sums in place.
 
-    ``columns`` is ``X`` as :func:`as_columns` gives it. ``upper[i]`` bounds
-    the distance of point ``i`` to its centre and ``lower[i]`` the distance
-    to any other centre; ``drift[j]`` is how far centre ``j`` moved since the
-    last step. A point whose bounds, moved by the drifts, no longer prove that
-    its label stands (with a safety margin for rounding) gets its exact
+    ``columns`` is ``X`` as :func:`as_columns` gives it; ``drift[j]`` is how
+    far centre ``j`` moved since the last step. The bounds are kept relative
+    to how far the centres have travelled (``travelled[j]``, and the sum of
+    each step's largest drift in ``travelled[k]``, both updated here), so
+    that a settled point costs no write: point ``i``'s distance to its
+    centre ``a`` is at most ``upper[i] + travelled[a]`` and to any other at
+    least ``lower[i] - travelled[k]``. A point whose bounds no longer prove
+    that its label stands (with a safety margin for rounding) gets its exact
     distance to its own centre; if that does not settle it, the point is
     rescanned against every centre, with the other unsettled points in one
     blocked scan (:func:`_scan_two`), ties to the lowest index. Every label is
@@ -689,32 +693,32 @@ def bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, su
     were rescanned.
     """
     if first:
+        travelled[:] = 0.0
         return _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
     n, n_channels = X.shape
     k = centers_t.shape[1]
-    # the largest drift, and the largest among the other centres for its own points
-    top = 0
+    largest = 0.0
     for j in range(k):
-        if drift[j] > drift[top]:
-            top = j
-    second = 0.0
-    for j in range(k):
-        if j != top and drift[j] > second:
-            second = drift[j]
+        travelled[j] += drift[j]
+        largest = max(largest, drift[j])
+    travelled[k] += largest
+    far = travelled[k]
+    # which points' bounds fail: a branch-free pass that vectorises
+    failing = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        failing[i] = (upper[i] + travelled[labels[i]]) * (1.0 + _SLACK) + _SLACK >= lower[i] - far
     unsettled = np.empty(n, dtype=np.int64)
     n_unsettled = 0
     for i in range(n):
+        if not failing[i]:
+            continue
         a = labels[i]
-        low = lower[i] - (second if a == top else drift[top])
-        u = upper[i] + drift[a]
-        if u * (1.0 + _SLACK) + _SLACK >= low:
-            u = np.sqrt(_sqdist(X, i, centers_t, a))
-            if u * (1.0 + _SLACK) + _SLACK >= low:
-                unsettled[n_unsettled] = i
-                n_unsettled += 1
-                continue
-        upper[i] = u
-        lower[i] = low
+        u = np.sqrt(_sqdist(X, i, centers_t, a))
+        if u * (1.0 + _SLACK) + _SLACK < lower[i] - far:
+            upper[i] = u - travelled[a]
+        else:
+            unsettled[n_unsettled] = i
+            n_unsettled += 1
     rows = unsettled[:n_unsettled]
     nearest = np.empty(n_unsettled, dtype=np.int64)
     best_d = np.empty(n_unsettled)
@@ -722,9 +726,9 @@ def bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, su
     _scan_two(X, columns, rows, centers_t, nearest, best_d, second_d)
     for q in range(n_unsettled):
         i = rows[q]
-        upper[i] = np.sqrt(best_d[q])
-        lower[i] = np.sqrt(second_d[q])
         best = nearest[q]
+        upper[i] = np.sqrt(best_d[q]) - travelled[best]
+        lower[i] = np.sqrt(second_d[q]) + far
         a = labels[i]
         if best != a:
             w = np.float64(weights[i])
@@ -1138,15 +1142,14 @@ def _lloyd_bounded(X, columns, weights, centers0, max_iter, tol, multiplicity): 
     counts = np.zeros(k)
     sqnorm = np.zeros(k)
     drift = np.zeros(k)
+    travelled = np.zeros(k + 1)
     shift = np.inf
     converged = False
     n_iter = 0
     for it in range(1, max_iter + 1):
         n_iter = it
-        if it == 1:
-            _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm)
-        else:
-            bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
+        bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper, lower, sums, counts,
+                     sqnorm, it == 1)
         new = _new_centres(X, weights, multiplicity, centers, centers_t, sums, counts)
         shift = squared_shift(new, centers)
         for j in range(k):
@@ -1162,7 +1165,7 @@ def _lloyd_bounded(X, columns, weights, centers0, max_iter, tol, multiplicity): 
             break
     # one more bounded step makes every label exact for the final centres (mostly
     # skipping points); then each point's inertia is one distance, rounded as a scan's
-    bounded_step(X, columns, weights, centers_t, drift, labels, upper, lower, sums, counts, sqnorm, False)
+    bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper, lower, sums, counts, sqnorm, False)
     return centers, labelled_inertia(X, weights, centers_t, labels), n_iter, converged, shift, labels
 
 

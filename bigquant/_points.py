@@ -494,6 +494,7 @@ class BoundedPoints(InMemoryPoints):
             states.append(
                 dict(
                     columns=_kernels.as_columns(self.X[seg]),
+                    travelled=np.zeros(k + 1),
                     labels=np.zeros(n, np.int64),
                     upper=np.zeros(n),
                     lower=np.zeros(n),
@@ -518,7 +519,7 @@ class BoundedPoints(InMemoryPoints):
 
         def one(seg: slice, st: dict[str, np.ndarray]) -> int:
             return _kernels.bounded_step(
-                self.X[seg], st["columns"], self.weights[seg], centers_t, drift, st["labels"],
+                self.X[seg], st["columns"], self.weights[seg], centers_t, drift, st["travelled"], st["labels"],
                 st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
             )
 
