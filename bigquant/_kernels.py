@@ -214,13 +214,28 @@ def moments(X, weights, use_weights):  # pragma: no cover
     total = 0.0
     s = np.zeros(n_channels, dtype=np.float64)
     s2 = np.zeros(n_channels, dtype=np.float64)
-    for i in range(n):
-        w = np.float64(weights[i]) if use_weights else 1.0
-        total += w
-        for c in range(n_channels):
-            v = np.float64(X[i, c])
-            s[c] += v * w
-            s2[c] += v * v * w
+    if n_channels == 3:  # the same sums, kept in registers
+        s0 = s1 = s2_ = q0 = q1 = q2 = 0.0
+        for i in range(n):
+            w = np.float64(weights[i]) if use_weights else 1.0
+            total += w
+            r, g, b = np.float64(X[i, 0]), np.float64(X[i, 1]), np.float64(X[i, 2])
+            s0 += r * w
+            s1 += g * w
+            s2_ += b * w
+            q0 += r * r * w
+            q1 += g * g * w
+            q2 += b * b * w
+        s[0], s[1], s[2] = s0, s1, s2_
+        s2[0], s2[1], s2[2] = q0, q1, q2
+    else:
+        for i in range(n):
+            w = np.float64(weights[i]) if use_weights else 1.0
+            total += w
+            for c in range(n_channels):
+                v = np.float64(X[i, c])
+                s[c] += v * w
+                s2[c] += v * v * w
     finite = True
     for c in range(n_channels):
         if not np.isfinite(s[c]) or not np.isfinite(s2[c]):
