@@ -355,25 +355,29 @@ def _radix_sorted(X, bits, low, high):  # pragma: no cover
 
     Each row's code and position are packed in one uint64 (code above,
     position below) and sorted by an LSD radix sort of the code (12-bit
-    digits): linear in the number of rows.
+    digits; each pass counts the next digit as it goes): linear in the
+    number of rows.
     """
     n = X.shape[0]
     total_bits = bits * X.shape[1]
+    width = min(12, total_bits)  # of the first digit; each pass counts the next one's
+    mask = np.uint64((1 << width) - 1)
+    start = np.zeros((1 << width) + 1, dtype=np.int64)
     packed = np.empty(n, dtype=np.uint64)
     m = 0
     for i in range(n):  # branch-free: which range a row falls in is hard to predict
         code = _code(X, i, bits)
+        inside = 1 if low <= code < high else 0
         packed[m] = (np.uint64(code) << np.uint64(32)) | np.uint64(i)
-        m += 1 if low <= code < high else 0
+        start[(np.uint64(code) & mask) + 1] += inside
+        m += inside
     packed = packed[:m]
     spare = np.empty_like(packed)
     shift = 32
     while shift < 32 + total_bits:
-        width = min(12, 32 + total_bits - shift)
-        mask = np.uint64((1 << width) - 1)
-        start = np.zeros((1 << width) + 1, dtype=np.int64)
-        for i in range(m):
-            start[((packed[i] >> np.uint64(shift)) & mask) + 1] += 1
+        following = min(12, 32 + total_bits - shift - width)
+        next_mask = np.uint64((1 << following) - 1)
+        next_start = np.zeros((1 << following) + 1, dtype=np.int64)
         for d in range(1 << width):
             start[d + 1] += start[d]
         for i in range(m):
@@ -381,8 +385,10 @@ def _radix_sorted(X, bits, low, high):  # pragma: no cover
             d = (v >> np.uint64(shift)) & mask
             spare[start[d]] = v
             start[d] += 1
+            next_start[((v >> np.uint64(shift + width)) & next_mask) + 1] += 1
         packed, spare = spare, packed
         shift += width
+        width, mask, start = following, next_mask, next_start
     n_unique = 0
     previous = np.uint64(0)
     for i in range(m):
