@@ -1146,12 +1146,7 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
     Returns the centres, their inertia (a direct sum), the iterations run,
     whether it converged, the last shift, and the labels for the centres returned.
     """
-    return _lloyd_bounded(X, as_columns(X), weights, centers0, max_iter, tol, multiplicity)
-
-
-@numba.njit(**_JIT)
-def _lloyd_bounded(X, columns, weights, centers0, max_iter, tol, multiplicity):  # pragma: no cover
-    """:func:`lloyd_bounded` with ``X``'s columns (:func:`as_columns`) at hand."""
+    columns = as_columns(X)
     n, n_channels = X.shape
     k = centers0.shape[0]
     centers = centers0.copy()
