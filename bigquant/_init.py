@@ -9,7 +9,7 @@ import numpy as np
 
 from bigquant import _kernels
 
-__all__ = ["kmeans_plusplus", "random_init", "init_sample_size"]
+__all__ = ["kmeans_plusplus", "local_trials", "random_init", "init_sample_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 def init_sample_size(n_clusters: int) -> int:
     """How many points k-means++ looks at: all up to this many, else a sample."""
     return max(1 << 18, 256 * n_clusters)
+
+
+def local_trials(n_clusters: int) -> int:
+    """Candidates per greedy k-means++ draw: scikit-learn's ``2 + log(k)``."""
+    return 2 + int(np.log(n_clusters))
 
 
 def kmeans_plusplus(
@@ -49,7 +54,7 @@ def kmeans_plusplus(
     X = np.ascontiguousarray(X, dtype=np.float64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     if n_local_trials is None:
-        n_local_trials = 2 + int(np.log(n_clusters))
+        n_local_trials = local_trials(n_clusters)
     uniforms = rng.random((n_clusters, n_local_trials))
     return X[_kernels.kmeans_plusplus_greedy(X, weights, n_clusters, uniforms)]
 

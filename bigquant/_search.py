@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bigquant import _kernels
+from bigquant._init import local_trials
 from bigquant._lloyd import LloydResult
 from bigquant._points import BoundedPoints, _thread_pool, n_threads
 from bigquant.histogram import ColourHistogram
@@ -93,7 +94,7 @@ def _chain(
     coarse = histogram.coarse(SEARCH_DROP_BITS, n_parts=1)
     rng = np.random.default_rng(seed)
     coarse_tol = COARSE_TOL_FACTOR * tol
-    n_trials = 2 + int(np.log(k))
+    n_trials = local_trials(k)
     # few thousand points: full scans beat bounds
     centers, inertia = _kernels.lloyd_dense(coarse.X, _kernels.as_columns(coarse.X), coarse.weights,
                                             seeder(coarse.X, coarse.weights, k, rng), max_iter, coarse_tol)
