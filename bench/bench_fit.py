@@ -125,7 +125,7 @@ def photo_like(megapixels: int, seed: int = 0) -> da.Array:
 
 
 def throughput_table(megapixels: int, repeats: int, skip_dask_ml: bool) -> str:
-    from bigquant._points import DaskPoints
+    from bigquant.cluster.points import DaskPoints
 
     X = photo_like(megapixels).persist()
     n = X.shape[0] * X.shape[1]

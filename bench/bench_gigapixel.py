@@ -1,7 +1,7 @@
 """Gigapixel benchmark: bare read pass vs end-to-end quantize, time and peak RSS.
 
 For each size (in megapixels) it generates a photo-like RGB tiled BigTIFF with
-uncompressed 512 px tiles (:func:`bigquant.sample.make_sample_tiff`), then on a
+uncompressed 512 px tiles (:func:`bigquant.io.sample.make_sample_tiff`), then on a
 LocalCluster (2 single-thread worker processes by default) measures:
 
 - a bare dask read pass (sum of every block),
@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     import distributed
 
     from bigquant import quantize
-    from bigquant.quantize import _release_freed_memory
-    from bigquant.sample import make_sample_tiff
+    from bigquant.io.sample import make_sample_tiff
+    from bigquant.pipeline.quantize import _release_freed_memory
 
     rows: list[dict[str, object]] = []
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bigquant-bench-", dir=args.dir))

@@ -6,7 +6,7 @@ Two markdown tables, every method timed in the same run:
    bigquant ``MiniBatchKMeans`` (pixel and histogram strategies), full Lloyd
    (``KMeans(strategy="pixels")``) and scikit-learn's ``MiniBatchKMeans``
    (same batch size), each over ``--repeats`` seeds.
-2. A large photo-like image (``bigquant.sample.make_sample_tiff``, tiled
+2. A large photo-like image (``bigquant.io.sample.make_sample_tiff``, tiled
    BigTIFF of ``--megapixels`` MP, read lazily with ``bigquant.read_image``):
    ``MiniBatchKMeans`` (pixel strategy, with and without the Lloyd refinement)
    over ``--repeats`` seeds against full
@@ -130,7 +130,7 @@ def photo_table(ks: list[int], seeds: int, batch_size: int) -> str:
 
 def big_image(megapixels: int, workdir: pathlib.Path) -> pathlib.Path:
     """A photo-like tiled BigTIFF of about ``megapixels`` MP (generated once, then reused)."""
-    from bigquant.sample import make_sample_tiff
+    from bigquant.io.sample import make_sample_tiff
 
     side = int(round(np.sqrt(megapixels * 2**20) / 512)) * 512
     path = workdir / f"minibatch_sample_{side}.tif"
@@ -145,7 +145,7 @@ def big_image(megapixels: int, workdir: pathlib.Path) -> pathlib.Path:
 def big_table(path: pathlib.Path, k: int, seeds: int, lloyd_seeds: int, batch_size: int,
               skip_sklearn: bool) -> tuple[str, str]:
     from bigquant import KMeans, MiniBatchKMeans, read_image
-    from bigquant._points import DaskPoints
+    from bigquant.cluster.points import DaskPoints
 
     src = read_image(path)
     X = src.data

@@ -87,7 +87,7 @@ def run_sklearn(pixels: np.ndarray, ks: list[int], n_init: int, seed: int) -> di
 
 
 def run_bigquant(img: np.ndarray, spec: str, n_init: int, seed: int, repeat: int) -> tuple[list[float], object]:
-    from bigquant.sweep import sweep
+    from bigquant.pipeline.sweep import sweep
 
     walls = []
     result = None
@@ -100,8 +100,8 @@ def run_bigquant(img: np.ndarray, spec: str, n_init: int, seed: int, repeat: int
 
 def bigquant_truncated(img: np.ndarray, pixels: np.ndarray, ks: list[int], n_init: int, seed: int) -> dict[int, int]:
     """bigquant's float centres with the walkthrough's truncation (same seeds as the sweep)."""
-    from bigquant.histogram import colour_histogram
-    from bigquant.sweep import _seed_for, fit_histogram
+    from bigquant.cluster.histogram import colour_histogram
+    from bigquant.pipeline.sweep import _seed_for, fit_histogram
 
     hist = colour_histogram(img)
     out = {}
@@ -126,7 +126,7 @@ def main() -> None:
     import sklearn
 
     import bigquant
-    from bigquant.sweep import parse_ks, sweep
+    from bigquant.pipeline.sweep import parse_ks, sweep
 
     spec = "2:64:2"
     ks = parse_ks(spec)

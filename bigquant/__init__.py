@@ -9,13 +9,11 @@
 from __future__ import annotations
 
 from bigquant import errors
-from bigquant.histogram import ColourHistogram, colour_histogram
+from bigquant.cluster import ColourHistogram, KMeans, MiniBatchKMeans, colour_histogram
 from bigquant.io import ImageSource, read_image, write_image
-from bigquant.kmeans import KMeans
-from bigquant.minibatch import MiniBatchKMeans
-from bigquant.quantize import quantize
-from bigquant.runtime import Runtime, connect
-from bigquant.sweep import SweepResult, sweep
+from bigquant.pipeline.quantize import quantize
+from bigquant.pipeline.runtime import Runtime, connect
+from bigquant.pipeline.sweep import SweepResult, sweep
 
 # the walkthrough's modules (after the engine: they build on it)
 from bigquant import image, model, plotting  # noqa: E402  isort: skip

@@ -198,7 +198,7 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
             raise UsageError(f"{PROG}: --no-cluster and --scheduler exclude each other")
         yield None
         return
-    from bigquant.runtime import connect
+    from bigquant.pipeline.runtime import connect
 
     dashboard = None if str(args.dashboard).lower() in ("none", "off", "") else args.dashboard
     start = time.perf_counter()
@@ -245,9 +245,9 @@ def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
-    from bigquant.io._atomic import check_target
-    from bigquant.progress import LloydProgress, Line, progress
-    from bigquant.quantize import quantize
+    from bigquant.io.atomic import check_target
+    from bigquant.pipeline.progress import Line, LloydProgress, progress
+    from bigquant.pipeline.quantize import quantize
 
     compression = None if str(args.compression).lower() == "none" else args.compression
     if not pathlib.Path(args.input).exists() and "://" not in args.input:
@@ -280,7 +280,7 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
-    from bigquant.sweep import parse_ks, sweep
+    from bigquant.pipeline.sweep import parse_ks, sweep
 
     ks = parse_ks(args.ks)
     if args.resume and not args.out:
@@ -290,7 +290,7 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
     _check_outputs([args.plot], args.overwrite or args.resume)
     if not pathlib.Path(args.input).exists() and "://" not in args.input:
         raise FileNotFoundError(f"{args.input}: no such file")
-    from bigquant.progress import Line, SweepProgress, progress
+    from bigquant.pipeline.progress import Line, SweepProgress, progress
 
     line = Line()
     bar = SweepProgress(len(ks), line=line) if _show_progress(args) else None
@@ -332,7 +332,7 @@ _SAMPLE_PIXELS = 16 * 2**20
 def _distinct_colours(src: Any, exact: bool) -> str:
     import numpy as np
 
-    from bigquant.histogram import colour_histogram, histogram_bits
+    from bigquant.cluster.histogram import colour_histogram, histogram_bits
 
     data = src.data
     if data.ndim == 2:
@@ -412,11 +412,12 @@ def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
     from PIL import Image
 
     from bigquant.io import read_image
-    from bigquant.plotting import display_images, preview as make_preview
-    from bigquant.progress import LloydProgress, Line, progress
-    from bigquant.quantize import quantize
-    from bigquant.sample import make_sample_tiff
-    from bigquant.sweep import parse_ks, sweep
+    from bigquant.io.sample import make_sample_tiff
+    from bigquant.pipeline.progress import Line, LloydProgress, progress
+    from bigquant.pipeline.quantize import quantize
+    from bigquant.pipeline.sweep import parse_ks, sweep
+    from bigquant.plotting import display_images
+    from bigquant.plotting import preview as make_preview
 
     ks = parse_ks(args.sweep_k)
     folder = pathlib.Path(args.out).expanduser()
@@ -526,7 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = args.verbose
     _setup_logging(args.verbose, args.quiet)
     console = _Console(args.quiet)
-    from bigquant.errors import BigquantError, ClusterConnectionError, InvalidParameterError
+    from bigquant.errors import (
+        BigquantError,
+        ClusterConnectionError,
+        InvalidParameterError,
+    )
 
     try:
         return _COMMANDS[args.command](args, console)

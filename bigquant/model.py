@@ -30,9 +30,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bigquant._typing import InitMethod, SeedLike, Strategy
+from bigquant.cluster.kmeans import KMeans as _KMeans
 from bigquant.errors import InvalidInputError, NotFittedError
 from bigquant.image import Image, _is_dask, to_uint8
-from bigquant.kmeans import KMeans as _KMeans
 from bigquant.plotting import plot_k_metrics
 
 __all__ = [

@@ -7,14 +7,13 @@ import contextlib
 import numpy as np
 import pytest
 
-
 # --- io / quantize fixtures -------------------------------------------------
 
 
 @pytest.fixture
 def rgb_image() -> np.ndarray:
     """A small photo-like RGB uint8 image (300 x 400) with many colours."""
-    from bigquant.sample import make_sample_image
+    from bigquant.io.sample import make_sample_image
 
     return make_sample_image((300, 400), seed=1)
 

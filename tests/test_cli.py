@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def photo_png(tmp_path) -> pathlib.Path:
     from PIL import Image
 
-    from bigquant.sample import make_sample_image
+    from bigquant.io.sample import make_sample_image
 
     path = tmp_path / "photo.png"
     Image.fromarray(make_sample_image((80, 96), seed=2)).save(path)
@@ -33,7 +33,7 @@ def photo_png(tmp_path) -> pathlib.Path:
 
 @pytest.fixture
 def photo_tiff(tmp_path) -> pathlib.Path:
-    from bigquant.sample import make_sample_tiff
+    from bigquant.io.sample import make_sample_tiff
 
     return make_sample_tiff(tmp_path / "photo.tif", size=(128, 160), tile=64, seed=4)
 

@@ -17,7 +17,7 @@ import tifffile
 
 from bigquant import quantize
 from bigquant.errors import ConvergenceWarning
-from bigquant.sample import make_sample_image
+from bigquant.io.sample import make_sample_image
 
 STRATEGIES = ["histogram", "pixels", "minibatch"]
 
@@ -122,7 +122,8 @@ def test_same_result_on_threads_processes_and_worker_counts(odd_tiff, tmp_path, 
 
 @pytest.mark.distributed
 def test_sweep_same_palettes_on_threads_and_processes(local_cluster):
-    sweep = pytest.importorskip("bigquant.sweep", reason="bigquant.sweep is not there yet").sweep
+    from bigquant import sweep
+
     image = make_sample_image((128, 160), seed=8)
     on_threads = sweep(image, [3, 5, 9], random_state=2)
     on_cluster = sweep(image, [3, 5, 9], random_state=2, client=local_cluster)

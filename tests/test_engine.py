@@ -12,11 +12,17 @@ import warnings
 import numpy as np
 import pytest
 
-from bigquant import KMeans, _kernels, colour_histogram
-from bigquant._init import kmeans_plusplus
-from bigquant._lloyd import lloyd
-from bigquant._points import BoundedPoints, InMemoryPoints
-from bigquant._search import COARSE_MIN_COLOURS, default_chains, search, uses_coarse_search
+from bigquant import KMeans, colour_histogram, kernels
+from bigquant.kernels import scans
+from bigquant.cluster.init import kmeans_plusplus
+from bigquant.cluster.lloyd import lloyd
+from bigquant.cluster.points import BoundedPoints, InMemoryPoints
+from bigquant.cluster.search import (
+    COARSE_MIN_COLOURS,
+    default_chains,
+    search,
+    uses_coarse_search,
+)
 
 
 @pytest.fixture
@@ -37,7 +43,7 @@ def test_unique_colours_match_numpy(n_rows):
     rng = np.random.default_rng(n_rows)
     X = rng.integers(0, 50, (n_rows, 3)).astype(np.uint8)
     hist = colour_histogram(X)  # two threads and a merge above 2 x 65536 rows
-    codes = _kernels.encode_colours(X, 8)
+    codes = kernels.encode_colours(X, 8)
     expected, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
     np.testing.assert_array_equal(hist.codes, expected)
     np.testing.assert_array_equal(hist.counts, counts)
@@ -66,16 +72,16 @@ def test_two_range_histogram_matches_one_thread(first_channel):
     X = rng.integers(0, 256, (200_000, 3)).astype(np.uint8)
     if first_channel == "constant":
         X[:, 0] = 77
-    alone = _kernels.unique_colours(X, 8)
-    both = _kernels.unique_colours_parallel(X, 8, lambda f, items: [f(x) for x in items])
+    alone = kernels.unique_colours(X, 8)
+    both = kernels.unique_colours_parallel(X, 8, lambda f, items: [f(x) for x in items])
     for a, b in zip(alone, both):
         np.testing.assert_array_equal(a, b)
 
 
 def test_coarse_sets_are_the_same_bits_however_built(many_colours):
     hist = colour_histogram(many_colours)
-    direct = _kernels.coarse_bins(hist.colours, None, hist.counts, 3, 5)
-    via_six = _kernels.coarse_bins(*hist.coarse_sums(2), 1, 5)
+    direct = kernels.coarse_bins(hist.colours, None, hist.counts, 3, 5)
+    via_six = kernels.coarse_bins(*hist.coarse_sums(2), 1, 5)
     for a, b in zip(direct, via_six):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(hist.coarse_sums(3), direct):
@@ -96,12 +102,12 @@ def test_blocked_scan_matches_the_per_point_scan(n_rows, k, dtype):
     centers[k // 2] = centers[0]
     centers_t = np.ascontiguousarray(centers.T)
     dist = np.empty(k)
-    expected = [_kernels._nearest_two(X, i, centers_t, dist) for i in range(n_rows)]
-    columns = _kernels.as_columns(X)
+    expected = [scans._nearest_two(X, i, centers_t, dist) for i in range(n_rows)]
+    columns = kernels.as_columns(X)
     for rows in (None, np.arange(n_rows)[::-1].copy()):
         order = np.arange(n_rows) if rows is None else rows
         labels, best, second = np.empty(len(order), np.int64), np.empty(len(order)), np.empty(len(order))
-        _kernels._scan_two(X, columns, rows, centers_t, labels, best, second)
+        scans._scan_two(X, columns, rows, centers_t, labels, best, second)
         assert [(int(a), b, c) for a, b, c in zip(labels, best, second)] == [expected[i] for i in order]
 
 
@@ -110,7 +116,7 @@ def test_dense_lloyd_matches_the_bounded_one(many_colours):
     X, w = hist.colours, hist.counts
     for k in (2, 7, 20):
         centers0 = kmeans_plusplus(X.astype(float), w.astype(float), k, np.random.default_rng(k))
-        dense, dense_inertia = _kernels.lloyd_dense(X, _kernels.as_columns(X), w, centers0, 300, 0.0)
+        dense, dense_inertia = kernels.lloyd_dense(X, kernels.as_columns(X), w, centers0, 300, 0.0)
         bounded = lloyd(BoundedPoints(X, w, n_parts=1), centers0, max_iter=300, tol=0.0)
         np.testing.assert_array_equal(dense, bounded.centers)  # integer sums: exact either way
         assert dense_inertia == pytest.approx(bounded.inertia, rel=1e-12)
@@ -132,7 +138,7 @@ def test_whole_run_kernel_equals_step_by_step_loop(many_colours, k):
     np.testing.assert_array_equal(one_call.centers, stepwise.centers)
     assert one_call.n_iter == stepwise.n_iter
     assert one_call.inertia == pytest.approx(stepwise.inertia, rel=1e-12)
-    labels, _ = _kernels.assign_labels(hist.colours, one_call.centers, np.int64)
+    labels, _ = kernels.assign_labels(hist.colours, one_call.centers, np.int64)
     np.testing.assert_array_equal(one_call.labels, labels)
 
 
@@ -177,7 +183,7 @@ def test_swaps_never_raise_the_inertia(many_colours):
     rng = np.random.default_rng(5)
     for k in (4, 12, 30):
         centers, inertia, *_ = coarse.run(kmeans_plusplus(coarse.X, coarse.weights, k, rng), 300, 0.0)
-        swapped, swapped_inertia = _kernels.improve_by_swaps(
+        swapped, swapped_inertia = kernels.improve_by_swaps(
             coarse.X, coarse.weights, centers, inertia, rng.random((8, 4)), 300, 0.0, 8
         )
         assert swapped_inertia <= inertia
@@ -207,8 +213,8 @@ def test_search_is_deterministic_and_thread_independent(many_colours):
 
 
 def test_search_effort_does_not_depend_on_the_core_count(monkeypatch, many_colours):
-    import bigquant._points as points_mod
-    import bigquant._search as search_mod
+    import bigquant.cluster.points as points_mod
+    import bigquant.cluster.search as search_mod
 
     two = KMeans(7, random_state=3).fit(many_colours)
     monkeypatch.setattr(points_mod, "n_threads", lambda: 8)
@@ -245,7 +251,7 @@ def test_search_is_at_least_as_good_as_scikit_learn_best_of_five(many_colours, k
 def test_allocator_is_tuned_once_in_the_client(monkeypatch):
     import sys
 
-    import bigquant._allocator as allocator
+    import bigquant.cluster.allocator as allocator
 
     monkeypatch.setattr(allocator, "_tuned", None)
     monkeypatch.setenv("BIGQUANT_TUNE_MALLOC", "0")
@@ -259,7 +265,7 @@ def test_allocator_is_tuned_once_in_the_client(monkeypatch):
 
 
 def test_allocator_is_left_alone_inside_a_dask_worker(local_cluster, monkeypatch):
-    import bigquant._allocator as allocator
+    import bigquant.cluster.allocator as allocator
 
     monkeypatch.setattr(allocator, "_tuned", None)
     assert local_cluster.submit(allocator.tune_allocator, pure=False).result() is False

@@ -296,7 +296,7 @@ def test_tiff_reads_on_worker_processes(local_cluster, tiled_tiff, rgb_image):
 
 def _reader(src: ImageSource):
     """The TiffBlockReader behind a TIFF source's dask array."""
-    from bigquant.io._tiff_read import TiffBlockReader
+    from bigquant.io.tiff_read import TiffBlockReader
 
     for task in dict(src.data.__dask_graph__()).values():
         for arg in getattr(task, "args", ()):
@@ -361,7 +361,7 @@ def test_uncompressed_strips_read_directly(tmp_path, rgb_image, monkeypatch):
     src = read_image(path, chunks=21)
     reader = _reader(src)
     assert reader.memmap  # contiguous: memory-mapped
-    from bigquant.io._tiff_read import _direct_layout
+    from bigquant.io.tiff_read import _direct_layout
 
     with tifffile.TiffFile(path) as tf:
         lev = tf.series[0].levels[0]

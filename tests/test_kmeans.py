@@ -420,7 +420,7 @@ def test_fit_resumes_from_checkpoint(request, tmp_path, strategy, n_init, image)
     photo_like = request.getfixturevalue(image)
     if image == "many_colours":
         from bigquant import colour_histogram
-        from bigquant._search import COARSE_MIN_COLOURS
+        from bigquant.cluster.search import COARSE_MIN_COLOURS
 
         assert colour_histogram(photo_like).n_colours > COARSE_MIN_COLOURS  # coarse-to-fine path
     ckpt = tmp_path / "fit.json"

@@ -1,4 +1,4 @@
-"""Tests of bigquant.minibatch: MiniBatchKMeans, its batches and partial_fit."""
+"""Tests of bigquant.cluster.minibatch: MiniBatchKMeans, its batches and partial_fit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bigquant import KMeans
+from bigquant.cluster.minibatch import MiniBatchKMeans
 from bigquant.errors import (
     FewColoursWarning,
     InputTypeError,
@@ -17,7 +18,6 @@ from bigquant.errors import (
     InvalidParameterError,
     NotFittedError,
 )
-from bigquant.minibatch import MiniBatchKMeans
 
 TRUE_CENTRES = np.array(
     [[20.0, 20.0, 20.0], [200.0, 30.0, 30.0], [30.0, 200.0, 40.0], [40.0, 40.0, 200.0], [210.0, 210.0, 210.0]]
@@ -177,7 +177,7 @@ def test_partial_fit_image_blocks(image):
 
 def test_reads_only_the_chunks_it_needs(monkeypatch):
     """A round reads only the chunks under its tiles; only the final pass reads them all."""
-    from bigquant import minibatch
+    from bigquant.cluster import minibatch
 
     monkeypatch.setattr(minibatch, "_ROUND_TILES", 64)  # 4096 in use; fewer keeps the graph small
     seen: set[int] = set()

@@ -10,13 +10,18 @@ import tifffile
 from PIL import Image
 
 from bigquant import quantize, read_image
-from bigquant.errors import FewColoursWarning, ImageReadError, ImageWriteError, InvalidParameterError
+from bigquant.errors import (
+    FewColoursWarning,
+    ImageReadError,
+    ImageWriteError,
+    InvalidParameterError,
+)
 
 
 @pytest.fixture
 def count_reads(monkeypatch):
     """Count blocks read from TIFF files (in this process: threaded scheduler)."""
-    from bigquant.io._tiff_read import TiffBlockReader
+    from bigquant.io.tiff_read import TiffBlockReader
 
     calls = []
     original = TiffBlockReader.__getitem__
@@ -140,16 +145,16 @@ def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
 def test_writer_lookup_gives_the_model_labels(tmp_path, rgb_image, monkeypatch, mode):
     """TIFF output of a histogram fit: the encoder looks labels up per tile (no chunk of
     labels is computed), bit-identical to ``labels_``, pyramid and preview included."""
-    import bigquant.kmeans
+    import bigquant.cluster.base
 
     path = tmp_path / "src.tif"
     # 300 x 400 with 64 px output tiles and 128 px chunks: partial edge tiles
     tifffile.imwrite(path, rgb_image, tile=(64, 64), photometric="rgb")
-    from bigquant.io._tiff_read import TiffBlockReader
+    from bigquant.io.tiff_read import TiffBlockReader
 
     calls = []
-    original = bigquant.kmeans._block_lookup
-    monkeypatch.setattr(bigquant.kmeans, "_block_lookup",
+    original = bigquant.cluster.base._block_lookup
+    monkeypatch.setattr(bigquant.cluster.base, "_block_lookup",
                         lambda *a: calls.append(a[0].size) or original(*a))
     blocks, windows = [], []
     getitem, segment_windows = TiffBlockReader.__getitem__, TiffBlockReader.segment_windows
@@ -176,17 +181,17 @@ def test_writer_lookup_gives_the_model_labels(tmp_path, rgb_image, monkeypatch, 
 
 
 def test_lookup_window_matches_kernel_lookup_with_absent_colours():
-    from bigquant import _kernels
-    from bigquant.io._tile_kernels import lookup_window
+    from bigquant import kernels
+    from bigquant.kernels import lookup_window
 
     rng = np.random.default_rng(0)
     block = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     centers = rng.random((5, 3)) * 255
-    known = _kernels.encode_colours(block.reshape(-1, 3)[::2], 8)  # every other pixel in the table
+    known = kernels.encode_colours(block.reshape(-1, 3)[::2], 8)  # every other pixel in the table
     codes = np.unique(known)
-    labels = _kernels.assign_labels(_kernels.decode_colours(codes, 3, 8, np.uint8), centers, np.uint8)[0]
-    lut = _kernels.build_lut(codes, labels, 24, 5)
-    expected = _kernels.lookup_labels(block.reshape(-1, 3), 8, lut, 5, centers, np.uint8).reshape(37, 53)
+    labels = kernels.assign_labels(kernels.decode_colours(codes, 3, 8, np.uint8), centers, np.uint8)[0]
+    lut = kernels.build_lut(codes, labels, 24, 5)
+    expected = kernels.lookup_labels(block.reshape(-1, 3), 8, lut, 5, centers, np.uint8).reshape(37, 53)
     out = np.full((16, 16), 99, np.uint8)
     lookup_window(block, (30, 37, 40, 53), 8, lut, 5, np.ascontiguousarray(centers.T), out)
     np.testing.assert_array_equal(out[:7, :13], expected[30:, 40:])
@@ -215,8 +220,8 @@ def test_histogram_of_direct_tiff_counts_tiles_as_read(tmp_path, monkeypatch, ch
     """Blocks of >= 1 M pixels are counted from the tiles as they are read (no block
     read), small ones from the block; both in Morton order, merged to usual codes."""
     from bigquant import colour_histogram
-    from bigquant.io._tiff_read import TiffBlockReader
-    from bigquant.sample import make_sample_image
+    from bigquant.io.sample import make_sample_image
+    from bigquant.io.tiff_read import TiffBlockReader
 
     img = make_sample_image((1100, 1300), seed=4)
     path = tmp_path / "s.tif"
@@ -242,7 +247,7 @@ def test_histogram_of_direct_tiff_counts_tiles_as_read(tmp_path, monkeypatch, ch
 
 def test_histogram_of_other_arrays_and_types(tmp_path):
     from bigquant import colour_histogram
-    from bigquant.sample import make_sample_image
+    from bigquant.io.sample import make_sample_image
 
     img = make_sample_image((1030, 1050), seed=5)
     import dask.array as da
@@ -265,7 +270,7 @@ def test_histogram_of_other_arrays_and_types(tmp_path):
 @pytest.mark.distributed
 def test_histogram_tiles_counted_on_worker_processes(local_cluster, tmp_path):
     from bigquant import colour_histogram
-    from bigquant.sample import make_sample_image
+    from bigquant.io.sample import make_sample_image
 
     img = make_sample_image((1100, 1000), seed=6)
     path = tmp_path / "s.tif"
@@ -279,7 +284,7 @@ def test_histogram_tiles_counted_on_worker_processes(local_cluster, tmp_path):
 
 
 def test_histogram_partials_keep_uint32_counts_until_they_could_overflow():
-    from bigquant.io._tile_kernels import merge_counts, morton_to_codes
+    from bigquant.kernels import merge_counts, morton_to_codes
 
     a = (np.array([1, 5, 9], np.uint32), np.array([3, 4, 2**31], np.uint32))
     b = (np.array([5, 9], np.uint32), np.array([1, 2**31], np.uint32))
@@ -302,7 +307,7 @@ def test_direct_tiff_quantize_on_worker_processes(local_cluster, tmp_path):
     labels looked up and encoded tile by tile by the workers."""
     from distributed import get_task_stream
 
-    from bigquant.sample import make_sample_image
+    from bigquant.io.sample import make_sample_image
 
     img = make_sample_image((1100, 1030), seed=7)
     path = tmp_path / "raw.tif"

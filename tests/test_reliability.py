@@ -27,7 +27,7 @@ import tifffile
 
 from bigquant import quantize
 from bigquant.errors import ConvergenceWarning
-from bigquant.sample import make_sample_image
+from bigquant.io.sample import make_sample_image
 
 
 def _stray(directory: Path, expected: set[str]) -> set[str]:
@@ -73,7 +73,7 @@ def _wait_restarted(client, killed: list[int], timeout: float = 60) -> None:
 @pytest.mark.distributed
 def test_workers_killed_in_lloyd_loop_and_in_write(fresh_cluster, source_tiff, tmp_path, monkeypatch):
     """One worker SIGKILLed at Lloyd iteration 2, another while tiles are written: same result."""
-    import bigquant.io._tiff_write as tiff_write
+    import bigquant.io.tiff_write as tiff_write
 
     client = fresh_cluster
     out = tmp_path / "out"
@@ -120,7 +120,7 @@ def _lookup_table_holders(dask_scheduler) -> list[str]:
 @pytest.mark.distributed
 def test_worker_holding_the_lookup_table_killed_during_write(fresh_cluster, source_tiff, tmp_path,
                                                              monkeypatch):
-    import bigquant.io._tiff_write as tiff_write
+    import bigquant.io.tiff_write as tiff_write
 
     client = fresh_cluster
     params = dict(random_state=1, tile=64, chunks=128)
@@ -256,7 +256,9 @@ def test_checkpoint_of_other_data_of_the_same_shape_is_not_resumed(tmp_path):
 
 @pytest.fixture
 def sweep_module():
-    return pytest.importorskip("bigquant.sweep", reason="bigquant.sweep is not there yet")
+    import bigquant.pipeline.sweep
+
+    return bigquant.pipeline.sweep
 
 
 @pytest.fixture
@@ -381,7 +383,7 @@ def test_concurrent_quantize_jobs_on_one_cluster(local_cluster, tmp_path):
 _WRITE_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    import bigquant.io._tiff_write as tiff_write
+    import bigquant.io.tiff_write as tiff_write
     from bigquant import quantize
 
     bands = tiff_write.compute_bands

@@ -111,7 +111,7 @@ def _prefixes(records: list[dict]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def tiff(tmp_path_factory) -> pathlib.Path:
-    from bigquant.sample import make_sample_tiff
+    from bigquant.io.sample import make_sample_tiff
 
     return make_sample_tiff(tmp_path_factory.mktemp("img") / "img.tif", size=(384, 512), tile=128, seed=5)
 
@@ -146,9 +146,9 @@ def test_cli_quantize_runs_on_the_remote_workers(remote_cluster, observer, tiff,
 
 
 def test_sweep_fits_every_k_on_the_remote_workers(remote_cluster, observer, tiff):
-    from bigquant.histogram import colour_histogram
-    from bigquant.runtime import connect
-    from bigquant.sweep import sweep
+    from bigquant.cluster.histogram import colour_histogram
+    from bigquant.pipeline.runtime import connect
+    from bigquant.pipeline.sweep import sweep
 
     address, workers = remote_cluster
     start = time.time()

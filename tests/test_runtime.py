@@ -1,4 +1,4 @@
-"""Tests of bigquant.runtime (connect, phase) and bigquant.progress."""
+"""Tests of bigquant.pipeline.runtime (connect, phase) and bigquant.pipeline.progress."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 
 from bigquant.errors import ClusterConnectionError, InvalidParameterError
-from bigquant.progress import LloydProgress, TaskProgress, task_counts
-from bigquant.runtime import active_client, connect, machine_layout, phase
+from bigquant.pipeline.progress import LloydProgress, TaskProgress, task_counts
+from bigquant.pipeline.runtime import active_client, connect, machine_layout, phase
 
 
 def _closed_port() -> int:

@@ -9,18 +9,25 @@ import math
 import numpy as np
 import pytest
 
+from bigquant.cluster.histogram import colour_histogram
 from bigquant.errors import InvalidInputError, InvalidParameterError
-from bigquant.histogram import colour_histogram
-from bigquant.sweep import SweepResult, elbow, fit_histogram, parse_ks, read_rows, sweep
+from bigquant.pipeline.sweep import (
+    SweepResult,
+    elbow,
+    fit_histogram,
+    parse_ks,
+    read_rows,
+    sweep,
+)
 
 # the module (``bigquant.sweep`` is also the function, re-exported by the package)
-sweep_mod = importlib.import_module("bigquant.sweep")
+sweep_mod = importlib.import_module("bigquant.pipeline.sweep")
 
 
 @pytest.fixture
 def photo() -> np.ndarray:
     """A small photo-like uint8 RGB image with thousands of colours."""
-    from bigquant.sample import make_sample_image
+    from bigquant.io.sample import make_sample_image
 
     return make_sample_image((96, 128), seed=3)
 
@@ -77,9 +84,9 @@ def test_fit_histogram_more_inits_not_worse_and_seeded(photo):
 
 def test_fit_histogram_searches_coarse_colours(monkeypatch, photo):
     """Above the threshold the fit is the engine's coarse search: an exact Lloyd fixed point."""
-    from bigquant._lloyd import lloyd
+    from bigquant.cluster.lloyd import lloyd
 
-    search_mod = importlib.import_module("bigquant._search")
+    search_mod = importlib.import_module("bigquant.cluster.search")
     hist = colour_histogram(photo)
     monkeypatch.setattr(search_mod, "COARSE_MIN_COLOURS", hist.n_colours // 4)
     assert search_mod.uses_coarse_search(hist)

@@ -6,8 +6,8 @@
   plain images as tiled BigTIFF, zarr, PNG or JPEG, atomically.
 """
 
-from bigquant.io._read import read_image
-from bigquant.io._source import ImageSource
-from bigquant.io._write import write_image
+from bigquant.io.read import read_image
+from bigquant.io.source import ImageSource
+from bigquant.io.write import write_image
 
 __all__ = ["ImageSource", "read_image", "write_image"]

@@ -3,7 +3,7 @@
 :func:`region_counts` counts a block of a directly read TIFF tile by tile as
 the tiles are read (no block of pixels in memory); :func:`block_counts` counts
 a block that was computed.  RGB uint8 colours are counted in Morton order (see
-:mod:`bigquant.io._tile_kernels`); :func:`bigquant.histogram.histogram_graph`
+:mod:`bigquant.kernels`); :func:`bigquant.cluster.histogram.histogram_graph`
 converts the merged histogram back to the usual codes.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from bigquant import _kernels
-from bigquant.io._tile_kernels import count_morton, encode_morton, take_counts
+from bigquant import kernels
+from bigquant.kernels import count_morton, encode_morton, take_counts
 
 __all__ = ["block_counts", "region_counts"]
 
@@ -24,11 +24,11 @@ def block_counts(
     """Sorted codes and counts of a block's colours.
 
     With ``morton``: Morton codes and uint32 counts (merged by
-    :func:`bigquant.io._tile_kernels.merge_counts`).
+    :func:`bigquant.kernels.merge_counts`).
     """
     X = block.reshape(-1, n_channels)
     if not morton:
-        return _kernels.count_codes(X, bits)
+        return kernels.count_codes(X, bits)
     if X.shape[0] * 16 < (1 << 24):
         codes, counts = np.unique(encode_morton(X), return_counts=True)
         return codes.astype(np.uint32), counts.astype(np.uint32 if X.shape[0] < 2**32 else np.int64)
@@ -53,5 +53,5 @@ def region_counts(
         if morton:
             count_morton(X, table)
         else:
-            _kernels._count_dense(X, bits, table)
-    return take_counts(table) if morton else _kernels._take_nonzero(table)
+            kernels.add_dense_counts(X, bits, table)
+    return take_counts(table) if morton else kernels.take_nonzero(table)

@@ -1,4 +1,4 @@
-"""Lloyd's iteration over a :class:`~bigquant._points.PointSet`.
+"""Lloyd's iteration over a :class:`~bigquant.cluster.points.PointSet`.
 
 One iteration = one call of ``points.partial_sums(centers)``: for Dask data a
 single task graph (blockwise fused assign + partial sums, tree-reduced), for
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bigquant import _kernels
-from bigquant._points import PointSet
+from bigquant import kernels
+from bigquant.cluster.points import PointSet
 from bigquant.errors import ConvergenceWarning
 
 __all__ = ["LloydResult", "lloyd", "relocate_empty_clusters", "warn_not_converged"]
@@ -140,7 +140,7 @@ def lloyd(
         sums, counts, inertia = points.partial_sums(centers)
         relocate_empty_clusters(points, centers, sums, counts)
         new_centers = _update(centers, sums, counts)
-        shift = _kernels.squared_shift(new_centers, centers)
+        shift = kernels.squared_shift(new_centers, centers)
         logger.info("iteration %d: inertia %.6g, centre shift %.3g", n_iter, inertia, shift)
         if callback is not None:
             callback(n_iter, inertia, shift)

@@ -1,10 +1,10 @@
-"""Numba kernels of the writers: colour -> label lookup of one tile window.
+"""Morton-order colour counting of RGB uint8 pixels.
 
-The lookup uses the same colour code (:func:`bigquant._kernels._code`) and
-nearest-centre routine (:func:`bigquant._kernels._nearest`) as
-:func:`bigquant._kernels.lookup_labels`, so the labels are bit-identical to
-``KMeans.labels_``; it only reads a window of a block in place and writes a
-tile-sized buffer, so a tile is looked up and compressed while it is in cache.
+RGB uint8 colours are counted in Morton (bit-interleaved) order: the colours of
+neighbouring pixels differ in their low bits, so their counters lie close
+together in the 2**24 table instead of 64 K counters apart per step of red --
+fewer cache and TLB misses (a 4096^2 block counts ~30 % faster).  The merged
+histogram is converted back to the usual codes (red highest) once.
 """
 
 from __future__ import annotations
@@ -12,75 +12,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bigquant import _kernels
-from bigquant._kernels import _code, _nearest
+from bigquant.kernels._jit import JIT as _JIT
+from bigquant.kernels.colours import (
+    add_sparse_counts,
+    merge_sparse_counts,
+    take_nonzero,
+)
 
-__all__ = ["lookup_window"]
-
-_JIT = dict(nogil=True, cache=True)
-
-
-@numba.njit(**_JIT)
-def _lookup_window(X, width, y0, y1, x0, x1, bits, lut, sentinel, centers_t, out):  # pragma: no cover
-    dist = np.empty(centers_t.shape[1], dtype=np.float64)
-    for y in range(y0, y1):
-        base = y * width
-        for x in range(x0, x1):
-            i = base + x
-            lab = lut[_code(X, i, bits)]
-            if lab == sentinel:
-                best, _ = _nearest(X, i, centers_t, dist)
-                out[y - y0, x - x0] = best
-            else:
-                out[y - y0, x - x0] = lab
-
-
-@numba.njit(**_JIT)
-def _lookup_window_rgb8(P, X, y0, y1, x0, x1, lut, sentinel, centers_t, out):  # pragma: no cover
-    """:func:`_lookup_window` for (H, W, 3) uint8 pixels: the code ``_code`` gives, unrolled."""
-    dist = np.empty(centers_t.shape[1], dtype=np.float64)
-    width = P.shape[1]
-    for y in range(y0, y1):
-        for x in range(x0, x1):
-            code = (np.uint32(P[y, x, 0]) << np.uint32(16)) | (np.uint32(P[y, x, 1]) << np.uint32(8)) | np.uint32(P[y, x, 2])
-            lab = lut[code]
-            if lab == sentinel:
-                best, _ = _nearest(X, y * width + x, centers_t, dist)
-                out[y - y0, x - x0] = best
-            else:
-                out[y - y0, x - x0] = lab
-
-
-def lookup_window(
-    block: np.ndarray,
-    window: tuple[int, int, int, int],
-    bits: int,
-    lut: np.ndarray,
-    sentinel: int,
-    centers_t: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """Labels of ``block[y0:y1, x0:x1]`` (H, W, C) into ``out[:y1-y0, :x1-x0]``.
-
-    Colours absent from ``lut`` (it holds ``sentinel``) get their nearest
-    centre; ``centers_t`` is the (C, k) float64 transpose of the centres.
-    """
-    y0, y1, x0, x1 = window
-    block = np.ascontiguousarray(block)
-    X = block.reshape(-1, block.shape[-1])
-    if bits == 8 and block.dtype == np.uint8 and block.shape[-1] == 3:
-        _lookup_window_rgb8(block, X, y0, y1, x0, x1, lut, lut.dtype.type(sentinel), centers_t, out)
-    else:
-        _lookup_window(X, block.shape[1], y0, y1, x0, x1, bits, lut, lut.dtype.type(sentinel), centers_t, out)
-
-
-# --------------------------------------------------------------------------- colour counting
-#
-# RGB uint8 colours are counted in Morton (bit-interleaved) order: the colours of
-# neighbouring pixels differ in their low bits, so their counters lie close
-# together in the 2**24 table instead of 64 K counters apart per step of red --
-# fewer cache and TLB misses (a 4096^2 block counts ~30 % faster).  The merged
-# histogram is converted back to the usual codes (red highest) once.
+__all__ = ["count_morton", "encode_morton", "morton_to_codes", "take_counts", "merge_counts", "MORTON_TABLES"]
 
 
 def _spread_table() -> np.ndarray:
@@ -163,16 +102,14 @@ _UINT32_LIKE = np.empty(0, dtype=np.uint32)
 
 def _take_nonzero32(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted codes and uint32 counts of the non-zero entries of a uint32 table."""
-    return _kernels._take_nonzero(table, _UINT32_LIKE)
+    return take_nonzero(table, _UINT32_LIKE)
 
 
 def take_counts(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes and counts of a counter table; uint32 counts (half the bytes of int64)."""
     if table.dtype == np.uint32:
         return _take_nonzero32(table)
-    from bigquant import _kernels
-
-    return _kernels._take_nonzero(table)
+    return take_nonzero(table)
 
 
 def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -180,18 +117,16 @@ def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 
     Partial histograms of the tree stay a third smaller than with int64
     counts; sums that could reach 2**32 go to
-    :func:`bigquant._kernels.merge_sparse_counts` (int64 counts).
+    :func:`bigquant.merge_sparse_counts` (int64 counts).
     """
-    from bigquant import _kernels
-
     parts = [p for p in parts if p[0].shape[0]]
     if len(parts) == 1:
         return parts[0]
     total = sum(int(p[1].sum(dtype=np.uint64)) for p in parts)
     if not parts or total >= 2**32 or max(int(p[0][-1]) for p in parts) >= 1 << 24:
-        return _kernels.merge_sparse_counts(parts)
+        return merge_sparse_counts(parts)
     table = np.zeros(1 << 24, dtype=np.uint32)
     for codes, counts in parts:
-        _kernels._add_sparse(table, codes, counts)
+        add_sparse_counts(table, codes, counts)
     del parts
     return _take_nonzero32(table)

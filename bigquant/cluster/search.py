@@ -8,7 +8,7 @@ step is cheap:
 
 a few independent chains run in parallel, each: k-means++ seeds and Lloyd's
 iteration on 5-bit colours, then swap moves there
-(:func:`bigquant._kernels.improve_by_swaps`: move the centre whose removal
+(:func:`bigquant.kernels.improve_by_swaps`: move the centre whose removal
 costs least to where k-means++ would put a new one, keep the move when a few
 Lloyd iterations then end lower), then Lloyd's iteration (and optionally more
 swap moves) on 6-bit colours. The rankings of coarse solutions and exact
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from bigquant import _kernels
-from bigquant._init import local_trials
-from bigquant._lloyd import LloydResult
-from bigquant._points import BoundedPoints, _thread_pool, n_threads
-from bigquant.histogram import ColourHistogram
+from bigquant import kernels
+from bigquant.cluster.histogram import ColourHistogram
+from bigquant.cluster.init import local_trials
+from bigquant.cluster.lloyd import LloydResult
+from bigquant.cluster.points import BoundedPoints, _thread_pool, n_threads
 
 __all__ = ["COARSE_MIN_COLOURS", "SearchResult", "default_chains", "prepare_search", "search", "uses_coarse_search"]
 
@@ -96,14 +96,14 @@ def _chain(
     coarse_tol = COARSE_TOL_FACTOR * tol
     n_trials = local_trials(k)
     # few thousand points: full scans beat bounds
-    centers, inertia = _kernels.lloyd_dense(coarse.X, _kernels.as_columns(coarse.X), coarse.weights,
+    centers, inertia = kernels.lloyd_dense(coarse.X, kernels.as_columns(coarse.X), coarse.weights,
                                             seeder(coarse.X, coarse.weights, k, rng), max_iter, coarse_tol)
-    centers, _ = _kernels.improve_by_swaps(coarse.X, coarse.weights, centers, inertia,
+    centers, _ = kernels.improve_by_swaps(coarse.X, coarse.weights, centers, inertia,
                                            rng.random((N_SWAPS, n_trials)), swap_iter, coarse_tol, SWAP_PATIENCE)
     refine = histogram.coarse(REFINE_DROP_BITS, n_parts=1)
     centers, inertia, *_ = refine.run(centers, max_iter, tol)
     if polish:
-        centers, inertia = _kernels.improve_by_swaps(refine.X, refine.weights, centers, inertia,
+        centers, inertia = kernels.improve_by_swaps(refine.X, refine.weights, centers, inertia,
                                                      rng.random((polish, n_trials)), swap_iter, tol, SWAP_PATIENCE)
     return float(inertia), centers
 
@@ -146,7 +146,7 @@ def search(
     rng : numpy.random.Generator
         Draws one seed per chain, so the result does not depend on the threads.
     seeder : callable
-        Initial centres of a chain, e.g. :func:`bigquant._init.kmeans_plusplus`.
+        Initial centres of a chain, e.g. :func:`bigquant.cluster.init.kmeans_plusplus`.
     parallel : bool, default=True
         Run the chains on the shared thread pool (``False`` when the caller
         already runs several searches at once).

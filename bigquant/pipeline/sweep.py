@@ -10,7 +10,7 @@ appended to a CSV file at once, so an interrupted sweep resumes from it.
 Each k is fitted by :func:`fit_histogram`, with the engine of
 :class:`bigquant.KMeans`:
 
-1. on a histogram of many colours, the coarse search of :mod:`bigquant._search`
+1. on a histogram of many colours, the coarse search of :mod:`bigquant.cluster.search`
    with a wider reach than a single :class:`~bigquant.KMeans` fit, as a sweep
    is read across k: ``4 * n_init`` chains of k-means++, Lloyd's iteration
    and swap moves on 5-bit colours, Lloyd and 3 more swap trials on 6-bit
@@ -45,16 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigquant import _kernels
-from bigquant._allocator import tune_allocator
-from bigquant._init import kmeans_plusplus
-from bigquant._lloyd import LloydResult, lloyd
-from bigquant._points import BoundedPoints, InMemoryPoints
-from bigquant._search import prepare_search, search, uses_coarse_search
+from bigquant import kernels
 from bigquant._typing import STRATEGIES
+from bigquant.cluster.allocator import tune_allocator
+from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.cluster.init import kmeans_plusplus
+from bigquant.cluster.lloyd import LloydResult, lloyd
+from bigquant.cluster.points import BoundedPoints, InMemoryPoints
+from bigquant.cluster.search import prepare_search, search, uses_coarse_search
 from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
-from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
-from bigquant.runtime import active_client, phase
+from bigquant.pipeline.runtime import active_client, phase
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -65,7 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: search chains per initialisation of each k (see bigquant._search.search)
+#: search chains per initialisation of each k (see bigquant.cluster.search.search)
 SWEEP_CHAINS_PER_INIT = 4
 #: swap trials on 6-bit colours at the end of each chain
 SWEEP_POLISH = 3
@@ -86,7 +86,7 @@ def _lloyd_run(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int,
 
 def _sse(X: np.ndarray, w: np.ndarray, centers: np.ndarray) -> tuple[float, np.ndarray]:
     """Weighted squared error of the colours to their nearest centre, and the labels."""
-    labels, d = _kernels.assign_labels(X, centers, np.int64)
+    labels, d = kernels.assign_labels(X, centers, np.int64)
     return float(np.sum(w * d)), labels  # not w @ d: a threaded BLAS call spins when the cores are busy
 
 
@@ -255,7 +255,7 @@ def _as_histogram(histogram: ColourHistogram | tuple[np.ndarray, np.ndarray]) ->
     bits = histogram_bits(colours.dtype, colours.shape[-1]) if colours.ndim == 2 else None
     if bits is None:
         return None
-    codes = _kernels.encode_colours(np.ascontiguousarray(colours), bits)
+    codes = kernels.encode_colours(np.ascontiguousarray(colours), bits)
     order = np.argsort(codes, kind="stable")
     return ColourHistogram(np.ascontiguousarray(colours[order]), counts[order].astype(np.int64), codes[order], bits)
 
@@ -746,8 +746,8 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
         prepare_search(payload)  # the coarse colour sets, computed once and shipped with it
     order = sorted(ks, reverse=True)  # the slowest first: better packing
     if client is not None:
-        from distributed import as_completed as dist_as_completed
         from dask.base import tokenize
+        from distributed import as_completed as dist_as_completed
 
         token = tokenize(hist.codes, hist.counts, n_init, max_iter, tol, base)
         with _on(client), phase("bigquant-sweep"):
@@ -764,7 +764,7 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
             finally:
                 client.cancel(list(futures) + [remote])
         return
-    from bigquant._points import n_threads
+    from bigquant.cluster.points import n_threads
 
     with ThreadPoolExecutor(max(1, min(n_threads(), len(order)))) as pool:
         tasks = {pool.submit(_fit_task, payload, k, n_init, max_iter, tol, base): k for k in order}
@@ -787,7 +787,7 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
     """One k on the pixels with :class:`bigquant.KMeans` (non-histogram strategies)."""
     import dask.array as da
 
-    from bigquant.kmeans import KMeans
+    from bigquant.cluster.kmeans import KMeans
 
     seed = int(_seed_for(base, k).integers(2**31 - 1))
     start = time.perf_counter()

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from bigquant import _kernels
+from bigquant import kernels
 
 __all__ = ["kmeans_plusplus", "local_trials", "random_init", "init_sample_size"]
 
@@ -56,7 +56,7 @@ def kmeans_plusplus(
     if n_local_trials is None:
         n_local_trials = local_trials(n_clusters)
     uniforms = rng.random((n_clusters, n_local_trials))
-    return X[_kernels.kmeans_plusplus_greedy(X, weights, n_clusters, uniforms)]
+    return X[kernels.kmeans_plusplus_greedy(X, weights, n_clusters, uniforms)]
 
 
 def random_init(
@@ -82,7 +82,7 @@ def kmeans_parallel(
     rounds: int = 5,
     oversampling: float = 2.0,
 ) -> np.ndarray:
-    """k-means|| (Bahmani et al. 2012) over a :class:`~bigquant._points.DaskPoints`.
+    """k-means|| (Bahmani et al. 2012) over a :class:`~bigquant.cluster.points.DaskPoints`.
 
     Each round is one distributed pass that keeps every point with probability
     ``oversampling * k * w * D(x)^2 / cost``; the draws come from a counter-based
@@ -91,8 +91,8 @@ def kmeans_parallel(
     (one more pass) and reduced to ``n_clusters`` centres by weighted k-means++
     followed by Lloyd's iteration in memory.
     """
-    from bigquant._lloyd import lloyd
-    from bigquant._points import InMemoryPoints
+    from bigquant.cluster.lloyd import lloyd
+    from bigquant.cluster.points import InMemoryPoints
 
     first, _ = points.sample(1, rng)
     candidates = first

@@ -9,7 +9,7 @@ Two kinds share one small interface:
   is one task graph of per-block kernels whose small results are summed as a
   tree; only the k x C result comes back to the client.
 
-Both return the same partial sums, so the iteration in :mod:`bigquant._lloyd`
+Both return the same partial sums, so the iteration in :mod:`bigquant.cluster.lloyd`
 does not know where the data lives.
 """
 
@@ -30,7 +30,7 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from bigquant import _kernels
+from bigquant import kernels
 
 __all__ = [
     "Farthest",
@@ -98,7 +98,7 @@ def parts_empty() -> Farthest:
 def _farthest_of(
     X: np.ndarray, weights: np.ndarray | None, mult: np.ndarray | None, centers: np.ndarray, n: int
 ) -> Farthest:
-    labels, dist = _kernels.assign_labels(X, centers, np.int64)
+    labels, dist = kernels.assign_labels(X, centers, np.int64)
     # the n farthest, ties in data order (as the in-kernel relocation picks them)
     idx = np.sort(np.argsort(-dist, kind="stable")[:n])
     w = np.ones(idx.shape[0]) if weights is None else np.asarray(weights[idx], dtype=np.float64)
@@ -187,13 +187,13 @@ class InMemoryPoints:
         return None if self.weights is None else self.weights[seg]
 
     def partial_sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        parts = self._map(lambda seg: _kernels.partial_sums(self.X[seg], centers, self._w(seg)))
+        parts = self._map(lambda seg: kernels.partial_sums(self.X[seg], centers, self._w(seg)))
         sums = np.sum([p[0] for p in parts], axis=0)
         counts = np.sum([p[1] for p in parts], axis=0)
         return sums, counts, float(math.fsum(p[2] for p in parts))
 
     def labels(self, centers: np.ndarray, label_dtype: np.dtype | type = np.int32) -> np.ndarray:
-        parts = self._map(lambda seg: _kernels.assign_labels(self.X[seg], centers, label_dtype)[0])
+        parts = self._map(lambda seg: kernels.assign_labels(self.X[seg], centers, label_dtype)[0])
         return np.concatenate(parts)
 
     def farthest(self, centers: np.ndarray, n: int) -> Farthest:
@@ -217,7 +217,7 @@ class InMemoryPoints:
         dummy = np.empty(0)
 
         def one(seg: slice) -> tuple[float, np.ndarray, np.ndarray, bool]:
-            return _kernels.moments(self.X[seg], self.weights[seg] if use_w else dummy, use_w)
+            return kernels.moments(self.X[seg], self.weights[seg] if use_w else dummy, use_w)
 
         # one pass is cheaper than a round trip through the pool below a few hundred thousand rows
         parts = [one(slice(None))] if self.X.shape[0] <= _SINGLE_CALL_MAX_ROWS else self._map(one)
@@ -320,7 +320,7 @@ def _block_2d(block: np.ndarray, n_channels: int) -> np.ndarray:
 def _block_partial_sums(block, wblock, centers):
     X = _block_2d(block, centers.shape[1])
     w = None if wblock is None else wblock.reshape(-1)
-    return _kernels.partial_sums(X, centers, w)
+    return kernels.partial_sums(X, centers, w)
 
 
 def _block_farthest(block, wblock, centers, n):
@@ -333,7 +333,7 @@ def _block_moments(block, wblock, n_channels):
     X = _block_2d(block, n_channels)
     use_w = wblock is not None
     w = wblock.reshape(-1) if use_w else np.empty(0)
-    total, s, s2, finite = _kernels.moments(X, w, use_w)
+    total, s, s2, finite = kernels.moments(X, w, use_w)
     wmin = float(w.min()) if use_w and w.size else 0.0
     return np.concatenate([[total], s, s2]), finite, wmin
 
@@ -434,7 +434,7 @@ def _block_oversample(block, wblock, offset, centers_t, seed, scale):
     use_w = wblock is not None
     w = wblock.reshape(-1) if use_w else np.empty(0)
     row0, col0, width, image_width = offset
-    keep, cost = _kernels.oversample(X, w, use_w, centers_t, row0, col0, width, image_width, seed, scale)
+    keep, cost = kernels.oversample(X, w, use_w, centers_t, row0, col0, width, image_width, seed, scale)
     return np.asarray(X[keep], dtype=np.float64), cost
 
 
@@ -493,7 +493,7 @@ class BoundedPoints(InMemoryPoints):
             n = seg.stop - seg.start
             states.append(
                 dict(
-                    columns=_kernels.as_columns(self.X[seg]),
+                    columns=kernels.as_columns(self.X[seg]),
                     travelled=np.zeros(k + 1),
                     labels=np.zeros(n, np.int64),
                     upper=np.zeros(n),
@@ -518,7 +518,7 @@ class BoundedPoints(InMemoryPoints):
         assert states is not None
 
         def one(seg: slice, st: dict[str, np.ndarray]) -> int:
-            return _kernels.bounded_step(
+            return kernels.bounded_step(
                 self.X[seg], st["columns"], self.weights[seg], centers_t, drift, st["travelled"], st["labels"],
                 st["upper"], st["lower"], st["sums"], st["counts"], st["sqnorm"], first,
             )
@@ -541,21 +541,21 @@ class BoundedPoints(InMemoryPoints):
         assert self._state is not None
         centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
         parts = self._map(
-            lambda seg, st: _kernels.labelled_inertia(self.X[seg], self.weights[seg], centers_t, st["labels"]),
+            lambda seg, st: kernels.labelled_inertia(self.X[seg], self.weights[seg], centers_t, st["labels"]),
             self._state,
         )
         return float(math.fsum(parts)), np.concatenate([st["labels"] for st in self._state])
 
     def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float, np.ndarray]:
-        """A whole Lloyd run in one compiled call (:func:`bigquant._kernels.lloyd_bounded`).
+        """A whole Lloyd run in one compiled call (:func:`bigquant.kernels.lloyd_bounded`).
 
-        Step for step the loop of :func:`bigquant._lloyd.lloyd` over this point
+        Step for step the loop of :func:`bigquant.cluster.lloyd.lloyd` over this point
         set, without the Python round trip per iteration; single-threaded.
         Returns centres, inertia, iterations, converged, last shift, and the
         labels of the points for the centres returned.
         """
         self.reset()
-        centers, inertia, n_iter, converged, shift, labels = _kernels.lloyd_bounded(
+        centers, inertia, n_iter, converged, shift, labels = kernels.lloyd_bounded(
             self.X, self.weights, np.ascontiguousarray(centers, dtype=np.float64),
             int(max_iter), float(tol), self.multiplicity,
         )

@@ -14,9 +14,9 @@ import numpy as np
 from dask.base import tokenize
 
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
-from bigquant.io._chunks import ChunksLike, aligned_chunks
-from bigquant.io._source import ImageSource
-from bigquant.io._tiff_read import is_tiff, read_tiff
+from bigquant.io.chunks import ChunksLike, aligned_chunks
+from bigquant.io.source import ImageSource
+from bigquant.io.tiff_read import is_tiff, read_tiff
 
 __all__ = ["read_image", "as_source"]
 

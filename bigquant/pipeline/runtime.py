@@ -4,13 +4,12 @@
   :class:`~distributed.LocalCluster` with worker processes sized to the machine
   (no address), a client of an existing cluster (``tcp://host:8786``), or an
   existing :class:`~distributed.Client` passed through untouched.
-- :func:`phase` opens a :func:`distributed.span` around a phase of the work
-  (``histogram``, ``lloyd``, ``labels``, ``write``...) when a distributed client
-  is active, so the dashboard groups its tasks; without a client it does
-  nothing and costs next to nothing.
+- :func:`phase` and :func:`active_client` (from :mod:`bigquant.cluster.scheduler`,
+  re-exported here) name the phases of the work as :func:`distributed.span` s and
+  find the running client.
 
 The library only logs; terminal progress belongs to the command line (see
-:mod:`bigquant.progress`).
+:mod:`bigquant.pipeline.progress`).
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from bigquant.cluster.scheduler import active_client, phase
 from bigquant.errors import ClusterConnectionError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,64 +36,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 30.0
 
 _ADDRESS = re.compile(r"^(?:(?P<proto>[a-z][a-z0-9+]*)://)?(?P<host>\[[^\]]+\]|[^:/\s]+)(?::(?P<port>\d+))?$")
-
-
-def active_client() -> Client | None:
-    """The current default distributed client, or ``None`` (cheap; never starts one).
-
-    Returns
-    -------
-    distributed.Client or None
-        The client that ``dask.compute`` would use, if it is a running
-        distributed client.
-    """
-    import sys
-
-    if "distributed" not in sys.modules:  # never imported: no client can exist
-        return None
-    from distributed.client import _get_global_client
-
-    client = _get_global_client()
-    if client is None or getattr(client, "status", "closed") not in ("running", "connecting"):
-        return None
-    return client
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[str | None]:
-    """Run a phase of the work inside a :func:`distributed.span` of that name.
-
-    With an active distributed client, every task submitted inside the block
-    is annotated with the span, which the dashboard (and
-    ``scheduler.extensions["spans"]``) groups by name. Without a client the
-    block runs as is.
-
-    Parameters
-    ----------
-    name : str
-        The phase, e.g. ``"histogram"``, ``"lloyd"``, ``"labels"``, ``"write"``.
-
-    Yields
-    ------
-    span_id : str or None
-        The span's id, or ``None`` without a client.
-
-    Examples
-    --------
-    >>> from bigquant.runtime import phase
-    >>> with phase("histogram") as span_id:
-    ...     pass
-    >>> span_id is None
-    True
-    """
-    if active_client() is None:
-        yield None
-        return
-    from distributed import span
-
-    logger.debug("phase %s", name)
-    with span(name) as span_id:
-        yield span_id
 
 
 def machine_layout(n_workers: int | None = None, threads_per_worker: int | None = None) -> tuple[int, int]:

@@ -17,8 +17,16 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
-from bigquant import _kernels
-from bigquant._points import _MIN_SEGMENT, BoundedPoints, InMemoryPoints, _segments, _thread_pool, block_tree, n_threads
+from bigquant import kernels
+from bigquant.cluster.points import (
+    _MIN_SEGMENT,
+    BoundedPoints,
+    InMemoryPoints,
+    _segments,
+    _thread_pool,
+    block_tree,
+    n_threads,
+)
 
 __all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "MAX_HISTOGRAM_BITS"]
 
@@ -117,9 +125,9 @@ class ColourHistogram:
             width = self.bits - drop_bits
             if drop_bits > 2:
                 cells, sums, weights = self.coarse_sums(drop_bits - 1)
-                found = _kernels.coarse_bins(cells, sums, weights, 1, width)
+                found = kernels.coarse_bins(cells, sums, weights, 1, width)
             else:
-                found = _kernels.coarse_bins(self.colours, None, self.counts, drop_bits, width)
+                found = kernels.coarse_bins(self.colours, None, self.counts, drop_bits, width)
             self._coarse_cache[drop_bits] = found
         return self._coarse_cache[drop_bits]
 
@@ -127,7 +135,7 @@ class ColourHistogram:
 def _block_counts(
     block: np.ndarray, _weights: None, bits: int, n_channels: int, morton: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    from bigquant.io._tile_counts import block_counts
+    from bigquant.cluster.counting import block_counts
 
     return block_counts(block, bits, n_channels, morton)
 
@@ -136,15 +144,15 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
     """Codes, counts and (for inputs up to ``_INVERSE_MAX_ROWS``) each row's colour index."""
     if X.shape[0] <= _INVERSE_MAX_ROWS:
         if n_threads() == 1 or X.shape[0] < 2 * _MIN_SEGMENT:
-            return _kernels.unique_colours(X, bits)
-        return _kernels.unique_colours_parallel(X, bits, lambda f, items: list(_thread_pool().map(f, items)))
+            return kernels.unique_colours(X, bits)
+        return kernels.unique_colours_parallel(X, bits, lambda f, items: list(_thread_pool().map(f, items)))
     # each segment costs a table of 2**bits counters: only split big inputs
     n_parts = min(n_threads(), X.shape[0] // (1 << 22))
     segs = _segments(X.shape[0], n_parts)
     if len(segs) == 1:
-        return (*_kernels.count_codes(X, bits), None)
-    parts = list(_thread_pool().map(lambda s: _kernels.count_codes(X[s], bits), segs))
-    return (*_kernels.merge_sparse_counts(parts), None)
+        return (*kernels.count_codes(X, bits), None)
+    parts = list(_thread_pool().map(lambda s: kernels.count_codes(X[s], bits), segs))
+    return (*kernels.merge_sparse_counts(parts), None)
 
 
 def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
@@ -158,15 +166,15 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
-    from bigquant._points import tree_reduce
-    from bigquant.io._tile_counts import region_counts
-    from bigquant.io._tile_kernels import merge_counts, morton_to_codes
-    from bigquant.io._tiff_read import direct_reader
+    from bigquant.cluster.counting import region_counts
+    from bigquant.cluster.points import tree_reduce
+    from bigquant.io.tiff_read import direct_reader
+    from bigquant.kernels import merge_counts, morton_to_codes
 
     n_channels = X.shape[-1]
     morton = bits == 8 and n_channels == 3
     # Morton partials carry uint32 counts: a third fewer bytes held and sent
-    merge = merge_counts if morton else _kernels.merge_sparse_counts
+    merge = merge_counts if morton else kernels.merge_sparse_counts
     reader = direct_reader(X) if X.ndim == 3 else None
     if reader is not None and max(X.chunks[0]) * max(X.chunks[1]) * 16 < (1 << (bits * n_channels)):
         reader = None  # small blocks are sorted, not tabled: reading them whole costs nothing
@@ -227,6 +235,6 @@ def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> Colou
         inverse = None
     else:
         codes, counts, inverse = _histogram_numpy(np.ascontiguousarray(X).reshape(-1, n_channels), bits)
-    colours = _kernels.decode_colours(codes, n_channels, bits, X.dtype)
+    colours = kernels.decode_colours(codes, n_channels, bits, X.dtype)
     logger.info("colour histogram: %d distinct colours in %d pixels", codes.shape[0], int(counts.sum()))
     return ColourHistogram(colours, counts, codes, bits, inverse)

@@ -32,8 +32,8 @@ import numpy as np
 from dask.base import tokenize
 
 from bigquant.errors import ImageReadError, InvalidParameterError
-from bigquant.io._chunks import ChunksLike, aligned_chunks
-from bigquant.io._source import ImageSource
+from bigquant.io.chunks import ChunksLike, aligned_chunks
+from bigquant.io.source import ImageSource
 
 __all__ = ["TiffBlockReader", "direct_reader", "read_tiff", "is_tiff"]
 

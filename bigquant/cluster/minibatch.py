@@ -57,12 +57,14 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from bigquant import _kernels
-from bigquant._init import kmeans_plusplus, random_init
-from bigquant._lloyd import lloyd
-from bigquant._points import DaskPoints, InMemoryPoints
+from bigquant import kernels
 from bigquant._typing import INIT_METHODS
-from bigquant._validation import (
+from bigquant.cluster.base import KMeansBase
+from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.cluster.init import kmeans_plusplus, random_init
+from bigquant.cluster.lloyd import lloyd
+from bigquant.cluster.points import DaskPoints, InMemoryPoints
+from bigquant.cluster.validation import (
     Data,
     check_choice,
     check_data,
@@ -74,8 +76,6 @@ from bigquant._validation import (
     label_dtype,
 )
 from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
-from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
-from bigquant.kmeans import KMeans
 
 __all__ = ["MiniBatchKMeans", "MINIBATCH_STRATEGIES"]
 
@@ -256,12 +256,12 @@ class _ColourSampler:
 # --------------------------------------------------------------------------- estimator
 
 
-class MiniBatchKMeans(KMeans):
+class MiniBatchKMeans(KMeansBase):
     """Mini-batch k-means (Sculley 2010) of pixels or samples, in memory or on Dask.
 
     scikit-learn's ``MiniBatchKMeans`` semantics on data that need not fit in
     memory: the batches are random pixels fetched in rounds from random virtual
-    tiles (see :mod:`bigquant.minibatch`), so a fit reads a small part of the
+    tiles (see :mod:`bigquant.cluster.minibatch`), so a fit reads a small part of the
     data, plus one final pass for ``inertia_`` (see ``compute_labels``).
     Results depend only on ``random_state``, not on the chunking, and numpy and
     dask versions of the same data give the same centres. ``predict``,
@@ -509,7 +509,7 @@ default="k-means++"
         centers = self.cluster_centers_
         X = batch.X
         w = batch.w
-        sums, bw, inertia = _kernels.partial_sums(X, centers, w)
+        sums, bw, inertia = kernels.partial_sums(X, centers, w)
         old = centers.copy()
         hit = bw > 0
         counts = self._counts
@@ -600,7 +600,7 @@ default="k-means++"
                 centers = kmeans_plusplus(Xi, wi, k, rng)
             if n_init == 1:
                 return centers
-            inertia = _kernels.partial_sums(X[valid], centers, w[valid])[2]
+            inertia = kernels.partial_sums(X[valid], centers, w[valid])[2]
             logger.debug("init %d/%d: validation inertia %.6g", run + 1, n_init, inertia)
             if inertia < best_inertia:
                 best, best_inertia = centers, inertia
@@ -846,7 +846,7 @@ default="k-means++"
         self._check_batch(batch)
         self._step(batch, self._random_state)
         self.n_steps_ += 1
-        labels, dist = _kernels.assign_labels(flat, self.cluster_centers_, label_dtype(self.n_clusters))
+        labels, dist = kernels.assign_labels(flat, self.cluster_centers_, label_dtype(self.n_clusters))
         self.inertia_ = float(dist @ w) if w is not None else float(math.fsum(dist))
         self.labels_ = labels.reshape(data.spatial_shape)
         return self

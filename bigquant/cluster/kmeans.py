@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import warnings
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 
-from bigquant import _kernels
-from bigquant._allocator import tune_allocator
-from bigquant._init import init_sample_size, kmeans_parallel, kmeans_plusplus, random_init
-from bigquant._lloyd import IterationCallback, LloydResult, lloyd, warn_not_converged
-from bigquant.checkpoint import Checkpoint
-from bigquant._points import DaskPoints, InMemoryPoints, PointSet
-from bigquant._search import default_chains, search, uses_coarse_search
 from bigquant._typing import INIT_METHODS, STRATEGIES
-from bigquant._validation import (
+from bigquant.cluster.allocator import tune_allocator
+from bigquant.cluster.base import KMeansBase
+from bigquant.cluster.checkpoint import Checkpoint
+from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.cluster.init import (
+    init_sample_size,
+    kmeans_parallel,
+    kmeans_plusplus,
+    random_init,
+)
+from bigquant.cluster.lloyd import (
+    IterationCallback,
+    LloydResult,
+    lloyd,
+    warn_not_converged,
+)
+from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
+from bigquant.cluster.scheduler import active_client, phase
+from bigquant.cluster.search import default_chains, search, uses_coarse_search
+from bigquant.cluster.validation import (
     Data,
     check_choice,
     check_data,
@@ -31,25 +40,17 @@ from bigquant._validation import (
     check_int,
     check_random_state,
     check_sample_weight,
-    label_dtype,
 )
 from bigquant.errors import (
     BigquantWarning,
     FewColoursWarning,
     InvalidInputError,
     InvalidParameterError,
-    NotFittedError,
 )
-from bigquant.histogram import ColourHistogram, colour_histogram, histogram_bits
-from bigquant.runtime import active_client, phase
 
-__all__ = ["KMeans", "BaseEstimator"]
+__all__ = ["KMeans"]
 
 logger = logging.getLogger(__name__)
-
-#: in-memory inputs below this many pixels are labelled by a direct scan, not a table
-_LUT_MIN_PIXELS = 1 << 22
-
 
 def _as_state(result: LloydResult | None) -> dict[str, Any] | None:
     """A Lloyd result as checkpoint state."""
@@ -57,41 +58,6 @@ def _as_state(result: LloydResult | None) -> dict[str, Any] | None:
         return None
     return {"centers": result.centers, "inertia": result.inertia, "n_iter": result.n_iter,
             "converged": result.converged}
-
-
-class BaseEstimator:
-    """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature."""
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Parameters of this estimator, as given to ``__init__``."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> BaseEstimator:
-        """Set parameters; unknown names raise ``InvalidParameterError``."""
-        valid = set(self._param_names())
-        for name, value in params.items():
-            if name not in valid:
-                raise InvalidParameterError(
-                    f"invalid parameter {name!r} for {type(self).__name__}; valid: {sorted(valid)}"
-                )
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        sig = inspect.signature(type(self).__init__)
-        changed = []
-        for name in self._param_names():
-            default = sig.parameters[name].default
-            value = getattr(self, name)
-            if isinstance(value, np.ndarray) or value is not default and value != default:
-                shown = "array" if isinstance(value, np.ndarray) else repr(value)
-                changed.append(f"{name}={shown}")
-        return f"{type(self).__name__}({', '.join(changed)})"
 
 
 def _memory_budget() -> int:
@@ -105,34 +71,7 @@ def _memory_budget() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def _inflate_lut(payload: bytes, dtype: str, size: int) -> np.ndarray:
-    """Rebuild a lookup table shipped compressed (see ``KMeans._lut_key``)."""
-    return np.frombuffer(zlib.decompress(payload), dtype=dtype, count=size)
-
-
-def _block_assign(block: np.ndarray, centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    labels, _ = _kernels.assign_labels(block.reshape(-1, block.shape[-1]), centers, dtype)
-    return labels.reshape(block.shape[:-1])
-
-
-def _block_lookup(
-    block: np.ndarray, lut: np.ndarray, bits: int, sentinel: int, centers: np.ndarray, dtype: np.dtype
-) -> np.ndarray:
-    labels = _kernels.lookup_labels(block.reshape(-1, block.shape[-1]), bits, lut, sentinel, centers, dtype)
-    return labels.reshape(block.shape[:-1])
-
-
-def _block_distances(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    X = block.reshape(-1, block.shape[-1]).astype(np.float64)
-    out = np.empty((X.shape[0], centers.shape[0]))
-    step = 1 << 16
-    for i in range(0, X.shape[0], step):
-        diff = X[i : i + step, None, :] - centers[None, :, :]
-        out[i : i + step] = np.sqrt((diff * diff).sum(axis=-1))
-    return out.reshape(block.shape[:-1] + (centers.shape[0],))
-
-
-class KMeans(BaseEstimator):
+class KMeans(KMeansBase):
     """K-means clustering (Lloyd) of pixels or samples, in memory or on Dask.
 
     Parameters
@@ -256,12 +195,6 @@ default="k-means++"
             raise InvalidParameterError(f"callback={self.callback!r} must be callable")
         return check_init(self.init, self.n_clusters, n_channels, INIT_METHODS)
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "cluster_centers_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} instance is not fitted yet; call 'fit' first"
-            )
-
     def _resolve_strategy(self, data: Data, weights: Any) -> str:
         strategy = self.strategy
         bits = histogram_bits(data.array.dtype, data.n_channels)
@@ -349,42 +282,6 @@ default="k-means++"
             self._ckpt.clear()
         return self._set_fitted(data, strategy, histogram, centers, best.inertia, best.n_iter, colour_labels)
 
-    def _set_fitted(
-        self,
-        data: Data,
-        strategy: str,
-        histogram: ColourHistogram | None,
-        centers: np.ndarray,
-        inertia: float,
-        n_iter: int,
-        colour_labels: np.ndarray | None = None,
-    ) -> KMeans:
-        """Store the fitted attributes and the (lazy) labels of the training data."""
-        self.strategy_ = strategy
-        self.histogram_ = histogram
-        self.cluster_centers_ = centers
-        self.inertia_ = inertia
-        self.n_iter_ = n_iter
-        self.n_features_in_ = data.n_channels
-        self._dtype_in = data.array.dtype
-        self._lut = None
-        self._lut_source = histogram
-        self._colour_labels = None if colour_labels is None else colour_labels.astype(label_dtype(len(centers)))
-        if histogram is not None and histogram.inverse is not None:
-            # in-memory input: every pixel's label is its colour's
-            self.labels_ = _kernels.take(self._labels_of_colours(), histogram.inverse).reshape(data.spatial_shape)
-            histogram.inverse = None
-        else:
-            self.labels_ = self._labels(data)
-        return self
-
-    def _labels_of_colours(self) -> np.ndarray:
-        """Label of every distinct colour of the fitted histogram."""
-        dtype = label_dtype(len(self.cluster_centers_))
-        if getattr(self, "_colour_labels", None) is None:
-            self._colour_labels = self._lut_source.points().labels(self.cluster_centers_, dtype)
-        return self._colour_labels.astype(dtype, copy=False)
-
     def _best_of_runs(
         self,
         points: PointSet,
@@ -466,7 +363,7 @@ default="k-means++"
     ) -> LloydResult:
         """Search on coarse colours for a good start, then converge on the exact ones.
 
-        See :mod:`bigquant._search`: ``2 * n_init`` chains of k-means++,
+        See :mod:`bigquant.cluster.search`: ``2 * n_init`` chains of k-means++,
         Lloyd and swap moves on 5-bit colours, refined on 6-bit colours, each
         ending (on histograms of moderate size) with Lloyd's iteration on the
         exact colours; the lowest wins. The result is an exact fixed point of
@@ -532,18 +429,8 @@ default="k-means++"
             centers = centers[np.sort(first)]
         return centers
 
-    def _fit_few_colours(self, data: Data, histogram: ColourHistogram) -> KMeans:
-        if histogram.n_colours < self.n_clusters:
-            warnings.warn(
-                f"the data has only {histogram.n_colours} distinct colours, fewer than "
-                f"n_clusters={self.n_clusters}; returning them as the centres",
-                FewColoursWarning,
-                stacklevel=3,
-            )
-        return self._set_fitted(data, "histogram", histogram, histogram.colours.astype(np.float64), 0.0, 0)
-
     def _fit_minibatch(self, data: Data, weights: Any) -> KMeans:
-        from bigquant.minibatch import MiniBatchKMeans
+        from bigquant.cluster.minibatch import MiniBatchKMeans
 
         # max_iter is not passed: it counts Lloyd iterations here, passes over the data there
         mb = MiniBatchKMeans(
@@ -563,123 +450,5 @@ default="k-means++"
         self._dtype_in = data.array.dtype
         return self
 
-    # ------------------------------------------------------------------ labels
 
-    def _build_lut(self, histogram: ColourHistogram) -> tuple[np.ndarray, int, int]:
-        labels = self._labels_of_colours()
-        sentinel = len(self.cluster_centers_)
-        lut = _kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
-        return lut, histogram.bits, sentinel
 
-    def _lut_key(self) -> Any:
-        """The lookup table as one key of a dask graph.
-
-        A graph key (rather than a scattered future) is fetched once per worker
-        and re-created if every worker holding it dies. The table, mostly the
-        "absent colour" marker, travels zlib-compressed (16 MB -> typically a
-        few MB) and is inflated once on each worker.
-        """
-        lut, _, _ = self._get_lut()
-        payload = zlib.compress(lut.tobytes(), 1)
-        token = dask.base.tokenize(payload)
-        return dask.delayed(_inflate_lut, pure=True)(
-            payload, lut.dtype.str, lut.shape[0], dask_key_name=f"bigquant-lut-{token}"
-        )
-
-    def _get_lut(self) -> tuple[np.ndarray, int, int] | None:
-        """The colour -> label table, built on first use from the fitted histogram."""
-        if self._lut is None and getattr(self, "_lut_source", None) is not None:
-            self._lut = self._build_lut(self._lut_source)
-        return self._lut
-
-    def _labels(self, data: Data) -> np.ndarray | da.Array:
-        centers = self.cluster_centers_
-        dtype = label_dtype(len(centers))
-        use_lut = (
-            (self._lut is not None or getattr(self, "_lut_source", None) is not None)
-            and data.array.dtype == self._dtype_in
-            and data.n_channels == self.n_features_in_
-            # small in-memory inputs: a direct scan is cheaper than building the table
-            and (data.is_dask or data.n_samples >= _LUT_MIN_PIXELS)
-        )
-        if data.is_dask:
-            X = data.array
-            if use_lut:
-                _, bits, sentinel = self._get_lut()
-                lut_d = self._lut_key()
-                return X.map_blocks(
-                    _block_lookup, lut_d, bits, sentinel, centers, dtype,
-                    drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels",
-                )
-            return X.map_blocks(
-                _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels"
-            )
-        flat = data.flat()
-        if use_lut:
-            lut, bits, sentinel = self._get_lut()
-            labels = _kernels.lookup_labels(flat, bits, lut, sentinel, centers, dtype)
-        else:
-            labels = InMemoryPoints(flat).labels(centers, dtype)
-        return labels.reshape(data.spatial_shape)
-
-    # ------------------------------------------------------------------ API
-
-    def predict(self, X: Any) -> np.ndarray | da.Array:
-        """Index of the nearest centre of each sample.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_channels) or (height, width, n_channels)
-
-        Returns
-        -------
-        labels : ndarray or dask array of shape (n_samples,) or (height, width)
-        """
-        self._check_fitted()
-        data = self._check_predict_data(X)
-        return self._labels(data)
-
-    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
-        """Fit, then return ``labels_``."""
-        return self.fit(X, sample_weight=sample_weight).labels_
-
-    def transform(self, X: Any) -> np.ndarray | da.Array:
-        """Euclidean distance of each sample to every centre.
-
-        Returns
-        -------
-        distances : array of shape (n_samples, n_clusters) or (height, width, n_clusters)
-        """
-        self._check_fitted()
-        data = self._check_predict_data(X)
-        centers = self.cluster_centers_
-        if data.is_dask:
-            X = data.array
-            chunks = X.chunks[:-1] + ((len(centers),),)
-            return X.map_blocks(_block_distances, centers, chunks=chunks, dtype=np.float64, token="bigquant-transform")
-        return _block_distances(np.asarray(data.array), centers)
-
-    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
-        """Fit, then return the distances of ``X`` to the centres."""
-        return self.fit(X, sample_weight=sample_weight).transform(X)
-
-    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
-        """Opposite of the (weighted) inertia of ``X`` on the fitted centres."""
-        self._check_fitted()
-        data = self._check_predict_data(X)
-        weights = check_sample_weight(sample_weight, data)
-        if data.is_dask:
-            points: PointSet = DaskPoints(data.array, weights, split_every=self.split_every)
-        else:
-            w = None if weights is None else np.ascontiguousarray(weights).reshape(-1)
-            points = InMemoryPoints(data.flat(), w)
-        return -points.partial_sums(self.cluster_centers_)[2]
-
-    def _check_predict_data(self, X: Any) -> Data:
-        data = check_data(X)
-        if data.n_channels != self.n_features_in_:
-            raise InvalidInputError(
-                f"X has {data.n_channels} channels, but {type(self).__name__} was fitted "
-                f"with {self.n_features_in_}"
-            )
-        return data

@@ -16,9 +16,9 @@ from bigquant.errors import (
     InvalidInputError,
     InvalidParameterError,
 )
-from bigquant.io._atomic import atomic_output, check_target
-from bigquant.io._chunks import DEFAULT_CHUNK_EDGE
-from bigquant.io._encode import (
+from bigquant.io.atomic import atomic_output, check_target
+from bigquant.io.chunks import DEFAULT_CHUNK_EDGE
+from bigquant.io.encode import (
     BlockEncoder,
     Codec,
     LabelLookup,
@@ -27,14 +27,14 @@ from bigquant.io._encode import (
     pyramid_steps,
     resolve_codec,
 )
-from bigquant.io._palette import as_colours, index_dtype, tiff_colormap
-from bigquant.io._source import ImageSource
+from bigquant.io.palette import as_colours, index_dtype, tiff_colormap
+from bigquant.io.source import ImageSource
 
-__all__ = ["write_image", "save_preview"]
+__all__ = ["FORMATS", "check_tile", "save_preview", "write_image"]
 
 logger = logging.getLogger(__name__)
 
-_FORMATS = {
+FORMATS = {
     ".tif": "tiff", ".tiff": "tiff", ".btf": "tiff", ".tf8": "tiff",
     ".zarr": "zarr", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
 }
@@ -54,7 +54,7 @@ def _as_dask(data: Any, tile: int) -> da.Array:
     raise InputTypeError(f"data of type {type(data).__name__} is not an array or ImageSource")
 
 
-def _check_tile(tile: Any) -> int:
+def check_tile(tile: Any) -> int:
     if isinstance(tile, (tuple, list)) and len(tile) == 2 and tile[0] == tile[1]:
         tile = tile[0]
     if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 16 or tile % 16:
@@ -289,11 +289,11 @@ def write_image(
     path = pathlib.Path(path).expanduser()
     if mode not in ("palette", "rgb"):
         raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
-    t = _check_tile(tile)
-    fmt = _FORMATS.get(path.suffix.lower())
+    t = check_tile(tile)
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageWriteError(
-            f"{path}: unsupported output suffix {path.suffix!r}; use one of {sorted(_FORMATS)}"
+            f"{path}: unsupported output suffix {path.suffix!r}; use one of {sorted(FORMATS)}"
         )
     codec = resolve_codec(compression, compression_level) if fmt in ("tiff", "zarr") else Codec("none", 1)
     if pyramid and fmt != "tiff":
@@ -348,7 +348,7 @@ def write_image(
     preview_pixels: np.ndarray | None = None
     with atomic_output(path, overwrite=overwrite) as tmp:
         if fmt == "tiff":
-            from bigquant.io._tiff_write import write_tiff
+            from bigquant.io.tiff_write import write_tiff
 
             n_samples = sample_shape[0] if sample_shape else 1
             photometric, extrasamples = _photometric(kind, n_samples)

@@ -130,7 +130,7 @@ def max_step(tile: int) -> int:
 
 @dataclass(frozen=True, eq=False)
 class LabelLookup:
-    """Colour -> label mapping done by the encoder (see ``KMeans._get_lut``).
+    """Colour -> label mapping done by the encoder (see ``KMeans.lookup_table``).
 
     The table itself is not held here: it is a task argument, shipped once to
     each worker, while the encoder is part of every task.
@@ -158,7 +158,7 @@ class LabelLookup:
 @dataclass(frozen=True)
 class TileRegion:
     """A window ``(y0, y1, x0, x1)`` of a TIFF read directly (see
-    :meth:`bigquant.io._tiff_read.TiffBlockReader.segment_windows`): an encoder
+    :meth:`bigquant.io.tiff_read.TiffBlockReader.segment_windows`): an encoder
     given it reads the pixels itself, one output tile at a time."""
 
     reader: Any
@@ -284,8 +284,8 @@ class BlockEncoder:
         ``source`` is the chunk, or a :class:`TileRegion` whose pixels are read
         here one output tile at a time (no chunk of pixels in memory).
         """
-        from bigquant.io._palette import index_dtype
-        from bigquant.io._tile_kernels import lookup_window
+        from bigquant.io.palette import index_dtype
+        from bigquant.kernels import lookup_window
 
         lk = self.lookup
         assert lk is not None and self.kind in ("palette", "rgb")

@@ -114,7 +114,7 @@ def make_sample_image(size: tuple[int, int] = (512, 512), *, seed: int = 0) -> n
 
     Examples
     --------
-    >>> from bigquant.sample import make_sample_image
+    >>> from bigquant.io.sample import make_sample_image
     >>> make_sample_image((64, 80)).shape
     (64, 80, 3)
     """
@@ -180,7 +180,7 @@ def make_sample_tiff(
     Examples
     --------
     >>> import tempfile, pathlib, tifffile
-    >>> from bigquant.sample import make_sample_tiff
+    >>> from bigquant.io.sample import make_sample_tiff
     >>> with tempfile.TemporaryDirectory() as d:
     ...     p = make_sample_tiff(pathlib.Path(d) / "s.tif", (300, 200), tile=128)
     ...     tifffile.imread(p).shape

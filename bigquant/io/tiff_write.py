@@ -24,9 +24,9 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from bigquant.io._atomic import remove_path, temp_sibling
-from bigquant.io._encode import BlockEncoder, TileRegion
-from bigquant.io._tiff_read import direct_reader
+from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.encode import BlockEncoder, TileRegion
+from bigquant.io.tiff_read import direct_reader
 
 __all__ = ["write_tiff", "compute_bands"]
 

@@ -21,13 +21,13 @@ from typing import Any, Literal
 import numpy as np
 
 from bigquant.errors import ImageWriteError, InvalidParameterError
-from bigquant.io._atomic import atomic_output, check_target
-from bigquant.io._chunks import ChunksLike
-from bigquant.io._encode import LabelLookup, resolve_codec
-from bigquant.io._palette import MAX_PALETTE, as_colours
-from bigquant.io._read import read_image
-from bigquant.io._source import ImageSource
-from bigquant.io._write import _FORMATS, _check_tile, write_image
+from bigquant.io.atomic import atomic_output, check_target
+from bigquant.io.chunks import ChunksLike
+from bigquant.io.encode import LabelLookup, resolve_codec
+from bigquant.io.palette import MAX_PALETTE, as_colours
+from bigquant.io.read import read_image
+from bigquant.io.source import ImageSource
+from bigquant.io.write import FORMATS, check_tile, write_image
 
 __all__ = ["quantize", "palette_colours"]
 
@@ -77,7 +77,7 @@ def palette_colours(centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round cluster centres to stored colours of a source of type ``dtype``.
 
     uint8 and uint16 sources keep their type; float sources in [0, 1] are
-    scaled to uint8; other types follow :func:`bigquant.io._palette.as_colours`.
+    scaled to uint8; other types follow :func:`bigquant.io.palette.as_colours`.
     """
     dtype = np.dtype(dtype)
     centers = np.asarray(centers, dtype=np.float64)
@@ -98,17 +98,17 @@ def _label_lookup(model: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup
     """
     import dask.array as da
 
-    if _FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array):
+    if FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array):
         return None
     if not isinstance(getattr(model, "labels_", None), da.Array):
         return None
-    get_lut = getattr(model, "_get_lut", None)
+    get_lut = getattr(model, "lookup_table", None)
     table = get_lut() if get_lut is not None else None
     if table is None:
         return None
     _, bits, sentinel = table
     centers = np.asarray(model.cluster_centers_, dtype=np.float64)
-    return LabelLookup(int(bits), int(sentinel), centers), model._lut_key()
+    return LabelLookup(int(bits), int(sentinel), centers), model.lookup_table_key()
 
 
 def _write_palette_json(
@@ -219,7 +219,7 @@ def quantize(
     >>> model.cluster_centers_.shape
     (4, 3)
     """
-    from bigquant.kmeans import KMeans
+    from bigquant.cluster.kmeans import KMeans
 
     dst_path = pathlib.Path(dst).expanduser()
     # fail fast, before reading a pixel: outputs, tile, compression, mode
@@ -231,7 +231,7 @@ def quantize(
             f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
             f"which takes {', '.join(KMeans._param_names())}"
         )
-    _check_tile(tile)
+    check_tile(tile)
     # k above what the output holds would fail only after the (long) fit
     limit = 256 if mode == "palette" and dst_path.suffix.lower() == ".png" else MAX_PALETTE
     if isinstance(n_clusters, (int, np.integer)) and n_clusters > limit:
@@ -241,9 +241,9 @@ def quantize(
         )
     if dst_path.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
         resolve_codec(compression, None)
-    elif dst_path.suffix.lower() not in _FORMATS:
+    elif dst_path.suffix.lower() not in FORMATS:
         raise ImageWriteError(
-            f"{dst_path}: unsupported output suffix {dst_path.suffix!r}; use one of {sorted(_FORMATS)}"
+            f"{dst_path}: unsupported output suffix {dst_path.suffix!r}; use one of {sorted(FORMATS)}"
         )
     outputs = [dst_path] + [pathlib.Path(p).expanduser() for p in (palette_out, preview) if p]
     if len(set(outputs)) != len(outputs):

@@ -124,7 +124,7 @@ class SweepProgress:
     Examples
     --------
     >>> import io
-    >>> from bigquant.sweep import SweepRow
+    >>> from bigquant.pipeline.sweep import SweepRow
     >>> out = io.StringIO()
     >>> bar = SweepProgress(4, stream=out)
     >>> bar(SweepRow(8, 1000.0, 990.0, 30.0, 12, 0.5))

@@ -1,0 +1,284 @@
+"""What every k-means estimator shares once fitted: labels, lookup tables, predict/transform/score.
+
+:class:`~bigquant.cluster.kmeans.KMeans` and
+:class:`~bigquant.cluster.minibatch.MiniBatchKMeans` both derive from
+:class:`KMeansBase`, as scikit-learn's two estimators derive from ``_BaseKMeans``;
+``KMeans(strategy="minibatch")`` runs a ``MiniBatchKMeans`` and copies its result.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+import zlib
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from bigquant import kernels
+from bigquant.cluster.histogram import ColourHistogram
+from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
+from bigquant.cluster.validation import (
+    Data,
+    check_data,
+    check_sample_weight,
+    label_dtype,
+)
+from bigquant.errors import (
+    FewColoursWarning,
+    InvalidInputError,
+    InvalidParameterError,
+    NotFittedError,
+)
+
+__all__ = ["BaseEstimator", "KMeansBase"]
+
+#: in-memory inputs below this many pixels are labelled by a direct scan, not a table
+_LUT_MIN_PIXELS = 1 << 22
+
+
+class BaseEstimator:
+    """``get_params`` / ``set_params`` / ``repr`` from the ``__init__`` signature."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters of this estimator, as given to ``__init__``."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> BaseEstimator:
+        """Set parameters; unknown names raise ``InvalidParameterError``."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise InvalidParameterError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; valid: {sorted(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__)
+        changed = []
+        for name in self._param_names():
+            default = sig.parameters[name].default
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray) or value is not default and value != default:
+                shown = "array" if isinstance(value, np.ndarray) else repr(value)
+                changed.append(f"{name}={shown}")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _inflate_lut(payload: bytes, dtype: str, size: int) -> np.ndarray:
+    """Rebuild a lookup table shipped compressed (see ``KMeansBase.lookup_table_key``)."""
+    return np.frombuffer(zlib.decompress(payload), dtype=dtype, count=size)
+
+
+def _block_assign(block: np.ndarray, centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    labels, _ = kernels.assign_labels(block.reshape(-1, block.shape[-1]), centers, dtype)
+    return labels.reshape(block.shape[:-1])
+
+
+def _block_lookup(
+    block: np.ndarray, lut: np.ndarray, bits: int, sentinel: int, centers: np.ndarray, dtype: np.dtype
+) -> np.ndarray:
+    labels = kernels.lookup_labels(block.reshape(-1, block.shape[-1]), bits, lut, sentinel, centers, dtype)
+    return labels.reshape(block.shape[:-1])
+
+
+def _block_distances(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    X = block.reshape(-1, block.shape[-1]).astype(np.float64)
+    out = np.empty((X.shape[0], centers.shape[0]))
+    step = 1 << 16
+    for i in range(0, X.shape[0], step):
+        diff = X[i : i + step, None, :] - centers[None, :, :]
+        out[i : i + step] = np.sqrt((diff * diff).sum(axis=-1))
+    return out.reshape(block.shape[:-1] + (centers.shape[0],))
+
+class KMeansBase(BaseEstimator):
+    """Fitted-state behaviour shared by the k-means estimators (not used directly)."""
+
+    split_every: int
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "cluster_centers_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} instance is not fitted yet; call 'fit' first"
+            )
+
+    def _set_fitted(
+        self,
+        data: Data,
+        strategy: str,
+        histogram: ColourHistogram | None,
+        centers: np.ndarray,
+        inertia: float,
+        n_iter: int,
+        colour_labels: np.ndarray | None = None,
+    ) -> KMeansBase:
+        """Store the fitted attributes and the (lazy) labels of the training data."""
+        self.strategy_ = strategy
+        self.histogram_ = histogram
+        self.cluster_centers_ = centers
+        self.inertia_ = inertia
+        self.n_iter_ = n_iter
+        self.n_features_in_ = data.n_channels
+        self._dtype_in = data.array.dtype
+        self._lut = None
+        self._lut_source = histogram
+        self._colour_labels = None if colour_labels is None else colour_labels.astype(label_dtype(len(centers)))
+        if histogram is not None and histogram.inverse is not None:
+            # in-memory input: every pixel's label is its colour's
+            self.labels_ = kernels.take(self._labels_of_colours(), histogram.inverse).reshape(data.spatial_shape)
+            histogram.inverse = None
+        else:
+            self.labels_ = self._labels(data)
+        return self
+
+    def _labels_of_colours(self) -> np.ndarray:
+        """Label of every distinct colour of the fitted histogram."""
+        dtype = label_dtype(len(self.cluster_centers_))
+        if getattr(self, "_colour_labels", None) is None:
+            self._colour_labels = self._lut_source.points().labels(self.cluster_centers_, dtype)
+        return self._colour_labels.astype(dtype, copy=False)
+
+    def _fit_few_colours(self, data: Data, histogram: ColourHistogram) -> KMeansBase:
+        if histogram.n_colours < self.n_clusters:
+            warnings.warn(
+                f"the data has only {histogram.n_colours} distinct colours, fewer than "
+                f"n_clusters={self.n_clusters}; returning them as the centres",
+                FewColoursWarning,
+                stacklevel=3,
+            )
+        return self._set_fitted(data, "histogram", histogram, histogram.colours.astype(np.float64), 0.0, 0)
+
+    def _build_lut(self, histogram: ColourHistogram) -> tuple[np.ndarray, int, int]:
+        labels = self._labels_of_colours()
+        sentinel = len(self.cluster_centers_)
+        lut = kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
+        return lut, histogram.bits, sentinel
+
+    def lookup_table_key(self) -> Any:
+        """The lookup table as one key of a dask graph.
+
+        A graph key (rather than a scattered future) is fetched once per worker
+        and re-created if every worker holding it dies. The table, mostly the
+        "absent colour" marker, travels zlib-compressed (16 MB -> typically a
+        few MB) and is inflated once on each worker.
+        """
+        lut, _, _ = self.lookup_table()
+        payload = zlib.compress(lut.tobytes(), 1)
+        token = dask.base.tokenize(payload)
+        return dask.delayed(_inflate_lut, pure=True)(
+            payload, lut.dtype.str, lut.shape[0], dask_key_name=f"bigquant-lut-{token}"
+        )
+
+    def lookup_table(self) -> tuple[np.ndarray, int, int] | None:
+        """The colour -> label table of a histogram fit, built on first use.
+
+        Returns
+        -------
+        (lut, bits, sentinel) or None
+            ``lut[code]`` is the label of the colour with that code (see
+            :func:`bigquant.kernels.encode_colours` with ``bits`` per channel);
+            colours the fit never saw hold ``sentinel`` and take their nearest
+            centre. ``None`` when the model was not fitted on a histogram.
+        """
+        if self._lut is None and getattr(self, "_lut_source", None) is not None:
+            self._lut = self._build_lut(self._lut_source)
+        return self._lut
+
+    def _labels(self, data: Data) -> np.ndarray | da.Array:
+        centers = self.cluster_centers_
+        dtype = label_dtype(len(centers))
+        use_lut = (
+            (self._lut is not None or getattr(self, "_lut_source", None) is not None)
+            and data.array.dtype == self._dtype_in
+            and data.n_channels == self.n_features_in_
+            # small in-memory inputs: a direct scan is cheaper than building the table
+            and (data.is_dask or data.n_samples >= _LUT_MIN_PIXELS)
+        )
+        if data.is_dask:
+            X = data.array
+            if use_lut:
+                _, bits, sentinel = self.lookup_table()
+                lut_d = self.lookup_table_key()
+                return X.map_blocks(
+                    _block_lookup, lut_d, bits, sentinel, centers, dtype,
+                    drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels",
+                )
+            return X.map_blocks(
+                _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels"
+            )
+        flat = data.flat()
+        if use_lut:
+            lut, bits, sentinel = self.lookup_table()
+            labels = kernels.lookup_labels(flat, bits, lut, sentinel, centers, dtype)
+        else:
+            labels = InMemoryPoints(flat).labels(centers, dtype)
+        return labels.reshape(data.spatial_shape)
+
+    def predict(self, X: Any) -> np.ndarray | da.Array:
+        """Index of the nearest centre of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_channels) or (height, width, n_channels)
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,) or (height, width)
+        """
+        self._check_fitted()
+        data = self._check_predict_data(X)
+        return self._labels(data)
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Fit, then return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def transform(self, X: Any) -> np.ndarray | da.Array:
+        """Euclidean distance of each sample to every centre.
+
+        Returns
+        -------
+        distances : array of shape (n_samples, n_clusters) or (height, width, n_clusters)
+        """
+        self._check_fitted()
+        data = self._check_predict_data(X)
+        centers = self.cluster_centers_
+        if data.is_dask:
+            X = data.array
+            chunks = X.chunks[:-1] + ((len(centers),),)
+            return X.map_blocks(_block_distances, centers, chunks=chunks, dtype=np.float64, token="bigquant-transform")
+        return _block_distances(np.asarray(data.array), centers)
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Fit, then return the distances of ``X`` to the centres."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the (weighted) inertia of ``X`` on the fitted centres."""
+        self._check_fitted()
+        data = self._check_predict_data(X)
+        weights = check_sample_weight(sample_weight, data)
+        if data.is_dask:
+            points: PointSet = DaskPoints(data.array, weights, split_every=self.split_every)
+        else:
+            w = None if weights is None else np.ascontiguousarray(weights).reshape(-1)
+            points = InMemoryPoints(data.flat(), w)
+        return -points.partial_sums(self.cluster_centers_)[2]
+
+    def _check_predict_data(self, X: Any) -> Data:
+        data = check_data(X)
+        if data.n_channels != self.n_features_in_:
+            raise InvalidInputError(
+                f"X has {data.n_channels} channels, but {type(self).__name__} was fitted "
+                f"with {self.n_features_in_}"
+            )
+        return data

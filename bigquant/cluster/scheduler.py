@@ -1,0 +1,83 @@
+"""The Dask scheduler the estimators run on: the active client, and phases as spans.
+
+- :func:`active_client` is the running distributed client ``dask.compute`` would
+  use, or ``None`` (never starts one).
+- :func:`phase` opens a :func:`distributed.span` around a phase of the work
+  (``histogram``, ``lloyd``, ``labels``, ``write``...) when a distributed client
+  is active, so the dashboard groups its tasks; without a client it does
+  nothing and costs next to nothing.
+
+Starting and connecting clusters is :mod:`bigquant.pipeline.runtime`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
+
+__all__ = ["active_client", "phase"]
+
+logger = logging.getLogger(__name__)
+
+
+def active_client() -> Client | None:
+    """The current default distributed client, or ``None`` (cheap; never starts one).
+
+    Returns
+    -------
+    distributed.Client or None
+        The client that ``dask.compute`` would use, if it is a running
+        distributed client.
+    """
+    import sys
+
+    if "distributed" not in sys.modules:  # never imported: no client can exist
+        return None
+    from distributed.client import _get_global_client
+
+    client = _get_global_client()
+    if client is None or getattr(client, "status", "closed") not in ("running", "connecting"):
+        return None
+    return client
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[str | None]:
+    """Run a phase of the work inside a :func:`distributed.span` of that name.
+
+    With an active distributed client, every task submitted inside the block
+    is annotated with the span, which the dashboard (and
+    ``scheduler.extensions["spans"]``) groups by name. Without a client the
+    block runs as is.
+
+    Parameters
+    ----------
+    name : str
+        The phase, e.g. ``"histogram"``, ``"lloyd"``, ``"labels"``, ``"write"``.
+
+    Yields
+    ------
+    span_id : str or None
+        The span's id, or ``None`` without a client.
+
+    Examples
+    --------
+    >>> from bigquant.cluster.scheduler import phase
+    >>> with phase("histogram") as span_id:
+    ...     pass
+    >>> span_id is None
+    True
+    """
+    if active_client() is None:
+        yield None
+        return
+    from distributed import span
+
+    logger.debug("phase %s", name)
+    with span(name) as span_id:
+        yield span_id

@@ -1,0 +1,89 @@
+"""Numba kernels: the hot loops, and nothing of Dask or of the rest of the package.
+
+Every kernel is serial and releases the GIL (``nogil=True``): parallelism comes
+from Dask tasks or from a thread pool over row segments (see
+:mod:`bigquant.cluster.points`), never from numba's own threading layer, which is
+not safe to enter from several threads at once.
+
+- :mod:`~bigquant.kernels.scans` -- distances, nearest centres, partial sums, moments
+- :mod:`~bigquant.kernels.lloyd` -- bounded and dense Lloyd runs, swap moves
+- :mod:`~bigquant.kernels.colours` -- colour codes, counts, radix sorts, merges
+- :mod:`~bigquant.kernels.morton` -- Morton-order counting of RGB uint8 colours
+- :mod:`~bigquant.kernels.lookup` -- colour -> label lookup tables
+- :mod:`~bigquant.kernels.seeding` -- k-means++ and k-means|| sampling
+"""
+
+from bigquant.kernels.colours import (
+    add_dense_counts,
+    add_sparse_counts,
+    coarse_bins,
+    count_codes,
+    count_codes_dense,
+    decode_colours,
+    encode_colours,
+    merge_sparse_counts,
+    take,
+    take_nonzero,
+    unique_colours,
+    unique_colours_parallel,
+)
+from bigquant.kernels.lloyd import (
+    bounded_step,
+    improve_by_swaps,
+    lloyd_bounded,
+    lloyd_dense,
+)
+from bigquant.kernels.lookup import build_lut, lookup_labels, lookup_window
+from bigquant.kernels.morton import (
+    count_morton,
+    encode_morton,
+    merge_counts,
+    morton_to_codes,
+    take_counts,
+)
+from bigquant.kernels.scans import (
+    SCAN_BLOCK,
+    as_columns,
+    assign_labels,
+    labelled_inertia,
+    moments,
+    partial_sums,
+    squared_shift,
+)
+from bigquant.kernels.seeding import kmeans_plusplus_greedy, oversample
+
+__all__ = [
+    "add_dense_counts",
+    "add_sparse_counts",
+    "as_columns",
+    "assign_labels",
+    "bounded_step",
+    "build_lut",
+    "coarse_bins",
+    "count_codes",
+    "count_codes_dense",
+    "count_morton",
+    "decode_colours",
+    "encode_colours",
+    "encode_morton",
+    "improve_by_swaps",
+    "kmeans_plusplus_greedy",
+    "labelled_inertia",
+    "lloyd_bounded",
+    "lloyd_dense",
+    "lookup_labels",
+    "lookup_window",
+    "merge_counts",
+    "merge_sparse_counts",
+    "moments",
+    "morton_to_codes",
+    "oversample",
+    "partial_sums",
+    "SCAN_BLOCK",
+    "squared_shift",
+    "take",
+    "take_counts",
+    "take_nonzero",
+    "unique_colours",
+    "unique_colours_parallel",
+]
