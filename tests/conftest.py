@@ -76,3 +76,13 @@ def one_worker_two_threads():
     """A LocalCluster of one worker process with two threads."""
     with _running_cluster(n_workers=1, threads_per_worker=2) as client:
         yield client
+
+
+@pytest.fixture
+def many_colours() -> np.ndarray:
+    """A 240 x 240 photo-like image with more colours than the coarse-search threshold."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:240, 0:240]
+    img = np.stack([xx, yy, (xx + 2 * yy) // 3], axis=-1) + rng.normal(0, 14, (240, 240, 3))
+    img[60:120, 30:90] = [200, 40, 40] + rng.normal(0, 8, (60, 60, 3))  # a red patch
+    return np.clip(img, 0, 255).astype(np.uint8)

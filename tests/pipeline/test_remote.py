@@ -19,7 +19,7 @@ import pytest
 
 pytestmark = pytest.mark.distributed
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _dask_command() -> list[str]:
