@@ -183,9 +183,8 @@ PARAM_CASES: dict[str, tuple[dict, type[Exception], str]] = {
     "tile not a multiple of 16": ({"tile": 100}, InvalidParameterError, r"tile=100 must be a positive multiple of 16"),
     "tile = 0": ({"tile": 0}, InvalidParameterError, r"tile=0 must be a positive multiple of 16"),
     "unknown compression": ({"compression": "bogus"}, InvalidParameterError, r"compression='bogus' is not one of"),
-    "zstd needs imagecodecs": ({"compression": "zstd"}, ImageWriteError, r"'zstd' needs the 'imagecodecs' package"),
-    "webp needs imagecodecs": (
-        {"compression": "webp", "mode": "rgb"}, ImageWriteError, r"'webp' needs the 'imagecodecs' package",
+    "lossy codec on palette indices": (
+        {"compression": "webp"}, InvalidParameterError, r"compression='webp' is lossy and would corrupt palette",
     ),
     "unknown mode": ({"mode": "gray"}, InvalidParameterError, r"mode='gray' must be 'palette' or 'rgb'"),
     "unknown strategy": ({"strategy": "fast"}, InvalidParameterError, r"strategy='fast' is not one of"),
@@ -414,8 +413,8 @@ CLI_CASES: dict[str, tuple[list[str], int, str]] = {
     "tile not a multiple of 16": (
         ["quantize", "{src}/good.tif", "{out}/q.tif", "--tile", "100"], 2, r"tile=100 must be a positive multiple of 16",
     ),
-    "zstd needs imagecodecs": (
-        ["quantize", "{src}/good.tif", "{out}/q.tif", "--compression", "zstd"], 1, r"needs the 'imagecodecs' package",
+    "lossy codec on palette indices": (
+        ["quantize", "{src}/good.tif", "{out}/q.tif", "--compression", "jpeg"], 2, r"'jpeg' is lossy and would corrupt",
     ),
     "unknown compression": (
         ["quantize", "{src}/good.tif", "{out}/q.tif", "--compression", "bogus"], 2, r"compression='bogus' is not one of",

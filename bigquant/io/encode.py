@@ -35,6 +35,9 @@ _ALIASES = {
     "jpeg": "jpeg", "webp": "webp", "png": "png", "jpeg2000": "jpeg2000", "jpegxl": "jpegxl",
 }
 
+#: codecs without a compression level
+_LEVELLESS = frozenset({"lzw", "packbits"})
+
 
 @dataclass(frozen=True)
 class Codec:
@@ -84,6 +87,8 @@ def resolve_codec(compression: str | None, level: int | None) -> Codec:
         raise InvalidParameterError(f"compression_level={level!r} must be a non-negative int")
     if name == "none":
         return Codec("none", 1)
+    if name in _LEVELLESS:
+        level = None  # these codecs have no levels: a level asks for nothing
     tag = int(tifffile.COMPRESSION[name.upper()])
     image_codec = tag in tifffile.TIFF.IMAGE_COMPRESSIONS
     if tag != 8:

@@ -240,7 +240,12 @@ def quantize(
             f"{dst_path.suffix or 'output'} file can hold"
         )
     if dst_path.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
-        resolve_codec(compression, None)
+        codec = resolve_codec(compression, None)
+        if mode == "palette" and codec.lossy_image:
+            raise InvalidParameterError(
+                f"compression={compression!r} is lossy and would corrupt palette indices; "
+                "use 'zlib' or mode='rgb'"
+            )
     elif dst_path.suffix.lower() not in FORMATS:
         raise ImageWriteError(
             f"{dst_path}: unsupported output suffix {dst_path.suffix!r}; use one of {sorted(FORMATS)}"
