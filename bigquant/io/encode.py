@@ -193,6 +193,10 @@ class BlockEncoder:
     lookup : LabelLookup or None
         Chunks are images whose labels the encoder looks up (kinds "palette"
         and "rgb"); the table comes as the second argument of each call.
+    nodata : int or None
+        A label outside ``[0, n_colours)`` that is allowed too (masked
+        pixels); in "rgb" kind ``colours`` then has a row for it (see
+        :func:`bigquant.io.palette.with_nodata`).
     """
 
     kind: str
@@ -203,6 +207,26 @@ class BlockEncoder:
     codec: Codec
     steps: tuple[int, ...] = ()
     lookup: LabelLookup | None = None
+    nodata: int | None = None
+
+    def check_labels(self, block: np.ndarray) -> None:
+        """Raise InvalidInputError unless every label is a colour or ``nodata``."""
+        if not block.size:
+            return
+        lo, hi = int(block.min()), int(block.max())
+        if lo >= 0 and hi < self.n_colours:
+            return
+        if lo >= 0 and self.nodata is not None:
+            stray = block[(block >= self.n_colours) & (block != self.nodata)]
+            if not stray.size:
+                return
+            raise InvalidInputError(
+                f"labels hold {int(stray[0])}, neither one of the palette's "
+                f"{self.n_colours} colours nor nodata={self.nodata}"
+            )
+        raise InvalidInputError(
+            f"labels range over [{lo}, {hi}] but the palette has {self.n_colours} colours"
+        )
 
     def pixels(self, block: np.ndarray) -> np.ndarray:
         """Map one block of labels (or an image block) to stored pixels."""
@@ -210,13 +234,7 @@ class BlockEncoder:
             return np.ascontiguousarray(block, dtype=self.out_dtype)
         if block.ndim == 3:
             block = block[..., 0]
-        if block.size:
-            lo, hi = int(block.min()), int(block.max())
-            if lo < 0 or hi >= self.n_colours:
-                raise InvalidInputError(
-                    f"labels range over [{lo}, {hi}] but the palette has "
-                    f"{self.n_colours} colours"
-                )
+        self.check_labels(block)
         if self.kind == "palette":
             return block.astype(self.out_dtype)
         assert self.colours is not None
@@ -356,8 +374,14 @@ class BlockEncoder:
         return self.tiles(pix), subs
 
 
-def pyramid_steps(shape: tuple[int, int], tile: int, pyramid: bool | int) -> tuple[int, ...]:
-    """Subsampling steps of the pyramid levels below full resolution."""
+def pyramid_steps(
+    shape: tuple[int, int], tile: int, pyramid: bool | int, *, name: str = "pyramid"
+) -> tuple[int, ...]:
+    """Subsampling steps of the pyramid levels below full resolution.
+
+    ``pyramid``: True (halve down to one tile), False or a number of levels;
+    ``name`` is the parameter named by errors.
+    """
     if pyramid is False or pyramid is None or pyramid == 0:
         return ()
     deepest = max_step(tile)
@@ -369,10 +393,10 @@ def pyramid_steps(shape: tuple[int, int], tile: int, pyramid: bool | int) -> tup
             s *= 2
         return tuple(steps)
     if not isinstance(pyramid, int) or pyramid < 0:
-        raise InvalidParameterError(f"pyramid={pyramid!r} must be a bool or a number of levels")
+        raise InvalidParameterError(f"{name}={pyramid!r} must be a bool or a number of levels")
     if 2**pyramid > deepest:
         raise InvalidParameterError(
-            f"pyramid={pyramid} levels need steps up to {2**pyramid}, but tile={tile} is only "
+            f"{name}={pyramid} levels need steps up to {2**pyramid}, but tile={tile} is only "
             f"divisible by {deepest}; use a tile that is a multiple of {2**pyramid}"
         )
     return tuple(2**i for i in range(1, pyramid + 1))

@@ -8,7 +8,7 @@ import numpy as np
 
 from bigquant.errors import InvalidParameterError
 
-__all__ = ["as_colours", "index_dtype", "tiff_colormap", "MAX_PALETTE"]
+__all__ = ["as_colours", "check_nodata", "index_dtype", "tiff_colormap", "with_nodata", "MAX_PALETTE"]
 
 #: Largest palette a TIFF (uint16 indices) can hold.
 MAX_PALETTE = 65536
@@ -71,7 +71,9 @@ def tiff_colormap(colours: np.ndarray) -> np.ndarray:
     """Return the TIFF colormap (3, 2**bits) uint16 of 8- or 16-bit colours.
 
     Gray palettes are replicated to RGB; alpha is dropped.  8-bit values are
-    scaled by 257 so 255 maps to 65535.
+    scaled by 257 so 255 maps to 65535 (GDAL divides by 257 again and reads
+    the palette's own 8-bit colours).  Entries past the palette -- a no-data
+    label's among them -- are black.
     """
     bits = 8 if len(colours) <= 256 else 16
     rgb = colours[:, :3] if colours.shape[1] >= 3 else np.repeat(colours[:, :1], 3, axis=1)
@@ -79,3 +81,59 @@ def tiff_colormap(colours: np.ndarray) -> np.ndarray:
     cmap = np.zeros((3, 2**bits), dtype=np.uint16)
     cmap[:, : len(colours)] = (rgb.astype(np.uint32) * scale).T
     return cmap
+
+
+def check_nodata(nodata: Any, n_colours: int) -> int:
+    """Validate a no-data label for a palette of ``n_colours`` colours.
+
+    It must be an integer outside the palette (``>= n_colours``) that the
+    palette's index type (:func:`index_dtype`) holds.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``nodata`` is not an int, lies inside the palette, or is too large.
+    """
+    if not isinstance(nodata, (int, np.integer)) or isinstance(nodata, (bool, np.bool_)):
+        raise InvalidParameterError(f"nodata={nodata!r} must be an integer label")
+    nodata = int(nodata)
+    if nodata < n_colours:
+        raise InvalidParameterError(
+            f"nodata={nodata} lies inside the palette of {n_colours} colours; "
+            f"use a label >= {n_colours}"
+        )
+    dtype = index_dtype(n_colours)
+    if nodata > np.iinfo(dtype).max:
+        raise InvalidParameterError(
+            f"nodata={nodata} does not fit the {dtype} indices of a {n_colours}-colour "
+            f"palette (at most {np.iinfo(dtype).max}); use fewer colours"
+        )
+    return nodata
+
+
+def with_nodata(colours: np.ndarray, nodata: int) -> np.ndarray:
+    """The palette with an alpha sample and a transparent ``nodata`` entry.
+
+    Parameters
+    ----------
+    colours : ndarray of shape (k, C)
+        Palette (uint8 or uint16).
+    nodata : int
+        No-data label, ``>= k``.
+
+    Returns
+    -------
+    table : ndarray of shape (nodata + 1, C + 1)
+        Row ``i < k``: colour ``i`` and an opaque alpha (the dtype's maximum);
+        every other row, ``nodata``'s included, is 0 (transparent black).
+
+    Examples
+    --------
+    >>> with_nodata(np.array([[10, 20, 30]], np.uint8), 2).tolist()
+    [[10, 20, 30, 255], [0, 0, 0, 0], [0, 0, 0, 0]]
+    """
+    k, c = colours.shape
+    table = np.zeros((nodata + 1, c + 1), dtype=colours.dtype)
+    table[:k, :c] = colours
+    table[:k, c] = np.iinfo(colours.dtype).max
+    return table

@@ -3,21 +3,34 @@
 The array (aligned to the tile grid) is computed one chunk row -- a band of
 whole tile rows -- at a time, a few bands ahead of the writer.  Each chunk is
 encoded on the worker that computed it (:class:`BlockEncoder`), and the
-compressed tiles are handed to ``tifffile`` in row-major order.  Pyramid levels
-are strided subsamples taken from the same pass (nearest neighbour, never
-averaged indices), spooled to hidden raw files beside the output and written
-as SubIFDs afterwards, so the source is never read twice.
+compressed tiles are handed to ``tifffile`` in row-major order.  Reduced
+levels are strided subsamples taken from the same pass (nearest neighbour,
+never averaged indices), spooled to hidden raw files beside the output and
+written afterwards, so the source is never read twice: as SubIFDs of the image
+(``layout="subifds"``) or as IFDs chained after it with NewSubfileType 1, the
+overviews GDAL lists (``layout="overviews"``).
+
+``layout="cog"`` writes a Cloud-Optimized GeoTIFF: every IFD first, then the
+tile data of the smallest overview, ..., of the full resolution last.  The
+overviews are complete only after the full-resolution pass, so its encoded
+tiles are spooled (in order, with their sizes) to a hidden file beside the
+output during the pass; then the IFDs are written with empty tiles, the
+overview tiles appended smallest first, the spooled tiles copied after them,
+and the tile offsets and byte counts patched in place.  Memory stays that of a
+plain write; the cost is one more write and read of the compressed image.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import pathlib
+import shutil
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -28,7 +41,10 @@ from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.encode import BlockEncoder, TileRegion
 from bigquant.io.tiff_read import direct_reader
 
-__all__ = ["write_tiff", "compute_bands"]
+__all__ = ["Layout", "write_tiff", "compute_bands"]
+
+#: Where reduced levels go: SubIFDs, chained overview IFDs, or a COG.
+Layout = Literal["subifds", "overviews", "cog"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +159,95 @@ class _LevelSpool:
         remove_path(self.path)
 
 
+class _TileSpool:
+    """Encoded tiles spooled in order to a hidden file beside the output."""
+
+    def __init__(self, target: pathlib.Path):
+        self.path = temp_sibling(target, "tiles")
+        self.fh = open(self.path, "w+b")  # noqa: SIM115 - closed in close()
+        self.sizes: list[int] = []
+
+    def append(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.sizes.append(len(data))
+
+    def copy_to(self, out: Any) -> tuple[list[int], list[int]]:
+        """Append the tiles to ``out`` at its position; (offsets, byte counts)."""
+        self.fh.flush()
+        self.fh.seek(0)
+        start = out.tell()
+        shutil.copyfileobj(self.fh, out, 16 * 2**20)
+        ends = np.cumsum(self.sizes, dtype=np.int64)
+        offsets = (start + ends - np.asarray(self.sizes, dtype=np.int64)).tolist()
+        return offsets, list(self.sizes)
+
+    def close(self) -> None:
+        self.fh.close()
+        remove_path(self.path)
+
+
+def _append_tiles(out: Any, tiles: Iterable[bytes]) -> tuple[list[int], list[int]]:
+    """Write encoded tiles at the end of ``out``; (offsets, byte counts)."""
+    offsets, counts = [], []
+    for data in tiles:
+        offsets.append(out.tell())
+        counts.append(len(data))
+        out.write(data)
+    return offsets, counts
+
+
+def _placeholders(shape: tuple[int, ...], encoder: BlockEncoder) -> Iterator[bytes]:
+    """Empty tiles of a level, whose offsets are patched once the data are placed.
+
+    An uncompressed image of exactly one tile is written contiguously by
+    tifffile, which then wants the tile's bytes: it gets zeros, never referenced.
+    """
+    t = encoder.tile
+    n = math.ceil(shape[0] / t) * math.ceil(shape[1] / t)
+    if encoder.codec.tag == 1 and tuple(shape[:2]) == (t, t):
+        return iter([bytes(t * t * math.prod(shape[2:]) * encoder.out_dtype.itemsize)])
+    return iter([b""] * n)
+
+
+def _write_cog(
+    tmp: pathlib.Path,
+    level0: Iterator[Any],
+    shape: tuple[int, ...],
+    spools: Sequence[_LevelSpool],
+    encoder: BlockEncoder,
+    common: dict[str, Any],
+    first: dict[str, Any],
+) -> None:
+    """Write the COG layout (see the module docstring); ``spools`` largest first."""
+    import tifffile
+
+    main = _TileSpool(tmp)
+    try:
+        for data in level0:
+            main.append(data)
+        shapes = [shape] + [spool.shape for spool in spools]
+        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+            for i, level_shape in enumerate(shapes):
+                tw.write(_placeholders(level_shape, encoder), shape=level_shape,
+                         subfiletype=1 if i else 0, **common, **(first if i == 0 else {}))
+        placed = []
+        with open(tmp, "r+b") as out, ThreadPoolExecutor(2, thread_name_prefix="bigquant-level") as pool:
+            out.seek(0, os.SEEK_END)
+            for spool in reversed(spools):
+                placed.append(_append_tiles(out, spool.tiles(encoder, pool)))
+            placed.append(main.copy_to(out))
+        logger.debug("COG: %d IFDs, full resolution copied from a %d byte spool",
+                     len(shapes), sum(main.sizes))
+    finally:
+        main.close()
+    with tifffile.TiffFile(tmp, mode="r+") as tf:
+        pages = list(tf.pages)
+        assert len(pages) == len(placed), (len(pages), len(placed))
+        for page, (offsets, counts) in zip(pages, reversed(placed)):
+            page.tags["TileOffsets"].overwrite(offsets)
+            page.tags["TileByteCounts"].overwrite(counts)
+
+
 def write_tiff(
     arr: da.Array,
     tmp: pathlib.Path,
@@ -155,6 +260,8 @@ def write_tiff(
     preview_step: int | None,
     description: str | None = None,
     extra: tuple[Any, ...] = (),
+    layout: Layout = "subifds",
+    extratags: Sequence[tuple[Any, ...]] = (),
 ) -> np.ndarray | None:
     """Stream ``arr`` to a tiled BigTIFF at ``tmp``; return the preview pixels.
 
@@ -169,30 +276,27 @@ def write_tiff(
         ``preview_step``.
     photometric, colormap, extrasamples : TIFF tags of the stored image.
     levels : tuple of int
-        Subsampling steps of the SubIFD pyramid levels.
+        Subsampling steps of the reduced levels, increasing.
     preview_step : int or None
         Step of the subsample to return for a preview.
+    description : str or None, default=None
+        ImageDescription of the full-resolution IFD.
     extra : tuple
         Further arguments of the encoder (the lookup table of a lookup encoder).
+    layout : {"subifds", "overviews", "cog"}, default="subifds"
+        Where the reduced levels go (see the module docstring).  "cog" needs
+        an encoder whose codec is ``pre_encoded``.
+    extratags : sequence of tuple
+        ``tifffile`` extratags of the full-resolution IFD (GeoTIFF, no-data).
 
     Returns
     -------
     preview : ndarray or None
         Stored pixels subsampled by ``preview_step``.
     """
-    import tifffile
-
     height, width = arr.shape[:2]
-    if encoder.kind == "palette":
-        sample_shape: tuple[int, ...] = ()
-    elif encoder.kind == "rgb":
-        assert encoder.colours is not None
-        n_samples = encoder.colours.shape[1]
-        sample_shape = (n_samples,) if n_samples > 1 else ()
-    else:
-        sample_shape = tuple(arr.shape[2:])
+    sample_shape = _sample_shape(arr, encoder)
     dtype = encoder.out_dtype
-    t = encoder.tile
     spools = {
         s: _LevelSpool(tmp, s, (math.ceil(height / s), math.ceil(width / s)) + sample_shape, dtype)
         for s in levels
@@ -210,6 +314,7 @@ def write_tiff(
                 for tiles, _ in band:
                     yield from tiles[r]
 
+    t = encoder.tile
     common: dict[str, Any] = dict(
         dtype=dtype,
         tile=(t, t),
@@ -222,28 +327,52 @@ def write_tiff(
     )
     if not encoder.codec.pre_encoded:
         common["maxworkers"] = 2
+    first = {"description": description, "extratags": tuple(extratags)}
+    shape = (height, width) + sample_shape
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            tw.write(
-                level0(),
-                shape=(height, width) + sample_shape,
-                subifds=len(levels) or None,
-                description=description,
-                **common,
-            )
-            if levels:
-                with ThreadPoolExecutor(2, thread_name_prefix="bigquant-level") as pool:
-                    for s in levels:
-                        spool = spools[s]
-                        tw.write(
-                            spool.tiles(encoder, pool),
-                            shape=spool.shape,
-                            subfiletype=1,
-                            **common,
-                        )
+        if layout == "cog":
+            _write_cog(tmp, level0(), shape, [spools[s] for s in levels], encoder, common, first)
+        else:
+            _write_chained(tmp, level0(), shape, [spools[s] for s in levels], encoder, common,
+                           first, subifds=layout == "subifds")
     finally:
         for spool in spools.values():
             spool.close()
     if preview_step is None:
         return None
     return np.concatenate(preview_parts, axis=0)
+
+
+def _sample_shape(arr: da.Array, encoder: BlockEncoder) -> tuple[int, ...]:
+    """Samples per stored pixel: () for one, else (C,)."""
+    if encoder.kind == "palette":
+        return ()
+    if encoder.kind == "rgb":
+        assert encoder.colours is not None
+        n_samples = encoder.colours.shape[1]
+        return (n_samples,) if n_samples > 1 else ()
+    return tuple(arr.shape[2:])
+
+
+def _write_chained(
+    tmp: pathlib.Path,
+    level0: Iterator[Any],
+    shape: tuple[int, ...],
+    spools: Sequence[_LevelSpool],
+    encoder: BlockEncoder,
+    common: dict[str, Any],
+    first: dict[str, Any],
+    *,
+    subifds: bool,
+) -> None:
+    """Write the image, then its reduced levels as SubIFDs or chained IFDs."""
+    import tifffile
+
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+        tw.write(level0, shape=shape, subifds=(len(spools) or None) if subifds else None,
+                 **common, **first)
+        if spools:
+            with ThreadPoolExecutor(2, thread_name_prefix="bigquant-level") as pool:
+                for spool in spools:
+                    tw.write(spool.tiles(encoder, pool), shape=spool.shape, subfiletype=1,
+                             **common)

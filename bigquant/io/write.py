@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -27,8 +28,12 @@ from bigquant.io.encode import (
     pyramid_steps,
     resolve_codec,
 )
-from bigquant.io.palette import as_colours, index_dtype, tiff_colormap
+from bigquant.io.geotiff import GeoTiff, nodata_tag
+from bigquant.io.palette import as_colours, check_nodata, index_dtype, tiff_colormap, with_nodata
 from bigquant.io.source import ImageSource
+
+if TYPE_CHECKING:
+    from bigquant.io.tiff_write import Layout
 
 __all__ = ["FORMATS", "check_tile", "save_preview", "write_image"]
 
@@ -62,14 +67,31 @@ def check_tile(tile: Any) -> int:
     return int(tile)
 
 
-def _photometric(kind: str, n_samples: int) -> tuple[str, tuple[str, ...] | None]:
+def _photometric(
+    kind: str, n_samples: int, *, alpha: bool = False
+) -> tuple[str, tuple[str, ...] | None]:
+    """TIFF Photometric and ExtraSamples of stored pixels (``alpha``: the last
+    sample is a no-data alpha added to the colours)."""
     if kind == "palette":
         return "palette", None
+    if alpha:
+        n_colour = n_samples - 1
+        base = 3 if n_colour >= 3 else 1
+        extra = ("unspecified",) * (n_colour - base) + ("unassalpha",)
+        return ("rgb" if base == 3 else "minisblack"), extra
     if n_samples in (3, 4):
         return "rgb", ("unassalpha",) * (n_samples - 3) or None
     if n_samples == 2:
         return "minisblack", ("unassalpha",)
     return "minisblack", None
+
+
+def _rgba(pix: np.ndarray) -> np.ndarray:
+    """RGBA of pixels whose last sample is alpha (grey replicated, a fourth
+    colour sample dropped)."""
+    colour, alpha = pix[..., :-1], pix[..., -1:]
+    colour = colour[..., :3] if colour.shape[2] >= 3 else np.repeat(colour[..., :1], 3, axis=2)
+    return np.concatenate([colour, alpha], axis=2)
 
 
 def save_preview(
@@ -79,8 +101,14 @@ def save_preview(
     colours: np.ndarray | None = None,
     size: int = 1024,
     overwrite: bool = False,
+    alpha: bool = False,
 ) -> pathlib.Path:
-    """Save a small PNG of ``pixels`` (palette indices when ``colours`` given)."""
+    """Save a small PNG of ``pixels`` (palette indices when ``colours`` given).
+
+    ``alpha``: the last sample (of the pixels, or of the colours) is alpha,
+    e.g. transparent no-data (:func:`bigquant.io.palette.with_nodata`); the
+    preview is then RGBA.
+    """
     from PIL import Image
 
     img = colours[pixels] if colours is not None else np.asarray(pixels)
@@ -91,7 +119,9 @@ def save_preview(
     elif img.dtype != np.uint8:
         lo, hi = float(np.min(img)), float(np.max(img))
         img = ((img - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
-    if img.ndim == 3 and img.shape[2] not in (3, 4):
+    if alpha:
+        img = _rgba(img)
+    elif img.ndim == 3 and img.shape[2] not in (3, 4):
         img = img[..., :3] if img.shape[2] > 4 else img[..., 0]
     pil = Image.fromarray(np.ascontiguousarray(img))
     pil.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -153,8 +183,15 @@ def _write_zarr(
 def _write_pillow(
     arr: da.Array, tmp: pathlib.Path, fmt: str, encoder: BlockEncoder, colours: np.ndarray | None
 ) -> np.ndarray:
+    """Write a PNG or JPEG with Pillow (the whole image in memory); return
+    what was computed (labels or pixels).
+
+    With a no-data label, palette PNGs get a transparent entry for it (tRNS)
+    and colour PNGs an alpha channel; JPEG shows no-data black.
+    """
     from PIL import Image
 
+    save_args: dict[str, Any] = {}
     limit = Image.MAX_IMAGE_PIXELS
     npx = int(arr.shape[0]) * int(arr.shape[1])
     if limit is not None and npx > limit:
@@ -177,14 +214,23 @@ def _write_pillow(
         pix = encoder.pixels(labels_or_pixels)
         pal = colours if colours.dtype == np.uint8 else (colours >> 8).astype(np.uint8)
         pal = pal[:, :3] if pal.shape[1] >= 3 else np.repeat(pal[:, :1], 3, axis=1)
+        if encoder.nodata is not None:
+            pal = np.concatenate([pal, np.zeros((encoder.nodata + 1 - len(pal), 3), pal.dtype)])
         img = Image.frombytes("P", (pix.shape[1], pix.shape[0]), np.ascontiguousarray(pix).tobytes())
         img.putpalette(pal.astype(np.uint8).ravel().tolist())
+        if encoder.nodata is not None:
+            save_args["transparency"] = encoder.nodata
     else:
         if kind == "rgb":
             assert colours is not None
-            enc = BlockEncoder("rgb", colours.dtype, colours, len(colours), encoder.tile,
-                               encoder.codec)
+            table = colours if encoder.nodata is None else with_nodata(colours, encoder.nodata)
+            enc = dataclasses.replace(encoder, kind="rgb", out_dtype=table.dtype, colours=table,
+                                      steps=(), lookup=None)
             pix = enc.pixels(labels_or_pixels)
+            if encoder.nodata is not None:
+                pix = _rgba(pix)[..., : 3 if fmt == "jpeg" else 4]
+                if fmt == "jpeg":
+                    logger.info("JPEG has no transparency: no-data pixels are black")
         else:
             pix = labels_or_pixels
         if fmt == "jpeg" and pix.dtype != np.uint8:
@@ -199,8 +245,43 @@ def _write_pillow(
         if fmt == "jpeg" and pix.ndim == 3 and pix.shape[2] == 4:
             pix = pix[..., :3]
         img = Image.fromarray(np.ascontiguousarray(pix))
-    img.save(tmp, format=fmt.upper())
+    img.save(tmp, format=fmt.upper(), **save_args)
     return labels_or_pixels
+
+
+def _reduced_levels(
+    fmt: str, pyramid: bool | int, overviews: bool | int, cog: bool, codec: Codec
+) -> tuple[Layout, bool | int, str]:
+    """Check the reduced-level parameters: (layout, how many levels, its parameter name)."""
+    if not isinstance(cog, (bool, np.bool_)):
+        raise InvalidParameterError(f"cog={cog!r} must be a bool")
+    for name, value in (("pyramid", pyramid), ("overviews", overviews), ("cog", cog)):
+        if value and fmt != "tiff":
+            raise InvalidParameterError(f"{name}={value!r} is only supported for TIFF output")
+    if pyramid and (overviews or cog):
+        raise InvalidParameterError(
+            f"pyramid={pyramid!r} (SubIFDs) cannot be combined with overviews={overviews!r} "
+            f"or cog={cog!r} (overview IFDs); choose one"
+        )
+    if cog:
+        if not codec.pre_encoded:
+            raise InvalidParameterError(
+                f"cog=True cannot use compression={codec.name!r}: a COG needs tiles bigquant "
+                "encodes itself ('zlib', 'zstd', 'lzma', 'lzw', 'packbits' or None)"
+            )
+        return "cog", overviews if overviews else True, "overviews"
+    if overviews:
+        return "overviews", overviews, "overviews"
+    return "subifds", pyramid, "pyramid"
+
+
+def _tiff_tags(
+    geotiff: GeoTiff | None, nodata: int | None
+) -> list[tuple[Any, ...]]:
+    """Extratags of the full-resolution IFD: GeoTIFF and GDAL_NODATA."""
+    if geotiff is not None:
+        return geotiff.extratags(nodata)
+    return [nodata_tag(nodata)] if nodata is not None else []
 
 
 def write_image(
@@ -216,6 +297,10 @@ def write_image(
     overwrite: bool = False,
     preview: str | os.PathLike[str] | None = None,
     preview_size: int = 1024,
+    nodata: int | None = None,
+    geotiff: GeoTiff | None = None,
+    overviews: bool | int = False,
+    cog: bool = False,
     _lookup: tuple[LabelLookup, Any] | None = None,
 ) -> pathlib.Path:
     """Write labels with a palette, or an image as is, in one streaming pass.
@@ -254,6 +339,30 @@ def write_image(
     preview : str, os.PathLike or None, default=None
         Also write a PNG of at most ``preview_size`` pixels a side, from the
         same pass.
+    nodata : int or None, default=None
+        With a palette: the label of masked pixels ("not image"), outside the
+        palette (``>= k``) and within its index type (255 for up to 256
+        colours).  Palette TIFF: written as is, black in the colormap, and
+        named by the GDAL_NODATA tag; ``mode="rgb"``: an alpha sample is added
+        (RGBA, or grey + alpha), 0 on no-data pixels (whose colour is 0) and
+        opaque elsewhere; palette PNG: a transparent palette entry (tRNS);
+        zarr: recorded in ``attrs["bigquant"]["nodata"]``.  Reduced levels
+        keep it (nearest subsampling) and the preview shows it transparent.
+    geotiff : GeoTiff or None, default=None
+        Georeferencing (e.g. ``GeoTiff.from_page`` of the input) written on
+        the full-resolution IFD of TIFF output; ignored for other formats.
+    overviews : bool or int, default=False
+        TIFF only: reduced levels as IFDs chained after the image with
+        NewSubfileType 1 -- the overviews GDAL lists -- instead of
+        ``pyramid``'s SubIFDs (True: down to one tile; an int: that many
+        levels), subsampled by nearest neighbour, never averaged.
+    cog : bool, default=False
+        TIFF only: a Cloud-Optimized GeoTIFF (every IFD first, then the tile
+        data, smallest overview first and full resolution last); implies
+        ``overviews=True`` unless a number is given.  Memory stays bounded:
+        the encoded full-resolution tiles are spooled to a hidden file beside
+        the output and copied after the overviews (one more write and read of
+        the compressed image).
     _lookup : (LabelLookup, lookup table) or None
         Internal (:func:`bigquant.quantize`, TIFF output only): ``data`` is
         the image and its labels are looked up tile by tile while encoding;
@@ -271,7 +380,8 @@ def write_image(
         The output exists (without ``overwrite``), its directory is missing,
         the codec needs a missing package, or the write fails.
     InvalidParameterError
-        Bad ``mode``, ``tile``, ``compression``, ``pyramid`` or palette.
+        Bad ``mode``, ``tile``, ``compression``, ``pyramid``, ``overviews``,
+        ``cog``, ``nodata`` or palette.
     InvalidInputError, InputTypeError
         Labels out of the palette's range, or data of unusable shape/type.
 
@@ -285,6 +395,16 @@ def write_image(
     ...     out = write_image(labels, pathlib.Path(d) / "q.tif", palette=palette, tile=32)
     ...     tifffile.imread(out).max()
     np.uint8(2)
+
+    A label image whose label 255 marks pixels outside the scene, as a COG:
+
+    >>> labels[:10] = 255
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     out = write_image(labels, pathlib.Path(d) / "q.tif", palette=palette, tile=32,
+    ...                       nodata=255, cog=True)
+    ...     with tifffile.TiffFile(out) as tf:
+    ...         [page.shape for page in tf.pages], tf.pages[0].nodata
+    ([(80, 80), (40, 40), (20, 20)], 255)
     """
     path = pathlib.Path(path).expanduser()
     if mode not in ("palette", "rgb"):
@@ -296,12 +416,16 @@ def write_image(
             f"{path}: unsupported output suffix {path.suffix!r}; use one of {sorted(FORMATS)}"
         )
     codec = resolve_codec(compression, compression_level) if fmt in ("tiff", "zarr") else Codec("none", 1)
-    if pyramid and fmt != "tiff":
-        raise InvalidParameterError(f"pyramid={pyramid!r} is only supported for TIFF output")
+    layout, n_levels, levels_name = _reduced_levels(fmt, pyramid, overviews, cog, codec)
+    if geotiff is not None and not isinstance(geotiff, GeoTiff):
+        raise InputTypeError(f"geotiff of type {type(geotiff).__name__} must be a GeoTiff or None")
+    if geotiff is not None and fmt != "tiff":
+        logger.debug("%s output: geotiff tags ignored (TIFF only)", fmt)
     arr = _as_dask(data, t)
     if arr.ndim not in (2, 3) or 0 in arr.shape:
         raise InvalidInputError(f"data of shape {arr.shape} is not an image (H, W) or (H, W, C)")
     colours: np.ndarray | None = None
+    stored_colours: np.ndarray | None = None
     if _lookup is not None and (palette is None or fmt != "tiff"):
         raise InvalidParameterError("a label lookup needs a palette and TIFF output")
     if palette is not None:
@@ -313,10 +437,14 @@ def write_image(
         if _lookup is None and arr.dtype.kind not in "ui":
             raise InputTypeError(f"labels of dtype {arr.dtype} must be integers")
         colours = as_colours(palette)
+        if nodata is not None:
+            nodata = check_nodata(nodata, len(colours))
         kind = mode
+        # the colours of the stored pixels in "rgb" mode: alpha added with a nodata
+        stored_colours = colours if nodata is None else with_nodata(colours, nodata)
         out_dtype = index_dtype(len(colours)) if kind == "palette" else colours.dtype
         sample_shape: tuple[int, ...] = (
-            () if kind == "palette" or colours.shape[1] == 1 else (colours.shape[1],)
+            () if kind == "palette" or stored_colours.shape[1] == 1 else (stored_colours.shape[1],)
         )
         if kind == "palette" and codec.lossy_image:
             raise InvalidParameterError(
@@ -324,6 +452,10 @@ def write_image(
                 "use 'zlib' or mode='rgb'"
             )
     else:
+        if nodata is not None:
+            raise InvalidParameterError(
+                f"nodata={nodata!r} is a label value: it needs a palette"
+            )
         if arr.dtype.kind not in "uif":
             raise InputTypeError(f"data of dtype {arr.dtype} is not an image type")
         kind = "image"
@@ -337,21 +469,22 @@ def write_image(
     arr = align_to_tiles(arr, t)
     n_colours = len(colours) if colours is not None else 0
     pstep = preview_step(arr.shape[:2], t, preview_size) if preview is not None else None
-    levels = pyramid_steps(arr.shape[:2], t, pyramid) if fmt == "tiff" else ()
+    levels = pyramid_steps(arr.shape[:2], t, n_levels, name=levels_name) if fmt == "tiff" else ()
     steps = tuple(sorted(set(levels) | ({pstep} if pstep else set())))
     if _lookup is not None and arr.ndim == 3 and arr.numblocks[2] != 1:
         arr = arr.rechunk({2: -1})
-    encoder = BlockEncoder(kind, np.dtype(out_dtype), colours, n_colours, t, codec, steps,
-                           lookup=_lookup[0] if _lookup is not None else None)
-    logger.info("writing %s: %s %s as %s %s, tile %d, compression %s, %d pyramid level(s)",
-                path, arr.shape, kind, fmt, np.dtype(out_dtype), t, codec.name, len(levels))
+    encoder = BlockEncoder(kind, np.dtype(out_dtype), stored_colours if kind == "rgb" else colours,
+                           n_colours, t, codec, steps,
+                           lookup=_lookup[0] if _lookup is not None else None, nodata=nodata)
+    logger.info("writing %s: %s %s as %s %s, tile %d, compression %s, %d reduced level(s) as %s",
+                path, arr.shape, kind, fmt, np.dtype(out_dtype), t, codec.name, len(levels), layout)
     preview_pixels: np.ndarray | None = None
     with atomic_output(path, overwrite=overwrite) as tmp:
         if fmt == "tiff":
             from bigquant.io.tiff_write import write_tiff
 
             n_samples = sample_shape[0] if sample_shape else 1
-            photometric, extrasamples = _photometric(kind, n_samples)
+            photometric, extrasamples = _photometric(kind, n_samples, alpha=nodata is not None)
             preview_pixels = write_tiff(
                 arr,
                 tmp,
@@ -362,12 +495,16 @@ def write_image(
                 levels=levels,
                 preview_step=pstep,
                 extra=(_lookup[1],) if _lookup is not None else (),
+                layout=layout,
+                extratags=_tiff_tags(geotiff, nodata if kind == "palette" else None),
             )
         elif fmt == "zarr":
             attrs: dict[str, Any] = {"bigquant": {"mode": kind}}
             if colours is not None:
                 attrs["palette"] = colours.tolist()
                 attrs["bigquant"]["palette_dtype"] = str(colours.dtype)
+            if nodata is not None:
+                attrs["bigquant"]["nodata"] = nodata
             _write_zarr(arr, tmp, encoder, sample_shape, attrs)
             if pstep is not None:
                 import zarr
@@ -382,9 +519,9 @@ def write_image(
         save_preview(
             preview_pixels,
             preview,
-            colours=colours if kind == "palette" else None,
+            colours=(stored_colours if nodata is not None else colours) if kind == "palette" else None,
             size=preview_size,
             overwrite=overwrite,
+            alpha=nodata is not None,
         )
     return path
-
