@@ -109,7 +109,9 @@ SOURCE_CASES: dict[str, tuple[Callable[[Path], object], type[Exception], str]] =
     "a directory": (lambda src: src, ImageReadError, r"is a directory"),
     "non-image named .tif": (_text_as_tif, ImageReadError, r"notes\.tif: not a recognised image"),
     "truncated TIFF": (_truncated, ImageReadError, r"truncated\.tif: file is truncated"),
-    "corrupt tile data": (_corrupt_tile, ImageReadError, r"corrupt\.tif: cannot read pixels"),
+    "corrupt tile data": (
+        _corrupt_tile, ImageReadError, r"corrupt\.tif: cannot decode tile \d+ \(tile row \d+, column \d+",
+    ),
     "empty file": (_empty_file, ImageReadError, r"empty\.tif: file is empty"),
     "0x0 image": (lambda src: np.zeros((0, 0, 3), np.uint8), InvalidInputError, r"empty, shape \(0, 0, 3\)"),
     "0-width image": (lambda src: np.zeros((5, 0), np.uint8), InvalidInputError, r"empty, shape \(5, 0\)"),

@@ -133,10 +133,12 @@ class ColourHistogram:
 
 
 def _block_counts(
-    block: np.ndarray, _weights: None, bits: int, n_channels: int, morton: bool = False
+    block: np.ndarray, valid: np.ndarray | None, bits: int, n_channels: int, morton: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     from bigquant.cluster.counting import block_counts
 
+    if valid is not None:
+        block = block[valid]  # only the pixels that are image
     return block_counts(block, bits, n_channels, morton)
 
 
@@ -155,31 +157,32 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
     return (*kernels.merge_sparse_counts(parts), None)
 
 
-def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
+def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.Array | None = None) -> Delayed:
     """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts).
 
-    Large blocks of a TIFF read directly (uncompressed tiles) are counted
-    tile by tile as they are read, in the same task; RGB uint8 colours are counted in
+    Large blocks of a TIFF read by segments (tiles) are counted tile by tile
+    as they are read, in the same task; RGB uint8 colours are counted in
     Morton order, merged with uint32 counts and converted to the usual codes
-    and int64 counts at the end.
+    and int64 counts at the end.  With ``valid`` (a boolean array of X's
+    spatial shape and chunks) only the pixels where it is True are counted.
     """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
     from bigquant.cluster.counting import region_counts
     from bigquant.cluster.points import tree_reduce
-    from bigquant.io.tiff_read import direct_reader
+    from bigquant.io.tiff_read import segment_reader
     from bigquant.kernels import merge_counts, morton_to_codes
 
     n_channels = X.shape[-1]
     morton = bits == 8 and n_channels == 3
     # Morton partials carry uint32 counts: a third fewer bytes held and sent
     merge = merge_counts if morton else kernels.merge_sparse_counts
-    reader = direct_reader(X) if X.ndim == 3 else None
+    reader = segment_reader(X) if X.ndim == 3 and valid is None else None
     if reader is not None and max(X.chunks[0]) * max(X.chunks[1]) * 16 < (1 << (bits * n_channels)):
         reader = None  # small blocks are sorted, not tabled: reading them whole costs nothing
     if reader is None:
-        root = block_tree("histogram", X, None, _block_counts, (bits, n_channels, morton),
+        root = block_tree("histogram", X, valid, _block_counts, (bits, n_channels, morton),
                           merge, split_every=split_every)
     else:
         token = tokenize(X.name, bits, morton, split_every)
@@ -207,7 +210,9 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8) -> Delayed:
     return root
 
 
-def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> ColourHistogram:
+def colour_histogram(
+    X: np.ndarray | da.Array, *, split_every: int = 8, valid: np.ndarray | da.Array | None = None
+) -> ColourHistogram:
     """Exact histogram of the colours of ``X``.
 
     Parameters
@@ -216,6 +221,9 @@ def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> Colou
         Unsigned integer data (see :func:`histogram_bits`), numpy or dask.
     split_every : int, default=8
         Fan-in of the merge tree for dask input.
+    valid : boolean array of shape (n_samples,) or (H, W), default=None
+        Which samples are image (True) and counted; masked samples (False) are
+        not.  None counts every sample.
 
     Returns
     -------
@@ -231,10 +239,17 @@ def colour_histogram(X: np.ndarray | da.Array, *, split_every: int = 8) -> Colou
     if isinstance(X, da.Array):
         if X.numblocks[-1] != 1:
             X = X.rechunk({X.ndim - 1: -1})
-        (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every))
+        if valid is not None:
+            valid = da.asarray(valid).rechunk(X.chunks[:-1])
+        (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid))
         inverse = None
     else:
-        codes, counts, inverse = _histogram_numpy(np.ascontiguousarray(X).reshape(-1, n_channels), bits)
+        flat = np.ascontiguousarray(X).reshape(-1, n_channels)
+        if valid is not None:
+            flat = flat[np.asarray(valid).reshape(-1)]
+        codes, counts, inverse = _histogram_numpy(flat, bits)
+        if valid is not None:
+            inverse = None  # indexes the valid samples only, not every pixel
     colours = kernels.decode_colours(codes, n_channels, bits, X.dtype)
     logger.info("colour histogram: %d distinct colours in %d pixels", codes.shape[0], int(counts.sum()))
     return ColourHistogram(colours, counts, codes, bits, inverse)

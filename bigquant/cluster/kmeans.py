@@ -38,6 +38,7 @@ from bigquant.cluster.validation import (
     check_float,
     check_init,
     check_int,
+    check_mask,
     check_random_state,
     check_sample_weight,
 )
@@ -224,7 +225,9 @@ default="k-means++"
             numpy or dask array of integer or float data.
         y : Ignored
         sample_weight : array-like of shape (n_samples,) or (height, width), default=None
-            Weights of the samples.
+            Weights of the samples. A boolean array is a mask: samples where it
+            is False take no part in the fit and are not counted (8-bit data
+            keep the exact histogram strategy).
 
         Returns
         -------
@@ -233,18 +236,23 @@ default="k-means++"
         tune_allocator()
         data = check_data(X)
         init_array = self._check_params(data.n_channels)
-        weights = check_sample_weight(sample_weight, data)
+        valid = check_mask(sample_weight, data)
+        weights = check_sample_weight(sample_weight, data) if valid is None else None
         strategy = self._resolve_strategy(data, weights)
+        if valid is not None and strategy != "histogram":
+            weights = valid.astype(np.float32)  # a mask is a weight of 0 or 1
         if strategy == "minibatch":
             return self._fit_minibatch(data, weights)
         rng = check_random_state(self.random_state)
         k = int(self.n_clusters)
-        self._ckpt = self._make_checkpoint(data, strategy, weights is not None)
+        self._ckpt = self._make_checkpoint(data, strategy, weights is not None or valid is not None)
 
         histogram: ColourHistogram | None = None
         if strategy == "histogram":
             with phase("bigquant-histogram"):
-                histogram = colour_histogram(data.array, split_every=self.split_every)
+                histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid)
+            if histogram.n_colours == 0:
+                raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
             points: PointSet = histogram.points()
             if histogram.n_colours <= k:
                 return self._fit_few_colours(data, histogram)

@@ -137,6 +137,30 @@ def check_sample_weight(sample_weight: Any, data: Data) -> np.ndarray | da.Array
     return w
 
 
+def check_mask(sample_weight: Any, data: Data) -> np.ndarray | da.Array | None:
+    """A boolean ``sample_weight`` as a mask in the spatial shape, else ``None``.
+
+    A boolean weight is a weight of 0 or 1 that also keeps the exact colour
+    histogram usable: pixels where it is False are simply not counted.
+    """
+    if sample_weight is None or np.dtype(getattr(sample_weight, "dtype", object)) != np.bool_:
+        return None
+    shape = data.spatial_shape
+    mask = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    if mask.shape != shape:
+        if mask.ndim == 1 and mask.shape[0] == data.n_samples:
+            mask = mask.reshape(shape)
+        else:
+            raise InvalidInputError(
+                f"sample_weight (a mask) has shape {mask.shape}; expected {shape} (one value per sample of X)"
+            )
+    if isinstance(mask, np.ndarray) and not mask.any():
+        raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
+    if data.is_dask:
+        mask = (mask if isinstance(mask, da.Array) else da.asarray(mask)).rechunk(data.array.chunks[:-1])
+    return mask
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     """An integer parameter (not bool), optionally bounded below."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

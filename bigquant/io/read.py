@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
@@ -15,6 +16,8 @@ from dask.base import tokenize
 
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
 from bigquant.io.chunks import ChunksLike, aligned_chunks
+from bigquant.io.files import file_stamp, is_url, open_binary
+from bigquant.io.mask import alpha_mask, finite_mask
 from bigquant.io.source import ImageSource
 from bigquant.io.tiff_read import is_tiff, read_tiff
 
@@ -26,6 +29,8 @@ _PIL_LOCK = threading.Lock()
 
 
 def _is_zarr(src: Any) -> bool:
+    if is_url(src):
+        return str(src).rstrip("/").lower().endswith(".zarr")
     if isinstance(src, (str, os.PathLike)):
         p = pathlib.Path(src)
         return p.suffix.lower() == ".zarr" or (
@@ -46,8 +51,10 @@ def _check_array(data: Any, name: str) -> None:
         raise InvalidInputError(f"{name}: image is empty, shape {data.shape}")
 
 
-def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path | None,
-                photometric: str | None = None, extra: dict[str, Any] | None = None) -> ImageSource:
+def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path | str | None,
+                photometric: str | None = None, extra: dict[str, Any] | None = None,
+                alpha: bool = False) -> ImageSource:
+    """An in-memory (or dask) image as an ImageSource; ``alpha``: its last channel is alpha."""
     name = str(path) if path is not None else "array"
     _check_array(data, name)
     if isinstance(data, da.Array):
@@ -68,6 +75,12 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     channels = int(arr.shape[2]) if arr.ndim == 3 else 1
     if photometric is None:
         photometric = "rgb" if channels in (3, 4) else "minisblack"
+    mask = None
+    if alpha:
+        mask = alpha_mask(arr[:, :, -1])
+        arr = arr[:, :, :-1] if channels > 2 else arr[:, :, 0]
+    finite = finite_mask(arr)
+    mask = finite if mask is None else (mask if finite is None else mask & finite)
     return ImageSource(
         data=arr,
         path=path,
@@ -76,6 +89,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
         format=fmt,
         levels=1,
         extra=extra or {},
+        mask=mask,
     )
 
 
@@ -130,7 +144,7 @@ _PIL_MODES = {"1": "L", "P": None, "PA": "RGBA", "LA": "LA", "CMYK": "RGB", "YCb
               "RGB": "RGB", "RGBA": "RGBA", "RGBX": "RGB", "La": "LA", "RGBa": "RGBA"}
 
 
-def _read_pillow(path: pathlib.Path, chunks: ChunksLike, allow_large: bool) -> ImageSource:
+def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool) -> ImageSource:
     from PIL import Image
 
     with _PIL_LOCK:
@@ -140,7 +154,7 @@ def _read_pillow(path: pathlib.Path, chunks: ChunksLike, allow_large: bool) -> I
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 try:
-                    img = Image.open(path)
+                    img = Image.open(open_binary(path) if is_url(path) else path)
                 except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds
                     raise ImageReadError(f"{path}: not a recognised image file: {exc}") from exc
                 with img:
@@ -153,7 +167,7 @@ def _read_pillow(path: pathlib.Path, chunks: ChunksLike, allow_large: bool) -> I
                             "tiled TIFF (e.g. `vips tiffsave in out.tif --tile --bigtiff`) or "
                             "pass allow_large=True"
                         )
-                    fmt = (img.format or path.suffix.lstrip(".")).lower()
+                    fmt = (img.format or pathlib.PurePosixPath(str(path)).suffix.lstrip(".")).lower()
                     mode = img.mode
                     target = _PIL_MODES.get(mode, "RGB")
                     if mode == "P":
@@ -170,8 +184,9 @@ def _read_pillow(path: pathlib.Path, chunks: ChunksLike, allow_large: bool) -> I
     if pixels.dtype.byteorder not in "=|":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     photometric = "rgb" if pixels.ndim == 3 and pixels.shape[2] in (3, 4) else "minisblack"
+    alpha = pixels.ndim == 3 and pixels.shape[2] in (2, 4)  # LA, RGBA: alpha is the mask
     return _from_array(pixels, chunks, fmt=fmt, path=path, photometric=photometric,
-                       extra={"mode": mode})
+                       extra={"mode": mode}, alpha=alpha)
 
 
 def read_image(
@@ -179,7 +194,7 @@ def read_image(
     *,
     chunks: ChunksLike = None,
     level: int = 0,
-    series: int = 0,
+    series: int | None = None,
     allow_large: bool = False,
 ) -> ImageSource:
     """Open an image lazily as a dask array, reading its metadata once.
@@ -187,17 +202,24 @@ def read_image(
     Parameters
     ----------
     src : str, os.PathLike, ImageSource, numpy.ndarray, dask.array.Array or zarr.Array
-        A TIFF file (tiled or striped, BigTIFF, compressed, OME, pyramidal,
-        multi-series), a zarr array or group (path or object), a Pillow-readable
-        file (PNG, JPEG, ...), or an array of shape (H, W) or (H, W, C).
+        A TIFF file (tiled or striped, BigTIFF, OME, pyramidal, multi-series;
+        uncompressed or compressed with any codec tifffile decodes through
+        imagecodecs: JPEG, JPEG 2000 -- Aperio 33003/33005 too --, LZW,
+        deflate, zstd, WebP, PackBits...), a slide (Aperio SVS, Hamamatsu NDPI
+        as far as tifffile reads it, OME-TIFF), a zarr array or group (path or
+        object), a Pillow-readable file (PNG, JPEG, ...), an fsspec URL of any
+        of these (``http(s)://``, ``s3://``, ``gs://``, ``memory://``: every
+        task opens it itself, with range requests), or an array of shape
+        (H, W) or (H, W, C).
     chunks : int, tuple of int (cy, cx) or None, default=None
         Spatial chunk shape of the dask array; rounded up to a multiple of the
         file's tiles.  None picks about 4096 x 4096 pixels (full-width bands
         of the same area for striped files).
     level : int, default=0
         Pyramid level to read (0 is full resolution).
-    series : int, default=0
-        TIFF image series to read (multi-image files).
+    series : int or None, default=None
+        TIFF image series to read (multi-image files).  None: the image of a
+        slide, not its thumbnail, label, macro or mask (see ``bigquant info``).
     allow_large : bool, default=False
         Decode Pillow formats (PNG, JPEG...) above Pillow's decompression-bomb
         limit.  Such files are decoded whole in memory; prefer a tiled TIFF.
@@ -208,6 +230,9 @@ def read_image(
         ``source.data`` is a lazy dask array of shape (H, W, C) or (H, W);
         its tasks open the file themselves (names start with
         ``bigquant-read``), so it runs on worker processes too.
+        ``source.mask`` says which pixels are image (alpha 0, GDAL_NODATA in
+        every band, a TIFF mask IFD and NaN are not); the alpha channel is
+        not part of ``source.data``.
 
     Raises
     ------
@@ -230,8 +255,9 @@ def read_image(
     if isinstance(src, ImageSource):
         if chunks is None:
             return src
-        return _from_array(src.data, chunks, fmt=src.format, path=src.path,
-                           photometric=src.photometric)
+        rechunked = _from_array(src.data, chunks, fmt=src.format, path=src.path, photometric=src.photometric)
+        mask = None if src.mask is None else src.mask.rechunk(rechunked.data.chunks[:2])
+        return dataclasses.replace(src, data=rechunked.data, mask=mask)
     if isinstance(src, (np.ndarray, da.Array)):
         return _from_array(src, chunks, fmt="array", path=None)
     if _is_zarr(src):
@@ -242,6 +268,11 @@ def read_image(
         raise InputTypeError(
             f"src of type {type(src).__name__} is not a path, array or ImageSource"
         )
+    if is_url(src):
+        file_stamp(src)  # fails first, naming the URL, if it does not answer
+        if is_tiff(src):
+            return read_tiff(src, chunks=chunks, level=level, series=series)
+        return _read_pillow(src, chunks, allow_large)
     path = pathlib.Path(src).expanduser()
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
@@ -254,7 +285,7 @@ def read_image(
     if is_tiff(path):
         return read_tiff(path, chunks=chunks, level=level, series=series)
     if level or series:
-        logger.info("%s: not a TIFF; level=%d and series=%d ignored", path, level, series)
+        logger.info("%s: not a TIFF; level=%s and series=%s ignored", path, level, series)
     return _read_pillow(path, chunks, allow_large)
 
 

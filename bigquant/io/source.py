@@ -23,8 +23,8 @@ class ImageSource:
     ----------
     data : dask.array.Array of shape (H, W, C) or (H, W)
         The pixels, chunked along a multiple of the file's tile grid.
-    path : pathlib.Path or None
-        The file read, or None for an in-memory array.
+    path : pathlib.Path, str or None
+        The file read (a string for a URL), or None for an in-memory array.
     shape : tuple of int
         Shape of ``data``.
     dtype : numpy.dtype
@@ -47,6 +47,15 @@ class ImageSource:
         Pyramid level read.
     series : int
         Image series read (TIFF).
+    mask : dask.array.Array of shape (H, W), dtype bool, or None
+        Which pixels are image (True): False where the file says a pixel is
+        not image -- alpha 0, the GDAL_NODATA value in every band, a TIFF mask
+        IFD (NewSubfileType 4), NaN in float data.  None when every pixel is
+        image.  ``data`` never holds the alpha channel.
+    nodata : float or None
+        The file's GDAL_NODATA value, if any.
+    geotiff : bigquant.io.geotiff.GeoTiff or None
+        The file's georeferencing tags (GeoTIFF), carried to TIFF outputs.
     """
 
     data: Any
@@ -58,6 +67,9 @@ class ImageSource:
     level: int = 0
     series: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    mask: Any = field(default=None, repr=False, compare=False)
+    nodata: float | None = None
+    geotiff: Any = field(default=None, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:

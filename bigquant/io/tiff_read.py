@@ -5,23 +5,29 @@ a small picklable :class:`TiffBlockReader` (path, series, level, layout).  Each
 task opens the file itself, so the same array runs on the threaded scheduler
 and on a distributed cluster with worker processes:
 
-- uncompressed tiles or strips (the common layout of very large files) are
-  read straight into the block: the tile offsets are parsed once per process
-  (:func:`_segment_table`), then each tile is one ``readinto`` of a reused
-  buffer -- no per-block IFD parsing, no per-tile allocation (which costs page
-  faults on dask workers, whose glibc returns every large free to the OS);
+- tiles or strips of one page (the common layout of very large files) are
+  read segment by segment: the offsets (and, for compressed data, tifffile's
+  decoder for the page) are set up once per process (:func:`_segment_index`);
+  an uncompressed tile is one ``readinto`` of a reused buffer -- no per-block
+  IFD parsing, no per-tile allocation (which costs page faults on dask
+  workers, whose glibc returns every large free to the OS) -- and a compressed
+  one is read and decoded with imagecodecs (JPEG with JPEGTables, JPEG 2000
+  including Aperio's 33003/33005, LZW, deflate, zstd, WebP, PackBits...);
 - uncompressed contiguous data are memory-mapped;
-- everything else (compressed, planar, multi-file...) goes through
-  ``tifffile.imread(path, series=, level=, selection=...)``, which decodes
+- everything else (planar, multi-file, NDPI...) goes through
+  ``tifffile.imread(..., series=, level=, selection=...)``, which decodes
   only the tiles (or strips) under the block.
+
+The location may be a URL (``http(s)://``, ``s3://``, ``memory://``...):
+every task opens it itself through fsspec (:mod:`bigquant.io.files`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
-import os
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +39,11 @@ from dask.base import tokenize
 
 from bigquant.errors import ImageReadError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike, aligned_chunks
+from bigquant.io.files import file_size, file_stamp, is_url, open_binary
+from bigquant.io.mask import alpha_mask, combine_masks, finite_mask, nodata_mask
 from bigquant.io.source import ImageSource
 
-__all__ = ["TiffBlockReader", "direct_reader", "read_tiff", "is_tiff"]
+__all__ = ["TiffBlockReader", "direct_reader", "segment_reader", "read_tiff", "is_tiff", "ycbcr_to_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +53,12 @@ _CHANNEL_LAST = ("YX", "YXS")
 _CHANNEL_FIRST = ("SYX", "CYX")
 
 
-def is_tiff(path: pathlib.Path) -> bool:
-    """Return True when ``path`` starts with a TIFF or BigTIFF signature."""
+def is_tiff(path: pathlib.Path | str) -> bool:
+    """Return True when ``path`` (a file or URL) starts with a TIFF or BigTIFF signature."""
     try:
-        with open(path, "rb") as fh:
+        with open_binary(path) as fh:
             return fh.read(4) in _TIFF_MAGIC
-    except OSError:
+    except (OSError, ImageReadError):
         return False
 
 
@@ -86,7 +94,11 @@ class TiffBlockReader:
     tiled : bool
         The segments are tiles (stored padded to full size), not strips.
     file_dtype : numpy.dtype or None
-        Stored sample type, in the file's byte order (direct reads only).
+        Type of the segments as read (raw: the stored type in the file's byte
+        order; decoded: the decoder's output type).
+    compressed : bool
+        The segments are compressed and decoded one by one (see
+        :func:`_segment_index`).
     """
 
     path: str
@@ -101,6 +113,7 @@ class TiffBlockReader:
     segment: tuple[int, int] | None = None
     tiled: bool = True
     file_dtype: np.dtype | None = None
+    compressed: bool = False
 
     @property
     def ndim(self) -> int:
@@ -130,13 +143,17 @@ class TiffBlockReader:
                 block = np.array(mm[native])
                 del mm
             else:
-                block = tifffile.imread(
-                    self.path,
-                    series=self.series,
-                    level=self.level,
-                    selection=native,
-                    maxworkers=1,
-                )
+                with contextlib.ExitStack() as stack:
+                    src = stack.enter_context(open_binary(self.path)) if is_url(self.path) else self.path
+                    block = tifffile.imread(
+                        src,
+                        series=self.series,
+                        level=self.level,
+                        selection=native,
+                        maxworkers=1,
+                    )
+        except ImageReadError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any decoder error means a bad file
             raise ImageReadError(
                 f"{self.path}: cannot read pixels {key!r}: {type(exc).__name__}: {exc}"
@@ -178,52 +195,39 @@ class TiffBlockReader:
     ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
         """Yield the parts of ``[y0:y1, x0:x1]`` one stored tile (or strip) at a time.
 
-        Only for direct reads (``segment`` set).  Each item is the part, of
-        shape (rows, cols, samples) in the file's dtype and byte order, and the
-        image position of its top-left pixel.  The part is a view of one
-        buffer reused for the next tile: use it before asking for the next.
-        Missing segments of sparse files read as zeros.  ``buffer`` (from
-        :meth:`segment_buffer`) saves allocating one for each call.
+        Only for segment reads (``segment`` set).  Each item is the part, of
+        shape (rows, cols, samples) in ``file_dtype``, and the image position
+        of its top-left pixel.  The part is a view of one buffer reused for the
+        next tile: use it before asking for the next.  Missing segments of
+        sparse files read as zeros.  ``buffer`` (from :meth:`segment_buffer`)
+        saves allocating one for each call of a raw reader.
         """
         assert self.segment is not None and self.file_dtype is not None
         y0, y1, x0, x1 = window
         height, width = self.shape[:2]
         sh, sw = self.segment
         spp = self.shape[2] if self.ndim == 3 else 1
-        item = self.file_dtype.itemsize
-        seg = self.segment_buffer() if buffer is None else buffer
-        view = memoryview(seg).cast("B")
+        raw = not self.compressed
+        seg = (self.segment_buffer() if buffer is None else buffer) if raw else None
         try:
-            with open(self.path, "rb", buffering=0) as fh:
-                stat = os.fstat(fh.fileno())
-                offsets, counts = _segment_table(
-                    self.path, (stat.st_size, stat.st_mtime_ns), self.series, self.level,
-                    (height, width), self.segment,
-                )
+            with open_binary(self.path) as fh:
+                index = _segment_index(self.path, file_stamp(self.path), self.series, self.level,
+                                       (height, width), self.segment, self.compressed)
+                offsets, counts = index.offsets, index.counts
                 nx = -(-width // sw)
                 for ty in range(y0 // sh, (y1 - 1) // sh + 1):
                     top = ty * sh
                     rows = sh if self.tiled else min(sh, height - top)
                     ya, yb = max(y0, top), min(y1, top + sh)
-                    nbytes = rows * sw * spp * item
-                    tile = seg[: nbytes // item].reshape(rows, sw, spp)
                     for tx in range(x0 // sw, (x1 - 1) // sw + 1):
                         left = tx * sw
                         xa, xb = max(x0, left), min(x1, left + sw)
                         i = ty * nx + tx
-                        if counts[i] == 0:  # a sparse file's missing segment
-                            tile[...] = 0
+                        if raw:
+                            tile = seg[: rows * sw * spp].reshape(rows, sw, spp)
+                            _read_raw(fh, tile, int(offsets[i]), int(counts[i]), i, self.path)
                         else:
-                            fh.seek(int(offsets[i]))
-                            got = 0
-                            while got < nbytes:
-                                n = fh.readinto(view[got:nbytes])
-                                if not n:
-                                    raise ImageReadError(
-                                        f"{self.path}: file is truncated (segment {i} at "
-                                        f"{int(offsets[i])} ends after {got} of {nbytes} bytes)"
-                                    )
-                                got += n
+                            tile = index.decoded(fh, i, (rows, sw, spp), self.file_dtype, self.path, (ty, tx))
                         yield tile[ya - top : yb - top, xa - left : xb - left], (ya, xa)
         except ImageReadError:
             raise
@@ -234,59 +238,163 @@ class TiffBlockReader:
             ) from exc
 
 
-#: Arrays made by :func:`read_tiff` whose blocks can be read tile by tile
+def _read_raw(fh: Any, tile: np.ndarray, offset: int, count: int, i: int, path: str) -> None:
+    """Read uncompressed segment ``i`` into ``tile`` (zeros for a missing segment)."""
+    if count == 0:  # a sparse file's missing segment
+        tile[...] = 0
+        return
+    view = memoryview(tile.reshape(-1)).cast("B")
+    nbytes = view.nbytes
+    fh.seek(offset)
+    got = 0
+    while got < nbytes:
+        n = fh.readinto(view[got:nbytes])
+        if not n:
+            raise ImageReadError(
+                f"{path}: file is truncated (segment {i} at {offset} ends after {got} of {nbytes} bytes)"
+            )
+        got += n
+
+
+@dataclass(frozen=True)
+class _SegmentIndex:
+    """Where the segments of one image level are, and how to decode them."""
+
+    offsets: np.ndarray
+    counts: np.ndarray
+    decode: Any = None
+    decode_args: tuple[tuple[str, bytes], ...] = ()
+    ycbcr: bool = False
+
+    def decoded(self, fh: Any, i: int, shape: tuple[int, int, int], dtype: np.dtype, path: str,
+                position: tuple[int, int]) -> np.ndarray:
+        """Segment ``i`` read and decoded, of shape ``shape`` (rows, cols, samples)."""
+        count = int(self.counts[i])
+        if count == 0:
+            return np.zeros(shape, dtype=dtype)
+        fh.seek(int(self.offsets[i]))
+        data = fh.read(count)
+        if len(data) != count:
+            raise ImageReadError(
+                f"{path}: file is truncated (tile {i} at row {position[0]}, column {position[1]}: "
+                f"{len(data)} of {count} bytes)"
+            )
+        try:
+            arr = self.decode(data, i, **dict(self.decode_args))[0]
+            arr = np.asarray(arr).reshape(-1, arr.shape[-2], arr.shape[-1])
+            if self.ycbcr:
+                arr = ycbcr_to_rgb(arr)
+            if arr.shape != shape:
+                out = np.zeros(shape, dtype=dtype)
+                rows, cols = min(shape[0], arr.shape[0]), min(shape[1], arr.shape[1])
+                out[:rows, :cols] = arr[:rows, :cols]
+                arr = out
+        except Exception as exc:  # noqa: BLE001 - every decoder error means a bad tile
+            raise ImageReadError(
+                f"{path}: cannot decode tile {i} (tile row {position[0]}, column {position[1]}, "
+                f"{count} bytes at offset {int(self.offsets[i])}): {type(exc).__name__}: {exc}"
+            ) from exc
+        return arr if arr.dtype == dtype else arr.astype(dtype)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """JFIF (full-range BT.601) Y, Cb, Cr samples to 8-bit RGB, as JPEG decoders do."""
+    y = ycc[..., 0].astype(np.float32)
+    cb = ycc[..., 1].astype(np.float32) - 128.0
+    cr = ycc[..., 2].astype(np.float32) - 128.0
+    rgb = np.empty(ycc.shape[:-1] + (3,), dtype=np.float32)
+    rgb[..., 0] = y + 1.402 * cr
+    rgb[..., 1] = y - 0.344136 * cb - 0.714136 * cr
+    rgb[..., 2] = y + 1.772 * cb
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _j2k_is_ycbcr(page: Any, fh: Any) -> bool:
+    """True when an Aperio 33003 page holds Y, Cb, Cr codestreams (no colour transform).
+
+    The COD marker's multiple-component-transform byte says whether the
+    decoder gives RGB (1) or the raw components (0), as OpenSlide reads it.
+    """
+    counts = np.asarray(page.databytecounts)
+    nonzero = np.flatnonzero(counts)
+    if int(page.compression) != 33003 or nonzero.size == 0:
+        return False
+    i = int(nonzero[0])
+    fh.seek(int(page.dataoffsets[i]))
+    head = fh.read(min(int(counts[i]), 4096))
+    cod = head.find(b"\xff\x52")
+    return cod >= 0 and len(head) > cod + 8 and head[cod + 8] == 0
+
+
+#: Arrays made by :func:`read_tiff` whose blocks can be read segment by segment
 #: (name -> reader), for passes that consume tiles as they are read (colour
-#: counting) instead of whole blocks.  Names are tokens of path, file stamp,
-#: level and chunks, so an entry never goes stale.
-_DIRECT_ARRAYS: collections.OrderedDict[str, TiffBlockReader] = collections.OrderedDict()
+#: counting, the writer's label lookup) instead of whole blocks.  Names are
+#: tokens of location, file stamp, level and chunks, so an entry never goes stale.
+_SEGMENT_ARRAYS: collections.OrderedDict[str, TiffBlockReader] = collections.OrderedDict()
 
 
-def direct_reader(arr: da.Array) -> TiffBlockReader | None:
-    """The reader of ``arr`` if it is a TIFF level read directly, unchanged, else None."""
-    reader = _DIRECT_ARRAYS.get(arr.name)
+def segment_reader(arr: da.Array) -> TiffBlockReader | None:
+    """The reader of ``arr`` if it is a TIFF level read segment by segment, unchanged, else None."""
+    reader = _SEGMENT_ARRAYS.get(arr.name)
     if reader is None or tuple(arr.shape) != reader.shape:
         return None
     return reader
 
 
-def _register_direct(arr: da.Array, reader: TiffBlockReader) -> None:
-    _DIRECT_ARRAYS[arr.name] = reader
-    _DIRECT_ARRAYS.move_to_end(arr.name)
-    while len(_DIRECT_ARRAYS) > 64:
-        _DIRECT_ARRAYS.popitem(last=False)
+def direct_reader(arr: da.Array) -> TiffBlockReader | None:
+    """:func:`segment_reader` of uncompressed segments only (read in place, no decoding).
+
+    A window that does not follow the tile grid costs nothing extra to read
+    this way; compressed tiles under it would be decoded once per window.
+    """
+    reader = segment_reader(arr)
+    return reader if reader is not None and not reader.compressed else None
+
+
+def _register_segments(arr: da.Array, reader: TiffBlockReader) -> None:
+    _SEGMENT_ARRAYS[arr.name] = reader
+    _SEGMENT_ARRAYS.move_to_end(arr.name)
+    while len(_SEGMENT_ARRAYS) > 64:
+        _SEGMENT_ARRAYS.popitem(last=False)
 
 
 @functools.lru_cache(maxsize=8)
-def _segment_table(
+def _segment_index(
     path: str,
-    stamp: tuple[int, int],
+    stamp: tuple[Any, ...],
     series: int,
     level: int,
     shape: tuple[int, int],
     segment: tuple[int, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets and byte counts of the segments of one image level, parsed once a process.
+    compressed: bool,
+) -> _SegmentIndex:
+    """Offsets, byte counts and decoder of the segments of one image level, once a process.
 
-    ``stamp`` (size, modification time) is part of the cache key, so a
+    ``stamp`` (size, modification time or ETag) is part of the cache key, so a
     rewritten file is parsed again; it must keep the layout the reader was
     built for.
     """
     import tifffile
 
-    with tifffile.TiffFile(path) as tf:
+    with open_binary(path) as fh, tifffile.TiffFile(fh) as tf:
         page = tf.series[series].levels[level].keyframe
         offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         counts = np.asarray(page.databytecounts, dtype=np.int64)
-        found = _segment_shape(page) if int(page.compression) == 1 else None
+        found = _segment_shape(page)
         size = (int(page.imagelength), int(page.imagewidth))
-    if found != segment or size != shape:
-        raise ImageReadError(
-            f"{path}: the file changed since it was opened (layout {size} {found}, "
-            f"expected {shape} {segment}); read it again"
-        )
-    offsets.setflags(write=False)
-    counts.setflags(write=False)
-    return offsets, counts
+        if found != segment or size != shape or (int(page.compression) != 1) != compressed:
+            raise ImageReadError(
+                f"{path}: the file changed since it was opened (layout {size} {found}, "
+                f"expected {shape} {segment}); read it again"
+            )
+        offsets.setflags(write=False)
+        counts.setflags(write=False)
+        if not compressed:
+            return _SegmentIndex(offsets, counts)
+        # tifffile's decoder for this page: a closure over its tags, no file handle
+        args = tuple((name, value) for name, value in
+                     (("jpegtables", page.jpegtables), ("jpegheader", page.jpegheader)) if value is not None)
+        return _SegmentIndex(offsets, counts, page.decode, args, _j2k_is_ycbcr(page, fh))
 
 
 def _segment_shape(page: Any) -> tuple[int, int] | None:
@@ -299,31 +407,38 @@ def _segment_shape(page: Any) -> tuple[int, int] | None:
     return int(min(page.rowsperstrip or height, height)), int(page.imagewidth)
 
 
-def _direct_layout(
+def _segment_layout(
     tf: Any, lev: Any, axes: str, shape: tuple[int, ...], dtype: np.dtype
-) -> tuple[tuple[int, int], np.dtype] | None:
-    """Segment shape and stored dtype if ``lev`` can be read without tifffile, else None.
+) -> tuple[tuple[int, int], np.dtype, bool] | None:
+    """Segment shape, segment dtype and whether compressed, if ``lev`` reads by segments.
 
-    That is one page of this file, uncompressed, unpredicted, whole bytes per
-    sample, samples interleaved, and every segment complete (or absent).
+    That is one page of this file, samples interleaved, whole bytes per
+    sample, and either uncompressed and unpredicted with every segment
+    complete (or absent) -- read in place -- or compressed with a codec
+    tifffile decodes (imagecodecs) -- decoded one segment at a time.  None
+    leaves the level to ``tifffile.imread``.
     """
+    import tifffile
+
     pages = list(lev.pages)
     if len(pages) != 1 or axes not in _CHANNEL_LAST:
         return None
     page = lev.keyframe
     spp = shape[2] if len(shape) == 3 else 1
     try:
+        compression = int(page.compression)
+        compressed = compression != 1
         if (
             pages[0] is not page
             or page.parent is not tf
-            or int(page.compression) != 1
-            or int(page.predictor or 1) != 1
+            or page.is_ndpi  # McuStarts stand for tiles; tifffile reads them
             or int(page.fillorder or 1) != 1
             or int(page.samplesperpixel) != spp
             or (spp > 1 and int(page.planarconfig) != 1)
-            or page.subsampling not in (None, (1, 1))
             or int(page.bitspersample) != dtype.itemsize * 8
             or (int(page.imagelength), int(page.imagewidth)) != tuple(shape[:2])
+            or (compressed and compression not in tifffile.TIFF.DECOMPRESSORS)
+            or (not compressed and (int(page.predictor or 1) != 1 or page.subsampling not in (None, (1, 1))))
         ):
             return None
         segment = _segment_shape(page)
@@ -335,6 +450,8 @@ def _direct_layout(
         counts = np.asarray(page.databytecounts, dtype=np.int64)
         if counts.shape != (ny * nx,):
             return None
+        if compressed:
+            return segment, dtype, True
         row_bytes = sw * spp * dtype.itemsize
         need = np.full((ny, nx), sh * row_bytes, dtype=np.int64)
         if not page.is_tiled:
@@ -342,9 +459,9 @@ def _direct_layout(
         if np.any((counts < need.ravel()) & (counts != 0)):
             return None
     except Exception:  # noqa: BLE001 - unusual tags: leave the file to tifffile
-        logger.debug("%s: direct segment reads not possible", tf.filehandle.path, exc_info=True)
+        logger.debug("%s: segment reads not possible", tf.filehandle.path, exc_info=True)
         return None
-    return segment, dtype.newbyteorder(tf.byteorder)
+    return segment, dtype.newbyteorder(tf.byteorder), False
 
 
 def _palette_lut(colormap: np.ndarray) -> np.ndarray:
@@ -361,9 +478,8 @@ def _expand_palette(block: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[np.minimum(block, len(lut) - 1)]
 
 
-def _check_extent(tf: Any, pages: list[Any], path: pathlib.Path) -> None:
+def _check_extent(pages: list[Any], size: int, path: pathlib.Path | str) -> None:
     """Raise ImageReadError when the file is shorter than its tiles say."""
-    size = os.path.getsize(path)
     for page in pages:
         offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         counts = np.asarray(page.databytecounts, dtype=np.int64)
@@ -374,113 +490,89 @@ def _check_extent(tf: Any, pages: list[Any], path: pathlib.Path) -> None:
             )
 
 
+#: TIFF ExtraSamples values that mean alpha (associated, unassociated)
+_ALPHA = (1, 2)
+
+
+def _alpha_sample(page: Any, n_samples: int) -> bool:
+    """True when the last sample of ``page`` is alpha (RGBA, grey + alpha)."""
+    extra = tuple(int(e) for e in (page.extrasamples or ()))
+    return n_samples in (2, 4) and bool(extra) and extra[-1] in _ALPHA
+
+
+def _size(level: Any) -> tuple[int, int]:
+    page = level.keyframe
+    return int(page.imagelength), int(page.imagewidth)
+
+
+def _mask_level(tf: Any, series: int, level: int) -> int | None:
+    """The series of a TIFF mask (NewSubfileType 4) of ``series``, with this ``level``, or None."""
+    from bigquant.io.inspect import mask_series
+
+    levels = tf.series[series].levels
+    found = mask_series(tf, _size(levels[0]))
+    if found is None or found == series:
+        return None
+    mask_levels = tf.series[found].levels
+    if level >= len(mask_levels) or _size(mask_levels[level]) != _size(levels[level]):
+        return None
+    return found
+
+
 def read_tiff(
-    path: pathlib.Path,
+    path: pathlib.Path | str,
     *,
     chunks: ChunksLike = None,
     level: int = 0,
-    series: int = 0,
+    series: int | None = None,
 ) -> ImageSource:
-    """Open one level of one series of a TIFF file as a lazy ImageSource.
+    """Open one level of one series of a TIFF file (or URL) as a lazy ImageSource.
 
-    See :func:`bigquant.read_image` for the parameters.
+    See :func:`bigquant.read_image` for the parameters; ``series=None`` picks
+    the image series of a slide (not its thumbnail, label, macro or mask).
     """
     import tifffile
 
+    from bigquant.io.geotiff import GeoTiff, read_nodata
+    from bigquant.io.inspect import image_series
+
+    location = str(path)
     try:
-        tf = tifffile.TiffFile(path)
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(open_binary(location)) if is_url(location) else location
+            tf = stack.enter_context(tifffile.TiffFile(src))
+            info = _level_info(tf, location, level, series, image_series)
+            found = info.pop("mask_series")
+            size = file_size(location)
+            try:
+                _check_extent(list(tf.series[info["series"]].levels[level].pages), size, location)
+            except ImageReadError:
+                raise
+            except Exception:  # noqa: BLE001 - metadata without offsets: checked per block
+                logger.debug("%s: could not check the extent of the image data", location)
+            keyframe = tf.series[info["series"]].levels[level].keyframe
+            nodata = read_nodata(keyframe)
+            geotiff = GeoTiff.from_page(keyframe)
+            mask_info = (
+                _level_info(tf, location, level, found, image_series)
+                if found is not None else None
+            )
+    except (ImageReadError, InvalidParameterError):
+        raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
-        raise ImageReadError(f"{path}: not a readable TIFF file: {exc}") from exc
-    with tf:
-        nseries = len(tf.series)
-        if nseries == 0:
-            raise ImageReadError(f"{path}: TIFF file has no image")
-        if not 0 <= series < nseries:
-            raise InvalidParameterError(
-                f"series={series} out of range: {path} has {nseries} series"
-            )
-        ser = tf.series[series]
-        nlevels = len(ser.levels)
-        if not 0 <= level < nlevels:
-            raise InvalidParameterError(
-                f"level={level} out of range: {path} series {series} has {nlevels} level(s)"
-            )
-        lev = ser.levels[level]
-        page = lev.keyframe
-        native_shape = tuple(int(s) for s in lev.shape)
-        axes_full = lev.axes
-        keep = [i for i, s in enumerate(native_shape) if s != 1 or axes_full[i] in "YX"]
-        axes = "".join(axes_full[i] for i in keep)
-        lead = min(keep) if keep else 0
-        if keep != list(range(lead, len(native_shape))) or axes not in (
-            _CHANNEL_LAST + _CHANNEL_FIRST
-        ):
-            raise ImageReadError(
-                f"{path}: series {series} has axes {axes_full!r} and shape {native_shape}; "
-                "only single 2-D images (Y, X with optional samples/channels) are "
-                "supported - choose another series="
-            )
-        dims = [native_shape[i] for i in keep]
-        if axes in _CHANNEL_FIRST:
-            shape = (dims[1], dims[2], dims[0])
-        else:
-            shape = tuple(dims)
-        dtype = np.dtype(lev.dtype).newbyteorder("=")
-        if dtype.kind not in "uif" or dtype.itemsize > 8:
-            raise ImageReadError(f"{path}: unsupported sample type {dtype}")
-        try:
-            _check_extent(tf, list(lev.pages), path)
-        except ImageReadError:
-            raise
-        except Exception:  # noqa: BLE001 - metadata without offsets: checked per block
-            logger.debug("%s: could not check the extent of the image data", path)
-        memmap = lev.dataoffset is not None and int(page.compression) == 1
-        page_tiled = page.is_tiled
-        if page.is_tiled:
-            tile: tuple[int, int] | None = (int(page.tilelength), int(page.tilewidth))
-            grid = tile
-        elif memmap:
-            tile = None
-            grid = (1, 1)
-        else:
-            rps = int(min(page.rowsperstrip or shape[0], shape[0]))
-            tile = (rps, shape[1])
-            grid = tile
-        photometric = page.photometric.name.lower() if page.photometric is not None else None
-        colormap = page.colormap if photometric == "palette" else None
-        is_ome = bool(tf.is_ome)
-        direct = None if memmap else _direct_layout(tf, lev, axes, shape, dtype)
-    stat = os.stat(path)
-    cy, cx = aligned_chunks(shape[:2], grid, chunks, name=str(path))
-    reader = TiffBlockReader(
-        path=str(path),
-        series=series,
-        level=level,
-        shape=shape,
-        dtype=dtype,
-        axes=axes,
-        lead=lead,
-        native_ndim=len(native_shape),
-        memmap=memmap,
-        segment=direct[0] if direct else None,
-        tiled=bool(page_tiled),
-        file_dtype=direct[1] if direct else None,
-    )
-    token = tokenize(str(path), stat.st_size, stat.st_mtime_ns, series, level, cy, cx)
-    full_chunks = (cy, cx) + tuple(shape[2:])
-    data = da.from_array(
-        reader,
-        chunks=full_chunks,
-        name=f"bigquant-read-{token}",
-        asarray=False,
-        fancy=False,
-        inline_array=True,
-        meta=np.empty((0,) * len(shape), dtype=dtype),
-    )
-    if reader.segment is not None:
-        _register_direct(data, reader)
-    if colormap is not None and data.ndim == 2 and dtype.kind == "u":
-        lut = _palette_lut(colormap)
+        raise ImageReadError(f"{location}: not a readable TIFF file: {exc}") from exc
+    stamp = file_stamp(location)
+    data, reader, tile = _level_array(location, info, chunks, stamp)
+    series = info["series"]
+    token = data.name.rsplit("-", 1)[-1]
+    photometric = info["photometric"]
+    masks: list[da.Array | None] = []
+    file_nodata = nodata
+    if nodata is not None and info["colormap"] is not None:
+        masks.append(nodata_mask(data, nodata))  # a palette image's nodata is an index
+        nodata = None
+    if info["colormap"] is not None and data.ndim == 2 and data.dtype.kind == "u":
+        lut = _palette_lut(info["colormap"])
         data = data.map_blocks(
             _expand_palette,
             lut,
@@ -490,17 +582,140 @@ def read_tiff(
             name=f"bigquant-read-palette-{token}",
             meta=np.empty((0, 0, 0), dtype=lut.dtype),
         )
+    if info["alpha"]:
+        masks.append(alpha_mask(data[:, :, -1]))
+        data = data[:, :, :-1]
+        if data.shape[2] == 1:
+            data = data[:, :, 0]
+    if nodata is not None:
+        masks.append(nodata_mask(data, nodata))
+    masks.append(finite_mask(data))
+    if mask_info is not None:
+        mask_data = _level_array(location, mask_info, data.chunks[:2], stamp)[0]
+        masks.append(mask_data.astype(bool) if mask_data.ndim == 2 else mask_data[:, :, 0].astype(bool))
+    mask = combine_masks(*masks)
     logger.debug(
-        "%s: %s %s, tile %s, %s, chunks %s", path, data.shape, data.dtype, tile,
-        photometric, data.chunksize,
+        "%s: %s %s, tile %s, %s, chunks %s, mask %s", location, data.shape, data.dtype, tile,
+        photometric, data.chunksize, mask is not None,
     )
     return ImageSource(
         data=data,
-        path=path,
+        path=location if is_url(location) else pathlib.Path(location),
         tile=tile,
         photometric=photometric,
-        format="ome-tiff" if is_ome else "tiff",
-        levels=nlevels,
+        format="ome-tiff" if info["is_ome"] else "tiff",
+        levels=info["levels"],
         level=level,
         series=series,
+        mask=mask,
+        nodata=file_nodata,
+        geotiff=geotiff,
     )
+
+
+def _level_info(tf: Any, location: str, level: int, series: int | None, image_series: Any) -> dict[str, Any]:
+    """What :func:`_level_array` needs to know of one level, read from the open file."""
+    nseries = len(tf.series)
+    if nseries == 0:
+        raise ImageReadError(f"{location}: TIFF file has no image")
+    if series is None:
+        series = image_series(tf)
+    if not 0 <= series < nseries:
+        raise InvalidParameterError(f"series={series} out of range: {location} has {nseries} series")
+    ser = tf.series[series]
+    nlevels = len(ser.levels)
+    if not 0 <= level < nlevels:
+        raise InvalidParameterError(
+            f"level={level} out of range: {location} series {series} has {nlevels} level(s)"
+        )
+    lev = ser.levels[level]
+    page = lev.keyframe
+    native_shape = tuple(int(s) for s in lev.shape)
+    axes_full = lev.axes
+    keep = [i for i, s in enumerate(native_shape) if s != 1 or axes_full[i] in "YX"]
+    axes = "".join(axes_full[i] for i in keep)
+    lead = min(keep) if keep else 0
+    if keep != list(range(lead, len(native_shape))) or axes not in (_CHANNEL_LAST + _CHANNEL_FIRST):
+        raise ImageReadError(
+            f"{location}: series {series} has axes {axes_full!r} and shape {native_shape}; "
+            "only single 2-D images (Y, X with optional samples/channels) are "
+            "supported - choose another series="
+        )
+    dims = [native_shape[i] for i in keep]
+    shape = (dims[1], dims[2], dims[0]) if axes in _CHANNEL_FIRST else tuple(dims)
+    dtype = np.dtype(lev.dtype).newbyteorder("=")
+    if dtype.kind not in "uifb" or dtype.itemsize > 8:
+        raise ImageReadError(f"{location}: unsupported sample type {dtype}")
+    compression = int(page.compression)
+    memmap = lev.dataoffset is not None and compression == 1 and not is_url(location)
+    photometric = page.photometric.name.lower() if page.photometric is not None else None
+    n_samples = shape[2] if len(shape) == 3 else 1
+    return dict(
+        series=series,
+        levels=nlevels,
+        level=level,
+        shape=shape,
+        dtype=dtype,
+        axes=axes,
+        lead=lead,
+        native_ndim=len(native_shape),
+        memmap=memmap,
+        tiled=bool(page.is_tiled),
+        tile=(int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None,
+        rows_per_strip=int(min(page.rowsperstrip or shape[0], shape[0])),
+        photometric=photometric,
+        colormap=page.colormap if photometric == "palette" else None,
+        is_ome=bool(tf.is_ome),
+        alpha=_alpha_sample(page, n_samples),
+        layout=None if memmap else _segment_layout(tf, lev, axes, shape, dtype),
+        mask_series=_mask_level(tf, series, level),
+    )
+
+
+def _level_array(
+    location: str, info: dict[str, Any], chunks: ChunksLike, stamp: tuple[Any, ...]
+) -> tuple[da.Array, TiffBlockReader, tuple[int, int] | None]:
+    """The lazy dask array of one level described by :func:`_level_info`."""
+    shape, dtype = info["shape"], info["dtype"]
+    if info["tiled"]:
+        tile: tuple[int, int] | None = info["tile"]
+        grid = tile
+    elif info["memmap"]:
+        tile = None
+        grid = (1, 1)
+    else:
+        tile = (info["rows_per_strip"], shape[1])
+        grid = tile
+    layout = info["layout"]
+    if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], tuple):
+        cy, cx = chunks  # explicit chunk sizes (another array's): followed as given
+    else:
+        cy, cx = aligned_chunks(shape[:2], grid, chunks, name=location)
+    reader = TiffBlockReader(
+        path=location,
+        series=info["series"],
+        level=info["level"],
+        shape=shape,
+        dtype=dtype,
+        axes=info["axes"],
+        lead=info["lead"],
+        native_ndim=info["native_ndim"],
+        memmap=info["memmap"],
+        segment=layout[0] if layout else None,
+        tiled=info["tiled"],
+        file_dtype=layout[1] if layout else None,
+        compressed=layout[2] if layout else False,
+    )
+    token = tokenize(location, stamp, info["series"], info["level"], cy, cx)
+    data = da.from_array(
+        reader,
+        chunks=(cy, cx) + tuple(shape[2:]),
+        name=f"bigquant-read-{token}",
+        asarray=False,
+        fancy=False,
+        inline_array=True,
+        meta=np.empty((0,) * len(shape), dtype=dtype),
+    )
+    if reader.segment is not None:
+        _register_segments(data, reader)
+    return data, reader, tile

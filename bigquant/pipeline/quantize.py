@@ -152,7 +152,7 @@ def quantize(
     preview: str | os.PathLike[str] | None = None,
     chunks: ChunksLike = None,
     level: int = 0,
-    series: int = 0,
+    series: int | None = None,
     **kmeans_kwargs: Any,
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours and write it.
@@ -190,8 +190,11 @@ def quantize(
         Also write a PNG preview (at most 1024 px a side) from the same pass.
     chunks : int, tuple of int or None, default=None
         Chunk shape used to read ``src`` (see :func:`bigquant.read_image`).
-    level, series : int, default=0
-        Pyramid level and series of a TIFF source.
+    level : int, default=0
+        Pyramid level of a TIFF source.
+    series : int or None, default=None
+        Series of a TIFF source; None reads the image of a slide (not its
+        thumbnail, label, macro or mask).
     **kmeans_kwargs
         Other :class:`bigquant.KMeans` parameters (``init``, ``max_iter``,
         ``tol``, ``n_init``...).

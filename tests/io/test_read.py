@@ -361,12 +361,12 @@ def test_uncompressed_strips_read_directly(tmp_path, rgb_image, monkeypatch):
     src = read_image(path, chunks=21)
     reader = _reader(src)
     assert reader.memmap  # contiguous: memory-mapped
-    from bigquant.io.tiff_read import _direct_layout
+    from bigquant.io.tiff_read import _segment_layout
 
     with tifffile.TiffFile(path) as tf:
         lev = tf.series[0].levels[0]
-        segment, file_dtype = _direct_layout(tf, lev, "YXS", (300, 400, 3), np.dtype("u1"))
-    assert segment == (7, 400)
+        segment, file_dtype, compressed = _segment_layout(tf, lev, "YXS", (300, 400, 3), np.dtype("u1"))
+    assert segment == (7, 400) and not compressed
     direct = replace(reader, memmap=False, segment=segment, tiled=False, file_dtype=file_dtype)
     _no_tifffile_reads(monkeypatch)
     np.testing.assert_array_equal(direct[:, :], rgb_image)
@@ -385,7 +385,8 @@ def test_direct_reads_of_pages_series_and_levels(tmp_path, rgb_image, monkeypatc
     full, low = read_image(path), read_image(path, level=1)
     second, third = read_image(path, series=1), read_image(path, series=2)
     assert [_reader(s).segment for s in (full, low, second)] == [(64, 64), (32, 32), (16, 32)]
-    assert _reader(third).segment is None  # compressed: tifffile decodes it
+    third_reader = _reader(third)  # compressed: decoded tile by tile
+    assert third_reader.segment == (64, 64) and third_reader.compressed
     np.testing.assert_array_equal(third.data.compute(), rgb_image)
     _no_tifffile_reads(monkeypatch)
     np.testing.assert_array_equal(full.data.compute(), rgb_image)
