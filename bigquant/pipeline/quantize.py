@@ -15,16 +15,18 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
+import dask.array as da
 import numpy as np
 
-from bigquant.errors import ImageWriteError, InvalidParameterError
+from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import atomic_output, check_target
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
-from bigquant.io.palette import MAX_PALETTE, as_colours
+from bigquant.io.mask import background_mask, combine_masks, user_mask
+from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, check_tile, write_image
@@ -73,14 +75,39 @@ def _release_freed_memory() -> None:
         pass
 
 
-def palette_colours(centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round cluster centres to stored colours of a source of type ``dtype``.
+def display_bands(n_bands: int, rgb_bands: Sequence[int] | None) -> list[int]:
+    """The bands shown as the palette's colours: ``rgb_bands``, else the first three (or one).
 
-    uint8 and uint16 sources keep their type; float sources in [0, 1] are
-    scaled to uint8; other types follow :func:`bigquant.io.palette.as_colours`.
+    Raises
+    ------
+    InvalidParameterError
+        ``rgb_bands`` is not three distinct band indices of the image.
+    """
+    if rgb_bands is None:
+        return list(range(3)) if n_bands >= 3 else [0]
+    bands = [int(b) for b in rgb_bands]
+    if len(bands) != 3 or len(set(bands)) != 3 or not all(0 <= b < n_bands for b in bands):
+        raise InvalidParameterError(
+            f"rgb_bands={tuple(rgb_bands)!r} must be three distinct band indices in [0, {n_bands})"
+        )
+    return bands
+
+
+def palette_colours(centers: np.ndarray, dtype: np.dtype, rgb_bands: Sequence[int] | None = None) -> np.ndarray:
+    """Round cluster centres to displayed colours of a source of type ``dtype``.
+
+    The colours are the centres' display bands (:func:`display_bands`: the
+    first three of a multi-band image unless ``rgb_bands`` says otherwise);
+    uint8 and uint16 sources keep their type and values; float sources in
+    [0, 1] are scaled to uint8; other types follow
+    :func:`bigquant.io.palette.as_colours`.
     """
     dtype = np.dtype(dtype)
     centers = np.asarray(centers, dtype=np.float64)
+    if centers.ndim == 2 and (centers.shape[1] > 3 or rgb_bands is not None):
+        centers = centers[:, display_bands(centers.shape[1], rgb_bands)]
+    elif centers.ndim == 2 and centers.shape[1] == 2:
+        centers = centers[:, :1]
     if dtype in (np.uint8, np.uint16):
         return as_colours(centers, dtype=dtype)
     if dtype.kind == "f" and centers.size and centers.min() >= 0 and centers.max() <= 1:
@@ -118,16 +145,21 @@ def _write_palette_json(
     source: ImageSource,
     dst: pathlib.Path,
     overwrite: bool,
+    nodata_index: int | None = None,
 ) -> None:
     doc = {
         "n_colours": int(len(colours)),
         "dtype": str(colours.dtype),
         "colours": colours.tolist(),
         "centres": np.asarray(model.cluster_centers_, dtype=float).tolist(),
+        "bands": int(np.shape(model.cluster_centers_)[1]),
+        "nodata_index": nodata_index,
         "inertia": float(getattr(model, "inertia_", float("nan"))),
         "n_iter": int(getattr(model, "n_iter_", 0)),
         "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
         "source": str(source.path) if source.path is not None else None,
+        "series": source.series,
+        "level": source.level,
         "shape": list(source.shape),
         "output": str(dst),
     }
@@ -153,6 +185,11 @@ def quantize(
     chunks: ChunksLike = None,
     level: int = 0,
     series: int | None = None,
+    mask: Any = None,
+    nodata_index: int | None = None,
+    overviews: bool | int = False,
+    cog: bool = False,
+    rgb_bands: Sequence[int] | None = None,
     **kmeans_kwargs: Any,
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours and write it.
@@ -195,6 +232,29 @@ def quantize(
     series : int or None, default=None
         Series of a TIFF source; None reads the image of a slide (not its
         thumbnail, label, macro or mask).
+    mask : None, "auto", False, array-like, zarr array, str or os.PathLike, default=None
+        Which pixels are image.  Pixels that are not take no part in the fit
+        and are written as ``nodata_index``.  None: the file's own masks (alpha
+        0, GDAL_NODATA in every band, a TIFF mask IFD, NaN; see
+        :func:`bigquant.read_image`).  "auto": those and, for slides, the
+        tissue found by Otsu's threshold on a low-resolution level
+        (:func:`bigquant.io.mask.background_mask`).  An array or a file (TIFF,
+        PNG, zarr) of the image's (H, W) shape: those and its non-zero pixels.
+        False: every pixel is image.
+    nodata_index : int or None, default=None
+        Palette index of masked pixels, outside the palette; None: ``k`` (the
+        index after the last colour).  TIFF output declares it as
+        GDAL_NODATA, PNG output makes it transparent (tRNS), ``mode="rgb"``
+        writes an alpha channel (0 there).  Unused when nothing is masked.
+    overviews : bool or int, default=False
+        TIFF output: reduced-resolution IFDs GDAL lists as overviews
+        (nearest, never averaged); see :func:`bigquant.write_image`.
+    cog : bool, default=False
+        TIFF output in the Cloud-Optimized GeoTIFF layout (with overviews).
+    rgb_bands : sequence of 3 int or None, default=None
+        Bands of a multi-band image shown as the palette's colours; None: the
+        first three.  The fit uses every band, and ``palette_out`` keeps the
+        full-band centres.
     **kmeans_kwargs
         Other :class:`bigquant.KMeans` parameters (``init``, ``max_iter``,
         ``tol``, ``n_init``...).
@@ -203,7 +263,8 @@ def quantize(
     -------
     model : KMeans
         The fitted estimator; ``model.cluster_centers_`` is the palette before
-        rounding.
+        rounding, in every band.  A GeoTIFF source's georeferencing (CRS,
+        transform, GDAL metadata) is carried to TIFF output.
 
     Raises
     ------
@@ -259,31 +320,56 @@ def quantize(
     for out in outputs:
         check_target(out, overwrite=overwrite)
 
+    if nodata_index is not None and (isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
+                                     or isinstance(n_clusters, (int, np.integer)) and nodata_index < n_clusters):
+        raise InvalidParameterError(
+            f"nodata_index={nodata_index!r} must be an int outside the palette (>= n_clusters={n_clusters})"
+        )
+
     source = src if isinstance(src, ImageSource) and chunks is None else read_image(
         src, chunks=chunks, level=level, series=series
     )
+    if rgb_bands is not None:
+        display_bands(source.channels, rgb_bands)  # checked before the fit
     data = source.data
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
+    valid = image_mask(source, mask)
     logger.info(
-        "quantize %s: %s %s to k=%d (%s), chunks %s",
+        "quantize %s: %s %s to k=%d (%s), chunks %s, %s",
         source.path or "array", source.shape, source.dtype, n_clusters, strategy, data.chunksize,
+        "masked" if valid is not None else "no mask",
     )
     with _scheduler(client):
         t0 = time.perf_counter()
-        model = KMeans(
-            n_clusters, strategy=strategy, random_state=random_state, **kmeans_kwargs
-        ).fit(data)
+        try:
+            model = KMeans(
+                n_clusters, strategy=strategy, random_state=random_state, **kmeans_kwargs
+            ).fit(data, sample_weight=valid)
+        except InvalidInputError as exc:
+            if "every sample is masked" in str(exc):
+                raise InvalidInputError(
+                    f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
+                ) from exc
+            raise
         t1 = time.perf_counter()
         logger.info(
             "fitted %d colours in %.1f s (%s iterations)",
             len(model.cluster_centers_), t1 - t0, getattr(model, "n_iter_", "?"),
         )
         _release_freed_memory()
-        colours = palette_colours(model.cluster_centers_, source.dtype)
-        lookup = _label_lookup(model, data, dst_path)
+        colours = palette_colours(model.cluster_centers_, source.dtype, rgb_bands)
+        nodata = None
+        if valid is not None:
+            nodata = len(colours) if nodata_index is None else int(nodata_index)
+            labels = da.where(valid, model.labels_, nodata)
+            labels = labels.astype(index_dtype(nodata + 1))
+            lookup = None
+        else:
+            labels = model.labels_
+            lookup = _label_lookup(model, data, dst_path)
         write_image(
-            data if lookup is not None else model.labels_,
+            data if lookup is not None else labels,
             dst_path,
             palette=colours,
             mode=mode,
@@ -292,12 +378,27 @@ def quantize(
             pyramid=pyramid,
             overwrite=overwrite,
             preview=preview,
+            nodata=nodata,
+            geotiff=source.geotiff,
+            overviews=overviews,
+            cog=cog,
             _lookup=lookup,
         )
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
         _release_freed_memory()
     if palette_out is not None:
         _write_palette_json(
-            pathlib.Path(palette_out).expanduser(), colours, model, source, dst_path, overwrite
+            pathlib.Path(palette_out).expanduser(), colours, model, source, dst_path, overwrite, nodata
         )
     return model
+
+
+def image_mask(source: ImageSource, mask: Any) -> Any:
+    """The pixels to fit and label: the file's own mask, combined with ``mask`` (see :func:`quantize`)."""
+    if mask is False:
+        return None
+    if mask is None:
+        return source.mask
+    if isinstance(mask, str) and mask == "auto":
+        return combine_masks(source.mask, background_mask(source))
+    return combine_masks(source.mask, user_mask(mask, source.shape[:2], source.data.chunks[:2]))
