@@ -433,6 +433,7 @@ def _enum_name(value: Any) -> str:
 
 
 def _describe(tf: Any, path: str, size: int | None) -> ImageInfo:
+    _check_series(tf, path)
     kinds = classify_series(tf)
     series = []
     for i, (s, kind) in enumerate(zip(tf.series, kinds)):
@@ -521,3 +522,8 @@ def describe(path: str | os.PathLike[str]) -> ImageInfo:
         raise ImageReadError(f"{p}: not a readable TIFF file: {exc}") from exc
     with tf:
         return _describe(tf, str(p), p.stat().st_size)
+
+
+def _check_series(tf: Any, path: str) -> None:
+    if not len(tf.series):
+        raise ImageReadError(f"{path}: not a readable TIFF file: no image in it")

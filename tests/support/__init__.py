@@ -1,0 +1,1 @@
+"""Support code of the test suite (helpers run by tests, not tests themselves)."""
