@@ -63,6 +63,30 @@ def _size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _bands(text: str) -> tuple[int, int, int]:
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} must be three band indices R,G,B, e.g. 3,2,1")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _mask_option(value: str | None) -> Any:
+    """--mask as quantize's ``mask``: None (the file's masks), "auto", False ('none') or a path."""
+    if value is None or value == "auto":
+        return value
+    return False if value == "none" else value
+
+
 def _add_runtime(p: argparse.ArgumentParser, *, cluster_default: bool = True) -> None:
     g = p.add_argument_group("where it runs")
     g.add_argument("--scheduler", metavar="ADDR",
@@ -107,7 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mode", choices=("palette", "rgb"), default="palette", help="indexed or RGB output")
     q.add_argument("--tile", type=_positive_int, default=512, help="output tile size (default 512)")
     q.add_argument("--compression", default="zlib", help="output compression (default zlib; 'none')")
-    q.add_argument("--pyramid", action="store_true", help="add pyramid levels (TIFF)")
+    q.add_argument("--pyramid", action="store_true", help="add pyramid levels as SubIFDs (TIFF)")
+    q.add_argument("--overviews", nargs="?", const=True, default=False, type=_positive_int, metavar="N",
+                   help="add N (default: down to one tile) reduced-resolution IFDs GDAL lists as overviews (TIFF)")
+    q.add_argument("--cog", action="store_true", help="Cloud-Optimized GeoTIFF layout, with overviews (TIFF)")
+    q.add_argument("--mask", metavar="FILE|auto|none",
+                   help="pixels to leave out besides the file's own (alpha 0, nodata, mask IFD, NaN): a mask "
+                        "image of the same size (non-zero = image), 'auto' (slide background: Otsu on a "
+                        "low-resolution level) or 'none' (ignore the file's masks too)")
+    q.add_argument("--nodata-index", type=_non_negative_int, metavar="I",
+                   help="palette index of masked pixels (default k, after the palette)")
+    q.add_argument("--rgb-bands", type=_bands, metavar="R,G,B",
+                   help="bands shown as the palette's colours (default the first three)")
+    q.add_argument("--series", type=_non_negative_int, metavar="N",
+                   help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
+    q.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
     q.add_argument("--palette-out", metavar="JSON", help="also write the palette as JSON")
     q.add_argument("--preview", metavar="PNG", help="also write a small preview PNG")
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -127,10 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", choices=STRATEGIES, default="auto", help="fitting strategy (default auto)")
     s.add_argument("--n-init", type=_positive_int, default=1, help="initialisations per k (default 1)")
     s.add_argument("--random-state", type=int, metavar="N", help="seed")
+    s.add_argument("--mask", metavar="FILE|auto|none",
+                   help="pixels to leave out besides the file's own, as for quantize")
     _add_runtime(s)
 
-    i = sub.add_parser("info", parents=[common], help="describe an image: shape, dtype, tiles, distinct colours",
-                       description="Describe an image without reading more than needed.")
+    i = sub.add_parser("info", parents=[common],
+                       help="describe an image: shape, dtype, tiles, distinct colours; series and levels of TIFFs",
+                       description="Describe an image without reading more than needed. For TIFF files "
+                                   "(slides, GeoTIFF...) also list every series -- image, thumbnail, label, "
+                                   "macro, mask -- with its levels, tiles and compression.")
     i.add_argument("input", metavar="IN", help="input image")
     i.add_argument("--exact", action="store_true", help="count distinct colours exactly, however big")
 
@@ -252,6 +295,8 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
     compression = None if str(args.compression).lower() == "none" else args.compression
     if not pathlib.Path(args.input).exists() and "://" not in args.input:
         raise FileNotFoundError(f"{args.input}: no such file")
+    if args.mask not in (None, "auto", "none") and not pathlib.Path(args.mask).exists() and "://" not in args.mask:
+        raise FileNotFoundError(f"{args.mask}: no such mask file")
     # outputs are checked again by quantize; here, before a cluster is started for nothing
     for target in (args.output, args.palette_out, args.preview):
         if target:
@@ -267,6 +312,8 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
                 tile=args.tile, compression=compression, pyramid=args.pyramid, overwrite=args.overwrite,
                 palette_out=args.palette_out, preview=args.preview,
                 n_init=args.n_init, max_iter=args.max_iter, callback=bar,
+                mask=_mask_option(args.mask), nodata_index=args.nodata_index, overviews=args.overviews,
+                cog=args.cog, rgb_bands=args.rgb_bands, series=args.series, level=args.level,
             )
         if bar is not None:
             bar.close()
@@ -290,6 +337,8 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
     _check_outputs([args.plot], args.overwrite or args.resume)
     if not pathlib.Path(args.input).exists() and "://" not in args.input:
         raise FileNotFoundError(f"{args.input}: no such file")
+    if args.mask not in (None, "auto", "none") and not pathlib.Path(args.mask).exists() and "://" not in args.mask:
+        raise FileNotFoundError(f"{args.mask}: no such mask file")
     from bigquant.pipeline.progress import Line, SweepProgress, progress
 
     line = Line()
@@ -299,7 +348,7 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
             result = sweep(
                 args.input, ks, strategy=args.strategy, client=client, n_init=args.n_init,
                 random_state=args.random_state, out=args.out,
-                resume_from=args.out if args.resume else None, callback=bar,
+                resume_from=args.out if args.resume else None, callback=bar, mask=_mask_option(args.mask),
             )
     if bar is not None:
         bar.close()
@@ -377,15 +426,39 @@ def _threads() -> Iterator[None]:
         yield
 
 
+def _size_of(location: str) -> int | None:
+    """Bytes of a file, a folder (zarr) or a URL; None when the server does not say."""
+    if "://" in location:
+        try:
+            import fsspec
+
+            fs, inner = fsspec.core.url_to_fs(location)
+            return int(fs.size(inner))
+        except Exception:  # noqa: BLE001 - any protocol error: the size is only informative
+            logger.debug("%s: size unknown", location, exc_info=True)
+            return None
+    path = pathlib.Path(location).expanduser()
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
     from bigquant.io import read_image
 
     src = read_image(args.input)
-    path = pathlib.Path(args.input)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    location = str(args.input) if "://" in str(args.input) else str(pathlib.Path(args.input))
+    described = None
+    if src.format.endswith("tiff"):
+        from bigquant.io.inspect import describe
+
+        described = describe(args.input)
+    size = _size_of(str(args.input))
+    if size is None and described is not None:
+        size = described.size
     chunks = src.data.chunksize
     rows = [
-        ("file", str(path)),
+        ("file", location),
         ("format", src.format),
         ("shape", " x ".join(str(s) for s in src.shape)),
         ("dtype", str(src.dtype)),
@@ -394,13 +467,19 @@ def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
         ("chunks", f"{' x '.join(map(str, chunks))} ({src.data.npartitions} chunks)"),
         ("levels", str(src.levels)),
         ("pixels", f"{src.height * src.width / 1e6:.1f} MP"),
-        ("size on disk", _human_bytes(size)),
+        ("size on disk", _human_bytes(size) if size is not None else "unknown"),
         ("size in memory", _human_bytes(src.nbytes or src.data.nbytes)),
         ("distinct colours", _distinct_colours(src, args.exact)),
     ]
+    if described is not None:
+        kind = described.series[src.series].kind if src.series < len(described.series) else "?"
+        rows.insert(8, ("series", f"{src.series} ({kind}) of {len(described.series)}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         console.out(f"{key:<{width}}  {value}")
+    if described is not None:
+        console.out()
+        console.out(described.table())
     return 0
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "finite_mask",
     "nodata_mask",
     "otsu_threshold",
+    "resolve_mask",
     "user_mask",
 ]
 
@@ -39,6 +40,27 @@ logger = logging.getLogger(__name__)
 
 #: smallest edge of the low-resolution view ``mask="auto"`` thresholds
 AUTO_MIN_EDGE = 1024
+
+
+def resolve_mask(source: Any, mask: Any) -> da.Array | None:
+    """The pixels a job fits and labels: the file's own mask combined with ``mask``.
+
+    Parameters
+    ----------
+    source : ImageSource
+        The image, with its own mask (alpha, nodata, mask IFD, NaN) if any.
+    mask : None, "auto", False, array-like, zarr array, str or os.PathLike
+        None: the file's own mask only; "auto": and the tissue of a slide
+        (:func:`background_mask`); False: no mask at all; an array or file:
+        and its non-zero pixels (:func:`user_mask`).
+    """
+    if mask is False:
+        return None
+    if mask is None:
+        return source.mask
+    if isinstance(mask, str) and mask == "auto":
+        return combine_masks(source.mask, background_mask(source))
+    return combine_masks(source.mask, user_mask(mask, source.shape[:2], source.data.chunks[:2]))
 
 
 def combine_masks(*masks: da.Array | None) -> da.Array | None:
@@ -94,8 +116,11 @@ def user_mask(mask: Any, shape: tuple[int, int], chunks: tuple[tuple[int, ...], 
     """
     from bigquant.io.read import read_image
 
-    name = str(mask) if isinstance(mask, (str, os.PathLike)) else f"mask array of shape {np.shape(mask)}"
-    arr = read_image(mask).data
+    if isinstance(mask, (str, os.PathLike)):
+        name, arr = str(mask), read_image(mask).data
+    else:  # an array of any type, bool included
+        name = f"mask array of shape {np.shape(mask)}"
+        arr = mask if isinstance(mask, da.Array) else da.asarray(mask if hasattr(mask, "chunks") else np.asarray(mask))
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim != 2 or tuple(arr.shape) != tuple(shape):
@@ -106,7 +131,10 @@ def user_mask(mask: Any, shape: tuple[int, int], chunks: tuple[tuple[int, ...], 
 
 
 def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of 8-bit grey levels: the split of greatest between-class variance."""
+    """Otsu's threshold of 8-bit grey levels: the split of greatest between-class variance.
+
+    Values below the threshold form one class, values above the other.
+    """
     counts = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
     levels = np.arange(256, dtype=np.float64)
     weight0 = np.cumsum(counts)
@@ -115,7 +143,9 @@ def otsu_threshold(values: np.ndarray) -> float:
     mean0 = np.divide(sum0, weight0, out=np.zeros(256), where=weight0 > 0)
     mean1 = np.divide(sum0[-1] - sum0, weight1, out=np.zeros(256), where=weight1 > 0)
     between = weight0 * weight1 * (mean0 - mean1) ** 2
-    return float(np.argmax(between)) + 0.5
+    # empty grey levels between the classes make a plateau: take its middle
+    best = np.flatnonzero(between >= between.max() * (1.0 - 1e-12))
+    return float(best[0] + best[-1]) / 2.0 + 0.5
 
 
 def _grey8(pixels: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameter
 from bigquant.io.atomic import atomic_output, check_target
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
-from bigquant.io.mask import background_mask, combine_masks, user_mask
+from bigquant.io.mask import resolve_mask
 from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
@@ -334,7 +334,7 @@ def quantize(
     data = source.data
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
-    valid = image_mask(source, mask)
+    valid = resolve_mask(source, mask)
     logger.info(
         "quantize %s: %s %s to k=%d (%s), chunks %s, %s",
         source.path or "array", source.shape, source.dtype, n_clusters, strategy, data.chunksize,
@@ -392,13 +392,3 @@ def quantize(
         )
     return model
 
-
-def image_mask(source: ImageSource, mask: Any) -> Any:
-    """The pixels to fit and label: the file's own mask, combined with ``mask`` (see :func:`quantize`)."""
-    if mask is False:
-        return None
-    if mask is None:
-        return source.mask
-    if isinstance(mask, str) and mask == "auto":
-        return combine_masks(source.mask, background_mask(source))
-    return combine_masks(source.mask, user_mask(mask, source.shape[:2], source.data.chunks[:2]))

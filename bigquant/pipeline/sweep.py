@@ -516,12 +516,22 @@ def _fit_task(hist: ColourHistogram, k: int, n_init: int, max_iter: int, tol: fl
     return fit, time.perf_counter() - start
 
 
-def _load_source(src: Any) -> Any:
-    """An array (numpy or dask) of shape (..., C) from a path, ImageSource or array."""
-    if isinstance(src, (str, os.PathLike)):
-        from bigquant.io import read_image
+def _load_source(src: Any, mask: Any = None) -> tuple[Any, Any]:
+    """An array (numpy or dask) of shape (..., C) from a path, ImageSource or array, and its mask.
 
+    The mask (see :func:`bigquant.io.mask.resolve_mask`) is None for plain
+    arrays of pixels unless given.
+    """
+    from bigquant.io import ImageSource, read_image
+    from bigquant.io.mask import resolve_mask
+
+    if isinstance(src, (str, os.PathLike)):
         src = read_image(src)
+    valid = None
+    if isinstance(src, ImageSource):
+        valid = resolve_mask(src, mask)
+    elif mask is not None and mask is not False:
+        valid = np.asarray(mask, dtype=bool) if not hasattr(mask, "chunks") else mask
     data = getattr(src, "data", src)
     if not hasattr(data, "shape") or not hasattr(data, "dtype"):
         data = np.asarray(data)
@@ -529,7 +539,7 @@ def _load_source(src: Any) -> Any:
         data = data[..., None]
     if data.ndim not in (2, 3) or 0 in data.shape:
         raise InvalidInputError(f"src of shape {tuple(data.shape)} must be an image (H, W[, C]) or pixels (N, C)")
-    return data
+    return data, valid
 
 
 class _CsvLog:
@@ -578,6 +588,7 @@ def sweep(
     out: str | os.PathLike[str] | None = None,
     resume_from: str | os.PathLike[str] | None = None,
     callback: Callable[[SweepRow], None] | None = None,
+    mask: Any = None,
 ) -> SweepResult:
     """Fit a palette for every k and tabulate cost, inertia, PSNR, iterations and time.
 
@@ -610,6 +621,11 @@ def sweep(
     callback : callable, default=None
         Called with each new :class:`SweepRow` as soon as its k is done
         (in completion order), e.g. to draw progress.
+
+    mask : None, "auto", False, array-like or path, default=None
+        Which pixels count (as in :func:`bigquant.quantize`): None, the file's
+        own mask (alpha, nodata, mask IFD, NaN); "auto", and a slide's tissue;
+        an array or file, and its non-zero pixels; False, every pixel.
 
     Returns
     -------
@@ -676,7 +692,7 @@ def sweep(
             n_channels = src.colours.shape[1]
             dtype = src.colours.dtype
         else:
-            data = _load_source(src)
+            data, valid = _load_source(src, mask)
             n_channels = int(data.shape[-1])
             dtype = data.dtype
             bits = histogram_bits(dtype, n_channels)
@@ -688,7 +704,9 @@ def sweep(
             hist = None
             if strategy in ("auto", "histogram") and bits is not None and todo:
                 with _on(client), phase("bigquant-histogram"):
-                    hist = colour_histogram(data)
+                    hist = colour_histogram(data, valid=valid)
+                if hist.n_colours == 0:
+                    raise InvalidInputError("every pixel is masked (alpha, nodata or mask): nothing to fit")
         peak = float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else 1.0
         n_colours: int | None
         if not todo:
@@ -712,7 +730,7 @@ def sweep(
             used = "pixels" if strategy in ("auto", "histogram") else strategy
             for k in todo:
                 with _on(client):
-                    record(_fit_pixels(data, k, used, n_init, max_iter, tol, base, peak))
+                    record(_fit_pixels(data, k, used, n_init, max_iter, tol, base, peak, valid))
     finally:
         if log is not None:
             log.close()
@@ -777,13 +795,15 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
                 task.cancel()
 
 
-def _block_sse(x: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+def _block_sse(x: np.ndarray, labels: np.ndarray, palette: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     diff = x.reshape(-1, x.shape[-1]).astype(np.float64) - palette[labels.reshape(-1)]
+    if valid is not None:
+        diff = diff[valid.reshape(-1)]
     return np.full((1,) * labels.ndim, float(np.einsum("ij,ij->", diff, diff)))
 
 
 def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, tol: float, base: int,
-                peak: float) -> SweepRow:
+                peak: float, valid: Any = None) -> SweepRow:
     """One k on the pixels with :class:`bigquant.KMeans` (non-histogram strategies)."""
     import dask.array as da
 
@@ -791,7 +811,8 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
 
     seed = int(_seed_for(base, k).integers(2**31 - 1))
     start = time.perf_counter()
-    km = KMeans(k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed, strategy=strategy).fit(data)
+    km = KMeans(k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed, strategy=strategy).fit(
+        data, sample_weight=valid)
     seconds = time.perf_counter() - start
     centers = np.asarray(km.cluster_centers_)
     if np.dtype(data.dtype).kind in "ui":
@@ -809,13 +830,16 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
             from dask.base import tokenize
 
             lab = labels[..., None]  # same dimensions as X, one chunk on the channel axis
-            per_block = da.map_blocks(_block_sse, X, lab, palette, dtype=np.float64,
-                                      chunks=tuple((1,) * len(c) for c in X.chunks),
-                                      name=f"bigquant-cost-{tokenize(X, labels, palette)}")
+            keep = None if valid is None else da.asarray(valid).rechunk(X.chunks[:-1])[..., None]
+            per_block = da.map_blocks(_block_sse, X, lab, palette, *(() if keep is None else (keep,)),
+                                      dtype=np.float64, chunks=tuple((1,) * len(c) for c in X.chunks),
+                                      name=f"bigquant-cost-{tokenize(X, labels, palette, keep)}")
             cost = float(per_block.sum().compute())
     else:
-        cost = float(_block_sse(np.asarray(X), np.asarray(labels), palette).sum())
-    n_values = int(np.prod(data.shape))
+        cost = float(_block_sse(np.asarray(X), np.asarray(labels), palette,
+                                None if valid is None else np.asarray(valid)).sum())
+    n_pixels = int(np.prod(data.shape[:-1])) if valid is None else int(da.asarray(valid).sum().compute())
+    n_values = n_pixels * int(data.shape[-1])
     row = SweepRow(k, cost, float(km.inertia_), _psnr(cost, n_values, peak), int(km.n_iter_), seconds,
                    _format_palette(palette))
     logger.info("k=%d: cost %.6g, PSNR %.2f dB, %d iterations, %.3f s", k, row.cost, row.psnr, row.n_iter, seconds)

@@ -456,3 +456,46 @@ def test_checkpoint_of_another_fit_is_ignored(photo_like, tmp_path):
 def test_checkpoint_directory_must_exist(photo_like, tmp_path):
     with pytest.raises(InvalidParameterError, match="does not exist"):
         KMeans(3, checkpoint=tmp_path / "missing" / "c.json").fit(photo_like)
+
+
+# --- boolean sample_weight: a mask ----------------------------------------------
+
+
+@pytest.mark.parametrize("as_dask", [False, True])
+def test_boolean_weight_is_a_mask_counted_exactly(photo_like, as_dask):
+    """Masked pixels are not counted: the fit equals the fit of the valid pixels alone,
+    with the exact histogram strategy, on numpy and dask input."""
+    valid = np.ones(photo_like.shape[:2], bool)
+    valid[:, : photo_like.shape[1] // 3] = False
+    reference = KMeans(6, random_state=0).fit(photo_like[valid])
+    X = da.from_array(photo_like, chunks=(48, 64, 3)) if as_dask else photo_like
+    mask = da.from_array(valid, chunks=(32, 32)) if as_dask else valid
+    km = KMeans(6, random_state=0).fit(X, sample_weight=mask)
+    assert km.strategy_ == "histogram"
+    np.testing.assert_array_equal(km.cluster_centers_, reference.cluster_centers_)
+    assert km.inertia_ == reference.inertia_
+    assert km.histogram_.n_pixels == valid.sum()
+    assert np.asarray(km.labels_).shape == photo_like.shape[:2]  # every pixel still labelled
+
+
+def test_boolean_weight_on_the_pixel_strategy_is_a_weight_of_0_or_1(photo_like):
+    valid = np.zeros(photo_like.shape[:2], bool)
+    valid[::2] = True
+    init = photo_like.reshape(-1, 3)[:5].astype(float) + np.arange(5)[:, None]
+    masked = KMeans(5, init=init, strategy="pixels").fit(photo_like, sample_weight=valid)
+    weighted = KMeans(5, init=init, strategy="pixels").fit(photo_like, sample_weight=valid.astype(float))
+    np.testing.assert_allclose(masked.cluster_centers_, weighted.cluster_centers_)
+    assert masked.inertia_ == pytest.approx(weighted.inertia_)
+
+
+def test_every_sample_masked_is_an_error(photo_like):
+    with pytest.raises(InvalidInputError, match="every sample is masked"):
+        KMeans(3).fit(photo_like, sample_weight=np.zeros(photo_like.shape[:2], bool))
+    lazy = da.zeros(photo_like.shape[:2], dtype=bool, chunks=32)
+    with pytest.raises(InvalidInputError, match="every sample is masked"):
+        KMeans(3).fit(da.from_array(photo_like, chunks=(32, 32, 3)), sample_weight=lazy)
+
+
+def test_mask_of_the_wrong_shape_is_an_error(photo_like):
+    with pytest.raises(InvalidInputError, match=r"sample_weight \(a mask\) has shape \(3, 3\)"):
+        KMeans(3).fit(photo_like, sample_weight=np.ones((3, 3), bool))
