@@ -37,6 +37,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.encode import BlockEncoder, TileRegion
 from bigquant.io.tiff_read import direct_reader
@@ -231,7 +232,8 @@ def _write_cog(
                 tw.write(_placeholders(level_shape, encoder), shape=level_shape,
                          subfiletype=1 if i else 0, **common, **(first if i == 0 else {}))
         placed = []
-        with open(tmp, "r+b") as out, ThreadPoolExecutor(2, thread_name_prefix="bigquant-level") as pool:
+        pool = ThreadPoolExecutor(2, thread_name_prefix="bigquant-level")
+        with open(tmp, "r+b") as out, pool:
             out.seek(0, os.SEEK_END)
             for spool in reversed(spools):
                 placed.append(_append_tiles(out, spool.tiles(encoder, pool)))
@@ -240,10 +242,23 @@ def _write_cog(
                      len(shapes), sum(main.sizes))
     finally:
         main.close()
-    with tifffile.TiffFile(tmp, mode="r+") as tf:
+    _patch_tiles(tmp, placed[::-1])
+
+
+def _patch_tiles(path: pathlib.Path, placed: Sequence[tuple[list[int], list[int]]]) -> None:
+    """Rewrite TileOffsets and TileByteCounts of each IFD in place.
+
+    The arrays keep their count and type, so they are rewritten where they
+    are: offsets are LONG8, and tifffile makes byte counts SHORT only for
+    tiles under 6.5 kB uncompressed, whose encoded size no codec takes past
+    65535 bytes.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path, mode="r+") as tf:
         pages = list(tf.pages)
         assert len(pages) == len(placed), (len(pages), len(placed))
-        for page, (offsets, counts) in zip(pages, reversed(placed)):
+        for page, (offsets, counts) in zip(pages, placed):
             page.tags["TileOffsets"].overwrite(offsets)
             page.tags["TileByteCounts"].overwrite(counts)
 
@@ -294,6 +309,10 @@ def write_tiff(
     preview : ndarray or None
         Stored pixels subsampled by ``preview_step``.
     """
+    if layout == "cog" and not encoder.codec.pre_encoded:
+        raise InvalidParameterError(
+            f"a COG needs tiles encoded by bigquant, not by tifffile ({encoder.codec.name!r})"
+        )
     height, width = arr.shape[:2]
     sample_shape = _sample_shape(arr, encoder)
     dtype = encoder.out_dtype
