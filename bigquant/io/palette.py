@@ -8,7 +8,9 @@ import numpy as np
 
 from bigquant.errors import InvalidParameterError
 
-__all__ = ["as_colours", "check_nodata", "index_dtype", "tiff_colormap", "with_nodata", "MAX_PALETTE"]
+__all__ = [
+    "as_colours", "check_nodata", "index_dtype", "tiff_colormap", "with_nodata", "MAX_PALETTE",
+]
 
 #: Largest palette a TIFF (uint16 indices) can hold.
 MAX_PALETTE = 65536

@@ -346,7 +346,8 @@ def write_image(
         named by the GDAL_NODATA tag; ``mode="rgb"``: an alpha sample is added
         (RGBA, or grey + alpha), 0 on no-data pixels (whose colour is 0) and
         opaque elsewhere (GDAL masks with it; after a 4-colour-sample palette
-        it is a fifth sample, marked alpha, which GDAL's mask ignores); palette PNG: a transparent palette entry (tRNS);
+        it is a fifth sample, marked alpha, which GDAL's mask ignores);
+        palette PNG: a transparent palette entry (tRNS);
         zarr: recorded in ``attrs["bigquant"]["nodata"]``.  Reduced levels
         keep it (nearest subsampling) and the preview shows it transparent.
     geotiff : GeoTiff or None, default=None

@@ -137,7 +137,7 @@ def test_palette_geotiff_roundtrip_rasterio(tmp_path, labels, geo):
         assert src.dtypes == ("uint8",) and src.block_shapes == [(64, 64)]
         colormap = src.colormap(1)
         # the TIFF holds colours x 257: GDAL reads the 8-bit palette back
-        assert [colormap[i][:3] for i in range(len(COLOURS))] == [tuple(c) for c in COLOURS.tolist()]
+        assert [colormap[i][:3] for i in range(len(COLOURS))] == list(map(tuple, COLOURS.tolist()))
         assert colormap[NODATA][:3] == (0, 0, 0)
         np.testing.assert_array_equal(src.read(1), labels)
         np.testing.assert_array_equal(src.dataset_mask(), np.where(labels == NODATA, 0, 255))
