@@ -25,7 +25,7 @@ from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameter
 from bigquant.io.atomic import atomic_output, check_target
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
-from bigquant.io.mask import resolve_mask
+from bigquant.pipeline.masks import resolve_mask
 from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource

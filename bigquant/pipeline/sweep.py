@@ -523,7 +523,7 @@ def _load_source(src: Any, mask: Any = None) -> tuple[Any, Any]:
     arrays of pixels unless given.
     """
     from bigquant.io import ImageSource, read_image
-    from bigquant.io.mask import resolve_mask
+    from bigquant.pipeline.masks import resolve_mask
 
     if isinstance(src, (str, os.PathLike)):
         src = read_image(src)
