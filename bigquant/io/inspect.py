@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from bigquant.errors import ImageReadError
+from bigquant.io.geotiff import read_nodata
 
 __all__ = [
     "SeriesKind",
@@ -76,7 +77,6 @@ _MASK_BIT = 4  # NewSubfileType: transparency mask
 _PHOTOMETRIC_MASK = 4
 
 # GeoTIFF tags
-_GDAL_NODATA = 42113
 _MODEL_PIXEL_SCALE = 33550
 _MODEL_TIEPOINT = 33922
 _MODEL_TRANSFORMATION = 34264
@@ -379,18 +379,9 @@ class ImageInfo:
 
 
 def _nodata(page: Any) -> int | float | None:
-    """The GDAL_NODATA value of ``page`` (tifffile's ``page.nodata`` says 0 when absent)."""
-    tag = page.tags.get(_GDAL_NODATA)
-    if tag is None:
-        return None
-    text = tag.value.decode("ascii", "replace") if isinstance(tag.value, bytes) else str(tag.value)
-    text = text.strip().strip("\x00").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        logger.warning("GDAL_NODATA tag %r is not a number; ignored", text)
-        return None
-    if math.isfinite(value) and value == int(value) and np.dtype(page.dtype).kind in "iub":
+    """The GDAL_NODATA value of ``page``, an int for integer data (tifffile's ``page.nodata`` says 0 when absent)."""
+    value = read_nodata(page)
+    if value is not None and math.isfinite(value) and value == int(value) and np.dtype(page.dtype).kind in "iub":
         return int(value)
     return value
 
