@@ -635,7 +635,7 @@ def _level_info(tf: Any, location: str, level: int, series: int | None, image_se
     keep = [i for i, s in enumerate(native_shape) if s != 1 or axes_full[i] in "YX"]
     axes = "".join(axes_full[i] for i in keep)
     lead = min(keep) if keep else 0
-    if keep != list(range(lead, len(native_shape))) or axes not in (_CHANNEL_LAST + _CHANNEL_FIRST):
+    if keep != list(range(lead, lead + len(keep))) or axes not in (_CHANNEL_LAST + _CHANNEL_FIRST):
         raise ImageReadError(
             f"{location}: series {series} has axes {axes_full!r} and shape {native_shape}; "
             "only single 2-D images (Y, X with optional samples/channels) are "

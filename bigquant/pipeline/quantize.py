@@ -138,6 +138,14 @@ def _label_lookup(model: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup
     return LabelLookup(int(bits), int(sentinel), centers), model.lookup_table_key()
 
 
+def _nothing_masked(model: Any, valid: Any) -> bool:
+    """True when the mask keeps every pixel (known from the histogram, else one pass over it)."""
+    histogram = getattr(model, "histogram_", None)
+    if histogram is not None:
+        return histogram.n_pixels == int(np.prod(valid.shape))
+    return bool(valid.all().compute())
+
+
 def _write_palette_json(
     path: pathlib.Path,
     colours: np.ndarray,
@@ -335,6 +343,8 @@ def quantize(
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
     valid = resolve_mask(source, mask)
+    if valid is not None and data.dtype.kind == "f":
+        data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
     logger.info(
         "quantize %s: %s %s to k=%d (%s), chunks %s, %s",
         source.path or "array", source.shape, source.dtype, n_clusters, strategy, data.chunksize,
@@ -360,6 +370,8 @@ def quantize(
         _release_freed_memory()
         colours = palette_colours(model.cluster_centers_, source.dtype, rgb_bands)
         nodata = None
+        if valid is not None and _nothing_masked(model, valid):
+            valid = None  # e.g. float data without a NaN: no index reserved for nothing
         if valid is not None:
             nodata = len(colours) if nodata_index is None else int(nodata_index)
             labels = da.where(valid, model.labels_, nodata)

@@ -161,3 +161,40 @@ def test_sweep_counts_only_the_pixels_that_are_image(tmp_path, rgb_image, strate
         assert row.cost == pytest.approx(nearest, rel=1e-9 if strategy == "histogram" else 1e-4)
         assert row.cost >= nearest * (1 - 1e-12)
         assert row.psnr == pytest.approx(10 * np.log10(255.0**2 * x.size / row.cost), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype, bands", [(np.int16, 4), (np.float32, 13), (np.uint16, 1)])
+def test_bands_and_depths(tmp_path, rgb_image, dtype, bands):
+    """1 to N bands of signed, float or 16-bit data: the fit uses every band, the palette JSON keeps
+    them, and the label map is written with a display palette of the first three (or one) bands."""
+    rng = np.random.default_rng(0)
+    base = rgb_image.astype(np.float64)
+    data = np.dstack([base[..., i % 3] * (1 + i) - (100 if dtype == np.int16 else 0) for i in range(bands)])
+    data = (data / 255.0 if dtype == np.float32 else data).astype(dtype)
+    if dtype == np.float32:
+        data[rng.random(data.shape[:2]) < 0.01, 5] = np.nan  # NaN pixels are not image
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", planarconfig="contig" if bands > 1 else None,
+                     tile=(64, 64), compression="zlib")
+    model = quantize(path, tmp_path / "q.tif", 5, random_state=0, palette_out=tmp_path / "p.json")
+    assert model.cluster_centers_.shape == (5, bands)
+    valid = ~np.isnan(data.reshape(*data.shape[:2], -1)).any(-1)
+    finite = np.where(valid[..., None], data.reshape(*data.shape[:2], -1), 0)
+    reference = KMeans(5, random_state=0).fit(finite, sample_weight=valid)
+    np.testing.assert_allclose(model.cluster_centers_, reference.cluster_centers_, rtol=1e-6)
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["bands"] == bands and np.shape(doc["colours"]) == (5, 3 if bands >= 3 else 1)
+    with rasterio.open(tmp_path / "q.tif") as dst:
+        labels = dst.read(1)
+        assert len(dst.colormap(1)) >= 5
+    np.testing.assert_array_equal(labels == 5, ~valid)
+
+
+def test_no_index_is_reserved_when_nothing_is_masked(tmp_path, rgb_image):
+    """Float data always carry a NaN mask; without a NaN, the output has no nodata and k = 256 fits uint8."""
+    model = quantize(rgb_image.astype(np.float32), tmp_path / "q.tif", 256, random_state=0, max_iter=5,
+                     palette_out=tmp_path / "p.json")
+    assert json.loads((tmp_path / "p.json").read_text())["nodata_index"] is None
+    with rasterio.open(tmp_path / "q.tif") as dst:
+        assert dst.nodata is None and dst.dtypes[0] == "uint8"
+    assert model.cluster_centers_.shape == (256, 3)
