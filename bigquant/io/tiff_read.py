@@ -43,7 +43,7 @@ from bigquant.io.files import file_size, file_stamp, is_url, open_binary
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask, nodata_mask
 from bigquant.io.source import ImageSource
 
-__all__ = ["TiffBlockReader", "direct_reader", "segment_reader", "read_tiff", "is_tiff", "ycbcr_to_rgb"]
+__all__ = ["TiffBlockReader", "segment_reader", "window_reader", "read_tiff", "is_tiff", "ycbcr_to_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -341,14 +341,20 @@ def segment_reader(arr: da.Array) -> TiffBlockReader | None:
     return reader
 
 
-def direct_reader(arr: da.Array) -> TiffBlockReader | None:
-    """:func:`segment_reader` of uncompressed segments only (read in place, no decoding).
+def window_reader(arr: da.Array, tile: int) -> TiffBlockReader | None:
+    """:func:`segment_reader` of ``arr`` if ``tile`` x ``tile`` windows read each segment once.
 
-    A window that does not follow the tile grid costs nothing extra to read
-    this way; compressed tiles under it would be decoded once per window.
+    Uncompressed segments are read in place, so any window costs nothing
+    extra; compressed tiles qualify when the windows' grid is a multiple of
+    theirs (a 512 px output tile over 256 px input tiles), so that no tile is
+    decoded twice.
     """
     reader = segment_reader(arr)
-    return reader if reader is not None and not reader.compressed else None
+    if reader is None or not reader.compressed:
+        return reader
+    assert reader.segment is not None
+    rows, cols = reader.segment
+    return reader if reader.tiled and tile % rows == 0 and tile % cols == 0 else None
 
 
 def _register_segments(arr: da.Array, reader: TiffBlockReader) -> None:

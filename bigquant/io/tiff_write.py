@@ -40,7 +40,7 @@ from dask.base import tokenize
 from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.encode import BlockEncoder, TileRegion
-from bigquant.io.tiff_read import direct_reader
+from bigquant.io.tiff_read import window_reader
 
 __all__ = ["Layout", "write_tiff", "compute_bands"]
 
@@ -69,7 +69,7 @@ def compute_bands(
     encoder over a TIFF read directly is given :class:`TileRegion` windows
     instead of chunks, and reads the tiles itself.
     """
-    reader = direct_reader(arr) if encoder.lookup is not None and arr.ndim == 3 else None
+    reader = window_reader(arr, encoder.tile) if encoder.lookup is not None and arr.ndim == 3 else None
     if reader is not None:
         # the encoder reads its tiles itself: no chunk of pixels is ever held
         ys, xs = np.cumsum((0,) + arr.chunks[0]), np.cumsum((0,) + arr.chunks[1])
