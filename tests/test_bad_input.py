@@ -90,6 +90,15 @@ def _corrupt_tile(src: Path) -> Path:
     return path
 
 
+def _unsupported_compression(src: Path) -> Path:
+    """A tiled TIFF whose Compression tag names a codec nothing here decodes (SGILOG24)."""
+    path = src / "unsupported.tif"
+    path.write_bytes((src / "good.tif").read_bytes())
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        tf.pages[0].tags["Compression"].overwrite(34676)
+    return path
+
+
 def _empty_file(src: Path) -> Path:
     path = src / "empty.tif"
     path.touch()
@@ -109,6 +118,9 @@ SOURCE_CASES: dict[str, tuple[Callable[[Path], object], type[Exception], str]] =
     "a directory": (lambda src: src, ImageReadError, r"is a directory"),
     "non-image named .tif": (_text_as_tif, ImageReadError, r"notes\.tif: not a recognised image"),
     "truncated TIFF": (_truncated, ImageReadError, r"truncated\.tif: file is truncated"),
+    "unsupported compression": (
+        _unsupported_compression, ImageReadError, r"unsupported\.tif: series 0 uses compression SGILOG \(34676\)",
+    ),
     "corrupt tile data": (
         _corrupt_tile, ImageReadError, r"corrupt\.tif: cannot decode tile \d+ \(tile row \d+, column \d+",
     ),
@@ -117,13 +129,12 @@ SOURCE_CASES: dict[str, tuple[Callable[[Path], object], type[Exception], str]] =
     "0-width image": (lambda src: np.zeros((5, 0), np.uint8), InvalidInputError, r"empty, shape \(5, 0\)"),
     "1-D array": (lambda src: np.zeros(10, np.uint8), InvalidInputError, r"2-D .* got shape \(10,\)"),
     "5-D array": (lambda src: np.zeros((2,) * 5, np.uint8), InvalidInputError, r"2-D .* got shape \(2, 2, 2, 2, 2\)"),
-    "NaN in float image": (
-        lambda src: np.where(RGB == RGB[3, 3, 0], np.nan, RGB / 255.0), InvalidInputError, r"NaN",
-    ),
     "inf in float image": (
         lambda src: np.where(RGB == RGB[3, 3, 0], np.inf, RGB / 255.0), InvalidInputError, r"infinity",
     ),
-    "NaN in a float TIFF (lazy)": (_float_tiff_with_nan, InvalidInputError, r"NaN"),
+    "every pixel NaN": (
+        lambda src: np.full((20, 30, 3), np.nan, np.float32), InvalidInputError, r"array: every pixel is masked",
+    ),
     "complex dtype": (lambda src: RGB.astype(complex), InputTypeError, r"dtype complex128"),
     "object dtype": (lambda src: RGB.astype(object), InputTypeError, r"dtype object"),
     "bool dtype": (lambda src: RGB > 100, InputTypeError, r"dtype bool"),
@@ -149,10 +160,19 @@ def test_bad_source(dirs, case):
     _check_family(info.value)
 
 
+#: NaN is an error for the estimators; quantize reads NaN pixels as not image (nodata)
+ESTIMATOR_CASES = {
+    **SOURCE_CASES,
+    "NaN in float image": (
+        lambda src: np.where(RGB == RGB[3, 3, 0], np.nan, RGB / 255.0), InvalidInputError, r"NaN",
+    ),
+}
+
+
 @pytest.mark.parametrize("case", ["1-D array", "5-D array", "NaN in float image", "complex dtype",
                                   "object dtype", "bool dtype"])
 def test_bad_array_to_kmeans(case):
-    make, error, _ = SOURCE_CASES[case]
+    make, error, _ = ESTIMATOR_CASES[case]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.raises(error) as info:
@@ -162,6 +182,15 @@ def test_bad_array_to_kmeans(case):
         if isinstance(X, np.ndarray) and X.dtype != object:
             with pytest.raises(error):
                 KMeans(3, random_state=0, strategy="pixels").fit(da.from_array(X, chunks=16))
+
+
+def test_nan_pixels_of_a_float_tiff_are_nodata_not_an_error(tmp_path):
+    """NaN in float data marks pixels that are not image (as GDAL reads them): left out, written as nodata."""
+    path = _float_tiff_with_nan(tmp_path)
+    model = quantize(path, tmp_path / "q.tif", 4, random_state=0, tile=16, chunks=32)
+    labels = tifffile.imread(tmp_path / "q.tif")
+    assert labels[40, 7] == 4 and (labels != 4).sum() == labels.size - 1
+    assert np.isfinite(model.cluster_centers_).all()
 
 
 # ---------------------------------------------------------------- parameters

@@ -53,6 +53,12 @@ __all__ = ["KMeans"]
 
 logger = logging.getLogger(__name__)
 
+def _check_total_weight(total: float) -> None:
+    """A fit needs some weight: a mask (or weights) of zeros everywhere leaves nothing to fit."""
+    if not total > 0:
+        raise InvalidInputError("every sample is masked: sample_weight is False (or 0) everywhere")
+
+
 def _as_state(result: LloydResult | None) -> dict[str, Any] | None:
     """A Lloyd result as checkpoint state."""
     if result is None:
@@ -401,7 +407,8 @@ default="k-means++"
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
         if not data.is_dask:
             points = InMemoryPoints(data.flat(), None if weights is None else np.ascontiguousarray(weights).reshape(-1))
-            _, _, variance = points.moments()
+            total, _, variance = points.moments()
+            _check_total_weight(total)
             return points, variance
         X = data.array
         if self.persist is True or (self.persist == "auto" and X.nbytes <= 0.5 * _memory_budget()):
@@ -410,11 +417,12 @@ default="k-means++"
         else:
             logger.info("pixels do not fit in memory: every iteration re-reads them")
         points = DaskPoints(X, weights, split_every=self.split_every)
-        _, _, variance, finite, wmin = points.moments_and_checks()
+        total, _, variance, finite, wmin = points.moments_and_checks()
         if not finite:
             raise InvalidInputError("X contains NaN or infinity")
         if weights is not None and wmin < 0:
             raise InvalidInputError("sample_weight must be non-negative; found negative values")
+        _check_total_weight(total)
         return points, variance
 
     def _initial_centers(self, points: PointSet, k: int, rng: np.random.Generator) -> np.ndarray:

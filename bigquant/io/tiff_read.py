@@ -621,6 +621,8 @@ def read_tiff(
 
 def _level_info(tf: Any, location: str, level: int, series: int | None, image_series: Any) -> dict[str, Any]:
     """What :func:`_level_array` needs to know of one level, read from the open file."""
+    import tifffile
+
     nseries = len(tf.series)
     if nseries == 0:
         raise ImageReadError(f"{location}: TIFF file has no image")
@@ -653,6 +655,12 @@ def _level_info(tf: Any, location: str, level: int, series: int | None, image_se
     if dtype.kind not in "uifb" or dtype.itemsize > 8:
         raise ImageReadError(f"{location}: unsupported sample type {dtype}")
     compression = int(page.compression)
+    if compression != 1 and compression not in tifffile.TIFF.DECOMPRESSORS:
+        name = getattr(page.compression, "name", str(compression))
+        raise ImageReadError(
+            f"{location}: series {series} uses compression {name} ({compression}), which tifffile "
+            "and imagecodecs cannot decode"
+        )
     memmap = lev.dataoffset is not None and compression == 1 and not is_url(location)
     photometric = page.photometric.name.lower() if page.photometric is not None else None
     n_samples = shape[2] if len(shape) == 3 else 1
