@@ -297,11 +297,12 @@ def quantize(
     # fail fast, before reading a pixel: outputs, tile, compression, mode
     if mode not in ("palette", "rgb"):
         raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
-    unknown = sorted(set(kmeans_kwargs) - set(KMeans._param_names()))
+    known = list(KMeans().get_params())
+    unknown = sorted(set(kmeans_kwargs) - set(known))
     if unknown:
         raise InvalidParameterError(
             f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
-            f"which takes {', '.join(KMeans._param_names())}"
+            f"which takes {', '.join(known)}"
         )
     check_tile(tile)
     # k above what the output holds would fail only after the (long) fit
