@@ -98,7 +98,7 @@ def test_reads_the_image_over_http(http_url):
     _assert_pixels(src.data.compute(), http_url)
     requests = http_url.extra["log"].read_text().splitlines()
     assert requests
-    assert not any(r.startswith("GET") and r.endswith("Range=None") for r in requests), requests
+    assert not any(r.startswith(f"GET /{http_url.path.name} ") and r.endswith("Range=None") for r in requests), requests
 
 
 def test_reads_the_colours_of_a_transparent_png(rgba_png):
