@@ -297,10 +297,10 @@ def main(argv: list[str] | None = None) -> None:
         f"bare read: every tile read with os.pread and decoded by TiffPage.decode (imagecodecs "
         f"deflate + predictor) on {threads} threads, pixels dropped; file in the page cache; "
         f"peak {rf.fmt_gb(bare.peak)}.",
-        "CLI: `bigquant quantize IN OUT.tif -k 16 --random-state 0 --no-progress -v` in a subprocess "
+        f"CLI: `bigquant quantize IN OUT.tif -k {args.k} --random-state 0 --no-progress -v` in a subprocess "
         "(time includes interpreter start, imports and the LocalCluster); peak RSS = CLI + scheduler "
         "+ nannies + workers, sampled every 0.2 s.",
-        *(["threads: `bigquant.quantize(IN, OUT, 16, random_state=0)` on dask's threaded scheduler, "
+        *([f"threads: `bigquant.quantize(IN, OUT, {args.k}, random_state=0)` on dask's threaded scheduler, "
             "after an untimed warm-up; peak RSS = this whole process "
             f"(it held {rf.fmt_gb(rows[-1][1].notes['baseline'])} before the run)."]
           if rows and "baseline" in rows[-1][1].notes else []),
