@@ -733,3 +733,41 @@ def setup_logging(verbose: int) -> None:
     if verbose < 2:
         for name in ("distributed", "bokeh", "tornado", "numba", "rasterio", "PIL"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def add_common_arguments(parser: Any, *, what: str, default_mp: int, side: int, default_runs: str,
+                         pass_name: str) -> None:
+    """The options both real-file benchmarks take (size, cache, repeats, runs, targets)."""
+    import tempfile
+
+    parser.add_argument("--megapixels", type=float, default=default_mp,
+                        help=f"{what} size in 2**20 px (default {default_mp}: {side} x {side})")
+    parser.add_argument("--workdir", type=pathlib.Path,
+                        default=pathlib.Path(tempfile.gettempdir()) / "bigquant-bench-realfiles",
+                        help=f"where the {what} is built and cached (default: a folder in the temp dir)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (median)")
+    parser.add_argument("-k", type=int, default=16, help="colours (default 16)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default=default_runs,
+                        help="bigquant runs: cli (subprocess, LocalCluster), threads (in-process)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"threads of the build and the {pass_name} (default: cores)")
+    parser.add_argument("--rebuild", action="store_true", help=f"rebuild the {what} even if cached")
+    parser.add_argument("--clean", action="store_true", help=f"delete the {what} at the end")
+    parser.add_argument("--max-ratio", type=float, default=2.5)
+    parser.add_argument("--max-gb", type=float, default=1.5)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def parse_common(parser: Any, argv: list[str] | None) -> tuple[Any, list[str], int]:
+    """Parsed arguments, the bigquant runs asked for, and the threads to use."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    runs = [r for r in args.runs.split(",") if r]
+    if unknown := set(runs) - {"cli", "threads"}:
+        parser.error(f"--runs: unknown {sorted(unknown)}")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cores = os.cpu_count() or 1
+    return args, runs, args.threads or cores

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import pathlib
 import sys
 import tempfile
@@ -213,33 +212,9 @@ def describe(path: pathlib.Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megapixels", type=float, default=256,
-                        help="scene size in 2**20 px (default 256: 16384 x 16384)")
-    parser.add_argument("--workdir", type=pathlib.Path,
-                        default=pathlib.Path(tempfile.gettempdir()) / "bigquant-bench-realfiles",
-                        help="where the scene is built and cached (default: a folder in the temp dir)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (median)")
-    parser.add_argument("-k", type=int, default=16, help="colours (default 16)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", default="cli",
-                        help="bigquant runs: cli (subprocess, LocalCluster), threads (in-process)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads of the build and the bare read (default: cores)")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the scene even if cached")
-    parser.add_argument("--clean", action="store_true", help="delete the scene at the end")
-    parser.add_argument("--max-ratio", type=float, default=2.5)
-    parser.add_argument("--max-gb", type=float, default=1.5)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    rf.setup_logging(args.verbose)
-    runs = [r for r in args.runs.split(",") if r]
-    if unknown := set(runs) - {"cli", "threads"}:
-        parser.error(f"--runs: unknown {sorted(unknown)}")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        cores = os.cpu_count() or 1
-    threads = args.threads or cores
+    rf.add_common_arguments(parser, what="scene", default_mp=256, side=16384, default_runs="cli",
+                            pass_name="bare read")
+    args, runs, threads = rf.parse_common(parser, argv)
 
     side = rf.side_for(args.megapixels, TILE)
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -327,36 +327,12 @@ def check_slide(path: pathlib.Path, side: int) -> dict[str, Any] | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megapixels", type=float, default=1024,
-                        help="slide size in 2**20 px (default 1024: 32768 x 32768)")
-    parser.add_argument("--workdir", type=pathlib.Path,
-                        default=pathlib.Path(tempfile.gettempdir()) / "bigquant-bench-realfiles",
-                        help="where the slide is built and cached (default: a folder in the temp dir)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (median)")
-    parser.add_argument("-k", type=int, default=16, help="colours (default 16)")
+    rf.add_common_arguments(parser, what="slide", default_mp=1024, side=32768, default_runs="cli,threads",
+                            pass_name="bare decode")
     parser.add_argument("--jpeg", choices=("rgb", "ycbcr"), default="rgb",
                         help="tile colour space: Aperio JPEG/RGB (default) or YCbCr 4:2:0")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", default="cli,threads",
-                        help="bigquant runs: cli (subprocess, LocalCluster), threads (in-process)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads of the build and the bare decode (default: cores)")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the slide even if cached")
-    parser.add_argument("--clean", action="store_true", help="delete the slide at the end")
-    parser.add_argument("--max-ratio", type=float, default=2.5)
-    parser.add_argument("--max-gb", type=float, default=1.5)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    rf.setup_logging(args.verbose)
-    runs = [r for r in args.runs.split(",") if r]
-    if unknown := set(runs) - {"cli", "threads"}:
-        parser.error(f"--runs: unknown {sorted(unknown)}")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        cores = os.cpu_count() or 1
-    threads = args.threads or cores
+    args, runs, threads = rf.parse_common(parser, argv)
 
     side = rf.side_for(args.megapixels, 4 * TILE)
     args.workdir.mkdir(parents=True, exist_ok=True)
