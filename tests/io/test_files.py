@@ -83,3 +83,12 @@ def test_url_errors_name_the_url_and_write_nothing(tmp_path, http_url):
     with pytest.raises(ImageReadError, match=rf"{missing}: no such file"):
         read_image(missing)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_quantizes_a_url(tmp_path, http_url, capsys):
+    from bigquant.cli import main
+
+    code = main(["quantize", http_url.url, str(tmp_path / "q.tif"), "-k", "5", "--no-cluster", "--no-progress",
+                 "--random-state", "0"])
+    assert code == 0, capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "q.tif").shape == http_url.reference.shape[:2]
