@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from bigquant.errors import ImageReadError
 
-__all__ = ["is_url", "open_binary", "file_stamp", "file_size"]
+__all__ = ["is_url", "open_binary", "file_stamp"]
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
 #: fsspec block size: a 256 x 256 JPEG tile is typically 20-100 KB
@@ -64,13 +64,6 @@ def _info(location: str) -> dict[str, Any]:
     if info.get("type") == "directory":
         raise ImageReadError(f"{location}: is a directory, not an image file")
     return info
-
-
-def file_size(location: str | os.PathLike[str]) -> int:
-    """Size in bytes of a local file or URL."""
-    if not is_url(location):
-        return os.path.getsize(location)
-    return int(_info(str(location)).get("size") or 0)
 
 
 def file_stamp(location: str | os.PathLike[str]) -> tuple[Any, ...]:

@@ -39,7 +39,7 @@ from dask.base import tokenize
 
 from bigquant.errors import ImageReadError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike, aligned_chunks
-from bigquant.io.files import file_size, file_stamp, is_url, open_binary
+from bigquant.io.files import file_stamp, is_url, open_binary
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask, nodata_mask
 from bigquant.io.source import ImageSource
 
@@ -543,15 +543,15 @@ def read_tiff(
     from bigquant.io.inspect import image_series
 
     location = str(path)
+    stamp = file_stamp(location)  # (size, version): one stat, or one request for a URL
     try:
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(open_binary(location)) if is_url(location) else location
             tf = stack.enter_context(tifffile.TiffFile(src))
             info = _level_info(tf, location, level, series, image_series)
             found = info.pop("mask_series")
-            size = file_size(location)
             try:
-                _check_extent(list(tf.series[info["series"]].levels[level].pages), size, location)
+                _check_extent(list(tf.series[info["series"]].levels[level].pages), stamp[0], location)
             except ImageReadError:
                 raise
             except Exception:  # noqa: BLE001 - metadata without offsets: checked per block
@@ -567,7 +567,6 @@ def read_tiff(
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
         raise ImageReadError(f"{location}: not a readable TIFF file: {exc}") from exc
-    stamp = file_stamp(location)
     data, reader, tile = _level_array(location, info, chunks, stamp)
     series = info["series"]
     token = data.name.rsplit("-", 1)[-1]
