@@ -17,7 +17,7 @@ from dask.base import tokenize
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
 from bigquant.io.chunks import ChunksLike, aligned_chunks
 from bigquant.io.files import file_stamp, is_url, open_binary
-from bigquant.io.mask import alpha_mask, finite_mask
+from bigquant.io.mask import alpha_mask, combine_masks, finite_mask
 from bigquant.io.source import ImageSource
 from bigquant.io.tiff_read import is_tiff, read_tiff
 
@@ -79,8 +79,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     if alpha:
         mask = alpha_mask(arr[:, :, -1])
         arr = arr[:, :, :-1] if channels > 2 else arr[:, :, 0]
-    finite = finite_mask(arr)
-    mask = finite if mask is None else (mask if finite is None else mask & finite)
+    mask = combine_masks(mask, finite_mask(arr))
     return ImageSource(
         data=arr,
         path=path,
