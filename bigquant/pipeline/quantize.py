@@ -10,8 +10,9 @@ write.  The palette (JSON) and a small preview PNG come from the same passes.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
+import math
 import os
 import pathlib
 import time
@@ -21,15 +22,18 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from bigquant.cluster.scheduler import phase
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
-from bigquant.io.atomic import atomic_output, check_target
+from bigquant.io.atomic import check_target
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
-from bigquant.pipeline.masks import resolve_mask
 from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
+from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, check_tile, write_image
+from bigquant.pipeline.masks import resolve_mask
+from bigquant.pipeline.quality import QualityTarget, parse_quality, peak_value, search_k
 
 __all__ = ["quantize", "palette_colours"]
 
@@ -115,71 +119,243 @@ def palette_colours(centers: np.ndarray, dtype: np.dtype, rgb_bands: Sequence[in
     return as_colours(centers)
 
 
-def _label_lookup(model: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
-    """The fitted colour -> label table for the TIFF writer to look labels up itself.
+def _label_lookup(mapper: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
+    """The colour -> label table for the TIFF writer to look labels up itself.
 
     The writer then maps and encodes each tile while it is in cache, and no
-    chunk of labels is ever held; the labels are those of ``model.labels_``
-    (same table, same nearest-centre fallback).  None when the model has no
-    table (pixel strategies) or the output is not a TIFF.
+    chunk of labels is ever held; the labels are those of ``mapper.labels_``
+    (same table, same nearest-colour fallback).  None when the mapper has no
+    table (data of more than 24 bits per pixel) or the output is not a TIFF.
     """
-    import dask.array as da
-
     if FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array):
         return None
-    if not isinstance(getattr(model, "labels_", None), da.Array):
+    if not isinstance(getattr(mapper, "labels_", None), da.Array):
         return None
-    get_lut = getattr(model, "lookup_table", None)
-    table = get_lut() if get_lut is not None else None
+    table = mapper.lookup_table()
     if table is None:
         return None
     _, bits, sentinel = table
-    centers = np.asarray(model.cluster_centers_, dtype=np.float64)
-    return LabelLookup(int(bits), int(sentinel), centers), model.lookup_table_key()
+    centers = np.asarray(mapper.cluster_centers_, dtype=np.float64)
+    return LabelLookup(int(bits), int(sentinel), centers), mapper.lookup_table_key()
 
 
-def _nothing_masked(model: Any, valid: Any) -> bool:
+def _nothing_masked(histogram: Any, valid: Any) -> bool:
     """True when the mask keeps every pixel (known from the histogram, else one pass over it)."""
-    histogram = getattr(model, "histogram_", None)
     if histogram is not None:
         return histogram.n_pixels == int(np.prod(valid.shape))
     return bool(valid.all().compute())
 
 
-def _write_palette_json(
-    path: pathlib.Path,
-    colours: np.ndarray,
-    model: Any,
+def psnr(error: float | None, n_values: int, dtype: np.dtype) -> float | None:
+    """PSNR in dB of a summed squared error over ``n_values`` values of integer type ``dtype``.
+
+    None when the error is unknown or the data are not integers (no peak value).
+    """
+    if error is None or np.dtype(dtype).kind not in "ui":
+        return None
+    if error <= 0:
+        return float("inf")
+    peak = float(np.iinfo(dtype).max)
+    return 10.0 * math.log10(peak * peak * n_values / error)
+
+
+@dataclasses.dataclass
+class PaletteChoice:
+    """The palette an image is written with and where it came from.
+
+    Attributes
+    ----------
+    palette : ndarray of shape (k, n_channels)
+        Every band, in the data's units (integers for integer data).
+    model : estimator or None
+        The fitted :class:`bigquant.KMeans`; None for a given palette.
+    histogram : ColourHistogram or None
+        The exact colour histogram the palette was fitted on, whose colours
+        include every colour of the image written (8-bit data).
+    error : float or None
+        Squared error of the written pixels, when known (from the histogram).
+    source : str or None
+        The palette file applied, if any.
+    """
+
+    palette: np.ndarray
+    model: Any = None
+    histogram: Any = None
+    error: float | None = None
+    source: str | None = None
+
+
+def write_quantized(
+    data: Any,
+    valid: Any,
+    choice: PaletteChoice,
     source: ImageSource,
     dst: pathlib.Path,
+    *,
+    mode: str,
+    tile: int,
+    compression: str | None,
+    pyramid: bool | int,
     overwrite: bool,
-    nodata_index: int | None = None,
-) -> None:
-    doc = {
+    preview: str | os.PathLike[str] | None,
+    nodata_index: int | None,
+    overviews: bool | int,
+    cog: bool,
+    rgb_bands: Sequence[int] | None,
+) -> tuple[Any, int | None]:
+    """Map ``data`` to the chosen palette and write it (one read pass for 8-bit data).
+
+    Every pixel takes its nearest palette colour (lowest index on ties), by a
+    lookup table over the histogram's colours, over every colour of an 8-bit
+    image when no histogram is known, else colour by colour.
+
+    Returns
+    -------
+    mapper : FixedPalette
+        The estimator that mapped the pixels (:class:`bigquant.cluster.fixed.FixedPalette`).
+    nodata : int or None
+        The nodata index written (None when nothing is masked).
+    """
+    from bigquant.cluster.fixed import FixedPalette
+
+    histogram = choice.histogram
+    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    mapper = FixedPalette(choice.palette).fit(data, histogram=histogram)
+    nodata = None
+    if valid is not None and _nothing_masked(histogram, valid):
+        valid = None  # e.g. float data without a NaN: no index reserved for nothing
+    if valid is not None:
+        nodata = len(colours) if nodata_index is None else int(nodata_index)
+        labels = da.where(valid, mapper.labels_, nodata)
+        labels = labels.astype(index_dtype(nodata + 1))
+        lookup = None
+    else:
+        labels = mapper.labels_
+        lookup = _label_lookup(mapper, data, dst)
+    write_image(
+        data if lookup is not None else labels,
+        dst,
+        palette=colours,
+        mode=mode,
+        tile=tile,
+        compression=compression,
+        pyramid=pyramid,
+        overwrite=overwrite,
+        preview=preview,
+        nodata=nodata,
+        geotiff=source.geotiff,
+        overviews=overviews,
+        cog=cog,
+        _lookup=lookup,
+    )
+    return mapper, nodata
+
+
+def palette_document(
+    choice: PaletteChoice,
+    source: ImageSource,
+    dst: pathlib.Path,
+    nodata_index: int | None,
+    rgb_bands: Sequence[int] | None,
+    n_pixels: int | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The palette JSON: the colours shown, the palette in every band, the fit's summary."""
+    model = choice.model
+    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    n_values = None if n_pixels is None else n_pixels * int(np.shape(choice.palette)[1])
+    quality = None if n_values is None else psnr(choice.error, n_values, source.dtype)
+    doc: dict[str, Any] = {
         "n_colours": int(len(colours)),
         "dtype": str(colours.dtype),
         "colours": colours.tolist(),
-        "centres": np.asarray(model.cluster_centers_, dtype=float).tolist(),
-        "bands": int(np.shape(model.cluster_centers_)[1]),
+        "palette": np.asarray(choice.palette).tolist(),
+        "bands": int(np.shape(choice.palette)[1]),
         "nodata_index": nodata_index,
-        "inertia": float(getattr(model, "inertia_", float("nan"))),
-        "n_iter": int(getattr(model, "n_iter_", 0)),
-        "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
+        "error": choice.error,
+        "psnr": quality if quality is None or math.isfinite(quality) else "inf",
+        "palette_file": choice.source,
+    }
+    if model is not None:
+        doc.update({
+            "centres": np.asarray(model.cluster_centers_, dtype=float).tolist(),
+            "inertia": float(getattr(model, "inertia_", float("nan"))),
+            "n_iter": int(getattr(model, "n_iter_", 0)),
+            "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
+        })
+    doc.update({
         "source": str(source.path) if source.path is not None else None,
         "series": source.series,
         "level": source.level,
         "shape": list(source.shape),
         "output": str(dst),
-    }
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    })
+    doc.update(extra or {})
+    return doc
+
+
+def write_palette_out(path: pathlib.Path, choice: PaletteChoice, doc: dict[str, Any], overwrite: bool,
+                      dtype: np.dtype, rgb_bands: Sequence[int] | None) -> None:
+    """Write ``palette_out`` in the format of its suffix (JSON: the whole document)."""
+    if palette_format(path) == "json":
+        write_palette(path, choice.palette, document=doc, overwrite=overwrite)
+    else:
+        write_palette(path, palette_colours(choice.palette, dtype, rgb_bands), overwrite=overwrite)
+
+
+def load_palette(palette: Any, n_channels: int, dtype: np.dtype, limit: int) -> tuple[np.ndarray, str | None]:
+    """A palette given to apply (array-like or file), checked against the image and the output.
+
+    Returns the palette (in ``dtype`` for integer data) and the file it came from.
+
+    Raises
+    ------
+    InvalidInputError
+        A wrong number of channels, colours outside the data's range, or
+        8-bit colours from a file for other data.
+    InvalidParameterError
+        More colours than the output can index.
+    """
+    where = None
+    if isinstance(palette, (str, os.PathLike)):
+        where = str(palette)
+        fmt = palette_format(palette)
+        pal = read_palette(palette)
+        if fmt != "json" and np.dtype(dtype) != np.uint8:
+            raise InvalidInputError(
+                f"{where}: a {fmt} palette holds 8-bit colours but the image is {np.dtype(dtype)}; "
+                "use a .json palette fitted on such data"
+            )
+    else:
+        pal = np.asarray(palette)
+    if pal.ndim == 1:
+        pal = pal[:, None]
+    name = where or "palette"
+    if pal.ndim != 2 or pal.shape[0] == 0 or pal.dtype.kind not in "uif":
+        raise InvalidParameterError(f"{name} of shape {pal.shape} must be numbers of shape (n_colours >= 1, n_channels)")
+    if pal.shape[1] == 3 and n_channels == 1 and np.all(pal == pal[:, :1]):
+        pal = pal[:, :1]  # grey colours written as R = G = B
+    if pal.shape[1] != n_channels:
+        raise InvalidInputError(f"{name} has {pal.shape[1]} channel(s) per colour but the image has {n_channels}")
+    if pal.shape[0] > limit:
+        raise InvalidParameterError(f"{name} has {pal.shape[0]} colours, more than the output can index ({limit})")
+    if np.dtype(dtype).kind in "ui":
+        info = np.iinfo(dtype)
+        if np.any(pal != np.rint(pal)) or pal.min() < info.min or pal.max() > info.max:
+            raise InvalidInputError(
+                f"{name}: colours must be integers in [{info.min}, {info.max}] for {np.dtype(dtype)} data"
+            )
+        pal = pal.astype(dtype)
+    return np.ascontiguousarray(pal), where
 
 
 def quantize(
     src: Any,
     dst: str | os.PathLike[str],
-    n_clusters: int,
+    n_clusters: int | None = None,
     *,
+    palette: Any = None,
+    quality: Any = None,
     strategy: Literal["auto", "histogram", "pixels", "minibatch"] = "auto",
     mode: Literal["palette", "rgb"] = "palette",
     client: Any = None,
@@ -200,7 +376,7 @@ def quantize(
     rgb_bands: Sequence[int] | None = None,
     **kmeans_kwargs: Any,
 ) -> Any:
-    """Quantize an image of any size to ``n_clusters`` colours and write it.
+    """Quantize an image of any size to ``n_clusters`` colours (or a given palette) and write it.
 
     Parameters
     ----------
@@ -210,8 +386,21 @@ def quantize(
     dst : str or os.PathLike
         Output file (``.tif``, ``.zarr``, ``.png``, ``.jpg``); see
         :func:`bigquant.write_image`.
-    n_clusters : int
-        Number of colours k.
+    n_clusters : int or None, default=None
+        Number of colours k (needed unless ``palette`` or ``quality`` is given).
+    palette : array-like, str, os.PathLike or None, default=None
+        Apply this palette instead of fitting one: colours of shape (k,
+        n_channels) in the data's units, or a palette file (the JSON
+        ``palette_out`` writes, GIMP ``.gpl``, Adobe ``.act``, a PNG/TIFF
+        swatch: see :func:`bigquant.io.palette_file.read_palette`).  Every
+        pixel takes its nearest colour (lowest index on ties), as in a fit;
+        8-bit images are read once.
+    quality : float, (float, float), str or None, default=None
+        Choose k as the fewest colours whose image reaches this PSNR in dB
+        (8-bit data; see :mod:`bigquant.pipeline.quality`): ``40``,
+        ``(30, 40)`` or ``"30:40"`` for a floor of 30 dB under which nothing
+        is written (:class:`bigquant.errors.QualityError`).  ``n_clusters``
+        is then the most colours allowed (default: what the output holds).
     strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
         Fitting strategy of :class:`bigquant.KMeans`.
     mode : {"palette", "rgb"}, default="palette"
@@ -230,7 +419,10 @@ def quantize(
     overwrite : bool, default=False
         Replace existing outputs.
     palette_out : str, os.PathLike or None, default=None
-        Also write the palette and fit summary as JSON.
+        Also write the palette: ``.json`` with the fit's summary (its
+        ``palette`` entry is every band of the colours written, ``error`` and
+        ``psnr`` their exact squared error and PSNR when known), or ``.gpl``,
+        ``.act``, ``.png`` (8-bit RGB colours shown).
     preview : str, os.PathLike or None, default=None
         Also write a PNG preview (at most 1024 px a side) from the same pass.
     chunks : int, tuple of int or None, default=None
@@ -269,9 +461,10 @@ def quantize(
 
     Returns
     -------
-    model : KMeans
-        The fitted estimator; ``model.cluster_centers_`` is the palette before
-        rounding, in every band.  A GeoTIFF source's georeferencing (CRS,
+    model : KMeans or FixedPalette
+        The fitted estimator (``model.cluster_centers_`` are the centres
+        before rounding, ``model.palette()`` the colours written, in every
+        band), or the mapper of a given ``palette``.  A GeoTIFF source's georeferencing (CRS,
         transform, GDAL metadata) is carried to TIFF output.
 
     Raises
@@ -291,50 +484,10 @@ def quantize(
     >>> model.cluster_centers_.shape
     (4, 3)
     """
-    from bigquant.cluster.kmeans import KMeans
-
     dst_path = pathlib.Path(dst).expanduser()
-    # fail fast, before reading a pixel: outputs, tile, compression, mode
-    if mode not in ("palette", "rgb"):
-        raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
-    known = list(KMeans().get_params())
-    unknown = sorted(set(kmeans_kwargs) - set(known))
-    if unknown:
-        raise InvalidParameterError(
-            f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
-            f"which takes {', '.join(known)}"
-        )
-    check_tile(tile)
-    # k above what the output holds would fail only after the (long) fit
-    limit = 256 if mode == "palette" and dst_path.suffix.lower() == ".png" else MAX_PALETTE
-    if isinstance(n_clusters, (int, np.integer)) and n_clusters > limit:
-        raise InvalidParameterError(
-            f"n_clusters={n_clusters} is above the {limit} colours a {mode} "
-            f"{dst_path.suffix or 'output'} file can hold"
-        )
-    if dst_path.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
-        codec = resolve_codec(compression, None)
-        if mode == "palette" and codec.lossy_image:
-            raise InvalidParameterError(
-                f"compression={compression!r} is lossy and would corrupt palette indices; "
-                "use 'zlib' or mode='rgb'"
-            )
-    elif dst_path.suffix.lower() not in FORMATS:
-        raise ImageWriteError(
-            f"{dst_path}: unsupported output suffix {dst_path.suffix!r}; use one of {sorted(FORMATS)}"
-        )
-    outputs = [dst_path] + [pathlib.Path(p).expanduser() for p in (palette_out, preview) if p]
-    if len(set(outputs)) != len(outputs):
-        raise InvalidParameterError(f"dst, palette_out and preview must differ: {outputs}")
-    for out in outputs:
-        check_target(out, overwrite=overwrite)
-
-    if nodata_index is not None and (isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
-                                     or isinstance(n_clusters, (int, np.integer)) and nodata_index < n_clusters):
-        raise InvalidParameterError(
-            f"nodata_index={nodata_index!r} must be an int outside the palette (>= n_clusters={n_clusters})"
-        )
-
+    target = parse_quality(quality)
+    limit = _check_request(dst_path, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
+                           [palette_out, preview], overwrite, nodata_index)
     source = src if isinstance(src, ImageSource) and chunks is None else read_image(
         src, chunks=chunks, level=level, series=series
     )
@@ -347,61 +500,163 @@ def quantize(
     if valid is not None and data.dtype.kind == "f":
         data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
     logger.info(
-        "quantize %s: %s %s to k=%d (%s), chunks %s, %s",
-        source.path or "array", source.shape, source.dtype, n_clusters, strategy, data.chunksize,
-        "masked" if valid is not None else "no mask",
+        "quantize %s: %s %s to %s (%s), chunks %s, %s",
+        source.path or "array", source.shape, source.dtype,
+        f"palette {palette}" if isinstance(palette, (str, os.PathLike)) else
+        "a given palette" if palette is not None else f"PSNR {target.target} dB" if target else f"k={n_clusters}",
+        strategy, data.chunksize, "masked" if valid is not None else "no mask",
     )
     with _scheduler(client):
         t0 = time.perf_counter()
-        try:
-            model = KMeans(
-                n_clusters, strategy=strategy, random_state=random_state, **kmeans_kwargs
-            ).fit(data, sample_weight=valid)
-        except InvalidInputError as exc:
-            if "every sample is masked" in str(exc):
-                raise InvalidInputError(
-                    f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
-                ) from exc
-            raise
-        t1 = time.perf_counter()
-        logger.info(
-            "fitted %d colours in %.1f s (%s iterations)",
-            len(model.cluster_centers_), t1 - t0, getattr(model, "n_iter_", "?"),
-        )
-        _release_freed_memory()
-        colours = palette_colours(model.cluster_centers_, source.dtype, rgb_bands)
-        nodata = None
-        if valid is not None and _nothing_masked(model, valid):
-            valid = None  # e.g. float data without a NaN: no index reserved for nothing
-        if valid is not None:
-            nodata = len(colours) if nodata_index is None else int(nodata_index)
-            labels = da.where(valid, model.labels_, nodata)
-            labels = labels.astype(index_dtype(nodata + 1))
-            lookup = None
+        if palette is not None:
+            pal, where = load_palette(palette, int(data.shape[-1]), data.dtype, limit)
+            if n_clusters is not None and int(n_clusters) != len(pal):
+                raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
+            choice = PaletteChoice(pal, source=where)
         else:
-            labels = model.labels_
-            lookup = _label_lookup(model, data, dst_path)
-        write_image(
-            data if lookup is not None else labels,
-            dst_path,
-            palette=colours,
-            mode=mode,
-            tile=tile,
-            compression=compression,
-            pyramid=pyramid,
-            overwrite=overwrite,
-            preview=preview,
-            nodata=nodata,
-            geotiff=source.geotiff,
-            overviews=overviews,
-            cog=cog,
-            _lookup=lookup,
+            choice = _fit_palette(data, valid, source, n_clusters, target, limit,
+                                  dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
+        t1 = time.perf_counter()
+        _release_freed_memory()
+        mapper, nodata = write_quantized(
+            data, valid, choice, source, dst_path, mode=mode, tile=tile, compression=compression,
+            pyramid=pyramid, overwrite=overwrite, preview=preview, nodata_index=nodata_index,
+            overviews=overviews, cog=cog, rgb_bands=rgb_bands,
         )
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
         _release_freed_memory()
     if palette_out is not None:
-        _write_palette_json(
-            pathlib.Path(palette_out).expanduser(), colours, model, source, dst_path, overwrite, nodata
-        )
-    return model
+        n_pixels = choice.histogram.n_pixels if choice.histogram is not None else None
+        doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels,
+                               {"seconds": {"fit": round(t1 - t0, 3)}})
+        write_palette_out(pathlib.Path(palette_out).expanduser(), choice, doc, overwrite, source.dtype, rgb_bands)
+    return choice.model if choice.model is not None else mapper
 
+
+def _check_request(
+    dst: pathlib.Path,
+    n_clusters: int | None,
+    palette: Any,
+    target: QualityTarget | None,
+    mode: str,
+    tile: int,
+    compression: str | None,
+    kmeans_kwargs: dict[str, Any],
+    extras: list[Any],
+    overwrite: bool,
+    nodata_index: int | None,
+) -> int:
+    """Check what can be checked before reading a pixel; return the most colours the output holds."""
+    from bigquant.cluster.kmeans import KMeans
+
+    if mode not in ("palette", "rgb"):
+        raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
+    known = list(KMeans().get_params())
+    unknown = sorted(set(kmeans_kwargs) - set(known))
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
+            f"which takes {', '.join(known)}"
+        )
+    if palette is not None and target is not None:
+        raise InvalidParameterError("palette and quality exclude each other: a given palette has its own k")
+    if palette is None and target is None and n_clusters is None:
+        raise InvalidParameterError("n_clusters is needed (or a palette to apply, or a quality target)")
+    if n_clusters is not None and (isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer))):
+        raise InvalidParameterError(f"n_clusters={n_clusters!r} must be an int")
+    check_tile(tile)
+    # k above what the output holds would fail only after the (long) fit
+    limit = 256 if mode == "palette" and dst.suffix.lower() == ".png" else MAX_PALETTE
+    if n_clusters is not None and n_clusters > limit:
+        raise InvalidParameterError(
+            f"n_clusters={n_clusters} is above the {limit} colours a {mode} {dst.suffix or 'output'} file can hold"
+        )
+    if dst.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
+        codec = resolve_codec(compression, None)
+        if mode == "palette" and codec.lossy_image:
+            raise InvalidParameterError(
+                f"compression={compression!r} is lossy and would corrupt palette indices; use 'zlib' or mode='rgb'"
+            )
+    elif dst.suffix.lower() not in FORMATS:
+        raise ImageWriteError(f"{dst}: unsupported output suffix {dst.suffix!r}; use one of {sorted(FORMATS)}")
+    outputs = [dst] + [pathlib.Path(p).expanduser() for p in extras if p]
+    if len(set(outputs)) != len(outputs):
+        raise InvalidParameterError(f"dst, palette_out and preview must differ: {outputs}")
+    if extras[0]:
+        palette_format(extras[0])
+    for out in outputs:
+        check_target(out, overwrite=overwrite)
+    if palette is not None and isinstance(palette, (str, os.PathLike)):
+        palette_format(palette)
+    if nodata_index is not None and (
+        isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
+        or n_clusters is not None and nodata_index < n_clusters
+    ):
+        raise InvalidParameterError(
+            f"nodata_index={nodata_index!r} must be an int outside the palette (>= n_clusters={n_clusters})"
+        )
+    return limit
+
+
+def _fit_palette(
+    data: Any,
+    valid: Any,
+    source: ImageSource,
+    n_clusters: int | None,
+    target: QualityTarget | None,
+    limit: int,
+    params: dict[str, Any],
+) -> PaletteChoice:
+    """Fit the palette: k colours, or the fewest that reach the quality target."""
+    from bigquant.cluster.histogram import colour_histogram, histogram_bits
+    from bigquant.cluster.kmeans import KMeans
+
+    where = source.path or "array"
+    if target is None:
+        try:
+            model = KMeans(n_clusters, **params).fit(data, sample_weight=valid)
+        except InvalidInputError as exc:
+            if "every sample is masked" in str(exc):
+                raise InvalidInputError(f"{where}: every pixel is masked (alpha, nodata or mask): nothing to fit") from exc
+            raise
+        logger.info("fitted %d colours (%s iterations)", len(model.cluster_centers_), getattr(model, "n_iter_", "?"))
+        pal, error = model.palette()
+        return PaletteChoice(pal, model, getattr(model, "histogram_", None), error)
+    if histogram_bits(data.dtype, int(data.shape[-1])) is None or params.get("strategy") not in ("auto", "histogram"):
+        raise InvalidParameterError(
+            f"quality= needs the exact colour histogram: 8-bit data (uint8, at most 3 bands) and strategy 'auto' "
+            f"or 'histogram'; {where} is {data.dtype} with {data.shape[-1]} band(s): give n_clusters"
+        )
+    with phase("bigquant-histogram"):
+        histogram = colour_histogram(data, valid=valid)
+    if histogram.n_colours == 0:
+        raise InvalidInputError(f"{where}: every pixel is masked (alpha, nodata or mask): nothing to fit")
+    choice = choose_palette(histogram, target, n_clusters, limit, params)
+    return choice
+
+
+def choose_palette(
+    histogram: Any, target: QualityTarget, n_clusters: int | None, limit: int, params: dict[str, Any]
+) -> PaletteChoice:
+    """The palette of the fewest colours whose image reaches ``target`` (PSNR on ``histogram``)."""
+    import warnings
+
+    from bigquant.cluster.kmeans import KMeans
+    from bigquant.errors import FewColoursWarning
+
+    params = {name: value for name, value in params.items() if name != "strategy"}
+
+    def fit_k(k: int) -> tuple[Any, float]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewColoursWarning)
+            model = KMeans(k, **params).fit_histogram(histogram)
+        return model, float(model.palette()[1])
+
+    k_max = min(limit if n_clusters is None else int(n_clusters), histogram.n_colours)
+    n_channels = int(histogram.colours.shape[1])
+    found = search_k(fit_k, target, n_values=histogram.n_pixels * n_channels,
+                     peak=peak_value(histogram.colours.dtype), k_max=k_max)
+    logger.info("quality: k=%d reaches %.2f dB (tried %s)", found.k, found.psnr, found.tried)
+    model = found.fit
+    pal, error = model.palette()
+    return PaletteChoice(pal, model, histogram, error)
