@@ -418,6 +418,14 @@ def _fit_task(hist: ColourHistogram, k: int, n_init: int, max_iter: int, tol: fl
     return fit, time.perf_counter() - start
 
 
+def _is_file_set(src: Any) -> bool:
+    """A list or tuple of image files (or opened sources): a set sharing one palette."""
+    from bigquant.io import ImageSource
+
+    return isinstance(src, (list, tuple)) and bool(src) and all(
+        isinstance(s, (str, os.PathLike, ImageSource)) for s in src)
+
+
 def _load_source(src: Any, mask: Any = None) -> tuple[Any, Any]:
     """An array (numpy or dask) of shape (..., C) from a path, ImageSource or array, and its mask.
 
@@ -496,9 +504,11 @@ def sweep(
 
     Parameters
     ----------
-    src : str, path, ImageSource, ColourHistogram, ndarray or dask array
+    src : str, path, ImageSource, ColourHistogram, ndarray, dask array or list of files
         The image (a file is read lazily with :func:`bigquant.read_image`), its
-        pixels (n_pixels, n_channels), or its colour histogram.
+        pixels (n_pixels, n_channels), or its colour histogram; a list of
+        files (8-bit) is swept on their joint histogram, as
+        :func:`bigquant.quantize_many` fits one palette for all of them.
     ks : str or iterable of int
         The k values: ``"2:64:2"`` (stop included), ``"4,8,16"`` or a list.
     strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
@@ -595,6 +605,15 @@ def sweep(
             hist: ColourHistogram | None = src
             n_channels = src.colours.shape[1]
             dtype = src.colours.dtype
+        elif _is_file_set(src):
+            from bigquant.pipeline.many import joint_histogram, open_sources
+
+            opened, _ = open_sources(list(src), mask=mask)
+            with _on(client):
+                hist, _ = joint_histogram(opened)
+            if hist.n_colours == 0:
+                raise InvalidInputError("every pixel of every input is masked: nothing to fit")
+            n_channels, dtype = hist.colours.shape[1], hist.colours.dtype
         else:
             data, valid = _load_source(src, mask)
             n_channels = int(data.shape[-1])
