@@ -105,6 +105,9 @@ class FixedPalette(KMeansBase):
         centers = self._check_palette(data.n_channels)
         if histogram is not None:
             inertia, _ = palette_error(histogram.colours, histogram.counts, centers)
+            if data.is_dask or histogram.inverse is None or histogram.inverse.shape[0] != data.n_samples:
+                # the pixel -> colour index of in-memory data only serves that data
+                histogram = ColourHistogram(histogram.colours, histogram.counts, histogram.codes, histogram.bits)
             return self._set_fitted(data, "palette", histogram, centers, inertia, 0)
         bits = histogram_bits(data.array.dtype, data.n_channels)
         lut = None
