@@ -28,7 +28,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import tifffile
 
 from bigquant import quantize
