@@ -230,7 +230,7 @@ def test_subprocess_python_m_bigquant_info(photo_png):
 def test_subprocess_entry_point_usage_error_and_failure(tmp_path):
     proc = _run(*_entry_point(), "quantize", "only-one-arg")
     assert proc.returncode == 2
-    assert "required: OUT" in _one_line(proc.stderr)
+    assert "give IN OUT" in _one_line(proc.stderr)
     proc = _run(*_entry_point(), "info", str(tmp_path / "missing.tif"))
     assert proc.returncode == 1
     assert _one_line(proc.stderr).startswith("bigquant: error:")

@@ -185,23 +185,24 @@ class PaletteChoice:
     source: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """How a quantized image is written (see :func:`quantize` for each)."""
+
+    mode: str = "palette"
+    tile: int = 512
+    compression: str | None = "zlib"
+    pyramid: bool | int = False
+    overwrite: bool = False
+    preview: str | os.PathLike[str] | None = None
+    nodata_index: int | None = None
+    overviews: bool | int = False
+    cog: bool = False
+    rgb_bands: Sequence[int] | None = None
+
+
 def write_quantized(
-    data: Any,
-    valid: Any,
-    choice: PaletteChoice,
-    source: ImageSource,
-    dst: pathlib.Path,
-    *,
-    mode: str,
-    tile: int,
-    compression: str | None,
-    pyramid: bool | int,
-    overwrite: bool,
-    preview: str | os.PathLike[str] | None,
-    nodata_index: int | None,
-    overviews: bool | int,
-    cog: bool,
-    rgb_bands: Sequence[int] | None,
+    data: Any, valid: Any, choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, options: OutputOptions
 ) -> tuple[Any, int | None]:
     """Map ``data`` to the chosen palette and write it (one read pass for 8-bit data).
 
@@ -219,13 +220,13 @@ def write_quantized(
     from bigquant.cluster.fixed import FixedPalette
 
     histogram = choice.histogram
-    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    colours = palette_colours(choice.palette, source.dtype, options.rgb_bands)
     mapper = FixedPalette(choice.palette).fit(data, histogram=histogram)
     nodata = None
     if valid is not None and _nothing_masked(histogram, valid):
         valid = None  # e.g. float data without a NaN: no index reserved for nothing
     if valid is not None:
-        nodata = len(colours) if nodata_index is None else int(nodata_index)
+        nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
         labels = da.where(valid, mapper.labels_, nodata)
         labels = labels.astype(index_dtype(nodata + 1))
         lookup = None
@@ -236,16 +237,16 @@ def write_quantized(
         data if lookup is not None else labels,
         dst,
         palette=colours,
-        mode=mode,
-        tile=tile,
-        compression=compression,
-        pyramid=pyramid,
-        overwrite=overwrite,
-        preview=preview,
+        mode=options.mode,
+        tile=options.tile,
+        compression=options.compression,
+        pyramid=options.pyramid,
+        overwrite=options.overwrite,
+        preview=options.preview,
         nodata=nodata,
         geotiff=source.geotiff,
-        overviews=overviews,
-        cog=cog,
+        overviews=options.overviews,
+        cog=options.cog,
         _lookup=lookup,
     )
     return mapper, nodata
@@ -518,11 +519,9 @@ def quantize(
                                   dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
         t1 = time.perf_counter()
         _release_freed_memory()
-        mapper, nodata = write_quantized(
-            data, valid, choice, source, dst_path, mode=mode, tile=tile, compression=compression,
-            pyramid=pyramid, overwrite=overwrite, preview=preview, nodata_index=nodata_index,
-            overviews=overviews, cog=cog, rgb_bands=rgb_bands,
-        )
+        options = OutputOptions(mode, tile, compression, pyramid, overwrite, preview, nodata_index, overviews, cog,
+                                rgb_bands)
+        mapper, nodata = write_quantized(data, valid, choice, source, dst_path, options)
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
         _release_freed_memory()
     if palette_out is not None:
