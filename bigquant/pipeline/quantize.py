@@ -21,6 +21,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from bigquant.cluster.scheduler import on_client
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import atomic_output, check_target
 from bigquant.io.chunks import ChunksLike
@@ -39,20 +40,12 @@ logger = logging.getLogger(__name__)
 @contextlib.contextmanager
 def _scheduler(client: Any) -> Iterator[None]:
     """Make ``client`` the scheduler of every compute in the block."""
-    if client is None:
+    # Client.as_current (context-local), no global dask.config.set(scheduler=client):
+    # a nanny restarting a killed worker pickles the global config (a Client in it
+    # cannot be pickled), and concurrent jobs entering and leaving a global setting
+    # in threads leave it set for good.
+    with on_client(client):
         yield
-        return
-    # Only the context-local current client (what Client.as_current sets), no
-    # global dask.config.set: a nanny restarting a killed worker pickles the
-    # global config (a Client in it cannot be pickled), and concurrent jobs
-    # entering and leaving a global setting in threads leave it set for good.
-    from distributed.client import _current_client
-
-    token = _current_client.set(client)
-    try:
-        yield
-    finally:
-        _current_client.reset(token)
 
 
 def _release_freed_memory() -> None:

@@ -53,6 +53,7 @@ from bigquant.cluster.init import kmeans_plusplus
 from bigquant.cluster.lloyd import LloydResult, lloyd
 from bigquant.cluster.points import BoundedPoints, InMemoryPoints
 from bigquant.cluster.search import prepare_search, search, uses_coarse_search
+from bigquant.cluster.scheduler import on_client
 from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
 from bigquant.pipeline.runtime import active_client, phase
 
@@ -745,12 +746,7 @@ def sweep(
 @contextlib.contextmanager
 def _on(client: Any) -> Iterator[None]:
     """Make ``client`` the scheduler of the computes in the block (nothing for None)."""
-    if client is None:
-        yield
-        return
-    import dask
-
-    with client.as_current(), dask.config.set(scheduler=client):
+    with on_client(client):  # context-local: no global dask.config.set(scheduler=client)
         yield
 
 
