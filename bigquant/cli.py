@@ -565,6 +565,8 @@ def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
 
 
 _COMMANDS = {"quantize": _cmd_quantize, "sweep": _cmd_sweep, "info": _cmd_info, "demo": _cmd_demo}
+#: the commands that fit a palette in this process (their allocator is tuned)
+_FITTING = ("quantize", "sweep", "demo")
 
 
 # --------------------------------------------------------------------------- main
@@ -612,6 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
+        if args.command in _FITTING:
+            from bigquant.cluster.allocator import tune_allocator
+
+            tune_allocator()  # this process is ours: glibc thresholds for the fit (BIGQUANT_TUNE_MALLOC=0: off)
         return _COMMANDS[args.command](args, console)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from bigquant.cluster.allocator import release_freed_memory
 from bigquant.cluster.scheduler import on_client
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import atomic_output, check_target
@@ -49,23 +50,12 @@ def _scheduler(client: Any) -> Iterator[None]:
 
 
 def _release_freed_memory() -> None:
-    """Return the heap memory freed by the fit to the OS (glibc only; else a no-op).
+    """Return the heap memory freed by the fit to the OS: only in a process that tuned its allocator.
 
-    The fit allocates and frees hundreds of MB of temporaries in this process;
-    glibc keeps much of it mapped, which would count in the peak memory of the
-    write pass that follows.  Dask workers do the same (MALLOC_TRIM_THRESHOLD_).
+    See :func:`bigquant.cluster.allocator.release_freed_memory` (the command
+    line; a program that opted in); in anybody else's process a no-op.
     """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc without malloc_trim
-        pass
+    release_freed_memory()
 
 
 def display_bands(n_bands: int, rgb_bands: Sequence[int] | None) -> list[int]:

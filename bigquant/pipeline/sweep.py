@@ -47,7 +47,7 @@ import numpy as np
 
 from bigquant import kernels
 from bigquant._typing import STRATEGIES
-from bigquant.cluster.allocator import tune_allocator
+from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import kmeans_plusplus
 from bigquant.cluster.lloyd import LloydResult, lloyd
@@ -643,7 +643,7 @@ def sweep(
     True
     """
     start = time.perf_counter()
-    tune_allocator()
+    tune_if_asked()  # the caller's allocator is theirs: only with BIGQUANT_TUNE_MALLOC=1
     k_values = parse_ks(ks)
     if strategy not in STRATEGIES:
         raise InvalidParameterError(f"strategy={strategy!r} must be one of {', '.join(map(repr, STRATEGIES))}")
