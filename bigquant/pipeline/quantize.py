@@ -22,7 +22,7 @@ import dask.array as da
 import numpy as np
 
 from bigquant.cluster.allocator import release_freed_memory
-from bigquant.cluster.scheduler import on_client
+from bigquant.cluster.scheduler import on_client, phase
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import atomic_output, check_target
 from bigquant.io.chunks import ChunksLike
@@ -126,7 +126,19 @@ def _nothing_masked(model: Any, valid: Any) -> bool:
     histogram = getattr(model, "histogram_", None)
     if histogram is not None:
         return histogram.n_pixels == int(np.prod(valid.shape))
-    return bool(valid.all().compute())
+    with phase("bigquant-labels"):
+        return bool(valid.all().compute())
+
+
+def _write_labels(*args: Any, **kwargs: Any) -> None:
+    """:func:`bigquant.write_image` inside the spans of the label and write passes.
+
+    Labels are computed (or looked up by the TIFF writer) tile by tile as the
+    output is written: one pass over the pixels, shown in the dashboard as the
+    ``bigquant-write`` span inside the ``bigquant-labels`` one.
+    """
+    with phase("bigquant-labels"), phase("bigquant-write"):
+        write_image(*args, **kwargs)
 
 
 def _write_palette_json(
@@ -364,7 +376,7 @@ def quantize(
         else:
             labels = model.labels_
             lookup = _label_lookup(model, data, dst_path)
-        write_image(
+        _write_labels(
             data if lookup is not None else labels,
             dst_path,
             palette=colours,
