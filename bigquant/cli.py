@@ -278,9 +278,15 @@ def _human_bytes(n: float) -> str:
 
 
 def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
+    """Outputs that cannot be written fail as :func:`bigquant.io.atomic.check_target` says (exit 1).
+
+    An existing output is the same failure, with the same exit code, in every command.
+    """
+    from bigquant.io.atomic import check_target
+
     for p in paths:
-        if p and pathlib.Path(p).exists() and not overwrite:
-            raise UsageError(f"{PROG}: {p} exists; pass --overwrite to replace it")
+        if p:
+            check_target(pathlib.Path(p).expanduser(), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- commands
