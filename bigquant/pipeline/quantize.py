@@ -22,7 +22,8 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from bigquant.cluster.scheduler import phase
+from bigquant.cluster.allocator import release_freed_memory
+from bigquant.cluster.scheduler import on_client, phase
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import check_target
 from bigquant.io.chunks import ChunksLike
@@ -43,40 +44,21 @@ logger = logging.getLogger(__name__)
 @contextlib.contextmanager
 def _scheduler(client: Any) -> Iterator[None]:
     """Make ``client`` the scheduler of every compute in the block."""
-    if client is None:
+    # Client.as_current (context-local), no global dask.config.set(scheduler=client):
+    # a nanny restarting a killed worker pickles the global config (a Client in it
+    # cannot be pickled), and concurrent jobs entering and leaving a global setting
+    # in threads leave it set for good.
+    with on_client(client):
         yield
-        return
-    # Only the context-local current client (what Client.as_current sets), no
-    # global dask.config.set: a nanny restarting a killed worker pickles the
-    # global config (a Client in it cannot be pickled), and concurrent jobs
-    # entering and leaving a global setting in threads leave it set for good.
-    from distributed.client import _current_client
-
-    token = _current_client.set(client)
-    try:
-        yield
-    finally:
-        _current_client.reset(token)
 
 
 def _release_freed_memory() -> None:
-    """Return the heap memory freed by the fit to the OS (glibc only; else a no-op).
+    """Return the heap memory freed by the fit to the OS: only in a process that tuned its allocator.
 
-    The fit allocates and frees hundreds of MB of temporaries in this process;
-    glibc keeps much of it mapped, which would count in the peak memory of the
-    write pass that follows.  Dask workers do the same (MALLOC_TRIM_THRESHOLD_).
+    See :func:`bigquant.cluster.allocator.release_freed_memory` (the command
+    line; a program that opted in); in anybody else's process a no-op.
     """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc without malloc_trim
-        pass
+    release_freed_memory()
 
 
 def display_bands(n_bands: int, rgb_bands: Sequence[int] | None) -> list[int]:
@@ -143,7 +125,19 @@ def _nothing_masked(histogram: Any, valid: Any) -> bool:
     """True when the mask keeps every pixel (known from the histogram, else one pass over it)."""
     if histogram is not None:
         return histogram.n_pixels == int(np.prod(valid.shape))
-    return bool(valid.all().compute())
+    with phase("bigquant-labels"):
+        return bool(valid.all().compute())
+
+
+def _write_labels(*args: Any, **kwargs: Any) -> None:
+    """:func:`bigquant.write_image` inside the spans of the label and write passes.
+
+    Labels are computed (or looked up by the TIFF writer) tile by tile as the
+    output is written: one pass over the pixels, shown in the dashboard as the
+    ``bigquant-write`` span inside the ``bigquant-labels`` one.
+    """
+    with phase("bigquant-labels"), phase("bigquant-write"):
+        write_image(*args, **kwargs)
 
 
 def psnr(error: float | None, n_values: int, dtype: np.dtype) -> float | None:
@@ -233,7 +227,7 @@ def write_quantized(
     else:
         labels = mapper.labels_
         lookup = _label_lookup(mapper, data, dst)
-    write_image(
+    _write_labels(
         data if lookup is not None else labels,
         dst,
         palette=colours,

@@ -162,6 +162,10 @@ def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
                          random_state=0, tile=64, pyramid=True, chunks=128)
     keys = [str(t["key"]) for t in ts.data]
     assert any("bigquant-encode" in k for k in keys)
+    # the passes as distributed spans: the fit's histogram, then labels looked up while writing
+    spans = local_cluster.run_on_scheduler(
+        lambda dask_scheduler: [s.name for s in dask_scheduler.extensions["spans"].spans.values()])
+    assert ("bigquant-histogram",) in spans and ("bigquant-labels", "bigquant-write") in spans, spans
     src = np.asarray(read_image(tiled_tiff).data.compute(scheduler="sync"))
     expected = nearest_colour(src, model.palette()[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
