@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -53,12 +54,23 @@ def active_client() -> Client | None:
     return client
 
 
+#: jobs inside :func:`on_client` in this process, and the dask "scheduler" setting before the first
+_jobs_lock = threading.Lock()
+_jobs = 0
+_before: tuple[bool, object] = (False, None)
+
+
 @contextlib.contextmanager
 def on_client(client: Client | None) -> Iterator[None]:
     """Make ``client`` the scheduler of every compute in the block (nothing for ``None``).
 
-    Uses :meth:`distributed.Client.as_current`, which is local to the thread
-    (and asyncio task): other threads and jobs keep their own scheduler.
+    Uses :meth:`distributed.Client.as_current`: the client is current in this
+    thread (and asyncio task) only, so concurrent jobs on other clients keep
+    theirs. ``as_current`` also sets dask's global ``scheduler`` option to
+    ``"dask.distributed"`` and restores it on exit, which jobs in several
+    threads would interleave and leave set; the option is therefore put back
+    as it was before the first job when the last one ends. (No client object
+    ever goes in the global config: a nanny pickles it.)
 
     Parameters
     ----------
@@ -70,11 +82,28 @@ def on_client(client: Client | None) -> Iterator[None]:
     >>> with on_client(None):
     ...     pass
     """
+    global _jobs, _before
     if client is None:
         yield
         return
-    with client.as_current():
-        yield
+    import dask
+
+    with _jobs_lock:
+        if _jobs == 0:
+            _before = ("scheduler" in dask.config.config, dask.config.config.get("scheduler"))
+        _jobs += 1
+    try:
+        with client.as_current():
+            yield
+    finally:
+        with _jobs_lock:
+            _jobs -= 1
+            if _jobs == 0:
+                present, value = _before
+                if present:
+                    dask.config.set(scheduler=value)
+                else:
+                    dask.config.config.pop("scheduler", None)
 
 
 @contextlib.contextmanager
