@@ -479,6 +479,10 @@ class BoundedPoints(InMemoryPoints):
     """
 
     def __init__(self, X: np.ndarray, weights: np.ndarray, *, n_parts: int | None = None):
+        # one compiled specialisation of every Lloyd kernel: integer colours and
+        # counts are exact in float64, and the kernels read float64 columns anyway
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
         super().__init__(X, weights, multiplicity=True, n_parts=n_parts)
         self.reset()
 

@@ -190,6 +190,9 @@ def lloyd_dense(X, columns, weights, centers0, max_iter, tol):  # pragma: no cov
     """
     n, n_channels = X.shape
     k = centers0.shape[0]
+    # ``weights`` are counts; a run-time bool (a literal True would compile a
+    # second _new_centres and _relocate_empty besides lloyd_bounded's)
+    multiplicity = n >= 0
     centers = centers0.copy()
     labels = np.empty(n, dtype=np.int64)
     best_d = np.empty(n)
@@ -200,7 +203,7 @@ def lloyd_dense(X, columns, weights, centers0, max_iter, tol):  # pragma: no cov
         sums = np.zeros((k, n_channels))
         counts = np.zeros(k)
         _add_label_sums(X, columns, weights, labels, sums, counts, np.zeros(k))
-        new = _new_centres(X, weights, True, centers, centers_t, sums, counts)
+        new = _new_centres(X, weights, multiplicity, centers, centers_t, sums, counts)
         shift = squared_shift(new, centers)
         centers = new
         if shift <= tol:
@@ -226,19 +229,24 @@ def _relocate_empty(X, weights, multiplicity, centers_t, sums, counts):  # pragm
     for i in range(n):
         best, best_d = _nearest(X, i, centers_t, dist)
         near[i] = best
-        far[i] = -best_d
-    order = np.argsort(far, kind="mergesort")
-    row = 0
+        far[i] = best_d
+    # rows are taken farthest first, ties in data order: one scan per row taken
+    # (at most one per empty cluster) instead of a sort, which would compile slowly
+    taken = np.zeros(n, dtype=np.bool_)
+    row = -1
     used = 0.0
     for j in range(k):
         if counts[j] != 0:
             continue
-        while row < n and used >= (weights[order[row]] if multiplicity else 1.0):
-            row += 1
+        while row < 0 or used >= (weights[row] if multiplicity else 1.0):
+            row = _farthest_free(far, taken)
+            if row < 0:
+                break
+            taken[row] = True
             used = 0.0
-        if row >= n:
+        if row < 0:
             break
-        i = order[row]
+        i = row
         w = 1.0 if multiplicity else np.float64(weights[i])
         old = near[i]
         for c in range(n_channels):
@@ -248,6 +256,18 @@ def _relocate_empty(X, weights, multiplicity, centers_t, sums, counts):  # pragm
         counts[old] -= w
         counts[j] = w
         used += 1.0
+
+
+@numba.njit(**_JIT)
+def _farthest_free(far, taken):  # pragma: no cover
+    """Index of the largest ``far`` not ``taken`` (the first of equals), or -1."""
+    best = -1
+    best_d = -np.inf
+    for i in range(far.shape[0]):
+        if not taken[i] and (best < 0 or far[i] > best_d):
+            best = i
+            best_d = far[i]
+    return best
 
 
 @numba.njit(**_JIT)

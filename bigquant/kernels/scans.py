@@ -352,9 +352,10 @@ def _scan_two(X, columns, rows, centers_t, labels, best_d, second_d):  # pragma:
         bd = np.empty(B)
         sd = np.empty(B)
         _scan_block(x[0], x[1], x[2], centers_t, bl, bd, sd)
-        labels[start:] = bl[: n - start]
-        best_d[start:] = bd[: n - start]
-        second_d[start:] = sd[: n - start]
+        for q in range(n - start):  # loops, not slice copies: no shape-check error path to compile
+            labels[start + q] = bl[q]
+            best_d[start + q] = bd[q]
+            second_d[start + q] = sd[q]
 
 
 @numba.njit(**_JIT)
