@@ -17,7 +17,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant.cluster.histogram import ColourHistogram
 from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
 from bigquant.cluster.validation import (
@@ -175,7 +175,7 @@ class KMeansBase(BaseEstimator):
         payload = zlib.compress(lut.tobytes(), 1)
         token = dask.base.tokenize(payload)
         return dask.delayed(_inflate_lut, pure=True)(
-            payload, lut.dtype.str, lut.shape[0], dask_key_name=f"bigquant-lut-{token}"
+            payload, lut.dtype.str, lut.shape[0], dask_key_name=f"{tasks.LUT}-{token}"
         )
 
     def lookup_table(self) -> tuple[np.ndarray, int, int] | None:
@@ -210,10 +210,10 @@ class KMeansBase(BaseEstimator):
                 lut_d = self.lookup_table_key()
                 return X.map_blocks(
                     _block_lookup, lut_d, bits, sentinel, centers, dtype,
-                    drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels",
+                    drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS,
                 )
             return X.map_blocks(
-                _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels"
+                _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS
             )
         flat = data.flat()
         if use_lut:
@@ -255,7 +255,7 @@ class KMeansBase(BaseEstimator):
         if data.is_dask:
             X = data.array
             chunks = X.chunks[:-1] + ((len(centers),),)
-            return X.map_blocks(_block_distances, centers, chunks=chunks, dtype=np.float64, token="bigquant-transform")
+            return X.map_blocks(_block_distances, centers, chunks=chunks, dtype=np.float64, token=tasks.TRANSFORM)
         return _block_distances(np.asarray(data.array), centers)
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:

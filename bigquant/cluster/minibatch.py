@@ -57,7 +57,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant._typing import INIT_METHODS
 from bigquant.cluster.base import KMeansBase
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -208,7 +208,7 @@ class _PixelSampler:
         starts = np.flatnonzero(np.r_[True, sorted_lin[1:] != sorted_lin[:-1]])
         ends = np.r_[starts[1:], sorted_lin.shape[0]]
         token = tokenize(X, self.weights, flat)
-        name = f"bigquant-minibatch-gather-{token}"
+        name = f"{tasks.MB_GATHER}-{token}"
         layer: dict[Any, Any] = {}
         parts = []
         for i, (a, b) in enumerate(zip(starts, ends)):
@@ -227,7 +227,7 @@ class _PixelSampler:
                     wkey = wkey[j]
             layer[(name, i)] = (_gather_block, key, wkey, loc)
             parts.append((name, i))
-        root = (f"bigquant-minibatch-batch-{token}",)
+        root = (f"{tasks.MB_BATCH}-{token}",)
         layer[root] = (_assemble, parts, inverse)
         deps = [X] if self.weights is None else [X, self.weights]
         graph = HighLevelGraph.from_collections(root[0], layer, dependencies=deps)

@@ -7,7 +7,7 @@ which owns the terminal.
   updated in place with the iteration, the inertia and the centre shift.
 - :class:`TaskProgress` shows how far the current pass has got: on a
   distributed cluster by polling the scheduler's task groups whose names start
-  with ``bigquant-`` (so it works for remote schedulers too), and with dask's
+  with ``bq-`` (:mod:`bigquant.tasks`; so it works for remote schedulers too), and with dask's
   own :class:`~dask.diagnostics.ProgressBar` on the local threaded scheduler.
 """
 
@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any, TextIO
+
+from bigquant import tasks
 
 __all__ = ["LloydProgress", "SweepProgress", "TaskProgress", "task_counts", "progress", "Line"]
 
@@ -148,14 +150,14 @@ class SweepProgress:
         self.line.end()
 
 
-def task_counts(dask_scheduler: Any = None, prefix: str = "bigquant-") -> dict[str, tuple[int, int]]:
+def task_counts(dask_scheduler: Any = None, prefix: str = tasks.PREFIX) -> dict[str, tuple[int, int]]:
     """Per task prefix with unfinished work: (finished, total) tasks. Runs on the scheduler.
 
     Parameters
     ----------
     dask_scheduler : distributed.Scheduler
         Passed by ``client.run_on_scheduler``.
-    prefix : str, default="bigquant-"
+    prefix : str, default="bq-"
         Only task groups whose name starts with it.
     """
     busy = ("waiting", "processing", "queued", "no-worker")
@@ -188,12 +190,12 @@ class TaskProgress:
     client : distributed.Client or None
     stream : file-like, default=sys.stderr
     interval : float, default=0.5
-    exclude : tuple of str, default=("bigquant-lloyd",)
+    exclude : tuple of str, default=("bq-lloyd",)
         Task prefixes not shown (Lloyd's iterations have :class:`LloydProgress`).
     """
 
     def __init__(self, client: Any = None, *, stream: TextIO | None = None, interval: float = 0.5,
-                 exclude: tuple[str, ...] = ("bigquant-lloyd",), line: Line | None = None) -> None:
+                 exclude: tuple[str, ...] = (tasks.LLOYD,), line: Line | None = None) -> None:
         self.client = client
         self.exclude = exclude
         self.line = line if line is not None else Line(stream)
@@ -216,7 +218,7 @@ class TaskProgress:
                 continue
             done = sum(d for d, _ in counts.values())
             total = sum(t for _, t in counts.values())
-            names = ", ".join(sorted(n.removeprefix("bigquant-") for n in counts))
+            names = ", ".join(sorted(n.removeprefix(tasks.PREFIX) for n in counts))
             self.line.show(f"tasks {_bar(done / max(total, 1))} {done}/{total}  {names}")
             shown = True
         if shown:

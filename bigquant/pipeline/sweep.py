@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant._typing import STRATEGIES
 from bigquant.cluster.allocator import tune_allocator
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -703,7 +703,7 @@ def sweep(
                 )
             hist = None
             if strategy in ("auto", "histogram") and bits is not None and todo:
-                with _on(client), phase("bigquant-histogram"):
+                with _on(client), phase(tasks.HISTOGRAM):
                     hist = colour_histogram(data, valid=valid)
                 if hist.n_colours == 0:
                     raise InvalidInputError("every pixel is masked (alpha, nodata or mask): nothing to fit")
@@ -768,11 +768,11 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
         from distributed import as_completed as dist_as_completed
 
         token = tokenize(hist.codes, hist.counts, n_init, max_iter, tol, base)
-        with _on(client), phase("bigquant-sweep"):
+        with _on(client), phase(tasks.SWEEP):
             [remote] = client.scatter([payload], broadcast=False, hash=False)
             futures = {
                 client.submit(_fit_task, remote, k, n_init, max_iter, tol, base,
-                              key=f"bigquant-sweep-{k}-{token}", pure=False): k
+                              key=f"{tasks.SWEEP}-{k}-{token}", pure=False): k
                 for k in order
             }
             try:
@@ -826,14 +826,14 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
         X = X.rechunk({X.ndim - 1: -1})
         labels = labels.rechunk(X.chunks[:-1]) if isinstance(labels, da.Array) else da.from_array(
             np.asarray(labels), chunks=X.chunks[:-1])
-        with phase("bigquant-cost"):
+        with phase(tasks.COST):
             from dask.base import tokenize
 
             lab = labels[..., None]  # same dimensions as X, one chunk on the channel axis
             keep = None if valid is None else da.asarray(valid).rechunk(X.chunks[:-1])[..., None]
             per_block = da.map_blocks(_block_sse, X, lab, palette, *(() if keep is None else (keep,)),
                                       dtype=np.float64, chunks=tuple((1,) * len(c) for c in X.chunks),
-                                      name=f"bigquant-cost-{tokenize(X, labels, palette, keep)}")
+                                      name=f"{tasks.COST}-{tokenize(X, labels, palette, keep)}")
             cost = float(per_block.sum().compute())
     else:
         cost = float(_block_sse(np.asarray(X), np.asarray(labels), palette,

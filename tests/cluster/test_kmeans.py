@@ -240,7 +240,7 @@ def test_threads_and_processes_give_the_same_palette(photo_like, local_cluster):
     from distributed.utils import key_split
 
     prefixes = {key_split(t["key"]) for t in stream.data}
-    assert {"bigquant-histogram", "bigquant-lloyd", "bigquant-labels"} <= prefixes
+    assert {"bq-count", "bq-lloyd", "bq-labels"} <= prefixes
     workers = {t["worker"] for t in stream.data}
     assert len(workers) == 2
 
@@ -272,7 +272,7 @@ def test_lazy_labels_and_predict_on_dask(photo_like):
     km = KMeans(5, random_state=0).fit(img)
     assert isinstance(km.labels_, da.Array)
     assert km.labels_.chunks == img.chunks[:2]
-    assert km.labels_.name.startswith("bigquant-labels")
+    assert km.labels_.name.startswith("bq-labels")
     np.testing.assert_array_equal(km.predict(img).compute(), km.predict(photo_like))
     dist = km.transform(img)
     assert dist.shape == (96, 128, 5)

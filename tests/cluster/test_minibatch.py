@@ -286,7 +286,7 @@ def test_on_local_cluster(local_cluster, image):
     np.testing.assert_array_equal(mbk.cluster_centers_, local.cluster_centers_)
     np.testing.assert_array_equal(labels, local.labels_)
     names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
-    assert any(str(n).startswith("bigquant-minibatch-gather") for n in names)
+    assert any(str(n).startswith("bq-mb-gather") for n in names)
     assert len({t["worker"] for t in ts.data}) == 2
 
 

@@ -151,7 +151,7 @@ def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
         model = quantize(tiled_tiff, tmp_path / "q.tif", 6, client=local_cluster,
                          random_state=0, tile=64, pyramid=True, chunks=128)
     keys = [str(t["key"]) for t in ts.data]
-    assert any("bigquant-encode" in k for k in keys)
+    assert any("bq-write" in k for k in keys)
     src = read_image(tiled_tiff)
     expected = np.asarray(model.predict(src.data).compute(scheduler="sync"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
