@@ -371,7 +371,7 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
                 cog=args.cog, rgb_bands=args.rgb_bands, series=args.series, level=args.level,
             )
         if bar is not None:
-            bar.close()
+            bar.close(model.inertia_)
     seconds = time.perf_counter() - start
     console.out(f"wrote {args.output}: {len(model.cluster_centers_)} colours, strategy {model.strategy_}, "
                 f"{model.n_iter_} iterations, inertia {model.inertia_:.6g}, {seconds:.1f} s")
@@ -587,7 +587,7 @@ def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
                 overwrite=True, preview=files["preview.png"], palette_out=files["palette.json"], callback=bar,
             )
         if bar is not None:
-            bar.close()
+            bar.close(model.inertia_)
         t_quantize = time.perf_counter() - t1
         console.note(f"sweeping k = {args.sweep_k} on the same colour histogram...")
         t2 = time.perf_counter()

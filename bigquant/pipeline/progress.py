@@ -105,9 +105,21 @@ class LloydProgress:
         return (f"{self.label} {_bar(iteration / self.max_iter)} iteration {iteration:>3}"
                 f"  inertia {inertia:.6g}  centre shift {shift:.3g}")
 
-    def close(self) -> None:
-        """End the line (and, off a terminal, write the last iteration)."""
-        if self.last is not None and not self.line.tty and self.last[0] % self.every and self.last[0] != 1:
+    def close(self, inertia: float | None = None) -> None:
+        """End the line (and, off a terminal, write the last iteration).
+
+        Parameters
+        ----------
+        inertia : float or None, default=None
+            The fit's result (``model.inertia_``): shown as the last line, so
+            the display ends with the figure the result reports. An
+            iteration's inertia is that of the centres it started from; the
+            result's is that of the final centres, one update later.
+        """
+        if inertia is not None and self.last is not None:
+            self.line.show(f"{self.label} {_bar(self.last[0] / self.max_iter)} {self.last[0]:>3} iterations"
+                           f"  inertia {inertia:.6g}  (final centres)")
+        elif self.last is not None and not self.line.tty and self.last[0] % self.every and self.last[0] != 1:
             self.line.show(self._text(*self.last))
         self.line.end()
 
