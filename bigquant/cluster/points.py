@@ -553,20 +553,26 @@ class BoundedPoints(InMemoryPoints):
         )
         return float(math.fsum(parts)), np.concatenate([st["labels"] for st in self._state])
 
-    def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float, np.ndarray]:
+    def run(
+        self, centers: np.ndarray, max_iter: int, tol: float, *, record: bool = False
+    ) -> tuple[np.ndarray, float, int, bool, float, np.ndarray, np.ndarray]:
         """A whole Lloyd run in one compiled call (:func:`bigquant.kernels.lloyd_bounded`).
 
         Step for step the loop of :func:`bigquant.cluster.lloyd.lloyd` over this point
         set, without the Python round trip per iteration; single-threaded.
-        Returns centres, inertia, iterations, converged, last shift, and the
-        labels of the points for the centres returned.
+        Returns centres, inertia, iterations, converged, last shift, the
+        labels of the points for the centres returned, and (with ``record``)
+        each iteration's inertia and shift as rows of an (n_iter, 2) array
+        (else an empty one).
         """
         self.reset()
+        history = np.zeros((int(max_iter) if record else 0, 2))
         centers, inertia, n_iter, converged, shift, labels = kernels.lloyd_bounded(
             self.X, self.weights, np.ascontiguousarray(centers, dtype=np.float64),
-            int(max_iter), float(tol), self.multiplicity,
+            int(max_iter), float(tol), bool(self.multiplicity), history,
         )
-        return centers, float(inertia), int(n_iter), bool(converged), float(shift), labels
+        return (centers, float(inertia), int(n_iter), bool(converged), float(shift), labels,
+                history[: int(n_iter)])
 
     @property
     def single_call(self) -> bool:
