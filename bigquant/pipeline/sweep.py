@@ -785,13 +785,13 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
     from bigquant.cluster.points import n_threads
 
     with ThreadPoolExecutor(max(1, min(n_threads(), len(order)))) as pool:
-        tasks = {pool.submit(_fit_task, payload, k, n_init, max_iter, tol, base): k for k in order}
+        futures = {pool.submit(_fit_task, payload, k, n_init, max_iter, tol, base): k for k in order}
         try:
-            for task in as_completed(tasks):
+            for task in as_completed(futures):
                 fit, seconds = task.result()
-                yield tasks[task], fit, seconds
+                yield futures[task], fit, seconds
         finally:
-            for task in tasks:
+            for task in futures:
                 task.cancel()
 
 

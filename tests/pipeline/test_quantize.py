@@ -334,8 +334,8 @@ def test_direct_tiff_quantize_on_worker_processes(local_cluster, tmp_path):
     with get_task_stream(local_cluster) as ts:
         model = quantize(path, tmp_path / "q.tif", 6, client=local_cluster, random_state=0,
                          tile=256, pyramid=True)
-    prefixes = {str(t["key"]).split("-")[1] for t in ts.data if "bigquant-" in str(t["key"])}
-    assert {"histogram", "encode"} <= prefixes and "read" not in prefixes, prefixes
+    prefixes = {str(t["key"]).split("-")[1] for t in ts.data if "bq-" in str(t["key"])}
+    assert {"count", "write"} <= prefixes and "read" not in prefixes, prefixes
     expected = np.asarray(model.predict(img).reshape(img.shape[:2]))
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         np.testing.assert_array_equal(tf.pages[0].asarray(), expected)
