@@ -20,6 +20,7 @@ import numpy as np
 from bigquant import kernels, tasks
 from bigquant.cluster.histogram import ColourHistogram
 from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
+from bigquant.cluster.scheduler import active_client
 from bigquant.cluster.validation import (
     Data,
     check_data,
@@ -169,9 +170,13 @@ class KMeansBase(BaseEstimator):
         A graph key (rather than a scattered future) is fetched once per worker
         and re-created if every worker holding it dies. The table, mostly the
         "absent colour" marker, travels zlib-compressed (16 MB -> typically a
-        few MB) and is inflated once on each worker.
+        few MB) and is inflated once on each worker. Without a distributed
+        client nothing travels: the key holds the table itself (compressing
+        it would cost more than the rest of a small image's run).
         """
         lut, _, _ = self.lookup_table()
+        if active_client() is None:
+            return dask.delayed(lut, name=f"{tasks.LUT}-{dask.base.tokenize(lut)}")
         payload = zlib.compress(lut.tobytes(), 1)
         token = dask.base.tokenize(payload)
         return dask.delayed(_inflate_lut, pure=True)(

@@ -499,3 +499,11 @@ def test_every_sample_masked_is_an_error(photo_like):
 def test_mask_of_the_wrong_shape_is_an_error(photo_like):
     with pytest.raises(InvalidInputError, match=r"sample_weight \(a mask\) has shape \(3, 3\)"):
         KMeans(3).fit(photo_like, sample_weight=np.ones((3, 3), bool))
+
+
+def test_lookup_table_key_without_a_client_holds_the_table_itself(photo_like):
+    """On threads nothing travels: the table is not compressed for a trip it never makes."""
+    km = KMeans(4, random_state=0).fit(da.from_array(photo_like, chunks=(64, 64, 3)))
+    key = km.lookup_table_key()
+    assert str(key.key).startswith("bq-lut-")
+    assert key.compute() is km.lookup_table()[0]
