@@ -51,11 +51,15 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f} {statistics.median(times):.3f}")
 """
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall and CPU seconds (children's user + system) of one command, and its stdout."""
+def run(cmd: list[str], env: dict[str, str], cwd: pathlib.Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds (children's user + system) of one command, and its stdout.
+
+    ``cwd`` is outside the checkout: ``python -c`` would import the checkout's
+    sources (with a numba cache of their own) rather than the installed package.
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -71,7 +75,7 @@ def make_png(python: str, path: pathlib.Path, env: dict[str, str]) -> None:
         "    im = np.asarray(Image.open(fh).convert('RGB'))\n"
         f"Image.fromarray(im[:512, :512]).save({str(path)!r})\n"
     )
-    subprocess.run([python, "-c", code], env=env, check=True)
+    subprocess.run([python, "-c", code], env=env, check=True, cwd=path.parent)
 
 
 def main() -> None:
@@ -104,15 +108,15 @@ def main() -> None:
 
     rows: list[tuple[str, float, float]] = []
     cli = [bigquant, "quantize", str(png), str(out), "-k", k, "--overwrite", "--random-state", "0", "-q"]
-    wall, cpu, _ = run(cli, env)
+    wall, cpu, _ = run(cli, env, root)
     rows.append(("CLI quantize, first run (empty numba cache)", wall, cpu))
-    warm = [run(cli, env) for _ in range(args.repeats)]
+    warm = [run(cli, env, root) for _ in range(args.repeats)]
     rows.append(("CLI quantize, warm (in-process: small input)", statistics.median(w for w, _, _ in warm),
                  statistics.median(c for _, c, _ in warm)))
-    clustered = [run(cli + ["--cluster", "--dashboard", "none"], env) for _ in range(args.repeats)]
+    clustered = [run(cli + ["--cluster", "--dashboard", "none"], env, root) for _ in range(args.repeats)]
     rows.append(("CLI quantize --cluster, warm (LocalCluster)", statistics.median(w for w, _, _ in clustered),
                  statistics.median(c for _, c, _ in clustered)))
-    wall, cpu, text = run([python, "-c", PY_CALL, str(png), str(out), k, str(max(args.repeats, 5))], env)
+    wall, cpu, text = run([python, "-c", PY_CALL, str(png), str(out), k, str(max(args.repeats, 5))], env, root)
     imports, first, call = (float(x) for x in text.split())
 
     print(f"bigquant startup, {date.today()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
