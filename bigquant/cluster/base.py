@@ -63,6 +63,17 @@ class BaseEstimator:
             setattr(self, name, value)
         return self
 
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags of a clusterer with ``transform`` (asked for by scikit-learn >= 1.6).
+
+        scikit-learn is imported here only, when scikit-learn itself asks: it is
+        not a dependency of bigquant.
+        """
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(), input_tags=InputTags(sparse=False))
+
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__)
         changed = []
