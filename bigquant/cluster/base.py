@@ -294,7 +294,7 @@ class KMeansBase(BaseEstimator):
         data = check_data(X)
         if data.n_channels != self.n_features_in_:
             raise InvalidInputError(
-                f"X has {data.n_channels} channels, but {type(self).__name__} was fitted "
-                f"with {self.n_features_in_}"
+                f"X has {data.n_channels} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (channels)"
             )
         return data

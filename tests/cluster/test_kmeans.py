@@ -378,7 +378,7 @@ def test_histogram_strategy_on_float_data_is_refused():
 def test_predict_with_wrong_channels(blobs):
     X, _ = blobs
     km = KMeans(2, random_state=0).fit(X)
-    with pytest.raises(InvalidInputError, match="X has 2 channels, but KMeans was fitted with 3"):
+    with pytest.raises(InvalidInputError, match="X has 2 features, but KMeans is expecting 3 features as input"):
         km.predict(X[:, :2])
 
 
