@@ -258,8 +258,18 @@ def _cluster_asked(args: argparse.Namespace) -> bool:
 def fits_in_process(nbytes: int, memory: int | None = None) -> bool:
     """Whether an input of ``nbytes`` decoded bytes runs on threads, with no cluster start.
 
-    True up to :data:`IN_PROCESS_MAX_BYTES` and :data:`IN_PROCESS_MAX_FRACTION`
-    of ``memory`` (default: this machine's).
+    Parameters
+    ----------
+    nbytes : int
+        Decoded size of the input (``ImageSource.nbytes``).
+    memory : int or None, default=None
+        Bytes of memory to compare with; None: this machine's.
+
+    Returns
+    -------
+    bool
+        True up to :data:`IN_PROCESS_MAX_BYTES` and :data:`IN_PROCESS_MAX_FRACTION`
+        of ``memory``.
     """
     memory = _machine_memory() if memory is None else memory
     limit = min(IN_PROCESS_MAX_BYTES, int(memory * IN_PROCESS_MAX_FRACTION)) if memory else IN_PROCESS_MAX_BYTES
