@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -101,7 +102,9 @@ def _add_runtime(p: argparse.ArgumentParser, *, cluster_default: bool = True) ->
     g.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the scheduler (default 30)")
     g.add_argument("--no-cluster", action="store_true",
-                   help="no Dask cluster: run on this process's threads")
+                   help="no Dask cluster: run on this process's threads (the default for small inputs)")
+    g.add_argument("--cluster", action="store_true",
+                   help="start a local Dask cluster even for a small input (e.g. to watch the dashboard)")
     g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
 
 
@@ -248,9 +251,81 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING if verbose > 1 else logging.ERROR)
 
 
+#: decoded input bytes up to which ``quantize`` and ``sweep`` run on this process's
+#: threads when no cluster is asked for (a 512 x 512 RGB PNG is 0.75 MiB; 128 MiB is
+#: about 45 MP of RGB): starting worker processes would cost more than the work
+IN_PROCESS_MAX_BYTES = 128 * 2**20
+#: ... and at most this fraction of the machine's memory
+IN_PROCESS_MAX_FRACTION = 1 / 16
+
+
+def _machine_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def _cluster_asked(args: argparse.Namespace) -> bool:
+    """Whether the options name a cluster: ``--cluster``, ``--scheduler`` or a local cluster's size."""
+    return bool(args.cluster or args.scheduler or args.workers or args.threads or args.memory_limit)
+
+
+def fits_in_process(nbytes: int, memory: int | None = None) -> bool:
+    """Whether an input of ``nbytes`` decoded bytes runs on threads, with no cluster start.
+
+    Parameters
+    ----------
+    nbytes : int
+        Decoded size of the input (``ImageSource.nbytes``).
+    memory : int or None, default=None
+        Bytes of memory to compare with; None: this machine's.
+
+    Returns
+    -------
+    bool
+        True up to :data:`IN_PROCESS_MAX_BYTES` and :data:`IN_PROCESS_MAX_FRACTION`
+        of ``memory``.
+    """
+    memory = _machine_memory() if memory is None else memory
+    limit = min(IN_PROCESS_MAX_BYTES, int(memory * IN_PROCESS_MAX_FRACTION)) if memory else IN_PROCESS_MAX_BYTES
+    return 0 <= nbytes <= limit
+
+
+def _choose_in_process(args: argparse.Namespace, console: _Console, paths: Sequence[str]) -> list[Any] | None:
+    """Open the inputs and, unless a cluster was asked for, run small inputs in-process.
+
+    Sets ``args.no_cluster`` when the inputs together :func:`fits_in_process`.
+    Returns the opened :class:`~bigquant.io.source.ImageSource` s (to be
+    reused), or None when the choice is already made by the options.
+    """
+    if args.no_cluster or _cluster_asked(args):
+        return None
+    from bigquant.io.read import read_image
+
+    from bigquant.errors import BigquantError
+
+    sources = []
+    for path in paths:
+        try:
+            sources.append(read_image(path, level=getattr(args, "level", 0), series=getattr(args, "series", None)))
+        except (BigquantError, OSError):
+            if len(paths) == 1:
+                raise
+            sources.append(None)  # reported by the job itself (or skipped with --keep-going)
+    nbytes = sum(s.nbytes for s in sources if s is not None)
+    if fits_in_process(nbytes):
+        args.no_cluster = True
+        console.note(f"small input ({_human_bytes(nbytes)}): running on this process's threads "
+                     "(--cluster starts a local Dask cluster)")
+    return sources
+
+
 @contextlib.contextmanager
 def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
     """Yield a distributed client (or None with --no-cluster), closing what was started."""
+    if args.no_cluster and getattr(args, "cluster", False):
+        raise UsageError(f"{PROG}: --no-cluster and --cluster exclude each other")
     if args.no_cluster:
         if args.scheduler:
             raise UsageError(f"{PROG}: --no-cluster and --scheduler exclude each other")
@@ -339,13 +414,14 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
     for target in (output, args.palette_out, args.preview):
         if target:
             check_target(pathlib.Path(target).expanduser(), overwrite=args.overwrite)
+    start = time.perf_counter()
+    opened = _choose_in_process(args, console, [source])
     line = Line()
     bar = LloydProgress(args.max_iter, line=line) if _show_progress(args) and args.palette is None else None
-    start = time.perf_counter()
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
             model = quantize(
-                source, output, k, palette=args.palette, quality=args.quality,
+                source if opened is None else opened[0], output, k, palette=args.palette, quality=args.quality,
                 strategy=args.strategy, mode=args.mode, client=client, random_state=args.random_state,
                 tile=args.tile, compression=compression, pyramid=args.pyramid, overwrite=args.overwrite,
                 palette_out=args.palette_out, preview=args.preview,
@@ -354,7 +430,7 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
                 cog=args.cog, rgb_bands=args.rgb_bands, series=args.series, level=args.level,
             )
         if bar is not None:
-            bar.close()
+            bar.close(model.inertia_)
     seconds = time.perf_counter() - start
     if args.palette is not None:
         console.out(f"wrote {output}: {len(model.cluster_centers_)} colours from {args.palette}, {seconds:.1f} s")
@@ -383,8 +459,9 @@ def _quantize_many(args: argparse.Namespace, console: _Console, k: int | None, c
     if not args.keep_going:
         for path in args.paths:
             _check_input(path)
-    line = Line()
     start = time.perf_counter()
+    _choose_in_process(args, console, args.paths)
+    line = Line()
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
             result = quantize_many(
@@ -423,12 +500,14 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
         raise FileNotFoundError(f"{args.mask}: no such mask file")
     from bigquant.pipeline.progress import Line, SweepProgress, progress
 
+    _choose_in_process(args, console, args.inputs)
     line = Line()
     bar = SweepProgress(len(ks), line=line) if _show_progress(args) else None
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
             result = sweep(
-                args.inputs[0] if len(args.inputs) == 1 else args.inputs, ks, strategy=args.strategy, client=client, n_init=args.n_init,
+                args.inputs[0] if len(args.inputs) == 1 else args.inputs, ks, strategy=args.strategy, client=client,
+                n_init=args.n_init,
                 random_state=args.random_state, out=args.out,
                 resume_from=args.out if args.resume else None, callback=bar, mask=_mask_option(args.mask),
             )
@@ -613,7 +692,7 @@ def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
                 overwrite=True, preview=files["preview.png"], palette_out=files["palette.json"], callback=bar,
             )
         if bar is not None:
-            bar.close()
+            bar.close(model.inertia_)
         t_quantize = time.perf_counter() - t1
         console.note(f"sweeping k = {args.sweep_k} on the same colour histogram...")
         t2 = time.perf_counter()

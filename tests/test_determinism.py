@@ -114,7 +114,7 @@ def test_same_result_on_threads_processes_and_worker_counts(odd_tiff, tmp_path, 
             else:
                 with get_task_stream(client) as stream:
                     models.append(_quantize(odd_tiff, path, strategy=strategy, chunks=96, client=client))
-                assert any(t["key"][0].startswith("bigquant-read") for t in stream.data if
+                assert any(t["key"][0].startswith("bq-read") for t in stream.data if
                            isinstance(t["key"], tuple)), "the pixels were read on the workers"
         files.append(path)
     _assert_same(models, files)

@@ -112,7 +112,7 @@ def _lookup_table_holders(dask_scheduler) -> list[str]:
     return sorted({
         ws.address
         for key, ts in dask_scheduler.tasks.items()
-        if "bigquant-lut" in str(key)
+        if "bq-lut" in str(key)
         for ws in (ts.who_has or ())
     })
 

@@ -17,10 +17,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant.cluster.histogram import ColourHistogram
 from bigquant.cluster.palette import refine_integer_palette
 from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
+from bigquant.cluster.scheduler import active_client
 from bigquant.cluster.validation import (
     Data,
     check_data,
@@ -62,6 +63,17 @@ class BaseEstimator:
                 )
             setattr(self, name, value)
         return self
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags of a clusterer with ``transform`` (asked for by scikit-learn >= 1.6).
+
+        scikit-learn is imported here only, when scikit-learn itself asks: it is
+        not a dependency of bigquant.
+        """
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(), input_tags=InputTags(sparse=False))
 
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__)
@@ -175,13 +187,17 @@ class KMeansBase(BaseEstimator):
         A graph key (rather than a scattered future) is fetched once per worker
         and re-created if every worker holding it dies. The table, mostly the
         "absent colour" marker, travels zlib-compressed (16 MB -> typically a
-        few MB) and is inflated once on each worker.
+        few MB) and is inflated once on each worker. Without a distributed
+        client nothing travels: the key holds the table itself (compressing
+        it would cost more than the rest of a small image's run).
         """
         lut, _, _ = self.lookup_table()
+        if active_client() is None:
+            return dask.delayed(lut, name=f"{tasks.LUT}-{dask.base.tokenize(lut)}")
         payload = zlib.compress(lut.tobytes(), 1)
         token = dask.base.tokenize(payload)
         return dask.delayed(_inflate_lut, pure=True)(
-            payload, lut.dtype.str, lut.shape[0], dask_key_name=f"bigquant-lut-{token}"
+            payload, lut.dtype.str, lut.shape[0], dask_key_name=f"{tasks.LUT}-{token}"
         )
 
     def lookup_table(self) -> tuple[np.ndarray, int, int] | None:
@@ -253,10 +269,10 @@ class KMeansBase(BaseEstimator):
                 lut_d = self.lookup_table_key()
                 return X.map_blocks(
                     _block_lookup, lut_d, bits, sentinel, centers, dtype,
-                    drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels",
+                    drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS,
                 )
             return X.map_blocks(
-                _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token="bigquant-labels"
+                _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS
             )
         flat = data.flat()
         if use_lut:
@@ -298,7 +314,7 @@ class KMeansBase(BaseEstimator):
         if data.is_dask:
             X = data.array
             chunks = X.chunks[:-1] + ((len(centers),),)
-            return X.map_blocks(_block_distances, centers, chunks=chunks, dtype=np.float64, token="bigquant-transform")
+            return X.map_blocks(_block_distances, centers, chunks=chunks, dtype=np.float64, token=tasks.TRANSFORM)
         return _block_distances(np.asarray(data.array), centers)
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
@@ -321,7 +337,7 @@ class KMeansBase(BaseEstimator):
         data = check_data(X)
         if data.n_channels != self.n_features_in_:
             raise InvalidInputError(
-                f"X has {data.n_channels} channels, but {type(self).__name__} was fitted "
-                f"with {self.n_features_in_}"
+                f"X has {data.n_channels} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (channels)"
             )
         return data

@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant.cluster.points import (
     _MIN_SEGMENT,
     BoundedPoints,
@@ -182,11 +182,11 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
     if reader is not None and max(X.chunks[0]) * max(X.chunks[1]) * 16 < (1 << (bits * n_channels)):
         reader = None  # small blocks are sorted, not tabled: reading them whole costs nothing
     if reader is None:
-        root = block_tree("histogram", X, valid, _block_counts, (bits, n_channels, morton),
-                          merge, split_every=split_every)
+        root = block_tree(tasks.COUNT, X, valid, _block_counts, (bits, n_channels, morton),
+                          merge, split_every=split_every, sum_name=tasks.MERGE)
     else:
         token = tokenize(X.name, bits, morton, split_every)
-        name = f"bigquant-histogram-{token}"
+        name = f"{tasks.COUNT}-{token}"
         ys, xs = np.cumsum((0,) + X.chunks[0]), np.cumsum((0,) + X.chunks[1])
         layer: dict = {}
         for a in range(len(ys) - 1):
@@ -195,17 +195,17 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
                 layer[(name, len(layer))] = (region_counts, reader, window, bits, n_channels, morton)
         # fan-in split_every over the blocks, then pairs: the merged histograms near
         # the top overlap a lot, and a pair of them holds far less than eight
-        first, tops = f"bigquant-histogram-sum-{token}", []
+        first, tops = f"{tasks.COUNT_SUM}-{token}", []
         blocks = list(layer)
         for i in range(0, len(blocks), split_every):
             tops.append((first, 0, i // split_every))
             layer[tops[-1]] = (merge, blocks[i : i + split_every])
-        tree, top = tree_reduce(f"bigquant-histogram-merge-{token}", tops, merge, split_every=2)
+        tree, top = tree_reduce(f"{tasks.MERGE}-{token}", tops, merge, split_every=2)
         layer.update(tree)
         root = Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
     if morton:
         root = dask.delayed(morton_to_codes, pure=True)(
-            root, dask_key_name=f"bigquant-histogram-codes-{tokenize(root.key)}"
+            root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key)}"
         )
     return root
 

@@ -11,6 +11,7 @@ from typing import Any
 import dask
 import numpy as np
 
+from bigquant import tasks
 from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.base import KMeansBase
@@ -258,15 +259,15 @@ default="k-means++"
         self._ckpt = self._make_checkpoint(data, strategy, weights is not None or valid is not None)
 
         if strategy == "histogram":
-            with phase("bigquant-histogram"):
+            with phase(tasks.HISTOGRAM):
                 histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid)
             if histogram.n_colours == 0:
                 raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
             return self._fit_histogram(data, histogram, init_array, rng)
-        with phase("bigquant-moments"):
+        with phase(tasks.MOMENTS):
             points, variance = self._pixel_points(data, weights)
         tol = float(self.tol) * float(np.mean(variance))
-        with phase("bigquant-lloyd"):
+        with phase(tasks.LLOYD):
             best = self._best_of_runs(points, init_array, int(self.n_clusters), self._n_init(init_array), tol, rng)
         return self._finish(data, strategy, None, best)
 
@@ -323,7 +324,7 @@ default="k-means++"
         if init_array is None and uses_coarse_search(histogram):
             best = self._fit_coarse_to_fine(histogram, points, k, n_init, tol, rng)
         else:
-            with phase("bigquant-lloyd"):
+            with phase(tasks.LLOYD):
                 best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
         return self._finish(data, "histogram", histogram, best)
 
@@ -429,12 +430,12 @@ default="k-means++"
         ckpt = self._ckpt
         state = ckpt.load() if ckpt is not None else None
         if state is not None and state.get("stage") == "fine":
-            with phase("bigquant-lloyd"):
+            with phase(tasks.LLOYD):
                 return lloyd(points, state["centers"], max_iter=int(self.max_iter), tol=tol,
                              callback=self.callback, start_iter=int(state["n_iter"]),
                              on_iteration=self._saver(ckpt, {"stage": "fine"}))
         seeder = random_init if self.init == "random" else kmeans_plusplus
-        with phase("bigquant-init"):
+        with phase(tasks.INIT):
             found = search(histogram, k, n_chains=default_chains(n_init), tol=tol,
                            max_iter=int(self.max_iter), rng=rng, seeder=seeder)
         if found.fine is not None and self.callback is None and ckpt is None:
@@ -443,7 +444,7 @@ default="k-means++"
             return found.fine
         # the same run again, step by step, for the callback or the checkpoints
         save = self._saver(ckpt, {"stage": "fine"}) if ckpt is not None else None
-        with phase("bigquant-lloyd"):
+        with phase(tasks.LLOYD):
             return lloyd(points, found.start, max_iter=int(self.max_iter), tol=tol,
                          callback=self.callback, on_iteration=save)
 

@@ -121,13 +121,16 @@ def lloyd(
         ``inertia`` is for the returned centres.
     """
     centers = np.array(centers, dtype=np.float64)
-    if (
-        callback is None and on_iteration is None and start_iter == 0
-        and getattr(points, "single_call", False)
-    ):
-        centers, final_inertia, n_iter, converged, shift, labels = points.run(centers, max_iter, tol)
+    if on_iteration is None and start_iter == 0 and getattr(points, "single_call", False):
+        # one compiled call, with or without a callback (which then sees the
+        # iterations once the run is over): the same kernels either way
+        centers, final_inertia, n_iter, converged, shift, labels, history = points.run(
+            centers, max_iter, tol, record=callback is not None)
         logger.info("%d iterations in one call: inertia %.6g, last centre shift %.3g",
                     n_iter, final_inertia, shift)
+        if callback is not None:
+            for i, (inertia_i, shift_i) in enumerate(history, start=1):
+                callback(i, float(inertia_i), float(shift_i))
         if not converged:
             warn_not_converged(max_iter, shift, tol)
         return LloydResult(centers, final_inertia, n_iter, converged, labels)

@@ -57,7 +57,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant._typing import INIT_METHODS
 from bigquant.cluster.base import KMeansBase
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -131,12 +131,12 @@ def _gather_block(block: np.ndarray, wblock: np.ndarray | None, local: np.ndarra
     return np.ascontiguousarray(X[local]), w
 
 
-def _assemble(parts: list[tuple], inverse: np.ndarray) -> tuple:
-    """Concatenate the per-chunk rows and put them back in draw order."""
-    X = np.concatenate([p[0] for p in parts])[inverse]
+def _assemble(parts: list[tuple]) -> tuple:
+    """Concatenate the per-chunk rows (in chunk order; the client puts them back in draw order)."""
+    X = np.concatenate([p[0] for p in parts])
     if parts[0][1] is None:
         return X, None
-    return X, np.concatenate([p[1] for p in parts])[inverse]
+    return X, np.concatenate([p[1] for p in parts])
 
 
 class _PixelSampler:
@@ -187,10 +187,19 @@ class _PixelSampler:
         """The values (and weights) at flat positions, in the order given."""
         if not self.data.is_dask:
             return _Batch(self._flat[flat], None if self._wflat is None else self._wflat[flat])
-        (result,) = dask.compute(self._graph(flat))
-        return _Batch(*result)
+        graph, inverse = self._graph(flat)
+        (result,) = dask.compute(graph)
+        X, w = result
+        return _Batch(X[inverse], None if w is None else w[inverse])
 
-    def _graph(self, flat: np.ndarray) -> Delayed:
+    def _graph(self, flat: np.ndarray) -> tuple[Delayed, np.ndarray]:
+        """The gather graph, and the permutation that puts its rows in the order of ``flat``.
+
+        The graph carries each chunk's row indices in the smallest unsigned type
+        that holds them (4 bytes a pixel for chunks below 4 G pixels), and no
+        permutation: a round of 2**20 pixels is a 4 MiB graph, under
+        distributed's large-graph warning.
+        """
         X = self.data.array
         coords = np.unravel_index(flat, self.spatial)
         block_ids = []
@@ -208,7 +217,7 @@ class _PixelSampler:
         starts = np.flatnonzero(np.r_[True, sorted_lin[1:] != sorted_lin[:-1]])
         ends = np.r_[starts[1:], sorted_lin.shape[0]]
         token = tokenize(X, self.weights, flat)
-        name = f"bigquant-minibatch-gather-{token}"
+        name = f"{tasks.MB_GATHER}-{token}"
         layer: dict[Any, Any] = {}
         parts = []
         for i, (a, b) in enumerate(zip(starts, ends)):
@@ -216,6 +225,7 @@ class _PixelSampler:
             bidx = np.unravel_index(int(sorted_lin[a]), nblocks)
             chunk_shape = tuple(int(X.chunks[d][bidx[d]]) for d in range(len(nblocks)))
             loc = np.ravel_multi_index(tuple(l[sel] for l in local), chunk_shape)
+            loc = loc.astype(np.min_scalar_type(max(int(np.prod(chunk_shape)) - 1, 0)))
             key = self._keys
             for j in bidx:
                 key = key[j]
@@ -227,11 +237,11 @@ class _PixelSampler:
                     wkey = wkey[j]
             layer[(name, i)] = (_gather_block, key, wkey, loc)
             parts.append((name, i))
-        root = (f"bigquant-minibatch-batch-{token}",)
-        layer[root] = (_assemble, parts, inverse)
+        root = (f"{tasks.MB_BATCH}-{token}",)
+        layer[root] = (_assemble, parts)
         deps = [X] if self.weights is None else [X, self.weights]
         graph = HighLevelGraph.from_collections(root[0], layer, dependencies=deps)
-        return Delayed(root, graph, layer=root[0])
+        return Delayed(root, graph, layer=root[0]), inverse
 
     def draw(self, n: int, rng: np.random.Generator) -> _Batch:
         """``n`` pixels, uniform over the data, from random tiles."""
@@ -822,8 +832,8 @@ default="k-means++"
         if fitted:
             if data.n_channels != self.n_features_in_:
                 raise InvalidInputError(
-                    f"X has {data.n_channels} channels, but {type(self).__name__} was fitted "
-                    f"with {self.n_features_in_}"
+                    f"X has {data.n_channels} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input (channels)"
                 )
         else:
             init_array = self._check_params(data.n_channels)

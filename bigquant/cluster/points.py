@@ -29,7 +29,7 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant.cluster.resources import cpu_count
 
 __all__ = [
@@ -277,7 +277,7 @@ def tree_reduce(
 
 
 def block_tree(
-    prefix: str,
+    name: str,
     X: da.Array,
     weights: da.Array | None,
     block_func: Callable,
@@ -286,15 +286,18 @@ def block_tree(
     *,
     split_every: int = 8,
     per_block: Sequence[Any] | None = None,
+    sum_name: str | None = None,
 ) -> Delayed:
     """One ``block_func`` task per block of ``X``, tree-reduced by ``combine``.
 
     Each task is ``block_func(block, weight_block_or_None, [per_block[i],] *extra)``;
-    keys are ``bigquant-<prefix>-<token>`` and ``bigquant-<prefix>-sum-<token>``,
-    so the dashboard shows what runs.
+    keys are ``<name>-<token>`` and ``<sum_name>-<token>`` (default
+    ``<name>-sum``; names from :mod:`bigquant.tasks`), so the dashboard shows
+    what runs.
     """
     token = tokenize(X, weights, block_func.__name__, per_block, *extra)
-    name = f"bigquant-{prefix}-{token}"
+    sum_name = tasks.tree_sum(name) if sum_name is None else sum_name
+    name = f"{name}-{token}"
     wkeys = None if weights is None else list(flatten(weights.__dask_keys__()))
     layer: dict[Any, Any] = {}
     block_keys = []
@@ -303,7 +306,7 @@ def block_tree(
         own = () if per_block is None else (per_block[i],)
         layer[(name, i)] = (block_func, key, wkey, *own, *extra)
         block_keys.append((name, i))
-    tree, root = tree_reduce(f"bigquant-{prefix}-sum-{token}", block_keys, combine, split_every=split_every)
+    tree, root = tree_reduce(f"{sum_name}-{token}", block_keys, combine, split_every=split_every)
     layer.update(tree)
     deps = [X] if weights is None else [X, weights]
     graph = HighLevelGraph.from_collections(root[0], layer, dependencies=deps)
@@ -387,7 +390,7 @@ class DaskPoints:
 
     def partial_sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         centers = np.asarray(centers, dtype=np.float64)
-        (result,) = dask.compute(self._run("lloyd", _block_partial_sums, (centers,), _sum_tuples))
+        (result,) = dask.compute(self._run(tasks.LLOYD, _block_partial_sums, (centers,), _sum_tuples))
         sums, counts, inertia = result
         return sums, counts, float(inertia)
 
@@ -397,13 +400,13 @@ class DaskPoints:
         def combine(parts, _n=n):
             return Farthest.merge(parts, _n)
 
-        (result,) = dask.compute(self._run("relocate", _block_farthest, (centers, n), combine))
+        (result,) = dask.compute(self._run(tasks.RELOCATE, _block_farthest, (centers, n), combine))
         return result
 
     def moments_and_checks(self) -> tuple[float, np.ndarray, np.ndarray, bool, float]:
         """Moments plus finiteness of the data and the smallest weight, in one pass."""
         C = self.n_channels
-        (result,) = dask.compute(self._run("moments", _block_moments, (C,), _combine_moments))
+        (result,) = dask.compute(self._run(tasks.MOMENTS, _block_moments, (C,), _combine_moments))
         packed, finite, wmin = result
         total, mean, var = _weighted_moments(float(packed[0]), packed[1 : 1 + C], packed[1 + C :])
         return total, mean, var, bool(finite), wmin
@@ -464,7 +467,7 @@ def _block_offsets(X: da.Array) -> list[tuple[int, int, int, int]]:
 def _oversample_pass(points: DaskPoints, centers: np.ndarray, seed: int, scale: float):
     """One k-means|| round: points kept with probability ``scale * w * d^2``, and the cost."""
     centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
-    graph = points._run("init", _block_oversample, (centers_t, seed, scale), _combine_oversample,
+    graph = points._run(tasks.INIT, _block_oversample, (centers_t, seed, scale), _combine_oversample,
                         per_block=_block_offsets(points.X))
     (result,) = dask.compute(graph)
     return result
@@ -484,6 +487,10 @@ class BoundedPoints(InMemoryPoints):
     """
 
     def __init__(self, X: np.ndarray, weights: np.ndarray, *, n_parts: int | None = None):
+        # one compiled specialisation of every Lloyd kernel: integer colours and
+        # counts are exact in float64, and the kernels read float64 columns anyway
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
         super().__init__(X, weights, multiplicity=True, n_parts=n_parts)
         self.reset()
 
@@ -551,20 +558,26 @@ class BoundedPoints(InMemoryPoints):
         )
         return float(math.fsum(parts)), np.concatenate([st["labels"] for st in self._state])
 
-    def run(self, centers: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, float, int, bool, float, np.ndarray]:
+    def run(
+        self, centers: np.ndarray, max_iter: int, tol: float, *, record: bool = False
+    ) -> tuple[np.ndarray, float, int, bool, float, np.ndarray, np.ndarray]:
         """A whole Lloyd run in one compiled call (:func:`bigquant.kernels.lloyd_bounded`).
 
         Step for step the loop of :func:`bigquant.cluster.lloyd.lloyd` over this point
         set, without the Python round trip per iteration; single-threaded.
-        Returns centres, inertia, iterations, converged, last shift, and the
-        labels of the points for the centres returned.
+        Returns centres, inertia, iterations, converged, last shift, the
+        labels of the points for the centres returned, and (with ``record``)
+        each iteration's inertia and shift as rows of an (n_iter, 2) array
+        (else an empty one).
         """
         self.reset()
+        history = np.zeros((int(max_iter) if record else 0, 2))
         centers, inertia, n_iter, converged, shift, labels = kernels.lloyd_bounded(
             self.X, self.weights, np.ascontiguousarray(centers, dtype=np.float64),
-            int(max_iter), float(tol), self.multiplicity,
+            int(max_iter), float(tol), bool(self.multiplicity), history,
         )
-        return centers, float(inertia), int(n_iter), bool(converged), float(shift), labels
+        return (centers, float(inertia), int(n_iter), bool(converged), float(shift), labels,
+                history[: int(n_iter)])
 
     @property
     def single_call(self) -> bool:

@@ -111,7 +111,7 @@ def _chain(
 def _exact_run(histogram: ColourHistogram, centers: np.ndarray, tol: float, max_iter: int) -> tuple[LloydResult, float]:
     """Lloyd's iteration on every colour, in one compiled call, and its last centre shift."""
     exact = BoundedPoints(histogram.colours, histogram.counts, n_parts=1)
-    end, inertia, n_iter, converged, shift, labels = exact.run(centers, max_iter, tol)
+    end, inertia, n_iter, converged, shift, labels, _ = exact.run(centers, max_iter, tol)
     return LloydResult(end, inertia, n_iter, converged, labels), shift
 
 

@@ -66,10 +66,14 @@ def check_data(X: Any, *, name: str = "X") -> Data:
     Raises
     ------
     InputTypeError
-        For unsupported types or dtypes (bool, complex, object, strings).
+        For unsupported types (sparse matrices) or dtypes (bool, complex, object, strings).
     InvalidInputError
         For a wrong number of dimensions or an empty array.
     """
+    if type(X).__module__.startswith("scipy.sparse"):
+        raise InputTypeError(
+            f"{name} is a scipy sparse {type(X).__name__}: sparse input is not supported; pass a dense array"
+        )
     if isinstance(X, da.Array):
         arr = X
     elif isinstance(X, np.ndarray):
@@ -90,7 +94,12 @@ def check_data(X: Any, *, name: str = "X") -> Data:
     if arr.ndim not in (2, 3):
         raise InvalidInputError(
             f"{name} must be 2-D (n_samples, n_channels) or 3-D (height, width, channels), "
-            f"got {arr.ndim}-D with shape {arr.shape}"
+            f"got {arr.ndim}-D with shape {arr.shape}. Reshape your data: X.reshape(-1, 1) for one "
+            "channel, X.reshape(1, -1) for one sample"
+        )
+    if int(arr.shape[-1]) == 0:
+        raise InvalidInputError(
+            f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required."
         )
     if any(int(s) == 0 for s in arr.shape):
         raise InvalidInputError(f"{name} is empty: shape {arr.shape}")

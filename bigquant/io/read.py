@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from bigquant import tasks
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
 from bigquant.io.chunks import ChunksLike, aligned_chunks
 from bigquant.io.files import file_stamp, is_url, open_binary
@@ -70,7 +71,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
         arr = da.from_array(
             data,
             chunks=(cy, cx) + tuple(data.shape[2:]),
-            name=f"bigquant-read-{tokenize(data)}" if isinstance(data, np.ndarray) else None,
+            name=f"{tasks.READ}-{tokenize(data)}" if isinstance(data, np.ndarray) else None,
         )
     channels = int(arr.shape[2]) if arr.ndim == 3 else 1
     if photometric is None:
@@ -122,7 +123,7 @@ def _read_zarr(src: Any, chunks: ChunksLike, level: int) -> ImageSource:
     zchunks = tuple(int(c) for c in arr.chunks)
     cy, cx = aligned_chunks(arr.shape[:2], zchunks[:2], chunks, name=name)
     data = da.from_zarr(arr, chunks=(cy, cx) + tuple(arr.shape[2:]),
-                        name=f"bigquant-read-{tokenize(name, arr.shape, str(arr.dtype), cy, cx)}")
+                        name=f"{tasks.READ}-{tokenize(name, arr.shape, str(arr.dtype), cy, cx)}")
     attrs = dict(arr.attrs)
     photometric = attrs.get("photometric")
     channels = int(arr.shape[2]) if arr.ndim == 3 else 1
@@ -228,7 +229,7 @@ def read_image(
     source : ImageSource
         ``source.data`` is a lazy dask array of shape (H, W, C) or (H, W);
         its tasks open the file themselves (names start with
-        ``bigquant-read``), so it runs on worker processes too.
+        ``bq-read``), so it runs on worker processes too.
         ``source.mask`` says which pixels are image (alpha 0, GDAL_NODATA in
         every band, a TIFF mask IFD and NaN are not); the alpha channel is
         not part of ``source.data``.

@@ -37,6 +37,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from bigquant import tasks
 from bigquant.errors import ImageReadError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike, aligned_chunks
 from bigquant.io.files import file_stamp, is_url, open_binary
@@ -584,7 +585,7 @@ def read_tiff(
             dtype=lut.dtype,
             new_axis=2,
             chunks=(data.chunks[0], data.chunks[1], (3,)),
-            name=f"bigquant-read-palette-{token}",
+            name=f"{tasks.READ_PALETTE}-{token}",
             meta=np.empty((0, 0, 0), dtype=lut.dtype),
         )
     if info["alpha"]:
@@ -723,7 +724,7 @@ def _level_array(
     data = da.from_array(
         reader,
         chunks=(cy, cx) + tuple(shape[2:]),
-        name=f"bigquant-read-{token}",
+        name=f"{tasks.READ}-{token}",
         asarray=False,
         fancy=False,
         inline_array=True,

@@ -37,6 +37,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from bigquant import tasks
 from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.encode import BlockEncoder, TileRegion
@@ -57,7 +58,7 @@ def compute_bands(
     arr: da.Array,
     encoder: BlockEncoder,
     *,
-    name: str = "bigquant-encode",
+    name: str = tasks.WRITE,
     extra: tuple[Any, ...] = (),
 ) -> Iterator[list[tuple[list[list[Any]], dict[int, np.ndarray]]]]:
     """Yield, in order, the encoded chunks of each chunk row of ``arr``.

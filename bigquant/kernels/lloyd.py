@@ -27,6 +27,9 @@ __all__ = [
 
 _SLACK = 1e-9
 
+# Flags passed from kernel to kernel are ``np.bool_(True)``, never a bare ``True``:
+# numba types a bare constant as a literal and compiles the callee once per value.
+
 
 @numba.njit(**_JIT)
 def bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper, lower, sums, counts,
@@ -81,7 +84,7 @@ def bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper
     nearest = np.empty(n_unsettled, dtype=np.int64)
     best_d = np.empty(n_unsettled)
     second_d = np.empty(n_unsettled)
-    _scan_two(X, columns, rows, centers_t, nearest, best_d, second_d)
+    _scan_two(X, columns, rows, np.bool_(False), centers_t, nearest, best_d, second_d)
     for q in range(n_unsettled):
         i = rows[q]
         best = nearest[q]
@@ -111,7 +114,7 @@ def bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper
 def _first_step(X, columns, weights, centers_t, labels, upper, lower, sums, counts, sqnorm):  # pragma: no cover
     """The first step of :func:`bounded_step`: a full scan that sets labels, bounds and sums."""
     n = X.shape[0]
-    _scan_two(X, columns, None, centers_t, labels, upper, lower)
+    _scan_two(X, columns, np.empty(0, dtype=np.int64), np.bool_(True), centers_t, labels, upper, lower)
     for i in range(n):
         upper[i] = np.sqrt(upper[i])
     for i in range(n):
@@ -190,22 +193,23 @@ def lloyd_dense(X, columns, weights, centers0, max_iter, tol):  # pragma: no cov
     """
     n, n_channels = X.shape
     k = centers0.shape[0]
+    multiplicity = np.bool_(True)  # ``weights`` are counts
     centers = centers0.copy()
     labels = np.empty(n, dtype=np.int64)
     best_d = np.empty(n)
     second_d = np.empty(n)
     for _ in range(max_iter):
         centers_t = np.ascontiguousarray(centers.T)
-        _scan_two(X, columns, None, centers_t, labels, best_d, second_d)
+        _scan_two(X, columns, np.empty(0, dtype=np.int64), np.bool_(True), centers_t, labels, best_d, second_d)
         sums = np.zeros((k, n_channels))
         counts = np.zeros(k)
         _add_label_sums(X, columns, weights, labels, sums, counts, np.zeros(k))
-        new = _new_centres(X, weights, True, centers, centers_t, sums, counts)
+        new = _new_centres(X, weights, multiplicity, centers, centers_t, sums, counts)
         shift = squared_shift(new, centers)
         centers = new
         if shift <= tol:
             break
-    _scan_two(X, columns, None, np.ascontiguousarray(centers.T), labels, best_d, second_d)
+    _scan_two(X, columns, np.empty(0, dtype=np.int64), np.bool_(True), np.ascontiguousarray(centers.T), labels, best_d, second_d)
     return centers, _weighted_sum(weights, best_d)
 
 
@@ -226,19 +230,24 @@ def _relocate_empty(X, weights, multiplicity, centers_t, sums, counts):  # pragm
     for i in range(n):
         best, best_d = _nearest(X, i, centers_t, dist)
         near[i] = best
-        far[i] = -best_d
-    order = np.argsort(far, kind="mergesort")
-    row = 0
+        far[i] = best_d
+    # rows are taken farthest first, ties in data order: one scan per row taken
+    # (at most one per empty cluster) instead of a sort, which would compile slowly
+    taken = np.zeros(n, dtype=np.bool_)
+    row = -1
     used = 0.0
     for j in range(k):
         if counts[j] != 0:
             continue
-        while row < n and used >= (weights[order[row]] if multiplicity else 1.0):
-            row += 1
+        while row < 0 or used >= (weights[row] if multiplicity else 1.0):
+            row = _farthest_free(far, taken)
+            if row < 0:
+                break
+            taken[row] = True
             used = 0.0
-        if row >= n:
+        if row < 0:
             break
-        i = order[row]
+        i = row
         w = 1.0 if multiplicity else np.float64(weights[i])
         old = near[i]
         for c in range(n_channels):
@@ -251,7 +260,19 @@ def _relocate_empty(X, weights, multiplicity, centers_t, sums, counts):  # pragm
 
 
 @numba.njit(**_JIT)
-def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma: no cover
+def _farthest_free(far, taken):  # pragma: no cover
+    """Index of the largest ``far`` not ``taken`` (the first of equals), or -1."""
+    best = -1
+    best_d = -np.inf
+    for i in range(far.shape[0]):
+        if not taken[i] and (best < 0 or far[i] > best_d):
+            best = i
+            best_d = far[i]
+    return best
+
+
+@numba.njit(**_JIT)
+def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity, history):  # pragma: no cover
     """A whole Lloyd run with Hamerly's bounds (see :func:`bounded_step`), in one call.
 
     The same iteration as :func:`bigquant.cluster.lloyd.lloyd` over a
@@ -263,6 +284,10 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
 
     Returns the centres, their inertia (a direct sum), the iterations run,
     whether it converged, the last shift, and the labels for the centres returned.
+    Row ``it - 1`` of ``history`` (if it has that many rows; shape (0, 2)
+    records nothing) gets iteration ``it``'s inertia, for the centres it
+    started from, from the per-cluster moments as the step-by-step loop
+    computes it, and its centre shift.
     """
     columns = as_columns(X)
     n, n_channels = X.shape
@@ -286,6 +311,17 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
                      sqnorm, it == 1)
         new = _new_centres(X, weights, multiplicity, centers, centers_t, sums, counts)
         shift = squared_shift(new, centers)
+        if history.shape[0] >= it:
+            energy = 0.0
+            for j in range(k):
+                dot = 0.0
+                norm = 0.0
+                for c in range(n_channels):
+                    dot += centers[j, c] * sums[j, c]
+                    norm += centers[j, c] * centers[j, c]
+                energy += sqnorm[j] - 2.0 * dot + counts[j] * norm
+            history[it - 1, 0] = max(energy, 0.0)
+            history[it - 1, 1] = shift
         for j in range(k):
             d = 0.0
             for c in range(n_channels):
@@ -299,7 +335,8 @@ def lloyd_bounded(X, weights, centers0, max_iter, tol, multiplicity):  # pragma:
             break
     # one more bounded step makes every label exact for the final centres (mostly
     # skipping points); then each point's inertia is one distance, rounded as a scan's
-    bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper, lower, sums, counts, sqnorm, False)
+    bounded_step(X, columns, weights, centers_t, drift, travelled, labels, upper, lower, sums, counts, sqnorm,
+                 np.bool_(False))
     return centers, labelled_inertia(X, weights, centers_t, labels), n_iter, converged, shift, labels
 
 
@@ -337,7 +374,7 @@ def improve_by_swaps(X, weights, centers, inertia, uniforms, max_iter, tol, pati
         if changed:  # after a rejected move the centres, and all of this, are as they were
             centers_t = np.ascontiguousarray(centers.T)
             cost[:] = 0.0
-            _scan_two(X, columns, None, centers_t, labels, fallback, second_d)
+            _scan_two(X, columns, np.empty(0, dtype=np.int64), np.bool_(True), centers_t, labels, fallback, second_d)
             for i in range(n):
                 cost[labels[i]] += np.float64(weights[i]) * (second_d[i] - fallback[i])
             removed = 0

@@ -277,7 +277,7 @@ def _scan_update(x0, x1, x2, c0, c1, c2, j, best, second, label):  # pragma: no 
     return min(best, d), min(second, max(best, d)), j if d < best else label
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(**_JIT)
 def _scan_block(x0, x1, x2, centers_t, labels, best_d, second_d):  # pragma: no cover - jitted
     """:func:`_nearest_two` of the ``SCAN_BLOCK`` RGB points ``(x0, x1, x2)``, centres four at a time.
 
@@ -311,22 +311,23 @@ def _scan_block(x0, x1, x2, centers_t, labels, best_d, second_d):  # pragma: no 
 
 
 @numba.njit(**_JIT)
-def _scan_two(X, columns, rows, centers_t, labels, best_d, second_d):  # pragma: no cover
+def _scan_two(X, columns, rows, every, centers_t, labels, best_d, second_d):  # pragma: no cover
     """:func:`_nearest_two` of the points ``rows``: ``labels[q]``, ``best_d[q]``, ``second_d[q]`` for ``rows[q]``.
 
-    ``rows=None`` scans every point. ``columns`` is ``X`` as
+    ``every=True`` scans every point instead (``rows`` is then unused: pass
+    an empty int64 array; one compiled version serves both). ``columns`` is ``X`` as
     :func:`as_columns` gives it: for RGB the points go through
     :func:`_scan_block` a block at a time, read in place (``rows`` are
     gathered first).
     """
     n_channels, k = centers_t.shape
-    n = X.shape[0] if rows is None else rows.shape[0]
+    n = X.shape[0] if every else rows.shape[0]
     if n_channels != 3:
         dist = np.empty(k)
         for q in range(n):
-            labels[q], best_d[q], second_d[q] = _nearest_two(X, q if rows is None else rows[q], centers_t, dist)
+            labels[q], best_d[q], second_d[q] = _nearest_two(X, q if every else rows[q], centers_t, dist)
         return
-    if rows is not None:  # gathered once: the blocks then read in place
+    if not every:  # gathered once: the blocks then read in place
         gathered = np.empty((3, n))
         for q in range(n):
             i = rows[q]
@@ -352,9 +353,10 @@ def _scan_two(X, columns, rows, centers_t, labels, best_d, second_d):  # pragma:
         bd = np.empty(B)
         sd = np.empty(B)
         _scan_block(x[0], x[1], x[2], centers_t, bl, bd, sd)
-        labels[start:] = bl[: n - start]
-        best_d[start:] = bd[: n - start]
-        second_d[start:] = sd[: n - start]
+        for q in range(n - start):  # loops, not slice copies: no shape-check error path to compile
+            labels[start + q] = bl[q]
+            best_d[start + q] = bd[q]
+            second_d[start + q] = sd[q]
 
 
 @numba.njit(**_JIT)

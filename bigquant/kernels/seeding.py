@@ -138,6 +138,7 @@ def kmeans_plusplus_greedy(X, weights, n_clusters, uniforms):  # pragma: no cove
             if pots[t] < pots[best]:
                 best = t
         chosen[c] = cand[best]
-        closest[:] = trial_dist[best]
+        for i in range(n):  # a loop, not ``closest[:] = row``: no shape-check error path to compile
+            closest[i] = trial_dist[best, i]
         pot = pots[best]
     return chosen

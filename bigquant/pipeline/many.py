@@ -30,6 +30,7 @@ import dask.array as da
 import numpy as np
 
 from bigquant import kernels
+from bigquant import tasks
 from bigquant.cluster.histogram import ColourHistogram, histogram_bits, histogram_graph
 from bigquant.cluster.palette import palette_error
 from bigquant.cluster.scheduler import phase
@@ -191,7 +192,7 @@ def joint_histogram(
             X = X.rechunk({X.ndim - 1: -1})
         valid = None if item.valid is None else da.asarray(item.valid).rechunk(X.chunks[:-1])
         graphs.append(histogram_graph(X, bits, valid=valid))
-    with phase("bigquant-histogram"):
+    with phase(tasks.HISTOGRAM):
         parts = dask.compute(*graphs)
     per_file = []
     for item, (codes, counts) in zip(opened, parts):

@@ -21,6 +21,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from bigquant import tasks
 from bigquant.errors import InvalidInputError
 from bigquant.io.mask import combine_masks
 from bigquant.io.read import read_image
@@ -161,4 +162,4 @@ def background_mask(source: Any) -> da.Array:
 
     low_key = dask.delayed(small, pure=True)  # one key for every chunk, not a copy in each task
     return grid.map_blocks(_upsample_block, low_key, (height, width), dtype=bool,
-                           meta=np.empty((0, 0), dtype=bool), token="bigquant-mask-auto")
+                           meta=np.empty((0, 0), dtype=bool), token=tasks.MASK)

@@ -7,7 +7,8 @@ which owns the terminal.
   updated in place with the iteration, the inertia and the centre shift.
 - :class:`TaskProgress` shows how far the current pass has got: on a
   distributed cluster from the events of a scheduler plugin it registers from
-  the client (:func:`task_counter`, public Dask APIs only, nothing of bigquant
+  the client (:func:`task_counter`: tasks named ``bq-...``, :mod:`bigquant.tasks`;
+  public Dask APIs only, nothing of bigquant
   needed on the scheduler: it works for remote schedulers too), and with dask's
   own :class:`~dask.diagnostics.ProgressBar` on the local threaded scheduler.
 """
@@ -20,6 +21,8 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any, TextIO
+
+from bigquant import tasks
 
 __all__ = ["LloydProgress", "SweepProgress", "TaskProgress", "task_counter", "progress", "Line"]
 
@@ -104,9 +107,21 @@ class LloydProgress:
         return (f"{self.label} {_bar(iteration / self.max_iter)} iteration {iteration:>3}"
                 f"  inertia {inertia:.6g}  centre shift {shift:.3g}")
 
-    def close(self) -> None:
-        """End the line (and, off a terminal, write the last iteration)."""
-        if self.last is not None and not self.line.tty and self.last[0] % self.every and self.last[0] != 1:
+    def close(self, inertia: float | None = None) -> None:
+        """End the line (and, off a terminal, write the last iteration).
+
+        Parameters
+        ----------
+        inertia : float or None, default=None
+            The fit's result (``model.inertia_``): shown as the last line, so
+            the display ends with the figure the result reports. An
+            iteration's inertia is that of the centres it started from; the
+            result's is that of the final centres, one update later.
+        """
+        if inertia is not None and self.last is not None:
+            self.line.show(f"{self.label} {_bar(self.last[0] / self.max_iter)} {self.last[0]:>3} iterations"
+                           f"  inertia {inertia:.6g}  (final centres)")
+        elif self.last is not None and not self.line.tty and self.last[0] % self.every and self.last[0] != 1:
             self.line.show(self._text(*self.last))
         self.line.end()
 
@@ -153,7 +168,7 @@ class SweepProgress:
 _BUSY = ("waiting", "processing", "queued", "no-worker")
 
 
-def task_counter(topic: str, prefix: str = "bigquant-", interval: float = 0.5) -> Any:
+def task_counter(topic: str, prefix: str = tasks.PREFIX, interval: float = 0.5) -> Any:
     """A scheduler plugin publishing (finished, total) tasks per task prefix with unfinished work.
 
     It is registered from the client (:meth:`distributed.Client.register_plugin`)
@@ -168,7 +183,7 @@ def task_counter(topic: str, prefix: str = "bigquant-", interval: float = 0.5) -
     ----------
     topic : str
         Event topic of the counts.
-    prefix : str, default="bigquant-"
+    prefix : str, default="bq-"
         Only tasks whose name (:func:`dask.utils.key_split`) starts with it.
     interval : float, default=0.5
         Seconds between two messages at most.
@@ -245,7 +260,7 @@ class TaskProgress:
     stream : file-like, default=sys.stderr
     interval : float, default=0.5
         Seconds between two updates at most.
-    exclude : tuple of str, default=("bigquant-lloyd",)
+    exclude : tuple of str, default=("bq-lloyd",)
         Task prefixes not shown (Lloyd's iterations have :class:`LloydProgress`).
 
     Attributes
@@ -255,8 +270,8 @@ class TaskProgress:
     """
 
     def __init__(self, client: Any = None, *, stream: TextIO | None = None, interval: float = 0.5,
-                 exclude: tuple[str, ...] = ("bigquant-lloyd",), line: Line | None = None,
-                 prefix: str = "bigquant-") -> None:
+                 exclude: tuple[str, ...] = (tasks.LLOYD,), line: Line | None = None,
+                 prefix: str = tasks.PREFIX) -> None:
         self.client = client
         self.exclude = exclude
         self.prefix = prefix

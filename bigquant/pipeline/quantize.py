@@ -22,6 +22,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from bigquant import tasks
 from bigquant.cluster.allocator import release_freed_memory
 from bigquant.cluster.scheduler import on_client, phase
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
@@ -125,7 +126,7 @@ def _nothing_masked(histogram: Any, valid: Any) -> bool:
     """True when the mask keeps every pixel (known from the histogram, else one pass over it)."""
     if histogram is not None:
         return histogram.n_pixels == int(np.prod(valid.shape))
-    with phase("bigquant-labels"):
+    with phase(tasks.LABELS):
         return bool(valid.all().compute())
 
 
@@ -134,9 +135,9 @@ def _write_labels(*args: Any, **kwargs: Any) -> None:
 
     Labels are computed (or looked up by the TIFF writer) tile by tile as the
     output is written: one pass over the pixels, shown in the dashboard as the
-    ``bigquant-write`` span inside the ``bigquant-labels`` one.
+    ``bq-write`` span inside the ``bq-labels`` one.
     """
-    with phase("bigquant-labels"), phase("bigquant-write"):
+    with phase(tasks.LABELS), phase(tasks.WRITE):
         write_image(*args, **kwargs)
 
 
@@ -620,7 +621,7 @@ def _fit_palette(
             f"quality= needs the exact colour histogram: 8-bit data (uint8, at most 3 bands) and strategy 'auto' "
             f"or 'histogram'; {where} is {data.dtype} with {data.shape[-1]} band(s): give n_clusters"
         )
-    with phase("bigquant-histogram"):
+    with phase(tasks.HISTOGRAM):
         histogram = colour_histogram(data, valid=valid)
     if histogram.n_colours == 0:
         raise InvalidInputError(f"{where}: every pixel is masked (alpha, nodata or mask): nothing to fit")

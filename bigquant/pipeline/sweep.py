@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigquant import kernels
+from bigquant import kernels, tasks
 from bigquant._typing import STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -627,7 +627,7 @@ def sweep(
                 )
             hist = None
             if strategy in ("auto", "histogram") and bits is not None and todo:
-                with _on(client), phase("bigquant-histogram"):
+                with _on(client), phase(tasks.HISTOGRAM):
                     hist = colour_histogram(data, valid=valid)
                 if hist.n_colours == 0:
                     raise InvalidInputError("every pixel is masked (alpha, nodata or mask): nothing to fit")
@@ -687,11 +687,11 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
         from distributed import as_completed as dist_as_completed
 
         token = tokenize(hist.codes, hist.counts, n_init, max_iter, tol, base)
-        with _on(client), phase("bigquant-sweep"):
+        with _on(client), phase(tasks.SWEEP):
             [remote] = client.scatter([payload], broadcast=False, hash=False)
             futures = {
                 client.submit(_fit_task, remote, k, n_init, max_iter, tol, base,
-                              key=f"bigquant-sweep-{k}-{token}", pure=False): k
+                              key=f"{tasks.SWEEP}-{k}-{token}", pure=False): k
                 for k in order
             }
             try:
@@ -704,13 +704,13 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
     from bigquant.cluster.points import n_threads
 
     with ThreadPoolExecutor(max(1, min(n_threads(), len(order)))) as pool:
-        tasks = {pool.submit(_fit_task, payload, k, n_init, max_iter, tol, base): k for k in order}
+        futures = {pool.submit(_fit_task, payload, k, n_init, max_iter, tol, base): k for k in order}
         try:
-            for task in as_completed(tasks):
+            for task in as_completed(futures):
                 fit, seconds = task.result()
-                yield tasks[task], fit, seconds
+                yield futures[task], fit, seconds
         finally:
-            for task in tasks:
+            for task in futures:
                 task.cancel()
 
 
@@ -729,7 +729,7 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
     palette, _ = km.palette()
     # the error of the image quantize writes: every pixel to its nearest palette colour
     weights = None if valid is None else (da.asarray(valid) if isinstance(data, da.Array) else np.asarray(valid))
-    with phase("bigquant-cost"):
+    with phase(tasks.COST):
         cost = -FixedPalette(palette).fit(data).score(
             data, sample_weight=None if weights is None else weights.astype(np.float64))
     n_pixels = int(np.prod(data.shape[:-1])) if valid is None else int(da.asarray(valid).sum().compute())

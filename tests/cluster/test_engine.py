@@ -28,12 +28,17 @@ def test_whole_run_kernel_equals_step_by_step_loop(many_colours, k):
     rng = np.random.default_rng(k)
     centers0 = kmeans_plusplus(hist.colours.astype(float), hist.counts.astype(float), k, rng)
     one_call = lloyd(BoundedPoints(hist.colours, hist.counts, n_parts=1), centers0, max_iter=300, tol=0.0)
-    steps = []
+    steps, called = [], []
     stepwise = lloyd(BoundedPoints(hist.colours, hist.counts), centers0, max_iter=300, tol=0.0,
-                     callback=lambda i, inertia, shift: steps.append(i))
-    assert steps  # the callback forces the per-iteration loop
+                     callback=lambda i, inertia, shift: steps.append((i, inertia, shift)),
+                     on_iteration=lambda *a: None)  # forces the per-iteration loop
     np.testing.assert_array_equal(one_call.centers, stepwise.centers)
-    assert one_call.n_iter == stepwise.n_iter
+    assert one_call.n_iter == stepwise.n_iter == len(steps)
+    # a callback alone keeps the one compiled call, and sees the same iterations afterwards
+    lloyd(BoundedPoints(hist.colours, hist.counts, n_parts=1), centers0, max_iter=300, tol=0.0,
+          callback=lambda *a: called.append(a))
+    assert [i for i, *_ in called] == [i for i, *_ in steps]
+    np.testing.assert_allclose([c[1:] for c in called], [s[1:] for s in steps], rtol=1e-9)
     assert one_call.inertia == pytest.approx(stepwise.inertia, rel=1e-12)
     labels, _ = kernels.assign_labels(hist.colours, one_call.centers, np.int64)
     np.testing.assert_array_equal(one_call.labels, labels)
@@ -46,7 +51,7 @@ def test_whole_run_kernel_relocates_empty_clusters_as_the_loop_does():
     centers0 = np.array([[0.0, 0, 0], [1, 1, 1], [255, 0, 255]])
     one_call = lloyd(BoundedPoints(hist.colours, hist.counts, n_parts=1), centers0, max_iter=50, tol=0.0)
     stepwise = lloyd(BoundedPoints(hist.colours, hist.counts), centers0, max_iter=50, tol=0.0,
-                     callback=lambda *a: None)
+                     on_iteration=lambda *a: None)
     np.testing.assert_array_equal(one_call.centers, stepwise.centers)
     assert not np.any(np.all(one_call.centers == [255, 0, 255], axis=1))
 

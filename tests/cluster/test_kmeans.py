@@ -241,7 +241,7 @@ def test_threads_and_processes_give_the_same_palette(photo_like, local_cluster):
     from distributed.utils import key_split
 
     prefixes = {key_split(t["key"]) for t in stream.data}
-    assert {"bigquant-histogram", "bigquant-lloyd", "bigquant-labels"} <= prefixes
+    assert {"bq-count", "bq-lloyd", "bq-labels"} <= prefixes
     workers = {t["worker"] for t in stream.data}
     assert len(workers) == 2
 
@@ -273,7 +273,7 @@ def test_lazy_labels_and_predict_on_dask(photo_like):
     km = KMeans(5, random_state=0).fit(img)
     assert isinstance(km.labels_, da.Array)
     assert km.labels_.chunks == img.chunks[:2]
-    assert km.labels_.name.startswith("bigquant-labels")
+    assert km.labels_.name.startswith("bq-labels")
     np.testing.assert_array_equal(km.predict(img).compute(), km.predict(photo_like))
     dist = km.transform(img)
     assert dist.shape == (96, 128, 5)
@@ -379,7 +379,7 @@ def test_histogram_strategy_on_float_data_is_refused():
 def test_predict_with_wrong_channels(blobs):
     X, _ = blobs
     km = KMeans(2, random_state=0).fit(X)
-    with pytest.raises(InvalidInputError, match="X has 2 channels, but KMeans was fitted with 3"):
+    with pytest.raises(InvalidInputError, match="X has 2 features, but KMeans is expecting 3 features as input"):
         km.predict(X[:, :2])
 
 
@@ -500,3 +500,11 @@ def test_every_sample_masked_is_an_error(photo_like):
 def test_mask_of_the_wrong_shape_is_an_error(photo_like):
     with pytest.raises(InvalidInputError, match=r"sample_weight \(a mask\) has shape \(3, 3\)"):
         KMeans(3).fit(photo_like, sample_weight=np.ones((3, 3), bool))
+
+
+def test_lookup_table_key_without_a_client_holds_the_table_itself(photo_like):
+    """On threads nothing travels: the table is not compressed for a trip it never makes."""
+    km = KMeans(4, random_state=0).fit(da.from_array(photo_like, chunks=(64, 64, 3)))
+    key = km.lookup_table_key()
+    assert str(key.key).startswith("bq-lut-")
+    assert key.compute() is km.lookup_table()[0]

@@ -286,7 +286,7 @@ def test_on_local_cluster(local_cluster, image):
     np.testing.assert_array_equal(mbk.cluster_centers_, local.cluster_centers_)
     np.testing.assert_array_equal(labels, local.labels_)
     names = {t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data}
-    assert any(str(n).startswith("bigquant-minibatch-gather") for n in names)
+    assert any(str(n).startswith("bq-mb-gather") for n in names)
     assert len({t["worker"] for t in ts.data}) == 2
 
 
@@ -305,3 +305,21 @@ def test_tiny_input():
     # the centres are means of samples drawn with replacement: close to the exact 0.5
     np.testing.assert_allclose(sort_rows(mbk.cluster_centers_), [[0.5] * 3, [100.0] * 3], atol=0.05)
     assert mbk.inertia_ == pytest.approx(1.5, rel=0.01)
+
+
+def test_a_round_of_pixels_is_a_small_graph_and_comes_back_in_draw_order():
+    """A round's gather graph stays under distributed's 10 MB large-graph warning."""
+    from bigquant.cluster.minibatch import _PixelSampler
+    from bigquant.cluster.validation import check_data
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1024, 1536, 3), dtype=np.uint8)
+    data = check_data(da.from_array(image, chunks=(256, 256, 3)))
+    sampler = _PixelSampler(data, None)
+    flat = sampler.positions(1 << 20, np.random.default_rng(1))
+    graph, _ = sampler._graph(flat)
+    shipped = sum(a.nbytes for task in graph.dask.values() if isinstance(task, tuple)
+                  for a in task if isinstance(a, np.ndarray))
+    assert shipped <= 4 * (1 << 20)  # 4 bytes a pixel, no permutation
+    batch = sampler.fetch(flat[:5000])
+    np.testing.assert_array_equal(batch.X, image.reshape(-1, 3)[flat[:5000]])

@@ -36,7 +36,7 @@ def test_tiled_tiff_metadata_and_pixels(tiled_tiff, rgb_image):
     assert src.nbytes == rgb_image.nbytes
     assert src.path == tiled_tiff
     assert isinstance(src.data, da.Array)
-    assert any(str(k).startswith("bigquant-read") for k in _read_keys(src.data))
+    assert any(str(k).startswith("bq-read") for k in _read_keys(src.data))
     np.testing.assert_array_equal(src.data.compute(), rgb_image)
 
 
@@ -286,7 +286,7 @@ def test_tiff_reads_on_worker_processes(local_cluster, tiled_tiff, rgb_image):
         pixels = local_cluster.compute(src.data).result()
     np.testing.assert_array_equal(pixels, rgb_image)
     keys = {str(t["key"]) for t in ts.data}
-    assert sum("bigquant-read" in k for k in keys) == src.data.npartitions
+    assert sum("bq-read" in k for k in keys) == src.data.npartitions
     workers = {t["worker"] for t in ts.data}
     assert workers <= set(local_cluster.scheduler_info()["workers"])
 

@@ -60,9 +60,11 @@ def test_quantized_file_opens_in_gdal_with_palette_overviews_and_labels(tmp_path
             np.testing.assert_array_equal(overview.read(1), labels[::2, ::2])
     if nodata is not None:
         np.testing.assert_array_equal(labels == nodata, ~valid)
-    # every pixel that is image: its nearest centre, of pixels decoded independently when exact
+    # every pixel that is image: its nearest palette colour (the JSON's, every band), of pixels
+    # decoded independently when exact
     pixels = real.reference if real.exact and real.reference.shape == source.shape else source.data.compute()
-    expected = _nearest(pixels, np.asarray(model.cluster_centers_, dtype=np.float64))
+    np.testing.assert_array_equal(doc["palette"], model.palette()[0])
+    expected = _nearest(pixels, np.asarray(doc["palette"], dtype=np.float64))
     agree = (labels == expected)[valid].mean()
     assert agree == 1.0 if real.exact else agree > 0.98, agree
     np.testing.assert_array_equal(tifffile.imread(out), labels)  # tifffile reads what GDAL reads

@@ -276,5 +276,5 @@ def test_write_on_worker_processes(local_cluster, tmp_path, tiled_tiff, rgb_imag
                           pyramid=True)
     np.testing.assert_array_equal(tifffile.imread(out), rgb_image[..., 0] // 64)
     keys = [str(t["key"]) for t in ts.data]
-    assert sum("bigquant-encode" in k for k in keys) == labels.npartitions
+    assert sum("bq-write" in k for k in keys) == labels.npartitions
     assert _leftovers(tmp_path) == []

@@ -89,7 +89,8 @@ def test_blocked_scan_matches_the_per_point_scan(n_rows, k, dtype):
     for rows in (None, np.arange(n_rows)[::-1].copy()):
         order = np.arange(n_rows) if rows is None else rows
         labels, best, second = np.empty(len(order), np.int64), np.empty(len(order)), np.empty(len(order))
-        scans._scan_two(X, columns, rows, centers_t, labels, best, second)
+        scans._scan_two(X, columns, np.empty(0, np.int64) if rows is None else rows, rows is None, centers_t,
+                        labels, best, second)
         assert [(int(a), b, c) for a, b, c in zip(labels, best, second)] == [expected[i] for i in order]
 
 

@@ -84,7 +84,7 @@ def test_task_progress_reports_from_a_scheduler_without_bigquant(scheduler_witho
         out = _Tty()
         with TaskProgress(client, stream=out, interval=0.05) as bar:
             slow = da.ones((30, 10), chunks=(1, 10)).map_blocks(
-                lambda block: (time.sleep(0.05), block)[1], name="bigquant-slow", dtype=float)
+                lambda block: (time.sleep(0.05), block)[1], name="bq-slow", dtype=float)
             assert float(client.compute(client.persist(slow).sum()).result()) == 300.0
             deadline = time.monotonic() + 10
             while "slow" not in out.getvalue() and time.monotonic() < deadline:

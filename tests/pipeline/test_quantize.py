@@ -161,11 +161,11 @@ def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
         model = quantize(tiled_tiff, tmp_path / "q.tif", 6, client=local_cluster,
                          random_state=0, tile=64, pyramid=True, chunks=128)
     keys = [str(t["key"]) for t in ts.data]
-    assert any("bigquant-encode" in k for k in keys)
+    assert any("bq-write" in k for k in keys)
     # the passes as distributed spans: the fit's histogram, then labels looked up while writing
     spans = local_cluster.run_on_scheduler(
         lambda dask_scheduler: [s.name for s in dask_scheduler.extensions["spans"].spans.values()])
-    assert ("bigquant-histogram",) in spans and ("bigquant-labels", "bigquant-write") in spans, spans
+    assert ("bq-histogram",) in spans and ("bq-labels", "bq-write") in spans, spans
     src = np.asarray(read_image(tiled_tiff).data.compute(scheduler="sync"))
     expected = nearest_colour(src, model.palette()[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
@@ -349,8 +349,8 @@ def test_direct_tiff_quantize_on_worker_processes(local_cluster, tmp_path):
     with get_task_stream(local_cluster) as ts:
         model = quantize(path, tmp_path / "q.tif", 6, client=local_cluster, random_state=0,
                          tile=256, pyramid=True)
-    prefixes = {str(t["key"]).split("-")[1] for t in ts.data if "bigquant-" in str(t["key"])}
-    assert {"histogram", "encode"} <= prefixes and "read" not in prefixes, prefixes
+    prefixes = {str(t["key"]).split("-")[1] for t in ts.data if "bq-" in str(t["key"])}
+    assert {"count", "write"} <= prefixes and "read" not in prefixes, prefixes
     expected = nearest_colour(img, model.palette()[0])
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         np.testing.assert_array_equal(tf.pages[0].asarray(), expected)

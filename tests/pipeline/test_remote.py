@@ -137,12 +137,12 @@ def test_cli_quantize_runs_on_the_remote_workers(remote_cluster, observer, tiff,
     assert ran_on and ran_on <= workers
     prefixes = _prefixes(records)
     # the workers read the file themselves and did every pass
-    assert {"bigquant-read", "bigquant-histogram"} <= prefixes, prefixes
-    assert any(p.startswith(("bigquant-labels", "bigquant-write", "bigquant-lut")) for p in prefixes), prefixes
+    assert {"bq-read", "bq-count"} <= prefixes, prefixes
+    assert any(p.startswith(("bq-labels", "bq-write", "bq-lut")) for p in prefixes), prefixes
     spans = observer.run_on_scheduler(
         lambda dask_scheduler: [s.name for s in dask_scheduler.extensions["spans"].spans.values()]
     )
-    assert any("bigquant-histogram" in name for name in spans), spans
+    assert any("bq-histogram" in name for name in spans), spans
 
 
 def test_sweep_fits_every_k_on_the_remote_workers(remote_cluster, observer, tiff):
@@ -158,11 +158,11 @@ def test_sweep_fits_every_k_on_the_remote_workers(remote_cluster, observer, tiff
     assert result.ks == ks and result.strategy == "histogram"
 
     records = _tasks_since(observer, start)
-    fits = [r for r in records if isinstance(r["key"], str) and r["key"].startswith("bigquant-sweep-")]
+    fits = [r for r in records if isinstance(r["key"], str) and r["key"].startswith("bq-sweep-")]
     assert sorted(int(r["key"].split("-")[2]) for r in fits) == ks  # one task per k
     assert {r["worker"] for r in fits} <= workers
     assert {r["worker"] for r in records} == workers  # both workers took part
-    assert "bigquant-histogram" in _prefixes(records)
+    assert "bq-count" in _prefixes(records)
 
     # the same palettes as a local sweep: the result does not depend on where it ran
     import tifffile

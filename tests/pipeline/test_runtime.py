@@ -29,14 +29,14 @@ def test_phase_without_client_is_a_cheap_no_op():
     assert active_client() is None
     start = time.perf_counter()
     for _ in range(10_000):
-        with phase("bigquant-histogram") as span_id:
+        with phase("bq-histogram") as span_id:
             assert span_id is None
     assert time.perf_counter() - start < 1.0
 
 
 def test_phase_propagates_exceptions():
     with pytest.raises(KeyError):
-        with phase("bigquant-lloyd"):
+        with phase("bq-lloyd"):
             raise KeyError("x")
 
 
@@ -135,19 +135,19 @@ def test_connect_local_cluster_dashboard_spans_and_shutdown():
 
         import dask.array as da
 
-        with phase("bigquant-histogram") as span_id:
+        with phase("bq-histogram") as span_id:
             assert span_id is not None
             assert int(da.ones(100, chunks=10).sum().compute()) == 100
         names = rt.client.run_on_scheduler(
             lambda dask_scheduler: [s.name for s in dask_scheduler.extensions["spans"].spans.values()]
         )
-        assert ("bigquant-histogram",) in names
+        assert ("bq-histogram",) in names
         # the terminal bar, drawn from the events of its scheduler plugin
         out = _Tty()
         with TaskProgress(rt.client, stream=out, interval=0.05) as bar:
             from distributed import wait
 
-            slow = da.ones((40, 10), chunks=(1, 10)).map_blocks(_sleepy, name="bigquant-slow", dtype=float)
+            slow = da.ones((40, 10), chunks=(1, 10)).map_blocks(_sleepy, name="bq-slow", dtype=float)
             wait(slow.persist())
         assert "tasks [" in out.getvalue() and "slow" in out.getvalue() and bar.updates
         assert not any(name.startswith("bigquant-progress") for name in rt.client.run_on_scheduler(

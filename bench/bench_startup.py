@@ -1,0 +1,136 @@
+"""Time bigquant from a fresh install: the first (cold) and later (warm) quantize of a 512² PNG.
+
+Makes a new virtual environment, installs this checkout into it (not editable:
+numba's cache then lives in the fresh ``site-packages``; ``NUMBA_CACHE_DIR``
+points at an empty folder as well), writes a 512 x 512 crop of matplotlib's
+``grace_hopper.jpg`` as a PNG, and times:
+
+- ``bigquant quantize in.png out.tif`` the first time (empty numba cache) and
+  the second time (``--repeats`` times, median);
+- the same with ``--cluster`` (a LocalCluster started for the small input);
+- ``bigquant.quantize()`` in Python: the first call of a fresh process
+  (imports included) and the median of warm calls in one process.
+
+Wall time and CPU time (user + system of the processes) are printed side by side:
+on a loaded machine the CPU time is the steadier of the two.
+
+Usage: ``python bench/bench_startup.py [--repeats 3] [--k 16] [--keep DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+PY_CALL = r"""
+import statistics, sys, time
+t0 = time.perf_counter()
+import bigquant
+t1 = time.perf_counter()
+src, out, k, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+bigquant.quantize(src, out, k, random_state=0, overwrite=True)
+t2 = time.perf_counter()
+times = []
+for _ in range(repeats):
+    a = time.perf_counter()
+    bigquant.quantize(src, out, k, random_state=0, overwrite=True)
+    times.append(time.perf_counter() - a)
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {statistics.median(times):.3f}")
+"""
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: pathlib.Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds (children's user + system) of one command, and its stdout.
+
+    ``cwd`` is outside the checkout: ``python -c`` would import the checkout's
+    sources (with a numba cache of their own) rather than the installed package.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.stdout
+
+
+def make_png(python: str, path: pathlib.Path, env: dict[str, str]) -> None:
+    code = (
+        "import numpy as np, matplotlib.cbook as cb; from PIL import Image\n"
+        "with cb.get_sample_data('grace_hopper.jpg') as fh:\n"
+        "    im = np.asarray(Image.open(fh).convert('RGB'))\n"
+        f"Image.fromarray(im[:512, :512]).save({str(path)!r})\n"
+    )
+    subprocess.run([python, "-c", code], env=env, check=True, cwd=path.parent)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="warm runs per row (median)")
+    parser.add_argument("--k", type=int, default=16, help="colours (default 16)")
+    parser.add_argument("--keep", metavar="DIR", help="make the environment in DIR and keep it")
+    args = parser.parse_args()
+
+    root = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="bq-startup-"))
+    root.mkdir(parents=True, exist_ok=True)
+    venv = root / "venv"
+    if venv.exists():
+        shutil.rmtree(venv)
+    cache = root / "numba-cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "PYTHON", "VIRTUAL_ENV"))}
+    env["NUMBA_CACHE_DIR"] = str(cache)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    bigquant = str(venv / "bin" / "bigquant")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(REPO)], check=True, env=env)
+    install = time.perf_counter() - t0
+    png = root / "in512.png"
+    make_png(python, png, env)
+    out = root / "out.tif"
+    k = str(args.k)
+
+    rows: list[tuple[str, float, float]] = []
+    cli = [bigquant, "quantize", str(png), str(out), "-k", k, "--overwrite", "--random-state", "0", "-q"]
+    wall, cpu, _ = run(cli, env, root)
+    rows.append(("CLI quantize, first run (empty numba cache)", wall, cpu))
+    warm = [run(cli, env, root) for _ in range(args.repeats)]
+    rows.append(("CLI quantize, warm (in-process: small input)", statistics.median(w for w, _, _ in warm),
+                 statistics.median(c for _, c, _ in warm)))
+    clustered = [run(cli + ["--cluster", "--dashboard", "none"], env, root) for _ in range(args.repeats)]
+    rows.append(("CLI quantize --cluster, warm (LocalCluster)", statistics.median(w for w, _, _ in clustered),
+                 statistics.median(c for _, c, _ in clustered)))
+    wall, cpu, text = run([python, "-c", PY_CALL, str(png), str(out), k, str(max(args.repeats, 5))], env, root)
+    imports, first, call = (float(x) for x in text.split())
+
+    print(f"bigquant startup, {date.today()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
+          f"{platform.machine()}; fresh venv + install {install:.0f} s; 512 x 512 PNG, k = {args.k}\n")
+    print("| run | wall s | CPU s |")
+    print("|---|---:|---:|")
+    for name, wall_s, cpu_s in rows:
+        print(f"| {name} | {wall_s:.2f} | {cpu_s:.2f} |")
+    print(f"| Python: `import bigquant` (warm cache) | {imports:.2f} | |")
+    print(f"| Python: first `quantize()` call of the process | {first:.2f} | |")
+    print(f"| Python: `quantize()`, warm (median of {max(args.repeats, 5)}) | {call:.3f} | |")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

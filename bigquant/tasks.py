@@ -1,0 +1,82 @@
+"""Names of bigquant's Dask tasks and phases, in one place.
+
+Every task key bigquant builds starts with :data:`PREFIX` and one of the names
+below (then ``-<token>`` and block indices), so the phases read apart where
+Dask shows task prefixes: the dashboard's progress panel cuts labels to about
+15 characters, and every name here is at most :data:`MAX_LENGTH` long. The
+phases of the work (:func:`bigquant.cluster.scheduler.phase`, as
+:func:`distributed.span` s) use the same names.
+
+======================  =====================================================
+name                    tasks
+======================  =====================================================
+``bq-read``             read one chunk of the source image
+``bq-read-pal``         read a palette image's chunk and expand it to colours
+``bq-mask``             the slide-background mask (``mask="auto"``)
+``bq-count``            count the colours of one chunk (histogram strategy)
+``bq-count-sum``        add the counts of neighbouring chunks
+``bq-merge``            merge partial histograms, two at a time
+``bq-codes``            the histogram's distinct colours and counts
+``bq-moments[-sum]``    per-chunk weighted moments (pixel strategy), and their sum
+``bq-init[-sum]``       one k-means|| oversampling pass
+``bq-lloyd[-sum]``      one Lloyd iteration: per-chunk partial sums, tree-summed
+``bq-relocate[-sum]``   points far from their centre, for empty clusters
+``bq-mb-gather``        mini-batch sampling: pixels gathered from random tiles
+``bq-mb-batch``         mini-batch sampling: one batch
+``bq-lut``              the colour -> label lookup table, shipped once
+``bq-labels``           nearest-centre labels of one chunk
+``bq-transform``        distances to every centre of one chunk
+``bq-write``            map and encode one output tile
+``bq-sweep``            one k of a sweep
+``bq-cost``             SSE / PSNR of a sweep's palettes on the pixels
+======================  =====================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX", "MAX_LENGTH", "READ", "READ_PALETTE", "MASK", "COUNT", "COUNT_SUM", "MERGE", "CODES",
+    "MOMENTS", "INIT", "LLOYD", "RELOCATE", "MB_GATHER", "MB_BATCH", "LUT", "LABELS", "TRANSFORM",
+    "WRITE", "SWEEP", "COST", "HISTOGRAM", "NAMES", "tree_sum",
+]
+
+#: what every bigquant task key starts with
+PREFIX = "bq-"
+#: longest name (and ``-sum`` name), so that no two are cut to the same label
+MAX_LENGTH = 15
+
+READ = "bq-read"
+READ_PALETTE = "bq-read-pal"
+MASK = "bq-mask"
+COUNT = "bq-count"
+COUNT_SUM = "bq-count-sum"
+MERGE = "bq-merge"
+CODES = "bq-codes"
+MOMENTS = "bq-moments"
+INIT = "bq-init"
+LLOYD = "bq-lloyd"
+RELOCATE = "bq-relocate"
+MB_GATHER = "bq-mb-gather"
+MB_BATCH = "bq-mb-batch"
+LUT = "bq-lut"
+LABELS = "bq-labels"
+TRANSFORM = "bq-transform"
+WRITE = "bq-write"
+SWEEP = "bq-sweep"
+COST = "bq-cost"
+
+#: the phase (span) of counting and merging colours
+HISTOGRAM = "bq-histogram"
+
+
+def tree_sum(name: str) -> str:
+    """The name of the tree reduction summing the per-chunk results of task ``name``."""
+    return f"{name}-sum"
+
+
+#: every task name, tree sums included
+NAMES = frozenset(
+    [READ, READ_PALETTE, MASK, COUNT, COUNT_SUM, MERGE, CODES, MB_GATHER, MB_BATCH, LUT, LABELS,
+     TRANSFORM, WRITE, SWEEP, COST]
+    + [n for base in (MOMENTS, INIT, LLOYD, RELOCATE) for n in (base, tree_sum(base))]
+)
