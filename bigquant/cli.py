@@ -60,6 +60,16 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
@@ -145,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--series", type=_non_negative_int, metavar="N",
                    help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
     q.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
+    q.add_argument("--dither", choices=("none", "floyd-steinberg", "blue-noise"), default="none",
+                   help="dither the mapping: exact tile-parallel Floyd-Steinberg, or blue-noise ordered (default none)")
+    q.add_argument("--dither-strength", type=_unit_float, default=1.0, metavar="S",
+                   help="fraction of the error diffused / noise amplitude, in [0, 1] (default 1)")
     q.add_argument("--palette-out", metavar="JSON", help="also write the palette as JSON")
     q.add_argument("--preview", metavar="PNG", help="also write a small preview PNG")
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -313,6 +327,7 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
                 n_init=args.n_init, max_iter=args.max_iter, callback=bar,
                 mask=_mask_option(args.mask), nodata_index=args.nodata_index, overviews=args.overviews,
                 cog=args.cog, rgb_bands=args.rgb_bands, series=args.series, level=args.level,
+                dither=None if args.dither == "none" else args.dither, dither_strength=args.dither_strength,
             )
         if bar is not None:
             bar.close()

@@ -49,7 +49,7 @@ from bigquant.kernels.dither import (
     strength_q,
 )
 
-__all__ = ["DITHERS", "blue_noise_mask", "check_dither", "dither_labels"]
+__all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,10 +201,14 @@ def _rect_chunk(
     return out
 
 
+#: largest chunk edge the dither works in (its error buffers grow as the square of it)
+DITHER_CHUNK = 1024
+
+
 def _regular(data: da.Array, valid: da.Array | None) -> tuple[da.Array, da.Array | None]:
     """Pixels (and mask) in regular chunks of H rows and W >= H columns, one chunk of channels."""
-    rows = data.chunks[0][0]
-    cols = max(data.chunks[1][0], rows)
+    rows = min(data.chunks[0][0], DITHER_CHUNK)
+    cols = max(min(data.chunks[1][0], DITHER_CHUNK), rows)
     data = data.rechunk((rows, cols, -1))
     if valid is not None:
         valid = valid.rechunk(data.chunks[:2])

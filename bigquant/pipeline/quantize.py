@@ -25,6 +25,7 @@ from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameter
 from bigquant.io.atomic import atomic_output, check_target
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
+from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
 from bigquant.io.read import read_image
@@ -146,6 +147,49 @@ def _nothing_masked(model: Any, valid: Any) -> bool:
     return bool(valid.all().compute())
 
 
+def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:
+    """Dithering needs integer pixels whose bands are the palette's colours."""
+    if np.dtype(source.dtype) not in (np.uint8, np.uint16):
+        raise InvalidParameterError(
+            f"dither={dither!r} needs uint8 or uint16 pixels; {source.path or 'the array'} is {source.dtype}"
+        )
+    if source.channels not in (1, 3) or rgb_bands is not None:
+        raise InvalidParameterError(
+            f"dither={dither!r} needs an image of 1 or 3 bands shown as they are (the palette's); "
+            f"this one has {source.channels}" + (f" shown as rgb_bands={tuple(rgb_bands)}" if rgb_bands else "")
+        )
+
+
+def _dithered(
+    src: Any,
+    source: ImageSource,
+    chunks: ChunksLike,
+    level: int,
+    series: int | None,
+    mask: Any,
+    masked: bool,
+    colours: np.ndarray,
+    dither: str,
+    strength: float,
+    nodata_index: int | None,
+) -> Any:
+    """Dithered labels (no-data where masked) of the source, read in chunks the dither works in."""
+    dsource = source
+    if chunks is None and max(source.data.chunksize[:2]) > DITHER_CHUNK and not isinstance(src, ImageSource):
+        # smaller chunks read as such (not split out of big ones once per band)
+        dsource = read_image(src, chunks=DITHER_CHUNK, level=level, series=series)
+    data = dsource.data if dsource.data.ndim == 3 else dsource.data[:, :, None]
+    valid = resolve_mask(dsource, mask) if masked else None
+    nodata = None
+    if valid is not None:
+        nodata = len(colours) if nodata_index is None else int(nodata_index)
+    dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
+    labels = dither_labels(data, colours, method=dither, strength=strength, valid=valid, dtype=dtype)
+    if valid is not None:
+        labels = da.where(valid, labels, nodata).astype(dtype)
+    return labels
+
+
 def _write_palette_json(
     path: pathlib.Path,
     colours: np.ndarray,
@@ -198,6 +242,8 @@ def quantize(
     overviews: bool | int = False,
     cog: bool = False,
     rgb_bands: Sequence[int] | None = None,
+    dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
+    dither_strength: float = 1.0,
     **kmeans_kwargs: Any,
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours and write it.
@@ -263,6 +309,18 @@ def quantize(
         Bands of a multi-band image shown as the palette's colours; None: the
         first three.  The fit uses every band, and ``palette_out`` keeps the
         full-band centres.
+    dither : {None, "floyd-steinberg", "blue-noise"}, default=None
+        Map pixels to the palette with dithering instead of to the nearest
+        colour.  "floyd-steinberg": exact error diffusion, byte-identical to
+        the serial reference :func:`bigquant.kernels.dither.floyd_steinberg`
+        whatever the chunking, workers or scheduler (tile-parallel, see
+        :mod:`bigquant.pipeline.dither`; it reads the pixels twice more).
+        "blue-noise": ordered dithering with a tiled blue-noise mask, one
+        pass, faster.  Masked pixels neither receive nor pass error.  Needs
+        uint8 or uint16 pixels with 1 or 3 bands (the palette's).
+    dither_strength : float, default=1.0
+        In [0, 1]: the fraction of the error diffused, or of the palette's
+        spacing used as noise amplitude.
     **kmeans_kwargs
         Other :class:`bigquant.KMeans` parameters (``init``, ``max_iter``,
         ``tol``, ``n_init``...).
@@ -329,6 +387,7 @@ def quantize(
     for out in outputs:
         check_target(out, overwrite=overwrite)
 
+    dither, dither_strength = check_dither(dither, dither_strength)
     if nodata_index is not None and (isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
                                      or isinstance(n_clusters, (int, np.integer)) and nodata_index < n_clusters):
         raise InvalidParameterError(
@@ -340,6 +399,8 @@ def quantize(
     )
     if rgb_bands is not None:
         display_bands(source.channels, rgb_bands)  # checked before the fit
+    if dither is not None:
+        _check_ditherable(source, rgb_bands, dither)
     data = source.data
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
@@ -373,7 +434,12 @@ def quantize(
         nodata = None
         if valid is not None and _nothing_masked(model, valid):
             valid = None  # e.g. float data without a NaN: no index reserved for nothing
-        if valid is not None:
+        if dither is not None:
+            labels = _dithered(src, source, chunks, level, series, mask, valid is not None, colours,
+                               dither, dither_strength, nodata_index)
+            nodata = None if valid is None else (len(colours) if nodata_index is None else int(nodata_index))
+            lookup = None
+        elif valid is not None:
             nodata = len(colours) if nodata_index is None else int(nodata_index)
             labels = da.where(valid, model.labels_, nodata)
             labels = labels.astype(index_dtype(nodata + 1))
