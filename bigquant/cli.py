@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--series", type=_non_negative_int, metavar="N",
                    help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
     q.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
+    q.add_argument("--space", choices=("rgb", "oklab", "lab"), default="rgb",
+                   help="colour space of the fit and the mapping (default rgb: highest PSNR; oklab: "
+                        "lowest perceptual error); the palette is sRGB either way")
     q.add_argument("--dither", choices=("none", "floyd-steinberg", "blue-noise"), default="none",
                    help="dither the mapping: exact tile-parallel Floyd-Steinberg, or blue-noise ordered (default none)")
     q.add_argument("--dither-strength", type=_unit_float, default=1.0, metavar="S",
@@ -328,6 +331,7 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
                 mask=_mask_option(args.mask), nodata_index=args.nodata_index, overviews=args.overviews,
                 cog=args.cog, rgb_bands=args.rgb_bands, series=args.series, level=args.level,
                 dither=None if args.dither == "none" else args.dither, dither_strength=args.dither_strength,
+                space=args.space,
             )
         if bar is not None:
             bar.close()

@@ -27,6 +27,7 @@ from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
 from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels
 from bigquant.pipeline.masks import resolve_mask
+from bigquant.pipeline.space import check_space, fit_in_space
 from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
@@ -209,6 +210,7 @@ def _write_palette_json(
         "inertia": float(getattr(model, "inertia_", float("nan"))),
         "n_iter": int(getattr(model, "n_iter_", 0)),
         "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
+        "space": getattr(model, "space_", "rgb"),
         "source": str(source.path) if source.path is not None else None,
         "series": source.series,
         "level": source.level,
@@ -244,6 +246,7 @@ def quantize(
     rgb_bands: Sequence[int] | None = None,
     dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
     dither_strength: float = 1.0,
+    space: Literal["rgb", "oklab", "lab"] = "rgb",
     **kmeans_kwargs: Any,
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours and write it.
@@ -321,6 +324,15 @@ def quantize(
     dither_strength : float, default=1.0
         In [0, 1]: the fraction of the error diffused, or of the palette's
         spacing used as noise amplitude.
+    space : {"rgb", "oklab", "lab"}, default="rgb"
+        Colour space of the fit, the lookup table and the pixel -> palette
+        mapping (:mod:`bigquant.pipeline.space`); the palette is stored as
+        sRGB colours either way.  8-bit input keeps the exact-histogram
+        strategy (distinct colours transformed once, weighted by counts).
+        "rgb" (the default) gives the highest PSNR; "oklab" the lowest
+        perceptual error (mean Delta E in OKLab) -- see the README's quality
+        tables.  Needs a 3-band image; the returned model is then a
+        :class:`bigquant.pipeline.space.SpaceKMeans`.
     **kmeans_kwargs
         Other :class:`bigquant.KMeans` parameters (``init``, ``max_iter``,
         ``tol``, ``n_init``...).
@@ -388,6 +400,9 @@ def quantize(
         check_target(out, overwrite=overwrite)
 
     dither, dither_strength = check_dither(dither, dither_strength)
+    space = check_space(space)
+    if space != "rgb" and rgb_bands is not None:
+        raise InvalidParameterError(f"space={space!r} fits the 3 colour bands; it does not take rgb_bands")
     if nodata_index is not None and (isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
                                      or isinstance(n_clusters, (int, np.integer)) and nodata_index < n_clusters):
         raise InvalidParameterError(
@@ -401,6 +416,10 @@ def quantize(
         display_bands(source.channels, rgb_bands)  # checked before the fit
     if dither is not None:
         _check_ditherable(source, rgb_bands, dither)
+    if space != "rgb" and source.channels != 3:
+        raise InvalidParameterError(
+            f"space={space!r} needs an RGB image of 3 bands; {source.path or 'the array'} has {source.channels}"
+        )
     data = source.data
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
@@ -415,9 +434,13 @@ def quantize(
     with _scheduler(client):
         t0 = time.perf_counter()
         try:
-            model = KMeans(
-                n_clusters, strategy=strategy, random_state=random_state, **kmeans_kwargs
-            ).fit(data, sample_weight=valid)
+            if space == "rgb":
+                model = KMeans(
+                    n_clusters, strategy=strategy, random_state=random_state, **kmeans_kwargs
+                ).fit(data, sample_weight=valid)
+            else:
+                model = fit_in_space(data, n_clusters, space, valid=valid, strategy=strategy,
+                                     random_state=random_state, **kmeans_kwargs)
         except InvalidInputError as exc:
             if "every sample is masked" in str(exc):
                 raise InvalidInputError(
