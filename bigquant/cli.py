@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--random-state", type=int, metavar="N", help="seed")
     s.add_argument("--mask", metavar="FILE|auto|none",
                    help="pixels to leave out besides the file's own, as for quantize")
+    s.add_argument("--space", choices=("rgb", "oklab", "lab"), default="rgb",
+                   help="colour space of the fits, as for quantize (default rgb)")
     _add_runtime(s)
 
     i = sub.add_parser("info", parents=[common],
@@ -367,6 +369,7 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
                 args.input, ks, strategy=args.strategy, client=client, n_init=args.n_init,
                 random_state=args.random_state, out=args.out,
                 resume_from=args.out if args.resume else None, callback=bar, mask=_mask_option(args.mask),
+                space=args.space,
             )
     if bar is not None:
         bar.close()

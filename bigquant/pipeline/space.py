@@ -18,7 +18,9 @@ converted back to sRGB (clipped to the gamut, on the source's scale),
 from __future__ import annotations
 
 import logging
+import time
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import dask
@@ -32,7 +34,7 @@ from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.io.palette import index_dtype
 from bigquant.kernels.spaces import SPACES, from_space, to_space
 
-__all__ = ["SPACES", "SpaceKMeans", "check_space", "fit_in_space", "source_scale"]
+__all__ = ["SPACES", "SpaceKMeans", "check_space", "fit_in_space", "source_scale", "sweep_in_space"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,3 +200,38 @@ def fit_in_space(
     model.strategy_ = getattr(est, "strategy_", pixel_strategy)
     model.labels_ = est.labels_
     return model
+
+
+def sweep_in_space(
+    hist: Any,
+    ks: list[int],
+    space: str,
+    *,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seeds: dict[int, int] | None = None,
+) -> Iterator[tuple[int, float, float, int, float, np.ndarray]]:
+    """Fit every k in ``space`` on one colour histogram (the distinct colours transformed once).
+
+    Yields
+    ------
+    (k, cost, inertia, n_iter, seconds, palette)
+        ``cost``: the weighted sum of squared sRGB errors of the rounded sRGB
+        ``palette``; ``inertia``: the k-means objective in the space.
+    """
+    space = check_space(space)
+    scale = source_scale(hist.colours.dtype)
+    coords = to_space(hist.colours, space, scale)
+    weights = hist.counts.astype(np.float64)
+    colours = hist.colours.astype(np.float64)
+    for k in ks:
+        start = time.perf_counter()
+        est = KMeans(min(k, hist.n_colours), strategy="pixels", n_init=n_init, max_iter=max_iter, tol=tol,
+                     random_state=None if seeds is None else seeds.get(k)).fit(coords, sample_weight=weights)
+        seconds = time.perf_counter() - start
+        palette = np.clip(np.rint(from_space(np.asarray(est.cluster_centers_), space, scale)), 0, scale)
+        labels = np.asarray(est.labels_).reshape(-1)
+        diff = colours - palette[labels]
+        cost = float(np.einsum("i,ij,ij->", weights, diff, diff))
+        yield k, cost, float(est.inertia_), int(getattr(est, "n_iter_", 0)), seconds, palette
