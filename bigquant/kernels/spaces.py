@@ -16,7 +16,7 @@ import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
 
-__all__ = ["SPACES", "from_space", "to_space"]
+__all__ = ["SPACES", "error_sums", "from_space", "to_space"]
 
 #: the colour spaces the fit and the mapping can work in
 SPACES = ("rgb", "oklab", "lab")
@@ -129,4 +129,94 @@ def from_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
         _to_srgb(X, float(scale), 1, _M1_INV, _M2_INV, out)
     else:
         _to_srgb(X, float(scale), 2, _XYZ_INV, np.stack([_WHITE, _WHITE, _WHITE]), out)
+    return out
+
+
+@numba.njit(**_JIT)
+def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_colours, lin_lut,
+                with_de, m1, m2, out):  # pragma: no cover - jitted
+    n_ch = P.shape[2]
+    sse = 0.0
+    de = 0.0
+    n = 0
+    lin = np.empty(3)
+    mid = np.empty(3)
+    for r in range(xa.shape[0]):
+        y = y0 + r
+        for x in range(xa[r], xb[r]):
+            if has_mask and not V[y - py0, x - px0]:
+                continue
+            lab = L[y - oy0, x - ox0]
+            for c in range(n_ch):
+                d = np.float64(P[y - py0, x - px0, c]) - colours[lab, c]
+                sse += d * d
+            n += 1
+            if with_de:
+                for c in range(3):
+                    lin[c] = lin_lut[np.int64(P[y - py0, x - px0, c])]
+                for q in range(3):
+                    mid[q] = np.cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
+                s = 0.0
+                for q in range(3):
+                    v = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2] - ok_colours[lab, q]
+                    s += v * v
+                de += np.sqrt(s)
+    out[0] += sse
+    out[1] += de
+    out[2] += n
+
+
+def error_sums(
+    pixels: np.ndarray,
+    origin: tuple[int, int],
+    valid: np.ndarray | None,
+    labels: np.ndarray,
+    label_origin: tuple[int, int],
+    colours: np.ndarray,
+    rows: tuple[int, np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Sums for the quality of a quantized window: squared error, OKLab Delta E, pixels.
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (h, w, C), uint8 or uint16
+        Source pixels; element [0, 0] is the global pixel ``origin``.
+    valid : ndarray of shape (h, w) of bool or None
+        Pixels counted (None: all).
+    labels : ndarray of shape (hl, wl), integers
+        Palette indices; element [0, 0] is the global pixel ``label_origin``.
+    colours : ndarray of shape (k, C)
+        The palette as written (source scale).
+    rows : (y0, xa, xb) or None, default=None
+        Rows ``y0 + r`` and their column ranges (global) to count; None: the whole window.
+
+    Returns
+    -------
+    sums : ndarray of shape (3,), float64
+        Sum of squared differences over every channel, sum of the OKLab
+        distances (natural OKLab units, L in [0, 1]; 0 unless C == 3), count
+        of pixels.
+    """
+    pixels = np.ascontiguousarray(pixels)
+    if rows is None:
+        h, w = pixels.shape[:2]
+        rows = (origin[0], np.full(h, origin[1], dtype=np.int64), np.full(h, origin[1] + w, dtype=np.int64))
+    y0, xa, xb = rows
+    n_ch = pixels.shape[2]
+    scale = float(np.iinfo(pixels.dtype).max)
+    colours = np.ascontiguousarray(colours, dtype=np.float64)
+    with_de = n_ch == 3
+    if with_de:
+        levels = np.arange(int(scale) + 1, dtype=np.float64) / scale
+        lin_lut = np.where(levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4)
+        ok_colours = to_space(colours, "oklab", scale) / 100.0
+    else:
+        lin_lut = np.zeros(1)
+        ok_colours = np.zeros((len(colours), 3))
+    has_mask = valid is not None
+    V = np.ascontiguousarray(valid, dtype=np.bool_) if has_mask else np.ones((1, 1), dtype=np.bool_)
+    out = np.zeros(3)
+    _error_rows(pixels, origin[0], origin[1], V, has_mask, np.ascontiguousarray(labels), label_origin[0],
+                label_origin[1], int(y0), np.ascontiguousarray(xa, dtype=np.int64),
+                np.ascontiguousarray(xb, dtype=np.int64), colours, ok_colours, lin_lut, with_de, _M1, _M2, out)
     return out

@@ -48,6 +48,7 @@ from bigquant.kernels.dither import (
     ordered_dither,
     strength_q,
 )
+from bigquant.kernels.spaces import error_sums
 
 __all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels"]
 
@@ -130,8 +131,11 @@ def _slanted_tile(
     q: int,
     colours: np.ndarray,
     grid: Any,
-) -> tuple[list[Segment], list[Segment]]:
-    """Errors of slanted tile (I, J); returns (segments for the next tiles, segments for pass 2).
+    with_sums: bool = False,
+) -> tuple[list[Segment], tuple[list[Segment], np.ndarray | None]]:
+    """Errors of slanted tile (I, J); returns (segments for the next tiles, (segments for pass 2, sums)).
+
+    ``sums`` (with ``with_sums``) are the tile's :func:`bigquant.kernels.spaces.error_sums`.
 
     ``geometry`` is (y0, h, J, W, image height, image width); the pixels are
     chunks ``J - 1`` and ``J`` of the band (either may be None at the image's
@@ -158,7 +162,9 @@ def _slanted_tile(
     xa = np.clip(j * width_t - r, 0, width)
     xb = np.clip((j + 1) * width_t - r, 0, width)
     xb = np.maximum(xa, xb)
-    fs_rows(pixels, (y0, px0), mask, errors, origin, None, (0, 0), y0, xa, xb, q, colours, grid)
+    out = np.zeros((h, errors.shape[1]), dtype=np.int32) if with_sums else None
+    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid)
+    sums = error_sums(pixels, (y0, px0), mask, out, (y0, ex0), colours, (y0, xa, xb)) if with_sums else None
     bottom_x = j * width_t - (h - 1)
     bottom = _take(errors, origin, y0 + h - 1, bottom_x, 0, 1, width_t)
     links = [
@@ -171,7 +177,7 @@ def _slanted_tile(
         r_lo, r_hi = max(0, j * width_t - p), min(h, (j + 1) * width_t - p)
         if r_lo < r_hi:
             kept.append(_take(errors, origin, y0 + r_lo, p, 1, 0, r_hi - r_lo))
-    return links, kept
+    return links, (kept, sums)
 
 
 # --------------------------------------------------------------------------- pass 2
@@ -193,7 +199,7 @@ def _rect_chunk(
     origin = (y0 - 1, x0 - 1)
     for kept in edges:
         if kept is not None:
-            _paste(errors, origin, kept)
+            _paste(errors, origin, kept[0])
     out = np.empty((y1 - y0, x1 - x0), dtype=dtype)
     h = y1 - y0
     fs_rows(np.ascontiguousarray(block), (y0, x0), None if valid is None else np.ascontiguousarray(valid),
@@ -216,8 +222,8 @@ def _regular(data: da.Array, valid: da.Array | None) -> tuple[da.Array, da.Array
 
 
 def _floyd_steinberg(
-    data: da.Array, colours: np.ndarray, valid: da.Array | None, q: int, dtype: np.dtype
-) -> da.Array:
+    data: da.Array, colours: np.ndarray, valid: da.Array | None, q: int, dtype: np.dtype, with_sums: bool
+) -> tuple[da.Array, np.ndarray | None]:
     data, valid = _regular(data, valid)
     height, width = data.shape[:2]
     band_h, tile_w = data.chunks[0][0], data.chunks[1][0]
@@ -252,7 +258,7 @@ def _floyd_steinberg(
                 block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)),
                 block(vname, j - 1), block(vname, j),
                 left, above,
-                (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key,
+                (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key, with_sums,
             )
             # only the part pass 2 needs outlives the pass
             dsk[(kept_name, i, j)] = (_second, (tile_name, i, j))
@@ -262,6 +268,9 @@ def _floyd_steinberg(
     logger.info("dither pass 1: %d slanted tiles of %dx%d over %d bands", len(kept_keys), band_h, tile_w, n_bands)
     persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
     kept_of = dict(zip(kept_keys, persisted))
+    sums = None
+    if with_sums:
+        (sums,) = dask.compute(dask.delayed(_total_sums)(list(persisted)))
 
     label_name = f"bigquant-dither-labels-{token}"
     ldsk: dict[Any, Any] = {}
@@ -286,7 +295,11 @@ def _floyd_steinberg(
             )
     ldeps: list[Any] = [data, grid, *persisted] + ([valid] if valid is not None else [])
     lgraph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=ldeps)
-    return da.Array(lgraph, label_name, chunks=data.chunks[:2], dtype=dtype)
+    return da.Array(lgraph, label_name, chunks=data.chunks[:2], dtype=dtype), sums
+
+
+def _total_sums(kept: list[tuple[Any, np.ndarray]]) -> np.ndarray:
+    return np.sum([k[1] for k in kept], axis=0)
 
 
 def _second(pair: tuple[Any, Any]) -> Any:
@@ -423,7 +436,8 @@ def dither_labels(
     strength: float = 1.0,
     valid: da.Array | None = None,
     dtype: Any = np.uint8,
-) -> da.Array:
+    with_sums: bool = False,
+) -> Any:
     """Palette labels of a dithered image, as a lazy dask array chunked like ``data``.
 
     Parameters
@@ -445,10 +459,16 @@ def dither_labels(
         pass error.
     dtype : dtype, default=np.uint8
         Label type.
+    with_sums : bool, default=False
+        Also return the quality sums of the result
+        (:func:`bigquant.kernels.spaces.error_sums` over the image), which
+        Floyd--Steinberg's first pass gives for little extra (None for blue
+        noise: they need a pass of their own).
 
     Returns
     -------
     labels : dask array of shape (H, W)
+        (labels, sums) with ``with_sums``.
 
     Raises
     ------
@@ -472,5 +492,7 @@ def dither_labels(
     dtype = np.dtype(dtype)
     if method == "blue-noise":
         labels = _blue_noise(data, colours, strength, dtype)
-        return labels if valid is None else da.where(valid, labels, 0).astype(dtype)
-    return _floyd_steinberg(data, colours, valid, strength_q(strength), dtype)
+        labels = labels if valid is None else da.where(valid, labels, 0).astype(dtype)
+        return (labels, None) if with_sums else labels
+    labels, sums = _floyd_steinberg(data, colours, valid, strength_q(strength), dtype, with_sums)
+    return (labels, sums) if with_sums else labels

@@ -27,6 +27,7 @@ from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
 from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels
 from bigquant.pipeline.masks import resolve_mask
+from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
 from bigquant.pipeline.space import check_space, fit_in_space
 from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
 from bigquant.io.read import read_image
@@ -148,6 +149,19 @@ def _nothing_masked(model: Any, valid: Any) -> bool:
     return bool(valid.all().compute())
 
 
+def _cheap_sums(model: Any, colours: np.ndarray, dither: str | None) -> np.ndarray | None:
+    """Quality sums of an undithered histogram fit, from its distinct colours (no pass over pixels)."""
+    hist = getattr(model, "histogram_", None)
+    if dither is not None or hist is None or hist.colours.shape[1] != colours.shape[1]:
+        return None
+    estimator = getattr(model, "estimator_", None)
+    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
+        labels = np.asarray(estimator.labels_).reshape(-1)
+    else:
+        labels = np.asarray(model.predict(hist.colours)).reshape(-1)
+    return quality_from_histogram(hist.colours, hist.counts, labels, colours)
+
+
 def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:
     """Dithering needs integer pixels whose bands are the palette's colours."""
     if np.dtype(source.dtype) not in (np.uint8, np.uint16):
@@ -173,8 +187,10 @@ def _dithered(
     dither: str,
     strength: float,
     nodata_index: int | None,
-) -> Any:
-    """Dithered labels (no-data where masked) of the source, read in chunks the dither works in."""
+    with_sums: bool,
+) -> tuple[Any, np.ndarray | None]:
+    """Dithered labels (no-data where masked) of the source, read in chunks the dither works in,
+    and the quality sums when the dither gives them."""
     dsource = source
     if chunks is None and max(source.data.chunksize[:2]) > DITHER_CHUNK and not isinstance(src, ImageSource):
         # smaller chunks read as such (not split out of big ones once per band)
@@ -185,10 +201,11 @@ def _dithered(
     if valid is not None:
         nodata = len(colours) if nodata_index is None else int(nodata_index)
     dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
-    labels = dither_labels(data, colours, method=dither, strength=strength, valid=valid, dtype=dtype)
+    labels, sums = dither_labels(data, colours, method=dither, strength=strength, valid=valid, dtype=dtype,
+                                 with_sums=with_sums)
     if valid is not None:
         labels = da.where(valid, labels, nodata).astype(dtype)
-    return labels
+    return labels, sums
 
 
 def _write_palette_json(
@@ -211,6 +228,7 @@ def _write_palette_json(
         "n_iter": int(getattr(model, "n_iter_", 0)),
         "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
         "space": getattr(model, "space_", "rgb"),
+        "quality": getattr(model, "quality_", None),
         "source": str(source.path) if source.path is not None else None,
         "series": source.series,
         "level": source.level,
@@ -247,6 +265,8 @@ def quantize(
     dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
     dither_strength: float = 1.0,
     space: Literal["rgb", "oklab", "lab"] = "rgb",
+    quality: bool | None = None,
+    compare: str | os.PathLike[str] | None = None,
     **kmeans_kwargs: Any,
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours and write it.
@@ -333,6 +353,15 @@ def quantize(
         perceptual error (mean Delta E in OKLab) -- see the README's quality
         tables.  Needs a 3-band image; the returned model is then a
         :class:`bigquant.pipeline.space.SpaceKMeans`.
+    quality : bool or None, default=None
+        Measure the result: PSNR and mean Delta E in OKLab of the written
+        colours against the source (``model.quality_``, and in
+        ``palette_out``; :mod:`bigquant.pipeline.report`).  None: only when it
+        costs no pass over the pixels (a histogram fit without dithering, or
+        Floyd--Steinberg); True: always (else one more pass); False: never.
+    compare : str, os.PathLike or None, default=None
+        Also write a PNG of the image's centre crop (512 x 512 at full
+        resolution): source on the left, result on the right.
     **kmeans_kwargs
         Other :class:`bigquant.KMeans` parameters (``init``, ``max_iter``,
         ``tol``, ``n_init``...).
@@ -341,7 +370,8 @@ def quantize(
     -------
     model : KMeans
         The fitted estimator; ``model.cluster_centers_`` is the palette before
-        rounding, in every band.  A GeoTIFF source's georeferencing (CRS,
+        rounding, in every band; ``model.quality_`` is the quality measured
+        (``{"psnr", "delta_e_ok", "pixels"}``) or None.  A GeoTIFF source's georeferencing (CRS,
         transform, GDAL metadata) is carried to TIFF output.
 
     Raises
@@ -393,9 +423,9 @@ def quantize(
         raise ImageWriteError(
             f"{dst_path}: unsupported output suffix {dst_path.suffix!r}; use one of {sorted(FORMATS)}"
         )
-    outputs = [dst_path] + [pathlib.Path(p).expanduser() for p in (palette_out, preview) if p]
+    outputs = [dst_path] + [pathlib.Path(p).expanduser() for p in (palette_out, preview, compare) if p]
     if len(set(outputs)) != len(outputs):
-        raise InvalidParameterError(f"dst, palette_out and preview must differ: {outputs}")
+        raise InvalidParameterError(f"dst, palette_out, preview and compare must differ: {outputs}")
     for out in outputs:
         check_target(out, overwrite=overwrite)
 
@@ -457,9 +487,11 @@ def quantize(
         nodata = None
         if valid is not None and _nothing_masked(model, valid):
             valid = None  # e.g. float data without a NaN: no index reserved for nothing
+        want_quality = quality is not False and colours.shape[-1] == data.shape[2]
+        sums = None
         if dither is not None:
-            labels = _dithered(src, source, chunks, level, series, mask, valid is not None, colours,
-                               dither, dither_strength, nodata_index)
+            labels, sums = _dithered(src, source, chunks, level, series, mask, valid is not None, colours,
+                                     dither, dither_strength, nodata_index, want_quality)
             nodata = None if valid is None else (len(colours) if nodata_index is None else int(nodata_index))
             lookup = None
         elif valid is not None:
@@ -488,6 +520,19 @@ def quantize(
         )
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
         _release_freed_memory()
+        if want_quality and sums is None:
+            sums = _cheap_sums(model, colours, dither)
+            if sums is None and quality:
+                # one more pass over the pixels and their labels
+                sums = quality_pass(data, model.labels_ if dither is None else labels, colours, valid)
+        model.quality_ = None
+        if sums is not None:
+            peak = float(np.iinfo(source.dtype).max) if np.dtype(source.dtype).kind in "ui" else 1.0
+            model.quality_ = quality_from_sums(sums, data.shape[2], peak)
+            logger.info("quality: %s", model.quality_)
+        if compare is not None:
+            write_compare(compare, data, labels if lookup is None else model.labels_, colours,
+                          nodata=nodata, overwrite=overwrite)
     if palette_out is not None:
         _write_palette_json(
             pathlib.Path(palette_out).expanduser(), colours, model, source, dst_path, overwrite, nodata
