@@ -59,14 +59,14 @@ def strength_q(strength: float) -> int:
 
 
 @numba.njit(**_JIT)
-def _axis_tables(col16, g, span):  # pragma: no cover - jitted
+def _axis_tables(col16, g, shift):  # pragma: no cover - jitted
     """Per channel, per cell of that axis, per colour: squared nearest and farthest distance."""
     k, n_ch = col16.shape
     near = np.empty((n_ch, g, k), dtype=np.int64)
     far = np.empty((n_ch, g, k), dtype=np.int64)
     for ci in range(g):
-        lo = (ci * (span + 1) + g - 1) // g  # smallest unit value t with t * g // (span + 1) == ci
-        hi = ((ci + 1) * (span + 1) + g - 1) // g - 1
+        lo = ci << shift  # the unit values t with t >> shift == ci (the last cell may reach past span)
+        hi = ((ci + 1) << shift) - 1
         for c in range(n_ch):
             for j in range(k):
                 p = col16[j, c]
@@ -121,32 +121,36 @@ def candidate_grid(colours: np.ndarray, max_value: int) -> tuple[np.ndarray, np.
         Cell ``i`` lists ``cand[offsets[i]:offsets[i + 1]]``.
     cand : ndarray of int32
         Palette indices, increasing within each cell.
-    g : int
-        Cells per channel (cell of unit value ``t``: ``t * g // (span + 1)``).
+    shift : int
+        Cell of unit value ``t`` along a channel: ``t >> shift``.
     span : int
         ``UNITS * max_value``, the largest target in units.
     """
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
     n_ch = col16.shape[1]
     span = UNITS * int(max_value)
-    g = max(1, min(span + 1, int(round(_GRID_CELLS ** (1.0 / n_ch)))))
+    target = max(1, int(round(_GRID_CELLS ** (1.0 / n_ch))))
+    shift = 0
+    while (span >> shift) + 1 > target:
+        shift += 1
+    g = (span >> shift) + 1
     n_cells = g**n_ch
-    near, far = _axis_tables(col16, np.int64(g), np.int64(span))
+    near, far = _axis_tables(col16, np.int64(g), np.int64(shift))
     offsets = np.zeros(n_cells + 1, dtype=np.int64)
     _grid_pass(near, far, g, offsets, np.empty(0, dtype=np.int32), False)
     cand = np.empty(int(offsets[-1]), dtype=np.int32)
     _grid_pass(near, far, g, offsets, cand, True)
-    return offsets, cand, g, span
+    return offsets, cand, shift, span
 
 
 @numba.njit(inline="always", **_JIT)
-def _nearest_grid(t, col16, offsets, cand, g, span):  # pragma: no cover - jitted
+def _nearest_grid(t, col16, offsets, cand, shift, g):  # pragma: no cover - jitted
     """Index of the colour nearest the unit target ``t`` (C,), lowest index on ties."""
     n_ch = t.shape[0]
     cell = 0
     mult = 1
     for c in range(n_ch):
-        cell += (t[c] * g // (span + 1)) * mult
+        cell += (t[c] >> shift) * mult
         mult *= g
     best = -1
     best_d = np.int64(0)
@@ -163,7 +167,7 @@ def _nearest_grid(t, col16, offsets, cand, g, span):  # pragma: no cover - jitte
 
 
 @numba.njit(inline="always", **_JIT)
-def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, g, span, t):  # pragma: no cover
+def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span, t):  # pragma: no cover
     """The reference step of one pixel: pull, clamp, pick, store the error; returns the label."""
     n_ch = t.shape[0]
     if not valid:
@@ -173,13 +177,13 @@ def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, g, span, t):
     for c in range(n_ch):
         s = (np.int64(7) * E[ey, ex - 1, c] + np.int64(1) * E[ey - 1, ex - 1, c]
              + np.int64(5) * E[ey - 1, ex, c] + np.int64(3) * E[ey - 1, ex + 1, c])
-        v = np.int64(UNITS) * np.int64(P[py, px, c]) + (s * q) // 4096
+        v = np.int64(UNITS) * np.int64(P[py, px, c]) + ((s * q) >> 12)  # floor(s q / 4096)
         if v < 0:
             v = 0
         elif v > span:
             v = span
         t[c] = v
-    best = _nearest_grid(t, col16, offsets, cand, g, span)
+    best = _nearest_grid(t, col16, offsets, cand, shift, (span >> shift) + 1)
     for c in range(n_ch):
         E[ey, ex, c] = t[c] - col16[best, c]
     return best
@@ -187,7 +191,7 @@ def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, g, span, t):
 
 @numba.njit(**_JIT)
 def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out,
-             y0, xa, xb, q, col16, offsets, cand, g, span):  # pragma: no cover - jitted
+             y0, xa, xb, q, col16, offsets, cand, shift, span):  # pragma: no cover - jitted
     t = np.empty(col16.shape[1], dtype=np.int64)
     for r in range(xa.shape[0]):
         y = y0 + r
@@ -196,7 +200,7 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out,
             if has_mask:
                 valid = V[y - py0, x - px0]
             lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
-                            q, col16, offsets, cand, g, span, t)
+                            q, col16, offsets, cand, shift, span, t)
             if write_out:
                 out[y - oy0, x - ox0] = lab
 
@@ -239,7 +243,7 @@ def fs_rows(
     grid
         :func:`candidate_grid` of ``colours``.
     """
-    offsets, cand, g, span = grid
+    offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
     has_mask = valid is not None
     V = valid if has_mask else np.ones((1, 1), dtype=np.bool_)
@@ -248,7 +252,7 @@ def fs_rows(
     _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
              O, out_origin[0], out_origin[1], keep, int(y0),
              np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),
-             np.int64(q), col16, offsets, cand, np.int64(g), np.int64(span))
+             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span))
 
 
 def floyd_steinberg(
@@ -303,7 +307,7 @@ def floyd_steinberg(
 
 
 @numba.njit(**_JIT)
-def _ordered(P, T, ty0, tx0, amp, col16, offsets, cand, g, span, out):  # pragma: no cover - jitted
+def _ordered(P, T, ty0, tx0, amp, col16, offsets, cand, shift, span, out):  # pragma: no cover - jitted
     h, w, n_ch = P.shape
     n = T.shape[0]
     t = np.empty(n_ch, dtype=np.int64)
@@ -312,13 +316,13 @@ def _ordered(P, T, ty0, tx0, amp, col16, offsets, cand, g, span, out):  # pragma
         for x in range(w):
             th = T[row, (tx0 + x) % n]
             for c in range(n_ch):
-                v = np.int64(UNITS) * np.int64(P[y, x, c]) + (amp[c] * th) // 65536
+                v = np.int64(UNITS) * np.int64(P[y, x, c]) + ((amp[c] * th) >> 16)  # floor(amp m / 65536)
                 if v < 0:
                     v = 0
                 elif v > span:
                     v = span
                 t[c] = v
-            out[y, x] = _nearest_grid(t, col16, offsets, cand, g, span)
+            out[y, x] = _nearest_grid(t, col16, offsets, cand, shift, (span >> shift) + 1)
 
 
 def nearest_in_grid(
@@ -362,11 +366,11 @@ def ordered_dither(
     -------
     labels : ndarray of shape (h, w), int32
     """
-    offsets, cand, g, span = grid
+    offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
     pixels = np.ascontiguousarray(pixels)
     out = np.empty(pixels.shape[:2], dtype=np.int32)
     _ordered(pixels, np.ascontiguousarray(thresholds, dtype=np.int64), int(origin[0]), int(origin[1]),
-             np.ascontiguousarray(amplitude, dtype=np.int64), col16, offsets, cand, np.int64(g),
+             np.ascontiguousarray(amplitude, dtype=np.int64), col16, offsets, cand, np.int64(shift),
              np.int64(span), out)
     return out
