@@ -201,8 +201,9 @@ def _dithered(
     if valid is not None:
         nodata = len(colours) if nodata_index is None else int(nodata_index)
     dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
-    labels, sums = dither_labels(data, colours, method=dither, strength=strength, valid=valid, dtype=dtype,
-                                 with_sums=with_sums)
+    result = dither_labels(data, colours, method=dither, strength=strength, valid=valid, dtype=dtype,
+                           with_sums=with_sums)
+    labels, sums = result if with_sums else (result, None)
     if valid is not None:
         labels = da.where(valid, labels, nodata).astype(dtype)
     return labels, sums

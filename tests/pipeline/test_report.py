@@ -48,6 +48,9 @@ def test_no_quality_when_it_would_cost_a_pass(tmp_path, rgb_image):
     assert model.quality_ is None
     model = quantize(rgb_image, tmp_path / "r.tif", 4, random_state=0, tile=64, quality=False)
     assert model.quality_ is None
+    model = quantize(rgb_image, tmp_path / "s.tif", 4, random_state=0, tile=64, quality=False,
+                     dither="floyd-steinberg")
+    assert model.quality_ is None
 
 
 def test_cli_last_line_and_compare(tmp_path, rgb_image, capsys):
