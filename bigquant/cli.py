@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "lowest perceptual error); the palette is sRGB either way")
     q.add_argument("--dither", choices=("none", "floyd-steinberg", "blue-noise"), default="none",
                    help="dither the mapping: exact tile-parallel Floyd-Steinberg, or blue-noise ordered (default none)")
-    q.add_argument("--dither-strength", type=_unit_float, default=1.0, metavar="S",
-                   help="fraction of the error diffused / noise amplitude, in [0, 1] (default 1)")
+    q.add_argument("--dither-strength", type=_unit_float, default=0.9, metavar="S",
+                   help="fraction of the error diffused / noise amplitude, in [0, 1] (default 0.9)")
     q.add_argument("--compare", metavar="PNG",
                    help="also write the centre 512x512 crop at full resolution, source | result, as PNG")
     q.add_argument("--no-quality", action="store_true",

@@ -32,7 +32,7 @@ def test_quantize_floyd_steinberg_writes_the_reference_labels(tmp_path, rgb_imag
         labels = np.asarray(zarr.open_array(str(out), mode="r")[:])
     else:
         labels = np.asarray(Image.open(out))
-    np.testing.assert_array_equal(labels, floyd_steinberg(rgb_image, colours))
+    np.testing.assert_array_equal(labels, floyd_steinberg(rgb_image, colours, strength=0.9))  # the default
 
 
 def test_quantize_dither_rgb_mode_with_mask(tmp_path, rgb_image):
