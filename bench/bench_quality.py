@@ -152,6 +152,30 @@ def quality_table(workdir: pathlib.Path, repeat: int) -> tuple[str, list[dict[st
     return "\n".join(lines), rows
 
 
+def strength_table(workdir: pathlib.Path) -> str:
+    """Blurred PSNR of Floyd--Steinberg at several strengths (one sRGB palette per photo and k)."""
+    import json
+
+    from bigquant import quantize
+    from bigquant.kernels.dither import floyd_steinberg
+
+    strengths = [1.0, 0.9, 0.8, 0.7]
+    lines = ["| photo | k | " + " | ".join(f"strength {s} PSNR / blurred" for s in strengths) + " |",
+             "|" + "---|" * (2 + len(strengths))]
+    for name in PHOTOS:
+        img = photo(name)
+        for k in KS:
+            quantize(img, workdir / "s.png", k, random_state=0, overwrite=True,
+                     palette_out=workdir / "s.json", quality=False)
+            pal = np.array(json.loads((workdir / "s.json").read_text())["colours"], dtype=np.uint8)
+            cells = []
+            for s in strengths:
+                m = metrics(pal[floyd_steinberg(img, pal, strength=s)], img)
+                cells.append(f"{m['psnr']:.2f} / {m['bpsnr']:.2f}")
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def figure(path: pathlib.Path, workdir: pathlib.Path) -> None:
     """Original / plain / dithered (bigquant FS) crops of two photos at k=16, enlarged 3x, nearest."""
     from PIL import Image, ImageDraw
@@ -254,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--side", type=int, default=32768, help="mosaic side (32768: 1.07 GP)")
     parser.add_argument("--memory-limit", default="4GiB")
     parser.add_argument("--skip-photos", action="store_true")
+    parser.add_argument("--strengths", action="store_true", help="also tabulate dither strengths")
     parser.add_argument("--dir", default=None, help="where to write temporary files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -262,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_photos:
             text, _ = quality_table(workdir, args.repeat)
             print(text, flush=True)
+        if args.strengths:
+            print(strength_table(workdir), flush=True)
         if args.figure:
             figure(args.figure, workdir)
         if args.gigapixel:
