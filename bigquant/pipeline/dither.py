@@ -11,7 +11,7 @@ Floyd--Steinberg (the rule: :mod:`bigquant.kernels.dither`) runs in two passes.
    ``I - 1`` (tiles ``J - 1 .. J + 1``): the tiles form a DAG with wavefront
    ``2 I + J`` (Metaxas 2003), and only those edge errors cross tasks.  Each
    tile keeps (for pass 2) just its last row and the errors of the columns on
-   either side of every chunk boundary -- about ``W + 4 H`` error vectors per
+   either side of every chunk boundary -- about ``W + 2 H`` error vectors per
    tile; its labels are dropped.
 2. **Labels, per rectangular chunk.**  A chunk whose left column, right
    neighbour column and top row of errors are known is dithered on its own in
@@ -19,10 +19,13 @@ Floyd--Steinberg (the rule: :mod:`bigquant.kernels.dither`) runs in two passes.
    result exactly.  Pass 2 is a lazy dask array of labels chunked like the
    pixels, which the writers stream band by band as any other labels.
 
-Memory: pass 1 holds the edges kept for pass 2 (int32, ``(W + 4 H) C`` per
-chunk: ~20 MB for a 1 GP RGB image in 2048-pixel chunks) plus the few tiles in
-flight; pass 2 is an ordinary blockwise computation.  The cost is one extra
-read of the pixels and one extra diffusion per pixel.
+Chunks are at most :data:`DITHER_CHUNK` (1024) a side, with ``H <= W``.
+Memory: pass 1 holds the edges kept for pass 2 (int32, about ``(W + 2 H) C``
+values per tile: ~40 MB for a 1 GP RGB image -- proportional to the pixels
+over the chunk edge, not to the width alone) plus the tiles in flight (an
+error buffer of about ``2 H W C`` int32 each, 25 MB); pass 2 is an ordinary
+blockwise computation.  The cost is one extra read of the pixels and one
+extra diffusion per pixel.
 
 Blue-noise ordered dithering adds a tiled void-and-cluster threshold mask
 (:func:`blue_noise_mask`) to every pixel before the nearest colour: one
