@@ -85,7 +85,7 @@ def run_method(method: str, src: pathlib.Path, dst: pathlib.Path, k: int) -> Non
 
     options = {"dither": "floyd-steinberg" if "FS" in method else None,
                "space": "oklab" if "oklab" in method else "rgb"}
-    quantize(src, dst, k, random_state=0, overwrite=True, quality=False, **options)
+    quantize(src, dst, k, random_state=0, overwrite=True, measure=False, **options)
 
 
 def quality_table(workdir: pathlib.Path, repeat: int) -> tuple[str, list[dict[str, object]]]:
@@ -166,7 +166,7 @@ def strength_table(workdir: pathlib.Path) -> str:
         img = photo(name)
         for k in KS:
             quantize(img, workdir / "s.png", k, random_state=0, overwrite=True,
-                     palette_out=workdir / "s.json", quality=False)
+                     palette_out=workdir / "s.json", measure=False)
             pal = np.array(json.loads((workdir / "s.json").read_text())["colours"], dtype=np.uint8)
             cells = []
             for s in strengths:
@@ -191,7 +191,7 @@ def figure(path: pathlib.Path, workdir: pathlib.Path) -> None:
         row = [img[y:y + h, x:x + w]]
         for dither in (None, "floyd-steinberg"):
             dst = workdir / f"fig_{name}_{dither}.png"
-            quantize(src, dst, 16, random_state=0, overwrite=True, dither=dither, quality=False)
+            quantize(src, dst, 16, random_state=0, overwrite=True, dither=dither, measure=False)
             row.append(np.asarray(Image.open(dst).convert("RGB"))[y:y + h, x:x + w])
         panels.append(row)
     scale, gap, label_h = 3, 6, 18

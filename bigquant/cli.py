@@ -23,6 +23,8 @@ from typing import Any, NoReturn
 __all__ = ["main", "build_parser", "UsageError"]
 
 PROG = "bigquant"
+#: exit code when --quality MIN cannot be reached (pngquant uses the same)
+EXIT_QUALITY = 99
 
 logger = logging.getLogger("bigquant.cli")
 
@@ -133,9 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", parents=[common], help="quantize an image to k colours and write it",
                        description="Fit a k-colour palette and write the image with it.")
-    q.add_argument("input", metavar="IN", help="input image (TIFF, zarr, PNG, JPEG...)")
-    q.add_argument("output", metavar="OUT", help="output image (.tif, .zarr, .png)")
-    q.add_argument("-k", "--n-clusters", dest="k", type=_positive_int, default=16, help="colours (default 16)")
+    q.add_argument("paths", nargs="+", metavar="IN [IN ...] OUT",
+                   help="input image (TIFF, zarr, PNG, JPEG...) and output (.tif, .zarr, .png); "
+                        "with --out-dir, every path is an input")
+    q.add_argument("-k", "--n-clusters", dest="k", type=_positive_int, default=None,
+                   help="colours (default 16; with --quality, the most allowed)")
+    q.add_argument("--palette", metavar="FILE",
+                   help="apply this palette instead of fitting one (.json, .gpl, .act, .png/.tif swatch)")
+    q.add_argument("--quality", metavar="[MIN:]TARGET",
+                   help="choose k: the fewest colours whose image reaches TARGET dB PSNR; "
+                        f"below MIN dB nothing is written (exit code {EXIT_QUALITY})")
+    q.add_argument("--out-dir", metavar="DIR", help="quantize every input with one shared palette into DIR")
+    q.add_argument("--suffix", default=".tif", help="with --out-dir: output format (default .tif)")
+    q.add_argument("--weight", choices=("pixels", "image"), default="pixels",
+                   help="with --out-dir: count every pixel once (default) or every image equally")
+    q.add_argument("--keep-going", action="store_true",
+                   help="with --out-dir: skip unreadable inputs (reported) instead of stopping")
     q.add_argument("--strategy", choices=STRATEGIES, default="auto", help="fitting strategy (default auto)")
     q.add_argument("--mode", choices=("palette", "rgb"), default="palette", help="indexed or RGB output")
     q.add_argument("--tile", type=_positive_int, default=512, help="output tile size (default 512)")
@@ -164,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the error diffused / noise amplitude, in [0, 1] (default 0.9)")
     q.add_argument("--compare", metavar="PNG",
                    help="also write the centre 512x512 crop at full resolution, source | result, as PNG")
-    q.add_argument("--no-quality", action="store_true",
+    q.add_argument("--no-measure", action="store_true",
                    help="do not measure PSNR and mean dE_OK (saves a pass over the pixels for pixel strategies)")
-    q.add_argument("--palette-out", metavar="JSON", help="also write the palette as JSON")
+    q.add_argument("--palette-out", metavar="FILE",
+                   help="also write the palette: .json (with the fit's summary), .gpl, .act or .png")
     q.add_argument("--preview", metavar="PNG", help="also write a small preview PNG")
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     q.add_argument("--random-state", type=int, metavar="N", help="seed")
@@ -176,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", parents=[common], help="fit every k of a range and tabulate cost and time",
                        description="Fit a palette for every k on one shared colour histogram.")
-    s.add_argument("input", metavar="IN", help="input image")
+    s.add_argument("inputs", nargs="+", metavar="IN", help="input image (several: one palette for all, 8-bit)")
     s.add_argument("--k", dest="ks", default="2:64:2", help="k values: start:stop[:step] or k1,k2,... (default 2:64:2)")
     s.add_argument("--out", metavar="CSV", help="results CSV, written as each k finishes")
     s.add_argument("--plot", metavar="PNG", help="plot of cost and time against k")
@@ -309,27 +325,44 @@ def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _check_input(path: str) -> None:
+    if not pathlib.Path(path).exists() and "://" not in path:
+        raise FileNotFoundError(f"{path}: no such file")
+
+
 def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
     from bigquant.io.atomic import check_target
     from bigquant.pipeline.progress import Line, LloydProgress, progress
     from bigquant.pipeline.quantize import quantize
 
+    if args.out_dir is None and len(args.paths) != 2:
+        raise UsageError(f"{PROG} quantize: give IN OUT, or several inputs with --out-dir DIR "
+                         f"(got {len(args.paths)} path(s))")
+    if args.out_dir is None and (args.keep_going or args.weight != "pixels"):
+        raise UsageError(f"{PROG} quantize: --keep-going and --weight go with --out-dir")
+    if args.palette is not None and (args.quality is not None):
+        raise UsageError(f"{PROG} quantize: --palette and --quality exclude each other")
+    if args.palette is not None and not pathlib.Path(args.palette).exists():
+        raise FileNotFoundError(f"{args.palette}: no such palette file")
+    k = args.k if args.k is not None or args.palette is not None or args.quality is not None else 16
     compression = None if str(args.compression).lower() == "none" else args.compression
-    if not pathlib.Path(args.input).exists() and "://" not in args.input:
-        raise FileNotFoundError(f"{args.input}: no such file")
     if args.mask not in (None, "auto", "none") and not pathlib.Path(args.mask).exists() and "://" not in args.mask:
         raise FileNotFoundError(f"{args.mask}: no such mask file")
+    if args.out_dir is not None:
+        return _quantize_many(args, console, k, compression)
+    source, output = args.paths
+    _check_input(source)
     # outputs are checked again by quantize; here, before a cluster is started for nothing
-    for target in (args.output, args.palette_out, args.preview, args.compare):
+    for target in (output, args.palette_out, args.preview, args.compare):
         if target:
             check_target(pathlib.Path(target).expanduser(), overwrite=args.overwrite)
     line = Line()
-    bar = LloydProgress(args.max_iter, line=line) if _show_progress(args) else None
+    bar = LloydProgress(args.max_iter, line=line) if _show_progress(args) and args.palette is None else None
     start = time.perf_counter()
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
             model = quantize(
-                args.input, args.output, args.k,
+                source, output, k, palette=args.palette, quality=args.quality,
                 strategy=args.strategy, mode=args.mode, client=client, random_state=args.random_state,
                 tile=args.tile, compression=compression, pyramid=args.pyramid, overwrite=args.overwrite,
                 palette_out=args.palette_out, preview=args.preview,
@@ -337,7 +370,7 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
                 mask=_mask_option(args.mask), nodata_index=args.nodata_index, overviews=args.overviews,
                 cog=args.cog, rgb_bands=args.rgb_bands, series=args.series, level=args.level,
                 dither=None if args.dither == "none" else args.dither, dither_strength=args.dither_strength,
-                space=args.space, quality=not args.no_quality, compare=args.compare,
+                space=args.space, measure=not args.no_measure, compare=args.compare,
             )
         if bar is not None:
             bar.close()
@@ -345,9 +378,20 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
     for extra in (args.palette_out, args.preview, args.compare):
         if extra:
             console.out(f"wrote {extra}")
-    console.out(f"wrote {args.output}: {len(model.cluster_centers_)} colours, strategy {model.strategy_}, "
-                f"{model.n_iter_} iterations, inertia {model.inertia_:.6g}, {seconds:.1f} s"
-                + _quality_text(getattr(model, "quality_", None)))
+    measured = _quality_text(getattr(model, "quality_", None))
+    if args.palette is not None:
+        console.out(f"wrote {output}: {len(model.cluster_centers_)} colours from {args.palette}{measured}, "
+                    f"{seconds:.1f} s")
+    else:
+        quality = measured
+        _, error = model.palette() if hasattr(model, "palette") else (None, None)
+        if not quality and error is not None and getattr(model, "histogram_", None) is not None:
+            from bigquant.pipeline.quantize import psnr
+
+            value = psnr(error, model.histogram_.n_pixels * model.n_features_in_, model.palette()[0].dtype)
+            quality = "" if value is None else f", PSNR {value:.2f} dB"
+        console.out(f"wrote {output}: {len(model.cluster_centers_)} colours, strategy {model.strategy_}, "
+                    f"{model.n_iter_} iterations, inertia {model.inertia_:.6g}{quality}, {seconds:.1f} s")
     return 0
 
 
@@ -361,6 +405,40 @@ def _quality_text(quality: dict[str, Any] | None) -> str:
     return text
 
 
+def _quantize_many(args: argparse.Namespace, console: _Console, k: int | None, compression: str | None) -> int:
+    from bigquant.pipeline.many import quantize_many
+    from bigquant.pipeline.progress import Line, progress
+
+    if args.preview or args.cog or args.series is not None or args.level:
+        raise UsageError(f"{PROG} quantize: --preview, --cog, --series and --level take one input, not --out-dir")
+    if not args.keep_going:
+        for path in args.paths:
+            _check_input(path)
+    line = Line()
+    start = time.perf_counter()
+    with _runtime(args, console) as client:
+        with progress(client, enabled=_show_progress(args), line=line):
+            result = quantize_many(
+                args.paths, args.out_dir, k, suffix=args.suffix, weight=args.weight, palette=args.palette,
+                quality=args.quality, keep_going=args.keep_going, mask=_mask_option(args.mask),
+                mode=args.mode, tile=args.tile, compression=compression, pyramid=args.pyramid,
+                overviews=args.overviews, nodata_index=args.nodata_index, rgb_bands=args.rgb_bands,
+                palette_out=args.palette_out, overwrite=args.overwrite, client=client,
+                random_state=args.random_state, strategy=args.strategy, n_init=args.n_init, max_iter=args.max_iter,
+            )
+    seconds = time.perf_counter() - start
+    for item in result.files:
+        quality = "" if item.psnr is None else f" ({item.psnr:.2f} dB)"
+        console.out(f"wrote {item.dst}{quality}")
+    for name, reason in result.skipped:
+        console.out(f"skipped {name}: {reason}")
+    console.out(f"{len(result.files)} files with one palette of {len(result.palette)} colours "
+                f"({args.weight} weighted), {seconds:.1f} s")
+    if args.palette_out:
+        console.out(f"wrote {args.palette_out}")
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
     from bigquant.pipeline.sweep import parse_ks, sweep
 
@@ -370,8 +448,8 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
     if not args.resume:
         _check_outputs([args.out], args.overwrite)
     _check_outputs([args.plot], args.overwrite or args.resume)
-    if not pathlib.Path(args.input).exists() and "://" not in args.input:
-        raise FileNotFoundError(f"{args.input}: no such file")
+    for path in args.inputs:
+        _check_input(path)
     if args.mask not in (None, "auto", "none") and not pathlib.Path(args.mask).exists() and "://" not in args.mask:
         raise FileNotFoundError(f"{args.mask}: no such mask file")
     from bigquant.pipeline.progress import Line, SweepProgress, progress
@@ -381,7 +459,7 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
             result = sweep(
-                args.input, ks, strategy=args.strategy, client=client, n_init=args.n_init,
+                args.inputs[0] if len(args.inputs) == 1 else args.inputs, ks, strategy=args.strategy, client=client, n_init=args.n_init,
                 random_state=args.random_state, out=args.out,
                 resume_from=args.out if args.resume else None, callback=bar, mask=_mask_option(args.mask),
                 space=args.space,
@@ -629,7 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 on a usage error, 1 on failure, 130 when interrupted.
+        0 on success, 2 on a usage error, 1 on failure, 99 when ``--quality`` MIN
+        cannot be reached (nothing written), 130 when interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -646,6 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BigquantError,
         ClusterConnectionError,
         InvalidParameterError,
+        QualityError,
     )
 
     try:
@@ -658,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(_one_line(exc), file=sys.stderr)
         return 2
+    except QualityError as exc:
+        print(f"{PROG}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_QUALITY
     except InvalidParameterError as exc:
         if verbose:
             traceback.print_exc()

@@ -16,6 +16,7 @@ __all__ = [
     "ImageWriteError",
     "NotFittedError",
     "ClusterConnectionError",
+    "QualityError",
     "BigquantWarning",
     "ConvergenceWarning",
     "FewColoursWarning",
@@ -52,6 +53,10 @@ class NotFittedError(BigquantError, ValueError, AttributeError):
 
 class ClusterConnectionError(BigquantError, OSError):
     """A Dask scheduler could not be reached in time."""
+
+
+class QualityError(BigquantError, ValueError):
+    """The quality asked for (a minimum PSNR) cannot be reached; nothing is written."""
 
 
 class BigquantWarning(UserWarning):

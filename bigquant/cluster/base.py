@@ -19,6 +19,7 @@ import numpy as np
 
 from bigquant import kernels
 from bigquant.cluster.histogram import ColourHistogram
+from bigquant.cluster.palette import refine_integer_palette
 from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
 from bigquant.cluster.validation import (
     Data,
@@ -120,8 +121,12 @@ class KMeansBase(BaseEstimator):
         inertia: float,
         n_iter: int,
         colour_labels: np.ndarray | None = None,
+        lut: tuple[np.ndarray, int, int] | None = None,
     ) -> KMeansBase:
-        """Store the fitted attributes and the (lazy) labels of the training data."""
+        """Store the fitted attributes and the (lazy) labels of the training data.
+
+        ``lut`` is a lookup table already built (see :meth:`lookup_table`).
+        """
         self.strategy_ = strategy
         self.histogram_ = histogram
         self.cluster_centers_ = centers
@@ -129,8 +134,9 @@ class KMeansBase(BaseEstimator):
         self.n_iter_ = n_iter
         self.n_features_in_ = data.n_channels
         self._dtype_in = data.array.dtype
-        self._lut = None
+        self._lut = lut
         self._lut_source = histogram
+        self._palette = None
         self._colour_labels = None if colour_labels is None else colour_labels.astype(label_dtype(len(centers)))
         if histogram is not None and histogram.inverse is not None:
             # in-memory input: every pixel's label is its colour's
@@ -192,6 +198,43 @@ class KMeansBase(BaseEstimator):
         if self._lut is None and getattr(self, "_lut_source", None) is not None:
             self._lut = self._build_lut(self._lut_source)
         return self._lut
+
+    def palette(self) -> tuple[np.ndarray, float | None]:
+        """The colours a quantized image is written with, and its squared error when known.
+
+        For integer data the centres are rounded to integer colours; on a
+        histogram fit they are refined on the exact histogram
+        (:func:`bigquant.cluster.palette.refine_integer_palette`) and the error
+        is exactly that of the image mapped to them (each pixel to its nearest
+        palette colour).  For float data the palette is the centres.
+
+        Returns
+        -------
+        palette : ndarray of shape (k, n_features)
+            In the data's dtype for integer data, float64 otherwise.
+        error : float or None
+            Summed squared error of the (counted) pixels to their nearest
+            palette colour; ``None`` when no histogram was fitted.
+        """
+        self._check_fitted()
+        cached = getattr(self, "_palette", None)
+        if cached is not None:
+            return cached
+        dtype = np.dtype(self._dtype_in)
+        centers = np.asarray(self.cluster_centers_, dtype=np.float64)
+        histogram = getattr(self, "histogram_", None)
+        if dtype.kind not in "ui":
+            error = float(self.inertia_) if histogram is not None else None
+            self._palette = (centers.copy(), error)
+            return self._palette
+        info = np.iinfo(dtype)
+        if histogram is not None:
+            pal, error = refine_integer_palette(histogram.colours, histogram.counts, centers,
+                                                lo=float(info.min), hi=float(info.max))
+        else:
+            pal, error = np.clip(np.rint(centers), info.min, info.max), None
+        self._palette = (pal.astype(dtype), error)
+        return self._palette
 
     def _labels(self, data: Data) -> np.ndarray | da.Array:
         centers = self.cluster_centers_

@@ -250,41 +250,79 @@ default="k-means++"
         if strategy == "minibatch":
             return self._fit_minibatch(data, weights)
         rng = check_random_state(self.random_state)
-        k = int(self.n_clusters)
         self._ckpt = self._make_checkpoint(data, strategy, weights is not None or valid is not None)
 
-        histogram: ColourHistogram | None = None
         if strategy == "histogram":
             with phase("bigquant-histogram"):
                 histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid)
             if histogram.n_colours == 0:
                 raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
-            points: PointSet = histogram.points()
-            if histogram.n_colours <= k:
-                return self._fit_few_colours(data, histogram)
-            _, _, variance = points.moments()
-        else:
-            with phase("bigquant-moments"):
-                points, variance = self._pixel_points(data, weights)
+            return self._fit_histogram(data, histogram, init_array, rng)
+        with phase("bigquant-moments"):
+            points, variance = self._pixel_points(data, weights)
         tol = float(self.tol) * float(np.mean(variance))
+        with phase("bigquant-lloyd"):
+            best = self._best_of_runs(points, init_array, int(self.n_clusters), self._n_init(init_array), tol, rng)
+        return self._finish(data, strategy, None, best)
 
+    def fit_histogram(self, histogram: ColourHistogram) -> KMeans:
+        """Compute the k-means clustering of the colours of a histogram, weighted by their counts.
+
+        The same fit as :meth:`fit` on the image the histogram counts (same
+        ``random_state``, same centres), without reading it again: what a
+        sweep over k or one palette for several images fits on.
+
+        Parameters
+        ----------
+        histogram : ColourHistogram
+            Distinct colours and their pixel counts (see
+            :func:`bigquant.colour_histogram`).
+
+        Returns
+        -------
+        self : KMeans
+            ``labels_`` are the labels of the histogram's distinct colours.
+        """
+        tune_allocator()
+        data = check_data(histogram.colours)
+        init_array = self._check_params(data.n_channels)
+        if histogram.n_colours == 0 or histogram.n_pixels == 0:
+            raise InvalidInputError("the histogram counts no pixel: nothing to fit")
+        rng = check_random_state(self.random_state)
+        self._ckpt = self._make_checkpoint(data, "histogram", True)
+        return self._fit_histogram(data, ColourHistogram(histogram.colours, histogram.counts, histogram.codes,
+                                                         histogram.bits), init_array, rng)
+
+    def _n_init(self, init_array: np.ndarray | None) -> int:
         n_init = int(self.n_init)
         if init_array is not None and n_init != 1:
             warnings.warn(
                 f"explicit initial centres given: running once instead of n_init={n_init}",
                 BigquantWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             n_init = 1
-        if (
-            histogram is not None
-            and init_array is None
-            and uses_coarse_search(histogram)
-        ):
+        return n_init
+
+    def _fit_histogram(
+        self, data: Data, histogram: ColourHistogram, init_array: np.ndarray | None, rng: np.random.Generator
+    ) -> KMeans:
+        """The fit on an exact colour histogram (``data`` is what ``labels_`` label)."""
+        k = int(self.n_clusters)
+        points: PointSet = histogram.points()
+        if histogram.n_colours <= k:
+            return self._fit_few_colours(data, histogram)
+        _, _, variance = points.moments()
+        tol = float(self.tol) * float(np.mean(variance))
+        n_init = self._n_init(init_array)
+        if init_array is None and uses_coarse_search(histogram):
             best = self._fit_coarse_to_fine(histogram, points, k, n_init, tol, rng)
         else:
             with phase("bigquant-lloyd"):
                 best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
+        return self._finish(data, "histogram", histogram, best)
+
+    def _finish(self, data: Data, strategy: str, histogram: ColourHistogram | None, best: LloydResult) -> KMeans:
         centers = best.centers
         # labels of the distinct colours, when the last run computed them for these centres
         colour_labels = best.labels if histogram is not None else None
@@ -461,6 +499,7 @@ default="k-means++"
             setattr(self, name, getattr(mb, name))
         self.strategy_ = "minibatch"
         self.histogram_ = None
+        self._palette = None
         self._lut = mb._lut
         self._lut_source = getattr(mb, "_lut_source", None)
         self._dtype_in = data.array.dtype

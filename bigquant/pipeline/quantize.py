@@ -10,8 +10,9 @@ write.  The palette (JSON) and a small preview PNG come from the same passes.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
+import math
 import os
 import pathlib
 import time
@@ -21,18 +22,21 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from bigquant.cluster.scheduler import phase
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
-from bigquant.io.atomic import atomic_output, check_target
+from bigquant.io.atomic import check_target
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup, resolve_codec
-from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels
-from bigquant.pipeline.masks import resolve_mask
-from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
-from bigquant.pipeline.space import check_space, fit_in_space
 from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
+from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, check_tile, write_image
+from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels
+from bigquant.pipeline.masks import resolve_mask
+from bigquant.pipeline.quality import QualityTarget, parse_quality, peak_value, search_k
+from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
+from bigquant.pipeline.space import check_space, fit_in_space
 
 __all__ = ["quantize", "palette_colours"]
 
@@ -118,133 +122,271 @@ def palette_colours(centers: np.ndarray, dtype: np.dtype, rgb_bands: Sequence[in
     return as_colours(centers)
 
 
-def _label_lookup(model: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
-    """The fitted colour -> label table for the TIFF writer to look labels up itself.
+def _label_lookup(mapper: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
+    """The colour -> label table for the TIFF writer to look labels up itself.
 
     The writer then maps and encodes each tile while it is in cache, and no
-    chunk of labels is ever held; the labels are those of ``model.labels_``
-    (same table, same nearest-centre fallback).  None when the model has no
-    table (pixel strategies) or the output is not a TIFF.
+    chunk of labels is ever held; the labels are those of ``mapper.labels_``
+    (same table, same nearest-colour fallback).  None when the mapper has no
+    table (data of more than 24 bits per pixel) or the output is not a TIFF.
     """
-    import dask.array as da
-
     if FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array):
         return None
-    if not isinstance(getattr(model, "labels_", None), da.Array):
+    if not isinstance(getattr(mapper, "labels_", None), da.Array):
         return None
-    get_lut = getattr(model, "lookup_table", None)
-    table = get_lut() if get_lut is not None else None
+    table = mapper.lookup_table()
     if table is None:
         return None
     _, bits, sentinel = table
-    centers = np.asarray(model.cluster_centers_, dtype=np.float64)
-    return LabelLookup(int(bits), int(sentinel), centers), model.lookup_table_key()
+    centers = np.asarray(mapper.cluster_centers_, dtype=np.float64)
+    return LabelLookup(int(bits), int(sentinel), centers), mapper.lookup_table_key()
 
 
-def _nothing_masked(model: Any, valid: Any) -> bool:
+def _nothing_masked(histogram: Any, valid: Any) -> bool:
     """True when the mask keeps every pixel (known from the histogram, else one pass over it)."""
-    histogram = getattr(model, "histogram_", None)
     if histogram is not None:
         return histogram.n_pixels == int(np.prod(valid.shape))
     return bool(valid.all().compute())
 
 
-def _cheap_sums(model: Any, colours: np.ndarray, dither: str | None) -> np.ndarray | None:
-    """Quality sums of an undithered histogram fit, from its distinct colours (no pass over pixels)."""
-    hist = getattr(model, "histogram_", None)
-    if dither is not None or hist is None or hist.colours.shape[1] != colours.shape[1]:
+def psnr(error: float | None, n_values: int, dtype: np.dtype) -> float | None:
+    """PSNR in dB of a summed squared error over ``n_values`` values of integer type ``dtype``.
+
+    None when the error is unknown or the data are not integers (no peak value).
+    """
+    if error is None or np.dtype(dtype).kind not in "ui":
         return None
-    estimator = getattr(model, "estimator_", None)
-    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
-        labels = np.asarray(estimator.labels_).reshape(-1)
-    else:
-        labels = np.asarray(model.predict(hist.colours)).reshape(-1)
-    return quality_from_histogram(hist.colours, hist.counts, labels, colours)
+    if error <= 0:
+        return float("inf")
+    peak = float(np.iinfo(dtype).max)
+    return 10.0 * math.log10(peak * peak * n_values / error)
 
 
-def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:
-    """Dithering needs integer pixels whose bands are the palette's colours."""
-    if np.dtype(source.dtype) not in (np.uint8, np.uint16):
-        raise InvalidParameterError(
-            f"dither={dither!r} needs uint8 or uint16 pixels; {source.path or 'the array'} is {source.dtype}"
-        )
-    if source.channels not in (1, 3) or rgb_bands is not None:
-        raise InvalidParameterError(
-            f"dither={dither!r} needs an image of 1 or 3 bands shown as they are (the palette's); "
-            f"this one has {source.channels}" + (f" shown as rgb_bands={tuple(rgb_bands)}" if rgb_bands else "")
-        )
+@dataclasses.dataclass
+class PaletteChoice:
+    """The palette an image is written with and where it came from.
+
+    Attributes
+    ----------
+    palette : ndarray of shape (k, n_channels)
+        Every band, in the data's units (integers for integer data).
+    model : estimator or None
+        The fitted :class:`bigquant.KMeans`; None for a given palette.
+    histogram : ColourHistogram or None
+        The exact colour histogram the palette was fitted on, whose colours
+        include every colour of the image written (8-bit data).
+    error : float or None
+        Squared error of the written pixels, when known (from the histogram).
+    source : str or None
+        The palette file applied, if any.
+    """
+
+    palette: np.ndarray
+    model: Any = None
+    histogram: Any = None
+    error: float | None = None
+    source: str | None = None
 
 
-def _dithered(
-    src: Any,
-    source: ImageSource,
-    chunks: ChunksLike,
-    level: int,
-    series: int | None,
-    mask: Any,
-    masked: bool,
-    colours: np.ndarray,
-    dither: str,
-    strength: float,
-    nodata_index: int | None,
-    with_sums: bool,
-) -> tuple[Any, np.ndarray | None]:
-    """Dithered labels (no-data where masked) of the source, read in chunks the dither works in,
-    and the quality sums when the dither gives them."""
-    dsource = source
-    if chunks is None and max(source.data.chunksize[:2]) > DITHER_CHUNK and not isinstance(src, ImageSource):
-        # smaller chunks read as such (not split out of big ones once per band)
-        dsource = read_image(src, chunks=DITHER_CHUNK, level=level, series=series)
-    data = dsource.data if dsource.data.ndim == 3 else dsource.data[:, :, None]
-    valid = resolve_mask(dsource, mask) if masked else None
-    nodata = None
-    if valid is not None:
-        nodata = len(colours) if nodata_index is None else int(nodata_index)
-    dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
-    result = dither_labels(data, colours, method=dither, strength=strength, valid=valid, dtype=dtype,
-                           with_sums=with_sums)
-    labels, sums = result if with_sums else (result, None)
-    if valid is not None:
-        labels = da.where(valid, labels, nodata).astype(dtype)
-    return labels, sums
-
-
-def _write_palette_json(
-    path: pathlib.Path,
-    colours: np.ndarray,
-    model: Any,
+def write_quantized(
+    data: Any,
+    valid: Any,
+    choice: PaletteChoice,
     source: ImageSource,
     dst: pathlib.Path,
+    *,
+    mode: str,
+    tile: int,
+    compression: str | None,
+    pyramid: bool | int,
     overwrite: bool,
-    nodata_index: int | None = None,
-) -> None:
-    doc = {
+    preview: str | os.PathLike[str] | None,
+    nodata_index: int | None,
+    overviews: bool | int,
+    cog: bool,
+    rgb_bands: Sequence[int] | None,
+    dither: str | None = None,
+    dither_strength: float = 0.9,
+    dither_data: tuple[Any, Any] | None = None,
+    report: dict[str, Any] | None = None,
+) -> tuple[Any, int | None]:
+    """Map ``data`` to the chosen palette and write it (one read pass for 8-bit data).
+
+    Every pixel takes its nearest palette colour (lowest index on ties), by a
+    lookup table over the histogram's colours, over every colour of an 8-bit
+    image when no histogram is known, else colour by colour.  A palette fitted
+    in a colour space (``choice.model.space_``) maps by the model's own table
+    (nearest centre in that space).  With ``dither``, the labels are those of
+    :func:`bigquant.pipeline.dither.dither_labels` over ``dither_data`` (the
+    pixels and mask, maybe read in smaller chunks; default ``data``, ``valid``).
+    ``report``, when given, receives ``"labels"`` (the labels written, lazy)
+    and ``"sums"`` (quality sums the dither gave, or None).
+
+    Returns
+    -------
+    mapper : FixedPalette
+        The estimator that mapped the pixels (:class:`bigquant.cluster.fixed.FixedPalette`).
+    nodata : int or None
+        The nodata index written (None when nothing is masked).
+    """
+    from bigquant.cluster.fixed import FixedPalette
+
+    histogram = choice.histogram
+    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    if getattr(choice.model, "space_", None) is not None:
+        mapper = choice.model  # labels: nearest centre in the fit's colour space
+    else:
+        mapper = FixedPalette(choice.palette).fit(data, histogram=histogram)
+    nodata = None
+    if valid is not None and _nothing_masked(histogram, valid):
+        valid = None  # e.g. float data without a NaN: no index reserved for nothing
+    sums = None
+    if dither is not None:
+        ddata, dvalid = dither_data if dither_data is not None else (data, valid)
+        dvalid = None if valid is None else dvalid
+        nodata = None if dvalid is None else (len(colours) if nodata_index is None else int(nodata_index))
+        dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
+        result = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
+                               dtype=dtype, with_sums=report is not None)
+        labels, sums = result if report is not None else (result, None)
+        if dvalid is not None:
+            labels = da.where(dvalid, labels, nodata).astype(dtype)
+        lookup = None
+    elif valid is not None:
+        nodata = len(colours) if nodata_index is None else int(nodata_index)
+        labels = da.where(valid, mapper.labels_, nodata)
+        labels = labels.astype(index_dtype(nodata + 1))
+        lookup = None
+    else:
+        labels = mapper.labels_
+        lookup = _label_lookup(mapper, data, dst)
+    write_image(
+        data if lookup is not None else labels,
+        dst,
+        palette=colours,
+        mode=mode,
+        tile=tile,
+        compression=compression,
+        pyramid=pyramid,
+        overwrite=overwrite,
+        preview=preview,
+        nodata=nodata,
+        geotiff=source.geotiff,
+        overviews=overviews,
+        cog=cog,
+        _lookup=lookup,
+    )
+    if report is not None:
+        report["labels"] = labels
+        report["sums"] = sums
+    return mapper, nodata
+
+
+def palette_document(
+    choice: PaletteChoice,
+    source: ImageSource,
+    dst: pathlib.Path,
+    nodata_index: int | None,
+    rgb_bands: Sequence[int] | None,
+    n_pixels: int | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The palette JSON: the colours shown, the palette in every band, the fit's summary."""
+    model = choice.model
+    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    n_values = None if n_pixels is None else n_pixels * int(np.shape(choice.palette)[1])
+    quality = None if n_values is None else psnr(choice.error, n_values, source.dtype)
+    doc: dict[str, Any] = {
         "n_colours": int(len(colours)),
         "dtype": str(colours.dtype),
         "colours": colours.tolist(),
-        "centres": np.asarray(model.cluster_centers_, dtype=float).tolist(),
-        "bands": int(np.shape(model.cluster_centers_)[1]),
+        "palette": np.asarray(choice.palette).tolist(),
+        "bands": int(np.shape(choice.palette)[1]),
         "nodata_index": nodata_index,
-        "inertia": float(getattr(model, "inertia_", float("nan"))),
-        "n_iter": int(getattr(model, "n_iter_", 0)),
-        "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
-        "space": getattr(model, "space_", "rgb"),
-        "quality": getattr(model, "quality_", None),
+        "error": choice.error,
+        "psnr": quality if quality is None or math.isfinite(quality) else "inf",
+        "palette_file": choice.source,
+    }
+    if model is not None:
+        doc.update({
+            "centres": np.asarray(model.cluster_centers_, dtype=float).tolist(),
+            "inertia": float(getattr(model, "inertia_", float("nan"))),
+            "n_iter": int(getattr(model, "n_iter_", 0)),
+            "strategy": getattr(model, "strategy_", getattr(model, "strategy", None)),
+        })
+    doc.update({
         "source": str(source.path) if source.path is not None else None,
         "series": source.series,
         "level": source.level,
         "shape": list(source.shape),
         "output": str(dst),
-    }
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    })
+    doc.update(extra or {})
+    return doc
+
+
+def write_palette_out(path: pathlib.Path, choice: PaletteChoice, doc: dict[str, Any], overwrite: bool,
+                      dtype: np.dtype, rgb_bands: Sequence[int] | None) -> None:
+    """Write ``palette_out`` in the format of its suffix (JSON: the whole document)."""
+    if palette_format(path) == "json":
+        write_palette(path, choice.palette, document=doc, overwrite=overwrite)
+    else:
+        write_palette(path, palette_colours(choice.palette, dtype, rgb_bands), overwrite=overwrite)
+
+
+def load_palette(palette: Any, n_channels: int, dtype: np.dtype, limit: int) -> tuple[np.ndarray, str | None]:
+    """A palette given to apply (array-like or file), checked against the image and the output.
+
+    Returns the palette (in ``dtype`` for integer data) and the file it came from.
+
+    Raises
+    ------
+    InvalidInputError
+        A wrong number of channels, colours outside the data's range, or
+        8-bit colours from a file for other data.
+    InvalidParameterError
+        More colours than the output can index.
+    """
+    where = None
+    if isinstance(palette, (str, os.PathLike)):
+        where = str(palette)
+        fmt = palette_format(palette)
+        pal = read_palette(palette)
+        if fmt != "json" and np.dtype(dtype) != np.uint8:
+            raise InvalidInputError(
+                f"{where}: a {fmt} palette holds 8-bit colours but the image is {np.dtype(dtype)}; "
+                "use a .json palette fitted on such data"
+            )
+    else:
+        pal = np.asarray(palette)
+    if pal.ndim == 1:
+        pal = pal[:, None]
+    name = where or "palette"
+    if pal.ndim != 2 or pal.shape[0] == 0 or pal.dtype.kind not in "uif":
+        raise InvalidParameterError(f"{name} of shape {pal.shape} must be numbers of shape (n_colours >= 1, n_channels)")
+    if pal.shape[1] == 3 and n_channels == 1 and np.all(pal == pal[:, :1]):
+        pal = pal[:, :1]  # grey colours written as R = G = B
+    if pal.shape[1] != n_channels:
+        raise InvalidInputError(f"{name} has {pal.shape[1]} channel(s) per colour but the image has {n_channels}")
+    if pal.shape[0] > limit:
+        raise InvalidParameterError(f"{name} has {pal.shape[0]} colours, more than the output can index ({limit})")
+    if np.dtype(dtype).kind in "ui":
+        info = np.iinfo(dtype)
+        if np.any(pal != np.rint(pal)) or pal.min() < info.min or pal.max() > info.max:
+            raise InvalidInputError(
+                f"{name}: colours must be integers in [{info.min}, {info.max}] for {np.dtype(dtype)} data"
+            )
+        pal = pal.astype(dtype)
+    return np.ascontiguousarray(pal), where
 
 
 def quantize(
     src: Any,
     dst: str | os.PathLike[str],
-    n_clusters: int,
+    n_clusters: int | None = None,
     *,
+    palette: Any = None,
+    quality: Any = None,
     strategy: Literal["auto", "histogram", "pixels", "minibatch"] = "auto",
     mode: Literal["palette", "rgb"] = "palette",
     client: Any = None,
@@ -266,11 +408,11 @@ def quantize(
     dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
     dither_strength: float = 0.9,
     space: Literal["rgb", "oklab", "lab"] = "rgb",
-    quality: bool | None = None,
+    measure: bool | None = None,
     compare: str | os.PathLike[str] | None = None,
     **kmeans_kwargs: Any,
 ) -> Any:
-    """Quantize an image of any size to ``n_clusters`` colours and write it.
+    """Quantize an image of any size to ``n_clusters`` colours (or a given palette) and write it.
 
     Parameters
     ----------
@@ -280,8 +422,21 @@ def quantize(
     dst : str or os.PathLike
         Output file (``.tif``, ``.zarr``, ``.png``, ``.jpg``); see
         :func:`bigquant.write_image`.
-    n_clusters : int
-        Number of colours k.
+    n_clusters : int or None, default=None
+        Number of colours k (needed unless ``palette`` or ``quality`` is given).
+    palette : array-like, str, os.PathLike or None, default=None
+        Apply this palette instead of fitting one: colours of shape (k,
+        n_channels) in the data's units, or a palette file (the JSON
+        ``palette_out`` writes, GIMP ``.gpl``, Adobe ``.act``, a PNG/TIFF
+        swatch: see :func:`bigquant.io.palette_file.read_palette`).  Every
+        pixel takes its nearest colour (lowest index on ties), as in a fit;
+        8-bit images are read once.
+    quality : float, (float, float), str or None, default=None
+        Choose k as the fewest colours whose image reaches this PSNR in dB
+        (8-bit data; see :mod:`bigquant.pipeline.quality`): ``40``,
+        ``(30, 40)`` or ``"30:40"`` for a floor of 30 dB under which nothing
+        is written (:class:`bigquant.errors.QualityError`).  ``n_clusters``
+        is then the most colours allowed (default: what the output holds).
     strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
         Fitting strategy of :class:`bigquant.KMeans`.
     mode : {"palette", "rgb"}, default="palette"
@@ -300,7 +455,10 @@ def quantize(
     overwrite : bool, default=False
         Replace existing outputs.
     palette_out : str, os.PathLike or None, default=None
-        Also write the palette and fit summary as JSON.
+        Also write the palette: ``.json`` with the fit's summary (its
+        ``palette`` entry is every band of the colours written, ``error`` and
+        ``psnr`` their exact squared error and PSNR when known), or ``.gpl``,
+        ``.act``, ``.png`` (8-bit RGB colours shown).
     preview : str, os.PathLike or None, default=None
         Also write a PNG preview (at most 1024 px a side) from the same pass.
     chunks : int, tuple of int or None, default=None
@@ -346,8 +504,8 @@ def quantize(
         In [0, 1]: the fraction of the error diffused (or of the palette's
         spacing used as noise amplitude).  0.9 rather than 1: undamped error
         piles up in smooth areas until a far colour is picked (stray dots);
-        on astronaut and coffee 0.9 gives 1.4-1.8 dB more PSNR after a blur of
-        sigma = 1 px than 1.0 at k = 16 and 64.
+        on the README's five photos 0.9 gives more PSNR after a blur of
+        sigma = 1 px than 1.0 at every k (README, strength table).
     space : {"rgb", "oklab", "lab"}, default="rgb"
         Colour space of the fit, the lookup table and the pixel -> palette
         mapping (:mod:`bigquant.pipeline.space`); the palette is stored as
@@ -355,14 +513,16 @@ def quantize(
         strategy (distinct colours transformed once, weighted by counts).
         "rgb" (the default) gives the highest PSNR; "oklab" the lowest
         perceptual error (mean Delta E in OKLab) -- see the README's quality
-        tables.  Needs a 3-band image; the returned model is then a
+        tables.  Needs a 3-band image and a fitted palette (not ``palette``
+        or ``quality``); the returned model is then a
         :class:`bigquant.pipeline.space.SpaceKMeans`.
-    quality : bool or None, default=None
+    measure : bool or None, default=None
         Measure the result: PSNR and mean Delta E in OKLab of the written
-        colours against the source (``model.quality_``, and in
-        ``palette_out``; :mod:`bigquant.pipeline.report`).  None: only when it
-        costs no pass over the pixels (a histogram fit without dithering, or
-        Floyd--Steinberg); True: always (else one more pass); False: never.
+        colours against the source (``model.quality_``; ``error``, ``psnr``
+        and ``delta_e_ok`` in a JSON ``palette_out``;
+        :mod:`bigquant.pipeline.report`).  None: only when it costs no pass
+        over the pixels (a histogram fit, or Floyd--Steinberg); True: always
+        (else one more pass); False: never.
     compare : str, os.PathLike or None, default=None
         Also write a PNG of the image's centre crop (512 x 512 at full
         resolution): source on the left, result on the right.
@@ -372,10 +532,11 @@ def quantize(
 
     Returns
     -------
-    model : KMeans
-        The fitted estimator; ``model.cluster_centers_`` is the palette before
-        rounding, in every band; ``model.quality_`` is the quality measured
-        (``{"psnr", "delta_e_ok", "pixels"}``) or None.  A GeoTIFF source's georeferencing (CRS,
+    model : KMeans or FixedPalette
+        The fitted estimator (``model.cluster_centers_`` are the centres
+        before rounding, ``model.palette()`` the colours written, in every
+        band), or the mapper of a given ``palette``; ``model.quality_`` is
+        the quality measured (``{"psnr", "delta_e_ok", "pixels"}``) or None.  A GeoTIFF source's georeferencing (CRS,
         transform, GDAL metadata) is carried to TIFF output.
 
     Raises
@@ -395,54 +556,16 @@ def quantize(
     >>> model.cluster_centers_.shape
     (4, 3)
     """
-    from bigquant.cluster.kmeans import KMeans
-
     dst_path = pathlib.Path(dst).expanduser()
-    # fail fast, before reading a pixel: outputs, tile, compression, mode
-    if mode not in ("palette", "rgb"):
-        raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
-    known = list(KMeans().get_params())
-    unknown = sorted(set(kmeans_kwargs) - set(known))
-    if unknown:
-        raise InvalidParameterError(
-            f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
-            f"which takes {', '.join(known)}"
-        )
-    check_tile(tile)
-    # k above what the output holds would fail only after the (long) fit
-    limit = 256 if mode == "palette" and dst_path.suffix.lower() == ".png" else MAX_PALETTE
-    if isinstance(n_clusters, (int, np.integer)) and n_clusters > limit:
-        raise InvalidParameterError(
-            f"n_clusters={n_clusters} is above the {limit} colours a {mode} "
-            f"{dst_path.suffix or 'output'} file can hold"
-        )
-    if dst_path.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
-        codec = resolve_codec(compression, None)
-        if mode == "palette" and codec.lossy_image:
-            raise InvalidParameterError(
-                f"compression={compression!r} is lossy and would corrupt palette indices; "
-                "use 'zlib' or mode='rgb'"
-            )
-    elif dst_path.suffix.lower() not in FORMATS:
-        raise ImageWriteError(
-            f"{dst_path}: unsupported output suffix {dst_path.suffix!r}; use one of {sorted(FORMATS)}"
-        )
-    outputs = [dst_path] + [pathlib.Path(p).expanduser() for p in (palette_out, preview, compare) if p]
-    if len(set(outputs)) != len(outputs):
-        raise InvalidParameterError(f"dst, palette_out, preview and compare must differ: {outputs}")
-    for out in outputs:
-        check_target(out, overwrite=overwrite)
-
+    target = parse_quality(quality)
+    limit = _check_request(dst_path, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
+                           [palette_out, preview, compare], overwrite, nodata_index)
     dither, dither_strength = check_dither(dither, dither_strength)
     space = check_space(space)
-    if space != "rgb" and rgb_bands is not None:
-        raise InvalidParameterError(f"space={space!r} fits the 3 colour bands; it does not take rgb_bands")
-    if nodata_index is not None and (isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
-                                     or isinstance(n_clusters, (int, np.integer)) and nodata_index < n_clusters):
+    if space != "rgb" and (rgb_bands is not None or palette is not None or target is not None):
         raise InvalidParameterError(
-            f"nodata_index={nodata_index!r} must be an int outside the palette (>= n_clusters={n_clusters})"
+            f"space={space!r} fits k colours of the 3 colour bands: it takes no rgb_bands, palette or quality"
         )
-
     source = src if isinstance(src, ImageSource) and chunks is None else read_image(
         src, chunks=chunks, level=level, series=series
     )
@@ -461,85 +584,256 @@ def quantize(
     if valid is not None and data.dtype.kind == "f":
         data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
     logger.info(
-        "quantize %s: %s %s to k=%d (%s), chunks %s, %s",
-        source.path or "array", source.shape, source.dtype, n_clusters, strategy, data.chunksize,
-        "masked" if valid is not None else "no mask",
+        "quantize %s: %s %s to %s (%s), chunks %s, %s",
+        source.path or "array", source.shape, source.dtype,
+        f"palette {palette}" if isinstance(palette, (str, os.PathLike)) else
+        "a given palette" if palette is not None else f"PSNR {target.target} dB" if target else f"k={n_clusters}",
+        strategy, data.chunksize, "masked" if valid is not None else "no mask",
     )
     with _scheduler(client):
         t0 = time.perf_counter()
-        try:
-            if space == "rgb":
-                model = KMeans(
-                    n_clusters, strategy=strategy, random_state=random_state, **kmeans_kwargs
-                ).fit(data, sample_weight=valid)
-            else:
-                model = fit_in_space(data, n_clusters, space, valid=valid, strategy=strategy,
-                                     random_state=random_state, **kmeans_kwargs)
-        except InvalidInputError as exc:
-            if "every sample is masked" in str(exc):
-                raise InvalidInputError(
-                    f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
-                ) from exc
-            raise
-        t1 = time.perf_counter()
-        logger.info(
-            "fitted %d colours in %.1f s (%s iterations)",
-            len(model.cluster_centers_), t1 - t0, getattr(model, "n_iter_", "?"),
-        )
-        _release_freed_memory()
-        colours = palette_colours(model.cluster_centers_, source.dtype, rgb_bands)
-        nodata = None
-        if valid is not None and _nothing_masked(model, valid):
-            valid = None  # e.g. float data without a NaN: no index reserved for nothing
-        want_quality = quality is not False and colours.shape[-1] == data.shape[2]
-        sums = None
-        if dither is not None:
-            labels, sums = _dithered(src, source, chunks, level, series, mask, valid is not None, colours,
-                                     dither, dither_strength, nodata_index, want_quality)
-            nodata = None if valid is None else (len(colours) if nodata_index is None else int(nodata_index))
-            lookup = None
-        elif valid is not None:
-            nodata = len(colours) if nodata_index is None else int(nodata_index)
-            labels = da.where(valid, model.labels_, nodata)
-            labels = labels.astype(index_dtype(nodata + 1))
-            lookup = None
+        if palette is not None:
+            pal, where = load_palette(palette, int(data.shape[-1]), data.dtype, limit)
+            if n_clusters is not None and int(n_clusters) != len(pal):
+                raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
+            choice = PaletteChoice(pal, source=where)
+        elif space != "rgb":
+            choice = _fit_in_space(data, valid, source, n_clusters, space,
+                                   dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
         else:
-            labels = model.labels_
-            lookup = _label_lookup(model, data, dst_path)
-        write_image(
-            data if lookup is not None else labels,
-            dst_path,
-            palette=colours,
-            mode=mode,
-            tile=tile,
-            compression=compression,
-            pyramid=pyramid,
-            overwrite=overwrite,
-            preview=preview,
-            nodata=nodata,
-            geotiff=source.geotiff,
-            overviews=overviews,
-            cog=cog,
-            _lookup=lookup,
+            choice = _fit_palette(data, valid, source, n_clusters, target, limit,
+                                  dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
+        t1 = time.perf_counter()
+        _release_freed_memory()
+        report: dict[str, Any] = {}
+        want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
+        mapper, nodata = write_quantized(
+            data, valid, choice, source, dst_path, mode=mode, tile=tile, compression=compression,
+            pyramid=pyramid, overwrite=overwrite, preview=preview, nodata_index=nodata_index,
+            overviews=overviews, cog=cog, rgb_bands=rgb_bands, dither=dither, dither_strength=dither_strength,
+            dither_data=_dither_data(src, source, chunks, level, series, mask, valid) if dither else None,
+            report=report if want else None,
         )
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
         _release_freed_memory()
-        if want_quality and sums is None:
-            sums = _cheap_sums(model, colours, dither)
-            if sums is None and quality:
-                # one more pass over the pixels and their labels
-                sums = quality_pass(data, model.labels_ if dither is None else labels, colours, valid)
-        model.quality_ = None
+        sums = report.get("sums")
+        if want and sums is None and dither is None:
+            sums = _histogram_sums(mapper, choice, source, rgb_bands)
+        if want and sums is None and measure:
+            # one more pass over the pixels and their labels
+            sums = quality_pass(data, report["labels"], palette_colours(choice.palette, source.dtype, rgb_bands),
+                                None if nodata is None else valid)
+        quality_ = None
         if sums is not None:
-            peak = float(np.iinfo(source.dtype).max) if np.dtype(source.dtype).kind in "ui" else 1.0
-            model.quality_ = quality_from_sums(sums, data.shape[2], peak)
-            logger.info("quality: %s", model.quality_)
+            quality_ = quality_from_sums(sums, int(data.shape[-1]), peak_value(source.dtype))
+            choice.error = float(sums[0])  # the squared error of the pixels written
+            logger.info("quality: %s", quality_)
         if compare is not None:
-            write_compare(compare, data, labels if lookup is None else model.labels_, colours,
+            labels = report.get("labels")
+            if labels is None:
+                labels = mapper.labels_ if nodata is None else da.where(valid, mapper.labels_, nodata)
+            write_compare(compare, data, labels, palette_colours(choice.palette, source.dtype, rgb_bands),
                           nodata=nodata, overwrite=overwrite)
     if palette_out is not None:
-        _write_palette_json(
-            pathlib.Path(palette_out).expanduser(), colours, model, source, dst_path, overwrite, nodata
-        )
-    return model
+        n_pixels = choice.histogram.n_pixels if choice.histogram is not None else None
+        if quality_ is not None:
+            n_pixels = quality_["pixels"]
+        extra: dict[str, Any] = {"seconds": {"fit": round(t1 - t0, 3)}, "space": space, "dither": dither,
+                                 "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"]}
+        if dither is not None:
+            extra["dither_strength"] = dither_strength
+        doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels, extra)
+        write_palette_out(pathlib.Path(palette_out).expanduser(), choice, doc, overwrite, source.dtype, rgb_bands)
+    result = choice.model if choice.model is not None else mapper
+    result.quality_ = quality_
+    return result
 
+
+def _fit_in_space(data: Any, valid: Any, source: ImageSource, n_clusters: int | None, space: str,
+                  params: dict[str, Any]) -> PaletteChoice:
+    """Fit k colours in ``space`` (:func:`bigquant.pipeline.space.fit_in_space`); the palette as sRGB integers."""
+    try:
+        model = fit_in_space(data, n_clusters, space, valid=valid, **params)
+    except InvalidInputError as exc:
+        if "every sample is masked" in str(exc):
+            raise InvalidInputError(
+                f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
+            ) from exc
+        raise
+    pal = np.asarray(model.cluster_centers_, dtype=np.float64)
+    if np.dtype(source.dtype).kind in "ui":
+        info = np.iinfo(source.dtype)
+        pal = np.clip(np.rint(pal), info.min, info.max).astype(source.dtype)
+    return PaletteChoice(pal, model, model.histogram_, None)
+
+
+def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
+                    rgb_bands: Sequence[int] | None) -> np.ndarray | None:
+    """Quality sums of an undithered image from its colour histogram (no pass over the pixels)."""
+    hist = choice.histogram
+    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    if hist is None or hist.colours.shape[1] != colours.shape[1]:
+        return None
+    estimator = getattr(mapper, "estimator_", None)
+    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
+        labels = np.asarray(estimator.labels_).reshape(-1)
+    else:
+        labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
+    return quality_from_histogram(hist.colours, hist.counts, labels, colours)
+
+
+def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:
+    """Dithering needs integer pixels whose bands are the palette's colours."""
+    if np.dtype(source.dtype) not in (np.uint8, np.uint16):
+        raise InvalidParameterError(
+            f"dither={dither!r} needs uint8 or uint16 pixels; {source.path or 'the array'} is {source.dtype}"
+        )
+    if source.channels not in (1, 3) or rgb_bands is not None:
+        raise InvalidParameterError(
+            f"dither={dither!r} needs an image of 1 or 3 bands shown as they are (the palette's); "
+            f"this one has {source.channels}" + (f" shown as rgb_bands={tuple(rgb_bands)}" if rgb_bands else "")
+        )
+
+
+def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,
+                 mask: Any, valid: Any) -> tuple[Any, Any]:
+    """The pixels (and mask) to dither, read in chunks the dither works in.
+
+    A file read in big chunks is opened again in :data:`DITHER_CHUNK` chunks,
+    so that smaller ones are not split out of big ones once per band.
+    """
+    if chunks is None and max(source.data.chunksize[:2]) > DITHER_CHUNK and not isinstance(src, ImageSource):
+        dsource = read_image(src, chunks=DITHER_CHUNK, level=level, series=series)
+        data = dsource.data if dsource.data.ndim == 3 else dsource.data[:, :, None]
+        return data, (resolve_mask(dsource, mask) if valid is not None else None)
+    data = source.data if source.data.ndim == 3 else source.data[:, :, None]
+    return data, valid
+
+
+def _check_request(
+    dst: pathlib.Path,
+    n_clusters: int | None,
+    palette: Any,
+    target: QualityTarget | None,
+    mode: str,
+    tile: int,
+    compression: str | None,
+    kmeans_kwargs: dict[str, Any],
+    extras: list[Any],
+    overwrite: bool,
+    nodata_index: int | None,
+) -> int:
+    """Check what can be checked before reading a pixel; return the most colours the output holds."""
+    from bigquant.cluster.kmeans import KMeans
+
+    if mode not in ("palette", "rgb"):
+        raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
+    known = list(KMeans().get_params())
+    unknown = sorted(set(kmeans_kwargs) - set(known))
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
+            f"which takes {', '.join(known)}"
+        )
+    if palette is not None and target is not None:
+        raise InvalidParameterError("palette and quality exclude each other: a given palette has its own k")
+    if palette is None and target is None and n_clusters is None:
+        raise InvalidParameterError("n_clusters is needed (or a palette to apply, or a quality target)")
+    if n_clusters is not None and (isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer))):
+        raise InvalidParameterError(f"n_clusters={n_clusters!r} must be an int")
+    check_tile(tile)
+    # k above what the output holds would fail only after the (long) fit
+    limit = 256 if mode == "palette" and dst.suffix.lower() == ".png" else MAX_PALETTE
+    if n_clusters is not None and n_clusters > limit:
+        raise InvalidParameterError(
+            f"n_clusters={n_clusters} is above the {limit} colours a {mode} {dst.suffix or 'output'} file can hold"
+        )
+    if dst.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
+        codec = resolve_codec(compression, None)
+        if mode == "palette" and codec.lossy_image:
+            raise InvalidParameterError(
+                f"compression={compression!r} is lossy and would corrupt palette indices; use 'zlib' or mode='rgb'"
+            )
+    elif dst.suffix.lower() not in FORMATS:
+        raise ImageWriteError(f"{dst}: unsupported output suffix {dst.suffix!r}; use one of {sorted(FORMATS)}")
+    outputs = [dst] + [pathlib.Path(p).expanduser() for p in extras if p]
+    if len(set(outputs)) != len(outputs):
+        raise InvalidParameterError(f"dst, palette_out and preview must differ: {outputs}")
+    if extras[0]:
+        palette_format(extras[0])
+    for out in outputs:
+        check_target(out, overwrite=overwrite)
+    if palette is not None and isinstance(palette, (str, os.PathLike)):
+        palette_format(palette)
+    if nodata_index is not None and (
+        isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
+        or n_clusters is not None and nodata_index < n_clusters
+    ):
+        raise InvalidParameterError(
+            f"nodata_index={nodata_index!r} must be an int outside the palette (>= n_clusters={n_clusters})"
+        )
+    return limit
+
+
+def _fit_palette(
+    data: Any,
+    valid: Any,
+    source: ImageSource,
+    n_clusters: int | None,
+    target: QualityTarget | None,
+    limit: int,
+    params: dict[str, Any],
+) -> PaletteChoice:
+    """Fit the palette: k colours, or the fewest that reach the quality target."""
+    from bigquant.cluster.histogram import colour_histogram, histogram_bits
+    from bigquant.cluster.kmeans import KMeans
+
+    where = source.path or "array"
+    if target is None:
+        try:
+            model = KMeans(n_clusters, **params).fit(data, sample_weight=valid)
+        except InvalidInputError as exc:
+            if "every sample is masked" in str(exc):
+                raise InvalidInputError(f"{where}: every pixel is masked (alpha, nodata or mask): nothing to fit") from exc
+            raise
+        logger.info("fitted %d colours (%s iterations)", len(model.cluster_centers_), getattr(model, "n_iter_", "?"))
+        pal, error = model.palette()
+        return PaletteChoice(pal, model, getattr(model, "histogram_", None), error)
+    if histogram_bits(data.dtype, int(data.shape[-1])) is None or params.get("strategy") not in ("auto", "histogram"):
+        raise InvalidParameterError(
+            f"quality= needs the exact colour histogram: 8-bit data (uint8, at most 3 bands) and strategy 'auto' "
+            f"or 'histogram'; {where} is {data.dtype} with {data.shape[-1]} band(s): give n_clusters"
+        )
+    with phase("bigquant-histogram"):
+        histogram = colour_histogram(data, valid=valid)
+    if histogram.n_colours == 0:
+        raise InvalidInputError(f"{where}: every pixel is masked (alpha, nodata or mask): nothing to fit")
+    choice = choose_palette(histogram, target, n_clusters, limit, params)
+    return choice
+
+
+def choose_palette(
+    histogram: Any, target: QualityTarget, n_clusters: int | None, limit: int, params: dict[str, Any]
+) -> PaletteChoice:
+    """The palette of the fewest colours whose image reaches ``target`` (PSNR on ``histogram``)."""
+    import warnings
+
+    from bigquant.cluster.kmeans import KMeans
+    from bigquant.errors import FewColoursWarning
+
+    params = {name: value for name, value in params.items() if name != "strategy"}
+
+    def fit_k(k: int) -> tuple[Any, float]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewColoursWarning)
+            model = KMeans(k, **params).fit_histogram(histogram)
+        return model, float(model.palette()[1])
+
+    k_max = min(limit if n_clusters is None else int(n_clusters), histogram.n_colours)
+    n_channels = int(histogram.colours.shape[1])
+    found = search_k(fit_k, target, n_values=histogram.n_pixels * n_channels,
+                     peak=peak_value(histogram.colours.dtype), k_max=k_max)
+    logger.info("quality: k=%d reaches %.2f dB (tried %s)", found.k, found.psnr, found.tried)
+    model = found.fit
+    pal, error = model.palette()
+    return PaletteChoice(pal, model, histogram, error)

@@ -7,21 +7,12 @@ given or active (the histogram is scattered to the workers once, then one task
 per k), else on a thread pool (the kernels release the GIL). Each finished k is
 appended to a CSV file at once, so an interrupted sweep resumes from it.
 
-Each k is fitted by :func:`fit_histogram`, with the engine of
-:class:`bigquant.KMeans`:
-
-1. on a histogram of many colours, the coarse search of :mod:`bigquant.cluster.search`
-   with a wider reach than a single :class:`~bigquant.KMeans` fit, as a sweep
-   is read across k: ``4 * n_init`` chains of k-means++, Lloyd's iteration
-   and swap moves on 5-bit colours, Lloyd and 3 more swap trials on 6-bit
-   colours; the best ``2 * n_init`` run to the exact fixed point and the
-   lowest wins. On a small histogram, ``n_init`` weighted k-means++ seeds each
-   run to convergence. Lloyd's iteration is exact (integer sums, Hamerly's
-   bounds);
-2. the palette is made of image colours: every centre is rounded to the
-   nearest integer colour -- the best integer colour for its cluster, as the
-   squared error splits per channel -- and the colours re-assigned to the
-   nearest palette colour, while the error drops.
+Each k is fitted by :func:`fit_histogram`: exactly the fit and the palette
+of :func:`bigquant.quantize` for that k and ``random_state``
+(:meth:`bigquant.KMeans.fit_histogram`, then :meth:`bigquant.KMeans.palette`:
+the centres rounded to integer colours, re-assigned and re-rounded on the
+exact histogram while the error drops), so the cost a sweep reports for k is
+the squared error of the file ``quantize`` writes with that k.
 
 ``cost`` is the walkthrough's measure of a quantized image: the sum over every
 pixel of the squared distance to its colour in the uint8 (integer) palette;
@@ -49,11 +40,8 @@ from bigquant import kernels
 from bigquant._typing import STRATEGIES
 from bigquant.cluster.allocator import tune_allocator
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
-from bigquant.cluster.init import kmeans_plusplus
-from bigquant.cluster.lloyd import LloydResult, lloyd
-from bigquant.cluster.points import BoundedPoints, InMemoryPoints
-from bigquant.cluster.search import prepare_search, search, uses_coarse_search
-from bigquant.errors import ConvergenceWarning, InvalidInputError, InvalidParameterError
+from bigquant.cluster.search import prepare_search, uses_coarse_search
+from bigquant.errors import ConvergenceWarning, FewColoursWarning, InvalidInputError, InvalidParameterError
 from bigquant.pipeline.runtime import active_client, phase
 from bigquant.pipeline.space import check_space, sweep_in_space
 
@@ -65,54 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: search chains per initialisation of each k (see bigquant.cluster.search.search)
-SWEEP_CHAINS_PER_INIT = 4
-#: swap trials on 6-bit colours at the end of each chain
-SWEEP_POLISH = 3
-#: chains per initialisation (the best on 6-bit colours) run to the exact fixed point
-SWEEP_EXACT_RUNS = 2
-#: Lloyd iterations that judge a swap move
-SWEEP_SWAP_ITER = 10
-
-# --------------------------------------------------------------------------- engine pieces
-
-
-def _lloyd_run(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int, tol: float) -> LloydResult:
-    """Lloyd's iteration (the engine's, with Hamerly's bounds) on weighted colours, single-threaded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return lloyd(BoundedPoints(X, w, n_parts=1), centers, max_iter=max_iter, tol=tol)
-
-
-def _sse(X: np.ndarray, w: np.ndarray, centers: np.ndarray) -> tuple[float, np.ndarray]:
-    """Weighted squared error of the colours to their nearest centre, and the labels."""
-    labels, d = kernels.assign_labels(X, centers, np.int64)
-    return float(np.sum(w * d)), labels  # not w @ d: a threaded BLAS call spins when the cores are busy
-
-
-def _integer_palette(
-    X: np.ndarray, w: np.ndarray, centers: np.ndarray, lo: float, hi: float, max_pass: int
-) -> tuple[np.ndarray, float]:
-    """Round each cluster mean to an integer colour, re-assign, repeat while the error drops.
-
-    Returns the palette (float64 holding integers) and its weighted squared error.
-    """
-    k, n_channels = centers.shape
-    pal = np.clip(np.rint(centers), lo, hi)
-    total, labels = _sse(X, w, pal)
-    for _ in range(max_pass):
-        counts = np.bincount(labels, weights=w, minlength=k)
-        sums = np.stack([np.bincount(labels, weights=w * X[:, c], minlength=k) for c in range(n_channels)], 1)
-        new = pal.copy()
-        filled = counts > 0
-        new[filled] = np.clip(np.rint(sums[filled] / counts[filled, None]), lo, hi)
-        new_total, new_labels = _sse(X, w, new)
-        if new_total >= total:
-            break
-        pal, total, labels = new, new_total, new_labels
-    return pal, total
-
 
 # --------------------------------------------------------------------------- one k
 
@@ -126,14 +66,16 @@ class HistogramFit:
     centers : ndarray of shape (k, n_channels)
         Lloyd's centres (float64), the weighted means of their clusters.
     palette : ndarray of shape (k, n_channels)
-        The integer palette (the histogram's dtype): the quantized image's colours.
+        The palette the quantized image is written with
+        (:meth:`bigquant.KMeans.palette`): integer colours in the histogram's
+        dtype, the centres for float data.
     inertia : float
         Weighted sum of squared distances of the colours to their nearest centre.
-    cost : int
+    cost : int or float
         Weighted sum of squared distances of the colours to their nearest palette
         colour: the squared error of the quantized image.
     n_iter : int
-        Lloyd iterations on the exact histogram (summed over the refined candidates).
+        Lloyd iterations of the kept run.
     converged : bool
         Whether the kept run converged within ``max_iter``.
     """
@@ -141,21 +83,9 @@ class HistogramFit:
     centers: np.ndarray
     palette: np.ndarray
     inertia: float
-    cost: int
+    cost: int | float
     n_iter: int
     converged: bool
-
-
-def _colours_counts(histogram: ColourHistogram | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(histogram, ColourHistogram):
-        return histogram.colours, histogram.counts
-    colours, counts = histogram
-    return np.asarray(colours), np.asarray(counts)
-
-
-def _tolerance(X: np.ndarray, w: np.ndarray, tol: float) -> float:
-    """``tol`` times the weighted mean per-channel variance (as :class:`bigquant.KMeans`)."""
-    return float(tol) * float(np.mean(InMemoryPoints(X, w, n_parts=1).moments()[2]))
 
 
 def fit_histogram(
@@ -166,9 +96,13 @@ def fit_histogram(
     max_iter: int = 300,
     tol: float = 1e-4,
     random_state: int | np.random.Generator | None = None,
-    parallel: bool = True,
 ) -> HistogramFit:
     """Fit a palette of ``n_clusters`` colours on a colour histogram (exact weighted k-means).
+
+    The fit is :meth:`bigquant.KMeans.fit_histogram` with the same parameters
+    and the palette :meth:`bigquant.KMeans.palette`: for the same k and
+    ``random_state``, exactly the palette :func:`bigquant.quantize` writes,
+    and ``cost`` the squared error of the image it writes.
 
     Parameters
     ----------
@@ -177,18 +111,13 @@ def fit_histogram(
     n_clusters : int
         Palette size k.
     n_init : int, default=1
-        Number of k-means++ initialisations; on a histogram of many 8-bit
-        colours, ``4 * n_init`` search chains (see the module docstring).
+        Number of initialisations (as :class:`bigquant.KMeans`).
     max_iter : int, default=300
         Maximum Lloyd iterations per run.
     tol : float, default=1e-4
-        Convergence when the summed squared centre shift is at most ``tol``
-        times the weighted mean per-channel variance (as :class:`bigquant.KMeans`).
+        Relative tolerance (as :class:`bigquant.KMeans`).
     random_state : int, numpy Generator or None, default=None
-        Seed of the initialisations.
-    parallel : bool, default=True
-        Run the search chains on the thread pool (a sweep, which fits
-        several k at once, turns it off).
+        Seed of the initialisations (as :class:`bigquant.KMeans`).
 
     Returns
     -------
@@ -204,48 +133,26 @@ def fit_histogram(
     >>> fit.cost
     4
     """
-    hist = _as_histogram(histogram)
-    colours, counts = _colours_counts(hist if hist is not None else histogram)
-    k = int(n_clusters)
-    if k < 1:
-        raise InvalidParameterError(f"n_clusters={n_clusters} must be >= 1")
-    if int(n_init) < 1:
-        raise InvalidParameterError(f"n_init={n_init} must be >= 1")
-    if colours.ndim != 2 or colours.shape[0] == 0:
-        raise InvalidInputError(f"histogram colours of shape {colours.shape} must be (n_colours >= 1, n_channels)")
-    X = np.ascontiguousarray(colours, dtype=np.float64)
-    w = np.ascontiguousarray(counts, dtype=np.float64)
-    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
-    if colours.dtype.kind in "ui":
-        info = np.iinfo(colours.dtype)
-        lo, hi, out_dtype = float(info.min), float(info.max), colours.dtype
-    else:
-        lo, hi, out_dtype = -np.inf, np.inf, None
-    if X.shape[0] <= k:
-        # every colour is its own palette entry: cost 0
-        centers = np.concatenate([X, np.repeat(X[-1:], k - X.shape[0], axis=0)])
-        pal = centers if out_dtype is None else centers.astype(out_dtype)
-        return HistogramFit(centers, pal, 0.0, 0, 0, True)
+    from bigquant.cluster.kmeans import KMeans
 
-    tol_abs = float(tol) * float(np.mean(InMemoryPoints(X, w, n_parts=1).moments()[2]))
-    if hist is not None and uses_coarse_search(hist):
-        # a sweep is read across k: each k gets a wider search than a single fit
-        found = search(hist, k, n_chains=SWEEP_CHAINS_PER_INIT * int(n_init), tol=tol_abs, max_iter=max_iter,
-                       rng=rng, seeder=kmeans_plusplus, parallel=parallel, polish=SWEEP_POLISH,
-                       n_exact=SWEEP_EXACT_RUNS * int(n_init), swap_iter=SWEEP_SWAP_ITER)
-        run = found.fine if found.fine is not None else _lloyd_run(X, w, found.start, max_iter, tol_abs)
-    else:
-        runs = [_lloyd_run(X, w, kmeans_plusplus(X, w, k, rng), max_iter, tol_abs) for _ in range(int(n_init))]
-        run = min(runs, key=lambda r: r.inertia)  # first of equals
-    if out_dtype is None:
-        pal, cost = run.centers, run.inertia
-    else:
-        pal, cost = _integer_palette(X, w, run.centers, lo, hi, 50)
-    if not run.converged:
-        logger.warning("k=%d: Lloyd's iteration did not converge within max_iter=%d", k, max_iter)
-    palette = pal if out_dtype is None else pal.astype(out_dtype)
-    return HistogramFit(run.centers, palette, run.inertia, int(round(cost)) if out_dtype is not None else cost,
-                        run.n_iter, bool(run.converged))
+    hist = _as_histogram(histogram)
+    if hist is None:
+        raise InvalidInputError(
+            "fit_histogram needs unsigned integer colours of at most 24 bits per pixel (e.g. uint8 RGB)"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", FewColoursWarning)
+        model = KMeans(n_clusters, n_init=n_init, max_iter=max_iter, tol=tol,
+                       random_state=random_state).fit_histogram(hist)
+    palette, cost = model.palette()
+    if len(palette) < int(n_clusters):  # fewer distinct colours than k: every colour its own entry
+        palette = np.concatenate([palette, np.repeat(palette[-1:], int(n_clusters) - len(palette), axis=0)])
+    converged = model.n_iter_ < int(max_iter)
+    if not converged:
+        logger.warning("k=%d: Lloyd's iteration did not converge within max_iter=%d", n_clusters, max_iter)
+    centers = np.asarray(model.cluster_centers_, dtype=np.float64)
+    return HistogramFit(centers, palette, float(model.inertia_), int(round(cost)), int(model.n_iter_), converged)
 
 
 def _as_histogram(histogram: ColourHistogram | tuple[np.ndarray, np.ndarray]) -> ColourHistogram | None:
@@ -497,11 +404,6 @@ def parse_ks(spec: str | Iterable[int]) -> list[int]:
     return sorted(set(values))
 
 
-def _seed_for(base: int, k: int) -> np.random.Generator:
-    # depends only on (random_state, k): a resumed or reordered sweep fits the same palettes
-    return np.random.default_rng([base, k])
-
-
 def _psnr(cost: float, n_values: int, peak: float) -> float:
     if cost <= 0:
         return math.inf
@@ -512,9 +414,17 @@ def _fit_task(hist: ColourHistogram, k: int, n_init: int, max_iter: int, tol: fl
               base: int) -> tuple[HistogramFit, float]:
     """One k, run on a worker (or a thread): the fit and its wall time."""
     start = time.perf_counter()
-    fit = fit_histogram(hist, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=_seed_for(base, k),
-                        parallel=False)
+    # the seed of every k is the sweep's: k fits as quantize(..., k, random_state=base) does
+    fit = fit_histogram(hist, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=base)
     return fit, time.perf_counter() - start
+
+
+def _is_file_set(src: Any) -> bool:
+    """A list or tuple of image files (or opened sources): a set sharing one palette."""
+    from bigquant.io import ImageSource
+
+    return isinstance(src, (list, tuple)) and bool(src) and all(
+        isinstance(s, (str, os.PathLike, ImageSource)) for s in src)
 
 
 def _load_source(src: Any, mask: Any = None) -> tuple[Any, Any]:
@@ -596,9 +506,11 @@ def sweep(
 
     Parameters
     ----------
-    src : str, path, ImageSource, ColourHistogram, ndarray or dask array
+    src : str, path, ImageSource, ColourHistogram, ndarray, dask array or list of files
         The image (a file is read lazily with :func:`bigquant.read_image`), its
-        pixels (n_pixels, n_channels), or its colour histogram.
+        pixels (n_pixels, n_channels), or its colour histogram; a list of
+        files (8-bit) is swept on their joint histogram, as
+        :func:`bigquant.quantize_many` fits one palette for all of them.
     ks : str or iterable of int
         The k values: ``"2:64:2"`` (stop included), ``"4,8,16"`` or a list.
     strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
@@ -610,8 +522,10 @@ def sweep(
     n_init : int, default=1
         Initialisations per k (see :func:`fit_histogram`).
     random_state : int or None, default=None
-        Seed; every k gets its own stream derived from ``(random_state, k)``,
-        so a resumed sweep fits the same palettes as an uninterrupted one.
+        Seed of every k's fit, as ``KMeans(k, random_state=random_state)``:
+        ``quantize(src, dst, k, random_state=random_state)`` writes the
+        palette and the cost reported for k, and a resumed sweep fits the same
+        palettes as an uninterrupted one.  None draws a seed (logged).
     max_iter : int, default=300
     tol : float, default=1e-4
         As :class:`bigquant.KMeans`.
@@ -699,6 +613,15 @@ def sweep(
             hist: ColourHistogram | None = src
             n_channels = src.colours.shape[1]
             dtype = src.colours.dtype
+        elif _is_file_set(src):
+            from bigquant.pipeline.many import joint_histogram, open_sources
+
+            opened, _ = open_sources(list(src), mask=mask)
+            with _on(client):
+                hist, _ = joint_histogram(opened)
+            if hist.n_colours == 0:
+                raise InvalidInputError("every pixel of every input is masked: nothing to fit")
+            n_channels, dtype = hist.colours.shape[1], hist.colours.dtype
         else:
             data, valid = _load_source(src, mask)
             n_channels = int(data.shape[-1])
@@ -732,7 +655,7 @@ def sweep(
             used = "histogram"
             for k, cost, inertia, n_iter, seconds, palette in sweep_in_space(
                 hist, todo, space, n_init=n_init, max_iter=max_iter, tol=tol,
-                seeds={k: int(_seed_for(base, k).integers(2**31 - 1)) for k in todo},
+                seeds={k: base for k in todo},  # as quantize(..., k, space=space, random_state=base)
             ):
                 row = SweepRow(k, cost, inertia, _psnr(cost, n_pixels * n_channels, peak), n_iter, seconds,
                                _format_palette(palette))
@@ -820,49 +743,24 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
                 task.cancel()
 
 
-def _block_sse(x: np.ndarray, labels: np.ndarray, palette: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    diff = x.reshape(-1, x.shape[-1]).astype(np.float64) - palette[labels.reshape(-1)]
-    if valid is not None:
-        diff = diff[valid.reshape(-1)]
-    return np.full((1,) * labels.ndim, float(np.einsum("ij,ij->", diff, diff)))
-
-
 def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, tol: float, base: int,
                 peak: float, valid: Any = None) -> SweepRow:
     """One k on the pixels with :class:`bigquant.KMeans` (non-histogram strategies)."""
     import dask.array as da
 
+    from bigquant.cluster.fixed import FixedPalette
     from bigquant.cluster.kmeans import KMeans
 
-    seed = int(_seed_for(base, k).integers(2**31 - 1))
     start = time.perf_counter()
-    km = KMeans(k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed, strategy=strategy).fit(
+    km = KMeans(k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=base, strategy=strategy).fit(
         data, sample_weight=valid)
     seconds = time.perf_counter() - start
-    centers = np.asarray(km.cluster_centers_)
-    if np.dtype(data.dtype).kind in "ui":
-        info = np.iinfo(data.dtype)
-        palette = np.clip(np.rint(centers), info.min, info.max)
-    else:
-        palette = centers
-    labels = km.labels_
-    X = data
-    if isinstance(X, da.Array):
-        X = X.rechunk({X.ndim - 1: -1})
-        labels = labels.rechunk(X.chunks[:-1]) if isinstance(labels, da.Array) else da.from_array(
-            np.asarray(labels), chunks=X.chunks[:-1])
-        with phase("bigquant-cost"):
-            from dask.base import tokenize
-
-            lab = labels[..., None]  # same dimensions as X, one chunk on the channel axis
-            keep = None if valid is None else da.asarray(valid).rechunk(X.chunks[:-1])[..., None]
-            per_block = da.map_blocks(_block_sse, X, lab, palette, *(() if keep is None else (keep,)),
-                                      dtype=np.float64, chunks=tuple((1,) * len(c) for c in X.chunks),
-                                      name=f"bigquant-cost-{tokenize(X, labels, palette, keep)}")
-            cost = float(per_block.sum().compute())
-    else:
-        cost = float(_block_sse(np.asarray(X), np.asarray(labels), palette,
-                                None if valid is None else np.asarray(valid)).sum())
+    palette, _ = km.palette()
+    # the error of the image quantize writes: every pixel to its nearest palette colour
+    weights = None if valid is None else (da.asarray(valid) if isinstance(data, da.Array) else np.asarray(valid))
+    with phase("bigquant-cost"):
+        cost = -FixedPalette(palette).fit(data).score(
+            data, sample_weight=None if weights is None else weights.astype(np.float64))
     n_pixels = int(np.prod(data.shape[:-1])) if valid is None else int(da.asarray(valid).sum().compute())
     n_values = n_pixels * int(data.shape[-1])
     row = SweepRow(k, cost, float(km.inertia_), _psnr(cost, n_values, peak), int(km.n_iter_), seconds,

@@ -16,6 +16,7 @@ from bigquant.errors import (
     ImageWriteError,
     InvalidParameterError,
 )
+from tests.support.oracle import nearest_colour
 
 
 @pytest.fixture
@@ -39,17 +40,26 @@ def test_quantize_tiled_tiff_end_to_end(tmp_path, tiled_tiff):
     model = quantize(tiled_tiff, out, 8, random_state=0, tile=64,
                      palette_out=tmp_path / "pal.json", preview=tmp_path / "prev.png")
     assert model.cluster_centers_.shape == (8, 3)
-    src = read_image(tiled_tiff)
-    expected = np.asarray(model.predict(src.data).compute())
+    src = np.asarray(read_image(tiled_tiff).data.compute())
+    palette, error = model.palette()
+    # every pixel is written as its nearest palette colour (lowest index on ties)
+    d = ((src[:, :, None, :].astype(np.float64) - palette[None, None].astype(np.float64)) ** 2).sum(-1)
+    expected = d.argmin(-1)
     with tifffile.TiffFile(out) as tf:
         page = tf.pages[0]
         assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
         np.testing.assert_array_equal(page.asarray(), expected)
-        colours = np.rint(model.cluster_centers_).astype(np.uint16) * 257
-        np.testing.assert_array_equal(page.colormap[:, :8].T, colours)
+        np.testing.assert_array_equal(page.colormap[:, :8].T, palette.astype(np.uint16) * 257)
+    # the palette: the centres rounded and refined, never worse than rounding them
+    rounded = np.rint(model.cluster_centers_)
+    rounded_error = ((src[:, :, None, :] - rounded[None, None]) ** 2).sum(-1).min(-1).sum()
+    assert error == d.min(-1).sum() <= rounded_error
     doc = json.loads((tmp_path / "pal.json").read_text())
     assert doc["n_colours"] == 8 and doc["dtype"] == "uint8"
-    np.testing.assert_array_equal(doc["colours"], np.rint(model.cluster_centers_))
+    np.testing.assert_array_equal(doc["colours"], palette)
+    np.testing.assert_array_equal(doc["palette"], palette)
+    assert doc["error"] == error
+    assert doc["psnr"] == pytest.approx(10 * np.log10(255**2 * src.size / error))
     assert doc["shape"] == [300, 400, 3]
     with Image.open(tmp_path / "prev.png") as im:
         assert im.mode == "RGB" and max(im.size) <= 1024
@@ -152,8 +162,8 @@ def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
                          random_state=0, tile=64, pyramid=True, chunks=128)
     keys = [str(t["key"]) for t in ts.data]
     assert any("bigquant-encode" in k for k in keys)
-    src = read_image(tiled_tiff)
-    expected = np.asarray(model.predict(src.data).compute(scheduler="sync"))
+    src = np.asarray(read_image(tiled_tiff).data.compute(scheduler="sync"))
+    expected = nearest_colour(src, model.palette()[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
 
 
@@ -186,9 +196,10 @@ def test_writer_lookup_gives_the_model_labels(tmp_path, rgb_image, monkeypatch, 
     # small blocks are counted from whole blocks; the writer reads tile by tile
     assert len(blocks) == read_image(path, chunks=128).data.npartitions
     assert len(windows) == len(blocks) + 5 * 7  # each getitem reads through segment_windows
-    labels = np.asarray(model.labels_.compute())
+    model.labels_.compute()
     assert any(calls)  # labels_ itself still uses the kmeans lookup
-    colours = np.rint(model.cluster_centers_).astype(np.uint8)
+    colours = model.palette()[0]
+    labels = nearest_colour(rgb_image, colours)
     stored = labels if mode == "palette" else colours[labels]
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         page = tf.pages[0]
@@ -220,7 +231,7 @@ def test_lookup_window_matches_kernel_lookup_with_absent_colours():
 def test_uint16_gray_histogram_lookup(tmp_path):
     gray = (np.random.default_rng(1).normal(30000, 6000, (90, 110)).clip(0, 65535)).astype(np.uint16)
     model = quantize(gray, tmp_path / "g.tif", 5, strategy="histogram", random_state=0, tile=32)
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "g.tif"), np.asarray(model.labels_))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "g.tif"), nearest_colour(gray, model.palette()[0]))
 
 
 # --- the histogram pass: tiles counted as read, Morton order --------------------
@@ -336,7 +347,7 @@ def test_direct_tiff_quantize_on_worker_processes(local_cluster, tmp_path):
                          tile=256, pyramid=True)
     prefixes = {str(t["key"]).split("-")[1] for t in ts.data if "bigquant-" in str(t["key"])}
     assert {"histogram", "encode"} <= prefixes and "read" not in prefixes, prefixes
-    expected = np.asarray(model.predict(img).reshape(img.shape[:2]))
+    expected = nearest_colour(img, model.palette()[0])
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         np.testing.assert_array_equal(tf.pages[0].asarray(), expected)
         np.testing.assert_array_equal(tf.pages[0].pages[0].asarray(), expected[::2, ::2])

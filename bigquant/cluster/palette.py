@@ -1,0 +1,141 @@
+"""The palette a quantized image is written with: integer colours refined on the histogram.
+
+k-means' centres are the means of their clusters, real numbers; an image of
+integer type is written with integer colours.  Rounding each centre is not the
+end: once rounded, some colours are nearer another palette entry, and the
+means of the new clusters round to other colours.  :func:`refine_integer_palette`
+rounds, re-assigns and repeats while the squared error drops, on the exact
+colour histogram, so its ``cost`` is exactly the squared error of the written
+image.  :func:`full_lookup_table` labels every possible colour of a small
+code space, for mapping an image to a palette in one read pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bigquant import kernels
+from bigquant.cluster.validation import label_dtype
+
+__all__ = ["refine_integer_palette", "palette_error", "full_lookup_table", "MAX_FULL_TABLE_BITS"]
+
+#: largest colour code space labelled colour by colour (2**24 codes: 8-bit RGB)
+MAX_FULL_TABLE_BITS = 24
+#: codes labelled per call when filling a full table
+_TABLE_STEP = 1 << 20
+
+
+def palette_error(colours: np.ndarray, counts: np.ndarray, palette: np.ndarray) -> tuple[float, np.ndarray]:
+    """Squared error of distinct colours weighted by their counts against their nearest palette colour.
+
+    Parameters
+    ----------
+    colours : ndarray of shape (n_colours, n_channels)
+    counts : ndarray of shape (n_colours,)
+    palette : ndarray of shape (k, n_channels)
+
+    Returns
+    -------
+    error : float
+        Sum over the colours of ``count * squared distance`` to the nearest
+        palette colour (ties to the lowest index).
+    labels : ndarray of shape (n_colours,) of int64
+    """
+    X = np.ascontiguousarray(colours)
+    labels, d = kernels.assign_labels(X, palette, np.int64)
+    # not counts @ d: a threaded BLAS call spins when the cores are busy
+    return float(np.sum(np.asarray(counts, dtype=np.float64) * d)), labels
+
+
+def refine_integer_palette(
+    colours: np.ndarray,
+    counts: np.ndarray,
+    centers: np.ndarray,
+    *,
+    lo: float,
+    hi: float,
+    max_pass: int = 50,
+) -> tuple[np.ndarray, float]:
+    """Round each centre to an integer colour, re-assign, repeat while the error drops.
+
+    Parameters
+    ----------
+    colours : ndarray of shape (n_colours, n_channels)
+        Distinct colours (of an integer type).
+    counts : ndarray of shape (n_colours,)
+        Their pixel counts.
+    centers : ndarray of shape (k, n_channels)
+        k-means centres (float).
+    lo, hi : float
+        Range of the integer type: rounded colours are clipped to it.
+    max_pass : int, default=50
+        Most re-assignment passes.
+
+    Returns
+    -------
+    palette : ndarray of shape (k, n_channels) of float64 holding integers
+    error : float
+        Weighted squared error of the colours to their nearest palette colour:
+        the squared error of the image written with ``palette``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> colours = np.array([[0], [1], [10]], dtype=np.uint8)
+    >>> pal, err = refine_integer_palette(colours, np.array([1, 1, 2]), np.array([[0.5], [10.0]]), lo=0, hi=255)
+    >>> pal.ravel().tolist(), err
+    ([0.0, 10.0], 1.0)
+    """
+    X = np.ascontiguousarray(colours, dtype=np.float64)
+    w = np.asarray(counts, dtype=np.float64)
+    k, n_channels = np.shape(centers)
+    pal = np.clip(np.rint(np.asarray(centers, dtype=np.float64)), lo, hi)
+    total, labels = palette_error(X, w, pal)
+    for _ in range(int(max_pass)):
+        weight = np.bincount(labels, weights=w, minlength=k)
+        sums = np.stack([np.bincount(labels, weights=w * X[:, c], minlength=k) for c in range(n_channels)], 1)
+        new = pal.copy()
+        filled = weight > 0
+        new[filled] = np.clip(np.rint(sums[filled] / weight[filled, None]), lo, hi)
+        new_total, new_labels = palette_error(X, w, new)
+        if new_total >= total:
+            break
+        pal, total, labels = new, new_total, new_labels
+    return pal, total
+
+
+def full_lookup_table(palette: np.ndarray, bits: int, n_channels: int) -> np.ndarray:
+    """The nearest palette colour of every colour code (see :func:`bigquant.kernels.encode_colours`).
+
+    Parameters
+    ----------
+    palette : ndarray of shape (k, n_channels)
+    bits : int
+        Bits per channel of the codes.
+    n_channels : int
+
+    Returns
+    -------
+    lut : ndarray of shape (2 ** (bits * n_channels),)
+        ``lut[code]`` is the index of the palette colour nearest to the colour
+        with that code (ties to the lowest index): the same distance and
+        tie-break as every other labelling path.
+
+    Raises
+    ------
+    ValueError
+        The code space has more than ``2 ** MAX_FULL_TABLE_BITS`` colours.
+    """
+    total_bits = int(bits) * int(n_channels)
+    if total_bits > MAX_FULL_TABLE_BITS:
+        raise ValueError(f"a full table of {total_bits}-bit codes is too large (at most {MAX_FULL_TABLE_BITS})")
+    palette = np.asarray(palette, dtype=np.float64)
+    dtype = label_dtype(palette.shape[0])
+    size = 1 << total_bits
+    lut = np.empty(size, dtype=dtype)
+    colour_dtype = np.uint8 if bits <= 8 else np.uint16
+    for start in range(0, size, _TABLE_STEP):
+        codes = np.arange(start, min(size, start + _TABLE_STEP), dtype=np.uint32)
+        colours = kernels.decode_colours(codes, n_channels, bits, colour_dtype)
+        lut[start : start + codes.shape[0]] = kernels.assign_labels(colours, palette, dtype)[0]
+    return lut

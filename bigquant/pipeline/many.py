@@ -1,0 +1,439 @@
+"""One palette for a set of images: one joint histogram, one fit, every file written with it.
+
+A pathology cohort, the sheets of a map series or the tiles of a mosaic share
+one palette, so that index 3 means the same colour in every file.
+:func:`quantize_many` opens every input first (an unreadable file stops the
+job before anything is fitted, or is skipped with ``keep_going``), counts the
+colours of every file on the workers in one compute, merges the histograms
+(exact: the joint histogram is the histogram of all the pixels), fits once
+(or applies a given palette), and writes each file with the palette.
+
+Weighting: ``weight="pixels"`` (default) counts every pixel once, so a large
+image weighs more; ``weight="image"`` gives each image the same total weight:
+its counts are multiplied by the integer nearest to ``L / n_i`` (``n_i`` its
+pixel count, ``L`` 256 times the largest ``n_i``), which equalises the
+totals to within 0.2% and keeps the sums exact integers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+
+from bigquant import kernels
+from bigquant.cluster.histogram import ColourHistogram, histogram_bits, histogram_graph
+from bigquant.cluster.palette import palette_error
+from bigquant.cluster.scheduler import phase
+from bigquant.errors import BigquantError, ImageReadError, ImageWriteError, InvalidInputError, InvalidParameterError
+from bigquant.io.read import read_image
+from bigquant.io.source import ImageSource
+from bigquant.io.write import FORMATS
+from bigquant.pipeline.masks import resolve_mask
+from bigquant.pipeline.quality import parse_quality
+from bigquant.pipeline.quantize import (
+    PaletteChoice,
+    choose_palette,
+    load_palette,
+    palette_document,
+    psnr,
+    write_palette_out,
+    write_quantized,
+    _check_request,
+    _scheduler,
+)
+
+__all__ = ["quantize_many", "ManyResult", "FileResult", "open_sources", "joint_histogram"]
+
+logger = logging.getLogger(__name__)
+
+#: weight="image": each image's total weight is this many times the largest pixel count
+_IMAGE_WEIGHT_SCALE = 256
+
+
+@dataclasses.dataclass
+class Opened:
+    """One input, opened: its source, pixels (H, W, C) and mask."""
+
+    index: int
+    name: str
+    source: ImageSource
+    data: Any
+    valid: Any
+
+
+@dataclasses.dataclass
+class FileResult:
+    """One file of a set, written.
+
+    Attributes
+    ----------
+    src, dst : str
+        Input and output.
+    n_pixels : int or None
+        Pixels counted (not masked), when a histogram was made.
+    error : float or None
+        Squared error of this image written with the shared palette.
+    psnr : float or None
+        Its PSNR in dB (integer data).
+    """
+
+    src: str
+    dst: str
+    n_pixels: int | None
+    error: float | None
+    psnr: float | None
+
+
+@dataclasses.dataclass
+class ManyResult:
+    """What :func:`quantize_many` did.
+
+    Attributes
+    ----------
+    palette : ndarray of shape (k, n_channels)
+        The shared palette, every band.
+    model : KMeans or None
+        The fit on the joint histogram (None for a given palette).
+    files : list of FileResult
+        The files written, in input order.
+    skipped : list of (str, str)
+        Inputs left out with ``keep_going``, and why.
+    error : float or None
+        Squared error of the whole set (the joint histogram's; with
+        ``weight="pixels"`` the sum of the files' errors).
+    """
+
+    palette: np.ndarray
+    model: Any
+    files: list[FileResult]
+    skipped: list[tuple[str, str]]
+    error: float | None = None
+
+
+def output_path(src: Any, out_dir: pathlib.Path, suffix: str) -> pathlib.Path:
+    """The output of ``src`` in ``out_dir``: the same name with ``suffix``."""
+    name = str(src).rstrip("/").split("?")[0].rsplit("/", 1)[-1]
+    stem = pathlib.PurePath(name).stem if pathlib.PurePath(name).suffix else name
+    return out_dir / f"{stem}{suffix}"
+
+
+def open_sources(
+    srcs: Sequence[Any], *, mask: Any = None, keep_going: bool = False, series: int | None = None, level: int = 0,
+) -> tuple[list[Opened], list[tuple[str, str]]]:
+    """Open every input and its mask; fail on the first unreadable one, or skip it.
+
+    Raises
+    ------
+    ImageReadError, InvalidInputError
+        Naming the file (without ``keep_going``); also when the inputs differ
+        in bands or data type, which one palette cannot serve.
+    """
+    opened: list[Opened] = []
+    skipped: list[tuple[str, str]] = []
+    for index, src in enumerate(srcs):
+        name = f"array {index}" if isinstance(src, (np.ndarray, da.Array)) else str(getattr(src, "path", None) or src)
+        try:
+            source = src if isinstance(src, ImageSource) else read_image(src, series=series, level=level)
+            data = source.data if source.data.ndim == 3 else source.data[:, :, None]
+            valid = resolve_mask(source, mask)
+            if valid is not None and data.dtype.kind == "f":
+                data = da.where(valid[:, :, None], data, 0)
+        except BigquantError as exc:
+            if not keep_going:
+                raise
+            logger.warning("skipping %s: %s", name, exc)
+            skipped.append((name, str(exc)))
+            continue
+        opened.append(Opened(index, name, source, data, valid))
+    if not opened:
+        raise ImageReadError("no input could be read" + (f": {skipped[0][1]}" if skipped else ""))
+    first = opened[0]
+    for other in opened[1:]:
+        if other.data.shape[-1] != first.data.shape[-1] or other.data.dtype != first.data.dtype:
+            raise InvalidInputError(
+                f"{other.name} is {other.data.dtype} with {other.data.shape[-1]} band(s) but {first.name} is "
+                f"{first.data.dtype} with {first.data.shape[-1]}: one palette needs the same bands and type"
+            )
+    return opened, skipped
+
+
+def joint_histogram(
+    opened: Sequence[Opened], weight: Literal["pixels", "image"] = "pixels"
+) -> tuple[ColourHistogram, list[ColourHistogram]]:
+    """The histogram of every file (counted in one compute) and their merge.
+
+    Returns
+    -------
+    joint : ColourHistogram
+        Counts summed over the files (scaled per image with ``weight="image"``).
+    per_file : list of ColourHistogram
+        Each file's own histogram.
+    """
+    n_channels = int(opened[0].data.shape[-1])
+    dtype = opened[0].data.dtype
+    bits = histogram_bits(dtype, n_channels)
+    if bits is None:
+        raise InvalidParameterError(f"a joint colour histogram needs 8-bit data; these are {dtype} x {n_channels}")
+    graphs = []
+    for item in opened:
+        X = da.asarray(item.data)
+        if X.numblocks[-1] != 1:
+            X = X.rechunk({X.ndim - 1: -1})
+        valid = None if item.valid is None else da.asarray(item.valid).rechunk(X.chunks[:-1])
+        graphs.append(histogram_graph(X, bits, valid=valid))
+    with phase("bigquant-histogram"):
+        parts = dask.compute(*graphs)
+    per_file = []
+    for item, (codes, counts) in zip(opened, parts):
+        colours = kernels.decode_colours(codes, n_channels, bits, dtype)
+        per_file.append(ColourHistogram(colours, counts.astype(np.int64), codes, bits))
+        logger.info("%s: %d distinct colours in %d pixels", item.name, len(codes), int(counts.sum()))
+    scaled = [(h.codes, h.counts) for h in per_file]
+    if weight == "image":
+        largest = max(h.n_pixels for h in per_file)
+        scaled = [(h.codes, h.counts * max(1, round(_IMAGE_WEIGHT_SCALE * largest / max(1, h.n_pixels))))
+                  for h in per_file]
+    codes, counts = _merge(scaled)
+    joint = ColourHistogram(kernels.decode_colours(codes, n_channels, bits, dtype), counts, codes, bits)
+    return joint, per_file
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum sparse histograms (sorted codes, counts) exactly, as int64 counts."""
+    codes, counts = kernels.merge_sparse_counts([(c, n.astype(np.int64)) for c, n in parts])
+    return codes.astype(np.uint32), counts.astype(np.int64)
+
+
+def quantize_many(
+    srcs: Sequence[Any],
+    out_dir: str | os.PathLike[str],
+    n_clusters: int | None = None,
+    *,
+    suffix: str = ".tif",
+    weight: Literal["pixels", "image"] = "pixels",
+    palette: Any = None,
+    quality: Any = None,
+    keep_going: bool = False,
+    mask: Any = None,
+    mode: Literal["palette", "rgb"] = "palette",
+    tile: int = 512,
+    compression: str | None = "zlib",
+    pyramid: bool | int = False,
+    overviews: bool | int = False,
+    nodata_index: int | None = None,
+    rgb_bands: Sequence[int] | None = None,
+    palette_out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    client: Any = None,
+    random_state: Any = None,
+    strategy: Literal["auto", "histogram", "pixels", "minibatch"] = "auto",
+    **kmeans_kwargs: Any,
+) -> ManyResult:
+    """Quantize a set of images with one shared palette.
+
+    Parameters
+    ----------
+    srcs : sequence of str, os.PathLike, ImageSource or array
+        The images (anything :func:`bigquant.read_image` opens), all with the
+        same bands and data type.
+    out_dir : str or os.PathLike
+        Folder of the outputs (created if missing): each input's name with
+        ``suffix``.
+    n_clusters : int or None, default=None
+        Colours of the shared palette (the most allowed with ``quality``).
+    suffix : str, default=".tif"
+        Output format, one of :func:`bigquant.write_image`'s suffixes.
+    weight : {"pixels", "image"}, default="pixels"
+        Count every pixel once, or give every image the same weight.
+    palette : array-like, str, os.PathLike or None, default=None
+        Apply this palette to every file instead of fitting one (see
+        :func:`bigquant.quantize`).
+    quality : float, (float, float), str or None, default=None
+        Choose k as the fewest colours whose set reaches this PSNR (see
+        :func:`bigquant.quantize`).
+    keep_going : bool, default=False
+        Skip unreadable inputs (reported in ``skipped``) instead of failing
+        before anything is fitted.
+    mask : None, "auto" or False, default=None
+        Each file's own masks (None), and slides' tissue ("auto"), or none
+        (False); see :func:`bigquant.quantize`.
+    mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, overwrite, client, random_state, strategy
+        As :func:`bigquant.quantize`, for every file.
+    palette_out : str, os.PathLike or None, default=None
+        Also write the shared palette (``.json`` with every file's error and
+        PSNR, or ``.gpl``/``.act``/``.png``).
+    **kmeans_kwargs
+        Other :class:`bigquant.KMeans` parameters.
+
+    Returns
+    -------
+    ManyResult
+
+    Raises
+    ------
+    ImageReadError, InvalidInputError, InvalidParameterError, ImageWriteError
+        Before any fit: an unreadable input (unless ``keep_going``), inputs of
+        different bands or types, outputs that exist (unless ``overwrite``)
+        or two inputs of the same name.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     result = quantize_many({"a": a, "b": b}.values(), d, 4, random_state=0, suffix=".png")
+    ...     sorted(p.name for p in pathlib.Path(d).iterdir())
+    ['image0.png', 'image1.png']
+    """
+    if weight not in ("pixels", "image"):
+        raise InvalidParameterError(f"weight={weight!r} must be 'pixels' or 'image'")
+    suffix = suffix if suffix.startswith(".") else f".{suffix}"
+    if suffix.lower() not in FORMATS:
+        raise InvalidParameterError(f"suffix={suffix!r}: use one of {sorted(FORMATS)}")
+    srcs = list(srcs)
+    if not srcs:
+        raise InvalidParameterError("srcs is empty: give at least one image")
+    out = pathlib.Path(out_dir).expanduser()
+    target = parse_quality(quality)
+    names = [f"image{i}" if isinstance(s, (np.ndarray, da.Array)) else s for i, s in enumerate(srcs)]
+    dsts = [output_path(n, out, suffix) for n in names]
+    seen: dict[pathlib.Path, Any] = {}
+    for name, dst in zip(names, dsts):
+        if dst in seen:
+            raise InvalidParameterError(f"{seen[dst]} and {name} would both be written to {dst}")
+        seen[dst] = name
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageWriteError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+    try:
+        shared, files, skipped, joint, opened = _run(
+            srcs, dsts, seen, out, n_clusters, palette, target, weight, keep_going, mask, mode, tile, compression,
+            pyramid, overviews, nodata_index, rgb_bands, palette_out, overwrite, client, random_state, strategy,
+            kmeans_kwargs,
+        )
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # nothing half-written: not even the folder
+        raise
+    result = ManyResult(shared.palette, shared.model, files, skipped, shared.error)
+    if palette_out is not None:
+        extra = {
+            "inputs": [dataclasses.asdict(f) for f in files],
+            "skipped": [{"src": s, "reason": r} for s, r in skipped],
+            "weight": weight,
+        }
+        for entry in extra["inputs"]:
+            if entry["psnr"] is not None and not math.isfinite(entry["psnr"]):
+                entry["psnr"] = "inf"
+        n_pixels = joint.n_pixels if joint is not None and weight == "pixels" else None
+        doc = palette_document(shared, opened[0].source, out, None, rgb_bands, n_pixels, extra)
+        doc["source"], doc["shape"] = [f.src for f in files], None
+        write_palette_out(pathlib.Path(palette_out).expanduser(), shared, doc, overwrite, opened[0].data.dtype, rgb_bands)
+    return result
+
+
+def _run(srcs: list[Any], dsts: list[pathlib.Path], seen: dict[pathlib.Path, Any], out: pathlib.Path,
+         n_clusters: int | None, palette: Any, target: Any, weight: str, keep_going: bool, mask: Any, mode: str,
+         tile: int, compression: str | None, pyramid: bool | int, overviews: bool | int, nodata_index: int | None,
+         rgb_bands: Sequence[int] | None, palette_out: Any, overwrite: bool, client: Any, random_state: Any,
+         strategy: str, kmeans_kwargs: dict[str, Any]) -> tuple[PaletteChoice, list[FileResult], list[tuple[str, str]],
+                                                                  ColourHistogram | None, list[Opened]]:
+    """The work of :func:`quantize_many` once the output folder exists."""
+    limit = 0
+    for dst in dsts:
+        limit = _check_request(dst, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
+                               [palette_out, None], overwrite, nodata_index)
+    if palette_out is not None and pathlib.Path(palette_out).expanduser() in seen:
+        raise InvalidParameterError(f"palette_out={palette_out} is also an output image")
+
+    opened, skipped = open_sources(srcs, mask=mask, keep_going=keep_going)
+    kept = [dsts[o.index] for o in opened]
+    n_channels = int(opened[0].data.shape[-1])
+    dtype = opened[0].data.dtype
+    params = dict(kmeans_kwargs, random_state=random_state, strategy=strategy)
+
+    with _scheduler(client):
+        joint = per_file = None
+        if histogram_bits(dtype, n_channels) is not None and strategy in ("auto", "histogram"):
+            joint, per_file = joint_histogram(opened, weight)
+            if joint.n_pixels == 0:
+                raise InvalidInputError("every pixel of every input is masked: nothing to fit")
+        if palette is not None:
+            pal, where = load_palette(palette, n_channels, dtype, limit)
+            if n_clusters is not None and int(n_clusters) != len(pal):
+                raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
+            shared = PaletteChoice(pal, source=where)
+            if joint is not None:
+                shared.error = palette_error(joint.colours, joint.counts, pal)[0]
+        elif joint is not None:
+            shared = _fit_joint(joint, n_clusters, target, limit, params)
+        else:
+            shared = _fit_pixels(opened, n_clusters, weight, params)
+        files = []
+        for i, (item, dst) in enumerate(zip(opened, kept)):
+            hist = per_file[i] if per_file is not None else None
+            error = None if hist is None else palette_error(hist.colours, hist.counts, shared.palette)[0]
+            choice = PaletteChoice(shared.palette, shared.model, hist, error, shared.source)
+            write_quantized(item.data, item.valid, choice, item.source, dst, mode=mode, tile=tile,
+                            compression=compression, pyramid=pyramid, overwrite=overwrite, preview=None,
+                            nodata_index=nodata_index, overviews=overviews, cog=False, rgb_bands=rgb_bands)
+            n = None if hist is None else hist.n_pixels
+            quality_db = None if n is None else psnr(error, n * n_channels, dtype)
+            files.append(FileResult(item.name, str(dst), n, error, quality_db))
+            logger.info("wrote %s (%s)", dst, "" if quality_db is None else f"{quality_db:.2f} dB")
+    return shared, files, skipped, joint, opened
+
+
+def _fit_joint(joint: ColourHistogram, n_clusters: int | None, target: Any, limit: int,
+               params: dict[str, Any]) -> PaletteChoice:
+    """One fit on the joint histogram: k colours, or the fewest reaching the quality target."""
+    import warnings
+
+    from bigquant.cluster.kmeans import KMeans
+    from bigquant.errors import FewColoursWarning
+
+    if target is not None:
+        return choose_palette(joint, target, n_clusters, limit, params)
+    fit_params = {name: value for name, value in params.items() if name != "strategy"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewColoursWarning)
+        model = KMeans(n_clusters, **fit_params).fit_histogram(joint)
+    pal, error = model.palette()
+    return PaletteChoice(pal, model, joint, error)
+
+
+def _fit_pixels(opened: Sequence[Opened], n_clusters: int | None, weight: str, params: dict[str, Any]) -> PaletteChoice:
+    """One fit on the pixels of every file (data without an exact histogram)."""
+    from bigquant.cluster.kmeans import KMeans
+
+    if n_clusters is None:
+        raise InvalidParameterError("quality= needs 8-bit data (an exact colour histogram): give n_clusters")
+    n_channels = int(opened[0].data.shape[-1])
+    samples, weights = [], []
+    for item in opened:
+        flat = da.asarray(item.data).reshape(-1, n_channels)
+        samples.append(flat)
+        n = math.prod(item.data.shape[:2])
+        w = da.ones(n, chunks=flat.chunks[0], dtype=np.float64)
+        if item.valid is not None:
+            w = da.asarray(item.valid).reshape(-1).rechunk(flat.chunks[0]).astype(np.float64)
+        if weight == "image":
+            w = w / n
+        weights.append(w)
+    X = da.concatenate(samples)
+    sample_weight = da.concatenate(weights) if weight == "image" or any(o.valid is not None for o in opened) else None
+    model = KMeans(n_clusters, **params).fit(X, sample_weight=sample_weight)
+    pal, _ = model.palette()
+    return PaletteChoice(pal, model, None, None)
