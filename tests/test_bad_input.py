@@ -456,7 +456,7 @@ CLI_CASES: dict[str, tuple[list[str], int, str]] = {
     ),
     "unsupported output suffix": (["quantize", "{src}/good.tif", "{out}/q.bmp"], 1, r"unsupported output suffix"),
     "unknown command": (["frobnicate"], 2, r"invalid choice: 'frobnicate'"),
-    "missing arguments": (["quantize"], 2, r"the following arguments are required: IN, OUT"),
+    "missing arguments": (["quantize"], 2, r"the following arguments are required: IN \[IN \.\.\.\] OUT"),
     "--no-cluster with --scheduler": (
         ["quantize", "{src}/good.tif", "{out}/q.tif", "--scheduler", "tcp://127.0.0.1:9"], 2,
         r"--no-cluster and --scheduler exclude each other",

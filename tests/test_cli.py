@@ -52,7 +52,8 @@ def _one_line(err: str) -> str:
     [
         ([], "required: COMMAND"),
         (["frobnicate"], "invalid choice"),
-        (["quantize"], "required: IN, OUT"),
+        (["quantize"], "required: IN [IN ...] OUT"),
+        (["quantize", "a.tif"], "give IN OUT, or several inputs with --out-dir"),
         (["quantize", "a.tif", "b.tif", "-k", "abc"], "not an integer"),
         (["quantize", "a.tif", "b.tif", "-k", "0"], "must be >= 1"),
         (["quantize", "a.tif", "b.tif", "--strategy", "magic"], "invalid choice"),

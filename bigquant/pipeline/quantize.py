@@ -740,7 +740,7 @@ def _check_request(
     if palette is None and target is None and n_clusters is None:
         raise InvalidParameterError("n_clusters is needed (or a palette to apply, or a quality target)")
     if n_clusters is not None and (isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer))):
-        raise InvalidParameterError(f"n_clusters={n_clusters!r} must be an int")
+        raise InvalidParameterError(f"n_clusters={n_clusters!r} must be an integer")
     check_tile(tile)
     # k above what the output holds would fail only after the (long) fit
     limit = 256 if mode == "palette" and dst.suffix.lower() == ".png" else MAX_PALETTE
