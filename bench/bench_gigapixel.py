@@ -99,12 +99,13 @@ def bare_read(path: pathlib.Path) -> int:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
-    import dask
     import distributed
 
     from bigquant import quantize
     from bigquant.io.sample import make_sample_tiff
-    from bigquant.pipeline.quantize import _release_freed_memory
+    from bigquant.cluster.allocator import release_freed_memory, tune_allocator
+
+    tune_allocator()  # as the command line does
 
     rows: list[dict[str, object]] = []
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bigquant-bench-", dir=args.dir))
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
             print(f"# generated {side}x{side} ({side * side / 1e6:.0f} MP) in {gen:.0f} s",
                   file=sys.stderr, flush=True)
             row: dict[str, object] = {"size": f"{side}x{side}", "mp": side * side / 1e6}
-            with dask.config.set(scheduler=client), measured() as m:
+            with client.as_current(), measured() as m:
                 bare_read(src)
             row["read_s"], row["read_gb"] = m["seconds"], m["peak_gb"]
             for strategy in args.strategies:
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
             # the next size starts from a clean slate: garbage collected, freed heap returned
             client.run(lambda: __import__("gc").collect())
             __import__("gc").collect()
-            _release_freed_memory()
+            release_freed_memory()
     finally:
         client.close()
         cluster.close()

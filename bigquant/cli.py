@@ -317,9 +317,15 @@ def _human_bytes(n: float) -> str:
 
 
 def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
+    """Outputs that cannot be written fail as :func:`bigquant.io.atomic.check_target` says (exit 1).
+
+    An existing output is the same failure, with the same exit code, in every command.
+    """
+    from bigquant.io.atomic import check_target
+
     for p in paths:
-        if p and pathlib.Path(p).exists() and not overwrite:
-            raise UsageError(f"{PROG}: {p} exists; pass --overwrite to replace it")
+        if p:
+            check_target(pathlib.Path(p).expanduser(), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- commands
@@ -680,6 +686,8 @@ def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
 
 
 _COMMANDS = {"quantize": _cmd_quantize, "sweep": _cmd_sweep, "info": _cmd_info, "demo": _cmd_demo}
+#: the commands that fit a palette in this process (their allocator is tuned)
+_FITTING = ("quantize", "sweep", "demo")
 
 
 # --------------------------------------------------------------------------- main
@@ -729,6 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
+        if args.command in _FITTING:
+            from bigquant.cluster.allocator import tune_allocator
+
+            tune_allocator()  # this process is ours: glibc thresholds for the fit (BIGQUANT_TUNE_MALLOC=0: off)
         return _COMMANDS[args.command](args, console)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -44,7 +44,8 @@ def tiled_tiff(tmp_path, rgb_image):
 @contextlib.contextmanager
 def _running_cluster(n_workers: int = 2, threads_per_worker: int = 1):
     """A real LocalCluster with worker processes, and a Client of it; both closed after."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     cluster = distributed.LocalCluster(
         n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
         dashboard_address=":0", memory_limit="2GiB",

@@ -110,6 +110,41 @@ def test_existing_output_is_not_replaced_without_overwrite(capsys, photo_png, tm
     assert out.read_bytes() == b"keep me"
 
 
+@pytest.mark.parametrize("command", ["quantize", "sweep"])
+def test_an_existing_output_is_the_same_failure_in_every_command(capsys, photo_png, tmp_path, command):
+    out = tmp_path / ("o.tif" if command == "quantize" else "o.csv")
+    out.write_bytes(b"keep me")
+    given = [str(out), "-k", "4"] if command == "quantize" else ["--k", "2:4:2", "--out", str(out)]
+    assert main([command, str(photo_png), *given, "--no-cluster"]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("bigquant: error:") and "exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_interrupted_exits_130(capsys, monkeypatch):
+    import bigquant.cli as cli
+
+    def interrupted(args, console):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli._COMMANDS, "info", interrupted)
+    assert main(["info", "any.tif"]) == 130
+    assert _one_line(capsys.readouterr().err) == "bigquant: interrupted"
+
+
+def test_readme_exit_code_table_is_the_code():
+    """The README's exit-code table lists what ``main`` returns, and nothing else."""
+    import re
+
+    import bigquant.cli as cli
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| exit code |"):].split("\n\n")[0]
+    codes = {int(c) for c in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
+    assert codes == {0, 1, 2, cli.EXIT_QUALITY, 130}
+    assert all(f"{c} " in cli.main.__doc__ for c in codes)
+
+
 def test_unreachable_scheduler_exits_1_quickly(capsys, photo_png, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,8 +217,8 @@ def test_sweep_in_process_writes_csv_plot_and_resumes(capsys, photo_png, tmp_pat
     with open(out, newline="") as fh:
         assert [int(r["k"]) for r in csv.DictReader(fh)] == [2, 4, 6]
     assert plot.stat().st_size > 0
-    # existing outputs: refused, then resumed
-    assert main(argv) == 2
+    # existing outputs: refused (the same exit code as quantize's), then resumed
+    assert main(argv) == 1
     assert "exists" in _one_line(capsys.readouterr().err)
     more = ["sweep", str(photo_png), "--k", "2:10:2", "--out", str(out), "--plot", str(plot), "--no-cluster",
             "--random-state", "1", "--resume"]
@@ -230,7 +265,7 @@ def test_subprocess_python_m_bigquant_info(photo_png):
 def test_subprocess_entry_point_usage_error_and_failure(tmp_path):
     proc = _run(*_entry_point(), "quantize", "only-one-arg")
     assert proc.returncode == 2
-    assert "required: OUT" in _one_line(proc.stderr)
+    assert "give IN OUT" in _one_line(proc.stderr)
     proc = _run(*_entry_point(), "info", str(tmp_path / "missing.tif"))
     assert proc.returncode == 1
     assert _one_line(proc.stderr).startswith("bigquant: error:")
@@ -244,7 +279,8 @@ def test_subprocess_entry_point_quantize(photo_png, tmp_path):
     from PIL import Image
 
     img = Image.open(out)
-    assert img.size == (96, 80) and len(img.getcolors(256) or []) <= 5
+    colours = img.getcolors(256)  # None when there are more than 256
+    assert img.size == (96, 80) and colours is not None and len(colours) <= 5
 
 
 @pytest.mark.distributed

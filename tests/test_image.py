@@ -160,7 +160,8 @@ def test_plotting_functions_are_re_exported():
 
 
 def test_load_image_lazy_tiled_tiff(tmp_path):
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile
+
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
     path = tmp_path / "tiled.tif"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -112,3 +113,19 @@ def test_layering_points_down():
             if here is not None and there is not None and there > here:
                 upward.append(f"{module} -> {target}")
     assert not upward
+
+
+def test_tests_do_not_skip_what_bigquant_needs():
+    """``importorskip`` only for optional extras: a broken bigquant module or dependency must fail, not skip."""
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)^\]", pyproject, flags=re.M | re.S).group(1)
+    required = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower().replace("-", "_")
+                for d in re.findall(r'"([^"]+)"', block)}
+    assert {"numpy", "distributed", "tifffile"} <= required
+    skipped = []
+    for path in (PACKAGE.parent / "tests").rglob("*.py"):
+        for name in re.findall(r"importorskip\(\s*[\"']([\w.]+)", path.read_text()):
+            top = name.split(".")[0].lower()
+            if top == "bigquant" or top in required:
+                skipped.append(f"{path.name}: importorskip({name!r})")
+    assert not skipped

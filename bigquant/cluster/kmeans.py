@@ -12,7 +12,7 @@ import dask
 import numpy as np
 
 from bigquant._typing import INIT_METHODS, STRATEGIES
-from bigquant.cluster.allocator import tune_allocator
+from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.base import KMeansBase
 from bigquant.cluster.checkpoint import Checkpoint
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -29,6 +29,7 @@ from bigquant.cluster.lloyd import (
     warn_not_converged,
 )
 from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
+from bigquant.cluster.resources import memory_limit
 from bigquant.cluster.scheduler import active_client, phase
 from bigquant.cluster.search import default_chains, search, uses_coarse_search
 from bigquant.cluster.validation import (
@@ -68,14 +69,18 @@ def _as_state(result: LloydResult | None) -> dict[str, Any] | None:
 
 
 def _memory_budget() -> int:
-    """Bytes of memory the data may take when persisted: the cluster's or this machine's."""
+    """Bytes of memory the data may take when persisted: the cluster's, or what this process may use.
+
+    This process's share is :func:`bigquant.cluster.resources.memory_limit`
+    (cgroup limits included), 0 when unknown (then nothing is persisted by default).
+    """
     client = active_client()
     if client is not None:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         total = sum(int(w.get("memory_limit") or 0) for w in workers.values())
         if total:
             return total
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return memory_limit() or 0
 
 
 class KMeans(KMeansBase):
@@ -239,7 +244,7 @@ default="k-means++"
         -------
         self : KMeans
         """
-        tune_allocator()
+        tune_if_asked()  # the caller's allocator is theirs: only with BIGQUANT_TUNE_MALLOC=1
         data = check_data(X)
         init_array = self._check_params(data.n_channels)
         valid = check_mask(sample_weight, data)
@@ -283,7 +288,7 @@ default="k-means++"
         self : KMeans
             ``labels_`` are the labels of the histogram's distinct colours.
         """
-        tune_allocator()
+        tune_if_asked()
         data = check_data(histogram.colours)
         init_array = self._check_params(data.n_channels)
         if histogram.n_colours == 0 or histogram.n_pixels == 0:

@@ -16,7 +16,6 @@ does not know where the data lives.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from bigquant import kernels
+from bigquant.cluster.resources import cpu_count
 
 __all__ = [
     "Farthest",
@@ -49,10 +49,15 @@ _SINGLE_CALL_MAX_ROWS = 1 << 18
 
 
 def n_threads() -> int:
-    """Threads to use for in-memory kernels (numba's configured count)."""
+    """Threads to use for in-memory kernels: numba's configured count, at most the usable cores.
+
+    numba counts the host's cores; a container's CPU quota or the process's
+    affinity may allow fewer (:func:`bigquant.cluster.resources.cpu_count`).
+    """
     import numba
 
-    return max(1, int(numba.config.NUMBA_NUM_THREADS or os.cpu_count() or 1))
+    configured = int(numba.config.NUMBA_NUM_THREADS or cpu_count())
+    return max(1, min(configured, cpu_count()))
 
 
 @dataclass

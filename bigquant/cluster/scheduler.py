@@ -2,6 +2,10 @@
 
 - :func:`active_client` is the running distributed client ``dask.compute`` would
   use, or ``None`` (never starts one).
+- :func:`on_client` makes a client the scheduler of the computes in a block
+  with :meth:`distributed.Client.as_current` (context-local: no global
+  ``dask.config.set(scheduler=client)``, which a nanny would try to pickle and
+  which concurrent jobs would leave set).
 - :func:`phase` opens a :func:`distributed.span` around a phase of the work
   (``histogram``, ``lloyd``, ``labels``, ``write``...) when a distributed client
   is active, so the dashboard groups its tasks; without a client it does
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
-__all__ = ["active_client", "phase"]
+__all__ = ["active_client", "on_client", "phase"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +42,39 @@ def active_client() -> Client | None:
 
     if "distributed" not in sys.modules:  # never imported: no client can exist
         return None
-    from distributed.client import _get_global_client
+    from distributed import default_client
 
-    client = _get_global_client()
+    try:
+        client = default_client()
+    except ValueError:  # no client has started
+        return None
     if client is None or getattr(client, "status", "closed") not in ("running", "connecting"):
         return None
     return client
+
+
+@contextlib.contextmanager
+def on_client(client: Client | None) -> Iterator[None]:
+    """Make ``client`` the scheduler of every compute in the block (nothing for ``None``).
+
+    Uses :meth:`distributed.Client.as_current`, which is local to the thread
+    (and asyncio task): other threads and jobs keep their own scheduler.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+
+    Examples
+    --------
+    >>> from bigquant.cluster.scheduler import on_client
+    >>> with on_client(None):
+    ...     pass
+    """
+    if client is None:
+        yield
+        return
+    with client.as_current():
+        yield
 
 
 @contextlib.contextmanager

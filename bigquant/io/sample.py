@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
+from dask.system import CPU_COUNT
 
 from bigquant.errors import ImageWriteError, InvalidParameterError
 
@@ -199,7 +200,7 @@ def make_sample_tiff(
     logger.info("writing sample image %s of %d x %d px", out, height, width)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(threads or CPU_COUNT) as pool:  # usable cores (cgroup quota, affinity)
             tifffile.imwrite(
                 tmp,
                 _tiles((height, width), tile, int(seed), pool),

@@ -40,6 +40,7 @@ from bigquant.io.write import FORMATS
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import parse_quality
 from bigquant.pipeline.quantize import (
+    OutputOptions,
     PaletteChoice,
     choose_palette,
     load_palette,
@@ -312,17 +313,52 @@ def quantize_many(
         if dst in seen:
             raise InvalidParameterError(f"{seen[dst]} and {name} would both be written to {dst}")
         seen[dst] = name
+    options = OutputOptions(mode, tile, compression, pyramid, overwrite, None, nodata_index, overviews, False, rgb_bands)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageWriteError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     try:
-        shared, files, skipped, joint, opened = _run(
-            srcs, dsts, seen, out, n_clusters, palette, target, weight, keep_going, mask, mode, tile, compression,
-            pyramid, overviews, nodata_index, rgb_bands, palette_out, overwrite, client, random_state, strategy,
-            kmeans_kwargs,
-        )
+        limit = 0
+        for dst in dsts:
+            limit = _check_request(dst, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
+                                   [palette_out, None], overwrite, nodata_index)
+        if palette_out is not None and pathlib.Path(palette_out).expanduser() in seen:
+            raise InvalidParameterError(f"palette_out={palette_out} is also an output image")
+        opened, skipped = open_sources(srcs, mask=mask, keep_going=keep_going)
+        kept = [dsts[o.index] for o in opened]
+        n_channels = int(opened[0].data.shape[-1])
+        dtype = opened[0].data.dtype
+        params = dict(kmeans_kwargs, random_state=random_state, strategy=strategy)
+
+        with _scheduler(client):
+            joint = per_file = None
+            if histogram_bits(dtype, n_channels) is not None and strategy in ("auto", "histogram"):
+                joint, per_file = joint_histogram(opened, weight)
+                if joint.n_pixels == 0:
+                    raise InvalidInputError("every pixel of every input is masked: nothing to fit")
+            if palette is not None:
+                pal, where = load_palette(palette, n_channels, dtype, limit)
+                if n_clusters is not None and int(n_clusters) != len(pal):
+                    raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
+                shared = PaletteChoice(pal, source=where)
+                if joint is not None:
+                    shared.error = palette_error(joint.colours, joint.counts, pal)[0]
+            elif joint is not None:
+                shared = _fit_joint(joint, n_clusters, target, limit, params)
+            else:
+                shared = _fit_pixels(opened, n_clusters, weight, params)
+            files = []
+            for i, (item, dst) in enumerate(zip(opened, kept)):
+                hist = per_file[i] if per_file is not None else None
+                error = None if hist is None else palette_error(hist.colours, hist.counts, shared.palette)[0]
+                choice = PaletteChoice(shared.palette, shared.model, hist, error, shared.source)
+                write_quantized(item.data, item.valid, choice, item.source, dst, options)
+                n = None if hist is None else hist.n_pixels
+                quality_db = None if n is None else psnr(error, n * n_channels, dtype)
+                files.append(FileResult(item.name, str(dst), n, error, quality_db))
+                logger.info("wrote %s (%s)", dst, "" if quality_db is None else f"{quality_db:.2f} dB")
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()  # nothing half-written: not even the folder
@@ -342,58 +378,6 @@ def quantize_many(
         doc["source"], doc["shape"] = [f.src for f in files], None
         write_palette_out(pathlib.Path(palette_out).expanduser(), shared, doc, overwrite, opened[0].data.dtype, rgb_bands)
     return result
-
-
-def _run(srcs: list[Any], dsts: list[pathlib.Path], seen: dict[pathlib.Path, Any], out: pathlib.Path,
-         n_clusters: int | None, palette: Any, target: Any, weight: str, keep_going: bool, mask: Any, mode: str,
-         tile: int, compression: str | None, pyramid: bool | int, overviews: bool | int, nodata_index: int | None,
-         rgb_bands: Sequence[int] | None, palette_out: Any, overwrite: bool, client: Any, random_state: Any,
-         strategy: str, kmeans_kwargs: dict[str, Any]) -> tuple[PaletteChoice, list[FileResult], list[tuple[str, str]],
-                                                                  ColourHistogram | None, list[Opened]]:
-    """The work of :func:`quantize_many` once the output folder exists."""
-    limit = 0
-    for dst in dsts:
-        limit = _check_request(dst, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
-                               [palette_out, None], overwrite, nodata_index)
-    if palette_out is not None and pathlib.Path(palette_out).expanduser() in seen:
-        raise InvalidParameterError(f"palette_out={palette_out} is also an output image")
-
-    opened, skipped = open_sources(srcs, mask=mask, keep_going=keep_going)
-    kept = [dsts[o.index] for o in opened]
-    n_channels = int(opened[0].data.shape[-1])
-    dtype = opened[0].data.dtype
-    params = dict(kmeans_kwargs, random_state=random_state, strategy=strategy)
-
-    with _scheduler(client):
-        joint = per_file = None
-        if histogram_bits(dtype, n_channels) is not None and strategy in ("auto", "histogram"):
-            joint, per_file = joint_histogram(opened, weight)
-            if joint.n_pixels == 0:
-                raise InvalidInputError("every pixel of every input is masked: nothing to fit")
-        if palette is not None:
-            pal, where = load_palette(palette, n_channels, dtype, limit)
-            if n_clusters is not None and int(n_clusters) != len(pal):
-                raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
-            shared = PaletteChoice(pal, source=where)
-            if joint is not None:
-                shared.error = palette_error(joint.colours, joint.counts, pal)[0]
-        elif joint is not None:
-            shared = _fit_joint(joint, n_clusters, target, limit, params)
-        else:
-            shared = _fit_pixels(opened, n_clusters, weight, params)
-        files = []
-        for i, (item, dst) in enumerate(zip(opened, kept)):
-            hist = per_file[i] if per_file is not None else None
-            error = None if hist is None else palette_error(hist.colours, hist.counts, shared.palette)[0]
-            choice = PaletteChoice(shared.palette, shared.model, hist, error, shared.source)
-            write_quantized(item.data, item.valid, choice, item.source, dst, mode=mode, tile=tile,
-                            compression=compression, pyramid=pyramid, overwrite=overwrite, preview=None,
-                            nodata_index=nodata_index, overviews=overviews, cog=False, rgb_bands=rgb_bands)
-            n = None if hist is None else hist.n_pixels
-            quality_db = None if n is None else psnr(error, n * n_channels, dtype)
-            files.append(FileResult(item.name, str(dst), n, error, quality_db))
-            logger.info("wrote %s (%s)", dst, "" if quality_db is None else f"{quality_db:.2f} dB")
-    return shared, files, skipped, joint, opened
 
 
 def _fit_joint(joint: ColourHistogram, n_clusters: int | None, target: Any, limit: int,

@@ -6,8 +6,9 @@ which owns the terminal.
 - :class:`LloydProgress` is a :class:`bigquant.KMeans` ``callback``: one line
   updated in place with the iteration, the inertia and the centre shift.
 - :class:`TaskProgress` shows how far the current pass has got: on a
-  distributed cluster by polling the scheduler's task groups whose names start
-  with ``bigquant-`` (so it works for remote schedulers too), and with dask's
+  distributed cluster from the events of a scheduler plugin it registers from
+  the client (:func:`task_counter`, public Dask APIs only, nothing of bigquant
+  needed on the scheduler: it works for remote schedulers too), and with dask's
   own :class:`~dask.diagnostics.ProgressBar` on the local threaded scheduler.
 """
 
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-__all__ = ["LloydProgress", "SweepProgress", "TaskProgress", "task_counts", "progress", "Line"]
+__all__ = ["LloydProgress", "SweepProgress", "TaskProgress", "task_counter", "progress", "Line"]
 
 _BAR = 24
 
@@ -148,38 +149,93 @@ class SweepProgress:
         self.line.end()
 
 
-def task_counts(dask_scheduler: Any = None, prefix: str = "bigquant-") -> dict[str, tuple[int, int]]:
-    """Per task prefix with unfinished work: (finished, total) tasks. Runs on the scheduler.
+#: task states a task is counted in until it ends (in memory or erred)
+_BUSY = ("waiting", "processing", "queued", "no-worker")
+
+
+def task_counter(topic: str, prefix: str = "bigquant-", interval: float = 0.5) -> Any:
+    """A scheduler plugin publishing (finished, total) tasks per task prefix with unfinished work.
+
+    It is registered from the client (:meth:`distributed.Client.register_plugin`)
+    and needs nothing of bigquant on the scheduler: its class is made here, in
+    a function, so it travels by value (cloudpickle), and it only uses the
+    public plugin hook ``transition`` and :meth:`distributed.Scheduler.log_event`.
+    At most every ``interval`` seconds it logs ``{prefix name: [finished, total]}``
+    under ``topic``, which the client receives with
+    :meth:`distributed.Client.subscribe_topic`.
 
     Parameters
     ----------
-    dask_scheduler : distributed.Scheduler
-        Passed by ``client.run_on_scheduler``.
+    topic : str
+        Event topic of the counts.
     prefix : str, default="bigquant-"
-        Only task groups whose name starts with it.
+        Only tasks whose name (:func:`dask.utils.key_split`) starts with it.
+    interval : float, default=0.5
+        Seconds between two messages at most.
+
+    Returns
+    -------
+    distributed.diagnostics.plugin.SchedulerPlugin
     """
-    busy = ("waiting", "processing", "queued", "no-worker")
-    out: dict[str, list[int]] = {}
-    for tg in list(dask_scheduler.task_groups.values()):
-        name = tg.prefix.name
-        if not str(name).startswith(prefix):
-            continue
-        states = tg.states
-        pending = sum(states.get(s, 0) for s in busy)
-        if not pending:
-            continue
-        total = sum(states.values())
-        acc = out.setdefault(str(name), [0, 0])
-        acc[0] += total - pending
-        acc[1] += total
-    return {k: (v[0], v[1]) for k, v in out.items()}
+    import asyncio
+
+    from dask.utils import key_split
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class TaskCounter(SchedulerPlugin):
+        def __init__(self) -> None:
+            self.pending: dict[str, set[Any]] = {}
+            self.counts: dict[str, list[int]] = {}
+            self.scheduler: Any = None
+            self.flush_scheduled = False
+
+        async def start(self, scheduler: Any) -> None:
+            self.scheduler = scheduler
+
+        def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+            name = key_split(key)
+            if not name.startswith(prefix):
+                return
+            keys = self.pending.get(name)
+            if finish in _BUSY:
+                if keys is None:
+                    keys = self.pending[name] = set()
+                    self.counts[name] = [0, 0]
+                if key not in keys:
+                    keys.add(key)
+                    self.counts[name][1] += 1
+            elif keys is not None and key in keys:
+                keys.discard(key)
+                if finish in ("memory", "erred"):
+                    self.counts[name][0] += 1
+                else:  # released or forgotten unfinished: cancelled
+                    self.counts[name][1] -= 1
+                if not keys:
+                    del self.pending[name], self.counts[name]
+            else:
+                return
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                try:
+                    asyncio.get_running_loop().call_later(interval, self.flush)
+                except RuntimeError:  # not on the event loop: send at once
+                    self.flush()
+
+        def flush(self) -> None:
+            self.flush_scheduled = False
+            if self.scheduler is not None:
+                self.scheduler.log_event(topic, {n: list(c) for n, c in self.counts.items()})
+
+    return TaskCounter()
 
 
 class TaskProgress:
-    """Progress of the running pass, drawn on a terminal line from a background thread.
+    """Progress of the running pass, drawn on a terminal line.
 
-    With a distributed ``client``, the scheduler is polled every ``interval``
-    seconds (:func:`task_counts`); without one, dask's local
+    With a distributed ``client``, a :func:`task_counter` plugin registered on
+    the scheduler from the client sends the counts of tasks per prefix as
+    events (public APIs only; bigquant need not be installed on the
+    scheduler); without one, dask's local
     :class:`~dask.diagnostics.ProgressBar` is used. Off a terminal it draws
     nothing (logs stay clean).
 
@@ -188,47 +244,56 @@ class TaskProgress:
     client : distributed.Client or None
     stream : file-like, default=sys.stderr
     interval : float, default=0.5
+        Seconds between two updates at most.
     exclude : tuple of str, default=("bigquant-lloyd",)
         Task prefixes not shown (Lloyd's iterations have :class:`LloydProgress`).
+
+    Attributes
+    ----------
+    updates : int
+        Messages received from the scheduler.
     """
 
     def __init__(self, client: Any = None, *, stream: TextIO | None = None, interval: float = 0.5,
-                 exclude: tuple[str, ...] = ("bigquant-lloyd",), line: Line | None = None) -> None:
+                 exclude: tuple[str, ...] = ("bigquant-lloyd",), line: Line | None = None,
+                 prefix: str = "bigquant-") -> None:
         self.client = client
         self.exclude = exclude
+        self.prefix = prefix
         self.line = line if line is not None else Line(stream)
         self.interval = float(interval)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._name: str | None = None
+        self._shown = False
         self._local: contextlib.ExitStack | None = None
-        self.polls = 0
+        self.updates = 0
 
-    def _poll(self) -> None:
-        shown = False
-        while not self._stop.wait(self.interval):
-            try:
-                counts = self.client.run_on_scheduler(task_counts)
-            except Exception:  # the client closed under us: stop quietly
-                break
-            self.polls += 1
-            counts = {n: c for n, c in counts.items() if not n.startswith(self.exclude)}
-            if not counts:
-                continue
-            done = sum(d for d, _ in counts.values())
-            total = sum(t for _, t in counts.values())
-            names = ", ".join(sorted(n.removeprefix("bigquant-") for n in counts))
-            self.line.show(f"tasks {_bar(done / max(total, 1))} {done}/{total}  {names}")
-            shown = True
-        if shown:
-            self.line.end()
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        """Draw one message of the scheduler plugin: ``{prefix name: [finished, total]}``."""
+        self.updates += 1
+        counts = {n: c for n, c in dict(event[1]).items() if not n.startswith(self.exclude)}
+        if not counts:
+            return
+        done = sum(int(c[0]) for c in counts.values())
+        total = sum(int(c[1]) for c in counts.values())
+        names = ", ".join(sorted(n.removeprefix(self.prefix) for n in counts))
+        self.line.show(f"tasks {_bar(done / max(total, 1))} {done}/{total}  {names}")
+        self._shown = True
 
     def start(self) -> TaskProgress:
         """Start drawing."""
         if not self.line.tty:
             return self
         if self.client is not None:
-            self._thread = threading.Thread(target=self._poll, name="bigquant-progress", daemon=True)
-            self._thread.start()
+            import uuid
+
+            name = f"bigquant-progress-{uuid.uuid4().hex[:12]}"
+            self.client.subscribe_topic(name, self._on_event)
+            try:
+                self.client.register_plugin(task_counter(name, self.prefix, self.interval), name=name)
+            except Exception:  # noqa: BLE001 - progress is optional: the job runs without it
+                self.client.unsubscribe_topic(name)
+                return self
+            self._name = name
         else:
             from dask.diagnostics import ProgressBar
 
@@ -238,10 +303,14 @@ class TaskProgress:
 
     def stop(self) -> None:
         """Stop drawing (idempotent)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._name is not None:
+            name, self._name = self._name, None
+            with contextlib.suppress(Exception):  # the client may have closed under us
+                self.client.unregister_scheduler_plugin(name)
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(name)
+            if self._shown:
+                self.line.end()
         if self._local is not None:
             self._local.close()
             self._local = None

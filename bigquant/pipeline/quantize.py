@@ -22,7 +22,8 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from bigquant.cluster.scheduler import phase
+from bigquant.cluster.allocator import release_freed_memory
+from bigquant.cluster.scheduler import on_client, phase
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import check_target
 from bigquant.io.chunks import ChunksLike
@@ -46,40 +47,21 @@ logger = logging.getLogger(__name__)
 @contextlib.contextmanager
 def _scheduler(client: Any) -> Iterator[None]:
     """Make ``client`` the scheduler of every compute in the block."""
-    if client is None:
+    # Client.as_current (context-local), no global dask.config.set(scheduler=client):
+    # a nanny restarting a killed worker pickles the global config (a Client in it
+    # cannot be pickled), and concurrent jobs entering and leaving a global setting
+    # in threads leave it set for good.
+    with on_client(client):
         yield
-        return
-    # Only the context-local current client (what Client.as_current sets), no
-    # global dask.config.set: a nanny restarting a killed worker pickles the
-    # global config (a Client in it cannot be pickled), and concurrent jobs
-    # entering and leaving a global setting in threads leave it set for good.
-    from distributed.client import _current_client
-
-    token = _current_client.set(client)
-    try:
-        yield
-    finally:
-        _current_client.reset(token)
 
 
 def _release_freed_memory() -> None:
-    """Return the heap memory freed by the fit to the OS (glibc only; else a no-op).
+    """Return the heap memory freed by the fit to the OS: only in a process that tuned its allocator.
 
-    The fit allocates and frees hundreds of MB of temporaries in this process;
-    glibc keeps much of it mapped, which would count in the peak memory of the
-    write pass that follows.  Dask workers do the same (MALLOC_TRIM_THRESHOLD_).
+    See :func:`bigquant.cluster.allocator.release_freed_memory` (the command
+    line; a program that opted in); in anybody else's process a no-op.
     """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc without malloc_trim
-        pass
+    release_freed_memory()
 
 
 def display_bands(n_bands: int, rgb_bands: Sequence[int] | None) -> list[int]:
@@ -146,7 +128,19 @@ def _nothing_masked(histogram: Any, valid: Any) -> bool:
     """True when the mask keeps every pixel (known from the histogram, else one pass over it)."""
     if histogram is not None:
         return histogram.n_pixels == int(np.prod(valid.shape))
-    return bool(valid.all().compute())
+    with phase("bigquant-labels"):
+        return bool(valid.all().compute())
+
+
+def _write_labels(*args: Any, **kwargs: Any) -> None:
+    """:func:`bigquant.write_image` inside the spans of the label and write passes.
+
+    Labels are computed (or looked up by the TIFF writer) tile by tile as the
+    output is written: one pass over the pixels, shown in the dashboard as the
+    ``bigquant-write`` span inside the ``bigquant-labels`` one.
+    """
+    with phase("bigquant-labels"), phase("bigquant-write"):
+        write_image(*args, **kwargs)
 
 
 def psnr(error: float | None, n_values: int, dtype: np.dtype) -> float | None:
@@ -188,23 +182,30 @@ class PaletteChoice:
     source: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """How a quantized image is written (see :func:`quantize` for each)."""
+
+    mode: str = "palette"
+    tile: int = 512
+    compression: str | None = "zlib"
+    pyramid: bool | int = False
+    overwrite: bool = False
+    preview: str | os.PathLike[str] | None = None
+    nodata_index: int | None = None
+    overviews: bool | int = False
+    cog: bool = False
+    rgb_bands: Sequence[int] | None = None
+
+
 def write_quantized(
     data: Any,
     valid: Any,
     choice: PaletteChoice,
     source: ImageSource,
     dst: pathlib.Path,
+    options: OutputOptions,
     *,
-    mode: str,
-    tile: int,
-    compression: str | None,
-    pyramid: bool | int,
-    overwrite: bool,
-    preview: str | os.PathLike[str] | None,
-    nodata_index: int | None,
-    overviews: bool | int,
-    cog: bool,
-    rgb_bands: Sequence[int] | None,
     dither: str | None = None,
     dither_strength: float = 0.9,
     dither_data: tuple[Any, Any] | None = None,
@@ -232,7 +233,7 @@ def write_quantized(
     from bigquant.cluster.fixed import FixedPalette
 
     histogram = choice.histogram
-    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    colours = palette_colours(choice.palette, source.dtype, options.rgb_bands)
     if getattr(choice.model, "space_", None) is not None:
         mapper = choice.model  # labels: nearest centre in the fit's colour space
     else:
@@ -244,7 +245,8 @@ def write_quantized(
     if dither is not None:
         ddata, dvalid = dither_data if dither_data is not None else (data, valid)
         dvalid = None if valid is None else dvalid
-        nodata = None if dvalid is None else (len(colours) if nodata_index is None else int(nodata_index))
+        if dvalid is not None:
+            nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
         dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
         result = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
                                dtype=dtype, with_sums=report is not None)
@@ -253,27 +255,27 @@ def write_quantized(
             labels = da.where(dvalid, labels, nodata).astype(dtype)
         lookup = None
     elif valid is not None:
-        nodata = len(colours) if nodata_index is None else int(nodata_index)
+        nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
         labels = da.where(valid, mapper.labels_, nodata)
         labels = labels.astype(index_dtype(nodata + 1))
         lookup = None
     else:
         labels = mapper.labels_
         lookup = _label_lookup(mapper, data, dst)
-    write_image(
+    _write_labels(
         data if lookup is not None else labels,
         dst,
         palette=colours,
-        mode=mode,
-        tile=tile,
-        compression=compression,
-        pyramid=pyramid,
-        overwrite=overwrite,
-        preview=preview,
+        mode=options.mode,
+        tile=options.tile,
+        compression=options.compression,
+        pyramid=options.pyramid,
+        overwrite=options.overwrite,
+        preview=options.preview,
         nodata=nodata,
         geotiff=source.geotiff,
-        overviews=overviews,
-        cog=cog,
+        overviews=options.overviews,
+        cog=options.cog,
         _lookup=lookup,
     )
     if report is not None:
@@ -605,12 +607,12 @@ def quantize(
                                   dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
         t1 = time.perf_counter()
         _release_freed_memory()
+        options = OutputOptions(mode, tile, compression, pyramid, overwrite, preview, nodata_index, overviews, cog,
+                                rgb_bands)
         report: dict[str, Any] = {}
         want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
         mapper, nodata = write_quantized(
-            data, valid, choice, source, dst_path, mode=mode, tile=tile, compression=compression,
-            pyramid=pyramid, overwrite=overwrite, preview=preview, nodata_index=nodata_index,
-            overviews=overviews, cog=cog, rgb_bands=rgb_bands, dither=dither, dither_strength=dither_strength,
+            data, valid, choice, source, dst_path, options, dither=dither, dither_strength=dither_strength,
             dither_data=_dither_data(src, source, chunks, level, series, mask, valid) if dither else None,
             report=report if want else None,
         )

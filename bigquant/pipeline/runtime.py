@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from bigquant.cluster.resources import cpu_count
 from bigquant.cluster.scheduler import active_client, phase
 from bigquant.errors import ClusterConnectionError, InvalidParameterError
 
@@ -43,7 +43,9 @@ def machine_layout(n_workers: int | None = None, threads_per_worker: int | None 
 
     Missing values follow distributed's own split of the usable cores (one
     single-threaded process per core up to 4 cores, then a few processes of a
-    few threads).
+    few threads). Usable means what this process may use
+    (:func:`bigquant.cluster.resources.cpu_count`: CPU affinity and a
+    container's cgroup quota), not the host's core count.
 
     Parameters
     ----------
@@ -56,10 +58,7 @@ def machine_layout(n_workers: int | None = None, threads_per_worker: int | None 
     """
     from distributed.deploy.utils import nprocesses_nthreads
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
+    cores = cpu_count()  # what this process may use: affinity and cgroup CPU quota, on every platform
     if n_workers is None and threads_per_worker is None:
         return nprocesses_nthreads(cores)
     if n_workers is None:
@@ -195,8 +194,9 @@ def connect(
         Local cluster: threads per worker (default: machine-sized).
     memory_limit : str, int, float or None, default=None
         Local cluster: memory limit per worker (``"4GiB"``, bytes, or a
-        fraction of the machine's memory); ``None`` splits the machine's memory
-        evenly between the workers.
+        fraction of the memory); ``None`` splits the memory this process may
+        use (:func:`bigquant.cluster.resources.memory_limit`: a container's
+        cgroup limit, not the host's size) evenly between the workers.
     dashboard_address : str or None, default=":8787"
         Local cluster: where the dashboard listens (a free port is chosen if
         this one is taken); ``None`` for no dashboard.

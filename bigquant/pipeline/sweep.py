@@ -38,8 +38,9 @@ import numpy as np
 
 from bigquant import kernels
 from bigquant._typing import STRATEGIES
-from bigquant.cluster.allocator import tune_allocator
+from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
+from bigquant.cluster.scheduler import on_client
 from bigquant.cluster.search import prepare_search, uses_coarse_search
 from bigquant.errors import ConvergenceWarning, FewColoursWarning, InvalidInputError, InvalidParameterError
 from bigquant.pipeline.runtime import active_client, phase
@@ -563,7 +564,7 @@ def sweep(
     True
     """
     start = time.perf_counter()
-    tune_allocator()
+    tune_if_asked()  # the caller's allocator is theirs: only with BIGQUANT_TUNE_MALLOC=1
     k_values = parse_ks(ks)
     space = check_space(space)
     if strategy not in STRATEGIES:
@@ -693,12 +694,7 @@ def sweep(
 @contextlib.contextmanager
 def _on(client: Any) -> Iterator[None]:
     """Make ``client`` the scheduler of the computes in the block (nothing for None)."""
-    if client is None:
-        yield
-        return
-    import dask
-
-    with client.as_current(), dask.config.set(scheduler=client):
+    with on_client(client):  # context-local: no global dask.config.set(scheduler=client)
         yield
 
 

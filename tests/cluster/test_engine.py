@@ -6,6 +6,7 @@ determinism and quality, and the client-side allocator tuning.
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 
 import numpy as np
@@ -115,9 +116,7 @@ def test_search_is_at_least_as_good_as_scikit_learn_best_of_five(many_colours, k
 # --------------------------------------------------------------------------- allocator
 
 
-def test_allocator_is_tuned_once_in_the_client(monkeypatch):
-    import sys
-
+def test_allocator_is_tuned_once_where_asked(monkeypatch):
     import bigquant.cluster.allocator as allocator
 
     monkeypatch.setattr(allocator, "_tuned", None)
@@ -126,9 +125,42 @@ def test_allocator_is_tuned_once_in_the_client(monkeypatch):
     assert allocator.tune_allocator() is False  # settled for the process
     monkeypatch.setattr(allocator, "_tuned", None)
     monkeypatch.delenv("BIGQUANT_TUNE_MALLOC")
-    expected = sys.platform.startswith("linux")  # glibc here; elsewhere it is left alone
+    expected = allocator.is_glibc()  # glibc has mallopt; musl, macOS and Windows are left alone
     assert allocator.tune_allocator() is expected
     assert allocator._tuned is expected
+    assert allocator.release_freed_memory() is expected
+
+
+def test_fit_leaves_the_callers_allocator_alone(monkeypatch, many_colours):
+    import bigquant.cluster.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "_libc", lambda: calls.append("libc"))
+    monkeypatch.setattr(allocator, "_tuned", None)
+    monkeypatch.delenv("BIGQUANT_TUNE_MALLOC", raising=False)
+    KMeans(4, random_state=0).fit(many_colours)
+    quantized = KMeans(4, random_state=0, strategy="pixels").fit(many_colours.reshape(-1, 3))
+    assert quantized.n_iter_ >= 1
+    assert allocator._tuned is None and calls == []  # not even looked at
+    assert allocator.release_freed_memory() is False and calls == []
+    # the explicit opt-in
+    monkeypatch.setattr(allocator, "_libc", lambda: calls.append("libc") or ctypes.CDLL(None))
+    monkeypatch.setenv("BIGQUANT_TUNE_MALLOC", "1")
+    KMeans(4, random_state=0).fit(many_colours)
+    assert allocator._tuned is allocator.is_glibc()
+    assert calls == (["libc"] if allocator.is_glibc() else [])
+
+
+def test_allocator_without_mallopt_is_left_alone(monkeypatch):
+    """musl (and other C libraries) have no mallopt: nothing is assumed."""
+    import bigquant.cluster.allocator as allocator
+
+    monkeypatch.setattr(allocator, "_tuned", None)
+    monkeypatch.setattr(allocator, "is_glibc", lambda: True)
+    monkeypatch.setattr(allocator, "_libc", lambda: object())  # a libc exposing neither function
+    monkeypatch.delenv("BIGQUANT_TUNE_MALLOC", raising=False)
+    assert allocator.tune_allocator() is False
+    assert allocator.release_freed_memory() is False
 
 
 def test_allocator_is_left_alone_inside_a_dask_worker(local_cluster, monkeypatch):

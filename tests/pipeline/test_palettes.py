@@ -288,3 +288,38 @@ def test_command_line_shared_palette_apply_and_swatch(tmp_path, photos, capsys):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "again.tif"), nearest_colour(images[0], palette))
     assert main(["quantize", str(paths[0]), str(paths[1]), str(tmp_path / "x.tif"), "--no-cluster"]) == 2
     assert "--out-dir" in capsys.readouterr().err
+
+
+def test_masks_apply_per_file_in_a_set(tmp_path, photos):
+    images, paths = photos
+    rgba = np.dstack([images[1], np.full(images[1].shape[:2], 255, np.uint8)])
+    rgba[:50, :, 3] = 0  # a transparent band at the top of one file only
+    masked = tmp_path / "masked.png"
+    Image.fromarray(rgba, "RGBA").save(masked)
+    result = quantize_many([paths[0], masked], tmp_path / "out", 5, random_state=0, suffix=".png")
+    assert result.files[1].n_pixels == images[1].shape[0] * images[1].shape[1] - 50 * images[1].shape[1]
+    with Image.open(result.files[1].dst) as im:
+        labels = np.asarray(im)
+        assert im.info.get("transparency") is not None
+    assert (labels[:50] == 5).all() and (labels[50:] < 5).all()
+    np.testing.assert_array_equal(labels[50:], nearest_colour(images[1][50:], result.palette))
+    with Image.open(result.files[0].dst) as im:
+        assert (np.asarray(im) < 5).all() and "transparency" not in im.info
+    # the masked pixels took no part in the fit: the joint error counts the others only
+    assert result.error == result.files[0].error + squared_error(images[1][50:], result.palette)
+
+
+def test_sweep_and_quantize_agree_on_16_bit_data(tmp_path):
+    """Without a histogram (uint16 RGB: the pixel strategy) the sweep's cost is still the written file's error."""
+    rng = np.random.default_rng(4)
+    img = (make_sample_image((90, 120), seed=5).astype(np.uint16) * 257 + rng.integers(0, 257, (90, 120, 3))
+           ).astype(np.uint16)
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, img, tile=(32, 32), photometric="rgb")
+    result = sweep(path, [5], random_state=3)
+    assert result.strategy == "pixels"
+    model = quantize(path, tmp_path / "q.tif", 5, random_state=3)
+    labels = tifffile.imread(tmp_path / "q.tif")
+    palette = model.palette()[0].astype(np.float64)
+    np.testing.assert_array_equal(palette, result.palette(5))
+    assert float(((img - palette[labels]) ** 2).sum()) == pytest.approx(result[5].cost, rel=1e-12)

@@ -162,6 +162,10 @@ def test_quantize_on_worker_processes(local_cluster, tmp_path, tiled_tiff):
                          random_state=0, tile=64, pyramid=True, chunks=128)
     keys = [str(t["key"]) for t in ts.data]
     assert any("bigquant-encode" in k for k in keys)
+    # the passes as distributed spans: the fit's histogram, then labels looked up while writing
+    spans = local_cluster.run_on_scheduler(
+        lambda dask_scheduler: [s.name for s in dask_scheduler.extensions["spans"].spans.values()])
+    assert ("bigquant-histogram",) in spans and ("bigquant-labels", "bigquant-write") in spans, spans
     src = np.asarray(read_image(tiled_tiff).data.compute(scheduler="sync"))
     expected = nearest_colour(src, model.palette()[0])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
@@ -351,3 +355,14 @@ def test_direct_tiff_quantize_on_worker_processes(local_cluster, tmp_path):
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         np.testing.assert_array_equal(tf.pages[0].asarray(), expected)
         np.testing.assert_array_equal(tf.pages[0].pages[0].asarray(), expected[::2, ::2])
+
+
+@pytest.mark.parametrize("tile", [64, 96])
+def test_applying_a_palette_decodes_every_tile_once(tmp_path, tiled_tiff, count_decodes, tile):
+    """A given palette on 8-bit data: no histogram pass, each tile read once to map and write it."""
+    palette = np.array([[0, 0, 0], [255, 255, 255], [200, 40, 40], [40, 40, 200]], np.uint8)
+    src = read_image(tiled_tiff, chunks=192)
+    quantize(src, tmp_path / "q.tif", palette=palette, tile=tile, preview=tmp_path / "p.png", pyramid=True)
+    assert sorted(count_decodes) == list(range(5 * 7))
+    expected = nearest_colour(np.asarray(read_image(tiled_tiff).data), palette)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)

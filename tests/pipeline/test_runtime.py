@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from bigquant.errors import ClusterConnectionError, InvalidParameterError
-from bigquant.pipeline.progress import LloydProgress, TaskProgress, task_counts
+from bigquant.pipeline.progress import LloydProgress, TaskProgress
 from bigquant.pipeline.runtime import active_client, connect, machine_layout, phase
 
 
@@ -142,15 +142,16 @@ def test_connect_local_cluster_dashboard_spans_and_shutdown():
             lambda dask_scheduler: [s.name for s in dask_scheduler.extensions["spans"].spans.values()]
         )
         assert ("bigquant-histogram",) in names
-        # the scheduler-side progress probe, and the terminal bar drawn from it
-        assert rt.client.run_on_scheduler(task_counts) == {}
+        # the terminal bar, drawn from the events of its scheduler plugin
         out = _Tty()
-        with TaskProgress(rt.client, stream=out, interval=0.05):
+        with TaskProgress(rt.client, stream=out, interval=0.05) as bar:
             from distributed import wait
 
             slow = da.ones((40, 10), chunks=(1, 10)).map_blocks(_sleepy, name="bigquant-slow", dtype=float)
             wait(slow.persist())
-        assert "tasks [" in out.getvalue() and "slow" in out.getvalue()
+        assert "tasks [" in out.getvalue() and "slow" in out.getvalue() and bar.updates
+        assert not any(name.startswith("bigquant-progress") for name in rt.client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.plugins)))  # unregistered when done
         client = rt.client
     assert client.status == "closed"
     assert rt.cluster.status.name == "closed"

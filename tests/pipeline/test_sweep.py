@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib
 import math
 
@@ -80,7 +79,9 @@ def test_fit_histogram_more_inits_not_worse_and_seeded(photo):
     again = fit_histogram(hist, 10, n_init=1, random_state=1)
     np.testing.assert_array_equal(one.palette, again.palette)
     several = fit_histogram(hist, 10, n_init=6, random_state=1)
-    assert several.cost <= one.cost * 1.02
+    # the first of the six runs is the single run of the same seed: the best of six is not worse
+    assert several.inertia <= one.inertia
+    assert several.cost <= one.cost
 
 
 def test_fit_histogram_searches_coarse_colours(monkeypatch, photo):
@@ -181,30 +182,35 @@ def test_sweep_accepts_histogram_paths_and_dask(tmp_path, photo):
 
 def test_sweep_csv_incremental_and_resume(tmp_path, photo, monkeypatch):
     out = tmp_path / "sweep.csv"
+    ks = [2, 4, 6, 8]
+
+    def interrupt_after_two(row):
+        # called once a k's row is on disk: the second one ends the sweep (as Ctrl-C would)
+        if len(read_rows(out)) == 2:
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sweep(photo, ks, random_state=0, out=out, callback=interrupt_after_two)
+    before = {r.k: r for r in read_rows(out)}
+    assert len(before) == 2 and set(before) < set(ks)  # rows written before the failure are on disk
+
     real = sweep_mod.fit_histogram
     fitted: list[int] = []
 
-    def failing(hist, k, **kw):
-        if k == 8:
-            raise RuntimeError("interrupted")
+    def counting(hist, k, **kw):
         fitted.append(k)
         return real(hist, k, **kw)
 
-    monkeypatch.setattr(sweep_mod, "fit_histogram", failing)
-    with pytest.raises(RuntimeError, match="interrupted"):
-        sweep(photo, [2, 4, 6, 8], random_state=0, out=out)
-    done = [r.k for r in read_rows(out)]
-    assert 8 not in done  # what finished before the failure is on disk
-
+    monkeypatch.setattr(sweep_mod, "fit_histogram", counting)
+    result = sweep(photo, ks, random_state=0, out=out, resume_from=out)
+    assert sorted(result.resumed) == sorted(before)
+    assert sorted(fitted) == sorted(set(ks) - set(before))  # the resumed ks are not fitted again
+    assert result.ks == ks
+    rows = {r.k: r for r in read_rows(out)}
+    assert sorted(rows) == ks  # one row per k, no duplicates
+    assert all(rows[k] == before[k] for k in before)  # kept as written (times included), not refitted
     monkeypatch.setattr(sweep_mod, "fit_histogram", real)
-    fitted.clear()
-    result = sweep(photo, [2, 4, 6, 8], random_state=0, out=out, resume_from=out)
-    assert sorted(result.resumed) == sorted(done)
-    assert result.ks == [2, 4, 6, 8]
-    with open(out, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert sorted(int(r["k"]) for r in rows) == [2, 4, 6, 8]  # no duplicates
-    fresh = sweep(photo, [2, 4, 6, 8], random_state=0)
+    fresh = sweep(photo, ks, random_state=0)
     assert result.costs == fresh.costs
 
 
