@@ -29,6 +29,13 @@ name                    tasks
 ``bq-write``            map and encode one output tile
 ``bq-sweep``            one k of a sweep
 ``bq-cost``             SSE / PSNR of a sweep's palettes on the pixels
+``bq-fs-slant``         Floyd-Steinberg, pass 1: one slanted tile of the wavefront
+``bq-fs-edges``         Floyd-Steinberg: the edge errors a chunk's pass 2 starts from
+``bq-fs-labels``        Floyd-Steinberg, pass 2: one chunk re-dithered from its edges
+``bq-blue-noise``       blue-noise ordered dithering of one chunk
+``bq-space-lut``        the colour -> label table of a palette in OKLab / Lab
+``bq-space-labels``     nearest-colour labels in OKLab / Lab of one chunk
+``bq-quality``          PSNR and mean Delta E of the written colours, per chunk
 ======================  =====================================================
 """
 
@@ -37,7 +44,8 @@ from __future__ import annotations
 __all__ = [
     "PREFIX", "MAX_LENGTH", "READ", "READ_PALETTE", "MASK", "COUNT", "COUNT_SUM", "MERGE", "CODES",
     "MOMENTS", "INIT", "LLOYD", "RELOCATE", "MB_GATHER", "MB_BATCH", "LUT", "LABELS", "TRANSFORM",
-    "WRITE", "SWEEP", "COST", "HISTOGRAM", "NAMES", "tree_sum",
+    "WRITE", "SWEEP", "COST", "FS_SLANT", "FS_EDGES", "FS_LABELS", "BLUE_NOISE", "SPACE_LUT", "SPACE_LABELS",
+    "QUALITY", "HISTOGRAM", "NAMES", "tree_sum",
 ]
 
 #: what every bigquant task key starts with
@@ -64,6 +72,13 @@ TRANSFORM = "bq-transform"
 WRITE = "bq-write"
 SWEEP = "bq-sweep"
 COST = "bq-cost"
+FS_SLANT = "bq-fs-slant"
+FS_EDGES = "bq-fs-edges"
+FS_LABELS = "bq-fs-labels"
+BLUE_NOISE = "bq-blue-noise"
+SPACE_LUT = "bq-space-lut"
+SPACE_LABELS = "bq-space-labels"
+QUALITY = "bq-quality"
 
 #: the phase (span) of counting and merging colours
 HISTOGRAM = "bq-histogram"
@@ -77,6 +92,6 @@ def tree_sum(name: str) -> str:
 #: every task name, tree sums included
 NAMES = frozenset(
     [READ, READ_PALETTE, MASK, COUNT, COUNT_SUM, MERGE, CODES, MB_GATHER, MB_BATCH, LUT, LABELS,
-     TRANSFORM, WRITE, SWEEP, COST]
+     TRANSFORM, WRITE, SWEEP, COST, FS_SLANT, FS_EDGES, FS_LABELS, BLUE_NOISE, SPACE_LUT, SPACE_LABELS, QUALITY]
     + [n for base in (MOMENTS, INIT, LLOYD, RELOCATE) for n in (base, tree_sum(base))]
 )

@@ -11,6 +11,8 @@ not safe to enter from several threads at once.
 - :mod:`~bigquant.kernels.morton` -- Morton-order counting of RGB uint8 colours
 - :mod:`~bigquant.kernels.lookup` -- colour -> label lookup tables
 - :mod:`~bigquant.kernels.seeding` -- k-means++ and k-means|| sampling
+- :mod:`~bigquant.kernels.dither` -- exact integer Floyd--Steinberg, ordered dithering
+- :mod:`~bigquant.kernels.spaces` -- sRGB <-> OKLab / CIELAB, quality sums
 """
 
 from bigquant.kernels.colours import (
@@ -27,6 +29,7 @@ from bigquant.kernels.colours import (
     unique_colours,
     unique_colours_parallel,
 )
+from bigquant.kernels.dither import candidate_grid, floyd_steinberg, fs_rows, ordered_dither
 from bigquant.kernels.lloyd import (
     bounded_step,
     improve_by_swaps,
@@ -51,6 +54,7 @@ from bigquant.kernels.scans import (
     squared_shift,
 )
 from bigquant.kernels.seeding import kmeans_plusplus_greedy, oversample
+from bigquant.kernels.spaces import error_sums, from_space, to_space
 
 __all__ = [
     "add_dense_counts",
@@ -59,6 +63,7 @@ __all__ = [
     "assign_labels",
     "bounded_step",
     "build_lut",
+    "candidate_grid",
     "coarse_bins",
     "count_codes",
     "count_codes_dense",
@@ -66,6 +71,10 @@ __all__ = [
     "decode_colours",
     "encode_colours",
     "encode_morton",
+    "error_sums",
+    "floyd_steinberg",
+    "from_space",
+    "fs_rows",
     "improve_by_swaps",
     "kmeans_plusplus_greedy",
     "labelled_inertia",
@@ -77,6 +86,7 @@ __all__ = [
     "merge_sparse_counts",
     "moments",
     "morton_to_codes",
+    "ordered_dither",
     "oversample",
     "partial_sums",
     "SCAN_BLOCK",
@@ -84,6 +94,7 @@ __all__ = [
     "take",
     "take_counts",
     "take_nonzero",
+    "to_space",
     "unique_colours",
     "unique_colours_parallel",
 ]

@@ -34,8 +34,11 @@ from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, check_tile, write_image
+from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, parse_quality, peak_value, search_k
+from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
+from bigquant.pipeline.space import check_space, fit_in_space
 
 __all__ = ["quantize", "palette_colours"]
 
@@ -197,13 +200,29 @@ class OutputOptions:
 
 
 def write_quantized(
-    data: Any, valid: Any, choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, options: OutputOptions
+    data: Any,
+    valid: Any,
+    choice: PaletteChoice,
+    source: ImageSource,
+    dst: pathlib.Path,
+    options: OutputOptions,
+    *,
+    dither: str | None = None,
+    dither_strength: float = 0.9,
+    dither_data: tuple[Any, Any] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> tuple[Any, int | None]:
     """Map ``data`` to the chosen palette and write it (one read pass for 8-bit data).
 
     Every pixel takes its nearest palette colour (lowest index on ties), by a
     lookup table over the histogram's colours, over every colour of an 8-bit
-    image when no histogram is known, else colour by colour.
+    image when no histogram is known, else colour by colour.  A palette fitted
+    in a colour space (``choice.model.space_``) maps by the model's own table
+    (nearest centre in that space).  With ``dither``, the labels are those of
+    :func:`bigquant.pipeline.dither.dither_labels` over ``dither_data`` (the
+    pixels and mask, maybe read in smaller chunks; default ``data``, ``valid``).
+    ``report``, when given, receives ``"labels"`` (the labels written, lazy)
+    and ``"sums"`` (quality sums the dither gave, or None).
 
     Returns
     -------
@@ -216,11 +235,27 @@ def write_quantized(
 
     histogram = choice.histogram
     colours = palette_colours(choice.palette, source.dtype, options.rgb_bands)
-    mapper = FixedPalette(choice.palette).fit(data, histogram=histogram)
+    if getattr(choice.model, "space_", None) is not None:
+        mapper = choice.model  # labels: nearest centre in the fit's colour space
+    else:
+        mapper = FixedPalette(choice.palette).fit(data, histogram=histogram)
     nodata = None
     if valid is not None and _nothing_masked(histogram, valid):
         valid = None  # e.g. float data without a NaN: no index reserved for nothing
-    if valid is not None:
+    sums = None
+    if dither is not None:
+        ddata, dvalid = dither_data if dither_data is not None else (data, valid)
+        dvalid = None if valid is None else dvalid
+        if dvalid is not None:
+            nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
+        dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
+        result = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
+                               dtype=dtype, with_sums=report is not None)
+        labels, sums = result if report is not None else (result, None)
+        if dvalid is not None:
+            labels = da.where(dvalid, labels, nodata).astype(dtype)
+        lookup = None
+    elif valid is not None:
         nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
         labels = da.where(valid, mapper.labels_, nodata)
         labels = labels.astype(index_dtype(nodata + 1))
@@ -244,6 +279,9 @@ def write_quantized(
         cog=options.cog,
         _lookup=lookup,
     )
+    if report is not None:
+        report["labels"] = labels
+        report["sums"] = sums
     return mapper, nodata
 
 
@@ -370,6 +408,11 @@ def quantize(
     overviews: bool | int = False,
     cog: bool = False,
     rgb_bands: Sequence[int] | None = None,
+    dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
+    dither_strength: float = 0.9,
+    space: Literal["rgb", "oklab", "lab"] = "rgb",
+    measure: bool | None = None,
+    compare: str | os.PathLike[str] | None = None,
     **kmeans_kwargs: Any,
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours (or a given palette) and write it.
@@ -451,6 +494,41 @@ def quantize(
         Bands of a multi-band image shown as the palette's colours; None: the
         first three.  The fit uses every band, and ``palette_out`` keeps the
         full-band centres.
+    dither : {None, "floyd-steinberg", "blue-noise"}, default=None
+        Map pixels to the palette with dithering instead of to the nearest
+        colour.  "floyd-steinberg": exact error diffusion, byte-identical to
+        the serial reference :func:`bigquant.kernels.dither.floyd_steinberg`
+        whatever the chunking, workers or scheduler (tile-parallel, see
+        :mod:`bigquant.pipeline.dither`; it reads the pixels twice more).
+        "blue-noise": ordered dithering with a tiled blue-noise mask, one
+        pass, faster.  Masked pixels neither receive nor pass error.  Needs
+        uint8 or uint16 pixels with 1 or 3 bands (the palette's).
+    dither_strength : float, default=0.9
+        In [0, 1]: the fraction of the error diffused (or of the palette's
+        spacing used as noise amplitude).  0.9 rather than 1: undamped error
+        piles up in smooth areas until a far colour is picked (stray dots);
+        on the README's five photos 0.9 gives more PSNR after a blur of
+        sigma = 1 px than 1.0 at every k (README, strength table).
+    space : {"rgb", "oklab", "lab"}, default="rgb"
+        Colour space of the fit, the lookup table and the pixel -> palette
+        mapping (:mod:`bigquant.pipeline.space`); the palette is stored as
+        sRGB colours either way.  8-bit input keeps the exact-histogram
+        strategy (distinct colours transformed once, weighted by counts).
+        "rgb" (the default) gives the highest PSNR; "oklab" the lowest
+        perceptual error (mean Delta E in OKLab) -- see the README's quality
+        tables.  Needs a 3-band image and a fitted palette (not ``palette``
+        or ``quality``); the returned model is then a
+        :class:`bigquant.pipeline.space.SpaceKMeans`.
+    measure : bool or None, default=None
+        Measure the result: PSNR and mean Delta E in OKLab of the written
+        colours against the source (``model.quality_``; ``error``, ``psnr``
+        and ``delta_e_ok`` in a JSON ``palette_out``;
+        :mod:`bigquant.pipeline.report`).  None: only when it costs no pass
+        over the pixels (a histogram fit, or Floyd--Steinberg); True: always
+        (else one more pass); False: never.
+    compare : str, os.PathLike or None, default=None
+        Also write a PNG of the image's centre crop (512 x 512 at full
+        resolution): source on the left, result on the right.
     **kmeans_kwargs
         Other :class:`bigquant.KMeans` parameters (``init``, ``max_iter``,
         ``tol``, ``n_init``...).
@@ -460,7 +538,8 @@ def quantize(
     model : KMeans or FixedPalette
         The fitted estimator (``model.cluster_centers_`` are the centres
         before rounding, ``model.palette()`` the colours written, in every
-        band), or the mapper of a given ``palette``.  A GeoTIFF source's georeferencing (CRS,
+        band), or the mapper of a given ``palette``; ``model.quality_`` is
+        the quality measured (``{"psnr", "delta_e_ok", "pixels"}``) or None.  A GeoTIFF source's georeferencing (CRS,
         transform, GDAL metadata) is carried to TIFF output.
 
     Raises
@@ -483,12 +562,24 @@ def quantize(
     dst_path = pathlib.Path(dst).expanduser()
     target = parse_quality(quality)
     limit = _check_request(dst_path, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
-                           [palette_out, preview], overwrite, nodata_index)
+                           [palette_out, preview, compare], overwrite, nodata_index)
+    dither, dither_strength = check_dither(dither, dither_strength)
+    space = check_space(space)
+    if space != "rgb" and (rgb_bands is not None or palette is not None or target is not None):
+        raise InvalidParameterError(
+            f"space={space!r} fits k colours of the 3 colour bands: it takes no rgb_bands, palette or quality"
+        )
     source = src if isinstance(src, ImageSource) and chunks is None else read_image(
         src, chunks=chunks, level=level, series=series
     )
     if rgb_bands is not None:
         display_bands(source.channels, rgb_bands)  # checked before the fit
+    if dither is not None:
+        _check_ditherable(source, rgb_bands, dither)
+    if space != "rgb" and source.channels != 3:
+        raise InvalidParameterError(
+            f"space={space!r} needs an RGB image of 3 bands; {source.path or 'the array'} has {source.channels}"
+        )
     data = source.data
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
@@ -509,6 +600,9 @@ def quantize(
             if n_clusters is not None and int(n_clusters) != len(pal):
                 raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
             choice = PaletteChoice(pal, source=where)
+        elif space != "rgb":
+            choice = _fit_in_space(data, valid, source, n_clusters, space,
+                                   dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
         else:
             choice = _fit_palette(data, valid, source, n_clusters, target, limit,
                                   dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
@@ -516,15 +610,107 @@ def quantize(
         _release_freed_memory()
         options = OutputOptions(mode, tile, compression, pyramid, overwrite, preview, nodata_index, overviews, cog,
                                 rgb_bands)
-        mapper, nodata = write_quantized(data, valid, choice, source, dst_path, options)
+        report: dict[str, Any] = {}
+        want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
+        mapper, nodata = write_quantized(
+            data, valid, choice, source, dst_path, options, dither=dither, dither_strength=dither_strength,
+            dither_data=_dither_data(src, source, chunks, level, series, mask, valid) if dither else None,
+            report=report if want else None,
+        )
         logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
         _release_freed_memory()
+        sums = report.get("sums")
+        if want and sums is None and dither is None:
+            sums = _histogram_sums(mapper, choice, source, rgb_bands)
+        if want and sums is None and measure:
+            # one more pass over the pixels and their labels
+            sums = quality_pass(data, report["labels"], palette_colours(choice.palette, source.dtype, rgb_bands),
+                                None if nodata is None else valid)
+        quality_ = None
+        if sums is not None:
+            quality_ = quality_from_sums(sums, int(data.shape[-1]), peak_value(source.dtype))
+            choice.error = float(sums[0])  # the squared error of the pixels written
+            logger.info("quality: %s", quality_)
+        if compare is not None:
+            labels = report.get("labels")
+            if labels is None:
+                labels = mapper.labels_ if nodata is None else da.where(valid, mapper.labels_, nodata)
+            write_compare(compare, data, labels, palette_colours(choice.palette, source.dtype, rgb_bands),
+                          nodata=nodata, overwrite=overwrite)
     if palette_out is not None:
         n_pixels = choice.histogram.n_pixels if choice.histogram is not None else None
-        doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels,
-                               {"seconds": {"fit": round(t1 - t0, 3)}})
+        if quality_ is not None:
+            n_pixels = quality_["pixels"]
+        extra: dict[str, Any] = {"seconds": {"fit": round(t1 - t0, 3)}, "space": space, "dither": dither,
+                                 "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"]}
+        if dither is not None:
+            extra["dither_strength"] = dither_strength
+        doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels, extra)
         write_palette_out(pathlib.Path(palette_out).expanduser(), choice, doc, overwrite, source.dtype, rgb_bands)
-    return choice.model if choice.model is not None else mapper
+    result = choice.model if choice.model is not None else mapper
+    result.quality_ = quality_
+    return result
+
+
+def _fit_in_space(data: Any, valid: Any, source: ImageSource, n_clusters: int | None, space: str,
+                  params: dict[str, Any]) -> PaletteChoice:
+    """Fit k colours in ``space`` (:func:`bigquant.pipeline.space.fit_in_space`); the palette as sRGB integers."""
+    try:
+        model = fit_in_space(data, n_clusters, space, valid=valid, **params)
+    except InvalidInputError as exc:
+        if "every sample is masked" in str(exc):
+            raise InvalidInputError(
+                f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
+            ) from exc
+        raise
+    pal = np.asarray(model.cluster_centers_, dtype=np.float64)
+    if np.dtype(source.dtype).kind in "ui":
+        info = np.iinfo(source.dtype)
+        pal = np.clip(np.rint(pal), info.min, info.max).astype(source.dtype)
+    return PaletteChoice(pal, model, model.histogram_, None)
+
+
+def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
+                    rgb_bands: Sequence[int] | None) -> np.ndarray | None:
+    """Quality sums of an undithered image from its colour histogram (no pass over the pixels)."""
+    hist = choice.histogram
+    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+    if hist is None or hist.colours.shape[1] != colours.shape[1]:
+        return None
+    estimator = getattr(mapper, "estimator_", None)
+    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
+        labels = np.asarray(estimator.labels_).reshape(-1)
+    else:
+        labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
+    return quality_from_histogram(hist.colours, hist.counts, labels, colours)
+
+
+def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:
+    """Dithering needs integer pixels whose bands are the palette's colours."""
+    if np.dtype(source.dtype) not in (np.uint8, np.uint16):
+        raise InvalidParameterError(
+            f"dither={dither!r} needs uint8 or uint16 pixels; {source.path or 'the array'} is {source.dtype}"
+        )
+    if source.channels not in (1, 3) or rgb_bands is not None:
+        raise InvalidParameterError(
+            f"dither={dither!r} needs an image of 1 or 3 bands shown as they are (the palette's); "
+            f"this one has {source.channels}" + (f" shown as rgb_bands={tuple(rgb_bands)}" if rgb_bands else "")
+        )
+
+
+def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,
+                 mask: Any, valid: Any) -> tuple[Any, Any]:
+    """The pixels (and mask) to dither, read in chunks the dither works in.
+
+    A file read in big chunks is opened again in :data:`DITHER_CHUNK` chunks,
+    so that smaller ones are not split out of big ones once per band.
+    """
+    if chunks is None and max(source.data.chunksize[:2]) > DITHER_CHUNK and not isinstance(src, ImageSource):
+        dsource = read_image(src, chunks=DITHER_CHUNK, level=level, series=series)
+        data = dsource.data if dsource.data.ndim == 3 else dsource.data[:, :, None]
+        return data, (resolve_mask(dsource, mask) if valid is not None else None)
+    data = source.data if source.data.ndim == 3 else source.data[:, :, None]
+    return data, valid
 
 
 def _check_request(

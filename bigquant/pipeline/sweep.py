@@ -44,6 +44,7 @@ from bigquant.cluster.scheduler import on_client
 from bigquant.cluster.search import prepare_search, uses_coarse_search
 from bigquant.errors import ConvergenceWarning, FewColoursWarning, InvalidInputError, InvalidParameterError
 from bigquant.pipeline.runtime import active_client, phase
+from bigquant.pipeline.space import check_space, sweep_in_space
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -500,6 +501,7 @@ def sweep(
     resume_from: str | os.PathLike[str] | None = None,
     callback: Callable[[SweepRow], None] | None = None,
     mask: Any = None,
+    space: str = "rgb",
 ) -> SweepResult:
     """Fit a palette for every k and tabulate cost, inertia, PSNR, iterations and time.
 
@@ -541,6 +543,11 @@ def sweep(
         Which pixels count (as in :func:`bigquant.quantize`): None, the file's
         own mask (alpha, nodata, mask IFD, NaN); "auto", and a slide's tissue;
         an array or file, and its non-zero pixels; False, every pixel.
+    space : {"rgb", "oklab", "lab"}, default="rgb"
+        Colour space of the fits (as in :func:`bigquant.quantize`); cost and
+        PSNR are still measured on the sRGB palette, inertia in the space.
+        A space other than "rgb" needs 8-bit RGB data (the histogram), and
+        fits the ks one after the other.
 
     Returns
     -------
@@ -559,6 +566,7 @@ def sweep(
     start = time.perf_counter()
     tune_if_asked()  # the caller's allocator is theirs: only with BIGQUANT_TUNE_MALLOC=1
     k_values = parse_ks(ks)
+    space = check_space(space)
     if strategy not in STRATEGIES:
         raise InvalidParameterError(f"strategy={strategy!r} must be one of {', '.join(map(repr, STRATEGIES))}")
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
@@ -638,6 +646,23 @@ def sweep(
             n_colours = hist.n_colours if hist is not None else None
             used = "histogram" if hist is not None or (strategy in ("auto", "histogram") and bits is not None) \
                 else ("pixels" if strategy == "auto" else strategy)
+        elif space != "rgb":
+            if hist is None or n_channels != 3:
+                raise InvalidParameterError(
+                    f"space={space!r} in a sweep needs 8-bit RGB data (its colour histogram)"
+                )
+            n_pixels = hist.n_pixels
+            n_colours = hist.n_colours
+            used = "histogram"
+            for k, cost, inertia, n_iter, seconds, palette in sweep_in_space(
+                hist, todo, space, n_init=n_init, max_iter=max_iter, tol=tol,
+                seeds={k: base for k in todo},  # as quantize(..., k, space=space, random_state=base)
+            ):
+                row = SweepRow(k, cost, inertia, _psnr(cost, n_pixels * n_channels, peak), n_iter, seconds,
+                               _format_palette(palette))
+                logger.info("k=%d (%s): cost %.6g, PSNR %.2f dB, %d iterations, %.3f s", k, space, row.cost,
+                            row.psnr, row.n_iter, seconds)
+                record(row)
         elif hist is not None:
             n_pixels = hist.n_pixels
             n_colours = hist.n_colours

@@ -1,0 +1,376 @@
+"""Dithering kernels: exact Floyd--Steinberg error diffusion and ordered (threshold) dithering.
+
+Everything here is integer arithmetic, so a pixel's result depends only on the
+values it reads, never on the order floating-point sums happen to run in; the
+tiled, parallel dithering of :mod:`bigquant.pipeline.dither` runs the very same
+per-pixel step (:func:`_fs_pixel`) over other regions and is byte-identical to
+the serial reference :func:`floyd_steinberg`.
+
+The reference, stated once (every implementation follows it):
+
+- colours are the integer palette colours ``P`` (k, C), pixels integers ``v``
+  (H, W, C); values are handled in sixteenths of a level ("units");
+- pixels are visited in raster order (row by row, left to right, no serpentine);
+- pixel (y, x) pulls the error ``e`` of its four earlier neighbours, channel by
+  channel: ``S = 7 e(y, x-1) + 1 e(y-1, x-1) + 5 e(y-1, x) + 3 e(y-1, x+1)``,
+  added in that order (integers: any order gives the same sum); neighbours
+  outside the image or masked have ``e = 0``;
+- with the strength ``s`` as ``q = round(256 s)`` (0..256), the target is
+  ``t = 16 v + floor(S q / 4096)``, clamped to ``[0, 16 max_value]`` (the
+  clamp is a function of the pixel's own values only);
+- the label is the palette colour nearest ``t`` (squared Euclidean distance to
+  ``16 P``, exact in int64), the lowest index on ties;
+- the pixel's error is ``e = t - 16 P[label]``; a masked pixel gets label 0
+  and ``e = 0`` (it neither receives nor passes error).
+
+The nearest colour is found through a :func:`candidate_grid`: the clamped
+colour cube is cut into cells, and each cell lists, in index order, every
+palette colour that can be the nearest of some point of the cell -- an exact
+shortcut, not an approximation.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bigquant.kernels._jit import JIT as _JIT
+
+__all__ = [
+    "UNITS",
+    "candidate_grid",
+    "floyd_steinberg",
+    "fs_rows",
+    "nearest_in_grid",
+    "ordered_dither",
+    "strength_q",
+]
+
+#: one level of a pixel value is this many error units (errors are 1/16 levels)
+UNITS = 16
+
+#: about this many cells in a candidate grid, whatever the number of channels
+_GRID_CELLS = 1 << 15
+
+
+def strength_q(strength: float) -> int:
+    """The dither strength in [0, 1] as the integer ``round(256 * strength)`` the kernels use."""
+    return int(round(float(strength) * 256))
+
+
+@numba.njit(**_JIT)
+def _axis_tables(col16, g, shift):  # pragma: no cover - jitted
+    """Per channel, per cell of that axis, per colour: squared nearest and farthest distance."""
+    k, n_ch = col16.shape
+    near = np.empty((n_ch, g, k), dtype=np.int64)
+    far = np.empty((n_ch, g, k), dtype=np.int64)
+    for ci in range(g):
+        lo = ci << shift  # the unit values t with t >> shift == ci (the last cell may reach past span)
+        hi = ((ci + 1) << shift) - 1
+        for c in range(n_ch):
+            for j in range(k):
+                p = col16[j, c]
+                d = lo - p if p < lo else (p - hi if p > hi else 0)
+                near[c, ci, j] = d * d
+                f = max(p - lo, hi - p)
+                far[c, ci, j] = f * f
+    return near, far
+
+
+@numba.njit(**_JIT)
+def _grid_pass(near, far, g, offsets, cand, fill):  # pragma: no cover - jitted
+    n_ch, _, k = near.shape
+    n_cells = offsets.shape[0] - 1
+    mind = np.empty(k, dtype=np.int64)
+    maxd = np.empty(k, dtype=np.int64)
+    for cell in range(n_cells):
+        mind[:] = 0
+        maxd[:] = 0
+        rest = cell
+        for c in range(n_ch):
+            ci = rest % g
+            rest //= g
+            for j in range(k):
+                mind[j] += near[c, ci, j]
+                maxd[j] += far[c, ci, j]
+        best_max = maxd.min()
+        pos = offsets[cell]
+        count = 0
+        for j in range(k):
+            if mind[j] <= best_max:
+                if fill:
+                    cand[pos + count] = j
+                count += 1
+        if not fill:
+            offsets[cell + 1] = offsets[cell] + count
+
+
+def candidate_grid(colours: np.ndarray, max_value: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Exact nearest-colour shortcut: the palette colours each cell of the colour cube may need.
+
+    Parameters
+    ----------
+    colours : ndarray of shape (k, C)
+        Integer palette colours, in [0, ``max_value``].
+    max_value : int
+        The largest pixel value (255 for uint8, 65535 for uint16).
+
+    Returns
+    -------
+    offsets : ndarray of shape (n_cells + 1,), int64
+        Cell ``i`` lists ``cand[offsets[i]:offsets[i + 1]]``.
+    cand : ndarray of int32
+        Palette indices, increasing within each cell.
+    shift : int
+        Cell of unit value ``t`` along a channel: ``t >> shift``.
+    span : int
+        ``UNITS * max_value``, the largest target in units.
+    """
+    col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
+    n_ch = col16.shape[1]
+    span = UNITS * int(max_value)
+    target = max(1, int(round(_GRID_CELLS ** (1.0 / n_ch))))
+    shift = 0
+    while (span >> shift) + 1 > target:
+        shift += 1
+    g = (span >> shift) + 1
+    n_cells = g**n_ch
+    near, far = _axis_tables(col16, np.int64(g), np.int64(shift))
+    offsets = np.zeros(n_cells + 1, dtype=np.int64)
+    _grid_pass(near, far, g, offsets, np.empty(0, dtype=np.int32), False)
+    cand = np.empty(int(offsets[-1]), dtype=np.int32)
+    _grid_pass(near, far, g, offsets, cand, True)
+    return offsets, cand, shift, span
+
+
+@numba.njit(inline="always", **_JIT)
+def _nearest_grid(t, col16, offsets, cand, shift, g):  # pragma: no cover - jitted
+    """Index of the colour nearest the unit target ``t`` (C,), lowest index on ties."""
+    n_ch = t.shape[0]
+    cell = 0
+    mult = 1
+    for c in range(n_ch):
+        cell += (t[c] >> shift) * mult
+        mult *= g
+    best = -1
+    best_d = np.int64(0)
+    for p in range(offsets[cell], offsets[cell + 1]):
+        j = cand[p]
+        d = np.int64(0)
+        for c in range(n_ch):
+            diff = t[c] - col16[j, c]
+            d += diff * diff
+        if best < 0 or d < best_d:
+            best = j
+            best_d = d
+    return best
+
+
+@numba.njit(inline="always", **_JIT)
+def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span, t):  # pragma: no cover
+    """The reference step of one pixel: pull, clamp, pick, store the error; returns the label."""
+    n_ch = t.shape[0]
+    if not valid:
+        for c in range(n_ch):
+            E[ey, ex, c] = 0
+        return 0
+    for c in range(n_ch):
+        s = (np.int64(7) * E[ey, ex - 1, c] + np.int64(1) * E[ey - 1, ex - 1, c]
+             + np.int64(5) * E[ey - 1, ex, c] + np.int64(3) * E[ey - 1, ex + 1, c])
+        v = np.int64(UNITS) * np.int64(P[py, px, c]) + ((s * q) >> 12)  # floor(s q / 4096)
+        if v < 0:
+            v = 0
+        elif v > span:
+            v = span
+        t[c] = v
+    best = _nearest_grid(t, col16, offsets, cand, shift, (span >> shift) + 1)
+    for c in range(n_ch):
+        E[ey, ex, c] = t[c] - col16[best, c]
+    return best
+
+
+@numba.njit(**_JIT)
+def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out,
+             y0, xa, xb, q, col16, offsets, cand, shift, span):  # pragma: no cover - jitted
+    t = np.empty(col16.shape[1], dtype=np.int64)
+    for r in range(xa.shape[0]):
+        y = y0 + r
+        for x in range(xa[r], xb[r]):
+            valid = True
+            if has_mask:
+                valid = V[y - py0, x - px0]
+            lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
+                            q, col16, offsets, cand, shift, span, t)
+            if write_out:
+                out[y - oy0, x - ox0] = lab
+
+
+def fs_rows(
+    pixels: np.ndarray,
+    origin: tuple[int, int],
+    valid: np.ndarray | None,
+    errors: np.ndarray,
+    error_origin: tuple[int, int],
+    out: np.ndarray | None,
+    out_origin: tuple[int, int],
+    y0: int,
+    xa: np.ndarray,
+    xb: np.ndarray,
+    q: int,
+    colours: np.ndarray,
+    grid: tuple[np.ndarray, np.ndarray, int, int],
+) -> None:
+    """Diffuse error over rows ``y0 + r``, columns ``[xa[r], xb[r])`` (global coordinates), in raster order.
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (h, w, C), integers
+        The pixels of a window of the image whose top-left pixel is ``origin``.
+    valid : ndarray of shape (h, w), bool, or None
+        Which pixels of the window are image (None: all).
+    errors : ndarray of shape (he, we, C), int32
+        Error buffer whose element [0, 0] is the global pixel ``error_origin``;
+        it must hold every neighbour the rows pull from (already final) and
+        receives the errors of the rows.
+    out : ndarray of shape (ho, wo) or None
+        Labels, element [0, 0] at ``out_origin``; None: labels not kept.
+    y0, xa, xb
+        The rows and their column ranges (global), visited in this order.
+    q : int
+        The strength as :func:`strength_q`.
+    colours : ndarray of shape (k, C)
+        Integer palette colours.
+    grid
+        :func:`candidate_grid` of ``colours``.
+    """
+    offsets, cand, shift, span = grid
+    col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
+    has_mask = valid is not None
+    V = valid if has_mask else np.ones((1, 1), dtype=np.bool_)
+    keep = out is not None
+    O = out if keep else np.zeros((1, 1), dtype=np.uint8)
+    _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
+             O, out_origin[0], out_origin[1], keep, int(y0),
+             np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),
+             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span))
+
+
+def floyd_steinberg(
+    pixels: np.ndarray,
+    colours: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    strength: float = 1.0,
+    max_value: int | None = None,
+) -> np.ndarray:
+    """The serial reference Floyd--Steinberg dither (see the module docstring for its exact rule).
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (H, W, C), uint8 or uint16
+        The image, in memory.
+    colours : ndarray of shape (k, C)
+        Integer palette colours.
+    valid : ndarray of shape (H, W) of bool or None, default=None
+        Pixels that are image; the others get label 0 and pass no error.
+    strength : float, default=1.0
+        Fraction of the error diffused, in [0, 1] (as ``round(256 * strength) / 256``).
+    max_value : int or None, default=None
+        Largest pixel value (clamp); None: the largest of ``pixels``' dtype.
+
+    Returns
+    -------
+    labels : ndarray of shape (H, W), int32
+        Palette index of every pixel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ramp = np.repeat(np.arange(0, 256, 16, dtype=np.uint8), 3).reshape(1, 16, 3)
+    >>> floyd_steinberg(ramp, np.array([[0, 0, 0], [255, 255, 255]])).tolist()
+    [[0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 1]]
+    """
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    height, width, _ = pixels.shape
+    if max_value is None:
+        max_value = int(np.iinfo(pixels.dtype).max)
+    grid = candidate_grid(colours, max_value)
+    errors = np.zeros((height + 1, width + 2, pixels.shape[2]), dtype=np.int32)
+    labels = np.zeros((height, width), dtype=np.int32)
+    xa = np.zeros(height, dtype=np.int64)
+    xb = np.full(height, width, dtype=np.int64)
+    fs_rows(pixels, (0, 0), None if valid is None else np.ascontiguousarray(valid, dtype=bool),
+            errors, (-1, -1), labels, (0, 0), 0, xa, xb, strength_q(strength), colours, grid)
+    return labels
+
+
+@numba.njit(**_JIT)
+def _ordered(P, T, ty0, tx0, amp, col16, offsets, cand, shift, span, out):  # pragma: no cover - jitted
+    h, w, n_ch = P.shape
+    n = T.shape[0]
+    t = np.empty(n_ch, dtype=np.int64)
+    for y in range(h):
+        row = (ty0 + y) % n
+        for x in range(w):
+            th = T[row, (tx0 + x) % n]
+            for c in range(n_ch):
+                v = np.int64(UNITS) * np.int64(P[y, x, c]) + ((amp[c] * th) >> 16)  # floor(amp m / 65536)
+                if v < 0:
+                    v = 0
+                elif v > span:
+                    v = span
+                t[c] = v
+            out[y, x] = _nearest_grid(t, col16, offsets, cand, shift, (span >> shift) + 1)
+
+
+def nearest_in_grid(
+    pixels: np.ndarray, colours: np.ndarray, grid: tuple[np.ndarray, np.ndarray, int, int]
+) -> np.ndarray:
+    """Nearest palette colour of every pixel (H, W, C), exact, lowest index on ties (no dither)."""
+    return ordered_dither(pixels, (0, 0), np.zeros((1, 1), dtype=np.int64), np.zeros(pixels.shape[-1], np.int64),
+                          colours, grid)
+
+
+def ordered_dither(
+    pixels: np.ndarray,
+    origin: tuple[int, int],
+    thresholds: np.ndarray,
+    amplitude: np.ndarray,
+    colours: np.ndarray,
+    grid: tuple[np.ndarray, np.ndarray, int, int],
+) -> np.ndarray:
+    """Ordered dithering of a window of pixels with a tiled threshold mask.
+
+    The target of pixel (y, x) (global, ``origin`` + position in the window)
+    is ``16 v + floor(amplitude * m / 65536)`` units, clamped, where
+    ``m = thresholds[y % n, x % n]`` is a signed threshold in (-32768, 32768);
+    the label is the nearest palette colour (lowest index on ties).  Each pixel
+    depends on itself only, so any tiling gives the same labels.
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (h, w, C), integers
+    origin : (int, int)
+        Global row and column of ``pixels[0, 0]``.
+    thresholds : ndarray of shape (n, n), int64
+        The tiled mask.
+    amplitude : ndarray of shape (C,), int64
+        Peak-to-peak noise per channel, in units.
+    colours : ndarray of shape (k, C)
+    grid
+        :func:`candidate_grid` of ``colours``.
+
+    Returns
+    -------
+    labels : ndarray of shape (h, w), int32
+    """
+    offsets, cand, shift, span = grid
+    col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
+    pixels = np.ascontiguousarray(pixels)
+    out = np.empty(pixels.shape[:2], dtype=np.int32)
+    _ordered(pixels, np.ascontiguousarray(thresholds, dtype=np.int64), int(origin[0]), int(origin[1]),
+             np.ascontiguousarray(amplitude, dtype=np.int64), col16, offsets, cand, np.int64(shift),
+             np.int64(span), out)
+    return out

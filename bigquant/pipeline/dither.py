@@ -1,0 +1,502 @@
+"""Dithering of images of any size on Dask: exact tile-parallel Floyd--Steinberg, blue-noise ordered.
+
+Floyd--Steinberg (the rule: :mod:`bigquant.kernels.dither`) runs in two passes.
+
+1. **Errors, over slanted tiles.**  Band ``I`` is the chunk row of the pixels
+   (rows ``[I H, I H + h)``); in it, slanted tile ``J`` holds, at row ``r`` of
+   the band, the columns ``[J W - r, (J + 1) W - r)`` -- each tile edge one
+   pixel further left per row (band height ``H <= W``, the chunk width).
+   Every pixel's four pulled neighbours then lie in the same tile, in tile
+   ``(I, J - 1)`` (its last two pixels of each row), or in the last row of band
+   ``I - 1`` (tiles ``J - 1 .. J + 1``): the tiles form a DAG with wavefront
+   ``2 I + J`` (Metaxas 2003), and only those edge errors cross tasks.  Each
+   tile keeps (for pass 2) just its last row and the errors of the columns on
+   either side of every chunk boundary -- about ``W + 2 H`` error vectors per
+   tile; its labels are dropped.
+2. **Labels, per rectangular chunk.**  A chunk whose left column, right
+   neighbour column and top row of errors are known is dithered on its own in
+   raster order, with the same per-pixel step, so it reproduces the serial
+   result exactly.  Pass 2 is a lazy dask array of labels chunked like the
+   pixels, which the writers stream band by band as any other labels.
+
+Chunks are at most :data:`DITHER_CHUNK` (1024) a side, with ``H <= W``.
+Memory: pass 1 holds the edges kept for pass 2 (int32, about ``(W + 2 H) C``
+values per tile: ~40 MB for a 1 GP RGB image -- proportional to the pixels
+over the chunk edge, not to the width alone) plus the tiles in flight (an
+error buffer of about ``2 H W C`` int32 each, 25 MB); pass 2 is an ordinary
+blockwise computation.  The cost is one extra read of the pixels and one
+extra diffusion per pixel.
+
+Blue-noise ordered dithering adds a tiled void-and-cluster threshold mask
+(:func:`blue_noise_mask`) to every pixel before the nearest colour: one
+``map_blocks``, no dependency between chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from bigquant import tasks
+from bigquant.errors import InputTypeError, InvalidParameterError
+from bigquant.kernels.dither import (
+    UNITS,
+    candidate_grid,
+    fs_rows,
+    ordered_dither,
+    strength_q,
+)
+from bigquant.kernels.spaces import error_sums
+
+__all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels"]
+
+logger = logging.getLogger(__name__)
+
+#: the ``dither`` values :func:`dither_labels` (and :func:`bigquant.quantize`) take
+DITHERS = (None, "floyd-steinberg", "blue-noise")
+
+Segment = tuple[int, int, int, int, np.ndarray]  # (y, x, dy, dx, errors (n, C)): points y + i dy, x + i dx
+
+
+def check_dither(dither: Any, strength: Any) -> tuple[str | None, float]:
+    """Validate ``dither`` and ``dither_strength``; return them normalised.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``dither`` is not one of :data:`DITHERS`, or the strength is not a
+        number in [0, 1].
+    """
+    if isinstance(dither, str):
+        dither = dither.lower().replace("_", "-")
+        dither = {"fs": "floyd-steinberg", "none": None}.get(dither, dither)
+    if dither is False:
+        dither = None
+    if dither not in DITHERS:
+        raise InvalidParameterError(
+            f"dither={dither!r} must be one of None, 'floyd-steinberg', 'blue-noise'"
+        )
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)) or not (
+        0.0 <= float(strength) <= 1.0
+    ):
+        raise InvalidParameterError(f"dither_strength={strength!r} must be a number in [0, 1]")
+    return dither, float(strength)
+
+
+def _max_value(dtype: np.dtype) -> int:
+    if dtype not in (np.uint8, np.uint16):
+        raise InputTypeError(f"dithering needs uint8 or uint16 pixels, not {dtype}")
+    return int(np.iinfo(dtype).max)
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def _paste(errors: np.ndarray, origin: tuple[int, int], segments: list[Segment]) -> None:
+    """Copy the points of ``segments`` that fall inside ``errors`` (element [0, 0] at ``origin``)."""
+    he, we = errors.shape[:2]
+    for y, x, dy, dx, vals in segments:
+        n = len(vals)
+        if not n:
+            continue
+        steps = np.arange(n)
+        ys = y - origin[0] + dy * steps
+        xs = x - origin[1] + dx * steps
+        ok = (ys >= 0) & (ys < he) & (xs >= 0) & (xs < we)
+        if ok.any():
+            errors[ys[ok], xs[ok]] = vals[ok]
+
+
+def _take(errors: np.ndarray, origin: tuple[int, int], y: int, x: int, dy: int, dx: int, n: int) -> Segment:
+    steps = np.arange(n)
+    ys = y - origin[0] + dy * steps
+    xs = x - origin[1] + dx * steps
+    return (y, x, dy, dx, errors[ys, xs].copy())
+
+
+# --------------------------------------------------------------------------- pass 1
+
+
+def _slanted_tile(
+    left_block: np.ndarray | None,
+    block: np.ndarray | None,
+    left_valid: np.ndarray | None,
+    valid: np.ndarray | None,
+    left: tuple[list[Segment], list[Segment]] | None,
+    above: list[tuple[list[Segment], list[Segment]] | None],
+    geometry: tuple[int, int, int, int, int, int],
+    boundaries: tuple[int, ...],
+    q: int,
+    colours: np.ndarray,
+    grid: Any,
+    with_sums: bool = False,
+) -> tuple[list[Segment], tuple[list[Segment], np.ndarray | None]]:
+    """Errors of slanted tile (I, J); returns (segments for the next tiles, (segments for pass 2, sums)).
+
+    ``sums`` (with ``with_sums``) are the tile's :func:`bigquant.kernels.spaces.error_sums`.
+
+    ``geometry`` is (y0, h, J, W, image height, image width); the pixels are
+    chunks ``J - 1`` and ``J`` of the band (either may be None at the image's
+    edges), whose columns start at ``(J - 1) W``.
+    """
+    y0, h, j, width_t, _, width = geometry
+    parts = [b for b in (left_block, block) if b is not None]
+    pixels = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    px0 = (j - 1) * width_t if left_block is not None else j * width_t
+    vparts = [v for v, b in ((left_valid, left_block), (valid, block)) if b is not None and v is not None]
+    mask = None
+    if vparts:
+        mask = vparts[0] if len(vparts) == 1 else np.concatenate(vparts, axis=1)
+    n_ch = pixels.shape[2]
+    ex0 = j * width_t - h - 1
+    origin = (y0 - 1, ex0)
+    errors = np.zeros((h + 1, (j + 1) * width_t + 2 - ex0, n_ch), dtype=np.int32)
+    for link in above:
+        if link is not None:
+            _paste(errors, origin, link[0])
+    if left is not None:
+        _paste(errors, origin, left[0])
+    r = np.arange(h)
+    xa = np.clip(j * width_t - r, 0, width)
+    xb = np.clip((j + 1) * width_t - r, 0, width)
+    xb = np.maximum(xa, xb)
+    out = np.zeros((h, errors.shape[1]), dtype=np.int32) if with_sums else None
+    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid)
+    sums = error_sums(pixels, (y0, px0), mask, out, (y0, ex0), colours, (y0, xa, xb)) if with_sums else None
+    bottom_x = j * width_t - (h - 1)
+    bottom = _take(errors, origin, y0 + h - 1, bottom_x, 0, 1, width_t)
+    links = [
+        bottom,
+        _take(errors, origin, y0, (j + 1) * width_t - 2, 1, -1, h),
+        _take(errors, origin, y0, (j + 1) * width_t - 1, 1, -1, h),
+    ]
+    kept = [bottom]
+    for p in boundaries:
+        r_lo, r_hi = max(0, j * width_t - p), min(h, (j + 1) * width_t - p)
+        if r_lo < r_hi:
+            kept.append(_take(errors, origin, y0 + r_lo, p, 1, 0, r_hi - r_lo))
+    return links, (kept, sums)
+
+
+# --------------------------------------------------------------------------- pass 2
+
+
+def _rect_chunk(
+    block: np.ndarray,
+    valid: np.ndarray | None,
+    edges: list[tuple[list[Segment], list[Segment]] | list[Segment] | None],
+    window: tuple[int, int, int, int],
+    q: int,
+    colours: np.ndarray,
+    grid: Any,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """Labels of one rectangular chunk, given the edge errors kept by pass 1 around it."""
+    y0, y1, x0, x1 = window
+    errors = np.zeros((y1 - y0 + 1, x1 - x0 + 2, block.shape[2]), dtype=np.int32)
+    origin = (y0 - 1, x0 - 1)
+    for kept in edges:
+        if kept is not None:
+            _paste(errors, origin, kept[0])
+    out = np.empty((y1 - y0, x1 - x0), dtype=dtype)
+    h = y1 - y0
+    fs_rows(np.ascontiguousarray(block), (y0, x0), None if valid is None else np.ascontiguousarray(valid),
+            errors, origin, out, (y0, x0), y0, np.full(h, x0), np.full(h, x1), q, colours, grid)
+    return out
+
+
+#: largest chunk edge the dither works in (its error buffers grow as the square of it)
+DITHER_CHUNK = 1024
+
+
+def _regular(data: da.Array, valid: da.Array | None) -> tuple[da.Array, da.Array | None]:
+    """Pixels (and mask) in regular chunks of H rows and W >= H columns, one chunk of channels."""
+    rows = min(data.chunks[0][0], DITHER_CHUNK)
+    cols = max(min(data.chunks[1][0], DITHER_CHUNK), rows)
+    data = data.rechunk((rows, cols, -1))
+    if valid is not None:
+        valid = valid.rechunk(data.chunks[:2])
+    return data, valid
+
+
+def _floyd_steinberg(
+    data: da.Array, colours: np.ndarray, valid: da.Array | None, q: int, dtype: np.dtype, with_sums: bool
+) -> tuple[da.Array, np.ndarray | None]:
+    data, valid = _regular(data, valid)
+    height, width = data.shape[:2]
+    band_h, tile_w = data.chunks[0][0], data.chunks[1][0]
+    n_bands, n_cols = data.numblocks[:2]
+    grid_d = dask.delayed(candidate_grid, pure=True)(colours, _max_value(data.dtype))
+    (grid,) = dask.persist(grid_d)
+    grid_key = grid.key
+    boundaries = tuple(p for c in range(1, n_cols) for p in (c * tile_w - 1, c * tile_w))
+    token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q)
+    tile_name = f"{tasks.FS_SLANT}-{token}"
+    kept_name = f"{tasks.FS_EDGES}-{token}"
+    dsk: dict[Any, Any] = {}
+    n_tiles = []
+    for i in range(n_bands):
+        y0 = i * band_h
+        h = data.chunks[0][i]
+        n_j = (width - 1 + h - 1) // tile_w + 1
+        n_tiles.append(n_j)
+        for j in range(n_j):
+            def block(name: str | None, col: int, *, extra: tuple[int, ...] = ()) -> Any:
+                if name is None or not 0 <= col < n_cols:
+                    return None
+                return (name, i, col) + extra
+            left = (tile_name, i, j - 1) if j > 0 else None
+            above = [
+                (tile_name, i - 1, jj) if i > 0 and 0 <= jj < n_tiles[i - 1] else None
+                for jj in (j - 1, j, j + 1)
+            ]
+            vname = None if valid is None else valid.name
+            dsk[(tile_name, i, j)] = (
+                _slanted_tile,
+                block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)),
+                block(vname, j - 1), block(vname, j),
+                left, above,
+                (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key, with_sums,
+            )
+            # only the part pass 2 needs outlives the pass
+            dsk[(kept_name, i, j)] = (_second, (tile_name, i, j))
+    deps: list[Any] = [data, grid] + ([valid] if valid is not None else [])
+    graph = HighLevelGraph.from_collections(tile_name, dsk, dependencies=deps)
+    kept_keys = [(kept_name, i, j) for i in range(n_bands) for j in range(n_tiles[i])]
+    logger.info("dither pass 1: %d slanted tiles of %dx%d over %d bands", len(kept_keys), band_h, tile_w, n_bands)
+    persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
+    kept_of = dict(zip(kept_keys, persisted))
+    sums = None
+    if with_sums:
+        (sums,) = dask.compute(dask.delayed(_total_sums)(list(persisted)))
+
+    label_name = f"{tasks.FS_LABELS}-{token}"
+    ldsk: dict[Any, Any] = {}
+    ys = np.cumsum((0,) + data.chunks[0])
+    xs = np.cumsum((0,) + data.chunks[1])
+    for i in range(n_bands):
+        for j in range(n_cols):
+            edges = []
+            for ii in (i - 1, i):
+                if ii < 0:
+                    continue
+                for jj in (j - 1, j, j + 1):
+                    if 0 <= jj < n_tiles[ii]:
+                        edges.append(kept_of[(kept_name, ii, jj)].key)
+            ldsk[(label_name, i, j)] = (
+                _rect_chunk,
+                (data.name, i, j, 0),
+                None if valid is None else (valid.name, i, j),
+                edges,
+                (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1])),
+                q, colours, grid_key, dtype,
+            )
+    ldeps: list[Any] = [data, grid, *persisted] + ([valid] if valid is not None else [])
+    lgraph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=ldeps)
+    return da.Array(lgraph, label_name, chunks=data.chunks[:2], dtype=dtype), sums
+
+
+def _total_sums(kept: list[tuple[Any, np.ndarray]]) -> np.ndarray:
+    return np.sum([k[1] for k in kept], axis=0)
+
+
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
+
+
+# --------------------------------------------------------------------------- blue noise
+
+_MASKS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def blue_noise_mask(size: int = 64, seed: int = 0) -> np.ndarray:
+    """A tileable blue-noise threshold mask (void-and-cluster, Ulichney 1993).
+
+    Parameters
+    ----------
+    size : int, default=64
+        Edge of the square mask; it tiles the plane seamlessly (the filter
+        wraps around).
+    seed : int, default=0
+        Seed of the initial random pattern; the same arguments give the same mask.
+
+    Returns
+    -------
+    ranks : ndarray of shape (size, size), int64
+        Every rank ``0 .. size**2 - 1`` once; thresholds are ``(rank + 0.5) / size**2``.
+
+    Examples
+    --------
+    >>> m = blue_noise_mask(16)
+    >>> sorted(m.ravel().tolist()) == list(range(256))
+    True
+    """
+    key = (int(size), int(seed))
+    if key in _MASKS:
+        return _MASKS[key].copy()
+    n = int(size)
+    total = n * n
+    sigma = 1.5
+    d = np.minimum(np.arange(n), n - np.arange(n)).astype(np.float64)
+    kernel = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma * sigma))
+    kf = np.fft.rfft2(kernel)
+
+    def energy(pattern: np.ndarray) -> np.ndarray:
+        return np.fft.irfft2(np.fft.rfft2(pattern) * kf, s=(n, n))
+
+    def roll(y: int, x: int) -> np.ndarray:
+        return np.roll(np.roll(kernel, y, axis=0), x, axis=1)
+
+    rng = np.random.default_rng(seed)
+    pattern = np.zeros((n, n))
+    pattern.ravel()[rng.choice(total, max(1, total // 10), replace=False)] = 1.0
+    # phase 0: spread the initial points (swap the tightest cluster with the largest void)
+    e = energy(pattern)
+    for _ in range(total):
+        cluster = int(np.argmax(np.where(pattern > 0, e, -np.inf)))
+        pattern.ravel()[cluster] = 0.0
+        e -= roll(*divmod(cluster, n))
+        void = int(np.argmin(np.where(pattern > 0, np.inf, e)))
+        if void == cluster:
+            pattern.ravel()[cluster] = 1.0
+            e += roll(*divmod(cluster, n))
+            break
+        pattern.ravel()[void] = 1.0
+        e += roll(*divmod(void, n))
+    ranks = np.zeros(total, dtype=np.int64)
+    ones = int(pattern.sum())
+    # phase 1: remove the tightest clusters, ranks ones-1 .. 0
+    work, ew = pattern.copy(), e.copy()
+    for rank in range(ones - 1, -1, -1):
+        cluster = int(np.argmax(np.where(work > 0, ew, -np.inf)))
+        work.ravel()[cluster] = 0.0
+        ew -= roll(*divmod(cluster, n))
+        ranks[cluster] = rank
+    # phase 2: fill the largest voids, ranks ones .. total-1
+    for rank in range(ones, total):
+        void = int(np.argmin(np.where(pattern > 0, np.inf, e)))
+        pattern.ravel()[void] = 1.0
+        e += roll(*divmod(void, n))
+        ranks[void] = rank
+    out = ranks.reshape(n, n)
+    _MASKS[key] = out
+    return out.copy()
+
+
+def _palette_spacing(colours: np.ndarray) -> np.ndarray:
+    """Per-channel noise amplitude (units): the median distance from a colour to its nearest other colour."""
+    c = np.asarray(colours, dtype=np.float64)
+    if len(c) < 2:
+        return np.zeros(c.shape[1], dtype=np.int64)
+    d = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    spacing = float(np.median(d.min(axis=1)))
+    return np.full(c.shape[1], int(round(spacing * UNITS)), dtype=np.int64)
+
+
+def _blue_noise_block(
+    block: np.ndarray,
+    thresholds: np.ndarray,
+    amplitude: np.ndarray,
+    colours: np.ndarray,
+    grid: Any,
+    dtype: np.dtype,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    loc = block_info[0]["array-location"] if block_info else [(0, 0), (0, 0)]
+    labels = ordered_dither(block, (loc[0][0], loc[1][0]), thresholds, amplitude, colours, grid)
+    return labels.astype(dtype)
+
+
+def _blue_noise(data: da.Array, colours: np.ndarray, strength: float, dtype: np.dtype) -> da.Array:
+    ranks = blue_noise_mask()
+    total = ranks.size
+    # signed thresholds in (-32768, 32768): (rank + 0.5) / total - 0.5, scaled by 65536
+    thresholds = ((2 * ranks + 1) * 32768) // total - 32768
+    amplitude = (_palette_spacing(colours) * strength_q(strength)) // 256
+    grid = dask.delayed(candidate_grid, pure=True)(colours, _max_value(data.dtype))
+    if data.numblocks[2] != 1:
+        data = data.rechunk({2: -1})
+    return data.map_blocks(
+        _blue_noise_block, thresholds, amplitude, colours, grid, dtype,
+        drop_axis=2, dtype=dtype, token=tasks.BLUE_NOISE,
+    )
+
+
+# --------------------------------------------------------------------------- public
+
+
+def dither_labels(
+    data: da.Array,
+    colours: np.ndarray,
+    *,
+    method: Literal["floyd-steinberg", "blue-noise"] = "floyd-steinberg",
+    strength: float = 1.0,
+    valid: da.Array | None = None,
+    dtype: Any = np.uint8,
+    with_sums: bool = False,
+) -> Any:
+    """Palette labels of a dithered image, as a lazy dask array chunked like ``data``.
+
+    Parameters
+    ----------
+    data : dask array of shape (H, W, C), uint8 or uint16
+        The pixels; C must equal the palette's channels.
+    colours : array-like of shape (k, C)
+        Integer palette colours (as written to the output).
+    method : {"floyd-steinberg", "blue-noise"}, default="floyd-steinberg"
+        Exact error diffusion (byte-identical to
+        :func:`bigquant.kernels.dither.floyd_steinberg` for any chunking and
+        scheduler; its first pass runs here, eagerly, on the current
+        scheduler), or ordered dithering with a blue-noise mask (lazy).
+    strength : float, default=1.0
+        Fraction of the error diffused (Floyd--Steinberg) or of the palette
+        spacing used as noise amplitude (blue noise), in [0, 1].
+    valid : dask array of shape (H, W), bool, or None, default=None
+        Pixels that are image: the others (label 0 here) neither receive nor
+        pass error.
+    dtype : dtype, default=np.uint8
+        Label type.
+    with_sums : bool, default=False
+        Also return the quality sums of the result
+        (:func:`bigquant.kernels.spaces.error_sums` over the image), which
+        Floyd--Steinberg's first pass gives for little extra (None for blue
+        noise: they need a pass of their own).
+
+    Returns
+    -------
+    labels : dask array of shape (H, W)
+        (labels, sums) with ``with_sums``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Bad ``method`` or ``strength``, or channels that do not match the palette.
+    InputTypeError
+        Pixels that are not uint8 or uint16.
+    """
+    method, strength = check_dither(method, strength)
+    colours = np.ascontiguousarray(np.asarray(colours, dtype=np.int64))
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if colours.ndim != 2 or colours.shape[1] != data.shape[2]:
+        raise InvalidParameterError(
+            f"dither={method!r} needs the palette in the image's bands: the image has {data.shape[2]} "
+            f"band(s), the palette colours {colours.shape[-1]}"
+        )
+    max_value = _max_value(data.dtype)
+    if colours.min() < 0 or colours.max() > max_value:
+        raise InvalidParameterError(f"palette colours must lie in [0, {max_value}] to dither {data.dtype} pixels")
+    dtype = np.dtype(dtype)
+    if method == "blue-noise":
+        labels = _blue_noise(data, colours, strength, dtype)
+        labels = labels if valid is None else da.where(valid, labels, 0).astype(dtype)
+        return (labels, None) if with_sums else labels
+    labels, sums = _floyd_steinberg(data, colours, valid, strength_q(strength), dtype, with_sums)
+    return (labels, sums) if with_sums else labels

@@ -1,0 +1,105 @@
+"""Tests of bigquant.kernels.dither: the serial Floyd-Steinberg reference and the nearest-colour grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bigquant.kernels.dither import (
+    candidate_grid,
+    floyd_steinberg,
+    nearest_in_grid,
+    ordered_dither,
+    strength_q,
+)
+
+
+def _brute_nearest(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    d = ((pixels.reshape(-1, 1, pixels.shape[-1]).astype(np.int64) - colours[None].astype(np.int64)) ** 2).sum(-1)
+    return d.argmin(axis=1).reshape(pixels.shape[:2])  # argmin: the lowest index on ties
+
+
+@pytest.mark.parametrize("k", [1, 2, 16, 200])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_candidate_grid_gives_the_exact_nearest_colour_lowest_index_on_ties(k, channels):
+    rng = np.random.default_rng(k)
+    colours = rng.integers(0, 256, (k, channels))
+    colours[-1] = colours[0]  # a duplicate: a tie the lower index must win
+    pixels = rng.integers(0, 256, (64, 80, channels), dtype=np.uint8)
+    pixels[0, : min(k, 80)] = colours[:80]  # exactly on the colours too
+    grid = candidate_grid(colours, 255)
+    np.testing.assert_array_equal(nearest_in_grid(pixels, colours, grid), _brute_nearest(pixels, colours))
+
+
+def test_candidate_grid_for_uint16():
+    rng = np.random.default_rng(1)
+    colours = rng.integers(0, 65536, (40, 3))
+    pixels = rng.integers(0, 65536, (30, 30, 3), dtype=np.uint16)
+    got = nearest_in_grid(pixels, colours, candidate_grid(colours, 65535))
+    np.testing.assert_array_equal(got, _brute_nearest(pixels, colours))
+
+
+def _textbook(pixels: np.ndarray, colours: np.ndarray, q: int = 256) -> np.ndarray:
+    """The documented rule written out in plain Python, pixel by pixel (tiny images only)."""
+    h, w, c = pixels.shape
+    err = np.zeros((h + 1, w + 2, c), dtype=np.int64)
+    labels = np.zeros((h, w), dtype=np.int64)
+    col16 = colours.astype(np.int64) * 16
+    for y in range(h):
+        for x in range(w):
+            ey, ex = y + 1, x + 1
+            s = 7 * err[ey, ex - 1] + err[ey - 1, ex - 1] + 5 * err[ey - 1, ex] + 3 * err[ey - 1, ex + 1]
+            t = np.clip(16 * pixels[y, x].astype(np.int64) + (s * q) // 4096, 0, 16 * 255)
+            d = ((t[None] - col16) ** 2).sum(-1)
+            labels[y, x] = int(np.argmin(d))
+            err[ey, ex] = t - col16[labels[y, x]]
+    return labels
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_reference_follows_the_documented_rule(strength):
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (12, 17, 3), dtype=np.uint8)
+    colours = rng.integers(0, 256, (5, 3))
+    got = floyd_steinberg(pixels, colours, strength=strength)
+    np.testing.assert_array_equal(got, _textbook(pixels, colours, strength_q(strength)))
+
+
+def test_grey_half_level_dithers_to_a_half_on_half_off_pattern():
+    grey = np.full((40, 40, 1), 128, dtype=np.uint8)
+    labels = floyd_steinberg(grey, np.array([[0], [255]]))
+    assert abs(labels.mean() - 128 / 255) < 0.01  # the average colour is kept
+    assert 0 < labels[20].sum() < 40  # a pattern, not a flat fill
+
+
+def test_strength_zero_is_the_nearest_colour():
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    colours = rng.integers(0, 256, (8, 3))
+    np.testing.assert_array_equal(floyd_steinberg(pixels, colours, strength=0.0), _brute_nearest(pixels, colours))
+
+
+def test_masked_pixels_neither_receive_nor_pass_error():
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
+    colours = rng.integers(0, 256, (4, 3))
+    valid = np.ones((10, 10), dtype=bool)
+    valid[:, 5] = False  # a masked column cuts the rows in two
+    full = floyd_steinberg(pixels, colours, valid=valid)
+    # the left half never sees the right: dithering it alone gives the same labels
+    left = floyd_steinberg(pixels[:, :5], colours)
+    np.testing.assert_array_equal(full[:, :5], left)
+    assert (full[:, 5] == 0).all()
+
+
+def test_ordered_dither_does_not_depend_on_the_window():
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    colours = rng.integers(0, 256, (6, 3))
+    grid = candidate_grid(colours, 255)
+    mask = rng.integers(-32767, 32768, (8, 8))
+    amp = np.full(3, 16 * 40)
+    whole = ordered_dither(pixels, (0, 0), mask, amp, colours, grid)
+    part = ordered_dither(pixels[13:40, 21:66], (13, 21), mask, amp, colours, grid)
+    np.testing.assert_array_equal(whole[13:40, 21:66], part)
+    assert (whole != nearest_in_grid(pixels, colours, grid)).any()  # the noise changes something

@@ -1,0 +1,41 @@
+"""Tests of bigquant.kernels.spaces: OKLab and CIELAB conversions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bigquant.kernels.spaces import from_space, to_space
+
+
+@pytest.mark.parametrize("space", ["oklab", "lab"])
+def test_every_8bit_colour_round_trips(space):
+    codes = np.arange(1 << 24, dtype=np.uint32)[::7]  # 2.4 M colours spread over the whole cube
+    rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)
+    back = from_space(to_space(rgb, space), space)
+    assert np.abs(back - rgb).max() < 1e-6
+    np.testing.assert_array_equal(np.rint(back).astype(np.uint8), rgb)
+
+
+def test_round_trip_on_other_scales():
+    rng = np.random.default_rng(0)
+    x16 = rng.integers(0, 65536, (1000, 3), dtype=np.uint16)
+    assert np.abs(from_space(to_space(x16, "oklab", 65535), "oklab", 65535) - x16).max() < 1e-5
+    xf = rng.random((1000, 3))
+    assert np.abs(from_space(to_space(xf, "oklab", 1.0), "oklab", 1.0) - xf).max() < 1e-10
+
+
+def test_known_values():
+    # Ottosson's published OKLab of sRGB white and red; CIE L*a*b* (D65) of red
+    ok = to_space(np.array([[255, 255, 255], [255, 0, 0], [0, 0, 0]], dtype=np.uint8), "oklab") / 100
+    np.testing.assert_allclose(ok[0], [1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(ok[1], [0.62796, 0.22486, 0.12585], atol=1e-4)
+    np.testing.assert_allclose(ok[2], [0, 0, 0], atol=1e-12)
+    lab = to_space(np.array([[255, 0, 0], [128, 128, 128]], dtype=np.uint8), "lab")
+    np.testing.assert_allclose(lab[0], [53.24, 80.09, 67.20], atol=0.01)
+    np.testing.assert_allclose(lab[1], [53.59, 0.0, 0.0], atol=0.01)
+
+
+def test_unknown_space():
+    with pytest.raises(ValueError, match="space='hsv'"):
+        to_space(np.zeros((1, 3)), "hsv")

@@ -1,0 +1,132 @@
+"""Tests of bigquant.pipeline.dither: tile-parallel Floyd-Steinberg equals the serial reference."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from bigquant.errors import InputTypeError, InvalidParameterError
+from bigquant.kernels.dither import floyd_steinberg
+from bigquant.pipeline.dither import blue_noise_mask, check_dither, dither_labels
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    from bigquant.io.sample import make_sample_image
+
+    return make_sample_image((150, 203), seed=4)
+
+
+@pytest.fixture(scope="module")
+def palette() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (12, 3))
+
+
+@pytest.fixture(scope="module")
+def holes(photo) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    valid = rng.random(photo.shape[:2]) > 0.05
+    valid[40:70, 90:130] = False  # and a block straddling chunk edges
+    return valid
+
+
+# chunkings: square, wide, tall (rows > columns), irregular, tiny, one chunk
+CHUNKINGS = [(32, 32), (16, 64), (64, 24), ((50, 60, 40), (70, 33, 100)), (7, 9), (150, 203)]
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS, ids=str)
+def test_floyd_steinberg_is_byte_identical_to_the_reference_for_any_chunking(photo, palette, chunks):
+    reference = floyd_steinberg(photo, palette)
+    data = da.from_array(photo, chunks=chunks + ((3,),) if isinstance(chunks[0], tuple) else chunks + (3,))
+    labels = dither_labels(data, palette, dtype=np.uint8).compute(scheduler="threads")
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, reference)
+
+
+@pytest.mark.parametrize("chunks", [(32, 32), (40, 70)], ids=str)
+def test_floyd_steinberg_with_a_mask_is_byte_identical(photo, palette, holes, chunks):
+    reference = floyd_steinberg(photo, palette, valid=holes, strength=0.75)
+    data = da.from_array(photo, chunks=chunks + (3,))
+    valid = da.from_array(holes, chunks=(45, 31))  # chunked unlike the pixels
+    labels = dither_labels(data, palette, valid=valid, strength=0.75).compute()
+    np.testing.assert_array_equal(labels[holes], reference[holes])
+    # the mask changes the neighbours' labels (error is not passed across it)
+    assert (floyd_steinberg(photo, palette, strength=0.75)[holes] != reference[holes]).any()
+
+
+def test_floyd_steinberg_single_threaded_and_synchronous_agree(photo, palette):
+    data = da.from_array(photo, chunks=(48, 48, 3))
+    with dask.config.set(scheduler="sync"):
+        sync = dither_labels(data, palette).compute()
+    np.testing.assert_array_equal(sync, floyd_steinberg(photo, palette))
+
+
+@pytest.mark.distributed
+def test_floyd_steinberg_on_worker_processes_is_byte_identical(local_cluster, photo, palette, holes):
+    client = local_cluster
+    data = da.from_array(photo, chunks=(32, 40, 3))
+    valid = da.from_array(holes, chunks=(32, 40))
+    with client.as_current():
+        labels = dither_labels(data, palette, valid=valid)
+        result = client.compute(labels).result()
+        seen = client.run_on_scheduler(
+            lambda dask_scheduler: sum(1 for k in dask_scheduler.task_prefixes if str(k).startswith("bq-fs-"))
+        )
+    reference = floyd_steinberg(photo, palette, valid=holes)
+    np.testing.assert_array_equal(result[holes], reference[holes])
+    assert seen >= 2  # both passes ran on the cluster
+
+
+def test_dithered_gradient_has_no_seams_at_tile_edges():
+    # a slow horizontal ramp between two close grey levels: any seam would show as a
+    # column (or row) at a chunk edge whose density of the light colour differs from its neighbours
+    x = np.linspace(100, 110, 256)
+    ramp = np.repeat(np.round(np.tile(x, (192, 1)))[:, :, None], 3, axis=2).astype(np.uint8)
+    colours = np.array([[100, 100, 100], [110, 110, 110]])
+    data = da.from_array(ramp, chunks=(32, 64, 3))
+    labels = dither_labels(data, colours).compute()
+    np.testing.assert_array_equal(labels, floyd_steinberg(ramp, colours))
+    # the density of the light colour follows the ramp, over every 8 columns (seams at
+    # the chunk edges 64, 128, 192 would show as a window off the ramp) ...
+    density = labels.mean(axis=0).reshape(-1, 8).mean(axis=1)
+    expected = ((np.round(x) - 100) / 10).reshape(-1, 8).mean(axis=1)
+    assert np.abs(density - expected).max() < 0.03
+    rows = labels.mean(axis=1).reshape(-1, 8).mean(axis=1)
+    assert rows.std() < 0.02  # ... and no band of rows (chunk edges 32, 64...) is lighter or darker
+    # dithering each chunk on its own (errors lost at the edges) would not give these labels
+    naive = np.block([[floyd_steinberg(ramp[y:y + 32, x:x + 64], colours) for x in range(0, 256, 64)]
+                      for y in range(0, 192, 32)])
+    assert (naive != labels).any()
+
+
+def test_blue_noise_does_not_depend_on_chunks(photo, palette):
+    a = dither_labels(da.from_array(photo, chunks=(32, 32, 3)), palette, method="blue-noise").compute()
+    b = dither_labels(da.from_array(photo, chunks=(71, 150, 3)), palette, method="blue-noise").compute()
+    np.testing.assert_array_equal(a, b)
+    nearest = dither_labels(da.from_array(photo, chunks=(71, 150, 3)), palette, method="blue-noise",
+                            strength=0.0).compute()
+    assert (a != nearest).mean() > 0.05
+
+
+def test_blue_noise_mask_is_a_permutation_with_little_low_frequency_energy():
+    m = blue_noise_mask(32)
+    assert sorted(m.ravel().tolist()) == list(range(32 * 32))
+    np.testing.assert_array_equal(m, blue_noise_mask(32))  # deterministic
+    spectrum = np.abs(np.fft.fft2((m < 512).astype(float) - 0.5)) ** 2
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(32), np.fft.fftfreq(32)))
+    low, high = spectrum[(f > 0) & (f < 0.15)].mean(), spectrum[f > 0.35].mean()
+    assert low < 0.25 * high  # blue: energy at high frequencies, not low
+
+
+def test_bad_parameters_name_the_value(photo, palette):
+    with pytest.raises(InvalidParameterError, match="dither='ordered'"):
+        check_dither("ordered", 1.0)
+    with pytest.raises(InvalidParameterError, match="dither_strength=1.5"):
+        check_dither("floyd-steinberg", 1.5)
+    data = da.from_array(photo)
+    with pytest.raises(InvalidParameterError, match="3 band"):
+        dither_labels(data, palette[:, :1])
+    with pytest.raises(InputTypeError, match="float32"):
+        dither_labels(data.astype(np.float32), palette)
