@@ -104,11 +104,12 @@ class FixedPalette(KMeansBase):
         data = check_data(X)
         centers = self._check_palette(data.n_channels)
         if histogram is not None:
-            inertia, _ = palette_error(histogram.colours, histogram.counts, centers)
+            inertia, colour_labels = palette_error(histogram.colours, histogram.counts, centers)
             if data.is_dask or histogram.inverse is None or histogram.inverse.shape[0] != data.n_samples:
                 # the pixel -> colour index of in-memory data only serves that data
                 histogram = ColourHistogram(histogram.colours, histogram.counts, histogram.codes, histogram.bits)
-            return self._set_fitted(data, "palette", histogram, centers, inertia, 0)
+            # the labels of the distinct colours, computed with the error: the lookup table's
+            return self._set_fitted(data, "palette", histogram, centers, inertia, 0, colour_labels)
         bits = histogram_bits(data.array.dtype, data.n_channels)
         lut = None
         if (

@@ -164,7 +164,7 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
     as they are read, in the same task; RGB uint8 colours are counted in
     Morton order, merged with uint32 counts and converted to the usual codes
     and int64 counts at the end.  With ``valid`` (a boolean array of X's
-    spatial shape and chunks) only the pixels where it is True are counted.
+    spatial shape, any chunks) only the pixels where it is True are counted.
     """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -174,6 +174,10 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
     from bigquant.io.tiff_read import segment_reader
     from bigquant.kernels import merge_counts, morton_to_codes
 
+    if X.numblocks[-1] != 1:
+        X = X.rechunk({X.ndim - 1: -1})
+    if valid is not None:
+        valid = da.asarray(valid).rechunk(X.chunks[:-1])
     n_channels = X.shape[-1]
     morton = bits == 8 and n_channels == 3
     # Morton partials carry uint32 counts: a third fewer bytes held and sent
@@ -237,10 +241,6 @@ def colour_histogram(
             f"{MAX_HISTOGRAM_BITS} bits per pixel, got dtype={X.dtype} with {n_channels} channels"
         )
     if isinstance(X, da.Array):
-        if X.numblocks[-1] != 1:
-            X = X.rechunk({X.ndim - 1: -1})
-        if valid is not None:
-            valid = da.asarray(valid).rechunk(X.chunks[:-1])
         (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid))
         inverse = None
     else:

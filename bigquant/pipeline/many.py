@@ -185,13 +185,7 @@ def joint_histogram(
     bits = histogram_bits(dtype, n_channels)
     if bits is None:
         raise InvalidParameterError(f"a joint colour histogram needs 8-bit data; these are {dtype} x {n_channels}")
-    graphs = []
-    for item in opened:
-        X = da.asarray(item.data)
-        if X.numblocks[-1] != 1:
-            X = X.rechunk({X.ndim - 1: -1})
-        valid = None if item.valid is None else da.asarray(item.valid).rechunk(X.chunks[:-1])
-        graphs.append(histogram_graph(X, bits, valid=valid))
+    graphs = [histogram_graph(da.asarray(item.data), bits, valid=item.valid) for item in opened]
     with phase(tasks.HISTOGRAM):
         parts = dask.compute(*graphs)
     per_file = []
@@ -353,9 +347,10 @@ def quantize_many(
             files = []
             for i, (item, dst) in enumerate(zip(opened, kept)):
                 hist = per_file[i] if per_file is not None else None
-                error = None if hist is None else palette_error(hist.colours, hist.counts, shared.palette)[0]
-                choice = PaletteChoice(shared.palette, shared.model, hist, error, shared.source)
-                write_quantized(item.data, item.valid, choice, item.source, dst, options)
+                choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source)
+                mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, options)
+                # the mapper's inertia on this file's histogram: its exact squared error
+                error = None if hist is None else float(mapper.inertia_)
                 n = None if hist is None else hist.n_pixels
                 quality_db = None if n is None else psnr(error, n * n_channels, dtype)
                 files.append(FileResult(item.name, str(dst), n, error, quality_db))
