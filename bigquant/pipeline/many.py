@@ -44,6 +44,7 @@ from bigquant.pipeline.quantize import (
     OutputOptions,
     PaletteChoice,
     choose_palette,
+    histogram_choice,
     load_palette,
     palette_document,
     psnr,
@@ -379,19 +380,9 @@ def quantize_many(
 def _fit_joint(joint: ColourHistogram, n_clusters: int | None, target: Any, limit: int,
                params: dict[str, Any]) -> PaletteChoice:
     """One fit on the joint histogram: k colours, or the fewest reaching the quality target."""
-    import warnings
-
-    from bigquant.cluster.kmeans import KMeans
-    from bigquant.errors import FewColoursWarning
-
     if target is not None:
         return choose_palette(joint, target, n_clusters, limit, params)
-    fit_params = {name: value for name, value in params.items() if name != "strategy"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FewColoursWarning)
-        model = KMeans(n_clusters, **fit_params).fit_histogram(joint)
-    pal, error = model.palette()
-    return PaletteChoice(pal, model, joint, error)
+    return histogram_choice(joint, n_clusters, params)
 
 
 def _fit_pixels(opened: Sequence[Opened], n_clusters: int | None, weight: str, params: dict[str, Any]) -> PaletteChoice:

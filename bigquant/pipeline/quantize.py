@@ -815,28 +815,37 @@ def _fit_palette(
     return choice
 
 
-def choose_palette(
-    histogram: Any, target: QualityTarget, n_clusters: int | None, limit: int, params: dict[str, Any]
-) -> PaletteChoice:
-    """The palette of the fewest colours whose image reaches ``target`` (PSNR on ``histogram``)."""
+def histogram_choice(histogram: Any, n_clusters: int, params: dict[str, Any]) -> PaletteChoice:
+    """The palette of ``n_clusters`` colours fitted on ``histogram`` (:meth:`bigquant.KMeans.fit_histogram`).
+
+    ``params`` are :class:`bigquant.KMeans` parameters (a ``strategy`` among
+    them is dropped: a histogram fit is the histogram strategy).
+    """
     import warnings
 
     from bigquant.cluster.kmeans import KMeans
     from bigquant.errors import FewColoursWarning
 
     params = {name: value for name, value in params.items() if name != "strategy"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewColoursWarning)
+        model = KMeans(n_clusters, **params).fit_histogram(histogram)
+    pal, error = model.palette()
+    return PaletteChoice(pal, model, histogram, error)
 
-    def fit_k(k: int) -> tuple[Any, float]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FewColoursWarning)
-            model = KMeans(k, **params).fit_histogram(histogram)
-        return model, float(model.palette()[1])
+
+def choose_palette(
+    histogram: Any, target: QualityTarget, n_clusters: int | None, limit: int, params: dict[str, Any]
+) -> PaletteChoice:
+    """The palette of the fewest colours whose image reaches ``target`` (PSNR on ``histogram``)."""
+
+    def fit_k(k: int) -> tuple[PaletteChoice, float]:
+        choice = histogram_choice(histogram, k, params)
+        return choice, float(choice.error)
 
     k_max = min(limit if n_clusters is None else int(n_clusters), histogram.n_colours)
     n_channels = int(histogram.colours.shape[1])
     found = search_k(fit_k, target, n_values=histogram.n_pixels * n_channels,
                      peak=peak_value(histogram.colours.dtype), k_max=k_max)
     logger.info("quality: k=%d reaches %.2f dB (tried %s)", found.k, found.psnr, found.tried)
-    model = found.fit
-    pal, error = model.palette()
-    return PaletteChoice(pal, model, histogram, error)
+    return found.fit
