@@ -1,7 +1,7 @@
 """Atomic output: write beside the target under a hidden name, then rename.
 
 Temporary names are ``.<stem>.<random>-<host><pid>.<tag><suffix>`` beside the
-target (``tag``: ``tmp``, ``old``, ``tiles``, ``level<n>``; spools of a
+target (``tag``: ``tmp``, ``old``, ``tiles``, ``spool``, ``level<n>``; spools of a
 temporary file are named after it). A run killed outright (SIGKILL, power
 loss) cannot remove them, so the next run writing the same target does
 (:func:`remove_stale_temporaries`): those of a process of this machine that is
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 STALE_AFTER = 24 * 3600.0
 #: this machine, in temporary names (a process id is only meaningful on its own host)
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
-_TOKEN = re.compile(r"\.(?P<rand>[0-9a-f]{10})(?:-(?P<host>[0-9a-f]{6})(?P<pid>\d+))?\.(?:tmp|old|tiles|level\d+)")
+_TOKEN = re.compile(r"\.(?P<rand>[0-9a-f]{10})(?:-(?P<host>[0-9a-f]{6})(?P<pid>\d+))?\.(?:tmp|old|tiles|spool|level\d+)")
 
 
 def remove_path(path: pathlib.Path) -> None:

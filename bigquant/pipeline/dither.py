@@ -13,19 +13,26 @@ Floyd--Steinberg (the rule: :mod:`bigquant.kernels.dither`) runs in two passes.
    tile keeps (for pass 2) just its last row and the errors of the columns on
    either side of every chunk boundary -- about ``W + 2 H`` error vectors per
    tile; its labels are dropped.
-2. **Labels, per rectangular chunk.**  A chunk whose left column, right
-   neighbour column and top row of errors are known is dithered on its own in
-   raster order, with the same per-pixel step, so it reproduces the serial
-   result exactly.  Pass 2 is a lazy dask array of labels chunked like the
-   pixels, which the writers stream band by band as any other labels.
+2. **Labels, per rectangular chunk.**  With a *spool* (a directory every
+   worker can write and read, :func:`label_spool`; :func:`bigquant.quantize`
+   makes one beside its output), each slanted tile of pass 1 also saves its
+   labels there, and a rectangular chunk is put together from the two tiles
+   it overlaps: no pixel is read or diffused twice.  Without one (or when a
+   worker cannot write it, e.g. on another machine), a chunk whose left
+   column, right neighbour column and top row of errors are known is dithered
+   again on its own in raster order, with the same per-pixel step, so it
+   reproduces the serial result exactly.  Either way pass 2 is a lazy dask
+   array of labels chunked like the pixels, which the writers stream band by
+   band as any other labels.
 
 Chunks are at most :data:`DITHER_CHUNK` (1024) a side, with ``H <= W``.
 Memory: pass 1 holds the edges kept for pass 2 (int32, about ``(W + 2 H) C``
 values per tile: ~40 MB for a 1 GP RGB image -- proportional to the pixels
 over the chunk edge, not to the width alone) plus the tiles in flight (an
 error buffer of about ``2 H W C`` int32 each, 25 MB); pass 2 is an ordinary
-blockwise computation.  The cost is one extra read of the pixels and one
-extra diffusion per pixel.
+blockwise computation.  Without a spool the cost is one extra read of the
+pixels and one extra diffusion per pixel; with one, a write and a read of
+the labels (one byte a pixel for up to 256 colours) on local disk.
 
 Blue-noise ordered dithering adds a tiled void-and-cluster threshold mask
 (:func:`blue_noise_mask`) to every pixel before the nearest colour: one
@@ -34,7 +41,11 @@ Blue-noise ordered dithering adds a tiled void-and-cluster threshold mask
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import pathlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import dask
@@ -45,6 +56,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from bigquant import tasks
 from bigquant.errors import InputTypeError, InvalidParameterError
+from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.kernels.dither import (
     UNITS,
     candidate_grid,
@@ -54,7 +66,7 @@ from bigquant.kernels.dither import (
 )
 from bigquant.kernels.spaces import error_sums
 
-__all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels"]
+__all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels", "label_spool"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +148,14 @@ def _slanted_tile(
     colours: np.ndarray,
     grid: Any,
     with_sums: bool = False,
-) -> tuple[list[Segment], tuple[list[Segment], np.ndarray | None]]:
-    """Errors of slanted tile (I, J); returns (segments for the next tiles, (segments for pass 2, sums)).
+    spool: tuple[str, int, Any] | None = None,
+) -> tuple[list[Segment], tuple[list[Segment], np.ndarray | None, bool]]:
+    """Errors of slanted tile (I, J); returns (segments for the next tiles, (segments for pass 2, sums, spooled)).
 
     ``sums`` (with ``with_sums``) are the tile's :func:`bigquant.kernels.spaces.error_sums`.
+    With ``spool`` = (directory, label for masked pixels, label dtype) the
+    tile's labels are saved there (:func:`_spool_tile`); ``spooled`` says
+    whether that worked.
 
     ``geometry`` is (y0, h, J, W, image height, image width); the pixels are
     chunks ``J - 1`` and ``J`` of the band (either may be None at the image's
@@ -166,9 +182,13 @@ def _slanted_tile(
     xa = np.clip(j * width_t - r, 0, width)
     xb = np.clip((j + 1) * width_t - r, 0, width)
     xb = np.maximum(xa, xb)
-    out = np.zeros((h, errors.shape[1]), dtype=np.int32) if with_sums else None
+    out = np.zeros((h, errors.shape[1]), dtype=np.int32) if with_sums or spool is not None else None
     fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid)
     sums = error_sums(pixels, (y0, px0), mask, out, (y0, ex0), colours, (y0, xa, xb)) if with_sums else None
+    spooled = False
+    if spool is not None:
+        assert out is not None
+        spooled = _spool_tile(spool, out, ex0, mask, px0, geometry)
     bottom_x = j * width_t - (h - 1)
     bottom = _take(errors, origin, y0 + h - 1, bottom_x, 0, 1, width_t)
     links = [
@@ -181,8 +201,48 @@ def _slanted_tile(
         r_lo, r_hi = max(0, j * width_t - p), min(h, (j + 1) * width_t - p)
         if r_lo < r_hi:
             kept.append(_take(errors, origin, y0 + r_lo, p, 1, 0, r_hi - r_lo))
-    return links, (kept, sums)
+    return links, (kept, sums, spooled)
 
+
+# --------------------------------------------------------------------------- the label spool
+
+
+def _spool_file(directory: str, y0: int, j: int) -> str:
+    """The file of slanted tile ``j`` of the band starting at row ``y0``."""
+    return os.path.join(directory, f"{y0}-{j}.npy")
+
+
+def _spool_tile(
+    spool: tuple[str, int, Any],
+    out: np.ndarray,
+    ex0: int,
+    mask: np.ndarray | None,
+    px0: int,
+    geometry: tuple[int, int, int, int, int, int],
+) -> bool:
+    """Save the labels of slanted tile (I, J) packed as (h, W): row r holds columns ``J W - r + c``.
+
+    Masked pixels get the spool's masked label.  Returns False when the
+    directory cannot be written (e.g. a worker on another machine): pass 2
+    then dithers again from the edges.
+    """
+    directory, masked_label, dtype = spool
+    y0, h, j, width_t, _, _ = geometry
+    r = np.arange(h)[:, None]
+    c = np.arange(width_t)[None, :]
+    x = j * width_t - r + c  # global column of packed[r, c]
+    packed = np.take_along_axis(out, np.clip(x - ex0, 0, out.shape[1] - 1), axis=1).astype(dtype)
+    if mask is not None:
+        inside = (x >= px0) & (x < px0 + mask.shape[1])
+        masked = np.zeros(packed.shape, dtype=bool)
+        rows = np.broadcast_to(r, x.shape)
+        masked[inside] = ~mask[rows[inside], x[inside] - px0]
+        packed[masked] = masked_label
+    try:
+        np.save(_spool_file(directory, y0, j), packed)
+    except OSError:
+        return False
+    return True
 
 # --------------------------------------------------------------------------- pass 2
 
@@ -196,6 +256,7 @@ def _rect_chunk(
     colours: np.ndarray,
     grid: Any,
     dtype: np.dtype,
+    masked_label: int = 0,
 ) -> np.ndarray:
     """Labels of one rectangular chunk, given the edge errors kept by pass 1 around it."""
     y0, y1, x0, x1 = window
@@ -208,6 +269,30 @@ def _rect_chunk(
     h = y1 - y0
     fs_rows(np.ascontiguousarray(block), (y0, x0), None if valid is None else np.ascontiguousarray(valid),
             errors, origin, out, (y0, x0), y0, np.full(h, x0), np.full(h, x1), q, colours, grid)
+    if valid is not None and masked_label:
+        out[~np.asarray(valid, dtype=bool)] = masked_label
+    return out
+
+
+def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[int, int, int, int],
+                   width_t: int, dtype: np.dtype) -> np.ndarray:
+    """Labels of one rectangular chunk, put together from the spooled slanted tiles ``j`` and ``j + 1``.
+
+    Row ``r`` of the chunk, column ``x``, is column ``x + r - J' W`` of row
+    ``r`` of tile ``J' = (x + r) // W`` (see :func:`_spool_tile`).
+    """
+    _, y1, x0, x1 = window
+    r = np.arange(y1 - y0)[:, None]
+    shifted = np.arange(x0, x1)[None, :] + r  # x + r
+    tile_of = shifted // width_t
+    out = np.empty(shifted.shape, dtype=dtype)
+    for jj in (j, j + 1):
+        part = tile_of == jj
+        if jj >= n_tiles or not part.any():
+            continue
+        packed = np.load(_spool_file(directory, y0, jj), mmap_mode="r")
+        rows = np.broadcast_to(r, shifted.shape)
+        out[part] = packed[rows[part], shifted[part] - jj * width_t]
     return out
 
 
@@ -226,7 +311,8 @@ def _regular(data: da.Array, valid: da.Array | None) -> tuple[da.Array, da.Array
 
 
 def _floyd_steinberg(
-    data: da.Array, colours: np.ndarray, valid: da.Array | None, q: int, dtype: np.dtype, with_sums: bool
+    data: da.Array, colours: np.ndarray, valid: da.Array | None, q: int, dtype: np.dtype, with_sums: bool,
+    masked_label: int, spool: pathlib.Path | None,
 ) -> tuple[da.Array, np.ndarray | None]:
     data, valid = _regular(data, valid)
     height, width = data.shape[:2]
@@ -236,7 +322,9 @@ def _floyd_steinberg(
     (grid,) = dask.persist(grid_d)
     grid_key = grid.key
     boundaries = tuple(p for c in range(1, n_cols) for p in (c * tile_w - 1, c * tile_w))
-    token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q)
+    token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q, masked_label,
+                               None if spool is None else str(spool))
+    spool_args = None if spool is None else (str(spool), int(masked_label), dtype)
     tile_name = f"{tasks.FS_SLANT}-{token}"
     kept_name = f"{tasks.FS_EDGES}-{token}"
     dsk: dict[Any, Any] = {}
@@ -262,7 +350,7 @@ def _floyd_steinberg(
                 block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)),
                 block(vname, j - 1), block(vname, j),
                 left, above,
-                (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key, with_sums,
+                (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key, with_sums, spool_args,
             )
             # only the part pass 2 needs outlives the pass
             dsk[(kept_name, i, j)] = (_second, (tile_name, i, j))
@@ -272,14 +360,30 @@ def _floyd_steinberg(
     logger.info("dither pass 1: %d slanted tiles of %dx%d over %d bands", len(kept_keys), band_h, tile_w, n_bands)
     persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
     kept_of = dict(zip(kept_keys, persisted))
-    sums = None
-    if with_sums:
-        (sums,) = dask.compute(dask.delayed(_total_sums)(list(persisted)))
+    sums, spooled = None, False
+    if with_sums or spool is not None:
+        (outcome,) = dask.compute(dask.delayed(_outcome)(list(persisted)))
+        sums, spooled = outcome
+        sums = sums if with_sums else None
 
     label_name = f"{tasks.FS_LABELS}-{token}"
     ldsk: dict[Any, Any] = {}
     ys = np.cumsum((0,) + data.chunks[0])
     xs = np.cumsum((0,) + data.chunks[1])
+    if spooled:
+        # every tile saved its labels where every worker can read them: no second diffusion
+        assert spool is not None
+        logger.info("dither pass 2: labels from the spool %s", spool)
+        for i in range(n_bands):
+            for j in range(n_cols):
+                ldsk[(label_name, i, j)] = (
+                    _spooled_chunk, str(spool), int(ys[i]), j, n_tiles[i],
+                    (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1])), tile_w, dtype,
+                )
+        spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=[])
+        return da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype), sums
+    if spool is not None:
+        logger.info("dither pass 2: the spool %s is not shared by every worker; dithering again", spool)
     for i in range(n_bands):
         for j in range(n_cols):
             edges = []
@@ -295,15 +399,17 @@ def _floyd_steinberg(
                 None if valid is None else (valid.name, i, j),
                 edges,
                 (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1])),
-                q, colours, grid_key, dtype,
+                q, colours, grid_key, dtype, masked_label,
             )
     ldeps: list[Any] = [data, grid, *persisted] + ([valid] if valid is not None else [])
     lgraph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=ldeps)
     return da.Array(lgraph, label_name, chunks=data.chunks[:2], dtype=dtype), sums
 
 
-def _total_sums(kept: list[tuple[Any, np.ndarray]]) -> np.ndarray:
-    return np.sum([k[1] for k in kept], axis=0)
+def _outcome(kept: list[tuple[Any, np.ndarray | None, bool]]) -> tuple[np.ndarray | None, bool]:
+    """The quality sums over every tile (None without them) and whether every tile was spooled."""
+    sums = [k[1] for k in kept if k[1] is not None]
+    return (np.sum(sums, axis=0) if sums else None), all(k[2] for k in kept)
 
 
 def _second(pair: tuple[Any, Any]) -> Any:
@@ -441,6 +547,8 @@ def dither_labels(
     valid: da.Array | None = None,
     dtype: Any = np.uint8,
     with_sums: bool = False,
+    masked_label: int = 0,
+    spool: pathlib.Path | None = None,
 ) -> Any:
     """Palette labels of a dithered image, as a lazy dask array chunked like ``data``.
 
@@ -468,6 +576,15 @@ def dither_labels(
         (:func:`bigquant.kernels.spaces.error_sums` over the image), which
         Floyd--Steinberg's first pass gives for little extra (None for blue
         noise: they need a pass of their own).
+    masked_label : int, default=0
+        The label of the pixels ``valid`` masks out.
+    spool : pathlib.Path or None, default=None
+        An existing directory every worker can write and read (see
+        :func:`label_spool`): Floyd--Steinberg's first pass saves its labels
+        there and the result reads them back, instead of dithering every
+        chunk a second time (the labels are the same).  The directory must
+        outlive every computation of the result.  When a worker cannot write
+        it, the second diffusion runs as without it.
 
     Returns
     -------
@@ -496,7 +613,24 @@ def dither_labels(
     dtype = np.dtype(dtype)
     if method == "blue-noise":
         labels = _blue_noise(data, colours, strength, dtype)
-        labels = labels if valid is None else da.where(valid, labels, 0).astype(dtype)
+        labels = labels if valid is None else da.where(valid, labels, masked_label).astype(dtype)
         return (labels, None) if with_sums else labels
-    labels, sums = _floyd_steinberg(data, colours, valid, strength_q(strength), dtype, with_sums)
+    labels, sums = _floyd_steinberg(data, colours, valid, strength_q(strength), dtype, with_sums,
+                                    int(masked_label), spool)
     return (labels, sums) if with_sums else labels
+
+
+@contextlib.contextmanager
+def label_spool(target: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A temporary directory beside ``target`` for :func:`dither_labels`' ``spool``, removed on exit.
+
+    It is named like the writers' temporaries (:func:`bigquant.io.atomic.temp_sibling`,
+    tag ``spool``), so a run killed before its cleanup leaves nothing the next
+    run writing ``target`` does not remove.
+    """
+    path = temp_sibling(pathlib.Path(target), "spool")
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        remove_path(path)

@@ -34,7 +34,7 @@ from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, check_tile, write_image
-from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels
+from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, parse_quality, peak_value, search_k
 from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
@@ -211,6 +211,7 @@ def write_quantized(
     dither_strength: float = 0.9,
     dither_data: tuple[Any, Any] | None = None,
     report: dict[str, Any] | None = None,
+    spool: pathlib.Path | None = None,
 ) -> tuple[Any, int | None]:
     """Map ``data`` to the chosen palette and write it (one read pass for 8-bit data).
 
@@ -222,7 +223,9 @@ def write_quantized(
     :func:`bigquant.pipeline.dither.dither_labels` over ``dither_data`` (the
     pixels and mask, maybe read in smaller chunks; default ``data``, ``valid``).
     ``report``, when given, receives ``"labels"`` (the labels written, lazy)
-    and ``"sums"`` (quality sums the dither gave, or None).
+    and ``"sums"`` (quality sums the dither gave, or None).  ``spool`` is the
+    dither's label spool (:func:`bigquant.pipeline.dither.label_spool`); it must
+    outlive every use of ``report["labels"]``.
 
     Returns
     -------
@@ -250,10 +253,9 @@ def write_quantized(
             nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
         dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
         result = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
-                               dtype=dtype, with_sums=report is not None)
+                               dtype=dtype, with_sums=report is not None,
+                               masked_label=0 if nodata is None else nodata, spool=spool)
         labels, sums = result if report is not None else (result, None)
-        if dvalid is not None:
-            labels = da.where(dvalid, labels, nodata).astype(dtype)
         lookup = None
     elif valid is not None:
         nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
@@ -612,31 +614,34 @@ def quantize(
                                 rgb_bands)
         report: dict[str, Any] = {}
         want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
-        mapper, nodata = write_quantized(
-            data, valid, choice, source, dst_path, options, dither=dither, dither_strength=dither_strength,
-            dither_data=_dither_data(src, source, chunks, level, series, mask, valid) if dither else None,
-            report=report if want else None,
-        )
-        logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
-        _release_freed_memory()
-        sums = report.get("sums")
-        if want and sums is None and dither is None:
-            sums = _histogram_sums(mapper, choice, source, rgb_bands)
-        if want and sums is None and measure:
-            # one more pass over the pixels and their labels
-            sums = quality_pass(data, report["labels"], palette_colours(choice.palette, source.dtype, rgb_bands),
-                                None if nodata is None else valid)
-        quality_ = None
-        if sums is not None:
-            quality_ = quality_from_sums(sums, int(data.shape[-1]), peak_value(source.dtype))
-            choice.error = float(sums[0])  # the squared error of the pixels written
-            logger.info("quality: %s", quality_)
-        if compare is not None:
-            labels = report.get("labels")
-            if labels is None:
-                labels = mapper.labels_ if nodata is None else da.where(valid, mapper.labels_, nodata)
-            write_compare(compare, data, labels, palette_colours(choice.palette, source.dtype, rgb_bands),
-                          nodata=nodata, overwrite=overwrite)
+        # Floyd--Steinberg keeps its labels in a spool until the output and its report are done
+        spooling = label_spool(dst_path) if dither == "floyd-steinberg" else contextlib.nullcontext(None)
+        with spooling as spool:
+            mapper, nodata = write_quantized(
+                data, valid, choice, source, dst_path, options, dither=dither, dither_strength=dither_strength,
+                dither_data=_dither_data(src, source, chunks, level, series, mask, valid) if dither else None,
+                report=report if want else None, spool=spool,
+            )
+            logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
+            _release_freed_memory()
+            sums = report.get("sums")
+            if want and sums is None and dither is None:
+                sums = _histogram_sums(mapper, choice, source, rgb_bands)
+            if want and sums is None and measure:
+                # one more pass over the pixels and their labels
+                colours = palette_colours(choice.palette, source.dtype, rgb_bands)
+                sums = quality_pass(data, report["labels"], colours, None if nodata is None else valid)
+            quality_ = None
+            if sums is not None:
+                quality_ = quality_from_sums(sums, int(data.shape[-1]), peak_value(source.dtype))
+                choice.error = float(sums[0])  # the squared error of the pixels written
+                logger.info("quality: %s", quality_)
+            if compare is not None:
+                labels = report.get("labels")
+                if labels is None:
+                    labels = mapper.labels_ if nodata is None else da.where(valid, mapper.labels_, nodata)
+                write_compare(compare, data, labels, palette_colours(choice.palette, source.dtype, rgb_bands),
+                              nodata=nodata, overwrite=overwrite)
     if palette_out is not None:
         n_pixels = choice.histogram.n_pixels if choice.histogram is not None else None
         if quality_ is not None:

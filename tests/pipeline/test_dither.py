@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import pathlib
+
 import dask
 import dask.array as da
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 
 from bigquant.errors import InputTypeError, InvalidParameterError
 from bigquant.kernels.dither import floyd_steinberg
-from bigquant.pipeline.dither import blue_noise_mask, check_dither, dither_labels
+from bigquant.pipeline.dither import blue_noise_mask, check_dither, dither_labels, label_spool
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,56 @@ def test_floyd_steinberg_with_a_mask_is_byte_identical(photo, palette, holes, ch
     assert (floyd_steinberg(photo, palette, strength=0.75)[holes] != reference[holes]).any()
 
 
+def _depends_on(labels: da.Array, name: str) -> bool:
+    """Whether computing ``labels`` computes any task of the collection ``name``."""
+    return any(isinstance(k, tuple) and k[0] == name for k in dict(labels.__dask_graph__()))
+
+
+@pytest.mark.parametrize("chunks", [(32, 32), (16, 64), ((50, 60, 40), (70, 33, 100)), (7, 9)], ids=str)
+def test_spooled_labels_are_the_reference_and_read_no_pixel_again(tmp_path, photo, palette, holes, chunks):
+    reference = floyd_steinberg(photo, palette, valid=holes, strength=0.9)
+    reference[~holes] = 12  # the label asked for masked pixels
+    data = da.from_array(photo, chunks=chunks + ((3,),) if isinstance(chunks[0], tuple) else chunks + (3,))
+    valid = da.from_array(holes, chunks=(45, 31))
+    with label_spool(tmp_path / "out.tif") as spool:
+        labels, sums = dither_labels(data, palette, valid=valid, strength=0.9, masked_label=12, spool=spool,
+                                     with_sums=True)
+        assert not _depends_on(labels, data.name)  # the second pass reads the spool, not the pixels
+        assert any(p.suffix == ".npy" for p in spool.iterdir())
+        np.testing.assert_array_equal(labels.compute(scheduler="threads"), reference)
+        np.testing.assert_array_equal(labels[17:90, 33:150].compute(), reference[17:90, 33:150])
+    assert not spool.exists()  # removed on exit
+    without = dither_labels(data, palette, valid=valid, strength=0.9, masked_label=12, with_sums=True)
+    np.testing.assert_array_equal(without[1].astype(np.int64), sums.astype(np.int64))
+
+
+def test_a_spool_the_workers_cannot_write_falls_back_to_dithering_again(tmp_path, photo, palette, caplog):
+    data = da.from_array(photo, chunks=(32, 40, 3))
+    missing = tmp_path / "not-there"  # as on a worker of another machine: no such directory
+    with caplog.at_level(logging.INFO, logger="bigquant.pipeline.dither"):
+        labels = dither_labels(data, palette, spool=missing)
+    assert _depends_on(labels, data.name)
+    assert "dithering again" in caplog.text
+    np.testing.assert_array_equal(labels.compute(), floyd_steinberg(photo, palette))
+
+
+def test_a_killed_runs_spool_is_removed_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    from bigquant.io.atomic import remove_stale_temporaries
+
+    target = tmp_path / "out.tif"
+    code = ("import pathlib, os; from bigquant.pipeline.dither import label_spool\n"
+            f"cm = label_spool(pathlib.Path({str(target)!r})); p = cm.__enter__(); (p / 'a.npy').write_bytes(b'x')\n"
+            "os._exit(0)  # killed: no cleanup\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    left = [p for p in tmp_path.iterdir() if ".spool" in p.name]
+    assert len(left) == 1 and left[0].is_dir()
+    assert remove_stale_temporaries(target) == left
+    assert not left[0].exists()
+
+
 def test_floyd_steinberg_single_threaded_and_synchronous_agree(photo, palette):
     data = da.from_array(photo, chunks=(48, 48, 3))
     with dask.config.set(scheduler="sync"):
@@ -64,18 +117,23 @@ def test_floyd_steinberg_single_threaded_and_synchronous_agree(photo, palette):
 
 
 @pytest.mark.distributed
-def test_floyd_steinberg_on_worker_processes_is_byte_identical(local_cluster, photo, palette, holes):
+def test_floyd_steinberg_on_worker_processes_is_byte_identical(tmp_path, local_cluster, photo, palette, holes):
     client = local_cluster
     data = da.from_array(photo, chunks=(32, 40, 3))
     valid = da.from_array(holes, chunks=(32, 40))
+    reference = floyd_steinberg(photo, palette, valid=holes)
     with client.as_current():
         labels = dither_labels(data, palette, valid=valid)
         result = client.compute(labels).result()
         seen = client.run_on_scheduler(
             lambda dask_scheduler: sum(1 for k in dask_scheduler.task_prefixes if str(k).startswith("bq-fs-"))
         )
-    reference = floyd_steinberg(photo, palette, valid=holes)
+        with label_spool(tmp_path / "out.tif") as spool:  # the workers share this machine's disk
+            spooled = dither_labels(data, palette, valid=valid, spool=spool)
+            assert not _depends_on(spooled, data.name)
+            from_spool = client.compute(spooled).result()
     np.testing.assert_array_equal(result[holes], reference[holes])
+    np.testing.assert_array_equal(from_spool[holes], reference[holes])
     assert seen >= 2  # both passes ran on the cluster
 
 
