@@ -23,6 +23,10 @@ The reference, stated once (every implementation follows it):
 - the pixel's error is ``e = t - 16 P[label]``; a masked pixel gets label 0
   and ``e = 0`` (it neither receives nor passes error).
 
+Three-channel images (most of them) run the step written out channel by channel
+(:func:`_fs_pixel_rgb`, its values in registers: about 1.5 times as fast), the
+others a loop over the channels; the tests hold both to the rule above.
+
 The nearest colour is found through a :func:`candidate_grid`: the clamped
 colour cube is cut into cells, and each cell lists, in index order, every
 palette colour that can be the nearest of some point of the cell -- an exact
@@ -189,18 +193,59 @@ def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span,
     return best
 
 
+@numba.njit(inline="always", **_JIT)
+def _fs_pixel_rgb(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span):  # pragma: no cover
+    """:func:`_fs_pixel` written out for three channels (most images), its values kept in registers."""
+    if not valid:
+        E[ey, ex, 0] = 0
+        E[ey, ex, 1] = 0
+        E[ey, ex, 2] = 0
+        return 0
+    s0 = (np.int64(7) * E[ey, ex - 1, 0] + np.int64(1) * E[ey - 1, ex - 1, 0]
+          + np.int64(5) * E[ey - 1, ex, 0] + np.int64(3) * E[ey - 1, ex + 1, 0])
+    s1 = (np.int64(7) * E[ey, ex - 1, 1] + np.int64(1) * E[ey - 1, ex - 1, 1]
+          + np.int64(5) * E[ey - 1, ex, 1] + np.int64(3) * E[ey - 1, ex + 1, 1])
+    s2 = (np.int64(7) * E[ey, ex - 1, 2] + np.int64(1) * E[ey - 1, ex - 1, 2]
+          + np.int64(5) * E[ey - 1, ex, 2] + np.int64(3) * E[ey - 1, ex + 1, 2])
+    t0 = min(max(np.int64(UNITS) * np.int64(P[py, px, 0]) + ((s0 * q) >> 12), np.int64(0)), span)
+    t1 = min(max(np.int64(UNITS) * np.int64(P[py, px, 1]) + ((s1 * q) >> 12), np.int64(0)), span)
+    t2 = min(max(np.int64(UNITS) * np.int64(P[py, px, 2]) + ((s2 * q) >> 12), np.int64(0)), span)
+    g = (span >> shift) + 1
+    cell = (t0 >> shift) + g * ((t1 >> shift) + g * (t2 >> shift))
+    best = -1
+    best_d = np.int64(0)
+    for p in range(offsets[cell], offsets[cell + 1]):
+        j = cand[p]
+        d0 = t0 - col16[j, 0]
+        d1 = t1 - col16[j, 1]
+        d2 = t2 - col16[j, 2]
+        d = d0 * d0 + d1 * d1 + d2 * d2
+        if best < 0 or d < best_d:
+            best = j
+            best_d = d
+    E[ey, ex, 0] = t0 - col16[best, 0]
+    E[ey, ex, 1] = t1 - col16[best, 1]
+    E[ey, ex, 2] = t2 - col16[best, 2]
+    return best
+
+
 @numba.njit(**_JIT)
 def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out,
              y0, xa, xb, q, col16, offsets, cand, shift, span):  # pragma: no cover - jitted
-    t = np.empty(col16.shape[1], dtype=np.int64)
+    n_ch = col16.shape[1]
+    t = np.empty(n_ch, dtype=np.int64)
     for r in range(xa.shape[0]):
         y = y0 + r
         for x in range(xa[r], xb[r]):
             valid = True
             if has_mask:
                 valid = V[y - py0, x - px0]
-            lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
-                            q, col16, offsets, cand, shift, span, t)
+            if n_ch == 3:
+                lab = _fs_pixel_rgb(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
+                                    q, col16, offsets, cand, shift, span)
+            else:
+                lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
+                                q, col16, offsets, cand, shift, span, t)
             if write_out:
                 out[y - oy0, x - ox0] = lab
 

@@ -56,11 +56,12 @@ def _textbook(pixels: np.ndarray, colours: np.ndarray, q: int = 256) -> np.ndarr
     return labels
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])  # 3: the kernel's written-out path; others: the loop
 @pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_reference_follows_the_documented_rule(strength):
+def test_reference_follows_the_documented_rule(strength, channels):
     rng = np.random.default_rng(2)
-    pixels = rng.integers(0, 256, (12, 17, 3), dtype=np.uint8)
-    colours = rng.integers(0, 256, (5, 3))
+    pixels = rng.integers(0, 256, (12, 17, channels), dtype=np.uint8)
+    colours = rng.integers(0, 256, (5, channels))
     got = floyd_steinberg(pixels, colours, strength=strength)
     np.testing.assert_array_equal(got, _textbook(pixels, colours, strength_q(strength)))
 
