@@ -132,6 +132,10 @@ def from_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
     return out
 
 
+#: slots of the cache of source colours' OKLab in :func:`_error_rows` (a power of two)
+_OK_CACHE = 1 << 14
+
+
 @numba.njit(**_JIT)
 def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_colours, lin_lut,
                 with_de, m1, m2, out):  # pragma: no cover - jitted
@@ -141,6 +145,10 @@ def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_c
     n = 0
     lin = np.empty(3)
     mid = np.empty(3)
+    # OKLab of recently seen source colours (neighbouring pixels repeat colours): the cube
+    # roots are most of the cost, and a cached value is the very same number
+    cache_code = np.full(_OK_CACHE, -1, dtype=np.int64)
+    cache_ok = np.empty((_OK_CACHE, 3))
     for r in range(xa.shape[0]):
         y = y0 + r
         for x in range(xa[r], xb[r]):
@@ -152,13 +160,20 @@ def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_c
                 sse += d * d
             n += 1
             if with_de:
-                for c in range(3):
-                    lin[c] = lin_lut[np.int64(P[y - py0, x - px0, c])]
-                for q in range(3):
-                    mid[q] = np.cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
+                code = ((np.int64(P[y - py0, x - px0, 0]) << 32) | (np.int64(P[y - py0, x - px0, 1]) << 16)
+                        | np.int64(P[y - py0, x - px0, 2]))
+                slot = (code * np.int64(0x9E3779B1)) >> 20 & (_OK_CACHE - 1)
+                if cache_code[slot] != code:
+                    for c in range(3):
+                        lin[c] = lin_lut[np.int64(P[y - py0, x - px0, c])]
+                    for q in range(3):
+                        mid[q] = np.cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
+                    for q in range(3):
+                        cache_ok[slot, q] = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2]
+                    cache_code[slot] = code
                 s = 0.0
                 for q in range(3):
-                    v = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2] - ok_colours[lab, q]
+                    v = cache_ok[slot, q] - ok_colours[lab, q]
                     s += v * v
                 de += np.sqrt(s)
     out[0] += sse

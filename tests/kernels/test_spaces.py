@@ -39,3 +39,24 @@ def test_known_values():
 def test_unknown_space():
     with pytest.raises(ValueError, match="space='hsv'"):
         to_space(np.zeros((1, 3)), "hsv")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_error_sums_equal_the_direct_sums(dtype):
+    from bigquant.kernels.spaces import error_sums
+
+    rng = np.random.default_rng(5)
+    top = np.iinfo(dtype).max
+    # few distinct colours (the OKLab cache hits) mixed with many (it misses and evicts)
+    few = rng.integers(0, top + 1, (6, 3))
+    pixels = few[rng.integers(0, 6, (90, 70))].astype(dtype)
+    pixels[::3] = rng.integers(0, top + 1, pixels[::3].shape)
+    colours = rng.integers(0, top + 1, (9, 3))
+    labels = rng.integers(0, 9, (90, 70))
+    valid = rng.random((90, 70)) > 0.2
+    got = error_sums(pixels, (0, 0), valid, labels, (0, 0), colours)
+    x, p = pixels[valid].astype(np.float64), colours[labels[valid]].astype(np.float64)
+    ok = np.linalg.norm(to_space(x, "oklab", top) - to_space(p, "oklab", top), axis=1) / 100
+    assert got[0] == ((x - p) ** 2).sum()
+    assert got[1] == pytest.approx(ok.sum(), rel=1e-12)
+    assert got[2] == valid.sum()
