@@ -230,7 +230,7 @@ def _fs_pixel_rgb(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, s
 
 
 @numba.njit(**_JIT)
-def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out,
+def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, masked_label,
              y0, xa, xb, q, col16, offsets, cand, shift, span):  # pragma: no cover - jitted
     n_ch = col16.shape[1]
     t = np.empty(n_ch, dtype=np.int64)
@@ -247,7 +247,7 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out,
                 lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
                                 q, col16, offsets, cand, shift, span, t)
             if write_out:
-                out[y - oy0, x - ox0] = lab
+                out[y - oy0, x - ox0] = lab if valid else masked_label
 
 
 def fs_rows(
@@ -264,6 +264,7 @@ def fs_rows(
     q: int,
     colours: np.ndarray,
     grid: tuple[np.ndarray, np.ndarray, int, int],
+    masked_label: int = 0,
 ) -> None:
     """Diffuse error over rows ``y0 + r``, columns ``[xa[r], xb[r])`` (global coordinates), in raster order.
 
@@ -287,6 +288,8 @@ def fs_rows(
         Integer palette colours.
     grid
         :func:`candidate_grid` of ``colours``.
+    masked_label : int, default=0
+        The label written in ``out`` for the pixels ``valid`` masks out.
     """
     offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
@@ -295,7 +298,7 @@ def fs_rows(
     keep = out is not None
     O = out if keep else np.zeros((1, 1), dtype=np.uint8)
     _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
-             O, out_origin[0], out_origin[1], keep, int(y0),
+             O, out_origin[0], out_origin[1], keep, np.int64(masked_label), int(y0),
              np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),
              np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span))
 

@@ -183,12 +183,13 @@ def _slanted_tile(
     xb = np.clip((j + 1) * width_t - r, 0, width)
     xb = np.maximum(xa, xb)
     out = np.zeros((h, errors.shape[1]), dtype=np.int32) if with_sums or spool is not None else None
-    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid)
+    masked_label = 0 if spool is None else spool[1]
+    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label)
     sums = error_sums(pixels, (y0, px0), mask, out, (y0, ex0), colours, (y0, xa, xb)) if with_sums else None
     spooled = False
     if spool is not None:
         assert out is not None
-        spooled = _spool_tile(spool, out, ex0, mask, px0, geometry)
+        spooled = _spool_tile(spool, out, ex0, geometry)
     bottom_x = j * width_t - (h - 1)
     bottom = _take(errors, origin, y0 + h - 1, bottom_x, 0, 1, width_t)
     links = [
@@ -212,37 +213,27 @@ def _spool_file(directory: str, y0: int, j: int) -> str:
     return os.path.join(directory, f"{y0}-{j}.npy")
 
 
-def _spool_tile(
-    spool: tuple[str, int, Any],
-    out: np.ndarray,
-    ex0: int,
-    mask: np.ndarray | None,
-    px0: int,
-    geometry: tuple[int, int, int, int, int, int],
-) -> bool:
+def _spool_tile(spool: tuple[str, int, Any], out: np.ndarray, ex0: int,
+                geometry: tuple[int, int, int, int, int, int]) -> bool:
     """Save the labels of slanted tile (I, J) packed as (h, W): row r holds columns ``J W - r + c``.
 
-    Masked pixels get the spool's masked label.  Returns False when the
+    ``out`` holds the tile's labels from column ``ex0`` on (masked pixels
+    already carry the spool's masked label).  Returns False when the
     directory cannot be written (e.g. a worker on another machine): pass 2
     then dithers again from the edges.
     """
-    directory, masked_label, dtype = spool
+    directory, _, dtype = spool
     y0, h, j, width_t, _, _ = geometry
-    r = np.arange(h)[:, None]
-    c = np.arange(width_t)[None, :]
-    x = j * width_t - r + c  # global column of packed[r, c]
-    packed = np.take_along_axis(out, np.clip(x - ex0, 0, out.shape[1] - 1), axis=1).astype(dtype)
-    if mask is not None:
-        inside = (x >= px0) & (x < px0 + mask.shape[1])
-        masked = np.zeros(packed.shape, dtype=bool)
-        rows = np.broadcast_to(r, x.shape)
-        masked[inside] = ~mask[rows[inside], x[inside] - px0]
-        packed[masked] = masked_label
+    # packed[r, c] = out[r, J W - r + c - ex0]: a view one element further left each row
+    first = j * width_t - ex0
+    row_step, item = out.strides
+    packed = np.lib.stride_tricks.as_strided(out[:, first:], shape=(h, width_t), strides=(row_step - item, item))
     try:
-        np.save(_spool_file(directory, y0, j), packed)
+        np.save(_spool_file(directory, y0, j), packed.astype(dtype))
     except OSError:
         return False
     return True
+
 
 # --------------------------------------------------------------------------- pass 2
 
@@ -268,9 +259,7 @@ def _rect_chunk(
     out = np.empty((y1 - y0, x1 - x0), dtype=dtype)
     h = y1 - y0
     fs_rows(np.ascontiguousarray(block), (y0, x0), None if valid is None else np.ascontiguousarray(valid),
-            errors, origin, out, (y0, x0), y0, np.full(h, x0), np.full(h, x1), q, colours, grid)
-    if valid is not None and masked_label:
-        out[~np.asarray(valid, dtype=bool)] = masked_label
+            errors, origin, out, (y0, x0), y0, np.full(h, x0), np.full(h, x1), q, colours, grid, masked_label)
     return out
 
 
