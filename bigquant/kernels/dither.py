@@ -23,9 +23,10 @@ The reference, stated once (every implementation follows it):
 - the pixel's error is ``e = t - 16 P[label]``; a masked pixel gets label 0
   and ``e = 0`` (it neither receives nor passes error).
 
-Three-channel images (most of them) run the step written out channel by channel
-(:func:`_fs_pixel_rgb`, its values in registers: about 1.5 times as fast), the
-others a loop over the channels; the tests hold both to the rule above.
+Three-channel images (most of them) run the step written out channel by channel,
+a row at a time with the pulled errors carried in registers
+(:func:`_fs_row_rgb`), the others a loop over the channels; the tests hold
+both to the rule above.
 
 The nearest colour is found through a :func:`candidate_grid`: the clamped
 colour cube is cut into cells, and each cell lists, in index order, every
@@ -194,39 +195,66 @@ def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span,
 
 
 @numba.njit(inline="always", **_JIT)
-def _fs_pixel_rgb(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span):  # pragma: no cover
-    """:func:`_fs_pixel` written out for three channels (most images), its values kept in registers."""
-    if not valid:
-        E[ey, ex, 0] = 0
-        E[ey, ex, 1] = 0
-        E[ey, ex, 2] = 0
-        return 0
-    s0 = (np.int64(7) * E[ey, ex - 1, 0] + np.int64(1) * E[ey - 1, ex - 1, 0]
-          + np.int64(5) * E[ey - 1, ex, 0] + np.int64(3) * E[ey - 1, ex + 1, 0])
-    s1 = (np.int64(7) * E[ey, ex - 1, 1] + np.int64(1) * E[ey - 1, ex - 1, 1]
-          + np.int64(5) * E[ey - 1, ex, 1] + np.int64(3) * E[ey - 1, ex + 1, 1])
-    s2 = (np.int64(7) * E[ey, ex - 1, 2] + np.int64(1) * E[ey - 1, ex - 1, 2]
-          + np.int64(5) * E[ey - 1, ex, 2] + np.int64(3) * E[ey - 1, ex + 1, 2])
-    t0 = min(max(np.int64(UNITS) * np.int64(P[py, px, 0]) + ((s0 * q) >> 12), np.int64(0)), span)
-    t1 = min(max(np.int64(UNITS) * np.int64(P[py, px, 1]) + ((s1 * q) >> 12), np.int64(0)), span)
-    t2 = min(max(np.int64(UNITS) * np.int64(P[py, px, 2]) + ((s2 * q) >> 12), np.int64(0)), span)
+def _fs_row_rgb(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, out, oy, dx_o, write_out, masked_label,
+                xa, xb, q, col16, offsets, cand, shift, span):  # pragma: no cover - jitted
+    """:func:`_fs_pixel` over columns ``[xa, xb)`` of one row, written out for three channels.
+
+    The same arithmetic as the loop over channels, with the errors a pixel
+    pulls kept in registers as the row advances: the row above is read once
+    per pixel (its up-right neighbour), the left neighbour not at all.
+    ``dx_*`` turn a global column into a column of each array.
+    """
     g = (span >> shift) + 1
-    cell = (t0 >> shift) + g * ((t1 >> shift) + g * (t2 >> shift))
-    best = -1
-    best_d = np.int64(0)
-    for p in range(offsets[cell], offsets[cell + 1]):
-        j = cand[p]
-        d0 = t0 - col16[j, 0]
-        d1 = t1 - col16[j, 1]
-        d2 = t2 - col16[j, 2]
-        d = d0 * d0 + d1 * d1 + d2 * d2
-        if best < 0 or d < best_d:
-            best = j
-            best_d = d
-    E[ey, ex, 0] = t0 - col16[best, 0]
-    E[ey, ex, 1] = t1 - col16[best, 1]
-    E[ey, ex, 2] = t2 - col16[best, 2]
-    return best
+    # errors of (y, x - 1), (y - 1, x - 1), (y - 1, x), as the loop enters column xa
+    l0 = np.int64(E[ey, xa - 1 - dx_e, 0])
+    l1 = np.int64(E[ey, xa - 1 - dx_e, 1])
+    l2 = np.int64(E[ey, xa - 1 - dx_e, 2])
+    ul0 = np.int64(E[ey - 1, xa - 1 - dx_e, 0])
+    ul1 = np.int64(E[ey - 1, xa - 1 - dx_e, 1])
+    ul2 = np.int64(E[ey - 1, xa - 1 - dx_e, 2])
+    u0 = np.int64(E[ey - 1, xa - dx_e, 0])
+    u1 = np.int64(E[ey - 1, xa - dx_e, 1])
+    u2 = np.int64(E[ey - 1, xa - dx_e, 2])
+    for x in range(xa, xb):
+        ex = x - dx_e
+        ur0 = np.int64(E[ey - 1, ex + 1, 0])
+        ur1 = np.int64(E[ey - 1, ex + 1, 1])
+        ur2 = np.int64(E[ey - 1, ex + 1, 2])
+        if has_mask and not V[vy, x - dx_v]:
+            l0 = np.int64(0)
+            l1 = np.int64(0)
+            l2 = np.int64(0)
+            lab = masked_label
+        else:
+            t0 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 0]) + (((7 * l0 + ul0 + 5 * u0 + 3 * ur0) * q) >> 12)
+            t1 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 1]) + (((7 * l1 + ul1 + 5 * u1 + 3 * ur1) * q) >> 12)
+            t2 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 2]) + (((7 * l2 + ul2 + 5 * u2 + 3 * ur2) * q) >> 12)
+            t0 = min(max(t0, np.int64(0)), span)
+            t1 = min(max(t1, np.int64(0)), span)
+            t2 = min(max(t2, np.int64(0)), span)
+            cell = (t0 >> shift) + g * ((t1 >> shift) + g * (t2 >> shift))
+            best = -1
+            best_d = np.int64(0)
+            for p in range(offsets[cell], offsets[cell + 1]):
+                j = cand[p]
+                d0 = t0 - col16[j, 0]
+                d1 = t1 - col16[j, 1]
+                d2 = t2 - col16[j, 2]
+                d = d0 * d0 + d1 * d1 + d2 * d2
+                if best < 0 or d < best_d:
+                    best = j
+                    best_d = d
+            l0 = t0 - col16[best, 0]
+            l1 = t1 - col16[best, 1]
+            l2 = t2 - col16[best, 2]
+            lab = best
+        E[ey, ex, 0] = l0
+        E[ey, ex, 1] = l1
+        E[ey, ex, 2] = l2
+        if write_out:
+            out[oy, x - dx_o] = lab
+        ul0, ul1, ul2 = u0, u1, u2
+        u0, u1, u2 = ur0, ur1, ur2
 
 
 @numba.njit(**_JIT)
@@ -236,16 +264,17 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
     t = np.empty(n_ch, dtype=np.int64)
     for r in range(xa.shape[0]):
         y = y0 + r
+        if n_ch == 3:
+            if xa[r] < xb[r]:
+                _fs_row_rgb(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, out, y - oy0, ox0,
+                            write_out, masked_label, xa[r], xb[r], q, col16, offsets, cand, shift, span)
+            continue
         for x in range(xa[r], xb[r]):
             valid = True
             if has_mask:
                 valid = V[y - py0, x - px0]
-            if n_ch == 3:
-                lab = _fs_pixel_rgb(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
-                                    q, col16, offsets, cand, shift, span)
-            else:
-                lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
-                                q, col16, offsets, cand, shift, span, t)
+            lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
+                            q, col16, offsets, cand, shift, span, t)
             if write_out:
                 out[y - oy0, x - ox0] = lab if valid else masked_label
 
