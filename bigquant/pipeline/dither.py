@@ -291,7 +291,8 @@ DITHER_CHUNK = 1024
 
 def _regular(data: da.Array, valid: da.Array | None) -> tuple[da.Array, da.Array | None]:
     """Pixels (and mask) in regular chunks of H rows and W >= H columns, one chunk of channels."""
-    rows = min(data.chunks[0][0], DITHER_CHUNK)
+    # bands no higher than the image is wide: a chunk narrower than its band would leave slanted tiles past the image
+    rows = min(data.chunks[0][0], DITHER_CHUNK, data.shape[1])
     cols = max(min(data.chunks[1][0], DITHER_CHUNK), rows)
     data = data.rechunk((rows, cols, -1))
     if valid is not None:

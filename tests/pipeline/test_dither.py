@@ -109,6 +109,13 @@ def test_a_killed_runs_spool_is_removed_by_the_next_run(tmp_path):
     assert not left[0].exists()
 
 
+@pytest.mark.parametrize("chunks", [(200, 37), (64, 37), (50, 20)], ids=str)
+def test_a_tall_narrow_image_is_dithered_whatever_its_chunks(photo, palette, chunks):
+    tall = np.ascontiguousarray(photo[:, :37].repeat(2, axis=0)[:200])  # 200 x 37: bands would be wider than it
+    data = da.from_array(tall, chunks=chunks + (3,))
+    np.testing.assert_array_equal(dither_labels(data, palette).compute(), floyd_steinberg(tall, palette))
+
+
 def test_floyd_steinberg_single_threaded_and_synchronous_agree(photo, palette):
     data = da.from_array(photo, chunks=(48, 48, 3))
     with dask.config.set(scheduler="sync"):
