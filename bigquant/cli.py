@@ -491,8 +491,9 @@ def _quantize_many(args: argparse.Namespace, console: _Console, k: int | None, c
     from bigquant.pipeline.many import quantize_many
     from bigquant.pipeline.progress import Line, progress
 
-    if args.preview or args.cog or args.series is not None or args.level:
-        raise UsageError(f"{PROG} quantize: --preview, --cog, --series and --level take one input, not --out-dir")
+    if args.preview or args.cog or args.series is not None or args.level or args.compare or args.space != "rgb":
+        raise UsageError(f"{PROG} quantize: --preview, --compare, --cog, --series, --level and --space take one "
+                         "input, not --out-dir")
     if not args.keep_going:
         for path in args.paths:
             _check_input(path)
@@ -508,6 +509,7 @@ def _quantize_many(args: argparse.Namespace, console: _Console, k: int | None, c
                 overviews=args.overviews, nodata_index=args.nodata_index, rgb_bands=args.rgb_bands,
                 palette_out=args.palette_out, overwrite=args.overwrite, client=client,
                 random_state=args.random_state, strategy=args.strategy, n_init=args.n_init, max_iter=args.max_iter,
+                dither=None if args.dither == "none" else args.dither, dither_strength=args.dither_strength,
             )
     seconds = time.perf_counter() - start
     for item in result.files:

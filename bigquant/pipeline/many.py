@@ -17,6 +17,7 @@ totals to within 0.2% and keeps the sums exact integers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -38,6 +39,7 @@ from bigquant.errors import BigquantError, ImageReadError, ImageWriteError, Inva
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS
+from bigquant.pipeline.dither import check_dither, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import parse_quality
 from bigquant.pipeline.quantize import (
@@ -50,7 +52,9 @@ from bigquant.pipeline.quantize import (
     psnr,
     write_palette_out,
     write_quantized,
+    _check_ditherable,
     _check_request,
+    _dither_data,
     _scheduler,
 )
 
@@ -233,6 +237,8 @@ def quantize_many(
     client: Any = None,
     random_state: Any = None,
     strategy: Literal["auto", "histogram", "pixels", "minibatch"] = "auto",
+    dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
+    dither_strength: float = 0.9,
     **kmeans_kwargs: Any,
 ) -> ManyResult:
     """Quantize a set of images with one shared palette.
@@ -265,6 +271,10 @@ def quantize_many(
         (False); see :func:`bigquant.quantize`.
     mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, overwrite, client, random_state, strategy
         As :func:`bigquant.quantize`, for every file.
+    dither, dither_strength
+        Dither every file's mapping to the shared palette (see
+        :func:`bigquant.quantize`); each file's error and PSNR are then those
+        of its dithered pixels.
     palette_out : str, os.PathLike or None, default=None
         Also write the shared palette (``.json`` with every file's error and
         PSNR, or ``.gpl``/``.act``/``.png``).
@@ -294,6 +304,7 @@ def quantize_many(
     """
     if weight not in ("pixels", "image"):
         raise InvalidParameterError(f"weight={weight!r} must be 'pixels' or 'image'")
+    dither, dither_strength = check_dither(dither, dither_strength)
     suffix = suffix if suffix.startswith(".") else f".{suffix}"
     if suffix.lower() not in FORMATS:
         raise InvalidParameterError(f"suffix={suffix!r}: use one of {sorted(FORMATS)}")
@@ -323,6 +334,9 @@ def quantize_many(
         if palette_out is not None and pathlib.Path(palette_out).expanduser() in seen:
             raise InvalidParameterError(f"palette_out={palette_out} is also an output image")
         opened, skipped = open_sources(srcs, mask=mask, keep_going=keep_going)
+        if dither is not None:
+            for item in opened:
+                _check_ditherable(item.source, rgb_bands, dither)
         kept = [dsts[o.index] for o in opened]
         n_channels = int(opened[0].data.shape[-1])
         dtype = opened[0].data.dtype
@@ -349,10 +363,14 @@ def quantize_many(
             for i, (item, dst) in enumerate(zip(opened, kept)):
                 hist = per_file[i] if per_file is not None else None
                 choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source)
-                mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, options)
-                # the mapper's inertia on this file's histogram: its exact squared error
-                error = None if hist is None else float(mapper.inertia_)
-                n = None if hist is None else hist.n_pixels
+                if dither is None:
+                    mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, options)
+                    # the mapper's inertia on this file's histogram: its exact squared error
+                    error = None if hist is None else float(mapper.inertia_)
+                    n = None if hist is None else hist.n_pixels
+                else:
+                    error, n = _write_dithered(srcs[item.index], item, choice, dst, options, mask, dither,
+                                               dither_strength)
                 quality_db = None if n is None else psnr(error, n * n_channels, dtype)
                 files.append(FileResult(item.name, str(dst), n, error, quality_db))
                 logger.info("wrote %s (%s)", dst, "" if quality_db is None else f"{quality_db:.2f} dB")
@@ -375,6 +393,25 @@ def quantize_many(
         doc["source"], doc["shape"] = [f.src for f in files], None
         write_palette_out(pathlib.Path(palette_out).expanduser(), shared, doc, overwrite, opened[0].data.dtype, rgb_bands)
     return result
+
+
+def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.Path, options: OutputOptions,
+                    mask: Any, dither: str, strength: float) -> tuple[float | None, int | None]:
+    """Write one file of a set dithered to the shared palette; its squared error and pixel count.
+
+    Floyd--Steinberg gives the error of the pixels written on its way; blue
+    noise does not (None, None).
+    """
+    report: dict[str, Any] = {}
+    dither_data = _dither_data(src, item.source, None, 0, None, mask, item.valid)
+    spooling = label_spool(dst) if dither == "floyd-steinberg" else contextlib.nullcontext(None)
+    with spooling as spool:
+        write_quantized(item.data, item.valid, choice, item.source, dst, options, dither=dither,
+                        dither_strength=strength, dither_data=dither_data, report=report, spool=spool)
+    sums = report.get("sums")
+    if sums is None:
+        return None, None
+    return float(sums[0]), int(sums[2])
 
 
 def _fit_joint(joint: ColourHistogram, n_clusters: int | None, target: Any, limit: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -183,6 +184,30 @@ def test_every_file_of_a_set_carries_the_same_palette(tmp_path, photos):
     doc = json.loads((tmp_path / "set.json").read_text())
     assert [entry["src"] for entry in doc["inputs"]] == [str(p) for p in paths]
     assert doc["error"] == result.error and doc["weight"] == "pixels"
+
+
+def test_a_set_is_dithered_to_its_shared_palette(tmp_path, photos):
+    from bigquant.kernels.dither import floyd_steinberg
+
+    images, paths = photos
+    plain = quantize_many(paths, tmp_path / "plain", 8, random_state=0)
+    result = quantize_many(paths, tmp_path / "fs", 8, random_state=0, dither="floyd-steinberg",
+                           dither_strength=0.8)
+    np.testing.assert_array_equal(result.palette, plain.palette)  # the same fit
+    for img, item in zip(images, result.files):
+        labels = tifffile.imread(item.dst)
+        np.testing.assert_array_equal(labels, floyd_steinberg(img, result.palette, strength=0.8))
+        # the error reported is that of the dithered pixels written
+        assert item.error == ((img.astype(np.int64) - result.palette[labels].astype(np.int64)) ** 2).sum()
+        assert item.n_pixels == img.shape[0] * img.shape[1]
+    assert sorted(p.name for p in (tmp_path / "fs").iterdir()) == sorted(pathlib.Path(f.dst).name
+                                                                          for f in result.files)  # no spool left
+    out = tmp_path / "cli"
+    assert main(["quantize", *map(str, paths), "--out-dir", str(out), "-k", "8", "--random-state", "0",
+                 "--dither", "floyd-steinberg", "--dither-strength", "0.8", "--no-cluster"]) == 0
+    for item in result.files:
+        np.testing.assert_array_equal(tifffile.imread(out / pathlib.Path(item.dst).name), tifffile.imread(item.dst))
+    assert main(["quantize", *map(str, paths), "--out-dir", str(out), "-k", "8", "--space", "oklab"]) == 2
 
 
 def test_weight_image_gives_every_image_the_same_weight(tmp_path, photos):
