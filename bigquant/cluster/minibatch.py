@@ -63,7 +63,8 @@ from bigquant.cluster.base import KMeansBase
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import kmeans_plusplus, random_init
 from bigquant.cluster.lloyd import lloyd
-from bigquant.cluster.points import DaskPoints, InMemoryPoints
+from bigquant.cluster.points import BoundedPoints, DaskPoints, InMemoryPoints
+from bigquant.cluster.search import default_chains, search, uses_coarse_search
 from bigquant.cluster.validation import (
     Data,
     check_choice,
@@ -100,6 +101,10 @@ _REFINE_PIXELS = 1 << 20
 #: Lloyd's iteration of the refinement: relative tolerance and iteration cap
 _REFINE_TOL = 1e-4
 _REFINE_MAX_ITER = 300
+
+#: coarse-search chains per initialisation, and how many of them run to the sample's fixed point
+_SEARCH_CHAINS = 4
+_SEARCH_EXACT = 2
 
 #: signature of the per-step callback: (step, batch inertia per unit weight, centre shift)
 StepCallback = Callable[[int, float, float], None]
@@ -261,6 +266,11 @@ class _ColourSampler:
         u = rng.integers(0, int(self._cum[-1]), size=n)
         idx = np.searchsorted(self._cum, u, side="right")
         return _Batch(self.histogram.colours[idx], None)
+
+
+def _weights_of(histogram: ColourHistogram, labels: np.ndarray, k: int) -> np.ndarray:
+    """Pixels of a histogram in each cluster, from its colours' labels."""
+    return np.bincount(labels, weights=histogram.counts, minlength=k).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- estimator
@@ -492,10 +502,14 @@ default="k-means++"
 
     # ------------------------------------------------------------------ steps
 
-    def _start(self, centers: np.ndarray, batch_size: int) -> None:
-        """Reset the state of the steps (counts, smoothing, reassignment clock)."""
+    def _start(self, centers: np.ndarray, batch_size: int, counts: np.ndarray | None = None) -> None:
+        """Reset the state of the steps (counts, smoothing, reassignment clock).
+
+        ``counts``: the weight each centre already averages (the samples an
+        initialisation fitted it on); zeros by default, as in scikit-learn.
+        """
         self.cluster_centers_ = np.array(centers, dtype=np.float64)
-        self._counts = np.zeros(len(centers), dtype=np.float64)
+        self._counts = np.zeros(len(centers), dtype=np.float64) if counts is None else np.array(counts, np.float64)
         self._batch_size = int(batch_size)
         self._n_since_last_reassign = 0
         self._ewa_inertia: float | None = None
@@ -583,17 +597,20 @@ default="k-means++"
     # ------------------------------------------------------------------ init
 
     def _initial_centers(
-        self, pool: _Batch, init_array: np.ndarray | None, rng: np.random.Generator
-    ) -> np.ndarray:
+        self, pool: _Batch, init_array: np.ndarray | None, rng: np.random.Generator,
+        counted: ColourHistogram | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Best of ``n_init`` initialisations on the head of ``pool``, judged on the next samples.
 
         Run ``i`` seeds on samples ``[i * init_size, (i + 1) * init_size)``; the
         ``_VALID_PIXELS`` samples after the last run's pick the best.
         """
         if init_array is not None:
-            return init_array.copy()
+            return init_array.copy(), None
         k = int(self.n_clusters)
         n_init = self._n_init(init_array)
+        if self.refine and self._colours_apply(pool):
+            return self._search_init(pool, n_init, rng, counted)
         size = self._init_size()
         X = np.asarray(pool.X, dtype=np.float64)
         w = np.ones(len(pool)) if pool.w is None else np.asarray(pool.w, dtype=np.float64)
@@ -609,13 +626,62 @@ default="k-means++"
             else:
                 centers = kmeans_plusplus(Xi, wi, k, rng)
             if n_init == 1:
-                return centers
+                return centers, None
             inertia = kernels.partial_sums(X[valid], centers, w[valid])[2]
             logger.debug("init %d/%d: validation inertia %.6g", run + 1, n_init, inertia)
             if inertia < best_inertia:
                 best, best_inertia = centers, inertia
         assert best is not None
-        return best
+        return best, None
+
+    @staticmethod
+    def _colours_apply(batch: _Batch) -> bool:
+        """Whether samples can be counted as colours: unweighted unsigned data of at most 24 bits."""
+        return batch.w is None and histogram_bits(batch.X.dtype, batch.X.shape[1]) is not None
+
+    def _search_init(
+        self, pool: _Batch, n_init: int, rng: np.random.Generator, counted: ColourHistogram | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The coarse-to-fine search of :class:`KMeans` on the colours of (the head of) ``pool``.
+
+        The samples are counted (a histogram of at most a round of samples),
+        then :func:`bigquant.cluster.search.search` runs ``2 * n_init`` chains
+        on it (k-means++, Lloyd and swap moves on coarse colours, Lloyd on the
+        sampled colours); on few colours, ``n_init`` runs of k-means++ and
+        Lloyd on them. The centres are a Lloyd fixed point of the sample.
+        """
+        k = int(self.n_clusters)
+        size = len(pool) if self.init_size is None else min(len(pool), self._init_size())
+        if counted is not None and size == len(pool):
+            hist = counted
+        else:
+            hist = colour_histogram(np.ascontiguousarray(pool.X[:size]))
+        if hist.n_colours <= k:
+            return random_init(hist.colours, hist.counts, k, rng), None
+        points = hist.points()
+        tol = _REFINE_TOL * float(np.mean(points.moments()[2]))
+        seeder = random_init if self.init == "random" else kmeans_plusplus
+        if uses_coarse_search(hist):
+            found = search(hist, k, n_chains=_SEARCH_CHAINS * n_init, tol=tol, max_iter=_REFINE_MAX_ITER,
+                           rng=rng, seeder=seeder, n_exact=_SEARCH_EXACT * n_init)
+            if found.fine is not None:
+                logger.info("init: coarse search on %d sampled colours, sample inertia %.6g",
+                            hist.n_colours, found.fine.inertia)
+                return found.fine.centers, _weights_of(hist, found.fine.labels, k)
+            starts = [found.start]
+        else:
+            starts = [seeder(hist.colours.astype(np.float64), hist.counts.astype(np.float64), k, rng)
+                      for _ in range(n_init)]
+        best = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for start in starts:
+                result = lloyd(points, start, max_iter=_REFINE_MAX_ITER, tol=tol)
+                if best is None or result.inertia < best.inertia:
+                    best = result
+        assert best is not None
+        logger.info("init: Lloyd on %d sampled colours, sample inertia %.6g", hist.n_colours, best.inertia)
+        return best.centers, _weights_of(hist, best.labels, k)
 
     @staticmethod
     def _check_batch(batch: _Batch) -> None:
@@ -683,22 +749,30 @@ default="k-means++"
 
         # the first round also seeds the centres, judges the n_init runs and scales tol
         n_init = self._n_init(init_array)
+        colours = self.refine and weights is None and histogram_bits(data.array.dtype, data.n_channels) is not None
+        # counted samples cost at most their distinct colours: a round is 2**20 samples
+        # whatever the size of the data (drawn with replacement), the refinement uses up to 2**20
+        self._full_rounds = colours
+        round_cap = _ROUND_PIXELS if colours else max(n_samples, batch_size)
         first = max(
-            min(_ROUND_PIXELS, n_steps * batch_size, max(n_samples, batch_size)),
+            min(_ROUND_PIXELS, n_steps * batch_size, round_cap),
             n_init * self._init_size() + (_VALID_PIXELS if n_init > 1 else 0),
         )
         pool = sampler.draw(first, sample_rng)
         self._check_batch(pool)
         if pool.w is not None and pool.w.sum() <= 0:
             raise InvalidInputError("sample_weight is zero on every sample drawn")
-        variance = self._variance(pool)
-        centers = self._initial_centers(pool, init_array, init_rng)
-        self._start(centers, batch_size)
+        # unweighted samples of 8-bit-like data are counted once: the search, the
+        # variance and (when the steps need no other round) the refinement use the counts
+        counted = colour_histogram(np.ascontiguousarray(pool.X)) if colours else None
+        variance = counted.points().moments()[2] if counted is not None else self._variance(pool)
+        centers, counts = self._initial_centers(pool, init_array, init_rng, counted)
+        self._start(centers, batch_size, counts)
         seen = [pool]
         tol = float(self.tol) * float(np.mean(variance))
         step = self._run(pool, seen, sampler, n_steps, n_samples, tol, sample_rng, step_rng)
         if self.refine:
-            self._refine(seen, n_samples, variance, refine_rng)
+            self._refine(seen, n_samples, variance, refine_rng, counted)
 
         self._random_state = step_rng  # partial_fit may continue from here
         self.strategy_ = strategy
@@ -755,24 +829,33 @@ default="k-means++"
         return step
 
     def _refine(
-        self, seen: list[_Batch], n_samples: int, variance: np.ndarray, rng: np.random.Generator
+        self, seen: list[_Batch], n_samples: int, variance: np.ndarray, rng: np.random.Generator,
+        counted: ColourHistogram | None = None,
     ) -> None:
         """Lloyd's iteration on (at most ``_REFINE_PIXELS`` of) the samples fetched."""
-        X = np.concatenate([p.X for p in seen])
+        X = np.concatenate([p.X for p in seen]) if len(seen) > 1 else seen[0].X
         w = None if seen[0].w is None else np.concatenate([p.w for p in seen]).astype(np.float64)
-        cap = min(_REFINE_PIXELS, max(n_samples, _VALID_PIXELS))
+        cap = _REFINE_PIXELS if self._full_rounds else min(_REFINE_PIXELS, max(n_samples, _VALID_PIXELS))
         if X.shape[0] > cap:
             keep = np.sort(rng.choice(X.shape[0], size=cap, replace=False))
             X = X[keep]
             w = None if w is None else w[keep]
-        points = InMemoryPoints(np.ascontiguousarray(X), w)
+        elif len(seen) == 1 and counted is not None:
+            X = None  # the first round only: already counted
+        if X is None:
+            points: InMemoryPoints = counted.points()
+        elif w is None and histogram_bits(X.dtype, X.shape[1]) is not None:
+            # counted colours: the same Lloyd run as on the samples, on fewer points
+            points = colour_histogram(np.ascontiguousarray(X)).points()
+        else:
+            points = BoundedPoints(X, np.ones(X.shape[0]) if w is None else w, n_parts=1)
         tol = _REFINE_TOL * float(np.mean(variance))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             result = lloyd(points, self.cluster_centers_, max_iter=_REFINE_MAX_ITER, tol=tol)
         logger.info(
             "refinement: %d Lloyd iterations on %d samples, sample inertia %.6g",
-            result.n_iter, X.shape[0], result.inertia,
+            result.n_iter, sum(len(p) for p in seen) if X is None else X.shape[0], result.inertia,
         )
         self.cluster_centers_ = result.centers
         self.n_refine_iter_ = result.n_iter
@@ -843,7 +926,7 @@ default="k-means++"
             pool = _PixelSampler(data, weights).draw(
                 n_init * self._init_size() + (_VALID_PIXELS if n_init > 1 else 0), init_rng
             )
-            centers = self._initial_centers(pool, init_array, init_rng)
+            centers, _ = self._initial_centers(pool, init_array, init_rng)
             self._start(centers, min(int(self.batch_size), data.n_samples))
             self.n_features_in_ = data.n_channels
             self.n_steps_ = 0
