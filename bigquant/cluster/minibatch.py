@@ -333,15 +333,21 @@ class MiniBatchKMeans(KMeansBase):
 default="k-means++"
         Initialisation, computed on ``init_size`` random samples (weighted by
         ``sample_weight``). ``"k-means||"`` needs passes over all the data:
-        here it is k-means++.
+        here it is k-means++. With ``refine=True`` on colour samples
+        (unweighted unsigned data of at most 24 bits per pixel), k-means++ or
+        random seeds start the chains of :class:`KMeans`'s coarse search on
+        the counted samples of the first round (see
+        :mod:`bigquant.cluster.minibatch`).
     init_size : int or None, default=None
         Samples of the first round seeding each initialisation (the next
         65,536 pick the best of ``n_init``); ``None`` means
-        ``3 * batch_size``, at least ``3 * n_clusters``.
+        ``3 * batch_size``, at least ``3 * n_clusters`` -- or, for the coarse
+        search on colour samples, the whole first round (2**20 samples).
     n_init : int or "auto", default="auto"
         Number of initialisations; the one with the lowest inertia on the
-        validation sample is kept. ``"auto"``: 1 for ``"k-means++"``, 3 for
-        ``"random"``.
+        validation sample is kept (for the coarse search: 4 chains per
+        initialisation, the lowest on the sample kept). ``"auto"``: 1 for
+        ``"k-means++"``, 3 for ``"random"``.
     refine : bool, default=True
         After the mini-batch steps, run Lloyd's iteration (to the relative
         tolerance 1e-4 of :class:`KMeans`) on up to 2**20 of the samples
@@ -349,7 +355,9 @@ default="k-means++"
         means of mini-batch k-means lag behind (every centre averages points
         assigned to it under older centres): on photos this costs 2-9% of
         inertia, which the refinement recovers without reading more data.
-        ``False`` gives scikit-learn's algorithm.
+        On colour samples it also brings the coarse-search initialisation
+        (see ``init``). ``False`` gives scikit-learn's algorithm (k-means++ on
+        ``init_size`` samples, running means only).
     compute_labels : bool, default=True
         After the last step, compute ``inertia_`` exactly with one pass over
         the data (and ``labels_``, lazily for dask input). ``False`` skips the
