@@ -16,9 +16,10 @@ coarse-to-fine search of :class:`KMeans` (:mod:`bigquant.cluster.search`) run
 on the first round's counted colours, ending at a Lloyd fixed point of that
 sample; the steps continue the running means from it (each centre starts with
 the weight of its cluster in the sample, not zero), and the refinement runs
-Lloyd's iteration on the counted colours in one compiled call. On photos this
-keeps the final SSE within about 0.5% of the full fit (``KMeans()``) where
-k-means++ on ``init_size`` samples and running means ended 2-5% above it: the
+Lloyd's iteration on the counted colours in one compiled call. On
+grace_hopper (k = 8..64, 5 seeds) this keeps the final SSE within 0.6% of the
+full fit (``KMeans()``) where k-means++ on ``init_size`` samples and running
+means ended up to 4% above it (scikit-learn's MiniBatchKMeans: 4-10%): the
 running means only move within the basin their start lies in. A round of
 colours is 2**20 samples whatever the size of the data (with replacement on
 small images): counted, it costs at most its distinct colours.
@@ -672,9 +673,9 @@ default="k-means++"
         """The coarse-to-fine search of :class:`KMeans` on the colours of (the head of) ``pool``.
 
         The samples are counted (a histogram of at most a round of samples),
-        then :func:`bigquant.cluster.search.search` runs ``2 * n_init`` chains
-        on it (k-means++, Lloyd and swap moves on coarse colours, Lloyd on the
-        sampled colours); on few colours, ``n_init`` runs of k-means++ and
+        then :func:`bigquant.cluster.search.search` runs ``4 * n_init`` chains
+        on it (k-means++, Lloyd and swap moves on coarse colours, the best
+        ``2 * n_init`` to Lloyd's fixed point on the sampled colours); on few colours, ``n_init`` runs of k-means++ and
         Lloyd on them. The centres are a Lloyd fixed point of the sample.
         """
         k = int(self.n_clusters)
