@@ -2,10 +2,14 @@
 
 Two markdown tables, every method timed in the same run:
 
-1. The photo: matplotlib's ``grace_hopper.jpg`` (600 x 512), k = 8, 16, 32 —
-   bigquant ``MiniBatchKMeans`` (pixel and histogram strategies), full Lloyd
+1. The photo: matplotlib's ``grace_hopper.jpg`` (600 x 512), k = 8, 16, 32, 64 —
+   bigquant ``MiniBatchKMeans`` (pixel and histogram strategies, and
+   ``refine=False``: scikit-learn's algorithm), the full fit ``KMeans()`` (the
+   reference: exact histogram, coarse search), full Lloyd on the pixels
    (``KMeans(strategy="pixels")``) and scikit-learn's ``MiniBatchKMeans``
-   (same batch size), each over ``--repeats`` seeds.
+   (same batch size, ``n_init=1``), every method over the same ``--photo-repeats``
+   seeds. SSE ratios are to the full fit's median SSE: the median and the
+   worst seed of each method.
 2. A large photo-like image (``bigquant.io.sample.make_sample_tiff``, tiled
    BigTIFF of ``--megapixels`` MP, read lazily with ``bigquant.read_image``):
    ``MiniBatchKMeans`` (pixel strategy, with and without the Lloyd refinement)
@@ -21,7 +25,7 @@ the load average is printed with the tables.
 
 Usage::
 
-    python bench/bench_minibatch.py [--repeats 3] [--megapixels 256] [--k-big 16]
+    python bench/bench_minibatch.py [--photo-repeats 5] [--repeats 3] [--megapixels 256] [--k-big 16]
         [--lloyd-repeats 1] [--workdir DIR] [--skip-photo] [--skip-big]
 """
 
@@ -56,7 +60,7 @@ def load_photo() -> np.ndarray:
 
 
 def runs(fit: Callable[[int], Any], sse: Callable[[Any], float], seeds: int) -> dict[str, Any]:
-    """Fit once per seed; median time and SSE, and the model of the first seed."""
+    """Fit once per seed; median time and SSE, every SSE, and what the fits read."""
     times, sses, models = [], [], []
     for seed in range(seeds):
         t0 = time.perf_counter()
@@ -68,9 +72,11 @@ def runs(fit: Callable[[int], Any], sse: Callable[[Any], float], seeds: int) -> 
     return {
         "time": statistics.median(times),
         "sse": statistics.median(sses),
+        "sses": sses,
         "sse_min": min(sses),
         "sse_max": max(sses),
         "steps": statistics.median(getattr(m, "n_steps_", getattr(m, "n_iter_", 0)) for m in models),
+        "fetched": statistics.median(getattr(m, "n_samples_fetched_", 0) for m in models),
         "n": seeds,
     }
 
@@ -89,22 +95,44 @@ HEADER = (
     "|---|---|---|---|---|---|---|---|---|"
 )
 
+PHOTO_HEADER = (
+    "| k | method | time (s, median) | × full fit's time | SSE / full fit: median | max "
+    "| samples drawn (× pixels) | passes over the pixels |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def photo_row(k: int, name: str, r: dict[str, Any], full: dict[str, Any], n_pixels: int, passes: str) -> str:
+    """SSE ratios to the median SSE of the full fit over the same seeds."""
+    fetched = f"{r['fetched'] / n_pixels:.1f}" if r["fetched"] else ""
+    return (
+        f"| {k} | {name} | {r['time']:.2f} | {r['time'] / full['time']:.1f} | "
+        f"**{r['sse'] / full['sse']:.4f}** | {r['sse_max'] / full['sse']:.4f} | {fetched} | {passes} |"
+    )
+
 
 def photo_table(ks: list[int], seeds: int, batch_size: int) -> str:
+    """k, method, time and SSE / the full fit (``KMeans()``, histogram and coarse search)."""
     import threadpoolctl
     from sklearn.cluster import MiniBatchKMeans as SKMiniBatch
 
     from bigquant import KMeans, MiniBatchKMeans
 
     img = load_photo()
+    n_pixels = img.shape[0] * img.shape[1]
     Xf = img.reshape(-1, 3).astype(np.float64)
-    MiniBatchKMeans(4, random_state=0).fit(img)  # compile the kernels once
+    for strategy in ("pixels", "histogram"):  # compile the kernels once
+        MiniBatchKMeans(4, strategy=strategy, random_state=0).fit(img)
+        MiniBatchKMeans(4, strategy=strategy, refine=False, random_state=0).fit(img)
+    KMeans(4, random_state=0).fit(img)
     KMeans(4, strategy="pixels", random_state=0).fit(img)
-    lines = [HEADER]
+    lines = [PHOTO_HEADER]
+    worst: dict[str, float] = {}
     for k in ks:
         logger.info("photo, k=%d", k)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            full = runs(lambda s: KMeans(k, random_state=s).fit(img), lambda m: m.inertia_, seeds)
             lloyd = runs(lambda s: KMeans(k, strategy="pixels", random_state=s).fit(img),
                          lambda m: m.inertia_, seeds)
         mb = runs(lambda s: MiniBatchKMeans(k, batch_size=batch_size, random_state=s).fit(img),
@@ -118,13 +146,22 @@ def photo_table(ks: list[int], seeds: int, batch_size: int) -> str:
         with threadpoolctl.threadpool_limits(1):  # its fastest setting on this shared machine
             sk = runs(lambda s: SKMiniBatch(k, batch_size=batch_size, n_init=1, random_state=s).fit(Xf),
                       lambda m: m.inertia_, seeds)
+        sk["fetched"] = sk["steps"] * batch_size  # its batches (its init sample aside)
+        for name, r in (("pixels", mb), ("histogram", mbh)):
+            worst[name] = max(worst.get(name, 0.0), r["sse_max"] / full["sse"])
         lines += [
-            row(k, "full Lloyd `KMeans(strategy='pixels')`", lloyd, lloyd),
-            row(k, "bigquant `MiniBatchKMeans` (pixels)", mb, lloyd),
-            row(k, "bigquant `MiniBatchKMeans` (histogram)", mbh, lloyd),
-            row(k, "bigquant `MiniBatchKMeans(refine=False)`", mbs, lloyd),
-            row(k, "scikit-learn `MiniBatchKMeans`", sk, lloyd),
+            photo_row(k, "full fit `KMeans()` (histogram, coarse search)", full, full, n_pixels, "1 + labels"),
+            photo_row(k, "full Lloyd `KMeans(strategy='pixels')`", lloyd, full, n_pixels,
+                      f"{lloyd['steps']:g} Lloyd iterations"),
+            photo_row(k, "bigquant `MiniBatchKMeans` (pixels)", mb, full, n_pixels, "1 (`inertia_`, labels)"),
+            photo_row(k, "bigquant `MiniBatchKMeans(strategy='histogram')`", mbh, full, n_pixels,
+                      "1 (count) + labels"),
+            photo_row(k, "bigquant `MiniBatchKMeans(refine=False)`", mbs, full, n_pixels, "1 (`inertia_`, labels)"),
+            photo_row(k, "scikit-learn `MiniBatchKMeans` (`n_init=1`)", sk, full, n_pixels, "1 (labels)"),
         ]
+    lines.append("")
+    lines.append("worst SSE / full fit over every k and seed: "
+                 + ", ".join(f"MiniBatchKMeans ({n}) {v:.4f}" for n, v in worst.items()))
     return "\n".join(lines)
 
 
@@ -153,6 +190,8 @@ def big_table(path: pathlib.Path, k: int, seeds: int, lloyd_seeds: int, batch_si
             f"({X.nbytes / 2**30:.2f} GiB), chunks {X.chunksize[:2]}, {X.npartitions} chunks")
     logger.info("big image: %s, k=%d", desc, k)
     lines = [HEADER]
+    logger.info("full fit KMeans() (8-bit: histogram)")
+    full = runs(lambda s: KMeans(k, random_state=s).fit(X), lambda m: m.inertia_, lloyd_seeds)
     logger.info("full Lloyd")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -165,6 +204,7 @@ def big_table(path: pathlib.Path, k: int, seeds: int, lloyd_seeds: int, batch_si
     mbs = runs(lambda s: MiniBatchKMeans(k, batch_size=batch_size, refine=False, random_state=s).fit(X),
                lambda m: m.inertia_, seeds)
     lines += [
+        row(k, "full fit `KMeans()` (histogram, coarse search)", full, lloyd),
         row(k, "full Lloyd `KMeans(strategy='pixels')`", lloyd, lloyd),
         row(k, "bigquant `MiniBatchKMeans` (pixels)", mb, lloyd),
         row(k, "bigquant `MiniBatchKMeans(refine=False)`", mbs, lloyd),
@@ -187,10 +227,11 @@ def big_table(path: pathlib.Path, k: int, seeds: int, lloyd_seeds: int, batch_si
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="seeds per method (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="seeds per method on the big image (default 3)")
+    parser.add_argument("--photo-repeats", type=int, default=5, help="seeds per method on the photo (default 5)")
     parser.add_argument("--lloyd-repeats", type=int, default=1, help="seeds of full Lloyd on the big image")
     parser.add_argument("--megapixels", type=int, default=256, help="size of the big image (MP, 2**20 px)")
-    parser.add_argument("--k-photo", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--k-photo", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--k-big", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--workdir", type=pathlib.Path, default=None,
@@ -209,8 +250,8 @@ def main() -> None:
     with dask.config.set(scheduler="threads"):
         if not args.skip_photo:
             print(f"### grace_hopper.jpg (600 x 512), batch_size={args.batch_size}, "
-                  f"{args.repeats} seeds per method\n")
-            print(photo_table(args.k_photo, args.repeats, args.batch_size))
+                  f"seeds 0..{args.photo_repeats - 1} for every method\n")
+            print(photo_table(args.k_photo, args.photo_repeats, args.batch_size))
             print()
         if not args.skip_big:
             with tempfile.TemporaryDirectory() as tmp:

@@ -7,14 +7,19 @@ so callers can catch either.
 
 from __future__ import annotations
 
+import sys
+from functools import lru_cache
+
 __all__ = [
     "BigquantError",
     "InvalidParameterError",
     "InvalidInputError",
     "InputTypeError",
+    "ComplexInputError",
     "ImageReadError",
     "ImageWriteError",
     "NotFittedError",
+    "not_fitted",
     "ClusterConnectionError",
     "QualityError",
     "BigquantWarning",
@@ -39,6 +44,10 @@ class InputTypeError(BigquantError, TypeError):
     """The data or a parameter has an unsupported type or dtype."""
 
 
+class ComplexInputError(InputTypeError, ValueError):
+    """Complex data: an unsupported dtype (``TypeError``), and the ``ValueError`` scikit-learn raises for it."""
+
+
 class ImageReadError(BigquantError, OSError):
     """An image file is missing, unreadable, corrupt or of an unsupported kind."""
 
@@ -49,6 +58,26 @@ class ImageWriteError(BigquantError, OSError):
 
 class NotFittedError(BigquantError, ValueError, AttributeError):
     """An estimator method needing a fitted model was called before ``fit``."""
+
+
+@lru_cache(maxsize=None)
+def _with_sklearn_base(base: type) -> type:
+    """bigquant's NotFittedError that is also scikit-learn's (one class per base)."""
+    return type("NotFittedError", (NotFittedError, base), {"__module__": __name__, "__doc__": NotFittedError.__doc__})
+
+
+def not_fitted(message: str) -> NotFittedError:
+    """A :class:`NotFittedError` to raise; also scikit-learn's ``NotFittedError`` when scikit-learn is loaded.
+
+    scikit-learn is never imported here: code that catches
+    ``sklearn.exceptions.NotFittedError`` has imported it already, and then the
+    error is an instance of both classes.
+    """
+    sk = sys.modules.get("sklearn.exceptions")
+    base = getattr(sk, "NotFittedError", None)
+    if isinstance(base, type) and issubclass(base, Exception) and not issubclass(NotFittedError, base):
+        return _with_sklearn_base(base)(message)
+    return NotFittedError(message)
 
 
 class ClusterConnectionError(BigquantError, OSError):

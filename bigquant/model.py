@@ -31,7 +31,7 @@ import numpy as np
 
 from bigquant._typing import InitMethod, SeedLike, Strategy
 from bigquant.cluster.kmeans import KMeans as _KMeans
-from bigquant.errors import InvalidInputError, NotFittedError
+from bigquant.errors import InvalidInputError, not_fitted
 from bigquant.image import Image, _is_dask, to_uint8
 from bigquant.plotting import plot_k_metrics
 
@@ -176,7 +176,7 @@ or Image
     def iterations(self) -> int:
         """int: number of Lloyd iterations of the fit (``n_iter_``)."""
         if not hasattr(self, "n_iter_"):
-            raise NotFittedError(
+            raise not_fitted(
                 "This KMeans instance is not fitted yet; call 'fit' before reading 'iterations'"
             )
         return int(self.n_iter_)

@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from bigquant import KMeans, quantize, read_image, write_image
+from bigquant import KMeans, MiniBatchKMeans, quantize, read_image, write_image
 from bigquant.errors import (
     BigquantError,
     ClusterConnectionError,
+    ComplexInputError,
     FewColoursWarning,
     ImageReadError,
     ImageWriteError,
@@ -182,6 +183,15 @@ def test_bad_array_to_kmeans(case):
         if isinstance(X, np.ndarray) and X.dtype != object:
             with pytest.raises(error):
                 KMeans(3, random_state=0, strategy="pixels").fit(da.from_array(X, chunks=16))
+
+
+@pytest.mark.parametrize("estimator", [KMeans(3, random_state=0), MiniBatchKMeans(3, random_state=0)], ids=repr)
+def test_complex_array_to_estimators_is_also_a_value_error(estimator):
+    """Complex data: an InputTypeError for bigquant and the ValueError scikit-learn's checks expect."""
+    with pytest.raises(ComplexInputError, match=r"Complex data not supported: X has dtype=complex128") as info:
+        estimator.fit(RGB.astype(complex))
+    assert isinstance(info.value, InputTypeError) and isinstance(info.value, ValueError)
+    _check_family(info.value)
 
 
 def test_nan_pixels_of_a_float_tiff_are_nodata_not_an_error(tmp_path):

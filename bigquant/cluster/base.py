@@ -32,7 +32,7 @@ from bigquant.errors import (
     FewColoursWarning,
     InvalidInputError,
     InvalidParameterError,
-    NotFittedError,
+    not_fitted,
 )
 
 __all__ = ["BaseEstimator", "KMeansBase"]
@@ -120,7 +120,7 @@ class KMeansBase(BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "cluster_centers_"):
-            raise NotFittedError(
+            raise not_fitted(
                 f"this {type(self).__name__} instance is not fitted yet; call 'fit' first"
             )
 

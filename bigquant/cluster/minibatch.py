@@ -9,14 +9,29 @@ improving or when the centres move by less than ``tol``. Then, by default, a
 short Lloyd refinement on the samples already fetched removes the lag of the
 running means, and one final pass over the data gives the exact ``inertia_``.
 
+Samples that are colours (unweighted unsigned data of at most 24 bits per
+pixel, e.g. uint8 RGB) are *counted* (a histogram of the samples, at most a
+round's worth): by default (``refine=True``) the initialisation is then the
+coarse-to-fine search of :class:`KMeans` (:mod:`bigquant.cluster.search`) run
+on the first round's counted colours, ending at a Lloyd fixed point of that
+sample; the steps continue the running means from it (each centre starts with
+the weight of its cluster in the sample, not zero), and the refinement runs
+Lloyd's iteration on the counted colours in one compiled call. On
+grace_hopper (k = 8..64, 5 seeds) this keeps the final SSE within 0.6% of the
+full fit (``KMeans()``) where k-means++ on ``init_size`` samples and running
+means ended up to 4% above it (scikit-learn's MiniBatchKMeans: 4-10%): the
+running means only move within the basin their start lies in. A round of
+colours is 2**20 samples whatever the size of the data (with replacement on
+small images): counted, it costs at most its distinct colours.
+
 Where the batches come from
 ---------------------------
 *Pixels* (``strategy="pixels"``). Batches are fetched in *rounds* of 2**20
 pixels, each round serving many steps (256 batches of 4096). The image is cut
 into a fixed grid of *virtual tiles* of 32 x 32 pixels (1,024 rows of 2-D
-data), independent of the chunking. A round takes 4,096 tiles, each the tile
+data), independent of the chunking. A round takes 65,536 tiles, each the tile
 under a uniformly drawn pixel (so tiles are chosen in proportion to their
-area), and 256 uniform pixels in each: every pixel is equally likely. The
+area), and 16 uniform pixels in each: every pixel is equally likely. The
 global positions are drawn on the client from the seeded generator, shuffled
 so that every batch mixes all the round's tiles, and fetched by one small task
 per chunk holding some of them, which returns only those pixels; a final task
@@ -28,13 +43,14 @@ Why tiles: drawing pixels one by one over the whole image (as
 draw, and its graph grows with the sample; taking many pixels from a few tiles
 touches few chunks but spatially clustered samples fit the colours of a few
 places (measured: the inertia of centres fitted on 64 tiles of 256 x 256 was
-25-35% higher on the whole image than on the sample). 4,096 small tiles per
-round keep the sample spread (on a 256 MP photo-like image, Lloyd on a round
-differed from Lloyd on uniform pixels by less than the seed-to-seed spread)
-while a round reads at most 4,096 chunks -- all of them for the usual chunks of
-4096 x 4096 on images up to ~64 GP, in one read-only task per chunk, which
-costs a fraction of a Lloyd pass (no assignment); most fits need one to three
-rounds.
+25-35% higher on the whole image than on the sample). Many small tiles per
+round keep the sample spread: on a 64 MP photo-like image at k = 16, six
+seeds ended 1.0034-1.0171 x the full fit's SSE with 4,096 tiles of 256
+pixels, 1.0007-1.0051 with 16,384 of 64 and 1.0004-1.0015 with 65,536 of 16.
+A round reads at most 65,536 chunks -- all of them for the usual chunks of
+512 x 512 up to 16 GP or 4096 x 4096 up to ~1 TP, in one read-only task per
+chunk, which costs a fraction of a Lloyd pass (no assignment); most fits need
+one to three rounds.
 
 *Colours* (``strategy="histogram"``, unsigned data of at most 24 bits per
 pixel such as uint8 RGB): one pass counts the colours exactly; batches are
@@ -63,7 +79,8 @@ from bigquant.cluster.base import KMeansBase
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import kmeans_plusplus, random_init
 from bigquant.cluster.lloyd import lloyd
-from bigquant.cluster.points import DaskPoints, InMemoryPoints
+from bigquant.cluster.points import BoundedPoints, DaskPoints, InMemoryPoints
+from bigquant.cluster.search import default_chains, search, uses_coarse_search
 from bigquant.cluster.validation import (
     Data,
     check_choice,
@@ -88,7 +105,7 @@ MINIBATCH_STRATEGIES: tuple[str, ...] = ("auto", "pixels", "histogram")
 _TILE_EDGE = 32
 _TILE_ROWS = _TILE_EDGE * _TILE_EDGE
 #: tiles a draw takes its pixels from
-_ROUND_TILES = 4096
+_ROUND_TILES = 1 << 16
 #: pixels fetched per round (one dask computation serves many steps)
 _ROUND_PIXELS = 1 << 20
 #: pixels of the first round that judge the initialisations
@@ -100,6 +117,10 @@ _REFINE_PIXELS = 1 << 20
 #: Lloyd's iteration of the refinement: relative tolerance and iteration cap
 _REFINE_TOL = 1e-4
 _REFINE_MAX_ITER = 300
+
+#: coarse-search chains per initialisation, and how many of them run to the sample's fixed point
+_SEARCH_CHAINS = 4
+_SEARCH_EXACT = 2
 
 #: signature of the per-step callback: (step, batch inertia per unit weight, centre shift)
 StepCallback = Callable[[int, float, float], None]
@@ -263,6 +284,11 @@ class _ColourSampler:
         return _Batch(self.histogram.colours[idx], None)
 
 
+def _weights_of(histogram: ColourHistogram, labels: np.ndarray, k: int) -> np.ndarray:
+    """Pixels of a histogram in each cluster, from its colours' labels."""
+    return np.bincount(labels, weights=histogram.counts, minlength=k).astype(np.float64)
+
+
 # --------------------------------------------------------------------------- estimator
 
 
@@ -308,15 +334,21 @@ class MiniBatchKMeans(KMeansBase):
 default="k-means++"
         Initialisation, computed on ``init_size`` random samples (weighted by
         ``sample_weight``). ``"k-means||"`` needs passes over all the data:
-        here it is k-means++.
+        here it is k-means++. With ``refine=True`` on colour samples
+        (unweighted unsigned data of at most 24 bits per pixel), k-means++ or
+        random seeds start the chains of :class:`KMeans`'s coarse search on
+        the counted samples of the first round (see
+        :mod:`bigquant.cluster.minibatch`).
     init_size : int or None, default=None
         Samples of the first round seeding each initialisation (the next
         65,536 pick the best of ``n_init``); ``None`` means
-        ``3 * batch_size``, at least ``3 * n_clusters``.
+        ``3 * batch_size``, at least ``3 * n_clusters`` -- or, for the coarse
+        search on colour samples, the whole first round (2**20 samples).
     n_init : int or "auto", default="auto"
         Number of initialisations; the one with the lowest inertia on the
-        validation sample is kept. ``"auto"``: 1 for ``"k-means++"``, 3 for
-        ``"random"``.
+        validation sample is kept (for the coarse search: 4 chains per
+        initialisation, the lowest on the sample kept). ``"auto"``: 1 for
+        ``"k-means++"``, 3 for ``"random"``.
     refine : bool, default=True
         After the mini-batch steps, run Lloyd's iteration (to the relative
         tolerance 1e-4 of :class:`KMeans`) on up to 2**20 of the samples
@@ -324,7 +356,9 @@ default="k-means++"
         means of mini-batch k-means lag behind (every centre averages points
         assigned to it under older centres): on photos this costs 2-9% of
         inertia, which the refinement recovers without reading more data.
-        ``False`` gives scikit-learn's algorithm.
+        On colour samples it also brings the coarse-search initialisation
+        (see ``init``). ``False`` gives scikit-learn's algorithm (k-means++ on
+        ``init_size`` samples, running means only).
     compute_labels : bool, default=True
         After the last step, compute ``inertia_`` exactly with one pass over
         the data (and ``labels_``, lazily for dask input). ``False`` skips the
@@ -361,6 +395,10 @@ default="k-means++"
         batch_size / n_samples)``.
     n_steps_ : int
         Number of mini-batch steps run.
+    n_samples_fetched_ : int
+        Samples drawn by ``fit`` (pixels read at random positions, or colours
+        drawn from the histogram), the initialisation's and the
+        refinement's included: with the final pass, what the fit reads.
     n_refine_iter_ : int
         Lloyd iterations of the refinement (only with ``refine=True``).
     n_features_in_ : int
@@ -492,10 +530,14 @@ default="k-means++"
 
     # ------------------------------------------------------------------ steps
 
-    def _start(self, centers: np.ndarray, batch_size: int) -> None:
-        """Reset the state of the steps (counts, smoothing, reassignment clock)."""
+    def _start(self, centers: np.ndarray, batch_size: int, counts: np.ndarray | None = None) -> None:
+        """Reset the state of the steps (counts, smoothing, reassignment clock).
+
+        ``counts``: the weight each centre already averages (the samples an
+        initialisation fitted it on); zeros by default, as in scikit-learn.
+        """
         self.cluster_centers_ = np.array(centers, dtype=np.float64)
-        self._counts = np.zeros(len(centers), dtype=np.float64)
+        self._counts = np.zeros(len(centers), dtype=np.float64) if counts is None else np.array(counts, np.float64)
         self._batch_size = int(batch_size)
         self._n_since_last_reassign = 0
         self._ewa_inertia: float | None = None
@@ -583,17 +625,20 @@ default="k-means++"
     # ------------------------------------------------------------------ init
 
     def _initial_centers(
-        self, pool: _Batch, init_array: np.ndarray | None, rng: np.random.Generator
-    ) -> np.ndarray:
+        self, pool: _Batch, init_array: np.ndarray | None, rng: np.random.Generator,
+        counted: ColourHistogram | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Best of ``n_init`` initialisations on the head of ``pool``, judged on the next samples.
 
         Run ``i`` seeds on samples ``[i * init_size, (i + 1) * init_size)``; the
         ``_VALID_PIXELS`` samples after the last run's pick the best.
         """
         if init_array is not None:
-            return init_array.copy()
+            return init_array.copy(), None
         k = int(self.n_clusters)
         n_init = self._n_init(init_array)
+        if self.refine and self._colours_apply(pool):
+            return self._search_init(pool, n_init, rng, counted)
         size = self._init_size()
         X = np.asarray(pool.X, dtype=np.float64)
         w = np.ones(len(pool)) if pool.w is None else np.asarray(pool.w, dtype=np.float64)
@@ -609,13 +654,62 @@ default="k-means++"
             else:
                 centers = kmeans_plusplus(Xi, wi, k, rng)
             if n_init == 1:
-                return centers
+                return centers, None
             inertia = kernels.partial_sums(X[valid], centers, w[valid])[2]
             logger.debug("init %d/%d: validation inertia %.6g", run + 1, n_init, inertia)
             if inertia < best_inertia:
                 best, best_inertia = centers, inertia
         assert best is not None
-        return best
+        return best, None
+
+    @staticmethod
+    def _colours_apply(batch: _Batch) -> bool:
+        """Whether samples can be counted as colours: unweighted unsigned data of at most 24 bits."""
+        return batch.w is None and histogram_bits(batch.X.dtype, batch.X.shape[1]) is not None
+
+    def _search_init(
+        self, pool: _Batch, n_init: int, rng: np.random.Generator, counted: ColourHistogram | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The coarse-to-fine search of :class:`KMeans` on the colours of (the head of) ``pool``.
+
+        The samples are counted (a histogram of at most a round of samples),
+        then :func:`bigquant.cluster.search.search` runs ``4 * n_init`` chains
+        on it (k-means++, Lloyd and swap moves on coarse colours, the best
+        ``2 * n_init`` to Lloyd's fixed point on the sampled colours); on few colours, ``n_init`` runs of k-means++ and
+        Lloyd on them. The centres are a Lloyd fixed point of the sample.
+        """
+        k = int(self.n_clusters)
+        size = len(pool) if self.init_size is None else min(len(pool), self._init_size())
+        if counted is not None and size == len(pool):
+            hist = counted
+        else:
+            hist = colour_histogram(np.ascontiguousarray(pool.X[:size]))
+        if hist.n_colours <= k:
+            return random_init(hist.colours, hist.counts, k, rng), None
+        points = hist.points()
+        tol = _REFINE_TOL * float(np.mean(points.moments()[2]))
+        seeder = random_init if self.init == "random" else kmeans_plusplus
+        if uses_coarse_search(hist):
+            found = search(hist, k, n_chains=_SEARCH_CHAINS * n_init, tol=tol, max_iter=_REFINE_MAX_ITER,
+                           rng=rng, seeder=seeder, n_exact=_SEARCH_EXACT * n_init)
+            if found.fine is not None:
+                logger.info("init: coarse search on %d sampled colours, sample inertia %.6g",
+                            hist.n_colours, found.fine.inertia)
+                return found.fine.centers, _weights_of(hist, found.fine.labels, k)
+            starts = [found.start]
+        else:
+            starts = [seeder(hist.colours.astype(np.float64), hist.counts.astype(np.float64), k, rng)
+                      for _ in range(n_init)]
+        best = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for start in starts:
+                result = lloyd(points, start, max_iter=_REFINE_MAX_ITER, tol=tol)
+                if best is None or result.inertia < best.inertia:
+                    best = result
+        assert best is not None
+        logger.info("init: Lloyd on %d sampled colours, sample inertia %.6g", hist.n_colours, best.inertia)
+        return best.centers, _weights_of(hist, best.labels, k)
 
     @staticmethod
     def _check_batch(batch: _Batch) -> None:
@@ -671,6 +765,7 @@ default="k-means++"
                 self._start(centers, int(self.batch_size))
                 self._random_state = step_rng
                 self.n_steps_ = 0
+                self.n_samples_fetched_ = 0
                 return self
             sampler: Any = _ColourSampler(histogram)
         else:
@@ -683,28 +778,37 @@ default="k-means++"
 
         # the first round also seeds the centres, judges the n_init runs and scales tol
         n_init = self._n_init(init_array)
+        colours = self.refine and weights is None and histogram_bits(data.array.dtype, data.n_channels) is not None
+        # counted samples cost at most their distinct colours: a round is 2**20 samples
+        # whatever the size of the data (drawn with replacement), the refinement uses up to 2**20
+        self._full_rounds = colours
+        round_cap = _ROUND_PIXELS if colours else max(n_samples, batch_size)
         first = max(
-            min(_ROUND_PIXELS, n_steps * batch_size, max(n_samples, batch_size)),
+            min(_ROUND_PIXELS, n_steps * batch_size, round_cap),
             n_init * self._init_size() + (_VALID_PIXELS if n_init > 1 else 0),
         )
         pool = sampler.draw(first, sample_rng)
         self._check_batch(pool)
         if pool.w is not None and pool.w.sum() <= 0:
             raise InvalidInputError("sample_weight is zero on every sample drawn")
-        variance = self._variance(pool)
-        centers = self._initial_centers(pool, init_array, init_rng)
-        self._start(centers, batch_size)
+        # unweighted samples of 8-bit-like data are counted once: the search, the
+        # variance and (when the steps need no other round) the refinement use the counts
+        counted = colour_histogram(np.ascontiguousarray(pool.X)) if colours else None
+        variance = counted.points().moments()[2] if counted is not None else self._variance(pool)
+        centers, counts = self._initial_centers(pool, init_array, init_rng, counted)
+        self._start(centers, batch_size, counts)
         seen = [pool]
         tol = float(self.tol) * float(np.mean(variance))
         step = self._run(pool, seen, sampler, n_steps, n_samples, tol, sample_rng, step_rng)
         if self.refine:
-            self._refine(seen, n_samples, variance, refine_rng)
+            self._refine(seen, n_samples, variance, refine_rng, counted)
 
         self._random_state = step_rng  # partial_fit may continue from here
         self.strategy_ = strategy
         self.histogram_ = histogram
         self.n_steps_ = step
         self.n_iter_ = int(math.ceil(step * batch_size / n_samples))
+        self.n_samples_fetched_ = sum(len(p) for p in seen)
         self.n_features_in_ = data.n_channels
         self._dtype_in = data.array.dtype
         self._lut = None
@@ -755,24 +859,33 @@ default="k-means++"
         return step
 
     def _refine(
-        self, seen: list[_Batch], n_samples: int, variance: np.ndarray, rng: np.random.Generator
+        self, seen: list[_Batch], n_samples: int, variance: np.ndarray, rng: np.random.Generator,
+        counted: ColourHistogram | None = None,
     ) -> None:
         """Lloyd's iteration on (at most ``_REFINE_PIXELS`` of) the samples fetched."""
-        X = np.concatenate([p.X for p in seen])
+        X = np.concatenate([p.X for p in seen]) if len(seen) > 1 else seen[0].X
         w = None if seen[0].w is None else np.concatenate([p.w for p in seen]).astype(np.float64)
-        cap = min(_REFINE_PIXELS, max(n_samples, _VALID_PIXELS))
+        cap = _REFINE_PIXELS if self._full_rounds else min(_REFINE_PIXELS, max(n_samples, _VALID_PIXELS))
         if X.shape[0] > cap:
             keep = np.sort(rng.choice(X.shape[0], size=cap, replace=False))
             X = X[keep]
             w = None if w is None else w[keep]
-        points = InMemoryPoints(np.ascontiguousarray(X), w)
+        elif len(seen) == 1 and counted is not None:
+            X = None  # the first round only: already counted
+        if X is None:
+            points: InMemoryPoints = counted.points()
+        elif w is None and histogram_bits(X.dtype, X.shape[1]) is not None:
+            # counted colours: the same Lloyd run as on the samples, on fewer points
+            points = colour_histogram(np.ascontiguousarray(X)).points()
+        else:
+            points = BoundedPoints(X, np.ones(X.shape[0]) if w is None else w, n_parts=1)
         tol = _REFINE_TOL * float(np.mean(variance))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             result = lloyd(points, self.cluster_centers_, max_iter=_REFINE_MAX_ITER, tol=tol)
         logger.info(
             "refinement: %d Lloyd iterations on %d samples, sample inertia %.6g",
-            result.n_iter, X.shape[0], result.inertia,
+            result.n_iter, sum(len(p) for p in seen) if X is None else X.shape[0], result.inertia,
         )
         self.cluster_centers_ = result.centers
         self.n_refine_iter_ = result.n_iter
@@ -843,7 +956,7 @@ default="k-means++"
             pool = _PixelSampler(data, weights).draw(
                 n_init * self._init_size() + (_VALID_PIXELS if n_init > 1 else 0), init_rng
             )
-            centers = self._initial_centers(pool, init_array, init_rng)
+            centers, _ = self._initial_centers(pool, init_array, init_rng)
             self._start(centers, min(int(self.batch_size), data.n_samples))
             self.n_features_in_ = data.n_channels
             self.n_steps_ = 0

@@ -9,7 +9,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from bigquant.errors import InputTypeError, InvalidInputError, InvalidParameterError
+from bigquant.errors import ComplexInputError, InputTypeError, InvalidInputError, InvalidParameterError
 
 __all__ = [
     "Data",
@@ -66,7 +66,8 @@ def check_data(X: Any, *, name: str = "X") -> Data:
     Raises
     ------
     InputTypeError
-        For unsupported types (sparse matrices) or dtypes (bool, complex, object, strings).
+        For unsupported types (sparse matrices) or dtypes (bool, complex, object, strings);
+        complex data raise :class:`~bigquant.errors.ComplexInputError`, also a ``ValueError``.
     InvalidInputError
         For a wrong number of dimensions or an empty array.
     """
@@ -86,6 +87,10 @@ def check_data(X: Any, *, name: str = "X") -> Data:
     else:
         raise InputTypeError(
             f"{name} must be a numpy or dask array, got {type(X).__name__}"
+        )
+    if arr.dtype.kind == "c":
+        raise ComplexInputError(
+            f"Complex data not supported: {name} has dtype={arr.dtype}; expected an integer or floating point dtype"
         )
     if arr.dtype.kind not in "uif":
         raise InputTypeError(

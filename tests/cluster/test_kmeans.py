@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans as SKKMeans
 
-from bigquant import KMeans
+from bigquant import KMeans, MiniBatchKMeans
 from bigquant.errors import (
     ConvergenceWarning,
     FewColoursWarning,
@@ -247,6 +247,27 @@ def test_threads_and_processes_give_the_same_palette(photo_like, local_cluster):
 
 
 # ----------------------------------------------------------------- estimator API
+
+
+def test_not_fitted_is_also_scikit_learns_when_it_is_loaded(blobs):
+    """Without scikit-learn loaded the error is bigquant's only; with it, also scikit-learn's class."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, bigquant\n"
+            "try:\n"
+            "    bigquant.KMeans(2).predict(np.zeros((3, 3)))\n"
+            "except bigquant.errors.NotFittedError as e:\n"
+            "    print('sklearn' in sys.modules, type(e) is bigquant.errors.NotFittedError)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]  # nothing imported scikit-learn
+    exceptions = pytest.importorskip("sklearn.exceptions")
+    X, _ = blobs
+    for estimator in (KMeans(3), MiniBatchKMeans(3)):
+        with pytest.raises(exceptions.NotFittedError, match="not fitted yet") as info:
+            estimator.predict(X)
+        assert isinstance(info.value, NotFittedError)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, AttributeError)
 
 
 def test_estimator_contract(blobs):
