@@ -55,7 +55,8 @@ def refine_integer_palette(
     lo: float,
     hi: float,
     max_pass: int = 50,
-) -> tuple[np.ndarray, float]:
+    return_labels: bool = False,
+) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, np.ndarray]:
     """Round each centre to an integer colour, re-assign, repeat while the error drops.
 
     Parameters
@@ -70,6 +71,9 @@ def refine_integer_palette(
         Range of the integer type: rounded colours are clipped to it.
     max_pass : int, default=50
         Most re-assignment passes.
+    return_labels : bool, default=False
+        Also return each colour's nearest palette colour (as
+        :func:`palette_error` gives them): the labels the image is written with.
 
     Returns
     -------
@@ -77,6 +81,8 @@ def refine_integer_palette(
     error : float
         Weighted squared error of the colours to their nearest palette colour:
         the squared error of the image written with ``palette``.
+    labels : ndarray of shape (n_colours,) of int64
+        Only with ``return_labels``.
 
     Examples
     --------
@@ -101,7 +107,7 @@ def refine_integer_palette(
         if new_total >= total:
             break
         pal, total, labels = new, new_total, new_labels
-    return pal, total
+    return (pal, total, labels) if return_labels else (pal, total)
 
 
 def full_lookup_table(palette: np.ndarray, bits: int, n_channels: int) -> np.ndarray:

@@ -238,7 +238,8 @@ def write_quantized(
     if getattr(choice.model, "space_", None) is not None:
         mapper = choice.model  # labels: nearest centre in the fit's colour space
     else:
-        mapper = FixedPalette(choice.palette).fit(data, histogram=histogram)
+        mapper = FixedPalette(choice.palette).fit(data, histogram=histogram,
+                                                  histogram_labels=_known_labels(choice))
     nodata = None
     if valid is not None and _nothing_masked(histogram, valid):
         valid = None  # e.g. float data without a NaN: no index reserved for nothing
@@ -283,6 +284,17 @@ def write_quantized(
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
+
+
+def _known_labels(choice: PaletteChoice) -> tuple[float, np.ndarray] | None:
+    """The error and colour labels the fit's palette refinement computed on ``choice.histogram``, if any."""
+    model = choice.model
+    labels = model.palette_labels() if hasattr(model, "palette_labels") else None
+    if (labels is None or choice.histogram is None or choice.error is None
+            or getattr(getattr(model, "histogram_", None), "colours", None) is not choice.histogram.colours
+            or not np.array_equal(model.palette()[0], choice.palette)):
+        return None
+    return float(choice.error), labels
 
 
 def palette_document(
