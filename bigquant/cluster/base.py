@@ -158,9 +158,22 @@ class KMeansBase(BaseEstimator):
             # in-memory input: every pixel's label is its colour's
             self.labels_ = kernels.take(self._labels_of_colours(), histogram.inverse).reshape(data.spatial_shape)
             histogram.inverse = None
+        elif (histogram is not None and self._colour_labels is not None and not data.is_dask
+              and data.array is histogram.colours):
+            self.labels_ = self._colour_labels  # fitted on the histogram itself: its colours' labels
         else:
             self.labels_ = self._labels(data)
         return self
+
+    def histogram_labels(self) -> np.ndarray | None:
+        """Label of every distinct colour of ``histogram_`` (``None`` without a histogram).
+
+        Known from the fit (or from the palette's error), else computed once.
+        """
+        self._check_fitted()
+        if getattr(self, "_lut_source", None) is None:
+            return None
+        return self._labels_of_colours()
 
     def _labels_of_colours(self) -> np.ndarray:
         """Label of every distinct colour of the fitted histogram."""

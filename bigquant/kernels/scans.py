@@ -310,6 +310,135 @@ def _scan_block(x0, x1, x2, centers_t, labels, best_d, second_d):  # pragma: no 
                 x0[p], x1[p], x2[p], a0, a1, a2, j, best_d[p], second_d[p], labels[p])
 
 
+#: RGB scans against at least this many centres go through a grid of candidate centres
+GRID_MIN_CENTRES = 48
+#: ... and at least this many points (fewer: the blocked scan of every centre is faster)
+GRID_MIN_POINTS = 4096
+#: points per grid cell, at least (on average over the box)
+GRID_POINTS_PER_CELL = 24
+#: relative and absolute slack of the grid's pruning test (safe from rounding)
+_GRID_SLACK = 1e-9
+
+
+@numba.njit(**_JIT)
+def _grid_scan(columns, rows, every, centers_t, two, labels, best_d, second_d):  # pragma: no cover
+    """Nearest (and with ``two``, second nearest) centre of RGB points, through a grid of candidates.
+
+    The same results as :func:`_scan_block` (same distances, rounded the
+    same way; ties to the lowest index) with far fewer distances: the
+    points' bounding box is cut into cells; a cell keeps, in index order, the
+    centres whose distance to the cell could be below the smallest (with
+    ``two``: second smallest) largest distance of a centre to the cell.
+    Every other centre is farther from every point of the cell than the
+    nearest (second nearest) one, by more than rounding (``_GRID_SLACK``).
+    ``rows``/``every`` and the outputs are as in :func:`_scan_two`.
+    """
+    k = centers_t.shape[1]
+    n = columns.shape[1] if every else rows.shape[0]
+    if n == 0:
+        return
+    lo = np.empty(3)
+    hi = np.empty(3)
+    for c in range(3):
+        lo[c] = np.inf
+        hi[c] = -np.inf
+    for q in range(n):
+        i = q if every else rows[q]
+        for c in range(3):
+            v = columns[c, i]
+            lo[c] = min(lo[c], v)
+            hi[c] = max(hi[c], v)
+    # about 32 cells per centre (3.2 per centre and axis), at most 64 a side
+    # (building a cell's candidates costs k box distances: far fewer cells than points)
+    cells = min(32 * k, n // GRID_POINTS_PER_CELL)
+    g = 2
+    while g * g * g < cells and g < 64:
+        g += 1
+    size = np.empty(3)
+    for c in range(3):
+        size[c] = max((hi[c] - lo[c]) / g, 1e-12)
+    n_cells = g * g * g
+    cell = np.empty(n, dtype=np.int64)
+    occupied = np.zeros(n_cells, dtype=np.bool_)
+    for q in range(n):
+        i = q if every else rows[q]
+        code = 0
+        for c in range(3):
+            t = min(int((columns[c, i] - lo[c]) / size[c]), g - 1)
+            code = code * g + t
+        cell[q] = code
+        occupied[code] = True
+    # candidates of the occupied cells, compressed: start[cell] .. start[cell + 1]
+    start = np.zeros(n_cells + 1, dtype=np.int64)
+    near = np.empty(k)
+    far = np.empty(k)
+    box_lo = np.empty(3)
+    box_hi = np.empty(3)
+    cand = np.empty(0, dtype=np.int64)
+    for sweep in range(2):  # count, then fill
+        total = 0
+        for code in range(n_cells):
+            start[code] = total
+            if not occupied[code]:
+                continue
+            rest = code
+            for c in range(2, -1, -1):
+                t = rest % g
+                rest //= g
+                pad = 1e-9 * (1.0 + abs(lo[c]) + size[c] * g)  # a point's cell index may round either way
+                box_lo[c] = lo[c] + t * size[c] - pad
+                box_hi[c] = lo[c] + (t + 1) * size[c] + pad
+            first = np.inf
+            second = np.inf
+            for j in range(k):
+                dn = 0.0
+                df = 0.0
+                for c in range(3):
+                    m = centers_t[c, j]
+                    a = box_lo[c] - m
+                    b = m - box_hi[c]
+                    t = max(a, b, 0.0)
+                    dn += t * t
+                    u = max(m - box_lo[c], box_hi[c] - m)
+                    df += u * u
+                near[j] = dn
+                far[j] = df
+                second = min(second, max(first, df))
+                first = min(first, df)
+            limit = second if two else first
+            limit = limit * (1.0 + _GRID_SLACK) + _GRID_SLACK
+            for j in range(k):
+                if near[j] <= limit:
+                    if sweep == 1:
+                        cand[total] = j
+                    total += 1
+        start[n_cells] = total
+        if sweep == 0:
+            cand = np.empty(total, dtype=np.int64)
+    for q in range(n):
+        i = q if every else rows[q]
+        x0 = columns[0, i]
+        x1 = columns[1, i]
+        x2 = columns[2, i]
+        best = np.inf
+        sec = np.inf
+        label = 0
+        code = cell[q]
+        for p in range(start[code], start[code + 1]):
+            j = cand[p]
+            u = x0 - centers_t[0, j]
+            v = x1 - centers_t[1, j]
+            w = x2 - centers_t[2, j]
+            d = u * u + v * v + w * w
+            sec = min(sec, max(best, d))
+            if d < best:
+                label = j
+            best = min(best, d)
+        labels[q] = label
+        best_d[q] = best
+        second_d[q] = sec
+
+
 @numba.njit(**_JIT)
 def _scan_two(X, columns, rows, every, centers_t, labels, best_d, second_d):  # pragma: no cover
     """:func:`_nearest_two` of the points ``rows``: ``labels[q]``, ``best_d[q]``, ``second_d[q]`` for ``rows[q]``.
@@ -326,6 +455,9 @@ def _scan_two(X, columns, rows, every, centers_t, labels, best_d, second_d):  # 
         dist = np.empty(k)
         for q in range(n):
             labels[q], best_d[q], second_d[q] = _nearest_two(X, q if every else rows[q], centers_t, dist)
+        return
+    if k >= GRID_MIN_CENTRES and n >= GRID_MIN_POINTS:
+        _grid_scan(columns, rows, every, centers_t, np.bool_(True), labels, best_d, second_d)
         return
     if not every:  # gathered once: the blocks then read in place
         gathered = np.empty((3, n))
