@@ -19,7 +19,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
+import dask
 import dask.array as da
+import dask.local
 import numpy as np
 
 from bigquant import tasks
@@ -613,7 +615,9 @@ def quantize(
     )
     if chunks is None and _runs_in_memory(src, source, data, valid, client, palette, target, dither, space,
                                           strategy, compare):
-        data = np.asarray(data.compute(scheduler="sync"))  # small: one task, no threads
+        # small: one task, no threads; a callable, not "sync": dask imports distributed
+        # (~1 s) to look for a client whenever the scheduler is named or left out
+        data = np.asarray(data.compute(scheduler=dask.local.get_sync))
     with _scheduler(client):
         t0 = time.perf_counter()
         if palette is not None:
