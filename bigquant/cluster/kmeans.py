@@ -32,7 +32,7 @@ from bigquant.cluster.lloyd import (
 from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
 from bigquant.cluster.resources import memory_limit
 from bigquant.cluster.scheduler import active_client, phase
-from bigquant.cluster.search import default_chains, default_exact, search, uses_coarse_search
+from bigquant.cluster.search import default_chains, search, uses_coarse_search
 from bigquant.cluster.validation import (
     Data,
     check_choice,
@@ -424,8 +424,8 @@ default="k-means++"
         See :mod:`bigquant.cluster.search`: ``2 * n_init`` chains of k-means++,
         Lloyd and swap moves on 5-bit colours, refined on 6-bit colours, each
         ending (on histograms of moderate size) with Lloyd's iteration on the
-        exact colours (for large k x colours only the best chain per
-        initialisation: :func:`~bigquant.cluster.search.default_exact`); the lowest wins. The result is an exact fixed point of
+        exact colours (for large k x colours one chain per initialisation:
+        :func:`~bigquant.cluster.search.default_chains`); the lowest wins. The result is an exact fixed point of
         the full problem.
         """
         ckpt = self._ckpt
@@ -437,9 +437,8 @@ default="k-means++"
                              on_iteration=self._saver(ckpt, {"stage": "fine"}))
         seeder = random_init if self.init == "random" else kmeans_plusplus
         with phase(tasks.INIT):
-            found = search(histogram, k, n_chains=default_chains(n_init), tol=tol,
-                           max_iter=int(self.max_iter), rng=rng, seeder=seeder,
-                           n_exact=default_exact(k, histogram.n_colours, n_init))
+            found = search(histogram, k, n_chains=default_chains(n_init, k, histogram.n_colours), tol=tol,
+                           max_iter=int(self.max_iter), rng=rng, seeder=seeder)
         if found.fine is not None and self.callback is None and ckpt is None:
             if not found.fine.converged:
                 warn_not_converged(int(self.max_iter), found.shift, tol, stacklevel=4)
