@@ -9,7 +9,8 @@ points at an empty folder as well), writes a 512 x 512 crop of matplotlib's
   the second time (``--repeats`` times, median);
 - the same with ``--cluster`` (a LocalCluster started for the small input);
 - ``bigquant.quantize()`` in Python: the first call of a fresh process
-  (imports included) and the median of warm calls in one process.
+  (imports included: ``import bigquant`` itself loads its modules on first
+  use) and the median of warm calls in one process (wall and CPU).
 
 Wall time and CPU time (user + system of the processes) are printed side by side:
 on a loaded machine the CPU time is the steadier of the two.
@@ -42,12 +43,13 @@ t1 = time.perf_counter()
 src, out, k, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 bigquant.quantize(src, out, k, random_state=0, overwrite=True)
 t2 = time.perf_counter()
-times = []
+times, cpus = [], []
 for _ in range(repeats):
-    a = time.perf_counter()
+    a, c = time.perf_counter(), time.process_time()
     bigquant.quantize(src, out, k, random_state=0, overwrite=True)
     times.append(time.perf_counter() - a)
-print(f"{t1 - t0:.3f} {t2 - t1:.3f} {statistics.median(times):.3f}")
+    cpus.append(time.process_time() - c)
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {statistics.median(times):.3f} {statistics.median(cpus):.3f}")
 """
 
 
@@ -117,7 +119,7 @@ def main() -> None:
     rows.append(("CLI quantize --cluster, warm (LocalCluster)", statistics.median(w for w, _, _ in clustered),
                  statistics.median(c for _, c, _ in clustered)))
     wall, cpu, text = run([python, "-c", PY_CALL, str(png), str(out), k, str(max(args.repeats, 5))], env, root)
-    imports, first, call = (float(x) for x in text.split())
+    imports, first, call, call_cpu = (float(x) for x in text.split())
 
     print(f"bigquant startup, {date.today()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
           f"{platform.machine()}; fresh venv + install {install:.0f} s; 512 x 512 PNG, k = {args.k}\n")
@@ -127,7 +129,7 @@ def main() -> None:
         print(f"| {name} | {wall_s:.2f} | {cpu_s:.2f} |")
     print(f"| Python: `import bigquant` (warm cache) | {imports:.2f} | |")
     print(f"| Python: first `quantize()` call of the process | {first:.2f} | |")
-    print(f"| Python: `quantize()`, warm (median of {max(args.repeats, 5)}) | {call:.3f} | |")
+    print(f"| Python: `quantize()`, warm (median of {max(args.repeats, 5)}) | {call:.3f} | {call_cpu:.3f} |")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -13,8 +13,27 @@
   (:mod:`~bigquant.cluster.scheduler`)
 """
 
-from bigquant.cluster.histogram import ColourHistogram, colour_histogram
-from bigquant.cluster.kmeans import KMeans
-from bigquant.cluster.minibatch import MiniBatchKMeans
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported on first use: importing one module of the folder loads no estimator
+    from bigquant.cluster.histogram import ColourHistogram, colour_histogram
+    from bigquant.cluster.kmeans import KMeans
+    from bigquant.cluster.minibatch import MiniBatchKMeans
 
 __all__ = ["ColourHistogram", "KMeans", "MiniBatchKMeans", "colour_histogram"]
+
+_LAZY = {
+    "ColourHistogram": "bigquant.cluster.histogram",
+    "colour_histogram": "bigquant.cluster.histogram",
+    "KMeans": "bigquant.cluster.kmeans",
+    "MiniBatchKMeans": "bigquant.cluster.minibatch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bigquant.cluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

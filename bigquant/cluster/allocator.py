@@ -61,6 +61,8 @@ def _libc() -> Any:
 
 
 def _in_dask_worker() -> bool:
+    if "distributed" not in sys.modules:  # never imported: this is no worker (and importing it costs ~1 s)
+        return False
     try:
         from distributed import get_worker
 

@@ -134,10 +134,12 @@ class KMeansBase(BaseEstimator):
         n_iter: int,
         colour_labels: np.ndarray | None = None,
         lut: tuple[np.ndarray, int, int] | None = None,
+        lut_token: str | None = None,
     ) -> KMeansBase:
         """Store the fitted attributes and the (lazy) labels of the training data.
 
-        ``lut`` is a lookup table already built (see :meth:`lookup_table`).
+        ``lut`` is a lookup table already built (see :meth:`lookup_table`),
+        ``lut_token`` a token of what it was built from (else the table is hashed).
         """
         self.strategy_ = strategy
         self.histogram_ = histogram
@@ -147,16 +149,31 @@ class KMeansBase(BaseEstimator):
         self.n_features_in_ = data.n_channels
         self._dtype_in = data.array.dtype
         self._lut = lut
+        self._lut_token = lut_token
         self._lut_source = histogram
         self._palette = None
+        self._palette_labels = None
         self._colour_labels = None if colour_labels is None else colour_labels.astype(label_dtype(len(centers)))
         if histogram is not None and histogram.inverse is not None:
             # in-memory input: every pixel's label is its colour's
             self.labels_ = kernels.take(self._labels_of_colours(), histogram.inverse).reshape(data.spatial_shape)
             histogram.inverse = None
+        elif (histogram is not None and self._colour_labels is not None and not data.is_dask
+              and data.array is histogram.colours):
+            self.labels_ = self._colour_labels  # fitted on the histogram itself: its colours' labels
         else:
             self.labels_ = self._labels(data)
         return self
+
+    def histogram_labels(self) -> np.ndarray | None:
+        """Label of every distinct colour of ``histogram_`` (``None`` without a histogram).
+
+        Known from the fit (or from the palette's error), else computed once.
+        """
+        self._check_fitted()
+        if getattr(self, "_lut_source", None) is None:
+            return None
+        return self._labels_of_colours()
 
     def _labels_of_colours(self) -> np.ndarray:
         """Label of every distinct colour of the fitted histogram."""
@@ -179,6 +196,8 @@ class KMeansBase(BaseEstimator):
         labels = self._labels_of_colours()
         sentinel = len(self.cluster_centers_)
         lut = kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
+        # what the table is made of, a few hundred kB, rather than its 16 MiB
+        self._lut_token = dask.base.tokenize(histogram.codes, labels, histogram.bits, sentinel)
         return lut, histogram.bits, sentinel
 
     def lookup_table_key(self) -> Any:
@@ -192,8 +211,10 @@ class KMeansBase(BaseEstimator):
         it would cost more than the rest of a small image's run).
         """
         lut, _, _ = self.lookup_table()
+        token = getattr(self, "_lut_token", None)
         if active_client() is None:
-            return dask.delayed(lut, name=f"{tasks.LUT}-{dask.base.tokenize(lut)}")
+            # hashing the table itself would cost more than the rest of a small image's run
+            return dask.delayed(lut, name=f"{tasks.LUT}-{token or dask.base.tokenize(lut)}")
         payload = zlib.compress(lut.tobytes(), 1)
         token = dask.base.tokenize(payload)
         return dask.delayed(_inflate_lut, pure=True)(
@@ -245,12 +266,23 @@ class KMeansBase(BaseEstimator):
             return self._palette
         info = np.iinfo(dtype)
         if histogram is not None:
-            pal, error = refine_integer_palette(histogram.colours, histogram.counts, centers,
-                                                lo=float(info.min), hi=float(info.max))
+            pal, error, self._palette_labels = refine_integer_palette(
+                histogram.colours, histogram.counts, centers, lo=float(info.min), hi=float(info.max),
+                return_labels=True)
         else:
             pal, error = np.clip(np.rint(centers), info.min, info.max), None
         self._palette = (pal.astype(dtype), error)
         return self._palette
+
+    def palette_labels(self) -> np.ndarray | None:
+        """The nearest :meth:`palette` colour of every colour of ``histogram_`` (ties to the lowest index).
+
+        Known once :meth:`palette` refined the palette on the histogram (the
+        labels its error was computed with); ``None`` otherwise.
+        """
+        if getattr(self, "_palette", None) is None:
+            return None
+        return getattr(self, "_palette_labels", None)
 
     def _labels(self, data: Data) -> np.ndarray | da.Array:
         centers = self.cluster_centers_

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask
 import numpy as np
 
 from bigquant.cluster.base import _LUT_MIN_PIXELS, KMeansBase
@@ -83,7 +84,8 @@ class FixedPalette(KMeansBase):
         return np.ascontiguousarray(pal)
 
     def fit(
-        self, X: Any, y: Any = None, sample_weight: Any = None, *, histogram: ColourHistogram | None = None
+        self, X: Any, y: Any = None, sample_weight: Any = None, *, histogram: ColourHistogram | None = None,
+        histogram_labels: tuple[float, np.ndarray] | None = None,
     ) -> FixedPalette:
         """Prepare the mapping of ``X`` to the palette (nothing is fitted).
 
@@ -96,6 +98,11 @@ class FixedPalette(KMeansBase):
         histogram : ColourHistogram, default=None
             The colours of ``X`` if already counted: only they are looked up,
             and ``inertia_`` is their exact squared error.
+        histogram_labels : (float, ndarray of shape (n_colours,)), default=None
+            The squared error of ``histogram`` and the nearest palette colour
+            of each of its colours, when already known (what
+            :func:`bigquant.cluster.palette.palette_error` gives, e.g. from
+            :meth:`bigquant.KMeans.palette_labels`): not computed again.
 
         Returns
         -------
@@ -104,7 +111,10 @@ class FixedPalette(KMeansBase):
         data = check_data(X)
         centers = self._check_palette(data.n_channels)
         if histogram is not None:
-            inertia, colour_labels = palette_error(histogram.colours, histogram.counts, centers)
+            if histogram_labels is not None and len(histogram_labels[1]) == histogram.n_colours:
+                inertia, colour_labels = float(histogram_labels[0]), np.asarray(histogram_labels[1])
+            else:
+                inertia, colour_labels = palette_error(histogram.colours, histogram.counts, centers)
             if data.is_dask or histogram.inverse is None or histogram.inverse.shape[0] != data.n_samples:
                 # the pixel -> colour index of in-memory data only serves that data
                 histogram = ColourHistogram(histogram.colours, histogram.counts, histogram.codes, histogram.bits)
@@ -118,4 +128,6 @@ class FixedPalette(KMeansBase):
             and (data.is_dask or data.n_samples >= _LUT_MIN_PIXELS)  # else a direct scan is cheaper
         ):
             lut = (full_lookup_table(centers, bits, data.n_channels), bits, len(centers))
-        return self._set_fitted(data, "palette", None, centers, float("nan"), 0, lut=lut)
+        # the table is a function of the palette: its token need not hash its 16 MiB
+        token = None if lut is None else dask.base.tokenize("full-table", centers, bits, data.n_channels)
+        return self._set_fitted(data, "palette", None, centers, float("nan"), 0, lut=lut, lut_token=token)

@@ -424,7 +424,8 @@ default="k-means++"
         See :mod:`bigquant.cluster.search`: ``2 * n_init`` chains of k-means++,
         Lloyd and swap moves on 5-bit colours, refined on 6-bit colours, each
         ending (on histograms of moderate size) with Lloyd's iteration on the
-        exact colours; the lowest wins. The result is an exact fixed point of
+        exact colours (for large k x colours one chain per initialisation:
+        :func:`~bigquant.cluster.search.default_chains`); the lowest wins. The result is an exact fixed point of
         the full problem.
         """
         ckpt = self._ckpt
@@ -436,7 +437,7 @@ default="k-means++"
                              on_iteration=self._saver(ckpt, {"stage": "fine"}))
         seeder = random_init if self.init == "random" else kmeans_plusplus
         with phase(tasks.INIT):
-            found = search(histogram, k, n_chains=default_chains(n_init), tol=tol,
+            found = search(histogram, k, n_chains=default_chains(n_init, k, histogram.n_colours), tol=tol,
                            max_iter=int(self.max_iter), rng=rng, seeder=seeder)
         if found.fine is not None and self.callback is None and ckpt is None:
             if not found.fine.converged:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from bigquant import kernels
+from bigquant.cluster.points import BoundedPoints
 from bigquant.cluster.validation import label_dtype
 
 __all__ = ["refine_integer_palette", "palette_error", "full_lookup_table", "MAX_FULL_TABLE_BITS"]
 
 #: largest colour code space labelled colour by colour (2**24 codes: 8-bit RGB)
 MAX_FULL_TABLE_BITS = 24
+#: palettes of at least this many colours are refined with bounded steps
+_BOUNDED_MIN_COLOURS = 32
 #: codes labelled per call when filling a full table
 _TABLE_STEP = 1 << 20
 
@@ -55,7 +58,8 @@ def refine_integer_palette(
     lo: float,
     hi: float,
     max_pass: int = 50,
-) -> tuple[np.ndarray, float]:
+    return_labels: bool = False,
+) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, np.ndarray]:
     """Round each centre to an integer colour, re-assign, repeat while the error drops.
 
     Parameters
@@ -70,6 +74,9 @@ def refine_integer_palette(
         Range of the integer type: rounded colours are clipped to it.
     max_pass : int, default=50
         Most re-assignment passes.
+    return_labels : bool, default=False
+        Also return each colour's nearest palette colour (as
+        :func:`palette_error` gives them): the labels the image is written with.
 
     Returns
     -------
@@ -77,6 +84,8 @@ def refine_integer_palette(
     error : float
         Weighted squared error of the colours to their nearest palette colour:
         the squared error of the image written with ``palette``.
+    labels : ndarray of shape (n_colours,) of int64
+        Only with ``return_labels``.
 
     Examples
     --------
@@ -90,18 +99,34 @@ def refine_integer_palette(
     w = np.asarray(counts, dtype=np.float64)
     k, n_channels = np.shape(centers)
     pal = np.clip(np.rint(np.asarray(centers, dtype=np.float64)), lo, hi)
-    total, labels = palette_error(X, w, pal)
+    # the successive palettes move little: after the first full scan, bounded steps
+    # rescan only the colours whose nearest palette colour may have changed (with
+    # few colours in the palette a full scan is cheaper than keeping the bounds)
+    points = BoundedPoints(X, w, n_parts=1) if k >= _BOUNDED_MIN_COLOURS else None
+
+    def error(palette: np.ndarray) -> tuple[float, np.ndarray]:
+        """:func:`palette_error` of ``palette``: the same labels, distances and sum."""
+        if points is None:
+            return palette_error(X, w, palette)
+        labels = points.step_labels(palette)
+        diff = X - palette[labels]
+        d = diff[:, 0] * diff[:, 0]
+        for c in range(1, n_channels):  # channels added in order, as the scans do
+            d += diff[:, c] * diff[:, c]
+        return float(np.sum(w * d)), labels
+
+    total, labels = error(pal)
     for _ in range(int(max_pass)):
         weight = np.bincount(labels, weights=w, minlength=k)
         sums = np.stack([np.bincount(labels, weights=w * X[:, c], minlength=k) for c in range(n_channels)], 1)
         new = pal.copy()
         filled = weight > 0
         new[filled] = np.clip(np.rint(sums[filled] / weight[filled, None]), lo, hi)
-        new_total, new_labels = palette_error(X, w, new)
+        new_total, new_labels = error(new)
         if new_total >= total:
             break
         pal, total, labels = new, new_total, new_labels
-    return pal, total
+    return (pal, total, labels) if return_labels else (pal, total)
 
 
 def full_lookup_table(palette: np.ndarray, bits: int, n_channels: int) -> np.ndarray:

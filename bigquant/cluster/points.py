@@ -543,6 +543,17 @@ class BoundedPoints(InMemoryPoints):
         inertia = float(np.sum(sqnorm - 2 * (centers * sums).sum(axis=1) + counts * (centers**2).sum(axis=1)))
         return sums, counts, max(inertia, 0.0)
 
+    def step_labels(self, centers: np.ndarray) -> np.ndarray:
+        """The nearest of ``centers`` for every point (ties to the lowest index), by one bounded step.
+
+        Successive calls with centres that move little (e.g. a palette being
+        refined) rescan only the points whose bounds fail; the labels are
+        those of a full scan.
+        """
+        self.partial_sums(centers)
+        assert self._state is not None
+        return np.concatenate([st["labels"] for st in self._state])
+
     def finish(self, centers: np.ndarray) -> tuple[float, np.ndarray]:
         """Inertia and labels for the last centres of a run: one more bounded step.
 

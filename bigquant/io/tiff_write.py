@@ -40,6 +40,7 @@ from dask.base import tokenize
 from bigquant import tasks
 from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.compute import current_scheduler
 from bigquant.io.encode import BlockEncoder, TileRegion
 from bigquant.io.tiff_read import window_reader
 
@@ -85,7 +86,7 @@ def compute_bands(
     nby, nbx = blocks.shape
     token = tokenize(arr.name, encoder, *[getattr(e, "key", e) for e in extra])
     # resolved here: the pool's threads do not see the caller's current client
-    scheduler = dask.base.get_scheduler(collections=[arr])
+    scheduler = current_scheduler([arr])
     if extra:
         # computed once for all bands (each band is its own compute, which would
         # otherwise rebuild a shared argument and send it to the workers again)

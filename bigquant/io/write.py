@@ -19,6 +19,7 @@ from bigquant.errors import (
 )
 from bigquant.io.atomic import atomic_output, check_target
 from bigquant.io.chunks import DEFAULT_CHUNK_EDGE
+from bigquant.io.compute import current_scheduler
 from bigquant.io.encode import (
     BlockEncoder,
     Codec,
@@ -199,7 +200,7 @@ def _write_pillow(
             f"{tmp.name}: {npx / 1e6:.0f} MP is too large for {fmt.upper()} output "
             f"(Pillow's limit is {limit / 1e6:.0f} MP); write a .tif or .zarr instead"
         )
-    labels_or_pixels = np.asarray(arr.compute())
+    labels_or_pixels = np.asarray(arr.compute(scheduler=current_scheduler([arr])))
     kind = encoder.kind
     if fmt == "jpeg" and kind == "palette":
         logger.info("JPEG has no palette: writing the palette colours")

@@ -19,12 +19,14 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
+import dask
 import dask.array as da
+import dask.local
 import numpy as np
 
 from bigquant import tasks
 from bigquant.cluster.allocator import release_freed_memory
-from bigquant.cluster.scheduler import on_client, phase
+from bigquant.cluster.scheduler import active_client, on_client, phase
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import check_target
 from bigquant.io.chunks import ChunksLike
@@ -40,9 +42,15 @@ from bigquant.pipeline.quality import QualityTarget, parse_quality, peak_value, 
 from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
 from bigquant.pipeline.space import check_space, fit_in_space
 
-__all__ = ["quantize", "palette_colours"]
+__all__ = ["quantize", "palette_colours", "IN_MEMORY_MAX_PIXELS"]
 
 logger = logging.getLogger(__name__)
+
+#: 8-bit images of at most this many pixels (2048 x 2048) are fitted and mapped as
+#: numpy arrays when no cluster is used: the colour histogram then also maps every
+#: pixel to its colour, so no lookup table of 2**24 entries is built, and no dask
+#: graph is run for an image that is already in memory
+IN_MEMORY_MAX_PIXELS = 1 << 22
 
 
 @contextlib.contextmanager
@@ -241,7 +249,8 @@ def write_quantized(
     if getattr(choice.model, "space_", None) is not None:
         mapper = choice.model  # labels: nearest centre in the fit's colour space
     else:
-        mapper = FixedPalette(choice.palette).fit(data, histogram=histogram)
+        mapper = FixedPalette(choice.palette).fit(data, histogram=histogram,
+                                                  histogram_labels=_known_labels(choice))
     nodata = None
     if valid is not None and _nothing_masked(histogram, valid):
         valid = None  # e.g. float data without a NaN: no index reserved for nothing
@@ -285,6 +294,17 @@ def write_quantized(
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
+
+
+def _known_labels(choice: PaletteChoice) -> tuple[float, np.ndarray] | None:
+    """The error and colour labels the fit's palette refinement computed on ``choice.histogram``, if any."""
+    model = choice.model
+    labels = model.palette_labels() if hasattr(model, "palette_labels") else None
+    if (labels is None or choice.histogram is None or choice.error is None
+            or getattr(getattr(model, "histogram_", None), "colours", None) is not choice.histogram.colours
+            or not np.array_equal(model.palette()[0], choice.palette)):
+        return None
+    return float(choice.error), labels
 
 
 def palette_document(
@@ -595,6 +615,11 @@ def quantize(
         "a given palette" if palette is not None else f"PSNR {target.target} dB" if target else f"k={n_clusters}",
         strategy, data.chunksize, "masked" if valid is not None else "no mask",
     )
+    if chunks is None and _runs_in_memory(src, source, data, valid, client, palette, target, dither, space,
+                                          strategy, compare):
+        # small: one task, no threads; a callable, not "sync": dask imports distributed
+        # (~1 s) to look for a client whenever the scheduler is named or left out
+        data = np.asarray(data.compute(scheduler=dask.local.get_sync))
     with _scheduler(client):
         t0 = time.perf_counter()
         if palette is not None:
@@ -657,6 +682,29 @@ def quantize(
     return result
 
 
+def _runs_in_memory(src: Any, source: ImageSource, data: Any, valid: Any, client: Any, palette: Any, target: Any,
+                    dither: Any, space: str, strategy: str, compare: Any) -> bool:
+    """Whether a fit of k colours runs on the pixels as one numpy array (see ``IN_MEMORY_MAX_PIXELS``).
+
+    Small 8-bit images already in memory (numpy arrays; PNG, JPEG and the
+    other files Pillow decodes whole; not TIFF or zarr, which are read
+    lazily, tile by tile, twice), read without ``chunks`` asked for, with nothing masked, fitted by the
+    histogram strategy, written undithered in RGB space, without a
+    distributed client.
+    """
+    from bigquant.cluster.histogram import histogram_bits
+
+    decoded = isinstance(src, np.ndarray) or source.format not in ("tiff", "ome-tiff", "zarr", "array")
+    return (
+        decoded and isinstance(data, da.Array)
+        and int(np.prod(data.shape[:-1])) <= IN_MEMORY_MAX_PIXELS
+        and histogram_bits(data.dtype, int(data.shape[-1])) is not None
+        and valid is None and palette is None and target is None and dither is None and space == "rgb"
+        and compare is None and strategy in ("auto", "histogram")
+        and client is None and active_client() is None
+    )
+
+
 def _fit_in_space(data: Any, valid: Any, source: ImageSource, n_clusters: int | None, space: str,
                   params: dict[str, Any]) -> PaletteChoice:
     """Fit k colours in ``space`` (:func:`bigquant.pipeline.space.fit_in_space`); the palette as sRGB integers."""
@@ -683,8 +731,11 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
     if hist is None or hist.colours.shape[1] != colours.shape[1]:
         return None
     estimator = getattr(mapper, "estimator_", None)
+    known = getattr(mapper, "histogram_", None)
     if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
         labels = np.asarray(estimator.labels_).reshape(-1)
+    elif known is not None and known.colours is hist.colours:  # labelled when the mapper was fitted
+        labels = mapper.histogram_labels()
     else:
         labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
     return quality_from_histogram(hist.colours, hist.counts, labels, colours)
@@ -797,6 +848,15 @@ def _fit_palette(
     from bigquant.cluster.kmeans import KMeans
 
     where = source.path or "array"
+    if target is None and isinstance(data, np.ndarray) and valid is None:
+        # in memory (see _runs_in_memory): the histogram keeps each pixel's colour index,
+        # which maps the pixels to the palette written (FixedPalette) without a table
+        histogram = colour_histogram(data)
+        fit_params = {name: value for name, value in params.items() if name != "strategy"}
+        model = KMeans(n_clusters, **fit_params).fit_histogram(histogram)
+        logger.info("fitted %d colours (%s iterations)", len(model.cluster_centers_), model.n_iter_)
+        pal, error = model.palette()
+        return PaletteChoice(pal, model, histogram, error)
     if target is None:
         try:
             model = KMeans(n_clusters, **params).fit(data, sample_weight=valid)
