@@ -268,21 +268,20 @@ def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[
     """Labels of one rectangular chunk, put together from the spooled slanted tiles ``j`` and ``j + 1``.
 
     Row ``r`` of the chunk, column ``x``, is column ``x + r - J' W`` of row
-    ``r`` of tile ``J' = (x + r) // W`` (see :func:`_spool_tile`).
+    ``r`` of tile ``J' = (x + r) // W`` (see :func:`_spool_tile`): with the two
+    tiles side by side, column ``x - J W + r`` of their row -- a view one
+    element further right each row.
     """
     _, y1, x0, x1 = window
-    r = np.arange(y1 - y0)[:, None]
-    shifted = np.arange(x0, x1)[None, :] + r  # x + r
-    tile_of = shifted // width_t
-    out = np.empty(shifted.shape, dtype=dtype)
-    for jj in (j, j + 1):
-        part = tile_of == jj
-        if jj >= n_tiles or not part.any():
-            continue
-        packed = np.load(_spool_file(directory, y0, jj), mmap_mode="r")
-        rows = np.broadcast_to(r, shifted.shape)
-        out[part] = packed[rows[part], shifted[part] - jj * width_t]
-    return out
+    h = y1 - y0
+    pair = np.zeros((h, 2 * width_t), dtype=dtype)
+    for side, jj in enumerate((j, j + 1)):
+        if jj < n_tiles:
+            pair[:, side * width_t:(side + 1) * width_t] = np.load(_spool_file(directory, y0, jj), mmap_mode="r")
+    row_step, item = pair.strides
+    skewed = np.lib.stride_tricks.as_strided(pair[:, x0 - j * width_t:], shape=(h, x1 - x0),
+                                             strides=(row_step + item, item))
+    return skewed.copy()
 
 
 #: largest chunk edge the dither works in (its error buffers grow as the square of it)
