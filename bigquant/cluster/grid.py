@@ -471,56 +471,45 @@ def finish_on_pixels(points: PointSet, centers: np.ndarray, *, tol: float, max_i
 
 
 def check_fixed_point(X: Any, model: Any, valid: Any = None) -> tuple[int, float, float]:
-    """One more exact pass over ``X`` with ``model``'s centres: (labels changed, centre shift, tol).
+    """One more exact Lloyd step over ``X`` from ``model``'s centres: (labels changed, centre shift, tol).
 
-    "Labels changed" counts the pixels whose nearest centre (ties to the lowest
-    index) is not ``model.labels_``' label; the shift is that of one Lloyd
-    step from the centres (squared, summed); ``tol`` the absolute tolerance of
-    the fit (``model.tol`` times the mean per-band variance). For benchmarks
-    and tests.
+    The step assigns every pixel to its nearest centre (ties to the lowest
+    index) and moves each centre to the mean of its pixels; "labels changed"
+    counts the pixels whose nearest centre differs between the centres and
+    the moved ones (0: an exact fixed point); the shift is the squared,
+    summed centre move; ``tol`` the fit's absolute tolerance (``model.tol``
+    times the mean per-band variance).  Two passes; for benchmarks and tests.
     """
     from bigquant.cluster.points import DaskPoints, InMemoryPoints
 
     centers = np.asarray(model.cluster_centers_, dtype=np.float64)
-    X = da.asarray(X) if not isinstance(X, np.ndarray) else X
-    if X.ndim == 2 and X.shape[-1] != centers.shape[1]:
-        X = X[..., None]
     n_channels = centers.shape[1]
+    if X.ndim == 2 and X.shape[-1] != n_channels:
+        X = X[..., None]
     w = None if valid is None else valid.astype(np.float32)
     if isinstance(X, da.Array):
         points: Any = DaskPoints(X, w)
-        labels_now = X.map_blocks(lambda b: kernels.assign_labels(
-            b.reshape(-1, n_channels), centers, np.int32)[0].reshape(b.shape[:-1]), drop_axis=X.ndim - 1,
-            dtype=np.int32, token=tasks.LABELS)
-        diff = labels_now != model.labels_
-        if valid is not None:
-            diff = diff & valid
-        changed = diff.sum()
-        (sums, counts, _), changed = dask.compute(
-            block_tree(tasks.LLOYD, points.X, points.weights, _partial, (centers,), _sum3), changed)
-        total, _, var, _, _ = points.moments_and_checks()
     else:
-        flat = X.reshape(-1, n_channels)
-        wf = None if w is None else np.asarray(w).reshape(-1)
-        points = InMemoryPoints(flat, wf)
-        sums, counts, _ = points.partial_sums(centers)
-        labels_now = points.labels(centers, np.int64)
-        diff = labels_now != np.asarray(model.labels_).reshape(-1)
-        if wf is not None:
-            diff &= wf > 0
-        changed = int(diff.sum())
-        _, _, var = points.moments()
+        X = np.ascontiguousarray(X).reshape(-1, n_channels)
+        points = InMemoryPoints(X, None if w is None else np.asarray(w).reshape(-1))
+    sums, counts, _ = points.partial_sums(centers)
+    total, _, var = points.moments()
     new = centers.copy()
     nz = counts > 0
     new[nz] = sums[nz] / counts[nz, None]
+
+    def changed_in(block: np.ndarray, wblock: np.ndarray | None) -> np.ndarray:
+        flat = block.reshape(-1, n_channels)
+        a = kernels.assign_labels(flat, centers, np.int32)[0]
+        b = kernels.assign_labels(flat, new, np.int32)[0]
+        diff = a != b
+        if wblock is not None:
+            diff &= wblock.reshape(-1) > 0
+        return np.array(int(diff.sum()))
+
+    if isinstance(X, da.Array):
+        (changed,) = dask.compute(block_tree(tasks.LABELS, points.X, points.weights, changed_in, (),
+                                             lambda parts: sum(int(p) for p in parts)))
+    else:
+        changed = int(changed_in(X, None if w is None else np.asarray(w)))
     return int(changed), float(kernels.squared_shift(new, centers)), float(model.tol) * float(np.mean(var))
-
-
-def _partial(block, wblock, centers):
-    X = block.reshape(-1, centers.shape[1])
-    return kernels.partial_sums(X, centers, None if wblock is None else wblock.reshape(-1))
-
-
-def _sum3(parts):
-    return (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0),
-            math.fsum(p[2] for p in parts))
