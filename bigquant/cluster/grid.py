@@ -74,8 +74,10 @@ _PROBE_WINDOW = 256
 _SEARCH_CELLS = 1 << 14
 #: swap moves per chain, rejected moves in a row that end it, Lloyd iterations judging one
 _N_SWAPS, _SWAP_PATIENCE, _SWAP_ITER = 8, 2, 5
-#: chains per initialisation
-_CHAINS_PER_INIT = 2
+#: chains per initialisation (cheap: a few thousand cells each)
+_CHAINS_PER_INIT = 8
+#: chains run on every cell, when the chains ran on coarser ones
+_FINE_CHAINS = 2
 
 
 def grid_bits(dtype: np.dtype, n_channels: int) -> int | None:
@@ -315,6 +317,38 @@ def _merge_grids(parts: list[tuple]) -> tuple:
     return codes, counts, sums, merged, all(p[4] for p in parts)
 
 
+#: a probed range is kept when the exact one is at most this much wider (per band)
+_RANGE_SLACK = 1.25
+
+
+def _range_missed(lo: np.ndarray, hi: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether the exact per-band range [low, high] is much wider than the probed [lo, hi]."""
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        return False  # nothing counted
+    probed = np.maximum(np.asarray(hi, np.float64) - lo, 0.0)
+    exact = np.asarray(high, np.float64) - low
+    return bool(np.any(exact > _RANGE_SLACK * probed + 1e-12 * np.abs(high)))
+
+
+def _grid_pass(X: Any, valid: Any, lo: np.ndarray, hi: np.ndarray, bits: int, integer: bool,
+               split_every: int) -> tuple:
+    """(codes, counts, sums, stats, finite) of one pass over ``X`` with cells over [lo, hi]."""
+    n_channels = int(X.shape[-1])
+    lo = np.ascontiguousarray(lo, dtype=np.float64)
+    scale = np.ascontiguousarray(_grid_scale(lo, hi, bits, integer), dtype=np.float64)
+    if isinstance(X, da.Array):
+        root = block_tree(tasks.GRID, X, valid, _block_grid, (lo, scale, bits), _merge_grids,
+                          split_every=split_every)
+        (result,) = dask.compute(root)
+        return result
+    flat = np.ascontiguousarray(X).reshape(-1, n_channels)
+    v = None if valid is None else np.asarray(valid, dtype=np.bool_).reshape(-1)
+    segs = _segments(flat.shape[0], n_threads())
+    parts = list(_thread_pool().map(
+        lambda s: _block_grid(flat[s], None if v is None else v[s], lo, scale, bits), segs))
+    return _merge_grids(parts)
+
+
 def value_grid(
     X: np.ndarray | da.Array,
     *,
@@ -334,7 +368,9 @@ def value_grid(
     bits : int, default=None
         Bits per band (default :func:`grid_bits`).
     bounds : (low, high), default=None
-        Per-band range the cells cover (default :func:`value_range`).
+        Per-band range the cells cover (default :func:`value_range`; when
+        the pass then finds a range more than 1.25 times wider in some band,
+        it counts again over the exact range).
     split_every : int, default=8
         Fan-in of the tree summing the blocks' grids.
 
@@ -348,26 +384,25 @@ def value_grid(
     bits = grid_bits(X.dtype, n_channels) if bits is None else int(bits)
     if bits is None:
         raise TypeError(f"no value grid for dtype={X.dtype} with {n_channels} channels")
+    given = bounds is not None
     lo, hi = value_range(X, valid) if bounds is None else bounds
-    lo = np.ascontiguousarray(lo, dtype=np.float64)
-    scale = np.ascontiguousarray(_grid_scale(lo, hi, bits, np.dtype(X.dtype).kind in "ui"), dtype=np.float64)
     if isinstance(X, da.Array):
         if X.numblocks[-1] != 1:
             X = X.rechunk({X.ndim - 1: -1})
         if valid is not None:
             valid = da.asarray(valid).rechunk(X.chunks[:-1])
-        root = block_tree(tasks.GRID, X, valid, _block_grid, (lo, scale, bits), _merge_grids,
-                          split_every=split_every)
-        (result,) = dask.compute(root)
-    else:
-        flat = np.ascontiguousarray(X).reshape(-1, n_channels)
-        v = None if valid is None else np.asarray(valid, dtype=np.bool_).reshape(-1)
-        segs = _segments(flat.shape[0], n_threads())
-        parts = list(_thread_pool().map(
-            lambda s: _block_grid(flat[s], None if v is None else v[s], lo, scale, bits), segs))
-        result = _merge_grids(parts)
+    integer = np.dtype(X.dtype).kind in "ui"
+    result = _grid_pass(X, valid, lo, hi, bits, integer, split_every)
+    stats = result[3]
+    if not given and _range_missed(lo, hi, stats[0], stats[1]):
+        # the probe saw too little of the range: again with the exact one (the sums were
+        # exact, but cells that far too wide approximate the pixels badly)
+        logger.info("value grid: probed range %s..%s, exact %s..%s: counting again", lo, hi, stats[0], stats[1])
+        lo, hi = stats[0].copy(), stats[1].copy()
+        result = _grid_pass(X, valid, lo, hi, bits, integer, split_every)
     codes, counts, sums, stats, finite = result
-    grid = ValueGrid(codes, counts, sums, bits, lo, scale, stats[0], stats[1], stats[2])
+    scale = _grid_scale(lo, hi, bits, integer)
+    grid = ValueGrid(codes, counts, sums, bits, np.asarray(lo, np.float64), scale, stats[0], stats[1], stats[2])
     logger.info("value grid: %d occupied cells of %d (%d bits a band) for %d pixels",
                 grid.n_cells, 1 << (bits * n_channels), bits, int(grid.n_pixels))
     return grid, bool(finite)
@@ -376,18 +411,14 @@ def value_grid(
 # --------------------------------------------------------------------------- search on the cells
 
 
-def _chain(grid: ValueGrid, k: int, seed: int, tol: float, max_iter: int, seeder: Callable,
-           drop: int) -> tuple[float, np.ndarray]:
-    """k-means++, Lloyd and swap moves on cells (``drop`` bits coarser), then Lloyd on the cells to its fixed point."""
+def _chain(X: np.ndarray, w: np.ndarray, k: int, seed: int, tol: float, max_iter: int,
+           seeder: Callable) -> tuple[float, np.ndarray]:
+    """k-means++, Lloyd's iteration and swap moves on the weighted points ``X`` (cells); (inertia, centres)."""
     rng = np.random.default_rng(seed)
-    X, w = grid.coarse(drop) if drop else (grid.means(), grid.counts)
-    X = np.ascontiguousarray(X)
     centers = seeder(X, w, k, rng)
     centers, inertia = kernels.lloyd_dense(X, kernels.as_columns(X), w, centers, max_iter, tol)
-    centers, _ = kernels.improve_by_swaps(X, w, centers, inertia, rng.random((_N_SWAPS, local_trials(k))),
-                                          _SWAP_ITER, tol, _SWAP_PATIENCE)
-    fine = BoundedPoints(grid.means(), grid.counts, n_parts=1)
-    centers, inertia, *_ = fine.run(centers, max_iter, tol)
+    centers, inertia = kernels.improve_by_swaps(X, w, centers, inertia, rng.random((_N_SWAPS, local_trials(k))),
+                                                _SWAP_ITER, tol, _SWAP_PATIENCE)
     return float(inertia), centers
 
 
@@ -401,30 +432,44 @@ def search_cells(
     rng: np.random.Generator,
     seeder: Callable = kmeans_plusplus,
 ) -> np.ndarray:
-    """Centres of the lowest of ``2 * n_init`` search chains on the cells (each a Lloyd fixed point there).
+    """Centres of the best of ``8 * n_init`` search chains on the cells: a Lloyd fixed point of the cells.
 
-    The chains draw their seeds from ``rng`` first, so the result does not
-    depend on the threads.  Ranking by the cells' inertia ranks by the
-    pixels' squared error of labellings constant per cell (the within-cell
-    scatter is the same for all).
+    Each chain seeds (``seeder``, weighted by the counts), runs Lloyd's
+    iteration and swap moves (:func:`bigquant.kernels.improve_by_swaps`) on
+    the cells, merged to at most ``2**14`` coarser cells when there are more;
+    the ``_FINE_CHAINS`` lowest then run Lloyd's iteration on every cell and
+    the lowest of those wins.  The chains draw their seeds from ``rng``
+    first, so the result does not depend on the threads.  Ranking by the
+    cells' inertia ranks by the pixels' squared error of labellings constant
+    per cell (the within-cell scatter is the same for all).
     """
     n_chains = _CHAINS_PER_INIT * int(n_init)
     seeds = [int(s) for s in rng.integers(0, 2**63 - 1, size=n_chains)]
-    drop = 0  # coarser cells for the seeding and swap moves (cached before the threads)
-    while drop < grid.bits - 1 and (grid.coarse(drop)[0] if drop else grid.counts).shape[0] > _SEARCH_CELLS:
+    drop = 0  # coarser cells for the chains (cached before the threads)
+    while drop < grid.bits - 1 and (grid.coarse(drop)[0].shape[0] if drop else grid.n_cells) > _SEARCH_CELLS:
         drop += 1
+    X, w = grid.coarse(drop) if drop else (grid.means(), grid.counts)
+    X = np.ascontiguousarray(X)
 
-    def one(seed: int) -> tuple[float, np.ndarray]:
-        return _chain(grid, k, seed, tol, max_iter, seeder, drop)
+    def each(func: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if n_threads() > 1 and len(items) > 1:
+            return list(_thread_pool().map(func, items))
+        return [func(x) for x in items]
 
-    if n_threads() > 1 and n_chains > 1:
-        chains = list(_thread_pool().map(one, seeds))
+    chains = each(lambda seed: _chain(X, w, k, seed, tol, max_iter, seeder), seeds)
+    ranked = sorted(range(n_chains), key=lambda i: chains[i][0])  # equal inertias keep the chain order
+    if not drop:
+        best = chains[ranked[0]]
     else:
-        chains = [one(s) for s in seeds]
-    best = min(range(n_chains), key=lambda i: chains[i][0])  # first of equals
-    logger.info("grid search: best of %d chains on %d cells, cell inertia %.6g", n_chains, grid.n_cells,
-                chains[best][0])
-    return chains[best][1]
+        def fine(i: int) -> tuple[float, np.ndarray]:
+            end, inertia, *_ = BoundedPoints(grid.means(), grid.counts, n_parts=1).run(chains[i][1], max_iter, tol)
+            return float(inertia), end
+
+        finals = each(fine, ranked[:_FINE_CHAINS])
+        best = min(finals, key=lambda f: f[0])
+    logger.info("grid search: best of %d chains on %d cells (%d coarse), cell inertia %.6g", n_chains,
+                grid.n_cells, X.shape[0], best[0])
+    return best[1]
 
 
 # --------------------------------------------------------------------------- finishing passes
