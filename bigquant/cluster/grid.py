@@ -275,30 +275,29 @@ def _grid_scale(lo: np.ndarray, hi: np.ndarray, bits: int, integer: bool) -> np.
 # --------------------------------------------------------------------------- the grid pass
 
 
-def _empty_tables(bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    size = 1 << (bits * n_channels)
+def _empty_tables(bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
     stats = np.zeros((3, n_channels))
     stats[0], stats[1] = np.inf, -np.inf
-    return np.zeros(size), np.zeros((size, n_channels)), stats
+    return np.zeros((1 << (bits * n_channels), n_channels + 1)), stats
 
 
 _NO_VALID = np.empty(0, dtype=np.bool_)
 
 
 def _count_into(X: np.ndarray, valid: np.ndarray | None, lo: np.ndarray, scale: np.ndarray, bits: int,
-                tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
-    counts, sums, stats = tables
+                tables: tuple[np.ndarray, np.ndarray]) -> bool:
+    table, stats = tables
     use_valid = valid is not None
     v = np.ascontiguousarray(valid, dtype=np.bool_).reshape(-1) if use_valid else _NO_VALID
-    return bool(kernels.add_grid_cells(X, v, np.bool_(use_valid), lo, scale, np.int64(bits), counts, sums, stats))
+    return bool(kernels.add_grid_cells(X, v, np.bool_(use_valid), lo, scale, np.int64(bits), table, stats))
 
 
 def _block_grid(block: np.ndarray, valid: np.ndarray | None, lo: np.ndarray, scale: np.ndarray, bits: int):
     n_channels = lo.shape[0]
     tables = _empty_tables(bits, n_channels)
     finite = _count_into(block.reshape(-1, n_channels), valid, lo, scale, bits, tables)
-    codes, counts, sums = kernels.take_grid_cells(tables[0], tables[1])
-    return codes, counts, sums, tables[2], finite
+    codes, counts, sums = kernels.take_grid_cells(tables[0])
+    return codes, counts, sums, tables[1], finite
 
 
 def _merge_grids(parts: list[tuple]) -> tuple:
@@ -307,11 +306,10 @@ def _merge_grids(parts: list[tuple]) -> tuple:
         return parts[0]
     n_channels = parts[0][2].shape[1]
     top = max(int(p[0][-1]) for p in parts if p[0].shape[0]) if any(p[0].shape[0] for p in parts) else 0
-    table_counts = np.zeros(top + 1)
-    table_sums = np.zeros((top + 1, n_channels))
+    table = np.zeros((top + 1, n_channels + 1))
     for codes, counts, sums, _, _ in parts:
-        kernels.merge_grid_cells(codes, counts, sums, table_counts, table_sums)
-    codes, counts, sums = kernels.take_grid_cells(table_counts, table_sums)
+        kernels.merge_grid_cells(codes, counts, sums, table)
+    codes, counts, sums = kernels.take_grid_cells(table)
     stats = np.stack([p[3] for p in parts])
     merged = np.stack([stats[:, 0].min(axis=0), stats[:, 1].max(axis=0), stats[:, 2].sum(axis=0)])
     return codes, counts, sums, merged, all(p[4] for p in parts)
