@@ -204,6 +204,8 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                           f"read {row['read_s']:.1f} s / {row['read_cpu']:.1f} CPU s", file=sys.stderr, flush=True)
                     if strategy == "grid":
                         row["changed"], row["shift"], row["tol"] = fixed_point_check(src, model, client)
+                        print(f"# {kind} {mp} MP grid: one more Lloyd step changes {row['changed']} labels, "
+                              f"shift / tol {row['shift'] / row['tol']:.3g}", file=sys.stderr, flush=True)
                     dst.unlink()
                     del model
                 rows.append(row)
