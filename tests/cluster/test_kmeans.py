@@ -283,7 +283,7 @@ def test_lazy_labels_and_predict_on_dask(photo_like):
 def test_max_iter_warns():
     X = np.random.default_rng(0).normal(size=(500, 3))
     with pytest.warns(ConvergenceWarning, match="max_iter=1"):
-        km = KMeans(5, max_iter=1, random_state=0).fit(X)
+        km = KMeans(5, max_iter=1, random_state=0, strategy="pixels").fit(X)
     assert km.n_iter_ == 1
 
 
