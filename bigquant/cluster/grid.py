@@ -4,8 +4,9 @@ The colour histogram (:mod:`bigquant.cluster.histogram`) needs few enough
 distinct colours to count them; data of more than 24 bits per pixel (uint16,
 int16, float32, 4 or more bands) have too many.  The grid strategy:
 
-1. **Range** (:func:`value_range`): per-band bounds from a few tiles of the
-   file (or a few blocks; all of an in-memory array) -- no pass over the pixels.
+1. **Range** (:func:`value_range`): per-band bounds from 16 tiles of the file
+   (or a few blocks of another dask array; all of an in-memory array) -- no
+   pass over the pixels.
 2. **Grid pass** (:func:`value_grid`, one read): every pixel falls in a cell of
    a coarse grid over that range (``bits`` per band, :func:`grid_bits`: 6 for
    RGB, 5 for 4 bands, 2**12..2**20 cells); per cell the *exact* count and sum
@@ -15,9 +16,10 @@ int16, float32, 4 or more bands) have too many.  The grid strategy:
    the pixels' total and mean; the pixels' squared error for any labelling that
    gives every cell one label is that of the cell means plus the constant
    within-cell scatter.
-3. **Search on the cells** (:func:`search_cells`): chains of weighted k-means++,
-   Lloyd and swap moves on the cells (coarser cells for the moves when there are
-   many), each run to Lloyd's fixed point on the cells; the lowest wins.
+3. **Search on the cells** (:func:`search_cells`): 8 chains (per ``n_init``) of
+   weighted k-means++, Lloyd and swap moves on at most 2**14 cells (merged to
+   coarser ones when there are more); the two lowest run to Lloyd's fixed point
+   on every cell and the lower wins.
 4. **Finishing passes on the pixels** (:func:`finish_on_pixels`): exact Lloyd
    iterations over the pixels (:class:`~bigquant.cluster.points.DaskPoints`) from
    there, until one moves the centres by at most ``tol`` (usually the first: the

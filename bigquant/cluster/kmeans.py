@@ -117,7 +117,8 @@ default="k-means++"
         iteration runs on the cells' means weighted by their counts, and exact
         passes over the pixels finish it (usually one) -- the result is a
         Lloyd fixed point of the pixels within ``tol``, as with ``"pixels"``,
-        in two or three passes instead of one per iteration;
+        in two or three passes instead of one per iteration (it takes no
+        ``checkpoint``);
         ``"pixels"``: every iteration is one distributed pass over the pixels
         (the exact baseline);
         ``"minibatch"``: :class:`~bigquant.MiniBatchKMeans`. ``"auto"`` picks
