@@ -73,7 +73,7 @@ class KMeans(_KMeans):
         Initialisation method.
     n_init : int, default=1
         Number of initialisations; the run with the lowest inertia is kept.
-    strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
+    strategy : {"auto", "histogram", "grid", "pixels", "minibatch"}, default="auto"
         How the data is visited (see :class:`bigquant.KMeans`).
     persist : {"auto", True, False}, default="auto"
         Whether dask data is persisted for the iterations (see :class:`bigquant.KMeans`).

@@ -18,6 +18,8 @@ name                    tasks
 ``bq-merge``            merge partial histograms, two at a time
 ``bq-codes``            the histogram's distinct colours and counts
 ``bq-moments[-sum]``    per-chunk weighted moments (pixel strategy), and their sum
+``bq-range[-sum]``      value range of a few tiles or chunks (grid strategy)
+``bq-grid[-sum]``       exact counts and sums per value-grid cell of one chunk, tree-summed
 ``bq-init[-sum]``       one k-means|| oversampling pass
 ``bq-lloyd[-sum]``      one Lloyd iteration: per-chunk partial sums, tree-summed
 ``bq-relocate[-sum]``   points far from their centre, for empty clusters
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 __all__ = [
     "PREFIX", "MAX_LENGTH", "READ", "READ_PALETTE", "MASK", "COUNT", "COUNT_SUM", "MERGE", "CODES",
-    "MOMENTS", "INIT", "LLOYD", "RELOCATE", "MB_GATHER", "MB_BATCH", "LUT", "LABELS", "TRANSFORM",
+    "MOMENTS", "GRID", "GRID_RANGE", "INIT", "LLOYD", "RELOCATE", "MB_GATHER", "MB_BATCH", "LUT", "LABELS", "TRANSFORM",
     "WRITE", "SWEEP", "COST", "FS_SLANT", "FS_EDGES", "FS_LABELS", "BLUE_NOISE", "SPACE_LUT", "SPACE_LABELS",
     "QUALITY", "HISTOGRAM", "NAMES", "tree_sum",
 ]
@@ -61,6 +63,8 @@ COUNT_SUM = "bq-count-sum"
 MERGE = "bq-merge"
 CODES = "bq-codes"
 MOMENTS = "bq-moments"
+GRID = "bq-grid"
+GRID_RANGE = "bq-range"
 INIT = "bq-init"
 LLOYD = "bq-lloyd"
 RELOCATE = "bq-relocate"
@@ -93,5 +97,5 @@ def tree_sum(name: str) -> str:
 NAMES = frozenset(
     [READ, READ_PALETTE, MASK, COUNT, COUNT_SUM, MERGE, CODES, MB_GATHER, MB_BATCH, LUT, LABELS,
      TRANSFORM, WRITE, SWEEP, COST, FS_SLANT, FS_EDGES, FS_LABELS, BLUE_NOISE, SPACE_LUT, SPACE_LABELS, QUALITY]
-    + [n for base in (MOMENTS, INIT, LLOYD, RELOCATE) for n in (base, tree_sum(base))]
+    + [n for base in (MOMENTS, GRID, GRID_RANGE, INIT, LLOYD, RELOCATE) for n in (base, tree_sum(base))]
 )

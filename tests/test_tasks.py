@@ -33,12 +33,14 @@ def _known(label: str) -> bool:
     return any(label.startswith(name + "-") and _known(label[len(name) + 1:]) for name in tasks.NAMES)
 
 
-@pytest.mark.parametrize("strategy", ["histogram", "pixels"])
+@pytest.mark.parametrize("strategy", ["histogram", "pixels", "grid"])
 def test_every_bigquant_task_is_named_in_the_module(tmp_path, strategy):
     from bigquant import quantize
     from bigquant.io.sample import make_sample_image
 
     img = make_sample_image((96, 128), seed=1)
+    if strategy == "grid":  # the strategy of 16-bit data
+        img = img.astype("uint16") * 257
     with _Keys() as seen:
         quantize(img, tmp_path / "q.tif", 5, strategy=strategy, random_state=0, tile=32, chunks=48)
     ours = {k for k in seen.keys if k.startswith(tasks.PREFIX)}
@@ -46,4 +48,6 @@ def test_every_bigquant_task_is_named_in_the_module(tmp_path, strategy):
     assert all(_known(k) for k in ours), ours
     ours = {k for k in ours if k in tasks.NAMES}
     assert tasks.WRITE in ours
-    assert (tasks.COUNT in ours) if strategy == "histogram" else ({tasks.LLOYD, tasks.MOMENTS} <= ours)
+    expected = {"histogram": {tasks.COUNT}, "pixels": {tasks.LLOYD, tasks.MOMENTS},
+                "grid": {tasks.GRID, tasks.tree_sum(tasks.GRID), tasks.GRID_RANGE, tasks.LLOYD}}
+    assert expected[strategy] <= ours

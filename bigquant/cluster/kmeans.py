@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 
 from bigquant import tasks
@@ -16,6 +17,7 @@ from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.base import KMeansBase
 from bigquant.cluster.checkpoint import Checkpoint
+from bigquant.cluster.grid import GRID_MAX_BITS, finish_on_pixels, grid_bits, search_cells, value_grid
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import (
     init_sample_size,
@@ -106,12 +108,22 @@ default="k-means++"
         times the weighted mean per-channel variance of the data.
     random_state : int, numpy Generator or None, default=None
         Seed; results do not depend on the chunking of the data.
-    strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
+    strategy : {"auto", "histogram", "grid", "pixels", "minibatch"}, default="auto"
         ``"histogram"``: exact Lloyd on the distinct colours weighted by their
         counts (unsigned data of at most 24 bits per pixel, e.g. uint8 RGB);
-        ``"pixels"``: every iteration is one distributed pass over the pixels;
+        ``"grid"``: for other data (uint16, int16, float, 4 or more bands):
+        one pass sums the pixels exactly per cell of a coarse grid over the
+        value range (:mod:`bigquant.cluster.grid`), a search with Lloyd's
+        iteration runs on the cells' means weighted by their counts, and exact
+        passes over the pixels finish it (usually one) -- the result is a
+        Lloyd fixed point of the pixels within ``tol``, as with ``"pixels"``,
+        in two or three passes instead of one per iteration (it takes no
+        ``checkpoint``);
+        ``"pixels"``: every iteration is one distributed pass over the pixels
+        (the exact baseline);
         ``"minibatch"``: :class:`~bigquant.MiniBatchKMeans`. ``"auto"`` picks
-        the histogram where it applies, pixels otherwise.
+        the histogram where it applies, else the grid (up to 20 bands,
+        without ``sample_weight`` other than a mask), else pixels.
     persist : {"auto", True, False}, default="auto"
         Pixel strategy on dask data: keep the data in (cluster) memory during
         the iterations. ``"auto"`` persists when it takes at most half of the
@@ -144,6 +156,7 @@ default="k-means++"
         Lloyd iterations of the kept run on the exact data. For 8-bit
         histograms with many colours, runs are first screened on coarse
         (5- and 6-bit) colour sets; those cheap iterations are not counted.
+        For the grid strategy: the exact passes over the pixels.
     n_features_in_ : int
         Number of channels seen in ``fit``.
     strategy_ : str
@@ -212,7 +225,21 @@ default="k-means++"
         strategy = self.strategy
         bits = histogram_bits(data.array.dtype, data.n_channels)
         if strategy == "auto":
-            return "histogram" if bits is not None and weights is None else "pixels"
+            if bits is not None and weights is None:
+                return "histogram"
+            if grid_bits(data.array.dtype, data.n_channels) is not None and weights is None:
+                return "grid"
+            return "pixels"
+        if strategy == "grid":
+            if grid_bits(data.array.dtype, data.n_channels) is None:
+                raise InvalidParameterError(
+                    f"strategy='grid' needs numeric data of at most {GRID_MAX_BITS} channels; got "
+                    f"dtype={data.array.dtype} with {data.n_channels} channels: use strategy='pixels'"
+                )
+            if weights is not None:
+                raise InvalidParameterError(
+                    "strategy='grid' takes a boolean mask as sample_weight, not weights: use strategy='pixels'"
+                )
         if strategy == "histogram":
             if bits is None:
                 raise InvalidParameterError(
@@ -258,6 +285,8 @@ default="k-means++"
         rng = check_random_state(self.random_state)
         self._ckpt = self._make_checkpoint(data, strategy, weights is not None or valid is not None)
 
+        if strategy == "grid":
+            return self._fit_grid(data, valid, init_array, rng)
         if strategy == "histogram":
             with phase(tasks.HISTOGRAM):
                 histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid)
@@ -448,6 +477,55 @@ default="k-means++"
         with phase(tasks.LLOYD):
             return lloyd(points, found.start, max_iter=int(self.max_iter), tol=tol,
                          callback=self.callback, on_iteration=save)
+
+    def _fit_grid(self, data: Data, valid: Any, init_array: np.ndarray | None, rng: np.random.Generator) -> KMeans:
+        """Grid strategy (see :mod:`bigquant.cluster.grid`): one grid pass, a search on the cells, pixel passes."""
+        k = int(self.n_clusters)
+        X = data.array
+        with phase(tasks.GRID):
+            grid, finite = value_grid(X, valid=valid, split_every=self.split_every)
+        if not finite:
+            raise InvalidInputError("X contains NaN or infinity")
+        if grid.n_pixels == 0:
+            raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
+        _, _, variance = grid.moments()
+        tol = float(self.tol) * float(np.mean(variance))
+        if init_array is not None:
+            self._n_init(init_array)  # warns when n_init is not 1
+            start = init_array
+        elif grid.n_cells >= 2 * k:
+            seeder = random_init if self.init == "random" else kmeans_plusplus
+            with phase(tasks.INIT):
+                start = search_cells(grid, k, n_init=int(self.n_init), tol=tol, max_iter=int(self.max_iter),
+                                     rng=rng, seeder=seeder)
+        else:
+            # too few cells to seed k centres apart: the pixel strategy's own start
+            logger.info("grid: %d cells for k=%d, seeding on pixels", grid.n_cells, k)
+            start = None
+        weights = None
+        if valid is not None:
+            if data.array.dtype.kind == "f":
+                # masked NaN would poison the sums of the pixel passes, weight 0 or not
+                X = da.where(valid[..., None], X, 0) if data.is_dask else np.where(np.asarray(valid)[..., None], X, 0)
+            weights = valid.astype(np.float32)
+        points = self._grid_pixel_points(X, weights, data.is_dask)
+        if start is None:
+            start = self._initial_centers(points, k, rng)
+        self._ckpt = None  # a grid fit is two or three passes: nothing to resume
+        with phase(tasks.LLOYD):
+            done = finish_on_pixels(points, start, tol=tol, max_iter=int(self.max_iter), callback=self.callback)
+        if not done.converged:
+            warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=3)
+        result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
+        return self._finish(data, "grid", None, result)
+
+    def _grid_pixel_points(self, X: Any, weights: Any, is_dask: bool) -> PointSet:
+        if not is_dask:
+            flat = np.ascontiguousarray(X).reshape(-1, X.shape[-1])
+            return InMemoryPoints(flat, None if weights is None else np.ascontiguousarray(weights).reshape(-1))
+        if self.persist is True:
+            X, weights = dask.persist(X, weights) if weights is not None else (X.persist(), None)
+        return DaskPoints(X, weights, split_every=self.split_every)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
         if not data.is_dask:

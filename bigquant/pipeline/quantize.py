@@ -412,7 +412,7 @@ def quantize(
     *,
     palette: Any = None,
     quality: Any = None,
-    strategy: Literal["auto", "histogram", "pixels", "minibatch"] = "auto",
+    strategy: Literal["auto", "histogram", "grid", "pixels", "minibatch"] = "auto",
     mode: Literal["palette", "rgb"] = "palette",
     client: Any = None,
     random_state: Any = None,
@@ -462,8 +462,9 @@ def quantize(
         ``(30, 40)`` or ``"30:40"`` for a floor of 30 dB under which nothing
         is written (:class:`bigquant.errors.QualityError`).  ``n_clusters``
         is then the most colours allowed (default: what the output holds).
-    strategy : {"auto", "histogram", "pixels", "minibatch"}, default="auto"
-        Fitting strategy of :class:`bigquant.KMeans`.
+    strategy : {"auto", "histogram", "grid", "pixels", "minibatch"}, default="auto"
+        Fitting strategy of :class:`bigquant.KMeans` (auto: the exact histogram for
+        8-bit data, the value grid for 16-bit, float and multi-band data).
     mode : {"palette", "rgb"}, default="palette"
         Indexed output with a colormap, or the palette colours per pixel.
     client : distributed.Client or None, default=None

@@ -39,6 +39,7 @@ import numpy as np
 from bigquant import kernels, tasks
 from bigquant._typing import STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
+from bigquant.cluster.grid import grid_bits
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.scheduler import on_client
 from bigquant.cluster.search import prepare_search, uses_coarse_search
@@ -645,7 +646,7 @@ def sweep(
             n_pixels = hist.n_pixels if hist is not None else int(np.prod(data.shape[:-1]))
             n_colours = hist.n_colours if hist is not None else None
             used = "histogram" if hist is not None or (strategy in ("auto", "histogram") and bits is not None) \
-                else ("pixels" if strategy == "auto" else strategy)
+                else (_pixel_strategy(dtype, n_channels) if strategy == "auto" else strategy)
         elif space != "rgb":
             if hist is None or n_channels != 3:
                 raise InvalidParameterError(
@@ -676,7 +677,8 @@ def sweep(
         else:
             n_pixels = int(np.prod(data.shape[:-1]))
             n_colours = None
-            used = "pixels" if strategy in ("auto", "histogram") else strategy
+            # what quantize's fit takes for these data: the grid where it applies
+            used = _pixel_strategy(dtype, n_channels) if strategy in ("auto", "histogram") else strategy
             for k in todo:
                 with _on(client):
                     record(_fit_pixels(data, k, used, n_init, max_iter, tol, base, peak, valid))
@@ -737,6 +739,11 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
         finally:
             for task in futures:
                 task.cancel()
+
+
+def _pixel_strategy(dtype: Any, n_channels: int) -> str:
+    """The strategy ``auto`` fits data without a colour histogram with (as :class:`bigquant.KMeans` does)."""
+    return "grid" if grid_bits(dtype, n_channels) is not None else "pixels"
 
 
 def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, tol: float, base: int,

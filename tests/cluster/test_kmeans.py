@@ -167,7 +167,7 @@ def test_gray_and_four_channels():
     np.testing.assert_allclose(kp.cluster_centers_, km.cluster_centers_)
     rgba = rng.integers(0, 256, (30, 30, 4), dtype=np.uint8)
     k4 = KMeans(5, random_state=0).fit(rgba)
-    assert k4.strategy_ == "pixels" and k4.cluster_centers_.shape == (5, 4)
+    assert k4.strategy_ == "grid" and k4.cluster_centers_.shape == (5, 4)
     assert k4.labels_.shape == (30, 30)
     uint16_gray = (rng.integers(0, 65536, (20, 20, 1))).astype(np.uint16)
     assert KMeans(3, random_state=0).fit(uint16_gray).strategy_ == "histogram"
@@ -304,7 +304,7 @@ def test_lazy_labels_and_predict_on_dask(photo_like):
 def test_max_iter_warns():
     X = np.random.default_rng(0).normal(size=(500, 3))
     with pytest.warns(ConvergenceWarning, match="max_iter=1"):
-        km = KMeans(5, max_iter=1, random_state=0).fit(X)
+        km = KMeans(5, max_iter=1, random_state=0, strategy="pixels").fit(X)
     assert km.n_iter_ == 1
 
 

@@ -335,14 +335,14 @@ def test_masks_apply_per_file_in_a_set(tmp_path, photos):
 
 
 def test_sweep_and_quantize_agree_on_16_bit_data(tmp_path):
-    """Without a histogram (uint16 RGB: the pixel strategy) the sweep's cost is still the written file's error."""
+    """Without a histogram (uint16 RGB: the grid strategy) the sweep's cost is still the written file's error."""
     rng = np.random.default_rng(4)
     img = (make_sample_image((90, 120), seed=5).astype(np.uint16) * 257 + rng.integers(0, 257, (90, 120, 3))
            ).astype(np.uint16)
     path = tmp_path / "deep.tif"
     tifffile.imwrite(path, img, tile=(32, 32), photometric="rgb")
     result = sweep(path, [5], random_state=3)
-    assert result.strategy == "pixels"
+    assert result.strategy == "grid"
     model = quantize(path, tmp_path / "q.tif", 5, random_state=3)
     labels = tifffile.imread(tmp_path / "q.tif")
     palette = model.palette()[0].astype(np.float64)

@@ -226,11 +226,13 @@ def test_sweep_to_csv_round_trip_and_plot(tmp_path, photo):
     assert [int(x) for x in fig.axes[0].lines[0].get_xdata()] == [2, 3, 4]
 
 
-def test_sweep_float_image_uses_pixels():
+def test_sweep_float_image_uses_the_grid():
+    """Float data take quantize's strategy for them (the value grid); pixels when asked."""
     rng = np.random.default_rng(0)
     img = rng.random((20, 24, 3))
     result = sweep(img, [2, 3], random_state=0)
-    assert result.strategy == "pixels" and result.n_colours is None
+    assert result.strategy == "grid" and result.n_colours is None
+    assert sweep(img, [2], strategy="pixels", random_state=0).strategy == "pixels"
     assert result.costs[0] >= result.costs[1] > 0
     with pytest.raises(InvalidParameterError, match="strategy='histogram'"):
         sweep(img, [2], strategy="histogram")

@@ -1,0 +1,560 @@
+"""The grid strategy: k-means of 16-bit, float and multi-band pixels in two or three passes.
+
+The colour histogram (:mod:`bigquant.cluster.histogram`) needs few enough
+distinct colours to count them; data of more than 24 bits per pixel (uint16,
+int16, float32, 4 or more bands) have too many.  The grid strategy:
+
+1. **Range** (:func:`value_range`): per-band bounds from 16 tiles of the file
+   (or a few blocks of another dask array; all of an in-memory array) -- no
+   pass over the pixels.
+2. **Grid pass** (:func:`value_grid`, one read): every pixel falls in a cell of
+   a coarse grid over that range (``bits`` per band, :func:`grid_bits`: 6 for
+   RGB, 5 for 4 bands, 2**12..2**20 cells); per cell the *exact* count and sum
+   of the full-precision values (:mod:`bigquant.kernels.grid`), per block, summed
+   as a tree.  Values outside the range fall in the edge cells: their sums stay
+   exact.  The cells' means weighted by their counts are a small point set with
+   the pixels' total and mean; the pixels' squared error for any labelling that
+   gives every cell one label is that of the cell means plus the constant
+   within-cell scatter.
+3. **Search on the cells** (:func:`search_cells`): 8 chains (per ``n_init``) of
+   weighted k-means++, Lloyd and swap moves on at most 2**14 cells (merged to
+   coarser ones when there are more); the two lowest run to Lloyd's fixed point
+   on every cell and the lower wins.
+4. **Finishing passes on the pixels** (:func:`finish_on_pixels`): exact Lloyd
+   iterations over the pixels (:class:`~bigquant.cluster.points.DaskPoints`) from
+   there, until one moves the centres by at most ``tol`` (usually the first: the
+   cell solution is next to the pixel one).  The centres returned are those the
+   last pass assigned the pixels to, so its inertia is theirs, exactly, and one
+   more Lloyd step moves them by at most ``tol``: a fixed point within ``tol``
+   without a pass only to measure the inertia.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.core import flatten
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from bigquant import kernels, tasks
+from bigquant.cluster.init import kmeans_plusplus, local_trials
+from bigquant.cluster.lloyd import relocate_empty_clusters
+from bigquant.cluster.points import (
+    BoundedPoints,
+    PointSet,
+    _segments,
+    _thread_pool,
+    block_tree,
+    n_threads,
+)
+
+__all__ = [
+    "GRID_MAX_BITS", "ValueGrid", "grid_bits", "value_range", "value_grid", "search_cells",
+    "finish_on_pixels", "check_fixed_point",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the dense cell table of a block has at most 2**GRID_MAX_BITS cells
+GRID_MAX_BITS = 20
+#: most bits per band (one or two bands)
+_BAND_MAX_BITS = 12
+#: tiles (or blocks) read to find the value range: a grid of this many per side
+_PROBE_SIDE = 4
+#: edge of a window read by the range probe (one tile of the file)
+_PROBE_WINDOW = 256
+#: cells the seeding and swap moves of a chain run on, at most (coarser cells above)
+_SEARCH_CELLS = 1 << 14
+#: swap moves per chain, rejected moves in a row that end it, Lloyd iterations judging one
+_N_SWAPS, _SWAP_PATIENCE, _SWAP_ITER = 8, 2, 5
+#: chains per initialisation (cheap: a few thousand cells each)
+_CHAINS_PER_INIT = 8
+#: chains run on every cell, when the chains ran on coarser ones
+_FINE_CHAINS = 2
+
+
+def grid_bits(dtype: np.dtype, n_channels: int) -> int | None:
+    """Bits per band of the grid for data of ``dtype`` with ``n_channels`` bands, or None.
+
+    ``min(12, 20 // C)``: 12 for one band, 10 for two, 6 for RGB, 5 for four
+    bands, ..., 1 for up to 20 bands; None for more bands or non-numeric data.
+    """
+    kind = np.dtype(dtype).kind
+    if kind not in "uif" or not 1 <= n_channels <= GRID_MAX_BITS:
+        return None
+    return min(_BAND_MAX_BITS, GRID_MAX_BITS // n_channels)
+
+
+@dataclass
+class ValueGrid:
+    """Exact counts and sums of the pixels per occupied cell of a grid over the value range.
+
+    Attributes
+    ----------
+    codes : ndarray of shape (n_cells,)
+        Cell codes (int64, increasing): ``bits`` bits per band, first band highest.
+    counts : ndarray of shape (n_cells,)
+        Pixels per cell (float64 holding integers).
+    sums : ndarray of shape (n_cells, n_channels)
+        Summed values of the pixels of each cell (float64; exact for integer data).
+    bits : int
+        Bits per band.
+    lo, scale : ndarray of shape (n_channels,)
+        The cell of value ``x`` in band ``c`` is ``floor((x - lo[c]) * scale[c])``, clipped.
+    minimum, maximum, sum_squares : ndarray of shape (n_channels,)
+        Of the pixels counted, per band.
+    """
+
+    codes: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+    bits: int
+    lo: np.ndarray
+    scale: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    sum_squares: np.ndarray
+    _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of occupied cells."""
+        return int(self.codes.shape[0])
+
+    @property
+    def n_pixels(self) -> float:
+        """Number of pixels counted."""
+        return float(self.counts.sum())
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.sums.shape[1])
+
+    def means(self) -> np.ndarray:
+        """Mean value of the pixels of each cell (float64)."""
+        return self.sums / self.counts[:, None]
+
+    def cells(self) -> np.ndarray:
+        """Integer cell coordinates (n_cells, n_channels) of the codes."""
+        C, bits = self.n_channels, self.bits
+        shifts = np.arange(C - 1, -1, -1, dtype=np.int64) * bits
+        return (self.codes[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
+
+    def moments(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """Pixel count, mean and variance per band of the pixels counted."""
+        total = self.n_pixels
+        mean = self.sums.sum(axis=0) / total
+        return total, mean, np.maximum(self.sum_squares / total - mean * mean, 0.0)
+
+    def points(self) -> BoundedPoints:
+        """The cell means weighted by their counts, for Lloyd's iteration."""
+        return BoundedPoints(self.means(), self.counts)
+
+    def coarse(self, drop_bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """Means and weights of the cells merged on a grid of ``bits - drop_bits`` bits (cached)."""
+        if drop_bits not in self._coarse_cache:
+            width = self.bits - drop_bits
+            self._coarse_cache[drop_bits] = kernels.coarse_bins(self.cells(), self.sums, self.counts,
+                                                                drop_bits, width)
+        _, sums, weights = self._coarse_cache[drop_bits]
+        return sums / weights[:, None], weights
+
+
+# --------------------------------------------------------------------------- range
+
+
+def _finite_range(block: np.ndarray, valid: np.ndarray | None, n_channels: int) -> np.ndarray:
+    """(2, C): per-band min and max of the finite values of the valid rows (inf/-inf when none)."""
+    X = np.asarray(block).reshape(-1, n_channels)
+    if valid is not None:
+        X = X[np.asarray(valid).reshape(-1)]
+    out = np.empty((2, n_channels))
+    out[0], out[1] = np.inf, -np.inf
+    if X.shape[0] == 0:
+        return out
+    if X.dtype.kind == "f":
+        X = X[np.isfinite(X).all(axis=1)]
+        if X.shape[0] == 0:
+            return out
+    out[0], out[1] = X.min(axis=0), X.max(axis=0)
+    return out
+
+
+def _reader_range(reader: Any, windows: list[tuple[int, int, int, int]], n_channels: int) -> np.ndarray:
+    parts = [_finite_range(reader[y0:y1, x0:x1], None, n_channels) for y0, y1, x0, x1 in windows]
+    return _combine_ranges(parts)
+
+
+def _block_range(block: np.ndarray, valid: np.ndarray | None, n_channels: int) -> np.ndarray:
+    return _finite_range(block, valid, n_channels)
+
+
+def _combine_ranges(parts: list[np.ndarray]) -> np.ndarray:
+    out = np.stack(parts)
+    return np.stack([out[:, 0].min(axis=0), out[:, 1].max(axis=0)])
+
+
+def _spread(n: int, m: int) -> list[int]:
+    """``m`` indices spread evenly over ``range(n)``."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(n, m))})
+
+
+def _range_graph(X: da.Array, valid: da.Array | None) -> Delayed:
+    """Per-band bounds of a few tiles (a TIFF read directly) or blocks of ``X``, lazily."""
+    from bigquant.io.tiff_read import segment_reader
+
+    n_channels = X.shape[-1]
+    token = tokenize(X, valid, "range")
+    name = f"{tasks.GRID_RANGE}-{token}"
+    reader = segment_reader(X) if X.ndim == 3 and valid is None else None
+    if reader is not None:
+        H, W = X.shape[:2]
+        windows = []
+        for y in _spread(H, _PROBE_SIDE):
+            for x in _spread(W, _PROBE_SIDE):
+                y0, x0 = (y // _PROBE_WINDOW) * _PROBE_WINDOW, (x // _PROBE_WINDOW) * _PROBE_WINDOW
+                windows.append((y0, min(H, y0 + _PROBE_WINDOW), x0, min(W, x0 + _PROBE_WINDOW)))
+        layer = {(name, 0): (_reader_range, reader, sorted(set(windows)), n_channels)}
+        return Delayed((name, 0), HighLevelGraph.from_collections(name, layer, dependencies=[]), layer=name)
+    keys = list(flatten(X.__dask_keys__()))
+    wkeys = None if valid is None else list(flatten(valid.__dask_keys__()))
+    # a grid of blocks spread over the image: at most 1/8 of them
+    picked = _spread(len(keys), max(1, min(_PROBE_SIDE * _PROBE_SIDE, len(keys) // 8)))
+    layer: dict[Any, Any] = {}
+    for i in picked:
+        layer[(name, i)] = (_block_range, keys[i], None if wkeys is None else wkeys[i], n_channels)
+    root = (f"{tasks.tree_sum(tasks.GRID_RANGE)}-{token}", 0)
+    layer[root] = (_combine_ranges, [(name, i) for i in picked])
+    deps = [X] if valid is None else [X, valid]
+    return Delayed(root, HighLevelGraph.from_collections(root[0], layer, dependencies=deps), layer=root[0])
+
+
+def value_range(X: np.ndarray | da.Array, valid: np.ndarray | da.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (low, high) bounds of the grid: exact for numpy, from a few tiles or blocks for dask.
+
+    Only the resolution of the grid depends on them, never its sums.  A band
+    whose probe saw no valid finite value spans the dtype's range (integers)
+    or [0, 1] (floats).
+    """
+    n_channels = X.shape[-1]
+    if isinstance(X, da.Array):
+        (bounds,) = dask.compute(_range_graph(X, valid))
+    else:
+        bounds = _finite_range(X, valid, n_channels)
+    lo, hi = bounds[0].copy(), bounds[1].copy()
+    dtype = np.dtype(X.dtype)
+    unseen = ~(np.isfinite(lo) & np.isfinite(hi))
+    if unseen.any():
+        if dtype.kind in "ui":
+            info = np.iinfo(dtype)
+            lo[unseen], hi[unseen] = info.min, info.max
+        else:
+            lo[unseen], hi[unseen] = 0.0, 1.0
+    return lo, hi
+
+
+def _grid_scale(lo: np.ndarray, hi: np.ndarray, bits: int, integer: bool) -> np.ndarray:
+    """Cells per unit of value: ``2**bits`` cells over ``[lo, hi]`` (integers: at least one value a cell)."""
+    span = np.asarray(hi, np.float64) - np.asarray(lo, np.float64)
+    if integer:
+        span = span + 1.0
+    scale = np.where(span > 0, (1 << bits) / np.where(span > 0, span, 1.0), 1.0)
+    if integer:
+        scale = np.minimum(scale, 1.0)  # no empty cells between integer values
+    return scale
+
+
+# --------------------------------------------------------------------------- the grid pass
+
+
+def _empty_tables(bits: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    stats = np.zeros((3, n_channels))
+    stats[0], stats[1] = np.inf, -np.inf
+    return np.zeros((1 << (bits * n_channels), n_channels + 1)), stats
+
+
+_NO_VALID = np.empty(0, dtype=np.bool_)
+
+
+def _count_into(X: np.ndarray, valid: np.ndarray | None, lo: np.ndarray, scale: np.ndarray, bits: int,
+                tables: tuple[np.ndarray, np.ndarray]) -> bool:
+    table, stats = tables
+    use_valid = valid is not None
+    v = np.ascontiguousarray(valid, dtype=np.bool_).reshape(-1) if use_valid else _NO_VALID
+    return bool(kernels.add_grid_cells(X, v, np.bool_(use_valid), lo, scale, np.int64(bits), table, stats))
+
+
+def _block_grid(block: np.ndarray, valid: np.ndarray | None, lo: np.ndarray, scale: np.ndarray, bits: int):
+    n_channels = lo.shape[0]
+    tables = _empty_tables(bits, n_channels)
+    finite = _count_into(block.reshape(-1, n_channels), valid, lo, scale, bits, tables)
+    codes, counts, sums = kernels.take_grid_cells(tables[0])
+    return codes, counts, sums, tables[1], finite
+
+
+def _merge_grids(parts: list[tuple]) -> tuple:
+    """Sum partial grids (a tree node): sparse cells added into a dense table and read back."""
+    if len(parts) == 1:
+        return parts[0]
+    n_channels = parts[0][2].shape[1]
+    top = max(int(p[0][-1]) for p in parts if p[0].shape[0]) if any(p[0].shape[0] for p in parts) else 0
+    table = np.zeros((top + 1, n_channels + 1))
+    for codes, counts, sums, _, _ in parts:
+        kernels.merge_grid_cells(codes, counts, sums, table)
+    codes, counts, sums = kernels.take_grid_cells(table)
+    stats = np.stack([p[3] for p in parts])
+    merged = np.stack([stats[:, 0].min(axis=0), stats[:, 1].max(axis=0), stats[:, 2].sum(axis=0)])
+    return codes, counts, sums, merged, all(p[4] for p in parts)
+
+
+#: a probed range is kept when the exact one is at most this much wider (per band)
+_RANGE_SLACK = 1.25
+
+
+def _range_missed(lo: np.ndarray, hi: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether the exact per-band range [low, high] is much wider than the probed [lo, hi]."""
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        return False  # nothing counted
+    probed = np.maximum(np.asarray(hi, np.float64) - lo, 0.0)
+    exact = np.asarray(high, np.float64) - low
+    return bool(np.any(exact > _RANGE_SLACK * probed + 1e-12 * np.abs(high)))
+
+
+def _grid_pass(X: Any, valid: Any, lo: np.ndarray, hi: np.ndarray, bits: int, integer: bool,
+               split_every: int) -> tuple:
+    """(codes, counts, sums, stats, finite) of one pass over ``X`` with cells over [lo, hi]."""
+    n_channels = int(X.shape[-1])
+    lo = np.ascontiguousarray(lo, dtype=np.float64)
+    scale = np.ascontiguousarray(_grid_scale(lo, hi, bits, integer), dtype=np.float64)
+    if isinstance(X, da.Array):
+        root = block_tree(tasks.GRID, X, valid, _block_grid, (lo, scale, bits), _merge_grids,
+                          split_every=split_every)
+        (result,) = dask.compute(root)
+        return result
+    flat = np.ascontiguousarray(X).reshape(-1, n_channels)
+    v = None if valid is None else np.asarray(valid, dtype=np.bool_).reshape(-1)
+    segs = _segments(flat.shape[0], n_threads())
+    parts = list(_thread_pool().map(
+        lambda s: _block_grid(flat[s], None if v is None else v[s], lo, scale, bits), segs))
+    return _merge_grids(parts)
+
+
+def value_grid(
+    X: np.ndarray | da.Array,
+    *,
+    valid: np.ndarray | da.Array | None = None,
+    bits: int | None = None,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    split_every: int = 8,
+) -> tuple[ValueGrid, bool]:
+    """The exact per-cell counts and sums of the pixels of ``X`` (one pass), and whether all were finite.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_channels) or (H, W, n_channels)
+        numpy or dask array of integer or float data.
+    valid : boolean array of X's spatial shape, default=None
+        Only the samples where it is True are counted.
+    bits : int, default=None
+        Bits per band (default :func:`grid_bits`).
+    bounds : (low, high), default=None
+        Per-band range the cells cover (default :func:`value_range`; when
+        the pass then finds a range more than 1.25 times wider in some band,
+        it counts again over the exact range).
+    split_every : int, default=8
+        Fan-in of the tree summing the blocks' grids.
+
+    Returns
+    -------
+    grid : ValueGrid
+    finite : bool
+        False when some counted sample held a NaN or infinity (it was left out).
+    """
+    n_channels = int(X.shape[-1])
+    bits = grid_bits(X.dtype, n_channels) if bits is None else int(bits)
+    if bits is None:
+        raise TypeError(f"no value grid for dtype={X.dtype} with {n_channels} channels")
+    given = bounds is not None
+    lo, hi = value_range(X, valid) if bounds is None else bounds
+    if isinstance(X, da.Array):
+        if X.numblocks[-1] != 1:
+            X = X.rechunk({X.ndim - 1: -1})
+        if valid is not None:
+            valid = da.asarray(valid).rechunk(X.chunks[:-1])
+    integer = np.dtype(X.dtype).kind in "ui"
+    result = _grid_pass(X, valid, lo, hi, bits, integer, split_every)
+    stats = result[3]
+    if not given and _range_missed(lo, hi, stats[0], stats[1]):
+        # the probe saw too little of the range: again with the exact one (the sums were
+        # exact, but cells that far too wide approximate the pixels badly)
+        logger.info("value grid: probed range %s..%s, exact %s..%s: counting again", lo, hi, stats[0], stats[1])
+        lo, hi = stats[0].copy(), stats[1].copy()
+        result = _grid_pass(X, valid, lo, hi, bits, integer, split_every)
+    codes, counts, sums, stats, finite = result
+    scale = _grid_scale(lo, hi, bits, integer)
+    grid = ValueGrid(codes, counts, sums, bits, np.asarray(lo, np.float64), scale, stats[0], stats[1], stats[2])
+    logger.info("value grid: %d occupied cells of %d (%d bits a band) for %d pixels",
+                grid.n_cells, 1 << (bits * n_channels), bits, int(grid.n_pixels))
+    return grid, bool(finite)
+
+
+# --------------------------------------------------------------------------- search on the cells
+
+
+def _chain(X: np.ndarray, w: np.ndarray, k: int, seed: int, tol: float, max_iter: int,
+           seeder: Callable) -> tuple[float, np.ndarray]:
+    """k-means++, Lloyd's iteration and swap moves on the weighted points ``X`` (cells); (inertia, centres)."""
+    rng = np.random.default_rng(seed)
+    centers = seeder(X, w, k, rng)
+    centers, inertia = kernels.lloyd_dense(X, kernels.as_columns(X), w, centers, max_iter, tol)
+    centers, inertia = kernels.improve_by_swaps(X, w, centers, inertia, rng.random((_N_SWAPS, local_trials(k))),
+                                                _SWAP_ITER, tol, _SWAP_PATIENCE)
+    return float(inertia), centers
+
+
+def search_cells(
+    grid: ValueGrid,
+    k: int,
+    *,
+    n_init: int,
+    tol: float,
+    max_iter: int,
+    rng: np.random.Generator,
+    seeder: Callable = kmeans_plusplus,
+) -> np.ndarray:
+    """Centres of the best of ``8 * n_init`` search chains on the cells: a Lloyd fixed point of the cells.
+
+    Each chain seeds (``seeder``, weighted by the counts), runs Lloyd's
+    iteration and swap moves (:func:`bigquant.kernels.improve_by_swaps`) on
+    the cells, merged to at most ``2**14`` coarser cells when there are more;
+    the ``_FINE_CHAINS`` lowest then run Lloyd's iteration on every cell and
+    the lowest of those wins.  The chains draw their seeds from ``rng``
+    first, so the result does not depend on the threads.  Ranking by the
+    cells' inertia ranks by the pixels' squared error of labellings constant
+    per cell (the within-cell scatter is the same for all).
+    """
+    n_chains = _CHAINS_PER_INIT * int(n_init)
+    seeds = [int(s) for s in rng.integers(0, 2**63 - 1, size=n_chains)]
+    drop = 0  # coarser cells for the chains (cached before the threads)
+    while drop < grid.bits - 1 and (grid.coarse(drop)[0].shape[0] if drop else grid.n_cells) > _SEARCH_CELLS:
+        drop += 1
+    X, w = grid.coarse(drop) if drop else (grid.means(), grid.counts)
+    X = np.ascontiguousarray(X)
+
+    def each(func: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if n_threads() > 1 and len(items) > 1:
+            return list(_thread_pool().map(func, items))
+        return [func(x) for x in items]
+
+    chains = each(lambda seed: _chain(X, w, k, seed, tol, max_iter, seeder), seeds)
+    ranked = sorted(range(n_chains), key=lambda i: chains[i][0])  # equal inertias keep the chain order
+    if not drop:
+        best = chains[ranked[0]]
+    else:
+        def fine(i: int) -> tuple[float, np.ndarray]:
+            end, inertia, *_ = BoundedPoints(grid.means(), grid.counts, n_parts=1).run(chains[i][1], max_iter, tol)
+            return float(inertia), end
+
+        finals = each(fine, ranked[:_FINE_CHAINS])
+        best = min(finals, key=lambda f: f[0])
+    logger.info("grid search: best of %d chains on %d cells (%d coarse), cell inertia %.6g", n_chains,
+                grid.n_cells, X.shape[0], best[0])
+    return best[1]
+
+
+# --------------------------------------------------------------------------- finishing passes
+
+
+@dataclass
+class Finished:
+    """Outcome of :func:`finish_on_pixels`."""
+
+    centers: np.ndarray
+    inertia: float
+    n_pass: int
+    converged: bool
+    shift: float
+
+
+def finish_on_pixels(points: PointSet, centers: np.ndarray, *, tol: float, max_iter: int,
+                     callback: Callable[[int, float, float], None] | None = None) -> Finished:
+    """Exact Lloyd passes over the pixels from ``centers`` until one moves them by at most ``tol``.
+
+    Returns the centres the last pass assigned (so ``inertia`` is theirs,
+    exactly, and one more Lloyd step moves them by at most ``tol``), not the
+    step's means: no extra pass to measure the inertia of new centres.
+    """
+    centers = np.array(centers, dtype=np.float64)
+    shift = math.inf
+    inertia = math.nan
+    for n_pass in range(1, int(max_iter) + 1):
+        sums, counts, inertia = points.partial_sums(centers)
+        moved = relocate_empty_clusters(points, centers, sums, counts)
+        new = centers.copy()
+        nonzero = counts > 0
+        new[nonzero] = sums[nonzero] / counts[nonzero, None]
+        shift = float(kernels.squared_shift(new, centers))
+        logger.info("pixel pass %d: inertia %.6g, centre shift %.3g (tol %.3g)", n_pass, inertia, shift, tol)
+        if callback is not None:
+            callback(n_pass, float(inertia), shift)
+        if shift <= tol and not moved:
+            return Finished(centers, float(inertia), n_pass, True, shift)
+        centers = new
+    # out of passes: the last means, whose inertia one more pass measures
+    inertia = points.partial_sums(centers)[2]
+    return Finished(centers, float(inertia), int(max_iter), False, shift)
+
+
+def check_fixed_point(X: Any, model: Any, valid: Any = None) -> tuple[int, float, float]:
+    """One more exact Lloyd step over ``X`` from ``model``'s centres: (labels changed, centre shift, tol).
+
+    The step assigns every pixel to its nearest centre (ties to the lowest
+    index) and moves each centre to the mean of its pixels; "labels changed"
+    counts the pixels whose nearest centre differs between the centres and
+    the moved ones (0: an exact fixed point); the shift is the squared,
+    summed centre move; ``tol`` the fit's absolute tolerance (``model.tol``
+    times the mean per-band variance).  Two passes; for benchmarks and tests.
+    """
+    from bigquant.cluster.points import DaskPoints, InMemoryPoints
+
+    centers = np.asarray(model.cluster_centers_, dtype=np.float64)
+    n_channels = centers.shape[1]
+    if X.ndim == 2 and X.shape[-1] != n_channels:
+        X = X[..., None]
+    w = None if valid is None else valid.astype(np.float32)
+    if isinstance(X, da.Array):
+        points: Any = DaskPoints(X, w)
+    else:
+        X = np.ascontiguousarray(X).reshape(-1, n_channels)
+        points = InMemoryPoints(X, None if w is None else np.asarray(w).reshape(-1))
+    sums, counts, _ = points.partial_sums(centers)
+    total, _, var = points.moments()
+    new = centers.copy()
+    nz = counts > 0
+    new[nz] = sums[nz] / counts[nz, None]
+
+    def changed_in(block: np.ndarray, wblock: np.ndarray | None) -> np.ndarray:
+        flat = block.reshape(-1, n_channels)
+        a = kernels.assign_labels(flat, centers, np.int32)[0]
+        b = kernels.assign_labels(flat, new, np.int32)[0]
+        diff = a != b
+        if wblock is not None:
+            diff &= wblock.reshape(-1) > 0
+        return np.array(int(diff.sum()))
+
+    if isinstance(X, da.Array):
+        (changed,) = dask.compute(block_tree(tasks.LABELS, points.X, points.weights, changed_in, (),
+                                             lambda parts: sum(int(p) for p in parts)))
+    else:
+        changed = int(changed_in(X, None if w is None else np.asarray(w)))
+    return int(changed), float(kernels.squared_shift(new, centers)), float(model.tol) * float(np.mean(var))
