@@ -80,7 +80,7 @@ from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histog
 from bigquant.cluster.init import kmeans_plusplus, random_init
 from bigquant.cluster.lloyd import lloyd
 from bigquant.cluster.points import BoundedPoints, DaskPoints, InMemoryPoints
-from bigquant.cluster.search import default_chains, search, uses_coarse_search
+from bigquant.cluster.search import search, uses_coarse_search
 from bigquant.cluster.validation import (
     Data,
     check_choice,
