@@ -610,13 +610,17 @@ def dither_labels(
 
 
 @contextlib.contextmanager
-def label_spool(target: pathlib.Path) -> Iterator[pathlib.Path]:
+def label_spool(target: pathlib.Path, dither: str | None = "floyd-steinberg") -> Iterator[pathlib.Path | None]:
     """A temporary directory beside ``target`` for :func:`dither_labels`' ``spool``, removed on exit.
 
     It is named like the writers' temporaries (:func:`bigquant.io.atomic.temp_sibling`,
     tag ``spool``), so a run killed before its cleanup leaves nothing the next
-    run writing ``target`` does not remove.
+    run writing ``target`` does not remove.  Only Floyd--Steinberg spools: for
+    any other ``dither`` (None included) nothing is made and None is yielded.
     """
+    if dither != "floyd-steinberg":
+        yield None
+        return
     path = temp_sibling(pathlib.Path(target), "spool")
     path.mkdir()
     try:

@@ -17,7 +17,6 @@ totals to within 0.2% and keeps the sums exact integers.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -404,8 +403,7 @@ def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.
     """
     report: dict[str, Any] = {}
     dither_data = _dither_data(src, item.source, None, 0, None, mask, item.valid)
-    spooling = label_spool(dst) if dither == "floyd-steinberg" else contextlib.nullcontext(None)
-    with spooling as spool:
+    with label_spool(dst, dither) as spool:
         write_quantized(item.data, item.valid, choice, item.source, dst, options, dither=dither,
                         dither_strength=strength, dither_data=dither_data, report=report, spool=spool)
     sums = report.get("sums")

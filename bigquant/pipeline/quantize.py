@@ -641,8 +641,7 @@ def quantize(
         report: dict[str, Any] = {}
         want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
         # Floyd--Steinberg keeps its labels in a spool until the output and its report are done
-        spooling = label_spool(dst_path) if dither == "floyd-steinberg" else contextlib.nullcontext(None)
-        with spooling as spool:
+        with label_spool(dst_path, dither) as spool:
             mapper, nodata = write_quantized(
                 data, valid, choice, source, dst_path, options, dither=dither, dither_strength=dither_strength,
                 dither_data=_dither_data(src, source, chunks, level, series, mask, valid) if dither else None,

@@ -78,6 +78,9 @@ def test_spooled_labels_are_the_reference_and_read_no_pixel_again(tmp_path, phot
         np.testing.assert_array_equal(labels.compute(scheduler="threads"), reference)
         np.testing.assert_array_equal(labels[17:90, 33:150].compute(), reference[17:90, 33:150])
     assert not spool.exists()  # removed on exit
+    for other in (None, "blue-noise"):  # only Floyd-Steinberg spools
+        with label_spool(tmp_path / "out.tif", other) as nothing:
+            assert nothing is None and not any(".spool" in p.name for p in tmp_path.iterdir())
     without = dither_labels(data, palette, valid=valid, strength=0.9, masked_label=12, with_sums=True)
     np.testing.assert_array_equal(without[1].astype(np.int64), sums.astype(np.int64))
 
