@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -61,6 +62,16 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
 
 
 def _unit_float(text: str) -> float:
@@ -141,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("paths", nargs="+", metavar="IN [IN ...] OUT",
                    help="input image (TIFF, zarr, PNG, JPEG...) and output (.tif, .zarr, .png); "
                         "with --out-dir, every path is an input")
-    q.add_argument("-k", "--n-clusters", dest="k", type=_positive_int, default=None,
+    q.add_argument("-k", "--n-clusters", dest="n_clusters", type=_positive_int, default=None,
                    help="colours (default 16; with --quality, the most allowed)")
     q.add_argument("--palette", metavar="FILE",
                    help="apply this palette instead of fitting one (.json, .gpl, .act, .png/.tif swatch)")
@@ -182,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the error diffused / noise amplitude, in [0, 1] (default 0.9)")
     q.add_argument("--compare", metavar="PNG",
                    help="also write the centre 512x512 crop at full resolution, source | result, as PNG")
-    q.add_argument("--no-measure", action="store_true",
+    q.add_argument("--no-measure", dest="measure", action="store_false", default=None,
                    help="do not measure PSNR and mean dE_OK (saves a pass over the pixels for pixel strategies)")
     q.add_argument("--palette-out", metavar="FILE",
                    help="also write the palette: .json (with the fit's summary), .gpl, .act or .png")
@@ -191,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--random-state", type=int, metavar="N", help="seed")
     q.add_argument("--n-init", type=_positive_int, default=1, help="initialisations (default 1)")
     q.add_argument("--max-iter", type=_positive_int, default=300, help="Lloyd iterations at most (default 300)")
+    q.add_argument("--tol", type=_non_negative_float, default=1e-4,
+                   help="relative tolerance of Lloyd's convergence (default 1e-4)")
     _add_runtime(q)
 
     s = sub.add_parser("sweep", parents=[common], help="fit every k of a range and tabulate cost and time",
@@ -199,11 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", dest="ks", default="2:64:2", help="k values: start:stop[:step] or k1,k2,... (default 2:64:2)")
     s.add_argument("--out", metavar="CSV", help="results CSV, written as each k finishes")
     s.add_argument("--plot", metavar="PNG", help="plot of cost and time against k")
-    s.add_argument("--resume", action="store_true", help="keep the ks already in --out and fit the rest")
+    s.add_argument("--resume", action="store_true",
+                   help="keep the ks already in --out and fit the rest (only a sweep of the same input(s), "
+                        "mask, space, strategy and seed: the CSV records them)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out / --plot")
     s.add_argument("--strategy", choices=STRATEGIES, default="auto", help="fitting strategy (default auto)")
     s.add_argument("--n-init", type=_positive_int, default=1, help="initialisations per k (default 1)")
-    s.add_argument("--random-state", type=int, metavar="N", help="seed")
+    s.add_argument("--max-iter", type=_positive_int, default=300, help="Lloyd iterations at most (default 300)")
+    s.add_argument("--tol", type=_non_negative_float, default=1e-4,
+                   help="relative tolerance of Lloyd's convergence (default 1e-4)")
+    s.add_argument("--random-state", type=int, metavar="N",
+                   help="seed (default: drawn, recorded in the CSV; --resume goes on with it)")
+    s.add_argument("--series", type=_non_negative_int, metavar="N",
+                   help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
+    s.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
     s.add_argument("--mask", metavar="FILE|auto|none",
                    help="pixels to leave out besides the file's own, as for quantize")
     s.add_argument("--space", choices=("rgb", "oklab", "lab"), default="rgb",
@@ -315,18 +337,17 @@ def fits_in_process(nbytes: int, memory: int | None = None) -> bool:
     return 0 <= nbytes <= limit
 
 
-def _choose_in_process(args: argparse.Namespace, console: _Console, paths: Sequence[str]) -> list[Any] | None:
-    """Open the inputs and, unless a cluster was asked for, run small inputs in-process.
+def _choose_in_process(args: argparse.Namespace, console: _Console, paths: Sequence[str]) -> list[Any]:
+    """Open the inputs (metadata only) and, unless a cluster was asked for, run small inputs in-process.
 
-    Sets ``args.no_cluster`` when the inputs together :func:`fits_in_process`.
-    Returns the opened :class:`~bigquant.io.source.ImageSource` s (to be
-    reused), or None when the choice is already made by the options.
+    Sets ``args.no_cluster`` when no cluster is asked for and the inputs
+    together :func:`fits_in_process`.  Returns the opened
+    :class:`~bigquant.io.source.ImageSource` s (to be checked and reused;
+    None for an input of a set that does not open, which the job reports or
+    skips with ``--keep-going``).
     """
-    if args.no_cluster or _cluster_asked(args):
-        return None
-    from bigquant.io.read import read_image
-
     from bigquant.errors import BigquantError
+    from bigquant.io.read import read_image
 
     sources = []
     for path in paths:
@@ -335,7 +356,9 @@ def _choose_in_process(args: argparse.Namespace, console: _Console, paths: Seque
         except (BigquantError, OSError):
             if len(paths) == 1:
                 raise
-            sources.append(None)  # reported by the job itself (or skipped with --keep-going)
+            sources.append(None)
+    if args.no_cluster or _cluster_asked(args):
+        return sources
     nbytes = sum(s.nbytes for s in sources if s is not None)
     if fits_in_process(nbytes):
         args.no_cluster = True
@@ -391,6 +414,30 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+#: command-line destinations that are not the option of the same name, and how their values read
+_CLI_VALUES: dict[str, Callable[[Any], Any]] = {
+    "mask": lambda v: _mask_option(v),
+    "dither": lambda v: None if v == "none" else v,
+    "compression": lambda v: None if str(v).lower() == "none" else v,
+}
+
+
+def request_options(args: argparse.Namespace, entry: str) -> dict[str, Any]:
+    """The options of ``entry`` (:mod:`bigquant.pipeline.request`) the command line gave, by their names.
+
+    Every option the command spells has the library's name; only
+    :data:`bigquant.pipeline.request.PYTHON_ONLY` ones are not spelled.
+    """
+    from bigquant.pipeline.request import option_names
+
+    options = {}
+    for name in option_names(entry):
+        if hasattr(args, name):
+            value = getattr(args, name)
+            options[name] = _CLI_VALUES[name](value) if name in _CLI_VALUES else value
+    return options
+
+
 def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
     """Outputs that cannot be written fail as :func:`bigquant.io.atomic.check_target` says (exit 1).
 
@@ -412,48 +459,33 @@ def _check_input(path: str) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
-    from bigquant.io.atomic import check_target
     from bigquant.pipeline.progress import Line, LloydProgress, progress
     from bigquant.pipeline.quantize import quantize
+    from bigquant.pipeline.request import build_request, check_request, check_sources
 
     if args.out_dir is None and len(args.paths) != 2:
         raise UsageError(f"{PROG} quantize: give IN OUT, or several inputs with --out-dir DIR "
                          f"(got {len(args.paths)} path(s))")
     if args.out_dir is None and (args.keep_going or args.weight != "pixels"):
         raise UsageError(f"{PROG} quantize: --keep-going and --weight go with --out-dir")
-    if args.palette is not None and (args.quality is not None):
-        raise UsageError(f"{PROG} quantize: --palette and --quality exclude each other")
-    if args.palette is not None and not pathlib.Path(args.palette).exists():
-        raise FileNotFoundError(f"{args.palette}: no such palette file")
-    k = args.k if args.k is not None or args.palette is not None or args.quality is not None else 16
-    compression = None if str(args.compression).lower() == "none" else args.compression
-    if args.mask not in (None, "auto", "none") and not pathlib.Path(args.mask).exists() and "://" not in args.mask:
-        raise FileNotFoundError(f"{args.mask}: no such mask file")
+    if args.n_clusters is None and args.palette is None and args.quality is None:
+        args.n_clusters = 16
     if args.out_dir is not None:
-        return _quantize_many(args, console, k, compression)
+        return _quantize_many(args, console)
     source, output = args.paths
     _check_input(source)
-    # outputs are checked again by quantize; here, before a cluster is started for nothing
-    for target in (output, args.palette_out, args.preview, args.compare):
-        if target:
-            check_target(pathlib.Path(target).expanduser(), overwrite=args.overwrite)
+    options = request_options(args, "quantize")
+    # the whole request is checked here, before a cluster is started for nothing (quantize checks it again)
+    request = check_request(build_request("quantize", [source], [output], options))
     start = time.perf_counter()
     opened = _choose_in_process(args, console, [source])
+    check_sources(request, opened)
     line = Line()
     bar = LloydProgress(args.max_iter, line=line) if _show_progress(args) and args.palette is None else None
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
-            model = quantize(
-                source if opened is None else opened[0], output, k, palette=args.palette, quality=args.quality,
-                strategy=args.strategy, mode=args.mode, client=client, random_state=args.random_state,
-                tile=args.tile, compression=compression, pyramid=args.pyramid, overwrite=args.overwrite,
-                palette_out=args.palette_out, preview=args.preview,
-                n_init=args.n_init, max_iter=args.max_iter, callback=bar,
-                mask=_mask_option(args.mask), nodata_index=args.nodata_index, overviews=args.overviews,
-                cog=args.cog, rgb_bands=args.rgb_bands, series=args.series, level=args.level,
-                dither=None if args.dither == "none" else args.dither, dither_strength=args.dither_strength,
-                space=args.space, measure=not args.no_measure, compare=args.compare,
-            )
+            model = quantize(source if not args.no_cluster else opened[0], output, client=client,
+                             **dict(options, callback=bar))
         if bar is not None:
             bar.close(model.inertia_)
     seconds = time.perf_counter() - start
@@ -487,30 +519,20 @@ def _quality_text(quality: dict[str, Any] | None) -> str:
     return text
 
 
-def _quantize_many(args: argparse.Namespace, console: _Console, k: int | None, compression: str | None) -> int:
+def _quantize_many(args: argparse.Namespace, console: _Console) -> int:
     from bigquant.pipeline.many import quantize_many
     from bigquant.pipeline.progress import Line, progress
 
-    if args.preview or args.cog or args.series is not None or args.level or args.compare or args.space != "rgb":
-        raise UsageError(f"{PROG} quantize: --preview, --compare, --cog, --series, --level and --space take one "
-                         "input, not --out-dir")
     if not args.keep_going:
         for path in args.paths:
             _check_input(path)
+    options = request_options(args, "quantize_many")
     start = time.perf_counter()
     _choose_in_process(args, console, args.paths)
     line = Line()
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
-            result = quantize_many(
-                args.paths, args.out_dir, k, suffix=args.suffix, weight=args.weight, palette=args.palette,
-                quality=args.quality, keep_going=args.keep_going, mask=_mask_option(args.mask),
-                mode=args.mode, tile=args.tile, compression=compression, pyramid=args.pyramid,
-                overviews=args.overviews, nodata_index=args.nodata_index, rgb_bands=args.rgb_bands,
-                palette_out=args.palette_out, overwrite=args.overwrite, client=client,
-                random_state=args.random_state, strategy=args.strategy, n_init=args.n_init, max_iter=args.max_iter,
-                dither=None if args.dither == "none" else args.dither, dither_strength=args.dither_strength,
-            )
+            result = quantize_many(args.paths, args.out_dir, client=client, **options)
     seconds = time.perf_counter() - start
     for item in result.files:
         quality = "" if item.psnr is None else f" ({item.psnr:.2f} dB)"
@@ -525,18 +547,24 @@ def _quantize_many(args: argparse.Namespace, console: _Console, k: int | None, c
 
 
 def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
+    from bigquant.pipeline.request import build_request, check_not_inputs, check_request
     from bigquant.pipeline.sweep import parse_ks, sweep
 
     ks = parse_ks(args.ks)
     if args.resume and not args.out:
         raise UsageError(f"{PROG}: --resume needs --out CSV")
-    if not args.resume:
-        _check_outputs([args.out], args.overwrite)
-    _check_outputs([args.plot], args.overwrite or args.resume)
     for path in args.inputs:
         _check_input(path)
-    if args.mask not in (None, "auto", "none") and not pathlib.Path(args.mask).exists() and "://" not in args.mask:
-        raise FileNotFoundError(f"{args.mask}: no such mask file")
+    args.resume_from = args.out if args.resume else None
+    options = request_options(args, "sweep")
+    request = check_request(build_request("sweep", args.inputs, [], options))
+    if args.plot:
+        plot = pathlib.Path(args.plot).expanduser()
+        if plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise UsageError(f"{PROG} sweep: --plot {args.plot}: write a .png, .pdf or .svg")
+        _check_outputs([args.plot], args.overwrite or args.resume)
+        check_not_inputs(dataclasses.replace(request, outputs=(plot,)))
+    check_not_inputs(request)
     from bigquant.pipeline.progress import Line, SweepProgress, progress
 
     _choose_in_process(args, console, args.inputs)
@@ -545,11 +573,8 @@ def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
             result = sweep(
-                args.inputs[0] if len(args.inputs) == 1 else args.inputs, ks, strategy=args.strategy, client=client,
-                n_init=args.n_init,
-                random_state=args.random_state, out=args.out,
-                resume_from=args.out if args.resume else None, callback=bar, mask=_mask_option(args.mask),
-                space=args.space,
+                args.inputs[0] if len(args.inputs) == 1 else args.inputs, ks, client=client,
+                **dict(options, callback=bar),
             )
     if bar is not None:
         bar.close()
@@ -738,7 +763,8 @@ def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
         t2 = time.perf_counter()
         src = model.histogram_ if getattr(model, "histogram_", None) is not None else sample
         with progress(client, enabled=show, line=line):
-            result = sweep(src, ks, client=client, random_state=args.random_state, out=files["sweep.csv"])
+            result = sweep(src, ks, client=client, random_state=args.random_state, out=files["sweep.csv"],
+                           overwrite=True)
         t_sweep = time.perf_counter() - t2
 
     fig = result.plot()

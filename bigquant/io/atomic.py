@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 
 from bigquant.errors import BigquantError, ImageWriteError
 
-__all__ = ["atomic_output", "check_target", "remove_path", "remove_stale_temporaries", "temp_sibling", "STALE_AFTER"]
+__all__ = ["atomic_output", "check_target", "is_own_store", "remove_path", "remove_stale_temporaries", "temp_sibling", "STALE_AFTER"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,44 @@ def remove_path(path: pathlib.Path) -> None:
         logger.warning("could not remove temporary output %s", path)
 
 
+def is_own_store(path: pathlib.Path) -> bool:
+    """Whether ``path`` is a zarr store bigquant wrote (its attributes carry a ``bigquant`` entry).
+
+    Only such a directory may be replaced by an output (with ``overwrite``):
+    any other directory at an output path is never removed.
+    """
+    if path.is_symlink() or not path.is_dir() or path.suffix.lower() != ".zarr":
+        return False
+    for meta, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        try:
+            with open(path / meta, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        attrs = doc.get(key, {}) if key is not None and isinstance(doc, dict) else doc
+        if isinstance(attrs, dict) and isinstance(attrs.get("bigquant"), dict):
+            return True
+    return False
+
+
 def check_target(path: pathlib.Path, *, overwrite: bool) -> None:
-    """Raise ImageWriteError when ``path`` cannot be (re)written."""
+    """Raise ImageWriteError when ``path`` cannot be (re)written.
+
+    An existing output is replaced only with ``overwrite``; a directory at the
+    output path never is, unless it is a zarr store bigquant wrote
+    (:func:`is_own_store`): a folder of the user's is not an output.
+    """
     try:
         os.stat(path)
     except (FileNotFoundError, NotADirectoryError):  # checked below
         pass
     except OSError as exc:  # e.g. a file name too long: Path.exists() raises it
         raise ImageWriteError(f"{path}: {exc.strerror or exc}") from exc
+    if path.is_dir() and not is_own_store(path):
+        raise ImageWriteError(
+            f"{path}: is a directory that bigquant did not write; it is never replaced, even with overwrite "
+            "(choose another output path)"
+        )
     if path.exists() and not overwrite:
         raise ImageWriteError(f"{path}: output exists (pass overwrite=True to replace it)")
     if path.parent.exists() and not path.parent.is_dir():

@@ -38,24 +38,21 @@ from bigquant.errors import BigquantError, ImageReadError, ImageWriteError, Inva
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS
-from bigquant.pipeline.dither import check_dither, label_spool
+from bigquant.pipeline.dither import label_spool
 from bigquant.pipeline.masks import resolve_mask
-from bigquant.pipeline.quality import parse_quality
 from bigquant.pipeline.quantize import (
-    OutputOptions,
     PaletteChoice,
     choose_palette,
     histogram_choice,
-    load_palette,
+    load_request_palette,
     palette_document,
     psnr,
     write_palette_out,
     write_quantized,
-    _check_ditherable,
-    _check_request,
     _dither_data,
     _scheduler,
 )
+from bigquant.pipeline.request import WriteOptions, apply_signature, build_request, check_request, check_sources
 
 __all__ = ["quantize_many", "ManyResult", "FileResult", "open_sources", "joint_histogram"]
 
@@ -132,10 +129,13 @@ def output_path(src: Any, out_dir: pathlib.Path, suffix: str) -> pathlib.Path:
     return out_dir / f"{stem}{suffix}"
 
 
-def open_sources(
-    srcs: Sequence[Any], *, mask: Any = None, keep_going: bool = False, series: int | None = None, level: int = 0,
-) -> tuple[list[Opened], list[tuple[str, str]]]:
-    """Open every input and its mask; fail on the first unreadable one, or skip it.
+def open_images(
+    srcs: Sequence[Any], *, keep_going: bool = False, series: int | None = None, level: int = 0,
+) -> tuple[list[tuple[int, str, ImageSource]], list[tuple[str, str]]]:
+    """Open every input (metadata only); fail on the first unreadable one, or skip it.
+
+    Returns the opened inputs as (index, name, source) and the skipped ones as
+    (name, reason).
 
     Raises
     ------
@@ -143,33 +143,49 @@ def open_sources(
         Naming the file (without ``keep_going``); also when the inputs differ
         in bands or data type, which one palette cannot serve.
     """
-    opened: list[Opened] = []
+    opened: list[tuple[int, str, ImageSource]] = []
     skipped: list[tuple[str, str]] = []
     for index, src in enumerate(srcs):
         name = f"array {index}" if isinstance(src, (np.ndarray, da.Array)) else str(getattr(src, "path", None) or src)
         try:
             source = src if isinstance(src, ImageSource) else read_image(src, series=series, level=level)
-            data = source.data if source.data.ndim == 3 else source.data[:, :, None]
-            valid = resolve_mask(source, mask)
-            if valid is not None and data.dtype.kind == "f":
-                data = da.where(valid[:, :, None], data, 0)
         except BigquantError as exc:
             if not keep_going:
                 raise
             logger.warning("skipping %s: %s", name, exc)
             skipped.append((name, str(exc)))
             continue
-        opened.append(Opened(index, name, source, data, valid))
+        opened.append((index, name, source))
     if not opened:
         raise ImageReadError("no input could be read" + (f": {skipped[0][1]}" if skipped else ""))
-    first = opened[0]
-    for other in opened[1:]:
-        if other.data.shape[-1] != first.data.shape[-1] or other.data.dtype != first.data.dtype:
+    _, first_name, first = opened[0]
+    for _, name, other in opened[1:]:
+        if other.channels != first.channels or other.dtype != first.dtype:
             raise InvalidInputError(
-                f"{other.name} is {other.data.dtype} with {other.data.shape[-1]} band(s) but {first.name} is "
-                f"{first.data.dtype} with {first.data.shape[-1]}: one palette needs the same bands and type"
+                f"{name} is {other.dtype} with {other.channels} band(s) but {first_name} is "
+                f"{first.dtype} with {first.channels}: one palette needs the same bands and type"
             )
     return opened, skipped
+
+
+def with_masks(images: Sequence[tuple[int, str, ImageSource]], mask: Any) -> list[Opened]:
+    """The opened inputs' pixels (H, W, C) and masks (``mask`` as in :func:`bigquant.quantize`)."""
+    opened = []
+    for index, name, source in images:
+        data = source.data if source.data.ndim == 3 else source.data[:, :, None]
+        valid = resolve_mask(source, mask)
+        if valid is not None and data.dtype.kind == "f":
+            data = da.where(valid[:, :, None], data, 0)
+        opened.append(Opened(index, name, source, data, valid))
+    return opened
+
+
+def open_sources(
+    srcs: Sequence[Any], *, mask: Any = None, keep_going: bool = False, series: int | None = None, level: int = 0,
+) -> tuple[list[Opened], list[tuple[str, str]]]:
+    """Open every input and its mask (:func:`open_images`, then :func:`with_masks`)."""
+    images, skipped = open_images(srcs, keep_going=keep_going, series=series, level=level)
+    return with_masks(images, mask), skipped
 
 
 def joint_histogram(
@@ -218,27 +234,8 @@ def quantize_many(
     out_dir: str | os.PathLike[str],
     n_clusters: int | None = None,
     *,
-    suffix: str = ".tif",
-    weight: Literal["pixels", "image"] = "pixels",
-    palette: Any = None,
-    quality: Any = None,
-    keep_going: bool = False,
-    mask: Any = None,
-    mode: Literal["palette", "rgb"] = "palette",
-    tile: int = 512,
-    compression: str | None = "zlib",
-    pyramid: bool | int = False,
-    overviews: bool | int = False,
-    nodata_index: int | None = None,
-    rgb_bands: Sequence[int] | None = None,
-    palette_out: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
     client: Any = None,
-    random_state: Any = None,
-    strategy: Literal["auto", "histogram", "pixels", "minibatch"] = "auto",
-    dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
-    dither_strength: float = 0.9,
-    **kmeans_kwargs: Any,
+    **options: Any,
 ) -> ManyResult:
     """Quantize a set of images with one shared palette.
 
@@ -301,17 +298,16 @@ def quantize_many(
     ...     sorted(p.name for p in pathlib.Path(d).iterdir())
     ['image0.png', 'image1.png']
     """
-    if weight not in ("pixels", "image"):
-        raise InvalidParameterError(f"weight={weight!r} must be 'pixels' or 'image'")
-    dither, dither_strength = check_dither(dither, dither_strength)
-    suffix = suffix if suffix.startswith(".") else f".{suffix}"
-    if suffix.lower() not in FORMATS:
-        raise InvalidParameterError(f"suffix={suffix!r}: use one of {sorted(FORMATS)}")
     srcs = list(srcs)
     if not srcs:
         raise InvalidParameterError("srcs is empty: give at least one image")
+    suffix = str(options.get("suffix", ".tif"))
+    options["suffix"] = suffix = suffix if suffix.startswith(".") else f".{suffix}"
+    if suffix.lower() not in FORMATS:
+        raise InvalidParameterError(f"suffix={suffix!r}: use one of {sorted(FORMATS)}")
     out = pathlib.Path(out_dir).expanduser()
-    target = parse_quality(quality)
+    if out.exists() and not out.is_dir():
+        raise ImageWriteError(f"{out}: the output folder is a file")
     names = [f"image{i}" if isinstance(s, (np.ndarray, da.Array)) else s for i, s in enumerate(srcs)]
     dsts = [output_path(n, out, suffix) for n in names]
     seen: dict[pathlib.Path, Any] = {}
@@ -319,27 +315,31 @@ def quantize_many(
         if dst in seen:
             raise InvalidParameterError(f"{seen[dst]} and {name} would both be written to {dst}")
         seen[dst] = name
-    options = OutputOptions(mode, tile, compression, pyramid, overwrite, None, nodata_index, overviews, False, rgb_bands)
+    if options.get("preview") is not None or options.get("compare") is not None or options.get("cog"):
+        raise InvalidParameterError("preview, compare and cog take one image: quantize each file, not a set")
+    request = build_request("quantize_many", srcs, dsts, dict(options, n_clusters=n_clusters))
+    # the folder is made only once the request is checked (outputs in a folder to be made cannot exist)
+    request = check_request(request, image_targets=out.is_dir())
+    fit, write = request.fit, request.write
+    images, skipped = open_images(srcs, keep_going=request.set.keep_going, series=request.read.series,
+                                  level=request.read.level)
+    readable = dataclasses.replace(request, inputs=tuple(srcs[i] for i, _, _ in images),
+                                   outputs=tuple(dsts[i] for i, _, _ in images))
+    check_sources(readable, [source for _, _, source in images])
+    given = load_request_palette(request, images[0][2])
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageWriteError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     try:
-        limit = 0
-        for dst in dsts:
-            limit = _check_request(dst, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
-                                   [palette_out, None], overwrite, nodata_index)
-        if palette_out is not None and pathlib.Path(palette_out).expanduser() in seen:
-            raise InvalidParameterError(f"palette_out={palette_out} is also an output image")
-        opened, skipped = open_sources(srcs, mask=mask, keep_going=keep_going)
-        if dither is not None:
-            for item in opened:
-                _check_ditherable(item.source, rgb_bands, dither)
+        opened = with_masks(images, request.read.mask)
         kept = [dsts[o.index] for o in opened]
         n_channels = int(opened[0].data.shape[-1])
         dtype = opened[0].data.dtype
-        params = dict(kmeans_kwargs, random_state=random_state, strategy=strategy)
+        params = fit.kmeans_params()
+        weight, strategy = request.set.weight, fit.strategy
+        dither, dither_strength = request.map.dither, request.map.dither_strength
 
         with _scheduler(client):
             joint = per_file = None
@@ -347,29 +347,26 @@ def quantize_many(
                 joint, per_file = joint_histogram(opened, weight)
                 if joint.n_pixels == 0:
                     raise InvalidInputError("every pixel of every input is masked: nothing to fit")
-            if palette is not None:
-                pal, where = load_palette(palette, n_channels, dtype, limit)
-                if n_clusters is not None and int(n_clusters) != len(pal):
-                    raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
-                shared = PaletteChoice(pal, source=where)
+            if given is not None:
+                shared = given
                 if joint is not None:
-                    shared.error = palette_error(joint.colours, joint.counts, pal)[0]
+                    shared.error = palette_error(joint.colours, joint.counts, given.palette)[0]
             elif joint is not None:
-                shared = _fit_joint(joint, n_clusters, target, limit, params)
+                shared = _fit_joint(joint, fit.n_clusters, request.target, request.limit, params)
             else:
-                shared = _fit_pixels(opened, n_clusters, weight, params)
+                shared = _fit_pixels(opened, fit.n_clusters, weight, params)
             files = []
             for i, (item, dst) in enumerate(zip(opened, kept)):
                 hist = per_file[i] if per_file is not None else None
                 choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source)
                 if dither is None:
-                    mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, options)
+                    mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, write)
                     # the mapper's inertia on this file's histogram: its exact squared error
                     error = None if hist is None else float(mapper.inertia_)
                     n = None if hist is None else hist.n_pixels
                 else:
-                    error, n = _write_dithered(srcs[item.index], item, choice, dst, options, mask, dither,
-                                               dither_strength)
+                    error, n = _write_dithered(srcs[item.index], item, choice, dst, write, request.read.mask,
+                                               dither, dither_strength)
                 quality_db = None if n is None else psnr(error, n * n_channels, dtype)
                 files.append(FileResult(item.name, str(dst), n, error, quality_db))
                 logger.info("wrote %s (%s)", dst, "" if quality_db is None else f"{quality_db:.2f} dB")
@@ -378,6 +375,7 @@ def quantize_many(
             out.rmdir()  # nothing half-written: not even the folder
         raise
     result = ManyResult(shared.palette, shared.model, files, skipped, shared.error)
+    palette_out = request.report.palette_out
     if palette_out is not None:
         extra = {
             "inputs": [dataclasses.asdict(f) for f in files],
@@ -388,13 +386,14 @@ def quantize_many(
             if entry["psnr"] is not None and not math.isfinite(entry["psnr"]):
                 entry["psnr"] = "inf"
         n_pixels = joint.n_pixels if joint is not None and weight == "pixels" else None
-        doc = palette_document(shared, opened[0].source, out, None, rgb_bands, n_pixels, extra)
+        doc = palette_document(shared, opened[0].source, out, None, write.rgb_bands, n_pixels, extra)
         doc["source"], doc["shape"] = [f.src for f in files], None
-        write_palette_out(pathlib.Path(palette_out).expanduser(), shared, doc, overwrite, opened[0].data.dtype, rgb_bands)
+        write_palette_out(pathlib.Path(palette_out).expanduser(), shared, doc, write.overwrite, dtype,
+                          write.rgb_bands)
     return result
 
 
-def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.Path, options: OutputOptions,
+def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.Path, options: WriteOptions,
                     mask: Any, dither: str, strength: float) -> tuple[float | None, int | None]:
     """Write one file of a set dithered to the shared palette; its squared error and pixel count.
 
@@ -443,3 +442,6 @@ def _fit_pixels(opened: Sequence[Opened], n_clusters: int | None, weight: str, p
     model = KMeans(n_clusters, **params).fit(X, sample_weight=sample_weight)
     pal, _ = model.palette()
     return PaletteChoice(pal, model, None, None)
+
+
+apply_signature("quantize_many", quantize_many)

@@ -17,7 +17,7 @@ import os
 import pathlib
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as da
@@ -27,20 +27,28 @@ import numpy as np
 from bigquant import tasks
 from bigquant.cluster.allocator import release_freed_memory
 from bigquant.cluster.scheduler import active_client, on_client, phase
-from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
-from bigquant.io.atomic import check_target
+from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike
-from bigquant.io.encode import LabelLookup, resolve_codec
-from bigquant.io.palette import MAX_PALETTE, as_colours, index_dtype
+from bigquant.io.encode import LabelLookup
+from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
-from bigquant.io.write import FORMATS, check_tile, write_image
-from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels, label_spool
+from bigquant.io.write import FORMATS, write_image
+from bigquant.pipeline.dither import DITHER_CHUNK, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
-from bigquant.pipeline.quality import QualityTarget, parse_quality, peak_value, search_k
+from bigquant.pipeline.quality import QualityTarget, peak_value, search_k
 from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
-from bigquant.pipeline.space import check_space, fit_in_space
+from bigquant.pipeline.request import (
+    Request,
+    WriteOptions,
+    apply_signature,
+    build_request,
+    check_request,
+    check_sources,
+    display_bands,
+)
+from bigquant.pipeline.space import fit_in_space
 
 __all__ = ["quantize", "palette_colours", "IN_MEMORY_MAX_PIXELS"]
 
@@ -71,24 +79,6 @@ def _release_freed_memory() -> None:
     line; a program that opted in); in anybody else's process a no-op.
     """
     release_freed_memory()
-
-
-def display_bands(n_bands: int, rgb_bands: Sequence[int] | None) -> list[int]:
-    """The bands shown as the palette's colours: ``rgb_bands``, else the first three (or one).
-
-    Raises
-    ------
-    InvalidParameterError
-        ``rgb_bands`` is not three distinct band indices of the image.
-    """
-    if rgb_bands is None:
-        return list(range(3)) if n_bands >= 3 else [0]
-    bands = [int(b) for b in rgb_bands]
-    if len(bands) != 3 or len(set(bands)) != 3 or not all(0 <= b < n_bands for b in bands):
-        raise InvalidParameterError(
-            f"rgb_bands={tuple(rgb_bands)!r} must be three distinct band indices in [0, {n_bands})"
-        )
-    return bands
 
 
 def palette_colours(centers: np.ndarray, dtype: np.dtype, rgb_bands: Sequence[int] | None = None) -> np.ndarray:
@@ -191,30 +181,15 @@ class PaletteChoice:
     source: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class OutputOptions:
-    """How a quantized image is written (see :func:`quantize` for each)."""
-
-    mode: str = "palette"
-    tile: int = 512
-    compression: str | None = "zlib"
-    pyramid: bool | int = False
-    overwrite: bool = False
-    preview: str | os.PathLike[str] | None = None
-    nodata_index: int | None = None
-    overviews: bool | int = False
-    cog: bool = False
-    rgb_bands: Sequence[int] | None = None
-
-
 def write_quantized(
     data: Any,
     valid: Any,
     choice: PaletteChoice,
     source: ImageSource,
     dst: pathlib.Path,
-    options: OutputOptions,
+    options: WriteOptions,
     *,
+    preview: str | os.PathLike[str] | None = None,
     dither: str | None = None,
     dither_strength: float = 0.9,
     dither_data: tuple[Any, Any] | None = None,
@@ -283,7 +258,7 @@ def write_quantized(
         compression=options.compression,
         pyramid=options.pyramid,
         overwrite=options.overwrite,
-        preview=options.preview,
+        preview=preview,
         nodata=nodata,
         geotiff=source.geotiff,
         overviews=options.overviews,
@@ -410,32 +385,8 @@ def quantize(
     dst: str | os.PathLike[str],
     n_clusters: int | None = None,
     *,
-    palette: Any = None,
-    quality: Any = None,
-    strategy: Literal["auto", "histogram", "grid", "pixels", "minibatch"] = "auto",
-    mode: Literal["palette", "rgb"] = "palette",
     client: Any = None,
-    random_state: Any = None,
-    tile: int = 512,
-    compression: str | None = "zlib",
-    pyramid: bool | int = False,
-    overwrite: bool = False,
-    palette_out: str | os.PathLike[str] | None = None,
-    preview: str | os.PathLike[str] | None = None,
-    chunks: ChunksLike = None,
-    level: int = 0,
-    series: int | None = None,
-    mask: Any = None,
-    nodata_index: int | None = None,
-    overviews: bool | int = False,
-    cog: bool = False,
-    rgb_bands: Sequence[int] | None = None,
-    dither: Literal["floyd-steinberg", "blue-noise"] | None = None,
-    dither_strength: float = 0.9,
-    space: Literal["rgb", "oklab", "lab"] = "rgb",
-    measure: bool | None = None,
-    compare: str | os.PathLike[str] | None = None,
-    **kmeans_kwargs: Any,
+    **options: Any,
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours (or a given palette) and write it.
 
@@ -582,31 +533,39 @@ def quantize(
     >>> model.cluster_centers_.shape
     (4, 3)
     """
-    dst_path = pathlib.Path(dst).expanduser()
-    target = parse_quality(quality)
-    limit = _check_request(dst_path, n_clusters, palette, target, mode, tile, compression, kmeans_kwargs,
-                           [palette_out, preview, compare], overwrite, nodata_index)
-    dither, dither_strength = check_dither(dither, dither_strength)
-    space = check_space(space)
-    if space != "rgb" and (rgb_bands is not None or palette is not None or target is not None):
-        raise InvalidParameterError(
-            f"space={space!r} fits k colours of the 3 colour bands: it takes no rgb_bands, palette or quality"
-        )
-    source = src if isinstance(src, ImageSource) and chunks is None else read_image(
-        src, chunks=chunks, level=level, series=series
+    request = check_request(build_request("quantize", [src], [dst], dict(options, n_clusters=n_clusters)))
+    read = request.read
+    source = src if isinstance(src, ImageSource) and read.chunks is None else read_image(
+        src, chunks=read.chunks, level=read.level, series=read.series
     )
-    if rgb_bands is not None:
-        display_bands(source.channels, rgb_bands)  # checked before the fit
-    if dither is not None:
-        _check_ditherable(source, rgb_bands, dither)
-    if space != "rgb" and source.channels != 3:
-        raise InvalidParameterError(
-            f"space={space!r} needs an RGB image of 3 bands; {source.path or 'the array'} has {source.channels}"
-        )
+    check_sources(request, [source])
+    pal_given = load_request_palette(request, source)
+    return _run(request, src, source, pal_given, client)
+
+
+def load_request_palette(request: Request, source: ImageSource) -> PaletteChoice | None:
+    """The palette the request applies (``palette=``), read and checked against ``source``; None for a fit."""
+    fit = request.fit
+    if fit.palette is None:
+        return None
+    pal, where = load_palette(fit.palette, source.channels, source.dtype, request.limit)
+    if fit.n_clusters is not None and int(fit.n_clusters) != len(pal):
+        raise InvalidParameterError(f"n_clusters={fit.n_clusters} but the palette has {len(pal)} colours")
+    return PaletteChoice(pal, source=where)
+
+
+def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice | None, client: Any) -> Any:
+    """Run a checked quantize request: fit (or apply), map, write, report."""
+    dst_path = request.outputs[0]
+    read, fit, write, report = request.read, request.fit, request.write, request.report
+    target, n_clusters, space, strategy = request.target, fit.n_clusters, fit.space, fit.strategy
+    dither, dither_strength = request.map.dither, request.map.dither_strength
+    rgb_bands, chunks, palette = write.rgb_bands, read.chunks, fit.palette
+    limit = request.limit
     data = source.data
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
-    valid = resolve_mask(source, mask)
+    valid = resolve_mask(source, read.mask)
     if valid is not None and data.dtype.kind == "f":
         data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
     logger.info(
@@ -617,56 +576,52 @@ def quantize(
         strategy, data.chunksize, "masked" if valid is not None else "no mask",
     )
     if chunks is None and _runs_in_memory(src, source, data, valid, client, palette, target, dither, space,
-                                          strategy, compare):
+                                          strategy, report.compare):
         # small: one task, no threads; a callable, not "sync": dask imports distributed
         # (~1 s) to look for a client whenever the scheduler is named or left out
         data = np.asarray(data.compute(scheduler=dask.local.get_sync))
     with _scheduler(client):
         t0 = time.perf_counter()
-        if palette is not None:
-            pal, where = load_palette(palette, int(data.shape[-1]), data.dtype, limit)
-            if n_clusters is not None and int(n_clusters) != len(pal):
-                raise InvalidParameterError(f"n_clusters={n_clusters} but the palette has {len(pal)} colours")
-            choice = PaletteChoice(pal, source=where)
+        if given is not None:
+            choice = given
         elif space != "rgb":
-            choice = _fit_in_space(data, valid, source, n_clusters, space,
-                                   dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
+            choice = _fit_in_space(data, valid, source, n_clusters, space, fit.kmeans_params())
         else:
-            choice = _fit_palette(data, valid, source, n_clusters, target, limit,
-                                  dict(kmeans_kwargs, strategy=strategy, random_state=random_state))
+            choice = _fit_palette(data, valid, source, n_clusters, target, limit, fit.kmeans_params())
         t1 = time.perf_counter()
         _release_freed_memory()
-        options = OutputOptions(mode, tile, compression, pyramid, overwrite, preview, nodata_index, overviews, cog,
-                                rgb_bands)
-        report: dict[str, Any] = {}
+        measure, compare, palette_out = report.measure, report.compare, report.palette_out
+        written: dict[str, Any] = {}
         want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
         # Floyd--Steinberg keeps its labels in a spool until the output and its report are done
         with label_spool(dst_path, dither) as spool:
             mapper, nodata = write_quantized(
-                data, valid, choice, source, dst_path, options, dither=dither, dither_strength=dither_strength,
-                dither_data=_dither_data(src, source, chunks, level, series, mask, valid) if dither else None,
-                report=report if want else None, spool=spool,
+                data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
+                dither_strength=dither_strength,
+                dither_data=_dither_data(src, source, chunks, read.level, read.series, read.mask, valid)
+                if dither else None,
+                report=written if want else None, spool=spool,
             )
             logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
             _release_freed_memory()
-            sums = report.get("sums")
+            sums = written.get("sums")
             if want and sums is None and dither is None:
                 sums = _histogram_sums(mapper, choice, source, rgb_bands)
             if want and sums is None and measure:
                 # one more pass over the pixels and their labels
                 colours = palette_colours(choice.palette, source.dtype, rgb_bands)
-                sums = quality_pass(data, report["labels"], colours, None if nodata is None else valid)
+                sums = quality_pass(data, written["labels"], colours, None if nodata is None else valid)
             quality_ = None
             if sums is not None:
                 quality_ = quality_from_sums(sums, int(data.shape[-1]), peak_value(source.dtype))
                 choice.error = float(sums[0])  # the squared error of the pixels written
                 logger.info("quality: %s", quality_)
             if compare is not None:
-                labels = report.get("labels")
+                labels = written.get("labels")
                 if labels is None:
                     labels = mapper.labels_ if nodata is None else da.where(valid, mapper.labels_, nodata)
                 write_compare(compare, data, labels, palette_colours(choice.palette, source.dtype, rgb_bands),
-                              nodata=nodata, overwrite=overwrite)
+                              nodata=nodata, overwrite=write.overwrite)
     if palette_out is not None:
         n_pixels = choice.histogram.n_pixels if choice.histogram is not None else None
         if quality_ is not None:
@@ -676,7 +631,8 @@ def quantize(
         if dither is not None:
             extra["dither_strength"] = dither_strength
         doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels, extra)
-        write_palette_out(pathlib.Path(palette_out).expanduser(), choice, doc, overwrite, source.dtype, rgb_bands)
+        write_palette_out(pathlib.Path(palette_out).expanduser(), choice, doc, write.overwrite, source.dtype,
+                          rgb_bands)
     result = choice.model if choice.model is not None else mapper
     result.quality_ = quality_
     return result
@@ -741,19 +697,6 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
     return quality_from_histogram(hist.colours, hist.counts, labels, colours)
 
 
-def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:
-    """Dithering needs integer pixels whose bands are the palette's colours."""
-    if np.dtype(source.dtype) not in (np.uint8, np.uint16):
-        raise InvalidParameterError(
-            f"dither={dither!r} needs uint8 or uint16 pixels; {source.path or 'the array'} is {source.dtype}"
-        )
-    if source.channels not in (1, 3) or rgb_bands is not None:
-        raise InvalidParameterError(
-            f"dither={dither!r} needs an image of 1 or 3 bands shown as they are (the palette's); "
-            f"this one has {source.channels}" + (f" shown as rgb_bands={tuple(rgb_bands)}" if rgb_bands else "")
-        )
-
-
 def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,
                  mask: Any, valid: Any) -> tuple[Any, Any]:
     """The pixels (and mask) to dither, read in chunks the dither works in.
@@ -769,71 +712,6 @@ def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, 
     return data, valid
 
 
-def _check_request(
-    dst: pathlib.Path,
-    n_clusters: int | None,
-    palette: Any,
-    target: QualityTarget | None,
-    mode: str,
-    tile: int,
-    compression: str | None,
-    kmeans_kwargs: dict[str, Any],
-    extras: list[Any],
-    overwrite: bool,
-    nodata_index: int | None,
-) -> int:
-    """Check what can be checked before reading a pixel; return the most colours the output holds."""
-    from bigquant.cluster.kmeans import KMeans
-
-    if mode not in ("palette", "rgb"):
-        raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
-    known = list(KMeans().get_params())
-    unknown = sorted(set(kmeans_kwargs) - set(known))
-    if unknown:
-        raise InvalidParameterError(
-            f"unknown parameter(s) {', '.join(unknown)}; quantize passes the others to KMeans, "
-            f"which takes {', '.join(known)}"
-        )
-    if palette is not None and target is not None:
-        raise InvalidParameterError("palette and quality exclude each other: a given palette has its own k")
-    if palette is None and target is None and n_clusters is None:
-        raise InvalidParameterError("n_clusters is needed (or a palette to apply, or a quality target)")
-    if n_clusters is not None and (isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer))):
-        raise InvalidParameterError(f"n_clusters={n_clusters!r} must be an integer")
-    check_tile(tile)
-    # k above what the output holds would fail only after the (long) fit
-    limit = 256 if mode == "palette" and dst.suffix.lower() == ".png" else MAX_PALETTE
-    if n_clusters is not None and n_clusters > limit:
-        raise InvalidParameterError(
-            f"n_clusters={n_clusters} is above the {limit} colours a {mode} {dst.suffix or 'output'} file can hold"
-        )
-    if dst.suffix.lower() in (".tif", ".tiff", ".btf", ".tf8", ".zarr"):
-        codec = resolve_codec(compression, None)
-        if mode == "palette" and codec.lossy_image:
-            raise InvalidParameterError(
-                f"compression={compression!r} is lossy and would corrupt palette indices; use 'zlib' or mode='rgb'"
-            )
-    elif dst.suffix.lower() not in FORMATS:
-        raise ImageWriteError(f"{dst}: unsupported output suffix {dst.suffix!r}; use one of {sorted(FORMATS)}")
-    outputs = [dst] + [pathlib.Path(p).expanduser() for p in extras if p]
-    if len(set(outputs)) != len(outputs):
-        raise InvalidParameterError(f"dst, palette_out and preview must differ: {outputs}")
-    if extras[0]:
-        palette_format(extras[0])
-    for out in outputs:
-        check_target(out, overwrite=overwrite)
-    if palette is not None and isinstance(palette, (str, os.PathLike)):
-        palette_format(palette)
-    if nodata_index is not None and (
-        isinstance(nodata_index, bool) or not isinstance(nodata_index, (int, np.integer))
-        or n_clusters is not None and nodata_index < n_clusters
-    ):
-        raise InvalidParameterError(
-            f"nodata_index={nodata_index!r} must be an int outside the palette (>= n_clusters={n_clusters})"
-        )
-    return limit
-
-
 def _fit_palette(
     data: Any,
     valid: Any,
@@ -844,7 +722,7 @@ def _fit_palette(
     params: dict[str, Any],
 ) -> PaletteChoice:
     """Fit the palette: k colours, or the fewest that reach the quality target."""
-    from bigquant.cluster.histogram import colour_histogram, histogram_bits
+    from bigquant.cluster.histogram import colour_histogram
     from bigquant.cluster.kmeans import KMeans
 
     where = source.path or "array"
@@ -867,11 +745,6 @@ def _fit_palette(
         logger.info("fitted %d colours (%s iterations)", len(model.cluster_centers_), getattr(model, "n_iter_", "?"))
         pal, error = model.palette()
         return PaletteChoice(pal, model, getattr(model, "histogram_", None), error)
-    if histogram_bits(data.dtype, int(data.shape[-1])) is None or params.get("strategy") not in ("auto", "histogram"):
-        raise InvalidParameterError(
-            f"quality= needs the exact colour histogram: 8-bit data (uint8, at most 3 bands) and strategy 'auto' "
-            f"or 'histogram'; {where} is {data.dtype} with {data.shape[-1]} band(s): give n_clusters"
-        )
     with phase(tasks.HISTOGRAM):
         histogram = colour_histogram(data, valid=valid)
     if histogram.n_colours == 0:
@@ -914,3 +787,6 @@ def choose_palette(
                      peak=peak_value(histogram.colours.dtype), k_max=k_max)
     logger.info("quality: k=%d reaches %.2f dB (tried %s)", found.k, found.psnr, found.tried)
     return found.fit
+
+
+apply_signature("quantize", quantize)

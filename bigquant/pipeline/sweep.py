@@ -23,21 +23,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
 import pathlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bigquant import kernels, tasks
-from bigquant._typing import STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.grid import grid_bits
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -45,7 +45,9 @@ from bigquant.cluster.scheduler import on_client
 from bigquant.cluster.search import prepare_search, uses_coarse_search
 from bigquant.errors import ConvergenceWarning, FewColoursWarning, InvalidInputError, InvalidParameterError
 from bigquant.pipeline.runtime import active_client, phase
-from bigquant.pipeline.space import check_space, sweep_in_space
+from bigquant.pipeline import provenance
+from bigquant.pipeline.request import ReadOptions, apply_signature, build_request, check_not_inputs, check_request
+from bigquant.pipeline.space import sweep_in_space
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -184,6 +186,8 @@ class SweepRow:
     n_iter: int
     seconds: float
     palette: str = ""
+    #: what the sweep is of (:mod:`bigquant.pipeline.provenance`), as JSON
+    provenance: str = ""
 
     def palette_array(self, n_channels: int | None = None) -> np.ndarray:
         """The palette as an integer array of shape (k, n_channels)."""
@@ -298,7 +302,7 @@ class SweepResult:
 
     def to_records(self) -> list[dict[str, Any]]:
         """The rows as dictionaries (without the palettes)."""
-        return [{k: v for k, v in asdict(r).items() if k != "palette"} for r in self.rows]
+        return [{k: v for k, v in asdict(r).items() if k not in ("palette", "provenance")} for r in self.rows]
 
     def to_frame(self) -> Any:
         """The rows as a pandas DataFrame indexed by k (needs pandas)."""
@@ -352,13 +356,14 @@ def read_rows(path: str | os.PathLike[str]) -> list[SweepRow]:
     if not text.endswith("\n"):  # a run killed while writing a row: its last line is cut short
         text = text[: text.rfind("\n") + 1]
     reader = csv.DictReader(text.splitlines(keepends=True))
-    missing = set(_COLUMNS) - set(reader.fieldnames or ())
+    missing = set(_COLUMNS) - set(reader.fieldnames or ()) - {"provenance"}
     if missing:
         raise InvalidInputError(f"{path}: not a sweep CSV (missing columns {sorted(missing)})")
     for rec in reader:
         try:
             rows.append(SweepRow(int(rec["k"]), float(rec["cost"]), float(rec["inertia"]), float(rec["psnr"]),
-                                 int(rec["n_iter"]), float(rec["seconds"]), rec.get("palette") or ""))
+                                 int(rec["n_iter"]), float(rec["seconds"]), rec.get("palette") or "",
+                                 rec.get("provenance") or ""))
         except (TypeError, ValueError):
             logger.warning("%s: skipping an unreadable row %r", path, rec)
     return rows
@@ -429,7 +434,7 @@ def _is_file_set(src: Any) -> bool:
         isinstance(s, (str, os.PathLike, ImageSource)) for s in src)
 
 
-def _load_source(src: Any, mask: Any = None) -> tuple[Any, Any]:
+def _load_source(src: Any, mask: Any = None, read: ReadOptions | None = None) -> tuple[Any, Any]:
     """An array (numpy or dask) of shape (..., C) from a path, ImageSource or array, and its mask.
 
     The mask (see :func:`bigquant.io.mask.resolve_mask`) is None for plain
@@ -438,8 +443,9 @@ def _load_source(src: Any, mask: Any = None) -> tuple[Any, Any]:
     from bigquant.io import ImageSource, read_image
     from bigquant.pipeline.masks import resolve_mask
 
+    read = read or ReadOptions()
     if isinstance(src, (str, os.PathLike)):
-        src = read_image(src)
+        src = read_image(src, chunks=read.chunks, level=read.level, series=read.series)
     valid = None
     if isinstance(src, ImageSource):
         valid = resolve_mask(src, mask)
@@ -492,17 +498,8 @@ def sweep(
     src: Any,
     ks: str | Iterable[int],
     *,
-    strategy: str = "auto",
     client: Any = None,
-    n_init: int = 1,
-    random_state: int | None = None,
-    max_iter: int = 300,
-    tol: float = 1e-4,
-    out: str | os.PathLike[str] | None = None,
-    resume_from: str | os.PathLike[str] | None = None,
-    callback: Callable[[SweepRow], None] | None = None,
-    mask: Any = None,
-    space: str = "rgb",
+    **options: Any,
 ) -> SweepResult:
     """Fit a palette for every k and tabulate cost, inertia, PSNR, iterations and time.
 
@@ -567,12 +564,22 @@ def sweep(
     start = time.perf_counter()
     tune_if_asked()  # the caller's allocator is theirs: only with BIGQUANT_TUNE_MALLOC=1
     k_values = parse_ks(ks)
-    space = check_space(space)
-    if strategy not in STRATEGIES:
-        raise InvalidParameterError(f"strategy={strategy!r} must be one of {', '.join(map(repr, STRATEGIES))}")
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise InvalidParameterError(f"n_init={n_init!r} must be an integer >= 1")
-    if random_state is None:
+    inputs = list(src) if _is_file_set(src) else [src]
+    request = check_request(build_request("sweep", inputs, [], options))
+    read, fit = request.read, request.fit
+    strategy, space, n_init, max_iter, tol = fit.strategy, fit.space, fit.n_init, fit.max_iter, fit.tol
+    random_state, mask = fit.random_state, read.mask
+    out, resume_from, callback = request.sweep.out, request.sweep.resume_from, request.sweep.callback
+    check_not_inputs(request, [mask] if isinstance(mask, (str, os.PathLike)) and mask != "auto" else [])
+
+    previous: dict[int, SweepRow] = {}
+    recorded: dict[str, Any] | None = None
+    if resume_from is not None and pathlib.Path(resume_from).exists():
+        previous = {r.k: r for r in read_rows(resume_from)}
+        recorded = next((json.loads(r.provenance) for r in previous.values() if r.provenance), None)
+    if random_state is None and recorded is not None and isinstance(recorded.get("seed"), int):
+        base = int(recorded["seed"])  # a resumed sweep goes on with the seed it was started with
+    elif random_state is None:
         base = int(np.random.SeedSequence().entropy % (2**63))
         logger.info("sweep seed: %d (pass random_state to reproduce)", base)
     elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
@@ -580,9 +587,16 @@ def sweep(
     else:
         raise InvalidParameterError(f"random_state={random_state!r} must be an int or None")
 
+    def provenance_of(bands: int) -> dict[str, Any]:
+        """What this sweep is of; a resumed CSV must be of the same (checked before any pixel is read)."""
+        current = provenance.record(inputs, bands=bands, series=read.series, level=read.level, mask=mask,
+                                    space=space, strategy=strategy, seed=base)
+        if previous:
+            provenance.check_same(str(resume_from), recorded, current)
+        return current
+
     kept: list[SweepRow] = []
-    if resume_from is not None and pathlib.Path(resume_from).exists():
-        previous = {r.k: r for r in read_rows(resume_from)}
+    if previous:
         kept = [previous[k] for k in k_values if k in previous]
         logger.info("resuming from %s: %d of %d k values already done", resume_from, len(kept), len(k_values))
     todo = [k for k in k_values if k not in {r.k for r in kept}]
@@ -602,8 +616,11 @@ def sweep(
         client = active_client()
     rows = list(kept)
 
+    stamp = ""
+
     def record(row: SweepRow) -> None:
         """Keep a finished k: in the results, the CSV and the caller's callback."""
+        row = replace(row, provenance=stamp)
         rows.append(row)
         if log is not None:
             log.write(row)
@@ -615,18 +632,21 @@ def sweep(
             hist: ColourHistogram | None = src
             n_channels = src.colours.shape[1]
             dtype = src.colours.dtype
+            stamp = json.dumps(provenance_of(n_channels), sort_keys=True)
         elif _is_file_set(src):
             from bigquant.pipeline.many import joint_histogram, open_sources
 
-            opened, _ = open_sources(list(src), mask=mask)
+            opened, _ = open_sources(list(src), mask=mask, series=read.series, level=read.level)
+            stamp = json.dumps(provenance_of(int(opened[0].data.shape[-1])), sort_keys=True)
             with _on(client):
                 hist, _ = joint_histogram(opened)
             if hist.n_colours == 0:
                 raise InvalidInputError("every pixel of every input is masked: nothing to fit")
             n_channels, dtype = hist.colours.shape[1], hist.colours.dtype
         else:
-            data, valid = _load_source(src, mask)
+            data, valid = _load_source(src, mask, read)
             n_channels = int(data.shape[-1])
+            stamp = json.dumps(provenance_of(n_channels), sort_keys=True)
             dtype = data.dtype
             bits = histogram_bits(dtype, n_channels)
             if strategy == "histogram" and bits is None:
@@ -770,3 +790,6 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
                    _format_palette(palette))
     logger.info("k=%d: cost %.6g, PSNR %.2f dB, %d iterations, %.3f s", k, row.cost, row.psnr, row.n_iter, seconds)
     return row
+
+
+apply_signature("sweep", sweep)
