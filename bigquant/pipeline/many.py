@@ -35,6 +35,7 @@ from bigquant.cluster.histogram import ColourHistogram, histogram_bits, histogra
 from bigquant.cluster.palette import palette_error
 from bigquant.cluster.scheduler import phase
 from bigquant.errors import BigquantError, ImageReadError, ImageWriteError, InvalidInputError, InvalidParameterError
+from bigquant.io.chunks import ChunksLike
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS
@@ -131,6 +132,7 @@ def output_path(src: Any, out_dir: pathlib.Path, suffix: str) -> pathlib.Path:
 
 def open_images(
     srcs: Sequence[Any], *, keep_going: bool = False, series: int | None = None, level: int = 0,
+    chunks: ChunksLike = None,
 ) -> tuple[list[tuple[int, str, ImageSource]], list[tuple[str, str]]]:
     """Open every input (metadata only); fail on the first unreadable one, or skip it.
 
@@ -148,7 +150,8 @@ def open_images(
     for index, src in enumerate(srcs):
         name = f"array {index}" if isinstance(src, (np.ndarray, da.Array)) else str(getattr(src, "path", None) or src)
         try:
-            source = src if isinstance(src, ImageSource) else read_image(src, series=series, level=level)
+            source = src if isinstance(src, ImageSource) and chunks is None else read_image(
+                src, series=series, level=level, chunks=chunks)
         except BigquantError as exc:
             if not keep_going:
                 raise
@@ -267,6 +270,11 @@ def quantize_many(
         (False); see :func:`bigquant.quantize`.
     mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, overwrite, client, random_state, strategy
         As :func:`bigquant.quantize`, for every file.
+    chunks, level, series, measure, init, n_init, max_iter, tol
+        As :func:`bigquant.quantize` (one request model,
+        :mod:`bigquant.pipeline.request`); ``preview``, ``compare`` and
+        ``cog`` take one image, and a set is fitted in RGB (``space="rgb"``):
+        other values are refused.
     dither, dither_strength
         Dither every file's mapping to the shared palette (see
         :func:`bigquant.quantize`); each file's error and PSNR are then those
@@ -274,8 +282,6 @@ def quantize_many(
     palette_out : str, os.PathLike or None, default=None
         Also write the shared palette (``.json`` with every file's error and
         PSNR, or ``.gpl``/``.act``/``.png``).
-    **kmeans_kwargs
-        Other :class:`bigquant.KMeans` parameters.
 
     Returns
     -------
@@ -284,9 +290,10 @@ def quantize_many(
     Raises
     ------
     ImageReadError, InvalidInputError, InvalidParameterError, ImageWriteError
-        Before any fit: an unreadable input (unless ``keep_going``), inputs of
-        different bands or types, outputs that exist (unless ``overwrite``)
-        or two inputs of the same name.
+        Before any pixel is read: an unreadable input (unless ``keep_going``),
+        inputs of different bands or types, outputs that exist (unless
+        ``overwrite``), an output that is an input, two inputs of the same
+        name, or anything :func:`bigquant.quantize` refuses for one file.
 
     Examples
     --------
@@ -317,12 +324,14 @@ def quantize_many(
         seen[dst] = name
     if options.get("preview") is not None or options.get("compare") is not None or options.get("cog"):
         raise InvalidParameterError("preview, compare and cog take one image: quantize each file, not a set")
+    if str(options.get("space", "rgb")).lower() != "rgb":
+        raise InvalidParameterError(f"space={options['space']!r}: a set is fitted in RGB; quantize each file")
     request = build_request("quantize_many", srcs, dsts, dict(options, n_clusters=n_clusters))
     # the folder is made only once the request is checked (outputs in a folder to be made cannot exist)
     request = check_request(request, image_targets=out.is_dir())
     fit, write = request.fit, request.write
     images, skipped = open_images(srcs, keep_going=request.set.keep_going, series=request.read.series,
-                                  level=request.read.level)
+                                  level=request.read.level, chunks=request.read.chunks)
     readable = dataclasses.replace(request, inputs=tuple(srcs[i] for i, _, _ in images),
                                    outputs=tuple(dsts[i] for i, _, _ in images))
     check_sources(readable, [source for _, _, source in images])

@@ -390,6 +390,15 @@ def quantize(
 ) -> Any:
     """Quantize an image of any size to ``n_clusters`` colours (or a given palette) and write it.
 
+    Every option below is one of the request model's
+    (:mod:`bigquant.pipeline.request`): :func:`bigquant.quantize_many`,
+    :func:`bigquant.sweep` and the ``bigquant`` command take the same options
+    under the same names.  The whole request is checked before a pixel is
+    read or a byte written: the option values, every output's format and
+    capacity (k, data type, size, bands), output paths (an existing one
+    without ``overwrite``; the input itself, a link to it, or a directory
+    bigquant did not write: never), the palette file and the mask.
+
     Parameters
     ----------
     src : str, os.PathLike, ImageSource or array

@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 #: colours a palette PNG holds
 PNG_PALETTE_MAX = 256
 #: colours each palette file format holds (None: any number)
-_PALETTE_FILE_MAX = {"json": None, "gpl": None, "act": 256, "png": None, "tiff": None}
+_PALETTE_FILE_MAX = {"json": None, "gpl": None, "act": 256, "swatch": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,15 +322,17 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
     """
     fit, write, report = request.fit, request.write, request.report
     k = fit.n_clusters
-    if k is not None and (not _is_int(k) or k < 1):
-        raise InvalidParameterError(f"n_clusters={k!r} must be an integer >= 1")
-    if fit.strategy not in STRATEGIES:
-        raise InvalidParameterError(f"strategy={fit.strategy!r} must be one of {', '.join(map(repr, STRATEGIES))}")
-    space = check_space(fit.space)
-    for name in ("n_init", "max_iter"):
+    for name in ("n_clusters", "n_init", "max_iter"):
         value = getattr(fit, name)
-        if not _is_int(value) or value < 1:
-            raise InvalidParameterError(f"{name}={value!r} must be an integer >= 1")
+        if value is None and name == "n_clusters":
+            continue
+        if not _is_int(value):
+            raise InvalidParameterError(f"{name}={value!r} must be an integer")
+        if value < 1:
+            raise InvalidParameterError(f"{name}={value!r} must be >= 1")
+    if fit.strategy not in STRATEGIES:
+        raise InvalidParameterError(f"strategy={fit.strategy!r} is not one of {', '.join(map(repr, STRATEGIES))}")
+    space = check_space(fit.space)
     if isinstance(fit.tol, bool) or not isinstance(fit.tol, (int, float, np.floating)) or not fit.tol >= 0:
         raise InvalidParameterError(f"tol={fit.tol!r} must be a number >= 0")
     if request.entry != "sweep":
@@ -369,7 +371,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         most = _PALETTE_FILE_MAX[fmt]
         if most is not None and k is not None and k > most:
             raise InvalidParameterError(
-                f"palette_out={report.palette_out}: a .{fmt} palette holds at most {most} colours, not "
+                f"palette_out={report.palette_out}: an .{fmt} palette holds at most {most} colours, not "
                 f"n_clusters={k}; use .json"
             )
     if report.preview is not None and pathlib.Path(report.preview).suffix.lower() != ".png":
@@ -529,7 +531,7 @@ def check_sources(request: Request, sources: Sequence[Any]) -> None:
             fmt = palette_format(report.palette_out)
             if fmt != "json" and dtype != np.uint8:
                 raise InvalidParameterError(
-                    f"palette_out={report.palette_out}: a .{fmt} palette holds 8-bit colours but {name} is "
+                    f"palette_out={report.palette_out}: a {fmt} palette holds 8-bit colours but {name} is "
                     f"{dtype}; use .json (every band at full depth)")
 
 

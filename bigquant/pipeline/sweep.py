@@ -529,10 +529,20 @@ def sweep(
     tol : float, default=1e-4
         As :class:`bigquant.KMeans`.
     out : str or path, default=None
-        CSV file written incrementally: one row per k as soon as it is done.
+        CSV file written incrementally: one row per k as soon as it is done;
+        its ``provenance`` column records what the sweep is of (inputs by
+        path, size and modification time, or a digest; bands, series, level,
+        mask, space, strategy and seed: :mod:`bigquant.pipeline.provenance`).
     resume_from : str or path, default=None
         CSV of an earlier (possibly interrupted) sweep of the same image: its
         ks are kept and not fitted again. May be the same file as ``out``.
+        A CSV of anything else (another input, mask, space, strategy or seed)
+        is refused before a pixel is read, naming the difference; without
+        ``random_state`` the sweep goes on with the seed the CSV records.
+    overwrite : bool, default=False
+        Replace an existing ``out`` (not needed when it is ``resume_from``).
+    chunks, level, series
+        How a file is read, as in :func:`bigquant.quantize`.
     callback : callable, default=None
         Called with each new :class:`SweepRow` as soon as its k is done
         (in completion order), e.g. to draw progress.
