@@ -31,6 +31,7 @@ from bigquant.io.encode import (
 )
 from bigquant.io.geotiff import GeoTiff, nodata_tag
 from bigquant.io.palette import as_colours, check_nodata, index_dtype, tiff_colormap, with_nodata
+from bigquant.io.reach import scheduler_client, unreachable_workers
 from bigquant.io.source import ImageSource
 
 if TYPE_CHECKING:
@@ -178,7 +179,49 @@ def _write_zarr(
         attributes=attrs,
         fill_value=0,
     )
-    da.store(mapped, z, lock=False, compute=True)
+    unseen = unreachable_workers(tmp, collections=[mapped])
+    if unseen:
+        # a worker writing its chunks here would write them where the client never looks
+        logger.warning(
+            "zarr output: the workers do not see %s (%d of them: %s); their chunks are stored by the client, "
+            "a band of chunks at a time", tmp.parent, len(unseen), "; ".join(sorted(set(unseen.values()))),
+        )
+        _store_through_client(mapped, z)
+    else:
+        da.store(mapped, z, lock=False, compute=True)
+
+
+def _store_through_client(mapped: da.Array, z: Any) -> None:
+    """Compute ``mapped`` one band of chunk rows at a time and store it into ``z`` here.
+
+    The workers compute; the client writes.  At most two bands are in memory:
+    the one being stored and the next one, computed meanwhile.  Bands hold
+    whole zarr chunks (the chunks of ``mapped`` are multiples of them).
+    """
+    client = scheduler_client([mapped])
+    rows = np.cumsum((0,) + tuple(mapped.chunks[0])).tolist()
+    bands = list(zip(rows[:-1], rows[1:]))
+
+    def start(i: int) -> Any:
+        y0, y1 = bands[i]
+        band = mapped[y0:y1]
+        return client.compute(band) if client is not None else band
+
+    def result(pending: Any) -> np.ndarray:
+        return np.asarray(pending.result() if client is not None else
+                          pending.compute(scheduler=current_scheduler([pending])))
+
+    pending = start(0) if bands else None
+    following = None
+    try:
+        for i, (y0, y1) in enumerate(bands):
+            following = start(i + 1) if i + 1 < len(bands) else None
+            z[y0:y1] = result(pending)
+            pending, following = following, None
+    finally:  # interrupted or failed: nothing keeps computing for a store that is gone
+        for left in (pending, following):
+            if client is not None and left is not None:
+                left.cancel()
 
 
 def _write_pillow(

@@ -57,6 +57,7 @@ from dask.highlevelgraph import HighLevelGraph
 from bigquant import tasks
 from bigquant.errors import InputTypeError, InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.reach import unreachable_workers
 from bigquant.kernels.dither import (
     UNITS,
     candidate_grid,
@@ -617,6 +618,14 @@ def label_spool(target: pathlib.Path, dither: str | None = "floyd-steinberg") ->
     tag ``spool``), so a run killed before its cleanup leaves nothing the next
     run writing ``target`` does not remove.  Only Floyd--Steinberg spools: for
     any other ``dither`` (None included) nothing is made and None is yielded.
+
+    With a distributed client, every worker first proves that its files
+    reach this directory as the client sees it
+    (:func:`bigquant.io.reach.unreachable_workers`); when one does not (a
+    worker of another machine, a private mount), nothing is spooled (None)
+    and the second pass dithers again.  (Without the probe, the first pass
+    could spool every tile on workers that see the directory, and the second
+    pass then fail to read them on a worker that does not.)
     """
     if dither != "floyd-steinberg":
         yield None
@@ -624,6 +633,13 @@ def label_spool(target: pathlib.Path, dither: str | None = "floyd-steinberg") ->
     path = temp_sibling(pathlib.Path(target), "spool")
     path.mkdir()
     try:
-        yield path
+        unseen = unreachable_workers(path)
+        if unseen:
+            logger.info("dither: the workers do not see the spool %s (%s); no spool, dithering again",
+                        path, "; ".join(sorted(set(unseen.values()))))
+            remove_path(path)
+            yield None
+        else:
+            yield path
     finally:
         remove_path(path)
