@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dask.array as da
 import numpy as np
 
+from bigquant import tasks
 from bigquant.errors import (
     ImageWriteError,
     InputTypeError,
@@ -163,13 +164,13 @@ def _write_zarr(
     t = encoder.tile
     shape = tuple(arr.shape[:2]) + sample_shape
     if encoder.kind == "palette" or (encoder.kind == "rgb" and not sample_shape):
-        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype,
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, token=tasks.WRITE,
                                 drop_axis=2 if arr.ndim == 3 else None)
     elif encoder.kind == "rgb":
-        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, new_axis=2,
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, token=tasks.WRITE, new_axis=2,
                                 chunks=arr.chunks[:2] + (sample_shape,))
     else:
-        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype)
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, token=tasks.WRITE)
     z = zarr.create_array(
         store=str(tmp),
         shape=shape,
