@@ -13,6 +13,10 @@ worker's writes reach the client: each worker writes a file of a random name
 with that content, and the files are removed (the client removes those it
 sees, each worker those it wrote).  With no distributed client (threads,
 processes of this machine) there is nothing to prove and nothing is run.
+The callers probe inside their temporaries (the zarr store being written,
+the spool), so a run killed in the middle leaves no sentinel the next run's
+cleanup of temporaries does not remove.  Workers that join after the probe
+are not covered.
 """
 
 from __future__ import annotations

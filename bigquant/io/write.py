@@ -140,6 +140,16 @@ def _write_zarr(
     sample_shape: tuple[int, ...],
     attrs: dict[str, Any],
 ) -> None:
+    """Write the zarr store ``tmp``: its metadata here, its chunks by the workers.
+
+    Before any chunk, every worker proves that what it writes into ``tmp``
+    reaches this process (:func:`bigquant.io.reach.unreachable_workers`; the
+    sentinels live inside the temporary store, so nothing outlives it).
+    Where one does not (another machine, a private mount), the workers only
+    compute the chunks and this process stores them, a band of chunk rows
+    at a time (:func:`_store_through_client`) -- never a store whose chunks
+    went elsewhere and read as zeros.
+    """
     import zarr
     from zarr.codecs import ZstdCodec
 
