@@ -233,3 +233,20 @@ def test_a_spool_written_by_one_worker_and_read_by_another(cluster, caplog):
         np.testing.assert_array_equal(labels, floyd_steinberg(photo, palette))
     finally:
         c.stop_worker(client, "shared", shared)
+
+
+def test_a_dithered_quantize_writes_the_same_labels(cluster, source, tmp_path, caplog):
+    """``quantize(dither="floyd-steinberg")`` beside a directory the worker does not see: the threads' labels."""
+    import tifffile
+
+    from bigquant import quantize
+
+    c, client, private = cluster
+    args = dict(random_state=0, tile=32, chunks=64, dither="floyd-steinberg")
+    quantize(source, tmp_path / "threads.tif", 6, **args)
+    with caplog.at_level(logging.INFO, logger="bigquant.pipeline.dither"):
+        quantize(source, c.out / "fs.tif", 6, client=client, **args)
+    assert "do not see the spool" in caplog.text
+    np.testing.assert_array_equal(tifffile.imread(c.out / "fs.tif"), tifffile.imread(tmp_path / "threads.tif"))
+    assert [n for n in os.listdir(c.out) if n.startswith(".")] == []
+    assert _private_view(client, private, c.out) == []
