@@ -34,11 +34,18 @@ name                    tasks
 ``bq-fs-slant``         Floyd-Steinberg, pass 1: one slanted tile of the wavefront
 ``bq-fs-edges``         Floyd-Steinberg: the edge errors a chunk's pass 2 starts from
 ``bq-fs-labels``        Floyd-Steinberg, pass 2: one chunk re-dithered from its edges
+``bq-fs-outcome``       Floyd-Steinberg: pass 1's quality sums and whether every tile was spooled
+``bq-dither-grid``      the palette's candidate grid, shared by a dither's chunks
 ``bq-blue-noise``       blue-noise ordered dithering of one chunk
 ``bq-space-lut``        the colour -> label table of a palette in OKLab / Lab
 ``bq-space-labels``     nearest-colour labels in OKLab / Lab of one chunk
 ``bq-quality``          PSNR and mean Delta E of the written colours, per chunk
 ======================  =====================================================
+
+Dask's own array operations that bigquant applies (rechunking, reshaping,
+``where``, ``!=``, slicing, storing into zarr) keep Dask's names; the few that
+bigquant's graphs legitimately contain are listed in :data:`DASK_NAMES`, and no
+other task name may appear in them.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ __all__ = [
     "PREFIX", "MAX_LENGTH", "READ", "READ_PALETTE", "MASK", "COUNT", "COUNT_SUM", "MERGE", "CODES",
     "MOMENTS", "GRID", "GRID_RANGE", "INIT", "LLOYD", "RELOCATE", "MB_GATHER", "MB_BATCH", "LUT", "LABELS", "TRANSFORM",
     "WRITE", "SWEEP", "COST", "FS_SLANT", "FS_EDGES", "FS_LABELS", "BLUE_NOISE", "SPACE_LUT", "SPACE_LABELS",
-    "QUALITY", "HISTOGRAM", "NAMES", "tree_sum",
+    "QUALITY", "FS_OUTCOME", "DITHER_GRID", "HISTOGRAM", "NAMES", "DASK_NAMES", "tree_sum",
 ]
 
 #: what every bigquant task key starts with
@@ -79,6 +86,8 @@ COST = "bq-cost"
 FS_SLANT = "bq-fs-slant"
 FS_EDGES = "bq-fs-edges"
 FS_LABELS = "bq-fs-labels"
+FS_OUTCOME = "bq-fs-outcome"
+DITHER_GRID = "bq-dither-grid"
 BLUE_NOISE = "bq-blue-noise"
 SPACE_LUT = "bq-space-lut"
 SPACE_LABELS = "bq-space-labels"
@@ -96,6 +105,23 @@ def tree_sum(name: str) -> str:
 #: every task name, tree sums included
 NAMES = frozenset(
     [READ, READ_PALETTE, MASK, COUNT, COUNT_SUM, MERGE, CODES, MB_GATHER, MB_BATCH, LUT, LABELS,
-     TRANSFORM, WRITE, SWEEP, COST, FS_SLANT, FS_EDGES, FS_LABELS, BLUE_NOISE, SPACE_LUT, SPACE_LABELS, QUALITY]
+     TRANSFORM, WRITE, SWEEP, COST, FS_SLANT, FS_EDGES, FS_LABELS, FS_OUTCOME, DITHER_GRID, BLUE_NOISE, SPACE_LUT,
+     SPACE_LABELS, QUALITY]
     + [n for base in (MOMENTS, GRID, GRID_RANGE, INIT, LLOYD, RELOCATE) for n in (base, tree_sum(base))]
+)
+
+#: Dask's own task names that bigquant's graphs legitimately contain: Dask array
+#: operations bigquant applies to whole arrays (rechunking, ``reshape``,
+#: ``where``, ``!=`` on a user's mask, a user's array taken as is), Dask's store
+#: into a zarr array, and the final step of ``compute`` -- nothing else may
+#: appear (``tests/test_tasks.py`` walks every key of real jobs).
+DASK_NAMES = (
+    "rechunk-merge",
+    "rechunk-split",
+    "reshape",
+    "where",
+    "ne",
+    "array",
+    "store-map",
+    "finalize-hlgfinalizecompute",
 )

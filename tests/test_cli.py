@@ -132,19 +132,6 @@ def test_interrupted_exits_130(capsys, monkeypatch):
     assert _one_line(capsys.readouterr().err) == "bigquant: interrupted"
 
 
-def test_readme_exit_code_table_is_the_code():
-    """The README's exit-code table lists what ``main`` returns, and nothing else."""
-    import re
-
-    import bigquant.cli as cli
-
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme[readme.index("| exit code |"):].split("\n\n")[0]
-    codes = {int(c) for c in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
-    assert codes == {0, 1, 2, cli.EXIT_QUALITY, 130}
-    assert all(f"{c} " in cli.main.__doc__ for c in codes)
-
-
 def test_unreachable_scheduler_exits_1_quickly(capsys, photo_png, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

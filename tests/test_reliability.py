@@ -418,3 +418,46 @@ def test_process_killed_while_writing_leaves_no_output(source_tiff, tmp_path):
     quantize(source_tiff, dst, 6, random_state=0, tile=64, chunks=64, palette_out=palette)
     quantize(source_tiff, tmp_path / "clean.tif", 6, random_state=0, tile=64, chunks=64)
     assert dst.read_bytes() == (tmp_path / "clean.tif").read_bytes()
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+@pytest.fixture(scope="module")
+def big_tiff(tmp_path_factory) -> Path:
+    """A 12.6 MP tiled TIFF: its write lasts long enough (about a second) to be interrupted in the middle."""
+    from bigquant.io.sample import make_sample_tiff
+
+    return make_sample_tiff(tmp_path_factory.mktemp("big") / "big.tif", size=(3072, 4096), tile=256, seed=1)
+
+
+@pytest.mark.parametrize("cluster", ["--no-cluster", "--cluster"])
+def test_ctrl_c_while_writing_exits_130_and_leaves_the_output_as_it_was(big_tiff, tmp_path, cluster):
+    """``bigquant quantize`` in a subprocess gets a real SIGINT (to its process group, as a
+    terminal's Ctrl-C) once its temporary output exists: exit 130, the old output byte for
+    byte, no temporary left."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dst = out_dir / "q.tif"
+    dst.write_bytes(b"the old output, kept")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    args = [sys.executable, "-m", "bigquant", "quantize", str(big_tiff), str(dst), "-k", "8", "--overwrite",
+            "--no-progress", cluster, *(["--workers", "1", "--dashboard", "none"] if cluster == "--cluster" else [])]
+    proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out_dir.glob(".q.*.tmp*")):  # the write has started (bigquant.io.atomic's names)
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the write never started"
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip().splitlines()[-1] == "bigquant: interrupted"
+    assert dst.read_bytes() == b"the old output, kept"
+    assert _stray(out_dir, {"q.tif"}) == set()  # no hidden .q.*.tmp* (nor .tiles, .spool) left

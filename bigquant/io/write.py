@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dask.array as da
 import numpy as np
 
+from bigquant import tasks
 from bigquant.errors import (
     ImageWriteError,
     InputTypeError,
@@ -31,6 +32,7 @@ from bigquant.io.encode import (
 )
 from bigquant.io.geotiff import GeoTiff, nodata_tag
 from bigquant.io.palette import as_colours, check_nodata, index_dtype, tiff_colormap, with_nodata
+from bigquant.io.reach import scheduler_client, unreachable_workers
 from bigquant.io.source import ImageSource
 
 if TYPE_CHECKING:
@@ -138,6 +140,16 @@ def _write_zarr(
     sample_shape: tuple[int, ...],
     attrs: dict[str, Any],
 ) -> None:
+    """Write the zarr store ``tmp``: its metadata here, its chunks by the workers.
+
+    Before any chunk, every worker proves that what it writes into ``tmp``
+    reaches this process (:func:`bigquant.io.reach.unreachable_workers`; the
+    sentinels live inside the temporary store, so nothing outlives it).
+    Where one does not (another machine, a private mount), the workers only
+    compute the chunks and this process stores them, a band of chunk rows
+    at a time (:func:`_store_through_client`) -- never a store whose chunks
+    went elsewhere and read as zeros.
+    """
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -162,13 +174,13 @@ def _write_zarr(
     t = encoder.tile
     shape = tuple(arr.shape[:2]) + sample_shape
     if encoder.kind == "palette" or (encoder.kind == "rgb" and not sample_shape):
-        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype,
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, token=tasks.WRITE,
                                 drop_axis=2 if arr.ndim == 3 else None)
     elif encoder.kind == "rgb":
-        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, new_axis=2,
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, token=tasks.WRITE, new_axis=2,
                                 chunks=arr.chunks[:2] + (sample_shape,))
     else:
-        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype)
+        mapped = arr.map_blocks(encoder.pixels, dtype=encoder.out_dtype, token=tasks.WRITE)
     z = zarr.create_array(
         store=str(tmp),
         shape=shape,
@@ -178,7 +190,49 @@ def _write_zarr(
         attributes=attrs,
         fill_value=0,
     )
-    da.store(mapped, z, lock=False, compute=True)
+    unseen = unreachable_workers(tmp, collections=[mapped])
+    if unseen:
+        # a worker writing its chunks here would write them where the client never looks
+        logger.warning(
+            "zarr output: the workers do not see %s (%d of them: %s); their chunks are stored by the client, "
+            "a band of chunks at a time", tmp.parent, len(unseen), "; ".join(sorted(set(unseen.values()))),
+        )
+        _store_through_client(mapped, z)
+    else:
+        da.store(mapped, z, lock=False, compute=True)
+
+
+def _store_through_client(mapped: da.Array, z: Any) -> None:
+    """Compute ``mapped`` one band of chunk rows at a time and store it into ``z`` here.
+
+    The workers compute; the client writes.  At most two bands are in memory:
+    the one being stored and the next one, computed meanwhile.  Bands hold
+    whole zarr chunks (the chunks of ``mapped`` are multiples of them).
+    """
+    client = scheduler_client([mapped])
+    rows = np.cumsum((0,) + tuple(mapped.chunks[0])).tolist()
+    bands = list(zip(rows[:-1], rows[1:]))
+
+    def start(i: int) -> Any:
+        y0, y1 = bands[i]
+        band = mapped[y0:y1]
+        return client.compute(band) if client is not None else band
+
+    def result(pending: Any) -> np.ndarray:
+        return np.asarray(pending.result() if client is not None else
+                          pending.compute(scheduler=current_scheduler([pending])))
+
+    pending = start(0) if bands else None
+    following = None
+    try:
+        for i, (y0, y1) in enumerate(bands):
+            following = start(i + 1) if i + 1 < len(bands) else None
+            z[y0:y1] = result(pending)
+            pending, following = following, None
+    finally:  # interrupted or failed: nothing keeps computing for a store that is gone
+        for left in (pending, following):
+            if client is not None and left is not None:
+                left.cancel()
 
 
 def _write_pillow(

@@ -57,6 +57,7 @@ from dask.highlevelgraph import HighLevelGraph
 from bigquant import tasks
 from bigquant.errors import InputTypeError, InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.reach import unreachable_workers
 from bigquant.kernels.dither import (
     UNITS,
     candidate_grid,
@@ -288,6 +289,12 @@ def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[
 DITHER_CHUNK = 1024
 
 
+def _candidate_grid(colours: np.ndarray, max_value: int) -> Delayed:
+    """The palette's candidate grid (:func:`bigquant.kernels.dither.candidate_grid`) as one named task."""
+    key = f"{tasks.DITHER_GRID}-{dask.base.tokenize(colours, max_value)}"
+    return dask.delayed(candidate_grid, pure=True)(colours, max_value, dask_key_name=key)
+
+
 def _regular(data: da.Array, valid: da.Array | None) -> tuple[da.Array, da.Array | None]:
     """Pixels (and mask) in regular chunks of H rows and W >= H columns, one chunk of channels."""
     # bands no higher than the image is wide: a chunk narrower than its band would leave slanted tiles past the image
@@ -307,8 +314,7 @@ def _floyd_steinberg(
     height, width = data.shape[:2]
     band_h, tile_w = data.chunks[0][0], data.chunks[1][0]
     n_bands, n_cols = data.numblocks[:2]
-    grid_d = dask.delayed(candidate_grid, pure=True)(colours, _max_value(data.dtype))
-    (grid,) = dask.persist(grid_d)
+    (grid,) = dask.persist(_candidate_grid(colours, _max_value(data.dtype)))
     grid_key = grid.key
     boundaries = tuple(p for c in range(1, n_cols) for p in (c * tile_w - 1, c * tile_w))
     token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q, masked_label,
@@ -351,7 +357,9 @@ def _floyd_steinberg(
     kept_of = dict(zip(kept_keys, persisted))
     sums, spooled = None, False
     if with_sums or spool is not None:
-        (outcome,) = dask.compute(dask.delayed(_outcome)(list(persisted)))
+        (outcome,) = dask.compute(
+            dask.delayed(_outcome, pure=True)(list(persisted), dask_key_name=f"{tasks.FS_OUTCOME}-{token}")
+        )
         sums, spooled = outcome
         sums = sums if with_sums else None
 
@@ -515,7 +523,7 @@ def _blue_noise(data: da.Array, colours: np.ndarray, strength: float, dtype: np.
     # signed thresholds in (-32768, 32768): (rank + 0.5) / total - 0.5, scaled by 65536
     thresholds = ((2 * ranks + 1) * 32768) // total - 32768
     amplitude = (_palette_spacing(colours) * strength_q(strength)) // 256
-    grid = dask.delayed(candidate_grid, pure=True)(colours, _max_value(data.dtype))
+    grid = _candidate_grid(colours, _max_value(data.dtype))
     if data.numblocks[2] != 1:
         data = data.rechunk({2: -1})
     return data.map_blocks(
@@ -617,6 +625,14 @@ def label_spool(target: pathlib.Path, dither: str | None = "floyd-steinberg") ->
     tag ``spool``), so a run killed before its cleanup leaves nothing the next
     run writing ``target`` does not remove.  Only Floyd--Steinberg spools: for
     any other ``dither`` (None included) nothing is made and None is yielded.
+
+    With a distributed client, every worker first proves that its files
+    reach this directory as the client sees it
+    (:func:`bigquant.io.reach.unreachable_workers`); when one does not (a
+    worker of another machine, a private mount), nothing is spooled (None)
+    and the second pass dithers again.  (Without the probe, the first pass
+    could spool every tile on workers that see the directory, and the second
+    pass then fail to read them on a worker that does not.)
     """
     if dither != "floyd-steinberg":
         yield None
@@ -624,6 +640,13 @@ def label_spool(target: pathlib.Path, dither: str | None = "floyd-steinberg") ->
     path = temp_sibling(pathlib.Path(target), "spool")
     path.mkdir()
     try:
-        yield path
+        unseen = unreachable_workers(path)
+        if unseen:
+            logger.info("dither: the workers do not see the spool %s (%s); no spool, dithering again",
+                        path, "; ".join(sorted(set(unseen.values()))))
+            remove_path(path)
+            yield None
+        else:
+            yield path
     finally:
         remove_path(path)

@@ -157,9 +157,12 @@ def background_mask(source: Any) -> da.Array:
         small &= np.asarray(valid)
     logger.info("auto mask: Otsu threshold %.1f on a %s view, %.1f%% tissue", threshold, small.shape,
                 100.0 * small.mean())
-    grid = da.empty((height, width), chunks=source.data.chunks[:2], dtype=bool)
     import dask
 
-    low_key = dask.delayed(small, pure=True)  # one key for every chunk, not a copy in each task
+    token = dask.base.tokenize(small, height, width, source.data.chunks[:2])
+    # only its chunks are used: named as the mask's own tasks (Dask would call them empty_like)
+    grid = da.empty((height, width), chunks=source.data.chunks[:2], dtype=bool, name=f"{tasks.MASK}-{token}")
+    # one key for every chunk, not a copy in each task
+    low_key = dask.delayed(small, name=f"{tasks.MASK}-{dask.base.tokenize(small)}")
     return grid.map_blocks(_upsample_block, low_key, (height, width), dtype=bool,
                            meta=np.empty((0, 0), dtype=bool), token=tasks.MASK)

@@ -128,22 +128,25 @@ def test_floyd_steinberg_single_threaded_and_synchronous_agree(photo, palette):
 
 @pytest.mark.distributed
 def test_floyd_steinberg_on_worker_processes_is_byte_identical(tmp_path, local_cluster, photo, palette, holes):
+    """Every pixel, masked ones included (they carry the label asked for), with and without a spool."""
     client = local_cluster
     data = da.from_array(photo, chunks=(32, 40, 3))
     valid = da.from_array(holes, chunks=(32, 40))
     reference = floyd_steinberg(photo, palette, valid=holes)
+    reference[~holes] = 12  # the label asked for masked pixels
     with client.as_current():
-        labels = dither_labels(data, palette, valid=valid)
+        labels = dither_labels(data, palette, valid=valid, masked_label=12)
         result = client.compute(labels).result()
         seen = client.run_on_scheduler(
             lambda dask_scheduler: sum(1 for k in dask_scheduler.task_prefixes if str(k).startswith("bq-fs-"))
         )
         with label_spool(tmp_path / "out.tif") as spool:  # the workers share this machine's disk
-            spooled = dither_labels(data, palette, valid=valid, spool=spool)
+            assert spool is not None
+            spooled = dither_labels(data, palette, valid=valid, masked_label=12, spool=spool)
             assert not _depends_on(spooled, data.name)
             from_spool = client.compute(spooled).result()
-    np.testing.assert_array_equal(result[holes], reference[holes])
-    np.testing.assert_array_equal(from_spool[holes], reference[holes])
+    np.testing.assert_array_equal(result, reference)
+    np.testing.assert_array_equal(from_spool, reference)
     assert seen >= 2  # both passes ran on the cluster
 
 
