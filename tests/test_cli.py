@@ -121,17 +121,6 @@ def test_an_existing_output_is_the_same_failure_in_every_command(capsys, photo_p
     assert out.read_bytes() == b"keep me"
 
 
-def test_interrupted_exits_130(capsys, monkeypatch):
-    import bigquant.cli as cli
-
-    def interrupted(args, console):
-        raise KeyboardInterrupt
-
-    monkeypatch.setitem(cli._COMMANDS, "info", interrupted)
-    assert main(["info", "any.tif"]) == 130
-    assert _one_line(capsys.readouterr().err) == "bigquant: interrupted"
-
-
 def test_unreachable_scheduler_exits_1_quickly(capsys, photo_png, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
