@@ -39,7 +39,13 @@ from bigquant.io.write import FORMATS, check_tile, write_image
 from bigquant.pipeline.dither import DITHER_CHUNK, check_dither, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, parse_quality, peak_value, search_k
-from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
+from bigquant.pipeline.report import (
+    psnr_peak,
+    quality_from_histogram,
+    quality_from_sums,
+    quality_pass,
+    write_compare,
+)
 from bigquant.pipeline.space import check_space, fit_in_space
 
 __all__ = ["quantize", "palette_colours", "IN_MEMORY_MAX_PIXELS"]
@@ -653,12 +659,13 @@ def quantize(
             if want and sums is None and dither is None:
                 sums = _histogram_sums(mapper, choice, source, rgb_bands)
             if want and sums is None and measure:
-                # one more pass over the pixels and their labels
-                colours = palette_colours(choice.palette, source.dtype, rgb_bands)
-                sums = quality_pass(data, report["labels"], colours, None if nodata is None else valid)
+                # one more pass over the pixels and their labels, against every band of the palette
+                # (not the colours displayed: the first three bands of a multi-band image)
+                sums = quality_pass(data, report["labels"], choice.palette, None if nodata is None else valid)
             quality_ = None
             if sums is not None:
-                quality_ = quality_from_sums(sums, int(data.shape[-1]), peak_value(source.dtype))
+                peak = psnr_peak(source.dtype, sums[3:5] if len(sums) == 5 else None)
+                quality_ = quality_from_sums(sums, int(data.shape[-1]), peak)
                 choice.error = float(sums[0])  # the squared error of the pixels written
                 logger.info("quality: %s", quality_)
             if compare is not None:
@@ -673,6 +680,8 @@ def quantize(
             n_pixels = quality_["pixels"]
         extra: dict[str, Any] = {"seconds": {"fit": round(t1 - t0, 3)}, "space": space, "dither": dither,
                                  "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"]}
+        if quality_ is not None:  # measured: its PSNR (with the peak of float data, see psnr_peak)
+            extra["psnr"] = quality_["psnr"] if quality_["psnr"] is None or math.isfinite(quality_["psnr"]) else "inf"
         if dither is not None:
             extra["dither_strength"] = dither_strength
         doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels, extra)
@@ -727,8 +736,7 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
                     rgb_bands: Sequence[int] | None) -> np.ndarray | None:
     """Quality sums of an undithered image from its colour histogram (no pass over the pixels)."""
     hist = choice.histogram
-    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
-    if hist is None or hist.colours.shape[1] != colours.shape[1]:
+    if hist is None or hist.colours.shape[1] != np.shape(choice.palette)[1]:
         return None
     estimator = getattr(mapper, "estimator_", None)
     known = getattr(mapper, "histogram_", None)
@@ -738,7 +746,7 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
         labels = mapper.histogram_labels()
     else:
         labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
-    return quality_from_histogram(hist.colours, hist.counts, labels, colours)
+    return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette)
 
 
 def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:
