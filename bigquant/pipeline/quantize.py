@@ -668,6 +668,8 @@ def quantize(
                 quality_ = quality_from_sums(sums, int(data.shape[-1]), peak)
                 choice.error = float(sums[0])  # the squared error of the pixels written
                 logger.info("quality: %s", quality_)
+            elif dither is not None:
+                choice.error = None  # the fit's error is that of the undithered image, not of the one written
             if compare is not None:
                 labels = report.get("labels")
                 if labels is None:
