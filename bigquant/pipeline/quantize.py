@@ -552,9 +552,13 @@ def quantize(
         Measure the result: PSNR and mean Delta E in OKLab of the written
         colours against the source (``model.quality_``; ``error``, ``psnr``
         and ``delta_e_ok`` in a JSON ``palette_out``;
-        :mod:`bigquant.pipeline.report`).  None: only when it costs no pass
+        :mod:`bigquant.pipeline.report`), every band against every band of
+        the palette.  The PSNR's peak is the integer type's largest value;
+        float data have a PSNR (peak 1.0) and Delta E only when every value
+        counted lies in [0, 1], else None.  None: only when it costs no pass
         over the pixels (a histogram fit, or Floyd--Steinberg); True: always
-        (else one more pass); False: never.
+        (else one more pass); False: never.  A dithered image not measured
+        has no ``error`` either (the fit's is the undithered image's).
     compare : str, os.PathLike or None, default=None
         Also write a PNG of the image's centre crop (512 x 512 at full
         resolution): source on the left, result on the right.
