@@ -6,8 +6,9 @@ labels back with tifffile and the full-band palette from the JSON's
 (masked pixels excluded), the PSNR (peak: the integer type's largest value;
 1.0 for float data in [0, 1]) and, for three bands, the mean Delta E in OKLab
 (Ottosson's definition, written out here).  The error, PSNR and Delta E that
-``model.quality_``, the palette JSON, the command line and the sweep report
-must equal them (or be None where no true number is defined).
+``model.quality_``, the palette JSON, the command line, the sweep and a
+dithered set (:func:`bigquant.pipeline.many.quantize_many`) report must equal
+them (or be None where no true number is defined).
 """
 
 from __future__ import annotations
@@ -225,3 +226,33 @@ def test_sweep_cost_is_the_error_of_the_file_quantize_writes(tmp_path, n_bands, 
     assert result[5].psnr == pytest.approx(truth["psnr"], rel=1e-9)
     _same(doc["error"], truth["error"], "JSON error")
     _same(doc["psnr"], truth["psnr"], "JSON psnr")
+
+
+@pytest.mark.parametrize("dither", ["floyd-steinberg", "blue-noise"])
+def test_set_numbers_are_those_of_the_written_files(tmp_path, dither):
+    """quantize_many dithered: each file's error and PSNR, and the set's, are the files' as written (or None)."""
+    from bigquant.pipeline.many import quantize_many
+
+    sources = []
+    for i, size in enumerate([(H, W), (H // 2, W)]):
+        pixels = _pixels(3, "uint8", seed=i)[: size[0], : size[1]]
+        path = tmp_path / f"src{i}.tif"
+        tifffile.imwrite(path, pixels, tile=(16, 16), photometric="rgb")
+        sources.append((path, pixels))
+    doc_path = tmp_path / "set.json"
+    result = quantize_many([p for p, _ in sources], tmp_path / "out", 6, random_state=0, dither=dither,
+                           palette_out=doc_path, tile=16)
+    doc = json.loads(doc_path.read_text())
+    palette = np.asarray(doc["palette"], dtype=np.float64)
+    # blue noise is not measured on its way: None is allowed there, a number must be true
+    check = _same if dither == "floyd-steinberg" else (lambda got, true, what: got is None or _same(got, true, what))
+    total, count = 0.0, 0
+    for (_, pixels), item, entry in zip(sources, result.files, doc["inputs"]):
+        labels = tifffile.imread(item.dst).astype(np.int64)
+        error = float(((pixels.astype(np.float64) - palette[labels]) ** 2).sum())
+        check(item.error, error, f"{item.dst} error")
+        check(entry["psnr"], 10 * math.log10(255.0**2 * pixels.size / error), f"{item.dst} JSON psnr")
+        total, count = total + error, count + pixels.size
+    check(result.error, total, "set error")
+    check(doc["error"], total, "JSON set error")
+    check(doc["psnr"], 10 * math.log10(255.0**2 * count / total), "JSON set psnr")
