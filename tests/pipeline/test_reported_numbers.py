@@ -133,7 +133,7 @@ def _same(reported, true, what: str) -> None:
 
 CASES = [
     (n_bands, dtype, mask, dither)
-    for n_bands in (1, 3, 4, 13)
+    for n_bands in (1, 2, 3, 4, 13)
     for dtype in ("uint8", "uint16", "float32")
     for mask in (None, "alpha", "nodata", "array")
     for dither in (None, "floyd-steinberg")
