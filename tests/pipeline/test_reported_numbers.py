@@ -99,9 +99,25 @@ def _source(tmp_path, n_bands: int, dtype: str, mask: str | None,
     return str(path), pixels, ~hidden, options
 
 
+def _labels(out) -> np.ndarray:
+    """The palette indices written: a TIFF's (tifffile), a zarr array's, a palette PNG's (Pillow)."""
+    suffix = str(out).rsplit(".", 1)[-1]
+    if suffix == "zarr":
+        import zarr
+
+        return np.asarray(zarr.open_array(str(out), mode="r")[...])
+    if suffix == "png":
+        from PIL import Image
+
+        with Image.open(out) as image:
+            assert image.mode == "P"
+            return np.asarray(image)
+    return tifffile.imread(out)
+
+
 def _truth(pixels: np.ndarray, valid: np.ndarray, out, doc: dict) -> dict:
     """Error, PSNR and Delta E recomputed from the written labels and the JSON's full-band palette."""
-    labels = tifffile.imread(out)
+    labels = _labels(out)
     assert labels.shape == (H, W)
     nodata = doc["nodata_index"]
     written = np.ones((H, W), dtype=bool) if nodata is None else labels != nodata
@@ -157,6 +173,18 @@ def test_reported_numbers_are_those_of_the_written_file(tmp_path, n_bands, dtype
     assert model.quality_["pixels"] == truth["pixels"]
     _same(model.quality_["psnr"], truth["psnr"], "model.quality_ psnr")
     _same(model.quality_["delta_e_ok"], truth["delta_e_ok"], "model.quality_ delta_e_ok")
+
+
+@pytest.mark.parametrize("suffix", ["png", "zarr"])
+def test_other_formats_report_their_files_numbers(tmp_path, suffix):
+    src, pixels, valid, options = _source(tmp_path, 4, "uint8", "nodata")
+    out, doc_path = tmp_path / f"q.{suffix}", tmp_path / "p.json"
+    model = quantize(src, out, 6, random_state=0, tile=TILE, palette_out=doc_path, measure=True, **options)
+    doc = json.loads(doc_path.read_text())
+    truth = _truth(pixels, valid, out, doc)
+    for name in ("error", "psnr", "delta_e_ok"):
+        _same(doc[name], truth[name], f"JSON {name}")
+    _same(model.quality_["psnr"], truth["psnr"], "model.quality_ psnr")
 
 
 @pytest.mark.parametrize(("n_bands", "dtype", "dither", "measure"), [
