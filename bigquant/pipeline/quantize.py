@@ -665,7 +665,8 @@ def quantize(
             if want and sums is None and measure:
                 # one more pass over the pixels and their labels, against every band of the palette
                 # (not the colours displayed: the first three bands of a multi-band image)
-                sums = quality_pass(data, report["labels"], choice.palette, None if nodata is None else valid)
+                sums = quality_pass(data, report["labels"], choice.palette, None if nodata is None else valid,
+                                    rgb_bands=rgb_bands)
             quality_ = None
             if sums is not None:
                 peak = psnr_peak(source.dtype, sums[3:5] if len(sums) == 5 else None)
@@ -752,7 +753,7 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
         labels = mapper.histogram_labels()
     else:
         labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
-    return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette)
+    return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette, rgb_bands)
 
 
 def _check_ditherable(source: ImageSource, rgb_bands: Sequence[int] | None, dither: str) -> None:

@@ -16,8 +16,8 @@ pixel.  The peak (:func:`psnr_peak`) is the largest value of an integer type
 (255 for uint8, 65535 for uint16); float data have one only when every counted
 value lies in [0, 1] (the peak is then 1.0); otherwise there is no PSNR
 (None), rather than one of an arbitrary scale.  Mean Delta E in OKLab needs
-three bands read as sRGB: uint8 and uint16 on their full scale, float data in
-[0, 1]; otherwise it is None.
+three bands read as sRGB, in the order shown (``rgb_bands``): uint8 and
+uint16 on their full scale, float data in [0, 1]; otherwise it is None.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import pathlib
+from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
@@ -109,16 +110,29 @@ def quality_from_sums(sums: np.ndarray, n_channels: int, peak: float | None) -> 
     return {"psnr": psnr, "delta_e_ok": delta_e, "pixels": int(n)}
 
 
+def _shown_order(values: np.ndarray, rgb_bands: Sequence[int] | None) -> np.ndarray:
+    """The bands of ``values`` (last axis) in the order shown as R, G, B, when three are reordered.
+
+    The squared error over every band is the same in any order; Delta E reads
+    the three bands as sRGB, in the order they are shown.
+    """
+    if rgb_bands is None or values.shape[-1] != 3 or list(rgb_bands) == [0, 1, 2]:
+        return values
+    return values[..., [int(b) for b in rgb_bands]]
+
+
 def quality_from_histogram(colours: np.ndarray, counts: np.ndarray, labels: np.ndarray,
-                           palette: np.ndarray) -> np.ndarray:
+                           palette: np.ndarray, rgb_bands: Sequence[int] | None = None) -> np.ndarray:
     """:func:`error_sums` of an image from its distinct ``colours`` (n, C), ``counts`` and their ``labels``.
 
-    ``palette`` is every band of the colours written, of shape (k, C).
+    ``palette`` is every band of the colours written, of shape (k, C);
+    ``rgb_bands`` the bands shown as R, G, B (Delta E reads them in that order).
     """
     palette = np.asarray(palette, dtype=np.float64)
     n_ch = palette.shape[1]
     if n_ch != colours.shape[1]:
         raise ValueError(f"a palette of {n_ch} band(s) does not measure colours of {colours.shape[1]}")
+    colours, palette = _shown_order(colours, rgb_bands), _shown_order(palette, rgb_bands)
     scale = float(np.iinfo(colours.dtype).max) if colours.dtype.kind == "u" else 1.0
     ok_palette = to_space(palette, "oklab", scale) / 100.0 if n_ch == 3 else None
     sums = np.zeros(3)
@@ -171,7 +185,7 @@ def _block_sums3(block: np.ndarray, labels: np.ndarray, palette: np.ndarray, del
 
 
 def quality_pass(data: da.Array, labels: da.Array, palette: np.ndarray, valid: da.Array | None = None, *,
-                 delta_e: bool = True) -> np.ndarray:
+                 delta_e: bool = True, rgb_bands: Sequence[int] | None = None) -> np.ndarray:
     """Quality sums of the whole image in one blockwise pass (pixels and labels computed again).
 
     Parameters
@@ -186,6 +200,9 @@ def quality_pass(data: da.Array, labels: da.Array, palette: np.ndarray, valid: d
         The pixels counted (None: all).
     delta_e : bool, default=True
         Also sum the OKLab distances (3-band data on a known scale).
+    rgb_bands : sequence of 3 int or None, default=None
+        The bands shown as R, G, B: Delta E reads a 3-band image in that
+        order (None: as stored).
 
     Returns
     -------
@@ -204,6 +221,7 @@ def quality_pass(data: da.Array, labels: da.Array, palette: np.ndarray, valid: d
     if palette.ndim != 2 or palette.shape[1] != data.shape[2]:
         # the error kernel reads palette[label, c] for every band of the pixels
         raise ValueError(f"a palette of shape {palette.shape} does not measure pixels of {data.shape[2]} band(s)")
+    data, palette = _shown_order(data, rgb_bands), np.ascontiguousarray(_shown_order(palette, rgb_bands))
     if data.numblocks[2] != 1:
         data = data.rechunk({2: -1})
     labels = labels.rechunk(data.chunks[:2])
