@@ -175,6 +175,24 @@ def test_reported_numbers_are_those_of_the_written_file(tmp_path, n_bands, dtype
     _same(model.quality_["delta_e_ok"], truth["delta_e_ok"], "model.quality_ delta_e_ok")
 
 
+@pytest.mark.parametrize(("dtype", "bands"), [("uint8", (2, 1, 0)), ("uint16", (0, 2, 1))], ids=str)
+def test_bands_shown_in_another_order_are_measured_in_their_own(tmp_path, dtype, bands):
+    """rgb_bands reorders the colours shown, not the error measured; Delta E reads the bands as shown."""
+    src, pixels, valid, options = _source(tmp_path, 3, dtype, "array")
+    out, doc_path = tmp_path / "q.tif", tmp_path / "p.json"
+    model = quantize(src, out, 6, random_state=0, tile=TILE, palette_out=doc_path, measure=True,
+                     rgb_bands=bands, **options)
+    doc = json.loads(doc_path.read_text())
+    truth = _truth(pixels, valid, out, doc)
+    _same(doc["error"], truth["error"], "JSON error")
+    _same(doc["psnr"], truth["psnr"], "JSON psnr")
+    _same(model.quality_["psnr"], truth["psnr"], "model.quality_ psnr")
+    order = list(bands)
+    shown = _truth(pixels[:, :, order], valid, out, dict(doc, palette=np.asarray(doc["palette"])[:, order].tolist()))
+    _same(doc["delta_e_ok"], shown["delta_e_ok"], "JSON delta_e_ok")
+    _same(model.quality_["delta_e_ok"], shown["delta_e_ok"], "model.quality_ delta_e_ok")
+
+
 @pytest.mark.parametrize("suffix", ["png", "zarr"])
 def test_other_formats_report_their_files_numbers(tmp_path, suffix):
     src, pixels, valid, options = _source(tmp_path, 4, "uint8", "nodata")
