@@ -85,6 +85,10 @@ def _source(tmp_path, n_bands: int, dtype: str, mask: str | None,
         peak = 1 if dtype == "float32" else np.iinfo(dtype).max
         alpha = np.where(hidden, 0, peak).astype(dtype)[:, :, None]
         tifffile.imwrite(path, np.concatenate([pixels, alpha], axis=2), extrasamples=[2], **kwargs)
+    elif mask == "nan":  # float data: a pixel with a NaN band is no image
+        stored = pixels.copy()
+        stored[hidden, -1] = np.nan
+        tifffile.imwrite(path, stored if n_bands > 1 else stored[:, :, 0], **kwargs)
     elif mask == "nodata":
         stored = pixels.copy()
         stored[hidden] = 0
@@ -151,9 +155,10 @@ CASES = [
     (n_bands, dtype, mask, dither)
     for n_bands in (1, 2, 3, 4, 13)
     for dtype in ("uint8", "uint16", "float32")
-    for mask in (None, "alpha", "nodata", "array")
+    for mask in (None, "alpha", "nodata", "array", "nan")
     for dither in (None, "floyd-steinberg")
     if not (mask == "alpha" and n_bands not in (1, 3))  # a TIFF's alpha: grey + alpha or RGBA
+    if not (mask == "nan" and dtype != "float32")
     if not (dither and (n_bands not in (1, 3) or dtype == "float32"))  # dithering: 1 or 3 integer bands
 ]
 
@@ -258,7 +263,8 @@ def test_float_data_beyond_unit_range_have_no_psnr(tmp_path):
 
 
 @pytest.mark.parametrize(("n_bands", "dtype", "mask"),
-                         [(4, "uint8", None), (13, "uint16", "array"), (3, "float32", "nodata")], ids=str)
+                         [(4, "uint8", None), (13, "uint16", "array"), (3, "float32", "nodata"), (2, "float32", "nan")],
+                         ids=str)
 def test_sweep_cost_is_the_error_of_the_file_quantize_writes(tmp_path, n_bands, dtype, mask):
     """The sweep's row for k and quantize's JSON for k (same random_state) both state the written file's error."""
     src, pixels, valid, options = _source(tmp_path, n_bands, dtype, mask)
