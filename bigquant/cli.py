@@ -499,7 +499,9 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
     else:
         quality = measured
         _, error = model.palette() if hasattr(model, "palette") else (None, None)
-        if not quality and error is not None and getattr(model, "histogram_", None) is not None:
+        # the fit's error is that of the image mapped to the nearest colours: not of a dithered one
+        if (not quality and error is not None and args.dither == "none"
+                and getattr(model, "histogram_", None) is not None):
             from bigquant.pipeline.quantize import psnr
 
             value = psnr(error, model.histogram_.n_pixels * model.n_features_in_, model.palette()[0].dtype)

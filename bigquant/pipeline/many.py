@@ -113,7 +113,9 @@ class ManyResult:
         Inputs left out with ``keep_going``, and why.
     error : float or None
         Squared error of the whole set (the joint histogram's; with
-        ``weight="pixels"`` the sum of the files' errors).
+        ``weight="pixels"`` the sum of the files' errors).  Dithered: the
+        sum of the files' errors with ``weight="pixels"`` when every one is
+        known, else None.
     """
 
     palette: np.ndarray
@@ -383,6 +385,9 @@ def quantize_many(
         if created and not any(out.iterdir()):
             out.rmdir()  # nothing half-written: not even the folder
         raise
+    if dither is not None:  # the joint fit's error is of undithered pixels: the set's is its files'
+        known = weight == "pixels" and bool(files) and all(f.error is not None for f in files)
+        shared.error = float(sum(f.error for f in files)) if known else None
     result = ManyResult(shared.palette, shared.model, files, skipped, shared.error)
     palette_out = request.report.palette_out
     if palette_out is not None:

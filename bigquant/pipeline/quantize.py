@@ -38,7 +38,13 @@ from bigquant.io.write import FORMATS, write_image
 from bigquant.pipeline.dither import DITHER_CHUNK, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, peak_value, search_k
-from bigquant.pipeline.report import quality_from_histogram, quality_from_sums, quality_pass, write_compare
+from bigquant.pipeline.report import (
+    psnr_peak,
+    quality_from_histogram,
+    quality_from_sums,
+    quality_pass,
+    write_compare,
+)
 from bigquant.pipeline.request import (
     Request,
     WriteOptions,
@@ -506,9 +512,13 @@ def quantize(
         Measure the result: PSNR and mean Delta E in OKLab of the written
         colours against the source (``model.quality_``; ``error``, ``psnr``
         and ``delta_e_ok`` in a JSON ``palette_out``;
-        :mod:`bigquant.pipeline.report`).  None: only when it costs no pass
+        :mod:`bigquant.pipeline.report`), every band against every band of
+        the palette.  The PSNR's peak is the integer type's largest value;
+        float data have a PSNR (peak 1.0) and Delta E only when every value
+        counted lies in [0, 1], else None.  None: only when it costs no pass
         over the pixels (a histogram fit, or Floyd--Steinberg); True: always
-        (else one more pass); False: never.
+        (else one more pass); False: never.  A dithered image not measured
+        has no ``error`` either (the fit's is the undithered image's).
     compare : str, os.PathLike or None, default=None
         Also write a PNG of the image's centre crop (512 x 512 at full
         resolution): source on the left, result on the right.
@@ -617,14 +627,18 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
             if want and sums is None and dither is None:
                 sums = _histogram_sums(mapper, choice, source, rgb_bands)
             if want and sums is None and measure:
-                # one more pass over the pixels and their labels
-                colours = palette_colours(choice.palette, source.dtype, rgb_bands)
-                sums = quality_pass(data, written["labels"], colours, None if nodata is None else valid)
+                # one more pass over the pixels and their labels, against every band of the palette
+                # (not the colours displayed: the first three bands of a multi-band image)
+                sums = quality_pass(data, written["labels"], choice.palette, None if nodata is None else valid,
+                                    rgb_bands=rgb_bands)
             quality_ = None
             if sums is not None:
-                quality_ = quality_from_sums(sums, int(data.shape[-1]), peak_value(source.dtype))
+                peak = psnr_peak(source.dtype, sums[3:5] if len(sums) == 5 else None)
+                quality_ = quality_from_sums(sums, int(data.shape[-1]), peak)
                 choice.error = float(sums[0])  # the squared error of the pixels written
                 logger.info("quality: %s", quality_)
+            elif dither is not None:
+                choice.error = None  # the fit's error is that of the undithered image, not of the one written
             if compare is not None:
                 labels = written.get("labels")
                 if labels is None:
@@ -637,6 +651,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
             n_pixels = quality_["pixels"]
         extra: dict[str, Any] = {"seconds": {"fit": round(t1 - t0, 3)}, "space": space, "dither": dither,
                                  "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"]}
+        if quality_ is not None:  # measured: its PSNR (with the peak of float data, see psnr_peak)
+            extra["psnr"] = quality_["psnr"] if quality_["psnr"] is None or math.isfinite(quality_["psnr"]) else "inf"
         if dither is not None:
             extra["dither_strength"] = dither_strength
         doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels, extra)
@@ -692,8 +708,7 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
                     rgb_bands: Sequence[int] | None) -> np.ndarray | None:
     """Quality sums of an undithered image from its colour histogram (no pass over the pixels)."""
     hist = choice.histogram
-    colours = palette_colours(choice.palette, source.dtype, rgb_bands)
-    if hist is None or hist.colours.shape[1] != colours.shape[1]:
+    if hist is None or hist.colours.shape[1] != np.shape(choice.palette)[1]:
         return None
     estimator = getattr(mapper, "estimator_", None)
     known = getattr(mapper, "histogram_", None)
@@ -703,7 +718,7 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
         labels = mapper.histogram_labels()
     else:
         labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
-    return quality_from_histogram(hist.colours, hist.counts, labels, colours)
+    return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette, rgb_bands)
 
 
 def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,

@@ -778,11 +778,19 @@ def _pixel_strategy(dtype: Any, n_channels: int) -> str:
 
 def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, tol: float, base: int,
                 peak: float, valid: Any = None) -> SweepRow:
-    """One k on the pixels with :class:`bigquant.KMeans` (non-histogram strategies)."""
+    """One k on the pixels with :class:`bigquant.KMeans` (non-histogram strategies).
+
+    The cost and PSNR are measured as :func:`bigquant.quantize` measures the
+    file it writes (:func:`bigquant.pipeline.report.quality_pass`: every band,
+    masked pixels left out); ``peak`` is not used for float data, whose PSNR
+    has the peak 1.0 when every value counted lies in [0, 1] and is NaN
+    otherwise (:func:`bigquant.pipeline.report.psnr_peak`).
+    """
     import dask.array as da
 
     from bigquant.cluster.fixed import FixedPalette
     from bigquant.cluster.kmeans import KMeans
+    from bigquant.pipeline.report import psnr_peak, quality_pass
 
     start = time.perf_counter()
     km = KMeans(k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=base, strategy=strategy).fit(
@@ -790,14 +798,18 @@ def _fit_pixels(data: Any, k: int, strategy: str, n_init: int, max_iter: int, to
     seconds = time.perf_counter() - start
     palette, _ = km.palette()
     # the error of the image quantize writes: every pixel to its nearest palette colour
-    weights = None if valid is None else (da.asarray(valid) if isinstance(data, da.Array) else np.asarray(valid))
+    pixels = da.asarray(data)
+    image = pixels if pixels.ndim == 3 else pixels[:, None, :]  # (n_samples, C) pixels: one column
+    labels = da.asarray(FixedPalette(palette).fit(pixels).labels_).reshape(image.shape[:2])
+    mask = None if valid is None else da.asarray(valid).reshape(image.shape[:2]).rechunk(image.chunks[:2])
     with phase(tasks.COST):
-        cost = -FixedPalette(palette).fit(data).score(
-            data, sample_weight=None if weights is None else weights.astype(np.float64))
-    n_pixels = int(np.prod(data.shape[:-1])) if valid is None else int(da.asarray(valid).sum().compute())
+        sums = quality_pass(image, labels, palette, mask, delta_e=False)
+    cost, n_pixels = float(sums[0]), int(sums[2])
+    if np.dtype(data.dtype).kind == "f":
+        peak = psnr_peak(data.dtype, sums[3:5])
     n_values = n_pixels * int(data.shape[-1])
-    row = SweepRow(k, cost, float(km.inertia_), _psnr(cost, n_values, peak), int(km.n_iter_), seconds,
-                   _format_palette(palette))
+    psnr = math.nan if peak is None else _psnr(cost, n_values, peak)
+    row = SweepRow(k, cost, float(km.inertia_), psnr, int(km.n_iter_), seconds, _format_palette(palette))
     logger.info("k=%d: cost %.6g, PSNR %.2f dB, %d iterations, %.3f s", k, row.cost, row.psnr, row.n_iter, seconds)
     return row
 
