@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the error diffused / noise amplitude, in [0, 1] (default 0.9)")
     q.add_argument("--compare", metavar="PNG",
                    help="also write the centre 512x512 crop at full resolution, source | result, as PNG")
-    q.add_argument("--no-measure", dest="measure", action="store_false", default=None,
+    q.add_argument("--no-measure", dest="measure", action="store_false", default=True,
                    help="do not measure PSNR and mean dE_OK (saves a pass over the pixels for pixel strategies)")
     q.add_argument("--palette-out", metavar="FILE",
                    help="also write the palette: .json (with the fit's summary), .gpl, .act or .png")
