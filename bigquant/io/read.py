@@ -353,7 +353,12 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
     if data.startswith(_PNG_MAGIC):
         fmt, header = "png", _png_header(data, name)
     elif data.startswith(_JPEG_MAGIC):
-        fmt, header = "jpeg", _jpeg_header(data, name)
+        fmt = "jpeg"
+        try:
+            header = _jpeg_header(data, name)
+        except ImageReadError:  # an unusual marker layout: Pillow, with its guard, judges the file
+            logger.debug("%s: JPEG header not parsed; decoding with Pillow", name)
+            header = None
     else:
         fmt, header = suffix, None
     limit_px = Image.MAX_IMAGE_PIXELS

@@ -22,7 +22,9 @@ class ImageSource:
     Attributes
     ----------
     data : dask.array.Array of shape (H, W, C) or (H, W)
-        The pixels, chunked along a multiple of the file's tile grid.
+        The pixels as displayed (the EXIF orientation of a PNG or JPEG, the
+        Orientation tag of a TIFF applied), chunked along a multiple of the
+        file's tile grid.
     path : pathlib.Path, str or None
         The file read (a string for a URL), or None for an in-memory array.
     shape : tuple of int
