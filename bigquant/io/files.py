@@ -49,6 +49,7 @@ URL_TIMEOUT_ENV = "BIGQUANT_URL_TIMEOUT"
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
 #: fsspec's chained URLs (``zip://member::file://archive.zip``, ``simplecache::http://...``)
 _CHAIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)::")
+_CHAINED = re.compile(r"::[a-zA-Z][a-zA-Z0-9+.-]+(://|::)")
 #: fsspec block size: a 256 x 256 JPEG tile is typically 20-100 KB
 _BLOCK = 1 << 16
 
@@ -57,7 +58,9 @@ def url_scheme(location: Any) -> str | None:
     """The scheme of a URL string in lower case (``"http"``, ``"zip"``...), or None for a path."""
     if not isinstance(location, str):
         return None
-    match = _URL.match(location) or _CHAIN.match(location)
+    match = _URL.match(location)
+    if match is None and "://" in location:  # ``simplecache::http://...``; a path ``a::b.tif`` is a path
+        match = _CHAIN.match(location)
     return match[1].lower() if match else None
 
 
@@ -79,7 +82,7 @@ def check_location(location: Any) -> None:
     scheme = url_scheme(location)
     if scheme is None:
         return
-    if scheme not in ALLOWED_SCHEMES or "::" in location:
+    if scheme not in ALLOWED_SCHEMES or _CHAINED.search(location):
         what = "chained URLs (::) are" if scheme in ALLOWED_SCHEMES else f"scheme {scheme!r} is"
         raise ImageReadError(
             f"{location}: {what} not read by bigquant; use a local path or a URL with one of the "
@@ -95,7 +98,7 @@ def local_path(location: Any) -> Any:
     ImageReadError
         A ``file://`` URL naming another host.
     """
-    if url_scheme(location) != "file" or "::" in location:
+    if url_scheme(location) != "file" or _CHAINED.search(location):
         return location
     parts = urllib.parse.urlsplit(location)
     if parts.netloc not in ("", "localhost"):

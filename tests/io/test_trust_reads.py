@@ -317,6 +317,8 @@ def test_url_schemes_outside_the_allow_list_are_refused_before_reading(tmp_path,
             read_image(url)
     assert not server.log.exists() or server.log.read_text() == ""  # nothing was asked of the server
     np.testing.assert_array_equal(read_image(f"{server.base}a.tif").data.compute(), _photo(32, 32))
+    (tmp_path / "x::y.tif").write_bytes((tmp_path / "a.tif").read_bytes())  # a path, not a chained URL
+    np.testing.assert_array_equal(read_image(str(tmp_path / "x::y.tif")).data.compute(), _photo(32, 32))
 
 
 def test_file_urls_are_local_paths(tmp_path):
