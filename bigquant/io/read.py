@@ -1,4 +1,11 @@
-"""``read_image``: any supported source -> :class:`ImageSource` (lazy dask array)."""
+"""``read_image``: any supported source -> :class:`ImageSource` (lazy dask array).
+
+Files come out as they are meant to be seen and at the depth they hold: PNG is
+decoded by imagecodecs (16-bit samples stay uint16), EXIF orientation (PNG,
+JPEG) and the TIFF Orientation tag are applied, Pillow's decompression-bomb
+limit is read but never reassigned (another thread's reads keep it), and no
+task decodes more than :func:`bigquant.io.chunks.max_task_bytes`.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from bigquant.io.tiff_read import is_tiff, oriented, read_tiff
 __all__ = ["read_image", "as_source"]
 
 logger = logging.getLogger(__name__)
+
 
 def _is_zarr(src: Any) -> bool:
     if is_url(src):
