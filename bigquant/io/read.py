@@ -161,21 +161,22 @@ _EXIF_ORIENTATION = 0x0112
 
 @dataclasses.dataclass(frozen=True)
 class _Header:
-    """What a PNG or JPEG file declares: size, samples once decoded, bytes per sample, EXIF."""
+    """What a PNG or JPEG file declares: size, samples once decoded, bytes per sample, EXIF, XMP."""
 
     width: int
     height: int
     samples: int
     itemsize: int
     exif: bytes | None = None
+    xmp: bytes | None = None
 
 
 def _png_header(data: bytes, name: str) -> _Header:
-    """Parse the chunks of a PNG (no pixel is decoded): IHDR, tRNS, eXIf and ImageMagick's EXIF text."""
+    """Parse the chunks of a PNG (no pixel is decoded): IHDR, tRNS, eXIf, ImageMagick's EXIF text, XMP."""
     import struct
     import zlib
 
-    pos, header, trns, exif = 8, None, False, None
+    pos, header, trns, exif, xmp = 8, None, False, None, None
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         body = data[pos + 8 : pos + 8 + length]
@@ -192,6 +193,12 @@ def _png_header(data: bytes, name: str) -> _Header:
                 exif = bytes.fromhex("".join(text.decode("latin-1").split("\n")[3:]))
             except (zlib.error, ValueError):
                 logger.debug("%s: unreadable EXIF text chunk ignored", name)
+        elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\x00") and len(body) > 19:
+            compressed, text = body[18], body[20:].split(b"\x00", 2)[-1]  # after language and keyword
+            try:
+                xmp = zlib.decompress(text) if compressed else text
+            except zlib.error:
+                logger.debug("%s: unreadable XMP chunk ignored", name)
         elif kind == b"IEND":
             break
         pos += 12 + length
@@ -201,12 +208,12 @@ def _png_header(data: bytes, name: str) -> _Header:
     if colour not in _PNG_SAMPLES or width == 0 or height == 0:
         raise ImageReadError(f"{name}: not a readable PNG file (colour type {colour}, size {width}x{height})")
     samples = _PNG_SAMPLES[colour] + (1 if trns and colour in (0, 2, 3) else 0)
-    return _Header(width, height, samples, 2 if depth == 16 and colour != 3 else 1, exif)
+    return _Header(width, height, samples, 2 if depth == 16 and colour != 3 else 1, exif, xmp)
 
 
 def _jpeg_header(data: bytes, name: str) -> _Header:
     """Parse the markers of a JPEG up to its first scan: the frame's size and the EXIF (APP1) block."""
-    pos, exif = 2, None
+    pos, exif, xmp = 2, None, None
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             break
@@ -221,31 +228,40 @@ def _jpeg_header(data: bytes, name: str) -> _Header:
         body = data[pos + 4 : pos + 2 + length]
         if marker == 0xE1 and body.startswith(b"Exif\x00\x00") and exif is None:
             exif = body
+        elif marker == 0xE1 and body.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
+            xmp = body.split(b"\x00", 1)[1]
         elif marker in _JPEG_SOF and len(body) >= 6:
             precision = body[0]
             height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
             components = body[5]
             if height == 0 or width == 0:
                 break
-            return _Header(width, height, max(components, 1), 2 if precision > 8 else 1, exif)
+            return _Header(width, height, max(components, 1), 2 if precision > 8 else 1, exif, xmp)
         elif marker == 0xDA:  # start of scan before any frame
             break
         pos += 2 + length
     raise ImageReadError(f"{name}: not a readable JPEG file (no frame header before the image data)")
 
 
-def _orientation(exif: Any, name: str) -> int:
-    """The EXIF Orientation of ``exif`` (raw bytes or a ``PIL.Image.Exif``); 1 when absent or unreadable."""
+def _orientation(exif: Any, name: str, xmp: bytes | None = None) -> int:
+    """The Orientation of ``exif`` (raw bytes or a ``PIL.Image.Exif``), else of the XMP packet, as Pillow reads it.
+
+    1 when absent or unreadable.
+    """
+    import re
+
     from PIL import Image
 
-    if exif is None:
-        return 1
     try:
         if isinstance(exif, bytes):
             parsed = Image.Exif()
             parsed.load(exif)
             exif = parsed
-        value = int(exif.get(_EXIF_ORIENTATION, 1))
+        if exif is not None and _EXIF_ORIENTATION in exif:
+            value = int(exif[_EXIF_ORIENTATION])
+        else:
+            match = re.search(rb'tiff:Orientation(="|>)([0-9])', xmp) if xmp else None
+            value = int(match[2]) if match else 1
     except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
         logger.warning("%s: unreadable EXIF block; orientation not applied", name)
         return 1
@@ -372,7 +388,7 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
     limit_px = Image.MAX_IMAGE_PIXELS
     if header is not None and (fmt == "png" or (limit_px is not None and header.width * header.height > limit_px)):
         pixels = _decode_whole(data, name, fmt, header, allow_large, limit)
-        orientation = _orientation(header.exif, name)
+        orientation = _orientation(header.exif, name, header.xmp)
         mode = f"{fmt}:{pixels.dtype}x{pixels.shape[2] if pixels.ndim == 3 else 1}"
     else:
         pixels, fmt, mode, orientation = _decode_pillow(data, name, fmt, allow_large, limit)

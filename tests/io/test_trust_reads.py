@@ -139,6 +139,31 @@ def test_exif_orientation_is_applied_as_pillow_does(tmp_path, fmt):
         np.testing.assert_array_equal(src.data.compute(), expected, err_msg=f"orientation {orientation}")
 
 
+def test_xmp_orientation_and_jpeg_past_pillows_limit(tmp_path, monkeypatch):
+    """Without an EXIF Orientation, Pillow reads XMP's tiff:Orientation; so do PNG, JPEG and big JPEG reads."""
+    from PIL import Image, ImageOps, PngImagePlugin
+
+    stored = _photo(20, 30)
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
+           'tiff:Orientation="{}"/></rdf:RDF></x:xmpmeta>')
+    for orientation in (3, 6, 7):
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp.format(orientation), zip=orientation == 7)
+        Image.fromarray(stored).save(tmp_path / "x.png", pnginfo=info)
+        Image.fromarray(stored).save(tmp_path / "x.jpg", quality=95, xmp=xmp.format(orientation).encode())
+        Image.fromarray(stored).save(tmp_path / "e.jpg", quality=95, exif=_exif(orientation))
+        for name in ("x.png", "x.jpg", "e.jpg"):
+            with Image.open(tmp_path / name) as im:
+                expected = np.asarray(ImageOps.exif_transpose(im))
+            assert expected.shape[:2] == ((30, 20) if orientation >= 5 else (20, 30))
+            np.testing.assert_array_equal(read_image(tmp_path / name).data.compute(), expected, err_msg=name)
+            if name.endswith(".jpg"):  # past Pillow's limit, decoded by imagecodecs: the same pixels
+                with monkeypatch.context() as patch:
+                    patch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+                    big = read_image(tmp_path / name, allow_large=True)
+                np.testing.assert_array_equal(big.data.compute(), expected, err_msg=f"{name} past the limit")
+
+
 def test_tiff_orientation_is_applied_lazily_to_data_and_mask(tmp_path):
     """The Orientation tag (274): data and alpha mask turned alike, lazily, chunks asked of the display."""
     from PIL import Image, ImageOps
