@@ -99,7 +99,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     )
 
 
-def _read_zarr(src: Any, chunks: ChunksLike, level: int) -> ImageSource:
+def _read_zarr(src: Any, chunks: ChunksLike, level: int, limit: int) -> ImageSource:
     import zarr
 
     path = pathlib.Path(src) if isinstance(src, (str, os.PathLike)) else None
@@ -127,6 +127,9 @@ def _read_zarr(src: Any, chunks: ChunksLike, level: int) -> ImageSource:
     arr = node
     _check_array(arr, name)
     zchunks = tuple(int(c) for c in arr.chunks)
+    check_task_bytes(name, "zarr chunk", tuple(min(c, s) for c, s in zip(zchunks[:2], arr.shape[:2]))
+                     + tuple(arr.shape[2:]), arr.dtype.itemsize, limit,
+                     advice="rewrite the array with smaller chunks (e.g. `zarr.create_array(..., chunks=(4096, 4096, C))`)")
     cy, cx = aligned_chunks(arr.shape[:2], zchunks[:2], chunks, name=name)
     data = da.from_zarr(arr, chunks=(cy, cx) + tuple(arr.shape[2:]),
                         name=f"{tasks.READ}-{tokenize(name, arr.shape, str(arr.dtype), cy, cx)}")
@@ -444,7 +447,8 @@ def read_image(
         whole in memory; prefer a tiled TIFF.
     max_task_bytes : int or None, default=None
         The most bytes one task may decode: one tile or strip of a TIFF (not
-        of memory-mapped data, chunked freely), a whole PNG or JPEG.  None
+        of memory-mapped data, chunked freely), one chunk of a zarr array, a
+        whole PNG or JPEG.  None
         reads the environment variable ``BIGQUANT_MAX_TASK_BYTES`` (``"4G"``),
         else 1 GiB (:data:`bigquant.io.chunks.MAX_TASK_BYTES`).
 
@@ -490,7 +494,7 @@ def read_image(
     if isinstance(src, (np.ndarray, da.Array)):
         return _from_array(src, chunks, fmt="array", path=None)
     if _is_zarr(src):
-        return _read_zarr(src, chunks, level)
+        return _read_zarr(src, chunks, level, limit)
     if not isinstance(src, (str, os.PathLike)):
         if hasattr(src, "__array__") and hasattr(src, "shape"):
             return _from_array(np.asarray(src), chunks, fmt="array", path=None)

@@ -240,6 +240,15 @@ def test_a_tiny_tiff_declaring_a_4_gb_tile_is_refused(tmp_path):
         read_image(path)
 
 
+def test_a_zarr_array_of_12_gb_chunks_is_refused(tmp_path):
+    import zarr
+
+    zarr.create_array(tmp_path / "big.zarr", shape=(100_000, 100_000, 3), chunks=(65536, 65536, 3), dtype="uint8")
+    with pytest.raises(ImageReadError, match=r"big\.zarr: one zarr chunk of 65536 x 65536 px x 3 samples decodes "
+                       r"to 12\.0 GiB in one task"):
+        read_image(tmp_path / "big.zarr")
+
+
 def test_the_task_bound_is_a_parameter_and_an_environment_variable(tmp_path, monkeypatch):
     img = _photo(600, 800)  # 1.4 MB decoded
     tifffile.imwrite(tmp_path / "deflate.tif", img, photometric="rgb", compression="zlib", rowsperstrip=600)
