@@ -124,8 +124,11 @@ def _fs(location: str) -> tuple[Any, str]:
     import fsspec
 
     check_location(location)
+    scheme = url_scheme(location)
+    if scheme is not None:  # fsspec knows schemes in lower case only (``HTTP://`` is legal)
+        location = scheme + location[len(scheme):]
     options: dict[str, Any] = {}
-    if url_scheme(location) in ("http", "https"):
+    if scheme in ("http", "https"):
         import aiohttp
 
         seconds = url_timeout()

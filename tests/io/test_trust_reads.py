@@ -404,6 +404,8 @@ def test_network_failures_are_one_line_naming_the_url(server, monkeypatch):
             read_image(url)
     assert "timed out after 1 s" in _one_line(info.value, url)
     np.testing.assert_array_equal(read_image(f"{server.base}a.png").data.compute(), _photo(20, 20))
+    upper = "HTTP" + server.base[4:] + "a.png"  # schemes are case-insensitive (RFC 3986)
+    np.testing.assert_array_equal(read_image(upper).data.compute(), _photo(20, 20))
 
 
 # --------------------------------------------------------------------------- 6. palette files
