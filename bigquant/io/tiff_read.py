@@ -101,10 +101,29 @@ def oriented(arr: Any, orientation: int) -> Any:
         return arr
     if orientation in TRANSPOSED_ORIENTATIONS:
         arr = arr.transpose((1, 0) + tuple(range(2, arr.ndim)))
-    flip = {2: (False, True), 3: (True, True), 4: (True, False), 5: (False, False),
-            6: (False, True), 7: (True, True), 8: (True, False)}[orientation]
+    flip = _FLIPS[orientation]
     arr = arr[:: -1 if flip[0] else 1, :: -1 if flip[1] else 1]
     return np.ascontiguousarray(arr) if isinstance(arr, np.ndarray) else arr
+
+
+#: orientation -> (flip rows, flip columns) of the displayed image, after transposing for 5..8
+_FLIPS = {2: (False, True), 3: (True, True), 4: (True, False), 5: (False, False),
+          6: (False, True), 7: (True, True), 8: (True, False)}
+
+
+def _stored_chunks(chunks: Any, orientation: int) -> Any:
+    """Chunks asked of the displayed image, as chunks of the stored one (inverse of :func:`oriented`).
+
+    ``(cy, cx)`` swaps for :data:`TRANSPOSED_ORIENTATIONS`; explicit chunk
+    sizes (a pair of tuples) also run backwards along flipped axes.
+    """
+    if orientation not in _FLIPS or chunks is None or isinstance(chunks, int):
+        return chunks
+    pair = tuple(chunks)
+    if len(pair) >= 2 and all(isinstance(c, tuple) for c in pair[:2]):
+        flip = _FLIPS[orientation]
+        pair = tuple(c[::-1] if f else c for c, f in zip(pair[:2], flip))
+    return pair[1::-1] if orientation in TRANSPOSED_ORIENTATIONS else pair
 
 
 def is_tiff(path: pathlib.Path | str) -> bool:
@@ -632,8 +651,7 @@ def read_tiff(
                        "stored rows)", location, orientation)
         orientation = 1
     transposed = orientation in TRANSPOSED_ORIENTATIONS
-    if transposed and chunks is not None and not isinstance(chunks, int):
-        chunks = tuple(chunks)[::-1]  # asked for the displayed image: (cy, cx) of the stored one
+    chunks = _stored_chunks(chunks, orientation)  # asked of the displayed image
     data, reader, tile = _level_array(location, info, chunks, stamp, limit)
     series = info["series"]
     token = data.name.rsplit("-", 1)[-1]
