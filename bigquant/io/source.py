@@ -58,6 +58,11 @@ class ImageSource:
         The file's GDAL_NODATA value, if any.
     geotiff : bigquant.io.geotiff.GeoTiff or None
         The file's georeferencing tags (GeoTIFF), carried to TIFF outputs.
+    extra : dict
+        Details of the format: ``"orientation"`` (the EXIF or TIFF
+        Orientation applied to ``data`` and ``mask``, 1 when none) for files
+        read by bigquant's TIFF, PNG and JPEG readers, ``"mode"`` for Pillow
+        formats, ``"attrs"`` for zarr arrays.
     """
 
     data: Any

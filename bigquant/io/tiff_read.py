@@ -706,6 +706,7 @@ def read_tiff(
         mask=mask,
         nodata=file_nodata,
         geotiff=geotiff,
+        extra={"orientation": orientation},
     )
 
 
