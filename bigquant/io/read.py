@@ -23,9 +23,9 @@ from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
-from bigquant.io.chunks import ChunksLike, aligned_chunks, check_task_bytes
+from bigquant.io.chunks import MAX_TASK_BYTES_ENV, ChunksLike, aligned_chunks, check_task_bytes, format_bytes
 from bigquant.io.chunks import max_task_bytes as task_bytes_limit
-from bigquant.io.files import check_location, file_stamp, is_url, local_path, read_bytes
+from bigquant.io.files import check_location, file_stamp, is_url, local_path, open_binary, read_bytes
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask
 from bigquant.io.source import ImageSource
 from bigquant.io.tiff_read import is_tiff, oriented, read_tiff
@@ -326,15 +326,19 @@ def _decode_whole(data: bytes, name: str, fmt: str, header: _Header, allow_large
     return pixels
 
 
-def _decode_pillow(data: bytes, name: str, fmt_hint: str, allow_large: bool,
+def _decode_pillow(source: Any, name: str, fmt_hint: str, allow_large: bool,
                    limit: int) -> tuple[np.ndarray, str, str, int]:
-    """Decode with Pillow, its bomb guard on: (pixels, format, mode, EXIF orientation)."""
+    """Decode with Pillow, its bomb guard on: (pixels, format, mode, EXIF orientation).
+
+    ``source`` is a path, an open file or bytes; Pillow reads the header first,
+    so nothing more is read from a file it does not recognise.
+    """
     from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         except Image.DecompressionBombError as exc:
             extra = "" if allow_large else " or pass allow_large=True (PNG and JPEG only)"
             raise ImageReadError(
@@ -375,19 +379,30 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
     from PIL import Image
 
     name = str(path)
-    data = read_bytes(path)
     suffix = pathlib.PurePosixPath(name).suffix.lstrip(".")
-    if data.startswith(_PNG_MAGIC):
-        fmt, header = "png", _png_header(data, name)
-    elif data.startswith(_JPEG_MAGIC):
-        fmt = "jpeg"
-        try:
-            header = _jpeg_header(data, name)
-        except ImageReadError:  # an unusual marker layout: Pillow, with its guard, judges the file
-            logger.debug("%s: JPEG header not parsed; decoding with Pillow", name)
-            header = None
-    else:
-        fmt, header = suffix, None
+    with open_binary(path) as fh:
+        magic = fh.read(len(_PNG_MAGIC))
+        if not magic.startswith((_PNG_MAGIC, _JPEG_MAGIC)):  # Pillow reads what it needs
+            pixels, fmt, mode, orientation = _decode_pillow(
+                fh if is_url(path) else path, name, suffix, allow_large, limit
+            )
+            return _pillow_source(pixels, path, chunks, fmt, mode, orientation)
+    size = file_stamp(path)[0]
+    if size > limit:  # decoded whole, and (nearly) never smaller than its deflate or JPEG stream
+        kind = "PNG" if magic.startswith(_PNG_MAGIC) else "JPEG"
+        raise ImageReadError(
+            f"{name}: a {kind} file of {format_bytes(size)} is decoded whole in one task, above the "
+            f"limit of {format_bytes(limit)} per task; {_WHOLE}, or raise the limit "
+            f"(read_image(..., max_task_bytes=N) or {MAX_TASK_BYTES_ENV}) if every worker has the memory"
+        )
+    data = read_bytes(path)
+    fmt, header = "png" if data.startswith(_PNG_MAGIC) else "jpeg", None
+    try:
+        header = _png_header(data, name) if fmt == "png" else _jpeg_header(data, name)
+    except ImageReadError:
+        if fmt == "png":
+            raise
+        logger.debug("%s: JPEG header not parsed; decoding with Pillow", name)  # Pillow, with its guard, judges
     limit_px = Image.MAX_IMAGE_PIXELS
     if header is not None and (fmt == "png" or (limit_px is not None and header.width * header.height > limit_px)):
         pixels = _decode_whole(data, name, fmt, header, allow_large, limit)
@@ -395,6 +410,13 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
         mode = f"{fmt}:{pixels.dtype}x{pixels.shape[2] if pixels.ndim == 3 else 1}"
     else:
         pixels, fmt, mode, orientation = _decode_pillow(data, name, fmt, allow_large, limit)
+    return _pillow_source(pixels, path, chunks, fmt, mode, orientation)
+
+
+def _pillow_source(pixels: np.ndarray, path: pathlib.Path | str, chunks: ChunksLike, fmt: str, mode: str,
+                   orientation: int) -> ImageSource:
+    """The ImageSource of a decoded PNG, JPEG or Pillow image, turned as displayed."""
+    name = str(path)
     if orientation != 1:
         logger.debug("%s: EXIF orientation %d applied", name, orientation)
         pixels = oriented(pixels, orientation)
