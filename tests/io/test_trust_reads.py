@@ -97,6 +97,14 @@ def test_png_of_every_kind_keeps_its_bit_depth(tmp_path):
             else:
                 np.testing.assert_array_equal(src.data.compute(), arr, err_msg=path.name)
                 assert src.mask is None
+    # an Adam7-interlaced PNG (written by hand: neither writer interlaces)
+    rgb = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+    raw = b"".join(b"\x00" + row.tobytes() for y0, x0, dy, dx in passes for row in rgb[y0::dy, x0::dx])
+    (tmp_path / "adam7.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 17, 13, 8, 2, 0, 0, 1))
+        + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+    np.testing.assert_array_equal(read_image(tmp_path / "adam7.png").data.compute(), rgb)
     grey16 = rng.integers(0, 65536, (41, 29), dtype=np.uint16)
     Image.fromarray(grey16).save(tmp_path / "pillow-i16.png")  # Pillow's own 16-bit grey writer
     assert Image.open(tmp_path / "pillow-i16.png").mode == "I;16"
@@ -186,6 +194,26 @@ def test_tiff_orientation_is_applied_lazily_to_data_and_mask(tmp_path):
         assert src.data.chunksize[:2] == (128, 64), (orientation, src.data.chunksize)
         np.testing.assert_array_equal(src.data.compute(), expected[..., :3], err_msg=f"orientation {orientation}")
         np.testing.assert_array_equal(src.mask.compute(), expected[..., 3] != 0, err_msg=f"orientation {orientation}")
+
+
+def test_tiff_mask_ifd_is_oriented_with_the_image(tmp_path):
+    """A mask IFD (NewSubfileType 4, Photometric MASK) turns with the image it masks."""
+    from PIL import Image, ImageOps
+
+    rgb = _photo(64, 96)
+    mask = np.full((64, 96), 255, np.uint8)
+    mask[:10, :20] = 0
+    with tifffile.TiffWriter(tmp_path / "m.tif") as tw:
+        tw.write(rgb, photometric="rgb", tile=(32, 32), metadata=None, extratags=[(274, "H", 1, 6, True)])
+        tw.write(mask, photometric=4, tile=(32, 32), metadata=None,
+                 extratags=[(274, "H", 1, 6, True), (254, "I", 1, 4, True)])
+    Image.fromarray(np.dstack([rgb, mask]), "RGBA").save(tmp_path / "m.png", exif=_exif(6))
+    with Image.open(tmp_path / "m.png") as im:
+        expected = np.asarray(ImageOps.exif_transpose(im))
+    src = read_image(tmp_path / "m.tif")
+    assert src.shape == (96, 64, 3) and src.mask is not None
+    np.testing.assert_array_equal(src.data.compute(), expected[..., :3])
+    np.testing.assert_array_equal(src.mask.compute(), expected[..., 3] != 0)
 
 
 # --------------------------------------------------------------------------- 3. size guard
