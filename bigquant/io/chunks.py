@@ -1,14 +1,35 @@
-"""Chunk shapes aligned to a file's tile (or strip) grid."""
+"""Chunk shapes aligned to a file's tile (or strip) grid, and the bound on what one task decodes.
+
+A task decodes at least one whole tile (or strip) of a file, and a PNG or JPEG
+is decoded whole.  A file declares its sizes: a legal 1.2 KB TIFF can declare
+one strip of 2^20 x 2^20 pixels.  :func:`check_task_bytes` refuses such a unit
+before any graph is built when it would decode to more than
+:func:`max_task_bytes` bytes -- :data:`MAX_TASK_BYTES` (1 GiB) unless the
+``max_task_bytes`` parameter of :func:`bigquant.read_image` or the environment
+variable ``BIGQUANT_MAX_TASK_BYTES`` (bytes, or a number with a K, M, G or T
+suffix: powers of 1024) says otherwise.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from collections.abc import Sequence
 
-from bigquant.errors import InvalidParameterError
+from bigquant.errors import ImageReadError, InvalidParameterError
 
-__all__ = ["ChunksLike", "DEFAULT_CHUNK_EDGE", "aligned_chunks"]
+__all__ = [
+    "ChunksLike",
+    "DEFAULT_CHUNK_EDGE",
+    "MAX_TASK_BYTES",
+    "MAX_TASK_BYTES_ENV",
+    "aligned_chunks",
+    "max_task_bytes",
+    "check_task_bytes",
+    "format_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +38,97 @@ ChunksLike = int | Sequence[int] | None
 #: Default chunk edge in pixels: 4096 x 4096 RGB uint8 is 48 MiB per task.
 DEFAULT_CHUNK_EDGE = 4096
 _ALIGN = 1024  # also align to this when cheap, so write tiles up to 1024 line up
+
+#: Default bound on the bytes one task decodes (one tile or strip, or a whole PNG/JPEG): 1 GiB.
+MAX_TASK_BYTES = 1 << 30
+#: Environment variable overriding :data:`MAX_TASK_BYTES` (``"4G"``, ``"512M"``, ``"1073741824"``).
+MAX_TASK_BYTES_ENV = "BIGQUANT_MAX_TASK_BYTES"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def format_bytes(nbytes: float) -> str:
+    """``nbytes`` for people: ``"1.0 GiB"``, ``"4.0 TiB"``, ``"512 bytes"``."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
+
+
+def max_task_bytes(value: int | None = None) -> int:
+    """The most bytes one task may decode.
+
+    Parameters
+    ----------
+    value : int or None, default=None
+        The bound asked for; None reads ``BIGQUANT_MAX_TASK_BYTES`` and falls
+        back to :data:`MAX_TASK_BYTES` (1 GiB).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InvalidParameterError
+        ``value`` or the environment variable is not a positive size.
+    """
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidParameterError(f"max_task_bytes={value!r} must be a positive number of bytes")
+        return int(value)
+    raw = os.environ.get(MAX_TASK_BYTES_ENV)
+    if raw is None or not raw.strip():
+        return MAX_TASK_BYTES
+    match = _SIZE.match(raw)
+    number = float(match[1]) * 1024 ** " kmgt".index((match[2] or " ").lower()) if match else 0
+    if number < 1:
+        raise InvalidParameterError(
+            f"{MAX_TASK_BYTES_ENV}={raw!r} must be a positive number of bytes (suffixes K, M, G, T: powers of 1024)"
+        )
+    return int(number)
+
+
+def check_task_bytes(
+    name: str,
+    unit: str,
+    shape: tuple[int, ...],
+    itemsize: int,
+    limit: int,
+    *,
+    advice: str,
+) -> None:
+    """Raise ImageReadError when one ``unit`` of ``shape`` decodes to more than ``limit`` bytes.
+
+    Parameters
+    ----------
+    name : str
+        The file (for the message).
+    unit : str
+        What one task decodes: ``"strip"``, ``"tile"``, ``"image"``.
+    shape : tuple of int (rows, cols[, samples])
+        Its shape once decoded.
+    itemsize : int
+        Bytes per sample.
+    limit : int
+        The bound, from :func:`max_task_bytes`.
+    advice : str
+        The way out that fits this file besides raising the bound.
+
+    Raises
+    ------
+    ImageReadError
+        The unit decodes to more than ``limit`` bytes.
+    """
+    nbytes = math.prod(int(s) for s in shape) * int(itemsize)
+    if nbytes <= limit:
+        return
+    samples = f" x {shape[2]} samples" if len(shape) > 2 else ""
+    raise ImageReadError(
+        f"{name}: one {unit} of {shape[1]} x {shape[0]} px{samples} decodes to {format_bytes(nbytes)} "
+        f"in one task, above the limit of {format_bytes(limit)} per task; {advice}, or raise the "
+        f"limit (read_image(..., max_task_bytes=N) or {MAX_TASK_BYTES_ENV}={nbytes}) if every worker "
+        "has that much memory"
+    )
 
 
 def _round_to(value: float, step: int, limit: int) -> int:

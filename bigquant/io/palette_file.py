@@ -117,7 +117,13 @@ def read_palette(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _read_json(path: pathlib.Path) -> np.ndarray:
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except RecursionError:
+        raise ImageReadError(
+            f"{path}: not a palette JSON: its lists or objects are nested too deeply to read "
+            "(a palette is a list of colours, each a list of numbers)"
+        ) from None
     if not isinstance(doc, dict):
         raise ImageReadError(f"{path}: a palette JSON is an object with a 'palette' (or 'colours') list")
     for key in ("palette", "centres", "colours"):
@@ -171,11 +177,20 @@ def _read_act(path: pathlib.Path) -> np.ndarray:
 def _read_swatch(path: pathlib.Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{path}: too large for a swatch image ({exc})") from exc
+    with im:
         if im.mode == "P":
             index = np.asarray(im)
             used = _first_appearance(index.reshape(-1, 1))[:, 0]
-            table = np.asarray(im.getpalette(), dtype=np.uint8).reshape(-1, 3)
+            table = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+            if used.size and int(used.max()) >= len(table):
+                raise InvalidInputError(
+                    f"{path}: pixel index {int(used.max())} is past the image's colour table of "
+                    f"{len(table)} colour(s); the indexed PNG is corrupt"
+                )
             return table[used]
         rgb = np.asarray(im.convert("RGB"))
     if rgb.dtype != np.uint8:

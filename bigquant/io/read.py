@@ -1,12 +1,19 @@
-"""``read_image``: any supported source -> :class:`ImageSource` (lazy dask array)."""
+"""``read_image``: any supported source -> :class:`ImageSource` (lazy dask array).
+
+Files come out as they are meant to be seen and at the depth they hold: PNG is
+decoded by imagecodecs (16-bit samples stay uint16), EXIF orientation (PNG,
+JPEG) and the TIFF Orientation tag are applied, Pillow's decompression-bomb
+limit is read but never reassigned (another thread's reads keep it), and no
+task decodes more than :func:`bigquant.io.chunks.max_task_bytes`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import pathlib
-import threading
 import warnings
 from typing import Any
 
@@ -16,17 +23,16 @@ from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
-from bigquant.io.chunks import ChunksLike, aligned_chunks
-from bigquant.io.files import file_stamp, is_url, open_binary
+from bigquant.io.chunks import MAX_TASK_BYTES_ENV, ChunksLike, aligned_chunks, check_task_bytes, format_bytes
+from bigquant.io.chunks import max_task_bytes as task_bytes_limit
+from bigquant.io.files import check_location, file_stamp, is_url, local_path, open_binary, read_bytes
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask
 from bigquant.io.source import ImageSource
-from bigquant.io.tiff_read import is_tiff, read_tiff
+from bigquant.io.tiff_read import is_tiff, oriented, read_tiff
 
 __all__ = ["read_image", "as_source"]
 
 logger = logging.getLogger(__name__)
-
-_PIL_LOCK = threading.Lock()
 
 
 def _is_zarr(src: Any) -> bool:
@@ -93,7 +99,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     )
 
 
-def _read_zarr(src: Any, chunks: ChunksLike, level: int) -> ImageSource:
+def _read_zarr(src: Any, chunks: ChunksLike, level: int, limit: int) -> ImageSource:
     import zarr
 
     path = pathlib.Path(src) if isinstance(src, (str, os.PathLike)) else None
@@ -121,6 +127,9 @@ def _read_zarr(src: Any, chunks: ChunksLike, level: int) -> ImageSource:
     arr = node
     _check_array(arr, name)
     zchunks = tuple(int(c) for c in arr.chunks)
+    check_task_bytes(name, "zarr chunk", tuple(min(c, s) for c, s in zip(zchunks[:2], arr.shape[:2]))
+                     + tuple(arr.shape[2:]), arr.dtype.itemsize, limit,
+                     advice="rewrite the array with smaller chunks (e.g. `zarr.create_array(..., chunks=(4096, 4096, C))`)")
     cy, cx = aligned_chunks(arr.shape[:2], zchunks[:2], chunks, name=name)
     data = da.from_zarr(arr, chunks=(cy, cx) + tuple(arr.shape[2:]),
                         name=f"{tasks.READ}-{tokenize(name, arr.shape, str(arr.dtype), cy, cx)}")
@@ -142,51 +151,281 @@ def _read_zarr(src: Any, chunks: ChunksLike, level: int) -> ImageSource:
 _PIL_MODES = {"1": "L", "P": None, "PA": "RGBA", "LA": "LA", "CMYK": "RGB", "YCbCr": "RGB",
               "HSV": "RGB", "LAB": "RGB", "F": "F", "I": "I", "I;16": "I;16", "L": "L",
               "RGB": "RGB", "RGBA": "RGBA", "RGBX": "RGB", "La": "LA", "RGBa": "RGBA"}
+#: bytes per pixel of a Pillow mode once converted as above (for the task-bytes bound)
+_PIL_PIXEL_BYTES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "F": 4, "I": 4, "I;16": 2}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+#: PNG colour type -> samples per pixel (without a tRNS chunk; with one, alpha is added)
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_EXIF_ORIENTATION = 0x0112
 
 
-def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool) -> ImageSource:
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """What a PNG or JPEG file declares: size, samples once decoded, bytes per sample, EXIF, XMP."""
+
+    width: int
+    height: int
+    samples: int
+    itemsize: int
+    exif: bytes | None = None
+    xmp: bytes | None = None
+
+
+def _png_header(data: bytes, name: str) -> _Header:
+    """Parse the chunks of a PNG (no pixel is decoded): IHDR, tRNS, eXIf, ImageMagick's EXIF text, XMP."""
+    import struct
+    import zlib
+
+    pos, header, trns, exif, xmp = 8, None, False, None, None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR" and len(body) >= 13:
+            header = struct.unpack(">IIBB", body[:10])
+        elif kind == b"tRNS":
+            trns = True
+        elif kind == b"eXIf":
+            exif = body
+        elif kind in (b"tEXt", b"zTXt") and body.startswith(b"Raw profile type exif\x00") and exif is None:
+            text = body.split(b"\x00", 1)[1]
+            try:
+                text = zlib.decompress(text[1:]) if kind == b"zTXt" else text
+                exif = bytes.fromhex("".join(text.decode("latin-1").split("\n")[3:]))
+            except (zlib.error, ValueError):
+                logger.debug("%s: unreadable EXIF text chunk ignored", name)
+        elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\x00") and len(body) > 19:
+            compressed, text = body[18], body[20:].split(b"\x00", 2)[-1]  # after language and keyword
+            try:
+                xmp = zlib.decompress(text) if compressed else text
+            except zlib.error:
+                logger.debug("%s: unreadable XMP chunk ignored", name)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        raise ImageReadError(f"{name}: not a readable PNG file (no IHDR chunk)")
+    width, height, depth, colour = header
+    if colour not in _PNG_SAMPLES or width == 0 or height == 0:
+        raise ImageReadError(f"{name}: not a readable PNG file (colour type {colour}, size {width}x{height})")
+    samples = _PNG_SAMPLES[colour] + (1 if trns and colour in (0, 2, 3) else 0)
+    return _Header(width, height, samples, 2 if depth == 16 and colour != 3 else 1, exif, xmp)
+
+
+def _jpeg_header(data: bytes, name: str) -> _Header:
+    """Parse the markers of a JPEG up to its first scan: the frame's size and the EXIF (APP1) block."""
+    pos, exif, xmp = 2, None, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        body = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00") and exif is None:
+            exif = body
+        elif marker == 0xE1 and body.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
+            xmp = body.split(b"\x00", 1)[1]
+        elif marker in _JPEG_SOF and len(body) >= 6:
+            precision = body[0]
+            height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
+            components = body[5]
+            if height == 0 or width == 0:
+                break
+            return _Header(width, height, max(components, 1), 2 if precision > 8 else 1, exif, xmp)
+        elif marker == 0xDA:  # start of scan before any frame
+            break
+        pos += 2 + length
+    raise ImageReadError(f"{name}: not a readable JPEG file (no frame header before the image data)")
+
+
+def _orientation(exif: Any, name: str, xmp: bytes | None = None) -> int:
+    """The Orientation of ``exif`` (raw bytes or a ``PIL.Image.Exif``), else of the XMP packet, as Pillow reads it.
+
+    1 when absent or unreadable.
+    """
+    import re
+
     from PIL import Image
 
-    with _PIL_LOCK:
-        limit = Image.MAX_IMAGE_PIXELS
+    try:
+        if isinstance(exif, bytes):
+            parsed = Image.Exif()
+            parsed.load(exif)
+            exif = parsed
+        if exif is not None and _EXIF_ORIENTATION in exif:
+            value = int(exif[_EXIF_ORIENTATION])
+        else:
+            match = re.search(rb'tiff:Orientation(="|>)([0-9])', xmp) if xmp else None
+            value = int(match[2]) if match else 1
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
+        logger.warning("%s: unreadable EXIF block; orientation not applied", name)
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _bomb_check(name: str, width: int, height: int, fmt: str, allow_large: bool) -> None:
+    """Refuse more pixels than Pillow's ``MAX_IMAGE_PIXELS`` unless ``allow_large``; the limit is only read."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit and not allow_large:
+        raise ImageReadError(
+            f"{name}: {width}x{height} pixels ({width * height / 1e6:.0f} MP) is "
+            f"above Pillow's decompression-bomb limit ({limit / 1e6:.0f} MP); "
+            f"{fmt.upper()} images are decoded whole in memory - convert it to a "
+            "tiled TIFF (e.g. `vips tiffsave in out.tif --tile --bigtiff`) or "
+            "pass allow_large=True"
+        )
+
+
+_WHOLE = "convert it to a tiled TIFF (e.g. `vips tiffsave in out.tif --tile --bigtiff`)"
+
+
+def _decode_whole(data: bytes, name: str, fmt: str, header: _Header, allow_large: bool,
+                  limit: int) -> np.ndarray:
+    """Decode a PNG (always) or a JPEG past Pillow's limit with imagecodecs, after both guards.
+
+    PNG keeps 16-bit samples (uint16) and gives palette images as RGB(A),
+    tRNS as alpha, 1/2/4-bit grey scaled to 8 bits, as Pillow does.
+    """
+    import imagecodecs
+
+    _bomb_check(name, header.width, header.height, fmt, allow_large)
+    check_task_bytes(name, "image", (header.height, header.width, header.samples), header.itemsize, limit,
+                     advice=f"{fmt.upper()} images are decoded whole: {_WHOLE}")
+    try:
+        if fmt == "png":
+            pixels = imagecodecs.png_decode(data)
+        else:
+            if header.samples not in (1, 3):
+                raise ImageReadError(
+                    f"{name}: a {header.samples}-component JPEG above Pillow's pixel limit cannot be "
+                    f"decoded; {_WHOLE}"
+                )
+            pixels = imagecodecs.jpeg8_decode(data)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
+        raise ImageReadError(f"{name}: cannot decode image: {type(exc).__name__}: {exc}") from exc
+    pixels = np.asarray(pixels)
+    if pixels.shape[:2] != (header.height, header.width):
+        raise ImageReadError(
+            f"{name}: decoded {pixels.shape[1]}x{pixels.shape[0]} pixels, the file declares "
+            f"{header.width}x{header.height}"
+        )
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    return pixels
+
+
+def _decode_pillow(source: Any, name: str, fmt_hint: str, allow_large: bool,
+                   limit: int) -> tuple[np.ndarray, str, str, int]:
+    """Decode with Pillow, its bomb guard on: (pixels, format, mode, EXIF orientation).
+
+    ``source`` is a path, an open file or bytes; Pillow reads the header first,
+    so nothing more is read from a file it does not recognise.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            Image.MAX_IMAGE_PIXELS = None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                try:
-                    img = Image.open(open_binary(path) if is_url(path) else path)
-                except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds
-                    raise ImageReadError(f"{path}: not a recognised image file: {exc}") from exc
-                with img:
-                    width, height = img.size
-                    if limit is not None and width * height > limit and not allow_large:
-                        raise ImageReadError(
-                            f"{path}: {width}x{height} pixels ({width * height / 1e6:.0f} MP) is "
-                            f"above Pillow's decompression-bomb limit ({limit / 1e6:.0f} MP); "
-                            f"{img.format} images are decoded whole in memory - convert it to a "
-                            "tiled TIFF (e.g. `vips tiffsave in out.tif --tile --bigtiff`) or "
-                            "pass allow_large=True"
-                        )
-                    fmt = (img.format or pathlib.PurePosixPath(str(path)).suffix.lstrip(".")).lower()
-                    mode = img.mode
-                    target = _PIL_MODES.get(mode, "RGB")
-                    if mode == "P":
-                        target = "RGBA" if "transparency" in img.info else "RGB"
-                    try:
-                        img.load()
-                        if target is not None and target != mode:
-                            img = img.convert(target)
-                        pixels = np.asarray(img)
-                    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
-                        raise ImageReadError(f"{path}: cannot decode image: {exc}") from exc
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except Image.DecompressionBombError as exc:
+            extra = "" if allow_large else " or pass allow_large=True (PNG and JPEG only)"
+            raise ImageReadError(
+                f"{name}: above Pillow's decompression-bomb limit ({exc}); bigquant decodes only PNG "
+                f"and JPEG files past that limit - {_WHOLE}{extra}"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds
+            raise ImageReadError(f"{name}: not a recognised image file: {exc}") from exc
+        with img:
+            width, height = img.size
+            fmt = (img.format or fmt_hint).lower()
+            _bomb_check(name, width, height, fmt, allow_large)
+            mode = img.mode
+            target = _PIL_MODES.get(mode, "RGB")
+            if mode == "P":
+                target = "RGBA" if "transparency" in img.info else "RGB"
+            check_task_bytes(name, "image", (height, width), _PIL_PIXEL_BYTES.get(target or mode, 4), limit,
+                             advice=f"{fmt.upper()} images are decoded whole: {_WHOLE}")
+            try:
+                img.load()
+                orientation = _orientation(img.getexif(), name)
+                if target is not None and target != mode:
+                    img = img.convert(target)
+                pixels = np.asarray(img)
+            except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
+                raise ImageReadError(f"{name}: cannot decode image: {exc}") from exc
+    return pixels, fmt, mode, orientation
+
+
+def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool, limit: int) -> ImageSource:
+    """A PNG, JPEG or other Pillow format, decoded whole, as displayed (EXIF orientation applied).
+
+    PNG is decoded by imagecodecs (16-bit samples stay uint16); JPEG by Pillow,
+    or by imagecodecs past Pillow's pixel limit with ``allow_large``; other
+    formats by Pillow.  Pillow's bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``)
+    is read, never reassigned.
+    """
+    from PIL import Image
+
+    name = str(path)
+    suffix = pathlib.PurePosixPath(name).suffix.lstrip(".")
+    with open_binary(path) as fh:
+        magic = fh.read(len(_PNG_MAGIC))
+        if not magic.startswith((_PNG_MAGIC, _JPEG_MAGIC)):  # Pillow reads what it needs
+            pixels, fmt, mode, orientation = _decode_pillow(
+                fh if is_url(path) else path, name, suffix, allow_large, limit
+            )
+            return _pillow_source(pixels, path, chunks, fmt, mode, orientation)
+    size = file_stamp(path)[0]
+    if size > limit:  # decoded whole, and (nearly) never smaller than its deflate or JPEG stream
+        kind = "PNG" if magic.startswith(_PNG_MAGIC) else "JPEG"
+        raise ImageReadError(
+            f"{name}: a {kind} file of {format_bytes(size)} is decoded whole in one task, above the "
+            f"limit of {format_bytes(limit)} per task; {_WHOLE}, or raise the limit "
+            f"(read_image(..., max_task_bytes=N) or {MAX_TASK_BYTES_ENV}) if every worker has the memory"
+        )
+    data = read_bytes(path)
+    fmt, header = "png" if data.startswith(_PNG_MAGIC) else "jpeg", None
+    try:
+        header = _png_header(data, name) if fmt == "png" else _jpeg_header(data, name)
+    except ImageReadError:
+        if fmt == "png":
+            raise
+        logger.debug("%s: JPEG header not parsed; decoding with Pillow", name)  # Pillow, with its guard, judges
+    limit_px = Image.MAX_IMAGE_PIXELS
+    if header is not None and (fmt == "png" or (limit_px is not None and header.width * header.height > limit_px)):
+        pixels = _decode_whole(data, name, fmt, header, allow_large, limit)
+        orientation = _orientation(header.exif, name, header.xmp)
+        mode = f"{fmt}:{pixels.dtype}x{pixels.shape[2] if pixels.ndim == 3 else 1}"
+    else:
+        pixels, fmt, mode, orientation = _decode_pillow(data, name, fmt, allow_large, limit)
+    return _pillow_source(pixels, path, chunks, fmt, mode, orientation)
+
+
+def _pillow_source(pixels: np.ndarray, path: pathlib.Path | str, chunks: ChunksLike, fmt: str, mode: str,
+                   orientation: int) -> ImageSource:
+    """The ImageSource of a decoded PNG, JPEG or Pillow image, turned as displayed."""
+    name = str(path)
+    if orientation != 1:
+        logger.debug("%s: EXIF orientation %d applied", name, orientation)
+        pixels = oriented(pixels, orientation)
     if pixels.dtype.byteorder not in "=|":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     photometric = "rgb" if pixels.ndim == 3 and pixels.shape[2] in (3, 4) else "minisblack"
     alpha = pixels.ndim == 3 and pixels.shape[2] in (2, 4)  # LA, RGBA: alpha is the mask
     return _from_array(pixels, chunks, fmt=fmt, path=path, photometric=photometric,
-                       extra={"mode": mode}, alpha=alpha)
+                       extra={"mode": mode, "orientation": orientation}, alpha=alpha)
 
 
 def read_image(
@@ -196,6 +435,7 @@ def read_image(
     level: int = 0,
     series: int | None = None,
     allow_large: bool = False,
+    max_task_bytes: int | None = None,
 ) -> ImageSource:
     """Open an image lazily as a dask array, reading its metadata once.
 
@@ -208,9 +448,12 @@ def read_image(
         deflate, zstd, WebP, PackBits...), a slide (Aperio SVS, Hamamatsu NDPI
         as far as tifffile reads it, OME-TIFF), a zarr array or group (path or
         object), a Pillow-readable file (PNG, JPEG, ...), an fsspec URL of any
-        of these (``http(s)://``, ``s3://``, ``gs://``, ``memory://``: every
-        task opens it itself, with range requests), or an array of shape
-        (H, W) or (H, W, C).
+        of these (``http(s)://``, ``s3://``, ``gs://``, ``az://``, ``abfs://``,
+        ``memory://``: every task opens it itself, with range requests; a
+        ``file://`` URL is a local path; other schemes are refused), or an
+        array of shape (H, W) or (H, W, C).  PNG keeps 16-bit samples; the
+        EXIF orientation of a PNG or JPEG and the Orientation tag of a TIFF
+        (not of a GeoTIFF) are applied, so the image comes out as displayed.
     chunks : int, tuple of int (cy, cx) or None, default=None
         Spatial chunk shape of the dask array; rounded up to a multiple of the
         file's tiles.  None picks about 4096 x 4096 pixels (full-width bands
@@ -221,8 +464,15 @@ def read_image(
         TIFF image series to read (multi-image files).  None: the image of a
         slide, not its thumbnail, label, macro or mask (see ``bigquant info``).
     allow_large : bool, default=False
-        Decode Pillow formats (PNG, JPEG...) above Pillow's decompression-bomb
-        limit.  Such files are decoded whole in memory; prefer a tiled TIFF.
+        Decode PNG and JPEG files above Pillow's decompression-bomb limit
+        (``PIL.Image.MAX_IMAGE_PIXELS``, only read).  Such files are decoded
+        whole in memory; prefer a tiled TIFF.
+    max_task_bytes : int or None, default=None
+        The most bytes one task may decode: one tile or strip of a TIFF (not
+        of memory-mapped data, chunked freely), one chunk of a zarr array, a
+        whole PNG or JPEG.  None
+        reads the environment variable ``BIGQUANT_MAX_TASK_BYTES`` (``"4G"``),
+        else 1 GiB (:data:`bigquant.io.chunks.MAX_TASK_BYTES`).
 
     Returns
     -------
@@ -238,9 +488,11 @@ def read_image(
     ------
     ImageReadError
         The file is missing, unreadable, truncated, corrupt or not an image,
-        or it holds no single 2-D image.
+        or it holds no single 2-D image; a URL of a scheme not allowed, or one
+        that does not answer; one tile, strip or image would decode to more
+        than ``max_task_bytes``.
     InvalidParameterError
-        ``level``, ``series`` or ``chunks`` is out of range.
+        ``level``, ``series``, ``chunks`` or ``max_task_bytes`` is out of range.
     InputTypeError, InvalidInputError
         An array of unsupported dtype or shape.
 
@@ -252,6 +504,9 @@ def read_image(
     >>> src.shape, src.data.chunksize
     ((100, 120, 3), (64, 64, 3))
     """
+    limit = task_bytes_limit(max_task_bytes)  # validated before anything else
+    check_location(src)  # a scheme not allowed: refused before a byte is read
+    src = local_path(src)
     if isinstance(src, ImageSource):
         if chunks is None:
             return src
@@ -261,7 +516,7 @@ def read_image(
     if isinstance(src, (np.ndarray, da.Array)):
         return _from_array(src, chunks, fmt="array", path=None)
     if _is_zarr(src):
-        return _read_zarr(src, chunks, level)
+        return _read_zarr(src, chunks, level, limit)
     if not isinstance(src, (str, os.PathLike)):
         if hasattr(src, "__array__") and hasattr(src, "shape"):
             return _from_array(np.asarray(src), chunks, fmt="array", path=None)
@@ -271,8 +526,8 @@ def read_image(
     if is_url(src):
         file_stamp(src)  # fails first, naming the URL, if it does not answer
         if is_tiff(src):
-            return read_tiff(src, chunks=chunks, level=level, series=series)
-        return _read_pillow(src, chunks, allow_large)
+            return read_tiff(src, chunks=chunks, level=level, series=series, max_task_bytes=limit)
+        return _read_pillow(src, chunks, allow_large, limit)
     path = pathlib.Path(src).expanduser()
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
@@ -283,10 +538,10 @@ def read_image(
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty")
     if is_tiff(path):
-        return read_tiff(path, chunks=chunks, level=level, series=series)
+        return read_tiff(path, chunks=chunks, level=level, series=series, max_task_bytes=limit)
     if level or series:
         logger.info("%s: not a TIFF; level=%s and series=%s ignored", path, level, series)
-    return _read_pillow(path, chunks, allow_large)
+    return _read_pillow(path, chunks, allow_large, limit)
 
 
 def as_source(src: Any, **kwargs: Any) -> ImageSource:

@@ -22,7 +22,9 @@ class ImageSource:
     Attributes
     ----------
     data : dask.array.Array of shape (H, W, C) or (H, W)
-        The pixels, chunked along a multiple of the file's tile grid.
+        The pixels as displayed (the EXIF orientation of a PNG or JPEG, the
+        Orientation tag of a TIFF applied), chunked along a multiple of the
+        file's tile grid.
     path : pathlib.Path, str or None
         The file read (a string for a URL), or None for an in-memory array.
     shape : tuple of int
@@ -56,6 +58,11 @@ class ImageSource:
         The file's GDAL_NODATA value, if any.
     geotiff : bigquant.io.geotiff.GeoTiff or None
         The file's georeferencing tags (GeoTIFF), carried to TIFF outputs.
+    extra : dict
+        Details of the format: ``"orientation"`` (the EXIF or TIFF
+        Orientation applied to ``data`` and ``mask``, 1 when none) for files
+        read by bigquant's TIFF, PNG and JPEG readers, ``"mode"`` for Pillow
+        formats, ``"attrs"`` for zarr arrays.
     """
 
     data: Any

@@ -20,6 +20,12 @@ and on a distributed cluster with worker processes:
 
 The location may be a URL (``http(s)://``, ``s3://``, ``memory://``...):
 every task opens it itself through fsspec (:mod:`bigquant.io.files`).
+
+Before the graph is built, one tile (or strip) must decode to at most
+:func:`bigquant.io.chunks.max_task_bytes` bytes (memory-mapped data excepted:
+they are chunked freely), and the Orientation tag (274) is applied lazily
+(flips and transposes of the dask array and of the mask), as
+:func:`oriented` does for EXIF orientation.
 """
 
 from __future__ import annotations
@@ -39,12 +45,22 @@ from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InvalidParameterError
-from bigquant.io.chunks import ChunksLike, aligned_chunks
+from bigquant.io.chunks import ChunksLike, aligned_chunks, check_task_bytes
+from bigquant.io.chunks import max_task_bytes as task_bytes_limit
 from bigquant.io.files import file_stamp, is_url, open_binary
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask, nodata_mask
 from bigquant.io.source import ImageSource
 
-__all__ = ["TiffBlockReader", "segment_reader", "window_reader", "read_tiff", "is_tiff", "ycbcr_to_rgb"]
+__all__ = [
+    "TiffBlockReader",
+    "segment_reader",
+    "window_reader",
+    "read_tiff",
+    "is_tiff",
+    "ycbcr_to_rgb",
+    "oriented",
+    "TRANSPOSED_ORIENTATIONS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +68,62 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: Axes a 2-D image series may have once size-1 axes are dropped.
 _CHANNEL_LAST = ("YX", "YXS")
 _CHANNEL_FIRST = ("SYX", "CYX")
+
+
+#: Orientation values (TIFF tag 274, EXIF 0x0112) whose displayed image swaps height and width.
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def oriented(arr: Any, orientation: int) -> Any:
+    """``arr`` as displayed for a TIFF / EXIF ``orientation``, as ``PIL.ImageOps.exif_transpose`` does.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray or dask.array.Array of shape (H, W) or (H, W, C)
+        The pixels as stored (row 0 first).
+    orientation : int
+        The Orientation value, 1 to 8; any other value (absent, 0, 9...) is
+        left alone, as Pillow does.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        Of shape (W, H[, C]) for :data:`TRANSPOSED_ORIENTATIONS`, else (H, W[, C]);
+        dask arrays stay lazy (flips and transposes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> oriented(np.arange(6).reshape(2, 3), 6).tolist()   # stored rotated: turn clockwise
+    [[3, 0], [4, 1], [5, 2]]
+    """
+    if orientation not in range(2, 9):
+        return arr
+    if orientation in TRANSPOSED_ORIENTATIONS:
+        arr = arr.transpose((1, 0) + tuple(range(2, arr.ndim)))
+    flip = _FLIPS[orientation]
+    arr = arr[:: -1 if flip[0] else 1, :: -1 if flip[1] else 1]
+    return np.ascontiguousarray(arr) if isinstance(arr, np.ndarray) else arr
+
+
+#: orientation -> (flip rows, flip columns) of the displayed image, after transposing for 5..8
+_FLIPS = {2: (False, True), 3: (True, True), 4: (True, False), 5: (False, False),
+          6: (False, True), 7: (True, True), 8: (True, False)}
+
+
+def _stored_chunks(chunks: Any, orientation: int) -> Any:
+    """Chunks asked of the displayed image, as chunks of the stored one (inverse of :func:`oriented`).
+
+    ``(cy, cx)`` swaps for :data:`TRANSPOSED_ORIENTATIONS`; explicit chunk
+    sizes (a pair of tuples) also run backwards along flipped axes.
+    """
+    if orientation not in _FLIPS or chunks is None or isinstance(chunks, int):
+        return chunks
+    pair = tuple(chunks)
+    if len(pair) >= 2 and all(isinstance(c, tuple) for c in pair[:2]):
+        flip = _FLIPS[orientation]
+        pair = tuple(c[::-1] if f else c for c, f in zip(pair[:2], flip))
+    return pair[1::-1] if orientation in TRANSPOSED_ORIENTATIONS else pair
 
 
 def is_tiff(path: pathlib.Path | str) -> bool:
@@ -532,11 +604,15 @@ def read_tiff(
     chunks: ChunksLike = None,
     level: int = 0,
     series: int | None = None,
+    max_task_bytes: int | None = None,
 ) -> ImageSource:
     """Open one level of one series of a TIFF file (or URL) as a lazy ImageSource.
 
     See :func:`bigquant.read_image` for the parameters; ``series=None`` picks
     the image series of a slide (not its thumbnail, label, macro or mask).
+    The image (and its mask) come out as displayed: the Orientation tag is
+    applied, unless the file is georeferenced (GeoTIFF), whose transform is
+    for the stored rows.
     """
     import tifffile
 
@@ -544,6 +620,7 @@ def read_tiff(
     from bigquant.io.inspect import image_series
 
     location = str(path)
+    limit = task_bytes_limit(max_task_bytes)
     stamp = file_stamp(location)  # (size, version): one stat, or one request for a URL
     try:
         with contextlib.ExitStack() as stack:
@@ -560,6 +637,7 @@ def read_tiff(
             keyframe = tf.series[info["series"]].levels[level].keyframe
             nodata = read_nodata(keyframe)
             geotiff = GeoTiff.from_page(keyframe)
+            orientation = _orientation_tag(keyframe)
             mask_info = (
                 _level_info(tf, location, level, found, image_series)
                 if found is not None else None
@@ -568,7 +646,13 @@ def read_tiff(
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
         raise ImageReadError(f"{location}: not a readable TIFF file: {exc}") from exc
-    data, reader, tile = _level_array(location, info, chunks, stamp)
+    if orientation != 1 and geotiff is not None:
+        logger.warning("%s: Orientation %d of a georeferenced TIFF not applied (the transform is for the "
+                       "stored rows)", location, orientation)
+        orientation = 1
+    transposed = orientation in TRANSPOSED_ORIENTATIONS
+    chunks = _stored_chunks(chunks, orientation)  # asked of the displayed image
+    data, reader, tile = _level_array(location, info, chunks, stamp, limit)
     series = info["series"]
     token = data.name.rsplit("-", 1)[-1]
     photometric = info["photometric"]
@@ -597,9 +681,15 @@ def read_tiff(
         masks.append(nodata_mask(data, nodata))
     masks.append(finite_mask(data))
     if mask_info is not None:
-        mask_data = _level_array(location, mask_info, data.chunks[:2], stamp)[0]
+        mask_data = _level_array(location, mask_info, data.chunks[:2], stamp, limit)[0]
         masks.append(mask_data.astype(bool) if mask_data.ndim == 2 else mask_data[:, :, 0].astype(bool))
     mask = combine_masks(*masks)
+    if orientation != 1:
+        logger.debug("%s: Orientation %d applied", location, orientation)
+        data = oriented(data, orientation)
+        mask = None if mask is None else oriented(mask, orientation)
+        if transposed and tile is not None:
+            tile = (tile[1], tile[0])
     logger.debug(
         "%s: %s %s, tile %s, %s, chunks %s, mask %s", location, data.shape, data.dtype, tile,
         photometric, data.chunksize, mask is not None,
@@ -616,7 +706,18 @@ def read_tiff(
         mask=mask,
         nodata=file_nodata,
         geotiff=geotiff,
+        extra={"orientation": orientation},
     )
+
+
+def _orientation_tag(page: Any) -> int:
+    """The Orientation tag (274) of ``page``: 1 to 8, or 1 when absent or not one of those."""
+    tag = page.tags.get(274)
+    try:
+        value = int(tag.value) if tag is not None else 1
+    except (TypeError, ValueError):
+        value = 1
+    return value if value in range(1, 9) else 1
 
 
 def _level_info(tf: Any, location: str, level: int, series: int | None, image_series: Any) -> dict[str, Any]:
@@ -687,19 +788,27 @@ def _level_info(tf: Any, location: str, level: int, series: int | None, image_se
 
 
 def _level_array(
-    location: str, info: dict[str, Any], chunks: ChunksLike, stamp: tuple[Any, ...]
+    location: str, info: dict[str, Any], chunks: ChunksLike, stamp: tuple[Any, ...], limit: int
 ) -> tuple[da.Array, TiffBlockReader, tuple[int, int] | None]:
-    """The lazy dask array of one level described by :func:`_level_info`."""
+    """The lazy dask array of one level described by :func:`_level_info`.
+
+    Raises ImageReadError, before anything is built, when one tile (or strip)
+    decodes to more than ``limit`` bytes -- unless the data are memory-mapped,
+    which any chunk reads in place.
+    """
     shape, dtype = info["shape"], info["dtype"]
     if info["tiled"]:
         tile: tuple[int, int] | None = info["tile"]
-        grid = tile
     elif info["memmap"]:
         tile = None
-        grid = (1, 1)
     else:
         tile = (info["rows_per_strip"], shape[1])
-        grid = tile
+    grid = (1, 1) if info["memmap"] or tile is None else tile
+    if not info["memmap"] and tile is not None:
+        check_task_bytes(
+            location, "tile" if info["tiled"] else "strip", tile + tuple(shape[2:]), dtype.itemsize, limit,
+            advice="rewrite it as a tiled TIFF (e.g. `vips tiffsave in.tif out.tif --tile --bigtiff`)",
+        )
     layout = info["layout"]
     if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], tuple):
         cy, cx = chunks  # explicit chunk sizes (another array's): followed as given
