@@ -188,7 +188,8 @@ def lloyd(
     for n_iter in range(start_iter + 1, max_iter + 1):
         sums, counts, inertia = points.partial_sums(centers)
         relocate_empty_clusters(points, centers, sums, counts, inertia)
-        new_centers = _update(centers, sums, counts)
+        # every point on its centre: a fixed point, whose weighted means would only round
+        new_centers = centers.copy() if inertia <= 0 else _update(centers, sums, counts)
         shift = kernels.squared_shift(new_centers, centers)
         logger.info("iteration %d: inertia %.6g, centre shift %.3g", n_iter, inertia, shift)
         if callback is not None:

@@ -823,6 +823,9 @@ default="k-means++"
         self._lut = None
         self._lut_source = histogram  # the colour -> label table is built on first use
         self._finish(data, weights, histogram)
+        n_distinct = np.unique(self.cluster_centers_, axis=0).shape[0]
+        if n_distinct < int(self.n_clusters):  # e.g. a value the first round missed: as KMeans says it
+            warn_few_clusters(n_distinct, int(self.n_clusters))
         return self
 
     def _fit_few_values(

@@ -278,3 +278,44 @@ def test_lloyd_on_fewer_points_than_centres_ends_after_one_iteration(kind):
     assert record == []
     assert result.converged and result.n_iter == 1 and result.inertia == 0.0
     np.testing.assert_array_equal(result.centers, start)
+
+
+def test_weighted_samples_end_on_the_values_exactly(passes):
+    """Weights make the clusters' means round; a run that puts every sample on a centre keeps the centres."""
+    image, values = few_values("float32", 3)
+    weight = np.random.default_rng(5).uniform(0.1, 3.0, SHAPE)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = KMeans(K, strategy="pixels", random_state=0).fit(image, sample_weight=weight)
+    assert [w.category for w in record] == [FewColoursWarning]
+    assert rows(model.cluster_centers_) == rows(values) and model.inertia_ == 0.0
+    # one pass: no other to measure the inertia of means that only rounded
+    assert model.n_iter_ == 1 and passes == {"partial_sums": 1, "farthest": 0}
+
+
+def test_minibatch_first_round_that_missed_a_value(monkeypatch):
+    """A first round without the rare value: the mini-batch run goes on, and still warns once, as KMeans does."""
+    from bigquant.cluster import minibatch
+
+    image, values = few_values("uint16", 3)
+    image = image.copy()
+    rare = np.array([1, 2, 3], dtype=np.uint16)
+    image[0, 0] = rare
+    original = minibatch._PixelSampler.draw
+    rounds = []
+
+    def draw(self, n, rng):
+        batch = original(self, n, rng)
+        if not rounds:  # the first round, as if it had not drawn the rare pixel
+            batch.X[np.all(batch.X == rare, axis=1)] = values[0]
+        rounds.append(n)
+        return batch
+
+    monkeypatch.setattr(minibatch._PixelSampler, "draw", draw)
+    model, record = fit_recorded(MiniBatchKMeans(K, random_state=0), image)
+    n_distinct = np.unique(model.cluster_centers_, axis=0).shape[0]
+    assert model.n_steps_ > 0 and model.cluster_centers_.shape == (K, 3)
+    assert rows(model.cluster_centers_) == rows(values) | {(1.0, 2.0, 3.0)} and model.inertia_ == 0.0
+    assert [(w.category, str(w.message)) for w in record] == [(FewColoursWarning, (
+        f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({K}). "
+        "Possibly due to duplicate points in X."))]
