@@ -158,7 +158,10 @@ default="k-means++"
         Lloyd iterations of the kept run on the exact data. For 8-bit
         histograms with many colours, runs are first screened on coarse
         (5- and 6-bit) colour sets; those cheap iterations are not counted.
-        For the grid strategy: the exact passes over the pixels.
+        For the grid strategy: the exact passes over the pixels. Data of at
+        most ``n_clusters`` distinct values take 1 (the histogram puts every
+        colour on itself; on pixels, one more for a value too rare for the
+        k-means++ sample).
     n_features_in_ : int
         Number of channels seen in ``fit``.
     strategy_ : str

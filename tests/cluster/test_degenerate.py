@@ -15,12 +15,11 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans as SKKMeans
 
 from bigquant import KMeans, MiniBatchKMeans
 from bigquant.cluster import points as points_module
 from bigquant.errors import ConvergenceWarning, FewColoursWarning
-
-sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
 K = 8
 N_VALUES = 3
@@ -44,7 +43,7 @@ MINIBATCH_CASES = [(d, b, s) for (d, b), strategies in CASES.items()
 
 
 def few_values(dtype: str, bands: int, n_values: int = N_VALUES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """An image of ``SHAPE`` made of ``n_values`` distinct values (each on about a third of it), and the values."""
+    """An image of ``SHAPE`` made of ``n_values`` distinct values (each on about 1/n_values of it), and the values."""
     rng = np.random.default_rng(seed)
     if dtype == "float32":
         values = rng.uniform(-3.0, 7.0, (n_values, bands)).astype(np.float32)  # no integers: exactness shows
@@ -110,7 +109,7 @@ def sklearn_fit(image: np.ndarray):
     X = image.reshape(-1, image.shape[-1]).astype(np.float64)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        model = sklearn_cluster.KMeans(K, n_init=1, random_state=0).fit(X)
+        model = SKKMeans(K, n_init=1, random_state=0).fit(X)
     return model, record
 
 
