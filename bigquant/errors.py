@@ -93,8 +93,13 @@ class BigquantWarning(UserWarning):
 
 
 class ConvergenceWarning(BigquantWarning):
-    """Lloyd's iteration stopped at ``max_iter`` before converging."""
+    """A fit did not converge (Lloyd's iteration stopped at ``max_iter``) or found fewer clusters than asked."""
 
 
-class FewColoursWarning(BigquantWarning):
-    """The data holds fewer distinct colours than the requested ``n_clusters``."""
+class FewColoursWarning(ConvergenceWarning):
+    """The data holds fewer distinct colours than the requested ``n_clusters``.
+
+    A :class:`ConvergenceWarning`, as scikit-learn's warning for the same case
+    ("Number of distinct clusters (n) found smaller than n_clusters (k)"): a
+    filter on either class catches it.
+    """

@@ -86,9 +86,9 @@ class KMeans(_KMeans):
 
     Attributes
     ----------
-    cluster_centers_ : ndarray of shape (n_found, n_channels)
-        The centres (float64); ``n_found < n_clusters`` when the data has
-        fewer distinct colours than ``n_clusters``.
+    cluster_centers_ : ndarray of shape (n_clusters, n_channels)
+        The centres (float64); when the data has fewer distinct colours than
+        ``n_clusters``, every colour is one and the others repeat one of them.
     labels_ : ndarray or dask array
         Index of each sample's centre: shape (n_samples,) for 2-D input,
         (H, W) for an image.

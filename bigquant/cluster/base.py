@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 import warnings
 import zlib
 from typing import Any
@@ -19,6 +21,7 @@ import numpy as np
 
 from bigquant import kernels, tasks
 from bigquant.cluster.histogram import ColourHistogram
+from bigquant.cluster.lloyd import repeat_heaviest
 from bigquant.cluster.palette import refine_integer_palette
 from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
 from bigquant.cluster.scheduler import active_client
@@ -35,10 +38,36 @@ from bigquant.errors import (
     not_fitted,
 )
 
-__all__ = ["BaseEstimator", "KMeansBase"]
+__all__ = ["BaseEstimator", "KMeansBase", "warn_few_clusters"]
 
 #: in-memory inputs below this many pixels are labelled by a direct scan, not a table
 _LUT_MIN_PIXELS = 1 << 22
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside bigquant, seen from the function calling this one."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_few_clusters(n_distinct: int, n_clusters: int) -> None:
+    """Warn, in scikit-learn's words, that a fit found fewer distinct clusters than ``n_clusters``.
+
+    The category is :class:`~bigquant.errors.FewColoursWarning`, a
+    :class:`~bigquant.errors.ConvergenceWarning` as scikit-learn's is; the
+    warning points at the first line outside bigquant (the caller's ``fit``).
+    """
+    warnings.warn(
+        f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({n_clusters}). "
+        "Possibly due to duplicate points in X.",
+        FewColoursWarning,
+        stacklevel=_caller_stacklevel(),
+    )
 
 
 class BaseEstimator:
@@ -183,14 +212,20 @@ class KMeansBase(BaseEstimator):
         return self._colour_labels.astype(dtype, copy=False)
 
     def _fit_few_colours(self, data: Data, histogram: ColourHistogram) -> KMeansBase:
-        if histogram.n_colours < self.n_clusters:
-            warnings.warn(
-                f"the data has only {histogram.n_colours} distinct colours, fewer than "
-                f"n_clusters={self.n_clusters}; returning them as the centres",
-                FewColoursWarning,
-                stacklevel=3,
-            )
-        return self._set_fitted(data, "histogram", histogram, histogram.colours.astype(np.float64), 0.0, 0)
+        """The fit of a histogram of at most ``n_clusters`` colours, at once: every colour a centre.
+
+        As scikit-learn: ``n_clusters`` centres, the colours (in code order)
+        and copies of the most frequent one, inertia 0; one Lloyd iteration
+        (the assignment of every colour to itself) and, with fewer colours
+        than ``n_clusters``, one :func:`warn_few_clusters`.
+        """
+        k = int(self.n_clusters)
+        n = histogram.n_colours
+        centers = repeat_heaviest(histogram.colours, histogram.counts, k)
+        if n < k:
+            warn_few_clusters(n, k)
+        # each colour is its own nearest centre (the copies come after it)
+        return self._set_fitted(data, "histogram", histogram, centers, 0.0, 1, np.arange(n))
 
     def _build_lut(self, histogram: ColourHistogram) -> tuple[np.ndarray, int, int]:
         labels = self._labels_of_colours()

@@ -47,7 +47,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from bigquant import kernels, tasks
 from bigquant.cluster.init import kmeans_plusplus, local_trials
-from bigquant.cluster.lloyd import relocate_empty_clusters
+from bigquant.cluster.lloyd import fill_stranded, relocate_empty_clusters
 from bigquant.cluster.points import (
     BoundedPoints,
     PointSet,
@@ -492,14 +492,18 @@ def finish_on_pixels(points: PointSet, centers: np.ndarray, *, tol: float, max_i
 
     Returns the centres the last pass assigned (so ``inertia`` is theirs,
     exactly, and one more Lloyd step moves them by at most ``tol``), not the
-    step's means: no extra pass to measure the inertia of new centres.
+    step's means: no extra pass to measure the inertia of new centres.  Data
+    with fewer distinct values than centres end in one pass: every pixel sits
+    on a centre, no empty cluster takes a pixel
+    (:func:`~bigquant.cluster.lloyd.relocate_empty_clusters`), and the empty
+    ones are copies (:func:`~bigquant.cluster.lloyd.fill_stranded`).
     """
     centers = np.array(centers, dtype=np.float64)
     shift = math.inf
     inertia = math.nan
     for n_pass in range(1, int(max_iter) + 1):
         sums, counts, inertia = points.partial_sums(centers)
-        moved = relocate_empty_clusters(points, centers, sums, counts)
+        moved = relocate_empty_clusters(points, centers, sums, counts, inertia)
         new = centers.copy()
         nonzero = counts > 0
         new[nonzero] = sums[nonzero] / counts[nonzero, None]
@@ -508,7 +512,8 @@ def finish_on_pixels(points: PointSet, centers: np.ndarray, *, tol: float, max_i
         if callback is not None:
             callback(n_pass, float(inertia), shift)
         if shift <= tol and not moved:
-            return Finished(centers, float(inertia), n_pass, True, shift)
+            # clusters still empty: every pixel sits on a centre (fewer distinct values than k)
+            return Finished(fill_stranded(centers, counts), float(inertia), n_pass, True, shift)
         centers = new
     # out of passes: the last means, whose inertia one more pass measures
     inertia = points.partial_sums(centers)[2]

@@ -15,7 +15,7 @@ import numpy as np
 from bigquant import tasks
 from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
-from bigquant.cluster.base import KMeansBase
+from bigquant.cluster.base import KMeansBase, warn_few_clusters
 from bigquant.cluster.checkpoint import Checkpoint
 from bigquant.cluster.grid import GRID_MAX_BITS, finish_on_pixels, grid_bits, search_cells, value_grid
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
@@ -48,7 +48,6 @@ from bigquant.cluster.validation import (
 )
 from bigquant.errors import (
     BigquantWarning,
-    FewColoursWarning,
     InvalidInputError,
     InvalidParameterError,
 )
@@ -145,8 +144,11 @@ default="k-means++"
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (n_clusters, n_channels)
-        Centres (float64). Fewer rows than ``n_clusters`` when the data has
-        fewer distinct colours (a :class:`~bigquant.errors.FewColoursWarning`).
+        Centres (float64). When the data hold fewer distinct values than
+        ``n_clusters``, every one is a centre and the other centres repeat one
+        of them, as in scikit-learn (the fit ends at once, inertia 0, with a
+        :class:`~bigquant.errors.FewColoursWarning`, which is a
+        :class:`~bigquant.errors.ConvergenceWarning`).
     labels_ : ndarray or dask array
         Label of each sample: shape (n_samples,) for 2-D input and (H, W) for
         an image; numpy for numpy input, lazy dask for dask input.
@@ -156,7 +158,10 @@ default="k-means++"
         Lloyd iterations of the kept run on the exact data. For 8-bit
         histograms with many colours, runs are first screened on coarse
         (5- and 6-bit) colour sets; those cheap iterations are not counted.
-        For the grid strategy: the exact passes over the pixels.
+        For the grid strategy: the exact passes over the pixels. Data of at
+        most ``n_clusters`` distinct values take 1 (the histogram puts every
+        colour on itself; on pixels, one more for a value too rare for the
+        k-means++ sample).
     n_features_in_ : int
         Number of channels seen in ``fit``.
     strategy_ : str
@@ -358,16 +363,16 @@ default="k-means++"
         return self._finish(data, "histogram", histogram, best)
 
     def _finish(self, data: Data, strategy: str, histogram: ColourHistogram | None, best: LloydResult) -> KMeans:
-        centers = best.centers
         # labels of the distinct colours, when the last run computed them for these centres
         colour_labels = best.labels if histogram is not None else None
-        if best.inertia == 0.0:
-            centers = self._drop_duplicate_centres(centers)
-            colour_labels = None if centers.shape != best.centers.shape else colour_labels
-
         if self._ckpt is not None:
             self._ckpt.clear()
-        return self._set_fitted(data, strategy, histogram, centers, best.inertia, best.n_iter, colour_labels)
+        n_distinct = np.unique(best.centers, axis=0).shape[0]
+        if n_distinct < int(self.n_clusters):
+            # fewer distinct points than clusters: every point sits on a centre, the
+            # others repeat one (kept, as scikit-learn keeps them)
+            warn_few_clusters(n_distinct, int(self.n_clusters))
+        return self._set_fitted(data, strategy, histogram, best.centers, best.inertia, best.n_iter, colour_labels)
 
     def _best_of_runs(
         self,
@@ -407,6 +412,8 @@ default="k-means++"
             logger.info("run %d/%d: inertia %.6g after %d iterations", run + 1, n_init, result.inertia, result.n_iter)
             if best is None or result.inertia < best.inertia:
                 best = result
+            if best.inertia == 0.0:
+                break  # every point on a centre (fewer distinct points than clusters): nothing to improve
             if ckpt is not None and run + 1 < n_init:
                 ckpt.save({"stage": "runs", "run": run + 1, "rng": rng.bit_generator.state,
                            "centers": None, "n_iter": 0, "best": _as_state(best)})
@@ -555,18 +562,6 @@ default="k-means++"
         if self.init == "random":
             return random_init(sample, weights, k, rng)
         return kmeans_plusplus(sample, weights, k, rng)
-
-    def _drop_duplicate_centres(self, centers: np.ndarray) -> np.ndarray:
-        _, first = np.unique(centers, axis=0, return_index=True)
-        if first.shape[0] < centers.shape[0]:
-            warnings.warn(
-                f"the data has only {first.shape[0]} distinct points, fewer than "
-                f"n_clusters={self.n_clusters}; returning them as the centres",
-                FewColoursWarning,
-                stacklevel=3,
-            )
-            centers = centers[np.sort(first)]
-        return centers
 
     def _fit_minibatch(self, data: Data, weights: Any) -> KMeans:
         from bigquant.cluster.minibatch import MiniBatchKMeans

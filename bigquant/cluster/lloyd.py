@@ -24,7 +24,9 @@ from bigquant import kernels
 from bigquant.cluster.points import PointSet
 from bigquant.errors import ConvergenceWarning
 
-__all__ = ["LloydResult", "lloyd", "relocate_empty_clusters", "warn_not_converged"]
+__all__ = [
+    "LloydResult", "lloyd", "relocate_empty_clusters", "repeat_heaviest", "fill_stranded", "warn_not_converged",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +47,22 @@ class LloydResult:
 
 
 def relocate_empty_clusters(
-    points: PointSet, centers: np.ndarray, sums: np.ndarray, counts: np.ndarray
+    points: PointSet, centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, inertia: float | None = None
 ) -> int:
     """Give every empty cluster one of the points farthest from its centre.
 
     Works on the weighted sums in place, as scikit-learn's
     ``_relocate_empty_clusters_dense`` does: the point leaves its old cluster's
-    sums and becomes the new cluster's only member. Returns how many clusters
-    were refilled.
+    sums and becomes the new cluster's only member. Only points off their
+    centre move: when every point sits on a centre (fewer distinct points than
+    clusters), the empty clusters stay empty -- a copy of a point would not
+    lower the inertia, and moving copies round would keep the iteration from
+    ending. ``inertia``, the assignment's, when 0 says so without a look
+    for the farthest points (a pass over the data). Returns how many
+    clusters were refilled.
     """
     empty = np.flatnonzero(counts == 0)
-    if empty.size == 0:
+    if empty.size == 0 or (inertia is not None and inertia <= 0):
         return 0
     far = points.farthest(centers, empty.size)
     # expand colours into unit points (a colour of count c gives up to c points)
@@ -66,8 +73,8 @@ def relocate_empty_clusters(
         while row < far.points.shape[0] and used >= far.multiplicity[row]:
             row += 1
             used = 0
-        if row >= far.points.shape[0]:
-            break
+        if row >= far.points.shape[0] or not far.distances[row] > 0:
+            break  # the others sit on their centres
         point, weight, old = far.points[row], far.weights[row], far.labels[row]
         sums[old] -= point * weight
         counts[old] -= weight
@@ -77,6 +84,44 @@ def relocate_empty_clusters(
         filled += 1
     logger.debug("relocated %d empty cluster(s)", filled)
     return filled
+
+
+def repeat_heaviest(centers: np.ndarray, weights: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``centers`` followed by copies of the heaviest one (ties to the lowest index), ``n_clusters`` rows.
+
+    The centres of data with fewer distinct points than ``n_clusters``: every
+    distinct point is a centre and the others repeat one of them, as
+    scikit-learn returns them; labels (ties to the lowest index) never point
+    at a copy.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    missing = int(n_clusters) - centers.shape[0]
+    if missing <= 0:
+        return centers
+    heaviest = int(np.argmax(np.asarray(weights, dtype=np.float64)))
+    return np.concatenate([centers, np.repeat(centers[heaviest : heaviest + 1], missing, axis=0)])
+
+
+def fill_stranded(centers: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Centres of a run that ended with empty clusters: each empty one that is no other centre's copy becomes one.
+
+    Clusters stay empty only when every point sits on a centre (see
+    :func:`relocate_empty_clusters`): an empty cluster's centre is then a
+    copy of a centre with points -- as k-means++ leaves them -- or, from an
+    explicit start, a point anywhere; the latter becomes a copy of the
+    heaviest cluster's centre, as scikit-learn's relocation makes it one of
+    the (duplicate) points. The inertia does not change.
+    """
+    empty = np.asarray(counts) == 0
+    if not empty.any() or empty.all():
+        return centers
+    used = centers[~empty]
+    out = np.array(centers, dtype=np.float64)
+    heaviest = centers[int(np.argmax(counts))]
+    for j in np.flatnonzero(empty):
+        if not (used == centers[j]).all(axis=1).any():
+            out[j] = heaviest
+    return out
 
 
 def _update(centers: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -139,10 +184,12 @@ def lloyd(
     converged = False
     shift = np.inf
     n_iter = start_iter
+    counts = None
     for n_iter in range(start_iter + 1, max_iter + 1):
         sums, counts, inertia = points.partial_sums(centers)
-        relocate_empty_clusters(points, centers, sums, counts)
-        new_centers = _update(centers, sums, counts)
+        relocate_empty_clusters(points, centers, sums, counts, inertia)
+        # every point on its centre: a fixed point, whose weighted means would only round
+        new_centers = centers.copy() if inertia <= 0 else _update(centers, sums, counts)
         shift = kernels.squared_shift(new_centers, centers)
         logger.info("iteration %d: inertia %.6g, centre shift %.3g", n_iter, inertia, shift)
         if callback is not None:
@@ -153,6 +200,8 @@ def lloyd(
         if shift <= tol:
             converged = True
             break
+    if converged and counts is not None:
+        centers = fill_stranded(centers, counts)  # every point on a centre: the empty ones become copies
     labels = None
     if hasattr(points, "finish"):
         final_inertia, labels = points.finish(centers)

@@ -75,10 +75,10 @@ from dask.highlevelgraph import HighLevelGraph
 
 from bigquant import kernels, tasks
 from bigquant._typing import INIT_METHODS
-from bigquant.cluster.base import KMeansBase
+from bigquant.cluster.base import KMeansBase, warn_few_clusters
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import kmeans_plusplus, random_init
-from bigquant.cluster.lloyd import lloyd
+from bigquant.cluster.lloyd import lloyd, repeat_heaviest
 from bigquant.cluster.points import BoundedPoints, DaskPoints, InMemoryPoints
 from bigquant.cluster.search import search, uses_coarse_search
 from bigquant.cluster.validation import (
@@ -381,7 +381,13 @@ default="k-means++"
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (n_clusters, n_channels)
-        Centres (float64).
+        Centres (float64). When the data hold fewer distinct values than
+        ``n_clusters`` (seen in the first round of samples, or the colour
+        histogram), the fit ends without a step: every value is a centre, the
+        others repeat the most frequent, and a
+        :class:`~bigquant.errors.FewColoursWarning` (a
+        :class:`~bigquant.errors.ConvergenceWarning`) says so, as
+        :class:`KMeans` and scikit-learn's ``KMeans`` do.
     labels_ : ndarray or dask array
         Label of each sample of the data given to ``fit``: shape (n_samples,)
         for 2-D input and (H, W) for an image; numpy for numpy input, lazy dask
@@ -392,7 +398,8 @@ default="k-means++"
         ``compute_labels=False``). After ``partial_fit``: that of its batch.
     n_iter_ : int
         Passes over the data the steps amount to, ``ceil(n_steps_ *
-        batch_size / n_samples)``.
+        batch_size / n_samples)``; 1 for data of fewer distinct values than
+        ``n_clusters`` (no step: the one pass that finds them).
     n_steps_ : int
         Number of mini-batch steps run.
     n_samples_fetched_ : int
@@ -796,6 +803,8 @@ default="k-means++"
         counted = colour_histogram(np.ascontiguousarray(pool.X)) if colours else None
         variance = counted.points().moments()[2] if counted is not None else self._variance(pool)
         centers, counts = self._initial_centers(pool, init_array, init_rng, counted)
+        if init_array is None and self._fit_few_values(data, weights, pool, centers, strategy, step_rng):
+            return self
         self._start(centers, batch_size, counts)
         seen = [pool]
         tol = float(self.tol) * float(np.mean(variance))
@@ -814,7 +823,51 @@ default="k-means++"
         self._lut = None
         self._lut_source = histogram  # the colour -> label table is built on first use
         self._finish(data, weights, histogram)
+        n_distinct = np.unique(self.cluster_centers_, axis=0).shape[0]
+        if n_distinct < int(self.n_clusters):  # e.g. a value the first round missed: as KMeans says it
+            warn_few_clusters(n_distinct, int(self.n_clusters))
         return self
+
+    def _fit_few_values(
+        self, data: Data, weights: Any, pool: _Batch, centers: np.ndarray, strategy: str,
+        rng: np.random.Generator,
+    ) -> bool:
+        """The fit at once when the first round holds fewer distinct values than ``n_clusters``.
+
+        The initialisation then repeats a centre (it found every value of the
+        sample), and when every sample sits on a centre, neither the steps nor
+        the refinement would move one: the centres are the sampled values and
+        copies of the most frequent, as :class:`KMeans` and scikit-learn give
+        them. The final pass (``compute_labels``) checks that every sample of
+        the data sits on one; if not (a value the sample missed), returns False
+        and the mini-batch run goes on as usual.
+        """
+        k = int(self.n_clusters)
+        if np.unique(centers, axis=0).shape[0] >= k:
+            return False
+        _, weight, inertia = kernels.partial_sums(pool.X, centers, pool.w)
+        if inertia != 0.0:
+            return False
+        used = weight > 0
+        self._start(repeat_heaviest(centers[used], weight[used], k), int(self.batch_size))
+        self._random_state = rng
+        self.strategy_ = strategy
+        self.histogram_ = None
+        self.n_steps_ = 0
+        self.n_iter_ = 1
+        self.n_refine_iter_ = 0
+        self.n_samples_fetched_ = len(pool)
+        self.n_features_in_ = data.n_channels
+        self._dtype_in = data.array.dtype
+        self._lut = None
+        self._lut_source = None
+        self._finish(data, weights, None)
+        if self.compute_labels and self.inertia_ != 0.0:
+            logger.info("%d distinct values sampled, but not every sample of the data is one: mini-batch steps",
+                        int(used.sum()))
+            return False
+        warn_few_clusters(int(used.sum()), k)
+        return True
 
     def _run(
         self,

@@ -220,7 +220,8 @@ def _relocate_empty(X, weights, multiplicity, centers_t, sums, counts):  # pragm
     Empty clusters, in index order, take the unit points farthest from their
     nearest centre (ties in data order); with ``multiplicity`` row ``i`` stands
     for ``weights[i]`` points of weight 1, otherwise for one point of weight
-    ``weights[i]``.
+    ``weights[i]``. Points on their centre never move (fewer distinct points
+    than clusters leave the extra clusters empty).
     """
     n, n_channels = X.shape
     k = centers_t.shape[1]
@@ -241,7 +242,8 @@ def _relocate_empty(X, weights, multiplicity, centers_t, sums, counts):  # pragm
             continue
         while row < 0 or used >= (weights[row] if multiplicity else 1.0):
             row = _farthest_free(far, taken)
-            if row < 0:
+            if row < 0 or not far[row] > 0:
+                row = -1  # the others sit on their centres: copies would not lower the inertia
                 break
             taken[row] = True
             used = 0.0

@@ -173,19 +173,22 @@ def test_gray_and_four_channels():
     assert KMeans(3, random_state=0).fit(uint16_gray).strategy_ == "histogram"
 
 
-def test_fewer_colours_than_clusters():
+@pytest.mark.parametrize("strategy", ["histogram", "grid", "pixels"])
+def test_fewer_colours_than_clusters(strategy):
+    """As scikit-learn: k centres (every colour, then copies), inertia 0, one warning and no other, one pass."""
     img = np.zeros((10, 10, 3), np.uint8)
     img[:5] = [255, 0, 0]
     img[5:, :5] = [0, 0, 255]
-    with pytest.warns(FewColoursWarning, match="only 3 distinct colours"):
-        km = KMeans(8).fit(img)
-    assert sorted_rows(km.cluster_centers_).tolist() == [[0, 0, 0], [0, 0, 255], [255, 0, 0]]
-    assert km.inertia_ == 0
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        km = KMeans(8, strategy=strategy, random_state=0).fit(img)
+    assert [(w.category, str(w.message)) for w in record] == [(FewColoursWarning, (
+        "Number of distinct clusters (3) found smaller than n_clusters (8). Possibly due to duplicate points in X."))]
+    assert issubclass(FewColoursWarning, ConvergenceWarning)
+    assert km.cluster_centers_.shape == (8, 3)
+    assert np.unique(km.cluster_centers_, axis=0).tolist() == [[0, 0, 0], [0, 0, 255], [255, 0, 0]]
+    assert km.inertia_ == 0 and km.n_iter_ == 1
     np.testing.assert_array_equal(km.cluster_centers_[km.labels_], img)
-    with pytest.warns(FewColoursWarning):
-        kp = KMeans(8, strategy="pixels", random_state=0).fit(img)
-    assert len(kp.cluster_centers_) == 3
-    np.testing.assert_array_equal(kp.cluster_centers_[kp.labels_], img)
 
 
 # ----------------------------------------------------------------- determinism

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import dask
 import dask.array as da
@@ -159,12 +160,19 @@ def test_histogram_strategy(image):
     np.testing.assert_array_equal(mbk.labels_, mbk.predict(image.astype(np.float64)))
 
 
-def test_histogram_few_colours():
+@pytest.mark.parametrize("strategy", ["histogram", "pixels"])
+def test_few_colours(strategy):
+    """As KMeans and scikit-learn: k centres (every colour, then copies), inertia 0, one warning and no other."""
     X = np.repeat(np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255]], dtype=np.uint8), 50, axis=0)
-    with pytest.warns(FewColoursWarning):
-        mbk = MiniBatchKMeans(4, strategy="histogram").fit(X)
-    assert mbk.cluster_centers_.shape == (3, 3)
-    assert mbk.inertia_ == 0.0
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        mbk = MiniBatchKMeans(4, strategy=strategy, random_state=0).fit(X)
+    assert [(w.category, str(w.message)) for w in record] == [(FewColoursWarning, (
+        "Number of distinct clusters (3) found smaller than n_clusters (4). Possibly due to duplicate points in X."))]
+    assert mbk.cluster_centers_.shape == (4, 3)
+    assert np.unique(mbk.cluster_centers_, axis=0).tolist() == [[0, 0, 0], [0, 0, 255], [255, 0, 0]]
+    assert mbk.inertia_ == 0.0 and mbk.n_steps_ == 0
+    np.testing.assert_array_equal(mbk.cluster_centers_[mbk.labels_], X)
 
 
 def test_sample_weight_selects_data(blobs):
