@@ -496,15 +496,15 @@ def quantize(
         In [0, 1]: the fraction of the error diffused (or of the palette's
         spacing used as noise amplitude).  0.9 rather than 1: undamped error
         piles up in smooth areas until a far colour is picked (stray dots);
-        on the README's five photos 0.9 gives more PSNR after a blur of
-        sigma = 1 px than 1.0 at every k (README, strength table).
+        on the five photos of docs/benchmarks.md 0.9 gives more PSNR after a blur of
+        sigma = 1 px than 1.0 at every k (its dither-strength table).
     space : {"rgb", "oklab", "lab"}, default="rgb"
         Colour space of the fit, the lookup table and the pixel -> palette
         mapping (:mod:`bigquant.pipeline.space`); the palette is stored as
         sRGB colours either way.  8-bit input keeps the exact-histogram
         strategy (distinct colours transformed once, weighted by counts).
         "rgb" (the default) gives the highest PSNR; "oklab" the lowest
-        perceptual error (mean Delta E in OKLab) -- see the README's quality
+        perceptual error (mean Delta E in OKLab) -- see docs/benchmarks.md, quality
         tables.  Needs a 3-band image and a fitted palette (not ``palette``
         or ``quality``); the returned model is then a
         :class:`bigquant.pipeline.space.SpaceKMeans`.
