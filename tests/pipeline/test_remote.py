@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from tests.support.processes import wait_or_kill
 
 pytestmark = pytest.mark.distributed
 
@@ -38,15 +39,7 @@ def _stop(procs: list[subprocess.Popen], address: str | None) -> None:
         except Exception:
             pass
     for proc in reversed(procs):  # workers first, then the scheduler
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        wait_or_kill(proc)
 
 
 @pytest.fixture(scope="module")

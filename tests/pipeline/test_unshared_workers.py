@@ -28,6 +28,7 @@ import pytest
 from dask.utils import key_split
 
 from bigquant import tasks
+from tests.support.processes import wait_or_kill
 
 pytestmark = pytest.mark.distributed
 
@@ -98,15 +99,7 @@ class _Cluster:
 
     @staticmethod
     def _wait(proc: subprocess.Popen) -> None:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        wait_or_kill(proc, timeout=15)
 
     def stop(self) -> None:
         """Shut everything down cleanly, then make sure every process is gone."""
