@@ -351,7 +351,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         if isinstance(fit.palette, (str, os.PathLike)):
             palette_format(fit.palette)
     dither, strength = check_dither(request.map.dither, request.map.dither_strength)
-    if request.entry != "sweep" and check_alpha(request.read.alpha) == "fit" and request.entry != "quantize":
+    if request.entry != "sweep" and check_alpha(request.read.alpha) == "fit" and request.entry == "quantize_many":
         raise InvalidParameterError(
             "alpha='fit' fits one image's alpha (quantize); a set's shared palette reads alpha as a mask")
     if write.mode not in ("palette", "rgb"):

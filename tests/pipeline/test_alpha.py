@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from bigquant import quantize
+from bigquant import quantize, quantize_many, sweep
 from bigquant.cli import main
 from bigquant.errors import InvalidParameterError
 
@@ -189,6 +189,11 @@ def test_alpha_option_is_checked_before_a_pixel_is_read(tmp_path):
         quantize(tmp_path / "rgb.png", tmp_path / "q.png", 8, alpha="fit")
     with pytest.raises(InvalidParameterError, match="dither does not fit alpha"):
         quantize(path, tmp_path / "q.png", 8, alpha="fit", dither="floyd-steinberg")
+    # a set's shared palette and a sweep read alpha as a mask
+    with pytest.raises(InvalidParameterError, match="a set's shared palette reads alpha as a mask"):
+        quantize_many([path], tmp_path / "set", 8, alpha="fit", suffix=".png")
+    with pytest.raises(InvalidParameterError, match="alpha is not an option of sweep"):
+        sweep(path, [2, 4], alpha="fit")
 
 
 def test_the_command_line_fits_alpha(tmp_path):
@@ -212,3 +217,14 @@ def test_premultiply_and_back():
     np.testing.assert_array_equal(unpremultiply(premultiply(rgba), np.uint8), rgba)
     wide = (rgba.astype(np.uint16) * 257)
     np.testing.assert_array_equal(unpremultiply(premultiply(wide), np.uint16), wide)
+
+
+def test_an_rgba_tiff_keeps_its_alpha_in_a_png(tmp_path):
+    src = _feathered()
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, src, photometric="rgb", extrasamples=["unassalpha"], tile=(32, 32))
+    out = tmp_path / "q.png"
+    quantize(path, out, 32, random_state=0)
+    back = _rgba_back(out)
+    assert np.unique(back[..., 3]).size >= 8
+    np.testing.assert_array_equal(back[src[..., 3] == 0], 0)
