@@ -489,8 +489,8 @@ def quantize(
         keeps each entry's alpha (tRNS), ``mode="rgb"`` writes RGBA (TIFF:
         ExtraSamples = unassociated alpha); fully transparent pixels share
         the entry ``nodata_index`` (alpha 0).  Needs an RGBA uint8/uint16
-        image, a palette fitted in RGB without dither, ``rgb_bands`` or
-        ``quality``, and an output that holds alpha (not a palette TIFF --
+        image, a palette fitted in RGB without dither, ``rgb_bands``,
+        ``quality`` or ``mask=False``, and an output that holds alpha (not a palette TIFF --
         its colormap has no alpha -- nor JPEG).  "mask": alpha 0 is masked,
         every other pixel opaque.  "auto": "fit" when the request allows it
         and some alpha lies strictly between 0 and full (one read of the
@@ -733,9 +733,9 @@ def _fits_alpha(request: Request, source: ImageSource) -> bool:
     mode = request.read.alpha
     if mode == "mask" or source.alpha is None:
         return False
-    blocker = alpha_blocker(request, source)
     if mode == "fit":
         return True  # checked: check_sources refuses what cannot be fitted
+    blocker = alpha_blocker(request, source)
     if blocker is not None:
         logger.info("alpha read as a mask (alpha 0 is nodata, the rest opaque): %s", blocker)
         return False
@@ -757,7 +757,8 @@ def _fit_alpha(data: Any, valid: Any, source: ImageSource, n_clusters: int | Non
             ) from exc
         raise
     palette = model.cluster_centers_.astype(source.dtype)
-    # the error of the pixels written is measured on straight RGBA (measure=True), not known from the fit
+    # the fit's inertia is in its weighted space: the error of the pixels written (RGBA as seen) is
+    # known only when measured
     return PaletteChoice(palette, model, None, None, alpha=True)
 
 
