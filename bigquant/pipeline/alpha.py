@@ -24,6 +24,11 @@ equally (and without libimagequant's gamma), so alpha gets the same ratio to
 the average colour channel: ``ALPHA_WEIGHT = sqrt(3 * 0.625**2 / 0.484)``,
 about 1.56 -- an alpha error counts as much as a colour error of about 1.56
 times its size.
+libimagequant premultiplies after converting to its internal gamma (0.57);
+bigquant premultiplies the stored sRGB values, which its RGB fit works on.
+Its k-means is Lloyd's on every pixel (strategy "pixels": RGBA has 32 bits a
+pixel, past the exact colour histogram's 24), with squared distances, where
+libimagequant takes the larger of the errors on black and on white.
 
 Images whose alpha is only 0 or full keep the binary mask: no alpha channel is
 fitted (``alpha="auto"`` checks the alpha channel once to know).
