@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels to leave out besides the file's own (alpha 0, nodata, mask IFD, NaN): a mask "
                         "image of the same size (non-zero = image), 'auto' (slide background: Otsu on a "
                         "low-resolution level) or 'none' (ignore the file's masks too)")
+    q.add_argument("--alpha", choices=("auto", "mask", "fit"), default="auto",
+                   help="an RGBA image's alpha: 'fit' it as a fourth channel, colours premultiplied, kept in the "
+                        "output (PNG tRNS, RGBA); 'mask' (alpha 0 is nodata, the rest opaque); 'auto' (default): "
+                        "fit when some alpha lies between 0 and full and the output holds alpha")
     q.add_argument("--nodata-index", type=_non_negative_int, metavar="I",
                    help="palette index of masked pixels (default k, after the palette)")
     q.add_argument("--rgb-bands", type=_bands, metavar="R,G,B",

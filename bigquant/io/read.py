@@ -82,9 +82,10 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     channels = int(arr.shape[2]) if arr.ndim == 3 else 1
     if photometric is None:
         photometric = "rgb" if channels in (3, 4) else "minisblack"
-    mask = None
+    mask = alpha_channel = None
     if alpha:
-        mask = alpha_mask(arr[:, :, -1])
+        alpha_channel = arr[:, :, -1]
+        mask = alpha_mask(alpha_channel)
         arr = arr[:, :, :-1] if channels > 2 else arr[:, :, 0]
     mask = combine_masks(mask, finite_mask(arr))
     return ImageSource(
@@ -96,6 +97,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
         levels=1,
         extra=extra or {},
         mask=mask,
+        alpha=alpha_channel,
     )
 
 
@@ -512,7 +514,8 @@ def read_image(
             return src
         rechunked = _from_array(src.data, chunks, fmt=src.format, path=src.path, photometric=src.photometric)
         mask = None if src.mask is None else src.mask.rechunk(rechunked.data.chunks[:2])
-        return dataclasses.replace(src, data=rechunked.data, mask=mask)
+        alpha = None if src.alpha is None else src.alpha.rechunk(rechunked.data.chunks[:2])
+        return dataclasses.replace(src, data=rechunked.data, mask=mask, alpha=alpha)
     if isinstance(src, (np.ndarray, da.Array)):
         return _from_array(src, chunks, fmt="array", path=None)
     if _is_zarr(src):

@@ -54,6 +54,10 @@ class ImageSource:
         not image -- alpha 0, the GDAL_NODATA value in every band, a TIFF mask
         IFD (NewSubfileType 4), NaN in float data.  None when every pixel is
         image.  ``data`` never holds the alpha channel.
+    alpha : dask.array.Array of shape (H, W) or None
+        The file's alpha channel (an RGBA or grey + alpha image), chunked as
+        ``data``; None when it has none.  ``mask`` already says where it is 0;
+        :func:`bigquant.quantize` fits it when it has levels between 0 and full.
     nodata : float or None
         The file's GDAL_NODATA value, if any.
     geotiff : bigquant.io.geotiff.GeoTiff or None
@@ -77,6 +81,7 @@ class ImageSource:
     mask: Any = field(default=None, repr=False, compare=False)
     nodata: float | None = None
     geotiff: Any = field(default=None, repr=False, compare=False)
+    alpha: Any = field(default=None, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:

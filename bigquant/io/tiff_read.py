@@ -672,8 +672,10 @@ def read_tiff(
             name=f"{tasks.READ_PALETTE}-{token}",
             meta=np.empty((0, 0, 0), dtype=lut.dtype),
         )
+    alpha = None
     if info["alpha"]:
-        masks.append(alpha_mask(data[:, :, -1]))
+        alpha = data[:, :, -1]
+        masks.append(alpha_mask(alpha))
         data = data[:, :, :-1]
         if data.shape[2] == 1:
             data = data[:, :, 0]
@@ -688,6 +690,7 @@ def read_tiff(
         logger.debug("%s: Orientation %d applied", location, orientation)
         data = oriented(data, orientation)
         mask = None if mask is None else oriented(mask, orientation)
+        alpha = None if alpha is None else oriented(alpha, orientation)
         if transposed and tile is not None:
             tile = (tile[1], tile[0])
     logger.debug(
@@ -707,6 +710,7 @@ def read_tiff(
         nodata=file_nodata,
         geotiff=geotiff,
         extra={"orientation": orientation},
+        alpha=alpha,
     )
 
 

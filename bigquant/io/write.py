@@ -242,7 +242,8 @@ def _write_pillow(
     what was computed (labels or pixels).
 
     With a no-data label, palette PNGs get a transparent entry for it (tRNS)
-    and colour PNGs an alpha channel; JPEG shows no-data black.
+    and colour PNGs an alpha channel; JPEG shows no-data black.  A palette
+    PNG of RGBA colours (4 samples) keeps each entry's alpha in tRNS.
     """
     from PIL import Image
 
@@ -268,12 +269,19 @@ def _write_pillow(
             )
         pix = encoder.pixels(labels_or_pixels)
         pal = colours if colours.dtype == np.uint8 else (colours >> 8).astype(np.uint8)
+        alphas = pal[:, 3] if pal.shape[1] == 4 else None  # RGBA entries: their alpha goes to tRNS
         pal = pal[:, :3] if pal.shape[1] >= 3 else np.repeat(pal[:, :1], 3, axis=1)
         if encoder.nodata is not None:
             pal = np.concatenate([pal, np.zeros((encoder.nodata + 1 - len(pal), 3), pal.dtype)])
         img = Image.frombytes("P", (pix.shape[1], pix.shape[0]), np.ascontiguousarray(pix).tobytes())
         img.putpalette(pal.astype(np.uint8).ravel().tolist())
-        if encoder.nodata is not None:
+        if alphas is not None:
+            trns = np.zeros(len(pal), dtype=np.uint8)  # entries past the colours (nodata's) transparent
+            trns[: len(alphas)] = alphas
+            see_through = np.flatnonzero(trns != 255)
+            if see_through.size:  # tRNS lists the entries up to the last one not opaque
+                save_args["transparency"] = trns[: see_through[-1] + 1].tobytes()
+        elif encoder.nodata is not None:
             save_args["transparency"] = encoder.nodata
     else:
         if kind == "rgb":
@@ -373,7 +381,11 @@ def write_image(
     palette : array-like of shape (k, C) or None, default=None
         Colours of the labels (C in 1, 3, 4), e.g. ``KMeans.cluster_centers_``;
         rounded and clipped to uint8 (or uint16 when a value exceeds 255, or
-        kept when given as uint8/uint16).
+        kept when given as uint8/uint16).  A palette PNG reads 4 samples as
+        RGBA: each entry's alpha goes to its tRNS chunk (a palette TIFF's
+        colormap holds no alpha: the fourth sample is dropped there);
+        ``mode="rgb"`` writes 4 samples as RGBA (TIFF: ExtraSamples =
+        unassociated alpha).
     mode : {"palette", "rgb"}, default="palette"
         "palette": an indexed image (TIFF colormap, uint8 indices for up to
         256 colours, uint16 up to 65536; zarr stores indices and the palette

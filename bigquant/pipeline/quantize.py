@@ -35,6 +35,7 @@ from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, write_image
+from bigquant.pipeline.alpha import alpha_blocker, fit_alpha, has_partial_alpha, premultiply, transparent_entry
 from bigquant.pipeline.dither import DITHER_CHUNK, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, peak_value, search_k
@@ -178,6 +179,9 @@ class PaletteChoice:
         Squared error of the written pixels, when known (from the histogram).
     source : str or None
         The palette file applied, if any.
+    alpha : bool
+        The palette is straight RGBA fitted with the image's alpha
+        (:mod:`bigquant.pipeline.alpha`): written as it is, alpha included.
     """
 
     palette: np.ndarray
@@ -185,6 +189,7 @@ class PaletteChoice:
     histogram: Any = None
     error: float | None = None
     source: str | None = None
+    alpha: bool = False
 
 
 def write_quantized(
@@ -226,9 +231,12 @@ def write_quantized(
     from bigquant.cluster.fixed import FixedPalette
 
     histogram = choice.histogram
-    colours = palette_colours(choice.palette, source.dtype, options.rgb_bands)
-    if getattr(choice.model, "space_", None) is not None:
-        mapper = choice.model  # labels: nearest centre in the fit's colour space
+    if choice.alpha:  # RGBA entries, alpha kept
+        colours = np.asarray(choice.palette)
+    else:
+        colours = palette_colours(choice.palette, source.dtype, options.rgb_bands)
+    if getattr(choice.model, "space_", None) is not None or choice.alpha:
+        mapper = choice.model  # labels: nearest centre in the fit's colour space (or premultiplied RGBA)
     else:
         mapper = FixedPalette(choice.palette).fit(data, histogram=histogram,
                                                   histogram_labels=_known_labels(choice))
@@ -255,6 +263,11 @@ def write_quantized(
     else:
         labels = mapper.labels_
         lookup = _label_lookup(mapper, data, dst)
+    written_nodata = nodata
+    if choice.alpha and nodata is not None:
+        # fully transparent pixels share one entry of alpha 0 at the nodata index: every
+        # output that holds the palette's alpha (tRNS, RGBA samples) shows them transparent
+        colours, written_nodata = transparent_entry(colours, nodata), None
     _write_labels(
         data if lookup is not None else labels,
         dst,
@@ -265,7 +278,7 @@ def write_quantized(
         pyramid=options.pyramid,
         overwrite=options.overwrite,
         preview=preview,
-        nodata=nodata,
+        nodata=written_nodata,
         geotiff=source.geotiff,
         overviews=options.overviews,
         cog=options.cog,
@@ -469,6 +482,23 @@ def quantize(
         (:func:`bigquant.io.mask.background_mask`).  An array or a file (TIFF,
         PNG, zarr) of the image's (H, W) shape: those and its non-zero pixels.
         False: every pixel is image.
+    alpha : {"auto", "mask", "fit"}, default="auto"
+        The alpha channel of an RGBA image (:mod:`bigquant.pipeline.alpha`).
+        "fit": alpha is a fourth channel of the fit, colours premultiplied by
+        it (as libimagequant does), and the palette is RGBA: a palette PNG
+        keeps each entry's alpha (tRNS), ``mode="rgb"`` writes RGBA (TIFF:
+        ExtraSamples = unassociated alpha); fully transparent pixels share
+        the entry ``nodata_index`` (alpha 0).  Needs an RGBA uint8/uint16
+        image, a palette fitted in RGB without dither, ``rgb_bands``,
+        ``quality`` or ``mask=False``, and an output that holds alpha (not a palette TIFF --
+        its colormap has no alpha -- nor JPEG).  "mask": alpha 0 is masked,
+        every other pixel opaque.  "auto": "fit" when the request allows it
+        and some alpha lies strictly between 0 and full (one read of the
+        alpha channel to know), else "mask".  The returned model is then an
+        :class:`bigquant.pipeline.alpha.AlphaKMeans`; ``measure`` compares
+        RGBA as seen -- R, G, B premultiplied by alpha (composited on black)
+        and alpha, 4 bands on the type's scale -- over the pixels of alpha
+        > 0, without Delta E.
     nodata_index : int or None, default=None
         Palette index of masked pixels, outside the palette; None: ``k`` (the
         index after the last colour).  TIFF output declares it as
@@ -587,6 +617,9 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     valid = resolve_mask(source, read.mask)
     if valid is not None and data.dtype.kind == "f":
         data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
+    fit_alpha_channel = given is None and _fits_alpha(request, source)
+    if fit_alpha_channel:  # straight RGBA: the fit premultiplies, the output keeps the alpha
+        data = da.concatenate([data, source.alpha[:, :, None].rechunk(data.chunks[:2] + ((1,),))], axis=2)
     logger.info(
         "quantize %s: %s %s to %s (%s), chunks %s, %s",
         source.path or "array", source.shape, source.dtype,
@@ -603,6 +636,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         t0 = time.perf_counter()
         if given is not None:
             choice = given
+        elif fit_alpha_channel:
+            choice = _fit_alpha(data, valid, source, n_clusters, fit.kmeans_params())
         elif space != "rgb":
             choice = _fit_in_space(data, valid, source, n_clusters, space, fit.kmeans_params())
         else:
@@ -629,7 +664,10 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
             if want and sums is None and measure:
                 # one more pass over the pixels and their labels, against every band of the palette
                 # (not the colours displayed: the first three bands of a multi-band image)
-                sums = quality_pass(data, written["labels"], choice.palette, None if nodata is None else valid,
+                measured, against = data, choice.palette
+                if choice.alpha:  # RGBA as seen: colours premultiplied (composited on black), and alpha
+                    measured, against = premultiply(data, weight=1.0), premultiply(choice.palette, weight=1.0)
+                sums = quality_pass(measured, written["labels"], against, None if nodata is None else valid,
                                     rgb_bands=rgb_bands)
             quality_ = None
             if sums is not None:
@@ -684,6 +722,44 @@ def _runs_in_memory(src: Any, source: ImageSource, data: Any, valid: Any, client
         and compare is None and strategy in ("auto", "histogram")
         and client is None and active_client() is None
     )
+
+
+def _fits_alpha(request: Request, source: ImageSource) -> bool:
+    """Whether the alpha channel is fitted: ``alpha="fit"``, or ``"auto"`` and alpha strictly between 0 and full.
+
+    ``"auto"`` reads the alpha channel once to know (:func:`bigquant.pipeline.alpha.has_partial_alpha`),
+    only when the alpha could be fitted for this request.
+    """
+    mode = request.read.alpha
+    if mode == "mask" or source.alpha is None:
+        return False
+    if mode == "fit":
+        return True  # checked: check_sources refuses what cannot be fitted
+    blocker = alpha_blocker(request, source)
+    if blocker is not None:
+        logger.info("alpha read as a mask (alpha 0 is nodata, the rest opaque): %s", blocker)
+        return False
+    partial = has_partial_alpha(source.alpha)
+    logger.info("alpha %s", "has levels between 0 and full: fitted as a fourth channel, premultiplied"
+                if partial else "is only 0 or full: read as a mask")
+    return partial
+
+
+def _fit_alpha(data: Any, valid: Any, source: ImageSource, n_clusters: int | None,
+               params: dict[str, Any]) -> PaletteChoice:
+    """Fit k RGBA entries with alpha premultiplied (:func:`bigquant.pipeline.alpha.fit_alpha`)."""
+    try:
+        model = fit_alpha(data, valid, int(n_clusters), **params)
+    except InvalidInputError as exc:
+        if "every sample is masked" in str(exc):
+            raise InvalidInputError(
+                f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
+            ) from exc
+        raise
+    palette = model.cluster_centers_.astype(source.dtype)
+    # the fit's inertia is in its weighted space: the error of the pixels written (RGBA as seen) is
+    # known only when measured
+    return PaletteChoice(palette, model, None, None, alpha=True)
 
 
 def _fit_in_space(data: Any, valid: Any, source: ImageSource, n_clusters: int | None, space: str,

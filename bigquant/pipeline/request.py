@@ -8,7 +8,7 @@ what they configure (as rasterio's profiles and pyvips' per-saver options do):
 =========  ==============================================================
 group      options
 =========  ==============================================================
-read       ``chunks``, ``level``, ``series``, ``mask``
+read       ``chunks``, ``level``, ``series``, ``mask``, ``alpha``
 fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            ``random_state``, ``init``, ``n_init``, ``max_iter``, ``tol`` and
            the other :class:`bigquant.KMeans` parameters
@@ -18,7 +18,8 @@ write      ``mode``, ``tile``, ``compression``, ``pyramid``, ``overviews``,
 report     ``palette_out``, ``preview``, ``compare``, ``measure``
 set        ``suffix``, ``weight``, ``keep_going`` (:func:`bigquant.quantize_many`)
 sweep      ``out``, ``resume_from``, ``callback`` (:func:`bigquant.sweep`; of the
-           write group it takes ``overwrite``, of the fit group what fits each k)
+           write group it takes ``overwrite``, of the fit group what fits each k,
+           of the read group all but ``alpha``: a sweep reads alpha as a mask)
 =========  ==============================================================
 
 :func:`build_request` turns an entry point's options into a :class:`Request`
@@ -51,6 +52,7 @@ from bigquant.io.files import is_url
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
 from bigquant.io.write import FORMATS, check_tile
+from bigquant.pipeline.alpha import alpha_blocker, check_alpha
 from bigquant.pipeline.dither import check_dither
 from bigquant.pipeline.quality import QualityTarget, parse_quality
 from bigquant.pipeline.space import check_space
@@ -77,6 +79,7 @@ class ReadOptions:
     level: int = 0
     series: int | None = None
     mask: Any = None
+    alpha: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +175,7 @@ ENTRY_GROUPS: dict[str, tuple[str, ...]] = {
 #: no image (of the write group it takes ``overwrite``, for its CSV)
 _EXCLUDED: dict[str, dict[str, tuple[str, ...]]] = {
     "sweep": {
+        "read": ("alpha",),
         "fit": ("n_clusters", "palette", "quality", "init", "persist", "split_every", "callback", "checkpoint",
                 "checkpoint_every"),
         "write": tuple(f.name for f in dataclasses.fields(WriteOptions) if f.name != "overwrite"),
@@ -347,6 +351,9 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         if isinstance(fit.palette, (str, os.PathLike)):
             palette_format(fit.palette)
     dither, strength = check_dither(request.map.dither, request.map.dither_strength)
+    if request.entry != "sweep" and check_alpha(request.read.alpha) == "fit" and request.entry == "quantize_many":
+        raise InvalidParameterError(
+            "alpha='fit' fits one image's alpha (quantize); a set's shared palette reads alpha as a mask")
     if write.mode not in ("palette", "rgb"):
         raise InvalidParameterError(f"mode={write.mode!r} must be 'palette' or 'rgb'")
     if request.entry != "sweep":
@@ -509,6 +516,10 @@ def check_sources(request: Request, sources: Sequence[Any]) -> None:
     for source in sources:
         name = source.path or "the array"
         dtype = np.dtype(source.dtype)
+        if request.entry == "quantize" and request.read.alpha == "fit":
+            blocker = alpha_blocker(request, source)
+            if blocker is not None:
+                raise InvalidParameterError(f"alpha='fit' cannot fit the alpha of {name}: {blocker}")
         if write.rgb_bands is not None:
             display_bands(source.channels, write.rgb_bands)
         if request.map.dither is not None:
