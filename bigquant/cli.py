@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="palette index of masked pixels (default k, after the palette)")
     q.add_argument("--rgb-bands", type=_bands, metavar="R,G,B",
                    help="bands shown as the palette's colours (default the first three)")
+    q.add_argument("--display-range", metavar="MIN,MAX[;MIN,MAX;MIN,MAX]",
+                   help="display stretch of the colours shown (colour table, PNG palette, preview): MIN,MAX for "
+                        "every band shown, one MIN,MAX per band, or percentiles like p2,p98 (default: uint8 as is, "
+                        "other data p2,p98 -- QGIS's default -- from what the fit counted)")
+    q.add_argument("--display-palette", metavar="FILE",
+                   help="8-bit colours shown, one per class (.json, .gpl, .act, .png; as many as k)")
     q.add_argument("--series", type=_non_negative_int, metavar="N",
                    help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
     q.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")

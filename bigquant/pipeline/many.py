@@ -48,12 +48,19 @@ from bigquant.pipeline.quantize import (
     load_request_palette,
     palette_document,
     psnr,
+    shown_colours,
     write_palette_out,
     write_quantized,
     _dither_data,
     _scheduler,
 )
-from bigquant.pipeline.request import WriteOptions, apply_signature, build_request, check_request, check_sources
+from bigquant.pipeline.request import (
+    WriteOptions,
+    apply_signature,
+    build_request,
+    check_request,
+    check_sources,
+)
 
 __all__ = ["quantize_many", "ManyResult", "FileResult", "open_sources", "joint_histogram"]
 
@@ -366,10 +373,12 @@ def quantize_many(
                 shared = _fit_joint(joint, fit.n_clusters, request.target, request.limit, params)
             else:
                 shared = _fit_pixels(opened, fit.n_clusters, weight, params)
+            # one display for the set: index i shows the same colour in every file
+            shared.display = shown_colours(shared, dtype, write)
             files = []
             for i, (item, dst) in enumerate(zip(opened, kept)):
                 hist = per_file[i] if per_file is not None else None
-                choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source)
+                choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source, shared.display)
                 if dither is None:
                     mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, write)
                     # the mapper's inertia on this file's histogram: its exact squared error

@@ -35,6 +35,7 @@ from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, write_image
+from bigquant.pipeline.display import Display, display_colours
 from bigquant.pipeline.dither import DITHER_CHUNK, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, peak_value, search_k
@@ -56,7 +57,7 @@ from bigquant.pipeline.request import (
 )
 from bigquant.pipeline.space import fit_in_space
 
-__all__ = ["quantize", "palette_colours", "IN_MEMORY_MAX_PIXELS"]
+__all__ = ["quantize", "palette_colours", "shown_colours", "IN_MEMORY_MAX_PIXELS"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,24 @@ def palette_colours(centers: np.ndarray, dtype: np.dtype, rgb_bands: Sequence[in
     if dtype.kind == "f" and centers.size and centers.min() >= 0 and centers.max() <= 1:
         return as_colours(centers * 255.0, dtype=np.uint8)
     return as_colours(centers)
+
+
+def shown_colours(choice: PaletteChoice, dtype: np.dtype, options: WriteOptions) -> Display:
+    """The 8-bit colours shown for ``choice``: colour table, PNG palette, preview (:mod:`bigquant.pipeline.display`).
+
+    uint8 data as they are; other data through ``options.display_range``
+    (default QGIS's 2--98 % cut), its percentiles from the fit's colour
+    histogram, else the grid strategy's counts, else the palette's colours;
+    or ``options.display_palette``.
+    """
+    model = choice.model
+    band_counts = getattr(model, "band_counts_", None) if getattr(model, "strategy_", None) == "grid" else None
+    n_channels = int(np.shape(choice.palette)[1])
+    return display_colours(
+        choice.palette, dtype, display_bands(n_channels, options.rgb_bands),
+        display_range=options.display_range, display_palette=options.display_palette,
+        histogram=choice.histogram, band_counts=band_counts,
+    )
 
 
 def _label_lookup(mapper: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
@@ -178,6 +197,8 @@ class PaletteChoice:
         Squared error of the written pixels, when known (from the histogram).
     source : str or None
         The palette file applied, if any.
+    display : Display or None
+        The 8-bit colours shown (:func:`shown_colours`), once known.
     """
 
     palette: np.ndarray
@@ -185,6 +206,7 @@ class PaletteChoice:
     histogram: Any = None
     error: float | None = None
     source: str | None = None
+    display: Display | None = None
 
 
 def write_quantized(
@@ -227,6 +249,9 @@ def write_quantized(
 
     histogram = choice.histogram
     colours = palette_colours(choice.palette, source.dtype, options.rgb_bands)
+    if choice.display is None:
+        choice.display = shown_colours(choice, source.dtype, options)
+    shown = None if choice.display.as_is else choice.display.colours
     if getattr(choice.model, "space_", None) is not None:
         mapper = choice.model  # labels: nearest centre in the fit's colour space
     else:
@@ -269,6 +294,7 @@ def write_quantized(
         geotiff=source.geotiff,
         overviews=options.overviews,
         cog=options.cog,
+        display=shown,
         _lookup=lookup,
     )
     if report is not None:
@@ -312,6 +338,7 @@ def palette_document(
         "error": choice.error,
         "psnr": quality if quality is None or math.isfinite(quality) else "inf",
         "palette_file": choice.source,
+        "display": None if choice.display is None else choice.display.document(),
     }
     if model is not None:
         doc.update({
@@ -483,6 +510,21 @@ def quantize(
         Bands of a multi-band image shown as the palette's colours; None: the
         first three.  The fit uses every band, and ``palette_out`` keeps the
         full-band centres.
+    display_range : str, (float, float), sequence of pairs or None, default=None
+        The display stretch of the colours shown (the TIFF colour table, a
+        PNG's palette, the preview; :mod:`bigquant.pipeline.display`):
+        ``"min,max"`` for every band shown, ``"min,max;min,max;min,max"`` per
+        band, or percentiles of the pixels such as ``"p2,p98"``.  None: uint8
+        data as they are; other data ``"p2,p98"`` (QGIS's default cumulative
+        count cut), the percentiles taken from what the fit counted (the
+        colour histogram, the grid strategy's counts, else the palette's
+        colours) -- no pass over the pixels.  The palette JSON keeps the
+        data's values (``palette``) and records the stretch (``display``).
+    display_palette : str, os.PathLike, array-like or None, default=None
+        The 8-bit colours shown, one per class, instead of a stretch: any
+        palette file bigquant reads (``.json``, ``.gpl``, ``.act``, ``.png``)
+        or an array of shape (k, 3).  Its count must be k (checked before a
+        pixel is read).
     dither : {None, "floyd-steinberg", "blue-noise"}, default=None
         Map pixels to the palette with dithering instead of to the nearest
         colour.  "floyd-steinberg": exact error diffusion, byte-identical to
@@ -570,6 +612,11 @@ def load_request_palette(request: Request, source: ImageSource) -> PaletteChoice
     pal, where = load_palette(fit.palette, source.channels, source.dtype, request.limit)
     if fit.n_clusters is not None and int(fit.n_clusters) != len(pal):
         raise InvalidParameterError(f"n_clusters={fit.n_clusters} but the palette has {len(pal)} colours")
+    shown = request.write.display_palette
+    if shown is not None and len(shown.colours) != len(pal):
+        raise InvalidParameterError(
+            f"display_palette={shown.source or 'array'} has {len(shown.colours)} colours but the palette has "
+            f"{len(pal)}: one colour shown per class")
     return PaletteChoice(pal, source=where)
 
 

@@ -14,7 +14,8 @@ fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            the other :class:`bigquant.KMeans` parameters
 map        ``dither``, ``dither_strength``
 write      ``mode``, ``tile``, ``compression``, ``pyramid``, ``overviews``,
-           ``cog``, ``nodata_index``, ``rgb_bands``, ``overwrite``
+           ``cog``, ``nodata_index``, ``rgb_bands``, ``display_range``,
+           ``display_palette``, ``overwrite``
 report     ``palette_out``, ``preview``, ``compare``, ``measure``
 set        ``suffix``, ``weight``, ``keep_going`` (:func:`bigquant.quantize_many`)
 sweep      ``out``, ``resume_from``, ``callback`` (:func:`bigquant.sweep`; of the
@@ -51,6 +52,7 @@ from bigquant.io.files import is_url
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
 from bigquant.io.write import FORMATS, check_tile
+from bigquant.pipeline.display import DisplayPalette, load_display_palette, parse_display_range
 from bigquant.pipeline.dither import check_dither
 from bigquant.pipeline.quality import QualityTarget, parse_quality
 from bigquant.pipeline.space import check_space
@@ -126,6 +128,8 @@ class WriteOptions:
     cog: bool = False
     nodata_index: int | None = None
     rgb_bands: Sequence[int] | None = None
+    display_range: Any = None
+    display_palette: Any = None
     overwrite: bool = False
 
 
@@ -358,6 +362,18 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         )
     if request.set.weight not in ("pixels", "image"):
         raise InvalidParameterError(f"weight={request.set.weight!r} must be 'pixels' or 'image'")
+    display_range = parse_display_range(write.display_range)
+    display_palette = load_display_palette(write.display_palette)
+    if display_palette is not None:
+        shown = len(display_palette.colours)
+        if request.target is not None:
+            raise InvalidParameterError(
+                f"display_palette={display_palette.source or 'array'} shows {shown} colours, one per class, "
+                "but quality= chooses k during the fit: give n_clusters (or a palette) with display_palette")
+        if k is not None and fit.palette is None and shown != k:
+            raise InvalidParameterError(
+                f"display_palette={display_palette.source or 'array'} has {shown} colours but n_clusters={k}: "
+                "one colour shown per class")
     for dst in request.outputs:
         _check_image_output(dst, request)
     limit = request.limit
@@ -392,7 +408,9 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
     return dataclasses.replace(
         request, fit=dataclasses.replace(fit, space=space),
         map=dataclasses.replace(request.map, dither=dither, dither_strength=strength),
+        write=dataclasses.replace(write, display_range=display_range, display_palette=display_palette),
     )
+
 
 
 def _check_image_output(dst: pathlib.Path, request: Request) -> None:
@@ -505,12 +523,19 @@ def check_sources(request: Request, sources: Sequence[Any]) -> None:
     extra_inputs = [fit.palette] if isinstance(fit.palette, (str, os.PathLike)) else []
     if isinstance(request.read.mask, (str, os.PathLike)) and request.read.mask != "auto":
         extra_inputs.append(request.read.mask)
+    shown_palette = write.display_palette
+    if isinstance(shown_palette, DisplayPalette) and shown_palette.source is not None:
+        extra_inputs.append(shown_palette.source)
+    elif isinstance(shown_palette, (str, os.PathLike)):
+        extra_inputs.append(shown_palette)
     check_not_inputs(request, extra_inputs)
     for source in sources:
         name = source.path or "the array"
         dtype = np.dtype(source.dtype)
-        if write.rgb_bands is not None:
-            display_bands(source.channels, write.rgb_bands)
+        shown_bands = display_bands(source.channels, write.rgb_bands)
+        display_range = parse_display_range(write.display_range)
+        if display_range is not None:
+            display_range.for_bands(len(shown_bands))
         if request.map.dither is not None:
             if dtype not in (np.uint8, np.uint16):
                 raise InvalidParameterError(
