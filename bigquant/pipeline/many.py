@@ -52,6 +52,7 @@ from bigquant.pipeline.quantize import (
     write_palette_out,
     write_quantized,
     _dither_data,
+    _recorded_seed,
     _scheduler,
 )
 from bigquant.pipeline.request import (
@@ -60,6 +61,7 @@ from bigquant.pipeline.request import (
     build_request,
     check_request,
     check_sources,
+    seed_of,
 )
 
 __all__ = ["quantize_many", "ManyResult", "FileResult", "open_sources", "joint_histogram"]
@@ -345,6 +347,9 @@ def quantize_many(
                                    outputs=tuple(dsts[i] for i, _, _ in images))
     check_sources(readable, [source for _, _, source in images])
     given = load_request_palette(request, images[0][2])
+    if given is None and fit.random_state is None:
+        logger.info("random_state=None: the default seed %d (the same command writes the same bytes)",
+                    seed_of(None))
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -404,6 +409,7 @@ def quantize_many(
             "inputs": [dataclasses.asdict(f) for f in files],
             "skipped": [{"src": s, "reason": r} for s, r in skipped],
             "weight": weight,
+            "random_state": None if given is not None else _recorded_seed(fit.random_state),
         }
         for entry in extra["inputs"]:
             if entry["psnr"] is not None and not math.isfinite(entry["psnr"]):

@@ -54,6 +54,7 @@ from bigquant.pipeline.request import (
     check_request,
     check_sources,
     display_bands,
+    seed_of,
 )
 from bigquant.pipeline.space import fit_in_space
 
@@ -464,7 +465,11 @@ def quantize(
         Cluster to run on; None uses the current default scheduler (a
         ``Client`` already created, else dask's threads).
     random_state : int, numpy Generator or None, default=None
-        Seed of the initialisation.
+        Seed of the initialisation.  None: the fixed default seed 0
+        (:data:`bigquant.pipeline.request.DEFAULT_SEED`), so that the same
+        call twice writes the same bytes; the seed is logged and recorded in a
+        JSON ``palette_out`` (``random_state``).  (:class:`bigquant.KMeans`
+        keeps scikit-learn's meaning of None: fresh randomness.)
     tile : int, default=512
         Output tile edge in pixels, a multiple of 16.
     compression : str or None, default="zlib"
@@ -634,6 +639,9 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     valid = resolve_mask(source, read.mask)
     if valid is not None and data.dtype.kind == "f":
         data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
+    if palette is None and fit.random_state is None:
+        logger.info("random_state=None: the default seed %d (the same command writes the same bytes)",
+                    seed_of(None))
     logger.info(
         "quantize %s: %s %s to %s (%s), chunks %s, %s",
         source.path or "array", source.shape, source.dtype,
@@ -697,7 +705,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         if quality_ is not None:
             n_pixels = quality_["pixels"]
         extra: dict[str, Any] = {"seconds": {"fit": round(t1 - t0, 3)}, "space": space, "dither": dither,
-                                 "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"]}
+                                 "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"],
+                                 "random_state": _recorded_seed(fit.random_state) if given is None else None}
         if quality_ is not None:  # measured: its PSNR (with the peak of float data, see psnr_peak)
             extra["psnr"] = quality_["psnr"] if quality_["psnr"] is None or math.isfinite(quality_["psnr"]) else "inf"
         if dither is not None:
@@ -708,6 +717,12 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     result = choice.model if choice.model is not None else mapper
     result.quality_ = quality_
     return result
+
+
+def _recorded_seed(random_state: Any) -> int | None:
+    """The seed the fit used, as the palette JSON records it (None for a numpy Generator)."""
+    seed = seed_of(random_state)
+    return int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
 
 
 def _runs_in_memory(src: Any, source: ImageSource, data: Any, valid: Any, client: Any, palette: Any, target: Any,

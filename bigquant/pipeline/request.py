@@ -61,12 +61,16 @@ __all__ = [
     "ReadOptions", "FitOptions", "MapOptions", "WriteOptions", "ReportOptions", "SetOptions", "SweepOptions",
     "Request", "GROUPS", "ENTRY_GROUPS", "PYTHON_ONLY", "option_names", "build_request", "check_request",
     "check_sources", "signature_of", "display_bands", "apply_signature", "check_not_inputs", "local_path", "PNG_PALETTE_MAX", "pillow_pixel_limit",
+    "DEFAULT_SEED", "seed_of",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: colours a palette PNG holds
 PNG_PALETTE_MAX = 256
+#: the seed of ``random_state=None`` in quantize, quantize_many, sweep and the command line: the same
+#: command twice writes the same bytes (the estimators keep scikit-learn's meaning: fresh randomness)
+DEFAULT_SEED = 0
 #: colours each palette file format holds (None: any number)
 _PALETTE_FILE_MAX = {"json": None, "gpl": None, "act": 256, "swatch": None}
 
@@ -102,10 +106,23 @@ class FitOptions:
     checkpoint_every: int = 10
 
     def kmeans_params(self) -> dict[str, Any]:
-        """The :class:`bigquant.KMeans` parameters besides ``n_clusters``."""
+        """The :class:`bigquant.KMeans` parameters besides ``n_clusters`` (random_state None: :data:`DEFAULT_SEED`)."""
         names = ("strategy", "random_state", "init", "n_init", "max_iter", "tol", "persist", "split_every",
                  "callback", "checkpoint", "checkpoint_every")
-        return {name: getattr(self, name) for name in names}
+        params = {name: getattr(self, name) for name in names}
+        params["random_state"] = seed_of(self.random_state)
+        return params
+
+
+def seed_of(random_state: Any) -> Any:
+    """The seed an entry point fits with: ``random_state``, or :data:`DEFAULT_SEED` for None.
+
+    Examples
+    --------
+    >>> seed_of(None), seed_of(7)
+    (0, 7)
+    """
+    return DEFAULT_SEED if random_state is None else random_state
 
 
 @dataclasses.dataclass(frozen=True)
