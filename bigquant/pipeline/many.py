@@ -62,6 +62,7 @@ from bigquant.pipeline.request import (
     check_request,
     check_sources,
     seed_of,
+    warn_lossy_output,
 )
 
 __all__ = ["quantize_many", "ManyResult", "FileResult", "open_sources", "joint_histogram"]
@@ -347,6 +348,7 @@ def quantize_many(
                                    outputs=tuple(dsts[i] for i, _, _ in images))
     check_sources(readable, [source for _, _, source in images])
     given = load_request_palette(request, images[0][2])
+    warn_lossy_output(readable)
     if given is None and fit.random_state is None:
         logger.info("random_state=None: the default seed %d (the same command writes the same bytes)",
                     seed_of(None))

@@ -55,6 +55,7 @@ from bigquant.pipeline.request import (
     check_sources,
     display_bands,
     seed_of,
+    warn_lossy_output,
 )
 from bigquant.pipeline.space import fit_in_space
 
@@ -639,6 +640,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     valid = resolve_mask(source, read.mask)
     if valid is not None and data.dtype.kind == "f":
         data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
+    warn_lossy_output(request)
     if palette is None and fit.random_state is None:
         logger.info("random_state=None: the default seed %d (the same command writes the same bytes)",
                     seed_of(None))

@@ -61,7 +61,7 @@ __all__ = [
     "ReadOptions", "FitOptions", "MapOptions", "WriteOptions", "ReportOptions", "SetOptions", "SweepOptions",
     "Request", "GROUPS", "ENTRY_GROUPS", "PYTHON_ONLY", "option_names", "build_request", "check_request",
     "check_sources", "signature_of", "display_bands", "apply_signature", "check_not_inputs", "local_path", "PNG_PALETTE_MAX", "pillow_pixel_limit",
-    "DEFAULT_SEED", "seed_of",
+    "DEFAULT_SEED", "seed_of", "warn_lossy_output",
 ]
 
 logger = logging.getLogger(__name__)
@@ -428,6 +428,22 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         write=dataclasses.replace(write, display_range=display_range, display_palette=display_palette),
     )
 
+
+def warn_lossy_output(request: Request) -> None:
+    """Log a warning for each output that will hold more colours than the palette (RGB JPEG).
+
+    Labels and palettes to JPEG are refused (:func:`check_request`); the
+    palette's colours per pixel (``mode="rgb"``) are written, but JPEG's lossy
+    compression blends them into many more.
+    """
+    if request.write.mode != "rgb":
+        return
+    for dst in request.outputs:
+        if FORMATS.get(dst.suffix.lower()) == "jpeg":
+            logger.warning(
+                "%s: JPEG is lossy: the image will hold more colours than the palette's %s (write .png or .tif "
+                "for exactly the palette's colours)", dst,
+                request.fit.n_clusters if request.fit.palette is None and request.target is None else "k")
 
 
 def _check_image_output(dst: pathlib.Path, request: Request) -> None:

@@ -10,6 +10,7 @@ and quantized at the same k (the 8-bit rendering), not near black.
 from __future__ import annotations
 
 import json
+import logging
 
 import dask.array as da
 import numpy as np
@@ -360,6 +361,30 @@ def test_a_set_shows_one_display_in_every_file(tmp_path, scene):
     assert tables[0] == tables[1]
     shown = json.loads((tmp_path / "p.json").read_text())["display"]
     assert shown["range"] == "p2,p98" and np.asarray(shown["colours"]).max() > 200
+
+
+# --------------------------------------------------------------------------- lossy outputs
+
+
+def test_rgb_jpeg_output_warns_that_it_holds_more_colours_than_k(tmp_path, rgb_image, caplog, capsys):
+    with caplog.at_level(logging.WARNING, logger="bigquant"):
+        bigquant.quantize(rgb_image, tmp_path / "q.jpg", 4, mode="rgb", random_state=0)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "more colours" in r.getMessage()]
+    assert len(warned) == 1 and "4" in warned[0].getMessage()
+    colours = np.unique(np.asarray(Image.open(tmp_path / "q.jpg")).reshape(-1, 3), axis=0)
+    assert len(colours) > 4  # what the warning says
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bigquant"):
+        bigquant.quantize(rgb_image, tmp_path / "q.png", 4, mode="rgb", random_state=0)
+    assert not [r for r in caplog.records if "more colours" in r.getMessage()]
+    source = tmp_path / "in.png"
+    Image.fromarray(rgb_image).save(source)
+    capsys.readouterr()
+    code = main(["quantize", str(source), str(tmp_path / "cli.jpg"), "-k", "4", "--mode", "rgb", "--no-cluster",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("more colours than the palette") == 1
 
 
 # --------------------------------------------------------------------------- the pieces
