@@ -281,7 +281,12 @@ def quantize_many(
         Each file's own masks (None), and slides' tissue ("auto"), or none
         (False); see :func:`bigquant.quantize`.
     mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, overwrite, client, random_state, strategy
-        As :func:`bigquant.quantize`, for every file.
+        As :func:`bigquant.quantize`, for every file (``random_state=None``:
+        the seed 0, recorded in a JSON ``palette_out``).
+    display_range, display_palette
+        As :func:`bigquant.quantize`: one display for the set, so that an
+        index shows the same colour in every file (its percentiles from the
+        joint histogram, or the fit's counts).
     chunks, level, series, measure, init, n_init, max_iter, tol
         As :func:`bigquant.quantize` (one request model,
         :mod:`bigquant.pipeline.request`); ``preview``, ``compare`` and
