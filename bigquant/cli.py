@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="palette index of masked pixels (default k, after the palette)")
     q.add_argument("--rgb-bands", type=_bands, metavar="R,G,B",
                    help="bands shown as the palette's colours (default the first three)")
+    q.add_argument("--display-range", metavar="MIN,MAX[;MIN,MAX;MIN,MAX]",
+                   help="display stretch of the colours shown (colour table, PNG palette, preview): MIN,MAX for "
+                        "every band shown, one MIN,MAX per band, or percentiles like p2,p98 (default: uint8 as is, "
+                        "other data p2,p98 -- QGIS's default -- from what the fit counted)")
+    q.add_argument("--display-palette", metavar="FILE",
+                   help="8-bit colours shown, one per class (.json, .gpl, .act, .png; as many as k)")
     q.add_argument("--series", type=_non_negative_int, metavar="N",
                    help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
     q.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
@@ -203,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the palette: .json (with the fit's summary), .gpl, .act or .png")
     q.add_argument("--preview", metavar="PNG", help="also write a small preview PNG")
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    q.add_argument("--random-state", type=int, metavar="N", help="seed")
+    q.add_argument("--random-state", type=int, metavar="N",
+                   help="seed (default 0: the same command writes the same bytes)")
     q.add_argument("--n-init", type=_positive_int, default=1, help="initialisations (default 1)")
     q.add_argument("--max-iter", type=_positive_int, default=300, help="Lloyd iterations at most (default 300)")
     q.add_argument("--tol", type=_non_negative_float, default=1e-4,
@@ -226,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tol", type=_non_negative_float, default=1e-4,
                    help="relative tolerance of Lloyd's convergence (default 1e-4)")
     s.add_argument("--random-state", type=int, metavar="N",
-                   help="seed (default: drawn, recorded in the CSV; --resume goes on with it)")
+                   help="seed (default 0, recorded in the CSV; --resume goes on with the recorded one)")
     s.add_argument("--series", type=_non_negative_int, metavar="N",
                    help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
     s.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")

@@ -58,7 +58,7 @@ from bigquant.cluster.points import (
 )
 
 __all__ = [
-    "GRID_MAX_BITS", "ValueGrid", "grid_bits", "value_range", "value_grid", "search_cells",
+    "GRID_MAX_BITS", "BandCounts", "ValueGrid", "grid_bits", "value_range", "value_grid", "search_cells",
     "finish_on_pixels", "check_fixed_point",
 ]
 
@@ -92,6 +92,32 @@ def grid_bits(dtype: np.dtype, n_channels: int) -> int | None:
     if kind not in "uif" or not 1 <= n_channels <= GRID_MAX_BITS:
         return None
     return min(_BAND_MAX_BITS, GRID_MAX_BITS // n_channels)
+
+
+@dataclass(frozen=True)
+class BandCounts:
+    """One histogram a band: the pixels the grid pass counted in each bin of the band's value range.
+
+    What a display stretch needs (e.g. QGIS's cumulative count cut at 2 and
+    98 %), with no pass over the pixels: each band's bins are the grid's cells
+    summed over the other bands.
+
+    Attributes
+    ----------
+    edges : list of ndarray
+        Per band, the ``2**bits + 1`` bin edges (float64); the outer ones
+        reach the band's minimum and maximum, whose values fall in the edge
+        bins.
+    counts : list of ndarray
+        Per band, the pixels in each bin (float64 holding integers).
+    minimum, maximum : ndarray of shape (n_channels,)
+        Of the pixels counted, per band.
+    """
+
+    edges: list[np.ndarray]
+    counts: list[np.ndarray]
+    minimum: np.ndarray
+    maximum: np.ndarray
 
 
 @dataclass
@@ -149,6 +175,18 @@ class ValueGrid:
         C, bits = self.n_channels, self.bits
         shifts = np.arange(C - 1, -1, -1, dtype=np.int64) * bits
         return (self.codes[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
+
+    def band_counts(self) -> BandCounts:
+        """The pixels counted per bin of each band (the cells summed over the other bands)."""
+        cells = self.cells()
+        n_bins = 1 << self.bits
+        edges, counts = [], []
+        for c in range(self.n_channels):
+            counts.append(np.bincount(cells[:, c], weights=self.counts, minlength=n_bins).astype(np.float64))
+            e = self.lo[c] + np.arange(n_bins + 1, dtype=np.float64) / self.scale[c]
+            e[0], e[-1] = min(e[0], self.minimum[c]), max(e[-1], self.maximum[c])
+            edges.append(e)
+        return BandCounts(edges, counts, self.minimum.copy(), self.maximum.copy())
 
     def moments(self) -> tuple[float, np.ndarray, np.ndarray]:
         """Pixel count, mean and variance per band of the pixels counted."""

@@ -168,6 +168,9 @@ default="k-means++"
         The strategy used.
     histogram_ : ColourHistogram or None
         The colour histogram, for the histogram strategy.
+    band_counts_ : BandCounts
+        For the grid strategy only: the pixels counted per band in bins of the
+        value grid (:meth:`bigquant.cluster.grid.ValueGrid.band_counts`).
 
     Examples
     --------
@@ -524,7 +527,9 @@ default="k-means++"
         if not done.converged:
             warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=3)
         result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
-        return self._finish(data, "grid", None, result)
+        self._finish(data, "grid", None, result)
+        self.band_counts_ = grid.band_counts()  # per band, what the grid pass counted (a display stretch)
+        return self
 
     def _grid_pixel_points(self, X: Any, weights: Any, is_dask: bool) -> PointSet:
         if not is_dask:

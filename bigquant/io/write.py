@@ -97,6 +97,18 @@ def _rgba(pix: np.ndarray) -> np.ndarray:
     return np.concatenate([colour, alpha], axis=2)
 
 
+def _entries_of(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The palette entry of each pixel of stored colours (``table``'s rows; the first of equal rows)."""
+    samples = table.shape[1]
+    flat = np.asarray(pixels).reshape(-1, samples).astype(np.uint64)
+    shifts = (np.arange(samples, dtype=np.uint64) * np.uint64(16))
+    keys = (table.astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    found = np.searchsorted(keys[order], (flat << shifts).sum(axis=1, dtype=np.uint64))
+    entries = order[np.minimum(found, len(order) - 1)]
+    return entries.reshape(np.shape(pixels)[:2]).astype(index_dtype(len(table)))
+
+
 def save_preview(
     pixels: np.ndarray,
     path: pathlib.Path,
@@ -236,14 +248,16 @@ def _store_through_client(mapped: da.Array, z: Any) -> None:
 
 
 def _write_pillow(
-    arr: da.Array, tmp: pathlib.Path, fmt: str, encoder: BlockEncoder, colours: np.ndarray | None
+    arr: da.Array, tmp: pathlib.Path, fmt: str, encoder: BlockEncoder, colours: np.ndarray | None,
+    shown: np.ndarray | None = None,
 ) -> np.ndarray:
     """Write a PNG or JPEG with Pillow (the whole image in memory); return
     what was computed (labels or pixels).
 
     With a no-data label, palette PNGs get a transparent entry for it (tRNS)
     and colour PNGs an alpha channel; JPEG shows no-data black.  A palette
-    PNG of RGBA colours (4 samples) keeps each entry's alpha in tRNS.
+    PNG of RGBA colours (4 samples) keeps each entry's alpha in tRNS.  ``shown``:
+    the 8-bit colours a palette PNG's palette holds (default ``colours``).
     """
     from PIL import Image
 
@@ -260,6 +274,7 @@ def _write_pillow(
     if fmt == "jpeg" and kind == "palette":
         logger.info("JPEG has no palette: writing the palette colours")
         kind = "rgb"
+        colours = shown if shown is not None else colours
     if kind == "palette":
         assert colours is not None
         if len(colours) > 256:
@@ -268,8 +283,9 @@ def _write_pillow(
                 "use mode='rgb' or a .tif output"
             )
         pix = encoder.pixels(labels_or_pixels)
-        pal = colours if colours.dtype == np.uint8 else (colours >> 8).astype(np.uint8)
-        alphas = pal[:, 3] if pal.shape[1] == 4 else None  # RGBA entries: their alpha goes to tRNS
+        own = colours if colours.dtype == np.uint8 else (colours >> 8).astype(np.uint8)
+        alphas = own[:, 3] if own.shape[1] == 4 else None  # RGBA entries: their alpha goes to tRNS
+        pal = shown if shown is not None else own
         pal = pal[:, :3] if pal.shape[1] >= 3 else np.repeat(pal[:, :1], 3, axis=1)
         if encoder.nodata is not None:
             pal = np.concatenate([pal, np.zeros((encoder.nodata + 1 - len(pal), 3), pal.dtype)])
@@ -364,6 +380,7 @@ def write_image(
     geotiff: GeoTiff | None = None,
     overviews: bool | int = False,
     cog: bool = False,
+    display: Any = None,
     _lookup: tuple[LabelLookup, Any] | None = None,
 ) -> pathlib.Path:
     """Write labels with a palette, or an image as is, in one streaming pass.
@@ -432,6 +449,12 @@ def write_image(
         the encoded full-resolution tiles are spooled to a hidden file beside
         the output and copied after the overviews (one more write and read of
         the compressed image).
+    display : array-like of shape (k, 1) or (k, 3) or None, default=None
+        With a palette: the 8-bit colours shown for its entries (e.g. 16-bit
+        colours through a display stretch, :mod:`bigquant.pipeline.display`).
+        The TIFF colour table, a PNG's palette and the preview hold them;
+        ``mode="rgb"`` still stores ``palette``'s colours.  None: the
+        palette's own colours (16-bit ones cut to their high 8 bits).
     _lookup : (LabelLookup, lookup table) or None
         Internal (:func:`bigquant.quantize`, TIFF output only): ``data`` is
         the image and its labels are looked up tile by tile while encoding;
@@ -495,6 +518,7 @@ def write_image(
         raise InvalidInputError(f"data of shape {arr.shape} is not an image (H, W) or (H, W, C)")
     colours: np.ndarray | None = None
     stored_colours: np.ndarray | None = None
+    shown: np.ndarray | None = None  # the 8-bit colours shown, when they are not the palette's own
     if _lookup is not None and (palette is None or fmt != "tiff"):
         raise InvalidParameterError("a label lookup needs a palette and TIFF output")
     if palette is not None:
@@ -506,6 +530,11 @@ def write_image(
         if _lookup is None and arr.dtype.kind not in "ui":
             raise InputTypeError(f"labels of dtype {arr.dtype} must be integers")
         colours = as_colours(palette)
+        if display is not None:
+            shown = as_colours(display, dtype=np.uint8)
+            if len(shown) != len(colours):
+                raise InvalidParameterError(
+                    f"display has {len(shown)} colours but the palette has {len(colours)}: one shown per entry")
         if nodata is not None:
             nodata = check_nodata(nodata, len(colours))
         kind = mode
@@ -559,7 +588,7 @@ def write_image(
                 tmp,
                 encoder,
                 photometric=photometric,
-                colormap=tiff_colormap(colours) if kind == "palette" else None,
+                colormap=tiff_colormap(shown if shown is not None else colours) if kind == "palette" else None,
                 extrasamples=extrasamples,
                 levels=levels,
                 preview_step=pstep,
@@ -581,14 +610,19 @@ def write_image(
                 stored = zarr.open_array(str(tmp), mode="r")
                 preview_pixels = np.asarray(stored[::pstep, ::pstep])
         else:
-            full = _write_pillow(arr, tmp, fmt, encoder, colours)
+            full = _write_pillow(arr, tmp, fmt, encoder, colours, shown)
             if pstep is not None:
                 preview_pixels = (encoder.pixels(full) if kind != "image" else full)[::pstep, ::pstep]
     if preview is not None and preview_pixels is not None:
+        preview_colours = (stored_colours if nodata is not None else colours) if kind == "palette" else None
+        if shown is not None and stored_colours is not None:
+            if kind == "rgb":  # the stored colours back to their entries, shown as the display says
+                preview_pixels = _entries_of(preview_pixels, stored_colours)
+            preview_colours = shown if nodata is None else with_nodata(shown, nodata)
         save_preview(
             preview_pixels,
             preview,
-            colours=(stored_colours if nodata is not None else colours) if kind == "palette" else None,
+            colours=preview_colours,
             size=preview_size,
             overwrite=overwrite,
             alpha=nodata is not None,

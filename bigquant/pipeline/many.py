@@ -48,12 +48,22 @@ from bigquant.pipeline.quantize import (
     load_request_palette,
     palette_document,
     psnr,
+    shown_colours,
     write_palette_out,
     write_quantized,
     _dither_data,
+    _recorded_seed,
     _scheduler,
 )
-from bigquant.pipeline.request import WriteOptions, apply_signature, build_request, check_request, check_sources
+from bigquant.pipeline.request import (
+    WriteOptions,
+    apply_signature,
+    build_request,
+    check_request,
+    check_sources,
+    seed_of,
+    warn_lossy_output,
+)
 
 __all__ = ["quantize_many", "ManyResult", "FileResult", "open_sources", "joint_histogram"]
 
@@ -271,7 +281,12 @@ def quantize_many(
         Each file's own masks (None), and slides' tissue ("auto"), or none
         (False); see :func:`bigquant.quantize`.
     mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, overwrite, client, random_state, strategy
-        As :func:`bigquant.quantize`, for every file.
+        As :func:`bigquant.quantize`, for every file (``random_state=None``:
+        the seed 0, recorded in a JSON ``palette_out``).
+    display_range, display_palette
+        As :func:`bigquant.quantize`: one display for the set, so that an
+        index shows the same colour in every file (its percentiles from the
+        joint histogram, or the fit's counts).
     chunks, level, series, measure, init, n_init, max_iter, tol
         As :func:`bigquant.quantize` (one request model,
         :mod:`bigquant.pipeline.request`); ``preview``, ``compare`` and
@@ -338,6 +353,10 @@ def quantize_many(
                                    outputs=tuple(dsts[i] for i, _, _ in images))
     check_sources(readable, [source for _, _, source in images])
     given = load_request_palette(request, images[0][2])
+    warn_lossy_output(readable)
+    if given is None and fit.random_state is None:
+        logger.info("random_state=None: the default seed %d (the same command writes the same bytes)",
+                    seed_of(None))
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -366,10 +385,12 @@ def quantize_many(
                 shared = _fit_joint(joint, fit.n_clusters, request.target, request.limit, params)
             else:
                 shared = _fit_pixels(opened, fit.n_clusters, weight, params)
+            # one display for the set: index i shows the same colour in every file
+            shared.display = shown_colours(shared, dtype, write)
             files = []
             for i, (item, dst) in enumerate(zip(opened, kept)):
                 hist = per_file[i] if per_file is not None else None
-                choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source)
+                choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source, shared.display)
                 if dither is None:
                     mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, write)
                     # the mapper's inertia on this file's histogram: its exact squared error
@@ -395,6 +416,7 @@ def quantize_many(
             "inputs": [dataclasses.asdict(f) for f in files],
             "skipped": [{"src": s, "reason": r} for s, r in skipped],
             "weight": weight,
+            "random_state": None if given is not None else _recorded_seed(fit.random_state),
         }
         for entry in extra["inputs"]:
             if entry["psnr"] is not None and not math.isfinite(entry["psnr"]):

@@ -36,6 +36,7 @@ from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, write_image
 from bigquant.pipeline.alpha import alpha_blocker, fit_alpha, has_partial_alpha, premultiply, transparent_entry
+from bigquant.pipeline.display import Display, display_colours
 from bigquant.pipeline.dither import DITHER_CHUNK, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, peak_value, search_k
@@ -54,10 +55,12 @@ from bigquant.pipeline.request import (
     check_request,
     check_sources,
     display_bands,
+    seed_of,
+    warn_lossy_output,
 )
 from bigquant.pipeline.space import fit_in_space
 
-__all__ = ["quantize", "palette_colours", "IN_MEMORY_MAX_PIXELS"]
+__all__ = ["quantize", "palette_colours", "shown_colours", "IN_MEMORY_MAX_PIXELS"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,24 @@ def palette_colours(centers: np.ndarray, dtype: np.dtype, rgb_bands: Sequence[in
     if dtype.kind == "f" and centers.size and centers.min() >= 0 and centers.max() <= 1:
         return as_colours(centers * 255.0, dtype=np.uint8)
     return as_colours(centers)
+
+
+def shown_colours(choice: PaletteChoice, dtype: np.dtype, options: WriteOptions) -> Display:
+    """The 8-bit colours shown for ``choice``: colour table, PNG palette, preview (:mod:`bigquant.pipeline.display`).
+
+    uint8 data as they are; other data through ``options.display_range``
+    (default QGIS's 2--98 % cut), its percentiles from the fit's colour
+    histogram, else the grid strategy's counts, else the palette's colours;
+    or ``options.display_palette``.
+    """
+    model = choice.model
+    band_counts = getattr(model, "band_counts_", None) if getattr(model, "strategy_", None) == "grid" else None
+    n_channels = int(np.shape(choice.palette)[1])
+    return display_colours(
+        choice.palette, dtype, display_bands(n_channels, options.rgb_bands),
+        display_range=options.display_range, display_palette=options.display_palette,
+        histogram=choice.histogram, band_counts=band_counts,
+    )
 
 
 def _label_lookup(mapper: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
@@ -182,6 +203,8 @@ class PaletteChoice:
     alpha : bool
         The palette is straight RGBA fitted with the image's alpha
         (:mod:`bigquant.pipeline.alpha`): written as it is, alpha included.
+    display : Display or None
+        The 8-bit colours shown (:func:`shown_colours`), once known.
     """
 
     palette: np.ndarray
@@ -190,6 +213,7 @@ class PaletteChoice:
     error: float | None = None
     source: str | None = None
     alpha: bool = False
+    display: Display | None = None
 
 
 def write_quantized(
@@ -235,6 +259,9 @@ def write_quantized(
         colours = np.asarray(choice.palette)
     else:
         colours = palette_colours(choice.palette, source.dtype, options.rgb_bands)
+    if choice.display is None:
+        choice.display = shown_colours(choice, source.dtype, options)
+    shown = None if choice.display.as_is else choice.display.colours
     if getattr(choice.model, "space_", None) is not None or choice.alpha:
         mapper = choice.model  # labels: nearest centre in the fit's colour space (or premultiplied RGBA)
     else:
@@ -282,6 +309,7 @@ def write_quantized(
         geotiff=source.geotiff,
         overviews=options.overviews,
         cog=options.cog,
+        display=shown,
         _lookup=lookup,
     )
     if report is not None:
@@ -325,6 +353,7 @@ def palette_document(
         "error": choice.error,
         "psnr": quality if quality is None or math.isfinite(quality) else "inf",
         "palette_file": choice.source,
+        "display": None if choice.display is None else choice.display.document(),
     }
     if model is not None:
         doc.update({
@@ -450,7 +479,11 @@ def quantize(
         Cluster to run on; None uses the current default scheduler (a
         ``Client`` already created, else dask's threads).
     random_state : int, numpy Generator or None, default=None
-        Seed of the initialisation.
+        Seed of the initialisation.  None: the fixed default seed 0
+        (:data:`bigquant.pipeline.request.DEFAULT_SEED`), so that the same
+        call twice writes the same bytes; the seed is logged and recorded in a
+        JSON ``palette_out`` (``random_state``).  (:class:`bigquant.KMeans`
+        keeps scikit-learn's meaning of None: fresh randomness.)
     tile : int, default=512
         Output tile edge in pixels, a multiple of 16.
     compression : str or None, default="zlib"
@@ -513,6 +546,21 @@ def quantize(
         Bands of a multi-band image shown as the palette's colours; None: the
         first three.  The fit uses every band, and ``palette_out`` keeps the
         full-band centres.
+    display_range : str, (float, float), sequence of pairs or None, default=None
+        The display stretch of the colours shown (the TIFF colour table, a
+        PNG's palette, the preview; :mod:`bigquant.pipeline.display`):
+        ``"min,max"`` for every band shown, ``"min,max;min,max;min,max"`` per
+        band, or percentiles of the pixels such as ``"p2,p98"``.  None: uint8
+        data as they are; other data ``"p2,p98"`` (QGIS's default cumulative
+        count cut), the percentiles taken from what the fit counted (the
+        colour histogram, the grid strategy's counts, else the palette's
+        colours) -- no pass over the pixels.  The palette JSON keeps the
+        data's values (``palette``) and records the stretch (``display``).
+    display_palette : str, os.PathLike, array-like or None, default=None
+        The 8-bit colours shown, one per class, instead of a stretch: any
+        palette file bigquant reads (``.json``, ``.gpl``, ``.act``, ``.png``)
+        or an array of shape (k, 3).  Its count must be k (checked before a
+        pixel is read).
     dither : {None, "floyd-steinberg", "blue-noise"}, default=None
         Map pixels to the palette with dithering instead of to the nearest
         colour.  "floyd-steinberg": exact error diffusion, byte-identical to
@@ -600,6 +648,11 @@ def load_request_palette(request: Request, source: ImageSource) -> PaletteChoice
     pal, where = load_palette(fit.palette, source.channels, source.dtype, request.limit)
     if fit.n_clusters is not None and int(fit.n_clusters) != len(pal):
         raise InvalidParameterError(f"n_clusters={fit.n_clusters} but the palette has {len(pal)} colours")
+    shown = request.write.display_palette
+    if shown is not None and len(shown.colours) != len(pal):
+        raise InvalidParameterError(
+            f"display_palette={shown.source or 'array'} has {len(shown.colours)} colours but the palette has "
+            f"{len(pal)}: one colour shown per class")
     return PaletteChoice(pal, source=where)
 
 
@@ -620,6 +673,10 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     fit_alpha_channel = given is None and _fits_alpha(request, source)
     if fit_alpha_channel:  # straight RGBA: the fit premultiplies, the output keeps the alpha
         data = da.concatenate([data, source.alpha[:, :, None].rechunk(data.chunks[:2] + ((1,),))], axis=2)
+    warn_lossy_output(request)
+    if palette is None and fit.random_state is None:
+        logger.info("random_state=None: the default seed %d (the same command writes the same bytes)",
+                    seed_of(None))
     logger.info(
         "quantize %s: %s %s to %s (%s), chunks %s, %s",
         source.path or "array", source.shape, source.dtype,
@@ -688,7 +745,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         if quality_ is not None:
             n_pixels = quality_["pixels"]
         extra: dict[str, Any] = {"seconds": {"fit": round(t1 - t0, 3)}, "space": space, "dither": dither,
-                                 "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"]}
+                                 "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"],
+                                 "random_state": _recorded_seed(fit.random_state) if given is None else None}
         if quality_ is not None:  # measured: its PSNR (with the peak of float data, see psnr_peak)
             extra["psnr"] = quality_["psnr"] if quality_["psnr"] is None or math.isfinite(quality_["psnr"]) else "inf"
         if dither is not None:
@@ -699,6 +757,12 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     result = choice.model if choice.model is not None else mapper
     result.quality_ = quality_
     return result
+
+
+def _recorded_seed(random_state: Any) -> int | None:
+    """The seed the fit used, as the palette JSON records it (None for a numpy Generator)."""
+    seed = seed_of(random_state)
+    return int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
 
 
 def _runs_in_memory(src: Any, source: ImageSource, data: Any, valid: Any, client: Any, palette: Any, target: Any,

@@ -14,7 +14,8 @@ fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            the other :class:`bigquant.KMeans` parameters
 map        ``dither``, ``dither_strength``
 write      ``mode``, ``tile``, ``compression``, ``pyramid``, ``overviews``,
-           ``cog``, ``nodata_index``, ``rgb_bands``, ``overwrite``
+           ``cog``, ``nodata_index``, ``rgb_bands``, ``display_range``,
+           ``display_palette``, ``overwrite``
 report     ``palette_out``, ``preview``, ``compare``, ``measure``
 set        ``suffix``, ``weight``, ``keep_going`` (:func:`bigquant.quantize_many`)
 sweep      ``out``, ``resume_from``, ``callback`` (:func:`bigquant.sweep`; of the
@@ -53,6 +54,7 @@ from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
 from bigquant.io.write import FORMATS, check_tile
 from bigquant.pipeline.alpha import alpha_blocker, check_alpha
+from bigquant.pipeline.display import DisplayPalette, load_display_palette, parse_display_range
 from bigquant.pipeline.dither import check_dither
 from bigquant.pipeline.quality import QualityTarget, parse_quality
 from bigquant.pipeline.space import check_space
@@ -61,12 +63,16 @@ __all__ = [
     "ReadOptions", "FitOptions", "MapOptions", "WriteOptions", "ReportOptions", "SetOptions", "SweepOptions",
     "Request", "GROUPS", "ENTRY_GROUPS", "PYTHON_ONLY", "option_names", "build_request", "check_request",
     "check_sources", "signature_of", "display_bands", "apply_signature", "check_not_inputs", "local_path", "PNG_PALETTE_MAX", "pillow_pixel_limit",
+    "DEFAULT_SEED", "seed_of", "warn_lossy_output",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: colours a palette PNG holds
 PNG_PALETTE_MAX = 256
+#: the seed of ``random_state=None`` in quantize, quantize_many, sweep and the command line: the same
+#: command twice writes the same bytes (the estimators keep scikit-learn's meaning: fresh randomness)
+DEFAULT_SEED = 0
 #: colours each palette file format holds (None: any number)
 _PALETTE_FILE_MAX = {"json": None, "gpl": None, "act": 256, "swatch": None}
 
@@ -103,10 +109,23 @@ class FitOptions:
     checkpoint_every: int = 10
 
     def kmeans_params(self) -> dict[str, Any]:
-        """The :class:`bigquant.KMeans` parameters besides ``n_clusters``."""
+        """The :class:`bigquant.KMeans` parameters besides ``n_clusters`` (random_state None: :data:`DEFAULT_SEED`)."""
         names = ("strategy", "random_state", "init", "n_init", "max_iter", "tol", "persist", "split_every",
                  "callback", "checkpoint", "checkpoint_every")
-        return {name: getattr(self, name) for name in names}
+        params = {name: getattr(self, name) for name in names}
+        params["random_state"] = seed_of(self.random_state)
+        return params
+
+
+def seed_of(random_state: Any) -> Any:
+    """The seed an entry point fits with: ``random_state``, or :data:`DEFAULT_SEED` for None.
+
+    Examples
+    --------
+    >>> seed_of(None), seed_of(7)
+    (0, 7)
+    """
+    return DEFAULT_SEED if random_state is None else random_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +148,8 @@ class WriteOptions:
     cog: bool = False
     nodata_index: int | None = None
     rgb_bands: Sequence[int] | None = None
+    display_range: Any = None
+    display_palette: Any = None
     overwrite: bool = False
 
 
@@ -365,6 +386,18 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         )
     if request.set.weight not in ("pixels", "image"):
         raise InvalidParameterError(f"weight={request.set.weight!r} must be 'pixels' or 'image'")
+    display_range = parse_display_range(write.display_range)
+    display_palette = load_display_palette(write.display_palette)
+    if display_palette is not None:
+        shown = len(display_palette.colours)
+        if request.target is not None:
+            raise InvalidParameterError(
+                f"display_palette={display_palette.source or 'array'} shows {shown} colours, one per class, "
+                "but quality= chooses k during the fit: give n_clusters (or a palette) with display_palette")
+        if k is not None and fit.palette is None and shown != k:
+            raise InvalidParameterError(
+                f"display_palette={display_palette.source or 'array'} has {shown} colours but n_clusters={k}: "
+                "one colour shown per class")
     for dst in request.outputs:
         _check_image_output(dst, request)
     limit = request.limit
@@ -399,7 +432,25 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
     return dataclasses.replace(
         request, fit=dataclasses.replace(fit, space=space),
         map=dataclasses.replace(request.map, dither=dither, dither_strength=strength),
+        write=dataclasses.replace(write, display_range=display_range, display_palette=display_palette),
     )
+
+
+def warn_lossy_output(request: Request) -> None:
+    """Log a warning for each output that will hold more colours than the palette (RGB JPEG).
+
+    Labels and palettes to JPEG are refused (:func:`check_request`); the
+    palette's colours per pixel (``mode="rgb"``) are written, but JPEG's lossy
+    compression blends them into many more.
+    """
+    if request.write.mode != "rgb":
+        return
+    for dst in request.outputs:
+        if FORMATS.get(dst.suffix.lower()) == "jpeg":
+            logger.warning(
+                "%s: JPEG is lossy: the image will hold more colours than the palette's %s (write .png or .tif "
+                "for exactly the palette's colours)", dst,
+                request.fit.n_clusters if request.fit.palette is None and request.target is None else "k")
 
 
 def _check_image_output(dst: pathlib.Path, request: Request) -> None:
@@ -512,6 +563,11 @@ def check_sources(request: Request, sources: Sequence[Any]) -> None:
     extra_inputs = [fit.palette] if isinstance(fit.palette, (str, os.PathLike)) else []
     if isinstance(request.read.mask, (str, os.PathLike)) and request.read.mask != "auto":
         extra_inputs.append(request.read.mask)
+    shown_palette = write.display_palette
+    if isinstance(shown_palette, DisplayPalette) and shown_palette.source is not None:
+        extra_inputs.append(shown_palette.source)
+    elif isinstance(shown_palette, (str, os.PathLike)):
+        extra_inputs.append(shown_palette)
     check_not_inputs(request, extra_inputs)
     for source in sources:
         name = source.path or "the array"
@@ -520,8 +576,10 @@ def check_sources(request: Request, sources: Sequence[Any]) -> None:
             blocker = alpha_blocker(request, source)
             if blocker is not None:
                 raise InvalidParameterError(f"alpha='fit' cannot fit the alpha of {name}: {blocker}")
-        if write.rgb_bands is not None:
-            display_bands(source.channels, write.rgb_bands)
+        shown_bands = display_bands(source.channels, write.rgb_bands)
+        display_range = parse_display_range(write.display_range)
+        if display_range is not None:
+            display_range.for_bands(len(shown_bands))
         if request.map.dither is not None:
             if dtype not in (np.uint8, np.uint16):
                 raise InvalidParameterError(

@@ -46,7 +46,14 @@ from bigquant.cluster.search import prepare_search, uses_coarse_search
 from bigquant.errors import ConvergenceWarning, FewColoursWarning, InvalidInputError, InvalidParameterError
 from bigquant.pipeline.runtime import active_client, phase
 from bigquant.pipeline import provenance
-from bigquant.pipeline.request import ReadOptions, apply_signature, build_request, check_not_inputs, check_request
+from bigquant.pipeline.request import (
+    DEFAULT_SEED,
+    ReadOptions,
+    apply_signature,
+    build_request,
+    check_not_inputs,
+    check_request,
+)
 from bigquant.pipeline.space import sweep_in_space
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -524,7 +531,10 @@ def sweep(
         Seed of every k's fit, as ``KMeans(k, random_state=random_state)``:
         ``quantize(src, dst, k, random_state=random_state)`` writes the
         palette and the cost reported for k, and a resumed sweep fits the same
-        palettes as an uninterrupted one.  None draws a seed (logged).
+        palettes as an uninterrupted one.  None: the fixed default seed 0
+        (:data:`bigquant.pipeline.request.DEFAULT_SEED`, logged), as
+        :func:`bigquant.quantize`; a resumed sweep goes on with the seed its
+        CSV records.
     max_iter : int, default=300
     tol : float, default=1e-4
         As :class:`bigquant.KMeans`.
@@ -590,8 +600,8 @@ def sweep(
     if random_state is None and recorded is not None and isinstance(recorded.get("seed"), int):
         base = int(recorded["seed"])  # a resumed sweep goes on with the seed it was started with
     elif random_state is None:
-        base = int(np.random.SeedSequence().entropy % (2**63))
-        logger.info("sweep seed: %d (pass random_state to reproduce)", base)
+        base = DEFAULT_SEED  # as quantize: the same sweep twice gives the same palettes
+        logger.info("random_state=None: the default seed %d", base)
     elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         base = int(random_state)
     else:

@@ -117,10 +117,14 @@ def test_uint16_source_keeps_16_bit_colours(tmp_path, rgb_image):
     path = tmp_path / "deep.tif"
     tifffile.imwrite(path, deep, tile=(64, 64), photometric="rgb")
     model = quantize(path, tmp_path / "q.tif", 4, random_state=0, tile=64, strategy="pixels",
-                     max_iter=10)
+                     max_iter=10, display_range="0,65535")
+    pal, _ = model.palette()
+    assert pal.dtype == np.uint16
+    np.testing.assert_array_equal(pal, np.rint(model.cluster_centers_))
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         cmap = tf.pages[0].colormap
-    np.testing.assert_array_equal(cmap[:, :4].T, np.rint(model.cluster_centers_))
+    # the colour table shows them at 8 bits (GDAL reads 8-bit x 257; issue #23), over the range asked
+    np.testing.assert_array_equal(cmap[:, :4].T, np.rint(pal / 257.0) * 257)
 
 
 def test_few_colours_zarr_output(tmp_path, few_colour_image):

@@ -59,10 +59,11 @@ def test_geotiff_scene_keeps_crs_transform_and_nodata(tmp_path, scene):
         colormap = dst.colormap(1)
     doc = json.loads((tmp_path / "p.json").read_text())
     assert doc["nodata_index"] == 6 and doc["bands"] == 4 and len(doc["centres"][0]) == 4
-    # the displayed colours are the first three bands of the centres, as stored
+    # the colours are the first three bands of the centres, as stored; the colour table shows them
+    # through the display stretch the JSON records (issue #23), as GDAL reads it (16-bit entries / 257)
     for i, colour in enumerate(doc["colours"]):
         assert list(colour) == [int(round(c)) for c in doc["centres"][i][:3]]
-        assert colormap[i][:3] == tuple(c // 257 for c in colour)  # GDAL: 16-bit entries / 257
+        assert colormap[i][:3] == tuple(doc["display"]["colours"][i])
 
 
 def test_rgb_bands_choose_the_displayed_colours(tmp_path, scene):
