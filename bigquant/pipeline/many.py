@@ -390,7 +390,7 @@ def quantize_many(
             files = []
             for i, (item, dst) in enumerate(zip(opened, kept)):
                 hist = per_file[i] if per_file is not None else None
-                choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source, shared.display)
+                choice = PaletteChoice(shared.palette, shared.model, hist, None, shared.source, display=shared.display)
                 if dither is None:
                     mapper, _ = write_quantized(item.data, item.valid, choice, item.source, dst, write)
                     # the mapper's inertia on this file's histogram: its exact squared error
