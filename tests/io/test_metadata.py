@@ -25,7 +25,6 @@ from rio_cogeo.cogeo import cog_validate
 
 from bigquant import quantize, quantize_many, read_image, write_image
 from bigquant.errors import InvalidParameterError
-from bigquant.io.metadata import ImageMetadata
 
 K = 6
 TILE = 128
@@ -304,6 +303,8 @@ def test_transposing_orientation_swaps_resolution(tmp_path):
 
 
 def test_write_image_takes_metadata_and_arrays_have_none(tmp_path):
+    from bigquant.io.metadata import ImageMetadata
+
     out = write_image(np.zeros((64, 64), np.uint8), tmp_path / "q.tif", palette=[[0, 0, 0]], tile=32,
                       metadata=ImageMetadata(resolution=(Fraction(3, 2), Fraction(3, 2)), resolution_unit="inch"))
     with tifffile.TiffFile(out) as tf:
