@@ -196,6 +196,13 @@ def test_ome_input_gives_ome_output_with_physical_size(ome_pyramid, tmp_path, la
     assert read_image(out).metadata.physical_size == (0.5, 0.5)
 
 
+def test_ome_physical_size_is_the_series_read(ome_macro_first):
+    """The macro is OME Image 0 (no physical size), the slide Image 1 (0.5 µm)."""
+    assert read_image(ome_macro_first.path).metadata.physical_size == (0.5, 0.5)
+    assert read_image(ome_macro_first.path, series=0).metadata.physical_size is None
+    assert read_image(ome_macro_first.path, level=1).metadata.physical_size == (1.0, 1.0)
+
+
 def test_slide_to_ome_output_carries_mpp_and_fields(slide, tmp_path):
     out = tmp_path / "slide.ome.tiff"
     quantize(slide, out, K, random_state=0, tile=TILE, mode="rgb")
@@ -249,22 +256,24 @@ def test_icc_profile_tiff_to_tiff_and_png(slide, tmp_path):
         assert im.info["icc_profile"] == _srgb_icc()
 
 
-@pytest.mark.parametrize("kind", ["png", "jpeg"])
+@pytest.mark.parametrize("kind", ["png", "jpeg", "jpeg-split-icc"])
 def test_icc_profile_and_density_png_or_jpeg_to_png_and_tiff(tmp_path, kind):
     src = tmp_path / f"in.{'png' if kind == 'png' else 'jpg'}"
     img = Image.fromarray(_pixels((96, 160, 3)))
+    # past 65519 bytes a JPEG holds the profile in several numbered APP2 segments
+    icc = _srgb_icc() + (bytes(70_000) if kind == "jpeg-split-icc" else b"")
     if kind == "png":  # pHYs: 20000 px/m, i.e. 50 µm pixels
-        img.save(src, icc_profile=_srgb_icc(), dpi=(20000 * 0.0254, 20000 * 0.0254))
+        img.save(src, icc_profile=icc, dpi=(20000 * 0.0254, 20000 * 0.0254))
     else:  # JFIF density in dots per inch
-        img.save(src, icc_profile=_srgb_icc(), dpi=(508, 508), quality=95)
+        img.save(src, icc_profile=icc, dpi=(508, 508), quality=95)
     quantize(src, tmp_path / "q.png", K, random_state=0)
     quantize(src, tmp_path / "q.tif", K, random_state=0, tile=32)
     chunks = _png_chunks(tmp_path / "q.png")
-    assert _iccp(chunks) == _srgb_icc()
+    assert _iccp(chunks) == icc
     assert struct.unpack(">IIB", chunks[b"pHYs"]) == (20000, 20000, 1)
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         page = tf.pages[0]
-        assert page.tags[34675].value == _srgb_icc()
+        assert page.tags[34675].value == icc
         if kind == "png":
             assert (page.resolution, page.resolutionunit) == ((200.0, 200.0), tifffile.RESUNIT.CENTIMETER)
         else:
