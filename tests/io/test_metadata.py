@@ -243,9 +243,12 @@ def test_ome_name_with_overview_ifds_is_refused_up_front(slide, ome_pyramid, tmp
 # --------------------------------------------------------------------------- ICC profiles, PNG pHYs
 
 
-def test_icc_profile_tiff_to_tiff_and_png(slide, tmp_path):
+def test_icc_profile_tiff_to_tiff_png_and_jpeg(slide, tmp_path):
     quantize(slide, tmp_path / "q.tif", K, random_state=0, tile=TILE)
     quantize(slide, tmp_path / "q.png", K, random_state=0)
+    quantize(slide, tmp_path / "q.jpg", K, random_state=0, mode="rgb")
+    with Image.open(tmp_path / "q.jpg") as im:
+        assert im.info["icc_profile"] == _srgb_icc()
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         assert tf.pages[0].tags[34675].value == _srgb_icc()
     chunks = _png_chunks(tmp_path / "q.png")
