@@ -139,6 +139,20 @@ def test_aperio_mpp_alone_gives_the_output_resolution(svs_jpeg, tmp_path):
     assert float(out_y) == pytest.approx(float(mpp_y), rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["ndpi_like", "ome_pyramid"])
+def test_other_slides_pixel_size_reaches_openslide(request, tmp_path, name):
+    """NDPI says 20000 px/cm in its resolution tags, the OME file 0.5 µm in its OME-XML (and its tags)."""
+    real = request.getfixturevalue(name)
+    with tifffile.TiffFile(real.path) as tf:
+        page = tf.series[0].levels[0].keyframe if name == "ndpi_like" else tf.series[0].keyframe
+        assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+        expected = tuple(str(10_000 / r) for r in page.resolution)
+    out = tmp_path / "q.tif"
+    quantize(real.path, out, K, random_state=0, tile=TILE)
+    assert expected == ("0.5", "0.5")
+    assert _mpp(out) == ("generic-tiff",) + expected
+
+
 def test_reduced_level_input_scales_pixel_size_and_fields(slide, tmp_path):
     out = tmp_path / "q.tif"
     quantize(slide, out, K, random_state=0, tile=TILE, level=1)
