@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import re
 import struct
 import warnings
 import zlib
@@ -336,3 +337,15 @@ def test_write_image_takes_metadata_and_arrays_have_none(tmp_path):
     with tifffile.TiffFile(out) as tf:
         assert tf.pages[0].resolution == (1.5, 1.5) and tf.pages[0].resolutionunit == tifffile.RESUNIT.INCH
     assert read_image(np.zeros((8, 8), np.uint8)).metadata == ImageMetadata()
+
+
+def test_cli_info_shows_the_pixel_size_and_profile_outputs_carry(slide, tmp_path, capsys):
+    from bigquant.cli import main
+
+    out = tmp_path / "q.png"
+    quantize(slide, out, K, random_state=0)
+    shown = rf"^pixel size +0\.25 x 0\.25 µm; ICC profile of {len(_srgb_icc())} bytes$"
+    assert main(["info", str(slide)]) == 0
+    assert re.search(shown, capsys.readouterr().out, flags=re.M)
+    assert main(["info", str(out)]) == 0  # the PNG's pHYs (4,000,000 px/m) and iCCP
+    assert re.search(shown, capsys.readouterr().out, flags=re.M)
