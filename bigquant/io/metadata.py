@@ -17,7 +17,9 @@ fields go into its ImageDescription as text under a line that does not start
 with "Aperio", since the file does not have the Aperio structure (thumbnail,
 label and macro IFDs).  An OME-TIFF (an output named ``*.ome.tif``) gets
 PhysicalSizeX/Y in its OME-XML and the Aperio fields as a MapAnnotation.  A
-PNG gets pHYs (pixels per metre) and iCCP.  The ICC profile is carried only
+PNG gets pHYs (pixels per metre) and iCCP, a JPEG the ICC profile (not its
+JFIF density, whose 16-bit fields cannot hold slide resolutions).  Zarr
+outputs carry none of it.  The ICC profile is carried only
 where its colour space is that of the pixels written (an RGB profile on RGB or
 palette pixels, a grey one on grey pixels).
 
