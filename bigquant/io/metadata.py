@@ -364,7 +364,8 @@ def check_ome_layout(path: str | os.PathLike[str], *, overviews: Any, cog: Any) 
         ``path`` is an OME-TIFF name and ``overviews`` or ``cog`` is asked.
     """
     if is_ome_name(path) and (overviews or cog):
+        asked = "cog=True" if cog else f"overviews={overviews!r}"
         raise InvalidParameterError(
-            f"{path}: an OME-TIFF keeps its reduced levels as SubIFDs (pyramid=), not as the overview IFDs "
-            f"of overviews={overviews!r} or cog={cog!r}; use pyramid, or name the output .tif"
+            f"{path}: an OME-TIFF keeps its reduced levels as SubIFDs (pyramid), not as the overview IFDs "
+            f"{asked} chains after the image; use pyramid, or name the output .tif"
         )
