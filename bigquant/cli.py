@@ -682,6 +682,15 @@ def _size_of(location: str) -> int | None:
     return path.stat().st_size
 
 
+def _pixel_size(metadata: Any) -> str:
+    """The pixel size ``bigquant info`` shows (what outputs carry), and the ICC profile if any."""
+    size = metadata.pixel_size
+    text = f"{size[0]:.6g} x {size[1]:.6g} µm" if size is not None else "unknown"
+    if metadata.icc_profile is not None:
+        text += f"; ICC profile of {len(metadata.icc_profile)} bytes"
+    return text
+
+
 def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
     from bigquant.io import read_image
 
@@ -706,6 +715,7 @@ def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
         ("chunks", f"{' x '.join(map(str, chunks))} ({src.data.npartitions} chunks)"),
         ("levels", str(src.levels)),
         ("pixels", f"{src.height * src.width / 1e6:.1f} MP"),
+        ("pixel size", _pixel_size(src.metadata)),
         ("size on disk", _human_bytes(size) if size is not None else "unknown"),
         ("size in memory", _human_bytes(src.nbytes or src.data.nbytes)),
         ("distinct colours", _distinct_colours(src, args.exact)),

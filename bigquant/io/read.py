@@ -27,8 +27,9 @@ from bigquant.io.chunks import MAX_TASK_BYTES_ENV, ChunksLike, aligned_chunks, c
 from bigquant.io.chunks import max_task_bytes as task_bytes_limit
 from bigquant.io.files import check_location, file_stamp, is_url, local_path, open_binary, read_bytes
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask
+from bigquant.io.metadata import ImageMetadata
 from bigquant.io.source import ImageSource
-from bigquant.io.tiff_read import is_tiff, oriented, read_tiff
+from bigquant.io.tiff_read import TRANSPOSED_ORIENTATIONS, is_tiff, oriented, read_tiff
 
 __all__ = ["read_image", "as_source"]
 
@@ -60,7 +61,7 @@ def _check_array(data: Any, name: str) -> None:
 
 def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path | str | None,
                 photometric: str | None = None, extra: dict[str, Any] | None = None,
-                alpha: bool = False) -> ImageSource:
+                alpha: bool = False, metadata: ImageMetadata | None = None) -> ImageSource:
     """An in-memory (or dask) image as an ImageSource; ``alpha``: its last channel is alpha."""
     name = str(path) if path is not None else "array"
     _check_array(data, name)
@@ -98,6 +99,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
         extra=extra or {},
         mask=mask,
         alpha=alpha_channel,
+        metadata=metadata or ImageMetadata(),
     )
 
 
@@ -166,7 +168,8 @@ _EXIF_ORIENTATION = 0x0112
 
 @dataclasses.dataclass(frozen=True)
 class _Header:
-    """What a PNG or JPEG file declares: size, samples once decoded, bytes per sample, EXIF, XMP."""
+    """What a PNG or JPEG file declares: size, samples once decoded, bytes per sample, EXIF, XMP,
+    resolution and ICC profile (:class:`ImageMetadata`, as stored: EXIF orientation not applied)."""
 
     width: int
     height: int
@@ -174,14 +177,37 @@ class _Header:
     itemsize: int
     exif: bytes | None = None
     xmp: bytes | None = None
+    metadata: ImageMetadata = ImageMetadata()
+
+
+def _stored_metadata(resolution: tuple[int, int, int] | None, icc: bytes | None, per: str) -> ImageMetadata:
+    """ImageMetadata of a PNG pHYs or JPEG density (x, y, unit code) and ICC profile.
+
+    ``per``: "png" (unit 1: per metre) or "jpeg" (unit 1: per inch, 2: per centimetre); unit 0 is an aspect ratio.
+    """
+    from fractions import Fraction
+
+    if resolution is None or min(resolution[:2]) < 1:
+        return ImageMetadata(icc_profile=icc)
+    x, y, unit = resolution
+    if unit == 0:
+        return ImageMetadata(resolution=(Fraction(x), Fraction(y)), resolution_unit="none", icc_profile=icc)
+    if per == "png" and unit == 1:
+        return ImageMetadata(resolution=(Fraction(x, 100), Fraction(y, 100)), resolution_unit="centimeter",
+                             icc_profile=icc)
+    if per == "jpeg" and unit in (1, 2):
+        return ImageMetadata(resolution=(Fraction(x), Fraction(y)),
+                             resolution_unit="inch" if unit == 1 else "centimeter", icc_profile=icc)
+    return ImageMetadata(icc_profile=icc)
 
 
 def _png_header(data: bytes, name: str) -> _Header:
-    """Parse the chunks of a PNG (no pixel is decoded): IHDR, tRNS, eXIf, ImageMagick's EXIF text, XMP."""
+    """Parse the chunks of a PNG (no pixel is decoded): IHDR, tRNS, eXIf, ImageMagick's EXIF text, XMP,
+    pHYs and iCCP."""
     import struct
     import zlib
 
-    pos, header, trns, exif, xmp = 8, None, False, None, None
+    pos, header, trns, exif, xmp, phys, icc = 8, None, False, None, None, None, None
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         body = data[pos + 8 : pos + 8 + length]
@@ -204,6 +230,13 @@ def _png_header(data: bytes, name: str) -> _Header:
                 xmp = zlib.decompress(text) if compressed else text
             except zlib.error:
                 logger.debug("%s: unreadable XMP chunk ignored", name)
+        elif kind == b"pHYs" and len(body) == 9:
+            phys = struct.unpack(">IIB", body)
+        elif kind == b"iCCP" and b"\x00" in body[:80]:
+            try:
+                icc = zlib.decompress(body.split(b"\x00", 1)[1][1:])
+            except zlib.error:
+                logger.debug("%s: unreadable ICC profile ignored", name)
         elif kind == b"IEND":
             break
         pos += 12 + length
@@ -213,12 +246,15 @@ def _png_header(data: bytes, name: str) -> _Header:
     if colour not in _PNG_SAMPLES or width == 0 or height == 0:
         raise ImageReadError(f"{name}: not a readable PNG file (colour type {colour}, size {width}x{height})")
     samples = _PNG_SAMPLES[colour] + (1 if trns and colour in (0, 2, 3) else 0)
-    return _Header(width, height, samples, 2 if depth == 16 and colour != 3 else 1, exif, xmp)
+    return _Header(width, height, samples, 2 if depth == 16 and colour != 3 else 1, exif, xmp,
+                   _stored_metadata(phys, icc, "png"))
 
 
 def _jpeg_header(data: bytes, name: str) -> _Header:
-    """Parse the markers of a JPEG up to its first scan: the frame's size and the EXIF (APP1) block."""
-    pos, exif, xmp = 2, None, None
+    """Parse the markers of a JPEG up to its first scan: the frame's size, the EXIF (APP1) block, XMP,
+    the JFIF density (APP0) and the ICC profile (APP2, in numbered parts)."""
+    pos, exif, xmp, density = 2, None, None, None
+    icc: dict[int, bytes] = {}
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             break
@@ -235,13 +271,19 @@ def _jpeg_header(data: bytes, name: str) -> _Header:
             exif = body
         elif marker == 0xE1 and body.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
             xmp = body.split(b"\x00", 1)[1]
+        elif marker == 0xE0 and body.startswith(b"JFIF\x00") and len(body) >= 12:
+            density = (int.from_bytes(body[8:10], "big"), int.from_bytes(body[10:12], "big"), body[7])
+        elif marker == 0xE2 and body.startswith(b"ICC_PROFILE\x00") and len(body) >= 14:
+            icc[body[12]] = body[14:]
         elif marker in _JPEG_SOF and len(body) >= 6:
             precision = body[0]
             height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
             components = body[5]
             if height == 0 or width == 0:
                 break
-            return _Header(width, height, max(components, 1), 2 if precision > 8 else 1, exif, xmp)
+            profile = b"".join(icc[i] for i in sorted(icc)) if icc else None
+            return _Header(width, height, max(components, 1), 2 if precision > 8 else 1, exif, xmp,
+                           _stored_metadata(density, profile, "jpeg"))
         elif marker == 0xDA:  # start of scan before any frame
             break
         pos += 2 + length
@@ -329,8 +371,8 @@ def _decode_whole(data: bytes, name: str, fmt: str, header: _Header, allow_large
 
 
 def _decode_pillow(source: Any, name: str, fmt_hint: str, allow_large: bool,
-                   limit: int) -> tuple[np.ndarray, str, str, int]:
-    """Decode with Pillow, its bomb guard on: (pixels, format, mode, EXIF orientation).
+                   limit: int) -> tuple[np.ndarray, str, str, int, ImageMetadata]:
+    """Decode with Pillow, its bomb guard on: (pixels, format, mode, EXIF orientation, ICC profile).
 
     ``source`` is a path, an open file or bytes; Pillow reads the header first,
     so nothing more is read from a file it does not recognise.
@@ -362,12 +404,14 @@ def _decode_pillow(source: Any, name: str, fmt_hint: str, allow_large: bool,
             try:
                 img.load()
                 orientation = _orientation(img.getexif(), name)
+                icc = img.info.get("icc_profile")
+                metadata = ImageMetadata(icc_profile=bytes(icc) if isinstance(icc, (bytes, bytearray)) else None)
                 if target is not None and target != mode:
                     img = img.convert(target)
                 pixels = np.asarray(img)
             except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
                 raise ImageReadError(f"{name}: cannot decode image: {exc}") from exc
-    return pixels, fmt, mode, orientation
+    return pixels, fmt, mode, orientation, metadata
 
 
 def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool, limit: int) -> ImageSource:
@@ -385,10 +429,10 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
     with open_binary(path) as fh:
         magic = fh.read(len(_PNG_MAGIC))
         if not magic.startswith((_PNG_MAGIC, _JPEG_MAGIC)):  # Pillow reads what it needs
-            pixels, fmt, mode, orientation = _decode_pillow(
+            pixels, fmt, mode, orientation, metadata = _decode_pillow(
                 fh if is_url(path) else path, name, suffix, allow_large, limit
             )
-            return _pillow_source(pixels, path, chunks, fmt, mode, orientation)
+            return _pillow_source(pixels, path, chunks, fmt, mode, orientation, metadata)
     size = file_stamp(path)[0]
     if size > limit:  # decoded whole, and (nearly) never smaller than its deflate or JPEG stream
         kind = "PNG" if magic.startswith(_PNG_MAGIC) else "JPEG"
@@ -410,24 +454,29 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
         pixels = _decode_whole(data, name, fmt, header, allow_large, limit)
         orientation = _orientation(header.exif, name, header.xmp)
         mode = f"{fmt}:{pixels.dtype}x{pixels.shape[2] if pixels.ndim == 3 else 1}"
+        metadata = header.metadata
     else:
-        pixels, fmt, mode, orientation = _decode_pillow(data, name, fmt, allow_large, limit)
-    return _pillow_source(pixels, path, chunks, fmt, mode, orientation)
+        pixels, fmt, mode, orientation, metadata = _decode_pillow(data, name, fmt, allow_large, limit)
+        if header is not None:  # the density and every ICC part, as the file's markers hold them
+            metadata = header.metadata
+    return _pillow_source(pixels, path, chunks, fmt, mode, orientation, metadata)
 
 
 def _pillow_source(pixels: np.ndarray, path: pathlib.Path | str, chunks: ChunksLike, fmt: str, mode: str,
-                   orientation: int) -> ImageSource:
+                   orientation: int, metadata: ImageMetadata) -> ImageSource:
     """The ImageSource of a decoded PNG, JPEG or Pillow image, turned as displayed."""
     name = str(path)
     if orientation != 1:
         logger.debug("%s: EXIF orientation %d applied", name, orientation)
         pixels = oriented(pixels, orientation)
+        if orientation in TRANSPOSED_ORIENTATIONS:
+            metadata = metadata.transposed()
     if pixels.dtype.byteorder not in "=|":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     photometric = "rgb" if pixels.ndim == 3 and pixels.shape[2] in (3, 4) else "minisblack"
     alpha = pixels.ndim == 3 and pixels.shape[2] in (2, 4)  # LA, RGBA: alpha is the mask
     return _from_array(pixels, chunks, fmt=fmt, path=path, photometric=photometric,
-                       extra={"mode": mode, "orientation": orientation}, alpha=alpha)
+                       extra={"mode": mode, "orientation": orientation}, alpha=alpha, metadata=metadata)
 
 
 def read_image(

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from bigquant.io.metadata import ImageMetadata
+
 __all__ = ["ImageSource"]
 
 
@@ -62,6 +64,11 @@ class ImageSource:
         The file's GDAL_NODATA value, if any.
     geotiff : bigquant.io.geotiff.GeoTiff or None
         The file's georeferencing tags (GeoTIFF), carried to TIFF outputs.
+    metadata : bigquant.io.metadata.ImageMetadata
+        Pixel size (resolution, OME physical size), the fields of an Aperio
+        description and the ICC profile, as ``data`` shows the image (scaled
+        to the level read, X and Y swapped by a transposing orientation);
+        carried to the outputs.  Empty for arrays.
     extra : dict
         Details of the format: ``"orientation"`` (the EXIF or TIFF
         Orientation applied to ``data`` and ``mask``, 1 when none) for files
@@ -82,6 +89,7 @@ class ImageSource:
     nodata: float | None = None
     geotiff: Any = field(default=None, repr=False, compare=False)
     alpha: Any = field(default=None, repr=False, compare=False)
+    metadata: ImageMetadata = field(default_factory=ImageMetadata, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -618,6 +618,7 @@ def read_tiff(
 
     from bigquant.io.geotiff import GeoTiff, read_nodata
     from bigquant.io.inspect import image_series
+    from bigquant.io.metadata import ImageMetadata, read_tiff_metadata
 
     location = str(path)
     limit = task_bytes_limit(max_task_bytes)
@@ -638,6 +639,11 @@ def read_tiff(
             nodata = read_nodata(keyframe)
             geotiff = GeoTiff.from_page(keyframe)
             orientation = _orientation_tag(keyframe)
+            try:
+                metadata = read_tiff_metadata(tf, info["series"], level)
+            except Exception:  # noqa: BLE001 - metadata a reader cannot parse are not a broken image
+                logger.warning("%s: unreadable resolution, description or ICC profile; not carried", location)
+                metadata = ImageMetadata()
             mask_info = (
                 _level_info(tf, location, level, found, image_series)
                 if found is not None else None
@@ -693,6 +699,8 @@ def read_tiff(
         alpha = None if alpha is None else oriented(alpha, orientation)
         if transposed and tile is not None:
             tile = (tile[1], tile[0])
+        if transposed:
+            metadata = metadata.transposed()
     logger.debug(
         "%s: %s %s, tile %s, %s, chunks %s, mask %s", location, data.shape, data.dtype, tile,
         photometric, data.chunksize, mask is not None,
@@ -709,6 +717,7 @@ def read_tiff(
         mask=mask,
         nodata=file_nodata,
         geotiff=geotiff,
+        metadata=metadata,
         extra={"orientation": orientation},
         alpha=alpha,
     )

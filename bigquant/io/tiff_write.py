@@ -10,6 +10,11 @@ written afterwards, so the source is never read twice: as SubIFDs of the image
 (``layout="subifds"``) or as IFDs chained after it with NewSubfileType 1, the
 overviews GDAL lists (``layout="overviews"``).
 
+Every level gets the XResolution, YResolution and ResolutionUnit of the
+image's :class:`~bigquant.io.metadata.ImageMetadata`, divided by its
+subsampling step.  With ``ome`` metadata the file is an OME-TIFF (tifffile
+writes the OME-XML into the first ImageDescription; the levels are SubIFDs).
+
 ``layout="cog"`` writes a Cloud-Optimized GeoTIFF: every IFD first, then the
 tile data of the smallest overview, ..., of the full resolution last.  The
 overviews are complete only after the full-resolution pass, so its encoded
@@ -42,6 +47,7 @@ from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.compute import current_scheduler
 from bigquant.io.encode import BlockEncoder, TileRegion
+from bigquant.io.metadata import ImageMetadata
 from bigquant.io.tiff_read import window_reader
 
 __all__ = ["Layout", "write_tiff", "compute_bands"]
@@ -212,6 +218,15 @@ def _placeholders(shape: tuple[int, ...], encoder: BlockEncoder) -> Iterator[byt
     return iter([b""] * n)
 
 
+def _resolution(metadata: ImageMetadata | None, step: int) -> dict[str, Any]:
+    """``tifffile`` resolution arguments of a level subsampled by ``step`` (none when unknown)."""
+    found = None if metadata is None else metadata.scaled(step).tiff_resolution()
+    if found is None:
+        return {}
+    x, y, unit = found
+    return {"resolution": (x, y), "resolutionunit": unit}
+
+
 def _write_cog(
     tmp: pathlib.Path,
     level0: Iterator[Any],
@@ -220,6 +235,7 @@ def _write_cog(
     encoder: BlockEncoder,
     common: dict[str, Any],
     first: dict[str, Any],
+    metadata: ImageMetadata | None = None,
 ) -> None:
     """Write the COG layout (see the module docstring); ``spools`` largest first."""
     import tifffile
@@ -229,10 +245,12 @@ def _write_cog(
         for data in level0:
             main.append(data)
         shapes = [shape] + [spool.shape for spool in spools]
+        steps = [1] + [spool.step for spool in spools]
         with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
             for i, level_shape in enumerate(shapes):
                 tw.write(_placeholders(level_shape, encoder), shape=level_shape,
-                         subfiletype=1 if i else 0, **common, **(first if i == 0 else {}))
+                         subfiletype=1 if i else 0, **common, **(first if i == 0 else {"metadata": None}),
+                         **_resolution(metadata, steps[i]))
         placed = []
         pool = ThreadPoolExecutor(2, thread_name_prefix="bigquant-level")
         with open(tmp, "r+b") as out, pool:
@@ -279,6 +297,8 @@ def write_tiff(
     extra: tuple[Any, ...] = (),
     layout: Layout = "subifds",
     extratags: Sequence[tuple[Any, ...]] = (),
+    metadata: ImageMetadata | None = None,
+    ome: dict[str, Any] | None = None,
 ) -> np.ndarray | None:
     """Stream ``arr`` to a tiled BigTIFF at ``tmp``; return the preview pixels.
 
@@ -304,7 +324,14 @@ def write_tiff(
         Where the reduced levels go (see the module docstring).  "cog" needs
         an encoder whose codec is ``pre_encoded``.
     extratags : sequence of tuple
-        ``tifffile`` extratags of the full-resolution IFD (GeoTIFF, no-data).
+        ``tifffile`` extratags of the full-resolution IFD (GeoTIFF, no-data,
+        ICC profile).
+    metadata : ImageMetadata or None, default=None
+        The image's metadata: every level gets its resolution, divided by the
+        level's subsampling step (``tifffile``'s unitless 1:1 when unknown).
+    ome : dict or None, default=None
+        ``tifffile`` OME metadata of the image (PhysicalSizeX, ...): write an
+        OME-TIFF, its reduced levels as SubIFDs (``layout="subifds"`` only).
 
     Returns
     -------
@@ -315,6 +342,8 @@ def write_tiff(
         raise InvalidParameterError(
             f"a COG needs tiles encoded by bigquant, not by tifffile ({encoder.codec.name!r})"
         )
+    if ome is not None and layout != "subifds":
+        raise InvalidParameterError(f"an OME-TIFF keeps its reduced levels as SubIFDs, not layout={layout!r}")
     height, width = arr.shape[:2]
     sample_shape = _sample_shape(arr, encoder)
     dtype = encoder.out_dtype
@@ -343,19 +372,19 @@ def write_tiff(
         colormap=colormap,
         extrasamples=extrasamples,
         planarconfig="contig" if sample_shape else None,
-        metadata=None,
         **encoder.codec.tifffile_args,
     )
     if not encoder.codec.pre_encoded:
         common["maxworkers"] = 2
-    first = {"description": description, "extratags": tuple(extratags)}
+    first = {"description": description, "extratags": tuple(extratags),
+             "metadata": None if ome is None else dict(ome, axes="YXS" if sample_shape else "YX")}
     shape = (height, width) + sample_shape
     try:
         if layout == "cog":
-            _write_cog(tmp, level0(), shape, [spools[s] for s in levels], encoder, common, first)
+            _write_cog(tmp, level0(), shape, [spools[s] for s in levels], encoder, common, first, metadata)
         else:
             _write_chained(tmp, level0(), shape, [spools[s] for s in levels], encoder, common,
-                           first, subifds=layout == "subifds")
+                           first, subifds=layout == "subifds", metadata=metadata, ome=ome is not None)
     finally:
         for spool in spools.values():
             spool.close()
@@ -385,15 +414,17 @@ def _write_chained(
     first: dict[str, Any],
     *,
     subifds: bool,
+    metadata: ImageMetadata | None = None,
+    ome: bool = False,
 ) -> None:
-    """Write the image, then its reduced levels as SubIFDs or chained IFDs."""
+    """Write the image, then its reduced levels as SubIFDs or chained IFDs (an OME-TIFF with ``ome``)."""
     import tifffile
 
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+    with tifffile.TiffWriter(tmp, bigtiff=True, ome=ome) as tw:
         tw.write(level0, shape=shape, subifds=(len(spools) or None) if subifds else None,
-                 **common, **first)
+                 **common, **first, **_resolution(metadata, 1))
         if spools:
             with ThreadPoolExecutor(2, thread_name_prefix="bigquant-level") as pool:
                 for spool in spools:
-                    tw.write(spool.tiles(encoder, pool), shape=spool.shape, subfiletype=1,
-                             **common)
+                    tw.write(spool.tiles(encoder, pool), shape=spool.shape, subfiletype=1, metadata=None,
+                             **common, **_resolution(metadata, spool.step))

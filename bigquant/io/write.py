@@ -31,6 +31,7 @@ from bigquant.io.encode import (
     resolve_codec,
 )
 from bigquant.io.geotiff import GeoTiff, nodata_tag
+from bigquant.io.metadata import ImageMetadata, check_ome_layout, is_ome_name
 from bigquant.io.palette import as_colours, check_nodata, index_dtype, tiff_colormap, with_nodata
 from bigquant.io.reach import scheduler_client, unreachable_workers
 from bigquant.io.source import ImageSource
@@ -250,6 +251,7 @@ def _store_through_client(mapped: da.Array, z: Any) -> None:
 def _write_pillow(
     arr: da.Array, tmp: pathlib.Path, fmt: str, encoder: BlockEncoder, colours: np.ndarray | None,
     shown: np.ndarray | None = None,
+    metadata: ImageMetadata | None = None,
 ) -> np.ndarray:
     """Write a PNG or JPEG with Pillow (the whole image in memory); return
     what was computed (labels or pixels).
@@ -258,6 +260,8 @@ def _write_pillow(
     and colour PNGs an alpha channel; JPEG shows no-data black.  A palette
     PNG of RGBA colours (4 samples) keeps each entry's alpha in tRNS.  ``shown``:
     the 8-bit colours a palette PNG's palette holds (default ``colours``).
+    ``metadata`` gives the ICC profile (PNG iCCP, JPEG APP2) when it fits the
+    pixels written, and a PNG's pHYs.
     """
     from PIL import Image
 
@@ -324,6 +328,13 @@ def _write_pillow(
         if fmt == "jpeg" and pix.ndim == 3 and pix.shape[2] == 4:
             pix = pix[..., :3]
         img = Image.fromarray(np.ascontiguousarray(pix))
+    if metadata is not None:
+        icc = metadata.icc_for("gray" if img.mode in ("L", "LA", "I", "I;16") else "rgb")
+        if icc is not None:
+            save_args["icc_profile"] = icc
+        ppm = metadata.pixels_per_metre() if fmt == "png" else None
+        if ppm is not None:  # Pillow writes pHYs as round(dpi / 0.0254): the same integers
+            save_args["dpi"] = (ppm[0] * 0.0254, ppm[1] * 0.0254)
     img.save(tmp, format=fmt.upper(), **save_args)
     return labels_or_pixels
 
@@ -381,6 +392,7 @@ def write_image(
     overviews: bool | int = False,
     cog: bool = False,
     display: Any = None,
+    metadata: ImageMetadata | None = None,
     _lookup: tuple[LabelLookup, Any] | None = None,
 ) -> pathlib.Path:
     """Write labels with a palette, or an image as is, in one streaming pass.
@@ -393,8 +405,9 @@ def write_image(
         is.  Dask arrays are computed one band of tile rows at a time.
     path : str or os.PathLike
         Output file; the suffix picks the format: ``.tif``/``.tiff`` (tiled
-        BigTIFF), ``.zarr`` (zarr v3 array, tile-sized chunks), ``.png`` or
-        ``.jpg`` (small images only).
+        BigTIFF; an OME-TIFF when named ``*.ome.tif``/``*.ome.tiff``),
+        ``.zarr`` (zarr v3 array, tile-sized chunks), ``.png`` or ``.jpg``
+        (small images only).
     palette : array-like of shape (k, C) or None, default=None
         Colours of the labels (C in 1, 3, 4), e.g. ``KMeans.cluster_centers_``;
         rounded and clipped to uint8 (or uint16 when a value exceeds 255, or
@@ -448,13 +461,22 @@ def write_image(
         ``overviews=True`` unless a number is given.  Memory stays bounded:
         the encoded full-resolution tiles are spooled to a hidden file beside
         the output and copied after the overviews (one more write and read of
-        the compressed image).
+        the compressed image).  Not for an OME-TIFF (SubIFDs only).
     display : array-like of shape (k, 1) or (k, 3) or None, default=None
         With a palette: the 8-bit colours shown for its entries (e.g. 16-bit
         colours through a display stretch, :mod:`bigquant.pipeline.display`).
         The TIFF colour table, a PNG's palette and the preview hold them;
         ``mode="rgb"`` still stores ``palette``'s colours.  None: the
         palette's own colours (16-bit ones cut to their high 8 bits).
+    metadata : ImageMetadata or None, default=None
+        Pixel size, scan description and ICC profile (e.g. ``source.metadata``
+        of the input).  TIFF: XResolution/YResolution (each reduced level's
+        divided by its step), the Aperio fields in the ImageDescription, the
+        ICC profile (tag 34675); an ``*.ome.tif`` output: PhysicalSizeX/Y and
+        the Aperio fields (a MapAnnotation) in its OME-XML; PNG: pHYs and
+        iCCP; JPEG: the ICC profile.  The profile is written only where its
+        colour space is that of the pixels (RGB for palette and colour
+        pixels, grey for grey).
     _lookup : (LabelLookup, lookup table) or None
         Internal (:func:`bigquant.quantize`, TIFF output only): ``data`` is
         the image and its labels are looked up tile by tile while encoding;
@@ -509,6 +531,11 @@ def write_image(
         )
     codec = resolve_codec(compression, compression_level) if fmt in ("tiff", "zarr") else Codec("none", 1)
     layout, n_levels, levels_name = _reduced_levels(fmt, pyramid, overviews, cog, codec)
+    ome = fmt == "tiff" and is_ome_name(path)
+    if ome:
+        check_ome_layout(path, overviews=overviews, cog=cog)
+    if metadata is not None and not isinstance(metadata, ImageMetadata):
+        raise InputTypeError(f"metadata of type {type(metadata).__name__} must be an ImageMetadata or None")
     if geotiff is not None and not isinstance(geotiff, GeoTiff):
         raise InputTypeError(f"geotiff of type {type(geotiff).__name__} must be a GeoTiff or None")
     if geotiff is not None and fmt != "tiff":
@@ -583,6 +610,8 @@ def write_image(
 
             n_samples = sample_shape[0] if sample_shape else 1
             photometric, extrasamples = _photometric(kind, n_samples, alpha=nodata is not None)
+            meta = metadata or ImageMetadata()
+            icc = meta.icc_tag("gray" if photometric == "minisblack" else "rgb")
             preview_pixels = write_tiff(
                 arr,
                 tmp,
@@ -594,7 +623,10 @@ def write_image(
                 preview_step=pstep,
                 extra=(_lookup[1],) if _lookup is not None else (),
                 layout=layout,
-                extratags=_tiff_tags(geotiff, nodata if kind == "palette" else None),
+                extratags=_tiff_tags(geotiff, nodata if kind == "palette" else None) + icc,
+                description=None if ome else meta.description(),
+                metadata=meta,
+                ome=meta.ome() if ome else None,
             )
         elif fmt == "zarr":
             attrs: dict[str, Any] = {"bigquant": {"mode": kind}}
@@ -610,7 +642,7 @@ def write_image(
                 stored = zarr.open_array(str(tmp), mode="r")
                 preview_pixels = np.asarray(stored[::pstep, ::pstep])
         else:
-            full = _write_pillow(arr, tmp, fmt, encoder, colours, shown)
+            full = _write_pillow(arr, tmp, fmt, encoder, colours, shown, metadata)
             if pstep is not None:
                 preview_pixels = (encoder.pixels(full) if kind != "image" else full)[::pstep, ::pstep]
     if preview is not None and preview_pixels is not None:

@@ -307,6 +307,7 @@ def write_quantized(
         preview=preview,
         nodata=written_nodata,
         geotiff=source.geotiff,
+        metadata=source.metadata,
         overviews=options.overviews,
         cog=options.cog,
         display=shown,
@@ -611,7 +612,10 @@ def quantize(
         before rounding, ``model.palette()`` the colours written, in every
         band), or the mapper of a given ``palette``; ``model.quality_`` is
         the quality measured (``{"psnr", "delta_e_ok", "pixels"}``) or None.  A GeoTIFF source's georeferencing (CRS,
-        transform, GDAL metadata) is carried to TIFF output.
+        transform, GDAL metadata) is carried to TIFF output; its pixel size,
+        Aperio fields and ICC profile (``read_image(src).metadata``) to TIFF,
+        OME-TIFF (an output named ``*.ome.tif``) and PNG output, as
+        :func:`bigquant.write_image` says.
 
     Raises
     ------

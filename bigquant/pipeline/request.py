@@ -50,6 +50,7 @@ from bigquant.errors import ImageWriteError, InvalidParameterError
 from bigquant.io.atomic import check_target
 from bigquant.io.encode import resolve_codec
 from bigquant.io.files import is_url
+from bigquant.io.metadata import check_ome_layout
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
 from bigquant.io.write import FORMATS, check_tile
@@ -473,6 +474,8 @@ def _check_image_output(dst: pathlib.Path, request: Request) -> None:
         )
     if fmt != "tiff" and (write.cog or write.pyramid or write.overviews):
         raise InvalidParameterError(f"{dst}: cog, pyramid and overviews are TIFF options, not {dst.suffix}")
+    if fmt == "tiff":
+        check_ome_layout(dst, overviews=write.overviews, cog=write.cog)
 
 
 # --------------------------------------------------------------------------- checks against the inputs
