@@ -738,6 +738,11 @@ def _plan_quantize(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]
         return "one", [(paths[0], paths[1])]
     if paths == ["-"]:
         return "one", [("-", "-")]  # pngquant: stdin to stdout
+    missing = [p for p in paths if "://" not in p and not pathlib.Path(p).exists()]
+    if len(paths) > 2 and not pngquant_style and missing and not args.keep_going:
+        raise UsageError(f"{PROG} quantize: {', '.join(missing)}: no such input; several paths are all inputs, "
+                         "each written beside itself with --ext (IN OUT is one image: one pair per command); "
+                         "for a set with one palette give --out-dir DIR or --shared")
     return "each", [(src, _beside(src, _output_ext(args, src))) for src in paths]
 
 

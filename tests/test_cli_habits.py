@@ -304,6 +304,14 @@ def test_the_usage_line_says_what_is_accepted(capsys):
         assert example in out.split("examples:")[1]
 
 
+def test_pairs_are_refused_with_what_is_accepted(rgb, rgb2, tmp_path, capsys):
+    pairs = [str(rgb), str(tmp_path / "a-q.png"), str(rgb2), str(tmp_path / "c-q.png")]
+    assert main(_run(*pairs, "-k", "4")) == 2
+    err = capsys.readouterr().err
+    assert "a-q.png, " in err and "one pair per command" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "c.png"]
+
+
 def test_hints_speak_the_command_lines_language(rgb, tmp_path, capsys):
     assert main(_run(str(rgb), str(tmp_path / "o.tif"), "-k", "4", "--compression", "jpeg")) == 2
     err = capsys.readouterr().err
