@@ -756,6 +756,20 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
     return _quantize_each(args, console, jobs, one=kind == "one")
 
 
+def _note_quality(args: argparse.Namespace, console: _Console, quality: Any) -> None:
+    """With -v: the PSNR pngquant's --quality MIN-MAX stands for."""
+    from bigquant.pipeline.quality import parse_quality
+
+    target = parse_quality(quality)
+    if target is None or target.pngquant is None or not args.verbose:
+        return
+    low, high = target.pngquant
+    floor = "no floor" if target.minimum is None else f"floor {target.minimum:.2f} dB"
+    console.note(f"--quality {low}-{high} (pngquant's scale, libimagequant's quality_to_mse): target "
+                 f"{target.target:.2f} dB PSNR, {floor} (an approximation: libimagequant measures "
+                 "its error in its own gamma and channel weights)")
+
+
 _MAGIC = ((b"\x89PNG", ".png"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"II+\x00", ".tif"),
           (b"MM\x00+", ".tif"), (b"\xff\xd8\xff", ".jpg"))
 
@@ -786,7 +800,6 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
     """
     from bigquant.errors import BigquantError, QualityError
     from bigquant.pipeline.progress import Line, LloydProgress, progress
-    from bigquant.pipeline.quality import parse_quality
     from bigquant.pipeline.quantize import quantize
     from bigquant.pipeline.request import build_request, check_request, check_sources
 
@@ -796,7 +809,6 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
         scratch: pathlib.Path | None = None
         if any(src == "-" or dst == "-" for src, dst in jobs):
             scratch = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bigquant-")))
-        to_stdout = False
         plan: list[tuple[str, str, pathlib.Path, str]] = []  # input, output as named, where written, what it is
         for src, dst in jobs:
             shown = "stdin" if src == "-" else src
@@ -808,7 +820,6 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                 if OUTPUTS_ON_STDOUT.get(suffix.lower()) is None:
                     raise UsageError(f"{PROG} quantize: -o - writes a PNG or TIFF on stdout, not {suffix}")
                 target = str(scratch / f"stdout{suffix}")  # type: ignore[operator]
-                to_stdout = True
                 console.stdout_is_data = True
             plan.append((src, dst, pathlib.Path(target), shown))
         if args.output_format is not None:
@@ -827,13 +838,7 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                 continue
             kept.append((src, dst, target, shown))
         options = request_options(args, "quantize")
-        target_db = parse_quality(options.get("quality"))
-        if target_db is not None and target_db.pngquant is not None and args.verbose:
-            low, high = target_db.pngquant
-            floor = "no floor" if target_db.minimum is None else f"floor {target_db.minimum:.2f} dB"
-            console.note(f"--quality {low}-{high} (pngquant's scale, libimagequant's quality_to_mse): target "
-                         f"{target_db.target:.2f} dB PSNR, {floor} (an approximation: libimagequant measures "
-                         "its error in its own gamma and channel weights)")
+        _note_quality(args, console, options.get("quality"))
         requests = []
         for src, dst, target, shown in kept:
             if args.skip_if_larger and target.suffix.lower() == ".zarr":
@@ -844,11 +849,16 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
         runs = []
         for (src, dst, target, shown), request, source in zip(kept, requests, opened):
             if source is None:
-                if not args.keep_going:
-                    from bigquant.io.read import read_image
+                from bigquant.io.read import read_image
 
-                    read_image(src)  # raises the reason
-                skipped.append((shown, "not a readable image"))
+                try:
+                    read_image(src)  # metadata only: the reason it did not open
+                    reason = "not a readable image"
+                except (BigquantError, OSError) as exc:
+                    if not args.keep_going:
+                        raise
+                    reason = _one_line(exc)
+                skipped.append((shown, reason))
                 continue
             try:
                 check_sources(request, [source])
@@ -987,6 +997,7 @@ def _quantize_many(args: argparse.Namespace, console: _Console) -> int:
                              f"(the inputs would give {', '.join(sorted(ends))})")
         args.suffix = ends.pop()
     options = request_options(args, "quantize_many")
+    _note_quality(args, console, options.get("quality"))
     start = time.perf_counter()
     _choose_in_process(args, console, args.paths)
     line = Line()
@@ -1332,8 +1343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 on a usage error, 1 on failure, 99 when ``--quality`` MIN
-        cannot be reached (nothing written), 130 when interrupted.
+        0 on success, 2 on a usage error, 1 on failure, 3 when ``--keep-going``
+        skipped an input, 98 when ``--skip-if-larger`` kept an input, 99 when
+        ``--quality`` MIN cannot be reached (nothing written), 130 when
+        interrupted.
     """
     argv = _attach_dash_values(list(sys.argv[1:] if argv is None else argv))
     try:
