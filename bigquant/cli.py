@@ -1,7 +1,9 @@
 """The ``bigquant`` command: ``quantize``, ``sweep``, ``info`` and ``demo``.
 
 Exit codes: 0 success, 2 usage error (bad arguments or parameter values),
-1 failure (unreadable input, unreachable scheduler, ...), 130 interrupted. Errors
+1 failure (unreadable input, unreachable scheduler, ...), 3 an input skipped
+with ``--keep-going``, 98 ``--skip-if-larger`` kept the input, 99 ``--quality``
+MIN not reached, 130 interrupted. Errors
 are one line on stderr; ``--verbose`` adds the traceback and the library's log.
 
 The command line owns the terminal: it configures logging, prints results on
@@ -16,7 +18,10 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +32,10 @@ __all__ = ["main", "build_parser", "UsageError"]
 PROG = "bigquant"
 #: exit code when --quality MIN cannot be reached (pngquant uses the same)
 EXIT_QUALITY = 99
+#: exit code when --skip-if-larger keeps the input: the output would not be smaller (pngquant's)
+EXIT_LARGER = 98
+#: exit code when --keep-going skipped an input it could not read
+EXIT_SKIPPED = 3
 
 logger = logging.getLogger("bigquant.cli")
 
@@ -129,6 +138,241 @@ def _add_runtime(p: argparse.ArgumentParser, *, cluster_default: bool = True) ->
     g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
 
 
+QUANTIZE_USAGE = """\
+bigquant quantize [options] IN OUT
+       bigquant quantize [options] [NCOLORS] IN [IN ...]          each beside itself, named with --ext
+       bigquant quantize [options] [NCOLORS] IN -o OUT            one input; '-' is stdin / stdout
+       bigquant quantize [options] IN [IN ...] --shared | --out-dir DIR   one palette for the set"""
+
+QUANTIZE_EXAMPLES = """\
+examples:
+  a whole-slide scan, 32 colours, as a tiled palette BigTIFF QuPath and napari open:
+    bigquant quantize slide.svs slide-32.tif -k 32 --mask auto --overviews
+  a 16-bit GeoTIFF, 24 colours of bands 4,3,2, a Cloud-Optimized GeoTIFF for GDAL/QGIS:
+    bigquant quantize scene.tif scene-24.tif -k 24 --rgb-bands 3,2,1 -of COG -co COMPRESS=ZSTD
+  PNGs for the web, as pngquant does (pngquant's 0-100 quality; a-fs8.png beside a.png):
+    bigquant quantize --quality 65-80 --floyd a.png b.png
+    bigquant quantize 64 - < in.png > out.png
+"""
+
+#: --speed S: (n_init, max_iter, tol) -- pngquant's 1 (slow, best) .. 11 (fast, rough), 4 its
+#: default and bigquant's; the search of a large histogram runs 2 chains per initialisation
+#: (bigquant.cluster.search.default_chains), so n_init sets the chains too
+SPEEDS: dict[int, tuple[int, int, float]] = {
+    1: (8, 1000, 1e-6), 2: (4, 600, 1e-5), 3: (2, 400, 1e-5), 4: (1, 300, 1e-4), 5: (1, 200, 1e-4),
+    6: (1, 100, 3e-4), 7: (1, 60, 1e-3), 8: (1, 40, 1e-3), 9: (1, 20, 3e-3), 10: (1, 10, 1e-2),
+    11: (1, 5, 1e-2),
+}
+#: --speed at and above which dithering is off, as pngquant's --speed 11
+SPEED_NO_DITHER = 11
+
+#: the command line's own spellings (argparse destinations that are no option of the request
+#: model) and the model options each one sets: the one place where they map onto the model
+CLI_ALIASES: dict[str, tuple[str, ...]] = {
+    "output": (), "ext": ("suffix",), "shared": (), "skip_if_larger": (),
+    "speed": ("n_init", "max_iter", "tol", "dither"),
+    "nofs": ("dither",), "floyd": ("dither", "dither_strength"),
+    "strip": ("metadata",),
+    "creation_options": ("compression", "compression_level", "tile", "overviews", "cog"),
+    "output_format": ("cog", "suffix"),
+}
+
+#: -of: GDAL's driver names, and the output suffix each writes
+OUTPUT_FORMATS = {"gtiff": ".tif", "cog": ".tif", "png": ".png", "zarr": ".zarr"}
+#: -co COMPRESS=...: GDAL's names as bigquant's compressions
+_GDAL_COMPRESS = {"deflate": "zlib", "lzw": "lzw", "zstd": "zstd", "none": "none", "jpeg": "jpeg",
+                  "webp": "webp", "lzma": "lzma", "packbits": "packbits"}
+#: -co keys each driver takes
+_GDAL_KEYS = {
+    "gtiff": ("COMPRESS", "PREDICTOR", "ZLEVEL", "ZSTD_LEVEL", "TILED", "BLOCKXSIZE", "BLOCKYSIZE", "BIGTIFF",
+              "COPY_SRC_OVERVIEWS"),
+    "cog": ("COMPRESS", "PREDICTOR", "LEVEL", "BLOCKSIZE", "BIGTIFF"),
+}
+
+
+def _add_pngquant_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pngquant's options (same meaning unless said)")
+    g.add_argument("-o", "--output", metavar="OUT",
+                   help="the output of the one input ('-': PNG on stdout, nothing else there)")
+    g.add_argument("--ext", metavar="END",
+                   help="name of each output beside its input: IN's name with END (default -fs8 dithered, "
+                        "-or8 not, then the input's suffix or --suffix, e.g. a.png -> a-or8.png)")
+    g.add_argument("--shared", action="store_true",
+                   help="one palette for every input (as --out-dir), each written beside itself with --ext")
+    g.add_argument("--psnr", dest="quality", type=lambda t: f"{t}dB", metavar="[MIN:]TARGET",
+                   help="choose k: the fewest colours reaching TARGET dB PSNR; below MIN dB nothing is "
+                        f"written (exit code {EXIT_QUALITY})")
+    g.add_argument("--skip-if-larger", action="store_true",
+                   help=f"keep the input (write nothing; exit code {EXIT_LARGER}) when the output is not smaller")
+    g.add_argument("--strip", action="store_true",
+                   help="write no metadata of the input: georeferencing, pixel size, scan fields, ICC profile "
+                        "(= --no-metadata)")
+    g.add_argument("--no-metadata", dest="metadata", action="store_false", default=True,
+                   help="copy no metadata of the input (georeferencing, pixel size, scan fields, ICC profile)")
+    g.add_argument("--speed", type=_int_at_least(1), metavar="1..11",
+                   help="1 slow and best .. 4 (default) .. 11 fast and rough: initialisations, search chains, "
+                        "Lloyd iterations and tolerance; 11 also turns dithering off")
+    g.add_argument("--nofs", action="store_true", help="no Floyd-Steinberg dithering (bigquant's default)")
+    g.add_argument("--floyd", nargs="?", const=1.0, type=_unit_float, metavar="F",
+                   help="Floyd-Steinberg dithering of strength F in [0, 1] (default 1; pngquant dithers "
+                        "by default, bigquant only when asked)")
+    g.add_argument("--compression-level", type=_non_negative_int, metavar="N",
+                   help="codec level (default: fast); -co ZLEVEL / ZSTD_LEVEL")
+
+
+def _add_creation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("GDAL's creation options")
+    g.add_argument("-co", dest="creation_options", action="append", metavar="KEY=VALUE",
+                   help="TIFF creation option in GDAL's words: COMPRESS=DEFLATE|LZW|ZSTD|LZMA|NONE, "
+                        "ZLEVEL, ZSTD_LEVEL, PREDICTOR=1, TILED=YES, BLOCKXSIZE=BLOCKYSIZE (= --tile), "
+                        "BIGTIFF=YES|IF_NEEDED|IF_SAFER, COPY_SRC_OVERVIEWS=YES (= --overviews); "
+                        "-of COG: COMPRESS, LEVEL, BLOCKSIZE, BIGTIFF")
+    g.add_argument("-of", dest="output_format", type=str.lower, choices=tuple(OUTPUT_FORMATS), metavar="FORMAT",
+                   help="output format in GDAL's words: GTiff, COG (= --cog), PNG, Zarr")
+
+
+def _level(key: str, value: str, low: int, high: int) -> int:
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise UsageError(f"{PROG}: -co {key}={value}: give an integer in {low}..{high}")
+    return int(value)
+
+
+def creation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The request model's options that ``-co KEY=VALUE`` and ``-of FORMAT`` stand for (GDAL's words).
+
+    Raises
+    ------
+    UsageError
+        An unknown key or value, or one bigquant cannot write (PREDICTOR=2,
+        TILED=NO, BIGTIFF=NO, BLOCKXSIZE != BLOCKYSIZE).
+    """
+    fmt = args.output_format
+    given = list(args.creation_options or [])
+    out: dict[str, Any] = {}
+    if fmt == "cog":
+        out["cog"] = True
+    if not given:
+        return out
+    if fmt in ("png", "zarr"):
+        raise UsageError(f"{PROG}: -co {given[0]}: creation options are TIFF's (-of GTiff or COG), not -of {fmt}")
+    keys = _GDAL_KEYS["cog" if fmt == "cog" else "gtiff"]
+    co: dict[str, str] = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        key, value = key.strip().upper(), value.strip()
+        if not sep or not key or not value:
+            raise UsageError(f"{PROG}: -co {item}: give KEY=VALUE")
+        if key not in keys:
+            driver = "COG" if fmt == "cog" else "GTiff"
+            raise UsageError(f"{PROG}: -co {key}: not a {driver} creation option bigquant writes (it takes "
+                             f"{', '.join(keys)})")
+        co[key] = value
+    if "COMPRESS" in co:
+        name = _GDAL_COMPRESS.get(co["COMPRESS"].lower())
+        if name is None:
+            raise UsageError(f"{PROG}: -co COMPRESS={co['COMPRESS']}: use one of "
+                             f"{', '.join(k.upper() for k in _GDAL_COMPRESS)}")
+        out["compression"] = name
+    compression = out.get("compression", args.compression)
+    for key, codec, high in (("ZLEVEL", "zlib", 9), ("ZSTD_LEVEL", "zstd", 22), ("LEVEL", None, 22)):
+        if key in co:
+            if codec is not None and str(compression).lower() not in ((codec, "deflate") if codec == "zlib"
+                                                                       else (codec,)):
+                raise UsageError(f"{PROG}: -co {key} is the level of COMPRESS={'DEFLATE' if codec == 'zlib' else 'ZSTD'}"
+                                 f", not of {str(compression).upper()}")
+            out["compression_level"] = _level(key, co[key], 1, high)
+    if "PREDICTOR" in co and co["PREDICTOR"].upper() not in ("1", "NO", "NONE"):
+        raise UsageError(f"{PROG}: -co PREDICTOR={co['PREDICTOR']}: bigquant's tile encoder has no predictor "
+                         "(palette indices gain nothing from a horizontal one); use PREDICTOR=1 or leave it out")
+    if "TILED" in co and co["TILED"].upper() not in ("YES", "TRUE", "ON", "1"):
+        raise UsageError(f"{PROG}: -co TILED={co['TILED']}: bigquant writes tiled TIFFs only (TILED=YES)")
+    if "BIGTIFF" in co and co["BIGTIFF"].upper() not in ("YES", "IF_NEEDED", "IF_SAFER"):
+        raise UsageError(f"{PROG}: -co BIGTIFF={co['BIGTIFF']}: bigquant always writes BigTIFF (YES, IF_NEEDED "
+                         "or IF_SAFER)")
+    sizes = {k: co[k] for k in ("BLOCKXSIZE", "BLOCKYSIZE", "BLOCKSIZE") if k in co}
+    if sizes:
+        values = set(sizes.values())
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise UsageError(f"{PROG}: -co {', '.join(f'{k}={v}' for k, v in sizes.items())}: square tiles only "
+                             "(BLOCKXSIZE = BLOCKYSIZE, a multiple of 16)")
+        tile = int(next(iter(values)))
+        if tile < 16 or tile % 16:
+            raise UsageError(f"{PROG}: -co {next(iter(sizes))}={tile}: a multiple of 16")
+        out["tile"] = tile
+    if "COPY_SRC_OVERVIEWS" in co:
+        if co["COPY_SRC_OVERVIEWS"].upper() not in ("YES", "NO", "TRUE", "FALSE"):
+            raise UsageError(f"{PROG}: -co COPY_SRC_OVERVIEWS={co['COPY_SRC_OVERVIEWS']}: YES or NO")
+        if co["COPY_SRC_OVERVIEWS"].upper() in ("YES", "TRUE"):
+            out["overviews"] = True  # the quantized image's own overviews (nearest), not the source's
+    return out
+
+
+def _normalise_quantize(args: argparse.Namespace) -> None:
+    """Turn the command line's own spellings (:data:`CLI_ALIASES`) into the request model's options, in place."""
+    paths = list(args.paths)
+    args.ncolors = None
+    if len(paths) > 1 and paths[0].isdigit() and not pathlib.Path(paths[0]).exists():
+        args.ncolors = int(paths.pop(0))  # pngquant's [ncolors]
+        if args.n_clusters is not None and args.n_clusters != args.ncolors:
+            raise UsageError(f"{PROG} quantize: NCOLORS {args.ncolors} and -k {args.n_clusters} disagree")
+        args.n_clusters = args.ncolors
+    args.paths = paths
+    speed = args.speed
+    if speed is not None and speed not in SPEEDS:
+        raise UsageError(f"{PROG} quantize: --speed {speed}: give 1 (slow, best) .. 11 (fast, rough)")
+    n_init, max_iter, tol = SPEEDS[4 if speed is None else speed]
+    args.n_init = n_init if args.n_init is None else args.n_init
+    args.max_iter = max_iter if args.max_iter is None else args.max_iter
+    args.tol = tol if args.tol is None else args.tol
+    if args.nofs and args.floyd is not None:
+        raise UsageError(f"{PROG} quantize: --nofs and --floyd exclude each other")
+    if args.floyd is not None:
+        if args.dither not in ("none", "floyd-steinberg"):
+            raise UsageError(f"{PROG} quantize: --floyd and --dither {args.dither} exclude each other")
+        args.dither, args.dither_strength = ("floyd-steinberg", args.floyd) if args.floyd > 0 else ("none", 0.0)
+    if args.nofs or (speed is not None and speed >= SPEED_NO_DITHER and args.floyd is None):
+        args.dither = "none"
+    if args.strip:
+        args.metadata = False
+    for name, value in creation_options(args).items():
+        setattr(args, name, value)
+    if args.output_format is not None and args.suffix is None:
+        args.suffix = OUTPUT_FORMATS[args.output_format]
+    if args.quality is not None:
+        args.quality = _quality_option(args.quality)
+
+
+def _quality_option(text: str) -> str:
+    """--quality: pngquant's MIN-MAX (or N: N*9/10-N, as pngquant), or PSNR with a dB suffix; 'A:B' is refused."""
+    value = text.strip()
+    if value.lower().endswith("db"):
+        return value
+    if ":" in value:
+        raise UsageError(f"{PROG} quantize: --quality {text} is ambiguous: --quality takes pngquant's 0-100 "
+                         f"scale as MIN-MAX (--quality {value.replace(':', '-')}); for PSNR in dB write "
+                         f"--psnr {value} or --quality {value}dB")
+    if value.isdigit():
+        target = int(value)
+        return f"{target * 9 // 10}-{target}"  # pngquant's 'N': no worse than 90% of N
+    return value
+
+
+def _output_ext(args: argparse.Namespace, src: str) -> str:
+    """What follows an input's stem in its output's name: --ext, else -fs8/-or8 and the format's suffix."""
+    if args.ext:
+        return args.ext
+    mark = "-fs8" if args.dither == "floyd-steinberg" else "-or8"
+    suffix = args.suffix or (pathlib.PurePath(src).suffix if src != "-" else ".png") or ".tif"
+    return mark + (suffix if suffix.startswith(".") else f".{suffix}")
+
+
+def _beside(src: str, end: str) -> str:
+    """``src``'s output beside it: its name without the last suffix, then ``end`` (pngquant's --ext)."""
+    path = pathlib.Path(src)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return str(path.with_name(stem + end))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bigquant`` command."""
     from bigquant import __version__
@@ -148,23 +392,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     q = sub.add_parser("quantize", parents=[common], help="quantize an image to k colours and write it",
-                       description="Fit a k-colour palette and write the image with it.")
-    q.add_argument("paths", nargs="+", metavar="IN [IN ...] OUT",
-                   help="input image (TIFF, zarr, PNG, JPEG...) and output (.tif, .zarr, .png); "
-                        "with --out-dir, every path is an input")
+                       description="Fit a k-colour palette and write the image with it.",
+                       usage=QUANTIZE_USAGE, epilog=QUANTIZE_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("paths", nargs="+", metavar="PATH",
+                   help="IN OUT (one image), or inputs only: each written beside itself with --ext, "
+                        "to -o OUT, or with one palette (--shared, --out-dir); a leading number is "
+                        "pngquant's NCOLORS (= -k); '-' is stdin (input) or stdout (-o -)")
     q.add_argument("-k", "--n-clusters", dest="n_clusters", type=_positive_int, default=None,
                    help="colours (default 16; with --quality, the most allowed)")
     q.add_argument("--palette", metavar="FILE",
                    help="apply this palette instead of fitting one (.json, .gpl, .act, .png/.tif swatch)")
-    q.add_argument("--quality", metavar="[MIN:]TARGET",
-                   help="choose k: the fewest colours whose image reaches TARGET dB PSNR; "
-                        f"below MIN dB nothing is written (exit code {EXIT_QUALITY})")
+    q.add_argument("--quality", metavar="MIN-MAX",
+                   help="choose k as pngquant does, on its 0-100 scale: the fewest colours reaching MAX; "
+                        f"below MIN nothing is written (exit code {EXIT_QUALITY}); converted to PSNR with "
+                        "libimagequant's quality_to_mse (-v prints the dB); MIN:TARGETdB is PSNR in dB")
     q.add_argument("--out-dir", metavar="DIR", help="quantize every input with one shared palette into DIR")
-    q.add_argument("--suffix", default=".tif", help="with --out-dir: output format (default .tif)")
+    q.add_argument("--suffix", default=None,
+                   help="output format of a set (.tif, .png, .zarr...; default: the input's, .tif with --out-dir)")
     q.add_argument("--weight", choices=("pixels", "image"), default="pixels",
                    help="with --out-dir: count every pixel once (default) or every image equally")
     q.add_argument("--keep-going", action="store_true",
-                   help="with --out-dir: skip unreadable inputs (reported) instead of stopping")
+                   help="several inputs: skip unreadable ones (reported once; exit code "
+                        f"{EXIT_SKIPPED}) instead of stopping")
     q.add_argument("--strategy", choices=STRATEGIES, default="auto", help="fitting strategy (default auto)")
     q.add_argument("--mode", choices=("palette", "rgb"), default="palette", help="indexed or RGB output")
     q.add_argument("--tile", type=_positive_int, default=512, help="output tile size (default 512)")
@@ -208,13 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--palette-out", metavar="FILE",
                    help="also write the palette: .json (with the fit's summary), .gpl, .act or .png")
     q.add_argument("--preview", metavar="PNG", help="also write a small preview PNG")
-    q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    q.add_argument("--overwrite", "-f", "--force", action="store_true", help="replace existing outputs")
     q.add_argument("--random-state", type=int, metavar="N",
                    help="seed (default 0: the same command writes the same bytes)")
-    q.add_argument("--n-init", type=_positive_int, default=1, help="initialisations (default 1)")
-    q.add_argument("--max-iter", type=_positive_int, default=300, help="Lloyd iterations at most (default 300)")
-    q.add_argument("--tol", type=_non_negative_float, default=1e-4,
-                   help="relative tolerance of Lloyd's convergence (default 1e-4)")
+    q.add_argument("--n-init", type=_positive_int, default=None, help="initialisations (default 1; see --speed)")
+    q.add_argument("--max-iter", type=_positive_int, default=None,
+                   help="Lloyd iterations at most (default 300; see --speed)")
+    q.add_argument("--tol", type=_non_negative_float, default=None,
+                   help="relative tolerance of Lloyd's convergence (default 1e-4; see --speed)")
+    _add_pngquant_options(q)
+    _add_creation_options(q)
     _add_runtime(q)
 
     s = sub.add_parser("sweep", parents=[common], help="fit every k of a range and tabulate cost and time",
@@ -272,10 +525,12 @@ class _Console:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        #: stdout carries the image (-o -): results go to stderr
+        self.stdout_is_data = False
 
     def out(self, text: str = "") -> None:
         if not self.quiet:
-            print(text, file=sys.stdout, flush=True)
+            print(text, file=sys.stderr if self.stdout_is_data else sys.stdout, flush=True)
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -407,7 +662,7 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
         kind = "connected to" if args.scheduler else "local cluster"
         console.note(f"{kind} {runtime.scheduler_address}: {len(workers)} workers, "
                      f"{sum(workers.values())} threads ({time.perf_counter() - start:.1f} s)")
-        link = runtime.dashboard_link
+        link = runtime.dashboard_link if dashboard is not None else None  # --dashboard none: no link
         if link:
             console.note(f"dashboard: {link}")
         yield runtime.client
@@ -430,6 +685,7 @@ _CLI_VALUES: dict[str, Callable[[Any], Any]] = {
     "mask": lambda v: _mask_option(v),
     "dither": lambda v: None if v == "none" else v,
     "compression": lambda v: None if str(v).lower() == "none" else v,
+    "suffix": lambda v: ".tif" if v is None else v,
 }
 
 
@@ -469,37 +725,237 @@ def _check_input(path: str) -> None:
         raise FileNotFoundError(f"{path}: no such file")
 
 
+def _plan_quantize(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
+    """What the paths mean: ("one" | "each", [(input, output), ...]) or ("shared", [])."""
+    paths = args.paths
+    if args.out_dir is not None or args.shared:
+        if args.output:
+            raise UsageError(f"{PROG} quantize: -o writes one image; --shared and --out-dir write one per input")
+        if "-" in paths:
+            raise UsageError(f"{PROG} quantize: '-' (stdin) is one image, not a set with one palette")
+        return "shared", []
+    if args.weight != "pixels":
+        raise UsageError(f"{PROG} quantize: --weight goes with one palette for a set (--shared or --out-dir)")
+    if args.output is not None:
+        if len(paths) != 1:
+            raise UsageError(f"{PROG} quantize: -o {args.output} is the output of one input, got {len(paths)} "
+                             "inputs (without -o each is written beside itself with --ext)")
+        if args.ext:
+            raise UsageError(f"{PROG} quantize: --ext and -o exclude each other (as in pngquant)")
+        return "one", [(paths[0], args.output)]
+    if paths.count("-") > 1 or ("-" in paths and len(paths) > 1):
+        raise UsageError(f"{PROG} quantize: '-' (stdin) is the only input when given")
+    pngquant_style = args.ncolors is not None or args.ext is not None
+    if len(paths) == 2 and not pngquant_style and "-" not in paths:
+        return "one", [(paths[0], paths[1])]
+    if paths == ["-"]:
+        return "one", [("-", "-")]  # pngquant: stdin to stdout
+    missing = [p for p in paths if "://" not in p and not pathlib.Path(p).exists()]
+    if len(paths) > 2 and not pngquant_style and missing and not args.keep_going:
+        raise UsageError(f"{PROG} quantize: {', '.join(missing)}: no such input; several paths are all inputs, "
+                         "each written beside itself with --ext (IN OUT is one image: one pair per command); "
+                         "for a set with one palette give --out-dir DIR or --shared")
+    return "each", [(src, _beside(src, _output_ext(args, src))) for src in paths]
+
+
 def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
+    _normalise_quantize(args)
+    if args.n_clusters is None and args.palette is None and args.quality is None:
+        args.n_clusters = 16
+    kind, jobs = _plan_quantize(args)
+    if kind == "shared":
+        return _quantize_many(args, console)
+    return _quantize_each(args, console, jobs, one=kind == "one")
+
+
+def _note_quality(args: argparse.Namespace, console: _Console, quality: Any) -> None:
+    """With -v: the PSNR pngquant's --quality MIN-MAX stands for."""
+    from bigquant.pipeline.quality import parse_quality
+
+    target = parse_quality(quality)
+    if target is None or target.pngquant is None or not args.verbose:
+        return
+    low, high = target.pngquant
+    floor = "no floor" if target.minimum is None else f"floor {target.minimum:.2f} dB"
+    console.note(f"--quality {low}-{high} (pngquant's scale, libimagequant's quality_to_mse): target "
+                 f"{target.target:.2f} dB PSNR, {floor} (an approximation: libimagequant measures "
+                 "its error in its own gamma and channel weights)")
+
+
+_MAGIC = ((b"\x89PNG", ".png"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"II+\x00", ".tif"),
+          (b"MM\x00+", ".tif"), (b"\xff\xd8\xff", ".jpg"))
+
+
+def _stdin_image(folder: pathlib.Path) -> pathlib.Path:
+    """The image on stdin (PNG, TIFF or JPEG bytes), saved in ``folder``."""
+    data = sys.stdin.buffer.read()
+    suffix = next((s for magic, s in _MAGIC if data.startswith(magic)), None)
+    if suffix is None:
+        raise UsageError(f"{PROG} quantize: stdin holds {len(data)} bytes that are no PNG, TIFF or JPEG image")
+    path = folder / f"stdin{suffix}"
+    path.write_bytes(data)
+    return path
+
+
+def _candidate(dst: pathlib.Path) -> pathlib.Path:
+    """A hidden file beside ``dst`` for --skip-if-larger: written first, renamed only when smaller."""
+    fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".candidate{dst.suffix}", dir=dst.parent or ".")
+    os.close(fd)
+    return pathlib.Path(name)
+
+
+def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple[str, str]], *, one: bool) -> int:
+    """Quantize every (input, output) with its own palette, in one process or one Dask job.
+
+    Every request is built and checked (outputs, options, the inputs' metadata)
+    before the first pixel of the first input is read.
+    """
+    from bigquant.errors import BigquantError, QualityError
     from bigquant.pipeline.progress import Line, LloydProgress, progress
     from bigquant.pipeline.quantize import quantize
     from bigquant.pipeline.request import build_request, check_request, check_sources
 
-    if args.out_dir is None and len(args.paths) != 2:
-        raise UsageError(f"{PROG} quantize: give IN OUT, or several inputs with --out-dir DIR "
-                         f"(got {len(args.paths)} path(s))")
-    if args.out_dir is None and (args.keep_going or args.weight != "pixels"):
-        raise UsageError(f"{PROG} quantize: --keep-going and --weight go with --out-dir")
-    if args.n_clusters is None and args.palette is None and args.quality is None:
-        args.n_clusters = 16
-    if args.out_dir is not None:
-        return _quantize_many(args, console)
-    source, output = args.paths
-    _check_input(source)
-    options = request_options(args, "quantize")
-    # the whole request is checked here, before a cluster is started for nothing (quantize checks it again)
-    request = check_request(build_request("quantize", [source], [output], options))
-    start = time.perf_counter()
-    opened = _choose_in_process(args, console, [source])
-    check_sources(request, opened)
-    line = Line()
-    bar = LloydProgress(args.max_iter, line=line) if _show_progress(args) and args.palette is None else None
-    with _runtime(args, console) as client:
-        with progress(client, enabled=_show_progress(args), line=line):
-            model = quantize(source if not args.no_cluster else opened[0], output, client=client,
-                             **dict(options, callback=bar))
-        if bar is not None:
-            bar.close(model.inertia_)
-    seconds = time.perf_counter() - start
+    if args.keep_going and one:
+        raise UsageError(f"{PROG} quantize: --keep-going goes with several inputs")
+    with contextlib.ExitStack() as stack:
+        scratch: pathlib.Path | None = None
+        if any(src == "-" or dst == "-" for src, dst in jobs):
+            scratch = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bigquant-")))
+        plan: list[tuple[str, str, pathlib.Path, str]] = []  # input, output as named, where written, what it is
+        for src, dst in jobs:
+            shown = "stdin" if src == "-" else src
+            if src == "-":
+                src = str(_stdin_image(scratch))  # type: ignore[arg-type]
+            target = dst
+            if dst == "-":
+                suffix = args.suffix or ".png"
+                if OUTPUTS_ON_STDOUT.get(suffix.lower()) is None:
+                    raise UsageError(f"{PROG} quantize: -o - writes a PNG or TIFF on stdout, not {suffix}")
+                target = str(scratch / f"stdout{suffix}")  # type: ignore[operator]
+                console.stdout_is_data = True
+            plan.append((src, dst, pathlib.Path(target), shown))
+        if args.output_format is not None:
+            for _, dst, target, _ in plan:
+                if dst != "-" and OUTPUT_FORMATS[args.output_format] != target.suffix.lower() and not (
+                        args.output_format in ("gtiff", "cog") and target.suffix.lower() == ".tiff"):
+                    raise UsageError(f"{PROG} quantize: -of {args.output_format} but the output {dst} is "
+                                     f"{target.suffix or 'no format'}")
+        skipped: list[tuple[str, str]] = []
+        kept = []
+        for src, dst, target, shown in plan:
+            if not pathlib.Path(src).exists() and "://" not in src:
+                if not args.keep_going:
+                    raise FileNotFoundError(f"{src}: no such file")
+                skipped.append((shown, "no such file"))
+                continue
+            kept.append((src, dst, target, shown))
+        options = request_options(args, "quantize")
+        _note_quality(args, console, options.get("quality"))
+        requests = []
+        for src, dst, target, shown in kept:
+            if args.skip_if_larger and target.suffix.lower() == ".zarr":
+                raise UsageError(f"{PROG} quantize: --skip-if-larger compares file sizes; {dst} is a zarr folder")
+            requests.append(check_request(build_request("quantize", [src], [target], options)))
+        start = time.perf_counter()
+        opened = _choose_in_process(args, console, [src for src, _, _, _ in kept]) if kept else []
+        runs = []
+        for (src, dst, target, shown), request, source in zip(kept, requests, opened):
+            if source is None:
+                from bigquant.io.read import read_image
+
+                try:
+                    read_image(src)  # metadata only: the reason it did not open
+                    reason = "not a readable image"
+                except (BigquantError, OSError) as exc:
+                    if not args.keep_going:
+                        raise
+                    reason = _one_line(exc)
+                skipped.append((shown, reason))
+                continue
+            try:
+                check_sources(request, [source])
+            except BigquantError as exc:
+                if not args.keep_going:
+                    raise
+                skipped.append((shown, _one_line(exc)))
+                continue
+            runs.append((src, dst, target, shown, source))
+        for name, reason in skipped:
+            console.note(f"skipped {name}: {reason}")
+        code = EXIT_SKIPPED if skipped else 0
+        quality_missed = larger = False
+        show = _show_progress(args)
+        line = Line()
+        with _runtime(args, console) as client:
+            for src, dst, target, shown, source in runs:
+                written = _candidate(target) if args.skip_if_larger and dst != "-" else target
+                bar = None
+                if show and args.palette is None:
+                    bar = LloydProgress(args.max_iter, line=line, every=None if args.quality else 10)
+                file_start = time.perf_counter()
+                try:
+                    with progress(client, enabled=show, line=line):
+                        model = quantize(src if not args.no_cluster else source, written, client=client,
+                                         **dict(options, callback=bar,
+                                                overwrite=options["overwrite"] or written != target))
+                except QualityError as exc:
+                    if bar is not None:
+                        bar.close()
+                    with contextlib.suppress(OSError):
+                        if written != target:
+                            written.unlink()
+                    if one:
+                        raise
+                    console.note(f"{PROG}: {shown}: {_one_line(exc)}")
+                    quality_missed = True
+                    continue
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        if written != target:
+                            written.unlink()
+                    raise
+                if bar is not None:
+                    bar.close(model.inertia_)
+                if args.skip_if_larger:
+                    before = _size_of(src)
+                    after = _size_of(str(written))
+                    if before is not None and after is not None and after >= before:
+                        written.unlink()
+                        larger = True
+                        console.note(f"skipped {shown}: the output ({_human_bytes(after)}) is not smaller than "
+                                     f"the input ({_human_bytes(before)}); nothing written")
+                        if dst == "-":
+                            _to_stdout(pathlib.Path(src))  # pngquant: the input itself on stdout
+                        continue
+                    if written != target:
+                        os.replace(written, target)
+                if dst == "-":
+                    _to_stdout(target)
+                _report_quantized(args, console, model, shown, dst if dst != "-" else "stdout",
+                                  time.perf_counter() - file_start)
+        seconds = time.perf_counter() - start
+        if len(plan) > 1:
+            console.out(f"{len(runs)} of {len(plan)} files, each with its own palette, {seconds:.1f} s")
+        if code:
+            return code
+        if quality_missed:
+            return EXIT_QUALITY
+        return EXIT_LARGER if larger else 0
+    return 0  # pragma: no cover
+
+
+#: output suffixes -o - writes on stdout
+OUTPUTS_ON_STDOUT = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}
+
+
+def _to_stdout(path: pathlib.Path) -> None:
+    with path.open("rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+def _report_quantized(args: argparse.Namespace, console: _Console, model: Any, src: str, output: str,
+                      seconds: float) -> None:
     for extra in (args.palette_out, args.preview, args.compare):
         if extra:
             console.out(f"wrote {extra}")
@@ -507,19 +963,18 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
     if args.palette is not None:
         console.out(f"wrote {output}: {len(model.cluster_centers_)} colours from {args.palette}{measured}, "
                     f"{seconds:.1f} s")
-    else:
-        quality = measured
-        _, error = model.palette() if hasattr(model, "palette") else (None, None)
-        # the fit's error is that of the image mapped to the nearest colours: not of a dithered one
-        if (not quality and error is not None and args.dither == "none"
-                and getattr(model, "histogram_", None) is not None):
-            from bigquant.pipeline.quantize import psnr
+        return
+    quality = measured
+    _, error = model.palette() if hasattr(model, "palette") else (None, None)
+    # the fit's error is that of the image mapped to the nearest colours: not of a dithered one
+    if (not quality and error is not None and args.dither == "none"
+            and getattr(model, "histogram_", None) is not None):
+        from bigquant.pipeline.quantize import psnr
 
-            value = psnr(error, model.histogram_.n_pixels * model.n_features_in_, model.palette()[0].dtype)
-            quality = "" if value is None else f", PSNR {value:.2f} dB"
-        console.out(f"wrote {output}: {len(model.cluster_centers_)} colours, strategy {model.strategy_}, "
-                    f"{model.n_iter_} iterations, inertia {model.inertia_:.6g}{quality}, {seconds:.1f} s")
-    return 0
+        value = psnr(error, model.histogram_.n_pixels * model.n_features_in_, model.palette()[0].dtype)
+        quality = "" if value is None else f", PSNR {value:.2f} dB"
+    console.out(f"wrote {output}: {len(model.cluster_centers_)} colours, strategy {model.strategy_}, "
+                f"{model.n_iter_} iterations, inertia {model.inertia_:.6g}{quality}, {seconds:.1f} s")
 
 
 def _quality_text(quality: dict[str, Any] | None) -> str:
@@ -539,24 +994,39 @@ def _quantize_many(args: argparse.Namespace, console: _Console) -> int:
     if not args.keep_going:
         for path in args.paths:
             _check_input(path)
+    if args.skip_if_larger or args.output_format == "cog":
+        raise UsageError(f"{PROG} quantize: --skip-if-larger and -of COG take one palette per file, not --shared")
+    out_dir = args.out_dir
+    if out_dir is None:  # --shared: beside the inputs, named with --ext
+        folders = {os.path.abspath(pathlib.Path(p).parent) for p in args.paths}
+        if len(folders) != 1 or any("://" in p for p in args.paths):
+            raise UsageError(f"{PROG} quantize: --shared writes beside the inputs when they share one folder; "
+                             "give --out-dir DIR")
+        out_dir = folders.pop()
+        ends = {_output_ext(args, p) for p in args.paths}
+        if len(ends) != 1:
+            raise UsageError(f"{PROG} quantize: --shared writes one format: give --suffix or --ext "
+                             f"(the inputs would give {', '.join(sorted(ends))})")
+        args.suffix = ends.pop()
     options = request_options(args, "quantize_many")
+    _note_quality(args, console, options.get("quality"))
     start = time.perf_counter()
     _choose_in_process(args, console, args.paths)
     line = Line()
     with _runtime(args, console) as client:
         with progress(client, enabled=_show_progress(args), line=line):
-            result = quantize_many(args.paths, args.out_dir, client=client, **options)
+            result = quantize_many(args.paths, out_dir, client=client, **options)
     seconds = time.perf_counter() - start
     for item in result.files:
         quality = "" if item.psnr is None else f" ({item.psnr:.2f} dB)"
         console.out(f"wrote {item.dst}{quality}")
     for name, reason in result.skipped:
-        console.out(f"skipped {name}: {reason}")
+        console.note(f"skipped {name}: {' '.join(reason.split())}")
     console.out(f"{len(result.files)} files with one palette of {len(result.palette)} colours "
                 f"({args.weight} weighted), {seconds:.1f} s")
     if args.palette_out:
         console.out(f"wrote {args.palette_out}")
-    return 0
+    return EXIT_SKIPPED if result.skipped else 0
 
 
 def _cmd_sweep(args: argparse.Namespace, console: _Console) -> int:
@@ -823,15 +1293,65 @@ _FITTING = ("quantize", "sweep", "demo")
 # --------------------------------------------------------------------------- main
 
 
-#: library hints in error messages, as the command line spells them
-_CLI_SPELLING = {"pass overwrite=True": "pass --overwrite"}
+#: options the command line spells otherwise than ``--name`` (value False: the flag that sets it)
+_CLI_SPELLING = {"n_clusters": "-k", ("measure", "False"): "--no-measure", ("metadata", "False"): "--no-metadata",
+                 "ks": "--k"}
+#: ``name=value`` in a library message: an option of the request model and its value
+_OPTION_VALUE = re.compile(r"\b([a-z][a-z0-9_]*)=(\([^)]*\)|\[[^\]]*\]|'[^']*'|\"[^\"]*\"|[^\s,;:)]+)")
+
+
+def cli_spelling(text: str) -> str:
+    """A library message as the command line speaks: ``mode='rgb'`` -> ``--mode rgb``, ``overwrite=True`` -> ``--overwrite``.
+
+    Every option of the request model (:func:`bigquant.pipeline.request.option_names`)
+    is spelled ``--name-with-dashes``; :data:`_CLI_SPELLING` lists the others.
+    """
+    from bigquant.pipeline.request import ENTRY_GROUPS, option_names
+
+    names = {n for entry in ENTRY_GROUPS for n in option_names(entry)} | {"ks"}
+
+    def spell(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in names:
+            return m.group(0)
+        value = value.strip("'\"")
+        if value.startswith(("(", "[")):
+            value = value[1:-1].replace(" ", "")
+        flag = _CLI_SPELLING.get((name, value))
+        if flag is not None:
+            return flag
+        flag = _CLI_SPELLING.get(name, "--" + name.replace("_", "-"))
+        return flag if value == "True" else f"{flag} {value}"
+
+    return _OPTION_VALUE.sub(spell, text)
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    for library, command_line in _CLI_SPELLING.items():
-        text = text.replace(library, command_line)
-    return text
+    return cli_spelling(text)
+
+
+#: options whose value may start with '-' (pngquant's ``--ext -fs8.png``)
+_DASH_VALUES = ("--ext",)
+
+
+def _attach_dash_values(argv: list[str]) -> list[str]:
+    """``--ext -fs8.png`` as ``--ext=-fs8.png`` (argparse would read ``-fs8.png`` as an option), and a bare
+    ``--floyd`` as ``--floyd=1`` (pngquant takes a strength only after ``=``: ``--floyd a.png`` is no strength)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--floyd":  # pngquant: a strength only as --floyd=F; bare --floyd is 1
+            out.append("--floyd=1")
+            i += 1
+            continue
+        if argv[i] in _DASH_VALUES and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--":
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -845,10 +1365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 on a usage error, 1 on failure, 99 when ``--quality`` MIN
-        cannot be reached (nothing written), 130 when interrupted.
+        0 on success, 2 on a usage error, 1 on failure, 3 when ``--keep-going``
+        skipped an input, 98 when ``--skip-if-larger`` kept an input, 99 when
+        ``--quality`` MIN cannot be reached (nothing written), 130 when
+        interrupted.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _attach_dash_values(list(sys.argv[1:] if argv is None else argv))
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:

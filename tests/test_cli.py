@@ -52,13 +52,14 @@ def _one_line(err: str) -> str:
     [
         ([], "required: COMMAND"),
         (["frobnicate"], "invalid choice"),
-        (["quantize"], "required: IN [IN ...] OUT"),
-        (["quantize", "a.tif"], "give IN OUT, or several inputs with --out-dir"),
+        (["quantize"], "required: PATH"),
+        (["quantize", "a.tif", "b.tif", "-o", "c.tif"], "-o c.tif is the output of one input"),
+        (["quantize", "a.tif", "b.tif", "--quality", "30:40"], "--psnr 30:40"),
         (["quantize", "a.tif", "b.tif", "-k", "abc"], "not an integer"),
         (["quantize", "a.tif", "b.tif", "-k", "0"], "must be >= 1"),
         (["quantize", "a.tif", "b.tif", "--strategy", "magic"], "invalid choice"),
         (["quantize", "a.tif", "b.tif", "--mode", "cmyk"], "invalid choice"),
-        (["sweep", "a.tif", "--k", "2:x"], "ks="),
+        (["sweep", "a.tif", "--k", "2:x"], "--k 2:x must"),
         (["sweep", "a.tif", "--k", "0:4"], "every k must be >= 1"),
         (["sweep", "a.tif", "--resume"], "--resume needs --out"),
         (["demo", "--size", "5"], "sides >= 16"),
@@ -239,9 +240,9 @@ def test_subprocess_python_m_bigquant_info(photo_png):
 
 
 def test_subprocess_entry_point_usage_error_and_failure(tmp_path):
-    proc = _run(*_entry_point(), "quantize", "only-one-arg")
+    proc = _run(*_entry_point(), "quantize", "a.png", "b.png", "-o", "c.png")
     assert proc.returncode == 2
-    assert "give IN OUT" in _one_line(proc.stderr)
+    assert "is the output of one input" in _one_line(proc.stderr)
     proc = _run(*_entry_point(), "info", str(tmp_path / "missing.tif"))
     assert proc.returncode == 1
     assert _one_line(proc.stderr).startswith("bigquant: error:")

@@ -109,9 +109,29 @@ def test_a_bad_argument(table, photo, tmp_path, bad):
 
 def test_a_quality_floor_that_cannot_be_reached(table, photo, tmp_path):
     out = tmp_path / "o.tif"
-    code = main(_quantize(str(photo), str(out), "-k", "2", "--quality", "60:70"))  # 2 colours: far below 60 dB
+    code = main(_quantize(str(photo), str(out), "-k", "2", "--psnr", "60:70"))  # 2 colours: far below 60 dB
     assert code == _code_for(table, "--quality", "nothing written")
     assert not out.exists()
+
+
+def test_an_input_skipped_with_keep_going(table, photo, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    code = main(_quantize("-k", "4", "--keep-going", "--ext", "-q.png", str(photo), str(bad)))
+    assert code == _code_for(table, "--keep-going", "skipped")
+    captured = capsys.readouterr()
+    assert [line for line in (captured.out + captured.err).splitlines() if str(bad) in line] == [
+        line for line in captured.err.splitlines() if line.startswith(f"skipped {bad}:")]  # once
+
+
+def test_an_output_that_would_not_be_smaller(table, tmp_path):
+    from PIL import Image
+
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(flat, optimize=True)  # under 100 bytes
+    code = main(_quantize(str(flat), str(tmp_path / "o.tif"), "-k", "2", "--skip-if-larger"))  # a BigTIFF header alone is bigger
+    assert code == _code_for(table, "--skip-if-larger", "not be smaller")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.png"]
 
 
 @contextlib.contextmanager
@@ -165,5 +185,6 @@ def test_an_interrupt_in_the_middle_of_the_write(table, big, tmp_path, capsys):
 
 def test_every_code_of_the_table_is_a_class_tested_here(table):
     classes = [("success",), ("missing", "input"), ("output that exists",), ("usage error", "-k 0"),
-               ("--quality", "nothing written"), ("interrupted",)]
+               ("--quality", "nothing written"), ("interrupted",), ("--keep-going", "skipped"),
+               ("--skip-if-larger", "not be smaller")]
     assert {_code_for(table, *words) for words in classes} == set(table)

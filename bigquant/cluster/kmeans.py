@@ -132,6 +132,9 @@ default="k-means++"
         Fan-in of the tree reductions.
     callback : callable, default=None
         Called after every Lloyd iteration with ``(iteration, inertia, shift)``.
+        A callback with a ``limits(max_iter, tol)`` method is first told the
+        fit's limits, ``tol`` scaled as the shift is (absolute), so that a
+        progress bar can fill towards convergence.
     checkpoint : str or path, default=None
         File where the fit saves its centres and iteration every
         ``checkpoint_every`` iterations. A fit started with an existing
@@ -304,6 +307,7 @@ default="k-means++"
         with phase(tasks.MOMENTS):
             points, variance = self._pixel_points(data, weights)
         tol = float(self.tol) * float(np.mean(variance))
+        self._tell_limits(tol)
         with phase(tasks.LLOYD):
             best = self._best_of_runs(points, init_array, int(self.n_clusters), self._n_init(init_array), tol, rng)
         return self._finish(data, strategy, None, best)
@@ -336,6 +340,12 @@ default="k-means++"
         return self._fit_histogram(data, ColourHistogram(histogram.colours, histogram.counts, histogram.codes,
                                                          histogram.bits), init_array, rng)
 
+    def _tell_limits(self, tol: float) -> None:
+        """Tell a callback with a ``limits`` method the fit's ``max_iter`` and absolute ``tol``."""
+        limits = getattr(self.callback, "limits", None)
+        if callable(limits):
+            limits(int(self.max_iter), float(tol))
+
     def _n_init(self, init_array: np.ndarray | None) -> int:
         n_init = int(self.n_init)
         if init_array is not None and n_init != 1:
@@ -357,6 +367,7 @@ default="k-means++"
             return self._fit_few_colours(data, histogram)
         _, _, variance = points.moments()
         tol = float(self.tol) * float(np.mean(variance))
+        self._tell_limits(tol)
         n_init = self._n_init(init_array)
         if init_array is None and uses_coarse_search(histogram):
             best = self._fit_coarse_to_fine(histogram, points, k, n_init, tol, rng)
@@ -500,6 +511,7 @@ default="k-means++"
             raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
         _, _, variance = grid.moments()
         tol = float(self.tol) * float(np.mean(variance))
+        self._tell_limits(tol)
         if init_array is not None:
             self._n_init(init_array)  # warns when n_init is not 1
             start = init_array

@@ -167,7 +167,7 @@ def open_images(
         except BigquantError as exc:
             if not keep_going:
                 raise
-            logger.warning("skipping %s: %s", name, exc)
+            logger.info("skipping %s: %s", name, exc)  # reported in the result's ``skipped``
             skipped.append((name, str(exc)))
             continue
         opened.append((index, name, source))
@@ -265,7 +265,8 @@ def quantize_many(
     n_clusters : int or None, default=None
         Colours of the shared palette (the most allowed with ``quality``).
     suffix : str, default=".tif"
-        Output format, one of :func:`bigquant.write_image`'s suffixes.
+        Output format, one of :func:`bigquant.write_image`'s suffixes, or a
+        name ending that ends with one (pngquant's ``"-fs8.png"``).
     weight : {"pixels", "image"}, default="pixels"
         Count every pixel once, or give every image the same weight.
     palette : array-like, str, os.PathLike or None, default=None
@@ -326,8 +327,8 @@ def quantize_many(
     if not srcs:
         raise InvalidParameterError("srcs is empty: give at least one image")
     suffix = str(options.get("suffix", ".tif"))
-    options["suffix"] = suffix = suffix if suffix.startswith(".") else f".{suffix}"
-    if suffix.lower() not in FORMATS:
+    options["suffix"] = suffix = suffix if suffix.startswith((".", "-", "_")) else f".{suffix}"
+    if pathlib.PurePath(f"x{suffix}").suffix.lower() not in FORMATS:
         raise InvalidParameterError(f"suffix={suffix!r}: use one of {sorted(FORMATS)}")
     out = pathlib.Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():

@@ -16,6 +16,7 @@ which owns the terminal.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import threading
 import time
@@ -65,14 +66,21 @@ class Line:
 class LloydProgress:
     """A ``KMeans`` callback drawing Lloyd's progress on one terminal line.
 
+    The bar fills with whichever is further: the iterations against
+    ``max_iter``, or the centre shift against the tolerance on a log scale
+    (from the first iteration's shift down to ``tol``: each tenfold drop
+    fills an equal part).  :class:`bigquant.KMeans` tells the bar its
+    absolute tolerance through :meth:`limits` before it iterates.
+
     Parameters
     ----------
     max_iter : int, default=300
         The estimator's ``max_iter``, for the bar.
     stream : file-like, default=sys.stderr
-    every : int, default=10
+    every : int or None, default=10
         When the stream is not a terminal, write one line every ``every``
-        iterations (a terminal gets every iteration, in place).
+        iterations (a terminal gets every iteration, in place); None: one
+        line per run, when it ends (a search that fits many k).
     label : str, default="lloyd"
 
     Examples
@@ -85,26 +93,55 @@ class LloydProgress:
     True
     """
 
-    def __init__(self, max_iter: int = 300, *, stream: TextIO | None = None, every: int = 10,
+    def __init__(self, max_iter: int = 300, *, stream: TextIO | None = None, every: int | None = 10,
                  label: str = "lloyd", line: Line | None = None) -> None:
         self.max_iter = max(1, int(max_iter))
         self.line = line if line is not None else Line(stream)
-        self.every = max(1, int(every))
+        self.every = None if every is None else max(1, int(every))
         self.label = label
         self.iterations = 0
+        self.runs = 0
+        self.tol: float | None = None
+        self.first_shift: float | None = None
         self.last: tuple[int, float, float] | None = None
+
+    def limits(self, max_iter: int, tol: float) -> None:
+        """The fit's ``max_iter`` and absolute tolerance on the centre shift (called by ``KMeans``)."""
+        self.max_iter = max(1, int(max_iter))
+        self.tol = float(tol)
+
+    def fraction(self, iteration: int, shift: float) -> float:
+        """How full the bar is: iterations against ``max_iter``, or the shift against ``tol`` (log scale)."""
+        done = iteration / self.max_iter
+        first, tol = self.first_shift, self.tol
+        if tol is not None and shift <= tol:
+            return 1.0  # converged: Lloyd stops here
+        if first is not None and tol is not None and tol > 0 and first > tol:
+            done = max(done, math.log(first / shift) / math.log(first / tol))
+        return min(max(done, 0.0), 1.0)
 
     def __call__(self, iteration: int, inertia: float, shift: float) -> None:
         """Record one Lloyd iteration (the ``KMeans`` callback signature)."""
         if self.last is not None and iteration <= self.last[0]:
-            self.line.end()  # a new run (n_init > 1)
+            self._end_run()  # a new run (n_init > 1, or the next k of a search)
+        if self.last is None or iteration <= self.last[0]:
+            self.runs += 1
+            self.first_shift = None
+        if self.first_shift is None and shift > 0:
+            self.first_shift = float(shift)
         self.iterations += 1
         self.last = (iteration, inertia, shift)
-        if self.line.tty or iteration == 1 or iteration % self.every == 0:
+        if self.line.tty or (self.every is not None and (iteration == 1 or iteration % self.every == 0)):
             self.line.show(self._text(iteration, inertia, shift))
 
+    def _end_run(self) -> None:
+        """One run is over: off a terminal with ``every=None``, its one line."""
+        if self.every is None and not self.line.tty and self.last is not None:
+            self.line.show(self._text(*self.last))
+        self.line.end()
+
     def _text(self, iteration: int, inertia: float, shift: float) -> str:
-        return (f"{self.label} {_bar(iteration / self.max_iter)} iteration {iteration:>3}"
+        return (f"{self.label} {_bar(self.fraction(iteration, shift))} iteration {iteration:>3}"
                 f"  inertia {inertia:.6g}  centre shift {shift:.3g}")
 
     def close(self, inertia: float | None = None) -> None:
@@ -116,12 +153,14 @@ class LloydProgress:
             The fit's result (``model.inertia_``): shown as the last line, so
             the display ends with the figure the result reports. An
             iteration's inertia is that of the centres it started from; the
-            result's is that of the final centres, one update later.
+            result's is that of the final centres, one update later.  The
+            bar of that line is full: the fit is over.
         """
         if inertia is not None and self.last is not None:
-            self.line.show(f"{self.label} {_bar(self.last[0] / self.max_iter)} {self.last[0]:>3} iterations"
-                           f"  inertia {inertia:.6g}  (final centres)")
-        elif self.last is not None and not self.line.tty and self.last[0] % self.every and self.last[0] != 1:
+            self.line.show(f"{self.label} {_bar(1.0)} {self.last[0]:>3} "
+                           f"iterations  inertia {inertia:.6g}  (final centres)")
+        elif self.last is not None and not self.line.tty and (
+                self.every is None or (self.last[0] % self.every and self.last[0] != 1)):
             self.line.show(self._text(*self.last))
         self.line.end()
 

@@ -23,21 +23,98 @@ import numpy as np
 
 from bigquant.errors import InvalidParameterError, QualityError
 
-__all__ = ["QualityTarget", "parse_quality", "search_k", "KSearch"]
+__all__ = [
+    "QualityTarget", "parse_quality", "search_k", "KSearch", "pngquant_quality_to_mse", "pngquant_quality_to_psnr",
+]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class QualityTarget:
-    """A PSNR target in dB and an optional floor (``minimum <= target``)."""
+    """A PSNR target in dB and an optional floor (``minimum <= target``).
+
+    ``pngquant`` is the ``(minimum, target)`` of pngquant's 0-100 scale the
+    target was converted from (:func:`pngquant_quality_to_psnr`), else None.
+    """
 
     target: float
     minimum: float | None = None
+    pngquant: tuple[int, int] | None = field(default=None, repr=False)
+
+
+#: libimagequant's ``LIQ_WEIGHT_MSE`` (src/pal.rs): its internal MSE is this times the "unit" MSE
+_LIQ_WEIGHT_MSE = 0.45
+
+
+def pngquant_quality_to_mse(quality: int) -> float:
+    """The mean squared error (0-255 values) pngquant's quality ``quality`` (0-100) stands for.
+
+    libimagequant (``src/quant.rs``, ``quality_to_mse``) turns a quality ``q`` into
+    its internal error ``0.45 * u(q)`` with ``u(q) = max(0, 0.016 / (0.001 + q) - 0.001)
+    + 2.5 / (210 + q) ** 1.2 * (100.1 - q) / 100`` (``q = 0``: 1e20, ``q >= 100``: 0), and
+    reports that error on the 0-255 scale with ``internal_mse_to_standard_mse``
+    (``src/pal.rs``): ``mse * 65536 / 6 / 0.45``.  This is that published
+    conversion, ``u(q) * 65536 / 6``.
+
+    libimagequant measures its error between premultiplied colours in its own
+    gamma (0.57) with channel weights (R 0.5, G 1, B 0.45, alpha 0.625), not
+    between sRGB values: the number is an approximation of the mean squared
+    error per sRGB value that bigquant's PSNR measures, good to a few dB.
+
+    Examples
+    --------
+    >>> round(pngquant_quality_to_mse(80), 3)
+    6.09
+    >>> pngquant_quality_to_mse(100)
+    0.0
+    """
+    q = int(quality)
+    if not 0 <= q <= 100:
+        raise InvalidParameterError(f"quality={quality!r}: pngquant's quality is in 0..100")
+    if q == 0:
+        return 1e20 * 65536.0 / 6.0 / _LIQ_WEIGHT_MSE
+    if q >= 100:
+        return 0.0
+    fudge = max(0.016 / (0.001 + q) - 0.001, 0.0)
+    unit = fudge + 2.5 / (210.0 + q) ** 1.2 * (100.1 - q) / 100.0
+    internal = _LIQ_WEIGHT_MSE * unit
+    return internal * 65536.0 / 6.0 / _LIQ_WEIGHT_MSE
+
+
+def pngquant_quality_to_psnr(quality: int, peak: float = 255.0) -> float:
+    """pngquant's quality (0-100) as a PSNR in dB: ``10 log10(peak**2 / mse)`` of :func:`pngquant_quality_to_mse`.
+
+    100 is infinite (an exact image); 0 is below any image (no floor).
+
+    Examples
+    --------
+    >>> round(pngquant_quality_to_psnr(65), 2), round(pngquant_quality_to_psnr(80), 2)
+    (37.59, 40.28)
+    """
+    mse = pngquant_quality_to_mse(quality)
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def _parse_pngquant(quality: str) -> QualityTarget:
+    """pngquant's ``MIN-MAX`` (or ``MIN-``, MAX 100) on its 0-100 scale, as PSNR in dB."""
+    left, _, right = quality.partition("-")
+    try:
+        low, high = int(left), (100 if right == "" else int(right))
+    except ValueError:
+        raise InvalidParameterError(
+            f"quality={quality!r} must look like 'MIN-MAX' (pngquant's 0-100 scale) or 'MIN:TARGETdB' (PSNR)"
+        ) from None
+    if not 0 <= low <= high <= 100:
+        raise InvalidParameterError(f"quality={quality!r}: pngquant's MIN-MAX needs 0 <= MIN <= MAX <= 100")
+    minimum = None if low == 0 else pngquant_quality_to_psnr(low)
+    return QualityTarget(pngquant_quality_to_psnr(high), minimum, (low, high))
 
 
 def parse_quality(quality: Any) -> QualityTarget | None:
-    """Read ``quality``: a PSNR target (number), ``(minimum, target)``, or ``"MIN:TARGET"`` / ``"TARGET"``.
+    """Read ``quality``: a PSNR target (number), ``(minimum, target)``, ``"MIN:TARGET"`` / ``"TARGET"`` (dB,
+    optionally with a ``dB`` suffix: ``"30:40dB"``), or pngquant's ``"MIN-MAX"`` / ``"MIN-"`` on its 0-100 scale
+    (converted to dB by :func:`pngquant_quality_to_psnr`; MIN 0: no floor).
 
     Raises
     ------
@@ -50,13 +127,20 @@ def parse_quality(quality: Any) -> QualityTarget | None:
     QualityTarget(target=40.0, minimum=30.0)
     >>> parse_quality(35)
     QualityTarget(target=35.0, minimum=None)
+    >>> parse_quality("65-80").pngquant
+    (65, 80)
     """
     if quality is None:
         return None
     minimum: Any = None
     target: Any = quality
     if isinstance(quality, str):
-        parts = quality.split(":")
+        text = quality.strip()
+        if text.lower().endswith("db"):
+            text = text[:-2].strip()
+        elif "-" in text[1:] and ":" not in text:
+            return _parse_pngquant(text)
+        parts = text.split(":")
         if len(parts) > 2:
             raise InvalidParameterError(f"quality={quality!r} must look like 'TARGET' or 'MIN:TARGET' (PSNR in dB)")
         minimum, target = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])

@@ -302,12 +302,13 @@ def write_quantized(
         mode=options.mode,
         tile=options.tile,
         compression=options.compression,
+        compression_level=options.compression_level,
         pyramid=options.pyramid,
         overwrite=options.overwrite,
         preview=preview,
         nodata=written_nodata,
-        geotiff=source.geotiff,
-        metadata=source.metadata,
+        geotiff=source.geotiff if options.metadata else None,
+        metadata=source.metadata if options.metadata else None,
         overviews=options.overviews,
         cog=options.cog,
         display=shown,
@@ -468,8 +469,11 @@ def quantize(
     quality : float, (float, float), str or None, default=None
         Choose k as the fewest colours whose image reaches this PSNR in dB
         (8-bit data; see :mod:`bigquant.pipeline.quality`): ``40``,
-        ``(30, 40)`` or ``"30:40"`` for a floor of 30 dB under which nothing
-        is written (:class:`bigquant.errors.QualityError`).  ``n_clusters``
+        ``(30, 40)`` or ``"30:40"`` (or ``"30:40dB"``) for a floor of 30 dB
+        under which nothing is written (:class:`bigquant.errors.QualityError`);
+        ``"65-80"`` is pngquant's ``MIN-MAX`` on its 0-100 scale, converted to
+        dB with libimagequant's curve
+        (:func:`bigquant.pipeline.quality.pngquant_quality_to_psnr`).  ``n_clusters``
         is then the most colours allowed (default: what the output holds).
     strategy : {"auto", "histogram", "grid", "pixels", "minibatch"}, default="auto"
         Fitting strategy of :class:`bigquant.KMeans` (auto: the exact histogram for
@@ -489,6 +493,11 @@ def quantize(
         Output tile edge in pixels, a multiple of 16.
     compression : str or None, default="zlib"
         Output compression (see :func:`bigquant.write_image`).
+    compression_level : int or None, default=None
+        Its level (None: the writer's fast default; see :func:`bigquant.write_image`).
+    metadata : bool, default=True
+        Copy the input's optional metadata (its GeoTIFF georeferencing) to a
+        TIFF output; False writes none (pngquant's ``--strip``).
     pyramid : bool or int, default=False
         Add SubIFD pyramid levels to TIFF output.
     overwrite : bool, default=False

@@ -13,9 +13,10 @@ fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            ``random_state``, ``init``, ``n_init``, ``max_iter``, ``tol`` and
            the other :class:`bigquant.KMeans` parameters
 map        ``dither``, ``dither_strength``
-write      ``mode``, ``tile``, ``compression``, ``pyramid``, ``overviews``,
-           ``cog``, ``nodata_index``, ``rgb_bands``, ``display_range``,
-           ``display_palette``, ``overwrite``
+write      ``mode``, ``tile``, ``compression``, ``compression_level``,
+           ``pyramid``, ``overviews``, ``cog``, ``nodata_index``,
+           ``rgb_bands``, ``display_range``, ``display_palette``,
+           ``metadata``, ``overwrite``
 report     ``palette_out``, ``preview``, ``compare``, ``measure``
 set        ``suffix``, ``weight``, ``keep_going`` (:func:`bigquant.quantize_many`)
 sweep      ``out``, ``resume_from``, ``callback`` (:func:`bigquant.sweep`; of the
@@ -152,6 +153,10 @@ class WriteOptions:
     display_range: Any = None
     display_palette: Any = None
     overwrite: bool = False
+    #: codec level (None: the writer's fast default); see :func:`bigquant.write_image`
+    compression_level: int | None = None
+    #: copy the input's metadata (georeferencing, pixel size, scan fields, ICC profile) to the output
+    metadata: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,7 +466,7 @@ def _check_image_output(dst: pathlib.Path, request: Request) -> None:
     if fmt is None:
         raise ImageWriteError(f"{dst}: unsupported output suffix {dst.suffix!r}; use one of {sorted(FORMATS)}")
     if fmt in ("tiff", "zarr"):
-        codec = resolve_codec(write.compression, None)
+        codec = resolve_codec(write.compression, write.compression_level)
         if write.mode == "palette" and codec.lossy_image:
             raise InvalidParameterError(
                 f"compression={write.compression!r} is lossy and would corrupt palette indices; use 'zlib' or "

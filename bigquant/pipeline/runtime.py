@@ -102,13 +102,17 @@ class Runtime:
     cluster : distributed.LocalCluster or None
         The local cluster started by :func:`connect`, if any.
     dashboard_link : str or None
-        URL of the Dask dashboard, when the scheduler serves one.
+        URL of the Dask dashboard, when the scheduler serves one (None for a
+        local cluster started with ``dashboard_address=None``: its scheduler
+        still answers HTTP, for health and metrics, but serves no dashboard).
     owns_client : bool
         Whether :meth:`close` closes the client.
     """
 
-    def __init__(self, client: Client, cluster: LocalCluster | None = None, *, owns_client: bool) -> None:
+    def __init__(self, client: Client, cluster: LocalCluster | None = None, *, owns_client: bool,
+                 dashboard: bool = True) -> None:
         self.client = client
+        self.dashboard = dashboard
         self.cluster = cluster
         self.owns_client = owns_client
         self._closed = False
@@ -116,6 +120,8 @@ class Runtime:
     @property
     def dashboard_link(self) -> str | None:
         """URL of the Dask dashboard, or ``None`` when there is none."""
+        if not self.dashboard:
+            return None
         try:
             info = self.client.scheduler_info(n_workers=0)
         except Exception:  # pragma: no cover - closed or lost client
@@ -288,7 +294,7 @@ def connect(
     except BaseException:
         cluster.close()
         raise
-    runtime = Runtime(client, cluster, owns_client=True)
+    runtime = Runtime(client, cluster, owns_client=True, dashboard=dashboard_address is not None)
     logger.info(
         "started a local Dask cluster in %.1f s: %d workers x %d threads, scheduler %s",
         time.monotonic() - start,

@@ -284,7 +284,7 @@ def test_quality_floor_writes_nothing_and_exits_99(tmp_path, photos, capsys):
     path = photos[1][2]
     with pytest.raises(QualityError, match="below the minimum 80 dB"):
         quantize(path, tmp_path / "q.tif", 4, quality="80:90")
-    code = main(["quantize", str(path), str(tmp_path / "q.tif"), "-k", "4", "--quality", "80:90", "--no-cluster",
+    code = main(["quantize", str(path), str(tmp_path / "q.tif"), "-k", "4", "--psnr", "80:90", "--no-cluster",
                  "--no-progress"])
     assert code == EXIT_QUALITY == 99
     assert "below the minimum" in capsys.readouterr().err

@@ -250,7 +250,13 @@ _CLI_ONLY = {"paths", "inputs", "ks", "out_dir", "verbose", "quiet", "scheduler"
                                                 ("sweep", "sweep")])
 def test_the_command_line_spells_every_option_by_its_library_name(entry, command):
     options = set(option_names(entry))
+    from bigquant.cli import CLI_ALIASES
+
     dests = _cli_dests(command) - _CLI_ONLY
+    if command == "quantize":  # pngquant's and GDAL's spellings: each maps onto options of the model
+        assert set(CLI_ALIASES) <= dests
+        dests -= set(CLI_ALIASES)
+        assert {name for names in CLI_ALIASES.values() for name in names} <= set(option_names("quantize_many"))
     if command == "quantize":  # one command for one image and for a set
         options = set(option_names("quantize")) | set(option_names("quantize_many"))
     if entry == "sweep":
