@@ -8,7 +8,7 @@ what they configure (as rasterio's profiles and pyvips' per-saver options do):
 =========  ==============================================================
 group      options
 =========  ==============================================================
-read       ``chunks``, ``level``, ``series``, ``mask``
+read       ``chunks``, ``level``, ``series``, ``mask``, ``mask_threshold``
 fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            ``random_state``, ``init``, ``n_init``, ``max_iter``, ``tol`` and
            the other :class:`bigquant.KMeans` parameters
@@ -77,6 +77,8 @@ class ReadOptions:
     level: int = 0
     series: int | None = None
     mask: Any = None
+    #: ``mask="auto"``'s tissue threshold in OD units (:func:`bigquant.pipeline.tissue.detect_tissue`); None: Otsu's
+    mask_threshold: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +177,11 @@ _EXCLUDED: dict[str, dict[str, tuple[str, ...]]] = {
         "fit": ("n_clusters", "palette", "quality", "init", "persist", "split_every", "callback", "checkpoint",
                 "checkpoint_every"),
         "write": tuple(f.name for f in dataclasses.fields(WriteOptions) if f.name != "overwrite"),
+        # not carried to a sweep's masks (nor recorded for --resume) yet
+        "read": ("mask_threshold",),
     },
+    # not carried to each input's mask of a set yet
+    "quantize_many": {"read": ("mask_threshold",)},
 }
 #: options that are Python objects or tuning knobs: the command line does not spell them
 PYTHON_ONLY = frozenset({"chunks", "init", "persist", "split_every", "callback", "checkpoint", "checkpoint_every"})
@@ -322,6 +328,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
     """
     fit, write, report = request.fit, request.write, request.report
     k = fit.n_clusters
+    _check_mask_threshold(request.read)
     for name in ("n_clusters", "n_init", "max_iter"):
         value = getattr(fit, name)
         if value is None and name == "n_clusters":
@@ -393,6 +400,20 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         request, fit=dataclasses.replace(fit, space=space),
         map=dataclasses.replace(request.map, dither=dither, dither_strength=strength),
     )
+
+
+def _check_mask_threshold(read: ReadOptions) -> None:
+    """``mask_threshold``: None, or a finite number >= 0 with ``mask="auto"``."""
+    value = read.mask_threshold
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            0 <= value < float("inf")):
+        raise InvalidParameterError(
+            f"mask_threshold={value!r} must be a number >= 0 (colour density in OD units, e.g. 0.02) or None")
+    if not (isinstance(read.mask, str) and read.mask == "auto"):
+        raise InvalidParameterError(
+            f"mask_threshold={value!r} is the tissue threshold of mask='auto'; mask is {read.mask!r}")
 
 
 def _check_image_output(dst: pathlib.Path, request: Request) -> None:

@@ -11,13 +11,17 @@ others fail on what they find, not on an import).
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import tifffile
 
+import bigquant
 import bigquant.pipeline.masks as masks
 from bigquant import read_image
+from bigquant.cli import main
+from bigquant.errors import InvalidParameterError
 from bigquant.pipeline.masks import background_mask, otsu_threshold
 from tests.support.tissue import SLIDES, make_slide, score
 
@@ -119,6 +123,51 @@ def test_kept_fraction_of_the_upsampled_mask_is_exact():
         rows = (np.arange(shape[0]) * 7) // shape[0]
         cols = (np.arange(shape[1]) * 11) // shape[1]
         assert upsampled_fraction(small, shape) == pytest.approx(small[rows[:, None], cols[None, :]].mean())
+
+
+def test_quantize_reports_the_kept_fraction_and_takes_the_threshold(tmp_path, caplog):
+    slide = make_slide("pale-stroma", shape=(384, 480), seed=3)
+    found = {}
+    for threshold in (None, 0.1):
+        palette = tmp_path / f"p{threshold}.json"
+        with caplog.at_level("INFO", logger="bigquant"):
+            model = bigquant.quantize(slide.rgb, tmp_path / f"q{threshold}.tif", 4, random_state=0, mask="auto",
+                                      mask_threshold=threshold, palette_out=palette)
+        doc = json.loads(palette.read_text())
+        assert doc["mask"]["method"] == "auto"
+        assert doc["mask"]["kept"] == model.mask_["kept"]
+        found[threshold] = doc["mask"]
+    assert abs(found[None]["kept"] - slide.truth.mean()) < 0.02
+    assert found[None]["otsu"] is True and found[0.1]["otsu"] is False
+    assert found[0.1]["kept"] < found[None]["kept"] - 0.05
+    assert f"mask auto: kept {100 * found[None]['kept']:.1f}% of the pixels" in caplog.text
+
+
+def test_mask_threshold_is_checked_before_a_pixel_is_read(tmp_path, slides):
+    rgb = slides["crowded"].rgb
+    with pytest.raises(InvalidParameterError, match=r"mask_threshold=-0\.1 must be a number >= 0"):
+        bigquant.quantize(rgb, tmp_path / "a.tif", 4, mask="auto", mask_threshold=-0.1)
+    with pytest.raises(InvalidParameterError, match=r"mask_threshold=0\.02 is the tissue threshold of mask='auto'"):
+        bigquant.quantize(rgb, tmp_path / "b.tif", 4, mask_threshold=0.02)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_prints_the_kept_fraction(tmp_path, capsys):
+    slide = make_slide("small-fragments", shape=(384, 480), seed=1)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, slide.rgb, tile=(128, 128), photometric="rgb")
+    printed = {}
+    for extra in ([], ["--mask-threshold", "0.2"]):
+        out, palette = tmp_path / f"q{len(extra)}.tif", tmp_path / f"p{len(extra)}.json"
+        assert main(["quantize", str(path), str(out), "-k", "4", "--mask", "auto", "--no-progress",
+                     "--random-state", "0", "--palette-out", str(palette), *extra]) == 0
+        kept = json.loads(palette.read_text())["mask"]["kept"]
+        line = f"mask auto: kept {100 * kept:.1f}% of the pixels"
+        assert line in capsys.readouterr().out
+        printed[len(extra)] = kept
+    assert printed[2] < printed[0]
+    assert main(["quantize", str(path), "--out-dir", str(tmp_path / "set"), "--mask", "auto",
+                 "--mask-threshold", "0.2"]) == 2
 
 
 def test_a_pyramid_is_read_at_its_low_level_only(tmp_path, slides, monkeypatch):
