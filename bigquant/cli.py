@@ -425,12 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cog", action="store_true", help="Cloud-Optimized GeoTIFF layout, with overviews (TIFF)")
     q.add_argument("--mask", metavar="FILE|auto|none",
                    help="pixels to leave out besides the file's own (alpha 0, nodata, mask IFD, NaN): a mask "
-                        "image of the same size (non-zero = image), 'auto' (slide background: Otsu on a "
-                        "low-resolution level) or 'none' (ignore the file's masks too)")
+                        "image of the same size (non-zero = image), 'auto' (a slide's tissue, found by its "
+                        "colour on a low-resolution level; see --mask-threshold) or 'none' (ignore the file's "
+                        "masks too)")
     q.add_argument("--alpha", choices=("auto", "mask", "fit"), default="auto",
                    help="an RGBA image's alpha: 'fit' it as a fourth channel, colours premultiplied, kept in the "
                         "output (PNG tRNS, RGBA); 'mask' (alpha 0 is nodata, the rest opaque); 'auto' (default): "
                         "fit when some alpha lies between 0 and full and the output holds alpha")
+    q.add_argument("--mask-threshold", dest="mask_threshold", type=_non_negative_float, metavar="OD",
+                   help="with --mask auto: colour density above which a pixel is tissue, in optical-density "
+                        "units (log10 of a pixel's brightest band over its darkest against the glass: ~0.01 "
+                        "faintest tint, ~0.03 pale stroma, ~0.2 well-stained tissue); larger keeps less "
+                        "(default: Otsu's threshold, shown with -v)")
     q.add_argument("--nodata-index", type=_non_negative_int, metavar="I",
                    help="palette index of masked pixels (default k, after the palette)")
     q.add_argument("--rgb-bands", type=_bands, metavar="R,G,B",
@@ -975,6 +981,9 @@ def _report_quantized(args: argparse.Namespace, console: _Console, model: Any, s
         quality = "" if value is None else f", PSNR {value:.2f} dB"
     console.out(f"wrote {output}: {len(model.cluster_centers_)} colours, strategy {model.strategy_}, "
                 f"{model.n_iter_} iterations, inertia {model.inertia_:.6g}{quality}, {seconds:.1f} s")
+    mask = getattr(model, "mask_", None) or {}
+    if mask.get("method", "none") != "none" and mask.get("kept") is not None:
+        console.out(f"mask {mask['method']}: kept {100.0 * mask['kept']:.1f}% of the pixels")
 
 
 def _quality_text(quality: dict[str, Any] | None) -> str:

@@ -56,6 +56,7 @@ from bigquant.pipeline.quantize import (
     _scheduler,
 )
 from bigquant.pipeline.request import (
+    ReadOptions,
     WriteOptions,
     apply_signature,
     build_request,
@@ -183,12 +184,13 @@ def open_images(
     return opened, skipped
 
 
-def with_masks(images: Sequence[tuple[int, str, ImageSource]], mask: Any) -> list[Opened]:
+def with_masks(images: Sequence[tuple[int, str, ImageSource]], mask: Any,
+               threshold: float | None = None) -> list[Opened]:
     """The opened inputs' pixels (H, W, C) and masks (``mask`` as in :func:`bigquant.quantize`)."""
     opened = []
     for index, name, source in images:
         data = source.data if source.data.ndim == 3 else source.data[:, :, None]
-        valid = resolve_mask(source, mask)
+        valid = resolve_mask(source, mask, threshold=threshold)
         if valid is not None and data.dtype.kind == "f":
             data = da.where(valid[:, :, None], data, 0)
         opened.append(Opened(index, name, source, data, valid))
@@ -197,10 +199,11 @@ def with_masks(images: Sequence[tuple[int, str, ImageSource]], mask: Any) -> lis
 
 def open_sources(
     srcs: Sequence[Any], *, mask: Any = None, keep_going: bool = False, series: int | None = None, level: int = 0,
+    mask_threshold: float | None = None,
 ) -> tuple[list[Opened], list[tuple[str, str]]]:
     """Open every input and its mask (:func:`open_images`, then :func:`with_masks`)."""
     images, skipped = open_images(srcs, keep_going=keep_going, series=series, level=level)
-    return with_masks(images, mask), skipped
+    return with_masks(images, mask, mask_threshold), skipped
 
 
 def joint_histogram(
@@ -364,7 +367,7 @@ def quantize_many(
     except OSError as exc:
         raise ImageWriteError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     try:
-        opened = with_masks(images, request.read.mask)
+        opened = with_masks(images, request.read.mask, request.read.mask_threshold)
         kept = [dsts[o.index] for o in opened]
         n_channels = int(opened[0].data.shape[-1])
         dtype = opened[0].data.dtype
@@ -398,7 +401,7 @@ def quantize_many(
                     error = None if hist is None else float(mapper.inertia_)
                     n = None if hist is None else hist.n_pixels
                 else:
-                    error, n = _write_dithered(srcs[item.index], item, choice, dst, write, request.read.mask,
+                    error, n = _write_dithered(srcs[item.index], item, choice, dst, write, request.read,
                                                dither, dither_strength)
                 quality_db = None if n is None else psnr(error, n * n_channels, dtype)
                 files.append(FileResult(item.name, str(dst), n, error, quality_db))
@@ -431,14 +434,15 @@ def quantize_many(
 
 
 def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.Path, options: WriteOptions,
-                    mask: Any, dither: str, strength: float) -> tuple[float | None, int | None]:
+                    read: ReadOptions, dither: str, strength: float) -> tuple[float | None, int | None]:
     """Write one file of a set dithered to the shared palette; its squared error and pixel count.
 
     Floyd--Steinberg gives the error of the pixels written on its way; blue
     noise does not (None, None).
     """
     report: dict[str, Any] = {}
-    dither_data = _dither_data(src, item.source, None, 0, None, mask, item.valid)
+    dither_data = _dither_data(src, item.source, read.chunks, read.level, read.series, read.mask, item.valid,
+                               read.mask_threshold)
     with label_spool(dst, dither) as spool:
         write_quantized(item.data, item.valid, choice, item.source, dst, options, dither=dither,
                         dither_strength=strength, dither_data=dither_data, report=report, spool=spool)

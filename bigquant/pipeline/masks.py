@@ -3,12 +3,14 @@
 Masked pixels take no part in the fit and are written with a reserved palette
 index (see :func:`bigquant.quantize`).
 
-``mask="auto"`` (:func:`background_mask`) separates tissue from the bright
-background of a slide as histolab and tiatoolbox do: Otsu's threshold on the
-grey levels of a low-resolution view (the smallest pyramid level at least
+``mask="auto"`` (:func:`background_mask`) finds the tissue of a slide on a
+low-resolution view (the smallest pyramid level at least
 :data:`AUTO_MIN_EDGE` pixels a side, or a strided subsample of the image when
-it has no pyramid), pixels darker than the threshold being tissue; the small
-mask is then upsampled on the fly, by nearest neighbour, chunk by chunk.
+it has no pyramid) with :func:`bigquant.pipeline.tissue.detect_tissue`:
+colour density in optical density, Otsu's threshold of its logarithm (or
+``mask_threshold``), pen ink left out by hue, small holes filled and small
+objects dropped.  The small mask is then upsampled on the fly, by nearest
+neighbour, chunk by chunk: the full-resolution image is never read for it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from bigquant import tasks
 from bigquant.errors import InvalidInputError
 from bigquant.io.mask import combine_masks
 from bigquant.io.read import read_image
+from bigquant.pipeline.tissue import detect_tissue, otsu_threshold
 
-__all__ = ["AUTO_MIN_EDGE", "background_mask", "otsu_threshold", "resolve_mask", "user_mask"]
+__all__ = ["AUTO_MIN_EDGE", "background_mask", "mask_method", "otsu_threshold", "resolve_mask", "upsampled_fraction",
+           "user_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ logger = logging.getLogger(__name__)
 AUTO_MIN_EDGE = 1024
 
 
-def resolve_mask(source: Any, mask: Any) -> da.Array | None:
+def resolve_mask(source: Any, mask: Any, *, threshold: float | None = None,
+                 report: dict[str, Any] | None = None) -> da.Array | None:
     """The pixels a job fits and labels: the file's own mask combined with ``mask``.
 
     Parameters
@@ -45,14 +50,34 @@ def resolve_mask(source: Any, mask: Any) -> da.Array | None:
         None: the file's own mask only; "auto": and the tissue of a slide
         (:func:`background_mask`); False: no mask at all; an array or file:
         and its non-zero pixels (:func:`user_mask`).
+    threshold : float or None, default=None
+        ``mask="auto"``'s tissue threshold (see
+        :func:`bigquant.pipeline.tissue.detect_tissue`); None: Otsu's.
+    report : dict or None, default=None
+        Filled with ``method`` (:func:`mask_method`) and ``kept``, the
+        fraction of the image's pixels kept when known without a pass over
+        them (1.0 with no mask; the tissue's with "auto"; else None), and for
+        "auto" the ``threshold`` used and whether it was ``otsu``'s.
     """
+    method = mask_method(source, mask)
+    if report is not None:
+        report.update(method=method, kept=1.0 if method == "none" else None)
     if mask is False:
         return None
     if mask is None:
         return source.mask
     if isinstance(mask, str) and mask == "auto":
-        return combine_masks(source.mask, background_mask(source))
+        return combine_masks(source.mask, background_mask(source, threshold=threshold, report=report))
     return combine_masks(source.mask, user_mask(mask, source.shape[:2], source.data.chunks[:2]))
+
+
+def mask_method(source: Any, mask: Any) -> str:
+    """How the pixels a job keeps are chosen: "none", "file" (the file's own mask), "user" or "auto"."""
+    if isinstance(mask, str) and mask == "auto":
+        return "auto"
+    if mask is False or (mask is None and source.mask is None):
+        return "none"
+    return "file" if mask is None else "user"
 
 
 def user_mask(mask: Any, shape: tuple[int, int], chunks: tuple[tuple[int, ...], ...]) -> da.Array:
@@ -86,36 +111,6 @@ def user_mask(mask: Any, shape: tuple[int, int], chunks: tuple[tuple[int, ...], 
     return (arr != 0).rechunk(chunks)
 
 
-def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of 8-bit grey levels: the split of greatest between-class variance.
-
-    Values below the threshold form one class, values above the other.
-    """
-    counts = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
-    levels = np.arange(256, dtype=np.float64)
-    weight0 = np.cumsum(counts)
-    weight1 = weight0[-1] - weight0
-    sum0 = np.cumsum(counts * levels)
-    mean0 = np.divide(sum0, weight0, out=np.zeros(256), where=weight0 > 0)
-    mean1 = np.divide(sum0[-1] - sum0, weight1, out=np.zeros(256), where=weight1 > 0)
-    between = weight0 * weight1 * (mean0 - mean1) ** 2
-    # empty grey levels between the classes make a plateau: take its middle
-    best = np.flatnonzero(between >= between.max() * (1.0 - 1e-12))
-    return float(best[0] + best[-1]) / 2.0 + 0.5
-
-
-def _grey8(pixels: np.ndarray) -> np.ndarray:
-    """8-bit luminance of a small image of any type and band count."""
-    x = pixels.astype(np.float64)
-    if x.ndim == 3:
-        x = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114 if x.shape[2] >= 3 else x.mean(axis=-1)
-    finite = np.isfinite(x)
-    lo, hi = (float(x[finite].min()), float(x[finite].max())) if finite.any() else (0.0, 1.0)
-    if pixels.dtype != np.uint8:
-        x = (x - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.nan_to_num(x, nan=255.0), 0, 255).astype(np.uint8)
-
-
 def _upsample_block(_: np.ndarray, low: np.ndarray, shape: tuple[int, int], block_info: Any = None) -> np.ndarray:
     (y0, y1), (x0, x1) = block_info[0]["array-location"][:2]
     rows = (np.arange(y0, y1) * low.shape[0]) // shape[0]
@@ -123,19 +118,40 @@ def _upsample_block(_: np.ndarray, low: np.ndarray, shape: tuple[int, int], bloc
     return low[rows[:, None], cols[None, :]]
 
 
-def background_mask(source: Any) -> da.Array:
-    """Tissue of a slide (``mask="auto"``): Otsu on a low-resolution view, upsampled.
+def upsampled_fraction(small: np.ndarray, shape: tuple[int, int]) -> float:
+    """Fraction of ``shape``'s pixels True in ``small`` upsampled to it by nearest neighbour (exact, no pass).
+
+    Each pixel of ``small`` stands for as many rows and columns as
+    :func:`background_mask`'s upsampling gives it.
+    """
+    height, width = shape
+    if height * width == 0:
+        return 0.0
+    rows = np.bincount((np.arange(height) * small.shape[0]) // height, minlength=small.shape[0])
+    cols = np.bincount((np.arange(width) * small.shape[1]) // width, minlength=small.shape[1])
+    return float(rows @ small.astype(np.float64) @ cols) / (height * width)
+
+
+def background_mask(source: Any, *, threshold: float | None = None, report: dict[str, Any] | None = None
+                    ) -> da.Array:
+    """Tissue of a slide (``mask="auto"``): found on a low-resolution view, upsampled.
 
     Parameters
     ----------
     source : ImageSource
         The image; for a TIFF pyramid the smallest level with an edge of at
         least :data:`AUTO_MIN_EDGE` pixels is read, else a strided subsample.
+    threshold : float or None, default=None
+        Colour density above which a pixel is tissue, in OD units (see
+        :func:`bigquant.pipeline.tissue.detect_tissue`); None: Otsu's.
+    report : dict or None, default=None
+        Filled with ``kept`` (the fraction of the image's pixels the mask
+        keeps), ``threshold`` and ``otsu``.
 
     Returns
     -------
     mask : dask array of shape (H, W), bool
-        True on tissue (darker than the threshold), chunked as the image.
+        True on tissue, chunked as the image.
     """
     height, width = source.shape[:2]
     low = None
@@ -149,14 +165,14 @@ def background_mask(source: Any) -> da.Array:
         step = max(1, math.ceil(max(height, width) / (4 * AUTO_MIN_EDGE)))
         low, low_mask = source.data[::step, ::step], (None if source.mask is None else source.mask[::step, ::step])
     pixels, valid = da.compute(low, low_mask)
-    grey = _grey8(np.asarray(pixels))
-    counted = grey if valid is None else grey[np.asarray(valid)]
-    threshold = otsu_threshold(counted) if counted.size else 255.0
-    small = grey < threshold
-    if valid is not None:
-        small &= np.asarray(valid)
-    logger.info("auto mask: Otsu threshold %.1f on a %s view, %.1f%% tissue", threshold, small.shape,
-                100.0 * small.mean())
+    found = detect_tissue(np.asarray(pixels), None if valid is None else np.asarray(valid, dtype=bool),
+                          threshold=threshold)
+    small = found.mask
+    kept = upsampled_fraction(small, (height, width))
+    logger.info("auto mask: colour density threshold %.4f OD (%s) on a %s view, %.1f%% tissue, %.1f%% pen ink",
+                found.threshold, "Otsu" if found.otsu else "given", small.shape, 100.0 * kept, 100.0 * found.pen)
+    if report is not None:
+        report.update(kept=kept, threshold=found.threshold, otsu=found.otsu)
     import dask
 
     token = dask.base.tokenize(small, height, width, source.data.chunks[:2])

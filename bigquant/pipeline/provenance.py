@@ -24,7 +24,7 @@ from bigquant.io.files import is_url
 __all__ = ["identity", "record", "check_same", "RECORD_KEYS"]
 
 #: what a record holds, in the order a difference is named
-RECORD_KEYS = ("inputs", "bands", "series", "level", "mask", "space", "strategy", "seed")
+RECORD_KEYS = ("inputs", "bands", "series", "level", "mask", "mask_threshold", "space", "strategy", "seed")
 
 
 def _digest(*arrays: Any) -> str:
@@ -76,7 +76,7 @@ def identity(item: Any) -> dict[str, Any] | str | None:
 
 
 def record(inputs: Sequence[Any], *, bands: int | None, series: int | None, level: int, mask: Any, space: str,
-           strategy: str, seed: int) -> dict[str, Any]:
+           strategy: str, seed: int, mask_threshold: float | None = None) -> dict[str, Any]:
     """The provenance record of a result (see the module docstring)."""
     return {
         "inputs": [identity(i) for i in inputs],
@@ -84,6 +84,7 @@ def record(inputs: Sequence[Any], *, bands: int | None, series: int | None, leve
         "series": series,
         "level": level,
         "mask": identity(mask),
+        "mask_threshold": mask_threshold,
         "space": space,
         "strategy": strategy,
         "seed": seed,

@@ -521,10 +521,13 @@ def quantize(
         and are written as ``nodata_index``.  None: the file's own masks (alpha
         0, GDAL_NODATA in every band, a TIFF mask IFD, NaN; see
         :func:`bigquant.read_image`).  "auto": those and, for slides, the
-        tissue found by Otsu's threshold on a low-resolution level
-        (:func:`bigquant.io.mask.background_mask`).  An array or a file (TIFF,
+        tissue found on a low-resolution level by its colour in optical
+        density (:func:`bigquant.pipeline.tissue.detect_tissue`), pale stroma
+        included, pen ink left out.  An array or a file (TIFF,
         PNG, zarr) of the image's (H, W) shape: those and its non-zero pixels.
-        False: every pixel is image.
+        False: every pixel is image.  The fraction of the pixels kept is
+        logged, is the ``mask_`` attribute's ``kept`` and the palette JSON's
+        ``mask`` entry (``{"method": "none"|"file"|"user"|"auto", "kept": ...}``).
     alpha : {"auto", "mask", "fit"}, default="auto"
         The alpha channel of an RGBA image (:mod:`bigquant.pipeline.alpha`).
         "fit": alpha is a fourth channel of the fit, colours premultiplied by
@@ -542,6 +545,12 @@ def quantize(
         RGBA as seen -- R, G, B premultiplied by alpha (composited on black)
         and alpha, 4 bands on the type's scale -- over the pixels of alpha
         > 0, without Delta E.
+    mask_threshold : float or None, default=None
+        With ``mask="auto"``: the colour density (OD units: log10 of a
+        pixel's brightest band over its darkest, against the glass's colour)
+        above which a pixel is tissue; ~0.01 keeps the faintest tint, ~0.03
+        pale stroma, ~0.2 only well-stained tissue.  Larger keeps less.
+        None: Otsu's threshold (of the log colour density), logged.
     nodata_index : int or None, default=None
         Palette index of masked pixels, outside the palette; None: ``k`` (the
         index after the last colour).  TIFF output declares it as
@@ -680,7 +689,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     data = source.data
     if data.ndim == 2:
         data = data[:, :, None]  # KMeans reads 2-D arrays as (n_samples, n_channels)
-    valid = resolve_mask(source, read.mask)
+    mask_report: dict[str, Any] = {}
+    valid = resolve_mask(source, read.mask, threshold=read.mask_threshold, report=mask_report)
     if valid is not None and data.dtype.kind == "f":
         data = da.where(valid[:, :, None], data, 0)  # masked NaN would poison the sums, weight 0 or not
     fit_alpha_channel = given is None and _fits_alpha(request, source)
@@ -713,6 +723,10 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         else:
             choice = _fit_palette(data, valid, source, n_clusters, target, limit, fit.kmeans_params())
         t1 = time.perf_counter()
+        if mask_report["kept"] is None and choice.histogram is not None:  # counted by the fit
+            mask_report["kept"] = choice.histogram.n_pixels / max(1, int(np.prod(source.shape[:2])))
+        if mask_report["kept"] is not None:
+            logger.info("mask %s: kept %.1f%% of the pixels", mask_report["method"], 100.0 * mask_report["kept"])
         _release_freed_memory()
         measure, compare, palette_out = report.measure, report.compare, report.palette_out
         written: dict[str, Any] = {}
@@ -722,8 +736,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
             mapper, nodata = write_quantized(
                 data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
                 dither_strength=dither_strength,
-                dither_data=_dither_data(src, source, chunks, read.level, read.series, read.mask, valid)
-                if dither else None,
+                dither_data=_dither_data(src, source, chunks, read.level, read.series, read.mask, valid,
+                                         read.mask_threshold) if dither else None,
                 report=written if want else None, spool=spool,
             )
             logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
@@ -759,7 +773,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
             n_pixels = quality_["pixels"]
         extra: dict[str, Any] = {"seconds": {"fit": round(t1 - t0, 3)}, "space": space, "dither": dither,
                                  "delta_e_ok": None if quality_ is None else quality_["delta_e_ok"],
-                                 "random_state": _recorded_seed(fit.random_state) if given is None else None}
+                                 "random_state": _recorded_seed(fit.random_state) if given is None else None,
+                                 "mask": dict(mask_report)}
         if quality_ is not None:  # measured: its PSNR (with the peak of float data, see psnr_peak)
             extra["psnr"] = quality_["psnr"] if quality_["psnr"] is None or math.isfinite(quality_["psnr"]) else "inf"
         if dither is not None:
@@ -769,6 +784,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                           rgb_bands)
     result = choice.model if choice.model is not None else mapper
     result.quality_ = quality_
+    result.mask_ = dict(mask_report)
     return result
 
 
@@ -875,7 +891,7 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
 
 
 def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,
-                 mask: Any, valid: Any) -> tuple[Any, Any]:
+                 mask: Any, valid: Any, mask_threshold: float | None = None) -> tuple[Any, Any]:
     """The pixels (and mask) to dither, read in chunks the dither works in.
 
     A file read in big chunks is opened again in :data:`DITHER_CHUNK` chunks,
@@ -884,7 +900,7 @@ def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, 
     if chunks is None and max(source.data.chunksize[:2]) > DITHER_CHUNK and not isinstance(src, ImageSource):
         dsource = read_image(src, chunks=DITHER_CHUNK, level=level, series=series)
         data = dsource.data if dsource.data.ndim == 3 else dsource.data[:, :, None]
-        return data, (resolve_mask(dsource, mask) if valid is not None else None)
+        return data, (resolve_mask(dsource, mask, threshold=mask_threshold) if valid is not None else None)
     data = source.data if source.data.ndim == 3 else source.data[:, :, None]
     return data, valid
 

@@ -8,7 +8,8 @@ what they configure (as rasterio's profiles and pyvips' per-saver options do):
 =========  ==============================================================
 group      options
 =========  ==============================================================
-read       ``chunks``, ``level``, ``series``, ``mask``, ``alpha``
+read       ``chunks``, ``level``, ``series``, ``mask``, ``mask_threshold``,
+           ``alpha``
 fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            ``random_state``, ``init``, ``n_init``, ``max_iter``, ``tol`` and
            the other :class:`bigquant.KMeans` parameters
@@ -87,6 +88,8 @@ class ReadOptions:
     level: int = 0
     series: int | None = None
     mask: Any = None
+    #: ``mask="auto"``'s tissue threshold in OD units (:func:`bigquant.pipeline.tissue.detect_tissue`); None: Otsu's
+    mask_threshold: float | None = None
     alpha: str = "auto"
 
 
@@ -353,6 +356,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
     """
     fit, write, report = request.fit, request.write, request.report
     k = fit.n_clusters
+    _check_mask_threshold(request.read)
     for name in ("n_clusters", "n_init", "max_iter"):
         value = getattr(fit, name)
         if value is None and name == "n_clusters":
@@ -457,6 +461,20 @@ def warn_lossy_output(request: Request) -> None:
                 "%s: JPEG is lossy: the image will hold more colours than the palette's %s (write .png or .tif "
                 "for exactly the palette's colours)", dst,
                 request.fit.n_clusters if request.fit.palette is None and request.target is None else "k")
+
+
+def _check_mask_threshold(read: ReadOptions) -> None:
+    """``mask_threshold``: None, or a finite number >= 0 with ``mask="auto"``."""
+    value = read.mask_threshold
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            0 <= value < float("inf")):
+        raise InvalidParameterError(
+            f"mask_threshold={value!r} must be a number >= 0 (colour density in OD units, e.g. 0.02) or None")
+    if not (isinstance(read.mask, str) and read.mask == "auto"):
+        raise InvalidParameterError(
+            f"mask_threshold={value!r} is the tissue threshold of mask='auto'; mask is {read.mask!r}")
 
 
 def _check_image_output(dst: pathlib.Path, request: Request) -> None:

@@ -455,7 +455,7 @@ def _load_source(src: Any, mask: Any = None, read: ReadOptions | None = None) ->
         src = read_image(src, chunks=read.chunks, level=read.level, series=read.series)
     valid = None
     if isinstance(src, ImageSource):
-        valid = resolve_mask(src, mask)
+        valid = resolve_mask(src, mask, threshold=read.mask_threshold)
     elif mask is not None and mask is not False:
         valid = np.asarray(mask, dtype=bool) if not hasattr(mask, "chunks") else mask
     data = getattr(src, "data", src)
@@ -610,7 +610,7 @@ def sweep(
     def provenance_of(bands: int) -> dict[str, Any]:
         """What this sweep is of; a resumed CSV must be of the same (checked before any pixel is read)."""
         current = provenance.record(inputs, bands=bands, series=read.series, level=read.level, mask=mask,
-                                    space=space, strategy=strategy, seed=base)
+                                    space=space, strategy=strategy, seed=base, mask_threshold=read.mask_threshold)
         if previous:
             provenance.check_same(str(resume_from), recorded, current)
         return current
@@ -656,7 +656,8 @@ def sweep(
         elif _is_file_set(src):
             from bigquant.pipeline.many import joint_histogram, open_sources
 
-            opened, _ = open_sources(list(src), mask=mask, series=read.series, level=read.level)
+            opened, _ = open_sources(list(src), mask=mask, series=read.series, level=read.level,
+                                     mask_threshold=read.mask_threshold)
             stamp = json.dumps(provenance_of(int(opened[0].data.shape[-1])), sort_keys=True)
             with _on(client):
                 hist, _ = joint_histogram(opened)
