@@ -618,6 +618,7 @@ def read_tiff(
 
     from bigquant.io.geotiff import GeoTiff, read_nodata
     from bigquant.io.inspect import image_series
+    from bigquant.io.rat import band_descriptions
 
     location = str(path)
     limit = task_bytes_limit(max_task_bytes)
@@ -637,6 +638,7 @@ def read_tiff(
             keyframe = tf.series[info["series"]].levels[level].keyframe
             nodata = read_nodata(keyframe)
             geotiff = GeoTiff.from_page(keyframe)
+            band_names = band_descriptions(tf.series[info["series"]].levels[0].keyframe)  # levels carry none
             orientation = _orientation_tag(keyframe)
             mask_info = (
                 _level_info(tf, location, level, found, image_series)
@@ -706,7 +708,7 @@ def read_tiff(
         mask=mask,
         nodata=file_nodata,
         geotiff=geotiff,
-        extra={"orientation": orientation},
+        extra={"orientation": orientation, "band_names": band_names},
     )
 
 
