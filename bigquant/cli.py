@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="palette index of masked pixels (default k, after the palette)")
     q.add_argument("--rgb-bands", type=_bands, metavar="R,G,B",
                    help="bands shown as the palette's colours (default the first three)")
+    q.add_argument("--no-rat", dest="rat", action="store_false", default=True,
+                   help="do not write the classes' raster attribute table (OUT.aux.xml, read by GDAL and QGIS) "
+                        "beside a palette TIFF")
     q.add_argument("--series", type=_non_negative_int, metavar="N",
                    help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
     q.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
@@ -489,7 +492,7 @@ def _cmd_quantize(args: argparse.Namespace, console: _Console) -> int:
         if bar is not None:
             bar.close(model.inertia_)
     seconds = time.perf_counter() - start
-    for extra in (args.palette_out, args.preview, args.compare):
+    for extra in (args.palette_out, args.preview, args.compare, *request.sidecars):
         if extra:
             console.out(f"wrote {extra}")
     measured = _quality_text(getattr(model, "quality_", None))

@@ -32,6 +32,7 @@ from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup
 from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
+from bigquant.io.rat import class_table, rat_path, write_rat
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, write_image
@@ -212,7 +213,9 @@ def write_quantized(
     :func:`bigquant.pipeline.dither.dither_labels` over ``dither_data`` (the
     pixels and mask, maybe read in smaller chunks; default ``data``, ``valid``).
     ``report``, when given, receives ``"labels"`` (the labels written, lazy)
-    and ``"sums"`` (quality sums the dither gave, or None).  ``spool`` is the
+    and ``"sums"`` (quality sums the dither gave, or None).  A palette TIFF
+    gets its classes' raster attribute table beside it with ``options.rat``
+    (:func:`write_class_table`).  ``spool`` is the
     dither's label spool (:func:`bigquant.pipeline.dither.label_spool`); it must
     outlive every use of ``report["labels"]``.
 
@@ -271,10 +274,72 @@ def write_quantized(
         cog=options.cog,
         _lookup=lookup,
     )
+    if options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff":
+        write_class_table(choice, mapper, source, dst, colours, nodata, int(np.prod(data.shape[:2])), options,
+                          counted=dither is None)
     if report is not None:
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
+
+
+def write_class_table(choice: PaletteChoice, mapper: Any, source: ImageSource, dst: pathlib.Path,
+                      colours: np.ndarray, nodata: int | None, n_pixels: int, options: WriteOptions, *,
+                      counted: bool = True) -> pathlib.Path | None:
+    """Write the classes of the palette TIFF ``dst`` as a raster attribute table beside it (``rat``).
+
+    Each class's centre in every band, colour and, with ``counted`` and the
+    colour histogram known (8-bit data fitted or mapped on their histogram),
+    its pixel count and area: from the histogram's counts by label, no pass
+    over the pixels (:func:`class_counts`).  Without a histogram (16-bit,
+    float and multi-band data, a given palette applied to one image) or
+    dithered, the table has no counts.  See :mod:`bigquant.io.rat`.
+
+    Returns the sidecar written, or None (``options.rat`` False).
+    """
+    sidecar = rat_path(dst)
+    if not options.rat:
+        if sidecar.exists():
+            logger.warning("%s: left as it was (rat=False); it describes the image it was written with, not "
+                           "%s as written now", sidecar, dst)
+        return None
+    counts = class_counts(mapper, choice, len(colours)) if counted else None
+    nodata_count = None
+    if counts is not None:
+        nodata_count = n_pixels - int(counts.sum())
+        if nodata_count < 0 or (nodata is None and nodata_count != 0):
+            logger.debug("%s: the histogram counts %d of %d pixels: no counts in its table", dst,
+                         int(counts.sum()), n_pixels)
+            counts = nodata_count = None
+    document = class_table(choice.palette, colours, nodata=nodata, counts=counts, nodata_count=nodata_count,
+                           band_names=source.extra.get("band_names"), geotiff=source.geotiff)
+    return write_rat(sidecar, document, overwrite=options.overwrite)
+
+
+def class_counts(mapper: Any, choice: PaletteChoice, n_colours: int) -> np.ndarray | None:
+    """Pixels of each label written, from the colour histogram (None without one).
+
+    Every distinct colour's count goes to its label (the mapper's, as the
+    lookup table and :func:`_histogram_sums` label it): exact for an
+    undithered image, and no pass over the pixels.
+    """
+    hist = choice.histogram
+    if hist is None or hist.colours.shape[1] != np.shape(choice.palette)[1]:
+        return None
+    estimator = getattr(mapper, "estimator_", None)
+    known = getattr(mapper, "histogram_", None)
+    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
+        labels = np.asarray(estimator.labels_).reshape(-1)
+    elif known is not None and known.colours is hist.colours:  # labelled when the mapper was fitted
+        found = mapper.histogram_labels()
+        if found is None:
+            return None
+        labels = np.asarray(found).reshape(-1)
+    else:
+        labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
+    if labels.shape[0] != hist.n_colours:
+        return None
+    return np.bincount(labels, weights=hist.counts, minlength=n_colours).astype(np.int64)
 
 
 def _known_labels(choice: PaletteChoice) -> tuple[float, np.ndarray] | None:

@@ -14,7 +14,7 @@ fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            the other :class:`bigquant.KMeans` parameters
 map        ``dither``, ``dither_strength``
 write      ``mode``, ``tile``, ``compression``, ``pyramid``, ``overviews``,
-           ``cog``, ``nodata_index``, ``rgb_bands``, ``overwrite``
+           ``cog``, ``nodata_index``, ``rgb_bands``, ``rat``, ``overwrite``
 report     ``palette_out``, ``preview``, ``compare``, ``measure``
 set        ``suffix``, ``weight``, ``keep_going`` (:func:`bigquant.quantize_many`)
 sweep      ``out``, ``resume_from``, ``callback`` (:func:`bigquant.sweep`; of the
@@ -50,6 +50,7 @@ from bigquant.io.encode import resolve_codec
 from bigquant.io.files import is_url
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
+from bigquant.io.rat import rat_path
 from bigquant.io.write import FORMATS, check_tile
 from bigquant.pipeline.dither import check_dither
 from bigquant.pipeline.quality import QualityTarget, parse_quality
@@ -126,6 +127,7 @@ class WriteOptions:
     cog: bool = False
     nodata_index: int | None = None
     rgb_bands: Sequence[int] | None = None
+    rat: bool = True
     overwrite: bool = False
 
 
@@ -253,6 +255,17 @@ class Request:
         return [pathlib.Path(p).expanduser() for p in paths if p is not None]
 
     @property
+    def sidecars(self) -> list[pathlib.Path]:
+        """The raster attribute tables written beside palette TIFF outputs (``rat``; ``<image>.aux.xml``).
+
+        Each is checked with the image it belongs to (a set's folder may not
+        exist yet); see :mod:`bigquant.io.rat`.
+        """
+        if not self.write.rat or self.write.mode != "palette" or self.entry == "sweep":
+            return []
+        return [rat_path(p) for p in self.outputs if FORMATS.get(p.suffix.lower()) == "tiff"]
+
+    @property
     def limit(self) -> int:
         """The most colours every image output holds."""
         png = any(FORMATS.get(p.suffix.lower()) == "png" for p in self.outputs)
@@ -378,7 +391,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         raise InvalidParameterError(f"preview={report.preview}: a preview is a .png")
     if report.compare is not None and pathlib.Path(report.compare).suffix.lower() != ".png":
         raise InvalidParameterError(f"compare={report.compare}: the comparison is a .png")
-    outputs = list(request.outputs) + request.extra_outputs
+    outputs = list(request.outputs) + request.sidecars + request.extra_outputs
     seen: dict[str, pathlib.Path] = {}
     for out in outputs:
         key = os.path.normcase(os.path.abspath(out))
@@ -472,7 +485,7 @@ def check_not_inputs(request: Request, extra_inputs: Sequence[Any] = ()) -> None
     """
     inputs = [local_path(s) for s in list(request.inputs) + list(extra_inputs)]
     inputs = [p for p in inputs if p is not None]
-    outputs = list(request.outputs) + request.extra_outputs
+    outputs = list(request.outputs) + request.sidecars + request.extra_outputs
     resume = request.sweep.resume_from
     for out in outputs:
         for src in inputs:

@@ -1,0 +1,257 @@
+"""Class values where GIS users look: a raster attribute table beside every palette TIFF (issue #23).
+
+GDAL itself reads every table back (its C API through ctypes on the libgdal
+rasterio bundles, :mod:`tests.support.gdal`); the counts are checked against
+the labels actually written, the colours against the colormap rasterio reads.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+import tifffile
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import Affine
+
+import bigquant
+from bigquant.cli import main
+from bigquant.errors import ImageWriteError
+from bigquant.io.geotiff import GeoTiff
+from bigquant.io.rat import area_unit, band_descriptions, class_table, pixel_area, rat_path
+from bigquant.io.sample import make_sample_image
+
+from tests.support.gdal import read_rat, row_of_value
+
+pytestmark = pytest.mark.filterwarnings(f"ignore::{NotGeoreferencedWarning.__module__}.NotGeoreferencedWarning")
+
+# GDALRATFieldType / GDALRATFieldUsage
+INTEGER, REAL, STRING = 0, 1, 2
+GENERIC, PIXEL_COUNT, NAME, MIN_MAX, RED, GREEN, BLUE, ALPHA = 0, 1, 2, 5, 6, 7, 8, 9
+
+
+def _written(path: pathlib.Path) -> np.ndarray:
+    """The labels a TIFF holds."""
+    return tifffile.imread(path)
+
+
+def _floats(values: list[str]) -> np.ndarray:
+    return np.array([float(v) for v in values])
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    return make_sample_image((96, 112), seed=1)
+
+
+@pytest.fixture
+def geo_scene(tmp_path, photo):
+    """A GeoTIFF written by GDAL (rasterio): UTM 33N, 10 m pixels, band descriptions, nodata 0 on a corner."""
+
+    def make(crs: str = "EPSG:32633", size: float = 10.0, descriptions=("red", "green", "nir & <b>")):
+        path = tmp_path / "in" / f"scene-{crs.replace(':', '')}.tif"
+        path.parent.mkdir(exist_ok=True)
+        data = np.moveaxis(photo, 2, 0).copy()
+        data[data == 0] = 1
+        data[:, :16, :24] = 0  # the only pixels with 0 in every band: nodata
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=3,
+                           dtype="uint8", crs=crs, transform=Affine(size, 0, 500000, 0, -size, 4000000),
+                           nodata=0, tiled=True, blockxsize=32, blockysize=32) as dst:
+            dst.write(data)
+            for i, text in enumerate(descriptions, start=1):
+                dst.set_band_description(i, text)
+        return path
+
+    return make
+
+
+# --------------------------------------------------------------------------- what GDAL reads
+
+
+def test_gdal_reads_each_class_with_its_centre_count_and_colour(tmp_path, photo):
+    out = tmp_path / "q.tif"
+    model = bigquant.quantize(photo, out, 6, random_state=0, tile=32)
+    rat = read_rat(out)
+    assert rat is not None and rat.thematic
+    assert rat.columns == [
+        ("Value", INTEGER, MIN_MAX), ("Class_Name", STRING, NAME),
+        ("Band_1", REAL, GENERIC), ("Band_2", REAL, GENERIC), ("Band_3", REAL, GENERIC),
+        ("Count", REAL, PIXEL_COUNT),
+        ("Red", INTEGER, RED), ("Green", INTEGER, GREEN), ("Blue", INTEGER, BLUE), ("Alpha", INTEGER, ALPHA),
+    ]
+    assert rat.column("Value") == [str(i) for i in range(6)]
+    assert rat.column("Class_Name") == [f"class {i}" for i in range(6)]
+    palette = model.palette()[0]
+    centres = np.stack([_floats(rat.column(f"Band_{b}")) for b in (1, 2, 3)], axis=1)
+    np.testing.assert_array_equal(centres, palette)
+    labels = _written(out)
+    np.testing.assert_array_equal(_floats(rat.column("Count")), np.bincount(labels.ravel(), minlength=6))
+    with rasterio.open(out) as src:
+        shown = [src.colormap(1)[i] for i in range(6)]
+    assert [tuple(int(v) for v in row[-4:]) for row in rat.rows] == shown
+    assert [row_of_value(out, i) for i in range(6)] == list(range(6))
+
+
+@pytest.mark.parametrize("cog", [False, True])
+@pytest.mark.parametrize(("crs", "size", "unit"), [("EPSG:32633", 10.0, "m"), ("EPSG:2263", 3.0, "ftUS")])
+def test_a_georeferenced_scene_gets_areas_band_names_and_a_nodata_row(tmp_path, geo_scene, cog, crs, size, unit):
+    src = geo_scene(crs, size)
+    out = tmp_path / "classes.tif"
+    bigquant.quantize(src, out, 5, random_state=0, tile=32, cog=cog)
+    rat = read_rat(out)
+    assert rat is not None
+    area = f"Area_{unit}2"
+    assert rat.names == ["Value", "Class_Name", "red", "green", "nir & <b>", "Count", area,
+                         "Red", "Green", "Blue", "Alpha"]
+    labels = _written(out)
+    with rasterio.open(out) as ds:
+        nodata = int(ds.nodata)
+        assert ds.crs.to_epsg() == int(crs.split(":")[1])
+        assert ds.res == (size, size)
+        colormap = ds.colormap(1)
+    assert rat.column("Value") == [str(i) for i in range(5)] + [str(nodata)]
+    assert rat.column("Class_Name")[-1] == "nodata"
+    assert rat.column("Alpha") == ["255"] * 5 + ["0"]
+    counts = np.bincount(labels.ravel(), minlength=nodata + 1)[list(range(5)) + [nodata]]
+    assert counts[-1] == 16 * 24
+    np.testing.assert_array_equal(_floats(rat.column("Count")), counts)
+    np.testing.assert_allclose(_floats(rat.column(area)), counts * size * size)
+    assert [tuple(int(v) for v in row[-4:-1]) for row in rat.rows[:5]] == [colormap[i][:3] for i in range(5)]
+    assert row_of_value(out, nodata) == 5
+
+
+def test_without_a_histogram_the_table_has_no_counts(tmp_path):
+    """16-bit data are fitted on a value grid, not their exact colours: no counts without another pass."""
+    data = np.random.default_rng(0).integers(0, 4000, (64, 80, 3), dtype=np.uint16)
+    out = tmp_path / "q16.tif"
+    model = bigquant.quantize(data, out, 4, random_state=0, tile=32)
+    rat = read_rat(out)
+    assert rat is not None
+    assert "Count" not in rat.names and not any(n.startswith("Area") for n in rat.names)
+    centres = np.stack([_floats(rat.column(f"Band_{b}")) for b in (1, 2, 3)], axis=1)
+    np.testing.assert_array_equal(centres, model.palette()[0])
+    with rasterio.open(out) as src:  # 16-bit colours: GDAL shows them divided by 257
+        assert [tuple(int(v) for v in row[-4:]) for row in rat.rows] == [src.colormap(1)[i] for i in range(4)]
+
+
+def test_a_dithered_image_has_no_histogram_counts(tmp_path, photo):
+    out = tmp_path / "fs.tif"
+    bigquant.quantize(photo, out, 4, random_state=0, tile=32, dither="blue-noise")
+    rat = read_rat(out)
+    assert rat is not None and "Count" not in rat.names and len(rat.rows) == 4
+
+
+def test_each_file_of_a_set_gets_its_own_counts(tmp_path, photo):
+    images = [photo, np.ascontiguousarray(photo[::-1, ::2])]
+    out = tmp_path / "set" / "not-yet"
+    bigquant.quantize_many(images, out, 4, random_state=0, tile=32)
+    for i in range(2):
+        path = out / f"image{i}.tif"
+        rat = read_rat(path)
+        assert rat is not None
+        np.testing.assert_array_equal(_floats(rat.column("Count")),
+                                      np.bincount(_written(path).ravel(), minlength=4))
+
+
+# --------------------------------------------------------------------------- an output like the others
+
+
+class _Reads:
+    """A lazy image that counts the chunks computed from it."""
+
+    def __init__(self, image: np.ndarray):
+        self.count = 0
+        self.lock = threading.Lock()
+        self.data = da.from_array(image, chunks=(32, 32, 3)).map_blocks(
+            self._read, dtype=image.dtype, meta=np.empty((0, 0, 0), image.dtype))
+
+    def _read(self, block):
+        with self.lock:
+            self.count += 1
+        return block
+
+
+def test_an_existing_table_is_refused_before_a_pixel_is_read(tmp_path, photo):
+    sidecar = tmp_path / "q.tif.aux.xml"
+    sidecar.write_text("<PAMDataset/>")
+    reads = _Reads(photo)
+    with pytest.raises(ImageWriteError, match=r"q\.tif\.aux\.xml: output exists"):
+        bigquant.quantize(reads.data, tmp_path / "q.tif", 4, random_state=0, tile=32)
+    assert reads.count == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.tif.aux.xml"]
+    assert sidecar.read_text() == "<PAMDataset/>"
+
+
+def test_overwrite_replaces_the_table(tmp_path, photo):
+    out = tmp_path / "q.tif"
+    rat_path(out).write_text("<PAMDataset/>")
+    bigquant.quantize(photo, out, 3, random_state=0, tile=32, overwrite=True)
+    assert len(read_rat(out).rows) == 3
+
+
+@pytest.mark.parametrize("options", [{"rat": False}, {"mode": "rgb"}])
+def test_no_table_without_classes_or_when_turned_off(tmp_path, photo, options):
+    out = tmp_path / "q.tif"
+    bigquant.quantize(photo, out, 4, random_state=0, tile=32, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.tif"]
+    assert read_rat(out) is None
+
+
+def test_a_failed_table_leaves_no_half_written_file(tmp_path, photo, monkeypatch):
+    def half(self, text, *args, **kwargs):
+        with open(self, "w") as fh:
+            fh.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half)
+    with pytest.raises(ImageWriteError, match="No space left"):
+        bigquant.quantize(photo, tmp_path / "q.tif", 4, random_state=0, tile=32)
+    assert not (tmp_path / "q.tif.aux.xml").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_image_leaves_no_table(tmp_path, photo):
+    def boom(block, block_info=None):
+        if block_info[0]["chunk-location"][:2] == (1, 1):
+            raise RuntimeError("worker died")
+        return block
+
+    bad = da.from_array(photo, chunks=(32, 32, 3)).map_blocks(boom, dtype=photo.dtype)
+    palette = np.array([[0, 0, 0], [128, 128, 128], [255, 255, 255]], dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="worker died"):
+        bigquant.quantize(bad, tmp_path / "q.tif", palette=palette, tile=32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_writes_the_table_and_no_rat_turns_it_off(tmp_path, geo_scene, capsys):
+    src = geo_scene()
+    out = tmp_path / "q.tif"
+    assert main(["quantize", str(src), str(out), "-k", "4", "--random-state", "0", "--no-progress"]) == 0
+    assert f"wrote {rat_path(out)}" in capsys.readouterr().out
+    assert read_rat(out) is not None
+    off = tmp_path / "off.tif"
+    assert main(["quantize", str(src), str(off), "-k", "4", "--no-rat", "--no-progress"]) == 0
+    assert not rat_path(off).exists() and read_rat(off) is None
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+def test_band_descriptions_as_gdal_wrote_them(geo_scene):
+    with tifffile.TiffFile(geo_scene(descriptions=("red", "", "nir & <b>"))) as tf:
+        assert band_descriptions(tf.pages[0]) == ("red", None, "nir & <b>")
+    xml = class_table(np.zeros((2, 3)), np.zeros((2, 3), np.uint8), band_names=("red", None, "nir"))
+    assert "<Name>Band_1</Name>" in xml and "<Name>red</Name>" not in xml  # all named, or none
+
+
+def test_pixel_area_and_unit_from_the_geokeys(geo_scene):
+    with tifffile.TiffFile(geo_scene("EPSG:4326", 0.5)) as tf:
+        geo = GeoTiff.from_page(tf.pages[0])
+    assert pixel_area(geo) == 0.25 and area_unit(geo) == "deg"
+    turned = GeoTiff(((34264, 12, 16, (0.0, 2.0, 0, 100.0, -3.0, 0.0, 0, 50.0) + (0.0,) * 8),))
+    assert pixel_area(turned) == 6.0 and area_unit(turned) is None
+    assert pixel_area(None) is None and pixel_area(GeoTiff(((33922, 12, 6, (0.0,) * 6),))) is None
