@@ -270,8 +270,9 @@ def quantize_many(
     mask : None, "auto" or False, default=None
         Each file's own masks (None), and slides' tissue ("auto"), or none
         (False); see :func:`bigquant.quantize`.
-    mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, overwrite, client, random_state, strategy
-        As :func:`bigquant.quantize`, for every file.
+    mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, rat, overwrite, client, random_state, strategy
+        As :func:`bigquant.quantize`, for every file (``rat``: each palette
+        TIFF's attribute table counts that file's own pixels).
     chunks, level, series, measure, init, n_init, max_iter, tol
         As :func:`bigquant.quantize` (one request model,
         :mod:`bigquant.pipeline.request`); ``preview``, ``compare`` and

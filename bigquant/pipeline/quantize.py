@@ -544,6 +544,13 @@ def quantize(
         (nearest, never averaged); see :func:`bigquant.write_image`.
     cog : bool, default=False
         TIFF output in the Cloud-Optimized GeoTIFF layout (with overviews).
+    rat : bool, default=True
+        Palette TIFF output: also write its classes' raster attribute table,
+        ``<dst>.aux.xml``, which GDAL and QGIS read with the image (each
+        class's value, centre in every band, colour, and -- when the colour
+        histogram is known, i.e. 8-bit data undithered -- pixel count and,
+        for a georeferenced image, area in the CRS's unit); see
+        :mod:`bigquant.io.rat`.  Checked up front like every output.
     rgb_bands : sequence of 3 int or None, default=None
         Bands of a multi-band image shown as the palette's colours; None: the
         first three.  The fit uses every band, and ``palette_out`` keeps the

@@ -212,6 +212,17 @@ def test_a_failed_table_leaves_no_half_written_file(tmp_path, photo, monkeypatch
         bigquant.quantize(photo, tmp_path / "q.tif", 4, random_state=0, tile=32)
     assert not (tmp_path / "q.tif.aux.xml").exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert (tmp_path / "q.tif").exists()  # written, complete, before its table
+
+
+def test_overwriting_without_a_table_warns_of_the_old_one(tmp_path, photo, caplog):
+    out = tmp_path / "q.tif"
+    bigquant.quantize(photo, out, 3, random_state=0, tile=32)
+    before = rat_path(out).read_bytes()
+    with caplog.at_level("WARNING", logger="bigquant"):
+        bigquant.quantize(photo, out, 5, random_state=0, tile=32, overwrite=True, rat=False)
+    assert rat_path(out).read_bytes() == before
+    assert any("q.tif.aux.xml: left as it was" in r.getMessage() for r in caplog.records)
 
 
 def test_a_failed_image_leaves_no_table(tmp_path, photo):
@@ -254,4 +265,5 @@ def test_pixel_area_and_unit_from_the_geokeys(geo_scene):
     assert pixel_area(geo) == 0.25 and area_unit(geo) == "deg"
     turned = GeoTiff(((34264, 12, 16, (0.0, 2.0, 0, 100.0, -3.0, 0.0, 0, 50.0) + (0.0,) * 8),))
     assert pixel_area(turned) == 6.0 and area_unit(turned) is None
+    assert pixel_area(GeoTiff(((33550, 12, 3, (10.0, 20.0, 0.0)),))) == 200.0
     assert pixel_area(None) is None and pixel_area(GeoTiff(((33922, 12, 6, (0.0,) * 6),))) is None
