@@ -18,7 +18,7 @@ column          type     usage       value
 ``Value``       Integer  MinMax      the pixel value (palette index)
 ``Class_Name``  String   Name        ``class <i>``, or ``nodata``
 band names      Real     Generic     the class's centre in that band (the palette
-                                     written, in the data's units); NaN for nodata
+                                     written, in the data's units); 0 for nodata
 ``Count``       Real     PixelCount  pixels of the class (when known)
 ``Area_<u>2``   Real     Generic     ``Count`` x the pixel's area in the CRS's unit
                                      ``<u>`` (georeferenced images only)
@@ -27,6 +27,9 @@ band names      Real     Generic     the class's centre in that band (the palett
                          Alpha
 ==============  =======  ==========  ==============================================
 
+The no-data row has no centre: GDAL's tables hold no missing value, and a
+NaN would make ``gdalinfo -json`` print a bare ``nan`` (not JSON), so its band
+columns hold 0; its name, count, area and alpha 0 are what it says.
 Band names are the source's band descriptions (GDAL's ``DESCRIPTION`` items
 of the GDAL_METADATA tag, :func:`band_descriptions`) when it has them, else
 ``Band_1`` ... ``Band_C``.  ``Count`` is a Real column: GDAL's Integer columns
@@ -233,6 +236,8 @@ def class_table(
     palette = np.asarray(palette, dtype=np.float64)
     if palette.ndim == 1:
         palette = palette[:, None]
+    if not np.all(np.isfinite(palette)):
+        raise InvalidParameterError("palette holds NaN or infinite values: a class table needs numbers")
     k = len(palette)
     if len(colours) != k:
         raise InvalidParameterError(f"{len(colours)} colours for a palette of {k} classes")
@@ -257,11 +262,11 @@ def class_table(
             row.append(_real(float(counts[i]) * area))  # type: ignore[index]
         rows.append(row + [str(int(v)) for v in shown[i]] + ["255"])
     if nodata is not None:
-        row = [str(int(nodata)), "nodata"] + ["nan"] * palette.shape[1]
+        row = [str(int(nodata)), "nodata"] + ["0"] * palette.shape[1]  # no centre (see the module docstring)
         if counts is not None:
-            row.append("nan" if nodata_count is None else _real(nodata_count))
+            row.append(_real(nodata_count or 0))
         if area is not None:
-            row.append("nan" if nodata_count is None else _real(nodata_count * area))
+            row.append(_real((nodata_count or 0) * area))
         rows.append(row + ["0", "0", "0", "0"])
     root = ElementTree.Element("PAMDataset")
     band = ElementTree.SubElement(root, "PAMRasterBand", band="1")
@@ -282,8 +287,6 @@ def class_table(
 def _real(value: Any) -> str:
     """A Real field: whole numbers without a fraction, others as Python's shortest exact repr."""
     value = float(value)
-    if not math.isfinite(value):
-        return "nan"
     return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 

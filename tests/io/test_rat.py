@@ -25,7 +25,7 @@ from bigquant.io.geotiff import GeoTiff
 from bigquant.io.rat import area_unit, band_descriptions, class_table, pixel_area, rat_path
 from bigquant.io.sample import make_sample_image
 
-from tests.support.gdal import read_rat, row_of_value
+from tests.support.gdal import gdalinfo_json, read_rat, row_of_value
 
 pytestmark = pytest.mark.filterwarnings(f"ignore::{NotGeoreferencedWarning.__module__}.NotGeoreferencedWarning")
 
@@ -122,6 +122,13 @@ def test_a_georeferenced_scene_gets_areas_band_names_and_a_nodata_row(tmp_path, 
     np.testing.assert_allclose(_floats(rat.column(area)), counts * size * size)
     assert [tuple(int(v) for v in row[-4:-1]) for row in rat.rows[:5]] == [colormap[i][:3] for i in range(5)]
     assert row_of_value(out, nodata) == 5
+    assert rat.rows[-1][2:5] == ["0", "0", "0"]  # no centre, and no NaN: gdalinfo -json stays JSON
+    info = gdalinfo_json(out)  # gdalinfo -json lists band 1's table at the top, and the sidecar among the files
+    assert str(rat_path(out)) in info["files"]
+    assert info["bands"][0]["noDataValue"] == nodata
+    assert info["rat"]["tableType"] == "thematic"
+    assert [field["name"] for field in info["rat"]["fieldDefn"]] == rat.names
+    assert [row["f"][rat.names.index("Count")] for row in info["rat"]["row"]] == counts.tolist()
 
 
 def test_without_a_histogram_the_table_has_no_counts(tmp_path):

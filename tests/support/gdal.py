@@ -2,7 +2,8 @@
 
 rasterio has no RAT API, but its wheel bundles libgdal (``rasterio.libs/``):
 the functions GDAL's ``gdalinfo`` calls (``GDALOpen``, ``GDALGetDefaultRAT``,
-``GDALRATGetValueAsString``...) are called here through ctypes, on the very
+``GDALRATGetValueAsString``..., and ``GDALInfo`` itself, which prints
+``gdalinfo -json``) are called here through ctypes, on the very
 library rasterio loaded, so nothing besides the test dependencies is needed.
 A rasterio built against a system GDAL has no bundled copy: the system's
 ``libgdal`` is used then.  No GDAL found is an error, never a skip.
@@ -15,6 +16,7 @@ import ctypes.util
 import dataclasses
 import functools
 import glob
+import json
 import os
 import pathlib
 
@@ -72,6 +74,10 @@ def libgdal() -> ctypes.CDLL:
         "GDALRATGetTableType": (_INT, [_VOIDP]),
         "GDALRATGetRowOfValue": (_INT, [_VOIDP, _DOUBLE]),
         "GDALVersionInfo": (_CHARP, [_CHARP]),
+        "GDALInfoOptionsNew": (_VOIDP, [ctypes.POINTER(_CHARP), _VOIDP]),
+        "GDALInfoOptionsFree": (None, [_VOIDP]),
+        "GDALInfo": (_VOIDP, [_VOIDP, _VOIDP]),
+        "VSIFree": (None, [_VOIDP]),
     }
     for name, (restype, argtypes) in signatures.items():
         func = getattr(lib, name)
@@ -97,6 +103,34 @@ def read_rat(path: str | os.PathLike[str], band: int = 1) -> Rat | None:
         return Rat(lib.GDALRATGetTableType(rat) == 0, columns, rows)
     finally:
         lib.GDALClose(ds)
+
+
+def gdalinfo_json(path: str | os.PathLike[str]) -> dict:
+    """What ``gdalinfo -json PATH`` prints (``GDALInfo``, the library function the program wraps), parsed.
+
+    Parsed strictly: a bare ``nan`` or ``inf`` (not JSON) fails.
+    """
+    lib = libgdal()
+    argv = (_CHARP * 2)(b"-json", None)
+    options = lib.GDALInfoOptionsNew(argv, None)
+    ds = lib.GDALOpen(os.fsencode(os.fspath(path)), 0)
+    if not ds:
+        lib.GDALInfoOptionsFree(options)
+        raise OSError(f"GDAL cannot open {path}")
+    try:
+        text = lib.GDALInfo(ds, options)
+        try:
+            printed = ctypes.string_at(text).decode()
+        finally:
+            lib.VSIFree(text)
+    finally:
+        lib.GDALClose(ds)
+        lib.GDALInfoOptionsFree(options)
+
+    def not_json(constant: str) -> None:
+        raise ValueError(f"gdalinfo -json printed {constant}, which is not JSON")
+
+    return json.loads(printed, parse_constant=not_json)
 
 
 def row_of_value(path: str | os.PathLike[str], value: float, band: int = 1) -> int:
