@@ -131,6 +131,16 @@ def test_a_georeferenced_scene_gets_areas_band_names_and_a_nodata_row(tmp_path, 
     assert [row["f"][rat.names.index("Count")] for row in info["rat"]["row"]] == counts.tolist()
 
 
+@pytest.mark.parametrize("options", [{"space": "oklab"}, {"quality": 25, "n_clusters": None}, {"chunks": 32}])
+def test_counts_are_those_of_the_labels_written_by_every_histogram_path(tmp_path, photo, options):
+    """A fit in OKLab, k chosen for a PSNR, a lazily read image mapped by the lookup table: exact counts."""
+    out = tmp_path / "q.tif"
+    bigquant.quantize(photo, out, **{"n_clusters": 5, **options}, random_state=0, tile=32)
+    rat = read_rat(out)
+    labels = _written(out)
+    np.testing.assert_array_equal(_floats(rat.column("Count")), np.bincount(labels.ravel(), minlength=len(rat.rows)))
+
+
 def test_without_a_histogram_the_table_has_no_counts(tmp_path):
     """16-bit data are fitted on a value grid, not their exact colours: no counts without another pass."""
     data = np.random.default_rng(0).integers(0, 4000, (64, 80, 3), dtype=np.uint16)
