@@ -320,8 +320,20 @@ def class_counts(mapper: Any, choice: PaletteChoice, n_colours: int) -> np.ndarr
     """Pixels of each label written, from the colour histogram (None without one).
 
     Every distinct colour's count goes to its label (the mapper's, as the
-    lookup table and :func:`_histogram_sums` label it): exact for an
-    undithered image, and no pass over the pixels.
+    lookup table and the quality sums label it): exact for an undithered
+    image, and no pass over the pixels.
+    """
+    labels = _colour_labels(mapper, choice)
+    if labels is None:
+        return None
+    return np.bincount(labels, weights=choice.histogram.counts, minlength=n_colours).astype(np.int64)
+
+
+def _colour_labels(mapper: Any, choice: PaletteChoice) -> np.ndarray | None:
+    """The label ``mapper`` gives each distinct colour of ``choice.histogram`` (None without one).
+
+    The labels the image was written with: a space fit's own, those the
+    mapper found when fitted on the histogram, else predicted once.
     """
     hist = choice.histogram
     if hist is None or hist.colours.shape[1] != np.shape(choice.palette)[1]:
@@ -329,17 +341,14 @@ def class_counts(mapper: Any, choice: PaletteChoice, n_colours: int) -> np.ndarr
     estimator = getattr(mapper, "estimator_", None)
     known = getattr(mapper, "histogram_", None)
     if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
-        labels = np.asarray(estimator.labels_).reshape(-1)
+        labels = estimator.labels_
     elif known is not None and known.colours is hist.colours:  # labelled when the mapper was fitted
-        found = mapper.histogram_labels()
-        if found is None:
-            return None
-        labels = np.asarray(found).reshape(-1)
+        labels = mapper.histogram_labels()
     else:
-        labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
-    if labels.shape[0] != hist.n_colours:
+        labels = mapper.predict(hist.colours)
+    if labels is None or np.size(labels) != hist.n_colours:
         return None
-    return np.bincount(labels, weights=hist.counts, minlength=n_colours).astype(np.int64)
+    return np.asarray(labels).reshape(-1)
 
 
 def _known_labels(choice: PaletteChoice) -> tuple[float, np.ndarray] | None:
@@ -779,17 +788,10 @@ def _fit_in_space(data: Any, valid: Any, source: ImageSource, n_clusters: int | 
 def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
                     rgb_bands: Sequence[int] | None) -> np.ndarray | None:
     """Quality sums of an undithered image from its colour histogram (no pass over the pixels)."""
-    hist = choice.histogram
-    if hist is None or hist.colours.shape[1] != np.shape(choice.palette)[1]:
+    labels = _colour_labels(mapper, choice)
+    if labels is None:
         return None
-    estimator = getattr(mapper, "estimator_", None)
-    known = getattr(mapper, "histogram_", None)
-    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
-        labels = np.asarray(estimator.labels_).reshape(-1)
-    elif known is not None and known.colours is hist.colours:  # labelled when the mapper was fitted
-        labels = mapper.histogram_labels()
-    else:
-        labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
+    hist = choice.histogram
     return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette, rgb_bands)
 
 

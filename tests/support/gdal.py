@@ -11,6 +11,7 @@ A rasterio built against a system GDAL has no bundled copy: the system's
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -19,6 +20,7 @@ import glob
 import json
 import os
 import pathlib
+from collections.abc import Iterator
 
 _VOIDP, _INT, _CHARP, _DOUBLE = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_double
 
@@ -55,7 +57,7 @@ def libgdal() -> ctypes.CDLL:
     base = pathlib.Path(rasterio.__file__).parent
     found = sorted(glob.glob(str(base.parent / "rasterio.libs" / "libgdal*.so*"))
                    + glob.glob(str(base / ".libs" / "libgdal*.so*"))
-                   + glob.glob(str(base.parent / "rasterio.libs" / "libgdal*.dylib")))
+                   + glob.glob(str(base / ".dylibs" / "libgdal*.dylib")))
     path = found[0] if found else ctypes.util.find_library("gdal")
     if path is None:
         raise RuntimeError("no libgdal: neither rasterio's bundled copy nor a system one")
@@ -86,13 +88,22 @@ def libgdal() -> ctypes.CDLL:
     return lib
 
 
-def read_rat(path: str | os.PathLike[str], band: int = 1) -> Rat | None:
-    """The default RAT GDAL finds for ``band`` of ``path`` (None when it finds none)."""
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike[str]) -> Iterator[tuple[ctypes.CDLL, int]]:
+    """GDAL's library and ``path`` opened read-only with it (closed after)."""
     lib = libgdal()
     ds = lib.GDALOpen(os.fsencode(os.fspath(path)), 0)
     if not ds:
         raise OSError(f"GDAL cannot open {path}")
     try:
+        yield lib, ds
+    finally:
+        lib.GDALClose(ds)
+
+
+def read_rat(path: str | os.PathLike[str], band: int = 1) -> Rat | None:
+    """The default RAT GDAL finds for ``band`` of ``path`` (None when it finds none)."""
+    with _opened(path) as (lib, ds):
         rat = lib.GDALGetDefaultRAT(lib.GDALGetRasterBand(ds, band))
         if not rat:
             return None
@@ -101,8 +112,6 @@ def read_rat(path: str | os.PathLike[str], band: int = 1) -> Rat | None:
                     lib.GDALRATGetUsageOfCol(rat, c)) for c in range(n_cols)]
         rows = [[lib.GDALRATGetValueAsString(rat, r, c).decode() for c in range(n_cols)] for r in range(n_rows)]
         return Rat(lib.GDALRATGetTableType(rat) == 0, columns, rows)
-    finally:
-        lib.GDALClose(ds)
 
 
 def gdalinfo_json(path: str | os.PathLike[str]) -> dict:
@@ -110,22 +119,16 @@ def gdalinfo_json(path: str | os.PathLike[str]) -> dict:
 
     Parsed strictly: a bare ``nan`` or ``inf`` (not JSON) fails.
     """
-    lib = libgdal()
-    argv = (_CHARP * 2)(b"-json", None)
-    options = lib.GDALInfoOptionsNew(argv, None)
-    ds = lib.GDALOpen(os.fsencode(os.fspath(path)), 0)
-    if not ds:
-        lib.GDALInfoOptionsFree(options)
-        raise OSError(f"GDAL cannot open {path}")
-    try:
-        text = lib.GDALInfo(ds, options)
+    with _opened(path) as (lib, ds):
+        options = lib.GDALInfoOptionsNew((_CHARP * 2)(b"-json", None), None)
+        try:
+            text = lib.GDALInfo(ds, options)
+        finally:
+            lib.GDALInfoOptionsFree(options)
         try:
             printed = ctypes.string_at(text).decode()
         finally:
             lib.VSIFree(text)
-    finally:
-        lib.GDALClose(ds)
-        lib.GDALInfoOptionsFree(options)
 
     def not_json(constant: str) -> None:
         raise ValueError(f"gdalinfo -json printed {constant}, which is not JSON")
@@ -135,12 +138,6 @@ def gdalinfo_json(path: str | os.PathLike[str]) -> dict:
 
 def row_of_value(path: str | os.PathLike[str], value: float, band: int = 1) -> int:
     """``GDALRATGetRowOfValue``: the RAT row GDAL gives a pixel value (-1: none)."""
-    lib = libgdal()
-    ds = lib.GDALOpen(os.fsencode(os.fspath(path)), 0)
-    if not ds:
-        raise OSError(f"GDAL cannot open {path}")
-    try:
+    with _opened(path) as (lib, ds):
         rat = lib.GDALGetDefaultRAT(lib.GDALGetRasterBand(ds, band))
         return -1 if not rat else int(lib.GDALRATGetRowOfValue(rat, float(value)))
-    finally:
-        lib.GDALClose(ds)
