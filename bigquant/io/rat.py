@@ -19,7 +19,7 @@ column          type     usage       value
 ``Class_Name``  String   Name        ``class <i>``, or ``nodata``
 band names      Real     Generic     the class's centre in that band (the palette
                                      written, in the data's units); 0 for nodata
-``Count``       Real     PixelCount  pixels of the class (when known)
+``Count``       Real     PixelCount  pixels of the class (when given)
 ``Area_<u>2``   Real     Generic     ``Count`` x the pixel's area in the CRS's unit
                                      ``<u>`` (georeferenced images only)
 ``Red`` ...     Integer  Red, Green, the colour GDAL shows (the colormap's 16-bit
@@ -33,7 +33,10 @@ columns hold 0; its name, count, area and alpha 0 are what it says.
 Band names are the source's band descriptions (GDAL's ``DESCRIPTION`` items
 of the GDAL_METADATA tag, :func:`band_descriptions`) when it has them, else
 ``Band_1`` ... ``Band_C``.  ``Count`` is a Real column: GDAL's Integer columns
-hold 32 bits, fewer than a gigapixel class may need.
+hold 32 bits, fewer than a gigapixel class may need.  :func:`bigquant.quantize`
+counts without a pass of its own: by the colour histogram (8-bit data), else
+as the workers encode the tiles (:class:`bigquant.io.encode.BlockEncoder`'s
+``count_labels``).
 """
 
 from __future__ import annotations

@@ -258,6 +258,14 @@ def write_quantized(
     else:
         labels = mapper.labels_
         lookup = _label_lookup(mapper, data, dst)
+    table = options.rat and options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff"
+    n_pixels = int(np.prod(data.shape[:2]))
+    known = class_counts(mapper, choice, len(colours)) if table and dither is None else None
+    if known is not None and (known.sum() > n_pixels or nodata is None and known.sum() != n_pixels):
+        known = None  # a histogram of other pixels (not expected): count the labels as written
+    # without the histogram's counts, the workers count the labels as they encode the tiles
+    counted = np.zeros(len(colours) if nodata is None else max(len(colours), nodata + 1), np.int64) \
+        if table and known is None else None
     _write_labels(
         data if lookup is not None else labels,
         dst,
@@ -273,47 +281,45 @@ def write_quantized(
         overviews=options.overviews,
         cog=options.cog,
         _lookup=lookup,
+        _counts=counted,
     )
-    if options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff":
-        write_class_table(choice, mapper, source, dst, colours, nodata, int(np.prod(data.shape[:2])), options,
-                          counted=dither is None)
+    if table:
+        if known is not None:
+            counts, nodata_count = known, n_pixels - int(known.sum())
+        else:
+            assert counted is not None
+            counts, nodata_count = counted[:len(colours)], None if nodata is None else int(counted[nodata])
+        write_class_table(choice, source, dst, colours, nodata, counts, nodata_count, options)
+    elif options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff":
+        _warn_stale_table(dst)
     if report is not None:
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
 
 
-def write_class_table(choice: PaletteChoice, mapper: Any, source: ImageSource, dst: pathlib.Path,
-                      colours: np.ndarray, nodata: int | None, n_pixels: int, options: WriteOptions, *,
-                      counted: bool = True) -> pathlib.Path | None:
+def write_class_table(choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, colours: np.ndarray,
+                      nodata: int | None, counts: np.ndarray | None, nodata_count: int | None,
+                      options: WriteOptions) -> pathlib.Path:
     """Write the classes of the palette TIFF ``dst`` as a raster attribute table beside it (``rat``).
 
-    Each class's centre in every band, colour and, with ``counted`` and the
-    colour histogram known (8-bit data fitted or mapped on their histogram),
-    its pixel count and area: from the histogram's counts by label, no pass
-    over the pixels (:func:`class_counts`).  Without a histogram (16-bit,
-    float and multi-band data, a given palette applied to one image) or
-    dithered, the table has no counts.  See :mod:`bigquant.io.rat`.
-
-    Returns the sidecar written, or None (``options.rat`` False).
+    Each class's centre in every band, its colour, and its pixel count
+    (``counts``, with ``nodata_count`` for the nodata index) and area: see
+    :mod:`bigquant.io.rat`.  :func:`write_quantized` counts without a pass
+    of its own: by the colour histogram's counts (:func:`class_counts`), else
+    by the labels the workers count as they encode the tiles.
     """
-    sidecar = rat_path(dst)
-    if not options.rat:
-        if sidecar.exists():
-            logger.warning("%s: left as it was (rat=False); it describes the image it was written with, not "
-                           "%s as written now", sidecar, dst)
-        return None
-    counts = class_counts(mapper, choice, len(colours)) if counted else None
-    nodata_count = None
-    if counts is not None:
-        nodata_count = n_pixels - int(counts.sum())
-        if nodata_count < 0 or (nodata is None and nodata_count != 0):
-            logger.debug("%s: the histogram counts %d of %d pixels: no counts in its table", dst,
-                         int(counts.sum()), n_pixels)
-            counts = nodata_count = None
     document = class_table(choice.palette, colours, nodata=nodata, counts=counts, nodata_count=nodata_count,
                            band_names=source.extra.get("band_names"), geotiff=source.geotiff)
-    return write_rat(sidecar, document, overwrite=options.overwrite)
+    return write_rat(rat_path(dst), document, overwrite=options.overwrite)
+
+
+def _warn_stale_table(dst: pathlib.Path) -> None:
+    """Warn of an attribute table left beside ``dst`` that ``rat=False`` did not rewrite."""
+    sidecar = rat_path(dst)
+    if sidecar.exists():
+        logger.warning("%s: left as it was (rat=False); it describes the image it was written with, not "
+                       "%s as written now", sidecar, dst)
 
 
 def class_counts(mapper: Any, choice: PaletteChoice, n_colours: int) -> np.ndarray | None:
@@ -555,11 +561,12 @@ def quantize(
         TIFF output in the Cloud-Optimized GeoTIFF layout (with overviews).
     rat : bool, default=True
         Palette TIFF output: also write its classes' raster attribute table,
-        ``<dst>.aux.xml``, which GDAL and QGIS read with the image (each
-        class's value, centre in every band, colour, and -- when the colour
-        histogram is known, i.e. 8-bit data undithered -- pixel count and,
-        for a georeferenced image, area in the CRS's unit); see
-        :mod:`bigquant.io.rat`.  Checked up front like every output.
+        ``<dst>.aux.xml``, which GDAL and QGIS read with the image: each
+        class's value, centre in every band, colour, pixel count and, for a
+        georeferenced image, area in the CRS's unit (:mod:`bigquant.io.rat`).
+        The counts cost no pass of their own: the colour histogram's (8-bit
+        data), else the labels counted as the tiles are encoded.  Checked up
+        front like every output.
     rgb_bands : sequence of 3 int or None, default=None
         Bands of a multi-band image shown as the palette's colours; None: the
         first three.  The fit uses every band, and ``palette_out`` keeps the

@@ -141,25 +141,46 @@ def test_counts_are_those_of_the_labels_written_by_every_histogram_path(tmp_path
     np.testing.assert_array_equal(_floats(rat.column("Count")), np.bincount(labels.ravel(), minlength=len(rat.rows)))
 
 
-def test_without_a_histogram_the_table_has_no_counts(tmp_path):
-    """16-bit data are fitted on a value grid, not their exact colours: no counts without another pass."""
-    data = np.random.default_rng(0).integers(0, 4000, (64, 80, 3), dtype=np.uint16)
-    out = tmp_path / "q16.tif"
-    model = bigquant.quantize(data, out, 4, random_state=0, tile=32)
+@pytest.mark.parametrize(("kind", "options"), [
+    ("uint16", {}),  # fitted on a value grid, not exact colours
+    ("uint8", {"strategy": "pixels", "chunks": 32}),
+    ("uint8", {"palette": [[0, 0, 0], [90, 90, 90], [200, 200, 200], [255, 255, 255]], "chunks": 32}),
+    ("uint8", {"dither": "blue-noise"}),
+    ("uint8", {"dither": "floyd-steinberg", "nodata_index": 9}),
+])
+def test_without_the_histogram_the_labels_are_counted_as_they_are_written(tmp_path, photo, kind, options):
+    """No colour histogram (16-bit data, the pixel strategy, a palette applied) or dithered labels: the
+    workers count each chunk's labels while they encode its tiles, in the write pass itself."""
+    data = photo.astype(np.uint16) * 257 if kind == "uint16" else photo.copy()
+    if "nodata_index" in options:
+        data[:8, :8] = 0
+        valid = np.ones(data.shape[:2], bool)
+        valid[:8, :8] = False
+        options = dict(options, mask=valid)
+    out = tmp_path / "q.tif"
+    k = None if "palette" in options else 4
+    model = bigquant.quantize(data, out, k, random_state=0, tile=32, **options)
     rat = read_rat(out)
-    assert rat is not None
-    assert "Count" not in rat.names and not any(n.startswith("Area") for n in rat.names)
-    centres = np.stack([_floats(rat.column(f"Band_{b}")) for b in (1, 2, 3)], axis=1)
-    np.testing.assert_array_equal(centres, model.palette()[0])
+    labels = _written(out)
+    values = [int(v) for v in rat.column("Value")]
+    np.testing.assert_array_equal(_floats(rat.column("Count")),
+                                  np.bincount(labels.ravel(), minlength=max(values) + 1)[values])
+    assert values == list(range(4)) + ([9] if "nodata_index" in options else [])
+    centres = np.stack([_floats(rat.column(f"Band_{b}")) for b in (1, 2, 3)], axis=1)[:4]
+    np.testing.assert_array_equal(centres, model.palette()[0] if k else np.asarray(options["palette"]))
     with rasterio.open(out) as src:  # 16-bit colours: GDAL shows them divided by 257
-        assert [tuple(int(v) for v in row[-4:]) for row in rat.rows] == [src.colormap(1)[i] for i in range(4)]
+        assert [tuple(int(v) for v in row[-4:]) for row in rat.rows[:4]] == [src.colormap(1)[i] for i in range(4)]
 
 
-def test_a_dithered_image_has_no_histogram_counts(tmp_path, photo):
-    out = tmp_path / "fs.tif"
-    bigquant.quantize(photo, out, 4, random_state=0, tile=32, dither="blue-noise")
-    rat = read_rat(out)
-    assert rat is not None and "Count" not in rat.names and len(rat.rows) == 4
+def test_the_write_pass_counts_what_it_writes_and_nothing_more(tmp_path, photo):
+    """The label counts come from the pass that writes: the source's chunks are computed once each."""
+    reads = _Reads(photo.astype(np.uint16))
+    out = tmp_path / "q.tif"
+    bigquant.quantize(reads.data, out, palette=[[0, 0, 0], [30000, 30000, 30000], [65535, 65535, 65535]],
+                      tile=32)
+    n_chunks = int(np.prod(reads.data.numblocks))
+    assert reads.count == n_chunks
+    assert sum(float(c) for c in read_rat(out).column("Count")) == photo.shape[0] * photo.shape[1]
 
 
 def test_each_file_of_a_set_gets_its_own_counts(tmp_path, photo):
