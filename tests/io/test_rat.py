@@ -305,3 +305,14 @@ def test_pixel_area_and_unit_from_the_geokeys(geo_scene):
     assert pixel_area(turned) == 6.0 and area_unit(turned) is None
     assert pixel_area(GeoTiff(((33550, 12, 3, (10.0, 20.0, 0.0)),))) == 200.0
     assert pixel_area(None) is None and pixel_area(GeoTiff(((33922, 12, 6, (0.0,) * 6),))) is None
+
+
+@pytest.mark.distributed
+def test_worker_processes_count_the_labels_they_write(local_cluster, tmp_path, photo):
+    """On a cluster of worker processes the counts travel back with the encoded tiles."""
+    path = tmp_path / "in16.tif"
+    tifffile.imwrite(path, photo.astype(np.uint16) * 257, tile=(32, 32), photometric="rgb")
+    out = tmp_path / "q.tif"
+    bigquant.quantize(path, out, 4, random_state=0, tile=32, client=local_cluster)
+    labels = _written(out)
+    np.testing.assert_array_equal(_floats(read_rat(out).column("Count")), np.bincount(labels.ravel(), minlength=4))
