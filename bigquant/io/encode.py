@@ -219,8 +219,8 @@ class BlockEncoder:
 
     @property
     def n_labels(self) -> int:
-        """Length of the label counts: every colour's index and the nodata label's."""
-        return self.n_colours if self.nodata is None else max(self.n_colours, self.nodata + 1)
+        """Length of the label counts: every colour's index and the nodata label's (past them)."""
+        return self.n_colours if self.nodata is None else self.nodata + 1
 
     def check_labels(self, block: np.ndarray) -> None:
         """Raise InvalidInputError unless every label is a colour or ``nodata``."""

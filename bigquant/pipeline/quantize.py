@@ -258,14 +258,14 @@ def write_quantized(
     else:
         labels = mapper.labels_
         lookup = _label_lookup(mapper, data, dst)
-    table = options.rat and options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff"
+    classes = options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff"
+    table = options.rat and classes
     n_pixels = int(np.prod(data.shape[:2]))
     known = class_counts(mapper, choice, len(colours)) if table and dither is None else None
     if known is not None and (known.sum() > n_pixels or nodata is None and known.sum() != n_pixels):
         known = None  # a histogram of other pixels (not expected): count the labels as written
     # without the histogram's counts, the workers count the labels as they encode the tiles
-    counted = np.zeros(len(colours) if nodata is None else max(len(colours), nodata + 1), np.int64) \
-        if table and known is None else None
+    counted = np.zeros(len(colours) if nodata is None else nodata + 1, np.int64) if table and known is None else None
     _write_labels(
         data if lookup is not None else labels,
         dst,
@@ -290,7 +290,7 @@ def write_quantized(
             assert counted is not None
             counts, nodata_count = counted[:len(colours)], None if nodata is None else int(counted[nodata])
         write_class_table(choice, source, dst, colours, nodata, counts, nodata_count, options)
-    elif options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff":
+    elif classes:
         _warn_stale_table(dst)
     if report is not None:
         report["labels"] = labels
