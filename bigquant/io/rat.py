@@ -102,7 +102,9 @@ def band_descriptions(page: Any) -> tuple[str | None, ...] | None:
     -------
     names : tuple of str or None, or None
         One entry per sample up to the last one described (None for a sample
-        without a description); None when the page describes no band.
+        without a description); None when the page describes no band.  Items
+        of samples the page does not have, and metadata that are not XML, are
+        ignored: a description never fails a read.
     """
     tag = page.tags.get(_GDAL_METADATA)
     if tag is None:
@@ -112,10 +114,12 @@ def band_descriptions(page: Any) -> tuple[str | None, ...] | None:
         root = ElementTree.fromstring(text.strip().rstrip("\x00"))
     except ElementTree.ParseError:
         return None
+    n_samples = int(getattr(page, "samplesperpixel", 0) or 0) or 1
     found: dict[int, str] = {}
     for item in root.iter("Item"):
-        sample = item.get("sample")
-        if item.get("name") != "DESCRIPTION" or sample is None or not sample.isdigit() or not item.text:
+        sample = item.get("sample") or ""
+        if (item.get("name") != "DESCRIPTION" or not (sample.isascii() and sample.isdigit())
+                or int(sample) >= n_samples or not item.text):
             continue
         # GDAL escapes the value before the XML writer escapes it again: unescape once more
         found[int(sample)] = unescape(item.text)

@@ -290,9 +290,15 @@ def test_the_command_line_writes_the_table_and_no_rat_turns_it_off(tmp_path, geo
 # --------------------------------------------------------------------------- the pieces
 
 
-def test_band_descriptions_as_gdal_wrote_them(geo_scene):
+def test_band_descriptions_as_gdal_wrote_them(tmp_path, geo_scene):
     with tifffile.TiffFile(geo_scene(descriptions=("red", "", "nir & <b>"))) as tf:
         assert band_descriptions(tf.pages[0]) == ("red", None, "nir & <b>")
+    bogus = tmp_path / "bogus.tif"  # a description of a sample the image lacks: not a billion-entry tuple
+    tifffile.imwrite(bogus, np.zeros((8, 8), np.uint8), metadata=None, extratags=[
+        (42112, 2, 0, '<GDALMetadata><Item name="DESCRIPTION" sample="999999999" role="description">x</Item>'
+                      '<Item name="DESCRIPTION" sample="0" role="description">grey</Item></GDALMetadata>', True)])
+    with tifffile.TiffFile(bogus) as tf:
+        assert band_descriptions(tf.pages[0]) == ("grey",)
     xml = class_table(np.zeros((2, 3)), np.zeros((2, 3), np.uint8), band_names=("red", None, "nir"))
     assert "<Name>Band_1</Name>" in xml and "<Name>red</Name>" not in xml  # all named, or none
 
