@@ -21,7 +21,8 @@ band names      Real     Generic     the class's centre in that band (the palett
                                      written, in the data's units); 0 for nodata
 ``Count``       Real     PixelCount  pixels of the class (when given)
 ``Area_<u>2``   Real     Generic     ``Count`` x the pixel's area in the CRS's unit
-                                     ``<u>`` (georeferenced images only)
+                                     ``<u>`` (georeferenced images only; ``units``
+                                     when the GeoKeys do not name it)
 ``Red`` ...     Integer  Red, Green, the colour GDAL shows (the colormap's 16-bit
 ``Alpha``                Blue,       entries / 257); alpha 0 for nodata
                          Alpha
@@ -266,7 +267,7 @@ def class_table(
         if counts is not None:
             row.append(_real(counts[i]))
         if area is not None:
-            row.append(_real(float(counts[i]) * area))  # type: ignore[index]
+            row.append(_real(float(counts[i]) * area))
         rows.append(row + [str(int(v)) for v in shown[i]] + ["255"])
     if nodata is not None:
         row = [str(int(nodata)), "nodata"] + ["0"] * palette.shape[1]  # no centre (see the module docstring)
