@@ -447,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "other data p2,p98 -- QGIS's default -- from what the fit counted)")
     q.add_argument("--display-palette", metavar="FILE",
                    help="8-bit colours shown, one per class (.json, .gpl, .act, .png; as many as k)")
+    q.add_argument("--no-rat", dest="rat", action="store_false", default=True,
+                   help="do not write the classes' raster attribute table (OUT.aux.xml, read by GDAL and QGIS) "
+                        "beside a palette TIFF")
     q.add_argument("--series", type=_non_negative_int, metavar="N",
                    help="TIFF series to read (default: the image, not a thumbnail, label, macro or mask)")
     q.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
@@ -885,7 +888,7 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                     raise
                 skipped.append((shown, _one_line(exc)))
                 continue
-            runs.append((src, dst, target, shown, source))
+            runs.append((src, dst, target, shown, source, request))
         for name, reason in skipped:
             console.note(f"skipped {name}: {reason}")
         code = EXIT_SKIPPED if skipped else 0
@@ -893,7 +896,7 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
         show = _show_progress(args)
         line = Line()
         with _runtime(args, console) as client:
-            for src, dst, target, shown, source in runs:
+            for src, dst, target, shown, source, request in runs:
                 written = _candidate(target) if args.skip_if_larger and dst != "-" else target
                 bar = None
                 if show and args.palette is None:
@@ -907,18 +910,16 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                 except QualityError as exc:
                     if bar is not None:
                         bar.close()
-                    with contextlib.suppress(OSError):
-                        if written != target:
-                            written.unlink()
+                    if written != target:
+                        _remove_candidate(written)
                     if one:
                         raise
                     console.note(f"{PROG}: {shown}: {_one_line(exc)}")
                     quality_missed = True
                     continue
                 except BaseException:
-                    with contextlib.suppress(OSError):
-                        if written != target:
-                            written.unlink()
+                    if written != target:
+                        _remove_candidate(written)
                     raise
                 if bar is not None:
                     bar.close(model.inertia_)
@@ -926,7 +927,7 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                     before = _size_of(src)
                     after = _size_of(str(written))
                     if before is not None and after is not None and after >= before:
-                        written.unlink()
+                        _remove_candidate(written)
                         larger = True
                         console.note(f"skipped {shown}: the output ({_human_bytes(after)}) is not smaller than "
                                      f"the input ({_human_bytes(before)}); nothing written")
@@ -934,11 +935,11 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                             _to_stdout(pathlib.Path(src))  # pngquant: the input itself on stdout
                         continue
                     if written != target:
-                        os.replace(written, target)
+                        _replace_candidate(written, target)
                 if dst == "-":
                     _to_stdout(target)
                 _report_quantized(args, console, model, shown, dst if dst != "-" else "stdout",
-                                  time.perf_counter() - file_start)
+                                  time.perf_counter() - file_start, request.sidecars)
         seconds = time.perf_counter() - start
         if len(plan) > 1:
             console.out(f"{len(runs)} of {len(plan)} files, each with its own palette, {seconds:.1f} s")
@@ -960,9 +961,27 @@ def _to_stdout(path: pathlib.Path) -> None:
     sys.stdout.buffer.flush()
 
 
+def _remove_candidate(path: pathlib.Path) -> None:
+    """Remove a --skip-if-larger candidate output and the attribute table written beside it."""
+    from bigquant.io.rat import rat_path
+
+    for p in (path, rat_path(path)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _replace_candidate(path: pathlib.Path, target: pathlib.Path) -> None:
+    """Move a --skip-if-larger candidate (and its attribute table) to the output it was written for."""
+    from bigquant.io.rat import rat_path
+
+    if rat_path(path).exists():
+        os.replace(rat_path(path), rat_path(target))
+    os.replace(path, target)
+
+
 def _report_quantized(args: argparse.Namespace, console: _Console, model: Any, src: str, output: str,
-                      seconds: float) -> None:
-    for extra in (args.palette_out, args.preview, args.compare):
+                      seconds: float, sidecars: Sequence[pathlib.Path] = ()) -> None:
+    for extra in (args.palette_out, args.preview, args.compare, *sidecars):
         if extra:
             console.out(f"wrote {extra}")
     measured = _quality_text(getattr(model, "quality_", None))

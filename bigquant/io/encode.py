@@ -24,7 +24,7 @@ import numpy as np
 
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 
-__all__ = ["BlockEncoder", "Codec", "LabelLookup", "TileRegion", "align_to_tiles", "resolve_codec"]
+__all__ = ["BlockEncoder", "Codec", "LABEL_COUNTS", "LabelLookup", "TileRegion", "align_to_tiles", "resolve_codec"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ _ALIASES = {
 
 #: codecs without a compression level
 _LEVELLESS = frozenset({"lzw", "packbits"})
+
+#: the key of the label counts among an encoder's subsamples (``count_labels``)
+LABEL_COUNTS = "label_counts"
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,10 @@ class BlockEncoder:
         A label outside ``[0, n_colours)`` that is allowed too (masked
         pixels); in "rgb" kind ``colours`` then has a row for it (see
         :func:`bigquant.io.palette.with_nodata`).
+    count_labels : bool, default=False
+        Also count the pixels of each label of the chunk (kinds "palette"
+        and "rgb"): the subsamples then hold them under :data:`LABEL_COUNTS`,
+        int64 of length ``nodata + 1`` (``n_colours`` without a nodata).
     """
 
     kind: str
@@ -208,6 +215,12 @@ class BlockEncoder:
     steps: tuple[int, ...] = ()
     lookup: LabelLookup | None = None
     nodata: int | None = None
+    count_labels: bool = False
+
+    @property
+    def n_labels(self) -> int:
+        """Length of the label counts: every colour's index and the nodata label's (past them)."""
+        return self.n_colours if self.nodata is None else self.nodata + 1
 
     def check_labels(self, block: np.ndarray) -> None:
         """Raise InvalidInputError unless every label is a colour or ``nodata``."""
@@ -301,7 +314,7 @@ class BlockEncoder:
 
     def _lookup_tiles(
         self, source: np.ndarray | TileRegion, lut: np.ndarray
-    ) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
+    ) -> tuple[list[list[Any]], dict[Any, np.ndarray]]:
         """Look up and encode the tiles of an image chunk, one tile at a time.
 
         ``source`` is the chunk, or a :class:`TileRegion` whose pixels are read
@@ -340,6 +353,7 @@ class BlockEncoder:
         sub_labels = {
             s: np.empty((-(-height // s), -(-width // s)), dtype=labels_dtype) for s in self.steps
         }
+        counts = np.zeros(self.n_labels, dtype=np.int64) if self.count_labels else None
         rows = []
         for y in range(0, height, t):
             row = []
@@ -349,6 +363,8 @@ class BlockEncoder:
                     labels[...] = 0
                 pixels, win = window(y, h, x, w)
                 lookup_window(pixels, win, lk.bits, lut, lk.sentinel, centers_t, labels)
+                if counts is not None:
+                    counts += np.bincount(labels[:h, :w].ravel(), minlength=self.n_labels)
                 for s, sub in sub_labels.items():  # steps divide the tile: y, x are multiples
                     part = labels[:h:s, :w:s]
                     sub[y // s : y // s + part.shape[0], x // s : x // s + part.shape[1]] = part
@@ -360,17 +376,22 @@ class BlockEncoder:
                     tile[:h, :w] = stored
                 row.append(self.encode(tile))
             rows.append(row)
-        subs = {s: np.ascontiguousarray(self._stored(sub)) for s, sub in sub_labels.items()}
+        subs: dict[Any, np.ndarray] = {s: np.ascontiguousarray(self._stored(sub)) for s, sub in sub_labels.items()}
+        if counts is not None:
+            subs[LABEL_COUNTS] = counts
         return rows, subs
 
     def __call__(
         self, block: np.ndarray | TileRegion, lut: np.ndarray | None = None
-    ) -> tuple[list[list[Any]], dict[int, np.ndarray]]:
+    ) -> tuple[list[list[Any]], dict[Any, np.ndarray]]:
         if self.lookup is not None:
             assert lut is not None, "a lookup encoder needs the table"
             return self._lookup_tiles(block if isinstance(block, TileRegion) else np.asarray(block), lut)
-        pix = self.pixels(np.asarray(block))
-        subs = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
+        block = np.asarray(block)
+        pix = self.pixels(block)
+        subs: dict[Any, np.ndarray] = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
+        if self.count_labels and self.kind != "image":  # labels checked by pixels(): within n_labels
+            subs[LABEL_COUNTS] = np.bincount(block.ravel(), minlength=self.n_labels).astype(np.int64)
         return self.tiles(pix), subs
 
 

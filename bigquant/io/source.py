@@ -72,7 +72,8 @@ class ImageSource:
     extra : dict
         Details of the format: ``"orientation"`` (the EXIF or TIFF
         Orientation applied to ``data`` and ``mask``, 1 when none) for files
-        read by bigquant's TIFF, PNG and JPEG readers, ``"mode"`` for Pillow
+        read by bigquant's TIFF, PNG and JPEG readers, ``"band_names"`` (the
+        TIFF's band descriptions, GDAL's, or None), ``"mode"`` for Pillow
         formats, ``"attrs"`` for zarr arrays.
     """
 

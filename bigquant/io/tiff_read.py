@@ -619,6 +619,7 @@ def read_tiff(
     from bigquant.io.geotiff import GeoTiff, read_nodata
     from bigquant.io.inspect import image_series
     from bigquant.io.metadata import ImageMetadata, read_tiff_metadata
+    from bigquant.io.rat import band_descriptions
 
     location = str(path)
     limit = task_bytes_limit(max_task_bytes)
@@ -638,6 +639,7 @@ def read_tiff(
             keyframe = tf.series[info["series"]].levels[level].keyframe
             nodata = read_nodata(keyframe)
             geotiff = GeoTiff.from_page(keyframe)
+            band_names = band_descriptions(tf.series[info["series"]].levels[0].keyframe)  # levels carry none
             orientation = _orientation_tag(keyframe)
             try:
                 metadata = read_tiff_metadata(tf, info["series"], level)
@@ -718,7 +720,7 @@ def read_tiff(
         nodata=file_nodata,
         geotiff=geotiff,
         metadata=metadata,
-        extra={"orientation": orientation},
+        extra={"orientation": orientation, "band_names": band_names},
         alpha=alpha,
     )
 

@@ -46,7 +46,7 @@ from bigquant import tasks
 from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.compute import current_scheduler
-from bigquant.io.encode import BlockEncoder, TileRegion
+from bigquant.io.encode import LABEL_COUNTS, BlockEncoder, TileRegion
 from bigquant.io.metadata import ImageMetadata
 from bigquant.io.tiff_read import window_reader
 
@@ -299,6 +299,7 @@ def write_tiff(
     extratags: Sequence[tuple[Any, ...]] = (),
     metadata: ImageMetadata | None = None,
     ome: dict[str, Any] | None = None,
+    label_counts: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Stream ``arr`` to a tiled BigTIFF at ``tmp``; return the preview pixels.
 
@@ -332,6 +333,10 @@ def write_tiff(
     ome : dict or None, default=None
         ``tifffile`` OME metadata of the image (PhysicalSizeX, ...): write an
         OME-TIFF, its reduced levels as SubIFDs (``layout="subifds"`` only).
+    label_counts : ndarray of int64 or None, default=None
+        Where to add up the label counts of an encoder that counts them
+        (``encoder.count_labels``; length ``encoder.n_labels``), chunk by
+        chunk as the bands arrive: no other pass.
 
     Returns
     -------
@@ -360,6 +365,9 @@ def write_tiff(
                 spool.append(np.concatenate([subs[s] for _, subs in band], axis=1))
             if preview_step is not None:
                 preview_parts.append(np.concatenate([subs[preview_step] for _, subs in band], axis=1))
+            if label_counts is not None:
+                for _, subs in band:
+                    np.add(label_counts, subs[LABEL_COUNTS], out=label_counts)
             for r in range(len(band[0][0])):
                 for tiles, _ in band:
                     yield from tiles[r]

@@ -394,6 +394,7 @@ def write_image(
     display: Any = None,
     metadata: ImageMetadata | None = None,
     _lookup: tuple[LabelLookup, Any] | None = None,
+    _counts: np.ndarray | None = None,
 ) -> pathlib.Path:
     """Write labels with a palette, or an image as is, in one streaming pass.
 
@@ -481,6 +482,11 @@ def write_image(
         Internal (:func:`bigquant.quantize`, TIFF output only): ``data`` is
         the image and its labels are looked up tile by tile while encoding;
         the table may be a dask Delayed.
+    _counts : ndarray of int64 or None
+        Internal (:func:`bigquant.quantize`, TIFF output with a palette):
+        filled with the pixels of each label written (length ``nodata + 1``,
+        else the number of colours), counted by the workers as they encode
+        the tiles -- no other pass.
 
     Returns
     -------
@@ -548,6 +554,8 @@ def write_image(
     shown: np.ndarray | None = None  # the 8-bit colours shown, when they are not the palette's own
     if _lookup is not None and (palette is None or fmt != "tiff"):
         raise InvalidParameterError("a label lookup needs a palette and TIFF output")
+    if _counts is not None and (palette is None or fmt != "tiff"):
+        raise InvalidParameterError("label counts need a palette and TIFF output")
     if palette is not None:
         # with a lookup, data is the image: its labels come from the table
         if _lookup is None and arr.ndim == 3 and arr.shape[2] != 1:
@@ -600,7 +608,12 @@ def write_image(
         arr = arr.rechunk({2: -1})
     encoder = BlockEncoder(kind, np.dtype(out_dtype), stored_colours if kind == "rgb" else colours,
                            n_colours, t, codec, steps,
-                           lookup=_lookup[0] if _lookup is not None else None, nodata=nodata)
+                           lookup=_lookup[0] if _lookup is not None else None, nodata=nodata,
+                           count_labels=_counts is not None)
+    if _counts is not None:
+        if _counts.shape != (encoder.n_labels,) or _counts.dtype != np.int64:
+            raise InvalidParameterError(f"_counts of shape {_counts.shape} must be int64 of ({encoder.n_labels},)")
+        _counts[...] = 0
     logger.info("writing %s: %s %s as %s %s, tile %d, compression %s, %d reduced level(s) as %s",
                 path, arr.shape, kind, fmt, np.dtype(out_dtype), t, codec.name, len(levels), layout)
     preview_pixels: np.ndarray | None = None
@@ -627,6 +640,7 @@ def write_image(
                 description=None if ome else meta.description(),
                 metadata=meta,
                 ome=meta.ome() if ome else None,
+                label_counts=_counts,
             )
         elif fmt == "zarr":
             attrs: dict[str, Any] = {"bigquant": {"mode": kind}}

@@ -284,9 +284,10 @@ def quantize_many(
     mask : None, "auto" or False, default=None
         Each file's own masks (None), and slides' tissue ("auto"), or none
         (False); see :func:`bigquant.quantize`.
-    mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, overwrite, client, random_state, strategy
+    mode, tile, compression, pyramid, overviews, nodata_index, rgb_bands, rat, overwrite, client, random_state, strategy
         As :func:`bigquant.quantize`, for every file (``random_state=None``:
-        the seed 0, recorded in a JSON ``palette_out``).
+        the seed 0, recorded in a JSON ``palette_out``; ``rat``: each palette
+        TIFF's attribute table counts that file's own pixels).
     display_range, display_palette
         As :func:`bigquant.quantize`: one display for the set, so that an
         index shows the same colour in every file (its percentiles from the

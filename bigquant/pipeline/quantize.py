@@ -32,6 +32,7 @@ from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup
 from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
+from bigquant.io.rat import class_table, rat_path, write_rat
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, write_image
@@ -241,7 +242,9 @@ def write_quantized(
     :func:`bigquant.pipeline.dither.dither_labels` over ``dither_data`` (the
     pixels and mask, maybe read in smaller chunks; default ``data``, ``valid``).
     ``report``, when given, receives ``"labels"`` (the labels written, lazy)
-    and ``"sums"`` (quality sums the dither gave, or None).  ``spool`` is the
+    and ``"sums"`` (quality sums the dither gave, or None).  A palette TIFF
+    gets its classes' raster attribute table beside it with ``options.rat``
+    (:func:`write_class_table`).  ``spool`` is the
     dither's label spool (:func:`bigquant.pipeline.dither.label_spool`); it must
     outlive every use of ``report["labels"]``.
 
@@ -295,6 +298,14 @@ def write_quantized(
         # fully transparent pixels share one entry of alpha 0 at the nodata index: every
         # output that holds the palette's alpha (tRNS, RGBA samples) shows them transparent
         colours, written_nodata = transparent_entry(colours, nodata), None
+    classes = options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff"
+    table = options.rat and classes
+    n_pixels = int(np.prod(data.shape[:2]))
+    known = class_counts(mapper, choice, len(colours)) if table and dither is None else None
+    if known is not None and (known.sum() > n_pixels or nodata is None and known.sum() != n_pixels):
+        known = None  # a histogram of other pixels (not expected): count the labels as written
+    # without the histogram's counts, the workers count the labels as they encode the tiles
+    counted = np.zeros(len(colours) if nodata is None else nodata + 1, np.int64) if table and known is None else None
     _write_labels(
         data if lookup is not None else labels,
         dst,
@@ -313,11 +324,80 @@ def write_quantized(
         cog=options.cog,
         display=shown,
         _lookup=lookup,
+        _counts=counted,
     )
+    if table:
+        if known is not None:
+            counts, nodata_count = known, n_pixels - int(known.sum())
+        else:
+            assert counted is not None
+            counts, nodata_count = counted[:len(colours)], None if nodata is None else int(counted[nodata])
+        write_class_table(choice, source, dst, colours, nodata, counts, nodata_count, options)
+    elif classes:
+        _warn_stale_table(dst)
     if report is not None:
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
+
+
+def write_class_table(choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, colours: np.ndarray,
+                      nodata: int | None, counts: np.ndarray | None, nodata_count: int | None,
+                      options: WriteOptions) -> pathlib.Path:
+    """Write the classes of the palette TIFF ``dst`` as a raster attribute table beside it (``rat``).
+
+    Each class's centre in every band, its colour, and its pixel count
+    (``counts``, with ``nodata_count`` for the nodata index) and area: see
+    :mod:`bigquant.io.rat`.  :func:`write_quantized` counts without a pass
+    of its own: by the colour histogram's counts (:func:`class_counts`), else
+    by the labels the workers count as they encode the tiles.
+    """
+    document = class_table(choice.palette, colours, nodata=nodata, counts=counts, nodata_count=nodata_count,
+                           band_names=source.extra.get("band_names"), geotiff=source.geotiff)
+    return write_rat(rat_path(dst), document, overwrite=options.overwrite)
+
+
+def _warn_stale_table(dst: pathlib.Path) -> None:
+    """Warn of an attribute table left beside ``dst`` that ``rat=False`` did not rewrite."""
+    sidecar = rat_path(dst)
+    if sidecar.exists():
+        logger.warning("%s: left as it was (rat=False); it describes the image it was written with, not "
+                       "%s as written now", sidecar, dst)
+
+
+def class_counts(mapper: Any, choice: PaletteChoice, n_colours: int) -> np.ndarray | None:
+    """Pixels of each label written, from the colour histogram (None without one).
+
+    Every distinct colour's count goes to its label (the mapper's, as the
+    lookup table and the quality sums label it): exact for an undithered
+    image, and no pass over the pixels.
+    """
+    labels = _colour_labels(mapper, choice)
+    if labels is None:
+        return None
+    return np.bincount(labels, weights=choice.histogram.counts, minlength=n_colours).astype(np.int64)
+
+
+def _colour_labels(mapper: Any, choice: PaletteChoice) -> np.ndarray | None:
+    """The label ``mapper`` gives each distinct colour of ``choice.histogram`` (None without one).
+
+    The labels the image was written with: a space fit's own, those the
+    mapper found when fitted on the histogram, else predicted once.
+    """
+    hist = choice.histogram
+    if hist is None or hist.colours.shape[1] != np.shape(choice.palette)[1]:
+        return None
+    estimator = getattr(mapper, "estimator_", None)
+    known = getattr(mapper, "histogram_", None)
+    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
+        labels = estimator.labels_
+    elif known is not None and known.colours is hist.colours:  # labelled when the mapper was fitted
+        labels = mapper.histogram_labels()
+    else:
+        labels = mapper.predict(hist.colours)
+    if labels is None or np.size(labels) != hist.n_colours:
+        return None
+    return np.asarray(labels).reshape(-1)
 
 
 def _known_labels(choice: PaletteChoice) -> tuple[float, np.ndarray] | None:
@@ -561,6 +641,14 @@ def quantize(
         (nearest, never averaged); see :func:`bigquant.write_image`.
     cog : bool, default=False
         TIFF output in the Cloud-Optimized GeoTIFF layout (with overviews).
+    rat : bool, default=True
+        Palette TIFF output: also write its classes' raster attribute table,
+        ``<dst>.aux.xml``, which GDAL and QGIS read with the image: each
+        class's value, centre in every band, colour, pixel count and, for a
+        georeferenced image, area in the CRS's unit (:mod:`bigquant.io.rat`).
+        The counts cost no pass of their own: the colour histogram's (8-bit
+        data), else the labels counted as the tiles are encoded.  Checked up
+        front like every output.
     rgb_bands : sequence of 3 int or None, default=None
         Bands of a multi-band image shown as the palette's colours; None: the
         first three.  The fit uses every band, and ``palette_out`` keeps the
@@ -876,17 +964,10 @@ def _fit_in_space(data: Any, valid: Any, source: ImageSource, n_clusters: int | 
 def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
                     rgb_bands: Sequence[int] | None) -> np.ndarray | None:
     """Quality sums of an undithered image from its colour histogram (no pass over the pixels)."""
-    hist = choice.histogram
-    if hist is None or hist.colours.shape[1] != np.shape(choice.palette)[1]:
+    labels = _colour_labels(mapper, choice)
+    if labels is None:
         return None
-    estimator = getattr(mapper, "estimator_", None)
-    known = getattr(mapper, "histogram_", None)
-    if estimator is not None:  # a fit in a colour space: the labels of the distinct colours
-        labels = np.asarray(estimator.labels_).reshape(-1)
-    elif known is not None and known.colours is hist.colours:  # labelled when the mapper was fitted
-        labels = mapper.histogram_labels()
-    else:
-        labels = np.asarray(mapper.predict(hist.colours)).reshape(-1)
+    hist = choice.histogram
     return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette, rgb_bands)
 
 

@@ -16,7 +16,7 @@ fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
 map        ``dither``, ``dither_strength``
 write      ``mode``, ``tile``, ``compression``, ``compression_level``,
            ``pyramid``, ``overviews``, ``cog``, ``nodata_index``,
-           ``rgb_bands``, ``display_range``, ``display_palette``,
+           ``rgb_bands``, ``display_range``, ``display_palette``, ``rat``,
            ``metadata``, ``overwrite``
 report     ``palette_out``, ``preview``, ``compare``, ``measure``
 set        ``suffix``, ``weight``, ``keep_going`` (:func:`bigquant.quantize_many`)
@@ -55,6 +55,7 @@ from bigquant.io.files import is_url
 from bigquant.io.metadata import check_ome_layout
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
+from bigquant.io.rat import rat_path
 from bigquant.io.write import FORMATS, check_tile
 from bigquant.pipeline.alpha import alpha_blocker, check_alpha
 from bigquant.pipeline.display import DisplayPalette, load_display_palette, parse_display_range
@@ -155,6 +156,7 @@ class WriteOptions:
     rgb_bands: Sequence[int] | None = None
     display_range: Any = None
     display_palette: Any = None
+    rat: bool = True
     overwrite: bool = False
     #: codec level (None: the writer's fast default); see :func:`bigquant.write_image`
     compression_level: int | None = None
@@ -285,6 +287,17 @@ class Request:
         """Files written besides the images: palette, preview, comparison, sweep CSV."""
         paths = [self.report.palette_out, self.report.preview, self.report.compare, self.sweep.out]
         return [pathlib.Path(p).expanduser() for p in paths if p is not None]
+
+    @property
+    def sidecars(self) -> list[pathlib.Path]:
+        """The raster attribute tables written beside palette TIFF outputs (``rat``; ``<image>.aux.xml``).
+
+        Each is checked with the image it belongs to (a set's folder may not
+        exist yet); see :mod:`bigquant.io.rat`.
+        """
+        if not self.write.rat or self.write.mode != "palette" or self.entry == "sweep":
+            return []
+        return [rat_path(p) for p in self.outputs if FORMATS.get(p.suffix.lower()) == "tiff"]
 
     @property
     def limit(self) -> int:
@@ -428,7 +441,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         raise InvalidParameterError(f"preview={report.preview}: a preview is a .png")
     if report.compare is not None and pathlib.Path(report.compare).suffix.lower() != ".png":
         raise InvalidParameterError(f"compare={report.compare}: the comparison is a .png")
-    outputs = list(request.outputs) + request.extra_outputs
+    outputs = list(request.outputs) + request.sidecars + request.extra_outputs
     seen: dict[str, pathlib.Path] = {}
     for out in outputs:
         key = os.path.normcase(os.path.abspath(out))
@@ -556,7 +569,7 @@ def check_not_inputs(request: Request, extra_inputs: Sequence[Any] = ()) -> None
     """
     inputs = [local_path(s) for s in list(request.inputs) + list(extra_inputs)]
     inputs = [p for p in inputs if p is not None]
-    outputs = list(request.outputs) + request.extra_outputs
+    outputs = list(request.outputs) + request.sidecars + request.extra_outputs
     resume = request.sweep.resume_from
     for out in outputs:
         for src in inputs:

@@ -200,8 +200,9 @@ def test_a_set_is_dithered_to_its_shared_palette(tmp_path, photos):
         # the error reported is that of the dithered pixels written
         assert item.error == ((img.astype(np.int64) - result.palette[labels].astype(np.int64)) ** 2).sum()
         assert item.n_pixels == img.shape[0] * img.shape[1]
-    assert sorted(p.name for p in (tmp_path / "fs").iterdir()) == sorted(pathlib.Path(f.dst).name
-                                                                          for f in result.files)  # no spool left
+    written = [pathlib.Path(f.dst).name for f in result.files]
+    assert sorted(p.name for p in (tmp_path / "fs").iterdir()) == sorted(
+        written + [name + ".aux.xml" for name in written])  # images and their attribute tables; no spool left
     out = tmp_path / "cli"
     assert main(["quantize", *map(str, paths), "--out-dir", str(out), "-k", "8", "--random-state", "0",
                  "--dither", "floyd-steinberg", "--dither-strength", "0.8", "--no-cluster"]) == 0
@@ -233,7 +234,8 @@ def test_an_unreadable_file_stops_the_set_before_the_fit(tmp_path, photos):
     result = quantize_many([paths[0], bad, paths[1]], tmp_path / "out", 4, keep_going=True, random_state=0)
     assert [f.src for f in result.files] == [str(paths[0]), str(paths[1])]
     assert result.skipped and result.skipped[0][0] == str(bad)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo0.tif", "photo1.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo0.tif", "photo0.tif.aux.xml", "photo1.tif",
+                                                                    "photo1.tif.aux.xml"]
 
 
 def test_sets_of_different_bands_are_refused(tmp_path, photos):

@@ -63,7 +63,8 @@ def test_quantize_tiled_tiff_end_to_end(tmp_path, tiled_tiff):
     assert doc["shape"] == [300, 400, 3]
     with Image.open(tmp_path / "prev.png") as im:
         assert im.mode == "RGB" and max(im.size) <= 1024
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pal.json", "prev.png", "q.tif", "tiled.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pal.json", "prev.png", "q.tif", "q.tif.aux.xml",
+                                                          "tiled.tif"]
 
 
 @pytest.fixture
