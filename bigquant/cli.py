@@ -501,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--level", type=_non_negative_int, default=0, metavar="N", help="pyramid level to read (default 0)")
     s.add_argument("--mask", metavar="FILE|auto|none",
                    help="pixels to leave out besides the file's own, as for quantize")
+    s.add_argument("--mask-threshold", dest="mask_threshold", type=_non_negative_float, metavar="OD",
+                   help="with --mask auto: the tissue threshold, as for quantize (recorded for --resume)")
     s.add_argument("--space", choices=("rgb", "oklab", "lab"), default="rgb",
                    help="colour space of the fits, as for quantize (default rgb)")
     _add_runtime(s)

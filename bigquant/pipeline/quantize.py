@@ -332,7 +332,9 @@ def write_quantized(
         else:
             assert counted is not None
             counts, nodata_count = counted[:len(colours)], None if nodata is None else int(counted[nodata])
-        write_class_table(choice, source, dst, colours, nodata, counts, nodata_count, options)
+        # the colours GDAL shows: the colour table holds the display colours where there are some
+        write_class_table(choice, source, dst, colours if shown is None else shown, nodata, counts, nodata_count,
+                          options)
     elif classes:
         _warn_stale_table(dst)
     if report is not None:

@@ -166,8 +166,11 @@ def test_cli_prints_the_kept_fraction(tmp_path, capsys):
         assert line in capsys.readouterr().out
         printed[len(extra)] = kept
     assert printed[2] < printed[0]
-    assert main(["quantize", str(path), "--out-dir", str(tmp_path / "set"), "--mask", "auto",
-                 "--mask-threshold", "0.2"]) == 2
+    # a set takes the threshold too: one file's set is the file quantized alone
+    assert main(["quantize", str(path), "--out-dir", str(tmp_path / "set"), "-k", "4", "--mask", "auto",
+                 "--no-progress", "--random-state", "0", "--mask-threshold", "0.2"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "set" / "slide.tif"),
+                                  tifffile.imread(tmp_path / "q2.tif"))
 
 
 def test_a_pyramid_is_read_at_its_low_level_only(tmp_path, slides, monkeypatch):
