@@ -111,11 +111,19 @@ def user_mask(mask: Any, shape: tuple[int, int], chunks: tuple[tuple[int, ...], 
     return (arr != 0).rechunk(chunks)
 
 
-def _upsample_block(_: np.ndarray, low: np.ndarray, shape: tuple[int, int], block_info: Any = None) -> np.ndarray:
+def _upsample_block(_: np.ndarray, packed: np.ndarray, low_shape: tuple[int, int], shape: tuple[int, int],
+                    block_info: Any = None) -> np.ndarray:
+    """One chunk of the low-resolution mask upsampled by nearest neighbour.
+
+    The mask travels as bits (``np.packbits`` along its rows: an eighth of
+    the bytes in the graph); only the rows this chunk needs are unpacked.
+    """
     (y0, y1), (x0, x1) = block_info[0]["array-location"][:2]
-    rows = (np.arange(y0, y1) * low.shape[0]) // shape[0]
-    cols = (np.arange(x0, x1) * low.shape[1]) // shape[1]
-    return low[rows[:, None], cols[None, :]]
+    rows = (np.arange(y0, y1) * low_shape[0]) // shape[0]
+    cols = (np.arange(x0, x1) * low_shape[1]) // shape[1]
+    needed, where = np.unique(rows, return_inverse=True)
+    low_rows = np.unpackbits(packed[needed], axis=1, count=low_shape[1]).astype(bool)
+    return low_rows[where[:, None], cols[None, :]]
 
 
 def upsampled_fraction(small: np.ndarray, shape: tuple[int, int]) -> float:
@@ -178,7 +186,9 @@ def background_mask(source: Any, *, threshold: float | None = None, report: dict
     token = dask.base.tokenize(small, height, width, source.data.chunks[:2])
     # only its chunks are used: named as the mask's own tasks (Dask would call them empty_like)
     grid = da.empty((height, width), chunks=source.data.chunks[:2], dtype=bool, name=f"{tasks.MASK}-{token}")
-    # one key for every chunk, not a copy in each task
-    low_key = dask.delayed(small, name=f"{tasks.MASK}-{dask.base.tokenize(small)}")
-    return grid.map_blocks(_upsample_block, low_key, (height, width), dtype=bool,
+    # one key for every chunk, not a copy in each task; as bits, so that a 4096^2 view is a 2 MiB
+    # graph, not 16 MiB (distributed warns of graphs over 10 MB)
+    packed = np.packbits(small, axis=1)
+    low_key = dask.delayed(packed, name=f"{tasks.MASK}-{dask.base.tokenize(packed)}")
+    return grid.map_blocks(_upsample_block, low_key, tuple(small.shape), (height, width), dtype=bool,
                            meta=np.empty((0, 0), dtype=bool), token=tasks.MASK)
