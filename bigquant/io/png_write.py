@@ -60,10 +60,10 @@ PngFilter = Literal["none", "sub", "up", "average", "paeth", "adaptive"]
 _FILTER_TYPES = {"none": 0, "sub": 1, "up": 2, "average": 3, "paeth": 4}
 #: Filter of images written as they are (continuous tone).  Measured at zlib
 #: level 6 on the three photographs the dependencies ship and on a 2048 x 3072
-#: photo mosaic (``bench/bench_png.py --filters``): "up" is 8-34% smaller than
-#: "none" and within 6% of the best filter (adaptive, average or paeth cost
-#: 2-50x its filtering time for at most 6% less).  On the same images reduced
-#: to 16 colours "none" is the smallest (every filter adds 10-80%): palette
+#: photo mosaic (``bench/bench_png.py --filters``): "up" is 7-34% smaller than
+#: "none" and within 6% of the best filter (adaptive, average or paeth take
+#: 3-60x its filtering time for at most 6% less).  On the same images reduced
+#: to 16 colours "none" is the smallest (every filter adds 10-130%): palette
 #: indices and palette colours ("rgb" mode) are never filtered.
 IMAGE_FILTER: PngFilter = "up"
 #: Default zlib level; see :func:`write_png`.
