@@ -25,6 +25,7 @@ with "Up" (see :data:`IMAGE_FILTER`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import struct
@@ -41,7 +42,7 @@ from bigquant.io.encode import BlockEncoder, TileRegion
 
 __all__ = [
     "IMAGE_FILTER", "IDAT_BYTES", "PNG_SIGNATURE", "PngFilter", "PngLayout", "PngRowEncoder",
-    "filter_rows", "pack_rows", "png_chunk", "png_layout", "write_png",
+    "check_level", "filter_rows", "pack_rows", "png_chunk", "png_layout", "write_png",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,22 @@ class PngLayout:
     def ihdr(self, height: int, width: int) -> bytes:
         """IHDR data: no interlace, deflate, adaptive filtering method 0."""
         return struct.pack(">IIBBBBB", width, height, self.bit_depth, self.colour_type, 0, 0, 0)
+
+
+def check_level(compression_level: Any) -> int:
+    """The zlib level of a PNG: 0-9, or None for :data:`DEFAULT_LEVEL`.
+
+    Raises
+    ------
+    InvalidParameterError
+        Anything else.
+    """
+    if compression_level is None:
+        return DEFAULT_LEVEL
+    if (not isinstance(compression_level, (int, np.integer)) or isinstance(compression_level, bool)
+            or not 0 <= compression_level <= 9):
+        raise InvalidParameterError(f"compression_level={compression_level!r} must be 0-9 for PNG output")
+    return int(compression_level)
 
 
 def _palette_bits(n_entries: int) -> int:
@@ -343,21 +360,13 @@ class PngRowEncoder(BlockEncoder):
         assert self.png is not None
         if self.lookup is not None:
             # labels looked up tile by tile; the full-resolution "subsample" is the chunk
-            with_full = BlockEncoder.__call__(
-                _replace_steps(self, tuple(sorted(set(self.steps) | {1}))), block, lut
-            )
-            subs = with_full[1]
+            full = dataclasses.replace(self, steps=tuple(sorted(set(self.steps) | {1})))
+            _, subs = BlockEncoder.__call__(full, block, lut)
             pix = subs[1] if 1 in self.steps else subs.pop(1)
         else:
             pix = self.pixels(np.asarray(block))
             subs = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
         return pack_rows(pix, self.png), subs
-
-
-def _replace_steps(encoder: PngRowEncoder, steps: tuple[int, ...]) -> PngRowEncoder:
-    import dataclasses
-
-    return dataclasses.replace(encoder, steps=steps)
 
 
 def _idat(out: Any, data: bytearray, *, final: bool) -> int:
@@ -424,9 +433,7 @@ def write_png(
     height, width = (int(n) for n in arr.shape[:2])
     if max(height, width) > PNG_MAX_SIDE:
         raise InvalidParameterError(f"an image of {height} x {width} exceeds PNG's {PNG_MAX_SIDE} pixels a side")
-    level = DEFAULT_LEVEL if compression_level is None else compression_level
-    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 9:
-        raise InvalidParameterError(f"compression_level={compression_level!r} must be 0-9 for PNG output")
+    level = check_level(compression_level)
     row_bytes = layout.row_bytes(width)
     preview_parts: list[np.ndarray] = []
     compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8)

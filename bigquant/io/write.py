@@ -32,7 +32,7 @@ from bigquant.io.encode import (
 )
 from bigquant.io.geotiff import GeoTiff, nodata_tag
 from bigquant.io.palette import as_colours, check_nodata, index_dtype, tiff_colormap, with_nodata
-from bigquant.io.png_write import PngLayout, PngRowEncoder, png_layout, write_png
+from bigquant.io.png_write import PngLayout, PngRowEncoder, check_level, png_layout, write_png
 from bigquant.io.reach import scheduler_client, unreachable_workers
 from bigquant.io.source import ImageSource
 
@@ -505,6 +505,7 @@ def write_image(
     if fmt == "png":
         png = png_layout(kind, np.dtype(out_dtype), stored_colours if kind == "rgb" else colours,
                          sample_shape=sample_shape, nodata=nodata)
+        check_level(compression_level)
     if preview is not None:
         preview = pathlib.Path(preview).expanduser()
         check_target(preview, overwrite=overwrite)
