@@ -18,6 +18,7 @@ import tracemalloc
 import weakref
 import zlib
 
+import dask
 import dask.array as da
 import imagecodecs
 import numpy as np
@@ -367,6 +368,21 @@ def test_peak_memory_does_not_grow_with_the_image(tmp_path):
     # state), a few bands of 64 kB, and the task graph: a few kB a chunk
     assert peaks[8192] < 8192 * 1001 / 4, peaks
     assert peaks[8192] - peaks[1024] < (8192 - 1024) * 1001 / 8, peaks
+
+
+@pytest.mark.distributed
+def test_rows_are_packed_on_worker_processes(local_cluster, tmp_path):
+    from distributed import get_task_stream
+
+    chunks = ((64,) * 4, (128, 72))
+    labels = _lazy(12, np.uint8, 4, chunks=chunks)  # computed on the workers
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    with dask.config.set(scheduler=local_cluster), get_task_stream(local_cluster) as ts:
+        out = write_image(labels, tmp_path / "w.png", palette=colours, tile=64)
+    keys = [str(t["key"]) for t in ts.data]
+    assert sum("bq-write" in k for k in keys) == labels.npartitions  # one packing task a chunk
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im), labels.compute(scheduler="threads"))
 
 
 def test_refused_before_a_pixel_is_computed(tmp_path):
