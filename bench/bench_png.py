@@ -15,9 +15,10 @@ Pillow once per process (~16 MB of labels); chunk (512 x 512) by chunk, each
 image looks like a quantized photograph without rendering 268 MP of it.
 
 ``--filters`` prints the other table (the choice of row filters in
-:mod:`bigquant.io.png_write`): size and time of each PNG filter at zlib level
-6 on the real photographs the dependencies ship, on a 2048 x 3072 mosaic,
-and on the same images reduced to 16 colours (RGB).
+:mod:`bigquant.io.png_write`): size and time of each PNG filter (at the
+writer's zlib level, or ``--level``) on the real photographs the
+dependencies ship, on a 2048 x 3072 mosaic, and on the same images reduced to
+16 colours (RGB).
 
     python bench/bench_png.py --sizes 8192,16384 --checkouts .,/work/main
     python bench/bench_png.py --filters
@@ -89,7 +90,7 @@ def lazy_labels(side: int, seed: int = 0) -> tuple[object, np.ndarray]:
     return arr, palette
 
 
-def child(side: int, out: pathlib.Path) -> None:
+def child(side: int, out: pathlib.Path, level: int | None) -> None:
     """One run (in its own process): build the lazy labels, then time the write; JSON on stdout."""
     import bigquant
     from bigquant import write_image
@@ -100,7 +101,8 @@ def child(side: int, out: pathlib.Path) -> None:
     t0 = time.perf_counter()
     result: dict[str, object] = {"bigquant": str(pathlib.Path(bigquant.__file__).parents[1])}
     try:
-        write_image(labels, out, palette=palette, tile=CHUNK, overwrite=True)
+        extra = {} if level is None else {"compression_level": level}
+        write_image(labels, out, palette=palette, tile=CHUNK, overwrite=True, **extra)
         result["seconds"] = time.perf_counter() - t0
         result["bytes"] = out.stat().st_size
     except Exception as exc:  # noqa: BLE001 - the refusal is a result
@@ -109,9 +111,10 @@ def child(side: int, out: pathlib.Path) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run(checkout: pathlib.Path, side: int, out: pathlib.Path) -> dict[str, object]:
+def run(checkout: pathlib.Path, side: int, out: pathlib.Path, level: int | None) -> dict[str, object]:
     env = dict(os.environ, PYTHONPATH=str(checkout.resolve()))
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(side), "--out", str(out)],
+    extra = [] if level is None else ["--level", str(level)]
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(side), "--out", str(out), *extra],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdin is not None and proc.stdout is not None
     json.loads(proc.stdout.readline())
@@ -140,7 +143,7 @@ def _check(path: pathlib.Path, side: int) -> str:
     return f"{depth}-bit, colour type {ctype}"
 
 
-def filters_table() -> None:
+def filters_table(level: int) -> None:
     from PIL import Image
 
     from bigquant.io.png_write import PngLayout, filter_rows, pack_rows
@@ -163,12 +166,12 @@ def filters_table() -> None:
             parts = [filter_rows(rows[y : y + 512], rows[y - 1] if y else None, layout)
                      for y in range(0, rows.shape[0], 512)]
             t1 = time.perf_counter()
-            comp = zlib.compressobj(6, zlib.DEFLATED, 15, 8)
+            comp = zlib.compressobj(level, zlib.DEFLATED, 15, 8)
             size = sum(len(comp.compress(p)) for p in parts) + len(comp.flush())
             t2 = time.perf_counter()
             cells.append(f"{size / 1e3:.0f} kB, {1e3 * (t1 - t0):.0f}+{1e3 * (t2 - t1):.0f} ms")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nkB of IDAT data; ms filtering + ms zlib level 6.")
+    print(f"\nkB of IDAT data; ms filtering + ms zlib level {level}.")
     print(machine_line())
 
 
@@ -177,27 +180,32 @@ def main() -> None:
     parser.add_argument("--sizes", default="8192,16384", help="sides of the square images")
     parser.add_argument("--checkouts", default=str(HERE.parent), help="bigquant checkouts, comma-separated")
     parser.add_argument("--dir", default=None, help="where the PNGs go (default: a temporary directory)")
+    parser.add_argument("--level", type=int, default=None,
+                        help="compression_level passed to write_image (default: the writer's own)")
     parser.add_argument("--filters", action="store_true", help="print the row-filter table instead")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, pathlib.Path(args.out))
+        child(args.child, pathlib.Path(args.out), args.level)
         return
     if args.filters:
-        filters_table()
+        from bigquant.io.png_write import DEFAULT_LEVEL
+
+        filters_table(DEFAULT_LEVEL if args.level is None else args.level)
         return
     base = pathlib.Path(args.dir or tempfile.mkdtemp(prefix="bq-png-"))
     print("| bigquant | image | wall s (write) | peak RSS (before the write) | file | result |")
     print("|---|---|---|---|---|---|")
     for side in (int(s) for s in args.sizes.split(",")):
         for checkout in (pathlib.Path(c).resolve() for c in args.checkouts.split(",")):
-            r = run(checkout, side, base / f"k16-{side}.png")
+            r = run(checkout, side, base / f"k16-{side}.png", args.level)
             result = r.get("check") or str(r.get("error", ""))[:110]
             size = fmt_mb(float(r["bytes"])) if "bytes" in r else "-"
             print(f"| {checkout} | {side}² ({side * side / 1e6:.0f} MP) | {float(r['seconds']):.1f} | "
                   f"{fmt_mb(float(r['peak']))} ({fmt_mb(float(r['baseline']))}) | {size} | {result} |", flush=True)
-    print(f"\nk = {K}, labels from a lazy dask array (chunks {CHUNK}², threaded scheduler); "
+    level = "the writer's default" if args.level is None else args.level
+    print(f"\nk = {K}, compression_level {level}, labels from a lazy dask array (chunks {CHUNK}², threaded scheduler); "
           f"peak RSS sampled every 0.05 s; MB = {MB} bytes.")
     print(machine_line())
 

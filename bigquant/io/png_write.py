@@ -41,7 +41,7 @@ from bigquant.errors import InputTypeError, InvalidParameterError
 from bigquant.io.encode import BlockEncoder, TileRegion
 
 __all__ = [
-    "IMAGE_FILTER", "IDAT_BYTES", "PNG_SIGNATURE", "PngFilter", "PngLayout", "PngRowEncoder",
+    "DEFAULT_LEVEL", "IMAGE_FILTER", "IDAT_BYTES", "PNG_SIGNATURE", "PngFilter", "PngLayout", "PngRowEncoder",
     "check_level", "filter_rows", "pack_rows", "png_chunk", "png_layout", "write_png",
 ]
 
@@ -59,16 +59,20 @@ PNG_MAX_SIDE = 2**31 - 1
 #: bytes have the least sum of absolute values as signed bytes: libpng's heuristic).
 PngFilter = Literal["none", "sub", "up", "average", "paeth", "adaptive"]
 _FILTER_TYPES = {"none": 0, "sub": 1, "up": 2, "average": 3, "paeth": 4}
-#: Filter of images written as they are (continuous tone).  Measured at zlib
-#: level 6 on the three photographs the dependencies ship and on a 2048 x 3072
-#: photo mosaic (``bench/bench_png.py --filters``): "up" is 7-34% smaller than
-#: "none" and within 6% of the best filter (adaptive, average or paeth take
-#: 3-60x its filtering time for at most 6% less).  On the same images reduced
-#: to 16 colours "none" is the smallest (every filter adds 10-130%): palette
-#: indices and palette colours ("rgb" mode) are never filtered.
+#: Filter of images written as they are (continuous tone).  Measured on the
+#: three photographs the dependencies ship and a 2048 x 3072 photo mosaic
+#: (``bench/bench_png.py --filters``): "up" is 6-30% smaller than "none" at
+#: zlib level 1 (7-34% at level 6) and within 6% of the best filter (adaptive,
+#: average or paeth take 3-60x its filtering time for at most 6% less).  On
+#: the same images reduced to 16 colours "none" is the smallest (the filters
+#: add 4-95% at level 1, 10-130% at 6): palette indices and palette colours
+#: ("rgb" mode) are never filtered.
 IMAGE_FILTER: PngFilter = "up"
-#: Default zlib level; see :func:`write_png`.
-DEFAULT_LEVEL = 6
+#: Default zlib level: fast, as bigquant's TIFF default.  One zlib stream is
+#: compressed by one thread, the writer's bottleneck: a 16384² palette PNG at
+#: k = 16 (``bench/bench_png.py``, 2 cores) takes 2.3 s and 29 MB at level 1,
+#: 6.0 s and 25 MB at level 6 (zlib's, libpng's and libvips' default).
+DEFAULT_LEVEL = 1
 
 #: Colour type -> samples per pixel.
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -410,7 +414,7 @@ def write_png(
     preview_step : int or None, default=None
         Step of the subsample of stored pixels to return for a preview.
     compression_level : int or None, default=None
-        zlib level 0-9; None: 6 (zlib's default, as libpng's and libvips').
+        zlib level 0-9; None: :data:`DEFAULT_LEVEL` (1, fast).
     extra_chunks : sequence of (bytes, bytes), default=()
         Ancillary chunks (type, data) written after IHDR, before PLTE: e.g.
         ``(b"pHYs", ...)`` or ``(b"iCCP", ...)``.

@@ -366,7 +366,7 @@ def write_image(
     compression_level : int or None, default=None
         Codec level.  None: run-length deflate for palette indices, zlib level
         1 otherwise -- both fast; higher levels trade speed for size.  PNG:
-        the zlib level 0-9, None for 6.
+        the zlib level 0-9, None for 1 (6: ~2.5x the time for ~14% less).
     pyramid : bool or int, default=False
         TIFF only: add half-size levels as SubIFDs (True: down to one tile; an
         int: that many levels), subsampled by nearest neighbour.
