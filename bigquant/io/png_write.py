@@ -345,6 +345,12 @@ def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 class PngRowEncoder(BlockEncoder):
     """A :class:`BlockEncoder` whose output is packed PNG rows, not tiles.
 
+    Parameters
+    ----------
+    png : PngLayout
+        How stored pixels become row bytes (after :class:`BlockEncoder`'s
+        parameters, whose ``codec`` is unused).
+
     Called on a chunk (or, with a label lookup, a :class:`TileRegion`), it
     returns ``(rows, subsamples)``: the chunk's stored pixels packed by
     :func:`pack_rows` (shape (h, bytes)), and the subsamples of ``steps``.

@@ -521,8 +521,10 @@ def write_image(
     lookup = _lookup[0] if _lookup is not None else None
     encoder = (BlockEncoder(*encoder_args, lookup=lookup, nodata=nodata) if png is None else
                PngRowEncoder(*encoder_args, lookup=lookup, nodata=nodata, png=png))
+    compressed = (f"deflate (zlib level {check_level(compression_level)})" if fmt == "png"
+                  else "jpeg" if fmt == "jpeg" else codec.name)
     logger.info("writing %s: %s %s as %s %s, tile %d, compression %s, %d reduced level(s) as %s",
-                path, arr.shape, kind, fmt, np.dtype(out_dtype), t, codec.name, len(levels), layout)
+                path, arr.shape, kind, fmt, np.dtype(out_dtype), t, compressed, len(levels), layout)
     preview_pixels: np.ndarray | None = None
     with atomic_output(path, overwrite=overwrite) as tmp:
         if fmt == "tiff":
