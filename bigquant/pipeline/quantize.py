@@ -133,14 +133,14 @@ def shown_colours(choice: PaletteChoice, dtype: np.dtype, options: WriteOptions)
 
 
 def _label_lookup(mapper: Any, data: Any, dst: pathlib.Path) -> tuple[LabelLookup, Any] | None:
-    """The colour -> label table for the TIFF writer to look labels up itself.
+    """The colour -> label table for the TIFF or PNG writer to look labels up itself.
 
-    The writer then maps and encodes each tile while it is in cache, and no
-    chunk of labels is ever held; the labels are those of ``mapper.labels_``
-    (same table, same nearest-colour fallback).  None when the mapper has no
-    table (data of more than 24 bits per pixel) or the output is not a TIFF.
+    The writer then maps (and, for TIFF, encodes) each tile while it is in
+    cache; the labels are those of ``mapper.labels_`` (same table, same
+    nearest-colour fallback).  None when the mapper has no table (data of more
+    than 24 bits per pixel) or the output is neither a TIFF nor a PNG.
     """
-    if FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array):
+    if FORMATS.get(dst.suffix.lower()) not in ("tiff", "png") or not isinstance(data, da.Array):
         return None
     if not isinstance(getattr(mapper, "labels_", None), da.Array):
         return None

@@ -581,7 +581,10 @@ def check_not_inputs(request: Request, extra_inputs: Sequence[Any] = ()) -> None
 
 
 def pillow_pixel_limit() -> int | None:
-    """The most pixels a PNG or JPEG output holds: Pillow's decompression-bomb limit (which it reads back with)."""
+    """The most pixels a JPEG output holds: Pillow's decompression-bomb limit (Pillow writes it and reads it back).
+
+    PNG output has no such limit: it is streamed (:mod:`bigquant.io.png_write`).
+    """
     from PIL import Image
 
     return Image.MAX_IMAGE_PIXELS
@@ -654,17 +657,17 @@ def _check_quality_data(request: Request, source: Any) -> None:
 
 
 def _check_capacity(dst: pathlib.Path, request: Request, source: Any) -> None:
-    """Whether ``dst``'s format holds this image: PNG/JPEG size, depth and bands."""
+    """Whether ``dst``'s format holds this image: JPEG size, PNG/JPEG depth and bands."""
     fmt = FORMATS.get(dst.suffix.lower())
     if fmt not in ("png", "jpeg"):
         return
     name = source.path or "the array"
     limit = pillow_pixel_limit()
     n_pixels = int(source.height) * int(source.width)
-    if limit is not None and n_pixels > limit:
+    if fmt == "jpeg" and limit is not None and n_pixels > limit:
         raise InvalidParameterError(
-            f"{dst}: {n_pixels / 1e6:.0f} MP is too large for {fmt.upper()} output (Pillow, which writes and "
-            f"reads it, stops at {limit / 1e6:.0f} MP); write a .tif or .zarr instead")
+            f"{dst}: {n_pixels / 1e6:.0f} MP is too large for JPEG output (Pillow, which writes and "
+            f"reads it, stops at {limit / 1e6:.0f} MP); write a .png, .tif or .zarr instead")
     if request.write.mode == "rgb":
         dtype = np.dtype(source.dtype)
         bands = source.channels if request.write.rgb_bands is None else 3

@@ -258,10 +258,11 @@ def test_png_and_jpeg_outputs(tmp_path, labels, lazy_labels):
     assert not (tmp_path / "many.png").exists()
 
 
-def test_png_size_guard(tmp_path, labels, monkeypatch):
+def test_jpeg_size_guard(tmp_path, labels, monkeypatch):
+    # JPEG is still written whole by Pillow; PNG is streamed (tests/io/test_png_write.py)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageWriteError, match=r"\.tif"):
-        write_image(labels, tmp_path / "q.png", palette=PALETTE)
+    with pytest.raises(ImageWriteError, match=r"too large for JPEG.*\.png, \.tif"):
+        write_image(labels, tmp_path / "q.jpg", palette=PALETTE)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -103,6 +103,28 @@ def test_rgb_mode_and_pixels_strategy(tmp_path, rgb_image):
     assert {tuple(c) for c in back.reshape(-1, 3)} <= {tuple(c) for c in colours}
 
 
+def test_png_labels_are_looked_up_by_the_writer(tmp_path, tiled_tiff, monkeypatch):
+    """A PNG output gets the colour -> label table, as a TIFF does: labels looked up tile by tile."""
+    import imagecodecs
+
+    import bigquant.pipeline.quantize as pipeline
+
+    lookups = []
+    real = pipeline.write_image
+
+    def spy(*args, **kwargs):
+        lookups.append(kwargs.get("_lookup") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_image", spy)
+    quantize(tiled_tiff, tmp_path / "q.png", 8, random_state=0, tile=64)
+    assert lookups == [True]
+    with Image.open(tmp_path / "q.png") as im:
+        labels, palette = np.asarray(im), np.array(im.getpalette()).reshape(-1, 3)[:8]
+    np.testing.assert_array_equal(labels, nearest_colour(tifffile.imread(tiled_tiff), palette))
+    np.testing.assert_array_equal(imagecodecs.png_decode((tmp_path / "q.png").read_bytes()), palette[labels])
+
+
 def test_gray_image_is_fitted_as_one_channel(tmp_path, rgb_image):
     gray = rgb_image[..., 1]
     model = quantize(gray, tmp_path / "g.png", 4, random_state=0)

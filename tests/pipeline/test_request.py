@@ -151,14 +151,30 @@ def test_a_foreign_zarr_store_is_never_replaced(tmp_path, photo):
 # --------------------------------------------------------------------------- checks before the work
 
 
-def test_a_png_too_large_for_pillow_is_refused_before_a_pixel_is_read(tmp_path):
+def test_a_jpeg_too_large_for_pillow_is_refused_before_a_pixel_is_read(tmp_path):
     side = int(np.sqrt(Image.MAX_IMAGE_PIXELS)) + 1024
     image = _Reads((side, side, 3))
     for dither in (None, "floyd-steinberg"):
-        with pytest.raises(InvalidParameterError, match="too large for PNG"):
-            bigquant.quantize(image.data, tmp_path / "big.png", 16, dither=dither)
+        with pytest.raises(InvalidParameterError, match="too large for JPEG"):
+            bigquant.quantize(image.data, tmp_path / "big.jpg", 16, mode="rgb", dither=dither)
     assert image.count == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_png_above_pillows_limit_is_written(tmp_path, monkeypatch):
+    # PNG output is streamed: Pillow's limit (here lowered to 1000 px) refuses JPEG only
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    pixels = (np.random.default_rng(0).integers(0, 4, (48, 64, 3)) * 80).astype(np.uint8)
+    model = bigquant.quantize(pixels, tmp_path / "big.png", 4, random_state=0)
+    import imagecodecs
+
+    back = imagecodecs.png_decode((tmp_path / "big.png").read_bytes())
+    centres = np.asarray(model.cluster_centers_, dtype=np.float64)
+    nearest = ((pixels[:, :, None, :] - centres) ** 2).sum(axis=3).argmin(axis=2)
+    np.testing.assert_array_equal(back, np.rint(centres).astype(np.uint8)[nearest])
+    with pytest.raises(InvalidParameterError, match="too large for JPEG"):
+        bigquant.quantize(pixels, tmp_path / "big.jpg", 4, mode="rgb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
 
 
 @pytest.mark.parametrize(("dtype", "args", "match"), [
