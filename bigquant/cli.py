@@ -1384,6 +1384,32 @@ def _attach_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line, options and paths in any order (``quantize 64 --floyd a.png b.png``).
+
+    argparse alone gives a command's positional paths only up to the first
+    option after them; the command's own arguments are therefore parsed
+    with ``parse_intermixed_args`` (which takes no subparsers, so the
+    command is found first).
+    """
+    parser = build_parser()
+    commands = _subcommands(parser)
+    at = next((i for i, word in enumerate(argv) if word in commands), None)
+    if at is None:
+        return parser.parse_args(argv)  # no command: argparse says what is missing (or --help, --version)
+    head = parser.parse_args([*argv[:at], argv[at], *_PLACEHOLDER.get(argv[at], ())])
+    return commands[argv[at]].parse_intermixed_args(argv[at + 1:], namespace=head)
+
+
+#: the fewest arguments that let a command's parser run, so that the top-level parse stops there
+_PLACEHOLDER = {"quantize": ("-",), "sweep": ("-",), "info": ("-",)}
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bigquant`` command; returns the exit code.
 
@@ -1402,7 +1428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = _attach_dash_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_arguments(argv)
     except UsageError as exc:
         print(_one_line(exc), file=sys.stderr)
         return 2

@@ -90,6 +90,14 @@ def test_pngquant_quality_batch_with_ext(rgb, rgb2, tmp_path, capsys):
     assert "target 40.28 dB PSNR" in err  # -v: the dB the scale stands for
 
 
+def test_options_and_paths_in_any_order_as_pngquant_takes_them(rgb, rgb2, tmp_path, capsys):
+    # pngquant 8 --floyd --ext -fs8.png a.png c.png: the paths after the options are still inputs
+    code = main(["quantize", "8", "--floyd", "--ext", "-fs8.png", str(rgb), "--no-cluster", str(rgb2)])
+    assert code == 0, capsys.readouterr().err
+    for name in ("a-fs8.png", "c-fs8.png"):
+        assert len(Image.open(tmp_path / name).getpalette()) // 3 <= 8
+
+
 def test_quality_prints_one_line_per_fit(tmp_path, capsys):
     from bigquant.io.sample import make_sample_image
 
