@@ -1,4 +1,4 @@
-"""Default chunking of bigquant.io.chunks: today's 4096 px chunks up to 1.07 GP, bounded passes above."""
+"""Default chunking of bigquant.io.chunks: 4096 px chunks up to 1.07 GP, bounded passes above."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from bigquant.io.chunks import (
     ADAPT_ABOVE_PIXELS,
     DEFAULT_CHUNK_EDGE,
+    MAX_CHUNK_PIXELS,
     MAX_CHUNKS_PER_PASS,
     aligned_chunks,
-    default_chunk_edge,
 )
 
 
@@ -25,7 +25,6 @@ def _n_chunks(shape, chunks):
 def test_up_to_a_gigapixel_the_chunks_are_unchanged(shape):
     assert shape[0] * shape[1] <= ADAPT_ABOVE_PIXELS
     assert aligned_chunks(shape, (512, 512)) == (DEFAULT_CHUNK_EDGE, DEFAULT_CHUNK_EDGE)
-    assert default_chunk_edge(shape[0] * shape[1]) == DEFAULT_CHUNK_EDGE
 
 
 @pytest.mark.parametrize(
@@ -49,7 +48,10 @@ def test_tasks_per_pass_stay_bounded_for_a_100_gp_lazy_image(shape, grid):
     assert cy % grid[0] == 0 and cx % grid[1] == 0  # still whole tiles
     n = _n_chunks(shape, (cy, cx))
     assert n <= MAX_CHUNKS_PER_PASS
-    assert n >= MAX_CHUNKS_PER_PASS // 4  # grown no more than needed: still work for many workers
+    assert n >= MAX_CHUNKS_PER_PASS * 3 // 4  # grown no more than needed: still work for many workers
+    # as wide as below 1 GP: a band of chunks (what the TIFF writer computes at once) keeps its chunks
+    assert abs(cx - DEFAULT_CHUNK_EDGE) < max(grid[1], 1024) or cx == shape[1]
+    assert cy * cx <= MAX_CHUNK_PIXELS
     # the real graphs of a pass over the lazy image: one task per chunk (plus the
     # source key of the lazy array), and a tree of an eighth as many
     X = da.zeros(shape + (3,), dtype=np.uint8, chunks=(cy, cx, 3))
@@ -68,11 +70,13 @@ def _combine(parts):
     return 0
 
 
-def test_the_edge_grows_with_the_image():
-    edges = [default_chunk_edge(int(gp * 1e9)) for gp in (1, 2, 10, 34, 50, 100, 400)]
-    assert edges == sorted(edges)
-    assert edges[0] == DEFAULT_CHUNK_EDGE and edges[-1] > edges[-2] > DEFAULT_CHUNK_EDGE
-    assert all(e % 1024 == 0 for e in edges)
+def test_chunks_grow_with_the_image_up_to_the_pixel_cap():
+    sides = [100352, 200704, 316416, 500000, 1_000_000]  # 10 GP .. 1 TP
+    heights = [aligned_chunks((side, side), (512, 512))[0] for side in sides]
+    assert heights == sorted(heights) and heights[0] == DEFAULT_CHUNK_EDGE
+    assert all(h % 1024 == 0 for h in heights)
+    cy, cx = aligned_chunks((1_000_000, 1_000_000), (512, 512))
+    assert cy * cx == MAX_CHUNK_PIXELS  # past ~275 GP the chunk's memory, not the task count, decides
 
 
 def test_explicit_chunks_are_kept_at_any_size():
