@@ -131,6 +131,12 @@ def _add_runtime(p: argparse.ArgumentParser, *, cluster_default: bool = True) ->
                    help="local cluster: dashboard address (default :8787; 'none' for no dashboard)")
     g.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the scheduler (default 30)")
+    g.add_argument("--tls-ca-file", metavar="PATH",
+                   help="TLS scheduler (tls://host:port): the CA certificate its certificate is checked against")
+    g.add_argument("--tls-cert", metavar="PATH", help="TLS scheduler: this client's certificate (PEM)")
+    g.add_argument("--tls-key", metavar="PATH",
+                   help="TLS scheduler: this client's private key, unless --tls-cert holds it "
+                        "(default for all three: Dask's config distributed.comm.tls.*)")
     g.add_argument("--no-cluster", action="store_true",
                    help="no Dask cluster: run on this process's threads (the default for small inputs)")
     g.add_argument("--cluster", action="store_true",
@@ -649,6 +655,9 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
     """Yield a distributed client (or None with --no-cluster), closing what was started."""
     if args.no_cluster and getattr(args, "cluster", False):
         raise UsageError(f"{PROG}: --no-cluster and --cluster exclude each other")
+    tls = {"tls_ca_file": args.tls_ca_file, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
+    if any(tls.values()) and not args.scheduler:
+        raise UsageError(f"{PROG}: --tls-ca-file, --tls-cert and --tls-key go with --scheduler tls://HOST:PORT")
     if args.no_cluster:
         if args.scheduler:
             raise UsageError(f"{PROG}: --no-cluster and --scheduler exclude each other")
@@ -667,6 +676,7 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
         memory_limit=args.memory_limit,
         dashboard_address=dashboard,
         timeout=args.timeout,
+        **{name: value for name, value in tls.items() if value},
     )
     with runtime:
         workers = runtime.client.nthreads()

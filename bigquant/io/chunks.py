@@ -1,5 +1,12 @@
 """Chunk shapes aligned to a file's tile (or strip) grid, and the bound on what one task decodes.
 
+The default chunk is about 4096 x 4096 pixels up to :data:`ADAPT_ABOVE_PIXELS`
+(2**30, 1.07 GP).  Above it the chunks grow taller with the image (still whole
+tiles) so that a pass has at most :data:`MAX_CHUNKS_PER_PASS` chunks: one
+scheduler hands out every task, at a millisecond or more each.  They keep their
+width, so a band of chunks -- what the TIFF writer computes at once -- keeps as
+many chunks for the workers to share (docs/scale.md has the model and numbers).
+
 A task decodes at least one whole tile (or strip) of a file, and a PNG or JPEG
 is decoded whole.  A file declares its sizes: a legal 1.2 KB TIFF can declare
 one strip of 2^20 x 2^20 pixels.  :func:`check_task_bytes` refuses such a unit
@@ -23,6 +30,9 @@ from bigquant.errors import ImageReadError, InvalidParameterError
 __all__ = [
     "ChunksLike",
     "DEFAULT_CHUNK_EDGE",
+    "ADAPT_ABOVE_PIXELS",
+    "MAX_CHUNKS_PER_PASS",
+    "MAX_CHUNK_PIXELS",
     "MAX_TASK_BYTES",
     "MAX_TASK_BYTES_ENV",
     "aligned_chunks",
@@ -38,6 +48,13 @@ ChunksLike = int | Sequence[int] | None
 #: Default chunk edge in pixels: 4096 x 4096 RGB uint8 is 48 MiB per task.
 DEFAULT_CHUNK_EDGE = 4096
 _ALIGN = 1024  # also align to this when cheap, so write tiles up to 1024 line up
+#: Images of more pixels than this (2**30) get a default chunk edge that grows with them.
+ADAPT_ABOVE_PIXELS = 1 << 30
+#: Most chunks a pass over a larger image has by default (see docs/scale.md).
+MAX_CHUNKS_PER_PASS = 4096
+#: Most pixels a default chunk grows to (64 MP: 192 MiB of RGB uint8); past about
+#: 275 GP this, not :data:`MAX_CHUNKS_PER_PASS`, sets the chunks.
+MAX_CHUNK_PIXELS = 1 << 26
 
 #: Default bound on the bytes one task decodes (one tile or strip, or a whole PNG/JPEG): 1 GiB.
 MAX_TASK_BYTES = 1 << 30
@@ -141,6 +158,10 @@ def _step(grid: int, limit: int) -> int:
     return lcm if lcm <= 8 * _ALIGN and lcm <= limit else grid
 
 
+def _n_chunks(shape: tuple[int, int], chunks: tuple[int, int]) -> int:
+    return math.ceil(shape[0] / chunks[0]) * math.ceil(shape[1] / chunks[1])
+
+
 def aligned_chunks(
     shape: tuple[int, int],
     grid: tuple[int, int],
@@ -159,7 +180,9 @@ def aligned_chunks(
         ``(1, 1)`` when any chunking is free).
     chunks : int, tuple of int (cy, cx) or None, default=None
         Requested chunk shape; None picks about 4096 x 4096 pixels (full-width
-        bands of the same area for strips).  Requests are rounded to the grid.
+        bands of the same area for strips), taller above 1.07 GP so that a pass
+        has at most :data:`MAX_CHUNKS_PER_PASS` chunks.  Requests are rounded
+        to the grid.
     name : str
         Name of the image for log messages.
 
@@ -173,7 +196,19 @@ def aligned_chunks(
         target = DEFAULT_CHUNK_EDGE
         cx = width if gx >= width else _round_to(target, _step(gx, width), width)
         cy_target = target * target / cx if cx >= width and width > target else target
-        cy = _round_to(cy_target, _step(gy, height), height)
+        sy = _step(gy, height)
+        cy = _round_to(cy_target, sy, height)
+        if height * width > ADAPT_ABOVE_PIXELS and _n_chunks(shape, (cy, cx)) > MAX_CHUNKS_PER_PASS:
+            # taller chunks, as many to a band: the rows of chunks a pass may have
+            rows = max(1, MAX_CHUNKS_PER_PASS // math.ceil(width / cx))
+            tallest = max(cy, sy * (MAX_CHUNK_PIXELS // cx // sy))
+            cy = min(height, tallest, sy * math.ceil(math.ceil(height / rows) / sy))
+            if cy >= height and _n_chunks(shape, (cy, cx)) > MAX_CHUNKS_PER_PASS:  # a very wide strip
+                sx = _step(gx, width)
+                widest = max(cx, sx * (MAX_CHUNK_PIXELS // cy // sx))
+                cx = min(width, widest, sx * math.ceil(math.ceil(width / MAX_CHUNKS_PER_PASS) / sx))
+            logger.debug("%s: %d x %d px, default chunks grown to %s (%d chunks a pass)",
+                         name, height, width, (cy, cx), _n_chunks(shape, (cy, cx)))
         return cy, cx
     if isinstance(chunks, int):
         req = (chunks, chunks)

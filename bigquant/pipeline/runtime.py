@@ -2,7 +2,8 @@
 
 - :func:`connect` gives a :class:`Runtime` owning what it started: a
   :class:`~distributed.LocalCluster` with worker processes sized to the machine
-  (no address), a client of an existing cluster (``tcp://host:8786``), or an
+  (no address), a client of an existing cluster (``tcp://host:8786``, or
+  ``tls://host:8786`` with certificates: :func:`tls_security`), or an
   existing :class:`~distributed.Client` passed through untouched.
 - :func:`phase` and :func:`active_client` (from :mod:`bigquant.cluster.scheduler`,
   re-exported here) name the phases of the work as :func:`distributed.span` s and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import time
 from types import TracebackType
@@ -27,8 +29,18 @@ from bigquant.errors import ClusterConnectionError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client, LocalCluster
+    from distributed.security import Security
 
-__all__ = ["Runtime", "connect", "phase", "active_client", "machine_layout", "DEFAULT_TIMEOUT"]
+__all__ = [
+    "Runtime",
+    "connect",
+    "tls_security",
+    "phase",
+    "active_client",
+    "machine_layout",
+    "DEFAULT_TIMEOUT",
+    "TLS_HINT",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +86,15 @@ def _check_count(value: int | None, name: str) -> None:
         raise InvalidParameterError(f"{name}={value!r} must be a positive integer or None")
 
 
-def _normalise_address(address: str) -> str:
+#: How certificates are given, named in the errors about them (the CLI's flags, as
+#: ``dask worker`` spells them, and the keywords of :func:`connect`).
+TLS_HINT = (
+    "--tls-ca-file, --tls-cert and --tls-key (connect(..., tls_ca_file=, tls_cert=, tls_key=) or "
+    "security=distributed.Security(...), or Dask's config distributed.comm.tls.*)"
+)
+
+
+def _normalise_address(address: str, default_protocol: str = "tcp") -> str:
     address = address.strip()
     if address.startswith(("inproc://", "ucx://", "ws://", "wss://", "tls://")):
         return address
@@ -83,7 +103,7 @@ def _normalise_address(address: str) -> str:
         raise InvalidParameterError(
             f"scheduler={address!r} is not a scheduler address; expected e.g. 'tcp://host:8786'"
         )
-    proto = match.group("proto") or "tcp"
+    proto = match.group("proto") or default_protocol
     port = match.group("port") or "8786"
     return f"{proto}://{match.group('host')}:{port}"
 
@@ -176,6 +196,75 @@ class Runtime:
         return f"Runtime({kind}, scheduler={self.client.scheduler.address!r}, {state})"
 
 
+def tls_security(
+    security: Security | None = None,
+    *,
+    tls_ca_file: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+) -> Security:
+    """The :class:`distributed.security.Security` a client of a TLS scheduler uses.
+
+    Parameters
+    ----------
+    security : distributed.security.Security or None, default=None
+        Used as it is; exclusive with the ``tls_*`` files.
+    tls_ca_file : path or None, default=None
+        The CA certificate the scheduler's certificate is checked against
+        (``dask worker --tls-ca-file``).
+    tls_cert : path or None, default=None
+        This client's certificate (PEM; it may hold the key too).
+    tls_key : path or None, default=None
+        This client's private key, when it is not in ``tls_cert``.
+
+    Returns
+    -------
+    distributed.security.Security
+        With no argument, Dask's own: its config ``distributed.comm.tls.ca-file``,
+        ``distributed.comm.tls.client.cert`` and ``distributed.comm.tls.client.key``
+        (empty when none is set).  With files, encryption is required.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``security`` and files together, a key without a certificate, or a
+        file that does not exist.
+    """
+    from distributed.security import Security
+
+    files = {"tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key}
+    given = {name: value for name, value in files.items() if value is not None}
+    if security is not None:
+        if given:
+            raise InvalidParameterError(
+                f"security= and {', '.join(f'{n}=' for n in given)} exclude each other: "
+                "put the files in the Security object"
+            )
+        if not isinstance(security, Security):
+            raise InvalidParameterError(
+                f"security={security!r} must be a distributed.security.Security or None"
+            )
+        return security
+    if not given:
+        return Security()  # Dask's config (distributed.comm.tls.*), if any
+    for name, value in given.items():
+        if not os.path.isfile(value):
+            raise InvalidParameterError(f"{name}={os.fspath(value)!r}: no such file")
+    if tls_key is not None and tls_cert is None:
+        raise InvalidParameterError("tls_key= needs tls_cert=, the certificate of that key")
+    return Security(
+        tls_ca_file=None if tls_ca_file is None else os.fspath(tls_ca_file),
+        tls_client_cert=None if tls_cert is None else os.fspath(tls_cert),
+        tls_client_key=None if tls_key is None else os.fspath(tls_key),
+        require_encryption=True,
+    )
+
+
+def _has_tls(security: Security) -> bool:
+    """Whether ``security`` can open a TLS connection (Dask needs a CA file and a certificate)."""
+    return bool(security.tls_ca_file and security.tls_client_cert)
+
+
 def connect(
     scheduler: str | Client | None = None,
     *,
@@ -184,6 +273,10 @@ def connect(
     memory_limit: str | int | float | None = None,
     dashboard_address: str | None = ":8787",
     timeout: float = DEFAULT_TIMEOUT,
+    security: Security | None = None,
+    tls_ca_file: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
 ) -> Runtime:
     """Start a local Dask cluster, or connect to an existing one.
 
@@ -191,8 +284,9 @@ def connect(
     ----------
     scheduler : str, distributed.Client or None, default=None
         ``None`` starts a :class:`~distributed.LocalCluster` with worker
-        processes sized to this machine; an address (``"tcp://host:8786"``, or
-        ``"host:port"``) connects to that scheduler; a ``Client`` passes
+        processes sized to this machine; an address (``"tcp://host:8786"``,
+        ``"tls://host:8786"``, or ``"host:port"``: TLS when certificates are
+        given, else TCP) connects to that scheduler; a ``Client`` passes
         through (and is never closed by the returned runtime).
     n_workers : int or None, default=None
         Local cluster: number of worker processes (default: machine-sized).
@@ -209,6 +303,14 @@ def connect(
     timeout : float, default=30.0
         Seconds to wait for the scheduler (or for the local cluster to start)
         before raising :class:`~bigquant.errors.ClusterConnectionError`.
+    security : distributed.security.Security or None, default=None
+        Remote scheduler: the TLS certificates of this client, as Dask takes
+        them (``Security(tls_ca_file=..., tls_client_cert=...,
+        tls_client_key=..., require_encryption=True)``).
+    tls_ca_file, tls_cert, tls_key : path or None, default=None
+        Remote scheduler: the same as files, named as ``dask worker`` names
+        them (see :func:`tls_security`).  With neither these nor
+        ``security``, Dask's config ``distributed.comm.tls.*`` applies.
 
     Returns
     -------
@@ -220,9 +322,12 @@ def connect(
     ------
     ClusterConnectionError
         The scheduler cannot be reached, or the local cluster does not start,
-        within ``timeout`` seconds.
+        within ``timeout`` seconds; or a ``tls://`` scheduler and no
+        certificates (the message names the options that give them).
     InvalidParameterError
-        A parameter has an invalid value (e.g. a malformed address).
+        A parameter has an invalid value (e.g. a malformed address, a missing
+        certificate file, certificates for a ``tcp://`` address or for a local
+        cluster).
 
     Examples
     --------
@@ -237,7 +342,12 @@ def connect(
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise InvalidParameterError(f"timeout={timeout!r} must be a positive number of seconds")
 
+    explicit = security is not None or any(f is not None for f in (tls_ca_file, tls_cert, tls_key))
+    secure = tls_security(security, tls_ca_file=tls_ca_file, tls_cert=tls_cert, tls_key=tls_key)
+
     if isinstance(scheduler, Client):
+        if explicit:
+            raise InvalidParameterError("security and tls_* options are for an address; a Client has its own")
         logger.info("using the given Dask client of %s", scheduler.scheduler.address)
         return Runtime(scheduler, owns_client=False)
 
@@ -246,14 +356,29 @@ def connect(
             raise InvalidParameterError(
                 f"scheduler={scheduler!r} must be an address string, a distributed.Client or None"
             )
-        address = _normalise_address(scheduler)
+        if explicit and not _has_tls(secure):
+            raise InvalidParameterError(
+                f"a TLS connection needs a CA file and a certificate (a key too unless the "
+                f"certificate holds it): {TLS_HINT}"
+            )
+        address = _normalise_address(scheduler, "tls" if explicit else "tcp")
+        if address.startswith("tls://") and not _has_tls(secure):
+            raise ClusterConnectionError(
+                f"the Dask scheduler {address} speaks TLS: give this client a CA file and a "
+                f"certificate with {TLS_HINT}"
+            )
+        if explicit and not address.startswith("tls://"):
+            raise InvalidParameterError(
+                f"scheduler={scheduler!r} is not encrypted but TLS certificates were given; "
+                f"use its tls:// address"
+            )
         start = time.monotonic()
         try:
             # distributed bounds the TCP connect but not the handshake: a silent
             # or non-Dask peer would hang Client() forever (or fail oddly)
-            _probe_scheduler(address, float(timeout))
-            client = Client(address, timeout=f"{float(timeout)}s", set_as_default=True)
-        except (OSError, TimeoutError) as exc:
+            _probe_scheduler(address, float(timeout), secure)
+            client = Client(address, timeout=f"{float(timeout)}s", set_as_default=True, security=secure)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             waited = time.monotonic() - start
             raise ClusterConnectionError(
                 f"could not reach the Dask scheduler at {address} within {waited:.0f} s "
@@ -269,6 +394,11 @@ def connect(
         _log_dashboard(runtime)
         return runtime
 
+    if explicit:
+        raise InvalidParameterError(
+            "security and tls_* options are for a remote scheduler (scheduler='tls://host:port'); "
+            "the local cluster bigquant starts needs none"
+        )
     from distributed import LocalCluster
 
     workers, threads = machine_layout(n_workers, threads_per_worker)
@@ -306,11 +436,12 @@ def connect(
     return runtime
 
 
-def _probe_scheduler(address: str, timeout: float) -> None:
+def _probe_scheduler(address: str, timeout: float, security: Security | None = None) -> None:
     """Open one comm to ``address``, handshake included, within ``timeout`` seconds.
 
-    Raises ``TimeoutError`` or ``OSError`` (also for a peer that is not a Dask
-    scheduler), never hangs.
+    ``security`` gives the TLS context of a ``tls://`` address.  Raises
+    ``TimeoutError`` or ``OSError`` (also for a peer that is not a Dask
+    scheduler, or a TLS handshake that fails), never hangs.
     """
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
@@ -318,7 +449,8 @@ def _probe_scheduler(address: str, timeout: float) -> None:
     from distributed.comm import connect as comm_connect
 
     async def probe() -> None:
-        comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), timeout)
+        args = security.get_connection_args("client") if security is not None else {}
+        comm = await asyncio.wait_for(comm_connect(address, timeout=timeout, **args), timeout)
         await comm.close()
 
     with ThreadPoolExecutor(1, thread_name_prefix="bigquant-probe") as pool:  # works in Jupyter too
