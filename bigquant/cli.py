@@ -455,10 +455,11 @@ def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
     An existing output is the same failure, with the same exit code, in every command.
     """
     from bigquant.io.atomic import check_target
+    from bigquant.io.objects import output_location
 
     for p in paths:
         if p:
-            check_target(pathlib.Path(p).expanduser(), overwrite=overwrite)
+            check_target(output_location(p), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- commands

@@ -31,6 +31,7 @@ import numpy as np
 
 from bigquant.errors import ImageReadError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import atomic_output
+from bigquant.io.objects import output_location
 
 __all__ = ["PALETTE_FORMATS", "read_palette", "write_palette", "palette_format"]
 
@@ -245,7 +246,7 @@ def write_palette(
         The format cannot hold these colours (not 8-bit RGB, or more than 256
         colours in an ``.act``).
     """
-    path = pathlib.Path(path).expanduser()
+    path = output_location(path)
     fmt = palette_format(path)
     pal = np.asarray(palette)
     if pal.ndim == 1:

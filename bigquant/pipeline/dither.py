@@ -45,6 +45,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -57,6 +58,7 @@ from dask.highlevelgraph import HighLevelGraph
 from bigquant import tasks
 from bigquant.errors import InputTypeError, InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.objects import URLPath
 from bigquant.io.reach import unreachable_workers
 from bigquant.kernels.dither import (
     UNITS,
@@ -637,6 +639,8 @@ def label_spool(target: pathlib.Path, dither: str | None = "floyd-steinberg") ->
     if dither != "floyd-steinberg":
         yield None
         return
+    if isinstance(target, URLPath):  # never a local sibling of a URL: the client's temp dir, probed as any
+        target = pathlib.Path(tempfile.gettempdir()) / target.name
     path = temp_sibling(pathlib.Path(target), "spool")
     path.mkdir()
     try:

@@ -30,6 +30,7 @@ from bigquant.cluster.scheduler import active_client, on_client, phase
 from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup
+from bigquant.io.objects import output_location
 from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.read import read_image
@@ -756,7 +757,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         if dither is not None:
             extra["dither_strength"] = dither_strength
         doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels, extra)
-        write_palette_out(pathlib.Path(palette_out).expanduser(), choice, doc, write.overwrite, source.dtype,
+        write_palette_out(output_location(palette_out), choice, doc, write.overwrite, source.dtype,
                           rgb_bands)
     result = choice.model if choice.model is not None else mapper
     result.quality_ = quality_

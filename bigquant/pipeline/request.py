@@ -51,6 +51,7 @@ from bigquant.io.atomic import check_target
 from bigquant.io.encode import resolve_codec
 from bigquant.io.files import is_url
 from bigquant.io.metadata import check_ome_layout
+from bigquant.io.objects import URLPath, output_location, same_location
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
 from bigquant.io.write import FORMATS, check_tile
@@ -252,8 +253,9 @@ class Request:
         The entry point that built it.
     inputs : tuple
         The images (paths, URLs, arrays, sources).
-    outputs : tuple of pathlib.Path
-        The image written for each input (empty for a sweep).
+    outputs : tuple of pathlib.Path or URLPath
+        The image written for each input (empty for a sweep); a URL is a
+        :class:`bigquant.io.objects.URLPath`.
     read, fit, map, write, report, set, sweep : option groups
         See the module docstring.
     target : QualityTarget or None
@@ -262,7 +264,7 @@ class Request:
 
     entry: str
     inputs: tuple[Any, ...]
-    outputs: tuple[pathlib.Path, ...]
+    outputs: tuple[pathlib.Path | URLPath, ...]
     read: ReadOptions
     fit: FitOptions
     map: MapOptions = MapOptions()
@@ -276,7 +278,7 @@ class Request:
     def extra_outputs(self) -> list[pathlib.Path]:
         """Files written besides the images: palette, preview, comparison, sweep CSV."""
         paths = [self.report.palette_out, self.report.preview, self.report.compare, self.sweep.out]
-        return [pathlib.Path(p).expanduser() for p in paths if p is not None]
+        return [output_location(p) for p in paths if p is not None]
 
     @property
     def limit(self) -> int:
@@ -306,7 +308,7 @@ def build_request(entry: str, inputs: Sequence[Any], outputs: Sequence[Any], opt
     return Request(
         entry=entry,
         inputs=tuple(inputs),
-        outputs=tuple(pathlib.Path(p).expanduser() for p in outputs),
+        outputs=tuple(output_location(p) for p in outputs),
         target=parse_quality(fit.quality),
         **made,
     )
@@ -422,13 +424,13 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
     outputs = list(request.outputs) + request.extra_outputs
     seen: dict[str, pathlib.Path] = {}
     for out in outputs:
-        key = os.path.normcase(os.path.abspath(out))
+        key = str(out) if isinstance(out, URLPath) else os.path.normcase(os.path.abspath(out))
         if key in seen:
             raise InvalidParameterError(f"two outputs would be written to {out}: every output needs its own path")
         seen[key] = out
     resume = request.sweep.resume_from
     for out in outputs if image_targets else request.extra_outputs:
-        same_as_resume = resume is not None and os.path.abspath(out) == os.path.abspath(pathlib.Path(resume))
+        same_as_resume = resume is not None and same_location(out, resume)
         check_target(out, overwrite=write.overwrite or same_as_resume)
     return dataclasses.replace(
         request, fit=dataclasses.replace(fit, space=space),
@@ -531,11 +533,20 @@ def check_not_inputs(request: Request, extra_inputs: Sequence[Any] = ()) -> None
     InvalidParameterError
         An output is the same file as an input (image, mask or palette file).
     """
-    inputs = [local_path(s) for s in list(request.inputs) + list(extra_inputs)]
+    given = list(request.inputs) + list(extra_inputs)
+    inputs = [local_path(s) for s in given]
     inputs = [p for p in inputs if p is not None]
+    urls = [str(s) for s in given if isinstance(s, str) and is_url(s)]
+    urls += [str(s.path) for s in given if isinstance(getattr(s, "path", None), str) and is_url(s.path)]
     outputs = list(request.outputs) + request.extra_outputs
     resume = request.sweep.resume_from
     for out in outputs:
+        if isinstance(out, URLPath):
+            for src in urls:
+                if same_location(out, src) and not (resume is not None and same_location(src, resume)):
+                    raise InvalidParameterError(
+                        f"{out} is the input {src}: writing it would destroy the input; choose another output URL")
+            continue
         for src in inputs:
             if (_same_file(out, src) or os.path.abspath(out) == os.path.abspath(src)) and not (
                     resume is not None and _same_file(src, pathlib.Path(resume))):
