@@ -304,11 +304,14 @@ def url_output(url: URLPath, *, overwrite: bool) -> Iterator[pathlib.Path | URLP
             yield tmp_url
             if not fs.exists(f"{tmp_key}/zarr.json"):
                 raise ImageWriteError(f"{url}: nothing was written")
-            _move_store(fs, tmp_key, target, replace=overwrite)
+            try:
+                _move_store(fs, tmp_key, target, replace=overwrite)
+            except Exception as exc:  # noqa: BLE001 - the store's errors of every kind
+                raise _error(url, exc, "cannot move the finished store there") from exc
             logger.info("moved %s onto %s", tmp_url, url)
         except BaseException as exc:
             remove_url(tmp_url)
-            if isinstance(exc, Exception) and not isinstance(exc, BigquantError):
+            if isinstance(exc, OSError) and not isinstance(exc, BigquantError):
                 raise _error(url, exc, "cannot write it") from exc
             raise
         return
@@ -328,7 +331,7 @@ def url_output(url: URLPath, *, overwrite: bool) -> Iterator[pathlib.Path | URLP
         with contextlib.suppress(Exception):
             if fs.exists(tmp_key):
                 fs.rm_file(tmp_key)
-        if isinstance(exc, Exception) and not isinstance(exc, BigquantError):
+        if isinstance(exc, OSError) and not isinstance(exc, BigquantError):
             raise _error(url, exc, "cannot write it") from exc
         raise
     finally:
