@@ -402,7 +402,7 @@ def quantize_many(
                     n = None if hist is None else hist.n_pixels
                 else:
                     error, n = _write_dithered(srcs[item.index], item, choice, dst, write, request.read.mask,
-                                               dither, dither_strength)
+                                               dither, dither_strength, request.map.scratch)
                 quality_db = None if n is None else psnr(error, n * n_channels, dtype)
                 files.append(FileResult(item.name, str(dst), n, error, quality_db))
                 logger.info("wrote %s (%s)", dst, "" if quality_db is None else f"{quality_db:.2f} dB")
@@ -434,7 +434,8 @@ def quantize_many(
 
 
 def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.Path, options: WriteOptions,
-                    mask: Any, dither: str, strength: float) -> tuple[float | None, int | None]:
+                    mask: Any, dither: str, strength: float,
+                    scratch: Any = None) -> tuple[float | None, int | None]:
     """Write one file of a set dithered to the shared palette; its squared error and pixel count.
 
     Floyd--Steinberg gives the error of the pixels written on its way; blue
@@ -442,7 +443,7 @@ def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.
     """
     report: dict[str, Any] = {}
     dither_data = _dither_data(src, item.source, None, 0, None, mask, item.valid)
-    with label_spool(dst, dither) as spool:
+    with label_spool(dst, dither, scratch=scratch) as spool:
         write_quantized(item.data, item.valid, choice, item.source, dst, options, dither=dither,
                         dither_strength=strength, dither_data=dither_data, report=report, spool=spool)
     sums = report.get("sums")

@@ -12,7 +12,7 @@ read       ``chunks``, ``level``, ``series``, ``mask``, ``alpha``
 fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            ``random_state``, ``init``, ``n_init``, ``max_iter``, ``tol`` and
            the other :class:`bigquant.KMeans` parameters
-map        ``dither``, ``dither_strength``
+map        ``dither``, ``dither_strength``, ``scratch``
 write      ``mode``, ``tile``, ``compression``, ``pyramid``, ``overviews``,
            ``cog``, ``nodata_index``, ``rgb_bands``, ``display_range``,
            ``display_palette``, ``overwrite``
@@ -132,10 +132,17 @@ def seed_of(random_state: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class MapOptions:
-    """How pixels are mapped to the palette: nearest colour, or dithered."""
+    """How pixels are mapped to the palette: nearest colour, or dithered.
+
+    ``scratch``: where temporaries the workers share go (the Floyd--Steinberg
+    label spool): a local directory or a URL prefix (``s3://bucket/tmp``);
+    None: beside a local output, or the client's temp dir for a URL output
+    (:func:`bigquant.pipeline.dither.label_spool`).
+    """
 
     dither: str | None = None
     dither_strength: float = 0.9
+    scratch: str | os.PathLike[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,6 +382,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         if isinstance(fit.palette, (str, os.PathLike)):
             palette_format(fit.palette)
     dither, strength = check_dither(request.map.dither, request.map.dither_strength)
+    _check_scratch(request.map.scratch)
     if request.entry != "sweep" and check_alpha(request.read.alpha) == "fit" and request.entry == "quantize_many":
         raise InvalidParameterError(
             "alpha='fit' fits one image's alpha (quantize); a set's shared palette reads alpha as a mask")
@@ -437,6 +445,17 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         map=dataclasses.replace(request.map, dither=dither, dither_strength=strength),
         write=dataclasses.replace(write, display_range=display_range, display_palette=display_palette),
     )
+
+
+def _check_scratch(scratch: Any) -> None:
+    """``scratch`` is None, an existing local directory, or a URL bigquant writes."""
+    if scratch is None:
+        return
+    if not isinstance(scratch, (str, os.PathLike)):
+        raise InvalidParameterError(f"scratch={scratch!r} must be a directory or a URL prefix")
+    where = output_location(scratch)
+    if not isinstance(where, URLPath) and not where.is_dir():
+        raise InvalidParameterError(f"scratch={scratch}: no such directory")
 
 
 def warn_lossy_output(request: Request) -> None:

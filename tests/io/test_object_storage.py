@@ -158,6 +158,26 @@ def test_dithered_quantize_s3_matches_local(cluster, s3, bucket, inputs, tmp_pat
 
 
 @pytest.mark.distributed
+def test_dither_spool_in_a_scratch_prefix(cluster, s3, bucket, inputs, tmp_path, caplog):
+    """``scratch=s3://…``: the workers spool the labels there (no second dither), and nothing stays."""
+    local_in, url_in = inputs
+    with caplog.at_level(logging.INFO, logger="bigquant.pipeline.dither"):
+        bigquant.quantize(url_in, f"s3://{bucket}/d.tif", 4, tile=64, chunks=64, dither="floyd-steinberg",
+                          scratch=f"s3://{bucket}/scratch", client=cluster)
+    assert f"labels from the spool s3://{bucket}/scratch/" in caplog.text
+    bigquant.quantize(local_in, tmp_path / "d.tif", 4, tile=64, chunks=64, dither="floyd-steinberg")
+    assert s3.cat_file(f"{bucket}/d.tif") == (tmp_path / "d.tif").read_bytes()
+    assert keys(s3, bucket) == ["d.tif", "in/in.tif"]
+    # memory:// is each process's own: the workers cannot share it, so they dither again (same bytes)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bigquant.pipeline.dither"):
+        bigquant.quantize(url_in, f"s3://{bucket}/m.tif", 4, tile=64, chunks=64, dither="floyd-steinberg",
+                          scratch="memory://bq-scratch", client=cluster)
+    assert "no spool, dithering again" in caplog.text
+    assert s3.cat_file(f"{bucket}/m.tif") == (tmp_path / "d.tif").read_bytes()
+
+
+@pytest.mark.distributed
 def test_quantize_many_to_s3_prefix(cluster, s3, bucket, image, tmp_path):
     import tifffile
 
