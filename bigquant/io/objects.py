@@ -189,6 +189,7 @@ def check_url_target(url: URLPath, *, overwrite: bool) -> None:
     is written beside the target and removed.
     """
     fs, path = url_fs(url)
+    fs.invalidate_cache(path)  # another process (a worker, another run) may have written since
     try:
         exists = fs.exists(path)
         is_dir = exists and fs.isdir(path)
