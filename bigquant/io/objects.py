@@ -10,11 +10,13 @@ where they use a :class:`pathlib.Path`.  What changes is where the bytes go:
   client's system temp dir (tifffile seeks back to patch tile offsets, and
   the COG writer spools its full-resolution tiles beside its file: neither
   can write to a stream).  The finished file is then uploaded in parts of
-  :data:`PART_SIZE` bytes (an S3 multipart upload) under a hidden temporary
-  key beside the target, and moved onto the target (S3: a server-side copy
-  and a delete).  Memory stays that of a local write plus one part; a run
-  that fails aborts the upload and removes the temporary key: no object is
-  left, neither at the target nor beside it.
+  :data:`PART_SIZE` bytes.  On S3 it is one multipart upload onto the
+  target, completed only once every part is in and aborted otherwise; on
+  stores where an object appears as it is written (``memory://``, and the
+  others until their commit semantics are tested here) it goes under a
+  hidden temporary key beside the target and is then moved onto it.
+  Memory stays that of a local write plus one part; a run that fails
+  leaves no object, neither at the target nor beside it.
 * **zarr stores** are written chunk by chunk by the workers under a hidden
   temporary prefix beside the target (each worker opens the store itself,
   through fsspec); on success every object is copied onto the target's
@@ -255,21 +257,35 @@ def temp_key(url: URLPath, tag: str = "tmp") -> URLPath:
     return url.with_name(f".{url.stem[:120]}.{uuid.uuid4().hex[:10]}.{tag}{url.suffix}")
 
 
-def _upload(local: pathlib.Path, fs: Any, path: str) -> None:
-    """Copy ``local`` to ``path`` in parts of :data:`PART_SIZE`; on failure abort and leave nothing."""
-    out = fs.open(path, "wb", block_size=PART_SIZE)
+def _commits_on_request(fs: Any) -> bool:
+    """Whether files of ``fs`` opened with ``autocommit=False`` appear only on ``commit()``
+    (S3: a multipart upload completed then, aborted by ``discard()``)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in ("s3", "s3a") for p in protocols)
+
+
+def _upload(local: pathlib.Path, fs: Any, path: str, *, deferred: bool = False) -> None:
+    """Copy ``local`` to ``path`` in parts of :data:`PART_SIZE`; on failure abort and leave nothing.
+
+    ``deferred``: the object appears only when the upload is committed, after
+    the last part (:func:`_commits_on_request`); otherwise at close.
+    """
+    out = fs.open(path, "wb", block_size=PART_SIZE, **({"autocommit": False} if deferred else {}))
     try:
         with open(local, "rb") as fh:
             shutil.copyfileobj(fh, out, PART_SIZE)
-        out.close()  # completes the (multipart) upload
+        out.close()  # the last part (deferred), or the whole upload
+        if deferred:
+            out.commit()  # S3: CompleteMultipartUpload -- the object appears now, whole
     except BaseException:
         with contextlib.suppress(Exception):
             out.discard()  # s3fs: abort the multipart upload
         with contextlib.suppress(Exception):
             out.closed = True  # nothing left to flush on garbage collection
-        with contextlib.suppress(Exception):
-            if fs.exists(path):
-                fs.rm_file(path)
+        if not deferred:
+            with contextlib.suppress(Exception):
+                if fs.exists(path):
+                    fs.rm_file(path)
         raise
 
 
@@ -325,8 +341,14 @@ def url_output(url: URLPath, *, overwrite: bool) -> Iterator[pathlib.Path | URLP
         if not local.exists():
             raise ImageWriteError(f"{url}: nothing was written")
         logger.info("uploading %s (%d bytes) to %s", local.name, local.stat().st_size, url)
-        _upload(local, fs, tmp_key)
-        fs.mv(tmp_key, target)
+        try:
+            if _commits_on_request(fs):  # one multipart upload onto the target, completed only now
+                _upload(local, fs, target, deferred=True)
+            else:  # an object appears as it is written: under a temporary key, then moved
+                _upload(local, fs, tmp_key)
+                fs.mv(tmp_key, target)
+        except Exception as exc:  # noqa: BLE001 - the store's errors of every kind
+            raise _error(url, exc, "cannot upload it") from exc
         fs.invalidate_cache()
     except BaseException as exc:
         with contextlib.suppress(Exception):

@@ -254,6 +254,32 @@ def test_failed_write_leaves_no_object(s3, bucket, suffix):
     assert keys(s3, bucket) and not [k for k in keys(s3, bucket) if HIDDEN in "/" + k]
 
 
+def test_upload_in_parts_completed_only_on_success(s3, bucket, tmp_path, monkeypatch):
+    """A TIFF of several parts: one multipart upload, aborted when a part fails, completed when all are in."""
+    from bigquant.io import objects
+
+    monkeypatch.setattr(objects, "PART_SIZE", 5 * 2**20)  # S3's smallest part
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, (2048, 3072), dtype=np.uint8)  # 6 MiB uncompressed: two parts
+    out = f"s3://{bucket}/big.tif"
+    real_copy = objects.shutil.copyfileobj
+
+    def copy_then_fail(src, dst, length=0):
+        dst.write(src.read(objects.PART_SIZE + 1))  # the first part goes up
+        raise ConnectionError("network lost on purpose")
+
+    monkeypatch.setattr(objects.shutil, "copyfileobj", copy_then_fail)
+    with pytest.raises(ImageWriteError, match="on purpose"):
+        bigquant.write_image(labels, out, palette=PALETTE, tile=512, compression=None)
+    assert keys(s3, bucket) == []
+    assert s3.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []) == []  # aborted
+    monkeypatch.setattr(objects.shutil, "copyfileobj", real_copy)
+    bigquant.write_image(labels, out, palette=PALETTE, tile=512, compression=None)
+    bigquant.write_image(labels, tmp_path / "big.tif", palette=PALETTE, tile=512, compression=None)
+    assert s3.cat_file(out[5:]) == (tmp_path / "big.tif").read_bytes()
+    assert keys(s3, bucket) == ["big.tif"]
+
+
 def _never_read(block: np.ndarray) -> np.ndarray:
     raise AssertionError("a pixel was read")
 
