@@ -308,6 +308,15 @@ def test_output_that_is_the_input_url_refused(s3, bucket, inputs):
     assert s3.cat_file(f"{bucket}/in.tif") == before
 
 
+def test_palette_written_and_applied_from_s3(s3, bucket, image):
+    """``palette_out=s3://…`` then ``palette=s3://…``: the same labels, byte for byte."""
+    bigquant.quantize(image, f"s3://{bucket}/fit.tif", 5, tile=64, palette_out=f"s3://{bucket}/p.json")
+    bigquant.quantize(image, f"s3://{bucket}/applied.tif", palette=f"s3://{bucket}/p.json", tile=64)
+    assert s3.cat_file(f"{bucket}/applied.tif") == s3.cat_file(f"{bucket}/fit.tif")
+    with pytest.raises(bigquant.errors.ImageReadError, match="no such file"):
+        bigquant.quantize(image, f"s3://{bucket}/x.tif", palette=f"s3://{bucket}/missing.json", tile=64)
+
+
 def test_overwrite_replaces_an_own_zarr_store(s3, bucket, image, tmp_path):
     out = f"s3://{bucket}/z.zarr"
     bigquant.quantize(image, out, 3, tile=64)
