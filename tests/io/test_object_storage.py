@@ -178,6 +178,27 @@ def test_dither_spool_in_a_scratch_prefix(cluster, s3, bucket, inputs, tmp_path,
 
 
 @pytest.mark.distributed
+def test_cli_quantize_s3_to_s3_with_scratch(cluster, s3, bucket, inputs, tmp_path, capsys):
+    """``bigquant quantize s3://… s3://… --scratch s3://…`` on a cluster: the same bytes as the library, locally."""
+    from bigquant.cli import main
+
+    local_in, url_in = inputs
+    out = f"s3://{bucket}/cli/q.tif"
+    code = main(["quantize", url_in, out, "-k", "4", "--tile", "64", "--dither", "floyd-steinberg",
+                 "--scratch", f"s3://{bucket}/scratch", "--palette-out", f"s3://{bucket}/cli/q.json",
+                 "--scheduler", cluster.scheduler.address])
+    assert code == 0, capsys.readouterr().err
+    assert f"wrote {out}" in capsys.readouterr().out
+    bigquant.quantize(local_in, tmp_path / "q.tif", 4, tile=64, dither="floyd-steinberg")
+    assert s3.cat_file(out[5:]) == (tmp_path / "q.tif").read_bytes()
+    assert keys(s3, bucket) == ["cli/q.json", "cli/q.tif", "in/in.tif"]
+    # run again without --overwrite: refused before any pixel is read, exit code 1, the object kept
+    assert main(["quantize", url_in, out, "-k", "4", "--scheduler", cluster.scheduler.address]) == 1
+    assert "output exists" in capsys.readouterr().err
+    assert s3.cat_file(out[5:]) == (tmp_path / "q.tif").read_bytes()
+
+
+@pytest.mark.distributed
 def test_quantize_many_to_s3_prefix(cluster, s3, bucket, image, tmp_path):
     import tifffile
 
