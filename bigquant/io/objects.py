@@ -50,7 +50,7 @@ from bigquant.io.files import ALLOWED_SCHEMES, is_url, local_path, url_scheme
 
 __all__ = [
     "PART_SIZE", "URLPath", "output_location", "same_location", "url_fs", "url_exists", "check_url_target",
-    "url_output", "temp_key", "remove_url", "read_url_bytes", "write_url_bytes", "is_own_url_store",
+    "url_output", "temp_key", "remove_url", "remove_stale_url_temporaries", "STALE_AFTER", "read_url_bytes", "write_url_bytes", "is_own_url_store",
 ]
 
 logger = logging.getLogger(__name__)
@@ -257,6 +257,60 @@ def temp_key(url: URLPath, tag: str = "tmp") -> URLPath:
     return url.with_name(f".{url.stem[:120]}.{uuid.uuid4().hex[:10]}.{tag}{url.suffix}")
 
 
+#: seconds after which a temporary key or prefix beside a URL output counts as left by a killed run
+STALE_AFTER = 24 * 3600.0
+
+
+def _modified(entry: dict[str, Any]) -> float | None:
+    """An object's modification time in seconds since the epoch (None when the store gives none)."""
+    import datetime
+
+    value = entry.get("LastModified") or entry.get("mtime") or entry.get("created") or entry.get("last_modified")
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def remove_stale_url_temporaries(url: URLPath, *, older_than: float = STALE_AFTER) -> list[str]:
+    """Remove the temporary keys and prefixes a killed run left beside ``url``; return what went.
+
+    Only names of bigquant's making for this target (``.<stem>.<random>.<tag><suffix>``,
+    :func:`temp_key`) whose newest object is untouched for ``older_than``
+    seconds: a run still writing keeps its own.  (A multipart upload a killed
+    run left pending holds no object; S3's lifecycle rule
+    ``AbortIncompleteMultipartUpload`` removes its parts.)
+    """
+    import re
+    import time
+
+    fs, path = url_fs(url)
+    parent, _, _ = path.rstrip("/").rpartition("/")
+    pattern = re.compile(re.escape(f".{url.stem[:120]}.") + r"[0-9a-f]{10}\.tmp" + re.escape(url.suffix) + "$")
+    removed: list[str] = []
+    try:
+        entries = fs.ls(parent, detail=True, refresh=True) if parent else []
+    except Exception:  # noqa: BLE001 - no such prefix yet, or nothing listable: nothing to clean
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = str(entry.get("name", "")).rstrip("/")
+        if not pattern.match(name.rpartition("/")[2]):
+            continue
+        try:
+            objects = fs.find(name, detail=True) if entry.get("type") == "directory" else {name: entry}
+        except Exception:  # noqa: BLE001
+            continue
+        times = [t for t in (_modified(o) for o in objects.values()) if t is not None]
+        if times and now - max(times) > older_than:
+            with contextlib.suppress(Exception):
+                fs.rm(name, recursive=True)
+                removed.append(name)
+                logger.warning("removed %s beside %s, left by an interrupted run", name.rpartition("/")[2], url)
+    return removed
+
+
 def _commits_on_request(fs: Any) -> bool:
     """Whether files of ``fs`` opened with ``autocommit=False`` appear only on ``commit()``
     (S3: a multipart upload completed then, aborted by ``discard()``)."""
@@ -312,6 +366,7 @@ def url_output(url: URLPath, *, overwrite: bool) -> Iterator[pathlib.Path | URLP
     See the module docstring.
     """
     check_url_target(url, overwrite=overwrite)
+    remove_stale_url_temporaries(url)
     fs, target = url_fs(url)
     if url.suffix.lower() == ".zarr":
         tmp_url = temp_key(url)

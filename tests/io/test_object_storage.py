@@ -338,6 +338,20 @@ def test_palette_written_and_applied_from_s3(s3, bucket, image):
         bigquant.quantize(image, f"s3://{bucket}/x.tif", palette=f"s3://{bucket}/missing.json", tile=64)
 
 
+def test_stale_temporary_prefix_of_a_killed_run_removed(s3, bucket, image):
+    """A zarr temporary prefix a killed run left is removed once stale; a fresh one (a run writing) is kept."""
+    from bigquant.io.objects import URLPath, remove_stale_url_temporaries, temp_key
+
+    target = URLPath(f"s3://{bucket}/out/q.zarr")
+    left = temp_key(target)
+    s3.pipe_file(f"{str(left)[5:]}/zarr.json", b"{}")
+    s3.pipe_file(f"{str(left)[5:]}/c/0/0", b"x")
+    s3.pipe_file(f"{bucket}/out/.other.0123456789.tmp.zarr/zarr.json", b"{}")  # not this target's
+    assert remove_stale_url_temporaries(target) == []  # fresh: maybe a run still writing
+    assert remove_stale_url_temporaries(target, older_than=-1) == [str(left)[5:]]
+    assert keys(s3, bucket) == ["out/.other.0123456789.tmp.zarr/zarr.json"]
+
+
 def test_overwrite_replaces_an_own_zarr_store(s3, bucket, image, tmp_path):
     out = f"s3://{bucket}/z.zarr"
     bigquant.quantize(image, out, 3, tile=64)
