@@ -350,8 +350,9 @@ def _move_store(fs: Any, tmp: str, target: str, replace: bool) -> None:
     data = [k for k in keys if k not in set(meta)]
     if replace and fs.exists(target):
         fs.rm(target, recursive=True)
-    for key in data + meta:
-        fs.copy(key, target + key[len(tmp):])
+    for group in (data, meta):  # server-side copies, many at once (s3fs batches them); the metadata last
+        if group:
+            fs.copy(group, [target + key[len(tmp):] for key in group])
     fs.rm(tmp, recursive=True)
     fs.invalidate_cache()
 

@@ -282,7 +282,7 @@ class Request:
     target: QualityTarget | None = None
 
     @property
-    def extra_outputs(self) -> list[pathlib.Path]:
+    def extra_outputs(self) -> list[pathlib.Path | URLPath]:
         """Files written besides the images: palette, preview, comparison, sweep CSV."""
         paths = [self.report.palette_out, self.report.preview, self.report.compare, self.sweep.out]
         return [output_location(p) for p in paths if p is not None]
