@@ -464,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "lowest perceptual error); the palette is sRGB either way")
     q.add_argument("--dither", choices=("none", "floyd-steinberg", "blue-noise"), default="none",
                    help="dither the mapping: exact tile-parallel Floyd-Steinberg, or blue-noise ordered (default none)")
+    q.add_argument("--scratch", metavar="DIR|URL", default=None,
+                   help="where workers share temporaries (the dither's label spool): a directory or a URL prefix "
+                        "(default: beside a local output, the temp dir for a URL output)")
     q.add_argument("--dither-strength", type=_unit_float, default=0.9, metavar="S",
                    help="fraction of the error diffused / noise amplitude, in [0, 1] (default 0.9)")
     q.add_argument("--compare", metavar="PNG",
@@ -732,10 +735,11 @@ def _check_outputs(paths: Sequence[str | None], overwrite: bool) -> None:
     An existing output is the same failure, with the same exit code, in every command.
     """
     from bigquant.io.atomic import check_target
+    from bigquant.io.objects import output_location
 
     for p in paths:
         if p:
-            check_target(pathlib.Path(p).expanduser(), overwrite=overwrite)
+            check_target(output_location(p), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- commands

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 
 from bigquant.errors import BigquantError, ImageWriteError
+from bigquant.io.objects import URLPath, check_url_target, url_output
 
 __all__ = ["atomic_output", "check_target", "is_own_store", "remove_path", "remove_stale_temporaries", "temp_sibling", "STALE_AFTER"]
 
@@ -72,8 +73,13 @@ def check_target(path: pathlib.Path, *, overwrite: bool) -> None:
 
     An existing output is replaced only with ``overwrite``; a directory at the
     output path never is, unless it is a zarr store bigquant wrote
-    (:func:`is_own_store`): a folder of the user's is not an output.
+    (:func:`is_own_store`): a folder of the user's is not an output.  A URL
+    (:class:`bigquant.io.objects.URLPath`) is checked where it is
+    (:func:`bigquant.io.objects.check_url_target`).
     """
+    if isinstance(path, URLPath):
+        check_url_target(path, overwrite=overwrite)
+        return
     try:
         os.stat(path)
     except (FileNotFoundError, NotADirectoryError):  # checked below
@@ -174,8 +180,14 @@ def atomic_output(path: pathlib.Path, *, overwrite: bool) -> Iterator[pathlib.Pa
     an earlier, killed run left beside ``path`` are removed first
     (:func:`remove_stale_temporaries`).  OS errors that are
     not already bigquant errors are re-raised as ImageWriteError naming the
-    target.
+    target.  A URL (:class:`bigquant.io.objects.URLPath`) is written as
+    :func:`bigquant.io.objects.url_output` says: the same promise, in object
+    storage.
     """
+    if isinstance(path, URLPath):
+        with url_output(path, overwrite=overwrite) as where:
+            yield where  # type: ignore[misc]
+        return
     check_target(path, overwrite=overwrite)
     remove_stale_temporaries(path)
     tmp = temp_sibling(path)

@@ -25,12 +25,15 @@ import logging
 import os
 import pathlib
 import re
+import tempfile
 from typing import Any
 
 import numpy as np
 
 from bigquant.errors import ImageReadError, InvalidInputError, InvalidParameterError
 from bigquant.io.atomic import atomic_output
+from bigquant.io.files import is_url, read_bytes
+from bigquant.io.objects import output_location
 
 __all__ = ["PALETTE_FORMATS", "read_palette", "write_palette", "palette_format"]
 
@@ -70,7 +73,8 @@ def read_palette(path: str | os.PathLike[str]) -> np.ndarray:
     Parameters
     ----------
     path : str or os.PathLike
-        A ``.json``, ``.gpl``, ``.act``, ``.png`` or ``.tif`` file.
+        A ``.json``, ``.gpl``, ``.act``, ``.png`` or ``.tif`` file, local or
+        at a URL (``s3://bucket/palette.json``: fetched whole).
 
     Returns
     -------
@@ -93,6 +97,19 @@ def read_palette(path: str | os.PathLike[str]) -> np.ndarray:
     ...     read_palette(p).tolist()
     [[255, 0, 0], [0, 0, 255]]
     """
+    if is_url(path):  # fetched whole (a palette file is small) into a temporary file, read as a local one
+        fmt = palette_format(output_location(path))
+        try:
+            data = read_bytes(str(path))
+        except ImageReadError as exc:
+            raise ImageReadError(f"palette file {exc}") from exc
+        with tempfile.TemporaryDirectory(prefix="bigquant-palette-") as folder:
+            local = pathlib.Path(folder) / output_location(path).name
+            local.write_bytes(data)
+            try:
+                return read_palette(local)
+            except ImageReadError as exc:
+                raise ImageReadError(str(exc).replace(str(local), str(path))) from exc
     path = pathlib.Path(path).expanduser()
     fmt = palette_format(path)
     if not path.is_file():
@@ -245,7 +262,7 @@ def write_palette(
         The format cannot hold these colours (not 8-bit RGB, or more than 256
         colours in an ``.act``).
     """
-    path = pathlib.Path(path).expanduser()
+    path = output_location(path)
     fmt = palette_format(path)
     pal = np.asarray(palette)
     if pal.ndim == 1:

@@ -65,22 +65,56 @@ def _sentinel_name(token: str, address: str) -> str:
     return f"{SENTINEL_PREFIX}{token}-{hashlib.sha1(address.encode()).hexdigest()[:10]}"
 
 
+def _is_url(directory: str) -> bool:
+    return "://" in directory and not directory.startswith("file://")
+
+
+def _put(path: str, text: str) -> None:
+    """Write ``text`` at ``path`` (a local file, created, or an object at a URL)."""
+    if _is_url(path):
+        import fsspec
+
+        with fsspec.open(path, "wb") as f:
+            f.write(text.encode())
+    else:
+        with open(path, "x") as f:
+            f.write(text)
+
+
+def _get(path: str) -> str:
+    if _is_url(path):
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            return bytes(f.read()).decode()
+    return pathlib.Path(path).read_text()
+
+
+def _remove(path: str) -> None:
+    if _is_url(path):
+        import fsspec
+
+        fs, key = fsspec.core.url_to_fs(path)
+        fs.rm_file(key)
+    else:
+        os.remove(path)
+
+
 def _write_sentinel(directory: str, token: str, dask_worker: Any = None) -> str | None:
     """On a worker: write its sentinel into ``directory``; None, or why it could not."""
     address = str(getattr(dask_worker, "address", os.getpid()))
     try:
-        with open(os.path.join(directory, _sentinel_name(token, address)), "x") as f:
-            f.write(address)
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc.strerror or exc}"
+        _put(os.path.join(directory, _sentinel_name(token, address)), address)
+    except Exception as exc:  # noqa: BLE001 - OS errors, and an object store's of every kind
+        return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
     return None
 
 
 def _remove_sentinel(directory: str, token: str, dask_worker: Any = None) -> None:
     """On a worker: remove its sentinel (still there when the client could not see it)."""
     address = str(getattr(dask_worker, "address", os.getpid()))
-    with contextlib.suppress(OSError):
-        os.remove(os.path.join(directory, _sentinel_name(token, address)))
+    with contextlib.suppress(Exception):
+        _remove(os.path.join(directory, _sentinel_name(token, address)))
 
 
 def unreachable_workers(
@@ -98,7 +132,9 @@ def unreachable_workers(
     Parameters
     ----------
     directory : str or os.PathLike
-        An existing directory of the client, where workers are about to write.
+        An existing directory of the client, where workers are about to write,
+        or a URL prefix (``s3://bucket/prefix``; ``memory://`` is each
+        process's own, so workers of other processes are unreachable there).
     client : distributed.Client or None, default=None
         The client whose workers are probed; None: the client a compute of
         ``collections`` would use (none: nothing to probe).
@@ -134,17 +170,16 @@ def unreachable_workers(
             if result is not None:
                 unreachable[address] = f"it cannot write {directory} ({result})"
                 continue
-            path = pathlib.Path(directory, _sentinel_name(token, address))
             try:
-                seen = path.read_text() == address
-            except OSError:
+                seen = _get(os.path.join(directory, _sentinel_name(token, address))) == address
+            except Exception:  # noqa: BLE001 - missing (OSError), or an object store's error
                 seen = False
             if not seen:
                 unreachable[address] = f"its file is not in {directory} as the client sees it"
     finally:
         for address in results:
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(directory, _sentinel_name(token, address)))
+            with contextlib.suppress(Exception):
+                _remove(os.path.join(directory, _sentinel_name(token, address)))
         if unreachable:  # best effort: the sentinels the client could not see are the workers' to remove
             with contextlib.suppress(Exception):
                 client.run(_remove_sentinel, directory, token, workers=list(unreachable), on_error="ignore")

@@ -32,6 +32,7 @@ from bigquant.io.encode import (
 )
 from bigquant.io.geotiff import GeoTiff, nodata_tag
 from bigquant.io.metadata import ImageMetadata, check_ome_layout, is_ome_name
+from bigquant.io.objects import output_location
 from bigquant.io.palette import as_colours, check_nodata, index_dtype, tiff_colormap, with_nodata
 from bigquant.io.png_write import PngLayout, PngRowEncoder, check_level, metadata_chunks, png_layout, write_png
 from bigquant.io.reach import scheduler_client, unreachable_workers
@@ -378,7 +379,10 @@ def write_image(
         BigTIFF; an OME-TIFF when named ``*.ome.tif``/``*.ome.tiff``),
         ``.zarr`` (zarr v3 array, tile-sized chunks), ``.png`` (any size,
         streamed: :mod:`bigquant.io.png_write`) or ``.jpg`` (small images
-        only, written by Pillow).
+        only, written by Pillow).  A URL (``s3://``, ``gs://``, ``az://``,
+        ``abfs://``, ``memory://``) is written there as atomically as a file
+        (:mod:`bigquant.io.objects`): zarr chunks by the workers, other
+        formats written locally on the client and uploaded in parts.
     palette : array-like of shape (k, C) or None, default=None
         Colours of the labels (C in 1, 3, 4), e.g. ``KMeans.cluster_centers_``;
         rounded and clipped to uint8 (or uint16 when a value exceeds 255, or
@@ -500,7 +504,7 @@ def write_image(
     ...         [page.shape for page in tf.pages], tf.pages[0].nodata
     ([(80, 80), (40, 40), (20, 20)], 255)
     """
-    path = pathlib.Path(path).expanduser()
+    path = output_location(path)
     if mode not in ("palette", "rgb"):
         raise InvalidParameterError(f"mode={mode!r} must be 'palette' or 'rgb'")
     t = check_tile(tile)
@@ -576,7 +580,7 @@ def write_image(
                          sample_shape=sample_shape, nodata=nodata, shown=shown)
         check_level(compression_level)
     if preview is not None:
-        preview = pathlib.Path(preview).expanduser()
+        preview = output_location(preview)
         check_target(preview, overwrite=overwrite)
     arr = align_to_tiles(arr, t)
     n_colours = len(colours) if colours is not None else 0

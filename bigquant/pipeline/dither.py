@@ -45,6 +45,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -57,6 +58,8 @@ from dask.highlevelgraph import HighLevelGraph
 from bigquant import tasks
 from bigquant.errors import InputTypeError, InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.files import is_url
+from bigquant.io.objects import URLPath, output_location, remove_url
 from bigquant.io.reach import unreachable_workers
 from bigquant.kernels.dither import (
     UNITS,
@@ -210,8 +213,35 @@ def _slanted_tile(
 
 
 def _spool_file(directory: str, y0: int, j: int) -> str:
-    """The file of slanted tile ``j`` of the band starting at row ``y0``."""
+    """The file of slanted tile ``j`` of the band starting at row ``y0`` (an object under a URL prefix)."""
     return os.path.join(directory, f"{y0}-{j}.npy")
+
+
+def _save_labels(path: str, labels: np.ndarray) -> None:
+    """``np.save`` to a local file, or to an object at a URL (one request)."""
+    if not is_url(path):
+        np.save(path, labels)
+        return
+    import io
+
+    import fsspec
+
+    buffer = io.BytesIO()
+    np.save(buffer, labels)
+    fs, key = fsspec.core.url_to_fs(path)
+    fs.pipe_file(key, buffer.getvalue())
+
+
+def _load_labels(path: str) -> np.ndarray:
+    """What :func:`_save_labels` saved (a local file mapped, an object read whole)."""
+    if not is_url(path):
+        return np.load(path, mmap_mode="r")
+    import io
+
+    import fsspec
+
+    fs, key = fsspec.core.url_to_fs(path)
+    return np.load(io.BytesIO(fs.cat_file(key)))
 
 
 def _spool_tile(spool: tuple[str, int, Any], out: np.ndarray, ex0: int,
@@ -230,8 +260,8 @@ def _spool_tile(spool: tuple[str, int, Any], out: np.ndarray, ex0: int,
     row_step, item = out.strides
     packed = np.lib.stride_tricks.as_strided(out[:, first:], shape=(h, width_t), strides=(row_step - item, item))
     try:
-        np.save(_spool_file(directory, y0, j), packed.astype(dtype))
-    except OSError:
+        _save_labels(_spool_file(directory, y0, j), packed.astype(dtype))
+    except Exception:  # noqa: BLE001 - OS errors, and an object store's of every kind
         return False
     return True
 
@@ -278,7 +308,7 @@ def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[
     pair = np.zeros((h, 2 * width_t), dtype=dtype)
     for side, jj in enumerate((j, j + 1)):
         if jj < n_tiles:
-            pair[:, side * width_t:(side + 1) * width_t] = np.load(_spool_file(directory, y0, jj), mmap_mode="r")
+            pair[:, side * width_t:(side + 1) * width_t] = _load_labels(_spool_file(directory, y0, jj))
     row_step, item = pair.strides
     skewed = np.lib.stride_tricks.as_strided(pair[:, x0 - j * width_t:], shape=(h, x1 - x0),
                                              strides=(row_step + item, item))
@@ -618,26 +648,53 @@ def dither_labels(
 
 
 @contextlib.contextmanager
-def label_spool(target: pathlib.Path, dither: str | None = "floyd-steinberg") -> Iterator[pathlib.Path | None]:
-    """A temporary directory beside ``target`` for :func:`dither_labels`' ``spool``, removed on exit.
+def label_spool(target: pathlib.PurePath, dither: str | None = "floyd-steinberg", *,
+                scratch: str | os.PathLike[str] | None = None) -> Iterator[pathlib.PurePath | None]:
+    """A temporary directory for :func:`dither_labels`' ``spool``, removed on exit.
 
-    It is named like the writers' temporaries (:func:`bigquant.io.atomic.temp_sibling`,
+    Where: under ``scratch`` when given (a local directory, or a URL prefix
+    such as ``s3://bucket/tmp`` that every worker writes and reads through
+    fsspec); else beside a local ``target``; else (a URL ``target``, whose
+    folder is no local directory) in the client's system temp dir.  It is
+    named like the writers' temporaries (:func:`bigquant.io.atomic.temp_sibling`,
     tag ``spool``), so a run killed before its cleanup leaves nothing the next
-    run writing ``target`` does not remove.  Only Floyd--Steinberg spools: for
-    any other ``dither`` (None included) nothing is made and None is yielded.
+    run writing ``target`` beside it does not remove.  Only Floyd--Steinberg
+    spools: for any other ``dither`` (None included) nothing is made and None
+    is yielded.
 
     With a distributed client, every worker first proves that its files
     reach this directory as the client sees it
     (:func:`bigquant.io.reach.unreachable_workers`); when one does not (a
-    worker of another machine, a private mount), nothing is spooled (None)
-    and the second pass dithers again.  (Without the probe, the first pass
-    could spool every tile on workers that see the directory, and the second
-    pass then fail to read them on a worker that does not.)
+    worker of another machine, a private mount, ``memory://`` of another
+    process), nothing is spooled (None) and the second pass dithers again
+    from the edges.  (Without the probe, the first pass could spool every
+    tile on workers that see the directory, and the second pass then fail
+    to read them on a worker that does not.)
     """
     if dither != "floyd-steinberg":
         yield None
         return
-    path = temp_sibling(pathlib.Path(target), "spool")
+    where = None if scratch is None else output_location(scratch)
+    if isinstance(where, URLPath):  # a prefix in object storage: nothing to make, every object removed after
+        url = temp_sibling(where / target.name, "spool")
+        try:
+            unseen = unreachable_workers(url)
+            if unseen:
+                logger.info("dither: the workers do not see the spool %s (%s); no spool, dithering again",
+                            url, "; ".join(sorted(set(unseen.values()))))
+                yield None
+            else:
+                yield url
+        finally:
+            remove_url(url)
+        return
+    if where is not None:
+        base = pathlib.Path(where) / target.name
+    elif isinstance(target, URLPath):  # never a local sibling of a URL: the client's temp dir, probed as any
+        base = pathlib.Path(tempfile.gettempdir()) / target.name
+    else:
+        base = pathlib.Path(target)
+    path = temp_sibling(base, "spool")
     path.mkdir()
     try:
         unseen = unreachable_workers(path)

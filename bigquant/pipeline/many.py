@@ -36,6 +36,7 @@ from bigquant.cluster.palette import palette_error
 from bigquant.cluster.scheduler import phase
 from bigquant.errors import BigquantError, ImageReadError, ImageWriteError, InvalidInputError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike
+from bigquant.io.objects import URLPath, output_location
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS
@@ -136,7 +137,7 @@ class ManyResult:
     error: float | None = None
 
 
-def output_path(src: Any, out_dir: pathlib.Path, suffix: str) -> pathlib.Path:
+def output_path(src: Any, out_dir: pathlib.PurePath, suffix: str) -> pathlib.PurePath:
     """The output of ``src`` in ``out_dir``: the same name with ``suffix``."""
     name = str(src).rstrip("/").split("?")[0].rsplit("/", 1)[-1]
     stem = pathlib.PurePath(name).stem if pathlib.PurePath(name).suffix else name
@@ -264,7 +265,8 @@ def quantize_many(
         same bands and data type.
     out_dir : str or os.PathLike
         Folder of the outputs (created if missing): each input's name with
-        ``suffix``.
+        ``suffix``; or a URL prefix (``s3://bucket/run``), where each output
+        is written as :func:`bigquant.write_image` writes a URL.
     n_clusters : int or None, default=None
         Colours of the shared palette (the most allowed with ``quality``).
     suffix : str, default=".tif"
@@ -334,12 +336,13 @@ def quantize_many(
     options["suffix"] = suffix = suffix if suffix.startswith((".", "-", "_")) else f".{suffix}"
     if pathlib.PurePath(f"x{suffix}").suffix.lower() not in FORMATS:
         raise InvalidParameterError(f"suffix={suffix!r}: use one of {sorted(FORMATS)}")
-    out = pathlib.Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
+    out = output_location(out_dir)
+    remote = isinstance(out, URLPath)  # a prefix in object storage: no folder to make or check
+    if not remote and out.exists() and not out.is_dir():
         raise ImageWriteError(f"{out}: the output folder is a file")
     names = [f"image{i}" if isinstance(s, (np.ndarray, da.Array)) else s for i, s in enumerate(srcs)]
     dsts = [output_path(n, out, suffix) for n in names]
-    seen: dict[pathlib.Path, Any] = {}
+    seen: dict[Any, Any] = {}
     for name, dst in zip(names, dsts):
         if dst in seen:
             raise InvalidParameterError(f"{seen[dst]} and {name} would both be written to {dst}")
@@ -350,7 +353,7 @@ def quantize_many(
         raise InvalidParameterError(f"space={options['space']!r}: a set is fitted in RGB; quantize each file")
     request = build_request("quantize_many", srcs, dsts, dict(options, n_clusters=n_clusters))
     # the folder is made only once the request is checked (outputs in a folder to be made cannot exist)
-    request = check_request(request, image_targets=out.is_dir())
+    request = check_request(request, image_targets=remote or out.is_dir())
     fit, write = request.fit, request.write
     images, skipped = open_images(srcs, keep_going=request.set.keep_going, series=request.read.series,
                                   level=request.read.level, chunks=request.read.chunks)
@@ -362,9 +365,10 @@ def quantize_many(
     if given is None and fit.random_state is None:
         logger.info("random_state=None: the default seed %d (the same command writes the same bytes)",
                     seed_of(None))
-    created = not out.exists()
+    created = not remote and not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if not remote:
+            out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageWriteError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     try:
@@ -403,7 +407,7 @@ def quantize_many(
                     n = None if hist is None else hist.n_pixels
                 else:
                     error, n = _write_dithered(srcs[item.index], item, choice, dst, write, request.read,
-                                               dither, dither_strength)
+                                               dither, dither_strength, request.map.scratch)
                 quality_db = None if n is None else psnr(error, n * n_channels, dtype)
                 files.append(FileResult(item.name, str(dst), n, error, quality_db))
                 logger.info("wrote %s (%s)", dst, "" if quality_db is None else f"{quality_db:.2f} dB")
@@ -429,13 +433,14 @@ def quantize_many(
         n_pixels = joint.n_pixels if joint is not None and weight == "pixels" else None
         doc = palette_document(shared, opened[0].source, out, None, write.rgb_bands, n_pixels, extra)
         doc["source"], doc["shape"] = [f.src for f in files], None
-        write_palette_out(pathlib.Path(palette_out).expanduser(), shared, doc, write.overwrite, dtype,
+        write_palette_out(output_location(palette_out), shared, doc, write.overwrite, dtype,
                           write.rgb_bands)
     return result
 
 
 def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.Path, options: WriteOptions,
-                    read: ReadOptions, dither: str, strength: float) -> tuple[float | None, int | None]:
+                    read: ReadOptions, dither: str, strength: float,
+                    scratch: Any = None) -> tuple[float | None, int | None]:
     """Write one file of a set dithered to the shared palette; its squared error and pixel count.
 
     Floyd--Steinberg gives the error of the pixels written on its way; blue
@@ -444,7 +449,7 @@ def _write_dithered(src: Any, item: Opened, choice: PaletteChoice, dst: pathlib.
     report: dict[str, Any] = {}
     dither_data = _dither_data(src, item.source, read.chunks, read.level, read.series, read.mask, item.valid,
                                read.mask_threshold)
-    with label_spool(dst, dither) as spool:
+    with label_spool(dst, dither, scratch=scratch) as spool:
         write_quantized(item.data, item.valid, choice, item.source, dst, options, dither=dither,
                         dither_strength=strength, dither_data=dither_data, report=report, spool=spool)
     sums = report.get("sums")

@@ -30,6 +30,7 @@ from bigquant.cluster.scheduler import active_client, on_client, phase
 from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import LabelLookup
+from bigquant.io.objects import output_location
 from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.rat import class_table, rat_path, write_rat
@@ -685,6 +686,11 @@ def quantize(
         piles up in smooth areas until a far colour is picked (stray dots);
         on the five photos of docs/benchmarks.md 0.9 gives more PSNR after a blur of
         sigma = 1 px than 1.0 at every k (its dither-strength table).
+    scratch : str, os.PathLike or None, default=None
+        Where the workers share temporaries (Floyd--Steinberg's label spool):
+        a directory every worker sees, or a URL prefix (``s3://bucket/tmp``).
+        None: beside a local output, or the client's temp dir for a URL
+        output; workers that do not see it dither again from the edges.
     space : {"rgb", "oklab", "lab"}, default="rgb"
         Colour space of the fit, the lookup table and the pixel -> palette
         mapping (:mod:`bigquant.pipeline.space`); the palette is stored as
@@ -822,7 +828,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         written: dict[str, Any] = {}
         want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
         # Floyd--Steinberg keeps its labels in a spool until the output and its report are done
-        with label_spool(dst_path, dither) as spool:
+        with label_spool(dst_path, dither, scratch=request.map.scratch) as spool:
             mapper, nodata = write_quantized(
                 data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
                 dither_strength=dither_strength,
@@ -870,7 +876,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         if dither is not None:
             extra["dither_strength"] = dither_strength
         doc = palette_document(choice, source, dst_path, nodata, rgb_bands, n_pixels, extra)
-        write_palette_out(pathlib.Path(palette_out).expanduser(), choice, doc, write.overwrite, source.dtype,
+        write_palette_out(output_location(palette_out), choice, doc, write.overwrite, source.dtype,
                           rgb_bands)
     result = choice.model if choice.model is not None else mapper
     result.quality_ = quality_

@@ -34,6 +34,7 @@ from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.io.atomic import atomic_output
+from bigquant.io.objects import output_location
 from bigquant.kernels.spaces import error_sums, to_space
 
 __all__ = ["quality_from_histogram", "quality_from_sums", "quality_pass", "psnr_peak", "write_compare"]
@@ -265,7 +266,7 @@ def write_compare(
     """
     from PIL import Image
 
-    path = pathlib.Path(path).expanduser()
+    path = output_location(path)
     height, width = data.shape[:2]
     h, w = min(size, height), min(size, width)
     y0, x0 = (height - h) // 2, (width - w) // 2

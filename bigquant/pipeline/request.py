@@ -13,7 +13,7 @@ read       ``chunks``, ``level``, ``series``, ``mask``, ``mask_threshold``,
 fit        ``n_clusters``, ``palette``, ``quality``, ``strategy``, ``space``,
            ``random_state``, ``init``, ``n_init``, ``max_iter``, ``tol`` and
            the other :class:`bigquant.KMeans` parameters
-map        ``dither``, ``dither_strength``
+map        ``dither``, ``dither_strength``, ``scratch``
 write      ``mode``, ``tile``, ``compression``, ``compression_level``,
            ``pyramid``, ``overviews``, ``cog``, ``nodata_index``,
            ``rgb_bands``, ``display_range``, ``display_palette``, ``rat``,
@@ -53,6 +53,7 @@ from bigquant.io.atomic import check_target
 from bigquant.io.encode import resolve_codec
 from bigquant.io.files import is_url
 from bigquant.io.metadata import check_ome_layout
+from bigquant.io.objects import URLPath, output_location, same_location
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
 from bigquant.io.rat import rat_path
@@ -136,10 +137,17 @@ def seed_of(random_state: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class MapOptions:
-    """How pixels are mapped to the palette: nearest colour, or dithered."""
+    """How pixels are mapped to the palette: nearest colour, or dithered.
+
+    ``scratch``: where temporaries the workers share go (the Floyd--Steinberg
+    label spool): a local directory or a URL prefix (``s3://bucket/tmp``);
+    None: beside a local output, or the client's temp dir for a URL output
+    (:func:`bigquant.pipeline.dither.label_spool`).
+    """
 
     dither: str | None = None
     dither_strength: float = 0.9
+    scratch: str | os.PathLike[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +270,9 @@ class Request:
         The entry point that built it.
     inputs : tuple
         The images (paths, URLs, arrays, sources).
-    outputs : tuple of pathlib.Path
-        The image written for each input (empty for a sweep).
+    outputs : tuple of pathlib.Path or URLPath
+        The image written for each input (empty for a sweep); a URL is a
+        :class:`bigquant.io.objects.URLPath`.
     read, fit, map, write, report, set, sweep : option groups
         See the module docstring.
     target : QualityTarget or None
@@ -272,7 +281,7 @@ class Request:
 
     entry: str
     inputs: tuple[Any, ...]
-    outputs: tuple[pathlib.Path, ...]
+    outputs: tuple[pathlib.Path | URLPath, ...]
     read: ReadOptions
     fit: FitOptions
     map: MapOptions = MapOptions()
@@ -283,10 +292,10 @@ class Request:
     target: QualityTarget | None = None
 
     @property
-    def extra_outputs(self) -> list[pathlib.Path]:
+    def extra_outputs(self) -> list[pathlib.Path | URLPath]:
         """Files written besides the images: palette, preview, comparison, sweep CSV."""
         paths = [self.report.palette_out, self.report.preview, self.report.compare, self.sweep.out]
-        return [pathlib.Path(p).expanduser() for p in paths if p is not None]
+        return [output_location(p) for p in paths if p is not None]
 
     @property
     def sidecars(self) -> list[pathlib.Path]:
@@ -327,7 +336,7 @@ def build_request(entry: str, inputs: Sequence[Any], outputs: Sequence[Any], opt
     return Request(
         entry=entry,
         inputs=tuple(inputs),
-        outputs=tuple(pathlib.Path(p).expanduser() for p in outputs),
+        outputs=tuple(output_location(p) for p in outputs),
         target=parse_quality(fit.quality),
         **made,
     )
@@ -395,6 +404,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         if isinstance(fit.palette, (str, os.PathLike)):
             palette_format(fit.palette)
     dither, strength = check_dither(request.map.dither, request.map.dither_strength)
+    _check_scratch(request.map.scratch)
     if request.entry != "sweep" and check_alpha(request.read.alpha) == "fit" and request.entry == "quantize_many":
         raise InvalidParameterError(
             "alpha='fit' fits one image's alpha (quantize); a set's shared palette reads alpha as a mask")
@@ -444,19 +454,30 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
     outputs = list(request.outputs) + request.sidecars + request.extra_outputs
     seen: dict[str, pathlib.Path] = {}
     for out in outputs:
-        key = os.path.normcase(os.path.abspath(out))
+        key = str(out) if isinstance(out, URLPath) else os.path.normcase(os.path.abspath(out))
         if key in seen:
             raise InvalidParameterError(f"two outputs would be written to {out}: every output needs its own path")
         seen[key] = out
     resume = request.sweep.resume_from
     for out in outputs if image_targets else request.extra_outputs:
-        same_as_resume = resume is not None and os.path.abspath(out) == os.path.abspath(pathlib.Path(resume))
+        same_as_resume = resume is not None and same_location(out, resume)
         check_target(out, overwrite=write.overwrite or same_as_resume)
     return dataclasses.replace(
         request, fit=dataclasses.replace(fit, space=space),
         map=dataclasses.replace(request.map, dither=dither, dither_strength=strength),
         write=dataclasses.replace(write, display_range=display_range, display_palette=display_palette),
     )
+
+
+def _check_scratch(scratch: Any) -> None:
+    """``scratch`` is None, an existing local directory, or a URL bigquant writes."""
+    if scratch is None:
+        return
+    if not isinstance(scratch, (str, os.PathLike)):
+        raise InvalidParameterError(f"scratch={scratch!r} must be a directory or a URL prefix")
+    where = output_location(scratch)
+    if not isinstance(where, URLPath) and not where.is_dir():
+        raise InvalidParameterError(f"scratch={scratch}: no such directory")
 
 
 def warn_lossy_output(request: Request) -> None:
@@ -567,11 +588,20 @@ def check_not_inputs(request: Request, extra_inputs: Sequence[Any] = ()) -> None
     InvalidParameterError
         An output is the same file as an input (image, mask or palette file).
     """
-    inputs = [local_path(s) for s in list(request.inputs) + list(extra_inputs)]
+    given = list(request.inputs) + list(extra_inputs)
+    inputs = [local_path(s) for s in given]
     inputs = [p for p in inputs if p is not None]
+    urls = [str(s) for s in given if isinstance(s, str) and is_url(s)]
+    urls += [str(s.path) for s in given if isinstance(getattr(s, "path", None), str) and is_url(s.path)]
     outputs = list(request.outputs) + request.sidecars + request.extra_outputs
     resume = request.sweep.resume_from
     for out in outputs:
+        if isinstance(out, URLPath):
+            for src in urls:
+                if same_location(out, src) and not (resume is not None and same_location(src, resume)):
+                    raise InvalidParameterError(
+                        f"{out} is the input {src}: writing it would destroy the input; choose another output URL")
+            continue
         for src in inputs:
             if (_same_file(out, src) or os.path.abspath(out) == os.path.abspath(src)) and not (
                     resume is not None and _same_file(src, pathlib.Path(resume))):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histog
 from bigquant.cluster.scheduler import on_client
 from bigquant.cluster.search import prepare_search, uses_coarse_search
 from bigquant.errors import ConvergenceWarning, FewColoursWarning, InvalidInputError, InvalidParameterError
+from bigquant.io.objects import URLPath, output_location, read_url_bytes, same_location, url_exists, write_url_bytes
 from bigquant.pipeline.runtime import active_client, phase
 from bigquant.pipeline import provenance
 from bigquant.pipeline.request import (
@@ -317,14 +319,15 @@ class SweepResult:
 
         return pd.DataFrame.from_records(self.to_records()).set_index("k")
 
-    def to_csv(self, path: str | os.PathLike[str]) -> pathlib.Path:
-        """Write every row (with its palette) to a CSV file; returns the path."""
-        path = pathlib.Path(path)
+    def to_csv(self, path: str | os.PathLike[str]) -> pathlib.Path | URLPath:
+        """Write every row (with its palette) to a CSV file (or an object at a URL); returns where."""
+        path = output_location(path)
+        text = _csv_text(self.rows, header=True)
+        if isinstance(path, URLPath):
+            write_url_bytes(path, text.encode())
+            return path
         with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow(asdict(row))
+            fh.write(text)
         return path
 
     def elbow(self) -> int | None:
@@ -355,11 +358,32 @@ class SweepResult:
         return "\n".join(lines)
 
 
+def _csv_text(rows: Sequence[SweepRow], *, header: bool) -> str:
+    """The CSV lines of ``rows`` (after the header line when ``header``)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=_COLUMNS)
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    return buffer.getvalue()
+
+
+def _exists(location: Any) -> bool:
+    """Whether a CSV is at ``location`` (a path or a URL)."""
+    where = output_location(location)
+    return url_exists(where) if isinstance(where, URLPath) else where.exists()
+
+
 def read_rows(path: str | os.PathLike[str]) -> list[SweepRow]:
-    """Rows of a sweep CSV (as written by :func:`sweep` or :meth:`SweepResult.to_csv`)."""
+    """Rows of a sweep CSV (as written by :func:`sweep` or :meth:`SweepResult.to_csv`), from a file or a URL."""
     rows = []
-    with open(path, newline="") as fh:
-        text = fh.read()
+    where = output_location(path)
+    if isinstance(where, URLPath):
+        text = read_url_bytes(where).decode("utf-8")
+    else:
+        with open(where, newline="") as fh:
+            text = fh.read()
     if not text.endswith("\n"):  # a run killed while writing a row: its last line is cut short
         text = text[: text.rfind("\n") + 1]
     reader = csv.DictReader(text.splitlines(keepends=True))
@@ -469,10 +493,23 @@ def _load_source(src: Any, mask: Any = None, read: ReadOptions | None = None) ->
 
 
 class _CsvLog:
-    """Appends rows to a CSV file as they come, flushed at once."""
+    """Appends rows to a CSV file as they come, flushed at once.
 
-    def __init__(self, path: pathlib.Path, keep: list[SweepRow], append: bool):
+    At a URL (an object cannot be appended to) every row rewrites the object
+    whole, in one request: it holds every finished row, or the previous ones.
+    """
+
+    def __init__(self, path: pathlib.Path | URLPath, keep: list[SweepRow], append: bool):
         self.path = path
+        if isinstance(path, URLPath):
+            self.text = ""
+            if append:  # the rows kept, without a row cut short
+                old = read_url_bytes(path).decode("utf-8")
+                self.text = old[: old.rfind("\n") + 1]
+            else:
+                self.text = _csv_text(keep, header=True)
+                write_url_bytes(path, self.text.encode())
+            return
         if append:  # drop a row cut short by a killed run, so the next row starts on its own line
             with open(path, "rb+") as fh:
                 fh.truncate(fh.read().rfind(b"\n") + 1)
@@ -485,17 +522,25 @@ class _CsvLog:
         self.fh.flush()
 
     def write(self, row: SweepRow) -> None:
+        if isinstance(self.path, URLPath):
+            self.text += _csv_text([row], header=False)
+            write_url_bytes(self.path, self.text.encode())
+            return
         self.writer.writerow(asdict(row))
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
     def close(self) -> None:
-        self.fh.close()
+        if not isinstance(self.path, URLPath):
+            self.fh.close()
 
 
-def _sort_csv(path: pathlib.Path) -> None:
+def _sort_csv(path: pathlib.Path | URLPath) -> None:
     """Rewrite a finished sweep's CSV in k order (one row per k), atomically."""
     by_k = {r.k: r for r in read_rows(path)}
+    if isinstance(path, URLPath):  # one request: the object is replaced whole
+        write_url_bytes(path, _csv_text([by_k[k] for k in sorted(by_k)], header=True).encode())
+        return
     tmp = path.with_name(path.name + ".tmp")
     SweepResult([by_k[k] for k in sorted(by_k)], 0, None, 0, "").to_csv(tmp)
     os.replace(tmp, path)
@@ -539,7 +584,7 @@ def sweep(
     tol : float, default=1e-4
         As :class:`bigquant.KMeans`.
     out : str or path, default=None
-        CSV file written incrementally: one row per k as soon as it is done;
+        CSV file (or URL) written incrementally: one row per k as soon as it is done;
         its ``provenance`` column records what the sweep is of (inputs by
         path, size and modification time, or a digest; bands, series, level,
         mask, space, strategy and seed: :mod:`bigquant.pipeline.provenance`).
@@ -594,7 +639,7 @@ def sweep(
 
     previous: dict[int, SweepRow] = {}
     recorded: dict[str, Any] | None = None
-    if resume_from is not None and pathlib.Path(resume_from).exists():
+    if resume_from is not None and _exists(resume_from):
         previous = {r.k: r for r in read_rows(resume_from)}
         recorded = next((json.loads(r.provenance) for r in previous.values() if r.provenance), None)
     if random_state is None and recorded is not None and isinstance(recorded.get("seed"), int):
@@ -623,12 +668,13 @@ def sweep(
 
     log: _CsvLog | None = None
     if out is not None:
-        out_path = pathlib.Path(out)
+        out_path = output_location(out)
         append = (
             resume_from is not None
-            and out_path.exists()
-            and pathlib.Path(resume_from).exists()
-            and out_path.resolve() == pathlib.Path(resume_from).resolve()
+            and _exists(out_path)
+            and _exists(resume_from)
+            and (same_location(out_path, resume_from) if isinstance(out_path, URLPath)
+                 else out_path.resolve() == pathlib.Path(resume_from).resolve())
         )
         log = _CsvLog(out_path, kept, append)
 
