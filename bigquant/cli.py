@@ -374,7 +374,9 @@ def _output_ext(args: argparse.Namespace, src: str) -> str:
 
 def _beside(src: str, end: str) -> str:
     """``src``'s output beside it: its name without the last suffix, then ``end`` (pngquant's --ext)."""
-    path = pathlib.Path(src)
+    from bigquant.io.objects import output_location
+
+    path = output_location(src)  # beside a URL input too (s3://b/a.png -> s3://b/a-fs8.png)
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return str(path.with_name(stem + end))
 
@@ -842,6 +844,8 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
 
     if args.keep_going and one:
         raise UsageError(f"{PROG} quantize: --keep-going goes with several inputs")
+    from bigquant.io.objects import output_location
+
     with contextlib.ExitStack() as stack:
         scratch: pathlib.Path | None = None
         if any(src == "-" or dst == "-" for src, dst in jobs):
@@ -858,7 +862,7 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                     raise UsageError(f"{PROG} quantize: -o - writes a PNG or TIFF on stdout, not {suffix}")
                 target = str(scratch / f"stdout{suffix}")  # type: ignore[operator]
                 console.stdout_is_data = True
-            plan.append((src, dst, pathlib.Path(target), shown))
+            plan.append((src, dst, output_location(target), shown))
         if args.output_format is not None:
             for _, dst, target, _ in plan:
                 if dst != "-" and OUTPUT_FORMATS[args.output_format] != target.suffix.lower() and not (

@@ -56,6 +56,7 @@ import numpy as np
 from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import atomic_output
 from bigquant.io.geotiff import GeoTiff
+from bigquant.io.objects import URLPath, output_location
 from bigquant.io.palette import tiff_colormap
 
 __all__ = [
@@ -92,8 +93,24 @@ def rat_path(image: str | os.PathLike[str]) -> pathlib.Path:
     >>> rat_path("out/q.tif").name
     'q.tif.aux.xml'
     """
-    path = pathlib.Path(image).expanduser()
+    path = output_location(image)  # a URL output's table goes beside it, at a URL
     return path.with_name(path.name + RAT_SUFFIX)
+
+
+def rat_fits(image: str | os.PathLike[str]) -> bool:
+    """Whether the sidecar's name is one the file system holds (the image's name plus 8 bytes).
+
+    An image named as long as a name may be leaves no room for ``.aux.xml``:
+    its table is then left out, with a warning, rather than the image refused.
+    """
+    path = rat_path(image)
+    if isinstance(path, URLPath):
+        return True
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    return len(os.fsencode(path.name)) <= limit
 
 
 def band_descriptions(page: Any) -> tuple[str | None, ...] | None:
@@ -298,15 +315,15 @@ def _real(value: Any) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
-def write_rat(path: str | os.PathLike[str], document: str, *, overwrite: bool = False) -> pathlib.Path:
-    """Write a PAM document (:func:`class_table`) at ``path``, atomically.
+def write_rat(path: str | os.PathLike[str], document: str, *, overwrite: bool = False) -> pathlib.Path | URLPath:
+    """Write a PAM document (:func:`class_table`) at ``path`` (a file or a URL), atomically.
 
     Raises
     ------
     ImageWriteError
         ``path`` exists (without ``overwrite``) or cannot be written.
     """
-    path = pathlib.Path(path).expanduser()
+    path = output_location(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(document, encoding="utf-8")
     logger.info("wrote the classes' attribute table %s", path)

@@ -33,7 +33,7 @@ from bigquant.io.encode import LabelLookup
 from bigquant.io.objects import output_location
 from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
-from bigquant.io.rat import class_table, rat_path, write_rat
+from bigquant.io.rat import class_table, rat_fits, rat_path, write_rat
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
 from bigquant.io.write import FORMATS, write_image
@@ -300,7 +300,11 @@ def write_quantized(
         # output that holds the palette's alpha (tRNS, RGBA samples) shows them transparent
         colours, written_nodata = transparent_entry(colours, nodata), None
     classes = options.mode == "palette" and FORMATS.get(dst.suffix.lower()) == "tiff"
-    table = options.rat and classes
+    fits = classes and rat_fits(dst)
+    table = options.rat and fits
+    if options.rat and classes and not fits:
+        logger.warning("%s: its name leaves no room for %s (the file system's limit): no attribute table "
+                       "written", dst, rat_path(dst).name)
     n_pixels = int(np.prod(data.shape[:2]))
     known = class_counts(mapper, choice, len(colours)) if table and dither is None else None
     if known is not None and (known.sum() > n_pixels or nodata is None and known.sum() != n_pixels):
@@ -336,7 +340,7 @@ def write_quantized(
         # the colours GDAL shows: the colour table holds the display colours where there are some
         write_class_table(choice, source, dst, colours if shown is None else shown, nodata, counts, nodata_count,
                           options)
-    elif classes:
+    elif fits:
         _warn_stale_table(dst)
     if report is not None:
         report["labels"] = labels

@@ -56,7 +56,7 @@ from bigquant.io.metadata import check_ome_layout
 from bigquant.io.objects import URLPath, output_location, same_location
 from bigquant.io.palette import MAX_PALETTE
 from bigquant.io.palette_file import palette_format
-from bigquant.io.rat import rat_path
+from bigquant.io.rat import rat_fits, rat_path
 from bigquant.io.write import FORMATS, check_tile
 from bigquant.pipeline.alpha import alpha_blocker, check_alpha
 from bigquant.pipeline.display import DisplayPalette, load_display_palette, parse_display_range
@@ -306,7 +306,7 @@ class Request:
         """
         if not self.write.rat or self.write.mode != "palette" or self.entry == "sweep":
             return []
-        return [rat_path(p) for p in self.outputs if FORMATS.get(p.suffix.lower()) == "tiff"]
+        return [rat_path(p) for p in self.outputs if FORMATS.get(p.suffix.lower()) == "tiff" and rat_fits(p)]
 
     @property
     def limit(self) -> int:

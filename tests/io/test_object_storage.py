@@ -143,7 +143,9 @@ def test_cog_with_preview_and_compare_s3(cluster, s3, bucket, inputs, tmp_path):
                       client=cluster, **opts)
     for name in ("c.tif", "p.png", "cmp.png"):
         assert s3.cat_file(f"{bucket}/o/{name}") == (tmp_path / name).read_bytes(), name
-    assert keys(s3, bucket) == ["in/in.tif", "o/c.tif", "o/cmp.png", "o/p.png"]
+    # and the palette TIFF's attribute table beside it, at its URL, as beside a local file
+    assert s3.cat_file(f"{bucket}/o/c.tif.aux.xml") == (tmp_path / "c.tif.aux.xml").read_bytes()
+    assert keys(s3, bucket) == ["in/in.tif", "o/c.tif", "o/c.tif.aux.xml", "o/cmp.png", "o/p.png"]
 
 
 @pytest.mark.distributed
@@ -153,7 +155,7 @@ def test_dithered_quantize_s3_matches_local(cluster, s3, bucket, inputs, tmp_pat
     bigquant.quantize(local_in, tmp_path / "d.tif", 4, tile=64, dither="floyd-steinberg", client=cluster)
     assert s3.cat_file(f"{bucket}/d.tif") == (tmp_path / "d.tif").read_bytes()
     # the label spool is never made beside a URL output, locally or in the bucket
-    assert keys(s3, bucket) == ["d.tif", "in/in.tif"]
+    assert keys(s3, bucket) == ["d.tif", "d.tif.aux.xml", "in/in.tif"]
     assert not list(pathlib.Path.cwd().glob("s3:*"))
 
 
@@ -167,7 +169,7 @@ def test_dither_spool_in_a_scratch_prefix(cluster, s3, bucket, inputs, tmp_path,
     assert f"labels from the spool s3://{bucket}/scratch/" in caplog.text
     bigquant.quantize(local_in, tmp_path / "d.tif", 4, tile=64, chunks=64, dither="floyd-steinberg")
     assert s3.cat_file(f"{bucket}/d.tif") == (tmp_path / "d.tif").read_bytes()
-    assert keys(s3, bucket) == ["d.tif", "in/in.tif"]
+    assert keys(s3, bucket) == ["d.tif", "d.tif.aux.xml", "in/in.tif"]
     # memory:// is each process's own: the workers cannot share it, so they dither again (same bytes)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="bigquant.pipeline.dither"):
@@ -191,7 +193,7 @@ def test_cli_quantize_s3_to_s3_with_scratch(cluster, s3, bucket, inputs, tmp_pat
     assert f"wrote {out}" in capsys.readouterr().out
     bigquant.quantize(local_in, tmp_path / "q.tif", 4, tile=64, dither="floyd-steinberg")
     assert s3.cat_file(out[5:]) == (tmp_path / "q.tif").read_bytes()
-    assert keys(s3, bucket) == ["cli/q.json", "cli/q.tif", "in/in.tif"]
+    assert keys(s3, bucket) == ["cli/q.json", "cli/q.tif", "cli/q.tif.aux.xml", "in/in.tif"]
     # run again without --overwrite: refused before any pixel is read, exit code 1, the object kept
     assert main(["quantize", url_in, out, "-k", "4", "--scheduler", cluster.scheduler.address]) == 1
     assert "output exists" in capsys.readouterr().err
