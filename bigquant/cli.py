@@ -721,7 +721,7 @@ def request_options(args: argparse.Namespace, entry: str) -> dict[str, Any]:
     Every option the command spells has the library's name; only
     :data:`bigquant.pipeline.request.PYTHON_ONLY` ones are not spelled.
     """
-    from bigquant.pipeline.request import option_names
+    from bigquant.pipeline.options import option_names
 
     options = {}
     for name in option_names(entry):
@@ -838,9 +838,6 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
     before the first pixel of the first input is read.
     """
     from bigquant.errors import BigquantError, QualityError
-    from bigquant.pipeline.progress import Line, LloydProgress, progress
-    from bigquant.pipeline.quantize import quantize
-    from bigquant.pipeline.request import build_request, check_request, check_sources
 
     if args.keep_going and one:
         raise UsageError(f"{PROG} quantize: --keep-going goes with several inputs")
@@ -878,6 +875,11 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                 skipped.append((shown, "no such file"))
                 continue
             kept.append((src, dst, target, shown))
+        # the pipeline (dask.array, numba) is imported only once the inputs are known to exist
+        from bigquant.pipeline.progress import Line, LloydProgress, progress
+        from bigquant.pipeline.quantize import quantize
+        from bigquant.pipeline.request import build_request, check_request, check_sources
+
         options = request_options(args, "quantize")
         _note_quality(args, console, options.get("quality"))
         requests = []
@@ -1354,7 +1356,7 @@ def cli_spelling(text: str) -> str:
     Every option of the request model (:func:`bigquant.pipeline.request.option_names`)
     is spelled ``--name-with-dashes``; :data:`_CLI_SPELLING` lists the others.
     """
-    from bigquant.pipeline.request import ENTRY_GROUPS, option_names
+    from bigquant.pipeline.options import ENTRY_GROUPS, option_names
 
     names = {n for entry in ENTRY_GROUPS for n in option_names(entry)} | {"ks"}
 

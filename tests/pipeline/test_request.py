@@ -259,7 +259,8 @@ def _cli_dests(command: str) -> set[str]:
 
 #: what only the command line has: its positional arguments, where it runs, how it talks
 _CLI_ONLY = {"paths", "inputs", "ks", "out_dir", "verbose", "quiet", "scheduler", "workers", "threads",
-             "memory_limit", "dashboard", "timeout", "no_cluster", "cluster", "no_progress", "plot", "resume"}
+             "memory_limit", "dashboard", "timeout", "no_cluster", "cluster", "no_progress", "plot", "resume",
+             "tls_ca_file", "tls_cert", "tls_key"}
 
 
 @pytest.mark.parametrize(("entry", "command"), [("quantize", "quantize"), ("quantize_many", "quantize"),
