@@ -938,17 +938,24 @@ def _fits_alpha(request: Request, source: ImageSource) -> bool:
     return partial
 
 
-def _fit_alpha(data: Any, valid: Any, source: ImageSource, n_clusters: int | None,
-               params: dict[str, Any]) -> PaletteChoice:
-    """Fit k RGBA entries with alpha premultiplied (:func:`bigquant.pipeline.alpha.fit_alpha`)."""
+@contextlib.contextmanager
+def _naming_a_masked_image(source: ImageSource) -> Iterator[None]:
+    """An estimator's "every sample is masked" as the image's own error (alpha, nodata or mask)."""
     try:
-        model = fit_alpha(data, valid, int(n_clusters), **params)
+        yield
     except InvalidInputError as exc:
         if "every sample is masked" in str(exc):
             raise InvalidInputError(
                 f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
             ) from exc
         raise
+
+
+def _fit_alpha(data: Any, valid: Any, source: ImageSource, n_clusters: int | None,
+               params: dict[str, Any]) -> PaletteChoice:
+    """Fit k RGBA entries with alpha premultiplied (:func:`bigquant.pipeline.alpha.fit_alpha`)."""
+    with _naming_a_masked_image(source):
+        model = fit_alpha(data, valid, int(n_clusters), **params)
     palette = model.cluster_centers_.astype(source.dtype)
     # the fit's inertia is in its weighted space: the error of the pixels written (RGBA as seen) is
     # known only when measured
@@ -958,14 +965,8 @@ def _fit_alpha(data: Any, valid: Any, source: ImageSource, n_clusters: int | Non
 def _fit_in_space(data: Any, valid: Any, source: ImageSource, n_clusters: int | None, space: str,
                   params: dict[str, Any]) -> PaletteChoice:
     """Fit k colours in ``space`` (:func:`bigquant.pipeline.space.fit_in_space`); the palette as sRGB integers."""
-    try:
+    with _naming_a_masked_image(source):
         model = fit_in_space(data, n_clusters, space, valid=valid, **params)
-    except InvalidInputError as exc:
-        if "every sample is masked" in str(exc):
-            raise InvalidInputError(
-                f"{source.path or 'array'}: every pixel is masked (alpha, nodata or mask): nothing to fit"
-            ) from exc
-        raise
     pal = np.asarray(model.cluster_centers_, dtype=np.float64)
     if np.dtype(source.dtype).kind in "ui":
         info = np.iinfo(source.dtype)
@@ -1022,12 +1023,8 @@ def _fit_palette(
         pal, error = model.palette()
         return PaletteChoice(pal, model, histogram, error)
     if target is None:
-        try:
+        with _naming_a_masked_image(source):
             model = KMeans(n_clusters, **params).fit(data, sample_weight=valid)
-        except InvalidInputError as exc:
-            if "every sample is masked" in str(exc):
-                raise InvalidInputError(f"{where}: every pixel is masked (alpha, nodata or mask): nothing to fit") from exc
-            raise
         logger.info("fitted %d colours (%s iterations)", len(model.cluster_centers_), getattr(model, "n_iter_", "?"))
         pal, error = model.palette()
         return PaletteChoice(pal, model, getattr(model, "histogram_", None), error)
