@@ -7,30 +7,21 @@ fits) ran on those two workers.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from tests.support.processes import wait_or_kill
+from tests.support.processes import Spawned, dask_command
 
 pytestmark = pytest.mark.distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _dask_command() -> list[str]:
-    script = pathlib.Path(sys.executable).parent / "dask"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dask"]
-
-
-def _stop(procs: list[subprocess.Popen], address: str | None) -> None:
+def _stop(spawned: Spawned, address: str | None) -> None:
     """Shut the cluster down cleanly, then make sure every process is gone."""
-    if address is not None and any(p.poll() is None for p in procs):
+    if address is not None and any(p.poll() is None for p in spawned.procs):
         from distributed import Client
 
         try:
@@ -38,8 +29,7 @@ def _stop(procs: list[subprocess.Popen], address: str | None) -> None:
                 client.shutdown()
         except Exception:
             pass
-    for proc in reversed(procs):  # workers first, then the scheduler
-        wait_or_kill(proc)
+    spawned.close()
 
 
 @pytest.fixture(scope="module")
@@ -48,37 +38,19 @@ def remote_cluster(tmp_path_factory):
     from distributed import Client
 
     tmp = tmp_path_factory.mktemp("remote")
-    scheduler_file = tmp / "scheduler.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO), DASK_DISTRIBUTED__WORKER__DAEMON="False")
-    logs = []
-    procs: list[subprocess.Popen] = []
+    spawned = Spawned(tmp)
     address: str | None = None
-
-    def spawn(args: list[str], name: str) -> None:
-        log = open(tmp / f"{name}.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen(args, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT))
-
     try:
-        spawn([*_dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-               "--scheduler-file", str(scheduler_file)], "scheduler")
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("dask scheduler did not start:\n" + (tmp / "scheduler.log").read_text())
-            time.sleep(0.2)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = spawned.scheduler()
         for i in range(2):
-            spawn([*_dask_command(), "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-                   "--name", f"remote-{i}", "--memory-limit", "2GiB", "--host", "127.0.0.1"], f"worker{i}")
+            spawned.spawn([*dask_command(), "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                           "--name", f"remote-{i}", "--memory-limit", "2GiB", "--host", "127.0.0.1"], f"worker{i}")
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=90)
             workers = set(client.scheduler_info(n_workers=-1)["workers"])
         yield address, workers
     finally:
-        _stop(procs, address)
-        for log in logs:
-            log.close()
+        _stop(spawned, address)
 
 
 @pytest.fixture

@@ -11,25 +11,16 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
-import os
 import pathlib
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from tests.support.processes import wait_or_kill
+from tests.support.processes import Spawned, dask_command
 
 pytestmark = pytest.mark.distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _dask_command() -> list[str]:
-    script = pathlib.Path(sys.executable).parent / "dask"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dask"]
 
 
 def make_certificates(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -96,9 +87,9 @@ def _security(certs: dict[str, pathlib.Path]):
                     tls_client_key=str(certs["key"]), require_encryption=True)
 
 
-def _stop(procs: list[subprocess.Popen], address: str | None, certs: dict[str, pathlib.Path]) -> None:
+def _stop(spawned: Spawned, address: str | None, certs: dict[str, pathlib.Path]) -> None:
     """Shut the cluster down cleanly, then make sure every process is gone."""
-    if address is not None and any(p.poll() is None for p in procs):
+    if address is not None and any(p.poll() is None for p in spawned.procs):
         from distributed import Client
 
         try:
@@ -106,8 +97,7 @@ def _stop(procs: list[subprocess.Popen], address: str | None, certs: dict[str, p
                 client.shutdown()
         except Exception:
             pass
-    for proc in reversed(procs):  # the worker first, then the scheduler
-        wait_or_kill(proc)
+    spawned.close()  # the worker first, then the scheduler
 
 
 @pytest.fixture(scope="module")
@@ -118,37 +108,19 @@ def tls_cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
     certs = make_certificates(tmp)
     tls_args = ["--tls-ca-file", str(certs["ca"]), "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"])]
-    scheduler_file = tmp / "scheduler.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO), DASK_DISTRIBUTED__WORKER__DAEMON="False")
-    logs = []
-    procs: list[subprocess.Popen] = []
+    spawned = Spawned(tmp)
     address: str | None = None
-
-    def spawn(args: list[str], name: str) -> None:
-        log = open(tmp / f"{name}.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen(args, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT))
-
     try:
-        spawn([*_dask_command(), "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", "0",
-               "--no-dashboard", "--scheduler-file", str(scheduler_file), *tls_args], "scheduler")
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("dask scheduler did not start:\n" + (tmp / "scheduler.log").read_text())
-            time.sleep(0.2)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = spawned.scheduler("--protocol", "tls", *tls_args)
         assert address.startswith("tls://127.0.0.1:"), address
-        spawn([*_dask_command(), "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-               "--name", "tls-0", "--memory-limit", "2GiB", "--host", "127.0.0.1", *tls_args], "worker")
+        spawned.spawn([*dask_command(), "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                       "--name", "tls-0", "--memory-limit", "2GiB", "--host", "127.0.0.1", *tls_args], "worker")
         with Client(address, timeout=30, security=_security(certs), set_as_default=False) as client:
             client.wait_for_workers(1, timeout=90)
             workers = set(client.scheduler_info(n_workers=-1)["workers"])
         yield address, workers, certs
     finally:
-        _stop(procs, address, certs)
-        for log in logs:
-            log.close()
+        _stop(spawned, address, certs)
 
 
 @pytest.fixture

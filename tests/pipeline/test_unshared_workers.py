@@ -28,16 +28,11 @@ import pytest
 from dask.utils import key_split
 
 from bigquant import tasks
-from tests.support.processes import wait_or_kill
+from tests.support.processes import dask_command, wait_or_kill
 
 pytestmark = pytest.mark.distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _dask_command() -> list[str]:
-    script = pathlib.Path(sys.executable).parent / "dask"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dask"]
 
 
 def _can_unshare() -> bool:
@@ -69,7 +64,7 @@ class _Cluster:
 
     def start_scheduler(self) -> None:
         scheduler_file = self.root / "scheduler.json"
-        proc = self._spawn([*_dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0",
+        proc = self._spawn([*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0",
                             "--no-dashboard", "--scheduler-file", str(scheduler_file)], "scheduler")
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():
@@ -82,7 +77,7 @@ class _Cluster:
         """Start worker ``name`` (``private``: with a tmpfs of its own on :attr:`out`); its address."""
         assert self.address is not None
         before = set(client.scheduler_info(n_workers=-1)["workers"])
-        worker = [*_dask_command(), "worker", self.address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
+        worker = [*dask_command(), "worker", self.address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
                   "--name", name, "--memory-limit", "2GiB", "--host", "127.0.0.1",
                   "--local-directory", str(self.root / f"{name}-space")]
         if private:
