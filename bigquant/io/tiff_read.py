@@ -37,9 +37,8 @@ import logging
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
@@ -50,6 +49,9 @@ from bigquant.io.chunks import max_task_bytes as task_bytes_limit
 from bigquant.io.files import file_stamp, is_url, open_binary
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask, nodata_mask
 from bigquant.io.source import ImageSource
+
+if TYPE_CHECKING:  # imported where a dask array is built: `bigquant info` of a PNG needs none
+    import dask.array as da
 
 __all__ = [
     "TiffBlockReader",
@@ -845,6 +847,8 @@ def _level_array(
         compressed=layout[2] if layout else False,
     )
     token = tokenize(location, stamp, info["series"], info["level"], cy, cx)
+    import dask.array as da
+
     data = da.from_array(
         reader,
         chunks=(cy, cx) + tuple(shape[2:]),
