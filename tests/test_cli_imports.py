@@ -1,4 +1,4 @@
-"""Small commands import only what they need: no dask.array, distributed or numba for ``info`` of a PNG.
+"""Small commands import only what they need: no dask (let alone dask.array, distributed), no numba for ``info`` of a PNG.
 
 Each check runs ``bigquant.cli.main([...])`` in a fresh interpreter and looks
 at ``sys.modules`` afterwards (behaviour, not time: re-adding a module-level
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-HEAVY = ("dask.array", "distributed", "numba")
+HEAVY = ("dask", "dask.array", "distributed", "numba")
 
 _PROBE = """
 import json, sys

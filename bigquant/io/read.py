@@ -19,7 +19,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
@@ -75,6 +74,7 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     name = str(path) if path is not None else "array"
     _check_array(data, name)
     import dask.array as da
+    from dask.base import tokenize
 
     if isinstance(data, da.Array):
         arr = data
@@ -147,6 +147,7 @@ def _read_zarr(src: Any, chunks: ChunksLike, level: int, limit: int) -> ImageSou
                      advice="rewrite the array with smaller chunks (e.g. `zarr.create_array(..., chunks=(4096, 4096, C))`)")
     cy, cx = aligned_chunks(arr.shape[:2], zchunks[:2], chunks, name=name)
     import dask.array as da
+    from dask.base import tokenize
 
     data = da.from_zarr(arr, chunks=(cy, cx) + tuple(arr.shape[2:]),
                         name=f"{tasks.READ}-{tokenize(name, arr.shape, str(arr.dtype), cy, cx)}")

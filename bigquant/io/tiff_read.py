@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InvalidParameterError
@@ -846,9 +845,10 @@ def _level_array(
         file_dtype=layout[1] if layout else None,
         compressed=layout[2] if layout else False,
     )
-    token = tokenize(location, stamp, info["series"], info["level"], cy, cx)
     import dask.array as da
+    from dask.base import tokenize
 
+    token = tokenize(location, stamp, info["series"], info["level"], cy, cx)
     data = da.from_array(
         reader,
         chunks=(cy, cx) + tuple(shape[2:]),
