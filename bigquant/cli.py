@@ -1212,6 +1212,11 @@ def _pixel_size(metadata: Any) -> str:
 
 
 def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
+    from bigquant.io.read import decode_image
+
+    decoded = decode_image(args.input)  # a PNG, JPEG...: decoded here, described without dask
+    if decoded is not None and (args.exact or decoded.data.shape[0] * decoded.data.shape[1] <= _EXACT_PIXELS):
+        return _info_decoded(args, console, decoded)
     from bigquant.io import read_image
 
     src = read_image(args.input)
@@ -1250,6 +1255,59 @@ def _cmd_info(args: argparse.Namespace, console: _Console) -> int:
         console.out()
         console.out(described.table())
     return 0
+
+
+def _info_decoded(args: argparse.Namespace, console: _Console, decoded: Any) -> int:
+    """``bigquant info`` of a decoded PNG, JPEG...: the rows of ``read_image``'s source, from numpy."""
+    from bigquant.io.chunks import aligned_chunks
+
+    data = decoded.data
+    shape = tuple(int(s) for s in data.shape)
+    height, width = shape[:2]
+    cy, cx = aligned_chunks((height, width), (1, 1), None, name=str(args.input))  # as read_image chunks it
+    cy, cx = min(cy, height), min(cx, width)
+    n_chunks = -(-height // cy) * -(-width // cx)
+    channels = shape[2] if len(shape) == 3 else 1
+    location = str(args.input) if "://" in str(args.input) else str(pathlib.Path(args.input))
+    size = _size_of(str(args.input))
+    rows = [
+        ("file", location),
+        ("format", decoded.format),
+        ("shape", " x ".join(map(str, shape))),
+        ("dtype", str(data.dtype)),
+        ("channels", f"{channels} ({decoded.photometric})"),
+        ("tiles", "none"),
+        ("chunks", f"{' x '.join(map(str, (cy, cx) + shape[2:]))} ({n_chunks} chunks)"),
+        ("levels", "1"),
+        ("pixels", f"{height * width / 1e6:.1f} MP"),
+        ("pixel size", _pixel_size(decoded.metadata)),
+        ("size on disk", _human_bytes(size) if size is not None else "unknown"),
+        ("size in memory", _human_bytes(data.nbytes)),
+        ("distinct colours", _distinct_colours_numpy(data)),
+    ]
+    width_ = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        console.out(f"{key:<{width_}}  {value}")
+    return 0
+
+
+def _distinct_colours_numpy(data: Any) -> str:
+    """Distinct colours of an in-memory image, counted exactly with numpy (as ``colour_histogram`` counts)."""
+    import numpy as np
+
+    if data.ndim == 2:
+        data = data[:, :, None]
+    n_channels = int(data.shape[-1])
+    bits = data.dtype.itemsize * 8
+    if data.dtype.kind != "u" or bits * n_channels > 24:  # histogram_bits' rule (MAX_HISTOGRAM_BITS = 24)
+        return f"n/a (counted for unsigned data of at most 24 bits per pixel, not {data.dtype} x {n_channels})"
+    codes = np.zeros(data.shape[:2], dtype=np.uint32)
+    for c in range(n_channels):
+        codes <<= bits
+        codes |= data[:, :, c]
+    seen = np.zeros(1 << (bits * n_channels), dtype=bool)
+    seen[codes.ravel()] = True
+    return f"{int(np.count_nonzero(seen))}"
 
 
 def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:

@@ -9,9 +9,12 @@ the tissue of a slide, are :mod:`bigquant.pipeline.masks`'.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
+
+if TYPE_CHECKING:  # dask.array is imported by the functions that build masks (~0.4 s)
+    import dask.array as da
 
 __all__ = ["alpha_mask", "combine_masks", "finite_mask", "nodata_mask"]
 
@@ -37,6 +40,8 @@ def nodata_mask(data: da.Array, nodata: float) -> da.Array:
     if data.ndim == 2:
         data = data[:, :, None]
     if isinstance(nodata, float) and math.isnan(nodata):
+        import dask.array as da
+
         return ~da.isnan(data).all(axis=-1)
     return (data != np.asarray(nodata).astype(data.dtype)).any(axis=-1)
 
@@ -47,4 +52,6 @@ def finite_mask(data: da.Array) -> da.Array | None:
         return None
     if data.ndim == 2:
         data = data[:, :, None]
+    import dask.array as da
+
     return ~da.isnan(data).any(axis=-1)

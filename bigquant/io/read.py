@@ -15,11 +15,10 @@ import logging
 import os
 import pathlib
 import warnings
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InputTypeError, InvalidInputError
@@ -31,9 +30,18 @@ from bigquant.io.metadata import ImageMetadata
 from bigquant.io.source import ImageSource
 from bigquant.io.tiff_read import TRANSPOSED_ORIENTATIONS, is_tiff, oriented, read_tiff
 
-__all__ = ["read_image", "as_source"]
+if TYPE_CHECKING:  # imported where a dask array is built (~0.4 s): `bigquant info` of a PNG needs none
+    import dask.array as da
+
+__all__ = ["read_image", "as_source", "decode_image", "DecodedImage"]
 
 logger = logging.getLogger(__name__)
+
+
+def _is_dask_array(obj: Any) -> bool:
+    """Whether ``obj`` is a dask array (none can be before dask.array is imported)."""
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(obj, module.Array)
 
 
 def _is_zarr(src: Any) -> bool:
@@ -65,6 +73,9 @@ def _from_array(data: Any, chunks: ChunksLike, *, fmt: str, path: pathlib.Path |
     """An in-memory (or dask) image as an ImageSource; ``alpha``: its last channel is alpha."""
     name = str(path) if path is not None else "array"
     _check_array(data, name)
+    import dask.array as da
+    from dask.base import tokenize
+
     if isinstance(data, da.Array):
         arr = data
         if chunks is not None:
@@ -135,6 +146,9 @@ def _read_zarr(src: Any, chunks: ChunksLike, level: int, limit: int) -> ImageSou
                      + tuple(arr.shape[2:]), arr.dtype.itemsize, limit,
                      advice="rewrite the array with smaller chunks (e.g. `zarr.create_array(..., chunks=(4096, 4096, C))`)")
     cy, cx = aligned_chunks(arr.shape[:2], zchunks[:2], chunks, name=name)
+    import dask.array as da
+    from dask.base import tokenize
+
     data = da.from_zarr(arr, chunks=(cy, cx) + tuple(arr.shape[2:]),
                         name=f"{tasks.READ}-{tokenize(name, arr.shape, str(arr.dtype), cy, cx)}")
     attrs = dict(arr.attrs)
@@ -414,7 +428,56 @@ def _decode_pillow(source: Any, name: str, fmt_hint: str, allow_large: bool,
     return pixels, fmt, mode, orientation, metadata
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+    """A PNG, JPEG or other Pillow-format file decoded whole into memory, as displayed.
+
+    What :func:`read_image` wraps in a dask array, without dask (``bigquant
+    info`` of a small file answers without importing dask.array).
+
+    Attributes
+    ----------
+    pixels : numpy.ndarray of shape (H, W[, C])
+        The decoded pixels, EXIF orientation applied, alpha (if any) last.
+    path : pathlib.Path or str
+        The file (a string for a URL).
+    format : str
+        "png", "jpeg", ...
+    photometric : str
+        "rgb" or "minisblack".
+    alpha : bool
+        Whether the last channel of ``pixels`` is alpha (LA, RGBA).
+    metadata : ImageMetadata
+        Pixel size and ICC profile, as ``pixels`` shows the image.
+    extra : dict
+        ``"mode"`` and ``"orientation"``, as :attr:`ImageSource.extra`.
+    """
+
+    pixels: np.ndarray
+    path: pathlib.Path | str
+    format: str
+    photometric: str
+    alpha: bool
+    metadata: ImageMetadata
+    extra: dict[str, Any]
+
+    @property
+    def data(self) -> np.ndarray:
+        """The pixels without the alpha channel: what :attr:`ImageSource.data` computes to."""
+        if not self.alpha:
+            return self.pixels
+        return self.pixels[:, :, :-1] if self.pixels.shape[2] > 2 else self.pixels[:, :, 0]
+
+
 def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool, limit: int) -> ImageSource:
+    """A PNG, JPEG or other Pillow format as a (one-task) dask array: see :func:`_decode_file`."""
+    decoded = _decode_file(path, allow_large, limit)
+    return _from_array(decoded.pixels, chunks, fmt=decoded.format, path=decoded.path,
+                       photometric=decoded.photometric, extra=decoded.extra, alpha=decoded.alpha,
+                       metadata=decoded.metadata)
+
+
+def _decode_file(path: pathlib.Path | str, allow_large: bool, limit: int) -> DecodedImage:
     """A PNG, JPEG or other Pillow format, decoded whole, as displayed (EXIF orientation applied).
 
     PNG is decoded by imagecodecs (16-bit samples stay uint16); JPEG by Pillow,
@@ -432,7 +495,7 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
             pixels, fmt, mode, orientation, metadata = _decode_pillow(
                 fh if is_url(path) else path, name, suffix, allow_large, limit
             )
-            return _pillow_source(pixels, path, chunks, fmt, mode, orientation, metadata)
+            return _decoded(pixels, path, fmt, mode, orientation, metadata)
     size = file_stamp(path)[0]
     if size > limit:  # decoded whole, and (nearly) never smaller than its deflate or JPEG stream
         kind = "PNG" if magic.startswith(_PNG_MAGIC) else "JPEG"
@@ -459,12 +522,12 @@ def _read_pillow(path: pathlib.Path | str, chunks: ChunksLike, allow_large: bool
         pixels, fmt, mode, orientation, metadata = _decode_pillow(data, name, fmt, allow_large, limit)
         if header is not None:  # the density and every ICC part, as the file's markers hold them
             metadata = header.metadata
-    return _pillow_source(pixels, path, chunks, fmt, mode, orientation, metadata)
+    return _decoded(pixels, path, fmt, mode, orientation, metadata)
 
 
-def _pillow_source(pixels: np.ndarray, path: pathlib.Path | str, chunks: ChunksLike, fmt: str, mode: str,
-                   orientation: int, metadata: ImageMetadata) -> ImageSource:
-    """The ImageSource of a decoded PNG, JPEG or Pillow image, turned as displayed."""
+def _decoded(pixels: np.ndarray, path: pathlib.Path | str, fmt: str, mode: str,
+             orientation: int, metadata: ImageMetadata) -> DecodedImage:
+    """A decoded PNG, JPEG or Pillow image, turned as displayed."""
     name = str(path)
     if orientation != 1:
         logger.debug("%s: EXIF orientation %d applied", name, orientation)
@@ -475,8 +538,8 @@ def _pillow_source(pixels: np.ndarray, path: pathlib.Path | str, chunks: ChunksL
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     photometric = "rgb" if pixels.ndim == 3 and pixels.shape[2] in (3, 4) else "minisblack"
     alpha = pixels.ndim == 3 and pixels.shape[2] in (2, 4)  # LA, RGBA: alpha is the mask
-    return _from_array(pixels, chunks, fmt=fmt, path=path, photometric=photometric,
-                       extra={"mode": mode, "orientation": orientation}, alpha=alpha, metadata=metadata)
+    return DecodedImage(pixels=pixels, path=path, format=fmt, photometric=photometric, alpha=alpha,
+                        metadata=metadata, extra={"mode": mode, "orientation": orientation})
 
 
 def read_image(
@@ -565,7 +628,7 @@ def read_image(
         mask = None if src.mask is None else src.mask.rechunk(rechunked.data.chunks[:2])
         alpha = None if src.alpha is None else src.alpha.rechunk(rechunked.data.chunks[:2])
         return dataclasses.replace(src, data=rechunked.data, mask=mask, alpha=alpha)
-    if isinstance(src, (np.ndarray, da.Array)):
+    if isinstance(src, np.ndarray) or _is_dask_array(src):
         return _from_array(src, chunks, fmt="array", path=None)
     if _is_zarr(src):
         return _read_zarr(src, chunks, level, limit)
@@ -580,6 +643,16 @@ def read_image(
         if is_tiff(src):
             return read_tiff(src, chunks=chunks, level=level, series=series, max_task_bytes=limit)
         return _read_pillow(src, chunks, allow_large, limit)
+    path = _checked_file(src)
+    if is_tiff(path):
+        return read_tiff(path, chunks=chunks, level=level, series=series, max_task_bytes=limit)
+    if level or series:
+        logger.info("%s: not a TIFF; level=%s and series=%s ignored", path, level, series)
+    return _read_pillow(path, chunks, allow_large, limit)
+
+
+def _checked_file(src: str | os.PathLike) -> pathlib.Path:
+    """A local file to read: missing, a directory, unreadable or empty raise ImageReadError."""
     path = pathlib.Path(src).expanduser()
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
@@ -589,11 +662,27 @@ def read_image(
         raise ImageReadError(f"{path}: permission denied")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty")
-    if is_tiff(path):
-        return read_tiff(path, chunks=chunks, level=level, series=series, max_task_bytes=limit)
-    if level or series:
-        logger.info("%s: not a TIFF; level=%s and series=%s ignored", path, level, series)
-    return _read_pillow(path, chunks, allow_large, limit)
+    return path
+
+
+def decode_image(src: Any, *, allow_large: bool = False, max_task_bytes: int | None = None) -> DecodedImage | None:
+    """Decode a PNG, JPEG or other Pillow-format file into memory, without dask.
+
+    The pixels :func:`read_image` would give (its ``data``, plus the alpha
+    channel), read the same way with the same checks and errors.  Returns None
+    for what :func:`read_image` reads lazily instead: TIFF files, zarr
+    arrays, arrays and ImageSources.
+    """
+    limit = task_bytes_limit(max_task_bytes)
+    check_location(src)
+    src = local_path(src)
+    if not isinstance(src, (str, os.PathLike)) or _is_zarr(src):
+        return None
+    if is_url(src):
+        file_stamp(src)
+        return None if is_tiff(src) else _decode_file(src, allow_large, limit)
+    path = _checked_file(src)
+    return None if is_tiff(path) else _decode_file(path, allow_large, limit)
 
 
 def as_source(src: Any, **kwargs: Any) -> ImageSource:

@@ -37,11 +37,9 @@ import logging
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InvalidParameterError
@@ -50,6 +48,9 @@ from bigquant.io.chunks import max_task_bytes as task_bytes_limit
 from bigquant.io.files import file_stamp, is_url, open_binary
 from bigquant.io.mask import alpha_mask, combine_masks, finite_mask, nodata_mask
 from bigquant.io.source import ImageSource
+
+if TYPE_CHECKING:  # imported where a dask array is built: `bigquant info` of a PNG needs none
+    import dask.array as da
 
 __all__ = [
     "TiffBlockReader",
@@ -844,6 +845,9 @@ def _level_array(
         file_dtype=layout[1] if layout else None,
         compressed=layout[2] if layout else False,
     )
+    import dask.array as da
+    from dask.base import tokenize
+
     token = tokenize(location, stamp, info["series"], info["level"], cy, cx)
     data = da.from_array(
         reader,

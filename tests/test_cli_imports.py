@@ -1,0 +1,89 @@
+"""Small commands import only what they need: no dask (let alone dask.array, distributed), no numba for ``info`` of a PNG.
+
+Each check runs ``bigquant.cli.main([...])`` in a fresh interpreter and looks
+at ``sys.modules`` afterwards (behaviour, not time: re-adding a module-level
+``import dask.array`` on these paths fails here).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+HEAVY = ("dask", "dask.array", "distributed", "numba")
+
+_PROBE = """
+import json, sys
+from bigquant.cli import main
+code = main(json.loads(sys.argv[1]))
+print(json.dumps({"code": code, "loaded": [m for m in json.loads(sys.argv[2]) if m in sys.modules]}))
+"""
+
+
+def _run(argv: list[str], cwd) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(argv), json.dumps(HEAVY)],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def small_png(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "small.png"
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_info_of_a_png_imports_no_dask_array_distributed_or_numba(small_png, tmp_path):
+    result = _run(["info", str(small_png)], tmp_path)
+    assert result == {"code": 0, "loaded": []}
+
+
+@pytest.mark.parametrize("argv", [
+    ["quantize", "missing.png", "out.png"],                # a missing input
+    ["quantize", "-k", "abc", "in.png", "out.png"],          # a bad argument
+    ["info"],                                              # a missing argument
+])
+def test_errors_import_no_dask_array_distributed_or_numba(argv, tmp_path):
+    result = _run(argv, tmp_path)
+    assert result["code"] in (1, 2)
+    assert result["loaded"] == []
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P"])
+def test_decode_image_gives_what_read_image_computes(tmp_path, mode):
+    from bigquant.io.read import decode_image, read_image
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (30, 50, 4), dtype=np.uint8), "RGBA").convert(mode)
+    path = tmp_path / ("in.gif" if mode == "P" else "in.png")
+    img.save(path)
+    decoded, src = decode_image(path), read_image(path)
+    assert decoded.format == src.format and decoded.photometric == src.photometric
+    assert decoded.extra == src.extra and decoded.metadata == src.metadata
+    np.testing.assert_array_equal(decoded.data, src.data.compute())
+    assert decoded.alpha == (src.alpha is not None)
+
+
+def test_decode_image_leaves_tiffs_and_arrays_to_read_image(tiled_tiff):
+    from bigquant.io.read import decode_image
+
+    assert decode_image(tiled_tiff) is None
+    assert decode_image(np.zeros((4, 4, 3), np.uint8)) is None
+
+
+def test_info_of_a_png_counts_what_the_histogram_counts(small_png, tmp_path):
+    from bigquant.cluster.histogram import colour_histogram
+    from bigquant.io.read import read_image
+
+    proc = subprocess.run([sys.executable, "-m", "bigquant", "info", str(small_png)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("distinct colours"))
+    assert line.split()[-1] == str(colour_histogram(read_image(small_png).data).n_colours)
