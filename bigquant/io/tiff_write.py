@@ -117,6 +117,7 @@ def compute_bands(
     logger.debug("computing %d bands of %d chunks, %d ahead", nby, nbx, depth)
     pool = ThreadPoolExecutor(depth, thread_name_prefix="bigquant-band")
     pending: deque[Any] = deque()
+    completed = False
     try:
         nxt = 0
         while nxt < min(depth, nby):
@@ -128,10 +129,14 @@ def compute_bands(
                 pending.append(pool.submit(dask.compute, *tasks[nxt], scheduler=scheduler))
                 nxt += 1
             yield list(result)
+        completed = True
     finally:
         for fut in pending:
             fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # an interrupted or failed write does not wait for the bands still computing: a Ctrl-C
+        # reaches the worker processes too, and a compute waiting for a worker that is gone
+        # never returns (it ends when the client closes)
+        pool.shutdown(wait=completed, cancel_futures=True)
 
 
 class _LevelSpool:

@@ -39,6 +39,7 @@ __all__ = [
     "active_client",
     "machine_layout",
     "DEFAULT_TIMEOUT",
+    "CLOSE_TIMEOUT",
     "TLS_HINT",
 ]
 
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: seconds to wait for a scheduler (or for a local cluster to start)
 DEFAULT_TIMEOUT = 30.0
+#: seconds a close of the client or of the local cluster may wait
+CLOSE_TIMEOUT = 10.0
 
 _ADDRESS = re.compile(r"^(?:(?P<proto>[a-z][a-z0-9+]*)://)?(?P<host>\[[^\]]+\]|[^:/\s]+)(?::(?P<port>\d+))?$")
 
@@ -169,17 +172,23 @@ class Runtime:
         """Total worker threads of the cluster."""
         return int(sum(self.client.nthreads().values()))
 
-    def close(self) -> None:
-        """Close the client and the cluster if this runtime started them (idempotent)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the client and the cluster if this runtime started them (idempotent).
+
+        Each close waits at most ``timeout`` seconds: after a Ctrl-C that also
+        reached the worker processes (a terminal signals the whole process
+        group), a close waiting for workers that are already gone would
+        otherwise never return.
+        """
         if self._closed:
             return
         self._closed = True
         if self.owns_client:
             with contextlib.suppress(Exception):
-                self.client.close()
+                self.client.close(timeout=timeout)
         if self.cluster is not None:
             with contextlib.suppress(Exception):
-                self.cluster.close()
+                self.cluster.close(timeout=timeout)
             logger.info("local Dask cluster stopped")
 
     def __enter__(self) -> Runtime:
