@@ -38,12 +38,14 @@ import math
 import pathlib
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_gigapixel import RssSampler  # noqa: E402  (sampled RSS of the process tree)
 
 logger = logging.getLogger("bench_scale")
 
@@ -52,43 +54,6 @@ GP = 1e9
 DEFAULT_SIDES = "16384,23552,32768,46336,65536"
 #: bandwidth assumed for the projection's transfers (10 Gb/s Ethernet)
 LINK_BYTES_PER_S = 1.25e9
-
-
-class RssSampler:
-    """Peak summed RSS of this process and all its descendants, sampled every ``interval`` s."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        total = self.proc.memory_info().rss
-        for child in self.proc.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
-        self.peak = max(self.peak, total)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 # ------------------------------------------------------------------ 1. model inputs
