@@ -51,6 +51,7 @@ from bigquant._typing import STRATEGIES
 from bigquant.errors import ImageWriteError, InvalidParameterError
 from bigquant.io.atomic import check_target
 from bigquant.io.encode import resolve_codec
+from bigquant.io import files
 from bigquant.io.files import is_url
 from bigquant.io.metadata import check_ome_layout
 from bigquant.io.objects import URLPath, output_location, same_location
@@ -396,12 +397,8 @@ def display_bands(n_bands: int, rgb_bands: Sequence[int] | None) -> list[int]:
 def local_path(location: Any) -> pathlib.Path | None:
     """The local file behind ``location`` (a path or a ``file://`` URL), else None."""
     if isinstance(location, os.PathLike) or isinstance(location, str):
-        text = os.fspath(location)
-        if text.startswith("file://"):
-            return pathlib.Path(text[len("file://"):])
-        if is_url(text):
-            return None
-        return pathlib.Path(text).expanduser()
+        text = files.local_path(os.fspath(location))  # a file:// URL as the readers take it
+        return None if is_url(text) else pathlib.Path(text).expanduser()
     path = getattr(location, "path", None)  # an ImageSource opened from a file
     if isinstance(path, (str, os.PathLike)):
         return local_path(path)
