@@ -107,7 +107,7 @@ def index_bits(n_values: int, nbits: Any = None) -> int:
     if n_values > 2**nbits:
         raise InvalidParameterError(
             f"nbits={nbits} holds {2**nbits} palette indices, but {n_values} are written (the palette's "
-            "entries and a no-data index past them); give more bits, or None for the fewest that fit")
+            "entries and a no-data index past them); give more bits, or leave nbits out for the fewest that fit")
     if nbits > native:
         raise InvalidParameterError(
             f"nbits={nbits}: {n_values} palette indices are stored in {native} bits at most; give {native} or fewer")
