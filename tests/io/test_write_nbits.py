@@ -149,3 +149,17 @@ def test_index_bits():
     assert index_bits(300, 16) == 16
     with pytest.raises(InvalidParameterError):
         index_bits(300, 8)
+
+
+def test_bigquant_reads_its_packed_output(tmp_path):
+    """read_image (colours through the table, levels) and a palette file from a packed TIFF."""
+    from bigquant import read_image
+    from bigquant.io.palette_file import read_palette
+
+    lab = _labels(5, (140, 99))
+    lab.ravel()[:5] = [3, 1, 0, 4, 2]
+    pal = _palette(5)
+    out = write_image(lab, tmp_path / "q.tif", palette=pal, tile=32, pyramid=True)
+    np.testing.assert_array_equal(np.asarray(read_image(out).data), pal[lab])
+    np.testing.assert_array_equal(np.asarray(read_image(out, level=1).data), pal[lab[::2, ::2]])
+    np.testing.assert_array_equal(read_palette(out), pal[[3, 1, 0, 4, 2]])
