@@ -75,6 +75,11 @@ def test_every_level_is_packed(tmp_path, layout):
     with _gdal(out) as ds:
         assert ds.overviews(1) == [2, 4, 8]
         np.testing.assert_array_equal(ds.read(1, out_shape=(75, 67)), lab[::2, ::2])
+    if layout.get("cog"):
+        from rio_cogeo.cogeo import cog_validate
+
+        valid, errors, _ = cog_validate(str(out), quiet=True)
+        assert valid, errors
 
 
 def test_one_uncompressed_tile(tmp_path):
