@@ -665,6 +665,12 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
     dashboard = _dashboard_address(args) if args.dashboard is not None else ":8787"
     start = time.perf_counter()
     if not args.scheduler:
+        if processes:
+            from bigquant.pipeline.warm import kernels_warm
+
+            if not kernels_warm():  # connect() compiles them, once, before the workers start
+                console.note("compiling the numba kernels once, for every worker (about 20 s of CPU; "
+                             "python -m bigquant.pipeline.warm does it ahead)...")
         console.note("starting a local Dask cluster..." if processes else
                      "starting a Dask scheduler and its dashboard in this process...")
     runtime = connect(

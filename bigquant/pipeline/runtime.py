@@ -290,6 +290,7 @@ def connect(
     memory_limit: str | int | float | None = None,
     dashboard_address: str | None = ":8787",
     processes: bool = True,
+    warm: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     security: Security | None = None,
     tls_ca_file: str | os.PathLike[str] | None = None,
@@ -324,6 +325,11 @@ def connect(
         with no process to start and no data sent between processes;
         ``n_workers`` must then be 1 or None, ``threads_per_worker`` defaults
         to the usable cores).
+    warm : bool, default=True
+        Local cluster with processes: compile the numba kernels of the common
+        paths here first, unless they are cached already
+        (:func:`bigquant.pipeline.warm.warm_kernels`), so that the workers
+        load them from the cache instead of each compiling the same ones.
     timeout : float, default=30.0
         Seconds to wait for the scheduler (or for the local cluster to start)
         before raising :class:`~bigquant.errors.ClusterConnectionError`.
@@ -427,6 +433,12 @@ def connect(
 
     if processes:
         workers, threads = machine_layout(n_workers, threads_per_worker)
+        if warm:
+            from bigquant.pipeline.warm import kernels_warm, warm_kernels
+
+            if not kernels_warm():
+                logger.info("compiling the numba kernels once, before the workers start")
+                warm_kernels()
     elif n_workers not in (None, 1):
         raise InvalidParameterError(f"n_workers={n_workers!r}: a local cluster without processes has one worker")
     else:
