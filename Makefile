@@ -10,12 +10,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 
+# the numba kernels are compiled once here, into their cache, not by the first run
 $(STAMP_BASE): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m bigquant.pipeline.warm
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m bigquant.pipeline.warm
 	touch $@ $(STAMP_BASE)
 
 install: $(STAMP_BASE)

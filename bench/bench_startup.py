@@ -8,6 +8,8 @@ points at an empty folder as well), writes a 512 x 512 crop of matplotlib's
 - ``bigquant quantize in.png out.tif`` the first time (empty numba cache) and
   the second time (``--repeats`` times, median);
 - the same with ``--cluster`` (a LocalCluster started for the small input);
+- with a second empty cache: the warm-up ``make install`` runs
+  (``python -m bigquant.pipeline.warm``), then the first CLI run after it;
 - ``bigquant.quantize()`` in Python: the first call of a fresh process
   (imports included: ``import bigquant`` itself loads its modules on first
   use) and the median of warm calls in one process (wall and CPU).
@@ -197,11 +199,16 @@ def main() -> None:
     wall, cpu, _ = run(cli, env, root)
     rows.append(("CLI quantize, first run (empty numba cache)", wall, cpu))
     warm = [run(cli, env, root) for _ in range(args.repeats)]
-    rows.append(("CLI quantize, warm (in-process: small input)", statistics.median(w for w, _, _ in warm),
+    rows.append(("CLI quantize, warm (this process's threads)", statistics.median(w for w, _, _ in warm),
                  statistics.median(c for _, c, _ in warm)))
     clustered = [run(cli + ["--cluster", "--dashboard", "none"], env, root) for _ in range(args.repeats)]
     rows.append(("CLI quantize --cluster, warm (LocalCluster)", statistics.median(w for w, _, _ in clustered),
                  statistics.median(c for _, c, _ in clustered)))
+    warmed = dict(env, NUMBA_CACHE_DIR=str(root / "numba-cache-warmed"))  # empty again
+    wall, cpu, _ = run([python, "-m", "bigquant.pipeline.warm"], warmed, root)
+    rows.append(("warm-up as `make install` runs it (`python -m bigquant.pipeline.warm`, empty cache)", wall, cpu))
+    wall, cpu, _ = run(cli, warmed, root)
+    rows.append(("CLI quantize, first run after the warm-up", wall, cpu))
     wall, cpu, text = run([python, "-c", PY_CALL, str(png), str(out), k, str(max(args.repeats, 5))], env, root)
     imports, first, call, call_cpu = (float(x) for x in text.split())
 

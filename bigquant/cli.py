@@ -123,12 +123,13 @@ def _add_runtime(p: argparse.ArgumentParser, *, cluster_default: bool = True) ->
     g = p.add_argument_group("where it runs")
     g.add_argument("--scheduler", metavar="ADDR",
                    help="address of an existing Dask scheduler, e.g. tcp://host:8786 "
-                        "(default: start a local cluster)")
+                        "(default: this process's threads, no scheduler)")
     g.add_argument("--workers", type=_positive_int, metavar="N", help="local cluster: worker processes")
     g.add_argument("--threads", type=_positive_int, metavar="N", help="local cluster: threads per worker")
     g.add_argument("--memory-limit", metavar="SIZE", help="local cluster: memory per worker, e.g. 4GiB")
-    g.add_argument("--dashboard", metavar="ADDR", default=":8787",
-                   help="local cluster: dashboard address (default :8787; 'none' for no dashboard)")
+    g.add_argument("--dashboard", metavar="ADDR", default=None,
+                   help="serve Dask's dashboard at ADDR, e.g. :8787 (a scheduler in this process, its threads "
+                        "as the worker; with --cluster the default is :8787; 'none' for no dashboard)")
     g.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the scheduler (default 30)")
     g.add_argument("--tls-ca-file", metavar="PATH",
@@ -138,9 +139,11 @@ def _add_runtime(p: argparse.ArgumentParser, *, cluster_default: bool = True) ->
                    help="TLS scheduler: this client's private key, unless --tls-cert holds it "
                         "(default for all three: Dask's config distributed.comm.tls.*)")
     g.add_argument("--no-cluster", action="store_true",
-                   help="no Dask cluster: run on this process's threads (the default for small inputs)")
+                   help="no Dask scheduler: run on this process's threads (the default unless --cluster, "
+                        "--scheduler, --dashboard, --workers, --threads or --memory-limit is given)")
     g.add_argument("--cluster", action="store_true",
-                   help="start a local Dask cluster even for a small input (e.g. to watch the dashboard)")
+                   help="start a local Dask cluster of worker processes, with the dashboard at :8787 "
+                        "(on one machine it costs more CPU and memory than threads)")
     g.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
 
 
@@ -594,52 +597,36 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING if verbose > 1 else logging.ERROR)
 
 
-#: decoded input bytes up to which ``quantize`` and ``sweep`` run on this process's
-#: threads when no cluster is asked for (a 512 x 512 RGB PNG is 0.75 MiB; 128 MiB is
-#: about 45 MP of RGB): starting worker processes would cost more than the work
-IN_PROCESS_MAX_BYTES = 128 * 2**20
-#: ... and at most this fraction of the machine's memory
-IN_PROCESS_MAX_FRACTION = 1 / 16
+#: decoded input bytes from which the command line, running on its threads, says how
+#: to watch the work (1 GiB: about 360 MP of RGB, half a minute or more here)
+LONG_JOB_BYTES = 2**30
 
 
-def _machine_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
-        return 0
+def _dashboard_address(args: argparse.Namespace) -> str | None:
+    """``--dashboard`` as an address, or None when not given (or 'none')."""
+    value = getattr(args, "dashboard", None)
+    return None if value is None or str(value).lower() in ("none", "off", "") else str(value)
+
+
+def _processes_asked(args: argparse.Namespace) -> bool:
+    """Whether the options ask for local worker processes: ``--cluster`` or a local cluster's size."""
+    return bool(args.cluster or args.workers or args.threads or args.memory_limit)
 
 
 def _cluster_asked(args: argparse.Namespace) -> bool:
-    """Whether the options name a cluster: ``--cluster``, ``--scheduler`` or a local cluster's size."""
-    return bool(args.cluster or args.scheduler or args.workers or args.threads or args.memory_limit)
-
-
-def fits_in_process(nbytes: int, memory: int | None = None) -> bool:
-    """Whether an input of ``nbytes`` decoded bytes runs on threads, with no cluster start.
-
-    Parameters
-    ----------
-    nbytes : int
-        Decoded size of the input (``ImageSource.nbytes``).
-    memory : int or None, default=None
-        Bytes of memory to compare with; None: this machine's.
-
-    Returns
-    -------
-    bool
-        True up to :data:`IN_PROCESS_MAX_BYTES` and :data:`IN_PROCESS_MAX_FRACTION`
-        of ``memory``.
-    """
-    memory = _machine_memory() if memory is None else memory
-    limit = min(IN_PROCESS_MAX_BYTES, int(memory * IN_PROCESS_MAX_FRACTION)) if memory else IN_PROCESS_MAX_BYTES
-    return 0 <= nbytes <= limit
+    """Whether the options name a Dask scheduler: worker processes, ``--scheduler`` or ``--dashboard ADDR``."""
+    return bool(_processes_asked(args) or args.scheduler or _dashboard_address(args))
 
 
 def _choose_in_process(args: argparse.Namespace, console: _Console, paths: Sequence[str]) -> list[Any]:
-    """Open the inputs (metadata only) and, unless a cluster was asked for, run small inputs in-process.
+    """Open the inputs (metadata only) and, unless a scheduler was asked for, run on this process's threads.
 
-    Sets ``args.no_cluster`` when no cluster is asked for and the inputs
-    together :func:`fits_in_process`.  Returns the opened
+    Sets ``args.no_cluster`` when no scheduler is asked for (see
+    :func:`_cluster_asked`): on one machine, threads in this process do the
+    same work as worker processes with less CPU and memory (no process
+    start, no kernels loaded per worker, no data sent between processes; see
+    docs/cluster.md).  An input of :data:`LONG_JOB_BYTES` or more gets a
+    note on how to watch it.  Returns the opened
     :class:`~bigquant.io.source.ImageSource` s (to be checked and reused;
     None for an input of a set that does not open, which the job reports or
     skips with ``--keep-going``).
@@ -657,11 +644,13 @@ def _choose_in_process(args: argparse.Namespace, console: _Console, paths: Seque
             sources.append(None)
     if args.no_cluster or _cluster_asked(args):
         return sources
+    args.no_cluster = True
     nbytes = sum(s.nbytes for s in sources if s is not None)
-    if fits_in_process(nbytes):
-        args.no_cluster = True
-        console.note(f"small input ({_human_bytes(nbytes)}): running on this process's threads "
-                     "(--cluster starts a local Dask cluster)")
+    if nbytes >= LONG_JOB_BYTES:
+        from bigquant.cluster.resources import cpu_count
+
+        console.note(f"{_human_bytes(nbytes)} on this process's {cpu_count()} threads "
+                     "(--dashboard :8787 to watch it in Dask's dashboard, --cluster for worker processes)")
     return sources
 
 
@@ -680,16 +669,27 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
         return
     from bigquant.pipeline.runtime import connect
 
-    dashboard = None if str(args.dashboard).lower() in ("none", "off", "") else args.dashboard
+    # a local cluster: worker processes when asked (--cluster, a size, the demo), else
+    # --dashboard alone: a scheduler and the dashboard in this process, its threads the worker
+    processes = _processes_asked(args) or args.dashboard is None
+    dashboard = _dashboard_address(args) if args.dashboard is not None else ":8787"
     start = time.perf_counter()
     if not args.scheduler:
-        console.note("starting a local Dask cluster...")
+        if processes:
+            from bigquant.pipeline.warm import kernels_warm
+
+            if not kernels_warm():  # connect() compiles them, once, before the workers start
+                console.note("compiling the numba kernels once, for every worker (about 20 s of CPU; "
+                             "python -m bigquant.pipeline.warm does it ahead)...")
+        console.note("starting a local Dask cluster..." if processes else
+                     "starting a Dask scheduler and its dashboard in this process...")
     runtime = connect(
         args.scheduler,
         n_workers=args.workers,
         threads_per_worker=args.threads,
         memory_limit=args.memory_limit,
         dashboard_address=dashboard,
+        processes=processes,
         timeout=args.timeout,
         **{name: value for name, value in tls.items() if value},
     )
@@ -1336,6 +1336,8 @@ def _cmd_demo(args: argparse.Namespace, console: _Console) -> int:
     from bigquant.plotting import preview as make_preview
 
     ks = parse_ks(args.sweep_k)
+    if not args.no_cluster and not args.scheduler:
+        args.cluster = True  # the demo shows a LocalCluster of worker processes and its dashboard
     folder = pathlib.Path(args.out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     files = {name: folder / name for name in (

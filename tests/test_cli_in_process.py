@@ -1,4 +1,4 @@
-"""The command line runs small inputs on its own threads and starts a cluster for large ones."""
+"""The command line runs on its own threads unless a scheduler, worker processes or the dashboard is asked for."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_a_small_input_runs_in_process(connects, small_png, tmp_path, capsys):
     out = tmp_path / "q.tif"
     assert cli.main(["quantize", str(small_png), str(out), "-k", "4", "--no-progress", "--random-state", "0"]) == 0
     assert connects.calls == []
-    assert "running on this process's threads" in capsys.readouterr().err
+    assert "--dashboard" not in capsys.readouterr().err  # no note for a short job
     assert out.exists()
 
 
@@ -53,35 +53,56 @@ def test_sweep_of_a_small_input_runs_in_process(connects, small_png, capsys):
     assert connects.calls == []
 
 
-@pytest.mark.parametrize("option", [["--cluster"], ["--workers", "1"], ["--threads", "1"],
-                                    ["--memory-limit", "1GiB"], ["--scheduler", "tcp://127.0.0.1:1"]])
-def test_a_cluster_option_keeps_the_cluster(connects, small_png, tmp_path, capsys, option):
+def test_a_large_input_runs_in_process_too_and_says_how_to_watch_it(connects, small_png, tmp_path, monkeypatch,
+                                                                     capsys):
+    # "large": a limit lowered below this input's 15 KiB
+    monkeypatch.setattr(cli, "LONG_JOB_BYTES", 1024)
+    out = tmp_path / "q.tif"
+    assert cli.main(["quantize", str(small_png), str(out), "-k", "4", "--no-progress"]) == 0
+    assert connects.calls == []
+    err = capsys.readouterr().err
+    assert "this process's" in err and "--dashboard :8787" in err and "--cluster" in err
+    assert out.exists()
+
+
+@pytest.mark.parametrize("option, processes, dashboard", [
+    (["--cluster"], True, ":8787"),
+    (["--cluster", "--dashboard", "none"], True, None),
+    (["--workers", "1"], True, ":8787"),
+    (["--threads", "1"], True, ":8787"),
+    (["--memory-limit", "1GiB"], True, ":8787"),
+    (["--dashboard", "127.0.0.1:0"], False, "127.0.0.1:0"),
+])
+def test_a_cluster_option_starts_a_local_cluster(connects, small_png, tmp_path, capsys, option, processes,
+                                                   dashboard):
     argv = ["quantize", str(small_png), str(tmp_path / "q.tif"), "--no-progress", *option]
     assert cli.main(argv) == 1
-    assert len(connects.calls) == 1
+    assert [(c["scheduler"], c["processes"], c["dashboard_address"]) for c in connects.calls] == [
+        (None, processes, dashboard)]
     assert "no cluster in this test" in capsys.readouterr().err
     assert not (tmp_path / "q.tif").exists()
 
 
-def test_a_large_input_starts_a_local_cluster(connects, small_png, tmp_path, monkeypatch, capsys):
-    # "large": above a limit lowered below this input's 15 KiB
-    monkeypatch.setattr(cli, "IN_PROCESS_MAX_BYTES", 1024)
-    assert cli.main(["quantize", str(small_png), str(tmp_path / "q.tif"), "--no-progress"]) == 1
-    assert [c["scheduler"] for c in connects.calls] == [None]
-    assert "running on this process's threads" not in capsys.readouterr().err
+def test_a_scheduler_address_is_used(connects, small_png, tmp_path, capsys):
+    argv = ["quantize", str(small_png), str(tmp_path / "q.tif"), "--no-progress", "--scheduler", "tcp://127.0.0.1:1"]
+    assert cli.main(argv) == 1
+    assert [c["scheduler"] for c in connects.calls] == ["tcp://127.0.0.1:1"]
+
+
+def test_dashboard_none_alone_runs_in_process(connects, small_png, tmp_path):
+    out = tmp_path / "q.tif"
+    assert cli.main(["quantize", str(small_png), str(out), "-k", "3", "--no-progress", "--dashboard", "none"]) == 0
+    assert connects.calls == [] and out.exists()
+
+
+def test_the_demo_starts_worker_processes_and_the_dashboard(connects, tmp_path, capsys):
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--size", "64", "--no-progress", "--dashboard", "127.0.0.1:0"]
+    assert cli.main(argv) == 1
+    assert [(c["scheduler"], c["processes"], c["dashboard_address"]) for c in connects.calls] == [
+        (None, True, "127.0.0.1:0")]
 
 
 def test_cluster_and_no_cluster_exclude_each_other(small_png, tmp_path, capsys):
     argv = ["quantize", str(small_png), str(tmp_path / "q.tif"), "--no-cluster", "--cluster"]
     assert cli.main(argv) == 2
     assert "exclude each other" in capsys.readouterr().err
-
-
-def test_fits_in_process_limits():
-    gib = 2**30
-    assert cli.fits_in_process(768 * 1024, memory=16 * gib)
-    assert cli.fits_in_process(cli.IN_PROCESS_MAX_BYTES, memory=16 * gib)
-    assert not cli.fits_in_process(cli.IN_PROCESS_MAX_BYTES + 1, memory=16 * gib)
-    # a small machine: a sixteenth of its memory at most
-    assert not cli.fits_in_process(100 * 2**20, memory=1 * gib)
-    assert cli.fits_in_process(60 * 2**20, memory=1 * gib)

@@ -326,6 +326,7 @@ def fs_rows(
     V = valid if has_mask else np.ones((1, 1), dtype=np.bool_)
     keep = out is not None
     O = out if keep else np.zeros((1, 1), dtype=np.uint8)
+    pixels = np.ascontiguousarray(pixels)  # one compiled layout: a strided edge block is copied
     _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
              O, out_origin[0], out_origin[1], keep, np.int64(masked_label), int(y0),
              np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),

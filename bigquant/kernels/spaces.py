@@ -111,7 +111,7 @@ def to_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
     [[100.0, 0.0, 0.0]]
     """
     kind = _check(space)
-    X = np.ascontiguousarray(X)
+    X = np.ascontiguousarray(X, dtype=np.float64)  # one compiled kernel for every dtype: exact for integers
     out = np.empty((X.shape[0], 3), dtype=np.float64)
     if kind == 1:
         _srgb_to(X, float(scale), 1, _M1, _M2, out)

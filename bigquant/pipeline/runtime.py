@@ -2,7 +2,9 @@
 
 - :func:`connect` gives a :class:`Runtime` owning what it started: a
   :class:`~distributed.LocalCluster` with worker processes sized to the machine
-  (no address), a client of an existing cluster (``tcp://host:8786``, or
+  (no address; ``processes=False``: a scheduler and one worker of threads in
+  this process, for the dashboard without worker processes), a client of an
+  existing cluster (``tcp://host:8786``, or
   ``tls://host:8786`` with certificates: :func:`tls_security`), or an
   existing :class:`~distributed.Client` passed through untouched.
 - :func:`phase` and :func:`active_client` (from :mod:`bigquant.cluster.scheduler`,
@@ -133,9 +135,12 @@ class Runtime:
     """
 
     def __init__(self, client: Client, cluster: LocalCluster | None = None, *, owns_client: bool,
-                 dashboard: bool = True) -> None:
+                 dashboard: bool = True, dashboard_host: str | None = None) -> None:
         self.client = client
         self.dashboard = dashboard
+        #: host of the dashboard's link when it is not the scheduler's (an in-process
+        #: scheduler's address is ``inproc://<this machine's IP>/...``)
+        self.dashboard_host = dashboard_host
         self.cluster = cluster
         self.owns_client = owns_client
         self._closed = False
@@ -153,9 +158,12 @@ class Runtime:
         if not port:
             return None
         try:
-            return str(self.client.dashboard_link)
+            link = str(self.client.dashboard_link)
         except Exception:  # pragma: no cover
             return None
+        if self.dashboard_host:
+            link = re.sub(r"^(\w+://)[^/]+?(:\d+)?/", lambda m: f"{m.group(1)}{self.dashboard_host}:{port}/", link)
+        return link
 
     @property
     def scheduler_address(self) -> str:
@@ -281,6 +289,8 @@ def connect(
     threads_per_worker: int | None = None,
     memory_limit: str | int | float | None = None,
     dashboard_address: str | None = ":8787",
+    processes: bool = True,
+    warm: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     security: Security | None = None,
     tls_ca_file: str | os.PathLike[str] | None = None,
@@ -309,6 +319,17 @@ def connect(
     dashboard_address : str or None, default=":8787"
         Local cluster: where the dashboard listens (a free port is chosen if
         this one is taken); ``None`` for no dashboard.
+    processes : bool, default=True
+        Local cluster: worker processes (``True``), or one worker whose
+        threads run in this process (``False``: a scheduler and the dashboard,
+        with no process to start and no data sent between processes;
+        ``n_workers`` must then be 1 or None, ``threads_per_worker`` defaults
+        to the usable cores).
+    warm : bool, default=True
+        Local cluster with processes: compile the numba kernels of the common
+        paths here first, unless they are cached already
+        (:func:`bigquant.pipeline.warm.warm_kernels`), so that the workers
+        load them from the cache instead of each compiling the same ones.
     timeout : float, default=30.0
         Seconds to wait for the scheduler (or for the local cluster to start)
         before raising :class:`~bigquant.errors.ClusterConnectionError`.
@@ -410,11 +431,22 @@ def connect(
         )
     from distributed import LocalCluster
 
-    workers, threads = machine_layout(n_workers, threads_per_worker)
+    if processes:
+        workers, threads = machine_layout(n_workers, threads_per_worker)
+        if warm:
+            from bigquant.pipeline.warm import kernels_warm, warm_kernels
+
+            if not kernels_warm():
+                logger.info("compiling the numba kernels once, before the workers start")
+                warm_kernels()
+    elif n_workers not in (None, 1):
+        raise InvalidParameterError(f"n_workers={n_workers!r}: a local cluster without processes has one worker")
+    else:
+        workers, threads = 1, threads_per_worker or cpu_count()
     kwargs: dict[str, Any] = {
         "n_workers": workers,
         "threads_per_worker": threads,
-        "processes": True,
+        "processes": bool(processes),
         "dashboard_address": dashboard_address,
         "timeout": float(timeout),
     }
@@ -433,11 +465,15 @@ def connect(
     except BaseException:
         cluster.close()
         raise
-    runtime = Runtime(client, cluster, owns_client=True, dashboard=dashboard_address is not None)
+    host = None
+    if not processes and dashboard_address:  # the link names the host the dashboard listens on
+        host = dashboard_address.rpartition(":")[0].strip("[]") or None
+    runtime = Runtime(client, cluster, owns_client=True, dashboard=dashboard_address is not None, dashboard_host=host)
     logger.info(
-        "started a local Dask cluster in %.1f s: %d workers x %d threads, scheduler %s",
+        "started a local Dask cluster in %.1f s: %d %s x %d threads, scheduler %s",
         time.monotonic() - start,
         workers,
+        "worker processes" if processes else "worker in this process",
         threads,
         cluster.scheduler_address,
     )

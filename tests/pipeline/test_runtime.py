@@ -161,6 +161,22 @@ def test_connect_local_cluster_dashboard_spans_and_shutdown():
 
 
 @pytest.mark.distributed
+def test_connect_without_processes_runs_the_worker_in_this_process_with_a_dashboard():
+    import os
+
+    with connect(processes=False, threads_per_worker=2, dashboard_address="127.0.0.1:0", timeout=60) as rt:
+        pids = rt.client.run(os.getpid)
+        assert list(pids.values()) == [os.getpid()]  # one worker, in this process
+        assert rt.nthreads == 2
+        link = rt.dashboard_link
+        assert link and link.startswith("http://")
+        with urllib.request.urlopen(link.replace("/status", "/health"), timeout=10) as resp:
+            assert resp.status == 200
+    with pytest.raises(InvalidParameterError, match="n_workers=2"):
+        connect(processes=False, n_workers=2)
+
+
+@pytest.mark.distributed
 def test_connect_passes_a_client_through_and_leaves_it_open():
     from distributed import Client, LocalCluster
 
