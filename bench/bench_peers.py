@@ -440,6 +440,12 @@ class Row:
     error: str = ""
 
 
+def remove_output(out: pathlib.Path) -> None:
+    """Delete an output and the sidecar a program may write beside it (GDAL's .aux.xml)."""
+    out.unlink(missing_ok=True)
+    out.with_name(out.name + ".aux.xml").unlink(missing_ok=True)
+
+
 def settle() -> None:
     """The same start for every run: dirty pages flushed, garbage collected, a short pause."""
     os.sync()
@@ -453,14 +459,14 @@ def run_contender(c: Contender, src: pathlib.Path, outdir: pathlib.Path, side: i
     row = Row(c.label)
     out = outdir / f"{c.program}_{c.mode}_{side}.{c.fmt}"
     for r in range(repeat):
-        out.unlink(missing_ok=True)
+        remove_output(out)
         settle()
         try:
             m = run_measured(c.command(src, out, k), c.env())
         except (RuntimeError, ValueError) as exc:
             logger.error("%s: %s", c.label, exc)
             row.error = str(exc)
-            out.unlink(missing_ok=True)
+            remove_output(out)
             return row
         row.runs.append(m)
         row.size = rf.file_size(out)
@@ -473,7 +479,7 @@ def run_contender(c: Contender, src: pathlib.Path, outdir: pathlib.Path, side: i
         row.error = f"output unreadable: {type(exc).__name__}: {exc}"
     logger.info("%s: PSNR %.2f dB, blurred %.2f dB", c.label, row.psnr, row.blurred)
     if not keep:
-        out.unlink(missing_ok=True)
+        remove_output(out)
     return row
 
 
@@ -486,7 +492,7 @@ def warm_up(contenders: Sequence[Contender], src: pathlib.Path, outdir: pathlib.
             run_measured(c.command(src, out, k), c.env())
         except (RuntimeError, ValueError) as exc:
             logger.warning("warm-up of %s failed: %s", c.label, exc)
-        out.unlink(missing_ok=True)
+        remove_output(out)
 
 
 # --------------------------------------------------------------------------- tables
