@@ -17,6 +17,7 @@ from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.base import KMeansBase, warn_few_clusters
 from bigquant.cluster.checkpoint import Checkpoint
+from bigquant.cluster.cells import CellGrid
 from bigquant.cluster.grid import GRID_MAX_BITS, finish_on_pixels, grid_bits, search_cells, value_grid
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import (
@@ -376,7 +377,8 @@ default="k-means++"
                 best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
         return self._finish(data, "histogram", histogram, best)
 
-    def _finish(self, data: Data, strategy: str, histogram: ColourHistogram | None, best: LloydResult) -> KMeans:
+    def _finish(self, data: Data, strategy: str, histogram: ColourHistogram | None, best: LloydResult,
+                cells: CellGrid | None = None) -> KMeans:
         # labels of the distinct colours, when the last run computed them for these centres
         colour_labels = best.labels if histogram is not None else None
         if self._ckpt is not None:
@@ -386,7 +388,8 @@ default="k-means++"
             # fewer distinct points than clusters: every point sits on a centre, the
             # others repeat one (kept, as scikit-learn keeps them)
             warn_few_clusters(n_distinct, int(self.n_clusters))
-        return self._set_fitted(data, strategy, histogram, best.centers, best.inertia, best.n_iter, colour_labels)
+        return self._set_fitted(data, strategy, histogram, best.centers, best.inertia, best.n_iter, colour_labels,
+                                cells=cells)
 
     def _best_of_runs(
         self,
@@ -530,7 +533,9 @@ default="k-means++"
                 # masked NaN would poison the sums of the pixel passes, weight 0 or not
                 X = da.where(valid[..., None], X, 0) if data.is_dask else np.where(np.asarray(valid)[..., None], X, 0)
             weights = valid.astype(np.float32)
-        points = self._grid_pixel_points(X, weights, data.is_dask)
+        # the Lloyd passes and the labels look the nearest centre up in cells over the exact range
+        cells = CellGrid.over(grid.minimum, grid.maximum, k)
+        points = self._grid_pixel_points(X, weights, data.is_dask, cells)
         if start is None:
             start = self._initial_centers(points, k, rng)
         self._ckpt = None  # a grid fit is two or three passes: nothing to resume
@@ -539,17 +544,18 @@ default="k-means++"
         if not done.converged:
             warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=3)
         result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
-        self._finish(data, "grid", None, result)
+        self._finish(data, "grid", None, result, cells)
         self.band_counts_ = grid.band_counts()  # per band, what the grid pass counted (a display stretch)
         return self
 
-    def _grid_pixel_points(self, X: Any, weights: Any, is_dask: bool) -> PointSet:
+    def _grid_pixel_points(self, X: Any, weights: Any, is_dask: bool, cells: CellGrid | None) -> PointSet:
         if not is_dask:
             flat = np.ascontiguousarray(X).reshape(-1, X.shape[-1])
-            return InMemoryPoints(flat, None if weights is None else np.ascontiguousarray(weights).reshape(-1))
+            return InMemoryPoints(flat, None if weights is None else np.ascontiguousarray(weights).reshape(-1),
+                                  cells=cells)
         if self.persist is True:
             X, weights = dask.persist(X, weights) if weights is not None else (X.persist(), None)
-        return DaskPoints(X, weights, split_every=self.split_every)
+        return DaskPoints(X, weights, split_every=self.split_every, cells=cells)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
         if not data.is_dask:

@@ -269,8 +269,9 @@ def write_quantized(
     if getattr(choice.model, "space_", None) is not None or choice.alpha:
         mapper = choice.model  # labels: nearest centre in the fit's colour space (or premultiplied RGBA)
     else:
+        cells = choice.model.cell_grid() if hasattr(choice.model, "cell_grid") else None  # the grid strategy's
         mapper = FixedPalette(choice.palette).fit(data, histogram=histogram,
-                                                  histogram_labels=_known_labels(choice))
+                                                  histogram_labels=_known_labels(choice), cells=cells)
     nodata = None
     if valid is not None and _nothing_masked(histogram, valid):
         valid = None  # e.g. float data without a NaN: no index reserved for nothing
