@@ -32,7 +32,7 @@ from bigquant.cluster.lloyd import (
     lloyd,
     warn_not_converged,
 )
-from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
+from bigquant.cluster.points import BoundedPoints, DaskPoints, InMemoryPoints, PointSet
 from bigquant.cluster.resources import memory_limit
 from bigquant.cluster.scheduler import active_client, phase
 from bigquant.cluster.search import default_chains, search, uses_coarse_search
@@ -535,7 +535,13 @@ default="k-means++"
             weights = valid.astype(np.float32)
         # the Lloyd passes and the labels look the nearest centre up in cells over the exact range
         cells = CellGrid.over(grid.minimum, grid.maximum, k)
-        points = self._grid_pixel_points(X, weights, data.is_dask, cells)
+        if grid.values is not None:
+            # few distinct values: the grid pass counted them exactly, Lloyd's passes run on them
+            logger.info("grid: %d distinct values: the fit ends on them, no pass over the pixels",
+                        grid.values.shape[0])
+            points: PointSet = BoundedPoints(grid.values, grid.value_counts)
+        else:
+            points = self._grid_pixel_points(X, weights, data.is_dask, cells)
         if start is None:
             start = self._initial_centers(points, k, rng)
         self._ckpt = None  # a grid fit is two or three passes: nothing to resume
