@@ -15,7 +15,10 @@ int16, float32, 4 or more bands) have too many.  The grid strategy:
    exact.  The cells' means weighted by their counts are a small point set with
    the pixels' total and mean; the pixels' squared error for any labelling that
    gives every cell one label is that of the cell means plus the constant
-   within-cell scatter.
+   within-cell scatter.  Integer data of at most :data:`DISTINCT_MAX` distinct
+   values (packed in 64 bits) are also counted value by value, exactly: the
+   finishing passes of step 4 then run on those values, not on the pixels
+   (the same sums: the fit ends in this one pass).
 3. **Search on the cells** (:func:`search_cells`): 8 chains (per ``n_init``) of
    weighted k-means++, Lloyd and swap moves on at most 2**14 cells (merged to
    coarser ones when there are more); the two lowest run to Lloyd's fixed point
@@ -26,7 +29,10 @@ int16, float32, 4 or more bands) have too many.  The grid strategy:
    cell solution is next to the pixel one).  The centres returned are those the
    last pass assigned the pixels to, so its inertia is theirs, exactly, and one
    more Lloyd step moves them by at most ``tol``: a fixed point within ``tol``
-   without a pass only to measure the inertia.
+   without a pass only to measure the inertia.  These passes, and the labels
+   of the pixels, find each pixel's nearest centre through cells over the
+   pixels' exact range (:class:`bigquant.cluster.cells.CellGrid`: most cells
+   have one possible centre), with the full scan's results bit for bit.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def _sqdist(X, i, centers_t, j):  # pragma: no cover - jitted
 
 
 @numba.njit(**_JIT)
-def _nearest_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):
+def _nearest_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):  # pragma: no cover
     """Labels (and with ``distances`` squared distances) of RGB rows: the cells' arithmetic unrolled."""
     side = np.float64(1 << bits)
     l0, l1, l2 = lo[0], lo[1], lo[2]
@@ -191,7 +191,7 @@ def _nearest_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels
 
 
 @numba.njit(**_JIT)
-def _nearest_any(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):
+def _nearest_any(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):  # pragma: no cover
     """:func:`_nearest_rgb` for any number of bands."""
     n_channels = X.shape[1]
     side = np.float64(1 << bits)
@@ -231,7 +231,7 @@ def _nearest_any(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels
 
 
 @numba.njit(**_JIT)
-def _nearest_cells(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):
+def _nearest_cells(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):  # pragma: no cover
     if X.shape[1] == 3:
         _nearest_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances)
     else:
