@@ -551,8 +551,20 @@ default="k-means++"
             warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=3)
         result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
         self._finish(data, "grid", None, result, cells)
+        self._values = None if grid.values is None else (grid.values, grid.value_counts)
         self.band_counts_ = grid.band_counts()  # per band, what the grid pass counted (a display stretch)
         return self
+
+    def value_counts(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The distinct values of the pixels fitted and their pixels, when the grid pass counted them exactly.
+
+        Integer data of at most :data:`bigquant.cluster.grid.DISTINCT_MAX`
+        distinct values fitted with the grid strategy: their exact histogram
+        (values of shape (n_values, n_channels) as float64, counts), from
+        which the error of any palette needs no pass over the pixels; else None.
+        """
+        self._check_fitted()
+        return getattr(self, "_values", None) if self.strategy_ == "grid" else None
 
     def _grid_pixel_points(self, X: Any, weights: Any, is_dask: bool, cells: CellGrid | None) -> PointSet:
         if not is_dask:
