@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 
 from bigquant import kernels, tasks
+from bigquant.cluster.cells import CellGrid
 from bigquant.cluster.histogram import ColourHistogram
 from bigquant.cluster.lloyd import repeat_heaviest
 from bigquant.cluster.palette import refine_integer_palette
@@ -126,6 +127,11 @@ def _block_assign(block: np.ndarray, centers: np.ndarray, dtype: np.dtype) -> np
     return labels.reshape(block.shape[:-1])
 
 
+def _block_cell_labels(block: np.ndarray, cells: CellGrid, centers: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    labels = cells.labels(np.ascontiguousarray(block).reshape(-1, block.shape[-1]), centers, dtype)
+    return labels.reshape(block.shape[:-1])
+
+
 def _block_lookup(
     block: np.ndarray, lut: np.ndarray, bits: int, sentinel: int, centers: np.ndarray, dtype: np.dtype
 ) -> np.ndarray:
@@ -164,12 +170,16 @@ class KMeansBase(BaseEstimator):
         colour_labels: np.ndarray | None = None,
         lut: tuple[np.ndarray, int, int] | None = None,
         lut_token: str | None = None,
+        cells: CellGrid | None = None,
     ) -> KMeansBase:
         """Store the fitted attributes and the (lazy) labels of the training data.
 
         ``lut`` is a lookup table already built (see :meth:`lookup_table`),
         ``lut_token`` a token of what it was built from (else the table is hashed).
+        ``cells``, a grid of value cells over the data's range, labels the
+        data without a lookup table (:mod:`bigquant.cluster.cells`).
         """
+        self._cells = cells
         self.strategy_ = strategy
         self.histogram_ = histogram
         self.cluster_centers_ = centers
@@ -193,6 +203,15 @@ class KMeansBase(BaseEstimator):
         else:
             self.labels_ = self._labels(data)
         return self
+
+    def cell_grid(self) -> CellGrid | None:
+        """The grid of value cells the labels are looked up through (:mod:`bigquant.cluster.cells`), if any.
+
+        The grid strategy's, over the exact range of the pixels it counted;
+        it serves the labels of any centres (e.g. a palette of the centres
+        rounded): pass it to :meth:`bigquant.cluster.fixed.FixedPalette.fit`.
+        """
+        return getattr(self, "_cells", None)
 
     def histogram_labels(self) -> np.ndarray | None:
         """Label of every distinct colour of ``histogram_`` (``None`` without a histogram).
@@ -329,6 +348,9 @@ class KMeansBase(BaseEstimator):
             # small in-memory inputs: a direct scan is cheaper than building the table
             and (data.is_dask or data.n_samples >= _LUT_MIN_PIXELS)
         )
+        cells = getattr(self, "_cells", None)
+        if cells is not None and cells.lo.shape[0] != data.n_channels:
+            cells = None
         if data.is_dask:
             X = data.array
             if use_lut:
@@ -338,6 +360,10 @@ class KMeansBase(BaseEstimator):
                     _block_lookup, lut_d, bits, sentinel, centers, dtype,
                     drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS,
                 )
+            if cells is not None:
+                return X.map_blocks(
+                    _block_cell_labels, cells, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS
+                )
             return X.map_blocks(
                 _block_assign, centers, dtype, drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS
             )
@@ -346,7 +372,7 @@ class KMeansBase(BaseEstimator):
             lut, bits, sentinel = self.lookup_table()
             labels = kernels.lookup_labels(flat, bits, lut, sentinel, centers, dtype)
         else:
-            labels = InMemoryPoints(flat).labels(centers, dtype)
+            labels = InMemoryPoints(flat, cells=cells).labels(centers, dtype)
         return labels.reshape(data.spatial_shape)
 
     def predict(self, X: Any) -> np.ndarray | da.Array:

@@ -20,6 +20,7 @@ import dask
 import numpy as np
 
 from bigquant.cluster.base import _LUT_MIN_PIXELS, KMeansBase
+from bigquant.cluster.cells import CellGrid
 from bigquant.cluster.histogram import ColourHistogram, histogram_bits
 from bigquant.cluster.palette import (
     MAX_FULL_TABLE_BITS,
@@ -85,7 +86,7 @@ class FixedPalette(KMeansBase):
 
     def fit(
         self, X: Any, y: Any = None, sample_weight: Any = None, *, histogram: ColourHistogram | None = None,
-        histogram_labels: tuple[float, np.ndarray] | None = None,
+        histogram_labels: tuple[float, np.ndarray] | None = None, cells: CellGrid | None = None,
     ) -> FixedPalette:
         """Prepare the mapping of ``X`` to the palette (nothing is fitted).
 
@@ -103,6 +104,10 @@ class FixedPalette(KMeansBase):
             of each of its colours, when already known (what
             :func:`bigquant.cluster.palette.palette_error` gives, e.g. from
             :meth:`bigquant.KMeans.palette_labels`): not computed again.
+        cells : CellGrid, default=None
+            A grid of value cells over the range of ``X`` (e.g.
+            :meth:`bigquant.KMeans.cell_grid` of the fit): the labels are
+            looked up through it (the same labels; used without a lookup table).
 
         Returns
         -------
@@ -130,4 +135,5 @@ class FixedPalette(KMeansBase):
             lut = (full_lookup_table(centers, bits, data.n_channels), bits, len(centers))
         # the table is a function of the palette: its token need not hash its 16 MiB
         token = None if lut is None else dask.base.tokenize("full-table", centers, bits, data.n_channels)
-        return self._set_fitted(data, "palette", None, centers, float("nan"), 0, lut=lut, lut_token=token)
+        return self._set_fitted(data, "palette", None, centers, float("nan"), 0, lut=lut, lut_token=token,
+                                cells=cells if lut is None else None)

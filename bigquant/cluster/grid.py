@@ -15,7 +15,10 @@ int16, float32, 4 or more bands) have too many.  The grid strategy:
    exact.  The cells' means weighted by their counts are a small point set with
    the pixels' total and mean; the pixels' squared error for any labelling that
    gives every cell one label is that of the cell means plus the constant
-   within-cell scatter.
+   within-cell scatter.  Integer data of at most :data:`DISTINCT_MAX` distinct
+   values (packed in 64 bits) are also counted value by value, exactly: the
+   finishing passes of step 4 then run on those values, not on the pixels
+   (the same sums: the fit ends in this one pass).
 3. **Search on the cells** (:func:`search_cells`): 8 chains (per ``n_init``) of
    weighted k-means++, Lloyd and swap moves on at most 2**14 cells (merged to
    coarser ones when there are more); the two lowest run to Lloyd's fixed point
@@ -26,7 +29,10 @@ int16, float32, 4 or more bands) have too many.  The grid strategy:
    cell solution is next to the pixel one).  The centres returned are those the
    last pass assigned the pixels to, so its inertia is theirs, exactly, and one
    more Lloyd step moves them by at most ``tol``: a fixed point within ``tol``
-   without a pass only to measure the inertia.
+   without a pass only to measure the inertia.  These passes, and the labels
+   of the pixels, find each pixel's nearest centre through cells over the
+   pixels' exact range (:class:`bigquant.cluster.cells.CellGrid`: most cells
+   have one possible centre), with the full scan's results bit for bit.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from bigquant.cluster.points import (
 
 __all__ = [
     "GRID_MAX_BITS", "BandCounts", "ValueGrid", "grid_bits", "value_range", "value_grid", "search_cells",
-    "finish_on_pixels", "check_fixed_point",
+    "finish_on_pixels", "check_fixed_point", "DISTINCT_MAX",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,6 +144,9 @@ class ValueGrid:
         The cell of value ``x`` in band ``c`` is ``floor((x - lo[c]) * scale[c])``, clipped.
     minimum, maximum, sum_squares : ndarray of shape (n_channels,)
         Of the pixels counted, per band.
+    values, value_counts : ndarray of shape (n_values, n_channels) and (n_values,), or None
+        Integer data of at most :data:`DISTINCT_MAX` distinct values: each
+        value (float64) and its pixels, exactly (the histogram); else None.
     """
 
     codes: np.ndarray
@@ -149,6 +158,8 @@ class ValueGrid:
     minimum: np.ndarray
     maximum: np.ndarray
     sum_squares: np.ndarray
+    values: np.ndarray | None = None
+    value_counts: np.ndarray | None = None
     _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -332,27 +343,72 @@ def _count_into(X: np.ndarray, valid: np.ndarray | None, lo: np.ndarray, scale: 
     return bool(kernels.add_grid_cells(X, v, np.bool_(use_valid), lo, scale, np.int64(bits), table, stats))
 
 
+#: distinct values counted exactly by the grid pass, at most (more: it stops counting them)
+DISTINCT_MAX = 4096
+
+
+def _distinct_layout(dtype: np.dtype, n_channels: int) -> tuple[int, int] | None:
+    """(offset, bits a band) of the packed codes of integer rows, or None (not integers, or over 64 bits)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "ui" or dtype.itemsize * 8 * n_channels > 64:
+        return None
+    return int(np.iinfo(dtype).min), dtype.itemsize * 8
+
+
+def _distinct_table(limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    size = 1 << max(4, int(2 * limit - 1).bit_length())
+    return np.zeros(size, np.uint64), np.zeros(size), np.zeros(size, np.bool_)
+
+
+def _count_distinct(X: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The distinct rows of ``X`` (packed codes) and their counts, or None past :data:`DISTINCT_MAX`."""
+    layout = _distinct_layout(X.dtype, X.shape[1])
+    if layout is None:
+        return None
+    keys, counts, used = _distinct_table(DISTINCT_MAX)
+    use_valid = valid is not None
+    v = np.ascontiguousarray(valid, dtype=np.bool_).reshape(-1) if use_valid else _NO_VALID
+    n = kernels.add_distinct(X, v, np.bool_(use_valid), np.int64(layout[0]), np.int64(layout[1]), keys, counts,
+                             used, np.int64(0), np.int64(DISTINCT_MAX))
+    return None if n < 0 else (keys[used], counts[used])
+
+
+def _merge_distinct(parts: list[tuple[np.ndarray, np.ndarray] | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    if any(p is None for p in parts):
+        return None
+    keys, counts, used = _distinct_table(DISTINCT_MAX)
+    n = np.int64(0)
+    for codes, weights in parts:  # type: ignore[misc]
+        n = kernels.merge_distinct(codes, weights, keys, counts, used, n, np.int64(DISTINCT_MAX))
+        if n < 0:
+            return None
+    order = np.argsort(keys[used], kind="stable")
+    return keys[used][order], counts[used][order]
+
+
 def _block_grid(block: np.ndarray, valid: np.ndarray | None, lo: np.ndarray, scale: np.ndarray, bits: int):
     n_channels = lo.shape[0]
     tables = _empty_tables(bits, n_channels)
-    finite = _count_into(block.reshape(-1, n_channels), valid, lo, scale, bits, tables)
+    flat = block.reshape(-1, n_channels)
+    finite = _count_into(flat, valid, lo, scale, bits, tables)
     codes, counts, sums = kernels.take_grid_cells(tables[0])
-    return codes, counts, sums, tables[1], finite
+    return codes, counts, sums, tables[1], finite, _count_distinct(flat, valid)
 
 
 def _merge_grids(parts: list[tuple]) -> tuple:
     """Sum partial grids (a tree node): sparse cells added into a dense table and read back."""
     if len(parts) == 1:
-        return parts[0]
+        p = parts[0]
+        return p[:5] + (_merge_distinct([p[5]]),)  # sorted codes
     n_channels = parts[0][2].shape[1]
     top = max(int(p[0][-1]) for p in parts if p[0].shape[0]) if any(p[0].shape[0] for p in parts) else 0
     table = np.zeros((top + 1, n_channels + 1))
-    for codes, counts, sums, _, _ in parts:
+    for codes, counts, sums, *_ in parts:
         kernels.merge_grid_cells(codes, counts, sums, table)
     codes, counts, sums = kernels.take_grid_cells(table)
     stats = np.stack([p[3] for p in parts])
     merged = np.stack([stats[:, 0].min(axis=0), stats[:, 1].max(axis=0), stats[:, 2].sum(axis=0)])
-    return codes, counts, sums, merged, all(p[4] for p in parts)
+    return codes, counts, sums, merged, all(p[4] for p in parts), _merge_distinct([p[5] for p in parts])
 
 
 #: a probed range is kept when the exact one is at most this much wider (per band)
@@ -438,11 +494,19 @@ def value_grid(
         logger.info("value grid: probed range %s..%s, exact %s..%s: counting again", lo, hi, stats[0], stats[1])
         lo, hi = stats[0].copy(), stats[1].copy()
         result = _grid_pass(X, valid, lo, hi, bits, integer, split_every)
-    codes, counts, sums, stats, finite = result
+    codes, counts, sums, stats, finite, distinct = result
     scale = _grid_scale(lo, hi, bits, integer)
     grid = ValueGrid(codes, counts, sums, bits, np.asarray(lo, np.float64), scale, stats[0], stats[1], stats[2])
-    logger.info("value grid: %d occupied cells of %d (%d bits a band) for %d pixels",
-                grid.n_cells, 1 << (bits * n_channels), bits, int(grid.n_pixels))
+    if distinct is not None:
+        offset, band_bits = _distinct_layout(X.dtype, n_channels)  # type: ignore[misc]
+        shifts = (np.arange(n_channels - 1, -1, -1) * band_bits).astype(np.uint64)
+        mask = np.uint64((1 << band_bits) - 1)
+        fields = (distinct[0][:, None] >> shifts[None, :]) & mask
+        grid.values = fields.astype(np.float64) + offset
+        grid.value_counts = distinct[1]
+    logger.info("value grid: %d occupied cells of %d (%d bits a band) for %d pixels%s",
+                grid.n_cells, 1 << (bits * n_channels), bits, int(grid.n_pixels),
+                "" if grid.values is None else f", {grid.values.shape[0]} distinct values")
     return grid, bool(finite)
 
 

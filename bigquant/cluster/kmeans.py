@@ -17,6 +17,7 @@ from bigquant._typing import INIT_METHODS, STRATEGIES
 from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.base import KMeansBase, warn_few_clusters
 from bigquant.cluster.checkpoint import Checkpoint
+from bigquant.cluster.cells import CellGrid
 from bigquant.cluster.grid import GRID_MAX_BITS, finish_on_pixels, grid_bits, search_cells, value_grid
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import (
@@ -31,7 +32,7 @@ from bigquant.cluster.lloyd import (
     lloyd,
     warn_not_converged,
 )
-from bigquant.cluster.points import DaskPoints, InMemoryPoints, PointSet
+from bigquant.cluster.points import BoundedPoints, DaskPoints, InMemoryPoints, PointSet
 from bigquant.cluster.resources import memory_limit
 from bigquant.cluster.scheduler import active_client, phase
 from bigquant.cluster.search import default_chains, search, uses_coarse_search
@@ -376,7 +377,8 @@ default="k-means++"
                 best = self._best_of_runs(points, init_array, k, n_init, tol, rng)
         return self._finish(data, "histogram", histogram, best)
 
-    def _finish(self, data: Data, strategy: str, histogram: ColourHistogram | None, best: LloydResult) -> KMeans:
+    def _finish(self, data: Data, strategy: str, histogram: ColourHistogram | None, best: LloydResult,
+                cells: CellGrid | None = None) -> KMeans:
         # labels of the distinct colours, when the last run computed them for these centres
         colour_labels = best.labels if histogram is not None else None
         if self._ckpt is not None:
@@ -386,7 +388,8 @@ default="k-means++"
             # fewer distinct points than clusters: every point sits on a centre, the
             # others repeat one (kept, as scikit-learn keeps them)
             warn_few_clusters(n_distinct, int(self.n_clusters))
-        return self._set_fitted(data, strategy, histogram, best.centers, best.inertia, best.n_iter, colour_labels)
+        return self._set_fitted(data, strategy, histogram, best.centers, best.inertia, best.n_iter, colour_labels,
+                                cells=cells)
 
     def _best_of_runs(
         self,
@@ -530,7 +533,15 @@ default="k-means++"
                 # masked NaN would poison the sums of the pixel passes, weight 0 or not
                 X = da.where(valid[..., None], X, 0) if data.is_dask else np.where(np.asarray(valid)[..., None], X, 0)
             weights = valid.astype(np.float32)
-        points = self._grid_pixel_points(X, weights, data.is_dask)
+        # the Lloyd passes and the labels look the nearest centre up in cells over the exact range
+        cells = CellGrid.over(grid.minimum, grid.maximum, k)
+        if grid.values is not None:
+            # few distinct values: the grid pass counted them exactly, Lloyd's passes run on them
+            logger.info("grid: %d distinct values: the fit ends on them, no pass over the pixels",
+                        grid.values.shape[0])
+            points: PointSet = BoundedPoints(grid.values, grid.value_counts)
+        else:
+            points = self._grid_pixel_points(X, weights, data.is_dask, cells)
         if start is None:
             start = self._initial_centers(points, k, rng)
         self._ckpt = None  # a grid fit is two or three passes: nothing to resume
@@ -539,17 +550,30 @@ default="k-means++"
         if not done.converged:
             warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=3)
         result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
-        self._finish(data, "grid", None, result)
+        self._finish(data, "grid", None, result, cells)
+        self._values = None if grid.values is None else (grid.values, grid.value_counts)
         self.band_counts_ = grid.band_counts()  # per band, what the grid pass counted (a display stretch)
         return self
 
-    def _grid_pixel_points(self, X: Any, weights: Any, is_dask: bool) -> PointSet:
+    def value_counts(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The distinct values of the pixels fitted and their pixels, when the grid pass counted them exactly.
+
+        Integer data of at most :data:`bigquant.cluster.grid.DISTINCT_MAX`
+        distinct values fitted with the grid strategy: their exact histogram
+        (values of shape (n_values, n_channels) as float64, counts), from
+        which the error of any palette needs no pass over the pixels; else None.
+        """
+        self._check_fitted()
+        return getattr(self, "_values", None) if self.strategy_ == "grid" else None
+
+    def _grid_pixel_points(self, X: Any, weights: Any, is_dask: bool, cells: CellGrid | None) -> PointSet:
         if not is_dask:
             flat = np.ascontiguousarray(X).reshape(-1, X.shape[-1])
-            return InMemoryPoints(flat, None if weights is None else np.ascontiguousarray(weights).reshape(-1))
+            return InMemoryPoints(flat, None if weights is None else np.ascontiguousarray(weights).reshape(-1),
+                                  cells=cells)
         if self.persist is True:
             X, weights = dask.persist(X, weights) if weights is not None else (X.persist(), None)
-        return DaskPoints(X, weights, split_every=self.split_every)
+        return DaskPoints(X, weights, split_every=self.split_every, cells=cells)
 
     def _pixel_points(self, data: Data, weights: Any) -> tuple[PointSet, np.ndarray]:
         if not data.is_dask:

@@ -30,6 +30,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from bigquant import kernels, tasks
+from bigquant.cluster.cells import CellGrid
 from bigquant.cluster.resources import cpu_count
 
 __all__ = [
@@ -166,6 +167,9 @@ class InMemoryPoints:
     n_parts : int, default=None
         Row segments worked on in parallel (default: one per thread; 1 when
         the caller itself runs several point sets in parallel).
+    cells : CellGrid, default=None
+        A grid of value cells over the points' range: the partial sums and
+        labels go through it (:mod:`bigquant.cluster.cells`; the same results).
     """
 
     def __init__(
@@ -175,10 +179,12 @@ class InMemoryPoints:
         *,
         multiplicity: bool = False,
         n_parts: int | None = None,
+        cells: CellGrid | None = None,
     ):
         self.X = X
         self.weights = weights
         self.multiplicity = multiplicity
+        self.cells = cells
         self.n_channels = X.shape[1]
         self._segments = _segments(X.shape[0], n_threads() if n_parts is None else n_parts)
 
@@ -192,13 +198,16 @@ class InMemoryPoints:
         return None if self.weights is None else self.weights[seg]
 
     def partial_sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        parts = self._map(lambda seg: kernels.partial_sums(self.X[seg], centers, self._w(seg)))
+        parts = self._map(lambda seg: _partial_sums(self.X[seg], self._w(seg), centers, self.cells))
         sums = np.sum([p[0] for p in parts], axis=0)
         counts = np.sum([p[1] for p in parts], axis=0)
         return sums, counts, float(math.fsum(p[2] for p in parts))
 
     def labels(self, centers: np.ndarray, label_dtype: np.dtype | type = np.int32) -> np.ndarray:
-        parts = self._map(lambda seg: kernels.assign_labels(self.X[seg], centers, label_dtype)[0])
+        if self.cells is not None:
+            parts = self._map(lambda seg: self.cells.labels(self.X[seg], centers, label_dtype))
+        else:
+            parts = self._map(lambda seg: kernels.assign_labels(self.X[seg], centers, label_dtype)[0])
         return np.concatenate(parts)
 
     def farthest(self, centers: np.ndarray, n: int) -> Farthest:
@@ -325,10 +334,18 @@ def _block_2d(block: np.ndarray, n_channels: int) -> np.ndarray:
     return block.reshape(-1, n_channels)
 
 
-def _block_partial_sums(block, wblock, centers):
+def _partial_sums(X: np.ndarray, w: np.ndarray | None, centers: np.ndarray,
+                  cells: CellGrid | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`bigquant.kernels.partial_sums`, through ``cells`` when given (the same results)."""
+    if cells is None:
+        return kernels.partial_sums(X, centers, w)
+    return cells.partial_sums(X, centers, w)
+
+
+def _block_partial_sums(block, wblock, centers, cells=None):
     X = _block_2d(block, centers.shape[1])
     w = None if wblock is None else wblock.reshape(-1)
-    return kernels.partial_sums(X, centers, w)
+    return _partial_sums(X, w, centers, cells)
 
 
 def _block_farthest(block, wblock, centers, n):
@@ -365,9 +382,13 @@ class DaskPoints:
         Chunked like the spatial axes of ``X``.
     split_every : int, default=8
         Fan-in of the tree reduction.
+    cells : CellGrid, default=None
+        A grid of value cells over the points' range: the partial sums go
+        through it (:mod:`bigquant.cluster.cells`; the same results).
     """
 
-    def __init__(self, X: da.Array, weights: da.Array | None = None, *, split_every: int = 8):
+    def __init__(self, X: da.Array, weights: da.Array | None = None, *, split_every: int = 8,
+                 cells: CellGrid | None = None):
         if X.numblocks[-1] != 1:
             X = X.rechunk({X.ndim - 1: -1})
         if weights is not None and weights.chunks != X.chunks[:-1]:
@@ -376,6 +397,7 @@ class DaskPoints:
         self.weights = weights
         self.n_channels = X.shape[-1]
         self.split_every = split_every
+        self.cells = cells
 
     def _run(
         self,
@@ -390,7 +412,7 @@ class DaskPoints:
 
     def partial_sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         centers = np.asarray(centers, dtype=np.float64)
-        (result,) = dask.compute(self._run(tasks.LLOYD, _block_partial_sums, (centers,), _sum_tuples))
+        (result,) = dask.compute(self._run(tasks.LLOYD, _block_partial_sums, (centers, self.cells), _sum_tuples))
         sums, counts, inertia = result
         return sums, counts, float(inertia)
 

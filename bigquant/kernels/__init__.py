@@ -8,6 +8,7 @@ not safe to enter from several threads at once.
 - :mod:`~bigquant.kernels.scans` -- distances, nearest centres, partial sums, moments
 - :mod:`~bigquant.kernels.lloyd` -- bounded and dense Lloyd runs, swap moves
 - :mod:`~bigquant.kernels.grid` -- exact per-cell counts and sums over a value grid (16-bit, float, multi-band)
+- :mod:`~bigquant.kernels.cells` -- nearest centres through cells of the value range (certain cells, candidates)
 - :mod:`~bigquant.kernels.colours` -- colour codes, counts, radix sorts, merges
 - :mod:`~bigquant.kernels.morton` -- Morton-order counting of RGB uint8 colours
 - :mod:`~bigquant.kernels.lookup` -- colour -> label lookup tables
@@ -31,7 +32,7 @@ from bigquant.kernels.colours import (
     unique_colours_parallel,
 )
 from bigquant.kernels.dither import candidate_grid, floyd_steinberg, fs_rows, ordered_dither
-from bigquant.kernels.grid import add_grid_cells, merge_grid_cells, take_grid_cells
+from bigquant.kernels.grid import add_distinct, add_grid_cells, merge_distinct, merge_grid_cells, take_grid_cells
 from bigquant.kernels.lloyd import (
     bounded_step,
     improve_by_swaps,
@@ -60,6 +61,7 @@ from bigquant.kernels.spaces import error_sums, from_space, to_space
 
 __all__ = [
     "add_dense_counts",
+    "add_distinct",
     "add_grid_cells",
     "add_sparse_counts",
     "as_columns",
@@ -81,6 +83,7 @@ __all__ = [
     "improve_by_swaps",
     "kmeans_plusplus_greedy",
     "labelled_inertia",
+    "merge_distinct",
     "merge_grid_cells",
     "take_grid_cells",
     "lloyd_bounded",

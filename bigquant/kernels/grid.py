@@ -17,7 +17,7 @@ import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
 
-__all__ = ["add_grid_cells", "merge_grid_cells", "take_grid_cells"]
+__all__ = ["add_grid_cells", "merge_grid_cells", "take_grid_cells", "add_distinct", "merge_distinct"]
 
 
 @numba.njit(**_JIT)
@@ -128,3 +128,61 @@ def merge_grid_cells(codes, counts, sums, table):  # pragma: no cover
         table[q, 0] += counts[j]
         for c in range(sums.shape[1]):
             table[q, c + 1] += sums[j, c]
+
+
+@numba.njit(inline="always", **_JIT)
+def _slot(code, mask):  # pragma: no cover - jitted
+    """First slot of ``code`` in a table of ``mask + 1`` slots (a multiplicative hash)."""
+    return np.int64((code * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & mask
+
+
+@numba.njit(inline="always", **_JIT)
+def _add_code(code, weight, keys, counts, used, n, limit):  # pragma: no cover - jitted
+    """Add ``weight`` to ``code``'s count; the number of codes after, or -1 past ``limit``."""
+    mask = keys.shape[0] - 1
+    s = _slot(code, mask)
+    while used[s]:
+        if keys[s] == code:
+            counts[s] += weight
+            return n
+        s = (s + 1) & mask
+    if n >= limit:
+        return -1
+    used[s] = True
+    keys[s] = code
+    counts[s] = weight
+    return n + 1
+
+
+@numba.njit(**_JIT)
+def add_distinct(X, valid, use_valid, offset, band_bits, keys, counts, used, n, limit):  # pragma: no cover
+    """Count the distinct rows of integer ``X`` (n, C) in a hash table while there are at most ``limit``.
+
+    A row's code packs ``X[i, c] - offset`` in ``band_bits`` bits a band,
+    first band highest (at most 64 bits in all).  ``keys`` (uint64), ``counts``
+    (float64) and ``used`` (bool) are the open-addressing table (a power of
+    two of at least twice ``limit`` slots), ``n`` the codes it holds.  Returns
+    the codes held after, or -1 as soon as one more than ``limit`` was met
+    (the table is then incomplete).
+    """
+    n_channels = X.shape[1]
+    for i in range(X.shape[0]):
+        if use_valid and not valid[i]:
+            continue
+        code = np.uint64(0)
+        for c in range(n_channels):
+            code = (code << np.uint64(band_bits)) | np.uint64(np.int64(X[i, c]) - offset)
+        n = _add_code(code, 1.0, keys, counts, used, n, limit)
+        if n < 0:
+            return -1
+    return n
+
+
+@numba.njit(**_JIT)
+def merge_distinct(codes, weights, keys, counts, used, n, limit):  # pragma: no cover
+    """Add codes and their counts into a table of :func:`add_distinct`; the codes held after, or -1."""
+    for j in range(codes.shape[0]):
+        n = _add_code(codes[j], weights[j], keys, counts, used, n, limit)
+        if n < 0:
+            return -1
+    return n

@@ -106,18 +106,36 @@ def _nearest_two(X, i, centers_t, dist):  # pragma: no cover - jitted
     return best, best_d, second_d
 
 
+#: rows labelled at a time by the partial sums (the nearest-centre loop vectorises alone)
+_SUM_ROWS = 4096
+
+
+@numba.njit(**_JIT)
+def _nearest_rows(X, start, stop, centers_t, dist, labels, min_dist):  # pragma: no cover
+    """Nearest centre and its squared distance of rows ``start:stop`` into ``labels``, ``min_dist``."""
+    for i in range(start, stop):
+        best, best_d = _nearest(X, i, centers_t, dist)
+        labels[i - start] = best
+        min_dist[i - start] = best_d
+
+
 @numba.njit(**_JIT)
 def _partial_sums_unweighted(X, centers_t, sums, counts):  # pragma: no cover
     n = X.shape[0]
     n_channels, k = centers_t.shape
     dist = np.empty(k, dtype=np.float64)
+    labels = np.empty(_SUM_ROWS, dtype=np.int64)
+    min_dist = np.empty(_SUM_ROWS, dtype=np.float64)
     inertia = 0.0
-    for i in range(n):
-        best, best_d = _nearest_fused(X, i, centers_t, dist)
-        counts[best] += 1.0
-        for c in range(n_channels):
-            sums[best, c] += np.float64(X[i, c])
-        inertia += best_d
+    for start in range(0, n, _SUM_ROWS):
+        stop = min(n, start + _SUM_ROWS)
+        _nearest_rows(X, start, stop, centers_t, dist, labels, min_dist)
+        for i in range(start, stop):  # added in row order: the sums of a row-by-row scan
+            best = labels[i - start]
+            counts[best] += 1.0
+            for c in range(n_channels):
+                sums[best, c] += np.float64(X[i, c])
+            inertia += min_dist[i - start]
     return inertia
 
 
@@ -126,14 +144,19 @@ def _partial_sums_weighted(X, weights, centers_t, sums, counts):  # pragma: no c
     n = X.shape[0]
     n_channels, k = centers_t.shape
     dist = np.empty(k, dtype=np.float64)
+    labels = np.empty(_SUM_ROWS, dtype=np.int64)
+    min_dist = np.empty(_SUM_ROWS, dtype=np.float64)
     inertia = 0.0
-    for i in range(n):
-        w = np.float64(weights[i])
-        best, best_d = _nearest_fused(X, i, centers_t, dist)
-        counts[best] += w
-        for c in range(n_channels):
-            sums[best, c] += np.float64(X[i, c]) * w
-        inertia += best_d * w
+    for start in range(0, n, _SUM_ROWS):
+        stop = min(n, start + _SUM_ROWS)
+        _nearest_rows(X, start, stop, centers_t, dist, labels, min_dist)
+        for i in range(start, stop):
+            w = np.float64(weights[i])
+            best = labels[i - start]
+            counts[best] += w
+            for c in range(n_channels):
+                sums[best, c] += np.float64(X[i, c]) * w
+            inertia += min_dist[i - start] * w
     return inertia
 
 

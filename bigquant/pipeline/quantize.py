@@ -24,7 +24,7 @@ import dask.array as da
 import dask.local
 import numpy as np
 
-from bigquant import tasks
+from bigquant import kernels, tasks
 from bigquant.cluster.allocator import release_freed_memory
 from bigquant.cluster.scheduler import active_client, on_client, phase
 from bigquant.errors import InvalidInputError, InvalidParameterError
@@ -269,8 +269,9 @@ def write_quantized(
     if getattr(choice.model, "space_", None) is not None or choice.alpha:
         mapper = choice.model  # labels: nearest centre in the fit's colour space (or premultiplied RGBA)
     else:
+        cells = choice.model.cell_grid() if hasattr(choice.model, "cell_grid") else None  # the grid strategy's
         mapper = FixedPalette(choice.palette).fit(data, histogram=histogram,
-                                                  histogram_labels=_known_labels(choice))
+                                                  histogram_labels=_known_labels(choice), cells=cells)
     nodata = None
     if valid is not None and _nothing_masked(histogram, valid):
         valid = None  # e.g. float data without a NaN: no index reserved for nothing
@@ -850,6 +851,8 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
             sums = written.get("sums")
             if want and sums is None and dither is None:
                 sums = _histogram_sums(mapper, choice, source, rgb_bands)
+            if want and sums is None and dither is None and not choice.alpha:
+                sums = _value_sums(choice, source, rgb_bands)  # few 16-bit values, counted by the grid pass
             if want and sums is None and measure:
                 # one more pass over the pixels and their labels, against every band of the palette
                 # (not the colours displayed: the first three bands of a multi-band image)
@@ -987,6 +990,23 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
         return None
     hist = choice.histogram
     return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette, rgb_bands)
+
+
+def _value_sums(choice: PaletteChoice, source: ImageSource, rgb_bands: Sequence[int] | None) -> np.ndarray | None:
+    """Quality sums from the distinct values a grid fit counted exactly (no pass over the pixels), or None.
+
+    Each value takes its nearest palette colour (lowest index on ties), as
+    the pixels written did; only the pixels counted (the mask's) are measured.
+    """
+    counted = choice.model.value_counts() if hasattr(choice.model, "value_counts") else None
+    if counted is None or np.dtype(source.dtype).kind not in "ui":
+        return None
+    values, counts = counted
+    palette = np.asarray(choice.palette, dtype=np.float64)
+    if palette.shape[1] != values.shape[1]:
+        return None
+    labels = kernels.assign_labels(values, palette, np.int32)[0]
+    return quality_from_histogram(values.astype(source.dtype), counts, labels, choice.palette, rgb_bands)
 
 
 def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,

@@ -393,3 +393,38 @@ def test_applying_a_palette_decodes_every_tile_once(tmp_path, tiled_tiff, count_
     assert sorted(count_decodes) == list(range(5 * 7))
     expected = nearest_colour(np.asarray(read_image(tiled_tiff).data), palette)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
+
+
+def test_few_16_bit_values_are_read_twice_and_measured_without_a_pass(tmp_path, count_decodes, monkeypatch):
+    """A uint16 image of 500 distinct colours: the grid pass counts them, then the write pass; the quality
+    report comes from the counted values (the same figures as without the count, which reads every tile
+    twice more: a Lloyd pass and the quality pass)."""
+    from bigquant.cluster import grid as grid_module
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 65536, (500, 3)).astype(np.uint16)
+    image = values[rng.integers(0, 500, (300, 400))]
+    src = tmp_path / "few16.tif"
+    tifffile.imwrite(src, image, tile=(64, 64), photometric="rgb", compression="zlib")
+    n_tiles = 5 * 7
+    model = quantize(src, tmp_path / "q.tif", 8, random_state=0, measure=True, chunks=128)
+    few = np.bincount(count_decodes, minlength=n_tiles)
+    assert model.strategy_ == "grid" and model.value_counts() is not None
+    # (the range probe reads 16 windows of 256 px: here every tile once more)
+    assert few.max() <= 3
+    written = tifffile.imread(tmp_path / "q.tif")
+    palette = model.palette()[0].astype(np.float64)
+    np.testing.assert_array_equal(written, nearest_colour(image, palette))
+    error = float(((image.astype(np.float64) - palette[written]) ** 2).sum())
+    assert model.quality_["psnr"] == pytest.approx(10 * np.log10(65535.0**2 * image.size / error), rel=1e-12)
+    assert model.quality_["pixels"] == 300 * 400
+
+    count_decodes.clear()
+    monkeypatch.setattr(grid_module, "_count_distinct", lambda X, valid: None)
+    again = quantize(src, tmp_path / "q2.tif", 8, random_state=0, measure=True, chunks=128)
+    assert again.value_counts() is None
+    np.testing.assert_array_equal(np.bincount(count_decodes, minlength=n_tiles), few + 2)
+    np.testing.assert_array_equal(again.cluster_centers_, model.cluster_centers_)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "q2.tif"), written)
+    assert again.quality_["psnr"] == pytest.approx(model.quality_["psnr"], rel=1e-12)
+    assert again.quality_["delta_e_ok"] == pytest.approx(model.quality_["delta_e_ok"], rel=1e-9)

@@ -1,0 +1,292 @@
+"""Nearest centres through a grid of value cells: a centre per cell where it is certain, a short scan elsewhere.
+
+A regular grid over a per-band value range ``[lo, lo + 2**bits * width)`` cuts
+the values into cells (``bits`` bits a band, code ``q_0 q_1 ... q_{C-1}``,
+first band highest, as :mod:`bigquant.kernels.grid`).  For every cell and
+centre the squared distances from the centre to the nearest and the farthest
+point of the cell's box give:
+
+- a *certain* cell: one centre whose farthest distance is below every other
+  centre's nearest one (both with a relative margin far above the rounding
+  of the distances): every value of the cell has that nearest centre, strictly;
+- otherwise the cell's *candidates*: the centres whose nearest distance is at
+  most the smallest farthest distance; no other centre can be nearest, or
+  tie, for a value of the cell.
+
+:func:`cell_labels` and :func:`cell_partial_sums` then take a value's label
+from its cell, or scan the candidates (increasing index) with the arithmetic
+of :mod:`bigquant.kernels.scans` (``sum_c (x_c - m_c) ** 2`` in float64,
+channels in order, ties to the lowest index); a value outside the grid (or
+not finite) is scanned against every centre.  Labels, sums and inertia are
+bit-identical to the full scans'.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bigquant.kernels._jit import JIT as _JIT
+from bigquant.kernels.scans import _nearest
+
+__all__ = ["cell_table", "cell_labels", "cell_partial_sums"]
+
+#: relative margin on the box distances (the distances round at about 1e-16)
+_MARGIN = 1e-9
+
+
+@numba.njit(**_JIT)
+def _axis_bounds(lo, width, pad, bits, centers_t):  # pragma: no cover - jitted
+    """Per band, cell and centre: squared distances to the nearest and farthest point of the cell's slab."""
+    n_channels, k = centers_t.shape
+    side = 1 << bits
+    near = np.empty((n_channels, side, k))
+    far = np.empty((n_channels, side, k))
+    for c in range(n_channels):
+        for q in range(side):
+            a = lo[c] + q * width[c] - pad[c]
+            b = lo[c] + (q + 1) * width[c] + pad[c]
+            for j in range(k):
+                m = centers_t[c, j]
+                da = m - a
+                db = b - m
+                if da >= 0.0 and db >= 0.0:
+                    near[c, q, j] = 0.0
+                else:
+                    t = -da if da < 0.0 else -db
+                    near[c, q, j] = t * t
+                t = max(abs(da), abs(db))
+                far[c, q, j] = t * t
+    return near, far
+
+
+@numba.njit(**_JIT)
+def _fill_cells(near, far, bits, table, offsets, cand, fill):  # pragma: no cover - jitted
+    """Certain label (>= 0) or -1 per cell; with ``fill``, the candidates of the others into ``cand``."""
+    n_channels, side, k = near.shape
+    mask = side - 1
+    lower = np.empty(k)
+    upper = np.empty(k)
+    pos = 0
+    for code in range(table.shape[0]):
+        for j in range(k):
+            lower[j] = 0.0
+            upper[j] = 0.0
+        for c in range(n_channels):
+            q = (code >> ((n_channels - 1 - c) * bits)) & mask
+            for j in range(k):
+                lower[j] += near[c, q, j]
+                upper[j] += far[c, q, j]
+        best = 0
+        for j in range(1, k):
+            if upper[j] < upper[best]:
+                best = j
+        bound = upper[best] * (1.0 + _MARGIN)
+        certain = True
+        for j in range(k):
+            if j != best and not (lower[j] * (1.0 - _MARGIN) > bound):
+                certain = False
+                break
+        if not fill:
+            offsets[code] = pos
+        if certain:
+            table[code] = best
+            continue
+        table[code] = -1
+        for j in range(k):
+            if lower[j] <= bound:
+                if fill:
+                    cand[pos] = j
+                pos += 1
+    if not fill:
+        offsets[table.shape[0]] = pos
+
+
+def cell_table(lo: np.ndarray, width: np.ndarray, bits: int, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                              np.ndarray]:
+    """The certain label or candidates of every cell of a grid, for ``centers``.
+
+    Parameters
+    ----------
+    lo, width : ndarray of shape (n_channels,)
+        Cell ``q`` of band ``c`` holds the values ``lo[c] + q * width[c] <= x < lo[c] + (q + 1) * width[c]``
+        (widths positive and finite).
+    bits : int
+        Bits per band: ``2**bits`` cells a band.
+    centers : ndarray of shape (k, n_channels)
+
+    Returns
+    -------
+    table : ndarray of shape (2**(bits * n_channels),), int32
+        The label of a certain cell, -1 for the others.
+    offsets : ndarray of shape (2**(bits * n_channels) + 1,), int64
+        Cell ``i``'s candidates are ``cand[offsets[i]:offsets[i + 1]]`` (none for a certain cell).
+    cand : ndarray of int32
+        Candidate centres, increasing within a cell.
+    """
+    centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
+    lo = np.ascontiguousarray(lo, dtype=np.float64)
+    width = np.ascontiguousarray(width, dtype=np.float64)
+    # the boxes widened a little: a value rounded into a neighbouring cell still lies in its box
+    pad = 1e-6 * width + 1e-13 * np.maximum(np.abs(lo), np.abs(lo + width * (1 << bits)))
+    near, far = _axis_bounds(lo, width, pad, np.int64(bits), centers_t)
+    n_cells = 1 << (int(bits) * centers_t.shape[0])
+    table = np.empty(n_cells, dtype=np.int32)
+    offsets = np.empty(n_cells + 1, dtype=np.int64)
+    _fill_cells(near, far, np.int64(bits), table, offsets, np.empty(0, dtype=np.int32), False)
+    cand = np.empty(int(offsets[-1]), dtype=np.int32)
+    _fill_cells(near, far, np.int64(bits), table, offsets, cand, True)
+    return table, offsets, cand
+
+
+@numba.njit(inline="always", **_JIT)
+def _sqdist(X, i, centers_t, j):  # pragma: no cover - jitted
+    """``sum_c (X[i, c] - centers_t[c, j]) ** 2`` as :func:`bigquant.kernels.scans._distances` rounds it."""
+    t = np.float64(X[i, 0]) - centers_t[0, j]
+    d = t * t
+    for c in range(1, centers_t.shape[0]):
+        t = np.float64(X[i, c]) - centers_t[c, j]
+        d += t * t
+    return d
+
+
+@numba.njit(**_JIT)
+def _nearest_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):  # pragma: no cover
+    """Labels (and with ``distances`` squared distances) of RGB rows: the cells' arithmetic unrolled."""
+    side = np.float64(1 << bits)
+    l0, l1, l2 = lo[0], lo[1], lo[2]
+    s0, s1, s2 = inv_width[0], inv_width[1], inv_width[2]
+    dist = np.empty(centers_t.shape[1])
+    for i in range(X.shape[0]):
+        x0, x1, x2 = np.float64(X[i, 0]), np.float64(X[i, 1]), np.float64(X[i, 2])
+        u0, u1, u2 = (x0 - l0) * s0, (x1 - l1) * s1, (x2 - l2) * s2
+        if not (u0 >= 0.0 and u0 < side and u1 >= 0.0 and u1 < side and u2 >= 0.0 and u2 < side):
+            best, best_d = _nearest(X, i, centers_t, dist)  # outside the grid: every centre
+            labels[i] = best
+            if distances:
+                min_dist[i] = best_d
+            continue
+        code = (((np.int64(u0) << bits) | np.int64(u1)) << bits) | np.int64(u2)
+        lab = table[code]
+        if lab >= 0:
+            labels[i] = lab
+            if distances:
+                a, b, c = x0 - centers_t[0, lab], x1 - centers_t[1, lab], x2 - centers_t[2, lab]
+                min_dist[i] = a * a + b * b + c * c
+            continue
+        p0 = offsets[code]
+        best = cand[p0]
+        a, b, c = x0 - centers_t[0, best], x1 - centers_t[1, best], x2 - centers_t[2, best]
+        best_d = a * a + b * b + c * c
+        for p in range(p0 + 1, offsets[code + 1]):
+            j = cand[p]
+            a, b, c = x0 - centers_t[0, j], x1 - centers_t[1, j], x2 - centers_t[2, j]
+            d = a * a + b * b + c * c
+            if d < best_d:
+                best_d = d
+                best = j
+        labels[i] = best
+        if distances:
+            min_dist[i] = best_d
+
+
+@numba.njit(**_JIT)
+def _nearest_any(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):  # pragma: no cover
+    """:func:`_nearest_rgb` for any number of bands."""
+    n_channels = X.shape[1]
+    side = np.float64(1 << bits)
+    dist = np.empty(centers_t.shape[1])
+    for i in range(X.shape[0]):
+        code = np.int64(0)
+        for c in range(n_channels):
+            u = (np.float64(X[i, c]) - lo[c]) * inv_width[c]
+            if not (u >= 0.0 and u < side):
+                code = -1
+                break
+            code = (code << bits) | np.int64(u)
+        if code < 0:
+            best, best_d = _nearest(X, i, centers_t, dist)
+            labels[i] = best
+            if distances:
+                min_dist[i] = best_d
+            continue
+        lab = table[code]
+        if lab >= 0:
+            labels[i] = lab
+            if distances:
+                min_dist[i] = _sqdist(X, i, centers_t, lab)
+            continue
+        p0 = offsets[code]
+        best = cand[p0]
+        best_d = _sqdist(X, i, centers_t, best)
+        for p in range(p0 + 1, offsets[code + 1]):
+            j = cand[p]
+            d = _sqdist(X, i, centers_t, j)
+            if d < best_d:
+                best_d = d
+                best = j
+        labels[i] = best
+        if distances:
+            min_dist[i] = best_d
+
+
+@numba.njit(**_JIT)
+def _nearest_cells(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances):  # pragma: no cover
+    if X.shape[1] == 3:
+        _nearest_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances)
+    else:
+        _nearest_any(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, distances)
+
+
+_NO_DIST = np.empty(0)
+
+
+def cell_labels(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels):
+    """Nearest centre of every row of ``X`` (n, C) into ``labels`` (ties to the lowest index).
+
+    ``table``, ``offsets`` and ``cand`` from :func:`cell_table` for the grid
+    ``lo``, ``1 / inv_width``, ``bits`` and the centres ``centers_t`` (C, k).
+    """
+    _nearest_cells(X, lo, inv_width, np.int64(bits), table, offsets, cand, centers_t, labels, _NO_DIST,
+                   np.bool_(False))
+
+
+#: rows labelled at a time by :func:`cell_partial_sums`
+_SUM_ROWS = 4096
+
+
+@numba.njit(**_JIT)
+def _cell_partial_sums(X, weights, use_weights, lo, inv_width, bits, table, offsets, cand, centers_t,
+                       sums, counts):  # pragma: no cover
+    n, n_channels = X.shape
+    labels = np.empty(_SUM_ROWS, dtype=np.int64)
+    min_dist = np.empty(_SUM_ROWS)
+    inertia = 0.0
+    for start in range(0, n, _SUM_ROWS):
+        stop = min(n, start + _SUM_ROWS)
+        _nearest_cells(X[start:stop], lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist,
+                       np.bool_(True))
+        for i in range(start, stop):  # added in row order: the sums of a row-by-row scan
+            best = labels[i - start]
+            if use_weights:
+                w = np.float64(weights[i])
+                counts[best] += w
+                for c in range(n_channels):
+                    sums[best, c] += np.float64(X[i, c]) * w
+                inertia += min_dist[i - start] * w
+            else:
+                counts[best] += 1.0
+                for c in range(n_channels):
+                    sums[best, c] += np.float64(X[i, c])
+                inertia += min_dist[i - start]
+    return inertia
+
+
+def cell_partial_sums(X, weights, use_weights, lo, inv_width, bits, table, offsets, cand, centers_t, sums, counts):
+    """:func:`bigquant.kernels.partial_sums` through the cells: sums and counts added, inertia returned.
+
+    The same per-row values added in the same order as the full scan's, so
+    the results are bit-identical.
+    """
+    return _cell_partial_sums(X, weights, np.bool_(use_weights), lo, inv_width, np.int64(bits), table, offsets,
+                              cand, centers_t, sums, counts)
