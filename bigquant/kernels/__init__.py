@@ -56,7 +56,7 @@ from bigquant.kernels.scans import (
     squared_shift,
 )
 from bigquant.kernels.seeding import kmeans_plusplus_greedy, oversample
-from bigquant.kernels.spaces import error_sums, from_space, to_space
+from bigquant.kernels.spaces import colour_error_sums, error_sums, from_space, to_space
 
 __all__ = [
     "add_dense_counts",
@@ -68,6 +68,7 @@ __all__ = [
     "build_lut",
     "candidate_grid",
     "coarse_bins",
+    "colour_error_sums",
     "count_codes",
     "count_codes_dense",
     "count_morton",
