@@ -40,6 +40,7 @@ from bigquant.kernels.lloyd import (
 )
 from bigquant.kernels.lookup import build_lut, lookup_labels, lookup_window
 from bigquant.kernels.morton import (
+    MortonTable,
     count_morton,
     encode_morton,
     merge_counts,
@@ -59,6 +60,7 @@ from bigquant.kernels.seeding import kmeans_plusplus_greedy, oversample
 from bigquant.kernels.spaces import colour_error_sums, error_sums, from_space, to_space
 
 __all__ = [
+    "MortonTable",
     "add_dense_counts",
     "add_grid_cells",
     "add_sparse_counts",
