@@ -19,9 +19,10 @@ read every tile whole, a full disk...) it writes from the source, decoding
 again.  The pixels are the decoder's own, so the output is identical either way.
 
 The spool is 3 bytes a pixel for RGB (1.07 GP: 3.2 GB): it is made only on a
-local directory with room to spare (:data:`FREE_FACTOR`, :data:`FREE_MARGIN`),
-only when every worker writes where the client reads
-(:func:`bigquant.io.reach.unreachable_workers`), and it is removed on exit.
+local disk with room to spare (:data:`FREE_FACTOR`, :data:`FREE_MARGIN`):
+beside the output, or under ``scratch``; only when every worker writes where
+the client reads (:func:`bigquant.io.reach.unreachable_workers`); and it is
+removed on exit.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError
-from bigquant.io.atomic import remove_path
+from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.files import is_url
 from bigquant.io.reach import unreachable_workers
 from bigquant.io.tiff_read import TiffBlockReader, _register_segments, segment_reader
@@ -245,42 +246,54 @@ def _array(reader: TiffBlockReader, like: da.Array, what: str) -> da.Array:
 
 
 @contextlib.contextmanager
-def pixel_spool(data: da.Array, scratch: str | os.PathLike[str] | None = None) -> Iterator[PixelSpool | None]:
+def pixel_spool(data: da.Array, target: pathlib.PurePath,
+                scratch: str | os.PathLike[str] | None = None) -> Iterator[PixelSpool | None]:
     """A spool of ``data``'s decoded tiles for the length of the block, removed on exit.
 
     Parameters
     ----------
     data : dask.array.Array
         An image read by :func:`bigquant.io.tiff_read.read_tiff`.
+    target : pathlib.PurePath
+        The output being written: the spool is a hidden directory beside it,
+        named like the writers' temporaries (:func:`bigquant.io.atomic.temp_sibling`),
+        so the next run writing ``target`` removes one a killed run left.
     scratch : str, os.PathLike or None, default=None
-        A local directory for the spool; None: the system's temp dir.  A URL
-        gets no spool (object storage is no cheaper than decoding).
+        A local directory for the spool instead (as for the Floyd--Steinberg
+        label spool); a URL gets no spool (object storage is no cheaper than
+        decoding); None: beside a local ``target``, else in the system's temp dir.
 
     Yields
     ------
     PixelSpool or None
         None when ``data`` is not worth spooling (:func:`spoolable`), the
-        directory lacks the room or is a URL, or a worker does not write where
-        this process reads.
+        directory lacks the room (:data:`FREE_FACTOR`, :data:`FREE_MARGIN`)
+        or is a URL, or a worker does not write where this process reads.
     """
     reader = spoolable(data)
     if reader is None or (scratch is not None and is_url(os.fspath(scratch))):
         yield None
         return
-    base = pathlib.Path(tempfile.gettempdir() if scratch is None else os.fspath(scratch))
+    if scratch is not None:
+        base = pathlib.Path(os.fspath(scratch)) / target.name
+    elif is_url(str(target)) or not isinstance(target, pathlib.Path):
+        base = pathlib.Path(tempfile.gettempdir()) / target.name
+    else:
+        base = target
     assert reader.segment is not None
     probe = TileSpool("", "", tuple(data.shape), reader.segment, np.dtype(reader.dtype))
     try:
-        free = shutil.disk_usage(base).free
+        free = shutil.disk_usage(base.parent).free
     except OSError:
         free = 0
     if free < FREE_FACTOR * probe.nbytes or free - probe.nbytes < FREE_MARGIN:
         logger.info("no pixel spool: %s has %.1f GB free for %.1f GB of tiles; the tiles are decoded again",
-                    base, free / 1e9, probe.nbytes / 1e9)
+                    base.parent, free / 1e9, probe.nbytes / 1e9)
         yield None
         return
-    directory = pathlib.Path(tempfile.mkdtemp(prefix=".bigquant-spool-", dir=base))
+    directory = temp_sibling(base, "spool")
     try:
+        directory.mkdir()
         unseen = unreachable_workers(directory, collections=[data])
         if unseen:
             logger.info("no pixel spool: the workers do not see %s (%s); the tiles are decoded again",

@@ -815,7 +815,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         data = np.asarray(data.compute(scheduler=dask.local.get_sync))
     spooling = (given is None and not fit_alpha_channel and space == "rgb" and dither is None
                 and _spool_worth_it(data, valid, strategy, dst_path))
-    with _scheduler(client), (pixel_spool(data, request.map.scratch) if spooling
+    with _scheduler(client), (pixel_spool(data, dst_path, request.map.scratch) if spooling
                               else contextlib.nullcontext()) as kept:
         t0 = time.perf_counter()
         if given is not None:

@@ -89,8 +89,6 @@ def test_histogram_strategy_decodes_every_tile_once(tmp_path, tiled_tiff, count_
     """Decoded once to count colours; the write reads the decoded tiles back from the pixel spool,
     tile by tile when the output tiles are whole input tiles (64 over 64) or not (96 over 64),
     and the file is the one the tiles decoded again give; the spool is gone after."""
-    import tempfile
-
     import bigquant.io.spool as spool
 
     src = read_image(tiled_tiff, chunks=192)
@@ -98,7 +96,7 @@ def test_histogram_strategy_decodes_every_tile_once(tmp_path, tiled_tiff, count_
              preview=tmp_path / "p.png", pyramid=True)
     n_tiles = 5 * 7  # 300 x 400 in 64 px tiles
     assert sorted(count_decodes) == list(range(n_tiles))
-    assert not list(pathlib.Path(tempfile.gettempdir()).glob(".bigquant-spool-*"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the spool beside q.tif is gone
     with pytest.MonkeyPatch.context() as mp:  # no room for a spool: every tile is decoded twice
         mp.setattr(spool, "FREE_MARGIN", 2**62)
         count_decodes.clear()
@@ -128,6 +126,7 @@ def test_pixel_spool_in_scratch_and_only_when_complete(tmp_path, tiled_tiff, cou
     quantize(read_image(tiled_tiff, chunks=128), tmp_path / "q.tif", 6, random_state=0, tile=64,
              scratch=scratch)
     assert seen == [scratch] and list(scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.tif", "q.tif.aux.xml", "scratch", "tiled.tif"]
     assert sorted(count_decodes) == sorted(list(range(5 * 7)) * 2)
     with tifffile.TiffFile(tmp_path / "q.tif") as tf:
         palette = tf.pages[0].colormap[:, :6].T // 257
