@@ -4,7 +4,10 @@
 :class:`bigquant.KMeans` on the pixels, and streams the labels to the output
 (:func:`bigquant.write_image`).  With the histogram strategy (8-bit data) the
 source pixels are read exactly twice: once to count colours, once to map and
-write.  The palette (JSON) and a small preview PNG come from the same passes.
+write -- and a compressed tiled TIFF is decoded once: the first read keeps the
+decoded tiles in a pixel spool that the second reads back
+(:func:`bigquant.io.spool.pixel_spool`).  The palette (JSON) and a small
+preview PNG come from the same passes.
 """
 
 from __future__ import annotations
@@ -692,8 +695,11 @@ def quantize(
         on the five photos of docs/benchmarks.md 0.9 gives more PSNR after a blur of
         sigma = 1 px than 1.0 at every k (its dither-strength table).
     scratch : str, os.PathLike or None, default=None
-        Where the workers share temporaries (Floyd--Steinberg's label spool):
-        a directory every worker sees, or a URL prefix (``s3://bucket/tmp``).
+        Where the workers share temporaries (Floyd--Steinberg's label spool,
+        and a compressed TIFF's tiles decoded by the fit, kept for the write:
+        3 bytes a pixel for RGB, made only where there is room and every
+        worker sees it, else the tiles are decoded again): a directory every
+        worker sees, or a URL prefix (``s3://bucket/tmp``; no pixel spool there).
         None: beside a local output, or the client's temp dir for a URL
         output; workers that do not see it dither again from the edges.
     space : {"rgb", "oklab", "lab"}, default="rgb"
