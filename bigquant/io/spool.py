@@ -172,7 +172,7 @@ class SpooledReader(TiffBlockReader):
         spp = int(np.prod(spool.shape[2:], dtype=np.int64))
         seg = self.segment_buffer() if buffer is None else buffer
         try:
-            fd = os.open(spool.data, os.O_RDONLY)
+            fh = open(spool.data, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:
             raise ImageReadError(f"{spool.data}: the pixel spool cannot be read: {exc}") from exc
         try:
@@ -185,16 +185,17 @@ class SpooledReader(TiffBlockReader):
                     rows, cols = spool.extent(ty, tx)
                     tile = seg[: rows * cols * spp].reshape(rows, cols, spp)
                     view = memoryview(tile.reshape(-1)).cast("B")
-                    offset, got = (ty * nx + tx) * spool.tile_bytes, 0
+                    fh.seek((ty * nx + tx) * spool.tile_bytes)
+                    got = 0
                     while got < view.nbytes:
-                        n = os.preadv(fd, [view[got:]], offset + got)
+                        n = fh.readinto(view[got:])
                         if not n:
                             raise ImageReadError(f"{spool.data}: the pixel spool is truncated at tile "
                                                  f"{ty * nx + tx}")
                         got += n
-                    yield tile[ya - top : yb - top, xa - left : xa - left + (xb - xa)], (ya, xa)
+                    yield tile[ya - top : yb - top, xa - left : xb - left], (ya, xa)
         finally:
-            os.close(fd)
+            fh.close()
 
 
 def spoolable(data: da.Array) -> TiffBlockReader | None:
@@ -271,8 +272,8 @@ def pixel_spool(data: da.Array, target: pathlib.PurePath,
         or is a URL, or a worker does not write where this process reads.
     """
     reader = spoolable(data)
-    if reader is None or (scratch is not None and is_url(os.fspath(scratch))):
-        yield None
+    if reader is None or (scratch is not None and is_url(os.fspath(scratch))) or not hasattr(os, "pwrite"):
+        yield None  # (os.pwrite: tasks write their tiles at their offsets, without a shared position)
         return
     if scratch is not None:
         base = pathlib.Path(os.fspath(scratch)) / target.name
