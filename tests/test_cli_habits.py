@@ -279,10 +279,24 @@ def test_zlevel_and_cog(rgb, tmp_path):
         assert src.overviews(1) and src.block_shapes == [(16, 16)]
 
 
+@pytest.mark.parametrize(("args", "nbits"), [((), "2"), (("-co", "NBITS=8"), None), (("--nbits", "8"), None),
+                                           (("-co", "NBITS=4"), "4"), (("-of", "COG", "-co", "NBITS=8"), None)])
+def test_nbits_as_gdal_reads_it(rgb, tmp_path, args, nbits):
+    """k = 4: packed 2 bits an index by default; NBITS=8 (GDAL's spelling) or --nbits 8 turns it off."""
+    import rasterio
+
+    out = tmp_path / "o.tif"
+    assert main(_run(str(rgb), str(out), "-k", "4", *args)) == 0
+    with rasterio.open(out) as src:
+        assert src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == nbits
+        assert len(src.colormap(1)) == 2 ** int(nbits or 8)
+        assert set(np.unique(src.read(1))) <= {0, 1, 2, 3}
+
+
 @pytest.mark.parametrize(("co", "match"), [
     ("FOO=1", "not a GTiff creation option"), ("COMPRESS=BROTLI", "use one of"), ("PREDICTOR=2", "no predictor"),
     ("BLOCKXSIZE=40", "multiple of 16"), ("TILED=NO", "tiled TIFFs only"), ("COMPRESS=JPEG", "lossy"),
-    ("ZSTD_LEVEL=3", "level of COMPRESS=ZSTD"),
+    ("ZSTD_LEVEL=3", "level of COMPRESS=ZSTD"), ("NBITS=3", "NBITS=3"), ("NBITS=1", "1 holds 2 palette indices"),
 ])
 def test_bad_creation_options_are_one_error_before_anything(rgb, tmp_path, capsys, co, match):
     assert main(_run(str(rgb), str(tmp_path / "o.tif"), "-k", "4", "-co", co)) == 2

@@ -9,7 +9,8 @@ import numpy as np
 from bigquant.errors import InvalidParameterError
 
 __all__ = [
-    "as_colours", "check_nodata", "index_dtype", "tiff_colormap", "with_nodata", "MAX_PALETTE",
+    "as_colours", "check_nodata", "index_bits", "index_dtype", "tiff_colormap", "with_nodata", "MAX_PALETTE",
+    "NBITS",
 ]
 
 #: Largest palette a TIFF (uint16 indices) can hold.
@@ -67,6 +68,50 @@ def index_dtype(n_colours: int) -> np.dtype:
     raise InvalidParameterError(
         f"palette has {n_colours} colours; at most {MAX_PALETTE} fit an indexed image"
     )
+
+
+#: bits a palette index can be stored in (TIFF BitsPerSample; GDAL's NBITS): 1, 2 and 4 are packed
+NBITS = (1, 2, 4, 8, 16)
+
+
+def index_bits(n_values: int, nbits: Any = None) -> int:
+    """Bits a palette index is stored in: the fewest of :data:`NBITS` that hold ``n_values`` indices.
+
+    Parameters
+    ----------
+    n_values : int
+        Indices to hold: the palette's entries, a no-data index included
+        (``nodata + 1`` when it lies past them).
+    nbits : int or None, default=None
+        None: the fewest bits (1 for up to 2 values, 2 up to 4, 4 up to 16,
+        8 up to 256, else 16).  1, 2, 4: pack that many (refused when the
+        values do not fit); 8: one byte an index, unpacked, up to 256
+        values; 16: more than 256 values.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``nbits`` is not one of :data:`NBITS`, or does not hold the values.
+
+    Examples
+    --------
+    >>> index_bits(2), index_bits(3), index_bits(16), index_bits(17), index_bits(16, 8)
+    (1, 2, 4, 8, 8)
+    """
+    native = index_dtype(n_values).itemsize * 8
+    if nbits is None:
+        return next(b for b in NBITS if n_values <= 2**b)
+    if isinstance(nbits, (bool, np.bool_)) or not isinstance(nbits, (int, np.integer)) or int(nbits) not in NBITS:
+        raise InvalidParameterError(f"nbits={nbits!r} must be one of {', '.join(map(str, NBITS))} or None")
+    nbits = int(nbits)
+    if n_values > 2**nbits:
+        raise InvalidParameterError(
+            f"nbits={nbits} holds {2**nbits} palette indices, but {n_values} are written (the palette's "
+            "entries and a no-data index past them); give more bits, or leave nbits out for the fewest that fit")
+    if nbits > native:
+        raise InvalidParameterError(
+            f"nbits={nbits}: {n_values} palette indices are stored in {native} bits at most; give {native} or fewer")
+    return nbits
 
 
 def tiff_colormap(colours: np.ndarray) -> np.ndarray:

@@ -15,6 +15,11 @@ image's :class:`~bigquant.io.metadata.ImageMetadata`, divided by its
 subsampling step.  With ``ome`` metadata the file is an OME-TIFF (tifffile
 writes the OME-XML into the first ImageDescription; the levels are SubIFDs).
 
+An encoder with ``bits`` (1, 2 or 4) packs palette indices: ``tifffile`` is
+told 8-bit indices and given the packed tiles, and every IFD is patched
+afterwards (:func:`bigquant.io.nbits.patch_packed`) to say BitsPerSample
+``bits`` with a ColorMap of ``2**bits`` entries.
+
 ``layout="cog"`` writes a Cloud-Optimized GeoTIFF: every IFD first, then the
 tile data of the smallest overview, ..., of the full resolution last.  The
 overviews are complete only after the full-resolution pass, so its encoded
@@ -48,6 +53,7 @@ from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.compute import current_scheduler
 from bigquant.io.encode import LABEL_COUNTS, BlockEncoder, TileRegion
 from bigquant.io.metadata import ImageMetadata
+from bigquant.io.nbits import packed_row_bytes, patch_packed
 from bigquant.io.tiff_read import window_reader
 
 __all__ = ["Layout", "write_tiff", "compute_bands"]
@@ -392,6 +398,7 @@ def write_tiff(
     first = {"description": description, "extratags": tuple(extratags),
              "metadata": None if ome is None else dict(ome, axes="YXS" if sample_shape else "YX")}
     shape = (height, width) + sample_shape
+    packed = encoder.bits if encoder.kind == "palette" and encoder.bits is not None else None
     try:
         if layout == "cog":
             _write_cog(tmp, level0(), shape, [spools[s] for s in levels], encoder, common, first, metadata)
@@ -401,6 +408,9 @@ def write_tiff(
     finally:
         for spool in spools.values():
             spool.close()
+    if packed is not None:
+        raw = encoder.codec.tag == 1
+        patch_packed(tmp, packed, tile_bytes=t * packed_row_bytes(t, packed) if raw else None)
     if preview_step is None:
         return None
     return np.concatenate(preview_parts, axis=0)
@@ -434,10 +444,24 @@ def _write_chained(
     import tifffile
 
     with tifffile.TiffWriter(tmp, bigtiff=True, ome=ome) as tw:
-        tw.write(level0, shape=shape, subifds=(len(spools) or None) if subifds else None,
-                 **common, **first, **_resolution(metadata, 1))
+        tw.write(_contiguous_size(level0, shape, encoder), shape=shape,
+                 subifds=(len(spools) or None) if subifds else None, **common, **first, **_resolution(metadata, 1))
         if spools:
             with ThreadPoolExecutor(2, thread_name_prefix="bigquant-level") as pool:
                 for spool in spools:
-                    tw.write(spool.tiles(encoder, pool), shape=spool.shape, subfiletype=1, metadata=None,
-                             **common, **_resolution(metadata, spool.step))
+                    tw.write(_contiguous_size(spool.tiles(encoder, pool), spool.shape, encoder), shape=spool.shape,
+                             subfiletype=1, metadata=None, **common, **_resolution(metadata, spool.step))
+
+
+def _contiguous_size(tiles: Iterator[Any], shape: tuple[int, ...], encoder: BlockEncoder) -> Iterator[Any]:
+    """The tiles of one IFD as ``tifffile`` takes them.
+
+    An uncompressed image of exactly one tile is written contiguously, and
+    ``tifffile`` checks it got the tile's full size: a packed tile is padded
+    to it (its byte count is then patched, :func:`bigquant.io.nbits.patch_packed`).
+    """
+    t = encoder.tile
+    if encoder.codec.tag != 1 or encoder.bits is None or tuple(shape[:2]) != (t, t):
+        return tiles
+    full = t * t * encoder.out_dtype.itemsize
+    return (data + bytes(full - len(data)) for data in tiles)

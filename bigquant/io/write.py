@@ -33,7 +33,7 @@ from bigquant.io.encode import (
 from bigquant.io.geotiff import GeoTiff, nodata_tag
 from bigquant.io.metadata import ImageMetadata, check_ome_layout, is_ome_name
 from bigquant.io.objects import output_location
-from bigquant.io.palette import as_colours, check_nodata, index_dtype, tiff_colormap, with_nodata
+from bigquant.io.palette import as_colours, check_nodata, index_bits, index_dtype, tiff_colormap, with_nodata
 from bigquant.io.png_write import PngLayout, PngRowEncoder, check_level, metadata_chunks, png_layout, write_png
 from bigquant.io.reach import scheduler_client, unreachable_workers
 from bigquant.io.source import ImageSource
@@ -363,6 +363,7 @@ def write_image(
     cog: bool = False,
     display: Any = None,
     metadata: ImageMetadata | None = None,
+    nbits: int | None = None,
     _lookup: tuple[LabelLookup, Any] | None = None,
     _counts: np.ndarray | None = None,
 ) -> pathlib.Path:
@@ -392,8 +393,9 @@ def write_image(
         ``mode="rgb"`` writes 4 samples as RGBA (TIFF: ExtraSamples =
         unassociated alpha).
     mode : {"palette", "rgb"}, default="palette"
-        "palette": an indexed image (TIFF colormap, uint8 indices for up to
-        256 colours, uint16 up to 65536; zarr stores indices and the palette
+        "palette": an indexed image (TIFF colormap, indices packed 1, 2 or 4
+        bits to a byte up to 16 entries (see ``nbits``), uint8 up to 256,
+        uint16 up to 65536; zarr stores indices and the palette
         in its attributes; PNG: up to 256 colours at 1, 2, 4 or 8 bits per
         index, the alpha of a 4-channel palette in tRNS).  "rgb": the palette
         colours of every pixel.
@@ -404,8 +406,10 @@ def write_image(
         optional ``imagecodecs`` package ("zstd", "webp", "jpeg"...).  PNG is
         always deflate, JPEG always JPEG.
     compression_level : int or None, default=None
-        Codec level.  None: run-length deflate for palette indices, zlib level
-        1 otherwise -- both fast; higher levels trade speed for size.  PNG:
+        Codec level.  None: deflate level 6 of libdeflate for palette indices
+        (smaller and faster than zlib's), zlib level 1 otherwise -- both fast;
+        higher levels trade speed for size (palette deflate: libdeflate's
+        1-12).  PNG:
         the zlib level 0-9, None for 1 (6: ~2.5x the time for ~14% less).
     pyramid : bool or int, default=False
         TIFF only: add half-size levels as SubIFDs (True: down to one tile; an
@@ -456,6 +460,16 @@ def write_image(
         iCCP; JPEG: the ICC profile.  The profile is written only where its
         colour space is that of the pixels (RGB for palette and colour
         pixels, grey for grey).
+    nbits : {None, 1, 2, 4, 8, 16}, default=None
+        Palette TIFF: bits a stored index takes (TIFF BitsPerSample, GDAL's
+        ``NBITS``).  None: the fewest that hold the palette's entries and
+        ``nodata`` -- 1 for 2 entries, 2 for up to 4, 4 for up to 16, packed
+        MSB first with each tile row padded to a byte; 8 up to 256; 16
+        beyond.  8: one byte an index for readers that take no packed
+        samples.  Refused when the entries do not fit, or with
+        ``mode="rgb"``; other formats ignore it (a palette PNG always packs
+        to the fewest bits).  GDAL, tifffile, libtiff (OpenSlide), Pillow and
+        libvips read packed palette TIFFs.
     _lookup : (LabelLookup, lookup table) or None
         Internal (:func:`bigquant.quantize`, TIFF or PNG output): ``data`` is
         the image and its labels are looked up tile by tile while encoding;
@@ -557,6 +571,9 @@ def write_image(
         sample_shape: tuple[int, ...] = (
             () if kind == "palette" or stored_colours.shape[1] == 1 else (stored_colours.shape[1],)
         )
+        if nbits is not None and kind != "palette":
+            raise InvalidParameterError(f"nbits={nbits!r} packs palette indices; mode={mode!r} stores colours")
+        bits = index_bits(max(len(colours), 0 if nodata is None else nodata + 1), nbits)
         if kind == "palette" and codec.lossy_image:
             raise InvalidParameterError(
                 f"compression={compression!r} is lossy and would corrupt palette indices; "
@@ -567,6 +584,9 @@ def write_image(
             raise InvalidParameterError(
                 f"nodata={nodata!r} is a label value: it needs a palette"
             )
+        if nbits is not None:
+            raise InvalidParameterError(f"nbits={nbits!r} packs palette indices: it needs a palette")
+        bits = 8
         if arr.dtype.kind not in "uif":
             raise InputTypeError(f"data of dtype {arr.dtype} is not an image type")
         kind = "image"
@@ -592,7 +612,9 @@ def write_image(
     encoder_args = (kind, np.dtype(out_dtype), stored_colours if kind == "rgb" else colours,
                     n_colours, t, codec, steps)
     lookup = _lookup[0] if _lookup is not None else None
-    encoder = (BlockEncoder(*encoder_args, lookup=lookup, nodata=nodata, count_labels=_counts is not None)
+    packed = bits if fmt == "tiff" and kind == "palette" and bits < 8 else None
+    encoder = (BlockEncoder(*encoder_args, lookup=lookup, nodata=nodata, count_labels=_counts is not None,
+                            bits=packed)
                if png is None else PngRowEncoder(*encoder_args, lookup=lookup, nodata=nodata, png=png))
     if _counts is not None:
         if _counts.shape != (encoder.n_labels,) or _counts.dtype != np.int64:
@@ -601,7 +623,8 @@ def write_image(
     compressed = (f"deflate (zlib level {check_level(compression_level)})" if fmt == "png"
                   else "jpeg" if fmt == "jpeg" else codec.name)
     logger.info("writing %s: %s %s as %s %s, tile %d, compression %s, %d reduced level(s) as %s",
-                path, arr.shape, kind, fmt, np.dtype(out_dtype), t, compressed, len(levels), layout)
+                path, arr.shape, kind, fmt, f"{packed}-bit" if packed else np.dtype(out_dtype), t, compressed,
+                len(levels), layout)
     preview_pixels: np.ndarray | None = None
     with atomic_output(path, overwrite=overwrite) as tmp:
         if fmt == "tiff":

@@ -290,6 +290,9 @@ def quantize_many(
         As :func:`bigquant.quantize`, for every file (``random_state=None``:
         the seed 0, recorded in a JSON ``palette_out``; ``rat``: each palette
         TIFF's attribute table counts that file's own pixels).
+    nbits
+        As :func:`bigquant.quantize`: bits a palette TIFF's index takes (None:
+        the fewest that hold the shared palette and the no-data index).
     display_range, display_palette
         As :func:`bigquant.quantize`: one display for the set, so that an
         index shows the same colour in every file (its percentiles from the

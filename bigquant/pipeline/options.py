@@ -114,6 +114,9 @@ class WriteOptions:
     compression_level: int | None = None
     #: copy the input's metadata (georeferencing, pixel size, scan fields, ICC profile) to the output
     metadata: bool = True
+    #: bits a palette TIFF's index takes (GDAL's NBITS): None the fewest that hold the palette (1, 2, 4 packed;
+    #: 8; 16), 8 one byte an index for readers without packed samples; see :func:`bigquant.write_image`
+    nbits: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

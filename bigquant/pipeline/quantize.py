@@ -323,6 +323,7 @@ def write_quantized(
         tile=options.tile,
         compression=options.compression,
         compression_level=options.compression_level,
+        nbits=options.nbits,
         pyramid=options.pyramid,
         overwrite=options.overwrite,
         preview=preview,
@@ -586,6 +587,10 @@ def quantize(
         Output compression (see :func:`bigquant.write_image`).
     compression_level : int or None, default=None
         Its level (None: the writer's fast default; see :func:`bigquant.write_image`).
+    nbits : {None, 1, 2, 4, 8, 16}, default=None
+        Bits a palette TIFF's index takes (GDAL's ``NBITS``): None the fewest
+        that hold the palette and the no-data index (1, 2 or 4, packed; 8;
+        16); 8 for one byte an index (see :func:`bigquant.write_image`).
     metadata : bool, default=True
         Copy the input's optional metadata (its GeoTIFF georeferencing) to a
         TIFF output; False writes none (pngquant's ``--strip``).

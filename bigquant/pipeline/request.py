@@ -55,7 +55,7 @@ from bigquant.io import files
 from bigquant.io.files import is_url
 from bigquant.io.metadata import check_ome_layout
 from bigquant.io.objects import URLPath, output_location, same_location
-from bigquant.io.palette import MAX_PALETTE
+from bigquant.io.palette import MAX_PALETTE, NBITS, index_bits
 from bigquant.io.palette_file import palette_format
 from bigquant.io.rat import rat_fits, rat_path
 from bigquant.io.write import FORMATS, check_tile
@@ -253,6 +253,7 @@ def check_request(request: Request, *, image_targets: bool = True) -> Request:
         raise InvalidParameterError(
             f"nodata_index={nodata!r} must be an int outside the palette (>= n_clusters={k})"
         )
+    _check_nbits(write, k)
     if request.set.weight not in ("pixels", "image"):
         raise InvalidParameterError(f"weight={request.set.weight!r} must be 'pixels' or 'image'")
     display_range = parse_display_range(write.display_range)
@@ -345,6 +346,19 @@ def _check_mask_threshold(read: ReadOptions) -> None:
     if not (isinstance(read.mask, str) and read.mask == "auto"):
         raise InvalidParameterError(
             f"mask_threshold={value!r} is the tissue threshold of mask='auto'; mask is {read.mask!r}")
+
+
+def _check_nbits(write: Any, k: int | None) -> None:
+    """``nbits``: None or one of :data:`bigquant.io.palette.NBITS`, for palette output, holding k (and nodata_index)."""
+    nbits = write.nbits
+    if nbits is None:
+        return
+    if isinstance(nbits, (bool, np.bool_)) or not isinstance(nbits, (int, np.integer)) or int(nbits) not in NBITS:
+        raise InvalidParameterError(f"nbits={nbits!r} must be one of {', '.join(map(str, NBITS))} or None")
+    if write.mode != "palette":
+        raise InvalidParameterError(f"nbits={nbits!r} packs palette indices; mode={write.mode!r} stores colours")
+    if k is not None:
+        index_bits(max(k, 0 if write.nodata_index is None else int(write.nodata_index) + 1), nbits)
 
 
 def _check_image_output(dst: pathlib.Path, request: Request) -> None:

@@ -48,7 +48,8 @@ def test_palette_tiff_roundtrip_tifffile_and_pillow(tmp_path, labels, lazy_label
         assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
         assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
         assert page.dtype == np.uint8
-        assert page.colormap.shape == (3, 256)
+        assert page.bitspersample == 4  # 5 colours: packed two to a byte
+        assert page.colormap.shape == (3, 16)
         np.testing.assert_array_equal(page.colormap[:, :5].T, COLOURS.astype(np.uint16) * 257)
         np.testing.assert_array_equal(page.asarray(), labels)
     with Image.open(out) as im:

@@ -235,7 +235,8 @@ def test_uint8_data_keep_their_colours_as_they_are(tmp_path, rgb_image):
     assert colours.dtype == np.uint8
     with tifffile.TiffFile(dst) as tf:
         cmap = tf.pages[0].colormap
-    expected = np.zeros((3, 256), np.uint16)
+        entries = 2 ** tf.pages[0].bitspersample  # packed: as many entries as the indices address
+    expected = np.zeros((3, entries), np.uint16)
     expected[:, :K] = colours.T.astype(np.uint16) * 257
     np.testing.assert_array_equal(cmap, expected)  # byte for byte today's colour table
     doc = json.loads((tmp_path / "p.json").read_text())

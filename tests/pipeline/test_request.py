@@ -207,6 +207,14 @@ def test_outputs_are_refused_before_the_fit_in_the_library(tmp_path):
         bigquant.quantize(image.data, tmp_path / "q.tif", 8, palette_out=tmp_path / "p.act")
     with pytest.raises(InvalidParameterError, match="TIFF options"):
         bigquant.quantize(image.data, tmp_path / "q.zarr", 8, cog=True)
+    with pytest.raises(InvalidParameterError, match="nbits=2 holds 4 palette indices, but 8"):
+        bigquant.quantize(image.data, tmp_path / "q.tif", 8, nbits=2)
+    with pytest.raises(InvalidParameterError, match="nbits=4 holds 16 palette indices, but 17"):
+        bigquant.quantize(image.data, tmp_path / "q.tif", 8, nbits=4, nodata_index=16)
+    with pytest.raises(InvalidParameterError, match="must be one of 1, 2, 4, 8, 16"):
+        bigquant.quantize(image.data, tmp_path / "q.tif", 8, nbits=3)
+    with pytest.raises(InvalidParameterError, match="stores colours"):
+        bigquant.quantize(image.data, tmp_path / "q.tif", 8, nbits=8, mode="rgb")
     assert image.count == 0
     assert list(tmp_path.iterdir()) == []
 
