@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -96,7 +97,7 @@ class TileSpool:
     def tile_bytes(self) -> int:
         """Bytes of one whole tile."""
         sh, sw = self.segment
-        return sh * sw * int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
+        return sh * sw * math.prod(self.shape[2:]) * self.dtype.itemsize  # math.prod: per tile, no numpy call
 
     @property
     def nbytes(self) -> int:
@@ -132,7 +133,7 @@ class SpoolingReader(TiffBlockReader):
         spool = self.spool
         assert spool is not None
         sh, sw = spool.segment
-        nx = spool.grid[1]
+        nx, tile_bytes = spool.grid[1], spool.tile_bytes
         with contextlib.ExitStack() as stack:
             fds: tuple[int, int] | None = None
             try:
@@ -147,7 +148,7 @@ class SpoolingReader(TiffBlockReader):
                     if part.shape[:2] == spool.extent(ty, tx):
                         i = ty * nx + tx
                         try:
-                            os.pwrite(fds[0], np.ascontiguousarray(part, dtype=spool.dtype), i * spool.tile_bytes)
+                            os.pwrite(fds[0], np.ascontiguousarray(part, dtype=spool.dtype), i * tile_bytes)
                             os.pwrite(fds[1], b"\x01", i)
                         except OSError as exc:
                             logger.debug("spool %s: tile %d not written: %s", spool.data, i, exc)
@@ -168,8 +169,8 @@ class SpooledReader(TiffBlockReader):
         assert spool is not None
         y0, y1, x0, x1 = window
         sh, sw = spool.segment
-        nx = spool.grid[1]
-        spp = int(np.prod(spool.shape[2:], dtype=np.int64))
+        nx, tile_bytes = spool.grid[1], spool.tile_bytes
+        spp = math.prod(spool.shape[2:])
         seg = self.segment_buffer() if buffer is None else buffer
         try:
             fh = open(spool.data, "rb", buffering=0)  # noqa: SIM115 - closed below
@@ -185,7 +186,7 @@ class SpooledReader(TiffBlockReader):
                     rows, cols = spool.extent(ty, tx)
                     tile = seg[: rows * cols * spp].reshape(rows, cols, spp)
                     view = memoryview(tile.reshape(-1)).cast("B")
-                    fh.seek((ty * nx + tx) * spool.tile_bytes)
+                    fh.seek((ty * nx + tx) * tile_bytes)
                     got = 0
                     while got < view.nbytes:
                         n = fh.readinto(view[got:])
