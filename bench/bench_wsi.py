@@ -384,8 +384,9 @@ def main(argv: list[str] | None = None) -> None:
         + (f"(it held {rf.fmt_gb(rows[-1][1].notes['baseline'])} before the run)."
            if rows and "baseline" in rows[-1][1].notes else "."),
         f"times: median of {args.repeat} run(s); fit and write from bigquant's INFO log lines "
-        "(fit = the colour-histogram pass, which reads and decodes every tile, + the palette search "
-        "and Lloyd; write = a second read and decode of every tile, label lookup, deflate, write).",
+        "(fit = the colour-histogram pass, which reads and decodes every tile and keeps the decoded tiles "
+        "in a pixel spool beside the output, + the palette search and Lloyd; write = every tile read back "
+        "from the spool (decoded again where no spool could be made), label lookup, deflate, write).",
         rf.machine_line(),
     ]
     print(rf.results_tables(rf.size_label(side, side), bare, rows, bare_name="bare decode",

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bigquant import kernels
-from bigquant.kernels import count_morton, encode_morton, take_counts
+from bigquant.kernels import MortonTable, encode_morton
 
 __all__ = ["block_counts", "region_counts"]
 
@@ -32,9 +32,9 @@ def block_counts(
     if X.shape[0] * 16 < (1 << 24):
         codes, counts = np.unique(encode_morton(X), return_counts=True)
         return codes.astype(np.uint32), counts.astype(np.uint32 if X.shape[0] < 2**32 else np.int64)
-    table = np.zeros(1 << 24, dtype=np.uint32 if X.shape[0] < 2**32 else np.uint64)
-    count_morton(X, table)
-    return take_counts(table)
+    table = MortonTable(np.uint32 if X.shape[0] < 2**32 else np.uint64)
+    table.add(X)
+    return table.take()
 
 def region_counts(
     reader: Any, window: tuple[int, int, int, int], bits: int, n_channels: int, morton: bool
@@ -45,13 +45,14 @@ def region_counts(
     if (y1 - y0) * (x1 - x0) * 16 < (1 << total_bits) or (y1 - y0) * (x1 - x0) >= 2**32:
         return block_counts(reader[y0:y1, x0:x1], bits, n_channels, morton)
     # a fresh calloc'd table: untouched pages cost nothing, nothing stays allocated
-    table = np.zeros(1 << total_bits, dtype=np.uint32)
+    counter = MortonTable() if morton else None
+    table = np.zeros(1 << total_bits, dtype=np.uint32) if counter is None else counter.table
     for part, _ in reader.segment_windows(window):
         if part.dtype != reader.dtype:
             part = part.astype(reader.dtype)
         X = np.ascontiguousarray(part).reshape(-1, n_channels)
-        if morton:
-            count_morton(X, table)
+        if counter is not None:
+            counter.add(X)
         else:
             kernels.add_dense_counts(X, bits, table)
-    return take_counts(table) if morton else kernels.take_nonzero(table)
+    return counter.take() if counter is not None else kernels.take_nonzero(table)

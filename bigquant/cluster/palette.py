@@ -12,10 +12,13 @@ code space, for mapping an image to a palette in one read pass.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 
 from bigquant import kernels
-from bigquant.cluster.points import BoundedPoints
+from bigquant.cluster.points import BoundedPoints, n_threads
 from bigquant.cluster.validation import label_dtype
 
 __all__ = ["refine_integer_palette", "palette_error", "full_lookup_table", "MAX_FULL_TABLE_BITS"]
@@ -24,6 +27,8 @@ __all__ = ["refine_integer_palette", "palette_error", "full_lookup_table", "MAX_
 MAX_FULL_TABLE_BITS = 24
 #: palettes of at least this many colours are refined with bounded steps
 _BOUNDED_MIN_COLOURS = 32
+#: rows below which a scan of the colours is not split over threads
+_PART_ROWS = 1 << 16
 #: codes labelled per call when filling a full table
 _TABLE_STEP = 1 << 20
 
@@ -95,10 +100,13 @@ def refine_integer_palette(
     >>> pal.ravel().tolist(), err
     ([0.0, 10.0], 1.0)
     """
-    X = np.ascontiguousarray(colours, dtype=np.float64)
-    w = np.asarray(counts, dtype=np.float64)
     k, n_channels = np.shape(centers)
     pal = np.clip(np.rint(np.asarray(centers, dtype=np.float64)), lo, hi)
+    if k < _BOUNDED_MIN_COLOURS:
+        return _refine_by_sums(np.ascontiguousarray(colours), np.ascontiguousarray(counts), pal, lo, hi,
+                               int(max_pass), return_labels)
+    X = np.ascontiguousarray(colours, dtype=np.float64)
+    w = np.asarray(counts, dtype=np.float64)
     # the successive palettes move little: after the first full scan, bounded steps
     # rescan only the colours whose nearest palette colour may have changed (with
     # few colours in the palette a full scan is cheaper than keeping the bounds)
@@ -127,6 +135,49 @@ def refine_integer_palette(
             break
         pal, total, labels = new, new_total, new_labels
     return (pal, total, labels) if return_labels else (pal, total)
+
+
+def _in_parts(f: Any, n: int) -> list[Any]:
+    """``[f(part) for part in parts]`` of ``range(n)`` cut in one part per usable core, on threads."""
+    parts = max(1, min(n_threads(), n // _PART_ROWS))
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    spans = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    if parts == 1:
+        return [f(spans[0])]
+    with ThreadPoolExecutor(parts, thread_name_prefix="bigquant-refine") as pool:
+        return list(pool.map(f, spans))
+
+
+def _refine_by_sums(
+    colours: np.ndarray, counts: np.ndarray, pal: np.ndarray, lo: float, hi: float, max_pass: int,
+    return_labels: bool,
+) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, np.ndarray]:
+    """:func:`refine_integer_palette` of a small palette: one fused pass a step, on every core.
+
+    Each step labels every colour and sums the clusters in one scan
+    (:func:`bigquant.kernels.partial_sums`) instead of a scan and a sum per
+    channel.  The sums, weights and errors are of integers (integer colours,
+    counts and palette colours): exact in any order, so the steps are those of
+    the labels-then-sums loop, number for number.
+    """
+    def sums_of(palette: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        found = _in_parts(lambda s: kernels.partial_sums(colours[s], palette, counts[s]), len(colours))
+        return (np.sum([f[0] for f in found], axis=0), np.sum([f[1] for f in found], axis=0),
+                float(sum(f[2] for f in found)))
+
+    sums, weight, total = sums_of(pal)
+    for _ in range(max_pass):
+        new = pal.copy()
+        filled = weight > 0
+        new[filled] = np.clip(np.rint(sums[filled] / weight[filled, None]), lo, hi)
+        new_sums, new_weight, new_total = sums_of(new)
+        if new_total >= total:
+            break
+        pal, total, sums, weight = new, new_total, new_sums, new_weight
+    if not return_labels:
+        return pal, total
+    labels = np.concatenate(_in_parts(lambda s: kernels.assign_labels(colours[s], pal, np.int64)[0], len(colours)))
+    return pal, total, labels
 
 
 def full_lookup_table(palette: np.ndarray, bits: int, n_channels: int) -> np.ndarray:

@@ -41,6 +41,7 @@ from bigquant.kernels.lloyd import (
 )
 from bigquant.kernels.lookup import build_lut, lookup_labels, lookup_window
 from bigquant.kernels.morton import (
+    MortonTable,
     count_morton,
     encode_morton,
     merge_counts,
@@ -57,9 +58,10 @@ from bigquant.kernels.scans import (
     squared_shift,
 )
 from bigquant.kernels.seeding import kmeans_plusplus_greedy, oversample
-from bigquant.kernels.spaces import error_sums, from_space, to_space
+from bigquant.kernels.spaces import colour_error_sums, error_sums, from_space, to_space
 
 __all__ = [
+    "MortonTable",
     "add_dense_counts",
     "add_distinct",
     "add_grid_cells",
@@ -70,6 +72,7 @@ __all__ = [
     "build_lut",
     "candidate_grid",
     "coarse_bins",
+    "colour_error_sums",
     "count_codes",
     "count_codes_dense",
     "count_morton",

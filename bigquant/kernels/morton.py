@@ -19,7 +19,8 @@ from bigquant.kernels.colours import (
     take_nonzero,
 )
 
-__all__ = ["count_morton", "encode_morton", "morton_to_codes", "take_counts", "merge_counts", "MORTON_TABLES"]
+__all__ = ["count_morton", "encode_morton", "morton_to_codes", "take_counts", "merge_counts", "MORTON_TABLES",
+           "MortonTable"]
 
 
 def _spread_table() -> np.ndarray:
@@ -76,6 +77,80 @@ def _morton_to_codes(mcodes, counts, index):  # pragma: no cover
     return codes, out
 
 
+#: a :class:`MortonTable` marks which blocks of 2**_BLOCK_BITS counters it touched
+_BLOCK_BITS = 9
+
+
+@numba.njit(**_JIT)
+def _count_morton_marked(X, s0, s1, s2, table, touched):  # pragma: no cover
+    for i in range(X.shape[0]):
+        m = s0[X[i, 0]] | s1[X[i, 1]] | s2[X[i, 2]]
+        table[m] += 1
+        touched[m >> _BLOCK_BITS] = 1
+
+
+@numba.njit(**_JIT)
+def _add_sparse_marked(table, touched, codes, counts):  # pragma: no cover
+    for i in range(codes.shape[0]):
+        table[codes[i]] += counts[i]
+        touched[codes[i] >> _BLOCK_BITS] = 1
+
+
+@numba.njit(**_JIT)
+def _take_marked(table, touched, like):  # pragma: no cover
+    # branch-free: about a third of a touched block's counters are set, in no
+    # predictable pattern; every counter is stored at j, which moves on when it is set
+    width = 1 << _BLOCK_BITS
+    n = 0
+    for b in range(touched.shape[0]):
+        if touched[b]:
+            for code in range(b * width, (b + 1) * width):
+                n += table[code] != 0
+    codes = np.empty(n + 1, dtype=np.uint32)
+    counts = np.empty(n + 1, dtype=like.dtype)
+    j = 0
+    for b in range(touched.shape[0]):
+        if touched[b]:
+            for code in range(b * width, (b + 1) * width):
+                v = table[code]
+                codes[j] = code
+                counts[j] = v
+                j += v != 0
+    return codes[:n], counts[:n]
+
+
+class MortonTable:
+    """A table of 2**24 counters that knows which of its blocks it touched.
+
+    Reading the counts back (:meth:`take`) scans only the blocks of
+    ``2**9`` counters that were touched -- a fifth to a half of the table for
+    a 4096^2 block of a photo, instead of all 64 MB, which cost more than the
+    counting itself.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype, default=uint32
+        Counter type (uint32 while fewer than 2**32 pixels are counted).
+    """
+
+    def __init__(self, dtype: np.dtype | type = np.uint32) -> None:
+        # calloc'd: pages untouched by the counts cost nothing
+        self.table = np.zeros(1 << 24, dtype=dtype)
+        self.touched = np.zeros(1 << (24 - _BLOCK_BITS), dtype=np.uint8)
+
+    def add(self, X: np.ndarray) -> None:
+        """Count the colours of ``X`` (n, 3) uint8."""
+        _count_morton_marked(X, *MORTON_TABLES, self.table, self.touched)
+
+    def add_sparse(self, codes: np.ndarray, counts: np.ndarray) -> None:
+        """Add a sparse histogram of Morton codes."""
+        _add_sparse_marked(self.table, self.touched, codes, counts)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted Morton codes and counts (the table's type) of the non-zero counters."""
+        return _take_marked(self.table, self.touched, np.empty(0, dtype=self.table.dtype))
+
+
 def count_morton(X: np.ndarray, table: np.ndarray) -> None:
     """Add the colours of ``X`` (n, 3) uint8 to ``table`` (2**24 counters), Morton order."""
     _count_morton(X, *MORTON_TABLES, table)
@@ -125,8 +200,8 @@ def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
     total = sum(int(p[1].sum(dtype=np.uint64)) for p in parts)
     if not parts or total >= 2**32 or max(int(p[0][-1]) for p in parts) >= 1 << 24:
         return merge_sparse_counts(parts)
-    table = np.zeros(1 << 24, dtype=np.uint32)
+    table = MortonTable()
     for codes, counts in parts:
-        add_sparse_counts(table, codes, counts)
+        table.add_sparse(codes, counts)
     del parts
-    return _take_nonzero32(table)
+    return table.take()

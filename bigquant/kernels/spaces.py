@@ -16,7 +16,7 @@ import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
 
-__all__ = ["SPACES", "error_sums", "from_space", "to_space"]
+__all__ = ["SPACES", "colour_error_sums", "error_sums", "from_space", "to_space"]
 
 #: the colour spaces the fit and the mapping can work in
 SPACES = ("rgb", "oklab", "lab")
@@ -234,4 +234,74 @@ def error_sums(
     _error_rows(pixels, origin[0], origin[1], V, has_mask, np.ascontiguousarray(labels), label_origin[0],
                 label_origin[1], int(y0), np.ascontiguousarray(xa, dtype=np.int64),
                 np.ascontiguousarray(xb, dtype=np.int64), colours, ok_colours, lin_lut, with_de, _M1, _M2, out)
+    return out
+
+
+@numba.njit(**_JIT)
+def _colour_error_rows(colours, counts, labels, palette, ok_palette, lin_lut, with_de, m1, m2, out):  # pragma: no cover
+    n_ch = colours.shape[1]
+    sse = 0.0
+    de = 0.0
+    n = 0.0
+    lin = np.empty(3)
+    mid = np.empty(3)
+    for i in range(colours.shape[0]):
+        w = np.float64(counts[i])
+        lab = labels[i]
+        s = 0.0
+        for c in range(n_ch):
+            d = np.float64(colours[i, c]) - palette[lab, c]
+            s += d * d
+        sse += w * s
+        n += w
+        if with_de:
+            for c in range(3):
+                lin[c] = lin_lut[np.int64(colours[i, c])]
+            for q in range(3):
+                mid[q] = np.cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
+            s = 0.0
+            for q in range(3):
+                v = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2] - ok_palette[lab, q]
+                s += v * v
+            de += w * np.sqrt(s)
+    out[0] += sse
+    out[1] += de
+    out[2] += n
+
+
+def colour_error_sums(colours: np.ndarray, counts: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """:func:`error_sums` of an image given as distinct colours, their pixel counts and labels.
+
+    Parameters
+    ----------
+    colours : ndarray of shape (n, C), uint8 or uint16
+        Distinct source colours (three channels read as sRGB for Delta E).
+    counts : ndarray of shape (n,)
+        Pixels of each colour.
+    labels : ndarray of shape (n,), integers
+        Palette index of each colour.
+    palette : ndarray of shape (k, C)
+        The palette as written (source scale).
+
+    Returns
+    -------
+    sums : ndarray of shape (3,), float64
+        Count-weighted squared error over every channel, count-weighted OKLab
+        distance (natural units; 0 unless C == 3), pixels -- as :func:`error_sums`
+        of the pixels gives them (the same sRGB linearisation table).
+    """
+    colours = np.ascontiguousarray(colours)
+    scale = float(np.iinfo(colours.dtype).max)
+    palette = np.ascontiguousarray(palette, dtype=np.float64)
+    with_de = colours.shape[1] == 3
+    if with_de:
+        levels = np.arange(int(scale) + 1, dtype=np.float64) / scale
+        lin_lut = np.where(levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4)
+        ok_palette = to_space(palette, "oklab", scale) / 100.0
+    else:
+        lin_lut = np.zeros(1)
+        ok_palette = np.zeros((len(palette), 3))
+    out = np.zeros(3)
+    _colour_error_rows(colours, np.ascontiguousarray(counts), np.ascontiguousarray(labels), palette, ok_palette,
+                       lin_lut, with_de, _M1, _M2, out)
     return out

@@ -82,9 +82,11 @@ class MapOptions:
     """How pixels are mapped to the palette: nearest colour, or dithered.
 
     ``scratch``: where temporaries the workers share go (the Floyd--Steinberg
-    label spool): a local directory or a URL prefix (``s3://bucket/tmp``);
-    None: beside a local output, or the client's temp dir for a URL output
-    (:func:`bigquant.pipeline.dither.label_spool`).
+    label spool, and the decoded tiles of a compressed TIFF kept from the fit
+    for the write): a local directory or a URL prefix (``s3://bucket/tmp``; no
+    pixel spool there); None: beside a local output, or the client's temp dir
+    for a URL output (:func:`bigquant.pipeline.dither.label_spool`,
+    :func:`bigquant.io.spool.pixel_spool`).
     """
 
     dither: str | None = None

@@ -4,7 +4,10 @@
 :class:`bigquant.KMeans` on the pixels, and streams the labels to the output
 (:func:`bigquant.write_image`).  With the histogram strategy (8-bit data) the
 source pixels are read exactly twice: once to count colours, once to map and
-write.  The palette (JSON) and a small preview PNG come from the same passes.
+write -- and a compressed tiled TIFF is decoded once: the first read keeps the
+decoded tiles in a pixel spool that the second reads back
+(:func:`bigquant.io.spool.pixel_spool`).  The palette (JSON) and a small
+preview PNG come from the same passes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.rat import class_table, rat_fits, rat_path, write_rat
 from bigquant.io.read import read_image
 from bigquant.io.source import ImageSource
+from bigquant.io.spool import pixel_spool
 from bigquant.io.write import FORMATS, write_image
 from bigquant.pipeline.alpha import alpha_blocker, fit_alpha, has_partial_alpha, premultiply, transparent_entry
 from bigquant.pipeline.display import Display, display_colours
@@ -697,8 +701,11 @@ def quantize(
         on the five photos of docs/benchmarks.md 0.9 gives more PSNR after a blur of
         sigma = 1 px than 1.0 at every k (its dither-strength table).
     scratch : str, os.PathLike or None, default=None
-        Where the workers share temporaries (Floyd--Steinberg's label spool):
-        a directory every worker sees, or a URL prefix (``s3://bucket/tmp``).
+        Where the workers share temporaries (Floyd--Steinberg's label spool,
+        and a compressed TIFF's tiles decoded by the fit, kept for the write:
+        3 bytes a pixel for RGB, made only where there is room and every
+        worker sees it, else the tiles are decoded again): a directory every
+        worker sees, or a URL prefix (``s3://bucket/tmp``; no pixel spool there).
         None: beside a local output, or the client's temp dir for a URL
         output; workers that do not see it dither again from the edges.
     space : {"rgb", "oklab", "lab"}, default="rgb"
@@ -818,7 +825,10 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         # small: one task, no threads; a callable, not "sync": dask imports distributed
         # (~1 s) to look for a client whenever the scheduler is named or left out
         data = np.asarray(data.compute(scheduler=dask.local.get_sync))
-    with _scheduler(client):
+    spooling = (given is None and not fit_alpha_channel and space == "rgb" and dither is None
+                and _spool_worth_it(data, valid, strategy, dst_path))
+    with _scheduler(client), (pixel_spool(data, dst_path, request.map.scratch) if spooling
+                              else contextlib.nullcontext()) as kept:
         t0 = time.perf_counter()
         if given is not None:
             choice = given
@@ -827,8 +837,15 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         elif space != "rgb":
             choice = _fit_in_space(data, valid, source, n_clusters, space, fit.kmeans_params())
         else:
-            choice = _fit_palette(data, valid, source, n_clusters, target, limit, fit.kmeans_params())
+            choice = _fit_palette(data if kept is None else kept.counting, valid, source, n_clusters, target,
+                                  limit, fit.kmeans_params())
         t1 = time.perf_counter()
+        written_data = data
+        if kept is not None:
+            if kept.complete():  # the fit decoded every tile: the write reads them back raw
+                written_data = kept.spooled
+            else:
+                logger.info("the fit did not read every tile: they are decoded again for the write")
         if mask_report["kept"] is None and choice.histogram is not None:  # counted by the fit
             mask_report["kept"] = choice.histogram.n_pixels / max(1, int(np.prod(source.shape[:2])))
         if mask_report["kept"] is not None:
@@ -840,7 +857,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         # Floyd--Steinberg keeps its labels in a spool until the output and its report are done
         with label_spool(dst_path, dither, scratch=request.map.scratch) as spool:
             mapper, nodata = write_quantized(
-                data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
+                written_data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
                 dither_strength=dither_strength,
                 dither_data=_dither_data(src, source, chunks, read.level, read.series, read.mask, valid,
                                          read.mask_threshold) if dither else None,
@@ -894,6 +911,20 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     result.quality_ = quality_
     result.mask_ = dict(mask_report)
     return result
+
+
+def _spool_worth_it(data: Any, valid: Any, strategy: str, dst: pathlib.Path) -> bool:
+    """Whether the fit's read should keep the decoded tiles for the write (:func:`bigquant.io.spool.pixel_spool`).
+
+    That is an 8-bit image on dask, unmasked, fitted by its colour histogram
+    (one read of every tile) and written through the label lookup (TIFF or
+    PNG), which then reads the tiles back instead of decoding them again.
+    """
+    from bigquant.cluster.histogram import histogram_bits
+
+    return (isinstance(data, da.Array) and valid is None and strategy in ("auto", "histogram")
+            and histogram_bits(data.dtype, int(data.shape[-1])) is not None
+            and FORMATS.get(dst.suffix.lower()) in ("tiff", "png"))
 
 
 def _recorded_seed(random_state: Any) -> int | None:

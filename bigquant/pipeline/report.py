@@ -134,6 +134,8 @@ def quality_from_histogram(colours: np.ndarray, counts: np.ndarray, labels: np.n
     if n_ch != colours.shape[1]:
         raise ValueError(f"a palette of {n_ch} band(s) does not measure colours of {colours.shape[1]}")
     colours, palette = _shown_order(colours, rgb_bands), _shown_order(palette, rgb_bands)
+    if colours.dtype in _KERNEL_TYPES:
+        return _colour_sums(colours, counts, labels, palette)
     scale = float(np.iinfo(colours.dtype).max) if colours.dtype.kind == "u" else 1.0
     ok_palette = to_space(palette, "oklab", scale) / 100.0 if n_ch == 3 else None
     sums = np.zeros(3)
@@ -149,6 +151,29 @@ def quality_from_histogram(colours: np.ndarray, counts: np.ndarray, labels: np.n
             sums[1] += float(w @ np.sqrt((d * d).sum(axis=1)))
         sums[2] += float(w.sum())
     return sums
+
+
+def _colour_sums(colours: np.ndarray, counts: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """:func:`bigquant.kernels.colour_error_sums` over parts of the colours, on a thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bigquant.cluster.points import n_threads
+    from bigquant.kernels import colour_error_sums
+
+    labels = np.asarray(labels).reshape(-1).astype(np.int64, copy=False)
+    counts = np.asarray(counts).reshape(-1)
+    n = len(colours)
+    parts = max(1, min(n_threads(), n // (1 << 18)))
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    spans = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def part(s: slice) -> np.ndarray:
+        return colour_error_sums(colours[s], counts[s], labels[s], palette)
+
+    if parts == 1:
+        return part(spans[0])
+    with ThreadPoolExecutor(parts, thread_name_prefix="bigquant-quality") as pool:
+        return np.sum(list(pool.map(part, spans)), axis=0)
 
 
 def _block_sums(block: np.ndarray, labels: np.ndarray, palette: np.ndarray, delta_e: bool,

@@ -132,3 +132,28 @@ def test_swaps_never_raise_the_inertia(many_colours):
         assert swapped_inertia <= inertia
         direct = InMemoryPoints(coarse.X, coarse.weights).partial_sums(swapped)[2]
         assert direct == pytest.approx(swapped_inertia, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- Morton tables
+
+
+def test_morton_table_takes_back_every_count():
+    """Counts read back from the touched blocks only equal np.unique of the Morton codes,
+    the first and last counters and block edges included; sparse histograms add up."""
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 256, (200_000, 3), dtype=np.uint8)
+    X[:5] = [[0, 0, 0], [255, 255, 255], [0, 0, 7], [0, 0, 8], [255, 255, 255]]
+    X[5:2000] = X[7]  # one colour many times
+    table = kernels.MortonTable()
+    table.add(X[:120_000])
+    table.add(X[120_000:])
+    codes, counts = table.take()
+    want_codes, want_counts = np.unique(kernels.encode_morton(X), return_counts=True)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_array_equal(counts, want_counts)
+    assert counts.dtype == np.uint32 and codes[0] == 0 and codes[-1] == (1 << 24) - 1
+    merged = kernels.merge_counts([(codes[::2], counts[::2]), (codes[1::2], counts[1::2]), (codes, counts)])
+    np.testing.assert_array_equal(merged[0], want_codes)
+    np.testing.assert_array_equal(merged[1], 2 * want_counts)
+    empty = kernels.MortonTable().take()
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)

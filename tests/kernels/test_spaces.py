@@ -60,3 +60,25 @@ def test_error_sums_equal_the_direct_sums(dtype):
     assert got[0] == ((x - p) ** 2).sum()
     assert got[1] == pytest.approx(ok.sum(), rel=1e-12)
     assert got[2] == valid.sum()
+
+
+@pytest.mark.parametrize("n_channels", [1, 3])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_colour_error_sums_equal_those_of_the_pixels(dtype, n_channels):
+    """Distinct colours weighted by their counts give the sums of the pixels they stand for."""
+    from bigquant.kernels.spaces import colour_error_sums, error_sums
+
+    rng = np.random.default_rng(6)
+    top = np.iinfo(dtype).max
+    pixels = rng.integers(0, top + 1, (40, 50, n_channels)).astype(dtype)
+    pixels[::2] = pixels[0, 0]  # one colour many times
+    palette = rng.integers(0, top + 1, (7, n_channels))
+    flat = pixels.reshape(-1, n_channels)
+    colours, inverse, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
+    colour_labels = rng.integers(0, 7, len(colours))
+    labels = colour_labels[inverse.reshape(-1)].reshape(40, 50)
+    got = colour_error_sums(colours, counts, colour_labels, palette)
+    want = error_sums(pixels, (0, 0), None, labels, (0, 0), palette)
+    assert got[0] == want[0] and got[2] == want[2] == 40 * 50
+    assert got[1] == pytest.approx(want[1], rel=1e-12)
+    assert (got[1] > 0) == (n_channels == 3)

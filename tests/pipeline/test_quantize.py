@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -84,14 +85,53 @@ def count_decodes(monkeypatch):
 
 
 @pytest.mark.parametrize("tile", [64, 96])
-def test_histogram_strategy_decodes_every_tile_exactly_twice(tmp_path, tiled_tiff, count_decodes, tile):
-    """Once to count colours, once to label and write them: tile by tile when the output tiles
-    are whole input tiles (64 over 64), chunk by chunk otherwise (96 over 64)."""
+def test_histogram_strategy_decodes_every_tile_once(tmp_path, tiled_tiff, count_decodes, tile):
+    """Decoded once to count colours; the write reads the decoded tiles back from the pixel spool,
+    tile by tile when the output tiles are whole input tiles (64 over 64) or not (96 over 64),
+    and the file is the one the tiles decoded again give; the spool is gone after."""
+    import bigquant.io.spool as spool
+
     src = read_image(tiled_tiff, chunks=192)
     quantize(src, tmp_path / "q.tif", 6, strategy="histogram", random_state=0, tile=tile,
              preview=tmp_path / "p.png", pyramid=True)
     n_tiles = 5 * 7  # 300 x 400 in 64 px tiles
+    assert sorted(count_decodes) == list(range(n_tiles))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the spool beside q.tif is gone
+    with pytest.MonkeyPatch.context() as mp:  # no room for a spool: every tile is decoded twice
+        mp.setattr(spool, "FREE_MARGIN", 2**62)
+        count_decodes.clear()
+        quantize(src, tmp_path / "again.tif", 6, strategy="histogram", random_state=0, tile=tile,
+                 preview=tmp_path / "p2.png", pyramid=True)
     assert sorted(count_decodes) == sorted(list(range(n_tiles)) * 2)
+    assert (tmp_path / "q.tif").read_bytes() == (tmp_path / "again.tif").read_bytes()
+
+
+def test_pixel_spool_in_scratch_and_only_when_complete(tmp_path, tiled_tiff, count_decodes, monkeypatch):
+    """The spool goes under ``scratch``; a fit that leaves a tile unread leaves it unused (decoded again)."""
+    import bigquant.io.spool as spool
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    seen = []
+    real = spool.TileSpool.complete
+
+    def complete(self):
+        seen.append(pathlib.Path(self.data).parent.parent)
+        with open(self.marks, "r+b") as fh:  # as if the fit had not read tile 3
+            fh.seek(3)
+            fh.write(b"\0")
+        return real(self)
+
+    monkeypatch.setattr(spool.TileSpool, "complete", complete)
+    quantize(read_image(tiled_tiff, chunks=128), tmp_path / "q.tif", 6, random_state=0, tile=64,
+             scratch=scratch)
+    assert seen == [scratch] and list(scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.tif", "q.tif.aux.xml", "scratch", "tiled.tif"]
+    assert sorted(count_decodes) == sorted(list(range(5 * 7)) * 2)
+    with tifffile.TiffFile(tmp_path / "q.tif") as tf:
+        palette = tf.pages[0].colormap[:, :6].T // 257
+    expected = nearest_colour(tifffile.imread(tiled_tiff), palette)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "q.tif"), expected)
 
 
 def test_rgb_mode_and_pixels_strategy(tmp_path, rgb_image):

@@ -238,3 +238,44 @@ def test_a_dithered_quantize_writes_the_same_labels(cluster, source, tmp_path, c
     np.testing.assert_array_equal(tifffile.imread(c.out / "fs.tif"), tifffile.imread(tmp_path / "threads.tif"))
     assert [n for n in os.listdir(c.out) if n.startswith(".")] == []
     assert _private_view(client, private, c.out) == []
+
+
+@pytest.fixture(scope="module")
+def compressed_source(cluster) -> pathlib.Path:
+    """A photo-like RGB tiled TIFF, deflated: its tiles are worth keeping decoded (a pixel spool)."""
+    import tifffile
+
+    from bigquant.io.sample import make_sample_image
+
+    c, _, _ = cluster
+    path = c.root / "deflated.tif"
+    tifffile.imwrite(path, make_sample_image((200, 264), seed=6), tile=(64, 64), photometric="rgb",
+                     compression="zlib")
+    return path
+
+
+def test_the_pixel_spool_only_where_every_worker_sees_it(cluster, compressed_source, tmp_path, caplog):
+    """Written beside an output the worker does not see: no pixel spool, the tiles decoded again;
+    beside one it sees: its count tasks spool every tile and the write reads them back.  Both write
+    the threads' labels, and leave nothing behind."""
+    import tifffile
+
+    from bigquant import quantize
+
+    c, client, private = cluster
+    args = dict(random_state=0, tile=32, chunks=128)
+    quantize(compressed_source, tmp_path / "threads.tif", 6, **args)
+    want = tifffile.imread(tmp_path / "threads.tif")
+    with caplog.at_level(logging.DEBUG, logger="bigquant.io.spool"):
+        quantize(compressed_source, c.out / "unseen.tif", 6, client=client, **args)
+    assert "no pixel spool: the workers do not see" in caplog.text
+    np.testing.assert_array_equal(tifffile.imread(c.out / "unseen.tif"), want)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="bigquant"):
+        quantize(compressed_source, c.root / "seen.tif", 6, client=client, **args)
+    assert "pixel spool" in caplog.text and "no pixel spool" not in caplog.text
+    assert "decoded again" not in caplog.text  # every tile was spooled by the worker process
+    np.testing.assert_array_equal(tifffile.imread(c.root / "seen.tif"), want)
+    assert [n for n in os.listdir(c.out) if n.startswith(".")] == []
+    assert [n for n in os.listdir(c.root) if n.startswith(".")] == []
+    assert _private_view(client, private, c.out) == []

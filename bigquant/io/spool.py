@@ -1,0 +1,317 @@
+"""Decoded tiles kept on local disk by the first pass, read back by the second.
+
+An 8-bit image is read twice by :func:`bigquant.quantize`: once to count its
+colours (the histogram fit), once to label and write them.  For a JPEG (or
+otherwise compressed) tiled TIFF the second read costs a second decode of every
+tile, about 7 ns a pixel on one core, where reading the decoded tile back from
+a raw file costs about 0.4 ns (and writing it there in the first pass 0.6 ns).
+
+:func:`pixel_spool` gives two dask arrays over the same pixels:
+
+- ``counting``: reads and decodes the TIFF as usual and, as a side effect,
+  writes every whole tile it decodes into one raw spool file (tile ``i`` at
+  ``i * tile_bytes``), marking it in a small file of one byte a tile;
+- ``spooled``: reads the tiles back from that file, raw (no decode).
+
+The pipeline fits on ``counting`` and writes from ``spooled`` only when every
+tile was marked (:meth:`PixelSpool.complete`); otherwise (a fit that did not
+read every tile whole, a full disk...) it writes from the source, decoding
+again.  The pixels are the decoder's own, so the output is identical either way.
+
+The spool is 3 bytes a pixel for RGB (1.07 GP: 3.2 GB): it is made only on a
+local disk with room to spare (:data:`FREE_FACTOR`, :data:`FREE_MARGIN`):
+beside the output, or under ``scratch``; only when every worker writes where
+the client reads (:func:`bigquant.io.reach.unreachable_workers`); and it is
+removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bigquant import tasks
+from bigquant.errors import ImageReadError
+from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.files import is_url
+from bigquant.io.reach import unreachable_workers
+from bigquant.io.tiff_read import TiffBlockReader, _register_segments, segment_reader
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+__all__ = ["PixelSpool", "TileSpool", "pixel_spool", "spoolable", "FREE_FACTOR", "FREE_MARGIN"]
+
+logger = logging.getLogger(__name__)
+
+#: the spool is made only where at least this many times its size is free ...
+FREE_FACTOR = 2
+#: ... and this many bytes stay free after it
+FREE_MARGIN = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class TileSpool:
+    """The raw spool of one image level: where tile ``i`` is, and which tiles were written.
+
+    Parameters
+    ----------
+    data : str
+        Raw file; tile ``i`` (row-major over the tile grid) at byte
+        ``i * tile_bytes``, as ``(rows, cols, samples)`` of the tile's extent
+        within the image (edge tiles are cut, not padded).
+    marks : str
+        One byte a tile, non-zero once the tile is in ``data``.
+    shape : tuple of int
+        Image (H, W, C).
+    segment : tuple of int
+        Tile (rows, cols).
+    dtype : numpy.dtype
+        Sample type.
+    """
+
+    data: str
+    marks: str
+    shape: tuple[int, ...]
+    segment: tuple[int, int]
+    dtype: np.dtype
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Tiles down and across."""
+        (h, w), (sh, sw) = self.shape[:2], self.segment
+        return -(-h // sh), -(-w // sw)
+
+    @property
+    def tile_bytes(self) -> int:
+        """Bytes of one whole tile."""
+        sh, sw = self.segment
+        return sh * sw * math.prod(self.shape[2:]) * self.dtype.itemsize  # math.prod: per tile, no numpy call
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole spool file."""
+        ny, nx = self.grid
+        return ny * nx * self.tile_bytes
+
+    def extent(self, ty: int, tx: int) -> tuple[int, int]:
+        """(rows, cols) of tile (ty, tx) within the image."""
+        (h, w), (sh, sw) = self.shape[:2], self.segment
+        return min(sh, h - ty * sh), min(sw, w - tx * sw)
+
+    def complete(self) -> bool:
+        """Whether every tile was written."""
+        marks = np.fromfile(self.marks, dtype=np.uint8)
+        ny, nx = self.grid
+        return marks.shape == (ny * nx,) and bool(marks.all())
+
+
+@dataclass(frozen=True)
+class SpoolingReader(TiffBlockReader):
+    """A :class:`TiffBlockReader` that also writes every whole tile it decodes into ``spool``.
+
+    Writing is best effort: an OS error (a full disk) stops this call's
+    writes and leaves its tiles unmarked, so the spool is not used.
+    """
+
+    spool: TileSpool | None = None
+
+    def segment_windows(
+        self, window: tuple[int, int, int, int], buffer: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
+        spool = self.spool
+        assert spool is not None
+        sh, sw = spool.segment
+        nx, tile_bytes = spool.grid[1], spool.tile_bytes
+        with contextlib.ExitStack() as stack:
+            fds: tuple[int, int] | None = None
+            try:
+                fds = (os.open(spool.data, os.O_WRONLY), os.open(spool.marks, os.O_WRONLY))
+                stack.callback(os.close, fds[0])
+                stack.callback(os.close, fds[1])
+            except OSError as exc:
+                logger.debug("spool %s not written: %s", spool.data, exc)
+            for part, (ya, xa) in super().segment_windows(window, buffer):
+                if fds is not None and ya % sh == 0 and xa % sw == 0:
+                    ty, tx = ya // sh, xa // sw
+                    if part.shape[:2] == spool.extent(ty, tx):
+                        i = ty * nx + tx
+                        try:
+                            os.pwrite(fds[0], np.ascontiguousarray(part, dtype=spool.dtype), i * tile_bytes)
+                            os.pwrite(fds[1], b"\x01", i)
+                        except OSError as exc:
+                            logger.debug("spool %s: tile %d not written: %s", spool.data, i, exc)
+                            fds = None
+                yield part, (ya, xa)
+
+
+@dataclass(frozen=True)
+class SpooledReader(TiffBlockReader):
+    """A :class:`TiffBlockReader` whose tiles are read raw from ``spool`` (no file parsed, nothing decoded)."""
+
+    spool: TileSpool | None = None
+
+    def segment_windows(
+        self, window: tuple[int, int, int, int], buffer: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
+        spool = self.spool
+        assert spool is not None
+        y0, y1, x0, x1 = window
+        sh, sw = spool.segment
+        nx, tile_bytes = spool.grid[1], spool.tile_bytes
+        spp = math.prod(spool.shape[2:])
+        seg = self.segment_buffer() if buffer is None else buffer
+        try:
+            fh = open(spool.data, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ImageReadError(f"{spool.data}: the pixel spool cannot be read: {exc}") from exc
+        try:
+            for ty in range(y0 // sh, (y1 - 1) // sh + 1):
+                top = ty * sh
+                ya, yb = max(y0, top), min(y1, top + sh)
+                for tx in range(x0 // sw, (x1 - 1) // sw + 1):
+                    left = tx * sw
+                    xa, xb = max(x0, left), min(x1, left + sw)
+                    rows, cols = spool.extent(ty, tx)
+                    tile = seg[: rows * cols * spp].reshape(rows, cols, spp)
+                    view = memoryview(tile.reshape(-1)).cast("B")
+                    fh.seek((ty * nx + tx) * tile_bytes)
+                    got = 0
+                    while got < view.nbytes:
+                        n = fh.readinto(view[got:])
+                        if not n:
+                            raise ImageReadError(f"{spool.data}: the pixel spool is truncated at tile "
+                                                 f"{ty * nx + tx}")
+                        got += n
+                    yield tile[ya - top : yb - top, xa - left : xb - left], (ya, xa)
+        finally:
+            fh.close()
+
+
+def spoolable(data: da.Array) -> TiffBlockReader | None:
+    """The reader of ``data`` if a spool would save decoding it again, else None.
+
+    That is a tiled TIFF level read tile by tile (:func:`bigquant.io.tiff_read.segment_reader`),
+    compressed (uncompressed tiles are read in place, as cheaply as a spool),
+    from a local file, with chunks on the tile grid (so that reading the
+    chunks reads every tile whole).
+    """
+    reader = segment_reader(data)
+    if reader is None or not reader.compressed or not reader.tiled or reader.segment is None:
+        return None
+    if type(reader) is not TiffBlockReader or is_url(reader.path) or reader.file_dtype != reader.dtype:
+        return None
+    sh, sw = reader.segment
+    for sizes, step in ((data.chunks[0], sh), (data.chunks[1], sw)):
+        if any(int(b) % step for b in np.cumsum(sizes)[:-1]):
+            return None
+    return reader
+
+
+@dataclass(frozen=True)
+class PixelSpool:
+    """The two arrays of :func:`pixel_spool`: read (and spool) the source, and read the spool back."""
+
+    counting: Any
+    spooled: Any
+    spool: TileSpool
+
+    def complete(self) -> bool:
+        """Whether ``spooled`` holds every pixel (every tile was written by a read of ``counting``)."""
+        try:
+            return self.spool.complete()
+        except OSError:
+            return False
+
+
+def _array(reader: TiffBlockReader, like: da.Array, what: str) -> da.Array:
+    """A dask array of ``like``'s shape and chunks read by ``reader``, registered for tile reads."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    token = tokenize(like.name, what, reader.spool)  # type: ignore[attr-defined]
+    arr = da.from_array(reader, chunks=like.chunks, name=f"{tasks.READ}-{token}", asarray=False, fancy=False,
+                        inline_array=True, meta=np.empty((0,) * like.ndim, dtype=like.dtype))
+    _register_segments(arr, reader)
+    return arr
+
+
+@contextlib.contextmanager
+def pixel_spool(data: da.Array, target: pathlib.PurePath,
+                scratch: str | os.PathLike[str] | None = None) -> Iterator[PixelSpool | None]:
+    """A spool of ``data``'s decoded tiles for the length of the block, removed on exit.
+
+    Parameters
+    ----------
+    data : dask.array.Array
+        An image read by :func:`bigquant.io.tiff_read.read_tiff`.
+    target : pathlib.PurePath
+        The output being written: the spool is a hidden directory beside it,
+        named like the writers' temporaries (:func:`bigquant.io.atomic.temp_sibling`),
+        so the next run writing ``target`` removes one a killed run left.
+    scratch : str, os.PathLike or None, default=None
+        A local directory for the spool instead (as for the Floyd--Steinberg
+        label spool); a URL gets no spool (object storage is no cheaper than
+        decoding); None: beside a local ``target``, else in the system's temp dir.
+
+    Yields
+    ------
+    PixelSpool or None
+        None when ``data`` is not worth spooling (:func:`spoolable`), the
+        directory lacks the room (:data:`FREE_FACTOR`, :data:`FREE_MARGIN`)
+        or is a URL, or a worker does not write where this process reads.
+    """
+    reader = spoolable(data)
+    if reader is None or (scratch is not None and is_url(os.fspath(scratch))) or not hasattr(os, "pwrite"):
+        yield None  # (os.pwrite: tasks write their tiles at their offsets, without a shared position)
+        return
+    if scratch is not None:
+        base = pathlib.Path(os.fspath(scratch)) / target.name
+    elif is_url(str(target)) or not isinstance(target, pathlib.Path):
+        base = pathlib.Path(tempfile.gettempdir()) / target.name
+    else:
+        base = target
+    assert reader.segment is not None
+    probe = TileSpool("", "", tuple(data.shape), reader.segment, np.dtype(reader.dtype))
+    try:
+        free = shutil.disk_usage(base.parent).free
+    except OSError:
+        free = 0
+    if free < FREE_FACTOR * probe.nbytes or free - probe.nbytes < FREE_MARGIN:
+        logger.info("no pixel spool: %s has %.1f GB free for %.1f GB of tiles; the tiles are decoded again",
+                    base.parent, free / 1e9, probe.nbytes / 1e9)
+        yield None
+        return
+    directory = temp_sibling(base, "spool")
+    try:
+        directory.mkdir()
+        unseen = unreachable_workers(directory, collections=[data])
+        if unseen:
+            logger.info("no pixel spool: the workers do not see %s (%s); the tiles are decoded again",
+                        directory, "; ".join(sorted(set(unseen.values()))))
+            yield None
+            return
+        spool = dataclasses.replace(probe, data=str(directory / "tiles.raw"), marks=str(directory / "marks"))
+        with open(spool.data, "wb") as fh:
+            fh.truncate(spool.nbytes)  # sparse: disk is taken as tiles are written
+        with open(spool.marks, "wb") as fh:
+            fh.truncate(spool.grid[0] * spool.grid[1])
+        fields = {f.name: getattr(reader, f.name) for f in dataclasses.fields(TiffBlockReader)}
+        counting = _array(SpoolingReader(**fields, spool=spool), data, "spooling")
+        raw = dict(fields, compressed=False, file_dtype=reader.dtype)
+        spooled = _array(SpooledReader(**raw, spool=spool), data, "spooled")
+        logger.debug("pixel spool %s: %.2f GB at most", directory, spool.nbytes / 1e9)
+        yield PixelSpool(counting, spooled, spool)
+    finally:
+        remove_path(directory)
