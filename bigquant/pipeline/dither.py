@@ -68,7 +68,6 @@ from bigquant.kernels.dither import (
     ordered_dither,
     strength_q,
 )
-from bigquant.kernels.spaces import error_sums
 
 __all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels", "label_spool"]
 
@@ -186,10 +185,12 @@ def _slanted_tile(
     xa = np.clip(j * width_t - r, 0, width)
     xb = np.clip((j + 1) * width_t - r, 0, width)
     xb = np.maximum(xa, xb)
-    out = np.zeros((h, errors.shape[1]), dtype=np.int32) if with_sums or spool is not None else None
+    out = np.zeros((h, errors.shape[1]), dtype=np.int32) if spool is not None else None
     masked_label = 0 if spool is None else spool[1]
-    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label)
-    sums = error_sums(pixels, (y0, px0), mask, out, (y0, ex0), colours, (y0, xa, xb)) if with_sums else None
+    # the quality sums come with the dither (the pixel and its label at hand), not from a pass of their own
+    sums = np.zeros(3) if with_sums else None
+    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label,
+            sums=sums)
     spooled = False
     if spool is not None:
         assert out is not None
