@@ -45,6 +45,7 @@ from bigquant.kernels.spaces import _M1, _M2, ok_cache, sum_tables
 __all__ = [
     "UNITS",
     "candidate_grid",
+    "error_dtype",
     "floyd_steinberg",
     "fs_rows",
     "nearest_in_grid",
@@ -57,6 +58,17 @@ UNITS = 16
 
 #: about this many cells in a candidate grid, whatever the number of channels
 _GRID_CELLS = 1 << 15
+
+
+def error_dtype(dtype: np.dtype) -> np.dtype:
+    """The narrowest integer type that holds every error of pixels of ``dtype`` (int16 for uint8, else int32).
+
+    An error is ``t - 16 P[label]`` with both terms in ``[0, 16 max_value]``,
+    so its magnitude is at most ``16 max_value`` (4080 for uint8): the error
+    buffers of :func:`fs_rows` may be this type, half the memory of int32.
+    """
+    span = UNITS * int(np.iinfo(dtype).max)
+    return np.dtype(np.int16) if span <= np.iinfo(np.int16).max else np.dtype(np.int32)
 
 
 def strength_q(strength: float) -> int:
@@ -359,7 +371,7 @@ def fs_rows(
         The pixels of a window of the image whose top-left pixel is ``origin``.
     valid : ndarray of shape (h, w), bool, or None
         Which pixels of the window are image (None: all).
-    errors : ndarray of shape (he, we, C), int32
+    errors : ndarray of shape (he, we, C), int32 (or :func:`error_dtype`)
         Error buffer whose element [0, 0] is the global pixel ``error_origin``;
         it must hold every neighbour the rows pull from (already final) and
         receives the errors of the rows.
