@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
-from bigquant.kernels.spaces import _M1, _M2, ok_cache, sum_tables
+from bigquant.kernels.spaces import _M1, _M2, sum_tables, thread_ok_cache
 
 __all__ = [
     "UNITS",
@@ -403,7 +403,7 @@ def fs_rows(
     with_sums = sums is not None
     if with_sums:
         colf, okc, lin_lut, _ = sum_tables(colours, pixels.dtype)
-        tables = (colf, okc, lin_lut, _M1, _M2, *ok_cache(), np.empty((2, 3)))
+        tables = (colf, okc, lin_lut, _M1, _M2, *thread_ok_cache(pixels.dtype), np.empty((2, 3)))
     else:
         tables = _NO_TABLES
         sums = np.zeros(3)

@@ -133,3 +133,20 @@ def test_sums_kept_while_dithering_are_error_sums_to_the_bit(dtype, channels, ma
     assert sums[2] == sum(int((valid if masked else np.ones_like(labels, bool))[r, xa[r]:xb[r]].sum())
                           for r in range(height))
     assert (sums[1] > 0) == (channels == 3)
+
+
+def test_the_colour_cache_kept_across_calls_tells_uint8_from_uint16():
+    # the same numbers as uint8 and as uint16 are different colours (255 is white, or nearly black):
+    # the OKLab a thread caches for one must never be taken for the other
+    rng = np.random.default_rng(9)
+    values = rng.integers(0, 256, (20, 30, 3))
+    for dtype in (np.uint8, np.uint16, np.uint8):
+        pixels = values.astype(dtype)
+        top = int(np.iinfo(dtype).max)
+        colours = np.array([[0, 0, 0], [top, top, top], [top, 0, 0]])
+        xa, xb = np.zeros(20, dtype=np.int64), np.full(20, 30, dtype=np.int64)
+        labels = np.zeros((20, 30), dtype=np.int32)
+        sums = np.zeros(3)
+        fs_rows(pixels, (0, 0), None, np.zeros((21, 32, 3), dtype=np.int32), (-1, -1), labels, (0, 0), 0, xa, xb,
+                256, colours, candidate_grid(colours, top), sums=sums)
+        assert sums.tolist() == error_sums(pixels, (0, 0), None, labels, (0, 0), colours).tolist()
