@@ -40,10 +40,12 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
+from bigquant.kernels.spaces import _M1, _M2, sum_tables, thread_ok_cache
 
 __all__ = [
     "UNITS",
     "candidate_grid",
+    "error_dtype",
     "floyd_steinberg",
     "fs_rows",
     "nearest_in_grid",
@@ -56,6 +58,17 @@ UNITS = 16
 
 #: about this many cells in a candidate grid, whatever the number of channels
 _GRID_CELLS = 1 << 15
+
+
+def error_dtype(dtype: np.dtype) -> np.dtype:
+    """The narrowest integer type that holds every error of pixels of ``dtype`` (int16 for uint8, else int32).
+
+    An error is ``t - 16 P[label]`` with both terms in ``[0, 16 max_value]``,
+    so its magnitude is at most ``16 max_value`` (4080 for uint8): the error
+    buffers of :func:`fs_rows` may be this type, half the memory of int32.
+    """
+    span = UNITS * int(np.iinfo(dtype).max)
+    return np.dtype(np.int16) if span <= np.iinfo(np.int16).max else np.dtype(np.int32)
 
 
 def strength_q(strength: float) -> int:
@@ -196,14 +209,21 @@ def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span,
 
 @numba.njit(inline="always", **_JIT)
 def _fs_row_rgb(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, out, oy, dx_o, write_out, masked_label,
-                xa, xb, q, col16, offsets, cand, shift, span):  # pragma: no cover - jitted
+                xa, xb, q, col16, offsets, cand, shift, span, with_sums, tables, sse, de, n):  # pragma: no cover
     """:func:`_fs_pixel` over columns ``[xa, xb)`` of one row, written out for three channels.
 
     The same arithmetic as the loop over channels, with the errors a pixel
     pulls kept in registers as the row advances: the row above is read once
     per pixel (its up-right neighbour), the left neighbour not at all.
-    ``dx_*`` turn a global column into a column of each array.
+    ``dx_*`` turn a global column into a column of each array.  With
+    ``with_sums``, the quality sums of :func:`bigquant.kernels.spaces.error_sums`
+    carried in (sse, de, n) go on over the row's pixels, in the same order
+    with the same arithmetic (the pixel and its label are at hand: no second
+    pass); returns them.
     """
+    colf, okc, lin_lut, m1, m2, cache_code, cache_ok, scratch = tables
+    lin = scratch[0]
+    mid = scratch[1]
     g = (span >> shift) + 1
     # errors of (y, x - 1), (y - 1, x - 1), (y - 1, x), as the loop enters column xa
     l0 = np.int64(E[ey, xa - 1 - dx_e, 0])
@@ -248,6 +268,34 @@ def _fs_row_rgb(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, out, oy, dx_o, 
             l1 = t1 - col16[best, 1]
             l2 = t2 - col16[best, 2]
             lab = best
+            if with_sums:
+                p0 = P[py, x - dx_p, 0]
+                p1 = P[py, x - dx_p, 1]
+                p2 = P[py, x - dx_p, 2]
+                d = np.float64(p0) - colf[best, 0]
+                sse += d * d
+                d = np.float64(p1) - colf[best, 1]
+                sse += d * d
+                d = np.float64(p2) - colf[best, 2]
+                sse += d * d
+                n += 1
+                # the OKLab Delta E exactly as bigquant.kernels.spaces._error_rows computes it
+                code = (np.int64(p0) << 32) | (np.int64(p1) << 16) | np.int64(p2)
+                slot = (code * np.int64(0x9E3779B1)) >> 20 & (cache_code.shape[0] - 1)
+                if cache_code[slot] != code:
+                    lin[0] = lin_lut[np.int64(p0)]
+                    lin[1] = lin_lut[np.int64(p1)]
+                    lin[2] = lin_lut[np.int64(p2)]
+                    for c in range(3):
+                        mid[c] = np.cbrt(m1[c, 0] * lin[0] + m1[c, 1] * lin[1] + m1[c, 2] * lin[2])
+                    for c in range(3):
+                        cache_ok[slot, c] = m2[c, 0] * mid[0] + m2[c, 1] * mid[1] + m2[c, 2] * mid[2]
+                    cache_code[slot] = code
+                s = 0.0
+                for c in range(3):
+                    v = cache_ok[slot, c] - okc[best, c]
+                    s += v * v
+                de += np.sqrt(s)
         E[ey, ex, 0] = l0
         E[ey, ex, 1] = l1
         E[ey, ex, 2] = l2
@@ -255,19 +303,25 @@ def _fs_row_rgb(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, out, oy, dx_o, 
             out[oy, x - dx_o] = lab
         ul0, ul1, ul2 = u0, u1, u2
         u0, u1, u2 = ur0, ur1, ur2
+    return sse, de, n
 
 
 @numba.njit(**_JIT)
 def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, masked_label,
-             y0, xa, xb, q, col16, offsets, cand, shift, span):  # pragma: no cover - jitted
+             y0, xa, xb, q, col16, offsets, cand, shift, span, with_sums, tables, sums):  # pragma: no cover - jitted
     n_ch = col16.shape[1]
+    colf = tables[0]
     t = np.empty(n_ch, dtype=np.int64)
+    sse = 0.0
+    de = 0.0
+    n = 0
     for r in range(xa.shape[0]):
         y = y0 + r
         if n_ch == 3:
             if xa[r] < xb[r]:
-                _fs_row_rgb(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, out, y - oy0, ox0,
-                            write_out, masked_label, xa[r], xb[r], q, col16, offsets, cand, shift, span)
+                sse, de, n = _fs_row_rgb(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, out, y - oy0,
+                                         ox0, write_out, masked_label, xa[r], xb[r], q, col16, offsets, cand, shift,
+                                         span, with_sums, tables, sse, de, n)
             continue
         for x in range(xa[r], xb[r]):
             valid = True
@@ -277,6 +331,19 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                             q, col16, offsets, cand, shift, span, t)
             if write_out:
                 out[y - oy0, x - ox0] = lab if valid else masked_label
+            if with_sums and valid:
+                for c in range(n_ch):
+                    d = np.float64(P[y - py0, x - px0, c]) - colf[lab, c]
+                    sse += d * d
+                n += 1
+    sums[0] += sse
+    sums[1] += de
+    sums[2] += n
+
+
+#: the quality tables :func:`fs_rows` passes when it keeps no sums (unused, of the types it compiles for)
+_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2, np.full(1, -1, dtype=np.int64), np.zeros((1, 3)),
+              np.zeros((2, 3)))
 
 
 def fs_rows(
@@ -294,6 +361,7 @@ def fs_rows(
     colours: np.ndarray,
     grid: tuple[np.ndarray, np.ndarray, int, int],
     masked_label: int = 0,
+    sums: np.ndarray | None = None,
 ) -> None:
     """Diffuse error over rows ``y0 + r``, columns ``[xa[r], xb[r])`` (global coordinates), in raster order.
 
@@ -303,7 +371,7 @@ def fs_rows(
         The pixels of a window of the image whose top-left pixel is ``origin``.
     valid : ndarray of shape (h, w), bool, or None
         Which pixels of the window are image (None: all).
-    errors : ndarray of shape (he, we, C), int32
+    errors : ndarray of shape (he, we, C), int32 (or :func:`error_dtype`)
         Error buffer whose element [0, 0] is the global pixel ``error_origin``;
         it must hold every neighbour the rows pull from (already final) and
         receives the errors of the rows.
@@ -319,6 +387,12 @@ def fs_rows(
         :func:`candidate_grid` of ``colours``.
     masked_label : int, default=0
         The label written in ``out`` for the pixels ``valid`` masks out.
+    sums : ndarray of shape (3,), float64, or None, default=None
+        When given, receives (adds) the quality sums of the rows' pixels and
+        their labels -- the very numbers
+        :func:`bigquant.kernels.spaces.error_sums` gives for them (with
+        ``rows=(y0, xa, xb)``), computed as the pixels are dithered (uint8
+        or uint16 pixels).
     """
     offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
@@ -327,10 +401,17 @@ def fs_rows(
     keep = out is not None
     O = out if keep else np.zeros((1, 1), dtype=np.uint8)
     pixels = np.ascontiguousarray(pixels)  # one compiled layout: a strided edge block is copied
+    with_sums = sums is not None
+    if with_sums:
+        colf, okc, lin_lut, _ = sum_tables(colours, pixels.dtype)
+        tables = (colf, okc, lin_lut, _M1, _M2, *thread_ok_cache(pixels.dtype), np.empty((2, 3)))
+    else:
+        tables = _NO_TABLES
+        sums = np.zeros(3)
     _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
              O, out_origin[0], out_origin[1], keep, np.int64(masked_label), int(y0),
              np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),
-             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span))
+             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span), with_sums, tables, sums)
 
 
 def floyd_steinberg(

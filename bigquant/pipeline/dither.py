@@ -26,10 +26,12 @@ Floyd--Steinberg (the rule: :mod:`bigquant.kernels.dither`) runs in two passes.
    band as any other labels.
 
 Chunks are at most :data:`DITHER_CHUNK` (1024) a side, with ``H <= W``.
-Memory: pass 1 holds the edges kept for pass 2 (int32, about ``(W + 2 H) C``
-values per tile: ~40 MB for a 1 GP RGB image -- proportional to the pixels
-over the chunk edge, not to the width alone) plus the tiles in flight (an
-error buffer of about ``2 H W C`` int32 each, 25 MB); pass 2 is an ordinary
+Memory: pass 1 holds the edges kept for pass 2 (errors are int16 for 8-bit
+pixels, int32 for 16-bit: :func:`bigquant.kernels.dither.error_dtype`; about
+``(W + 2 H) C`` values per tile: ~20 MB for a 1 GP 8-bit RGB image --
+proportional to the pixels over the chunk edge, not to the width alone) plus
+the tiles in flight (an error buffer of about ``2 H W C`` values each, 12.5 MB
+for 8-bit RGB); pass 2 is an ordinary
 blockwise computation.  Without a spool the cost is one extra read of the
 pixels and one extra diffusion per pixel; with one, a write and a read of
 the labels (one byte a pixel for up to 256 colours) on local disk.
@@ -64,11 +66,11 @@ from bigquant.io.reach import unreachable_workers
 from bigquant.kernels.dither import (
     UNITS,
     candidate_grid,
+    error_dtype,
     fs_rows,
     ordered_dither,
     strength_q,
 )
-from bigquant.kernels.spaces import error_sums
 
 __all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels", "label_spool"]
 
@@ -176,7 +178,7 @@ def _slanted_tile(
     n_ch = pixels.shape[2]
     ex0 = j * width_t - h - 1
     origin = (y0 - 1, ex0)
-    errors = np.zeros((h + 1, (j + 1) * width_t + 2 - ex0, n_ch), dtype=np.int32)
+    errors = np.zeros((h + 1, (j + 1) * width_t + 2 - ex0, n_ch), dtype=error_dtype(pixels.dtype))
     for link in above:
         if link is not None:
             _paste(errors, origin, link[0])
@@ -186,10 +188,12 @@ def _slanted_tile(
     xa = np.clip(j * width_t - r, 0, width)
     xb = np.clip((j + 1) * width_t - r, 0, width)
     xb = np.maximum(xa, xb)
-    out = np.zeros((h, errors.shape[1]), dtype=np.int32) if with_sums or spool is not None else None
+    out = np.zeros((h, errors.shape[1]), dtype=spool[2]) if spool is not None else None
     masked_label = 0 if spool is None else spool[1]
-    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label)
-    sums = error_sums(pixels, (y0, px0), mask, out, (y0, ex0), colours, (y0, xa, xb)) if with_sums else None
+    # the quality sums come with the dither (the pixel and its label at hand), not from a pass of their own
+    sums = np.zeros(3) if with_sums else None
+    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label,
+            sums=sums)
     spooled = False
     if spool is not None:
         assert out is not None
@@ -282,7 +286,7 @@ def _rect_chunk(
 ) -> np.ndarray:
     """Labels of one rectangular chunk, given the edge errors kept by pass 1 around it."""
     y0, y1, x0, x1 = window
-    errors = np.zeros((y1 - y0 + 1, x1 - x0 + 2, block.shape[2]), dtype=np.int32)
+    errors = np.zeros((y1 - y0 + 1, x1 - x0 + 2, block.shape[2]), dtype=error_dtype(block.dtype))
     origin = (y0 - 1, x0 - 1)
     for kept in edges:
         if kept is not None:

@@ -8,10 +8,12 @@ import pytest
 from bigquant.kernels.dither import (
     candidate_grid,
     floyd_steinberg,
+    fs_rows,
     nearest_in_grid,
     ordered_dither,
     strength_q,
 )
+from bigquant.kernels.spaces import error_sums
 
 
 def _brute_nearest(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -104,3 +106,47 @@ def test_ordered_dither_does_not_depend_on_the_window():
     part = ordered_dither(pixels[13:40, 21:66], (13, 21), mask, amp, colours, grid)
     np.testing.assert_array_equal(whole[13:40, 21:66], part)
     assert (whole != nearest_in_grid(pixels, colours, grid)).any()  # the noise changes something
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("masked", [False, True])
+def test_sums_kept_while_dithering_are_error_sums_to_the_bit(dtype, channels, masked):
+    # fs_rows(sums=...) must give the very numbers error_sums gives for the same rows and labels:
+    # a slanted band of rows (as the tiled dither runs), many colours (the OKLab cache misses)
+    rng = np.random.default_rng(channels)
+    top = int(np.iinfo(dtype).max)
+    height, width = 70, 90
+    pixels = rng.integers(0, top + 1, (height, width, channels)).astype(dtype)
+    pixels[:, :30] = pixels[0, 0]  # and repeats (the cache hits)
+    colours = rng.integers(0, top + 1, (12, channels))
+    valid = rng.random((height, width)) > 0.2 if masked else None
+    xa = np.clip(np.arange(height) % 7, 0, width)
+    xb = np.clip(width - np.arange(height) % 5, 0, width)
+    errors = np.zeros((height + 1, width + 2, channels), dtype=np.int32)
+    labels = np.zeros((height, width), dtype=np.int32)
+    sums = np.zeros(3)
+    fs_rows(pixels, (0, 0), valid, errors, (-1, -1), labels, (0, 0), 0, xa, xb, 230, colours,
+            candidate_grid(colours, top), sums=sums)
+    expected = error_sums(pixels, (0, 0), valid, labels, (0, 0), colours, (0, xa, xb))
+    assert sums.tolist() == expected.tolist()
+    assert sums[2] == sum(int((valid if masked else np.ones_like(labels, bool))[r, xa[r]:xb[r]].sum())
+                          for r in range(height))
+    assert (sums[1] > 0) == (channels == 3)
+
+
+def test_the_colour_cache_kept_across_calls_tells_uint8_from_uint16():
+    # the same numbers as uint8 and as uint16 are different colours (255 is white, or nearly black):
+    # the OKLab a thread caches for one must never be taken for the other
+    rng = np.random.default_rng(9)
+    values = rng.integers(0, 256, (20, 30, 3))
+    for dtype in (np.uint8, np.uint16, np.uint8):
+        pixels = values.astype(dtype)
+        top = int(np.iinfo(dtype).max)
+        colours = np.array([[0, 0, 0], [top, top, top], [top, 0, 0]])
+        xa, xb = np.zeros(20, dtype=np.int64), np.full(20, 30, dtype=np.int64)
+        labels = np.zeros((20, 30), dtype=np.int32)
+        sums = np.zeros(3)
+        fs_rows(pixels, (0, 0), None, np.zeros((21, 32, 3), dtype=np.int32), (-1, -1), labels, (0, 0), 0, xa, xb,
+                256, colours, candidate_grid(colours, top), sums=sums)
+        assert sums.tolist() == error_sums(pixels, (0, 0), None, labels, (0, 0), colours).tolist()

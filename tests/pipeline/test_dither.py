@@ -48,6 +48,19 @@ def test_floyd_steinberg_is_byte_identical_to_the_reference_for_any_chunking(pho
     np.testing.assert_array_equal(labels, reference)
 
 
+
+def test_the_largest_errors_survive_the_tiles_narrow_error_buffers():
+    # a palette of black and white only, on saturated colours: every error is near its bound
+    # (+-16 * 255 units), which the int16 buffers and edges of the tiled dither must hold exactly
+    rng = np.random.default_rng(5)
+    pixels = rng.choice(np.array([0, 255], dtype=np.uint8), size=(90, 110, 3))
+    pixels[:, 40:60] = [255, 0, 0]
+    palette = np.array([[0, 0, 0], [255, 255, 255]])
+    reference = floyd_steinberg(pixels, palette)
+    labels = dither_labels(da.from_array(pixels, chunks=(32, 40, 3)), palette).compute(scheduler="threads")
+    np.testing.assert_array_equal(labels, reference)
+
+
 @pytest.mark.parametrize("chunks", [(32, 32), (40, 70)], ids=str)
 def test_floyd_steinberg_with_a_mask_is_byte_identical(photo, palette, holes, chunks):
     reference = floyd_steinberg(photo, palette, valid=holes, strength=0.75)
