@@ -34,7 +34,7 @@ through their colour table (read with rasterio).
 Every run starts the same way: the input is read once before the first run
 of a size (it is in the page cache for everyone), each program makes one
 untimed warm-up run on a 1024² mosaic first (imports, numba's cache, shared
-libraries; bigquant's with ``--cluster``, the path of the big inputs), and
+libraries), and
 before every run dirty pages are flushed (``os.sync``) and the machine gets a
 1 s pause.
 
@@ -415,23 +415,16 @@ def vips_cmd(dither: float) -> Callable[[pathlib.Path, pathlib.Path, int], list[
     return cmd
 
 
-#: bigquant's warm-up takes the path of a big input (a LocalCluster), which the small one would not.
-WARM_CLUSTER = ("--cluster",)
-
 #: The rows, in the order of issue #25's tables.
 CONTENDERS = (
-    Contender("bigquant", "plain", "tif", "bigquant, plain, .tif", bigquant_cmd(False),
-              warm_up=WARM_CLUSTER),
-    Contender("bigquant", "dither", "tif", "bigquant, Floyd–Steinberg, .tif", bigquant_cmd(True),
-              warm_up=WARM_CLUSTER),
+    Contender("bigquant", "plain", "tif", "bigquant, plain, .tif", bigquant_cmd(False)),
+    Contender("bigquant", "dither", "tif", "bigquant, Floyd–Steinberg, .tif", bigquant_cmd(True)),
     Contender("gdal", "dither", "tif", "GDAL `rgb2pct.py -n 16` (median cut + Floyd–Steinberg)",
               gdal_cmd, gdal_env),
-    Contender("bigquant", "plain", "png", "bigquant, plain, .png", bigquant_cmd(False),
-              warm_up=WARM_CLUSTER),
+    Contender("bigquant", "plain", "png", "bigquant, plain, .png", bigquant_cmd(False)),
     Contender("vips", "plain", "png", "libvips `pngsave(palette=True, bitdepth=4, dither=0)`",
               vips_cmd(0.0)),
-    Contender("bigquant", "dither", "png", "bigquant, Floyd–Steinberg, .png", bigquant_cmd(True),
-              warm_up=WARM_CLUSTER),
+    Contender("bigquant", "dither", "png", "bigquant, Floyd–Steinberg, .png", bigquant_cmd(True)),
     Contender("vips", "dither", "png", "libvips `pngsave(palette=True, bitdepth=4, dither=1)`",
               vips_cmd(1.0)),
 )
