@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
-from bigquant.kernels.spaces import _M1, _M2, sum_tables, thread_ok_cache
+from bigquant.kernels.spaces import _M1, _M2, ok_cache, sum_tables
 
 __all__ = [
     "UNITS",
@@ -362,6 +362,7 @@ def fs_rows(
     grid: tuple[np.ndarray, np.ndarray, int, int],
     masked_label: int = 0,
     sums: np.ndarray | None = None,
+    cache: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Diffuse error over rows ``y0 + r``, columns ``[xa[r], xb[r])`` (global coordinates), in raster order.
 
@@ -393,6 +394,10 @@ def fs_rows(
         :func:`bigquant.kernels.spaces.error_sums` gives for them (with
         ``rows=(y0, xa, xb)``), computed as the pixels are dithered (uint8
         or uint16 pixels).
+    cache : (codes, values) or None, default=None
+        A cache of source colours' OKLab for the sums
+        (:func:`bigquant.kernels.spaces.ok_cache`) that may outlive this call
+        (one per thread and data type); None: a new one.
     """
     offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
@@ -404,7 +409,7 @@ def fs_rows(
     with_sums = sums is not None
     if with_sums:
         colf, okc, lin_lut, _ = sum_tables(colours, pixels.dtype)
-        tables = (colf, okc, lin_lut, _M1, _M2, *thread_ok_cache(pixels.dtype), np.empty((2, 3)))
+        tables = (colf, okc, lin_lut, _M1, _M2, *(ok_cache() if cache is None else cache), np.empty((2, 3)))
     else:
         tables = _NO_TABLES
         sums = np.zeros(3)

@@ -11,14 +11,13 @@ distances in every space are of comparable size for k-means tolerances.
 
 from __future__ import annotations
 
-import threading
 
 import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
 
-__all__ = ["SPACES", "colour_error_sums", "error_sums", "from_space", "ok_cache", "sum_tables", "thread_ok_cache", "to_space"]
+__all__ = ["SPACES", "colour_error_sums", "error_sums", "from_space", "ok_cache", "sum_tables", "to_space"]
 
 #: the colour spaces the fit and the mapping can work in
 SPACES = ("rgb", "oklab", "lab")
@@ -146,30 +145,6 @@ def ok_cache(slots: int = _OK_CACHE) -> tuple[np.ndarray, np.ndarray]:
     cache may serve many calls of the same data type.
     """
     return np.full(slots, -1, dtype=np.int64), np.empty((slots, 3))
-
-
-#: slots of the cache each thread keeps across calls (:func:`thread_ok_cache`): 4 MB
-_THREAD_OK_CACHE = 1 << 17
-
-_THREAD = threading.local()
-
-
-def thread_ok_cache(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """This thread's cache of source colours' OKLab for pixels of ``dtype``, kept across calls.
-
-    Neighbouring tiles share many colours, so a cache that outlives one
-    tile computes fewer cube roots (about 10% less CPU for the dithered
-    quality sums of a photo mosaic).  One per thread (a kernel that
-    releases the GIL writes it) and per data type (the colour codes of
-    uint8 and uint16 overlap, their OKLab do not); it holds exact values only.
-    """
-    caches = getattr(_THREAD, "caches", None)
-    if caches is None:
-        caches = _THREAD.caches = {}
-    key = np.dtype(dtype).str
-    if key not in caches:
-        caches[key] = ok_cache(_THREAD_OK_CACHE)
-    return caches[key]
 
 
 def sum_tables(colours: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
