@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
-from bigquant.kernels.scans import _nearest
+from bigquant.kernels.scans import _nearest, _sqdist
 
 __all__ = ["cell_table", "cell_labels", "cell_partial_sums"]
 
@@ -137,17 +137,6 @@ def cell_table(lo: np.ndarray, width: np.ndarray, bits: int, centers: np.ndarray
     cand = np.empty(int(offsets[-1]), dtype=np.int32)
     _fill_cells(near, far, np.int64(bits), table, offsets, cand, True)
     return table, offsets, cand
-
-
-@numba.njit(inline="always", **_JIT)
-def _sqdist(X, i, centers_t, j):  # pragma: no cover - jitted
-    """``sum_c (X[i, c] - centers_t[c, j]) ** 2`` as :func:`bigquant.kernels.scans._distances` rounds it."""
-    t = np.float64(X[i, 0]) - centers_t[0, j]
-    d = t * t
-    for c in range(1, centers_t.shape[0]):
-        t = np.float64(X[i, c]) - centers_t[c, j]
-        d += t * t
-    return d
 
 
 @numba.njit(**_JIT)
