@@ -749,7 +749,7 @@ def add_common_arguments(parser: Any, *, what: str, default_mp: int, side: int, 
     parser.add_argument("-k", type=int, default=16, help="colours (default 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default=default_runs,
-                        help="bigquant runs: cli (subprocess, LocalCluster), threads (in-process)")
+                        help="bigquant runs: cli (subprocess, its own threads), threads (in-process)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"threads of the build and the {pass_name} (default: cores)")
     parser.add_argument("--rebuild", action="store_true", help=f"rebuild the {what} even if cached")

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         out = outdir / "quantized.tif"
         if "cli" in runs:
             run, size, seen = rf.quantize_cli(scene, out, args.k, args.repeat, inspect=describe)
-            rows.append(("`bigquant quantize` (CLI, LocalCluster)", run, size))
+            rows.append(("`bigquant quantize` (CLI)", run, size))
             if seen is not None:
                 described["output (CLI)"] = seen
         if "threads" in runs:

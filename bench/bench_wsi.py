@@ -23,9 +23,8 @@ Then, in one run, it measures on level 0:
 - a bare decode pass: every level-0 tile read (``os.pread``) and decoded by
   tifffile's own decoder (imagecodecs JPEG with the JPEGTables) on a thread per
   core, pixels dropped (``_realfiles.bare_pass``);
-- ``bigquant quantize SLIDE OUT.tif -k 16`` as a subprocess (its default
-  LocalCluster), peak RSS of its whole process tree (client, scheduler,
-  nannies, workers) sampled every 0.2 s;
+- ``bigquant quantize SLIDE OUT.tif -k 16`` as a subprocess (on its own
+  threads, the CLI's default), peak RSS of its process tree sampled every 0.2 s;
 - ``bigquant.quantize(SLIDE, OUT.tif, 16)`` in this process on dask's threaded
   scheduler (after an untimed warm-up on a tiny image), peak RSS of this process;
 
@@ -359,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         out = outdir / "quantized.tif"
         if "cli" in runs:
             run, size, _ = rf.quantize_cli(slide, out, args.k, args.repeat)
-            rows.append(("`bigquant quantize` (CLI, LocalCluster)", run, size))
+            rows.append(("`bigquant quantize` (CLI)", run, size))
         if "threads" in runs:
             run, size, _ = rf.quantize_threads(slide, out, args.k, args.repeat)
             rows.append(("`bigquant.quantize()` (threads, in-process)", run, size))
@@ -377,8 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(imagecodecs) on {threads} threads, pixels dropped; file in the page cache; "
         f"peak {rf.fmt_gb(bare.peak)}.",
         f"CLI: `bigquant quantize SLIDE OUT.tif -k {args.k} --random-state 0 --no-progress -v` in a subprocess "
-        "(time includes interpreter start, imports and the LocalCluster); peak RSS = CLI + scheduler "
-        "+ nannies + workers, sampled every 0.2 s.",
+        "(time includes interpreter start and imports; the CLI runs on its own threads); peak RSS = its process tree, "
+        "sampled every 0.2 s.",
         f"threads: `bigquant.quantize(SLIDE, OUT, {args.k}, random_state=0)` on dask's threaded scheduler, "
         "after an untimed warm-up; peak RSS = this whole process "
         + (f"(it held {rf.fmt_gb(rows[-1][1].notes['baseline'])} before the run)."
