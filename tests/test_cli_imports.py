@@ -18,10 +18,11 @@ from PIL import Image
 HEAVY = ("dask", "dask.array", "distributed", "numba")
 
 _PROBE = """
-import json, sys
+import gc, json, sys
 from bigquant.cli import main
 code = main(json.loads(sys.argv[1]))
-print(json.dumps({"code": code, "loaded": [m for m in json.loads(sys.argv[2]) if m in sys.modules]}))
+print(json.dumps({"code": code, "loaded": [m for m in json.loads(sys.argv[2]) if m in sys.modules],
+                  "frozen": gc.get_freeze_count(), "collecting": gc.isenabled()}))
 """
 
 
@@ -42,7 +43,7 @@ def small_png(tmp_path):
 
 def test_info_of_a_png_imports_no_dask_array_distributed_or_numba(small_png, tmp_path):
     result = _run(["info", str(small_png)], tmp_path)
-    assert result == {"code": 0, "loaded": []}
+    assert result["code"] == 0 and result["loaded"] == []
 
 
 @pytest.mark.parametrize("argv", [
@@ -54,6 +55,36 @@ def test_errors_import_no_dask_array_distributed_or_numba(argv, tmp_path):
     result = _run(argv, tmp_path)
     assert result["code"] in (1, 2)
     assert result["loaded"] == []
+
+
+def test_quantize_of_a_small_png_imports_no_distributed(small_png, tmp_path):
+    # in memory, on this process's threads: no client is looked for (dask's "sync" scheduler
+    # name would import distributed to look for one)
+    result = _run(["quantize", str(small_png), str(tmp_path / "out.png"), "-k", "4", "-q"], tmp_path)
+    assert result["code"] == 0 and (tmp_path / "out.png").exists()
+    assert "distributed" not in result["loaded"]
+
+
+def test_quantize_freezes_the_pipelines_modules_and_keeps_collecting(small_png, tmp_path):
+    # the objects numba, dask and scipy leave as they load are frozen (no collection walks
+    # them again), and the collector runs as usual afterwards
+    result = _run(["quantize", str(small_png), str(tmp_path / "out.png"), "-k", "4", "-q"], tmp_path)
+    assert result["code"] == 0
+    assert result["frozen"] > 10_000 and result["collecting"] is True
+
+
+def test_loading_the_pipeline_leaves_a_paused_or_frozen_collector_alone():
+    import gc
+
+    from bigquant.cli import _loading_pipeline
+
+    gc.disable()
+    try:
+        with _loading_pipeline():
+            pass
+        assert not gc.isenabled()  # paused by its program: not ours to restart
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P"])
