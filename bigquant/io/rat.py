@@ -49,7 +49,6 @@ import pathlib
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from typing import Any
-from xml.sax.saxutils import unescape
 
 import numpy as np
 
@@ -124,6 +123,8 @@ def band_descriptions(page: Any) -> tuple[str | None, ...] | None:
         of samples the page does not have, and metadata that are not XML, are
         ignored: a description never fails a read.
     """
+    from xml.sax.saxutils import unescape  # it imports urllib.request (http.client, ssl): only here
+
     tag = page.tags.get(_GDAL_METADATA)
     if tag is None:
         return None
