@@ -2,7 +2,9 @@
 
 Each check runs ``bigquant.cli.main([...])`` in a fresh interpreter and looks
 at ``sys.modules`` afterwards (behaviour, not time: re-adding a module-level
-``import dask.array`` on these paths fails here).
+``import dask.array`` on these paths fails here).  A small quantize loads
+dask.array and numba but not distributed, and freezes what the pipeline's
+imports left (``gc.freeze``: no collection walks them again).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def test_quantize_freezes_the_pipelines_modules_and_keeps_collecting(small_png, 
     assert result["frozen"] > 10_000 and result["collecting"] is True
 
 
-def test_loading_the_pipeline_leaves_a_paused_or_frozen_collector_alone():
+def test_loading_the_pipeline_leaves_a_paused_collector_alone():
     import gc
 
     from bigquant.cli import _loading_pipeline
