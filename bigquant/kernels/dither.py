@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
-from bigquant.kernels.spaces import _M1, _M2, ok_cache, sum_tables
+from bigquant.kernels.spaces import _M1, _M2, _error_row, ok_cache, sum_tables
 
 __all__ = [
     "UNITS",
@@ -58,6 +58,12 @@ UNITS = 16
 
 #: about this many cells in a candidate grid, whatever the number of channels
 _GRID_CELLS = 1 << 15
+
+#: three-channel palettes of up to this many colours find the nearest colour by comparing them all (:func:`_colour_keys`)
+_KEYS_MAX_K = 32
+
+#: :func:`_nearest_keys` compares the colours this many at a time (a vector's worth of float64s)
+_KEYS_BLOCK = 8
 
 
 def error_dtype(dtype: np.dtype) -> np.dtype:
@@ -208,142 +214,264 @@ def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span,
 
 
 @numba.njit(inline="always", **_JIT)
-def _fs_row_rgb(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, out, oy, dx_o, write_out, masked_label,
-                xa, xb, q, col16, offsets, cand, shift, span, with_sums, tables, sse, de, n):  # pragma: no cover
-    """:func:`_fs_pixel` over columns ``[xa, xb)`` of one row, written out for three channels.
+def _nearest_keys(t0, t1, t2, keys, index_mask):  # pragma: no cover - jitted
+    """:func:`_nearest_grid` of a three-channel target by comparing every colour at once (see :func:`_colour_keys`)."""
+    f0 = np.float64(t0)
+    f1 = np.float64(t1)
+    f2 = np.float64(t2)
+    best = np.int64(1) << 62
+    for j in range(keys.shape[1]):  # branch-free: vectorised, no data-dependent jumps
+            best = min(best, np.int64(keys[0, j] + (keys[1, j] * f0 + keys[2, j] * f1) + keys[3, j] * f2))
+    return best & index_mask
 
-    The same arithmetic as the loop over channels, with the errors a pixel
-    pulls kept in registers as the row advances: the row above is read once
-    per pixel (its up-right neighbour), the left neighbour not at all.
-    ``dx_*`` turn a global column into a column of each array.  With
-    ``with_sums``, the quality sums of :func:`bigquant.kernels.spaces.error_sums`
-    carried in (sse, de, n) go on over the row's pixels, in the same order
-    with the same arithmetic (the pixel and its label are at hand: no second
-    pass); returns them.
+
+def _colour_keys(col16: np.ndarray, span: int) -> tuple[np.ndarray, int] | None:
+    """Coefficients that rank the colours by distance to a target in one number each, or None if inexact.
+
+    ``key_j(t) = 2^b (|P_j|^2 - 2 t.P_j) + j`` with ``2^b > k`` orders the
+    colours as the squared distance ``|t - P_j|^2`` does (it differs by
+    ``2^b |t|^2``, the same for every j), the lowest index first on ties, and
+    its low ``b`` bits are the index: the nearest colour is ``min_j key_j & (2^b - 1)``.
+    Every term is an integer, so float64 computes it exactly while
+    ``2^b (3 span^2 + 6 span^2) + k < 2^53``; None otherwise (then the grid
+    serves).  Returns (keys (4, k): constant then one row per channel, the index mask).
     """
-    colf, okc, lin_lut, m1, m2, cache_code, cache_ok, scratch = tables
-    lin = scratch[0]
-    mid = scratch[1]
-    g = (span >> shift) + 1
-    # errors of (y, x - 1), (y - 1, x - 1), (y - 1, x), as the loop enters column xa
-    l0 = np.int64(E[ey, xa - 1 - dx_e, 0])
-    l1 = np.int64(E[ey, xa - 1 - dx_e, 1])
-    l2 = np.int64(E[ey, xa - 1 - dx_e, 2])
-    ul0 = np.int64(E[ey - 1, xa - 1 - dx_e, 0])
-    ul1 = np.int64(E[ey - 1, xa - 1 - dx_e, 1])
-    ul2 = np.int64(E[ey - 1, xa - 1 - dx_e, 2])
-    u0 = np.int64(E[ey - 1, xa - dx_e, 0])
-    u1 = np.int64(E[ey - 1, xa - dx_e, 1])
-    u2 = np.int64(E[ey - 1, xa - dx_e, 2])
-    for x in range(xa, xb):
-        ex = x - dx_e
-        ur0 = np.int64(E[ey - 1, ex + 1, 0])
-        ur1 = np.int64(E[ey - 1, ex + 1, 1])
-        ur2 = np.int64(E[ey - 1, ex + 1, 2])
-        if has_mask and not V[vy, x - dx_v]:
-            l0 = np.int64(0)
-            l1 = np.int64(0)
-            l2 = np.int64(0)
-            lab = masked_label
-        else:
-            t0 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 0]) + (((7 * l0 + ul0 + 5 * u0 + 3 * ur0) * q) >> 12)
-            t1 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 1]) + (((7 * l1 + ul1 + 5 * u1 + 3 * ur1) * q) >> 12)
-            t2 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 2]) + (((7 * l2 + ul2 + 5 * u2 + 3 * ur2) * q) >> 12)
-            t0 = min(max(t0, np.int64(0)), span)
-            t1 = min(max(t1, np.int64(0)), span)
-            t2 = min(max(t2, np.int64(0)), span)
-            cell = (t0 >> shift) + g * ((t1 >> shift) + g * (t2 >> shift))
-            best = -1
-            best_d = np.int64(0)
-            for p in range(offsets[cell], offsets[cell + 1]):
-                j = cand[p]
-                d0 = t0 - col16[j, 0]
-                d1 = t1 - col16[j, 1]
-                d2 = t2 - col16[j, 2]
-                d = d0 * d0 + d1 * d1 + d2 * d2
-                if best < 0 or d < best_d:
-                    best = j
-                    best_d = d
-            l0 = t0 - col16[best, 0]
-            l1 = t1 - col16[best, 1]
-            l2 = t2 - col16[best, 2]
-            lab = best
-            if with_sums:
-                p0 = P[py, x - dx_p, 0]
-                p1 = P[py, x - dx_p, 1]
-                p2 = P[py, x - dx_p, 2]
-                d = np.float64(p0) - colf[best, 0]
-                sse += d * d
-                d = np.float64(p1) - colf[best, 1]
-                sse += d * d
-                d = np.float64(p2) - colf[best, 2]
-                sse += d * d
-                n += 1
-                # the OKLab Delta E exactly as bigquant.kernels.spaces._error_rows computes it
-                code = (np.int64(p0) << 32) | (np.int64(p1) << 16) | np.int64(p2)
-                slot = (code * np.int64(0x9E3779B1)) >> 20 & (cache_code.shape[0] - 1)
-                if cache_code[slot] != code:
-                    lin[0] = lin_lut[np.int64(p0)]
-                    lin[1] = lin_lut[np.int64(p1)]
-                    lin[2] = lin_lut[np.int64(p2)]
-                    for c in range(3):
-                        mid[c] = np.cbrt(m1[c, 0] * lin[0] + m1[c, 1] * lin[1] + m1[c, 2] * lin[2])
-                    for c in range(3):
-                        cache_ok[slot, c] = m2[c, 0] * mid[0] + m2[c, 1] * mid[1] + m2[c, 2] * mid[2]
-                    cache_code[slot] = code
-                s = 0.0
-                for c in range(3):
-                    v = cache_ok[slot, c] - okc[best, c]
-                    s += v * v
-                de += np.sqrt(s)
-        E[ey, ex, 0] = l0
-        E[ey, ex, 1] = l1
-        E[ey, ex, 2] = l2
-        if write_out:
-            out[oy, x - dx_o] = lab
-        ul0, ul1, ul2 = u0, u1, u2
-        u0, u1, u2 = ur0, ur1, ur2
-    return sse, de, n
+    k, n_ch = col16.shape
+    bits = max(1, (k - 1).bit_length())
+    if n_ch != 3 or k > _KEYS_MAX_K or (9 * span * span + 1) << bits >= 1 << 53:
+        return None
+    keys = np.empty((4, k))
+    keys[0] = ((col16 * col16).sum(axis=1) << bits) + np.arange(k)
+    keys[1:] = (-2 * col16.T) << bits
+    # whole blocks: the extra columns repeat colour 0's key, which changes no minimum
+    pad = -k % _KEYS_BLOCK
+    return np.ascontiguousarray(np.concatenate([keys, np.repeat(keys[:, :1], pad, axis=1)], axis=1)), (1 << bits) - 1
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_enter(E, ey, ex):  # pragma: no cover - jitted
+    """The errors a row's step carries as it enters column ``ex`` of the error buffer: left, up-left, up."""
+    return (np.int64(E[ey, ex - 1, 0]), np.int64(E[ey, ex - 1, 1]), np.int64(E[ey, ex - 1, 2]),
+            np.int64(E[ey - 1, ex - 1, 0]), np.int64(E[ey - 1, ex - 1, 1]), np.int64(E[ey - 1, ex - 1, 2]),
+            np.int64(E[ey - 1, ex, 0]), np.int64(E[ey - 1, ex, 1]), np.int64(E[ey - 1, ex, 2]))
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_target(P, py, xp, E, ey, ex, state, q, span):  # pragma: no cover - jitted
+    """A pixel's clamped target (three channels) and the errors of its up-right neighbour."""
+    l0, l1, l2, ul0, ul1, ul2, u0, u1, u2 = state
+    ur0 = np.int64(E[ey - 1, ex + 1, 0])
+    ur1 = np.int64(E[ey - 1, ex + 1, 1])
+    ur2 = np.int64(E[ey - 1, ex + 1, 2])
+    t0 = np.int64(UNITS) * np.int64(P[py, xp, 0]) + (((7 * l0 + ul0 + 5 * u0 + 3 * ur0) * q) >> 12)
+    t1 = np.int64(UNITS) * np.int64(P[py, xp, 1]) + (((7 * l1 + ul1 + 5 * u1 + 3 * ur1) * q) >> 12)
+    t2 = np.int64(UNITS) * np.int64(P[py, xp, 2]) + (((7 * l2 + ul2 + 5 * u2 + 3 * ur2) * q) >> 12)
+    t0 = min(max(t0, np.int64(0)), span)
+    t1 = min(max(t1, np.int64(0)), span)
+    t2 = min(max(t2, np.int64(0)), span)
+    return t0, t1, t2, ur0, ur1, ur2
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked):  # pragma: no cover - jitted
+    """Store a pixel's error (nothing passed on if masked); returns the state for the next column."""
+    if masked:
+        l0 = np.int64(0)
+        l1 = np.int64(0)
+        l2 = np.int64(0)
+    else:
+        l0 = t0 - col16[best, 0]
+        l1 = t1 - col16[best, 1]
+        l2 = t2 - col16[best, 2]
+    E[ey, ex, 0] = l0
+    E[ey, ex, 1] = l1
+    E[ey, ex, 2] = l2
+    return (l0, l1, l2, state[6], state[7], state[8], ur0, ur1, ur2)
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_step_keys(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, index_mask, offsets, cand, shift,
+                   masked_label):  # pragma: no cover - jitted
+    """:func:`_fs_pixel` written out for three channels, the nearest colour by :func:`_nearest_keys`.
+
+    ``state`` holds the errors of the pixel's left, up-left and up
+    neighbours (read as the row advances: the row above once per pixel, the
+    left neighbour not at all); returns the state for the next column and
+    the label.
+    """
+    t0, t1, t2, ur0, ur1, ur2 = _rgb_target(P, py, xp, E, ey, ex, state, q, span)
+    best = _nearest_keys(t0, t1, t2, keys, index_mask)
+    lab = masked_label if masked else best
+    return _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked), lab
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_step_grid(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, index_mask, offsets, cand, shift,
+                   masked_label):  # pragma: no cover - jitted
+    """:func:`_rgb_step_keys` with the nearest colour found through the candidate grid (any palette)."""
+    t0, t1, t2, ur0, ur1, ur2 = _rgb_target(P, py, xp, E, ey, ex, state, q, span)
+    best = 0
+    if not masked:
+        g = (span >> shift) + 1
+        cell = (t0 >> shift) + g * ((t1 >> shift) + g * (t2 >> shift))
+        best = -1
+        best_d = np.int64(0)
+        for p in range(offsets[cell], offsets[cell + 1]):
+            j = cand[p]
+            d0 = t0 - col16[j, 0]
+            d1 = t1 - col16[j, 1]
+            d2 = t2 - col16[j, 2]
+            d = d0 * d0 + d1 * d1 + d2 * d2
+            if best < 0 or d < best_d:
+                best = j
+                best_d = d
+    lab = masked_label if masked else best
+    return _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked), lab
+
+
+@numba.njit(inline="always", **_JIT)
+def _masked_at(V, vy, vx):  # pragma: no cover - jitted
+    return not V[vy, vx]
+
+
+@numba.njit(inline="always", **_JIT)
+def _never_masked(V, vy, vx):  # pragma: no cover - jitted
+    return False
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_rows(P, py0, px0, V, is_masked, E, ey0, ex0, L, lx0, y, xa, xb, pair, q, span, col16, keys, index_mask,
+              offsets, cand, shift, masked_label, step):  # pragma: no cover - jitted
+    """Row ``y`` (columns ``[xa[0], xb[0])``) and, with ``pair``, row ``y + 1`` (``[xa[1], xb[1])``), interleaved.
+
+    Each pixel's step is a chain of dependent operations, so two rows go
+    side by side, the lower one at least two columns behind the upper (its
+    pixel (y + 1, x) pulls the error of (y, x + 1)): the processor runs the
+    two chains at once.  Every pixel sees the very errors the serial order
+    gives it -- the upper row's are final when the lower row pulls them, and
+    columns outside the upper row's range are not written here at all.
+    Labels go to ``L[i, x - lx0]`` (row ``y + i``).
+    """
+    a0 = xa[0]
+    b0 = xb[0]
+    ey = y - ey0
+    sa = _rgb_enter(E, ey, a0 - ex0)
+    x = a0
+    if pair:
+        a1 = xa[1]
+        b1 = xb[1]
+        # the upper row alone until the lower may start (its first pull, column a1 + 1, is final)
+        start = min(a1 + 2, b0)
+    else:
+        a1 = 0
+        b1 = 0
+        start = b0
+    while x < start:
+        masked = is_masked(V, y - py0, x - px0)
+        sa, lab = step(P, y - py0, x - px0, masked, E, ey, x - ex0, sa, q, span, col16, keys, index_mask,
+                            offsets, cand, shift, masked_label)
+        L[0, x - lx0] = lab
+        x += 1
+    if not pair:
+        return
+    # side by side: the upper row at x, the lower at x1 <= x - 2 (or the upper row is done)
+    sb = _rgb_enter(E, ey + 1, a1 - ex0)
+    x1 = a1
+    steps = min(b0 - x, b1 - x1)
+    for _ in range(steps):
+        masked = is_masked(V, y - py0, x - px0)
+        sa, lab = step(P, y - py0, x - px0, masked, E, ey, x - ex0, sa, q, span, col16, keys, index_mask,
+                            offsets, cand, shift, masked_label)
+        L[0, x - lx0] = lab
+        masked = is_masked(V, y + 1 - py0, x1 - px0)
+        sb, lab = step(P, y + 1 - py0, x1 - px0, masked, E, ey + 1, x1 - ex0, sb, q, span, col16, keys,
+                            index_mask, offsets, cand, shift, masked_label)
+        L[1, x1 - lx0] = lab
+        x += 1
+        x1 += 1
+    while x < b0:  # the upper row's rest, then the lower row's
+        masked = is_masked(V, y - py0, x - px0)
+        sa, lab = step(P, y - py0, x - px0, masked, E, ey, x - ex0, sa, q, span, col16, keys, index_mask,
+                            offsets, cand, shift, masked_label)
+        L[0, x - lx0] = lab
+        x += 1
+    while x1 < b1:
+        masked = is_masked(V, y + 1 - py0, x1 - px0)
+        sb, lab = step(P, y + 1 - py0, x1 - px0, masked, E, ey + 1, x1 - ex0, sb, q, span, col16, keys,
+                            index_mask, offsets, cand, shift, masked_label)
+        L[1, x1 - lx0] = lab
+        x1 += 1
 
 
 @numba.njit(**_JIT)
 def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, masked_label,
-             y0, xa, xb, q, col16, offsets, cand, shift, span, with_sums, tables, sums):  # pragma: no cover - jitted
+             y0, xa, xb, q, col16, offsets, cand, shift, span, keys, index_mask, with_sums, tables,
+             sums):  # pragma: no cover - jitted
     n_ch = col16.shape[1]
-    colf = tables[0]
+    colf, okc, lin_lut, m1, m2, cache_code, cache_ok = tables
     t = np.empty(n_ch, dtype=np.int64)
     sse = 0.0
     de = 0.0
     n = 0
-    for r in range(xa.shape[0]):
-        y = y0 + r
-        if n_ch == 3:
+    n_rows = xa.shape[0]
+    if n_ch == 3 and n_rows > 0:
+        lx0 = xa.min()
+        L = np.empty((2, max(np.int64(1), xb.max() - lx0)), dtype=np.int32)
+        r = 0
+        while r < n_rows:
+            # rows two by two, an empty row alone (the rows stay in order either way)
+            pair = r + 1 < n_rows and xa[r] < xb[r] and xa[r + 1] < xb[r + 1]
             if xa[r] < xb[r]:
-                sse, de, n = _fs_row_rgb(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, out, y - oy0,
-                                         ox0, write_out, masked_label, xa[r], xb[r], q, col16, offsets, cand, shift,
-                                         span, with_sums, tables, sse, de, n)
-            continue
-        for x in range(xa[r], xb[r]):
-            valid = True
-            if has_mask:
-                valid = V[y - py0, x - px0]
-            lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
-                            q, col16, offsets, cand, shift, span, t)
-            if write_out:
-                out[y - oy0, x - ox0] = lab if valid else masked_label
-            if with_sums and valid:
-                for c in range(n_ch):
-                    d = np.float64(P[y - py0, x - px0, c]) - colf[lab, c]
-                    sse += d * d
-                n += 1
+                # one loop for each way of finding the nearest colour and of reading the mask (no test per pixel)
+                if keys.shape[1] > 0 and has_mask:
+                    _rgb_rows(P, py0, px0, V, _masked_at, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2], xb[r:r + 2],
+                              pair, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
+                              _rgb_step_keys)
+                elif keys.shape[1] > 0:
+                    _rgb_rows(P, py0, px0, V, _never_masked, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2],
+                              xb[r:r + 2], pair, q, span, col16, keys, index_mask, offsets, cand, shift,
+                              masked_label, _rgb_step_keys)
+                elif has_mask:
+                    _rgb_rows(P, py0, px0, V, _masked_at, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2], xb[r:r + 2],
+                              pair, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
+                              _rgb_step_grid)
+                else:
+                    _rgb_rows(P, py0, px0, V, _never_masked, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2],
+                              xb[r:r + 2], pair, q, span, col16, keys, index_mask, offsets, cand, shift,
+                              masked_label, _rgb_step_grid)
+            for i in range(2 if pair else 1):
+                y = y0 + r + i
+                if write_out:
+                    for x in range(xa[r + i], xb[r + i]):
+                        out[y - oy0, x - ox0] = L[i, x - lx0]
+                if with_sums:  # in raster order, as error_sums adds them
+                    sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, i, lx0, xa[r + i],
+                                            xb[r + i], colf, okc, lin_lut, True, m1, m2, cache_code, cache_ok,
+                                            sse, de, n)
+            r += 2 if pair else 1
+    else:
+        for r in range(n_rows):
+            y = y0 + r
+            for x in range(xa[r], xb[r]):
+                valid = True
+                if has_mask:
+                    valid = V[y - py0, x - px0]
+                lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
+                                q, col16, offsets, cand, shift, span, t)
+                if write_out:
+                    out[y - oy0, x - ox0] = lab if valid else masked_label
+                if with_sums and valid:
+                    for c in range(n_ch):
+                        d = np.float64(P[y - py0, x - px0, c]) - colf[lab, c]
+                        sse += d * d
+                    n += 1
     sums[0] += sse
     sums[1] += de
     sums[2] += n
 
 
 #: the quality tables :func:`fs_rows` passes when it keeps no sums (unused, of the types it compiles for)
-_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2, np.full(1, -1, dtype=np.int64), np.zeros((1, 3)),
-              np.zeros((2, 3)))
+_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2, np.full(1, -1, dtype=np.int64), np.zeros((1, 3)))
 
 
 def fs_rows(
@@ -409,14 +537,17 @@ def fs_rows(
     with_sums = sums is not None
     if with_sums:
         colf, okc, lin_lut, _ = sum_tables(colours, pixels.dtype)
-        tables = (colf, okc, lin_lut, _M1, _M2, *(ok_cache() if cache is None else cache), np.empty((2, 3)))
+        tables = (colf, okc, lin_lut, _M1, _M2, *(ok_cache() if cache is None else cache))
     else:
         tables = _NO_TABLES
         sums = np.zeros(3)
+    fast = _colour_keys(col16, span)
+    keys, index_mask = fast if fast is not None else (np.empty((4, 0)), 0)
     _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
              O, out_origin[0], out_origin[1], keep, np.int64(masked_label), int(y0),
              np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),
-             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span), with_sums, tables, sums)
+             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span), keys, np.int64(index_mask),
+             with_sums, tables, sums)
 
 
 def floyd_steinberg(

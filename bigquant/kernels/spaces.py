@@ -173,44 +173,60 @@ def sum_tables(colours: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.nda
     return colours, ok_colours, lin_lut, with_de
 
 
+@numba.njit(inline="always", **_JIT)
+def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours, ok_colours, lin_lut,
+               with_de, m1, m2, cache_code, cache_ok, sse, de, n):  # pragma: no cover - jitted
+    """The sums of one row, columns ``[xa, xb)``, carried on from (sse, de, n); returns them.
+
+    ``dx_*`` turn a column into a column of each array.  The one definition
+    of the sums' arithmetic: :func:`_error_rows` and
+    :func:`bigquant.kernels.dither.fs_rows` both run it.
+    """
+    n_ch = P.shape[2]
+    # OKLab of recently seen source colours (neighbouring pixels repeat colours): the cube
+    # roots are most of the cost, and a cached value is the very same number
+    for x in range(xa, xb):
+        if has_mask and not V[vy, x - dx_v]:
+            continue
+        lab = L[ly, x - dx_l]
+        for c in range(n_ch):
+            d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
+            sse += d * d
+        n += 1
+        if with_de:
+            p0 = np.int64(P[py, x - dx_p, 0])
+            p1 = np.int64(P[py, x - dx_p, 1])
+            p2 = np.int64(P[py, x - dx_p, 2])
+            code = (p0 << 32) | (p1 << 16) | p2
+            slot = (code * np.int64(0x9E3779B1)) >> 20 & (cache_code.shape[0] - 1)
+            if cache_code[slot] != code:
+                r = lin_lut[p0]
+                g = lin_lut[p1]
+                b = lin_lut[p2]
+                s0 = np.cbrt(m1[0, 0] * r + m1[0, 1] * g + m1[0, 2] * b)
+                s1 = np.cbrt(m1[1, 0] * r + m1[1, 1] * g + m1[1, 2] * b)
+                s2 = np.cbrt(m1[2, 0] * r + m1[2, 1] * g + m1[2, 2] * b)
+                for q in range(3):
+                    cache_ok[slot, q] = m2[q, 0] * s0 + m2[q, 1] * s1 + m2[q, 2] * s2
+                cache_code[slot] = code
+            s = 0.0
+            for q in range(3):
+                v = cache_ok[slot, q] - ok_colours[lab, q]
+                s += v * v
+            de += np.sqrt(s)
+    return sse, de, n
+
+
 @numba.njit(**_JIT)
 def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_colours, lin_lut,
                 with_de, m1, m2, cache_code, cache_ok, out):  # pragma: no cover - jitted
-    n_ch = P.shape[2]
     sse = 0.0
     de = 0.0
     n = 0
-    lin = np.empty(3)
-    mid = np.empty(3)
-    # OKLab of recently seen source colours (neighbouring pixels repeat colours): the cube
-    # roots are most of the cost, and a cached value is the very same number
     for r in range(xa.shape[0]):
         y = y0 + r
-        for x in range(xa[r], xb[r]):
-            if has_mask and not V[y - py0, x - px0]:
-                continue
-            lab = L[y - oy0, x - ox0]
-            for c in range(n_ch):
-                d = np.float64(P[y - py0, x - px0, c]) - colours[lab, c]
-                sse += d * d
-            n += 1
-            if with_de:
-                code = ((np.int64(P[y - py0, x - px0, 0]) << 32) | (np.int64(P[y - py0, x - px0, 1]) << 16)
-                        | np.int64(P[y - py0, x - px0, 2]))
-                slot = (code * np.int64(0x9E3779B1)) >> 20 & (cache_code.shape[0] - 1)
-                if cache_code[slot] != code:
-                    for c in range(3):
-                        lin[c] = lin_lut[np.int64(P[y - py0, x - px0, c])]
-                    for q in range(3):
-                        mid[q] = np.cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
-                    for q in range(3):
-                        cache_ok[slot, q] = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2]
-                    cache_code[slot] = code
-                s = 0.0
-                for q in range(3):
-                    v = cache_ok[slot, q] - ok_colours[lab, q]
-                    s += v * v
-                de += np.sqrt(s)
+        sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, y - oy0, ox0, xa[r], xb[r],
+                                colours, ok_colours, lin_lut, with_de, m1, m2, cache_code, cache_ok, sse, de, n)
     out[0] += sse
     out[1] += de
     out[2] += n
