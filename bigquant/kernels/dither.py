@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
-from bigquant.kernels.spaces import _M1, _M2, _error_row, ok_cache, sum_tables
+from bigquant.kernels.spaces import _M1, _M2, _error_row, sum_tables
 
 __all__ = [
     "UNITS",
@@ -403,12 +403,12 @@ def _rgb_rows(P, py0, px0, V, is_masked, E, ey0, ex0, L, lx0, y, xa, xb, pair, q
         x1 += 1
 
 
-@numba.njit(**_JIT)
+@numba.njit(error_model="numpy", **_JIT)  # no zero test on the divisions of the sums' cube roots
 def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, masked_label,
              y0, xa, xb, q, col16, offsets, cand, shift, span, keys, index_mask, with_sums, tables,
              sums):  # pragma: no cover - jitted
     n_ch = col16.shape[1]
-    colf, okc, lin_lut, m1, m2, cache_code, cache_ok = tables
+    colf, okc, lin_lut, m1, m2 = tables
     t = np.empty(n_ch, dtype=np.int64)
     sse = 0.0
     de = 0.0
@@ -416,7 +416,10 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
     n_rows = xa.shape[0]
     if n_ch == 3 and n_rows > 0:
         lx0 = xa.min()
-        L = np.empty((2, max(np.int64(1), xb.max() - lx0)), dtype=np.int32)
+        width = max(np.int64(1), xb.max() - lx0)
+        L = np.empty((2, width), dtype=np.int32)
+        ok = np.empty((3, width if with_sums else 1))  # scratch of the sums
+        dist = np.empty(width if with_sums else 1)
         r = 0
         while r < n_rows:
             # rows two by two, an empty row alone (the rows stay in order either way)
@@ -446,8 +449,7 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                         out[y - oy0, x - ox0] = L[i, x - lx0]
                 if with_sums:  # in raster order, as error_sums adds them
                     sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, i, lx0, xa[r + i],
-                                            xb[r + i], colf, okc, lin_lut, True, m1, m2, cache_code, cache_ok,
-                                            sse, de, n)
+                                            xb[r + i], colf, okc, lin_lut, True, m1, m2, ok, dist, sse, de, n)
             r += 2 if pair else 1
     else:
         for r in range(n_rows):
@@ -460,10 +462,12 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                                 q, col16, offsets, cand, shift, span, t)
                 if write_out:
                     out[y - oy0, x - ox0] = lab if valid else masked_label
-                if with_sums and valid:
+                if with_sums and valid:  # as bigquant.kernels.spaces._error_row adds them
+                    s = 0.0
                     for c in range(n_ch):
                         d = np.float64(P[y - py0, x - px0, c]) - colf[lab, c]
-                        sse += d * d
+                        s += d * d
+                    sse += s
                     n += 1
     sums[0] += sse
     sums[1] += de
@@ -471,7 +475,7 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
 
 
 #: the quality tables :func:`fs_rows` passes when it keeps no sums (unused, of the types it compiles for)
-_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2, np.full(1, -1, dtype=np.int64), np.zeros((1, 3)))
+_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2)
 
 
 def fs_rows(
@@ -537,7 +541,7 @@ def fs_rows(
     with_sums = sums is not None
     if with_sums:
         colf, okc, lin_lut, _ = sum_tables(colours, pixels.dtype)
-        tables = (colf, okc, lin_lut, _M1, _M2, *(ok_cache() if cache is None else cache))
+        tables = (colf, okc, lin_lut, _M1, _M2)
     else:
         tables = _NO_TABLES
         sums = np.zeros(3)
