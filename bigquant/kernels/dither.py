@@ -330,77 +330,58 @@ def _rgb_step_grid(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, in
 
 
 @numba.njit(inline="always", **_JIT)
-def _masked_at(V, vy, vx):  # pragma: no cover - jitted
-    return not V[vy, vx]
+def _masked_at(V, has_mask, vy, vx):  # pragma: no cover - jitted
+    return has_mask and not V[vy, vx]
 
 
 @numba.njit(inline="always", **_JIT)
-def _never_masked(V, vy, vx):  # pragma: no cover - jitted
+def _never_masked(V, has_mask, vy, vx):  # pragma: no cover - jitted
     return False
 
 
-@numba.njit(inline="always", **_JIT)
-def _rgb_rows(P, py0, px0, V, is_masked, E, ey0, ex0, L, lx0, y, xa, xb, pair, q, span, col16, keys, index_mask,
-              offsets, cand, shift, masked_label, step):  # pragma: no cover - jitted
-    """Row ``y`` (columns ``[xa[0], xb[0])``) and, with ``pair``, row ``y + 1`` (``[xa[1], xb[1])``), interleaved.
+@numba.njit(**_JIT)
+def _rgb_run(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, L, li, dx_l, xa, xb, state, q, span, col16, keys,
+             index_mask, offsets, cand, shift, masked_label):  # pragma: no cover - jitted
+    """Columns ``[xa, xb)`` of one row, from ``state``; returns the state after them.
 
-    Each pixel's step is a chain of dependent operations, so two rows go
-    side by side, the lower one at least two columns behind the upper (its
-    pixel (y + 1, x) pulls the error of (y, x + 1)): the processor runs the
-    two chains at once.  Every pixel sees the very errors the serial order
-    gives it -- the upper row's are final when the lower row pulls them, and
-    columns outside the upper row's range are not written here at all.
-    Labels go to ``L[i, x - lx0]`` (row ``y + i``).
+    ``dx_*`` turn a column into a column of each array; labels go to
+    ``L[li, x - dx_l]``.  The stretches a row runs alone (the start of the
+    upper row of a pair, the ends, a row without a partner).
     """
-    a0 = xa[0]
-    b0 = xb[0]
-    ey = y - ey0
-    sa = _rgb_enter(E, ey, a0 - ex0)
-    x = a0
-    if pair:
-        a1 = xa[1]
-        b1 = xb[1]
-        # the upper row alone until the lower may start (its first pull, column a1 + 1, is final)
-        start = min(a1 + 2, b0)
+    if keys.shape[1] > 0:
+        for x in range(xa, xb):
+            masked = has_mask and not V[vy, x - dx_v]
+            state, lab = _rgb_step_keys(P, py, x - dx_p, masked, E, ey, x - dx_e, state, q, span, col16, keys,
+                                        index_mask, offsets, cand, shift, masked_label)
+            L[li, x - dx_l] = lab
     else:
-        a1 = 0
-        b1 = 0
-        start = b0
-    while x < start:
-        masked = is_masked(V, y - py0, x - px0)
-        sa, lab = step(P, y - py0, x - px0, masked, E, ey, x - ex0, sa, q, span, col16, keys, index_mask,
-                            offsets, cand, shift, masked_label)
-        L[0, x - lx0] = lab
-        x += 1
-    if not pair:
-        return
-    # side by side: the upper row at x, the lower at x1 <= x - 2 (or the upper row is done)
-    sb = _rgb_enter(E, ey + 1, a1 - ex0)
-    x1 = a1
-    steps = min(b0 - x, b1 - x1)
-    for _ in range(steps):
-        masked = is_masked(V, y - py0, x - px0)
-        sa, lab = step(P, y - py0, x - px0, masked, E, ey, x - ex0, sa, q, span, col16, keys, index_mask,
-                            offsets, cand, shift, masked_label)
-        L[0, x - lx0] = lab
-        masked = is_masked(V, y + 1 - py0, x1 - px0)
-        sb, lab = step(P, y + 1 - py0, x1 - px0, masked, E, ey + 1, x1 - ex0, sb, q, span, col16, keys,
-                            index_mask, offsets, cand, shift, masked_label)
-        L[1, x1 - lx0] = lab
-        x += 1
-        x1 += 1
-    while x < b0:  # the upper row's rest, then the lower row's
-        masked = is_masked(V, y - py0, x - px0)
-        sa, lab = step(P, y - py0, x - px0, masked, E, ey, x - ex0, sa, q, span, col16, keys, index_mask,
-                            offsets, cand, shift, masked_label)
-        L[0, x - lx0] = lab
-        x += 1
-    while x1 < b1:
-        masked = is_masked(V, y + 1 - py0, x1 - px0)
-        sb, lab = step(P, y + 1 - py0, x1 - px0, masked, E, ey + 1, x1 - ex0, sb, q, span, col16, keys,
-                            index_mask, offsets, cand, shift, masked_label)
-        L[1, x1 - lx0] = lab
-        x1 += 1
+        for x in range(xa, xb):
+            masked = has_mask and not V[vy, x - dx_v]
+            state, lab = _rgb_step_grid(P, py, x - dx_p, masked, E, ey, x - dx_e, state, q, span, col16, keys,
+                                        index_mask, offsets, cand, shift, masked_label)
+            L[li, x - dx_l] = lab
+    return state
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_pair(P, py, dx_p, V, has_mask, E, ey, dx_e, L, dx_l, x, x1, steps, sa, sb, q, span, col16, keys,
+              index_mask, offsets, cand, shift, masked_label, is_masked, step):  # pragma: no cover - jitted
+    """``steps`` pixels of rows ``py`` (from column ``x``) and ``py + 1`` (from ``x1``) side by side.
+
+    ``is_masked`` and ``step`` are functions (inlined: one loop for each way
+    of reading the mask and of finding the nearest colour, with no test per
+    pixel); returns the two rows' states.
+    """
+    for i in range(steps):
+        masked = is_masked(V, has_mask, py, x + i - dx_p)
+        sa, lab = step(P, py, x + i - dx_p, masked, E, ey, x + i - dx_e, sa, q, span, col16, keys, index_mask,
+                       offsets, cand, shift, masked_label)
+        L[0, x + i - dx_l] = lab
+        masked = is_masked(V, has_mask, py + 1, x1 + i - dx_p)
+        sb, lab = step(P, py + 1, x1 + i - dx_p, masked, E, ey + 1, x1 + i - dx_e, sb, q, span, col16, keys,
+                       index_mask, offsets, cand, shift, masked_label)
+        L[1, x1 + i - dx_l] = lab
+    return sa, sb
 
 
 @numba.njit(error_model="numpy", **_JIT)  # no zero test on the divisions of the sums' cube roots
@@ -424,24 +405,42 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
         while r < n_rows:
             # rows two by two, an empty row alone (the rows stay in order either way)
             pair = r + 1 < n_rows and xa[r] < xb[r] and xa[r + 1] < xb[r + 1]
-            if xa[r] < xb[r]:
-                # one loop for each way of finding the nearest colour and of reading the mask (no test per pixel)
+            y = y0 + r
+            a0, b0 = xa[r], xb[r]
+            if not pair and a0 < b0:
+                sa = _rgb_enter(E, y - ey0, a0 - ex0)
+                _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, a0, b0, sa, q,
+                         span, col16, keys, index_mask, offsets, cand, shift, masked_label)
+            elif pair:
+                # Each pixel's step is a chain of dependent operations: two rows go side by side, the lower
+                # row two columns behind the upper (its pixel (y + 1, x) pulls the error of (y, x + 1),
+                # which the upper row's step has stored by then), and the processor runs the two chains
+                # at once.  The upper row runs alone until the lower may start; columns outside the
+                # upper row's range are not written here at all (their errors are final already).
+                a1, b1 = xa[r + 1], xb[r + 1]
+                x = max(a0, min(a1 + 2, b0))
+                sa = _rgb_enter(E, y - ey0, a0 - ex0)
+                sa = _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, a0, x, sa,
+                              q, span, col16, keys, index_mask, offsets, cand, shift, masked_label)
+                sb = _rgb_enter(E, y + 1 - ey0, a1 - ex0)
+                steps = min(b0 - x, b1 - a1)
                 if keys.shape[1] > 0 and has_mask:
-                    _rgb_rows(P, py0, px0, V, _masked_at, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2], xb[r:r + 2],
-                              pair, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
-                              _rgb_step_keys)
+                    sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
+                                       sb, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
+                                       _masked_at, _rgb_step_keys)
                 elif keys.shape[1] > 0:
-                    _rgb_rows(P, py0, px0, V, _never_masked, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2],
-                              xb[r:r + 2], pair, q, span, col16, keys, index_mask, offsets, cand, shift,
-                              masked_label, _rgb_step_keys)
-                elif has_mask:
-                    _rgb_rows(P, py0, px0, V, _masked_at, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2], xb[r:r + 2],
-                              pair, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
-                              _rgb_step_grid)
+                    sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
+                                       sb, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
+                                       _never_masked, _rgb_step_keys)
                 else:
-                    _rgb_rows(P, py0, px0, V, _never_masked, E, ey0, ex0, L, lx0, y0 + r, xa[r:r + 2],
-                              xb[r:r + 2], pair, q, span, col16, keys, index_mask, offsets, cand, shift,
-                              masked_label, _rgb_step_grid)
+                    sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
+                                       sb, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
+                                       _masked_at, _rgb_step_grid)
+                # the upper row's rest, then the lower row's
+                _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, x + steps, b0,
+                         sa, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label)
+                _rgb_run(P, y + 1 - py0, px0, V, y + 1 - py0, px0, has_mask, E, y + 1 - ey0, ex0, L, 1, lx0,
+                         a1 + steps, b1, sb, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label)
             for i in range(2 if pair else 1):
                 y = y0 + r + i
                 if write_out:
