@@ -23,15 +23,20 @@ The reference, stated once (every implementation follows it):
 - the pixel's error is ``e = t - 16 P[label]``; a masked pixel gets label 0
   and ``e = 0`` (it neither receives nor passes error).
 
-Three-channel images (most of them) run the step written out channel by channel,
-a row at a time with the pulled errors carried in registers
-(:func:`_fs_row_rgb`), the others a loop over the channels; the tests hold
-both to the rule above.
+Three-channel images (most of them) run the step written out channel by channel
+with the pulled errors carried in registers (:func:`_rgb_step_keys`), two rows
+side by side, the lower two columns behind the upper: a pixel's step is a
+chain of dependent operations (pull, target, nearest colour, error, next
+pixel), and two independent chains keep the processor busy.  The others run a
+loop over the channels, a pixel after the other.  The tests hold every path to
+the rule above (``tests/kernels/test_dither.py``).
 
-The nearest colour is found through a :func:`candidate_grid`: the clamped
-colour cube is cut into cells, and each cell lists, in index order, every
-palette colour that can be the nearest of some point of the cell -- an exact
-shortcut, not an approximation.
+The nearest colour of up to 32 colours (three channels) is the smallest of
+one exact integer key per colour, all computed at once with no
+data-dependent branch (:func:`_colour_keys`); otherwise it is found through a
+:func:`candidate_grid`: the clamped colour cube is cut into cells, and each
+cell lists, in index order, every palette colour that can be the nearest of
+some point of the cell -- an exact shortcut, not an approximation.
 """
 
 from __future__ import annotations
@@ -523,12 +528,12 @@ def fs_rows(
         When given, receives (adds) the quality sums of the rows' pixels and
         their labels -- the very numbers
         :func:`bigquant.kernels.spaces.error_sums` gives for them (with
-        ``rows=(y0, xa, xb)``), computed as the pixels are dithered (uint8
-        or uint16 pixels).
+        ``rows=(y0, xa, xb)``), computed from each pair of rows as soon as
+        it is dithered, by the same row function (uint8 or uint16 pixels).
     cache : (codes, values) or None, default=None
-        A cache of source colours' OKLab for the sums
-        (:func:`bigquant.kernels.spaces.ok_cache`) that may outlive this call
-        (one per thread and data type); None: a new one.
+        Ignored (kept for callers that pass one): the sums compute every
+        pixel's OKLab, which costs less than looking it up in a cache of
+        :func:`bigquant.kernels.spaces.ok_cache`.
     """
     offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)

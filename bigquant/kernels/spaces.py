@@ -135,16 +135,17 @@ def from_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
     return out
 
 
-#: slots of the cache of source colours' OKLab in :func:`_error_rows` (a power of two)
+#: slots of an :func:`ok_cache` (a power of two)
 _OK_CACHE = 1 << 14
 
 
 def ok_cache(slots: int = _OK_CACHE) -> tuple[np.ndarray, np.ndarray]:
-    """An empty cache of source colours' OKLab for :func:`_error_rows`: (codes, values).
+    """An empty cache of source colours' OKLab: (codes, values).
 
-    ``slots`` must be a power of two.  A cache holds exact values only (a
-    colour's OKLab is the same number computed once or many times), so one
-    cache may serve many calls of the same data type.
+    No longer used by the quality sums (:func:`error_sums` and
+    ``fs_rows(sums=...)`` compute every pixel's OKLab in vectorised loops,
+    cheaper than a lookup); kept for the callers that still make one.
+    ``slots`` must be a power of two.
     """
     return np.full(slots, -1, dtype=np.int64), np.empty((slots, 3))
 

@@ -135,9 +135,9 @@ def test_sums_kept_while_dithering_are_error_sums_to_the_bit(dtype, channels, ma
     assert (sums[1] > 0) == (channels == 3)
 
 
-def test_the_colour_cache_kept_across_calls_tells_uint8_from_uint16():
+def test_the_sums_tell_uint8_from_uint16_across_calls():
     # the same numbers as uint8 and as uint16 are different colours (255 is white, or nearly black):
-    # the OKLab a thread caches for one must never be taken for the other
+    # the OKLab of one must never be taken for the other, whatever the calls before
     rng = np.random.default_rng(9)
     values = rng.integers(0, 256, (20, 30, 3))
     for dtype in (np.uint8, np.uint16, np.uint8):
