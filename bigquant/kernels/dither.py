@@ -31,7 +31,7 @@ pixel), and two independent chains keep the processor busy.  The others run a
 loop over the channels, a pixel after the other.  The tests hold every path to
 the rule above (``tests/kernels/test_dither.py``).
 
-The nearest colour of up to 32 colours (three channels) is the smallest of
+The nearest colour among up to 256 colours (three channels) is the smallest of
 one exact integer key per colour, all computed at once with no
 data-dependent branch (:func:`_colour_keys`); otherwise it is found through a
 :func:`candidate_grid`: the clamped colour cube is cut into cells, and each
@@ -64,8 +64,9 @@ UNITS = 16
 #: about this many cells in a candidate grid, whatever the number of channels
 _GRID_CELLS = 1 << 15
 
-#: three-channel palettes of up to this many colours find the nearest colour by comparing them all (:func:`_colour_keys`)
-_KEYS_MAX_K = 32
+#: three-channel palettes of up to this many colours find the nearest colour by comparing them all
+#: (:func:`_colour_keys`; faster than the grid's branches at every k measured, 16 to 256)
+_KEYS_MAX_K = 256
 
 #: :func:`_nearest_keys` compares the colours this many at a time (a vector's worth of float64s)
 _KEYS_BLOCK = 8
@@ -310,28 +311,65 @@ def _rgb_step_keys(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, in
     return _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked), lab
 
 
-@numba.njit(inline="always", **_JIT)
-def _rgb_step_grid(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, index_mask, offsets, cand, shift,
-                   masked_label):  # pragma: no cover - jitted
-    """:func:`_rgb_step_keys` with the nearest colour found through the candidate grid (any palette)."""
-    t0, t1, t2, ur0, ur1, ur2 = _rgb_target(P, py, xp, E, ey, ex, state, q, span)
-    best = 0
-    if not masked:
-        g = (span >> shift) + 1
-        cell = (t0 >> shift) + g * ((t1 >> shift) + g * (t2 >> shift))
-        best = -1
-        best_d = np.int64(0)
-        for p in range(offsets[cell], offsets[cell + 1]):
-            j = cand[p]
-            d0 = t0 - col16[j, 0]
-            d1 = t1 - col16[j, 1]
-            d2 = t2 - col16[j, 2]
-            d = d0 * d0 + d1 * d1 + d2 * d2
-            if best < 0 or d < best_d:
-                best = j
-                best_d = d
-    lab = masked_label if masked else best
-    return _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked), lab
+@numba.njit(**_JIT)
+def _rgb_row_grid(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, L, li, dx_l, masked_label, xa, xb, q, col16,
+                  offsets, cand, shift, span):  # pragma: no cover - jitted
+    """:func:`_fs_pixel` over columns ``[xa, xb)`` of one row, three channels, through the candidate grid.
+
+    For palettes :func:`_colour_keys` does not serve; the pulled errors
+    carried in registers.  ``dx_*`` turn a column into a column of each
+    array; labels go to ``L[li, x - dx_l]``.
+    """
+    g = (span >> shift) + 1
+    # errors of (y, x - 1), (y - 1, x - 1), (y - 1, x), as the loop enters column xa
+    l0 = np.int64(E[ey, xa - 1 - dx_e, 0])
+    l1 = np.int64(E[ey, xa - 1 - dx_e, 1])
+    l2 = np.int64(E[ey, xa - 1 - dx_e, 2])
+    ul0 = np.int64(E[ey - 1, xa - 1 - dx_e, 0])
+    ul1 = np.int64(E[ey - 1, xa - 1 - dx_e, 1])
+    ul2 = np.int64(E[ey - 1, xa - 1 - dx_e, 2])
+    u0 = np.int64(E[ey - 1, xa - dx_e, 0])
+    u1 = np.int64(E[ey - 1, xa - dx_e, 1])
+    u2 = np.int64(E[ey - 1, xa - dx_e, 2])
+    for x in range(xa, xb):
+        ex = x - dx_e
+        ur0 = np.int64(E[ey - 1, ex + 1, 0])
+        ur1 = np.int64(E[ey - 1, ex + 1, 1])
+        ur2 = np.int64(E[ey - 1, ex + 1, 2])
+        if has_mask and not V[vy, x - dx_v]:
+            l0 = np.int64(0)
+            l1 = np.int64(0)
+            l2 = np.int64(0)
+            lab = masked_label
+        else:
+            t0 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 0]) + (((7 * l0 + ul0 + 5 * u0 + 3 * ur0) * q) >> 12)
+            t1 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 1]) + (((7 * l1 + ul1 + 5 * u1 + 3 * ur1) * q) >> 12)
+            t2 = np.int64(UNITS) * np.int64(P[py, x - dx_p, 2]) + (((7 * l2 + ul2 + 5 * u2 + 3 * ur2) * q) >> 12)
+            t0 = min(max(t0, np.int64(0)), span)
+            t1 = min(max(t1, np.int64(0)), span)
+            t2 = min(max(t2, np.int64(0)), span)
+            cell = (t0 >> shift) + g * ((t1 >> shift) + g * (t2 >> shift))
+            best = -1
+            best_d = np.int64(0)
+            for p in range(offsets[cell], offsets[cell + 1]):
+                j = cand[p]
+                d0 = t0 - col16[j, 0]
+                d1 = t1 - col16[j, 1]
+                d2 = t2 - col16[j, 2]
+                d = d0 * d0 + d1 * d1 + d2 * d2
+                if best < 0 or d < best_d:
+                    best = j
+                    best_d = d
+            l0 = t0 - col16[best, 0]
+            l1 = t1 - col16[best, 1]
+            l2 = t2 - col16[best, 2]
+            lab = best
+        E[ey, ex, 0] = l0
+        E[ey, ex, 1] = l1
+        E[ey, ex, 2] = l2
+        L[li, x - dx_l] = lab
+        ul0, ul1, ul2 = u0, u1, u2
+        u0, u1, u2 = ur0, ur1, ur2
 
 
 @numba.njit(inline="always", **_JIT)
@@ -353,18 +391,11 @@ def _rgb_run(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, L, li, dx_l, xa, x
     ``L[li, x - dx_l]``.  The stretches a row runs alone (the start of the
     upper row of a pair, the ends, a row without a partner).
     """
-    if keys.shape[1] > 0:
-        for x in range(xa, xb):
-            masked = has_mask and not V[vy, x - dx_v]
-            state, lab = _rgb_step_keys(P, py, x - dx_p, masked, E, ey, x - dx_e, state, q, span, col16, keys,
-                                        index_mask, offsets, cand, shift, masked_label)
-            L[li, x - dx_l] = lab
-    else:
-        for x in range(xa, xb):
-            masked = has_mask and not V[vy, x - dx_v]
-            state, lab = _rgb_step_grid(P, py, x - dx_p, masked, E, ey, x - dx_e, state, q, span, col16, keys,
-                                        index_mask, offsets, cand, shift, masked_label)
-            L[li, x - dx_l] = lab
+    for x in range(xa, xb):
+        masked = has_mask and not V[vy, x - dx_v]
+        state, lab = _rgb_step_keys(P, py, x - dx_p, masked, E, ey, x - dx_e, state, q, span, col16, keys,
+                                    index_mask, offsets, cand, shift, masked_label)
+        L[li, x - dx_l] = lab
     return state
 
 
@@ -408,11 +439,15 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
         dist = np.empty(width if with_sums else 1)
         r = 0
         while r < n_rows:
-            # rows two by two, an empty row alone (the rows stay in order either way)
-            pair = r + 1 < n_rows and xa[r] < xb[r] and xa[r + 1] < xb[r + 1]
+            # rows two by two (the key search; the grid's branches gain nothing), an empty row alone
+            pair = keys.shape[1] > 0 and r + 1 < n_rows and xa[r] < xb[r] and xa[r + 1] < xb[r + 1]
             y = y0 + r
             a0, b0 = xa[r], xb[r]
-            if not pair and a0 < b0:
+            if keys.shape[1] == 0:
+                if a0 < b0:
+                    _rgb_row_grid(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0,
+                                  masked_label, a0, b0, q, col16, offsets, cand, shift, span)
+            elif not pair and a0 < b0:
                 sa = _rgb_enter(E, y - ey0, a0 - ex0)
                 _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, a0, b0, sa, q,
                          span, col16, keys, index_mask, offsets, cand, shift, masked_label)
@@ -429,18 +464,14 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                               q, span, col16, keys, index_mask, offsets, cand, shift, masked_label)
                 sb = _rgb_enter(E, y + 1 - ey0, a1 - ex0)
                 steps = min(b0 - x, b1 - a1)
-                if keys.shape[1] > 0 and has_mask:
+                if has_mask:
                     sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
                                        sb, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
                                        _masked_at, _rgb_step_keys)
-                elif keys.shape[1] > 0:
-                    sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
-                                       sb, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
-                                       _never_masked, _rgb_step_keys)
                 else:
                     sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
                                        sb, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label,
-                                       _masked_at, _rgb_step_grid)
+                                       _never_masked, _rgb_step_keys)
                 # the upper row's rest, then the lower row's
                 _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, x + steps, b0,
                          sa, q, span, col16, keys, index_mask, offsets, cand, shift, masked_label)

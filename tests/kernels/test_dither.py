@@ -192,7 +192,7 @@ def _row_ranges(layout, height, width, rng):
 
 
 @pytest.mark.parametrize("layout", ["rectangle", "slanted", "slanted-right", "ragged"])
-@pytest.mark.parametrize("k", [16, 40])  # up to 32 colours: all compared at once; more: the grid
+@pytest.mark.parametrize("k", [16, 300])  # up to 256 colours: all compared at once; more: the grid
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("height", [9, 10])  # rows go two by two: an odd count leaves one alone
 def test_rows_side_by_side_give_the_serial_labels_and_errors(layout, k, masked, height):
