@@ -45,6 +45,7 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
+from bigquant.kernels.spaces import _BLOCK as _SUMS_BLOCK
 from bigquant.kernels.spaces import _M1, _M2, _error_row, sum_tables
 
 __all__ = [
@@ -436,8 +437,8 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
         lx0 = xa.min()
         width = max(np.int64(1), xb.max() - lx0)
         L = np.empty((2, width), dtype=np.int32)
-        ok = np.empty((3, width if with_sums else 1))  # scratch of the sums
-        dist = np.empty(width if with_sums else 1)
+        ok = np.empty((3, _SUMS_BLOCK))  # scratch of the sums
+        dist = np.empty(_SUMS_BLOCK)
         r = 0
         while r < n_rows:
             # rows two by two (the key search; the grid's branches gain nothing), an empty row alone

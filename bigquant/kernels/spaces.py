@@ -135,6 +135,9 @@ def from_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
     return out
 
 
+#: columns the quality sums take at a time (:func:`_error_row`: its scratch stays in the first-level cache)
+_BLOCK = 256
+
 #: slots of an :func:`ok_cache` (a power of two)
 _OK_CACHE = 1 << 14
 
@@ -246,46 +249,48 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
                with_de, m1, m2, ok, dist, sse, de, n):  # pragma: no cover - jitted
     """The sums of one row, columns ``[xa, xb)``, carried on from (sse, de, n); returns them.
 
-    ``dx_*`` turn a column into a column of each array; ``ok`` (3, >= xb -
-    xa) and ``dist`` (>= xb - xa) are scratch.  The one definition of the
-    sums' arithmetic: :func:`_error_rows` and
+    ``dx_*`` turn a column into a column of each array; ``ok`` (3,
+    :data:`_BLOCK`) and ``dist`` (:data:`_BLOCK`) are scratch.  The one
+    definition of the sums' arithmetic: :func:`_error_rows` and
     :func:`bigquant.kernels.dither.fs_rows` both run it.  A pixel's squared
     error is summed over its channels first, then added; the OKLab
-    distances are computed for the whole row (vectorised), then added in
-    column order.
+    distances are computed a block of columns at a time (vectorised, in
+    the first-level cache), then added in column order.
     """
     n_ch = P.shape[2]
-    if with_de:
-        _oklab_row(P, py, dx_p, xa, xb, lin_lut, m1, m2, ok)
-        for x in range(xa, xb):
-            lab = L[ly, x - dx_l]
-            d0 = ok[0, x - xa] - ok_colours[lab, 0]
-            d1 = ok[1, x - xa] - ok_colours[lab, 1]
-            d2 = ok[2, x - xa] - ok_colours[lab, 2]
-            dist[x - xa] = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-    else:
-        dist[:] = 0.0  # adding +0.0 changes no sum
-    if has_mask:
-        for x in range(xa, xb):
-            if V[vy, x - dx_v]:
+    for c0 in range(xa, xb, _BLOCK):
+        c1 = min(c0 + _BLOCK, xb)
+        if with_de:
+            _oklab_row(P, py, dx_p, c0, c1, lin_lut, m1, m2, ok)
+            for x in range(c0, c1):
+                lab = L[ly, x - dx_l]
+                d0 = ok[0, x - c0] - ok_colours[lab, 0]
+                d1 = ok[1, x - c0] - ok_colours[lab, 1]
+                d2 = ok[2, x - c0] - ok_colours[lab, 2]
+                dist[x - c0] = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        else:
+            dist[:] = 0.0  # adding +0.0 changes no sum
+        if has_mask:
+            for x in range(c0, c1):
+                if V[vy, x - dx_v]:
+                    lab = L[ly, x - dx_l]
+                    s = 0.0
+                    for c in range(n_ch):
+                        d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
+                        s += d * d
+                    sse += s
+                    de += dist[x - c0]
+                    n += 1
+        else:  # the same without the test (a loop of its own runs faster)
+            for x in range(c0, c1):
                 lab = L[ly, x - dx_l]
                 s = 0.0
                 for c in range(n_ch):
                     d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
                     s += d * d
                 sse += s
-                de += dist[x - xa]
-                n += 1
-    else:  # the same without the test (a loop of its own runs faster)
-        for x in range(xa, xb):
-            lab = L[ly, x - dx_l]
-            s = 0.0
-            for c in range(n_ch):
-                d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
-                s += d * d
-            sse += s
-            de += dist[x - xa]
-        n += max(xb - xa, 0)
+                de += dist[x - c0]
+            n += c1 - c0
     return sse, de, n
 
 
@@ -295,11 +300,8 @@ def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_c
     sse = 0.0
     de = 0.0
     n = 0
-    width = np.int64(1)
-    for r in range(xa.shape[0]):
-        width = max(width, xb[r] - xa[r])
-    ok = np.empty((3, width))
-    dist = np.empty(width)
+    ok = np.empty((3, _BLOCK))
+    dist = np.empty(_BLOCK)
     for r in range(xa.shape[0]):
         y = y0 + r
         sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, y - oy0, ox0, xa[r], xb[r],
