@@ -23,15 +23,20 @@ The reference, stated once (every implementation follows it):
 - the pixel's error is ``e = t - 16 P[label]``; a masked pixel gets label 0
   and ``e = 0`` (it neither receives nor passes error).
 
-Three-channel images (most of them) run the step written out channel by channel,
-a row at a time with the pulled errors carried in registers
-(:func:`_fs_row_rgb`), the others a loop over the channels; the tests hold
-both to the rule above.
+Three-channel images (most of them) run the step written out channel by channel
+with the pulled errors carried in registers (:func:`_rgb_step_keys`), two rows
+side by side, the lower two columns behind the upper: a pixel's step is a
+chain of dependent operations (pull, target, nearest colour, error, next
+pixel), and two independent chains keep the processor busy.  The others run a
+loop over the channels, a pixel after the other.  The tests hold every path to
+the rule above (``tests/kernels/test_dither.py``).
 
-The nearest colour is found through a :func:`candidate_grid`: the clamped
-colour cube is cut into cells, and each cell lists, in index order, every
-palette colour that can be the nearest of some point of the cell -- an exact
-shortcut, not an approximation.
+The nearest colour among up to 256 colours (three channels) is the smallest of
+one exact integer key per colour, all computed at once with no
+data-dependent branch (:func:`_colour_keys`); otherwise it is found through a
+:func:`candidate_grid`: the clamped colour cube is cut into cells, and each
+cell lists, in index order, every palette colour that can be the nearest of
+some point of the cell -- an exact shortcut, not an approximation.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
-from bigquant.kernels.spaces import _M1, _M2, ok_cache, sum_tables
+from bigquant.kernels.spaces import _BLOCK as _SUMS_BLOCK
+from bigquant.kernels.spaces import _M1, _M2, _error_row, sum_tables
 
 __all__ = [
     "UNITS",
@@ -58,6 +64,13 @@ UNITS = 16
 
 #: about this many cells in a candidate grid, whatever the number of channels
 _GRID_CELLS = 1 << 15
+
+#: three-channel palettes of up to this many colours find the nearest colour by comparing them all
+#: (:func:`_colour_keys`; faster than the grid's branches at every k measured, 16 to 256)
+_KEYS_MAX_K = 256
+
+#: :func:`_nearest_keys` compares the colours this many at a time (a vector's worth of float64s)
+_KEYS_BLOCK = 8
 
 
 def error_dtype(dtype: np.dtype) -> np.dtype:
@@ -208,22 +221,106 @@ def _fs_pixel(P, py, px, valid, E, ey, ex, q, col16, offsets, cand, shift, span,
 
 
 @numba.njit(inline="always", **_JIT)
-def _fs_row_rgb(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, out, oy, dx_o, write_out, masked_label,
-                xa, xb, q, col16, offsets, cand, shift, span, with_sums, tables, sse, de, n):  # pragma: no cover
-    """:func:`_fs_pixel` over columns ``[xa, xb)`` of one row, written out for three channels.
+def _nearest_keys(t0, t1, t2, keys, index_mask):  # pragma: no cover - jitted
+    """:func:`_nearest_grid` of a three-channel target by comparing every colour at once (see :func:`_colour_keys`)."""
+    f0 = np.float64(t0)
+    f1 = np.float64(t1)
+    f2 = np.float64(t2)
+    best = np.int64(1) << 62
+    for j in range(keys.shape[1]):  # branch-free: vectorised, no data-dependent jumps
+            best = min(best, np.int64(keys[0, j] + (keys[1, j] * f0 + keys[2, j] * f1) + keys[3, j] * f2))
+    return best & index_mask
 
-    The same arithmetic as the loop over channels, with the errors a pixel
-    pulls kept in registers as the row advances: the row above is read once
-    per pixel (its up-right neighbour), the left neighbour not at all.
-    ``dx_*`` turn a global column into a column of each array.  With
-    ``with_sums``, the quality sums of :func:`bigquant.kernels.spaces.error_sums`
-    carried in (sse, de, n) go on over the row's pixels, in the same order
-    with the same arithmetic (the pixel and its label are at hand: no second
-    pass); returns them.
+
+def _colour_keys(col16: np.ndarray, span: int) -> tuple[np.ndarray, int] | None:
+    """Coefficients that rank the colours by distance to a target in one number each, or None if inexact.
+
+    ``key_j(t) = 2^b (|P_j|^2 - 2 t.P_j) + j`` with ``2^b > k`` orders the
+    colours as the squared distance ``|t - P_j|^2`` does (it differs by
+    ``2^b |t|^2``, the same for every j), the lowest index first on ties, and
+    its low ``b`` bits are the index: the nearest colour is ``min_j key_j & (2^b - 1)``.
+    Every term is an integer, so float64 computes it exactly while
+    ``2^b (3 span^2 + 6 span^2) + k < 2^53``; None otherwise (then the grid
+    serves).  Returns (keys (4, k): constant then one row per channel, the index mask).
     """
-    colf, okc, lin_lut, m1, m2, cache_code, cache_ok, scratch = tables
-    lin = scratch[0]
-    mid = scratch[1]
+    k, n_ch = col16.shape
+    bits = max(1, (k - 1).bit_length())
+    if n_ch != 3 or k > _KEYS_MAX_K or (9 * span * span + 1) << bits >= 1 << 53:
+        return None
+    keys = np.empty((4, k))
+    keys[0] = ((col16 * col16).sum(axis=1) << bits) + np.arange(k)
+    keys[1:] = (-2 * col16.T) << bits
+    # whole blocks: the extra columns repeat colour 0's key, which changes no minimum
+    pad = -k % _KEYS_BLOCK
+    return np.ascontiguousarray(np.concatenate([keys, np.repeat(keys[:, :1], pad, axis=1)], axis=1)), (1 << bits) - 1
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_enter(E, ey, ex):  # pragma: no cover - jitted
+    """The errors a row's step carries as it enters column ``ex`` of the error buffer: left, up-left, up."""
+    return (np.int64(E[ey, ex - 1, 0]), np.int64(E[ey, ex - 1, 1]), np.int64(E[ey, ex - 1, 2]),
+            np.int64(E[ey - 1, ex - 1, 0]), np.int64(E[ey - 1, ex - 1, 1]), np.int64(E[ey - 1, ex - 1, 2]),
+            np.int64(E[ey - 1, ex, 0]), np.int64(E[ey - 1, ex, 1]), np.int64(E[ey - 1, ex, 2]))
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_target(P, py, xp, E, ey, ex, state, q, span):  # pragma: no cover - jitted
+    """A pixel's clamped target (three channels) and the errors of its up-right neighbour."""
+    l0, l1, l2, ul0, ul1, ul2, u0, u1, u2 = state
+    ur0 = np.int64(E[ey - 1, ex + 1, 0])
+    ur1 = np.int64(E[ey - 1, ex + 1, 1])
+    ur2 = np.int64(E[ey - 1, ex + 1, 2])
+    t0 = np.int64(UNITS) * np.int64(P[py, xp, 0]) + (((7 * l0 + ul0 + 5 * u0 + 3 * ur0) * q) >> 12)
+    t1 = np.int64(UNITS) * np.int64(P[py, xp, 1]) + (((7 * l1 + ul1 + 5 * u1 + 3 * ur1) * q) >> 12)
+    t2 = np.int64(UNITS) * np.int64(P[py, xp, 2]) + (((7 * l2 + ul2 + 5 * u2 + 3 * ur2) * q) >> 12)
+    t0 = min(max(t0, np.int64(0)), span)
+    t1 = min(max(t1, np.int64(0)), span)
+    t2 = min(max(t2, np.int64(0)), span)
+    return t0, t1, t2, ur0, ur1, ur2
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked):  # pragma: no cover - jitted
+    """Store a pixel's error (nothing passed on if masked); returns the state for the next column."""
+    if masked:
+        l0 = np.int64(0)
+        l1 = np.int64(0)
+        l2 = np.int64(0)
+    else:
+        l0 = t0 - col16[best, 0]
+        l1 = t1 - col16[best, 1]
+        l2 = t2 - col16[best, 2]
+    E[ey, ex, 0] = l0
+    E[ey, ex, 1] = l1
+    E[ey, ex, 2] = l2
+    return (l0, l1, l2, state[6], state[7], state[8], ur0, ur1, ur2)
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_step_keys(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, index_mask,
+                   masked_label):  # pragma: no cover - jitted
+    """:func:`_fs_pixel` written out for three channels, the nearest colour by :func:`_nearest_keys`.
+
+    ``state`` holds the errors of the pixel's left, up-left and up
+    neighbours (read as the row advances: the row above once per pixel, the
+    left neighbour not at all); returns the state for the next column and
+    the label.
+    """
+    t0, t1, t2, ur0, ur1, ur2 = _rgb_target(P, py, xp, E, ey, ex, state, q, span)
+    best = _nearest_keys(t0, t1, t2, keys, index_mask)
+    lab = masked_label if masked else best
+    return _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked), lab
+
+
+@numba.njit(**_JIT)
+def _rgb_row_grid(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, L, li, dx_l, masked_label, xa, xb, q, col16,
+                  offsets, cand, shift, span):  # pragma: no cover - jitted
+    """:func:`_fs_pixel` over columns ``[xa, xb)`` of one row, three channels, through the candidate grid.
+
+    For palettes :func:`_colour_keys` does not serve; the pulled errors
+    carried in registers.  ``dx_*`` turn a column into a column of each
+    array; labels go to ``L[li, x - dx_l]``.
+    """
     g = (span >> shift) + 1
     # errors of (y, x - 1), (y - 1, x - 1), (y - 1, x), as the loop enters column xa
     l0 = np.int64(E[ey, xa - 1 - dx_e, 0])
@@ -268,82 +365,152 @@ def _fs_row_rgb(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, out, oy, dx_o, 
             l1 = t1 - col16[best, 1]
             l2 = t2 - col16[best, 2]
             lab = best
-            if with_sums:
-                p0 = P[py, x - dx_p, 0]
-                p1 = P[py, x - dx_p, 1]
-                p2 = P[py, x - dx_p, 2]
-                d = np.float64(p0) - colf[best, 0]
-                sse += d * d
-                d = np.float64(p1) - colf[best, 1]
-                sse += d * d
-                d = np.float64(p2) - colf[best, 2]
-                sse += d * d
-                n += 1
-                # the OKLab Delta E exactly as bigquant.kernels.spaces._error_rows computes it
-                code = (np.int64(p0) << 32) | (np.int64(p1) << 16) | np.int64(p2)
-                slot = (code * np.int64(0x9E3779B1)) >> 20 & (cache_code.shape[0] - 1)
-                if cache_code[slot] != code:
-                    lin[0] = lin_lut[np.int64(p0)]
-                    lin[1] = lin_lut[np.int64(p1)]
-                    lin[2] = lin_lut[np.int64(p2)]
-                    for c in range(3):
-                        mid[c] = np.cbrt(m1[c, 0] * lin[0] + m1[c, 1] * lin[1] + m1[c, 2] * lin[2])
-                    for c in range(3):
-                        cache_ok[slot, c] = m2[c, 0] * mid[0] + m2[c, 1] * mid[1] + m2[c, 2] * mid[2]
-                    cache_code[slot] = code
-                s = 0.0
-                for c in range(3):
-                    v = cache_ok[slot, c] - okc[best, c]
-                    s += v * v
-                de += np.sqrt(s)
         E[ey, ex, 0] = l0
         E[ey, ex, 1] = l1
         E[ey, ex, 2] = l2
-        if write_out:
-            out[oy, x - dx_o] = lab
+        L[li, x - dx_l] = lab
         ul0, ul1, ul2 = u0, u1, u2
         u0, u1, u2 = ur0, ur1, ur2
-    return sse, de, n
+
+
+@numba.njit(inline="always", **_JIT)
+def _masked_at(V, has_mask, vy, vx):  # pragma: no cover - jitted
+    return has_mask and not V[vy, vx]
+
+
+@numba.njit(inline="always", **_JIT)
+def _never_masked(V, has_mask, vy, vx):  # pragma: no cover - jitted
+    return False
 
 
 @numba.njit(**_JIT)
+def _rgb_run(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, L, li, dx_l, xa, xb, state, q, span, col16, keys,
+             index_mask, masked_label):  # pragma: no cover - jitted
+    """Columns ``[xa, xb)`` of one row, from ``state``; returns the state after them.
+
+    ``dx_*`` turn a column into a column of each array; labels go to
+    ``L[li, x - dx_l]``.  The stretches a row runs alone (the start of the
+    upper row of a pair, the ends, a row without a partner).
+    """
+    for x in range(xa, xb):
+        masked = has_mask and not V[vy, x - dx_v]
+        state, lab = _rgb_step_keys(P, py, x - dx_p, masked, E, ey, x - dx_e, state, q, span, col16, keys,
+                                    index_mask, masked_label)
+        L[li, x - dx_l] = lab
+    return state
+
+
+@numba.njit(inline="always", **_JIT)
+def _rgb_pair(P, py, dx_p, V, has_mask, E, ey, dx_e, L, dx_l, x, x1, steps, sa, sb, q, span, col16, keys,
+              index_mask, masked_label, is_masked):  # pragma: no cover - jitted
+    """``steps`` pixels of rows ``py`` (from column ``x``) and ``py + 1`` (from ``x1``) side by side.
+
+    ``is_masked`` is a function, inlined: one loop for each way of reading
+    the mask (a test per pixel of a flag, even a constant one, keeps the
+    two chains from overlapping: 41 against 12 ns a pixel).  Returns the
+    two rows' states.
+    """
+    for i in range(steps):
+        masked = is_masked(V, has_mask, py, x + i - dx_p)
+        sa, lab = _rgb_step_keys(P, py, x + i - dx_p, masked, E, ey, x + i - dx_e, sa, q, span, col16, keys,
+                                 index_mask, masked_label)
+        L[0, x + i - dx_l] = lab
+        masked = is_masked(V, has_mask, py + 1, x1 + i - dx_p)
+        sb, lab = _rgb_step_keys(P, py + 1, x1 + i - dx_p, masked, E, ey + 1, x1 + i - dx_e, sb, q, span, col16,
+                                 keys, index_mask, masked_label)
+        L[1, x1 + i - dx_l] = lab
+    return sa, sb
+
+
+@numba.njit(error_model="numpy", **_JIT)  # no zero test on the divisions of the sums' cube roots
 def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, masked_label,
-             y0, xa, xb, q, col16, offsets, cand, shift, span, with_sums, tables, sums):  # pragma: no cover - jitted
+             y0, xa, xb, q, col16, offsets, cand, shift, span, keys, index_mask, with_sums, tables,
+             sums):  # pragma: no cover - jitted
     n_ch = col16.shape[1]
-    colf = tables[0]
+    colf, okc, lin_lut, m1, m2 = tables
     t = np.empty(n_ch, dtype=np.int64)
     sse = 0.0
     de = 0.0
     n = 0
-    for r in range(xa.shape[0]):
-        y = y0 + r
-        if n_ch == 3:
-            if xa[r] < xb[r]:
-                sse, de, n = _fs_row_rgb(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, out, y - oy0,
-                                         ox0, write_out, masked_label, xa[r], xb[r], q, col16, offsets, cand, shift,
-                                         span, with_sums, tables, sse, de, n)
-            continue
-        for x in range(xa[r], xb[r]):
-            valid = True
-            if has_mask:
-                valid = V[y - py0, x - px0]
-            lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
-                            q, col16, offsets, cand, shift, span, t)
-            if write_out:
-                out[y - oy0, x - ox0] = lab if valid else masked_label
-            if with_sums and valid:
-                for c in range(n_ch):
-                    d = np.float64(P[y - py0, x - px0, c]) - colf[lab, c]
-                    sse += d * d
-                n += 1
+    n_rows = xa.shape[0]
+    if n_ch == 3 and n_rows > 0:
+        lx0 = xa.min()
+        width = max(np.int64(1), xb.max() - lx0)
+        L = np.empty((2, width), dtype=np.int32)
+        ok = np.empty((3, _SUMS_BLOCK))  # scratch of the sums
+        dist = np.empty(_SUMS_BLOCK)
+        r = 0
+        while r < n_rows:
+            # rows two by two (the key search; the grid's branches gain nothing), an empty row alone
+            pair = keys.shape[1] > 0 and r + 1 < n_rows and xa[r] < xb[r] and xa[r + 1] < xb[r + 1]
+            y = y0 + r
+            a0, b0 = xa[r], xb[r]
+            if keys.shape[1] == 0:
+                if a0 < b0:
+                    _rgb_row_grid(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0,
+                                  masked_label, a0, b0, q, col16, offsets, cand, shift, span)
+            elif not pair and a0 < b0:
+                sa = _rgb_enter(E, y - ey0, a0 - ex0)
+                _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, a0, b0, sa, q,
+                         span, col16, keys, index_mask, masked_label)
+            elif pair:
+                # Each pixel's step is a chain of dependent operations: two rows go side by side, the lower
+                # row two columns behind the upper (its pixel (y + 1, x) pulls the error of (y, x + 1),
+                # which the upper row's step has stored by then), and the processor runs the two chains
+                # at once.  The upper row runs alone until the lower may start; columns outside the
+                # upper row's range are not written here at all (their errors are final already).
+                a1, b1 = xa[r + 1], xb[r + 1]
+                x = max(a0, min(a1 + 2, b0))
+                sa = _rgb_enter(E, y - ey0, a0 - ex0)
+                sa = _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, a0, x, sa,
+                              q, span, col16, keys, index_mask, masked_label)
+                sb = _rgb_enter(E, y + 1 - ey0, a1 - ex0)
+                steps = min(b0 - x, b1 - a1)
+                if has_mask:
+                    sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
+                                       sb, q, span, col16, keys, index_mask, masked_label, _masked_at)
+                else:
+                    sa, sb = _rgb_pair(P, y - py0, px0, V, has_mask, E, y - ey0, ex0, L, lx0, x, a1, steps, sa,
+                                       sb, q, span, col16, keys, index_mask, masked_label, _never_masked)
+                # the upper row's rest, then the lower row's
+                _rgb_run(P, y - py0, px0, V, y - py0, px0, has_mask, E, y - ey0, ex0, L, 0, lx0, x + steps, b0,
+                         sa, q, span, col16, keys, index_mask, masked_label)
+                _rgb_run(P, y + 1 - py0, px0, V, y + 1 - py0, px0, has_mask, E, y + 1 - ey0, ex0, L, 1, lx0,
+                         a1 + steps, b1, sb, q, span, col16, keys, index_mask, masked_label)
+            for i in range(2 if pair else 1):
+                y = y0 + r + i
+                if write_out:
+                    for x in range(xa[r + i], xb[r + i]):
+                        out[y - oy0, x - ox0] = L[i, x - lx0]
+                if with_sums:  # in raster order, as error_sums adds them
+                    sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, i, lx0, xa[r + i],
+                                            xb[r + i], colf, okc, lin_lut, True, m1, m2, ok, dist, sse, de, n)
+            r += 2 if pair else 1
+    else:
+        for r in range(n_rows):
+            y = y0 + r
+            for x in range(xa[r], xb[r]):
+                valid = True
+                if has_mask:
+                    valid = V[y - py0, x - px0]
+                lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
+                                q, col16, offsets, cand, shift, span, t)
+                if write_out:
+                    out[y - oy0, x - ox0] = lab if valid else masked_label
+                if with_sums and valid:  # as bigquant.kernels.spaces._error_row adds them
+                    s = 0.0
+                    for c in range(n_ch):
+                        d = np.float64(P[y - py0, x - px0, c]) - colf[lab, c]
+                        s += d * d
+                    sse += s
+                    n += 1
     sums[0] += sse
     sums[1] += de
     sums[2] += n
 
 
 #: the quality tables :func:`fs_rows` passes when it keeps no sums (unused, of the types it compiles for)
-_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2, np.full(1, -1, dtype=np.int64), np.zeros((1, 3)),
-              np.zeros((2, 3)))
+_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2)
 
 
 def fs_rows(
@@ -392,12 +559,12 @@ def fs_rows(
         When given, receives (adds) the quality sums of the rows' pixels and
         their labels -- the very numbers
         :func:`bigquant.kernels.spaces.error_sums` gives for them (with
-        ``rows=(y0, xa, xb)``), computed as the pixels are dithered (uint8
-        or uint16 pixels).
+        ``rows=(y0, xa, xb)``), computed from each pair of rows as soon as
+        it is dithered, by the same row function (uint8 or uint16 pixels).
     cache : (codes, values) or None, default=None
-        A cache of source colours' OKLab for the sums
-        (:func:`bigquant.kernels.spaces.ok_cache`) that may outlive this call
-        (one per thread and data type); None: a new one.
+        Ignored (kept for callers that pass one): the sums compute every
+        pixel's OKLab, which costs less than looking it up in a cache of
+        :func:`bigquant.kernels.spaces.ok_cache`.
     """
     offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)
@@ -409,14 +576,17 @@ def fs_rows(
     with_sums = sums is not None
     if with_sums:
         colf, okc, lin_lut, _ = sum_tables(colours, pixels.dtype)
-        tables = (colf, okc, lin_lut, _M1, _M2, *(ok_cache() if cache is None else cache), np.empty((2, 3)))
+        tables = (colf, okc, lin_lut, _M1, _M2)
     else:
         tables = _NO_TABLES
         sums = np.zeros(3)
+    fast = _colour_keys(col16, span)
+    keys, index_mask = fast if fast is not None else (np.empty((4, 0)), 0)
     _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
              O, out_origin[0], out_origin[1], keep, np.int64(masked_label), int(y0),
              np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),
-             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span), with_sums, tables, sums)
+             np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span), keys, np.int64(index_mask),
+             with_sums, tables, sums)
 
 
 def floyd_steinberg(

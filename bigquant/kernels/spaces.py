@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 from bigquant.kernels._jit import JIT as _JIT
 
@@ -133,16 +135,20 @@ def from_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
     return out
 
 
-#: slots of the cache of source colours' OKLab in :func:`_error_rows` (a power of two)
+#: columns the quality sums take at a time (:func:`_error_row`: its scratch stays in the first-level cache)
+_BLOCK = 256
+
+#: slots of an :func:`ok_cache` (a power of two)
 _OK_CACHE = 1 << 14
 
 
 def ok_cache(slots: int = _OK_CACHE) -> tuple[np.ndarray, np.ndarray]:
-    """An empty cache of source colours' OKLab for :func:`_error_rows`: (codes, values).
+    """An empty cache of source colours' OKLab: (codes, values).
 
-    ``slots`` must be a power of two.  A cache holds exact values only (a
-    colour's OKLab is the same number computed once or many times), so one
-    cache may serve many calls of the same data type.
+    No longer used by the quality sums (:func:`error_sums` and
+    ``fs_rows(sums=...)`` compute every pixel's OKLab in vectorised loops,
+    cheaper than a lookup); kept for the callers that still make one.
+    ``slots`` must be a power of two.
     """
     return np.full(slots, -1, dtype=np.int64), np.empty((slots, 3))
 
@@ -173,44 +179,134 @@ def sum_tables(colours: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.nda
     return colours, ok_colours, lin_lut, with_de
 
 
-@numba.njit(**_JIT)
-def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_colours, lin_lut,
-                with_de, m1, m2, cache_code, cache_ok, out):  # pragma: no cover - jitted
+@intrinsic
+def _f64_bits(typingctx, x):  # pragma: no cover - compiled
+    """The bits of a float64 as an int64 (a bit cast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx, i):  # pragma: no cover - compiled
+    """The float64 of the given bits (a bit cast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return types.float64(types.int64), codegen
+
+
+@numba.njit(inline="always", **_JIT)
+def _cbrt(x):  # pragma: no cover - jitted
+    """Cube root of ``x >= 0``, within 1e-15 of ``np.cbrt`` (relative): branch-free, so loops of it vectorise.
+
+    ``x^(-1/3)`` from the bits (a third of the exponent, about 3% off) and
+    three Newton steps that need no division (to about 1e-13), then
+    ``x x^(-2/3)`` and one Newton step of the cube root itself.  Callers
+    compile with ``error_model="numpy"`` (no test for a zero divisor: x = 0
+    gives a 0/0 whose result the last line replaces).
+    """
+    y = _f64_from_bits(np.int64(0x553EF0FF289DD796) - np.int64(np.float64(_f64_bits(x)) * (1.0 / 3.0)))
+    y = y * (4.0 - x * y * y * y) * (1.0 / 3.0)
+    y = y * (4.0 - x * y * y * y) * (1.0 / 3.0)
+    y = y * (4.0 - x * y * y * y) * (1.0 / 3.0)
+    r = x * y * y
+    r = r - (r * r * r - x) / (3.0 * r * r)
+    return r if x > 0.0 else 0.0
+
+
+@numba.njit(inline="always", **_JIT)
+def _oklab_row(P, py, dx_p, xa, xb, lin_lut, m1, m2, ok):  # pragma: no cover - jitted
+    """OKLab (natural units) of the pixels of row ``py``, columns ``[xa, xb)``, into ``ok[:, x - xa]``.
+
+    Every pixel (no cache, no test), in three loops so that the cube roots vectorise.
+    """
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = (m1[0, 0], m1[0, 1], m1[0, 2], m1[1, 0], m1[1, 1], m1[1, 2],
+                                                   m1[2, 0], m1[2, 1], m1[2, 2])
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = (m2[0, 0], m2[0, 1], m2[0, 2], m2[1, 0], m2[1, 1], m2[1, 2],
+                                                   m2[2, 0], m2[2, 1], m2[2, 2])
+    for x in range(xa, xb):  # linear sRGB -> LMS
+        r = lin_lut[np.int64(P[py, x - dx_p, 0])]
+        g = lin_lut[np.int64(P[py, x - dx_p, 1])]
+        b = lin_lut[np.int64(P[py, x - dx_p, 2])]
+        ok[0, x - xa] = a00 * r + a01 * g + a02 * b
+        ok[1, x - xa] = a10 * r + a11 * g + a12 * b
+        ok[2, x - xa] = a20 * r + a21 * g + a22 * b
+    for c in range(3):  # the cube roots: a loop of their own, over contiguous values (vectorised)
+        for i in range(xb - xa):
+            ok[c, i] = _cbrt(ok[c, i])
+    for i in range(xb - xa):
+        s0 = ok[0, i]
+        s1 = ok[1, i]
+        s2 = ok[2, i]
+        ok[0, i] = b00 * s0 + b01 * s1 + b02 * s2
+        ok[1, i] = b10 * s0 + b11 * s1 + b12 * s2
+        ok[2, i] = b20 * s0 + b21 * s1 + b22 * s2
+
+
+@numba.njit(inline="always", **_JIT)
+def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours, ok_colours, lin_lut,
+               with_de, m1, m2, ok, dist, sse, de, n):  # pragma: no cover - jitted
+    """The sums of one row, columns ``[xa, xb)``, carried on from (sse, de, n); returns them.
+
+    ``dx_*`` turn a column into a column of each array; ``ok`` (3,
+    :data:`_BLOCK`) and ``dist`` (:data:`_BLOCK`) are scratch.  The one
+    definition of the sums' arithmetic: :func:`_error_rows` and
+    :func:`bigquant.kernels.dither.fs_rows` both run it.  A pixel's squared
+    error is summed over its channels first, then added; the OKLab
+    distances are computed a block of columns at a time (vectorised, in
+    the first-level cache), then added in column order.
+    """
     n_ch = P.shape[2]
+    for c0 in range(xa, xb, _BLOCK):
+        c1 = min(c0 + _BLOCK, xb)
+        if with_de:
+            _oklab_row(P, py, dx_p, c0, c1, lin_lut, m1, m2, ok)
+            for x in range(c0, c1):
+                lab = L[ly, x - dx_l]
+                d0 = ok[0, x - c0] - ok_colours[lab, 0]
+                d1 = ok[1, x - c0] - ok_colours[lab, 1]
+                d2 = ok[2, x - c0] - ok_colours[lab, 2]
+                dist[x - c0] = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        else:
+            dist[:] = 0.0  # adding +0.0 changes no sum
+        if has_mask:
+            for x in range(c0, c1):
+                if V[vy, x - dx_v]:
+                    lab = L[ly, x - dx_l]
+                    s = 0.0
+                    for c in range(n_ch):
+                        d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
+                        s += d * d
+                    sse += s
+                    de += dist[x - c0]
+                    n += 1
+        else:  # the same without the test (a loop of its own runs faster)
+            for x in range(c0, c1):
+                lab = L[ly, x - dx_l]
+                s = 0.0
+                for c in range(n_ch):
+                    d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
+                    s += d * d
+                sse += s
+                de += dist[x - c0]
+            n += c1 - c0
+    return sse, de, n
+
+
+@numba.njit(error_model="numpy", **_JIT)
+def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_colours, lin_lut,
+                with_de, m1, m2, out):  # pragma: no cover - jitted
     sse = 0.0
     de = 0.0
     n = 0
-    lin = np.empty(3)
-    mid = np.empty(3)
-    # OKLab of recently seen source colours (neighbouring pixels repeat colours): the cube
-    # roots are most of the cost, and a cached value is the very same number
+    ok = np.empty((3, _BLOCK))
+    dist = np.empty(_BLOCK)
     for r in range(xa.shape[0]):
         y = y0 + r
-        for x in range(xa[r], xb[r]):
-            if has_mask and not V[y - py0, x - px0]:
-                continue
-            lab = L[y - oy0, x - ox0]
-            for c in range(n_ch):
-                d = np.float64(P[y - py0, x - px0, c]) - colours[lab, c]
-                sse += d * d
-            n += 1
-            if with_de:
-                code = ((np.int64(P[y - py0, x - px0, 0]) << 32) | (np.int64(P[y - py0, x - px0, 1]) << 16)
-                        | np.int64(P[y - py0, x - px0, 2]))
-                slot = (code * np.int64(0x9E3779B1)) >> 20 & (cache_code.shape[0] - 1)
-                if cache_code[slot] != code:
-                    for c in range(3):
-                        lin[c] = lin_lut[np.int64(P[y - py0, x - px0, c])]
-                    for q in range(3):
-                        mid[q] = np.cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
-                    for q in range(3):
-                        cache_ok[slot, q] = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2]
-                    cache_code[slot] = code
-                s = 0.0
-                for q in range(3):
-                    v = cache_ok[slot, q] - ok_colours[lab, q]
-                    s += v * v
-                de += np.sqrt(s)
+        sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, y - oy0, ox0, xa[r], xb[r],
+                                colours, ok_colours, lin_lut, with_de, m1, m2, ok, dist, sse, de, n)
     out[0] += sse
     out[1] += de
     out[2] += n
@@ -258,12 +354,11 @@ def error_sums(
     out = np.zeros(3)
     _error_rows(pixels, origin[0], origin[1], V, has_mask, np.ascontiguousarray(labels), label_origin[0],
                 label_origin[1], int(y0), np.ascontiguousarray(xa, dtype=np.int64),
-                np.ascontiguousarray(xb, dtype=np.int64), colours, ok_colours, lin_lut, with_de, _M1, _M2,
-                *ok_cache(), out)
+                np.ascontiguousarray(xb, dtype=np.int64), colours, ok_colours, lin_lut, with_de, _M1, _M2, out)
     return out
 
 
-@numba.njit(**_JIT)
+@numba.njit(error_model="numpy", **_JIT)
 def _colour_error_rows(colours, counts, labels, palette, ok_palette, lin_lut, with_de, m1, m2, out):  # pragma: no cover
     n_ch = colours.shape[1]
     sse = 0.0
@@ -284,7 +379,7 @@ def _colour_error_rows(colours, counts, labels, palette, ok_palette, lin_lut, wi
             for c in range(3):
                 lin[c] = lin_lut[np.int64(colours[i, c])]
             for q in range(3):
-                mid[q] = np.cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
+                mid[q] = _cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
             s = 0.0
             for q in range(3):
                 v = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2] - ok_palette[lab, q]

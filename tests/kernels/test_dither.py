@@ -135,9 +135,9 @@ def test_sums_kept_while_dithering_are_error_sums_to_the_bit(dtype, channels, ma
     assert (sums[1] > 0) == (channels == 3)
 
 
-def test_the_colour_cache_kept_across_calls_tells_uint8_from_uint16():
+def test_the_sums_tell_uint8_from_uint16_across_calls():
     # the same numbers as uint8 and as uint16 are different colours (255 is white, or nearly black):
-    # the OKLab a thread caches for one must never be taken for the other
+    # the OKLab of one must never be taken for the other, whatever the calls before
     rng = np.random.default_rng(9)
     values = rng.integers(0, 256, (20, 30, 3))
     for dtype in (np.uint8, np.uint16, np.uint8):
@@ -150,3 +150,109 @@ def test_the_colour_cache_kept_across_calls_tells_uint8_from_uint16():
         fs_rows(pixels, (0, 0), None, np.zeros((21, 32, 3), dtype=np.int32), (-1, -1), labels, (0, 0), 0, xa, xb,
                 256, colours, candidate_grid(colours, top), sums=sums)
         assert sums.tolist() == error_sums(pixels, (0, 0), None, labels, (0, 0), colours).tolist()
+
+
+def _textbook_rows(pixels, valid, errors, colours, q, y0, xa, xb):
+    """The documented rule over rows ``y0 + r``, columns ``[xa[r], xb[r])``, one pixel after the other (plain Python).
+
+    ``errors`` (H + 1, W + 2, C), element [0, 0] the pixel (-1, -1), holds the
+    neighbours' errors already final; it receives the rows' errors.  Returns the labels (-1 elsewhere).
+    """
+    span = 16 * int(np.iinfo(pixels.dtype).max)
+    col16 = colours.astype(np.int64) * 16
+    labels = np.full(pixels.shape[:2], -1, dtype=np.int64)
+    for r in range(len(xa)):
+        y = y0 + r
+        for x in range(xa[r], xb[r]):
+            ey, ex = y + 1, x + 1
+            if valid is not None and not valid[y, x]:
+                errors[ey, ex] = 0
+                labels[y, x] = 0
+                continue
+            e = errors.astype(np.int64)
+            s = 7 * e[ey, ex - 1] + e[ey - 1, ex - 1] + 5 * e[ey - 1, ex] + 3 * e[ey - 1, ex + 1]
+            t = np.clip(16 * pixels[y, x].astype(np.int64) + (s * q) // 4096, 0, span)
+            labels[y, x] = int(np.argmin(((t[None] - col16) ** 2).sum(-1)))
+            errors[ey, ex] = t - col16[labels[y, x]]
+    return labels
+
+
+def _row_ranges(layout, height, width, rng):
+    r = np.arange(height)
+    if layout == "rectangle":
+        return np.full(height, 3), np.full(height, width - 2)
+    if layout == "slanted":  # the tiled pipeline's tiles: one column further left each row
+        return np.clip(width - 12 - r, 0, width), np.clip(width - r, 0, width)
+    if layout == "slanted-right":
+        return np.clip(r, 0, width), np.clip(r + 9, 0, width)
+    # ragged: ranges of any length, some empty, some one pixel, starting left or right of the row above
+    xa = rng.integers(0, width, height)
+    xb = np.minimum(width, xa + rng.choice([0, 1, 2, 3, 5, width], height))
+    return xa, xb
+
+
+@pytest.mark.parametrize("layout", ["rectangle", "slanted", "slanted-right", "ragged"])
+@pytest.mark.parametrize("k", [16, 300])  # up to 256 colours: all compared at once; more: the grid
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("height", [9, 10])  # rows go two by two: an odd count leaves one alone
+def test_rows_side_by_side_give_the_serial_labels_and_errors(layout, k, masked, height):
+    # fs_rows runs rows two by two, the lower one behind: every label and every error must be those of
+    # the documented rule applied pixel after pixel, with the errors around the rows taken as they are
+    rng = np.random.default_rng(k + height)
+    width = 23
+    pixels = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+    colours = rng.integers(0, 256, (k, 3))
+    colours[5] = colours[2]  # a tie: the lower index wins
+    pixels[1, 4] = colours[2]
+    valid = rng.random((height, width)) > 0.25 if masked else None
+    xa, xb = _row_ranges(layout, height, width, rng)
+    start = rng.integers(-200, 200, (height + 1, width + 2, 3)).astype(np.int32)  # the errors already final
+    want_errors = start.copy()
+    want = _textbook_rows(pixels, valid, want_errors, colours, 200, 0, xa, xb)
+    errors = start.copy()
+    labels = np.full((height, width), -1, dtype=np.int32)
+    fs_rows(pixels, (0, 0), valid, errors, (-1, -1), labels, (0, 0), 0, xa, xb, 200, colours,
+            candidate_grid(colours, 255))
+    np.testing.assert_array_equal(labels, want)
+    np.testing.assert_array_equal(errors, want_errors)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_rows_of_any_type_and_channels_give_the_serial_labels(dtype, channels):
+    rng = np.random.default_rng(channels)
+    top = int(np.iinfo(dtype).max)
+    height, width = 11, 19
+    pixels = rng.integers(0, top + 1, (height, width, channels)).astype(dtype)
+    colours = rng.integers(0, top + 1, (7, channels))
+    valid = rng.random((height, width)) > 0.2
+    xa, xb = _row_ranges("slanted", height, width, rng)
+    start = rng.integers(-3000, 3000, (height + 1, width + 2, channels)).astype(np.int32)
+    want_errors = start.copy()
+    want = _textbook_rows(pixels, valid, want_errors, colours, 256, 0, xa, xb)
+    labels = np.full((height, width), -1, dtype=np.int32)
+    fs_rows(pixels, (0, 0), valid, start, (-1, -1), labels, (0, 0), 0, xa, xb, 256, colours,
+            candidate_grid(colours, top))
+    np.testing.assert_array_equal(labels, want)
+    np.testing.assert_array_equal(start, want_errors)
+
+
+def test_the_quality_sums_cube_root_is_that_of_numpy_within_1e_15():
+    # the OKLab of the sums takes a branch-free cube root of its own (it vectorises): it must stay within
+    # 1e-12 (relative) of np.cbrt -- here 1e-15 -- over the values linear sRGB gives (0 and [1e-7, 1])
+    import numba
+
+    from bigquant.kernels.spaces import _cbrt
+
+    @numba.njit(error_model="numpy")
+    def roots(x):
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i] = _cbrt(x[i])
+        return out
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([[0.0, 1.0, 0.125, 1e-7, 1.0 + 1e-9], rng.random(100_000), 10 ** rng.uniform(-7, 0, 100_000)])
+    got, want = roots(x), np.cbrt(x)
+    assert got[0] == 0.0
+    assert np.max(np.abs(got[1:] - want[1:]) / want[1:]) < 1e-15
