@@ -825,7 +825,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         # small: one task, no threads; a callable, not "sync": dask imports distributed
         # (~1 s) to look for a client whenever the scheduler is named or left out
         data = np.asarray(data.compute(scheduler=dask.local.get_sync))
-    spooling = (given is None and not fit_alpha_channel and space == "rgb" and dither is None
+    spooling = (given is None and not fit_alpha_channel and space == "rgb"
                 and _spool_worth_it(data, valid, strategy, dst_path))
     with _scheduler(client), (pixel_spool(data, dst_path, request.map.scratch) if spooling
                               else contextlib.nullcontext()) as kept:
@@ -841,11 +841,17 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                                   limit, fit.kmeans_params())
         t1 = time.perf_counter()
         written_data = data
+        dither_data = None
         if kept is not None:
-            if kept.complete():  # the fit decoded every tile: the write reads them back raw
+            if kept.complete():  # the fit decoded every tile: the write (or the dither) reads them back raw
                 written_data = kept.spooled
+                if dither:
+                    dither_data = (kept.spooled_in(_dither_chunks(kept.spooled, kept.spool.segment)), None)
             else:
                 logger.info("the fit did not read every tile: they are decoded again for the write")
+        if dither and dither_data is None:
+            dither_data = _dither_data(src, source, chunks, read.level, read.series, read.mask, valid,
+                                       read.mask_threshold)
         if mask_report["kept"] is None and choice.histogram is not None:  # counted by the fit
             mask_report["kept"] = choice.histogram.n_pixels / max(1, int(np.prod(source.shape[:2])))
         if mask_report["kept"] is not None:
@@ -858,9 +864,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         with label_spool(dst_path, dither, scratch=request.map.scratch) as spool:
             mapper, nodata = write_quantized(
                 written_data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
-                dither_strength=dither_strength,
-                dither_data=_dither_data(src, source, chunks, read.level, read.series, read.mask, valid,
-                                         read.mask_threshold) if dither else None,
+                dither_strength=dither_strength, dither_data=dither_data,
                 report=written if want else None, spool=spool,
             )
             logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
@@ -1038,6 +1042,14 @@ def _value_sums(choice: PaletteChoice, source: ImageSource, rgb_bands: Sequence[
         return None
     labels = kernels.assign_labels(values, palette, np.int32)[0]
     return quality_from_histogram(values.astype(source.dtype), counts, labels, choice.palette, rgb_bands)
+
+
+def _dither_chunks(data: da.Array, segment: tuple[int, int]) -> tuple[Any, ...]:
+    """Chunks the dither reads ``data`` in: as they are up to :data:`DITHER_CHUNK`, else whole tiles up to it."""
+    if max(data.chunksize[:2]) <= DITHER_CHUNK:
+        return data.chunks
+    rows, cols = (max(s, DITHER_CHUNK // s * s) for s in segment)
+    return (rows, cols) + data.chunks[2:]
 
 
 def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,
