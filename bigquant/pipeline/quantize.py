@@ -286,10 +286,10 @@ def write_quantized(
         if dvalid is not None:
             nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
         dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
-        result = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
-                               dtype=dtype, with_sums=report is not None,
-                               masked_label=0 if nodata is None else nodata, spool=spool)
-        labels, sums = result if report is not None else (result, None)
+        # the first pass runs on while the labels are written, chunk by chunk as its tiles are done
+        labels, pass1 = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
+                                      dtype=dtype, with_sums=report is not None,
+                                      masked_label=0 if nodata is None else nodata, spool=spool, wait=False)
         lookup = None
     elif valid is not None:
         nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
@@ -316,27 +316,29 @@ def write_quantized(
         known = None  # a histogram of other pixels (not expected): count the labels as written
     # without the histogram's counts, the workers count the labels as they encode the tiles
     counted = np.zeros(len(colours) if nodata is None else nodata + 1, np.int64) if table and known is None else None
-    _write_labels(
-        data if lookup is not None else labels,
-        dst,
-        palette=colours,
-        mode=options.mode,
-        tile=options.tile,
-        compression=options.compression,
-        compression_level=options.compression_level,
-        nbits=options.nbits,
-        pyramid=options.pyramid,
-        overwrite=options.overwrite,
-        preview=preview,
-        nodata=written_nodata,
-        geotiff=source.geotiff if options.metadata else None,
-        metadata=source.metadata if options.metadata else None,
-        overviews=options.overviews,
-        cog=options.cog,
-        display=shown,
-        _lookup=lookup,
-        _counts=counted,
-    )
+    with _stopped_on_failure(pass1 if dither is not None else None):
+        _write_labels(
+            data if lookup is not None else labels,
+            dst,
+            palette=colours,
+            mode=options.mode,
+            tile=options.tile,
+            compression=options.compression,
+            compression_level=options.compression_level,
+            nbits=options.nbits,
+            pyramid=options.pyramid,
+            overwrite=options.overwrite,
+            preview=preview,
+            nodata=written_nodata,
+            geotiff=source.geotiff if options.metadata else None,
+            metadata=source.metadata if options.metadata else None,
+            overviews=options.overviews,
+            cog=options.cog,
+            display=shown,
+            _lookup=lookup,
+            _counts=counted,
+        )
+        sums = pass1.result() if dither is not None else None  # the quality sums came with the dither
     if table:
         if known is not None:
             counts, nodata_count = known, n_pixels - int(known.sum())
@@ -352,6 +354,17 @@ def write_quantized(
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
+
+
+@contextlib.contextmanager
+def _stopped_on_failure(pass1: Any) -> Iterator[None]:
+    """Stop a dither's first pass still running (:func:`dither_labels` without ``wait``) when the block fails."""
+    try:
+        yield
+    except BaseException:
+        if pass1 is not None:
+            pass1.cancel()
+        raise
 
 
 def write_class_table(choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, colours: np.ndarray,
