@@ -57,6 +57,7 @@ import dask.array as da
 import dask.local
 import dask.threaded
 import numpy as np
+from dask.callbacks import Callback
 from dask.system import CPU_COUNT
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -436,8 +437,11 @@ class _Board(_Pass1):
 
     def start(self, scheduler: Any, graph: Any, keys: list[Any]) -> None:
         # as many threads as cores (a pool made for another thread would get the executor's default, more)
-        kwargs = {"num_workers": dask.config.get("num_workers", None) or CPU_COUNT} \
+        kwargs: dict[str, Any] = {"num_workers": dask.config.get("num_workers", None) or CPU_COUNT} \
             if scheduler is dask.threaded.get else {}
+        # dask's global callbacks (progress bars...), passed explicitly: a scheduler otherwise takes them
+        # for itself while it runs, and the computes of the labels meanwhile would not see them
+        kwargs["callbacks"] = list(Callback.active)
 
         def run() -> None:
             try:
@@ -472,7 +476,7 @@ class _Board(_Pass1):
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return _outcome(list(self._kept.values()))[0]
+        return _outcome([self._kept[tile] for tile in sorted(self._kept)])[0]  # in the graph's order, as persisted
 
     def cancel(self) -> None:
         with self._cond:
