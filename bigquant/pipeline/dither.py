@@ -17,7 +17,13 @@ Floyd--Steinberg (the rule: :mod:`bigquant.kernels.dither`) runs in two passes.
    worker can write and read, :func:`label_spool`; :func:`bigquant.quantize`
    makes one beside its output), each slanted tile of pass 1 also saves its
    labels there, and a rectangular chunk is put together from the two tiles
-   it overlaps: no pixel is read or diffused twice.  Without one (or when a
+   it overlaps: no pixel is read or diffused twice.  Pass 1 is then not
+   waited for: on this process's threads it runs in a background thread
+   that posts each tile on a board (:class:`_Board`) the chunks wait on; on
+   a distributed client its futures run on while the chunks wait for theirs.
+   So a chunk is put together (and encoded, written) as soon as its two
+   tiles are done, while later bands still diffuse.  A tile the spool
+   cannot take (a full disk) hands its labels on in memory.  Without one (or when a
    worker cannot write it, e.g. on another machine), a chunk whose left
    column, right neighbour column and top row of errors are known is dithered
    again on its own in raster order, with the same per-pixel step, so it

@@ -703,7 +703,9 @@ def quantize(
         colour.  "floyd-steinberg": exact error diffusion, byte-identical to
         the serial reference :func:`bigquant.kernels.dither.floyd_steinberg`
         whatever the chunking, workers or scheduler (tile-parallel, see
-        :mod:`bigquant.pipeline.dither`; it reads the pixels twice more).
+        :mod:`bigquant.pipeline.dither`; it reads the pixels once more --
+        from the fit's decoded tiles when they were spooled -- and the
+        labels are written as its tiles are done).
         "blue-noise": ordered dithering with a tiled blue-noise mask, one
         pass, faster.  Masked pixels neither receive nor pass error.  Needs
         uint8 or uint16 pixels with 1 or 3 bands (the palette's).
