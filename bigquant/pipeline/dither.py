@@ -75,6 +75,7 @@ from bigquant.io.compute import current_scheduler
 from bigquant.io.files import is_url
 from bigquant.io.objects import URLPath, output_location, remove_url
 from bigquant.io.reach import unreachable_workers
+from bigquant.io.tiff_read import TiffBlockReader, segment_reader
 from bigquant.kernels.dither import (
     UNITS,
     candidate_grid,
@@ -501,6 +502,18 @@ def _posted_chunk(board: _Board, i: int, j: int, n_tiles: int, *args: Any) -> np
     return _spooled_chunk(*args, *tiles)
 
 
+def _window_reader(data: da.Array) -> TiffBlockReader | None:
+    """The reader of ``data`` if any window of it is read in place, cheaply (raw, local), else None."""
+    reader = segment_reader(data)
+    if reader is None or reader.compressed or is_url(reader.path) or reader.ndim != 3 or data.ndim != 3:
+        return None
+    return reader
+
+
+def _window(reader: TiffBlockReader, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    return reader[y0:y1, x0:x1]
+
+
 def _in_this_process(collections: list[Any]) -> Any:
     """The scheduler of ``collections`` if it runs tasks on this process's threads, else None."""
     scheduler = current_scheduler(collections)
@@ -524,6 +537,9 @@ def _floyd_steinberg(
     token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q, masked_label,
                                None if spool is None else str(spool))
     spool_args = None if spool is None else (str(spool), int(masked_label), dtype)
+    # pixels read in place (raw: uncompressed, or the fit's pixel spool): each tile reads its own window, so
+    # no chunk of pixels travels between workers (nor is concatenated) for the two tiles over it
+    windows = _window_reader(data) if valid is None else None
     here = _in_this_process([data]) if spool is not None else None
     board = _Board() if here is not None else None
     tile_name = f"{tasks.FS_SLANT}-{token}"
@@ -546,9 +562,14 @@ def _floyd_steinberg(
                 for jj in (j - 1, j, j + 1)
             ]
             vname = None if valid is None else valid.name
+            if windows is not None:  # one window over both chunks, as the left one (px0 (J - 1) W) or chunk 0
+                window = (_window, windows, y0, y0 + h, max(0, (j - 1) * tile_w), min(width, (j + 1) * tile_w))
+                pixels = (window, None) if j > 0 else (None, window)
+            else:
+                pixels = (block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)))
             dsk[(tile_name, i, j)] = (
                 _slanted_tile,
-                block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)),
+                *pixels,
                 block(vname, j - 1), block(vname, j),
                 left, above,
                 (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key, with_sums, spool_args,
@@ -556,7 +577,8 @@ def _floyd_steinberg(
             # only the part pass 2 needs outlives the pass (posted on the board, when there is one)
             dsk[(kept_name, i, j)] = ((_second, (tile_name, i, j)) if board is None
                                       else (_post, board, (i, j), (tile_name, i, j)))
-    deps: list[Any] = [data, grid] + ([valid] if valid is not None else [])
+    # (not the pixels' graph when the tiles read their windows: an unculled graph would read them too)
+    deps: list[Any] = ([data] if windows is None else []) + [grid] + ([valid] if valid is not None else [])
     graph = HighLevelGraph.from_collections(tile_name, dsk, dependencies=deps)
     kept_keys = [(kept_name, i, j) for i in range(n_bands) for j in range(n_tiles[i])]
     logger.info("dither pass 1: %d slanted tiles of %dx%d over %d bands", len(kept_keys), band_h, tile_w, n_bands)

@@ -176,6 +176,28 @@ def test_a_failing_first_pass_fails_the_labels_and_can_be_stopped(tmp_path, phot
             pass1.result()
 
 
+@pytest.mark.parametrize("spooled", [True, False])
+def test_pixels_read_in_place_are_read_by_each_tile_as_one_window(tmp_path, photo, palette, monkeypatch, spooled):
+    """An uncompressed tiled TIFF (as the fit's pixel spool): every slanted tile reads its own window of the
+    file, no chunk of pixels is a task of its own (none to move between workers); the labels are the same."""
+    import tifffile
+
+    import bigquant.pipeline.dither as dither
+    from bigquant.io.read import read_image
+
+    tifffile.imwrite(tmp_path / "raw.tif", photo, tile=(32, 32), photometric="rgb")
+    data = read_image(tmp_path / "raw.tif", chunks=64).data
+    windows = []
+    real = dither._window
+    monkeypatch.setattr(dither, "_window", lambda *args: windows.append(args[1:]) or real(*args))
+    with label_spool(tmp_path / "out.tif") as spool:
+        labels = dither_labels(data, palette, spool=spool if spooled else None)
+        np.testing.assert_array_equal(labels.compute(), floyd_steinberg(photo, palette))
+    n_tiles = 5 + 5 + 4  # 150 x 203: bands of 64, 64 and 22 rows over 4 chunks of 64 columns
+    assert len(windows) >= n_tiles and len(set(windows)) == n_tiles
+    assert (0, 64, 0, 64) in windows and (128, 150, 128, 203) in windows  # chunk 0 alone; the last tile
+
+
 def test_a_spool_the_workers_cannot_write_falls_back_to_dithering_again(tmp_path, photo, palette, caplog):
     data = da.from_array(photo, chunks=(32, 40, 3))
     missing = tmp_path / "not-there"  # as on a worker of another machine: no such directory
