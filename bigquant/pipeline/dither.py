@@ -64,9 +64,9 @@ import dask.local
 import dask.threaded
 import numpy as np
 from dask.callbacks import Callback
-from dask.system import CPU_COUNT
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.system import CPU_COUNT
 
 from bigquant import tasks
 from bigquant.errors import InputTypeError, InvalidParameterError
@@ -206,7 +206,8 @@ def _slanted_tile(
 
     ``geometry`` is (y0, h, J, W, image height, image width); the pixels are
     chunks ``J - 1`` and ``J`` of the band (either may be None at the image's
-    edges), whose columns start at ``(J - 1) W``.
+    edges), whose columns start at ``(J - 1) W`` -- or one window over both,
+    passed as ``left_block`` (``block`` for J = 0).
     """
     y0, h, j, width_t, _, width = geometry
     parts = [b for b in (left_block, block) if b is not None]
