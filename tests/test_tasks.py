@@ -76,7 +76,7 @@ JOBS = {
     "pixels": ("rgb8.tif", ".tif", {"strategy": "pixels"}, {tasks.LLOYD, tasks.MOMENTS, tasks.WRITE}),
     "grid": ("rgb16.tif", ".tif", {}, {tasks.GRID, tasks.tree_sum(tasks.GRID), tasks.GRID_RANGE, tasks.LLOYD}),
     "floyd-steinberg": ("rgb8.tif", ".tif", {"dither": "floyd-steinberg"},
-                        {tasks.FS_SLANT, tasks.FS_EDGES, tasks.FS_LABELS, tasks.FS_OUTCOME, tasks.DITHER_GRID}),
+                        {tasks.FS_SLANT, tasks.FS_EDGES, tasks.FS_LABELS, tasks.DITHER_GRID}),
     "blue-noise": ("rgb8.tif", ".tif", {"dither": "blue-noise"}, {tasks.BLUE_NOISE, tasks.DITHER_GRID}),
     "zarr": ("rgb8.tif", ".zarr", {}, {tasks.COUNT}),
     "auto-mask": ("rgb8.tif", ".tif", {"mask": "auto"}, {tasks.MASK, tasks.WRITE}),

@@ -226,6 +226,7 @@ class PixelSpool:
     counting: Any
     spooled: Any
     spool: TileSpool
+    reader: TiffBlockReader | None = None  # the reader of ``spooled``
 
     def complete(self) -> bool:
         """Whether ``spooled`` holds every pixel (every tile was written by a read of ``counting``)."""
@@ -234,14 +235,30 @@ class PixelSpool:
         except OSError:
             return False
 
+    def spooled_in(self, chunks: Any) -> da.Array:
+        """``spooled`` in other ``chunks`` (any: a window cut across tiles reads them whole, raw).
 
-def _array(reader: TiffBlockReader, like: da.Array, what: str) -> da.Array:
-    """A dask array of ``like``'s shape and chunks read by ``reader``, registered for tile reads."""
+        A pass that works in chunks of its own (the dither's) reads the spool
+        in them directly, rather than rechunking ``spooled``.
+        """
+        import dask.array as da
+
+        arr = self.spooled
+        chunks = da.core.normalize_chunks(chunks, arr.shape, dtype=arr.dtype)
+        if chunks == arr.chunks:
+            return arr
+        assert self.reader is not None
+        return _array(self.reader, arr, "spooled", chunks=chunks)
+
+
+def _array(reader: TiffBlockReader, like: da.Array, what: str, chunks: Any = None) -> da.Array:
+    """A dask array of ``like``'s shape (and chunks, or ``chunks``) read by ``reader``, registered for tile reads."""
     import dask.array as da
     from dask.base import tokenize
 
-    token = tokenize(like.name, what, reader.spool)  # type: ignore[attr-defined]
-    arr = da.from_array(reader, chunks=like.chunks, name=f"{tasks.READ}-{token}", asarray=False, fancy=False,
+    chunks = like.chunks if chunks is None else chunks
+    token = tokenize(like.name, what, reader.spool, chunks)  # type: ignore[attr-defined]
+    arr = da.from_array(reader, chunks=chunks, name=f"{tasks.READ}-{token}", asarray=False, fancy=False,
                         inline_array=True, meta=np.empty((0,) * like.ndim, dtype=like.dtype))
     _register_segments(arr, reader)
     return arr
@@ -310,8 +327,9 @@ def pixel_spool(data: da.Array, target: pathlib.PurePath,
         fields = {f.name: getattr(reader, f.name) for f in dataclasses.fields(TiffBlockReader)}
         counting = _array(SpoolingReader(**fields, spool=spool), data, "spooling")
         raw = dict(fields, compressed=False, file_dtype=reader.dtype)
-        spooled = _array(SpooledReader(**raw, spool=spool), data, "spooled")
+        raw_reader = SpooledReader(**raw, spool=spool)
+        spooled = _array(raw_reader, data, "spooled")
         logger.debug("pixel spool %s: %.2f GB at most", directory, spool.nbytes / 1e9)
-        yield PixelSpool(counting, spooled, spool)
+        yield PixelSpool(counting, spooled, spool, raw_reader)
     finally:
         remove_path(directory)

@@ -17,7 +17,13 @@ Floyd--Steinberg (the rule: :mod:`bigquant.kernels.dither`) runs in two passes.
    worker can write and read, :func:`label_spool`; :func:`bigquant.quantize`
    makes one beside its output), each slanted tile of pass 1 also saves its
    labels there, and a rectangular chunk is put together from the two tiles
-   it overlaps: no pixel is read or diffused twice.  Without one (or when a
+   it overlaps: no pixel is read or diffused twice.  Pass 1 is then not
+   waited for: on this process's threads it runs in a background thread
+   that posts each tile on a board (:class:`_Board`) the chunks wait on; on
+   a distributed client its futures run on while the chunks wait for theirs.
+   So a chunk is put together (and encoded, written) as soon as its two
+   tiles are done, while later bands still diffuse.  A tile the spool
+   cannot take (a full disk) hands its labels on in memory.  Without one (or when a
    worker cannot write it, e.g. on another machine), a chunk whose left
    column, right neighbour column and top row of errors are known is dithered
    again on its own in raster order, with the same per-pixel step, so it
@@ -54,16 +60,22 @@ from typing import Any, Literal
 
 import dask
 import dask.array as da
+import dask.local
+import dask.threaded
 import numpy as np
+from dask.callbacks import Callback
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.system import CPU_COUNT
 
 from bigquant import tasks
 from bigquant.errors import InputTypeError, InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
+from bigquant.io.compute import current_scheduler
 from bigquant.io.files import is_url
 from bigquant.io.objects import URLPath, output_location, remove_url
 from bigquant.io.reach import unreachable_workers
+from bigquant.io.tiff_read import TiffBlockReader, segment_reader
 from bigquant.kernels.dither import (
     UNITS,
     candidate_grid,
@@ -182,17 +194,20 @@ def _slanted_tile(
     grid: Any,
     with_sums: bool = False,
     spool: tuple[str, int, Any] | None = None,
-) -> tuple[list[Segment], tuple[list[Segment], np.ndarray | None, bool]]:
+) -> tuple[list[Segment], tuple[list[Segment], np.ndarray | None, bool | np.ndarray]]:
     """Errors of slanted tile (I, J); returns (segments for the next tiles, (segments for pass 2, sums, spooled)).
 
     ``sums`` (with ``with_sums``) are the tile's :func:`bigquant.kernels.spaces.error_sums`.
     With ``spool`` = (directory, label for masked pixels, label dtype) the
-    tile's labels are saved there (:func:`_spool_tile`); ``spooled`` says
-    whether that worked.
+    tile's labels are saved there (:func:`_spool_tile`) and ``spooled`` is
+    True -- or, when that failed (a full disk), the packed labels
+    themselves, which pass 2 then takes from memory; pass 2 needs no edge
+    segments then (an empty list).  Without a spool, ``spooled`` is False.
 
     ``geometry`` is (y0, h, J, W, image height, image width); the pixels are
     chunks ``J - 1`` and ``J`` of the band (either may be None at the image's
-    edges), whose columns start at ``(J - 1) W``.
+    edges), whose columns start at ``(J - 1) W`` -- or one window over both,
+    passed as ``left_block`` (``block`` for J = 0).
     """
     y0, h, j, width_t, _, width = geometry
     parts = [b for b in (left_block, block) if b is not None]
@@ -221,7 +236,7 @@ def _slanted_tile(
     sums = np.zeros(3) if with_sums else None
     fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label,
             sums=sums, cache=_thread_ok_cache(pixels.dtype) if with_sums else None)
-    spooled = False
+    spooled: bool | np.ndarray = False
     if spool is not None:
         assert out is not None
         spooled = _spool_tile(spool, out, ex0, geometry)
@@ -232,8 +247,8 @@ def _slanted_tile(
         _take(errors, origin, y0, (j + 1) * width_t - 2, 1, -1, h),
         _take(errors, origin, y0, (j + 1) * width_t - 1, 1, -1, h),
     ]
-    kept = [bottom]
-    for p in boundaries:
+    kept = [bottom] if spool is None else []
+    for p in boundaries if spool is None else ():
         r_lo, r_hi = max(0, j * width_t - p), min(h, (j + 1) * width_t - p)
         if r_lo < r_hi:
             kept.append(_take(errors, origin, y0 + r_lo, p, 1, 0, r_hi - r_lo))
@@ -276,13 +291,13 @@ def _load_labels(path: str) -> np.ndarray:
 
 
 def _spool_tile(spool: tuple[str, int, Any], out: np.ndarray, ex0: int,
-                geometry: tuple[int, int, int, int, int, int]) -> bool:
+                geometry: tuple[int, int, int, int, int, int]) -> bool | np.ndarray:
     """Save the labels of slanted tile (I, J) packed as (h, W): row r holds columns ``J W - r + c``.
 
     ``out`` holds the tile's labels from column ``ex0`` on (masked pixels
-    already carry the spool's masked label).  Returns False when the
-    directory cannot be written (e.g. a worker on another machine): pass 2
-    then dithers again from the edges.
+    already carry the spool's masked label).  Returns True, or the packed
+    labels when the directory cannot be written (a full disk): pass 2 then
+    takes them from memory.
     """
     directory, _, dtype = spool
     y0, h, j, width_t, _, _ = geometry
@@ -290,10 +305,12 @@ def _spool_tile(spool: tuple[str, int, Any], out: np.ndarray, ex0: int,
     first = j * width_t - ex0
     row_step, item = out.strides
     packed = np.lib.stride_tricks.as_strided(out[:, first:], shape=(h, width_t), strides=(row_step - item, item))
+    labels = packed.astype(dtype)
     try:
-        _save_labels(_spool_file(directory, y0, j), packed.astype(dtype))
-    except Exception:  # noqa: BLE001 - OS errors, and an object store's of every kind
-        return False
+        _save_labels(_spool_file(directory, y0, j), labels)
+    except Exception as exc:  # noqa: BLE001 - OS errors, and an object store's of every kind
+        logger.warning("dither: tile %d of band %d not spooled (%s): its labels wait in memory", j, y0, exc)
+        return labels
     return True
 
 
@@ -326,8 +343,12 @@ def _rect_chunk(
 
 
 def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[int, int, int, int],
-                   width_t: int, dtype: np.dtype) -> np.ndarray:
+                   width_t: int, dtype: np.dtype, *tiles: Any) -> np.ndarray:
     """Labels of one rectangular chunk, put together from the spooled slanted tiles ``j`` and ``j + 1``.
+
+    ``tiles`` are what pass 1 returned for those tiles (its ``kept`` of
+    :func:`_slanted_tile`; None past the image): a tile whose labels could
+    not be spooled carries them.
 
     Row ``r`` of the chunk, column ``x``, is column ``x + r - J' W`` of row
     ``r`` of tile ``J' = (x + r) // W`` (see :func:`_spool_tile`): with the two
@@ -339,7 +360,9 @@ def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[
     pair = np.zeros((h, 2 * width_t), dtype=dtype)
     for side, jj in enumerate((j, j + 1)):
         if jj < n_tiles:
-            pair[:, side * width_t:(side + 1) * width_t] = _load_labels(_spool_file(directory, y0, jj))
+            held = tiles[side][2] if side < len(tiles) and tiles[side] is not None else True
+            pair[:, side * width_t:(side + 1) * width_t] = (
+                _load_labels(_spool_file(directory, y0, jj)) if held is True else held)
     row_step, item = pair.strides
     skewed = np.lib.stride_tricks.as_strided(pair[:, x0 - j * width_t:], shape=(h, x1 - x0),
                                              strides=(row_step + item, item))
@@ -367,20 +390,159 @@ def _regular(data: da.Array, valid: da.Array | None) -> tuple[da.Array, da.Array
     return data, valid
 
 
+class _Pass1:
+    """Pass 1 as it runs: its quality sums once done (:meth:`result`); :meth:`cancel` stops it."""
+
+    def result(self) -> np.ndarray | None:
+        """The quality sums over every tile (None without them), once every tile is done."""
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop what is left of the pass (after a failed write)."""
+
+
+class _Done(_Pass1):
+    """A pass already waited for."""
+
+    def __init__(self, sums: np.ndarray | None):
+        self._sums = sums
+
+    def result(self) -> np.ndarray | None:
+        return self._sums
+
+
+class _Persisted(_Pass1):
+    """A pass persisted on the scheduler (futures on a distributed client: it runs meanwhile)."""
+
+    def __init__(self, persisted: list[Any], token: str):
+        self._persisted, self._token = persisted, token
+
+    def result(self) -> np.ndarray | None:
+        (outcome,) = dask.compute(dask.delayed(_outcome, pure=True)(
+            list(self._persisted), dask_key_name=f"{tasks.FS_OUTCOME}-{self._token}"))
+        return outcome[0]
+
+
+class _Cancelled(Exception):
+    """Pass 1 was stopped (:meth:`_Board.cancel`)."""
+
+
+class _Board(_Pass1):
+    """Pass 1 run on this process's threads in the background, each tile's result posted as it is done.
+
+    The chunks of pass 2 wait here for their two slanted tiles (:meth:`wait`),
+    so the labels are assembled and written while the later bands still
+    diffuse.  No deadlock: the pass runs in its own thread and pool, and
+    waits for nobody.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._kept: dict[tuple[int, int], Any] = {}
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, scheduler: Any, graph: Any, keys: list[Any]) -> None:
+        # as many threads as cores (a pool made for another thread would get the executor's default, more)
+        kwargs: dict[str, Any] = {"num_workers": dask.config.get("num_workers", None) or CPU_COUNT} \
+            if scheduler is dask.threaded.get else {}
+        # dask's global callbacks (progress bars...), passed explicitly: a scheduler otherwise takes them
+        # for itself while it runs, and the computes of the labels meanwhile would not see them
+        kwargs["callbacks"] = list(Callback.active)
+
+        def run() -> None:
+            try:
+                scheduler(graph, keys, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+
+        self._thread = threading.Thread(target=run, name="bigquant-dither", daemon=True)
+        self._thread.start()
+
+    def post(self, tile: tuple[int, int], pair: tuple[Any, Any]) -> None:
+        """Keep what pass 2 needs of ``tile`` (its ``kept``) and wake its waiters."""
+        with self._cond:
+            if self._cancelled:
+                raise _Cancelled
+            self._kept[tile] = pair[1]
+            self._cond.notify_all()
+
+    def wait(self, tile: tuple[int, int]) -> Any:
+        """The ``kept`` of ``tile``, once done."""
+        with self._cond:
+            while tile not in self._kept:
+                if self._error is not None:
+                    raise self._error
+                self._cond.wait()
+            return self._kept[tile]
+
+    def result(self) -> np.ndarray | None:
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return _outcome([self._kept[tile] for tile in sorted(self._kept)])[0]  # in the graph's order, as persisted
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _post(board: _Board, tile: tuple[int, int], pair: tuple[Any, Any]) -> None:
+    board.post(tile, pair)
+
+
+def _posted_chunk(board: _Board, i: int, j: int, n_tiles: int, *args: Any) -> np.ndarray:
+    """:func:`_spooled_chunk` of chunk (i, j), once its slanted tiles ``j``, ``j + 1`` are posted on ``board``."""
+    tiles = [board.wait((i, jj)) if jj < n_tiles else None for jj in (j, j + 1)]
+    return _spooled_chunk(*args, *tiles)
+
+
+def _window_reader(data: da.Array) -> TiffBlockReader | None:
+    """The reader of ``data`` if any window of it is read in place, cheaply (raw, local), else None."""
+    reader = segment_reader(data)
+    if reader is None or reader.compressed or is_url(reader.path) or reader.ndim != 3 or data.ndim != 3:
+        return None
+    return reader
+
+
+def _window(reader: TiffBlockReader, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    return reader[y0:y1, x0:x1]
+
+
+def _in_this_process(collections: list[Any]) -> Any:
+    """The scheduler of ``collections`` if it runs tasks on this process's threads, else None."""
+    scheduler = current_scheduler(collections)
+    return scheduler if scheduler in (dask.threaded.get, dask.local.get_sync) else None
+
+
 def _floyd_steinberg(
     data: da.Array, colours: np.ndarray, valid: da.Array | None, q: int, dtype: np.dtype, with_sums: bool,
-    masked_label: int, spool: pathlib.Path | None,
-) -> tuple[da.Array, np.ndarray | None]:
+    masked_label: int, spool: pathlib.PurePath | None,
+) -> tuple[da.Array, _Pass1]:
     data, valid = _regular(data, valid)
     height, width = data.shape[:2]
     band_h, tile_w = data.chunks[0][0], data.chunks[1][0]
     n_bands, n_cols = data.numblocks[:2]
+    if spool is not None and not is_url(str(spool)) and not os.path.isdir(spool):
+        logger.info("dither pass 2: the spool %s is not shared by every worker; dithering again", spool)
+        spool = None
     (grid,) = dask.persist(_candidate_grid(colours, _max_value(data.dtype)))
     grid_key = grid.key
     boundaries = tuple(p for c in range(1, n_cols) for p in (c * tile_w - 1, c * tile_w))
     token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q, masked_label,
                                None if spool is None else str(spool))
     spool_args = None if spool is None else (str(spool), int(masked_label), dtype)
+    # pixels read in place (raw: uncompressed, or the fit's pixel spool): each tile reads its own window, so
+    # no chunk of pixels travels between workers (nor is concatenated) for the two tiles over it
+    windows = _window_reader(data) if valid is None else None
+    here = _in_this_process([data]) if spool is not None else None
+    board = _Board() if here is not None else None
     tile_name = f"{tasks.FS_SLANT}-{token}"
     kept_name = f"{tasks.FS_EDGES}-{token}"
     dsk: dict[Any, Any] = {}
@@ -401,47 +563,60 @@ def _floyd_steinberg(
                 for jj in (j - 1, j, j + 1)
             ]
             vname = None if valid is None else valid.name
+            if windows is not None:  # one window over both chunks, as the left one (px0 (J - 1) W) or chunk 0
+                window = (_window, windows, y0, y0 + h, max(0, (j - 1) * tile_w), min(width, (j + 1) * tile_w))
+                pixels = (window, None) if j > 0 else (None, window)
+            else:
+                pixels = (block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)))
             dsk[(tile_name, i, j)] = (
                 _slanted_tile,
-                block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)),
+                *pixels,
                 block(vname, j - 1), block(vname, j),
                 left, above,
                 (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key, with_sums, spool_args,
             )
-            # only the part pass 2 needs outlives the pass
-            dsk[(kept_name, i, j)] = (_second, (tile_name, i, j))
-    deps: list[Any] = [data, grid] + ([valid] if valid is not None else [])
+            # only the part pass 2 needs outlives the pass (posted on the board, when there is one)
+            dsk[(kept_name, i, j)] = ((_second, (tile_name, i, j)) if board is None
+                                      else (_post, board, (i, j), (tile_name, i, j)))
+    # (not the pixels' graph when the tiles read their windows: an unculled graph would read them too)
+    deps: list[Any] = ([data] if windows is None else []) + [grid] + ([valid] if valid is not None else [])
     graph = HighLevelGraph.from_collections(tile_name, dsk, dependencies=deps)
     kept_keys = [(kept_name, i, j) for i in range(n_bands) for j in range(n_tiles[i])]
     logger.info("dither pass 1: %d slanted tiles of %dx%d over %d bands", len(kept_keys), band_h, tile_w, n_bands)
-    persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
-    kept_of = dict(zip(kept_keys, persisted))
-    sums, spooled = None, False
-    if with_sums or spool is not None:
-        (outcome,) = dask.compute(
-            dask.delayed(_outcome, pure=True)(list(persisted), dask_key_name=f"{tasks.FS_OUTCOME}-{token}")
-        )
-        sums, spooled = outcome
-        sums = sums if with_sums else None
 
     label_name = f"{tasks.FS_LABELS}-{token}"
     ldsk: dict[Any, Any] = {}
     ys = np.cumsum((0,) + data.chunks[0])
     xs = np.cumsum((0,) + data.chunks[1])
-    if spooled:
-        # every tile saved its labels where every worker can read them: no second diffusion
-        assert spool is not None
+    if spool is not None:
+        # every tile saves its labels (in the spool, or in memory when that fails): no second diffusion,
+        # and each chunk is put together as soon as its two tiles are done, while later bands diffuse
         logger.info("dither pass 2: labels from the spool %s", spool)
+
+        def spooled_args(i: int, j: int) -> tuple[Any, ...]:
+            return (str(spool), int(ys[i]), j, n_tiles[i], (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1])),
+                    tile_w, dtype)
+
+        if board is not None:
+            board.start(here, graph, kept_keys)
+            for i in range(n_bands):
+                for j in range(n_cols):
+                    ldsk[(label_name, i, j)] = (_posted_chunk, board, i, j, n_tiles[i], *spooled_args(i, j))
+            spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=[])
+            return da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype), board
+        # on a distributed client the pass runs on as futures, and the chunks wait for theirs
+        persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
+        kept_of = dict(zip(kept_keys, persisted))
         for i in range(n_bands):
             for j in range(n_cols):
-                ldsk[(label_name, i, j)] = (
-                    _spooled_chunk, str(spool), int(ys[i]), j, n_tiles[i],
-                    (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1])), tile_w, dtype,
-                )
-        spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=[])
-        return da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype), sums
-    if spool is not None:
-        logger.info("dither pass 2: the spool %s is not shared by every worker; dithering again", spool)
+                tiles = [kept_of[(kept_name, i, jj)].key if jj < n_tiles[i] else None for jj in (j, j + 1)]
+                ldsk[(label_name, i, j)] = (_spooled_chunk, *spooled_args(i, j), *tiles)
+        spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=list(persisted))
+        return (da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype),
+                _Persisted(list(persisted), token))
+    persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
+    kept_of = dict(zip(kept_keys, persisted))
+    sums = _Persisted(list(persisted), token).result() if with_sums else None
     for i in range(n_bands):
         for j in range(n_cols):
             edges = []
@@ -461,13 +636,13 @@ def _floyd_steinberg(
             )
     ldeps: list[Any] = [data, grid, *persisted] + ([valid] if valid is not None else [])
     lgraph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=ldeps)
-    return da.Array(lgraph, label_name, chunks=data.chunks[:2], dtype=dtype), sums
+    return da.Array(lgraph, label_name, chunks=data.chunks[:2], dtype=dtype), _Done(sums)
 
 
-def _outcome(kept: list[tuple[Any, np.ndarray | None, bool]]) -> tuple[np.ndarray | None, bool]:
+def _outcome(kept: list[tuple[Any, np.ndarray | None, Any]]) -> tuple[np.ndarray | None, bool]:
     """The quality sums over every tile (None without them) and whether every tile was spooled."""
     sums = [k[1] for k in kept if k[1] is not None]
-    return (np.sum(sums, axis=0) if sums else None), all(k[2] for k in kept)
+    return (np.sum(sums, axis=0) if sums else None), all(k[2] is True for k in kept)
 
 
 def _second(pair: tuple[Any, Any]) -> Any:
@@ -606,7 +781,8 @@ def dither_labels(
     dtype: Any = np.uint8,
     with_sums: bool = False,
     masked_label: int = 0,
-    spool: pathlib.Path | None = None,
+    spool: pathlib.PurePath | None = None,
+    wait: bool = True,
 ) -> Any:
     """Palette labels of a dithered image, as a lazy dask array chunked like ``data``.
 
@@ -643,11 +819,20 @@ def dither_labels(
         chunk a second time (the labels are the same).  The directory must
         outlive every computation of the result.  When a worker cannot write
         it, the second diffusion runs as without it.
+    wait : bool, default=True
+        Return once Floyd--Steinberg's first pass is done.  False: return at
+        once, as ``(labels, pass1)``, while the first pass runs on (on this
+        process's threads, or as a distributed client's futures), so that the
+        chunks of ``labels`` are computed (and written) as soon as the tiles
+        over them are done; ``pass1.result()`` gives the sums (None without
+        ``with_sums``) once it is over, ``pass1.cancel()`` stops it (after a
+        failed write).  Only with a ``spool``; without one the first pass is
+        waited for.
 
     Returns
     -------
     labels : dask array of shape (H, W)
-        (labels, sums) with ``with_sums``.
+        (labels, sums) with ``with_sums``; (labels, pass1) without ``wait``.
 
     Raises
     ------
@@ -672,9 +857,14 @@ def dither_labels(
     if method == "blue-noise":
         labels = _blue_noise(data, colours, strength, dtype)
         labels = labels if valid is None else da.where(valid, labels, masked_label).astype(dtype)
+        if not wait:
+            return labels, _Done(None)
         return (labels, None) if with_sums else labels
-    labels, sums = _floyd_steinberg(data, colours, valid, strength_q(strength), dtype, with_sums,
-                                    int(masked_label), spool)
+    labels, pass1 = _floyd_steinberg(data, colours, valid, strength_q(strength), dtype, with_sums,
+                                     int(masked_label), spool)
+    if not wait:
+        return labels, pass1
+    sums = pass1.result()
     return (labels, sums) if with_sums else labels
 
 

@@ -286,10 +286,10 @@ def write_quantized(
         if dvalid is not None:
             nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
         dtype = index_dtype(len(colours) if nodata is None else nodata + 1)
-        result = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
-                               dtype=dtype, with_sums=report is not None,
-                               masked_label=0 if nodata is None else nodata, spool=spool)
-        labels, sums = result if report is not None else (result, None)
+        # the first pass runs on while the labels are written, chunk by chunk as its tiles are done
+        labels, pass1 = dither_labels(ddata, colours, method=dither, strength=dither_strength, valid=dvalid,
+                                      dtype=dtype, with_sums=report is not None,
+                                      masked_label=0 if nodata is None else nodata, spool=spool, wait=False)
         lookup = None
     elif valid is not None:
         nodata = len(colours) if options.nodata_index is None else int(options.nodata_index)
@@ -316,27 +316,29 @@ def write_quantized(
         known = None  # a histogram of other pixels (not expected): count the labels as written
     # without the histogram's counts, the workers count the labels as they encode the tiles
     counted = np.zeros(len(colours) if nodata is None else nodata + 1, np.int64) if table and known is None else None
-    _write_labels(
-        data if lookup is not None else labels,
-        dst,
-        palette=colours,
-        mode=options.mode,
-        tile=options.tile,
-        compression=options.compression,
-        compression_level=options.compression_level,
-        nbits=options.nbits,
-        pyramid=options.pyramid,
-        overwrite=options.overwrite,
-        preview=preview,
-        nodata=written_nodata,
-        geotiff=source.geotiff if options.metadata else None,
-        metadata=source.metadata if options.metadata else None,
-        overviews=options.overviews,
-        cog=options.cog,
-        display=shown,
-        _lookup=lookup,
-        _counts=counted,
-    )
+    with _stopped_on_failure(pass1 if dither is not None else None):
+        _write_labels(
+            data if lookup is not None else labels,
+            dst,
+            palette=colours,
+            mode=options.mode,
+            tile=options.tile,
+            compression=options.compression,
+            compression_level=options.compression_level,
+            nbits=options.nbits,
+            pyramid=options.pyramid,
+            overwrite=options.overwrite,
+            preview=preview,
+            nodata=written_nodata,
+            geotiff=source.geotiff if options.metadata else None,
+            metadata=source.metadata if options.metadata else None,
+            overviews=options.overviews,
+            cog=options.cog,
+            display=shown,
+            _lookup=lookup,
+            _counts=counted,
+        )
+        sums = pass1.result() if dither is not None else None  # the quality sums came with the dither
     if table:
         if known is not None:
             counts, nodata_count = known, n_pixels - int(known.sum())
@@ -352,6 +354,17 @@ def write_quantized(
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
+
+
+@contextlib.contextmanager
+def _stopped_on_failure(pass1: Any) -> Iterator[None]:
+    """Stop a dither's first pass still running (:func:`dither_labels` without ``wait``) when the block fails."""
+    try:
+        yield
+    except BaseException:
+        if pass1 is not None:
+            pass1.cancel()
+        raise
 
 
 def write_class_table(choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, colours: np.ndarray,
@@ -690,7 +703,9 @@ def quantize(
         colour.  "floyd-steinberg": exact error diffusion, byte-identical to
         the serial reference :func:`bigquant.kernels.dither.floyd_steinberg`
         whatever the chunking, workers or scheduler (tile-parallel, see
-        :mod:`bigquant.pipeline.dither`; it reads the pixels twice more).
+        :mod:`bigquant.pipeline.dither`; it reads the pixels once more --
+        from the fit's decoded tiles when they were spooled -- and the
+        labels are written as its tiles are done).
         "blue-noise": ordered dithering with a tiled blue-noise mask, one
         pass, faster.  Masked pixels neither receive nor pass error.  Needs
         uint8 or uint16 pixels with 1 or 3 bands (the palette's).
@@ -825,7 +840,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         # small: one task, no threads; a callable, not "sync": dask imports distributed
         # (~1 s) to look for a client whenever the scheduler is named or left out
         data = np.asarray(data.compute(scheduler=dask.local.get_sync))
-    spooling = (given is None and not fit_alpha_channel and space == "rgb" and dither is None
+    spooling = (given is None and not fit_alpha_channel and space == "rgb"
                 and _spool_worth_it(data, valid, strategy, dst_path))
     with _scheduler(client), (pixel_spool(data, dst_path, request.map.scratch) if spooling
                               else contextlib.nullcontext()) as kept:
@@ -841,11 +856,17 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                                   limit, fit.kmeans_params())
         t1 = time.perf_counter()
         written_data = data
+        dither_data = None
         if kept is not None:
-            if kept.complete():  # the fit decoded every tile: the write reads them back raw
+            if kept.complete():  # the fit decoded every tile: the write (or the dither) reads them back raw
                 written_data = kept.spooled
+                if dither:
+                    dither_data = (kept.spooled_in(_dither_chunks(kept.spooled, kept.spool.segment)), None)
             else:
                 logger.info("the fit did not read every tile: they are decoded again for the write")
+        if dither and dither_data is None:
+            dither_data = _dither_data(src, source, chunks, read.level, read.series, read.mask, valid,
+                                       read.mask_threshold)
         if mask_report["kept"] is None and choice.histogram is not None:  # counted by the fit
             mask_report["kept"] = choice.histogram.n_pixels / max(1, int(np.prod(source.shape[:2])))
         if mask_report["kept"] is not None:
@@ -858,9 +879,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         with label_spool(dst_path, dither, scratch=request.map.scratch) as spool:
             mapper, nodata = write_quantized(
                 written_data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
-                dither_strength=dither_strength,
-                dither_data=_dither_data(src, source, chunks, read.level, read.series, read.mask, valid,
-                                         read.mask_threshold) if dither else None,
+                dither_strength=dither_strength, dither_data=dither_data,
                 report=written if want else None, spool=spool,
             )
             logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
@@ -1038,6 +1057,14 @@ def _value_sums(choice: PaletteChoice, source: ImageSource, rgb_bands: Sequence[
         return None
     labels = kernels.assign_labels(values, palette, np.int32)[0]
     return quality_from_histogram(values.astype(source.dtype), counts, labels, choice.palette, rgb_bands)
+
+
+def _dither_chunks(data: da.Array, segment: tuple[int, int]) -> tuple[Any, ...]:
+    """Chunks the dither reads ``data`` in: as they are up to :data:`DITHER_CHUNK`, else whole tiles up to it."""
+    if max(data.chunksize[:2]) <= DITHER_CHUNK:
+        return data.chunks
+    rows, cols = (max(s, DITHER_CHUNK // s * s) for s in segment)
+    return (rows, cols) + data.chunks[2:]
 
 
 def _dither_data(src: Any, source: ImageSource, chunks: ChunksLike, level: int, series: int | None,

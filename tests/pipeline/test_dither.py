@@ -98,6 +98,106 @@ def test_spooled_labels_are_the_reference_and_read_no_pixel_again(tmp_path, phot
     np.testing.assert_array_equal(without[1].astype(np.int64), sums.astype(np.int64))
 
 
+def test_labels_are_computed_while_the_first_pass_runs_on(tmp_path, photo, palette, holes, monkeypatch):
+    """Without ``wait``, chunks are put together as soon as their two slanted tiles are done: the first chunk
+    of the first band is ready while the last band has not started; the sums come after, the same."""
+    import threading
+
+    import bigquant.pipeline.dither as dither
+
+    data = da.from_array(photo, chunks=(32, 40, 3))
+    valid = da.from_array(holes, chunks=(32, 40))
+    reference = floyd_steinberg(photo, palette, valid=holes)
+    reference[~holes] = 12
+    last_band = threading.Event()
+    real = dither._slanted_tile
+
+    def held(*args, **kwargs):
+        if args[6][0] == 128:  # band 4 (rows 128..150) waits until the first chunk is out
+            assert last_band.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dither, "_slanted_tile", held)
+    with label_spool(tmp_path / "out.tif") as spool:
+        labels, pass1 = dither_labels(data, palette, valid=valid, masked_label=12, spool=spool, with_sums=True,
+                                      wait=False)
+        first = labels.blocks[0, 0].compute()
+        last_band.set()
+        np.testing.assert_array_equal(first, reference[:32, :40])
+        np.testing.assert_array_equal(labels.compute(), reference)
+        sums = pass1.result()
+    waited = dither_labels(data, palette, valid=valid, masked_label=12, with_sums=True)[1]
+    np.testing.assert_array_equal(sums, waited)
+
+
+def test_a_tile_the_spool_cannot_take_keeps_its_labels_in_memory(tmp_path, photo, palette, monkeypatch):
+    import bigquant.pipeline.dither as dither
+
+    real = dither._save_labels
+
+    def full_disk(path, labels):
+        if path.endswith("-2.npy"):  # every band's third tile
+            raise OSError(28, "No space left on device")
+        real(path, labels)
+
+    monkeypatch.setattr(dither, "_save_labels", full_disk)
+    data = da.from_array(photo, chunks=(32, 40, 3))
+    with label_spool(tmp_path / "out.tif") as spool:
+        labels = dither_labels(data, palette, spool=spool)
+        assert not _depends_on(labels, data.name)
+        assert not any(p.name.endswith("-2.npy") for p in spool.iterdir())
+        np.testing.assert_array_equal(labels.compute(), floyd_steinberg(photo, palette))
+
+
+def test_a_failing_first_pass_fails_the_labels_and_can_be_stopped(tmp_path, photo, palette, monkeypatch):
+    import bigquant.pipeline.dither as dither
+
+    real = dither._slanted_tile
+
+    def broken(*args, **kwargs):
+        if args[6][:3:2] == (64, 1):  # tile 1 of band 2
+            raise RuntimeError("tile lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dither, "_slanted_tile", broken)
+    data = da.from_array(photo, chunks=(32, 40, 3))
+    with label_spool(tmp_path / "out.tif") as spool:
+        labels, pass1 = dither_labels(data, palette, spool=spool, wait=False)
+        with pytest.raises(RuntimeError, match="tile lost"):
+            labels.compute()
+        with pytest.raises(RuntimeError, match="tile lost"):
+            pass1.result()
+        pass1.cancel()  # over already: returns
+    monkeypatch.setattr(dither, "_slanted_tile", real)
+    with label_spool(tmp_path / "out.tif") as spool:
+        labels, pass1 = dither_labels(data, palette, spool=spool, wait=False)
+        pass1.cancel()  # stopped: no tile is posted after
+        with pytest.raises(Exception):
+            pass1.result()
+
+
+@pytest.mark.parametrize("spooled", [True, False])
+def test_pixels_read_in_place_are_read_by_each_tile_as_one_window(tmp_path, photo, palette, monkeypatch, spooled):
+    """An uncompressed tiled TIFF (as the fit's pixel spool): every slanted tile reads its own window of the
+    file, no chunk of pixels is a task of its own (none to move between workers); the labels are the same."""
+    import tifffile
+
+    import bigquant.pipeline.dither as dither
+    from bigquant.io.read import read_image
+
+    tifffile.imwrite(tmp_path / "raw.tif", photo, tile=(32, 32), photometric="rgb")
+    data = read_image(tmp_path / "raw.tif", chunks=64).data
+    windows = []
+    real = dither._window
+    monkeypatch.setattr(dither, "_window", lambda *args: windows.append(args[1:]) or real(*args))
+    with label_spool(tmp_path / "out.tif") as spool:
+        labels = dither_labels(data, palette, spool=spool if spooled else None)
+        np.testing.assert_array_equal(labels.compute(), floyd_steinberg(photo, palette))
+    n_tiles = 5 + 5 + 4  # 150 x 203: bands of 64, 64 and 22 rows over 4 chunks of 64 columns
+    assert len(windows) >= n_tiles and len(set(windows)) == n_tiles
+    assert (0, 64, 0, 64) in windows and (128, 150, 128, 203) in windows  # chunk 0 alone; the last tile
+
+
 def test_a_spool_the_workers_cannot_write_falls_back_to_dithering_again(tmp_path, photo, palette, caplog):
     data = da.from_array(photo, chunks=(32, 40, 3))
     missing = tmp_path / "not-there"  # as on a worker of another machine: no such directory

@@ -37,6 +37,34 @@ def test_quantize_floyd_steinberg_writes_the_reference_labels(tmp_path, rgb_imag
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "p.json", *rat])  # the label spool is gone
 
 
+@pytest.mark.parametrize("dither", ["floyd-steinberg", "blue-noise"])
+def test_a_dithered_compressed_tiff_is_decoded_once(tmp_path, tiled_tiff, monkeypatch, dither):
+    """The dither reads the tiles the fit decoded (the pixel spool), in its own chunks; the labels are those of
+    the pixels decoded again, and nothing is left beside the output."""
+    import bigquant.io.spool as spool
+    from bigquant.io.tiff_read import _SegmentIndex
+
+    decoded: list[int] = []
+    original = _SegmentIndex.decoded
+
+    def counting(self, fh, i, *args):
+        decoded.append(i)
+        return original(self, fh, i, *args)
+
+    monkeypatch.setattr(_SegmentIndex, "decoded", counting)
+    monkeypatch.setattr("bigquant.pipeline.dither.DITHER_CHUNK", 128)  # smaller than the read's chunks
+    monkeypatch.setattr("bigquant.pipeline.quantize.DITHER_CHUNK", 128)
+    quantize(tiled_tiff, tmp_path / "q.tif", 6, random_state=0, tile=64, dither=dither)
+    assert sorted(decoded) == list(range(5 * 7))  # 300 x 400 in 64 px tiles, each decoded once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.tif", "q.tif.aux.xml", "tiled.tif"]
+    with pytest.MonkeyPatch.context() as mp:  # no room for a spool: the dither decodes the tiles again
+        mp.setattr(spool, "FREE_MARGIN", 2**62)
+        decoded.clear()
+        quantize(tiled_tiff, tmp_path / "again.tif", 6, random_state=0, tile=64, dither=dither)
+    assert len(decoded) == 2 * 5 * 7
+    assert tifffile.imread(tmp_path / "q.tif").tobytes() == tifffile.imread(tmp_path / "again.tif").tobytes()
+
+
 def test_quantize_dither_rgb_mode_with_mask(tmp_path, rgb_image):
     valid = np.ones(rgb_image.shape[:2], dtype=bool)
     valid[100:180, 50:300] = False
