@@ -17,7 +17,8 @@ import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
 
-__all__ = ["SPACES", "colour_error_sums", "error_sums", "from_space", "ok_cache", "sum_tables", "to_space"]
+__all__ = ["SPACES", "colour_error_sums", "cube_roots", "error_sums", "from_space", "labelled_error_sums", "ok_cache",
+           "sum_tables", "to_space"]
 
 #: the colour spaces the fit and the mapping can work in
 SPACES = ("rgb", "oklab", "lab")
@@ -330,4 +331,150 @@ def colour_error_sums(colours: np.ndarray, counts: np.ndarray, labels: np.ndarra
     out = np.zeros(3)
     _colour_error_rows(colours, np.ascontiguousarray(counts), np.ascontiguousarray(labels), palette, ok_palette,
                        lin_lut, with_de, _M1, _M2, out)
+    return out
+
+
+#: first guess of a positive double's cube root from its bits: the exponent (and mantissa) over 3
+_CBRT_MAGIC = 0x2A9F7893782DA1CE
+
+
+@numba.njit(**_JIT)
+def _cube_roots(x, out):  # pragma: no cover - jitted
+    """Cube roots of ``x`` into ``out``: within 3 ulp of ``np.cbrt``, a third of its time in batches.
+
+    A guess from the bits (the exponent over 3, ~3% off), two Halley steps
+    (error cubed each: ~1e-13) and a Newton step to the last bits.  Values
+    outside [1e-150, 1e150] (zero, negative, non-finite) take ``np.cbrt``.
+    """
+    n = x.shape[0]
+    xi = x.view(np.int64)
+    oi = out.view(np.int64)
+    for i in range(n):
+        oi[i] = xi[i] // 3 + np.int64(_CBRT_MAGIC)
+    for i in range(n):
+        v = x[i]
+        if v >= 1e-150 and v <= 1e150:  # no underflow or overflow of y**3 on the way
+            y = out[i]
+            y3 = y * y * y
+            y = y * (y3 + 2.0 * v) / (2.0 * y3 + v)
+            y3 = y * y * y
+            y = y * (y3 + 2.0 * v) / (2.0 * y3 + v)
+            out[i] = y - (y * y * y - v) / (3.0 * y * y)
+        else:
+            out[i] = np.cbrt(v)
+
+
+def cube_roots(x: np.ndarray) -> np.ndarray:
+    """Cube roots of float64 values, within 3 ulp of ``np.cbrt`` (see :func:`_cube_roots`).
+
+    Examples
+    --------
+    >>> cube_roots(np.array([27.0, 0.0, -8.0, 1e-3])).round(12).tolist()
+    [3.0, 0.0, -2.0, 0.1]
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    out = np.empty_like(x)
+    _cube_roots(x, out)
+    return out
+
+
+@numba.njit(**_JIT)
+def _labelled_error_rows(P, V, has_mask, L, colours, ok_colours, lin_lut, with_de, m1, m2, cache_code, cache_ok,
+                         out):  # pragma: no cover - jitted
+    """:func:`_error_rows` over a whole window, row by row, the cube roots of a row's new colours in one batch.
+
+    The sums are added in pixel order, as :func:`_error_rows` adds them; a
+    colour's OKLab is the cache's when seen recently, else computed for the
+    row's misses together (:func:`_cube_roots`, within 3 ulp of ``np.cbrt``).
+    """
+    h, w, n_ch = P.shape
+    sse = 0.0
+    de = 0.0
+    n = 0
+    ok_row = np.empty((w, 3))
+    miss = np.empty(w, dtype=np.int64)
+    lms = np.empty(3 * w)
+    roots = np.empty(3 * w)
+    lin = np.empty(3)
+    mask = cache_code.shape[0] - 1
+    for y in range(h):
+        n_miss = 0
+        for x in range(w):
+            if has_mask and not V[y, x]:
+                continue
+            lab = L[y, x]
+            for c in range(n_ch):
+                d = np.float64(P[y, x, c]) - colours[lab, c]
+                sse += d * d
+            n += 1
+            if with_de:
+                code = (np.int64(P[y, x, 0]) << 32) | (np.int64(P[y, x, 1]) << 16) | np.int64(P[y, x, 2])
+                slot = (code * np.int64(0x9E3779B1)) >> 20 & mask
+                if cache_code[slot] == code:
+                    for q in range(3):
+                        ok_row[x, q] = cache_ok[slot, q]
+                else:
+                    for c in range(3):
+                        lin[c] = lin_lut[np.int64(P[y, x, c])]
+                    for q in range(3):
+                        lms[3 * n_miss + q] = m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2]
+                    miss[n_miss] = x
+                    n_miss += 1
+        if not with_de:
+            continue
+        _cube_roots(lms[:3 * n_miss], roots[:3 * n_miss])
+        for i in range(n_miss):
+            x = miss[i]
+            code = (np.int64(P[y, x, 0]) << 32) | (np.int64(P[y, x, 1]) << 16) | np.int64(P[y, x, 2])
+            slot = (code * np.int64(0x9E3779B1)) >> 20 & mask
+            for q in range(3):
+                v = m2[q, 0] * roots[3 * i] + m2[q, 1] * roots[3 * i + 1] + m2[q, 2] * roots[3 * i + 2]
+                ok_row[x, q] = v
+                cache_ok[slot, q] = v
+            cache_code[slot] = code
+        for x in range(w):
+            if has_mask and not V[y, x]:
+                continue
+            lab = L[y, x]
+            s = 0.0
+            for q in range(3):
+                v = ok_row[x, q] - ok_colours[lab, q]
+                s += v * v
+            de += np.sqrt(s)
+    out[0] += sse
+    out[1] += de
+    out[2] += n
+
+
+def labelled_error_sums(pixels: np.ndarray, labels: np.ndarray, colours: np.ndarray,
+                        valid: np.ndarray | None = None,
+                        cache: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """:func:`error_sums` of a whole window and its labels, the cube roots batched.
+
+    The same sums as :func:`error_sums` (squared error, OKLab Delta E,
+    pixels), the squared error and the count bit for bit; each OKLab
+    coordinate within a few ulp (:func:`cube_roots`), at about half the cost
+    for pixels of many distinct colours (16-bit photographs).
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (h, w, C), uint8 or uint16
+    labels : ndarray of shape (h, w), integers
+    colours : ndarray of shape (k, C)
+        The palette as written (source scale).
+    valid : ndarray of shape (h, w) of bool or None, default=None
+    cache : (codes, values) or None, default=None
+        A cache of :func:`ok_cache` to keep across calls of one thread (None: a fresh one).
+
+    Returns
+    -------
+    sums : ndarray of shape (3,), float64
+    """
+    pixels = np.ascontiguousarray(pixels)
+    colours, ok_colours, lin_lut, with_de = sum_tables(colours, pixels.dtype)
+    has_mask = valid is not None
+    V = np.ascontiguousarray(valid, dtype=np.bool_) if has_mask else np.ones((1, 1), dtype=np.bool_)
+    out = np.zeros(3)
+    _labelled_error_rows(pixels, V, has_mask, np.ascontiguousarray(labels), colours, ok_colours, lin_lut, with_de,
+                         _M1, _M2, *(ok_cache() if cache is None else cache), out)
     return out

@@ -82,3 +82,41 @@ def test_colour_error_sums_equal_those_of_the_pixels(dtype, n_channels):
     assert got[0] == want[0] and got[2] == want[2] == 40 * 50
     assert got[1] == pytest.approx(want[1], rel=1e-12)
     assert (got[1] > 0) == (n_channels == 3)
+
+
+def test_cube_roots_are_those_of_cbrt_to_a_few_ulp():
+    from bigquant.kernels.spaces import cube_roots
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.random(100_000), np.exp(rng.uniform(-700, 700, 100_000)), -rng.random(1000),
+                        [0.0, -0.0, 5e-324, 1e-310, 1.0, 8.0, 27.0, 1.7976931348623157e308]])
+    got, want = cube_roots(x), np.cbrt(x)
+    assert np.all(np.abs(got - want) <= 3 * np.spacing(np.abs(want)))
+    assert np.isnan(cube_roots(np.array([np.nan]))[0])
+    assert cube_roots(np.array([np.inf, -np.inf])).tolist() == [np.inf, -np.inf]
+    assert cube_roots(np.array([27.0, 8.0]))[0] == 3.0
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n_channels", [3, 4])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_labelled_error_sums_are_those_of_error_sums(dtype, n_channels, masked):
+    """The squared error and the count bit for bit, Delta E to rounding; a cache shared across calls
+    (hits from an earlier window) changes nothing."""
+    from bigquant.kernels.spaces import error_sums, labelled_error_sums, ok_cache
+
+    rng = np.random.default_rng(7)
+    top = np.iinfo(dtype).max
+    few = rng.integers(0, top + 1, (6, n_channels))
+    pixels = few[rng.integers(0, 6, (90, 70))].astype(dtype)
+    pixels[::3] = rng.integers(0, top + 1, pixels[::3].shape)
+    colours = rng.integers(0, top + 1, (9, n_channels))
+    labels = rng.integers(0, 9, (90, 70))
+    valid = rng.random((90, 70)) > 0.2 if masked else None
+    want = error_sums(pixels, (0, 0), valid, labels, (0, 0), colours)
+    cache = ok_cache()
+    for _ in range(2):
+        got = labelled_error_sums(pixels, labels, colours, valid, cache)
+        assert got[0] == want[0] and got[2] == want[2]
+        assert got[1] == pytest.approx(want[1], rel=1e-13)
+        assert (got[1] == 0) == (n_channels != 3)
