@@ -950,15 +950,20 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
 def _spool_worth_it(data: Any, valid: Any, strategy: str, dst: pathlib.Path) -> bool:
     """Whether the fit's read should keep the decoded tiles for the write (:func:`bigquant.io.spool.pixel_spool`).
 
-    That is an 8-bit image on dask, unmasked, fitted by its colour histogram
-    (one read of every tile) and written through the label lookup (TIFF or
-    PNG), which then reads the tiles back instead of decoding them again.
+    That is an image on dask, unmasked, fitted by its colour histogram (8-bit
+    data, one read of every tile) or by the value grid (16-bit and multi-band
+    data: its grid pass and Lloyd passes decode), and written as TIFF or PNG,
+    which then reads the tiles back instead of decoding them again.
     """
+    from bigquant.cluster.grid import grid_bits
     from bigquant.cluster.histogram import histogram_bits
 
-    return (isinstance(data, da.Array) and valid is None and strategy in ("auto", "histogram")
-            and histogram_bits(data.dtype, int(data.shape[-1])) is not None
-            and FORMATS.get(dst.suffix.lower()) in ("tiff", "png"))
+    if not (isinstance(data, da.Array) and valid is None and FORMATS.get(dst.suffix.lower()) in ("tiff", "png")):
+        return False
+    n_channels = int(data.shape[-1])
+    if histogram_bits(data.dtype, n_channels) is not None:
+        return strategy in ("auto", "histogram")
+    return strategy in ("auto", "grid") and data.dtype.kind in "ui" and grid_bits(data.dtype, n_channels) is not None
 
 
 def _recorded_seed(random_state: Any) -> int | None:
