@@ -43,8 +43,13 @@ def _window(path: str | None, size: int) -> np.ndarray:
 
 
 def _worker(args: argparse.Namespace) -> dict:
+    import inspect
+
+    from bigquant.kernels import spaces
     from bigquant.kernels.dither import candidate_grid, error_dtype, fs_rows, strength_q
-    from bigquant.kernels.spaces import ok_cache
+
+    # trees before the vectorised sums (d3afe3c) took a cache of source colours' OKLab
+    cached = "cache" in inspect.signature(fs_rows).parameters
 
     img = _window(args.image, args.size)
     h, w, _ = img.shape
@@ -69,10 +74,12 @@ def _worker(args: argparse.Namespace) -> dict:
                 errors = np.zeros((h + 1, w + 2, 3), dtype=error_dtype(img.dtype))
                 out = np.zeros((h, w), np.uint8)
                 sums = None if case == "nosums" else np.zeros(3)
-                cache = None if case == "nosums" else ok_cache(1 << (14 if case == "sums14" else 17))
+                extra = {}
+                if cached and case != "nosums":
+                    extra["cache"] = spaces.ok_cache(1 << (14 if case == "sums14" else 17))
                 t0, c0 = time.perf_counter(), time.thread_time()
                 fs_rows(img, (0, 0), None, errors, (-1, ex0), out, (0, 0), 0, xa, xb, q, colours, grid,
-                        sums=sums, cache=cache)
+                        sums=sums, **extra)
                 walls.append(time.perf_counter() - t0)
                 cpus.append(time.thread_time() - c0)
             results[f"{layout}/{case}"] = (float(np.median(walls[1:])) / npx * 1e9,

@@ -213,6 +213,29 @@ class KMeansBase(BaseEstimator):
         """
         return getattr(self, "_cells", None)
 
+    def block_labels(self) -> Any:
+        """The function ``labels_`` maps each block of pixels (h, w, C) with, to labels (h, w), or None.
+
+        That of a dask ``labels_`` labelled without a lookup table: through the
+        value cells (:meth:`cell_grid`) or by a full scan.  A writer can call it
+        on the pixels it holds (and measure them with the labels, in the same
+        read): the labels are those of ``labels_``.  None when ``labels_`` is
+        looked up in a table (8-bit data; see :meth:`lookup_table`) or was not
+        built on dask.
+        """
+        import functools
+
+        self._check_fitted()
+        labels = getattr(self, "labels_", None)
+        if not isinstance(labels, da.Array) or self._lut is not None or getattr(self, "_lut_source", None) is not None:
+            return None
+        centers = self.cluster_centers_
+        dtype = label_dtype(len(centers))
+        cells = getattr(self, "_cells", None)
+        if cells is not None and cells.lo.shape[0] == self.n_features_in_:
+            return functools.partial(_block_cell_labels, cells=cells, centers=centers, dtype=dtype)
+        return functools.partial(_block_assign, centers=centers, dtype=dtype)
+
     def histogram_labels(self) -> np.ndarray | None:
         """Label of every distinct colour of ``histogram_`` (``None`` without a histogram).
 

@@ -25,7 +25,8 @@ import numpy as np
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
 
 __all__ = [
-    "BlockEncoder", "Codec", "LABEL_COUNTS", "LabelLookup", "PALETTE_DEFLATE_LEVEL", "TileRegion", "align_to_tiles",
+    "BlockEncoder", "Codec", "LABEL_COUNTS", "LABELLER_SUMS", "LabelLookup", "PALETTE_DEFLATE_LEVEL", "TileRegion",
+    "align_to_tiles",
     "resolve_codec",
 ]
 
@@ -46,6 +47,8 @@ PALETTE_DEFLATE_LEVEL = 6
 
 #: the key of the label counts among an encoder's subsamples (``count_labels``)
 LABEL_COUNTS = "label_counts"
+#: key of the sums a ``labeller`` returned for a chunk, in an encoder's subsamples
+LABELLER_SUMS = "labeller_sums"
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,12 @@ class BlockEncoder:
         byte, MSB first, rows padded to a byte
         (:func:`bigquant.io.nbits.pack_rows`), before compression; None
         stores one index a sample of ``out_dtype``.  Subsamples stay unpacked.
+    labeller : callable or None, default=None
+        Kinds "palette" and "rgb": chunks are images, and ``labeller(chunk)``
+        returns ``(labels, sums)``: the chunk's labels (h, w) and a float64
+        array of figures measured in the same read (e.g. the quality sums of
+        :class:`bigquant.pipeline.report.MeasuredLabels`), kept in the
+        subsamples under :data:`LABELLER_SUMS`.  Picklable (it runs on workers).
     """
 
     kind: str
@@ -228,6 +237,7 @@ class BlockEncoder:
     nodata: int | None = None
     count_labels: bool = False
     bits: int | None = None
+    labeller: Any = None
 
     @property
     def n_labels(self) -> int:
@@ -405,10 +415,15 @@ class BlockEncoder:
             assert lut is not None, "a lookup encoder needs the table"
             return self._lookup_tiles(block if isinstance(block, TileRegion) else np.asarray(block), lut)
         block = np.asarray(block)
+        measured = None
+        if self.labeller is not None:  # an image chunk: labelled (and measured) here, in this read
+            block, measured = self.labeller(block if block.ndim == 3 else block[:, :, None])
         pix = self.pixels(block)
         subs: dict[Any, np.ndarray] = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
         if self.count_labels and self.kind != "image":  # labels checked by pixels(): within n_labels
             subs[LABEL_COUNTS] = np.bincount(block.ravel(), minlength=self.n_labels).astype(np.int64)
+        if measured is not None:
+            subs[LABELLER_SUMS] = np.asarray(measured, dtype=np.float64)
         return self.tiles(pix), subs
 
 

@@ -11,6 +11,9 @@ a raw file costs about 0.4 ns (and writing it there in the first pass 0.6 ns).
 - ``counting``: reads and decodes the TIFF as usual and, as a side effect,
   writes every whole tile it decodes into one raw spool file (tile ``i`` at
   ``i * tile_bytes``), marking it in a small file of one byte a tile;
+  a window whose tiles are all marked already is read back raw (the grid
+  fit of 16-bit data reads the pixels twice: the grid pass decodes, the
+  Lloyd pass reads the spool);
 - ``spooled``: reads the tiles back from that file, raw (no decode).
 
 The pipeline fits on ``counting`` and writes from ``spooled`` only when every
@@ -121,6 +124,9 @@ class TileSpool:
 class SpoolingReader(TiffBlockReader):
     """A :class:`TiffBlockReader` that also writes every whole tile it decodes into ``spool``.
 
+    A window whose tiles are all in the spool already is read back from it
+    (a fit that reads the pixels more than once decodes them once).
+
     Writing is best effort: an OS error (a full disk) stops this call's
     writes and leaves its tiles unmarked, so the spool is not used.
     """
@@ -134,6 +140,9 @@ class SpoolingReader(TiffBlockReader):
         assert spool is not None
         sh, sw = spool.segment
         nx, tile_bytes = spool.grid[1], spool.tile_bytes
+        if _all_marked(spool, window):  # a later pass (the grid fit's Lloyd passes): read back raw, no decode
+            yield from SpooledReader.segment_windows(self, window, buffer)  # type: ignore[arg-type]
+            return
         with contextlib.ExitStack() as stack:
             fds: tuple[int, int] | None = None
             try:
@@ -154,6 +163,22 @@ class SpoolingReader(TiffBlockReader):
                             logger.debug("spool %s: tile %d not written: %s", spool.data, i, exc)
                             fds = None
                 yield part, (ya, xa)
+
+
+def _all_marked(spool: TileSpool, window: tuple[int, int, int, int]) -> bool:
+    """Whether every tile of ``window`` is in the spool already (whole tiles only, as they were written)."""
+    y0, y1, x0, x1 = window
+    sh, sw = spool.segment
+    if y0 % sh or x0 % sw or (y1 % sh and y1 != spool.shape[0]) or (x1 % sw and x1 != spool.shape[1]):
+        return False
+    try:
+        marks = np.fromfile(spool.marks, dtype=np.uint8)
+    except OSError:
+        return False
+    ny, nx = spool.grid
+    if marks.shape != (ny * nx,):
+        return False
+    return bool(marks.reshape(ny, nx)[y0 // sh:-(-y1 // sh), x0 // sw:-(-x1 // sw)].all())
 
 
 @dataclass(frozen=True)

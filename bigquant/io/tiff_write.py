@@ -51,7 +51,7 @@ from bigquant import tasks
 from bigquant.errors import InvalidParameterError
 from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.compute import current_scheduler
-from bigquant.io.encode import LABEL_COUNTS, BlockEncoder, TileRegion
+from bigquant.io.encode import LABEL_COUNTS, LABELLER_SUMS, BlockEncoder, TileRegion
 from bigquant.io.metadata import ImageMetadata
 from bigquant.io.nbits import packed_row_bytes, patch_packed
 from bigquant.io.tiff_read import window_reader
@@ -311,6 +311,7 @@ def write_tiff(
     metadata: ImageMetadata | None = None,
     ome: dict[str, Any] | None = None,
     label_counts: np.ndarray | None = None,
+    measured: list[np.ndarray] | None = None,
 ) -> np.ndarray | None:
     """Stream ``arr`` to a tiled BigTIFF at ``tmp``; return the preview pixels.
 
@@ -348,6 +349,9 @@ def write_tiff(
         Where to add up the label counts of an encoder that counts them
         (``encoder.count_labels``; length ``encoder.n_labels``), chunk by
         chunk as the bands arrive: no other pass.
+    measured : list or None, default=None
+        Where to append, chunk by chunk in row-major order, the sums an
+        encoder's ``labeller`` measured (:data:`bigquant.io.encode.LABELLER_SUMS`).
 
     Returns
     -------
@@ -379,6 +383,8 @@ def write_tiff(
             if label_counts is not None:
                 for _, subs in band:
                     np.add(label_counts, subs[LABEL_COUNTS], out=label_counts)
+            if measured is not None:  # what the encoder's labeller measured, chunk by chunk in row-major order
+                measured.extend(subs[LABELLER_SUMS] for _, subs in band)
             for r in range(len(band[0][0])):
                 for tiles, _ in band:
                     yield from tiles[r]

@@ -366,6 +366,8 @@ def write_image(
     nbits: int | None = None,
     _lookup: tuple[LabelLookup, Any] | None = None,
     _counts: np.ndarray | None = None,
+    _labeller: Any = None,
+    _measured: list[np.ndarray] | None = None,
 ) -> pathlib.Path:
     """Write labels with a palette, or an image as is, in one streaming pass.
 
@@ -479,6 +481,12 @@ def write_image(
         filled with the pixels of each label written (length ``nodata + 1``,
         else the number of colours), counted by the workers as they encode
         the tiles -- no other pass.
+    _labeller : callable or None
+        Internal (:func:`bigquant.quantize`, TIFF output with a palette):
+        ``data`` is the image, each chunk labelled by ``_labeller(chunk) ->
+        (labels, sums)`` as it is encoded (see :class:`bigquant.io.encode.BlockEncoder`).
+    _measured : list or None
+        With ``_labeller``: receives each chunk's sums, in row-major chunk order.
 
     Returns
     -------
@@ -548,13 +556,16 @@ def write_image(
         raise InvalidParameterError("a label lookup needs a palette and TIFF or PNG output")
     if _counts is not None and (palette is None or fmt != "tiff"):
         raise InvalidParameterError("label counts need a palette and TIFF output")
+    if _labeller is not None and (palette is None or fmt != "tiff" or _lookup is not None):
+        raise InvalidParameterError("a labeller needs a palette and TIFF output, and no lookup")
     if palette is not None:
-        # with a lookup, data is the image: its labels come from the table
-        if _lookup is None and arr.ndim == 3 and arr.shape[2] != 1:
+        # with a lookup or a labeller, data is the image: its labels come from them
+        image_in = _lookup is not None or _labeller is not None
+        if not image_in and arr.ndim == 3 and arr.shape[2] != 1:
             raise InvalidInputError(
                 f"labels of shape {arr.shape} must be 2-D (H, W) when a palette is given"
             )
-        if _lookup is None and arr.dtype.kind not in "ui":
+        if not image_in and arr.dtype.kind not in "ui":
             raise InputTypeError(f"labels of dtype {arr.dtype} must be integers")
         colours = as_colours(palette)
         if display is not None:
@@ -607,14 +618,14 @@ def write_image(
     pstep = preview_step(arr.shape[:2], t, preview_size) if preview is not None else None
     levels = pyramid_steps(arr.shape[:2], t, n_levels, name=levels_name) if fmt == "tiff" else ()
     steps = tuple(sorted(set(levels) | ({pstep} if pstep else set())))
-    if _lookup is not None and arr.ndim == 3 and arr.numblocks[2] != 1:
+    if (_lookup is not None or _labeller is not None) and arr.ndim == 3 and arr.numblocks[2] != 1:
         arr = arr.rechunk({2: -1})
     encoder_args = (kind, np.dtype(out_dtype), stored_colours if kind == "rgb" else colours,
                     n_colours, t, codec, steps)
     lookup = _lookup[0] if _lookup is not None else None
     packed = bits if fmt == "tiff" and kind == "palette" and bits < 8 else None
     encoder = (BlockEncoder(*encoder_args, lookup=lookup, nodata=nodata, count_labels=_counts is not None,
-                            bits=packed)
+                            bits=packed, labeller=_labeller)
                if png is None else PngRowEncoder(*encoder_args, lookup=lookup, nodata=nodata, png=png))
     if _counts is not None:
         if _counts.shape != (encoder.n_labels,) or _counts.dtype != np.int64:
@@ -650,6 +661,7 @@ def write_image(
                 metadata=meta,
                 ome=meta.ome() if ome else None,
                 label_counts=_counts,
+                measured=_measured if _labeller is not None else None,
             )
         elif fmt == "zarr":
             attrs: dict[str, Any] = {"bigquant": {"mode": kind}}

@@ -529,7 +529,6 @@ def fs_rows(
     grid: tuple[np.ndarray, np.ndarray, int, int],
     masked_label: int = 0,
     sums: np.ndarray | None = None,
-    cache: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Diffuse error over rows ``y0 + r``, columns ``[xa[r], xb[r])`` (global coordinates), in raster order.
 
@@ -561,10 +560,6 @@ def fs_rows(
         :func:`bigquant.kernels.spaces.error_sums` gives for them (with
         ``rows=(y0, xa, xb)``), computed from each pair of rows as soon as
         it is dithered, by the same row function (uint8 or uint16 pixels).
-    cache : (codes, values) or None, default=None
-        Ignored (kept for callers that pass one): the sums compute every
-        pixel's OKLab, which costs less than looking it up in a cache of
-        :func:`bigquant.kernels.spaces.ok_cache`.
     """
     offsets, cand, shift, span = grid
     col16 = np.ascontiguousarray(np.asarray(colours, dtype=np.int64) * UNITS)

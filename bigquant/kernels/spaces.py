@@ -19,7 +19,7 @@ from numba.extending import intrinsic
 
 from bigquant.kernels._jit import JIT as _JIT
 
-__all__ = ["SPACES", "colour_error_sums", "error_sums", "from_space", "ok_cache", "sum_tables", "to_space"]
+__all__ = ["SPACES", "colour_error_sums", "error_sums", "from_space", "sum_tables", "to_space"]
 
 #: the colour spaces the fit and the mapping can work in
 SPACES = ("rgb", "oklab", "lab")
@@ -137,21 +137,6 @@ def from_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
 
 #: columns the quality sums take at a time (:func:`_error_row`: its scratch stays in the first-level cache)
 _BLOCK = 256
-
-#: slots of an :func:`ok_cache` (a power of two)
-_OK_CACHE = 1 << 14
-
-
-def ok_cache(slots: int = _OK_CACHE) -> tuple[np.ndarray, np.ndarray]:
-    """An empty cache of source colours' OKLab: (codes, values).
-
-    No longer used by the quality sums (:func:`error_sums` and
-    ``fs_rows(sums=...)`` compute every pixel's OKLab in vectorised loops,
-    cheaper than a lookup); kept for the callers that still make one.
-    ``slots`` must be a power of two.
-    """
-    return np.full(slots, -1, dtype=np.int64), np.empty((slots, 3))
-
 
 def sum_tables(colours: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """What the quality sums of pixels of ``dtype`` against ``colours`` (k, C) need.

@@ -84,7 +84,6 @@ from bigquant.kernels.dither import (
     ordered_dither,
     strength_q,
 )
-from bigquant.kernels.spaces import ok_cache
 
 __all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels", "label_spool"]
 
@@ -94,31 +93,6 @@ logger = logging.getLogger(__name__)
 DITHERS = (None, "floyd-steinberg", "blue-noise")
 
 Segment = tuple[int, int, int, int, np.ndarray]  # (y, x, dy, dx, errors (n, C)): points y + i dy, x + i dx
-
-
-#: slots of the OKLab cache each thread keeps across the tiles it dithers: 4 MB
-_THREAD_OK_CACHE = 1 << 17
-
-_THREAD = threading.local()
-
-
-def _thread_ok_cache(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """This thread's cache of source colours' OKLab for pixels of ``dtype``, kept across calls.
-
-    Neighbouring tiles share many colours, so a cache that outlives one
-    tile computes fewer cube roots (about 10% less CPU for the dithered
-    quality sums of a photo mosaic).  One per thread (a kernel that
-    releases the GIL writes it) and per data type (the colour codes of
-    uint8 and uint16 overlap, their OKLab do not); it holds exact values only.
-    """
-    caches = getattr(_THREAD, "caches", None)
-    if caches is None:
-        caches = _THREAD.caches = {}
-    key = np.dtype(dtype).str
-    if key not in caches:
-        caches[key] = ok_cache(_THREAD_OK_CACHE)
-    return caches[key]
-
 
 
 def check_dither(dither: Any, strength: Any) -> tuple[str | None, float]:
@@ -235,7 +209,7 @@ def _slanted_tile(
     # the quality sums come with the dither (the pixel and its label at hand), not from a pass of their own
     sums = np.zeros(3) if with_sums else None
     fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label,
-            sums=sums, cache=_thread_ok_cache(pixels.dtype) if with_sums else None)
+            sums=sums)
     spooled: bool | np.ndarray = False
     if spool is not None:
         assert out is not None

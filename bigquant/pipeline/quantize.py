@@ -47,6 +47,8 @@ from bigquant.pipeline.dither import DITHER_CHUNK, dither_labels, label_spool
 from bigquant.pipeline.masks import resolve_mask
 from bigquant.pipeline.quality import QualityTarget, peak_value, search_k
 from bigquant.pipeline.report import (
+    MeasuredLabels,
+    measured_sums,
     psnr_peak,
     quality_from_histogram,
     quality_from_sums,
@@ -236,6 +238,7 @@ def write_quantized(
     dither_data: tuple[Any, Any] | None = None,
     report: dict[str, Any] | None = None,
     spool: pathlib.Path | None = None,
+    measure: bool = False,
 ) -> tuple[Any, int | None]:
     """Map ``data`` to the chosen palette and write it (one read pass for 8-bit data).
 
@@ -251,7 +254,10 @@ def write_quantized(
     gets its classes' raster attribute table beside it with ``options.rat``
     (:func:`write_class_table`).  ``spool`` is the
     dither's label spool (:func:`bigquant.pipeline.dither.label_spool`); it must
-    outlive every use of ``report["labels"]``.
+    outlive every use of ``report["labels"]``.  With ``measure`` and
+    ``report``, a palette TIFF labelled without a lookup table (16-bit data)
+    is measured in the write pass itself: ``report["sums"]`` holds the
+    quality sums (:class:`bigquant.pipeline.report.MeasuredLabels`).
 
     Returns
     -------
@@ -299,6 +305,9 @@ def write_quantized(
     else:
         labels = mapper.labels_
         lookup = _label_lookup(mapper, data, dst)
+    labeller = (_measuring_labeller(mapper, choice, data, dst, options)
+                if measure and report is not None and dither is None and valid is None and lookup is None else None)
+    measured: list[np.ndarray] = []
     written_nodata = nodata
     if choice.alpha and nodata is not None:
         # fully transparent pixels share one entry of alpha 0 at the nodata index: every
@@ -318,7 +327,7 @@ def write_quantized(
     counted = np.zeros(len(colours) if nodata is None else nodata + 1, np.int64) if table and known is None else None
     with _stopped_on_failure(pass1 if dither is not None else None):
         _write_labels(
-            data if lookup is not None else labels,
+            data if lookup is not None or labeller is not None else labels,
             dst,
             palette=colours,
             mode=options.mode,
@@ -337,8 +346,12 @@ def write_quantized(
             display=shown,
             _lookup=lookup,
             _counts=counted,
+            _labeller=labeller,
+            _measured=measured,
         )
         sums = pass1.result() if dither is not None else None  # the quality sums came with the dither
+    if labeller is not None:
+        sums = measured_sums(measured)
     if table:
         if known is not None:
             counts, nodata_count = known, n_pixels - int(known.sum())
@@ -365,6 +378,26 @@ def _stopped_on_failure(pass1: Any) -> Iterator[None]:
         if pass1 is not None:
             pass1.cancel()
         raise
+
+
+def _measuring_labeller(mapper: Any, choice: PaletteChoice, data: Any, dst: pathlib.Path,
+                        options: WriteOptions) -> MeasuredLabels | None:
+    """The labeller that labels and measures each chunk as a palette TIFF is written, or None.
+
+    For labels computed without a lookup table (16-bit and multi-band data:
+    value cells or a full scan), so that the quality report needs no pass of
+    its own: the pixels and their labels are at hand when the tile is encoded.
+    """
+    if FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array) or choice.alpha:
+        return None
+    if getattr(mapper, "space_", None) is not None:  # its labels_ are of its own colour space
+        return None
+    if np.shape(choice.palette)[1] != int(data.shape[-1]) or not hasattr(mapper, "block_labels"):
+        return None
+    label_block = mapper.block_labels()
+    if label_block is None:
+        return None
+    return MeasuredLabels(label_block, choice.palette, rgb_bands=options.rgb_bands)
 
 
 def write_class_table(choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, colours: np.ndarray,
@@ -881,6 +914,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                 written_data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
                 dither_strength=dither_strength, dither_data=dither_data,
                 report=written if want else None, spool=spool,
+                measure=bool(measure) and not _measured_elsewhere(choice),
             )
             logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
             _release_freed_memory()
@@ -935,15 +969,20 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
 def _spool_worth_it(data: Any, valid: Any, strategy: str, dst: pathlib.Path) -> bool:
     """Whether the fit's read should keep the decoded tiles for the write (:func:`bigquant.io.spool.pixel_spool`).
 
-    That is an 8-bit image on dask, unmasked, fitted by its colour histogram
-    (one read of every tile) and written through the label lookup (TIFF or
-    PNG), which then reads the tiles back instead of decoding them again.
+    That is an image on dask, unmasked, fitted by its colour histogram (8-bit
+    data, one read of every tile) or by the value grid (16-bit and multi-band
+    data: its grid pass and Lloyd passes decode), and written as TIFF or PNG,
+    which then reads the tiles back instead of decoding them again.
     """
+    from bigquant.cluster.grid import grid_bits
     from bigquant.cluster.histogram import histogram_bits
 
-    return (isinstance(data, da.Array) and valid is None and strategy in ("auto", "histogram")
-            and histogram_bits(data.dtype, int(data.shape[-1])) is not None
-            and FORMATS.get(dst.suffix.lower()) in ("tiff", "png"))
+    if not (isinstance(data, da.Array) and valid is None and FORMATS.get(dst.suffix.lower()) in ("tiff", "png")):
+        return False
+    n_channels = int(data.shape[-1])
+    if histogram_bits(data.dtype, n_channels) is not None:
+        return strategy in ("auto", "histogram")
+    return strategy in ("auto", "grid") and data.dtype.kind in "ui" and grid_bits(data.dtype, n_channels) is not None
 
 
 def _recorded_seed(random_state: Any) -> int | None:
@@ -1040,6 +1079,14 @@ def _histogram_sums(mapper: Any, choice: PaletteChoice, source: ImageSource,
         return None
     hist = choice.histogram
     return quality_from_histogram(hist.colours, hist.counts, labels, choice.palette, rgb_bands)
+
+
+def _measured_elsewhere(choice: PaletteChoice) -> bool:
+    """Whether the quality of an undithered image comes from counted colours or values (no pixels needed)."""
+    if choice.histogram is not None:
+        return True
+    counted = choice.model.value_counts() if hasattr(choice.model, "value_counts") else None
+    return counted is not None
 
 
 def _value_sums(choice: PaletteChoice, source: ImageSource, rgb_bands: Sequence[int] | None) -> np.ndarray | None:

@@ -8,8 +8,15 @@ from the cheapest place that has them:
 - a histogram fit without dithering: exactly, from the distinct colours and
   their counts (no pass over the pixels);
 - Floyd--Steinberg: from its first pass, which labels every pixel anyway;
+- a palette TIFF labelled without a lookup table (16-bit data): in the write
+  pass itself, each chunk labelled and measured in the read that writes it
+  (:class:`MeasuredLabels`, :func:`measured_sums`);
 - otherwise (pixel strategies, blue noise): one more blockwise pass over the
   pixels and their labels (:func:`quality_pass`).
+
+Delta E needs each source pixel's OKLab, three cube roots a pixel, computed a
+block of a row at a time in vectorised loops
+(:func:`bigquant.kernels.spaces.error_sums`, the one definition of the sums).
 
 PSNR is ``10 log10(peak**2 / MSE)``, the MSE over every band of every counted
 pixel.  The peak (:func:`psnr_peak`) is the largest value of an integer type
@@ -26,7 +33,7 @@ import logging
 import math
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dask.array as da
 import numpy as np
@@ -37,7 +44,8 @@ from bigquant.io.atomic import atomic_output
 from bigquant.io.objects import output_location
 from bigquant.kernels.spaces import error_sums, to_space
 
-__all__ = ["quality_from_histogram", "quality_from_sums", "quality_pass", "psnr_peak", "write_compare"]
+__all__ = ["MeasuredLabels", "measured_sums", "quality_from_histogram", "quality_from_sums", "quality_pass",
+           "psnr_peak", "write_compare"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +210,52 @@ def _block_sums(block: np.ndarray, labels: np.ndarray, palette: np.ndarray, delt
     else:
         out[1] = math.nan
     return out
+
+
+class MeasuredLabels:
+    """Label a chunk of pixels and measure it in the same read: a writer's labeller.
+
+    ``MeasuredLabels(label_block, palette)(chunk)`` gives the chunk's labels
+    (``label_block(chunk)``, e.g. :meth:`bigquant.KMeans.block_labels`) and its
+    quality sums against ``palette`` as :func:`quality_pass` gives them for
+    that block (see :func:`measured_sums` for the whole image).  Given to
+    :func:`bigquant.write_image` as its internal ``_labeller``.
+
+    Parameters
+    ----------
+    label_block : callable
+        Chunk (h, w, C) -> labels (h, w).
+    palette : ndarray of shape (k, C)
+        Every band of the colours written.
+    delta_e : bool, default=True
+    rgb_bands : sequence of 3 int or None, default=None
+        As :func:`quality_pass`.
+    """
+
+    def __init__(self, label_block: Callable[[np.ndarray], np.ndarray], palette: np.ndarray, *,
+                 delta_e: bool = True, rgb_bands: Sequence[int] | None = None):
+        self.label_block = label_block
+        self.palette = np.ascontiguousarray(palette, dtype=np.float64)
+        self.delta_e = bool(delta_e)
+        self.rgb_bands = None if rgb_bands is None else [int(b) for b in rgb_bands]
+
+    def __dask_tokenize__(self) -> str:
+        return tokenize("measured-labels", self.label_block, self.palette, self.delta_e, self.rgb_bands)
+
+    def __call__(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = self.label_block(block)
+        shown = np.ascontiguousarray(_shown_order(block, self.rgb_bands))
+        return labels, _block_sums(shown, labels, _shown_order(self.palette, self.rgb_bands), self.delta_e, None)
+
+
+def measured_sums(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The image's quality sums from the sums :class:`MeasuredLabels` gave its chunks (row-major order).
+
+    Added as :func:`quality_pass` adds its blocks' sums: the same figures.
+    """
+    blocks = np.asarray(parts, dtype=np.float64).reshape(-1, 5)
+    sums = blocks[:, :3].sum(axis=0)
+    return np.concatenate([sums, [blocks[:, 3].min(), blocks[:, 4].max()]])
 
 
 def _block_sums3(block: np.ndarray, labels: np.ndarray, palette: np.ndarray, delta_e: bool,

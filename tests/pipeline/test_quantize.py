@@ -438,9 +438,12 @@ def test_applying_a_palette_decodes_every_tile_once(tmp_path, tiled_tiff, count_
 def test_few_16_bit_values_are_read_twice_and_measured_without_a_pass(tmp_path, count_decodes, monkeypatch):
     """A uint16 image of 500 distinct colours: the grid pass counts them, then the write pass; the quality
     report comes from the counted values (the same figures as without the count, which reads every tile
-    twice more: a Lloyd pass and the quality pass)."""
+    once more: a Lloyd pass; its quality is measured in the write pass, not in a pass of its own)."""
     from bigquant.cluster import grid as grid_module
+    from bigquant.pipeline import quantize as quantize_module
 
+    # every pass decodes (no pixel spool): the decodes count the passes
+    monkeypatch.setattr(quantize_module, "_spool_worth_it", lambda *args: False)
     rng = np.random.default_rng(5)
     values = rng.integers(0, 65536, (500, 3)).astype(np.uint16)
     image = values[rng.integers(0, 500, (300, 400))]
@@ -463,8 +466,65 @@ def test_few_16_bit_values_are_read_twice_and_measured_without_a_pass(tmp_path, 
     monkeypatch.setattr(grid_module, "_count_distinct", lambda X, valid: None)
     again = quantize(src, tmp_path / "q2.tif", 8, random_state=0, measure=True, chunks=128)
     assert again.value_counts() is None
-    np.testing.assert_array_equal(np.bincount(count_decodes, minlength=n_tiles), few + 2)
+    np.testing.assert_array_equal(np.bincount(count_decodes, minlength=n_tiles), few + 1)
     np.testing.assert_array_equal(again.cluster_centers_, model.cluster_centers_)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q2.tif"), written)
     assert again.quality_["psnr"] == pytest.approx(model.quality_["psnr"], rel=1e-12)
     assert again.quality_["delta_e_ok"] == pytest.approx(model.quality_["delta_e_ok"], rel=1e-9)
+
+
+def test_many_16_bit_values_are_measured_in_the_write_pass(tmp_path, count_decodes):
+    """A uint16 image of many distinct colours: the quality report costs no read of its own (the write
+    pass labels and measures each chunk), and its figures are those of the file written."""
+    from bigquant.kernels.spaces import to_space
+
+    rng = np.random.default_rng(11)
+    base = rng.integers(0, 65536, (40, 3)).astype(np.int64)
+    image = np.clip(base[rng.integers(0, 40, (300, 400))] + rng.integers(-900, 901, (300, 400, 3)), 0, 65535)
+    image = image.astype(np.uint16)
+    src = tmp_path / "many16.tif"
+    tifffile.imwrite(src, image, tile=(64, 64), photometric="rgb", compression="zlib")
+    n_tiles = 5 * 7
+    silent = quantize(src, tmp_path / "q0.tif", 8, random_state=0, measure=False, chunks=128)
+    reads = np.bincount(count_decodes, minlength=n_tiles)
+    count_decodes.clear()
+    model = quantize(src, tmp_path / "q.tif", 8, random_state=0, measure=True, chunks=128)
+    assert model.strategy_ == "grid" and model.value_counts() is None
+    np.testing.assert_array_equal(np.bincount(count_decodes, minlength=n_tiles), reads)
+    assert silent.quality_ is None
+    written = tifffile.imread(tmp_path / "q.tif")
+    np.testing.assert_array_equal(written, tifffile.imread(tmp_path / "q0.tif"))
+    palette = model.palette()[0].astype(np.float64)
+    x = image.reshape(-1, 3).astype(np.float64)
+    p = palette[written.reshape(-1)]
+    error = float(((x - p) ** 2).sum())
+    delta_e = float(np.linalg.norm(to_space(x, "oklab", 65535) - to_space(p, "oklab", 65535), axis=1).mean() / 100)
+    assert model.quality_["psnr"] == pytest.approx(10 * np.log10(65535.0**2 * image.size / error), rel=1e-12)
+    assert model.quality_["delta_e_ok"] == pytest.approx(delta_e, rel=1e-9)
+    assert model.quality_["pixels"] == 300 * 400
+
+
+def test_16_bit_tiles_are_decoded_once(tmp_path, count_decodes, monkeypatch):
+    """A deflate-compressed uint16 tiled TIFF of many values: every tile is decoded once (and spooled;
+    here by the range probe, whose 256-px windows are whole tiles), the grid pass, the Lloyd pass and
+    the write read the spool back; the file is the one written without the spool (every pass decoding:
+    the probe, the grid pass, each Lloyd pass and the write)."""
+    from bigquant.pipeline import quantize as quantize_module
+
+    rng = np.random.default_rng(12)
+    base = rng.integers(0, 65536, (40, 3)).astype(np.int64)
+    image = np.clip(base[rng.integers(0, 40, (320, 384))] + rng.integers(-900, 901, (320, 384, 3)), 0, 65535)
+    src = tmp_path / "many16.tif"
+    tifffile.imwrite(src, image.astype(np.uint16), tile=(64, 64), photometric="rgb", compression="zlib",
+                     predictor=True)
+    n_tiles = 5 * 6
+    model = quantize(src, tmp_path / "q.tif", 8, random_state=0, measure=True, chunks=128)
+    assert model.strategy_ == "grid" and model.value_counts() is None and model.n_iter_ >= 1
+    decodes = np.bincount(count_decodes, minlength=n_tiles)
+    np.testing.assert_array_equal(decodes, 1)
+    count_decodes.clear()
+    monkeypatch.setattr(quantize_module, "_spool_worth_it", lambda *args: False)
+    again = quantize(src, tmp_path / "q2.tif", 8, random_state=0, measure=True, chunks=128)
+    np.testing.assert_array_equal(np.bincount(count_decodes, minlength=n_tiles), decodes + 2 + again.n_iter_)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "q2.tif"), tifffile.imread(tmp_path / "q.tif"))
+    assert again.quality_ == model.quality_
