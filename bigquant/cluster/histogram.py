@@ -109,8 +109,13 @@ class ColourHistogram:
     def octree(self) -> ColourOctree | None:
         """The colours' :class:`~bigquant.cluster.octree.ColourOctree` (cached), or ``None`` when it would not pay."""
         if not self._octree_cache:
-            suits = self.bits == 8 and ColourOctree.suits(self.colours, self.counts)
-            self._octree_cache.append(ColourOctree(self.colours, self.counts) if suits else None)
+            octree = None
+            if self.bits == 8 and ColourOctree.suits(self.colours, self.counts):
+                try:
+                    octree = ColourOctree(self.colours, self.counts)
+                except ValueError:  # repeated colours (a histogram made by hand): the bounded steps
+                    logger.debug("the histogram repeats colours: no octree")
+            self._octree_cache.append(octree)
         return self._octree_cache[0]
 
     def coarse(self, drop_bits: int, *, n_parts: int | None = None) -> BoundedPoints:

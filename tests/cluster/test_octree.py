@@ -14,6 +14,7 @@ import pytest
 
 import bigquant.cluster.octree as octree_mod
 from bigquant import KMeans, colour_histogram, kernels
+from bigquant.cluster.histogram import ColourHistogram
 from bigquant.cluster.lloyd import lloyd
 from bigquant.cluster.octree import ColourOctree, OctreePoints
 from bigquant.cluster.palette import refine_integer_palette
@@ -122,6 +123,11 @@ def test_large_rgb_histograms_step_through_the_octree(monkeypatch, histogram):
     assert isinstance(fresh.points(), OctreePoints)
     grey = colour_histogram(np.arange(2000, dtype=np.uint16).reshape(-1, 1))
     assert grey.octree() is None and not isinstance(grey.points(), OctreePoints)
+    # a histogram made by hand that repeats its colours keeps the bounded steps
+    twice = ColourHistogram(np.concatenate([fresh.colours, fresh.colours[:5]]),
+                            np.concatenate([fresh.counts, fresh.counts[:5]]),
+                            np.concatenate([fresh.codes, fresh.codes[:5]]), 8)
+    assert twice.octree() is None and isinstance(twice.points(), BoundedPoints)
 
 
 def test_fit_and_palette_are_the_same_with_and_without_the_octree(monkeypatch):
