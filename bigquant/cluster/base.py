@@ -345,7 +345,7 @@ class KMeansBase(BaseEstimator):
         if histogram is not None:
             pal, error, self._palette_labels = refine_integer_palette(
                 histogram.colours, histogram.counts, centers, lo=float(info.min), hi=float(info.max),
-                return_labels=True)
+                return_labels=True, octree=histogram.octree())
         else:
             pal, error = np.clip(np.rint(centers), info.min, info.max), None
         self._palette = (pal.astype(dtype), error)

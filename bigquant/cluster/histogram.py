@@ -18,6 +18,7 @@ import numpy as np
 from dask.delayed import Delayed
 
 from bigquant import kernels, tasks
+from bigquant.cluster.octree import ColourOctree, OctreePoints
 from bigquant.cluster.points import (
     _MIN_SEGMENT,
     BoundedPoints,
@@ -81,6 +82,7 @@ class ColourHistogram:
     _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _octree_cache: list[ColourOctree | None] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def n_colours(self) -> int:
@@ -93,8 +95,28 @@ class ColourHistogram:
         return int(self.counts.sum())
 
     def points(self) -> InMemoryPoints:
-        """The colours as a weighted point set for Lloyd's iteration."""
+        """The colours as a weighted point set for Lloyd's iteration.
+
+        Stepped through the :meth:`octree` when there is one (millions of
+        8-bit RGB colours), with Hamerly's bounds otherwise: the same
+        iterations either way.
+        """
+        octree = self.octree()
+        if octree is not None:
+            return OctreePoints(self.colours, self.counts, octree)
         return BoundedPoints(self.colours, self.counts)
+
+    def octree(self) -> ColourOctree | None:
+        """The colours' :class:`~bigquant.cluster.octree.ColourOctree` (cached), or ``None`` when it would not pay."""
+        if not self._octree_cache:
+            octree = None
+            if self.bits == 8 and ColourOctree.suits(self.colours, self.counts):
+                try:
+                    octree = ColourOctree(self.colours, self.counts)
+                except ValueError:  # repeated colours (a histogram made by hand): the bounded steps
+                    logger.debug("the histogram repeats colours: no octree")
+            self._octree_cache.append(octree)
+        return self._octree_cache[0]
 
     def coarse(self, drop_bits: int, *, n_parts: int | None = None) -> BoundedPoints:
         """A smaller weighted point set: colours merged on a coarser grid (cached).

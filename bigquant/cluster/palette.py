@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bigquant import kernels
+from bigquant.cluster.octree import ColourOctree
 from bigquant.cluster.points import BoundedPoints, n_threads
 from bigquant.cluster.validation import label_dtype
 
@@ -64,6 +65,7 @@ def refine_integer_palette(
     hi: float,
     max_pass: int = 50,
     return_labels: bool = False,
+    octree: ColourOctree | None = None,
 ) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, np.ndarray]:
     """Round each centre to an integer colour, re-assign, repeat while the error drops.
 
@@ -82,6 +84,10 @@ def refine_integer_palette(
     return_labels : bool, default=False
         Also return each colour's nearest palette colour (as
         :func:`palette_error` gives them): the labels the image is written with.
+    octree : ColourOctree, default=None
+        The octree of these colours and counts (:meth:`ColourHistogram.octree`):
+        each pass then looks at the colours near the palette's boundaries
+        only; the same passes, sums and error.
 
     Returns
     -------
@@ -102,6 +108,8 @@ def refine_integer_palette(
     """
     k, n_channels = np.shape(centers)
     pal = np.clip(np.rint(np.asarray(centers, dtype=np.float64)), lo, hi)
+    if octree is not None:
+        return _refine_by_sums(None, None, pal, lo, hi, int(max_pass), return_labels, octree)
     if k < _BOUNDED_MIN_COLOURS:
         return _refine_by_sums(np.ascontiguousarray(colours), np.ascontiguousarray(counts), pal, lo, hi,
                                int(max_pass), return_labels)
@@ -149,18 +157,25 @@ def _in_parts(f: Any, n: int) -> list[Any]:
 
 
 def _refine_by_sums(
-    colours: np.ndarray, counts: np.ndarray, pal: np.ndarray, lo: float, hi: float, max_pass: int,
-    return_labels: bool,
+    colours: np.ndarray | None, counts: np.ndarray | None, pal: np.ndarray, lo: float, hi: float, max_pass: int,
+    return_labels: bool, octree: ColourOctree | None = None,
 ) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, np.ndarray]:
-    """:func:`refine_integer_palette` of a small palette: one fused pass a step, on every core.
+    """:func:`refine_integer_palette` by fused passes: a small palette on every core, or any through an octree.
 
     Each step labels every colour and sums the clusters in one scan
-    (:func:`bigquant.kernels.partial_sums`) instead of a scan and a sum per
-    channel.  The sums, weights and errors are of integers (integer colours,
-    counts and palette colours): exact in any order, so the steps are those of
-    the labels-then-sums loop, number for number.
+    (:func:`bigquant.kernels.partial_sums`, or the octree's sums, which skip
+    the cubes of colours that are all nearest one palette colour) instead of
+    a scan and a sum per channel.  The sums, weights and errors are of
+    integers (integer colours, counts and palette colours): exact in any
+    order, so the steps are those of the labels-then-sums loop, number for
+    number.
     """
     def sums_of(palette: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        if octree is not None:
+            sums, weight, sqnorm = octree.sums(palette)
+            # integers: each cluster's error from its moments is exact, as the sum of its colours' errors
+            error = sqnorm - 2 * (palette * sums).sum(axis=1) + weight * (palette**2).sum(axis=1)
+            return sums, weight, float(np.sum(error))
         found = _in_parts(lambda s: kernels.partial_sums(colours[s], palette, counts[s]), len(colours))
         return (np.sum([f[0] for f in found], axis=0), np.sum([f[1] for f in found], axis=0),
                 float(sum(f[2] for f in found)))
@@ -176,6 +191,8 @@ def _refine_by_sums(
         pal, total, sums, weight = new, new_total, new_sums, new_weight
     if not return_labels:
         return pal, total
+    if octree is not None:
+        return pal, total, octree.labels(pal)
     labels = np.concatenate(_in_parts(lambda s: kernels.assign_labels(colours[s], pal, np.int64)[0], len(colours)))
     return pal, total, labels
 

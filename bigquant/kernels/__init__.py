@@ -11,6 +11,8 @@ not safe to enter from several threads at once.
 - :mod:`~bigquant.kernels.cells` -- nearest centres through cells of the value range (certain cells, candidates)
 - :mod:`~bigquant.kernels.colours` -- colour codes, counts, radix sorts, merges
 - :mod:`~bigquant.kernels.morton` -- Morton-order counting of RGB uint8 colours
+- :mod:`~bigquant.kernels.octree` -- exact Lloyd sums and labels of RGB colours through an octree of Morton cells
+- :mod:`~bigquant.kernels.nbits` -- palette indices packed 2 or 4 to a byte
 - :mod:`~bigquant.kernels.lookup` -- colour -> label lookup tables
 - :mod:`~bigquant.kernels.seeding` -- k-means++ and k-means|| sampling
 - :mod:`~bigquant.kernels.dither` -- exact integer Floyd--Steinberg, ordered dithering

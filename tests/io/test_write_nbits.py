@@ -135,13 +135,14 @@ def test_nbits_that_cannot_hold_the_palette_is_refused(tmp_path, bad):
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4])
-@pytest.mark.parametrize("width", [1, 7, 8, 9, 31, 32])
-def test_pack_rows_is_tiffs_layout(bits, width):
+@pytest.mark.parametrize("width", [1, 7, 8, 9, 31, 32, 513])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])  # uint8: the numba kernel; others numpy's shifts
+def test_pack_rows_is_tiffs_layout(bits, width, dtype):
     """MSB first, each row padded to a byte: what imagecodecs (tifffile's decoder) unpacks."""
     import imagecodecs
 
     lab = np.random.default_rng(width).integers(0, 2**bits, (5, width)).astype(np.uint8)
-    packed = pack_rows(lab, bits)
+    packed = pack_rows(lab.astype(dtype), bits)
     assert packed.shape == (5, -(-width * bits // 8))
     back = imagecodecs.packints_decode(packed.tobytes(), np.uint8, bits, runlen=width)
     np.testing.assert_array_equal(back.reshape(5, width), lab)
