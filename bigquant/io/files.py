@@ -102,9 +102,9 @@ def local_path(location: Any) -> Any:
     parts = urllib.parse.urlsplit(location)
     if parts.netloc not in ("", "localhost"):
         raise ImageReadError(f"{location}: a file:// URL names a file on this machine, not on {parts.netloc!r}")
-    import urllib.request  # http.client and ssl (~15 ms) only for a file:// URL
+    from urllib.request import url2pathname  # http.client and ssl (~15 ms) only for a file:// URL
 
-    return urllib.request.url2pathname(parts.path)
+    return url2pathname(parts.path)
 
 
 def url_timeout() -> float:
