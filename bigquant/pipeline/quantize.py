@@ -32,7 +32,7 @@ from bigquant.cluster.allocator import release_freed_memory
 from bigquant.cluster.scheduler import active_client, on_client, phase
 from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike
-from bigquant.io.encode import LabelLookup
+from bigquant.io.encode import DITHERED_DEFLATE_LEVEL, LabelLookup, resolve_codec
 from bigquant.io.objects import output_location
 from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
@@ -333,7 +333,7 @@ def write_quantized(
             mode=options.mode,
             tile=options.tile,
             compression=options.compression,
-            compression_level=options.compression_level,
+            compression_level=_label_level(options, dither),
             nbits=options.nbits,
             pyramid=options.pyramid,
             overwrite=options.overwrite,
@@ -367,6 +367,19 @@ def write_quantized(
         report["labels"] = labels
         report["sums"] = sums
     return mapper, nodata
+
+
+def _label_level(options: WriteOptions, dither: str | None) -> int | None:
+    """The compression level of the labels: the one asked for, else a fast deflate for dithered labels.
+
+    Error-diffused labels are noise to deflate: its default level costs
+    2.8x the time of level 1 on them for 6% fewer bytes
+    (:data:`bigquant.io.encode.DITHERED_DEFLATE_LEVEL`); other codecs and
+    undithered labels keep the writer's default (None).
+    """
+    if options.compression_level is not None or dither is None or options.compression is None:
+        return options.compression_level
+    return DITHERED_DEFLATE_LEVEL if resolve_codec(options.compression, None).tag == 8 else None
 
 
 @contextlib.contextmanager
@@ -633,7 +646,9 @@ def quantize(
     compression : str or None, default="zlib"
         Output compression (see :func:`bigquant.write_image`).
     compression_level : int or None, default=None
-        Its level (None: the writer's fast default; see :func:`bigquant.write_image`).
+        Its level (None: the writer's fast default, see :func:`bigquant.write_image`;
+        deflated dithered labels: level 1, as fast as deflate goes, for noise
+        that level 6 shrinks by 6% only).
     nbits : {None, 1, 2, 4, 8, 16}, default=None
         Bits a palette TIFF's index takes (GDAL's ``NBITS``): None the fewest
         that hold the palette and the no-data index (1, 2 or 4, packed; 8;

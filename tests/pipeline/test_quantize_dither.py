@@ -109,3 +109,26 @@ def test_cli_dither(tmp_path, rgb_image):
     colours = _palette(tmp_path / "p.json")
     np.testing.assert_array_equal(tifffile.imread(out), floyd_steinberg(rgb_image, colours, strength=0.5))
     assert main(["quantize", str(src), str(tmp_path / "x.tif"), "--no-cluster", "--dither-strength", "2"]) == 2
+
+
+def test_dithered_tiff_labels_are_deflated_fast_unless_a_level_is_given(tmp_path, rgb_image):
+    """Dithered labels (noise to deflate) take the fast level by default: the very bytes of an explicit
+    level 1, not those of the palette default; a level given is kept, and other codecs keep theirs."""
+    from bigquant.io.encode import DITHERED_DEFLATE_LEVEL, PALETTE_DEFLATE_LEVEL
+
+    assert DITHERED_DEFLATE_LEVEL < PALETTE_DEFLATE_LEVEL
+
+    def written(name, **kw):
+        out = tmp_path / name
+        quantize(rgb_image, out, 16, random_state=0, tile=64, dither="floyd-steinberg", rat=False, **kw)
+        return out
+
+    default = written("default.tif")
+    fast = written("fast.tif", compression_level=DITHERED_DEFLATE_LEVEL)
+    usual = written("usual.tif", compression_level=PALETTE_DEFLATE_LEVEL)
+    with tifffile.TiffFile(default) as a, tifffile.TiffFile(fast) as b, tifffile.TiffFile(usual) as c:
+        sizes = [sum(t.pages[0].databytecounts) for t in (a, b, c)]
+        np.testing.assert_array_equal(a.asarray(), c.asarray())
+    assert sizes[0] == sizes[1] != sizes[2]
+    zstd = written("z.tif", compression="zstd")
+    np.testing.assert_array_equal(tifffile.imread(zstd), tifffile.imread(default))
