@@ -322,8 +322,13 @@ def quantize_threads(src: pathlib.Path, out: pathlib.Path, k: int, repeat: int, 
 
 
 def results_tables(image: str, bare: Run, rows: Sequence[tuple[str, Run, int]], *,
-                   bare_name: str, k: int, max_ratio: float, max_gb: float) -> str:
-    """The two Markdown tables: times and memory, then where the time went."""
+                   bare_name: str, k: int, max_ratio: float, max_gb: float,
+                   max_ratio_in_process: float | None = None) -> str:
+    """The two Markdown tables: times and memory, then where the time went.
+
+    ``max_ratio_in_process``, when given, is the time target of the in-process rows
+    (``max_ratio`` that of the others).
+    """
     mpx = bare.notes["pixels"] / 1e6 / bare.seconds
     lines = [f"| image | run | {bare_name} | quantize k={k} | × {bare_name.split()[-1]} | "
              "peak RSS | output |",
@@ -337,7 +342,9 @@ def results_tables(image: str, bare: Run, rows: Sequence[tuple[str, Run, int]], 
                      f"{run.seconds:.1f} s | {run.seconds / bare.seconds:.2f} | "
                      f"{run.peak / GB:.2f} GB | {fmt_mb(size)} |")
     lines += ["", "| run | start-up, cluster, exit | fit: first pass | fit: the rest | write pass | "
-              f"target ≤ {max_ratio:g}× {bare_name.split()[-1]}, ≤ {max_gb:g} GB |",
+              f"target ≤ {max_ratio:g}× {bare_name.split()[-1]}"
+              + (f" (in-process ≤ {max_ratio_in_process:g}×)" if max_ratio_in_process is not None else "")
+              + f", ≤ {max_gb:g} GB |",
               "|---|---|---|---|---|---|"]
     for name, run, _ in rows:
         if "error" in run.notes:
@@ -349,7 +356,8 @@ def results_tables(image: str, bare: Run, rows: Sequence[tuple[str, Run, int]], 
             rest_cell = f"{rest:.1f} s (cluster start {run.phases['cluster start']:.1f} s)"
         else:
             rest_cell = f"{rest:.1f} s"
-        ok_t = run.seconds <= max_ratio * bare.seconds
+        in_process = max_ratio_in_process is not None and "in-process" in name
+        ok_t = run.seconds <= (max_ratio_in_process if in_process else max_ratio) * bare.seconds
         ok_m = run.peak <= max_gb * GB
         missed = [s for s, ok in (("time", ok_t), ("memory", ok_m)) if not ok]
         verdict = "met" if not missed else "missed (" + ", ".join(missed) + ")"

@@ -903,6 +903,9 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
             choice = _fit_palette(data if kept is None else kept.counting, valid, source, n_clusters, target,
                                   limit, fit.kmeans_params())
         t1 = time.perf_counter()
+        if given is None:
+            logger.info("fitted %d colours in %.1f s (%s iterations)", len(choice.palette), t1 - t0,
+                        getattr(choice.model, "n_iter_", "?"))
         written_data = data
         dither_data = None
         if kept is not None:
@@ -1164,13 +1167,11 @@ def _fit_palette(
         histogram = colour_histogram(data)
         fit_params = {name: value for name, value in params.items() if name != "strategy"}
         model = KMeans(n_clusters, **fit_params).fit_histogram(histogram)
-        logger.info("fitted %d colours (%s iterations)", len(model.cluster_centers_), model.n_iter_)
         pal, error = model.palette()
         return PaletteChoice(pal, model, histogram, error)
     if target is None:
         with _naming_a_masked_image(source):
             model = KMeans(n_clusters, **params).fit(data, sample_weight=valid)
-        logger.info("fitted %d colours (%s iterations)", len(model.cluster_centers_), getattr(model, "n_iter_", "?"))
         pal, error = model.palette()
         return PaletteChoice(pal, model, getattr(model, "histogram_", None), error)
     with phase(tasks.HISTOGRAM):
