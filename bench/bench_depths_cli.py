@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
             for tree, root in trees.items():
                 env = dict(os.environ, PYTHONPATH=root)
                 out = workdir / f"out_{tree}.tif"
+                # in the tree: ``python -c`` puts the working directory first on sys.path
                 done = subprocess.run([python, "-c", _INPROC, str(path), str(out)], env=env, check=True,
-                                      capture_output=True, text=True)
+                                      capture_output=True, text=True, cwd=root)
                 res = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.setdefault((label, tree, "bare read, in-process"), []).append(tuple(res["bare"]))
                 rows.setdefault((label, tree, "in-process quantize"), []).append(tuple(res["quantize"]))

@@ -88,8 +88,10 @@ def run_once(checkout: pathlib.Path, src: pathlib.Path, dither: str, mode: str, 
     with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
         out = pathlib.Path(tmp) / "out.tif"
         env = dict(os.environ, PYTHONPATH=str(checkout))
-        done = subprocess.run([sys.executable, "-c", RUN, str(src), str(out), dither, mode, str(k)],
-                              env=env, capture_output=True, text=True, check=True)
+        # run in the checkout: ``python -c`` puts the working directory first on sys.path, so a run
+        # started from another checkout would import that one whatever PYTHONPATH says
+        done = subprocess.run([sys.executable, "-c", RUN, str(src.resolve()), str(out.resolve()), dither, mode, str(k)],
+                              env=env, capture_output=True, text=True, check=True, cwd=checkout.resolve())
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["load"] = os.getloadavg()[0]
     return result
