@@ -176,6 +176,23 @@ def build_octree(colours: np.ndarray, counts: np.ndarray, top: int, leaf: int) -
 
 
 @numba.njit(inline="always", **_JIT)
+def _nearest_point(x0, x1, x2, centers_t, cand, n_cand):  # pragma: no cover - jitted
+    """Nearest of the candidate centres ``cand[:n_cand]`` to the point (x0, x1, x2), ties to the first; its distance."""
+    best = cand[0]
+    best_d = np.inf
+    for q in range(n_cand):
+        j = cand[q]
+        a = x0 - centers_t[0, j]
+        b = x1 - centers_t[1, j]
+        c = x2 - centers_t[2, j]
+        d = a * a + b * b + c * c
+        if d < best_d:
+            best_d = d
+            best = j
+    return best, best_d
+
+
+@numba.njit(inline="always", **_JIT)
 def _filter(node, corner, level, centers_t, cand, n_cand):  # pragma: no cover - jitted
     """Keep in ``cand[:n_cand]`` (in order) the centres that may be nearest to a colour of the cell; how many."""
     side = np.float64((1 << (8 - np.int64(level[node]))) - 1)
@@ -188,17 +205,7 @@ def _filter(node, corner, level, centers_t, cand, n_cand):  # pragma: no cover -
     m0 = lo0 + 0.5 * side
     m1 = lo1 + 0.5 * side
     m2 = lo2 + 0.5 * side
-    best = cand[0]
-    best_d = np.inf
-    for q in range(n_cand):
-        j = cand[q]
-        a = m0 - centers_t[0, j]
-        b = m1 - centers_t[1, j]
-        c = m2 - centers_t[2, j]
-        d = a * a + b * b + c * c
-        if d < best_d:
-            best_d = d
-            best = j
+    best, _ = _nearest_point(m0, m1, m2, centers_t, cand, n_cand)
     z0 = centers_t[0, best]
     z1 = centers_t[1, best]
     z2 = centers_t[2, best]
@@ -228,21 +235,7 @@ def _filter(node, corner, level, centers_t, cand, n_cand):  # pragma: no cover -
 @numba.njit(inline="always", **_JIT)
 def _nearest_of(X, i, centers_t, cand, n_cand):  # pragma: no cover - jitted
     """Nearest of the candidate centres to colour ``i`` (increasing index, ties to the lowest) and its distance."""
-    x0 = np.float64(X[i, 0])
-    x1 = np.float64(X[i, 1])
-    x2 = np.float64(X[i, 2])
-    best = cand[0]
-    best_d = np.inf
-    for q in range(n_cand):
-        j = cand[q]
-        a = x0 - centers_t[0, j]
-        b = x1 - centers_t[1, j]
-        c = x2 - centers_t[2, j]
-        d = a * a + b * b + c * c
-        if d < best_d:
-            best_d = d
-            best = j
-    return best, best_d
+    return _nearest_point(np.float64(X[i, 0]), np.float64(X[i, 1]), np.float64(X[i, 2]), centers_t, cand, n_cand)
 
 
 @numba.njit(**_JIT)
