@@ -75,6 +75,21 @@ def test_quantize_freezes_the_pipelines_modules_and_keeps_collecting(small_png, 
     assert result["frozen"] > 10_000 and result["collecting"] is True
 
 
+def test_quantize_loads_no_scipy_sparse_or_fftpack_and_scipy_still_imports(small_png, tmp_path):
+    # dask.array's optional scipy parts (sparse chunk type, fftpack) are skipped on the command
+    # line; scipy itself still imports afterwards (the tissue mask's ndimage)
+    probe = _PROBE.replace('"collecting": gc.isenabled()',
+                           '"collecting": gc.isenabled(), "ndimage": bool(__import__("scipy.ndimage").ndimage)')
+    argv = ["quantize", str(small_png), str(tmp_path / "out.png"), "-k", "4", "-q"]
+    proc = subprocess.run([sys.executable, "-c", probe, json.dumps(argv),
+                           json.dumps(["dask.array", "scipy.sparse", "scipy.fftpack"])],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["code"] == 0 and result["loaded"] == ["dask.array"]
+    assert result["ndimage"] is True
+
+
 def test_loading_the_pipeline_leaves_a_paused_collector_alone():
     import gc
 
