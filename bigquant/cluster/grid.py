@@ -677,21 +677,31 @@ class LastPass:
         self.max_iter = int(max_iter)
         self.callback = callback
         self.parts: list[np.ndarray] | None = None
+        self.n_labels = 0
 
     def block_step(self, palette: np.ndarray, label_dtype: np.dtype) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """``step(block) -> (labels, sums)``: a block's labels for ``palette`` and this pass's sums, one read.
 
         ``sums`` packs :meth:`bigquant.cluster.cells.CellGrid.sums_and_labels`'
-        step (k x C sums, k counts, the inertia) and the block's height and
-        width; hand the sums of every block, in row-major block order, to
-        :meth:`record`.
+        step (k x C sums, k counts, the inertia), the block's height and
+        width, and the pixels of each label; hand the sums of every block, in
+        row-major block order, to :meth:`record`.
         """
+        self.n_labels = len(palette)
         return functools.partial(_block_step, cells=self.cells, centers=self.centers,
                                  palette=np.ascontiguousarray(palette, dtype=np.float64), dtype=np.dtype(label_dtype))
 
     def record(self, parts: Sequence[np.ndarray]) -> None:
         """Keep the sums :meth:`block_step` gave each block (row-major block order) for :meth:`settle`."""
         self.parts = [np.asarray(p, dtype=np.float64) for p in parts]
+
+    def label_counts(self) -> np.ndarray | None:
+        """The pixels of each label :meth:`block_step` gave, over the blocks recorded (None: none recorded)."""
+        if not self.parts:
+            return None
+        k, n_channels = self.centers.shape
+        start = k * n_channels + k + 3
+        return np.sum([p[start:] for p in self.parts], axis=0).astype(np.int64)
 
     def _recorded_sums(self) -> tuple[np.ndarray, np.ndarray, float] | None:
         """The pass's (sums, counts, inertia) from the recorded blocks, when they are the points' blocks."""
@@ -701,12 +711,12 @@ class LastPass:
         shapes = [(h, w) for h in X.chunks[0] for w in X.chunks[1]]
         k, n_channels = self.centers.shape
         size = k * n_channels + k + 3
-        if len(self.parts) != len(shapes) or any(p.shape != (size,) or (p[-2], p[-1]) != shape
+        if len(self.parts) != len(shapes) or any(p.shape != (size + self.n_labels,) or (p[size - 2], p[size - 1]) != shape
                                                  for p, shape in zip(self.parts, shapes)):
             logger.info("the write read other blocks than the fit's: its pass is made again")
             return None
         leaves = {("block", i): (p[:k * n_channels].reshape(k, n_channels), p[k * n_channels:k * n_channels + k],
-                                 float(p[-3])) for i, p in enumerate(self.parts)}
+                                 float(p[size - 3])) for i, p in enumerate(self.parts)}
         layer, root = tree_reduce("sum", list(leaves), _sum_tuples, split_every=self.points.split_every)
 
         def value(key: Any) -> Any:  # the tree DaskPoints.partial_sums sums, in its order
@@ -738,8 +748,9 @@ class LastPass:
 def _block_step(block: np.ndarray, cells: CellGrid, centers: np.ndarray, palette: np.ndarray,
                 dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     X = np.ascontiguousarray(block).reshape(-1, block.shape[-1])
-    (sums, counts, inertia), labels = cells.sums_and_labels(X, centers, palette, dtype)
-    packed = np.concatenate([sums.reshape(-1), counts, [inertia, float(block.shape[0]), float(block.shape[1])]])
+    (sums, counts, inertia), labels, label_counts = cells.sums_and_labels(X, centers, palette, dtype)
+    packed = np.concatenate([sums.reshape(-1), counts, [inertia, float(block.shape[0]), float(block.shape[1])],
+                             label_counts])
     return labels.reshape(block.shape[:-1]), packed
 
 

@@ -307,7 +307,7 @@ def _scan_candidates(x0, x1, x2, p0, p1, cand, centers_t):  # pragma: no cover
 
 @numba.njit(**_JIT)
 def _sums_and_labels_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, p_table, p_offsets, p_cand,
-                         palette_t, sums, counts, out):  # pragma: no cover
+                         palette_t, sums, counts, out, out_counts):  # pragma: no cover
     """:func:`_cell_sums_and_labels` for RGB rows: one cell code a pixel serves both sets of centres."""
     side = np.float64(1 << bits)
     l0, l1, l2 = lo[0], lo[1], lo[2]
@@ -332,6 +332,7 @@ def _sums_and_labels_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t
             if lab < 0:
                 lab = _scan_candidates(x0, x1, x2, p_offsets[code], p_offsets[code + 1], p_cand, palette_t)[0]
             out[i] = lab
+        out_counts[out[i]] += 1
         counts[best] += 1.0  # added in row order: the sums of a row-by-row scan
         sums[best, 0] += x0
         sums[best, 1] += x1
@@ -342,11 +343,11 @@ def _sums_and_labels_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t
 
 @numba.njit(**_JIT)
 def _cell_sums_and_labels(X, lo, inv_width, bits, table, offsets, cand, centers_t, p_table, p_offsets, p_cand,
-                          palette_t, sums, counts, out):  # pragma: no cover
+                          palette_t, sums, counts, out, out_counts):  # pragma: no cover
     n = X.shape[0]
     if X.shape[1] == 3:
         return _sums_and_labels_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, p_table, p_offsets,
-                                    p_cand, palette_t, sums, counts, out)
+                                    p_cand, palette_t, sums, counts, out, out_counts)
     labels = np.empty(_SUM_ROWS, dtype=np.int64)
     min_dist = np.empty(_SUM_ROWS)
     no_weights = np.empty(0, dtype=np.float32)
@@ -358,10 +359,12 @@ def _cell_sums_and_labels(X, lo, inv_width, bits, table, offsets, cand, centers_
         inertia = _add_rows(X, start, stop, no_weights, False, labels, min_dist, sums, counts, inertia)
         _nearest_cells(rows, lo, inv_width, bits, p_table, p_offsets, p_cand, palette_t, out[start:stop], min_dist,
                        np.bool_(False))
+        for i in range(start, stop):
+            out_counts[out[i]] += 1
     return inertia
 
 
-def cell_sums_and_labels(X, lo, inv_width, bits, tables, palette_tables, sums, counts, out):
+def cell_sums_and_labels(X, lo, inv_width, bits, tables, palette_tables, sums, counts, out, out_counts):
     """One Lloyd step's sums of ``X`` (n, C) for some centres and its labels for others, in one read.
 
     ``tables`` and ``palette_tables`` are (table, offsets, candidates,
@@ -369,9 +372,10 @@ def cell_sums_and_labels(X, lo, inv_width, bits, tables, palette_tables, sums, c
     sets of centres (e.g. a fit's centres and the palette they round to).
     The sums and counts are added (unweighted) and the inertia returned as
     :func:`cell_partial_sums` gives them, bit for bit; ``out`` receives the
-    nearest of the second centres (:func:`cell_labels`' labels).
+    nearest of the second centres (:func:`cell_labels`' labels), and
+    ``out_counts`` (int64, one per second centre) is added the pixels of each.
     """
     table, offsets, cand, centers_t = tables
     p_table, p_offsets, p_cand, palette_t = palette_tables
     return _cell_sums_and_labels(X, lo, inv_width, np.int64(bits), table, offsets, cand, centers_t, p_table,
-                                 p_offsets, p_cand, palette_t, sums, counts, out)
+                                 p_offsets, p_cand, palette_t, sums, counts, out, out_counts)

@@ -331,8 +331,11 @@ def write_quantized(
     known = class_counts(mapper, choice, len(colours)) if table and dither is None else None
     if known is not None and (known.sum() > n_pixels or nodata is None and known.sum() != n_pixels):
         known = None  # a histogram of other pixels (not expected): count the labels as written
-    # without the histogram's counts, the workers count the labels as they encode the tiles
-    counted = np.zeros(len(colours) if nodata is None else nodata + 1, np.int64) if table and known is None else None
+    # without the histogram's counts, the labeller of a last pass counts the labels it gives, else the
+    # workers count them as they encode the tiles
+    stepped = labeller is not None and labeller.step is not None
+    counted = (np.zeros(len(colours) if nodata is None else nodata + 1, np.int64)
+               if table and known is None and not stepped else None)
     with _stopped_on_failure(pass1 if dither is not None else None):
         _write_labels(
             data if lookup is not None or labeller is not None else labels,
@@ -360,11 +363,13 @@ def write_quantized(
         sums = pass1.result() if dither is not None else None  # the quality sums came with the dither
     if labeller is not None and labeller.quality:
         sums = measured_sums(measured)
-    if labeller is not None and labeller.step is not None:
+    if stepped:
         last_pass.record(step_parts(measured))
     if table:
         if known is not None:
             counts, nodata_count = known, n_pixels - int(known.sum())
+        elif stepped:  # nothing masked
+            counts, nodata_count = last_pass.label_counts(), None
         else:
             assert counted is not None
             counts, nodata_count = counted[:len(colours)], None if nodata is None else int(counted[nodata])

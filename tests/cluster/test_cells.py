@@ -182,9 +182,10 @@ def test_sums_and_labels_in_one_read_are_the_two_scans(kind, bands):
         palette = np.rint(centers)
         inner = np.sort(X, axis=0)[[500, -500]]  # a grid over part of the range: 2% of each band outside
         grid = CellGrid.over(inner[0], inner[1], k)
-        (sums, counts, inertia), labels = grid.sums_and_labels(X, centers, palette, np.uint8)
+        (sums, counts, inertia), labels, label_counts = grid.sums_and_labels(X, centers, palette, np.uint8)
         assert labels.dtype == np.uint8
         np.testing.assert_array_equal(labels, kernels.assign_labels(X, palette, np.int32)[0])
+        np.testing.assert_array_equal(label_counts, np.bincount(labels, minlength=k))
         expected = kernels.partial_sums(X, centers, None)
         np.testing.assert_array_equal(sums, expected[0])
         np.testing.assert_array_equal(counts, expected[1])
