@@ -72,7 +72,7 @@ from bigquant.cluster.points import (
 
 __all__ = [
     "GRID_MAX_BITS", "BandCounts", "ValueGrid", "grid_bits", "value_range", "value_grid", "search_cells",
-    "finish_on_pixels", "check_fixed_point", "DISTINCT_MAX", "LastPass", "deferring_last_pass",
+    "finish_on_pixels", "check_fixed_point", "DISTINCT_MAX", "LastPass", "deferring_last_pass", "deferral",
 ]
 
 logger = logging.getLogger(__name__)
@@ -679,7 +679,8 @@ class LastPass:
         self.parts: list[np.ndarray] | None = None
         self.n_labels = 0
 
-    def block_step(self, palette: np.ndarray, label_dtype: np.dtype) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def block_step(self, palette: np.ndarray,
+                   label_dtype: np.dtype) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """``step(block) -> (labels, sums)``: a block's labels for ``palette`` and this pass's sums, one read.
 
         ``sums`` packs :meth:`bigquant.cluster.cells.CellGrid.sums_and_labels`'
@@ -711,8 +712,9 @@ class LastPass:
         shapes = [(h, w) for h in X.chunks[0] for w in X.chunks[1]]
         k, n_channels = self.centers.shape
         size = k * n_channels + k + 3
-        if len(self.parts) != len(shapes) or any(p.shape != (size + self.n_labels,) or (p[size - 2], p[size - 1]) != shape
-                                                 for p, shape in zip(self.parts, shapes)):
+        if len(self.parts) != len(shapes) or any(
+                p.shape != (size + self.n_labels,) or (p[size - 2], p[size - 1]) != shape
+                for p, shape in zip(self.parts, shapes)):
             logger.info("the write read other blocks than the fit's: its pass is made again")
             return None
         leaves = {("block", i): (p[:k * n_channels].reshape(k, n_channels), p[k * n_channels:k * n_channels + k],

@@ -559,7 +559,8 @@ default="k-means++"
         def finish(done: Finished) -> None:
             if not done.converged:
                 warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=4)
-            self._finish(data, "grid", None, LloydResult(done.centers, done.inertia, done.n_pass, done.converged), cells)
+            result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
+            self._finish(data, "grid", None, result, cells)
             self._values = None if grid.values is None else (grid.values, grid.value_counts)
             self.band_counts_ = grid.band_counts()  # per band, what the grid pass counted (a display stretch)
 

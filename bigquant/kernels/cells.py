@@ -291,7 +291,7 @@ def cell_partial_sums(X, weights, use_weights, lo, inv_width, bits, table, offse
 
 @numba.njit(**_JIT)
 def _scan_candidates(x0, x1, x2, p0, p1, cand, centers_t):  # pragma: no cover
-    """Nearest of the candidates ``cand[p0:p1]`` of an RGB value, and its squared distance (:func:`_nearest_rgb`'s scan)."""
+    """Nearest of the candidates ``cand[p0:p1]`` of an RGB value and its squared distance (as :func:`_nearest_rgb`)."""
     best = cand[p0]
     a, b, c = x0 - centers_t[0, best], x1 - centers_t[1, best], x2 - centers_t[2, best]
     best_d = a * a + b * b + c * c

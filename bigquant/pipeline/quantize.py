@@ -50,11 +50,11 @@ from bigquant.pipeline.quality import QualityTarget, peak_value, search_k
 from bigquant.pipeline.report import (
     MeasuredLabels,
     measured_sums,
-    step_parts,
     psnr_peak,
     quality_from_histogram,
     quality_from_sums,
     quality_pass,
+    step_parts,
     write_compare,
 )
 from bigquant.pipeline.request import (
@@ -439,7 +439,7 @@ def _measuring_labeller(mapper: Any, choice: PaletteChoice, data: Any, dst: path
 
 
 def _pass_with_write(data: Any, valid: Any, target: Any, dither: str | None, dst: pathlib.Path, tile: int) -> bool:
-    """Whether a grid fit may leave its first exact pass to the write (:func:`bigquant.cluster.grid.deferring_last_pass`).
+    """Whether a grid fit may leave its first pass to the write (:func:`bigquant.cluster.grid.deferring_last_pass`).
 
     When the write labels the pixels in its own read (:func:`_measuring_labeller`),
     in the fit's blocks: dask pixels whose chunks lie on the output's ``tile``

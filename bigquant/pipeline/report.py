@@ -44,8 +44,8 @@ from bigquant.io.atomic import atomic_output
 from bigquant.io.objects import output_location
 from bigquant.kernels.spaces import error_sums, to_space
 
-__all__ = ["MeasuredLabels", "measured_sums", "step_parts", "quality_from_histogram", "quality_from_sums", "quality_pass",
-           "psnr_peak", "write_compare"]
+__all__ = ["MeasuredLabels", "measured_sums", "step_parts", "quality_from_histogram", "quality_from_sums",
+           "quality_pass", "psnr_peak", "write_compare"]
 
 logger = logging.getLogger(__name__)
 
