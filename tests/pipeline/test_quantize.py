@@ -536,11 +536,13 @@ def test_16_bit_first_pass_is_made_in_the_write(tmp_path, count_decodes, monkeyp
     the file, its attribute table, the palette JSON, the centres, inertia, passes and quality are those of
     the fit made before the write.  When the pass moves the centres (k = 12 here needs 13 passes to
     reach a tol this small), the passes left run after it and the image is written again: the same file.
-    Output tiles that do not hold whole chunks (256 over 128) are read in other blocks: no pass with the write."""
+    Output tiles that do not hold whole chunks (256 over 128) are read in other blocks: no pass with the write
+    (nor below ``PASS_WITH_WRITE_MIN_PIXELS``, where a second pass is more common)."""
     from bigquant.cluster import points as points_module
     from bigquant.pipeline import quantize as quantize_module
 
     monkeypatch.setattr(quantize_module, "_spool_worth_it", lambda *args: False)  # every read decodes
+    monkeypatch.setattr(quantize_module, "PASS_WITH_WRITE_MIN_PIXELS", 0)  # small images too
     rng = np.random.default_rng(1)
     base = rng.integers(0, 65536, (8, 3)).astype(np.int64)
     image = np.clip(base[rng.integers(0, 8, (320, 384))] + rng.integers(-2000, 2001, (320, 384, 3)), 0, 65535)
@@ -581,3 +583,6 @@ def test_16_bit_first_pass_is_made_in_the_write(tmp_path, count_decodes, monkeyp
     for doc in docs:
         doc.pop("output"), doc.pop("seconds")
     assert docs[0] == docs[1]
+    monkeypatch.undo()
+    assert not quantize_module._pass_with_write(read_image(src, chunks=128).data, None, None, None,
+                                                tmp_path / "q.tif", 128)  # 0.12 MP
