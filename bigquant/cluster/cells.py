@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from dask.base import tokenize
 
-from bigquant.kernels.cells import cell_labels, cell_partial_sums, cell_table
+from bigquant.kernels.cells import cell_labels, cell_partial_sums, cell_sums_and_labels, cell_table
 
 __all__ = ["CellGrid", "CELL_TABLE_BITS"]
 
@@ -128,3 +128,27 @@ class CellGrid:
         inertia = cell_partial_sums(X, w, use, self.lo, 1.0 / self.width, self.bits, table, offsets,
                                     cand, centers_t, sums, counts)
         return sums, counts, float(inertia)
+
+    def sums_and_labels(self, X: np.ndarray, centers: np.ndarray, palette: np.ndarray,
+                        label_dtype: np.dtype | type = np.int32
+                        ) -> tuple[tuple[np.ndarray, np.ndarray, float], np.ndarray, np.ndarray]:
+        """A Lloyd step's sums for ``centers`` and the labels for ``palette`` of the rows of ``X``, in one read.
+
+        The sums, counts and inertia are :meth:`partial_sums`' (unweighted),
+        the labels :meth:`labels`' for ``palette``, bit for bit: the step of
+        a fit's last pass and the labels written with the colours its centres
+        round to, from one look at each pixel.  Last, the rows of each
+        label (int64, one per palette colour).
+        """
+        tables = self.tables(centers)
+        palette_tables = self.tables(palette)
+        k, n_channels = tables[3].shape[1], tables[3].shape[0]
+        sums = np.zeros((k, n_channels))
+        counts = np.zeros(k)
+        labels = np.empty(X.shape[0], dtype=label_dtype)
+        label_counts = np.zeros(palette_tables[3].shape[1], dtype=np.int64)
+        if X.shape[0] == 0:
+            return (sums, counts, 0.0), labels, label_counts
+        inertia = cell_sums_and_labels(X, self.lo, 1.0 / self.width, self.bits, tables, palette_tables, sums, counts,
+                                       labels, label_counts)
+        return (sums, counts, float(inertia)), labels, label_counts

@@ -37,9 +37,12 @@ int16, float32, 4 or more bands) have too many.  The grid strategy:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,18 +57,22 @@ from dask.highlevelgraph import HighLevelGraph
 from bigquant import kernels, tasks
 from bigquant.cluster.init import kmeans_plusplus, local_trials
 from bigquant.cluster.lloyd import fill_stranded, relocate_empty_clusters
+from bigquant.cluster.cells import CellGrid
 from bigquant.cluster.points import (
     BoundedPoints,
+    DaskPoints,
     PointSet,
     _segments,
+    _sum_tuples,
     _thread_pool,
     block_tree,
     n_threads,
+    tree_reduce,
 )
 
 __all__ = [
     "GRID_MAX_BITS", "BandCounts", "ValueGrid", "grid_bits", "value_range", "value_grid", "search_cells",
-    "finish_on_pixels", "check_fixed_point", "DISTINCT_MAX",
+    "finish_on_pixels", "check_fixed_point", "DISTINCT_MAX", "LastPass", "deferring_last_pass", "deferral",
 ]
 
 logger = logging.getLogger(__name__)
@@ -589,7 +596,8 @@ class Finished:
 
 
 def finish_on_pixels(points: PointSet, centers: np.ndarray, *, tol: float, max_iter: int,
-                     callback: Callable[[int, float, float], None] | None = None) -> Finished:
+                     callback: Callable[[int, float, float], None] | None = None,
+                     first: tuple[np.ndarray, np.ndarray, float] | None = None) -> Finished:
     """Exact Lloyd passes over the pixels from ``centers`` until one moves them by at most ``tol``.
 
     Returns the centres the last pass assigned (so ``inertia`` is theirs,
@@ -599,12 +607,14 @@ def finish_on_pixels(points: PointSet, centers: np.ndarray, *, tol: float, max_i
     on a centre, no empty cluster takes a pixel
     (:func:`~bigquant.cluster.lloyd.relocate_empty_clusters`), and the empty
     ones are copies (:func:`~bigquant.cluster.lloyd.fill_stranded`).
+    ``first``, when given, is the first pass's ``points.partial_sums(centers)``,
+    already summed elsewhere (:class:`LastPass`: in the write's read).
     """
     centers = np.array(centers, dtype=np.float64)
     shift = math.inf
     inertia = math.nan
     for n_pass in range(1, int(max_iter) + 1):
-        sums, counts, inertia = points.partial_sums(centers)
+        sums, counts, inertia = first if n_pass == 1 and first is not None else points.partial_sums(centers)
         moved = relocate_empty_clusters(points, centers, sums, counts, inertia)
         new = centers.copy()
         nonzero = counts > 0
@@ -620,6 +630,158 @@ def finish_on_pixels(points: PointSet, centers: np.ndarray, *, tol: float, max_i
     # out of passes: the last means, whose inertia one more pass measures
     inertia = points.partial_sums(centers)[2]
     return Finished(centers, float(inertia), int(max_iter), False, shift)
+
+
+# --------------------------------------------------------------------------- the last pass, deferred
+
+
+class LastPass:
+    """A grid fit's first exact pass over the pixels, left for the write to make in its own read.
+
+    The search on the cells ends next to the pixels' fixed point: the first
+    exact pass (:func:`finish_on_pixels`) usually moves the centres by less
+    than ``tol``, and the fit then returns the very centres that pass
+    assigned.  Those centres, and so the palette written, are known before
+    the pass: a writer that labels each chunk with the palette can add up
+    the pass's sums in the same read (:meth:`block_step`), and
+    :meth:`settle` finishes the fit from them.  When the pass does move the
+    centres (or empties a cluster), :meth:`settle` runs the passes left over
+    the pixels as :func:`finish_on_pixels` would, and tells the caller that
+    what was written needs writing again.  Either way the fit ends with the
+    centres, inertia and passes of :func:`finish_on_pixels` run before the
+    write, bit for bit: the sums of each block are those of
+    :class:`~bigquant.cluster.points.DaskPoints` (same blocks, same kernel
+    arithmetic) and are added up in its tree's order.
+
+    Parameters
+    ----------
+    points : DaskPoints
+        The pixels (unweighted), in the blocks the writer reads.
+    centers : ndarray of shape (k, n_channels)
+        The centres of the pass (the search's).
+    cells : CellGrid
+        The value cells the pass and the labels look the nearest centre up in.
+    finish : callable
+        ``finish(Finished)``: sets the fitted model from the outcome.
+    tol, max_iter, callback
+        As :func:`finish_on_pixels`.
+    """
+
+    def __init__(self, points: DaskPoints, centers: np.ndarray, cells: CellGrid, finish: Callable[[Finished], None],
+                 *, tol: float, max_iter: int, callback: Callable[[int, float, float], None] | None = None):
+        self.points = points
+        self.centers = np.array(centers, dtype=np.float64)
+        self.cells = cells
+        self.finish = finish
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.callback = callback
+        self.parts: list[np.ndarray] | None = None
+        self.n_labels = 0
+
+    def block_step(self, palette: np.ndarray,
+                   label_dtype: np.dtype) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """``step(block) -> (labels, sums)``: a block's labels for ``palette`` and this pass's sums, one read.
+
+        ``sums`` packs :meth:`bigquant.cluster.cells.CellGrid.sums_and_labels`'
+        step (k x C sums, k counts, the inertia), the block's height and
+        width, and the pixels of each label; hand the sums of every block, in
+        row-major block order, to :meth:`record`.
+        """
+        self.n_labels = len(palette)
+        return functools.partial(_block_step, cells=self.cells, centers=self.centers,
+                                 palette=np.ascontiguousarray(palette, dtype=np.float64), dtype=np.dtype(label_dtype))
+
+    def record(self, parts: Sequence[np.ndarray]) -> None:
+        """Keep the sums :meth:`block_step` gave each block (row-major block order) for :meth:`settle`."""
+        self.parts = [np.asarray(p, dtype=np.float64) for p in parts]
+
+    def label_counts(self) -> np.ndarray | None:
+        """The pixels of each label :meth:`block_step` gave, over the blocks recorded (None: none recorded)."""
+        if not self.parts:
+            return None
+        k, n_channels = self.centers.shape
+        start = k * n_channels + k + 3
+        return np.sum([p[start:] for p in self.parts], axis=0).astype(np.int64)
+
+    def _recorded_sums(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The pass's (sums, counts, inertia) from the recorded blocks, when they are the points' blocks."""
+        if self.parts is None:
+            return None
+        X = self.points.X
+        shapes = [(h, w) for h in X.chunks[0] for w in X.chunks[1]]
+        k, n_channels = self.centers.shape
+        size = k * n_channels + k + 3
+        if len(self.parts) != len(shapes) or any(
+                p.shape != (size + self.n_labels,) or (p[size - 2], p[size - 1]) != shape
+                for p, shape in zip(self.parts, shapes)):
+            logger.info("the write read other blocks than the fit's: its pass is made again")
+            return None
+        leaves = {("block", i): (p[:k * n_channels].reshape(k, n_channels), p[k * n_channels:k * n_channels + k],
+                                 float(p[size - 3])) for i, p in enumerate(self.parts)}
+        layer, root = tree_reduce("sum", list(leaves), _sum_tuples, split_every=self.points.split_every)
+
+        def value(key: Any) -> Any:  # the tree DaskPoints.partial_sums sums, in its order
+            if key in leaves:
+                return leaves[key]
+            combine, children = layer[key]
+            return combine([value(child) for child in children])
+
+        sums, counts, inertia = value(root)
+        return sums, counts, float(inertia)
+
+    def settle(self) -> bool:
+        """Finish the fit from the pass the write made; True when it ended on :attr:`centers` (nothing to rewrite).
+
+        Without the write's sums (none recorded, or other blocks) the pass is
+        made here, over the pixels.
+        """
+        first = self._recorded_sums()
+        done = finish_on_pixels(self.points, self.centers, tol=self.tol, max_iter=self.max_iter,
+                                callback=self.callback, first=first)
+        self.finish(done)
+        kept = bool(np.array_equal(done.centers, self.centers))
+        if not kept:
+            logger.info("the pass made with the write moved the centres (%d passes): the image is written again",
+                        done.n_pass)
+        return kept
+
+
+def _block_step(block: np.ndarray, cells: CellGrid, centers: np.ndarray, palette: np.ndarray,
+                dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    X = np.ascontiguousarray(block).reshape(-1, block.shape[-1])
+    (sums, counts, inertia), labels, label_counts = cells.sums_and_labels(X, centers, palette, dtype)
+    packed = np.concatenate([sums.reshape(-1), counts, [inertia, float(block.shape[0]), float(block.shape[1])],
+                             label_counts])
+    return labels.reshape(block.shape[:-1]), packed
+
+
+#: where a grid fit leaves its first pass for the write (see :func:`deferring_last_pass`)
+_DEFERRED: contextvars.ContextVar[list[LastPass] | None] = contextvars.ContextVar("bigquant_deferred_pass",
+                                                                                   default=None)
+
+
+@contextlib.contextmanager
+def deferring_last_pass() -> Iterator[list[LastPass]]:
+    """Let a grid fit in the block leave its first exact pass to the write: yields where it is left.
+
+    A grid fit on unweighted dask pixels (:class:`~bigquant.cluster.points.DaskPoints`)
+    made in the block returns its model fitted provisionally with the
+    search's centres and appends a :class:`LastPass` to the list: the caller
+    then writes with :meth:`LastPass.block_step` and calls
+    :meth:`LastPass.settle`, which finishes the model.  Other fits ignore it.
+    """
+    box: list[LastPass] = []
+    token = _DEFERRED.set(box)
+    try:
+        yield box
+    finally:
+        _DEFERRED.reset(token)
+
+
+def deferral() -> list[LastPass] | None:
+    """Where a grid fit leaves its first pass (inside :func:`deferring_last_pass`), else None."""
+    return _DEFERRED.get()
 
 
 def check_fixed_point(X: Any, model: Any, valid: Any = None) -> tuple[int, float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -18,7 +19,16 @@ from bigquant.cluster.allocator import tune_if_asked
 from bigquant.cluster.base import KMeansBase, warn_few_clusters
 from bigquant.cluster.checkpoint import Checkpoint
 from bigquant.cluster.cells import CellGrid
-from bigquant.cluster.grid import GRID_MAX_BITS, finish_on_pixels, grid_bits, search_cells, value_grid
+from bigquant.cluster.grid import (
+    GRID_MAX_BITS,
+    Finished,
+    LastPass,
+    deferral,
+    finish_on_pixels,
+    grid_bits,
+    search_cells,
+    value_grid,
+)
 from bigquant.cluster.histogram import ColourHistogram, colour_histogram, histogram_bits
 from bigquant.cluster.init import (
     init_sample_size,
@@ -545,14 +555,26 @@ default="k-means++"
         if start is None:
             start = self._initial_centers(points, k, rng)
         self._ckpt = None  # a grid fit is two or three passes: nothing to resume
+
+        def finish(done: Finished) -> None:
+            if not done.converged:
+                warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=4)
+            result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
+            self._finish(data, "grid", None, result, cells)
+            self._values = None if grid.values is None else (grid.values, grid.value_counts)
+            self.band_counts_ = grid.band_counts()  # per band, what the grid pass counted (a display stretch)
+
+        box = deferral()
+        if box is not None and isinstance(points, DaskPoints) and points.weights is None and cells is not None:
+            # the write makes the first pass (LastPass.settle finishes the fit): fitted meanwhile with these centres
+            box.append(LastPass(points, start, cells, finish, tol=tol, max_iter=int(self.max_iter),
+                                callback=self.callback))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # told when settled
+                finish(Finished(np.array(start, dtype=np.float64), math.nan, 1, True, 0.0))
+            return self
         with phase(tasks.LLOYD):
-            done = finish_on_pixels(points, start, tol=tol, max_iter=int(self.max_iter), callback=self.callback)
-        if not done.converged:
-            warn_not_converged(int(self.max_iter), done.shift, tol, stacklevel=3)
-        result = LloydResult(done.centers, done.inertia, done.n_pass, done.converged)
-        self._finish(data, "grid", None, result, cells)
-        self._values = None if grid.values is None else (grid.values, grid.value_counts)
-        self.band_counts_ = grid.band_counts()  # per band, what the grid pass counted (a display stretch)
+            finish(finish_on_pixels(points, start, tol=tol, max_iter=int(self.max_iter), callback=self.callback))
         return self
 
     def value_counts(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -29,7 +29,7 @@ import numpy as np
 from bigquant.kernels._jit import JIT as _JIT
 from bigquant.kernels.scans import _nearest, _sqdist
 
-__all__ = ["cell_table", "cell_labels", "cell_partial_sums"]
+__all__ = ["cell_table", "cell_labels", "cell_partial_sums", "cell_sums_and_labels"]
 
 #: relative margin on the box distances (the distances round at about 1e-16)
 _MARGIN = 1e-9
@@ -245,9 +245,29 @@ _SUM_ROWS = 4096
 
 
 @numba.njit(**_JIT)
+def _add_rows(X, start, stop, weights, use_weights, labels, min_dist, sums, counts, inertia):  # pragma: no cover
+    """Rows ``start:stop`` added to their centres' sums and counts, in row order; the inertia carried on."""
+    n_channels = X.shape[1]
+    for i in range(start, stop):  # added in row order: the sums of a row-by-row scan
+        best = labels[i - start]
+        if use_weights:
+            w = np.float64(weights[i])
+            counts[best] += w
+            for c in range(n_channels):
+                sums[best, c] += np.float64(X[i, c]) * w
+            inertia += min_dist[i - start] * w
+        else:
+            counts[best] += 1.0
+            for c in range(n_channels):
+                sums[best, c] += np.float64(X[i, c])
+            inertia += min_dist[i - start]
+    return inertia
+
+
+@numba.njit(**_JIT)
 def _cell_partial_sums(X, weights, use_weights, lo, inv_width, bits, table, offsets, cand, centers_t,
                        sums, counts):  # pragma: no cover
-    n, n_channels = X.shape
+    n = X.shape[0]
     labels = np.empty(_SUM_ROWS, dtype=np.int64)
     min_dist = np.empty(_SUM_ROWS)
     inertia = 0.0
@@ -255,19 +275,7 @@ def _cell_partial_sums(X, weights, use_weights, lo, inv_width, bits, table, offs
         stop = min(n, start + _SUM_ROWS)
         _nearest_cells(X[start:stop], lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist,
                        np.bool_(True))
-        for i in range(start, stop):  # added in row order: the sums of a row-by-row scan
-            best = labels[i - start]
-            if use_weights:
-                w = np.float64(weights[i])
-                counts[best] += w
-                for c in range(n_channels):
-                    sums[best, c] += np.float64(X[i, c]) * w
-                inertia += min_dist[i - start] * w
-            else:
-                counts[best] += 1.0
-                for c in range(n_channels):
-                    sums[best, c] += np.float64(X[i, c])
-                inertia += min_dist[i - start]
+        inertia = _add_rows(X, start, stop, weights, use_weights, labels, min_dist, sums, counts, inertia)
     return inertia
 
 
@@ -279,3 +287,95 @@ def cell_partial_sums(X, weights, use_weights, lo, inv_width, bits, table, offse
     """
     return _cell_partial_sums(X, weights, np.bool_(use_weights), lo, inv_width, np.int64(bits), table, offsets,
                               cand, centers_t, sums, counts)
+
+
+@numba.njit(**_JIT)
+def _scan_candidates(x0, x1, x2, p0, p1, cand, centers_t):  # pragma: no cover
+    """Nearest of the candidates ``cand[p0:p1]`` of an RGB value and its squared distance (as :func:`_nearest_rgb`)."""
+    best = cand[p0]
+    a, b, c = x0 - centers_t[0, best], x1 - centers_t[1, best], x2 - centers_t[2, best]
+    best_d = a * a + b * b + c * c
+    for p in range(p0 + 1, p1):
+        j = cand[p]
+        a, b, c = x0 - centers_t[0, j], x1 - centers_t[1, j], x2 - centers_t[2, j]
+        d = a * a + b * b + c * c
+        if d < best_d:
+            best_d = d
+            best = j
+    return best, best_d
+
+
+@numba.njit(**_JIT)
+def _sums_and_labels_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, p_table, p_offsets, p_cand,
+                         palette_t, sums, counts, out, out_counts):  # pragma: no cover
+    """:func:`_cell_sums_and_labels` for RGB rows: one cell code a pixel serves both sets of centres."""
+    side = np.float64(1 << bits)
+    l0, l1, l2 = lo[0], lo[1], lo[2]
+    s0, s1, s2 = inv_width[0], inv_width[1], inv_width[2]
+    dist = np.empty(max(centers_t.shape[1], palette_t.shape[1]))
+    inertia = 0.0
+    for i in range(X.shape[0]):
+        x0, x1, x2 = np.float64(X[i, 0]), np.float64(X[i, 1]), np.float64(X[i, 2])
+        u0, u1, u2 = (x0 - l0) * s0, (x1 - l1) * s1, (x2 - l2) * s2
+        if not (u0 >= 0.0 and u0 < side and u1 >= 0.0 and u1 < side and u2 >= 0.0 and u2 < side):
+            best, best_d = _nearest(X, i, centers_t, dist)  # outside the grid: every centre
+            out[i] = _nearest(X, i, palette_t, dist)[0]
+        else:
+            code = (((np.int64(u0) << bits) | np.int64(u1)) << bits) | np.int64(u2)
+            best = table[code]
+            if best >= 0:
+                a, b, c = x0 - centers_t[0, best], x1 - centers_t[1, best], x2 - centers_t[2, best]
+                best_d = a * a + b * b + c * c
+            else:
+                best, best_d = _scan_candidates(x0, x1, x2, offsets[code], offsets[code + 1], cand, centers_t)
+            lab = p_table[code]
+            if lab < 0:
+                lab = _scan_candidates(x0, x1, x2, p_offsets[code], p_offsets[code + 1], p_cand, palette_t)[0]
+            out[i] = lab
+        out_counts[out[i]] += 1
+        counts[best] += 1.0  # added in row order: the sums of a row-by-row scan
+        sums[best, 0] += x0
+        sums[best, 1] += x1
+        sums[best, 2] += x2
+        inertia += best_d
+    return inertia
+
+
+@numba.njit(**_JIT)
+def _cell_sums_and_labels(X, lo, inv_width, bits, table, offsets, cand, centers_t, p_table, p_offsets, p_cand,
+                          palette_t, sums, counts, out, out_counts):  # pragma: no cover
+    n = X.shape[0]
+    if X.shape[1] == 3:
+        return _sums_and_labels_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, p_table, p_offsets,
+                                    p_cand, palette_t, sums, counts, out, out_counts)
+    labels = np.empty(_SUM_ROWS, dtype=np.int64)
+    min_dist = np.empty(_SUM_ROWS)
+    no_weights = np.empty(0, dtype=np.float32)
+    inertia = 0.0
+    for start in range(0, n, _SUM_ROWS):
+        stop = min(n, start + _SUM_ROWS)
+        rows = X[start:stop]
+        _nearest_cells(rows, lo, inv_width, bits, table, offsets, cand, centers_t, labels, min_dist, np.bool_(True))
+        inertia = _add_rows(X, start, stop, no_weights, False, labels, min_dist, sums, counts, inertia)
+        _nearest_cells(rows, lo, inv_width, bits, p_table, p_offsets, p_cand, palette_t, out[start:stop], min_dist,
+                       np.bool_(False))
+        for i in range(start, stop):
+            out_counts[out[i]] += 1
+    return inertia
+
+
+def cell_sums_and_labels(X, lo, inv_width, bits, tables, palette_tables, sums, counts, out, out_counts):
+    """One Lloyd step's sums of ``X`` (n, C) for some centres and its labels for others, in one read.
+
+    ``tables`` and ``palette_tables`` are (table, offsets, candidates,
+    centres transposed) of :func:`cell_table` on the same grid for the two
+    sets of centres (e.g. a fit's centres and the palette they round to).
+    The sums and counts are added (unweighted) and the inertia returned as
+    :func:`cell_partial_sums` gives them, bit for bit; ``out`` receives the
+    nearest of the second centres (:func:`cell_labels`' labels), and
+    ``out_counts`` (int64, one per second centre) is added the pixels of each.
+    """
+    table, offsets, cand, centers_t = tables
+    p_table, p_offsets, p_cand, palette_t = palette_tables
+    return _cell_sums_and_labels(X, lo, inv_width, np.int64(bits), table, offsets, cand, centers_t, p_table,
+                                 p_offsets, p_cand, palette_t, sums, counts, out, out_counts)

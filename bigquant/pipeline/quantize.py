@@ -30,6 +30,7 @@ import numpy as np
 from bigquant import kernels, tasks
 from bigquant.cluster.allocator import release_freed_memory
 from bigquant.cluster.scheduler import active_client, on_client, phase
+from bigquant.cluster.validation import label_dtype
 from bigquant.errors import InvalidInputError, InvalidParameterError
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import DITHERED_DEFLATE_LEVEL, LabelLookup, resolve_codec
@@ -53,6 +54,7 @@ from bigquant.pipeline.report import (
     quality_from_histogram,
     quality_from_sums,
     quality_pass,
+    step_parts,
     write_compare,
 )
 from bigquant.pipeline.request import (
@@ -77,6 +79,10 @@ logger = logging.getLogger(__name__)
 #: pixel to its colour, so no lookup table of 2**24 entries is built, and no dask
 #: graph is run for an image that is already in memory
 IN_MEMORY_MAX_PIXELS = 1 << 22
+
+#: 16-bit and multi-band images of at least this many pixels make the grid fit's first exact
+#: pass in the write's read (see ``_pass_with_write``); smaller ones more often need a second
+PASS_WITH_WRITE_MIN_PIXELS = 1 << 24
 
 
 @contextlib.contextmanager
@@ -239,6 +245,7 @@ def write_quantized(
     report: dict[str, Any] | None = None,
     spool: pathlib.Path | None = None,
     measure: bool = False,
+    last_pass: Any = None,
 ) -> tuple[Any, int | None]:
     """Map ``data`` to the chosen palette and write it (one read pass for 8-bit data).
 
@@ -258,6 +265,9 @@ def write_quantized(
     ``report``, a palette TIFF labelled without a lookup table (16-bit data)
     is measured in the write pass itself: ``report["sums"]`` holds the
     quality sums (:class:`bigquant.pipeline.report.MeasuredLabels`).
+    ``last_pass`` (:class:`bigquant.cluster.grid.LastPass`, 16-bit data): the
+    fit's first exact pass is made in the write's read too, each chunk's
+    sums recorded for :meth:`~bigquant.cluster.grid.LastPass.settle`.
 
     Returns
     -------
@@ -305,8 +315,10 @@ def write_quantized(
     else:
         labels = mapper.labels_
         lookup = _label_lookup(mapper, data, dst)
-    labeller = (_measuring_labeller(mapper, choice, data, dst, options)
-                if measure and report is not None and dither is None and valid is None and lookup is None else None)
+    plain = dither is None and valid is None and lookup is None
+    labeller = _measuring_labeller(mapper, choice, data, dst, options,
+                                   quality=bool(measure and report is not None and plain),
+                                   last_pass=last_pass if plain else None)
     measured: list[np.ndarray] = []
     written_nodata = nodata
     if choice.alpha and nodata is not None:
@@ -323,8 +335,11 @@ def write_quantized(
     known = class_counts(mapper, choice, len(colours)) if table and dither is None else None
     if known is not None and (known.sum() > n_pixels or nodata is None and known.sum() != n_pixels):
         known = None  # a histogram of other pixels (not expected): count the labels as written
-    # without the histogram's counts, the workers count the labels as they encode the tiles
-    counted = np.zeros(len(colours) if nodata is None else nodata + 1, np.int64) if table and known is None else None
+    # without the histogram's counts, the labeller of a last pass counts the labels it gives, else the
+    # workers count them as they encode the tiles
+    stepped = labeller is not None and labeller.step is not None
+    counted = (np.zeros(len(colours) if nodata is None else nodata + 1, np.int64)
+               if table and known is None and not stepped else None)
     with _stopped_on_failure(pass1 if dither is not None else None):
         _write_labels(
             data if lookup is not None or labeller is not None else labels,
@@ -350,11 +365,15 @@ def write_quantized(
             _measured=measured,
         )
         sums = pass1.result() if dither is not None else None  # the quality sums came with the dither
-    if labeller is not None:
+    if labeller is not None and labeller.quality:
         sums = measured_sums(measured)
+    if stepped:
+        last_pass.record(step_parts(measured))
     if table:
         if known is not None:
             counts, nodata_count = known, n_pixels - int(known.sum())
+        elif stepped:  # nothing masked
+            counts, nodata_count = last_pass.label_counts(), None
         else:
             assert counted is not None
             counts, nodata_count = counted[:len(colours)], None if nodata is None else int(counted[nodata])
@@ -394,13 +413,19 @@ def _stopped_on_failure(pass1: Any) -> Iterator[None]:
 
 
 def _measuring_labeller(mapper: Any, choice: PaletteChoice, data: Any, dst: pathlib.Path,
-                        options: WriteOptions) -> MeasuredLabels | None:
+                        options: WriteOptions, *, quality: bool = True,
+                        last_pass: Any = None) -> MeasuredLabels | None:
     """The labeller that labels and measures each chunk as a palette TIFF is written, or None.
 
     For labels computed without a lookup table (16-bit and multi-band data:
     value cells or a full scan), so that the quality report needs no pass of
     its own: the pixels and their labels are at hand when the tile is encoded.
+    With ``last_pass``, it also adds up the fit's first exact pass
+    (:meth:`bigquant.cluster.grid.LastPass.block_step`); without it and
+    ``quality``, there is nothing to do in the write's read (None).
     """
+    if not quality and last_pass is None:
+        return None
     if FORMATS.get(dst.suffix.lower()) != "tiff" or not isinstance(data, da.Array) or choice.alpha:
         return None
     if getattr(mapper, "space_", None) is not None:  # its labels_ are of its own colour space
@@ -410,7 +435,43 @@ def _measuring_labeller(mapper: Any, choice: PaletteChoice, data: Any, dst: path
     label_block = mapper.block_labels()
     if label_block is None:
         return None
-    return MeasuredLabels(label_block, choice.palette, rgb_bands=options.rgb_bands)
+    step = None
+    if last_pass is not None:  # the same labels (those of the same cells), and the pass's sums
+        centers = np.asarray(mapper.cluster_centers_, dtype=np.float64)
+        step = last_pass.block_step(centers, label_dtype(len(centers)))
+    return MeasuredLabels(label_block, choice.palette, rgb_bands=options.rgb_bands, quality=quality, step=step)
+
+
+def _pass_with_write(data: Any, valid: Any, target: Any, dither: str | None, dst: pathlib.Path, tile: int) -> bool:
+    """Whether a grid fit may leave its first pass to the write (:func:`bigquant.cluster.grid.deferring_last_pass`).
+
+    When the write labels the pixels in its own read (:func:`_measuring_labeller`),
+    in the fit's blocks: dask pixels whose chunks lie on the output's ``tile``
+    grid (the writer reads them as they are), nothing masked, no quality
+    target, no dithering, TIFF out; and where the first pass is likely the
+    last (a pass that moves the centres costs a second write): at most three
+    bands, whose grid (6 bits a band or more) leaves the search next to the
+    pixels' fixed point, and at least :data:`PASS_WITH_WRITE_MIN_PIXELS`
+    pixels (the fit of the 67 MP and 1 GP photos made one pass; crops of
+    0.26 and 4 MP of the same photo took 3 and 2 at k = 16, and at 4 bands,
+    5 bits a band, 67 MP took 5).
+    """
+    return (isinstance(data, da.Array) and valid is None and target is None and dither is None
+            and int(data.shape[-1]) <= 3 and FORMATS.get(dst.suffix.lower()) == "tiff"
+            and math.prod(data.shape[:2]) >= PASS_WITH_WRITE_MIN_PIXELS
+            and all(np.all(np.cumsum(sizes)[:-1] % int(tile) == 0) for sizes in data.chunks[:2]))
+
+
+def _settled(last_pass: Any, choice: PaletteChoice) -> bool:
+    """Finish the fit from the pass made with the write; whether what was written is what it writes.
+
+    The image written is a function of the palette (the labels are each
+    pixel's nearest palette colour, the colours shown come from it and the
+    grid's counts), so it stands when the finished fit's palette is the one
+    written with.
+    """
+    last_pass.settle()
+    return bool(np.array_equal(choice.model.palette()[0], choice.palette))
 
 
 def write_class_table(choice: PaletteChoice, source: ImageSource, dst: pathlib.Path, colours: np.ndarray,
@@ -893,6 +954,7 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
     with _scheduler(client), (pixel_spool(data, dst_path, request.map.scratch) if spooling
                               else contextlib.nullcontext()) as kept:
         t0 = time.perf_counter()
+        last_pass = None
         if given is not None:
             choice = given
         elif fit_alpha_channel:
@@ -900,8 +962,13 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         elif space != "rgb":
             choice = _fit_in_space(data, valid, source, n_clusters, space, fit.kmeans_params())
         else:
-            choice = _fit_palette(data if kept is None else kept.counting, valid, source, n_clusters, target,
-                                  limit, fit.kmeans_params())
+            from bigquant.cluster.grid import deferring_last_pass
+
+            with (deferring_last_pass() if _pass_with_write(data, valid, target, dither, dst_path, write.tile)
+                  else contextlib.nullcontext([])) as deferred:
+                choice = _fit_palette(data if kept is None else kept.counting, valid, source, n_clusters, target,
+                                      limit, fit.kmeans_params())
+            last_pass = deferred[0] if deferred else None
         t1 = time.perf_counter()
         if given is None:
             logger.info("fitted %d colours in %.1f s (%s iterations)", len(choice.palette), t1 - t0,
@@ -932,8 +999,18 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                 written_data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
                 dither_strength=dither_strength, dither_data=dither_data,
                 report=written if want else None, spool=spool,
-                measure=bool(measure) and not _measured_elsewhere(choice),
+                measure=bool(measure) and not _measured_elsewhere(choice), last_pass=last_pass,
             )
+            if last_pass is not None and not _settled(last_pass, choice):
+                # the pass made with the write moved the centres: the image as the finished fit writes it
+                pal, error = choice.model.palette()
+                choice = PaletteChoice(pal, choice.model, None, error)
+                written = {}
+                mapper, nodata = write_quantized(
+                    written_data, valid, choice, source, dst_path, dataclasses.replace(write, overwrite=True),
+                    preview=report.preview, report=written if want else None, spool=spool,
+                    measure=bool(measure) and not _measured_elsewhere(choice),
+                )
             logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
             _release_freed_memory()
             sums = written.get("sums")

@@ -44,8 +44,8 @@ from bigquant.io.atomic import atomic_output
 from bigquant.io.objects import output_location
 from bigquant.kernels.spaces import error_sums, to_space
 
-__all__ = ["MeasuredLabels", "measured_sums", "quality_from_histogram", "quality_from_sums", "quality_pass",
-           "psnr_peak", "write_compare"]
+__all__ = ["MeasuredLabels", "measured_sums", "step_parts", "quality_from_histogram", "quality_from_sums",
+           "quality_pass", "psnr_peak", "write_compare"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,22 +230,44 @@ class MeasuredLabels:
     delta_e : bool, default=True
     rgb_bands : sequence of 3 int or None, default=None
         As :func:`quality_pass`.
+    quality : bool, default=True
+        Measure the chunk (else its five quality sums are NaN).
+    step : callable or None, default=None
+        Chunk -> (labels, sums), the labels ``label_block`` gives and more
+        sums made in the same look at each pixel (a fit's last pass:
+        :meth:`bigquant.cluster.grid.LastPass.block_step`); used instead of
+        ``label_block``, its sums follow the quality sums (:func:`step_parts`).
     """
 
     def __init__(self, label_block: Callable[[np.ndarray], np.ndarray], palette: np.ndarray, *,
-                 delta_e: bool = True, rgb_bands: Sequence[int] | None = None):
+                 delta_e: bool = True, rgb_bands: Sequence[int] | None = None, quality: bool = True,
+                 step: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None):
         self.label_block = label_block
         self.palette = np.ascontiguousarray(palette, dtype=np.float64)
         self.delta_e = bool(delta_e)
         self.rgb_bands = None if rgb_bands is None else [int(b) for b in rgb_bands]
+        self.quality = bool(quality)
+        self.step = step
 
     def __dask_tokenize__(self) -> str:
-        return tokenize("measured-labels", self.label_block, self.palette, self.delta_e, self.rgb_bands)
+        return tokenize("measured-labels", self.label_block, self.palette, self.delta_e, self.rgb_bands,
+                        self.quality, self.step)
 
     def __call__(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        labels = self.label_block(block)
-        shown = np.ascontiguousarray(_shown_order(block, self.rgb_bands))
-        return labels, _block_sums(shown, labels, _shown_order(self.palette, self.rgb_bands), self.delta_e, None)
+        if self.step is not None:
+            labels, more = self.step(block)
+        else:
+            labels, more = self.label_block(block), None
+        if self.quality:
+            shown = np.ascontiguousarray(_shown_order(block, self.rgb_bands))
+            sums = _block_sums(shown, labels, _shown_order(self.palette, self.rgb_bands), self.delta_e, None)
+        else:
+            sums = np.full(_QUALITY_SUMS, math.nan)
+        return labels, sums if more is None else np.concatenate([sums, np.asarray(more, dtype=np.float64)])
+
+
+#: quality sums of a chunk :class:`MeasuredLabels` gives first (squared error, Delta E, pixels, min, max)
+_QUALITY_SUMS = 5
 
 
 def measured_sums(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -253,9 +275,14 @@ def measured_sums(parts: Sequence[np.ndarray]) -> np.ndarray:
 
     Added as :func:`quality_pass` adds its blocks' sums: the same figures.
     """
-    blocks = np.asarray(parts, dtype=np.float64).reshape(-1, 5)
+    blocks = np.asarray([np.asarray(p, dtype=np.float64)[:_QUALITY_SUMS] for p in parts]).reshape(-1, _QUALITY_SUMS)
     sums = blocks[:, :3].sum(axis=0)
     return np.concatenate([sums, [blocks[:, 3].min(), blocks[:, 4].max()]])
+
+
+def step_parts(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The sums a :class:`MeasuredLabels` ``step`` gave each chunk, after its quality sums (row-major order)."""
+    return [np.asarray(p, dtype=np.float64)[_QUALITY_SUMS:] for p in parts]
 
 
 def _block_sums3(block: np.ndarray, labels: np.ndarray, palette: np.ndarray, delta_e: bool,

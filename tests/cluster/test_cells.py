@@ -168,3 +168,25 @@ def test_few_values_end_the_fit_in_the_grid_pass(monkeypatch, pixel_passes):
     np.testing.assert_array_equal(model.cluster_centers_, plain.cluster_centers_)
     np.testing.assert_array_equal(labels, plain.labels_.compute())
     assert model.inertia_ == pytest.approx(plain.inertia_, rel=1e-12)
+
+
+@pytest.mark.parametrize("bands", [1, 3, 4])
+@pytest.mark.parametrize("kind", ["uint16", "uint16-narrow", "float32"])
+def test_sums_and_labels_in_one_read_are_the_two_scans(kind, bands):
+    """One look at each pixel: a Lloyd step's sums for the centres and the labels of their rounded palette,
+    each bit for bit what the full scans give (values outside the grid included)."""
+    rng = np.random.default_rng(20 + bands)
+    X = _data(kind, 50_000, bands, rng)
+    for k in (3, 16):
+        centers = X[rng.choice(X.shape[0], k, replace=False)].astype(np.float64) + rng.uniform(-0.5, 0.5, (k, bands))
+        palette = np.rint(centers)
+        inner = np.sort(X, axis=0)[[500, -500]]  # a grid over part of the range: 2% of each band outside
+        grid = CellGrid.over(inner[0], inner[1], k)
+        (sums, counts, inertia), labels, label_counts = grid.sums_and_labels(X, centers, palette, np.uint8)
+        assert labels.dtype == np.uint8
+        np.testing.assert_array_equal(labels, kernels.assign_labels(X, palette, np.int32)[0])
+        np.testing.assert_array_equal(label_counts, np.bincount(labels, minlength=k))
+        expected = kernels.partial_sums(X, centers, None)
+        np.testing.assert_array_equal(sums, expected[0])
+        np.testing.assert_array_equal(counts, expected[1])
+        assert inertia == expected[2]  # the same additions in the same order

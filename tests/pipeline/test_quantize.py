@@ -528,3 +528,61 @@ def test_16_bit_tiles_are_decoded_once(tmp_path, count_decodes, monkeypatch):
     np.testing.assert_array_equal(np.bincount(count_decodes, minlength=n_tiles), decodes + 2 + again.n_iter_)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "q2.tif"), tifffile.imread(tmp_path / "q.tif"))
     assert again.quality_ == model.quality_
+
+
+@pytest.mark.parametrize(("k", "tol", "passes", "tile"), [(8, 1e-4, 1, 128), (12, 1e-9, 13, 128), (8, 1e-4, 1, 256)])
+def test_16_bit_first_pass_is_made_in_the_write(tmp_path, count_decodes, monkeypatch, k, tol, passes, tile):
+    """The grid fit's first exact pass over the pixels is made in the write's read, not in one of its own:
+    the file, its attribute table, the palette JSON, the centres, inertia, passes and quality are those of
+    the fit made before the write.  When the pass moves the centres (k = 12 here needs 13 passes to
+    reach a tol this small), the passes left run after it and the image is written again: the same file.
+    Output tiles that do not hold whole chunks (256 over 128) are read in other blocks: no pass with the write
+    (nor below ``PASS_WITH_WRITE_MIN_PIXELS``, where a second pass is more common)."""
+    from bigquant.cluster import points as points_module
+    from bigquant.pipeline import quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "_spool_worth_it", lambda *args: False)  # every read decodes
+    monkeypatch.setattr(quantize_module, "PASS_WITH_WRITE_MIN_PIXELS", 0)  # small images too
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 65536, (8, 3)).astype(np.int64)
+    image = np.clip(base[rng.integers(0, 8, (320, 384))] + rng.integers(-2000, 2001, (320, 384, 3)), 0, 65535)
+    src = tmp_path / "blobs16.tif"
+    tifffile.imwrite(src, image.astype(np.uint16), tile=(64, 64), photometric="rgb", compression="zlib")
+    pixel_passes: list[int] = []
+    original = points_module.DaskPoints.partial_sums
+
+    def counting(self, centers):
+        pixel_passes.append(1)
+        return original(self, centers)
+
+    monkeypatch.setattr(points_module.DaskPoints, "partial_sums", counting)
+
+    def run(name: str) -> tuple[object, np.ndarray, int]:
+        count_decodes.clear()
+        pixel_passes.clear()
+        model = quantize(src, tmp_path / f"{name}.tif", k, random_state=0, measure=True, chunks=128, tol=tol,
+                         palette_out=tmp_path / f"{name}.json", tile=tile)
+        return model, np.bincount(count_decodes, minlength=30), len(pixel_passes)
+
+    model, decodes, made = run("fused")
+    monkeypatch.setattr(quantize_module, "_pass_with_write", lambda *args: False)
+    before, decodes_before, made_before = run("before")
+    assert model.strategy_ == "grid" and model.value_counts() is None
+    assert model.n_iter_ == before.n_iter_ == made_before == passes
+    deferred = tile == 128
+    assert made == passes - deferred  # the first in the write
+    # reads: the range probe, the grid pass, the Lloyd passes, the write (twice when the centres moved)
+    np.testing.assert_array_equal(decodes, decodes_before - deferred + (deferred and passes > 1))
+    assert (tmp_path / "fused.tif").read_bytes() == (tmp_path / "before.tif").read_bytes()
+    assert ((tmp_path / "fused.tif.aux.xml").read_text()
+            == (tmp_path / "before.tif.aux.xml").read_text().replace("before.tif", "fused.tif"))
+    np.testing.assert_array_equal(model.cluster_centers_, before.cluster_centers_)
+    assert model.inertia_ == before.inertia_  # bit for bit: the same blocks added up in the same tree
+    assert model.quality_ == before.quality_
+    docs = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("fused", "before")]
+    for doc in docs:
+        doc.pop("output"), doc.pop("seconds")
+    assert docs[0] == docs[1]
+    monkeypatch.undo()
+    assert not quantize_module._pass_with_write(read_image(src, chunks=128).data, None, None, None,
+                                                tmp_path / "q.tif", 128)  # 0.12 MP
