@@ -970,9 +970,12 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                                       limit, fit.kmeans_params())
             last_pass = deferred[0] if deferred else None
         t1 = time.perf_counter()
-        if given is None:
+        if given is None and last_pass is None:
             logger.info("fitted %d colours in %.1f s (%s iterations)", len(choice.palette), t1 - t0,
                         getattr(choice.model, "n_iter_", "?"))
+        elif given is None:  # its count is known once the write's pass is settled
+            logger.info("fitted %d colours in %.1f s (the next exact pass made with the write)",
+                        len(choice.palette), t1 - t0)
         written_data = data
         dither_data = None
         if kept is not None:
@@ -1001,7 +1004,11 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                 report=written if want else None, spool=spool,
                 measure=bool(measure) and not _measured_elsewhere(choice), last_pass=last_pass,
             )
-            if last_pass is not None and not _settled(last_pass, choice):
+            settled = last_pass is None or _settled(last_pass, choice)
+            if last_pass is not None:
+                logger.info("fit settled with the write's pass: %s iterations%s", choice.model.n_iter_,
+                            "" if settled else ", its palette moved: written again")
+            if not settled:
                 # the pass made with the write moved the centres: the image as the finished fit writes it
                 pal, error = choice.model.palette()
                 choice = PaletteChoice(pal, choice.model, None, error)
