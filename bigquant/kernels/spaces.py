@@ -231,17 +231,25 @@ def _lms(r, g, b, m1):  # pragma: no cover - jitted
 
 
 @numba.njit(inline="always", **_JIT)
-def _ok_distance(s0, s1, s2, m2, ok_colours, lab):  # pragma: no cover - jitted
-    """OKLab distance (float32) from cube-rooted LMS ``s`` to palette colour ``lab``."""
-    d0 = m2[0, 0] * s0 + m2[0, 1] * s1 + m2[0, 2] * s2 - ok_colours[lab, 0]
-    d1 = m2[1, 0] * s0 + m2[1, 1] * s1 + m2[1, 2] * s2 - ok_colours[lab, 1]
-    d2 = m2[2, 0] * s0 + m2[2, 1] * s1 + m2[2, 2] * s2 - ok_colours[lab, 2]
-    return np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+def _oklab(s0, s1, s2, m2):  # pragma: no cover - jitted
+    """OKLab (float32) of cube-rooted LMS ``s``."""
+    return (m2[0, 0] * s0 + m2[0, 1] * s1 + m2[0, 2] * s2,
+            m2[1, 0] * s0 + m2[1, 1] * s1 + m2[1, 2] * s2,
+            m2[2, 0] * s0 + m2[2, 1] * s1 + m2[2, 2] * s2)
+
+
+@numba.njit(inline="always", **_JIT)
+def _ok_distance2(o0, o1, o2, ok_colours, lab):  # pragma: no cover - jitted
+    """Squared OKLab distance (float32) from ``o`` to palette colour ``lab`` (its root: ``np.sqrt``, float32)."""
+    d0 = o0 - ok_colours[lab, 0]
+    d1 = o1 - ok_colours[lab, 1]
+    d2 = o2 - ok_colours[lab, 2]
+    return d0 * d0 + d1 * d1 + d2 * d2
 
 
 @numba.njit(inline="always", **_JIT)
 def _sums_scratch():  # pragma: no cover - jitted
-    """The scratch :func:`_error_row` takes: cube roots (3, block), distances, squared errors, partial sums."""
+    """The scratch :func:`_error_row` takes: OKLab (3, block), squared distances, squared errors, partial sums."""
     return (np.empty((3, _BLOCK), dtype=np.float32), np.empty(_BLOCK, dtype=np.float32), np.empty(_BLOCK),
             np.empty(2 * _LANES))
 
@@ -255,12 +263,14 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
     :func:`_sums_scratch`.  The one definition of the sums' arithmetic:
     :func:`_error_rows` and :func:`bigquant.kernels.dither.fs_rows` both run
     it.  A block of columns at a time: every pixel's OKLab in float32
-    (``lin_lut``, ``m1``, ``m2`` and ``ok_colours`` are float32; the cube
-    roots vectorised), its distance to its colour and its squared error over
-    the channels (float64: exact for integer colours); the block's values are
-    then added in :data:`_LANES` interleaved float64 partial sums, and those
-    to the row's, in a fixed order (so that the result is the same for
-    every caller).  Masked pixels add zeros (whatever their label).
+    (``lin_lut``, ``m1``, ``m2`` and ``ok_colours`` are float32), in loops
+    that either look values up or compute (these vectorise: the matrices
+    and the cube roots); its squared distance to its colour, and its squared
+    error over the channels (float64: exact for integer colours); then the
+    distances' roots, all added in :data:`_LANES` interleaved float64
+    partial sums, and those to the row's, in a fixed order (so that the
+    result is the same for every caller).  Masked pixels add zeros
+    (whatever their label).
     """
     ok, dist, sq, lanes = scratch
     n_ch = P.shape[2]
@@ -269,18 +279,26 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
         c1 = min(c0 + _BLOCK, xb)
         m = c1 - c0
         if with_de:
-            for x in range(c0, c1):  # linear sRGB -> LMS
-                l0, l1, l2 = _lms(lin_lut[np.int64(P[py, x - dx_p, 0])], lin_lut[np.int64(P[py, x - dx_p, 1])],
-                                  lin_lut[np.int64(P[py, x - dx_p, 2])], m1)
-                ok[0, x - c0] = l0
-                ok[1, x - c0] = l1
-                ok[2, x - c0] = l2
+            for x in range(c0, c1):  # the lookups of linear sRGB (not vectorised)
+                ok[0, x - c0] = lin_lut[np.int64(P[py, x - dx_p, 0])]
+                ok[1, x - c0] = lin_lut[np.int64(P[py, x - dx_p, 1])]
+                ok[2, x - c0] = lin_lut[np.int64(P[py, x - dx_p, 2])]
+            for i in range(m):  # -> LMS (vectorised)
+                l0, l1, l2 = _lms(ok[0, i], ok[1, i], ok[2, i], m1)
+                ok[0, i] = l0
+                ok[1, i] = l1
+                ok[2, i] = l2
             for c in range(3):  # the cube roots: a loop of their own, over contiguous values (vectorised)
                 for i in range(m):
                     ok[c, i] = _cbrt(ok[c, i])
-            for x in range(c0, c1):
+            for i in range(m):  # -> OKLab (vectorised: no lookup)
+                o0, o1, o2 = _oklab(ok[0, i], ok[1, i], ok[2, i], m2)
+                ok[0, i] = o0
+                ok[1, i] = o1
+                ok[2, i] = o2
+            for x in range(c0, c1):  # the lookups of the pixels' colours (not vectorised); roots below
                 lab = min(np.int64(L[ly, x - dx_l]), last)
-                dist[x - c0] = _ok_distance(ok[0, x - c0], ok[1, x - c0], ok[2, x - c0], m2, ok_colours, lab)
+                dist[x - c0] = _ok_distance2(ok[0, x - c0], ok[1, x - c0], ok[2, x - c0], ok_colours, lab)
                 d0 = np.float64(P[py, x - dx_p, 0]) - colours[lab, 0]
                 d1 = np.float64(P[py, x - dx_p, 1]) - colours[lab, 1]
                 d2 = np.float64(P[py, x - dx_p, 2]) - colours[lab, 2]
@@ -308,11 +326,11 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
         while i + _LANES <= m:
             for j in range(_LANES):
                 lanes[j] += sq[i + j]
-                lanes[_LANES + j] += np.float64(dist[i + j])
+                lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
             i += _LANES
         for j in range(m - i):
             lanes[j] += sq[i + j]
-            lanes[_LANES + j] += np.float64(dist[i + j])
+            lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
         for j in range(_LANES):
             sse += lanes[j]
             de += lanes[_LANES + j]
@@ -400,7 +418,8 @@ def _colour_error_rows(colours, counts, labels, palette, ok_palette, lin_lut, wi
         if with_de:  # the very float32 steps of _error_row, on one colour
             l0, l1, l2 = _lms(lin_lut[np.int64(colours[i, 0])], lin_lut[np.int64(colours[i, 1])],
                               lin_lut[np.int64(colours[i, 2])], m1)
-            de += w * np.float64(_ok_distance(_cbrt(l0), _cbrt(l1), _cbrt(l2), m2, ok_palette, lab))
+            o0, o1, o2 = _oklab(_cbrt(l0), _cbrt(l1), _cbrt(l2), m2)
+            de += w * np.float64(np.sqrt(_ok_distance2(o0, o1, o2, ok_palette, lab)))
     out[0] += sse
     out[1] += de
     out[2] += n
