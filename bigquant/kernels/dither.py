@@ -45,8 +45,7 @@ import numba
 import numpy as np
 
 from bigquant.kernels._jit import JIT as _JIT
-from bigquant.kernels.spaces import _BLOCK as _SUMS_BLOCK
-from bigquant.kernels.spaces import _M1, _M2, _error_row, sum_tables
+from bigquant.kernels.spaces import _M1_32, _M2_32, _error_row, _sums_scratch, sum_tables
 
 __all__ = [
     "UNITS",
@@ -437,8 +436,7 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
         lx0 = xa.min()
         width = max(np.int64(1), xb.max() - lx0)
         L = np.empty((2, width), dtype=np.int32)
-        ok = np.empty((3, _SUMS_BLOCK))  # scratch of the sums
-        dist = np.empty(_SUMS_BLOCK)
+        scratch = _sums_scratch()
         r = 0
         while r < n_rows:
             # rows two by two (the key search; the grid's branches gain nothing), an empty row alone
@@ -484,9 +482,12 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                         out[y - oy0, x - ox0] = L[i, x - lx0]
                 if with_sums:  # in raster order, as error_sums adds them
                     sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, i, lx0, xa[r + i],
-                                            xb[r + i], colf, okc, lin_lut, True, m1, m2, ok, dist, sse, de, n)
+                                            xb[r + i], colf, okc, lin_lut, True, m1, m2, scratch, sse, de, n)
             r += 2 if pair else 1
-    else:
+    elif n_rows > 0:
+        lx0 = xa.min()
+        L = np.empty((1, max(np.int64(1), xb.max() - lx0)), dtype=np.int32)
+        scratch = _sums_scratch()
         for r in range(n_rows):
             y = y0 + r
             for x in range(xa[r], xb[r]):
@@ -495,22 +496,20 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                     valid = V[y - py0, x - px0]
                 lab = _fs_pixel(P, y - py0, x - px0, valid, E, y - ey0, x - ex0,
                                 q, col16, offsets, cand, shift, span, t)
+                L[0, x - lx0] = lab if valid else masked_label
                 if write_out:
-                    out[y - oy0, x - ox0] = lab if valid else masked_label
-                if with_sums and valid:  # as bigquant.kernels.spaces._error_row adds them
-                    s = 0.0
-                    for c in range(n_ch):
-                        d = np.float64(P[y - py0, x - px0, c]) - colf[lab, c]
-                        s += d * d
-                    sse += s
-                    n += 1
+                    out[y - oy0, x - ox0] = L[0, x - lx0]
+            if with_sums:  # as error_sums adds them (no Delta E but of three channels)
+                sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, 0, lx0, xa[r], xb[r], colf,
+                                        okc, lin_lut, False, m1, m2, scratch, sse, de, n)
     sums[0] += sse
     sums[1] += de
     sums[2] += n
 
 
 #: the quality tables :func:`fs_rows` passes when it keeps no sums (unused, of the types it compiles for)
-_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3)), np.zeros(1), _M1, _M2)
+_NO_TABLES = (np.zeros((1, 1)), np.zeros((1, 3), dtype=np.float32), np.zeros(1, dtype=np.float32), _M1_32,
+              _M2_32)
 
 
 def fs_rows(
@@ -571,7 +570,7 @@ def fs_rows(
     with_sums = sums is not None
     if with_sums:
         colf, okc, lin_lut, _ = sum_tables(colours, pixels.dtype)
-        tables = (colf, okc, lin_lut, _M1, _M2)
+        tables = (colf, okc, lin_lut, _M1_32, _M2_32)
     else:
         tables = _NO_TABLES
         sums = np.zeros(3)

@@ -7,6 +7,11 @@ definition (linear sRGB -> LMS, cube root, -> Lab; the inverse cubes).
 CIELAB uses the D65 white of sRGB and CIE's piecewise cube root.  Both spaces
 scale L to [0, 100] here (OKLab's a and b likewise times 100), so that
 distances in every space are of comparable size for k-means tolerances.
+
+The quality sums (:func:`error_sums`, :func:`colour_error_sums`) take every
+pixel's OKLab in float32 (twice the vector lanes of float64; a mean Delta E
+within about 1e-6, relative, of the float64 one) and add in float64; their
+squared errors are float64, exact for integer colours.
 """
 
 from __future__ import annotations
@@ -138,15 +143,24 @@ def from_space(X: np.ndarray, space: str, scale: float = 255.0) -> np.ndarray:
 #: columns the quality sums take at a time (:func:`_error_row`: its scratch stays in the first-level cache)
 _BLOCK = 256
 
+#: the block sums of :func:`_error_row` run in this many interleaved partial sums (a vector of float64s)
+_LANES = 8
+
+#: OKLab's two matrices in float32, the precision of the sums' OKLab
+_M1_32 = _M1.astype(np.float32)
+_M2_32 = _M2.astype(np.float32)
+
+
 def sum_tables(colours: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """What the quality sums of pixels of ``dtype`` against ``colours`` (k, C) need.
 
     Returns
     -------
     colours : ndarray of shape (k, C), float64
-    ok_colours : ndarray of shape (k, 3), float64
-        The palette in OKLab (natural units, L in [0, 1]); zeros unless C == 3.
-    lin_lut : ndarray, float64
+    ok_colours : ndarray of shape (k, 3), float32
+        The palette in OKLab (natural units, L in [0, 1]; computed in float64,
+        then rounded); zeros unless C == 3.
+    lin_lut : ndarray, float32
         Linear sRGB of every value of ``dtype`` (one zero unless C == 3).
     with_de : bool
         Whether the sums hold an OKLab Delta E (C == 3).
@@ -154,129 +168,186 @@ def sum_tables(colours: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.nda
     colours = np.ascontiguousarray(colours, dtype=np.float64)
     with_de = colours.shape[1] == 3
     if with_de:
-        scale = float(np.iinfo(dtype).max)
-        levels = np.arange(int(scale) + 1, dtype=np.float64) / scale
-        lin_lut = np.where(levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4)
-        ok_colours = to_space(colours, "oklab", scale) / 100.0
+        ok_colours = (to_space(colours, "oklab", float(np.iinfo(dtype).max)) / 100.0).astype(np.float32)
+        lin_lut = _linear_table(dtype)
     else:
-        lin_lut = np.zeros(1)
-        ok_colours = np.zeros((len(colours), 3))
+        lin_lut = np.zeros(1, dtype=np.float32)
+        ok_colours = np.zeros((len(colours), 3), dtype=np.float32)
     return colours, ok_colours, lin_lut, with_de
 
 
-@intrinsic
-def _f64_bits(typingctx, x):  # pragma: no cover - compiled
-    """The bits of a float64 as an int64 (a bit cast)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-
-    return types.int64(types.float64), codegen
+def _linear_table(dtype: np.dtype) -> np.ndarray:
+    """Linear sRGB of every value of an integer ``dtype`` on its full scale (float64 arithmetic, float32 values)."""
+    scale = float(np.iinfo(dtype).max)
+    levels = np.arange(int(scale) + 1, dtype=np.float64) / scale
+    return np.where(levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 @intrinsic
-def _f64_from_bits(typingctx, i):  # pragma: no cover - compiled
-    """The float64 of the given bits (a bit cast)."""
+def _f32_bits(typingctx, x):  # pragma: no cover - compiled
+    """The bits of a float32 as an int32 (a bit cast)."""
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
+        return builder.bitcast(args[0], context.get_value_type(types.int32))
 
-    return types.float64(types.int64), codegen
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _f32_from_bits(typingctx, i):  # pragma: no cover - compiled
+    """The float32 of the given bits (a bit cast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+_THIRD = np.float32(1.0 / 3.0)
+_FOUR = np.float32(4.0)
+_ZERO = np.float32(0.0)
 
 
 @numba.njit(inline="always", **_JIT)
 def _cbrt(x):  # pragma: no cover - jitted
-    """Cube root of ``x >= 0``, within 1e-15 of ``np.cbrt`` (relative): branch-free, so loops of it vectorise.
+    """Cube root of a float32 ``x >= 0``, within 5e-7 of ``np.cbrt`` (relative): branch-free, so loops of it vectorise.
 
     ``x^(-1/3)`` from the bits (a third of the exponent, about 3% off) and
-    three Newton steps that need no division (to about 1e-13), then
-    ``x x^(-2/3)`` and one Newton step of the cube root itself.  Callers
-    compile with ``error_model="numpy"`` (no test for a zero divisor: x = 0
-    gives a 0/0 whose result the last line replaces).
+    three Newton steps that need no division (to float32's precision), then
+    ``x x^(-2/3)``.  At x = 0 the steps overflow; the last line returns 0.
     """
-    y = _f64_from_bits(np.int64(0x553EF0FF289DD796) - np.int64(np.float64(_f64_bits(x)) * (1.0 / 3.0)))
-    y = y * (4.0 - x * y * y * y) * (1.0 / 3.0)
-    y = y * (4.0 - x * y * y * y) * (1.0 / 3.0)
-    y = y * (4.0 - x * y * y * y) * (1.0 / 3.0)
+    y = _f32_from_bits(np.int32(0x54A2FA8C) - np.int32(np.float32(_f32_bits(x)) * _THIRD))
+    y = y * (_FOUR - x * y * y * y) * _THIRD
+    y = y * (_FOUR - x * y * y * y) * _THIRD
+    y = y * (_FOUR - x * y * y * y) * _THIRD
     r = x * y * y
-    r = r - (r * r * r - x) / (3.0 * r * r)
-    return r if x > 0.0 else 0.0
+    return r if x > _ZERO else _ZERO
 
 
 @numba.njit(inline="always", **_JIT)
-def _oklab_row(P, py, dx_p, xa, xb, lin_lut, m1, m2, ok):  # pragma: no cover - jitted
-    """OKLab (natural units) of the pixels of row ``py``, columns ``[xa, xb)``, into ``ok[:, x - xa]``.
+def _lms(r, g, b, m1):  # pragma: no cover - jitted
+    """LMS of linear sRGB (float32): the one order of operations of the pixel and the colour paths."""
+    return (m1[0, 0] * r + m1[0, 1] * g + m1[0, 2] * b,
+            m1[1, 0] * r + m1[1, 1] * g + m1[1, 2] * b,
+            m1[2, 0] * r + m1[2, 1] * g + m1[2, 2] * b)
 
-    Every pixel (no cache, no test), in three loops so that the cube roots vectorise.
-    """
-    a00, a01, a02, a10, a11, a12, a20, a21, a22 = (m1[0, 0], m1[0, 1], m1[0, 2], m1[1, 0], m1[1, 1], m1[1, 2],
-                                                   m1[2, 0], m1[2, 1], m1[2, 2])
-    b00, b01, b02, b10, b11, b12, b20, b21, b22 = (m2[0, 0], m2[0, 1], m2[0, 2], m2[1, 0], m2[1, 1], m2[1, 2],
-                                                   m2[2, 0], m2[2, 1], m2[2, 2])
-    for x in range(xa, xb):  # linear sRGB -> LMS
-        r = lin_lut[np.int64(P[py, x - dx_p, 0])]
-        g = lin_lut[np.int64(P[py, x - dx_p, 1])]
-        b = lin_lut[np.int64(P[py, x - dx_p, 2])]
-        ok[0, x - xa] = a00 * r + a01 * g + a02 * b
-        ok[1, x - xa] = a10 * r + a11 * g + a12 * b
-        ok[2, x - xa] = a20 * r + a21 * g + a22 * b
-    for c in range(3):  # the cube roots: a loop of their own, over contiguous values (vectorised)
-        for i in range(xb - xa):
-            ok[c, i] = _cbrt(ok[c, i])
-    for i in range(xb - xa):
-        s0 = ok[0, i]
-        s1 = ok[1, i]
-        s2 = ok[2, i]
-        ok[0, i] = b00 * s0 + b01 * s1 + b02 * s2
-        ok[1, i] = b10 * s0 + b11 * s1 + b12 * s2
-        ok[2, i] = b20 * s0 + b21 * s1 + b22 * s2
+
+@numba.njit(inline="always", **_JIT)
+def _oklab(s0, s1, s2, m2):  # pragma: no cover - jitted
+    """OKLab (float32) of cube-rooted LMS ``s``."""
+    return (m2[0, 0] * s0 + m2[0, 1] * s1 + m2[0, 2] * s2,
+            m2[1, 0] * s0 + m2[1, 1] * s1 + m2[1, 2] * s2,
+            m2[2, 0] * s0 + m2[2, 1] * s1 + m2[2, 2] * s2)
+
+
+@numba.njit(inline="always", **_JIT)
+def _ok_distance2(o0, o1, o2, ok_colours, lab):  # pragma: no cover - jitted
+    """Squared OKLab distance (float32) from ``o`` to palette colour ``lab`` (its root: ``np.sqrt``, float32)."""
+    d0 = o0 - ok_colours[lab, 0]
+    d1 = o1 - ok_colours[lab, 1]
+    d2 = o2 - ok_colours[lab, 2]
+    return d0 * d0 + d1 * d1 + d2 * d2
+
+
+@numba.njit(inline="always", **_JIT)
+def _sums_scratch():  # pragma: no cover - jitted
+    """The scratch :func:`_error_row` takes: OKLab (3, block), squared distances, squared errors, partial sums."""
+    return (np.empty((3, _BLOCK), dtype=np.float32), np.empty(_BLOCK, dtype=np.float32), np.empty(_BLOCK),
+            np.empty(2 * _LANES), np.empty((_BLOCK, 3), dtype=np.float32), np.empty((3, _BLOCK)),
+            np.empty((3, _BLOCK)))
 
 
 @numba.njit(inline="always", **_JIT)
 def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours, ok_colours, lin_lut,
-               with_de, m1, m2, ok, dist, sse, de, n):  # pragma: no cover - jitted
+               with_de, m1, m2, scratch, sse, de, n):  # pragma: no cover - jitted
     """The sums of one row, columns ``[xa, xb)``, carried on from (sse, de, n); returns them.
 
-    ``dx_*`` turn a column into a column of each array; ``ok`` (3,
-    :data:`_BLOCK`) and ``dist`` (:data:`_BLOCK`) are scratch.  The one
-    definition of the sums' arithmetic: :func:`_error_rows` and
-    :func:`bigquant.kernels.dither.fs_rows` both run it.  A pixel's squared
-    error is summed over its channels first, then added; the OKLab
-    distances are computed a block of columns at a time (vectorised, in
-    the first-level cache), then added in column order.
+    ``dx_*`` turn a column into a column of each array; ``scratch`` is
+    :func:`_sums_scratch`.  The one definition of the sums' arithmetic:
+    :func:`_error_rows` and :func:`bigquant.kernels.dither.fs_rows` both run
+    it.  A block of columns at a time: every pixel's OKLab in float32
+    (``lin_lut``, ``m1``, ``m2`` and ``ok_colours`` are float32), in loops
+    that either look values up or compute (these vectorise: the matrices
+    and the cube roots); its squared distance to its colour, and its squared
+    error over the channels (float64: exact for integer colours); then the
+    distances' roots, all added in :data:`_LANES` interleaved float64
+    partial sums, and those to the row's, in a fixed order (so that the
+    result is the same for every caller).  Masked pixels add zeros
+    (whatever their label).
     """
+    ok, dist, sq, lanes, pal, col, pix = scratch
     n_ch = P.shape[2]
+    last = colours.shape[0] - 1  # a masked pixel's label may be past the palette: read within it, add zero
     for c0 in range(xa, xb, _BLOCK):
         c1 = min(c0 + _BLOCK, xb)
+        m = c1 - c0
         if with_de:
-            _oklab_row(P, py, dx_p, c0, c1, lin_lut, m1, m2, ok)
-            for x in range(c0, c1):
-                lab = L[ly, x - dx_l]
-                d0 = ok[0, x - c0] - ok_colours[lab, 0]
-                d1 = ok[1, x - c0] - ok_colours[lab, 1]
-                d2 = ok[2, x - c0] - ok_colours[lab, 2]
-                dist[x - c0] = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+            for x in range(c0, c1):  # the lookups of linear sRGB (not vectorised)
+                v0 = P[py, x - dx_p, 0]
+                v1 = P[py, x - dx_p, 1]
+                v2 = P[py, x - dx_p, 2]
+                pix[0, x - c0] = np.float64(v0)
+                pix[1, x - c0] = np.float64(v1)
+                pix[2, x - c0] = np.float64(v2)
+                ok[0, x - c0] = lin_lut[np.int64(v0)]
+                ok[1, x - c0] = lin_lut[np.int64(v1)]
+                ok[2, x - c0] = lin_lut[np.int64(v2)]
+            for i in range(m):  # -> LMS (vectorised)
+                l0, l1, l2 = _lms(ok[0, i], ok[1, i], ok[2, i], m1)
+                ok[0, i] = l0
+                ok[1, i] = l1
+                ok[2, i] = l2
+            for c in range(3):  # the cube roots: a loop of their own, over contiguous values (vectorised)
+                for i in range(m):
+                    ok[c, i] = _cbrt(ok[c, i])
+            for i in range(m):  # -> OKLab (vectorised: no lookup)
+                o0, o1, o2 = _oklab(ok[0, i], ok[1, i], ok[2, i], m2)
+                ok[0, i] = o0
+                ok[1, i] = o1
+                ok[2, i] = o2
+            for x in range(c0, c1):  # the lookups of the pixels' colours (not vectorised)
+                lab = min(np.int64(L[ly, x - dx_l]), last)
+                pal[x - c0, 0] = ok_colours[lab, 0]
+                pal[x - c0, 1] = ok_colours[lab, 1]
+                pal[x - c0, 2] = ok_colours[lab, 2]
+                col[0, x - c0] = colours[lab, 0]
+                col[1, x - c0] = colours[lab, 1]
+                col[2, x - c0] = colours[lab, 2]
+            for i in range(m):  # roots below
+                dist[i] = _ok_distance2(ok[0, i], ok[1, i], ok[2, i], pal, i)
+                d0 = pix[0, i] - col[0, i]
+                d1 = pix[1, i] - col[1, i]
+                d2 = pix[2, i] - col[2, i]
+                sq[i] = d0 * d0 + d1 * d1 + d2 * d2
         else:
-            dist[:] = 0.0  # adding +0.0 changes no sum
-        if has_mask:
             for x in range(c0, c1):
-                if V[vy, x - dx_v]:
-                    lab = L[ly, x - dx_l]
-                    s = 0.0
-                    for c in range(n_ch):
-                        d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
-                        s += d * d
-                    sse += s
-                    de += dist[x - c0]
-                    n += 1
-        else:  # the same without the test (a loop of its own runs faster)
-            for x in range(c0, c1):
-                lab = L[ly, x - dx_l]
+                lab = min(np.int64(L[ly, x - dx_l]), last)
                 s = 0.0
                 for c in range(n_ch):
                     d = np.float64(P[py, x - dx_p, c]) - colours[lab, c]
                     s += d * d
-                sse += s
-                de += dist[x - c0]
-            n += c1 - c0
+                sq[x - c0] = s
+                dist[x - c0] = _ZERO
+        if has_mask:
+            for x in range(c0, c1):
+                if not V[vy, x - dx_v]:
+                    sq[x - c0] = 0.0
+                    dist[x - c0] = _ZERO
+                else:
+                    n += 1
+        else:
+            n += m
+        lanes[:] = 0.0
+        i = 0
+        while i + _LANES <= m:
+            for j in range(_LANES):
+                lanes[j] += sq[i + j]
+                lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
+            i += _LANES
+        for j in range(m - i):
+            lanes[j] += sq[i + j]
+            lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
+        for j in range(_LANES):
+            sse += lanes[j]
+            de += lanes[_LANES + j]
     return sse, de, n
 
 
@@ -286,12 +357,11 @@ def _error_rows(P, py0, px0, V, has_mask, L, oy0, ox0, y0, xa, xb, colours, ok_c
     sse = 0.0
     de = 0.0
     n = 0
-    ok = np.empty((3, _BLOCK))
-    dist = np.empty(_BLOCK)
+    scratch = _sums_scratch()
     for r in range(xa.shape[0]):
         y = y0 + r
         sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, y - oy0, ox0, xa[r], xb[r],
-                                colours, ok_colours, lin_lut, with_de, m1, m2, ok, dist, sse, de, n)
+                                colours, ok_colours, lin_lut, with_de, m1, m2, scratch, sse, de, n)
     out[0] += sse
     out[1] += de
     out[2] += n
@@ -339,7 +409,8 @@ def error_sums(
     out = np.zeros(3)
     _error_rows(pixels, origin[0], origin[1], V, has_mask, np.ascontiguousarray(labels), label_origin[0],
                 label_origin[1], int(y0), np.ascontiguousarray(xa, dtype=np.int64),
-                np.ascontiguousarray(xb, dtype=np.int64), colours, ok_colours, lin_lut, with_de, _M1, _M2, out)
+                np.ascontiguousarray(xb, dtype=np.int64), colours, ok_colours, lin_lut, with_de, _M1_32, _M2_32,
+                out)
     return out
 
 
@@ -349,8 +420,6 @@ def _colour_error_rows(colours, counts, labels, palette, ok_palette, lin_lut, wi
     sse = 0.0
     de = 0.0
     n = 0.0
-    lin = np.empty(3)
-    mid = np.empty(3)
     for i in range(colours.shape[0]):
         w = np.float64(counts[i])
         lab = labels[i]
@@ -360,16 +429,11 @@ def _colour_error_rows(colours, counts, labels, palette, ok_palette, lin_lut, wi
             s += d * d
         sse += w * s
         n += w
-        if with_de:
-            for c in range(3):
-                lin[c] = lin_lut[np.int64(colours[i, c])]
-            for q in range(3):
-                mid[q] = _cbrt(m1[q, 0] * lin[0] + m1[q, 1] * lin[1] + m1[q, 2] * lin[2])
-            s = 0.0
-            for q in range(3):
-                v = m2[q, 0] * mid[0] + m2[q, 1] * mid[1] + m2[q, 2] * mid[2] - ok_palette[lab, q]
-                s += v * v
-            de += w * np.sqrt(s)
+        if with_de:  # the very float32 steps of _error_row, on one colour
+            l0, l1, l2 = _lms(lin_lut[np.int64(colours[i, 0])], lin_lut[np.int64(colours[i, 1])],
+                              lin_lut[np.int64(colours[i, 2])], m1)
+            o0, o1, o2 = _oklab(_cbrt(l0), _cbrt(l1), _cbrt(l2), m2)
+            de += w * np.float64(np.sqrt(_ok_distance2(o0, o1, o2, ok_palette, lab)))
     out[0] += sse
     out[1] += de
     out[2] += n
@@ -397,17 +461,8 @@ def colour_error_sums(colours: np.ndarray, counts: np.ndarray, labels: np.ndarra
         of the pixels gives them (the same sRGB linearisation table).
     """
     colours = np.ascontiguousarray(colours)
-    scale = float(np.iinfo(colours.dtype).max)
-    palette = np.ascontiguousarray(palette, dtype=np.float64)
-    with_de = colours.shape[1] == 3
-    if with_de:
-        levels = np.arange(int(scale) + 1, dtype=np.float64) / scale
-        lin_lut = np.where(levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4)
-        ok_palette = to_space(palette, "oklab", scale) / 100.0
-    else:
-        lin_lut = np.zeros(1)
-        ok_palette = np.zeros((len(palette), 3))
+    palette, ok_palette, lin_lut, with_de = sum_tables(palette, colours.dtype)
     out = np.zeros(3)
     _colour_error_rows(colours, np.ascontiguousarray(counts), np.ascontiguousarray(labels), palette, ok_palette,
-                       lin_lut, with_de, _M1, _M2, out)
+                       lin_lut, with_de, _M1_32, _M2_32, out)
     return out

@@ -467,8 +467,17 @@ class _Board(_Pass1):
             self._thread.join()
 
 
-def _post(board: _Board, tile: tuple[int, int], pair: tuple[Any, Any]) -> None:
+def _posted_tile(board: _Board, tile: tuple[int, int], *args: Any) -> tuple[Any, Any]:
+    """:func:`_slanted_tile`, its result posted on ``board`` as soon as it is done.
+
+    In the tile's own task: a task of its own would run when the scheduler
+    gets to it -- a cheap leaf of the graph, often only at the end of the
+    pass, which then kept every chunk waiting and put the whole write after
+    the diffusion.
+    """
+    pair = _slanted_tile(*args)
     board.post(tile, pair)
+    return pair
 
 
 def _posted_chunk(board: _Board, i: int, j: int, n_tiles: int, *args: Any) -> np.ndarray:
@@ -543,15 +552,14 @@ def _floyd_steinberg(
             else:
                 pixels = (block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)))
             dsk[(tile_name, i, j)] = (
-                _slanted_tile,
+                *((_slanted_tile,) if board is None else (_posted_tile, board, (i, j))),
                 *pixels,
                 block(vname, j - 1), block(vname, j),
                 left, above,
                 (y0, h, j, tile_w, height, width), boundaries, q, colours, grid_key, with_sums, spool_args,
             )
-            # only the part pass 2 needs outlives the pass (posted on the board, when there is one)
-            dsk[(kept_name, i, j)] = ((_second, (tile_name, i, j)) if board is None
-                                      else (_post, board, (i, j), (tile_name, i, j)))
+            # only the part pass 2 needs outlives the pass (and is posted on the board by the tile, if any)
+            dsk[(kept_name, i, j)] = (_second, (tile_name, i, j))
     # (not the pixels' graph when the tiles read their windows: an unculled graph would read them too)
     deps: list[Any] = ([data] if windows is None else []) + [grid] + ([valid] if valid is not None else [])
     graph = HighLevelGraph.from_collections(tile_name, dsk, dependencies=deps)

@@ -237,9 +237,9 @@ def test_rows_of_any_type_and_channels_give_the_serial_labels(dtype, channels):
     np.testing.assert_array_equal(start, want_errors)
 
 
-def test_the_quality_sums_cube_root_is_that_of_numpy_within_1e_15():
-    # the OKLab of the sums takes a branch-free cube root of its own (it vectorises): it must stay within
-    # 1e-12 (relative) of np.cbrt -- here 1e-15 -- over the values linear sRGB gives (0 and [1e-7, 1])
+def test_the_quality_sums_cube_root_is_that_of_numpy_within_5e_7():
+    # the OKLab of the sums takes a branch-free float32 cube root of its own (it vectorises): it must stay
+    # within 5e-7 (relative, about 4 float32 steps) of np.cbrt over the values linear sRGB gives (0 and [1e-8, 1])
     import numba
 
     from bigquant.kernels.spaces import _cbrt
@@ -252,7 +252,8 @@ def test_the_quality_sums_cube_root_is_that_of_numpy_within_1e_15():
         return out
 
     rng = np.random.default_rng(0)
-    x = np.concatenate([[0.0, 1.0, 0.125, 1e-7, 1.0 + 1e-9], rng.random(100_000), 10 ** rng.uniform(-7, 0, 100_000)])
-    got, want = roots(x), np.cbrt(x)
+    x = np.concatenate([[0.0, 1.0, 0.125, 1e-8, 1.0 + 1e-6], rng.random(100_000),
+                        10 ** rng.uniform(-8, 0, 100_000)]).astype(np.float32)
+    got, want = roots(x).astype(np.float64), np.cbrt(x.astype(np.float64))
     assert got[0] == 0.0
-    assert np.max(np.abs(got[1:] - want[1:]) / want[1:]) < 1e-15
+    assert np.max(np.abs(got[1:] - want[1:]) / want[1:]) < 5e-7

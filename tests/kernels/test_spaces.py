@@ -58,7 +58,7 @@ def test_error_sums_equal_the_direct_sums(dtype):
     x, p = pixels[valid].astype(np.float64), colours[labels[valid]].astype(np.float64)
     ok = np.linalg.norm(to_space(x, "oklab", top) - to_space(p, "oklab", top), axis=1) / 100
     assert got[0] == ((x - p) ** 2).sum()
-    assert got[1] == pytest.approx(ok.sum(), rel=1e-12)
+    assert got[1] == pytest.approx(ok.sum(), rel=1e-6)  # the sums' OKLab is float32 (here 7e-8 off)
     assert got[2] == valid.sum()
 
 

@@ -149,18 +149,27 @@ def test_a_tile_the_spool_cannot_take_keeps_its_labels_in_memory(tmp_path, photo
         np.testing.assert_array_equal(labels.compute(), floyd_steinberg(photo, palette))
 
 
-def test_a_failing_first_pass_fails_the_labels_and_can_be_stopped(tmp_path, photo, palette, monkeypatch):
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_failing_first_pass_fails_the_labels_and_can_be_stopped(tmp_path, photo, palette, monkeypatch, in_place):
+    # in_place: pixels read in place (a raw tiled TIFF, as the fit's pixel spool): each tile reads its window
+    import tifffile
+
     import bigquant.pipeline.dither as dither
+    from bigquant.io.read import read_image
 
     real = dither._slanted_tile
 
     def broken(*args, **kwargs):
-        if args[6][:3:2] == (64, 1):  # tile 1 of band 2
+        if args[6][:3:2] == (64, 1):  # tile 1 of the band at row 64
             raise RuntimeError("tile lost")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(dither, "_slanted_tile", broken)
-    data = da.from_array(photo, chunks=(32, 40, 3))
+    if in_place:
+        tifffile.imwrite(tmp_path / "raw.tif", photo, tile=(32, 32), photometric="rgb")
+        data = read_image(tmp_path / "raw.tif", chunks=64).data
+    else:
+        data = da.from_array(photo, chunks=(32, 40, 3))
     with label_spool(tmp_path / "out.tif") as spool:
         labels, pass1 = dither_labels(data, palette, spool=spool, wait=False)
         with pytest.raises(RuntimeError, match="tile lost"):

@@ -500,7 +500,7 @@ def test_many_16_bit_values_are_measured_in_the_write_pass(tmp_path, count_decod
     error = float(((x - p) ** 2).sum())
     delta_e = float(np.linalg.norm(to_space(x, "oklab", 65535) - to_space(p, "oklab", 65535), axis=1).mean() / 100)
     assert model.quality_["psnr"] == pytest.approx(10 * np.log10(65535.0**2 * image.size / error), rel=1e-12)
-    assert model.quality_["delta_e_ok"] == pytest.approx(delta_e, rel=1e-9)
+    assert model.quality_["delta_e_ok"] == pytest.approx(delta_e, rel=1e-6)  # float32 OKLab in the kernels
     assert model.quality_["pixels"] == 300 * 400
 
 

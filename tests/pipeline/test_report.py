@@ -39,10 +39,11 @@ def test_quality_is_that_of_the_written_image(tmp_path, rgb_image, options):
     psnr, delta_e = _measured(written, rgb_image, valid)
     assert model.quality_["pixels"] == valid.sum()
     assert model.quality_["psnr"] == pytest.approx(psnr, rel=1e-9)
-    assert model.quality_["delta_e_ok"] == pytest.approx(delta_e, rel=1e-9)
+    # Delta E within a millionth: the kernels' OKLab is float32 (about 1e-7 off this float64 oracle)
+    assert model.quality_["delta_e_ok"] == pytest.approx(delta_e, rel=1e-6)
     doc = json.loads((tmp_path / "p.json").read_text())
     assert doc["psnr"] == pytest.approx(psnr, rel=1e-9)
-    assert doc["delta_e_ok"] == pytest.approx(delta_e, rel=1e-9)
+    assert doc["delta_e_ok"] == pytest.approx(delta_e, rel=1e-6)
 
 
 def test_no_quality_when_it_would_cost_a_pass(tmp_path, rgb_image):

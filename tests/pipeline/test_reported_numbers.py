@@ -148,7 +148,10 @@ def _same(reported, true, what: str) -> None:
     if true is None:
         assert reported is None, f"{what}: reported {reported!r} where no true number is defined"
     else:
-        assert reported == pytest.approx(true, rel=1e-9), f"{what}: reported {reported!r}, file says {true!r}"
+        # Delta E: the kernels' OKLab is float32 (bigquant.kernels.spaces), within about 1e-7 of this float64
+        # oracle: a millionth is well under the 4 significant digits printed; error and PSNR are exact
+        rel = 1e-6 if "delta_e" in what else 1e-9
+        assert reported == pytest.approx(true, rel=rel), f"{what}: reported {reported!r}, file says {true!r}"
 
 
 CASES = [
