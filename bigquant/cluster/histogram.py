@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 import dask.array as da
@@ -72,6 +73,11 @@ class ColourHistogram:
     inverse : ndarray of shape (n_pixels,) or None
         For (small) in-memory input: the index of each pixel's colour, so
         that ``colours[inverse]`` is the image; ``None`` otherwise.
+    morton : tuple of ndarray or None
+        For RGB uint8 colours counted in Morton order: ``(perm, mcodes,
+        mcounts)``, the row of each colour in Morton order, their Morton codes
+        and counts; the :meth:`octree` is built from them (and drops them)
+        without sorting the colours again.
     """
 
     colours: np.ndarray
@@ -79,6 +85,7 @@ class ColourHistogram:
     codes: np.ndarray
     bits: int
     inverse: np.ndarray | None = field(default=None, repr=False, compare=False)
+    morton: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -112,11 +119,27 @@ class ColourHistogram:
             octree = None
             if self.bits == 8 and ColourOctree.suits(self.colours, self.counts):
                 try:
-                    octree = ColourOctree(self.colours, self.counts)
+                    octree = ColourOctree(self.colours, self.counts, self.morton)
                 except ValueError:  # repeated colours (a histogram made by hand): the bounded steps
                     logger.debug("the histogram repeats colours: no octree")
             self._octree_cache.append(octree)
+            self.morton = None  # the octree keeps the order it needs
         return self._octree_cache[0]
+
+    def sharing(self) -> ColourHistogram:
+        """The same colours and counts without the pixel index, sharing what is derived from them.
+
+        A fit on the copy labels the distinct colours (not the pixels) and
+        leaves this histogram as it is; the :meth:`octree` and the coarse
+        colour sets are built once, for this histogram and all its copies
+        (e.g. the fits of a sweep over k).  The Morton order (:attr:`morton`)
+        goes with the copy.
+        """
+        copy = ColourHistogram(self.colours, self.counts, self.codes, self.bits, None, self.morton)
+        copy._coarse_cache = self._coarse_cache
+        copy._octree_cache = self._octree_cache
+        self.morton = None
+        return copy
 
     def coarse(self, drop_bits: int, *, n_parts: int | None = None) -> BoundedPoints:
         """A smaller weighted point set: colours merged on a coarser grid (cached).
@@ -140,12 +163,18 @@ class ColourHistogram:
         """Cells, summed colours and weights of the coarse set for ``drop_bits`` (cached).
 
         Sets of more than 2 dropped bits merge the next finer set (4x fewer
-        points than the colours). The sums are exact integers, so the set is
+        points than the colours); once the :meth:`octree` is built, its cells
+        of that side are the set. The sums are exact integers, so the set is
         the same whichever way it is built.
         """
         if drop_bits not in self._coarse_cache:
             width = self.bits - drop_bits
-            if drop_bits > 2:
+            octree = self._octree_cache[0] if self._octree_cache else None
+            cells = octree.cells(self.bits - drop_bits) if octree is not None else None
+            if cells is not None:  # the octree's cells of that side, put in code order
+                corners, sums, weights = cells
+                found = kernels.coarse_bins(corners.astype(np.int64), sums, weights, drop_bits, width)
+            elif drop_bits > 2:
                 cells, sums, weights = self.coarse_sums(drop_bits - 1)
                 found = kernels.coarse_bins(cells, sums, weights, 1, width)
             else:
@@ -179,7 +208,10 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
     return (*kernels.merge_sparse_counts(parts), None)
 
 
-def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.Array | None = None) -> Delayed:
+def histogram_graph(
+    X: da.Array, bits: int, *, split_every: int = 8, valid: da.Array | None = None, lanes: bool = True,
+    with_order: bool = False,
+) -> Delayed:
     """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts).
 
     Large blocks of a TIFF read by segments (tiles) are counted tile by tile
@@ -187,6 +219,13 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
     Morton order, merged with uint32 counts and converted to the usual codes
     and int64 counts at the end.  With ``valid`` (a boolean array of X's
     spatial shape, any chunks) only the pixels where it is True are counted.
+
+    ``lanes`` lets RGB uint8 blocks read by tiles be counted in lanes (one
+    table of counters per thread, see :mod:`bigquant.cluster.counting`) when
+    the tasks run in this process; ``False`` always merges per-block
+    histograms (several graphs computed at once hold less).  With
+    ``with_order`` the Delayed is (codes, counts, morton): ``morton`` is
+    :attr:`ColourHistogram.morton` for RGB uint8 data, else None.
     """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -207,7 +246,10 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
     reader = segment_reader(X) if X.ndim == 3 and valid is None else None
     if reader is not None and max(X.chunks[0]) * max(X.chunks[1]) * 16 < (1 << (bits * n_channels)):
         reader = None  # small blocks are sorted, not tabled: reading them whole costs nothing
-    if reader is None:
+    n_lanes = _count_lanes(X, reader, morton) if lanes else 0
+    if n_lanes:
+        root = _lane_graph(X, reader, n_lanes, split_every)
+    elif reader is None:
         root = block_tree(tasks.COUNT, X, valid, _block_counts, (bits, n_channels, morton),
                           merge, split_every=split_every, sum_name=tasks.MERGE)
     else:
@@ -230,10 +272,65 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
         layer.update(tree)
         root = Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
     if morton:
-        root = dask.delayed(morton_to_codes, pure=True)(
-            root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key)}"
-        )
+        to_codes = _codes_and_order if with_order else morton_to_codes
+        return dask.delayed(to_codes, pure=True)(root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key, with_order)}")
+    if with_order:
+        return dask.delayed(_no_order, pure=True)(root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key, with_order)}")
     return root
+
+
+def _codes_and_order(
+    hist: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A Morton-code histogram as (codes, counts, :attr:`ColourHistogram.morton`)."""
+    from bigquant.kernels import morton_to_codes
+
+    codes, counts, perm = morton_to_codes(hist, return_order=True)
+    return codes, counts, (perm, hist[0], hist[1])
+
+
+def _no_order(hist: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, None]:
+    """(codes, counts, None): a histogram not counted in Morton order."""
+    return hist[0], hist[1], None
+
+
+def _count_lanes(X: da.Array, reader: Any, morton: bool) -> int:
+    """Lanes to count ``X``'s blocks in (see :mod:`bigquant.cluster.counting`), or 0 for a merge tree.
+
+    Lanes need RGB uint8 blocks read tile by tile (``reader``) and tasks that
+    share this process's memory; one lane per thread, at most one per block.
+    """
+    from bigquant.cluster.scheduler import shares_memory
+
+    if reader is None or not morton or not shares_memory():
+        return 0
+    n_blocks = X.numblocks[0] * X.numblocks[1]
+    return min(n_threads(), n_blocks) if n_blocks > 1 else 0
+
+
+def _lane_graph(X: da.Array, reader: Any, lanes: int, split_every: int) -> Delayed:
+    """The count of ``X``'s blocks as ``lanes`` chains of tasks, each adding into one table, then their total."""
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    from bigquant.cluster.counting import lane_counts, lanes_total
+
+    token = tokenize(X.name, "lanes", lanes, split_every)
+    name = f"{tasks.COUNT}-{token}"
+    # uint32 counters while even one colour of every pixel would fit
+    dtype = np.uint32 if X.shape[0] * X.shape[1] < 2**32 else np.uint64
+    ys, xs = np.cumsum((0,) + X.chunks[0]), np.cumsum((0,) + X.chunks[1])
+    windows = [(int(ys[a]), int(ys[a + 1]), int(xs[b]), int(xs[b + 1]))
+               for a in range(len(ys) - 1) for b in range(len(xs) - 1)]
+    layer: dict = {}
+    last: list[Any] = [None] * lanes
+    for i, window in enumerate(windows):  # block i in lane i % lanes: both lanes read down the image
+        key = (name, i)
+        layer[key] = (lane_counts, last[i % lanes], reader, window, dtype)
+        last[i % lanes] = key
+    top = (f"{tasks.MERGE}-{token}", 0)
+    layer[top] = (lanes_total, list(last))
+    return Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
 
 
 def colour_histogram(
@@ -262,8 +359,10 @@ def colour_histogram(
             f"a colour histogram needs unsigned integer data of at most "
             f"{MAX_HISTOGRAM_BITS} bits per pixel, got dtype={X.dtype} with {n_channels} channels"
         )
+    morton = None
     if isinstance(X, da.Array):
-        (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid))
+        (codes, counts, morton), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid,
+                                                                with_order=True))
         inverse = None
     else:
         flat = np.ascontiguousarray(X).reshape(-1, n_channels)
@@ -274,4 +373,4 @@ def colour_histogram(
             inverse = None  # indexes the valid samples only, not every pixel
     colours = kernels.decode_colours(codes, n_channels, bits, X.dtype)
     logger.info("colour histogram: %d distinct colours in %d pixels", codes.shape[0], int(counts.sum()))
-    return ColourHistogram(colours, counts, codes, bits, inverse)
+    return ColourHistogram(colours, counts, codes, bits, inverse, morton)

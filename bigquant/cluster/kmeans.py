@@ -338,8 +338,8 @@ default="k-means++"
             raise InvalidInputError("the histogram counts no pixel: nothing to fit")
         rng = check_random_state(self.random_state)
         self._ckpt = self._make_checkpoint(data, "histogram", True)
-        return self._fit_histogram(data, ColourHistogram(histogram.colours, histogram.counts, histogram.codes,
-                                                         histogram.bits), init_array, rng)
+        # without its pixel index (labels_ label the colours), sharing its octree and coarse sets
+        return self._fit_histogram(data, histogram.sharing(), init_array, rng)
 
     def _tell_limits(self, tol: float) -> None:
         """Tell a callback with a ``limits`` method the fit's ``max_iter`` and absolute ``tol``."""

@@ -47,14 +47,19 @@ class ColourOctree:
     counts : ndarray of shape (n_colours,)
         Their pixel counts (integers).
 
+    order : tuple of ndarray, optional
+        The colours' Morton order when known (a histogram counted in Morton
+        order): see :func:`bigquant.kernels.octree.build_octree`.
+
     Raises
     ------
     ValueError
         A colour repeats.
     """
 
-    def __init__(self, colours: np.ndarray, counts: np.ndarray) -> None:
-        tree = build_octree(colours, counts, TOP_LEVEL, LEAF_LEVEL)
+    def __init__(self, colours: np.ndarray, counts: np.ndarray,
+                 order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        tree = build_octree(colours, counts, TOP_LEVEL, LEAF_LEVEL, order)
         if tree is None:
             raise ValueError("the colours of an octree must be distinct")
         self._tree = tree
@@ -87,6 +92,19 @@ class ColourOctree:
         labels = np.empty(self.n_colours, dtype=np.int64)
         octree_labels(self._tree, centers, labels)
         return labels
+
+    def cells(self, level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The cells of ``level`` (side ``2**(8 - level)``) in Morton order: lowest colours (uint8), sums, weights.
+
+        The sums of the colours in each cell, weighted by their counts, and
+        the summed counts: exact integers (in float64).  ``None`` for a level
+        the octree does not hold.
+        """
+        if not TOP_LEVEL <= level <= LEAF_LEVEL:
+            return None
+        tree = self._tree
+        cut = slice(int(tree.offsets[level - TOP_LEVEL]), int(tree.offsets[level - TOP_LEVEL + 1]))
+        return tree.corner[cut], tree.sums[cut], tree.weight[cut]
 
     def moments(self) -> tuple[float, np.ndarray, np.ndarray]:
         """Total weight, weighted mean and weighted variance per channel (exact sums)."""

@@ -49,16 +49,26 @@ def _encode_morton(X, s0, s1, s2, codes):  # pragma: no cover
         codes[i] = s0[X[i, 0]] | s1[X[i, 1]] | s2[X[i, 2]]
 
 
+def _unspread_tables() -> np.ndarray:
+    """``[b, v]``: the usual code bits (red highest) of byte ``b`` of a Morton code when that byte is ``v``."""
+    out = np.zeros((3, 256), dtype=np.uint32)
+    v = np.arange(256, dtype=np.uint32)
+    for b in range(3):
+        for bit in range(8):
+            morton_bit = 8 * b + bit  # channel bit morton_bit // 3 of blue (0), green (1) or red (2)
+            code_bit = morton_bit // 3 + 8 * (morton_bit % 3)
+            out[b] |= ((v >> bit) & 1) << code_bit
+    return out
+
+
+_UNSPREAD = _unspread_tables()
+
+
 @numba.njit(inline="always", **_JIT)
 def _unmorton(m):  # pragma: no cover
-    r = np.uint32(0)
-    g = np.uint32(0)
-    b = np.uint32(0)
-    for bit in range(8):
-        r |= ((m >> np.uint32(3 * bit + 2)) & np.uint32(1)) << np.uint32(bit)
-        g |= ((m >> np.uint32(3 * bit + 1)) & np.uint32(1)) << np.uint32(bit)
-        b |= ((m >> np.uint32(3 * bit)) & np.uint32(1)) << np.uint32(bit)
-    return (r << np.uint32(16)) | (g << np.uint32(8)) | b
+    """The usual code (red highest) of Morton code ``m``: three table look-ups."""
+    return (_UNSPREAD[0, m & np.uint32(255)] | _UNSPREAD[1, (m >> np.uint32(8)) & np.uint32(255)]
+            | _UNSPREAD[2, (m >> np.uint32(16)) & np.uint32(255)])
 
 
 @numba.njit(**_JIT)
@@ -67,14 +77,16 @@ def _morton_to_codes(mcodes, counts, index):  # pragma: no cover
         index[_unmorton(mcodes[i])] = i + 1
     codes = np.empty(mcodes.shape[0], dtype=np.uint32)
     out = np.empty(mcodes.shape[0], dtype=np.int64)
+    order = np.empty(mcodes.shape[0], dtype=np.int32)
     j = 0
     for code in range(index.shape[0]):
         v = index[code]
         if v:
             codes[j] = code
             out[j] = counts[v - 1]
+            order[v - 1] = j
             j += 1
-    return codes, out
+    return codes, out, order
 
 
 #: a :class:`MortonTable` marks which blocks of 2**_BLOCK_BITS counters it touched
@@ -163,13 +175,22 @@ def encode_morton(X: np.ndarray) -> np.ndarray:
     return codes
 
 
-def morton_to_codes(hist: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """A histogram of Morton codes as sorted usual codes (red highest) and int64 counts."""
+def morton_to_codes(
+    hist: tuple[np.ndarray, np.ndarray], return_order: bool = False
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A histogram of Morton codes as sorted usual codes (red highest) and int64 counts.
+
+    With ``return_order``, also the row of each Morton code's colour in the
+    result (int32): ``codes[order]`` are the colours in Morton order, what
+    :func:`bigquant.kernels.octree.build_octree` sorts them into.
+    """
     mcodes, counts = hist
     if mcodes.shape[0] == 0:
-        return mcodes.astype(np.uint32), counts.astype(np.int64)
+        empty = (mcodes.astype(np.uint32), counts.astype(np.int64))
+        return (*empty, np.empty(0, np.int32)) if return_order else empty
     index = np.zeros(1 << 24, dtype=np.uint32)
-    return _morton_to_codes(mcodes, counts, index)
+    codes, out, order = _morton_to_codes(mcodes, counts, index)
+    return (codes, out, order) if return_order else (codes, out)
 
 
 _UINT32_LIKE = np.empty(0, dtype=np.uint32)

@@ -40,9 +40,10 @@ _MARGIN = 1e-9
 
 
 @numba.njit(**_JIT)
-def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
+def _morton_order(colours, s0, s1, s2):  # pragma: no cover - jitted
+    """The rows of distinct ``colours`` in Morton order and their Morton codes; ``ok`` False if a colour repeats."""
     n = colours.shape[0]
-    # Morton order by a table of 2**24 slots (row + 1): the colours are distinct
+    # a table of 2**24 slots (row + 1): the colours are distinct
     index = np.zeros(1 << 24, dtype=np.int32)
     for i in range(n):
         index[s0[colours[i, 0]] | s1[colours[i, 1]] | s2[colours[i, 2]]] = i + 1
@@ -56,10 +57,13 @@ def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
                 perm[j] = v - 1
                 mcodes[j] = m
             j += 1
-    if j != n:  # repeated colours: not a histogram
-        return (False, perm, colours, np.empty(0), np.empty(0, np.int32), np.empty(0, np.int32),
-                np.empty(0, np.int32), np.empty(0, np.int32), np.empty((0, 3), np.uint8), np.empty(0, np.uint8),
-                np.empty((0, 3)), np.empty(0), np.empty(0), np.empty(0, np.int64), np.zeros(3))
+    return j == n, perm, mcodes
+
+
+@numba.njit(**_JIT)
+def _build(mcodes, weights, top, leaf):  # pragma: no cover - jitted
+    """The cells of the colours of sorted Morton codes ``mcodes`` with float64 counts ``weights`` (kept as ``w``)."""
+    n = mcodes.shape[0]
     n_levels = leaf - top + 1
     # the first level whose cell changes from the colour before (n_levels: none), and cells per level
     opens = np.empty(n, dtype=np.uint8)
@@ -86,15 +90,15 @@ def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
     weight = np.zeros(n_nodes)
     sqnorm = np.zeros(n_nodes)
     X = np.empty((n, 3), dtype=np.uint8)
-    w = np.empty(n)
+    w = weights
     squares = np.zeros(3)
     nxt = offsets[:n_levels].copy()
     for i in range(n):
         m = mcodes[i]
-        row = perm[i]
-        for c in range(3):
-            X[i, c] = colours[row, c]
-        w[i] = np.float64(counts[row])
+        rgb = _unmorton(m)
+        X[i, 0] = (rgb >> np.uint32(16)) & np.uint32(255)
+        X[i, 1] = (rgb >> np.uint32(8)) & np.uint32(255)
+        X[i, 2] = rgb & np.uint32(255)
         for lv in range(np.int64(opens[i]), n_levels):
             shift = np.uint32(3 * (8 - top - lv))
             node = nxt[lv]
@@ -135,7 +139,7 @@ def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
                     sums[node, c] += sums[ch, c]
                 weight[node] += weight[ch]
                 sqnorm[node] += sqnorm[ch]
-    return (True, perm, X, w, first, stop, child_lo, child_hi, corner, level, sums, weight, sqnorm, offsets, squares)
+    return X, w, first, stop, child_lo, child_hi, corner, level, sums, weight, sqnorm, offsets, squares
 
 
 class Octree(NamedTuple):
@@ -163,16 +167,29 @@ class Octree(NamedTuple):
     squares: np.ndarray
 
 
-def build_octree(colours: np.ndarray, counts: np.ndarray, top: int, leaf: int) -> Octree | None:
+def build_octree(
+    colours: np.ndarray, counts: np.ndarray, top: int, leaf: int,
+    order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Octree | None:
     """The octree of distinct RGB uint8 ``colours`` weighted by ``counts``, cells of levels ``top`` to ``leaf``.
 
-    Returns ``None`` when ``colours`` repeat a colour.
+    ``order`` is the colours' Morton order when it is known already (a
+    histogram counted in Morton order, :func:`bigquant.kernels.morton_to_codes`):
+    ``(perm, mcodes, mcounts)``, the row of ``colours`` of each Morton code,
+    the sorted Morton codes and their counts.  Without it the colours are
+    sorted here.  Returns ``None`` when ``colours`` repeat a colour.
     """
     if not 0 <= top <= leaf <= 8:
         raise ValueError(f"levels top={top}, leaf={leaf} must satisfy 0 <= top <= leaf <= 8")
-    found = _build(np.ascontiguousarray(colours, dtype=np.uint8), np.ascontiguousarray(counts),
-                   *MORTON_TABLES, np.int64(top), np.int64(leaf))
-    return Octree(*found[1:]) if found[0] else None
+    if order is None:
+        ok, perm, mcodes = _morton_order(np.ascontiguousarray(colours, dtype=np.uint8), *MORTON_TABLES)
+        if not ok:
+            return None
+        weights = np.asarray(counts)[perm]
+    else:
+        perm, mcodes, weights = order
+    return Octree(perm, *_build(np.ascontiguousarray(mcodes, dtype=np.uint32), weights.astype(np.float64),
+                                np.int64(top), np.int64(leaf)))
 
 
 @numba.njit(inline="always", **_JIT)
