@@ -30,7 +30,7 @@ from bigquant.cluster.points import (
     n_threads,
 )
 
-__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "MAX_HISTOGRAM_BITS"]
+__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "histogram_of_morton", "MAX_HISTOGRAM_BITS"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
 
 def histogram_graph(
     X: da.Array, bits: int, *, split_every: int = 8, valid: da.Array | None = None, lanes: bool = True,
-    with_order: bool = False,
+    as_morton: bool = False,
 ) -> Delayed:
     """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts).
 
@@ -224,8 +224,8 @@ def histogram_graph(
     table of counters per thread, see :mod:`bigquant.cluster.counting`) when
     the tasks run in this process; ``False`` always merges per-block
     histograms (several graphs computed at once hold less).  With
-    ``with_order`` the Delayed is (codes, counts, morton): ``morton`` is
-    :attr:`ColourHistogram.morton` for RGB uint8 data, else None.
+    ``as_morton``, RGB uint8 colours are left as sorted Morton codes and
+    their counts (uint32 while they fit), for :func:`histogram_of_morton`.
     """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -271,27 +271,37 @@ def histogram_graph(
         tree, top = tree_reduce(f"{tasks.MERGE}-{token}", tops, merge, split_every=2)
         layer.update(tree)
         root = Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
-    if morton:
-        to_codes = _codes_and_order if with_order else morton_to_codes
-        return dask.delayed(to_codes, pure=True)(root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key, with_order)}")
-    if with_order:
-        return dask.delayed(_no_order, pure=True)(root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key, with_order)}")
+    if morton and not as_morton:
+        root = dask.delayed(morton_to_codes, pure=True)(
+            root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key)}"
+        )
     return root
 
 
-def _codes_and_order(
-    hist: tuple[np.ndarray, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """A Morton-code histogram as (codes, counts, :attr:`ColourHistogram.morton`)."""
-    from bigquant.kernels import morton_to_codes
+def histogram_of_morton(mcodes: np.ndarray, mcounts: np.ndarray, *, octree: bool = False) -> ColourHistogram:
+    """The histogram of RGB uint8 colours counted in Morton order (sorted Morton codes and their counts).
 
-    codes, counts, perm = morton_to_codes(hist, return_order=True)
-    return codes, counts, (perm, hist[0], hist[1])
+    The colours are put in code order in one pass, which also gives their
+    Morton order (:attr:`ColourHistogram.morton`).  With ``octree``, its
+    :meth:`~ColourHistogram.octree` is built at the same time on another
+    thread, when it suits the histogram: it needs only the Morton codes.
+    """
+    from bigquant.kernels import morton_colours
 
-
-def _no_order(hist: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, None]:
-    """(codes, counts, None): a histogram not counted in Morton order."""
-    return hist[0], hist[1], None
+    build = (octree and n_threads() > 1 and ColourOctree.suits_rgb(int(mcodes.shape[0]),
+                                                                      float(np.sum(mcounts, dtype=np.float64))))
+    pending = _thread_pool().submit(ColourOctree.of_morton, mcodes, mcounts) if build else None
+    try:
+        colours, codes, counts, perm = morton_colours(mcodes, mcounts)
+    finally:
+        ordered = pending.result() if pending is not None else None
+    hist = ColourHistogram(colours, counts, codes, 8, None, (perm, mcodes, mcounts))
+    if ordered is not None:
+        hist._octree_cache.append(ordered(perm))
+        hist.morton = None
+    elif octree:
+        hist.octree()
+    return hist
 
 
 def _count_lanes(X: da.Array, reader: Any, morton: bool) -> int:
@@ -334,7 +344,8 @@ def _lane_graph(X: da.Array, reader: Any, lanes: int, split_every: int) -> Delay
 
 
 def colour_histogram(
-    X: np.ndarray | da.Array, *, split_every: int = 8, valid: np.ndarray | da.Array | None = None
+    X: np.ndarray | da.Array, *, split_every: int = 8, valid: np.ndarray | da.Array | None = None,
+    octree: bool = False,
 ) -> ColourHistogram:
     """Exact histogram of the colours of ``X``.
 
@@ -347,6 +358,10 @@ def colour_histogram(
     valid : boolean array of shape (n_samples,) or (H, W), default=None
         Which samples are image (True) and counted; masked samples (False) are
         not.  None counts every sample.
+    octree : bool, default=False
+        Also build the histogram's :meth:`~ColourHistogram.octree` (what a
+        fit steps through), where it suits; for RGB uint8 colours counted on
+        Dask, on another thread while the colours are put in code order.
 
     Returns
     -------
@@ -359,11 +374,14 @@ def colour_histogram(
             f"a colour histogram needs unsigned integer data of at most "
             f"{MAX_HISTOGRAM_BITS} bits per pixel, got dtype={X.dtype} with {n_channels} channels"
         )
-    morton = None
     if isinstance(X, da.Array):
-        (codes, counts, morton), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid,
-                                                                with_order=True))
+        (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid,
+                                                        as_morton=True))
         inverse = None
+        if bits == 8 and n_channels == 3:  # Morton codes
+            hist = histogram_of_morton(codes, counts, octree=octree)
+            logger.info("colour histogram: %d distinct colours in %d pixels", hist.n_colours, hist.n_pixels)
+            return hist
     else:
         flat = np.ascontiguousarray(X).reshape(-1, n_channels)
         if valid is not None:
@@ -373,4 +391,7 @@ def colour_histogram(
             inverse = None  # indexes the valid samples only, not every pixel
     colours = kernels.decode_colours(codes, n_channels, bits, X.dtype)
     logger.info("colour histogram: %d distinct colours in %d pixels", codes.shape[0], int(counts.sum()))
-    return ColourHistogram(colours, counts, codes, bits, inverse, morton)
+    hist = ColourHistogram(colours, counts, codes, bits, inverse)
+    if octree:
+        hist.octree()
+    return hist

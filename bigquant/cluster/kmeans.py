@@ -301,7 +301,7 @@ default="k-means++"
             return self._fit_grid(data, valid, init_array, rng)
         if strategy == "histogram":
             with phase(tasks.HISTOGRAM):
-                histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid)
+                histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid, octree=True)
             if histogram.n_colours == 0:
                 raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
             return self._fit_histogram(data, histogram, init_array, rng)

@@ -17,12 +17,13 @@ the same runs, number for number, at a sixth of the cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from bigquant import kernels
 from bigquant.cluster.points import InMemoryPoints, _weighted_moments
-from bigquant.kernels.octree import build_octree, octree_labels, octree_sums
+from bigquant.kernels.octree import Octree, build_octree, octree_labels, octree_sums, sorted_octree
 
 __all__ = ["ColourOctree", "OctreePoints", "OCTREE_MIN_COLOURS"]
 
@@ -46,10 +47,12 @@ class ColourOctree:
         Distinct colours.
     counts : ndarray of shape (n_colours,)
         Their pixel counts (integers).
-
     order : tuple of ndarray, optional
-        The colours' Morton order when known (a histogram counted in Morton
-        order): see :func:`bigquant.kernels.octree.build_octree`.
+        The colours' Morton order when it is known (a histogram counted in
+        Morton order, :attr:`bigquant.cluster.histogram.ColourHistogram.morton`):
+        ``(perm, mcodes, mcounts)``, the row of each colour in Morton order,
+        their sorted Morton codes and their counts.  Without it the colours
+        are sorted here.
 
     Raises
     ------
@@ -59,11 +62,38 @@ class ColourOctree:
 
     def __init__(self, colours: np.ndarray, counts: np.ndarray,
                  order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
-        tree = build_octree(colours, counts, TOP_LEVEL, LEAF_LEVEL, order)
-        if tree is None:
-            raise ValueError("the colours of an octree must be distinct")
+        if order is None:
+            tree = build_octree(colours, counts, TOP_LEVEL, LEAF_LEVEL)
+            if tree is None:
+                raise ValueError("the colours of an octree must be distinct")
+        else:
+            perm, mcodes, mcounts = order
+            tree = sorted_octree(mcodes, mcounts, TOP_LEVEL, LEAF_LEVEL, perm)
+        self._set(tree)
+
+    @classmethod
+    def of_morton(cls, mcodes: np.ndarray, mcounts: np.ndarray) -> Callable[[np.ndarray], ColourOctree]:
+        """Build the octree of a histogram counted in Morton order before its colours are put in code order.
+
+        The cells and sums need only the sorted Morton codes and counts;
+        the returned function takes the row of each colour in the
+        histogram (see :func:`bigquant.kernels.morton_colours`) and gives the
+        octree.
+        """
+        tree = sorted_octree(mcodes, mcounts, TOP_LEVEL, LEAF_LEVEL, None)
+
+        def ordered(perm: np.ndarray) -> ColourOctree:
+            if perm.shape != (tree.X.shape[0],):
+                raise ValueError(f"the order of {tree.X.shape[0]} colours has {perm.shape[0]} rows")
+            octree = cls.__new__(cls)
+            octree._set(tree._replace(perm=perm))
+            return octree
+
+        return ordered
+
+    def _set(self, tree: Octree) -> None:
         self._tree = tree
-        self.n_colours = int(colours.shape[0])
+        self.n_colours = int(tree.X.shape[0])
         top = slice(0, int(tree.offsets[1]))
         # exact integers: the same numbers in any order
         self._moments = _weighted_moments(float(np.sum(tree.weight[top])), tree.sums[top].sum(axis=0), tree.squares)
@@ -76,8 +106,12 @@ class ColourOctree:
         pixels that every sum stays an exact integer in float64.
         """
         return (colours.dtype == np.uint8 and colours.ndim == 2 and colours.shape[1] == 3
-                and colours.shape[0] > OCTREE_MIN_COLOURS
-                and float(np.sum(counts, dtype=np.float64)) <= _EXACT_MAX_PIXELS)
+                and ColourOctree.suits_rgb(colours.shape[0], float(np.sum(counts, dtype=np.float64))))
+
+    @staticmethod
+    def suits_rgb(n_colours: int, n_pixels: float) -> bool:
+        """:meth:`suits` for RGB uint8 colours, from how many there are and the pixels they count."""
+        return n_colours > OCTREE_MIN_COLOURS and n_pixels <= _EXACT_MAX_PIXELS
 
     def sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per nearest centre (ties to the lowest index): weighted colour sums, weights, weighted squared norms.

@@ -47,6 +47,7 @@ from bigquant.kernels.morton import (
     count_morton,
     encode_morton,
     merge_counts,
+    morton_colours,
     morton_to_codes,
     take_counts,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "merge_counts",
     "merge_sparse_counts",
     "moments",
+    "morton_colours",
     "morton_to_codes",
     "ordered_dither",
     "oversample",

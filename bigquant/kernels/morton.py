@@ -19,7 +19,7 @@ from bigquant.kernels.colours import (
     take_nonzero,
 )
 
-__all__ = ["count_morton", "encode_morton", "morton_to_codes", "take_counts", "merge_counts", "MORTON_TABLES",
+__all__ = ["count_morton", "encode_morton", "morton_to_codes", "morton_colours", "take_counts", "merge_counts", "MORTON_TABLES",
            "MortonTable"]
 
 
@@ -72,12 +72,13 @@ def _unmorton(m):  # pragma: no cover
 
 
 @numba.njit(**_JIT)
-def _morton_to_codes(mcodes, counts, index):  # pragma: no cover
+def _morton_to_codes(mcodes, counts, index, colours):  # pragma: no cover
     for i in range(mcodes.shape[0]):
         index[_unmorton(mcodes[i])] = i + 1
     codes = np.empty(mcodes.shape[0], dtype=np.uint32)
     out = np.empty(mcodes.shape[0], dtype=np.int64)
     order = np.empty(mcodes.shape[0], dtype=np.int32)
+    with_colours = colours.shape[0] > 0
     j = 0
     for code in range(index.shape[0]):
         v = index[code]
@@ -85,6 +86,10 @@ def _morton_to_codes(mcodes, counts, index):  # pragma: no cover
             codes[j] = code
             out[j] = counts[v - 1]
             order[v - 1] = j
+            if with_colours:
+                colours[j, 0] = code >> 16
+                colours[j, 1] = (code >> 8) & 255
+                colours[j, 2] = code & 255
             j += 1
     return codes, out, order
 
@@ -185,12 +190,26 @@ def morton_to_codes(
     :func:`bigquant.kernels.octree.build_octree` sorts them into.
     """
     mcodes, counts = hist
-    if mcodes.shape[0] == 0:
-        empty = (mcodes.astype(np.uint32), counts.astype(np.int64))
-        return (*empty, np.empty(0, np.int32)) if return_order else empty
-    index = np.zeros(1 << 24, dtype=np.uint32)
-    codes, out, order = _morton_to_codes(mcodes, counts, index)
+    index = np.zeros(1 << 24 if mcodes.shape[0] else 0, dtype=np.uint32)
+    codes, out, order = _morton_to_codes(mcodes, counts, index, _NO_COLOURS)
     return (codes, out, order) if return_order else (codes, out)
+
+
+def morton_colours(
+    mcodes: np.ndarray, mcounts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`morton_to_codes` with the order, and the colours decoded in the same pass.
+
+    Returns the colours (n, 3) uint8, their sorted codes, int64 counts and
+    the row of each Morton code's colour (see :func:`morton_to_codes`).
+    """
+    index = np.zeros(1 << 24 if mcodes.shape[0] else 0, dtype=np.uint32)
+    colours = np.empty((mcodes.shape[0], 3), dtype=np.uint8)
+    codes, counts, order = _morton_to_codes(mcodes, mcounts, index, colours)
+    return colours, codes, counts, order
+
+
+_NO_COLOURS = np.empty((0, 3), dtype=np.uint8)
 
 
 _UINT32_LIKE = np.empty(0, dtype=np.uint32)

@@ -33,7 +33,7 @@ import numpy as np
 from bigquant.kernels._jit import JIT as _JIT
 from bigquant.kernels.morton import MORTON_TABLES, _unmorton
 
-__all__ = ["Octree", "build_octree", "octree_sums", "octree_labels"]
+__all__ = ["Octree", "build_octree", "sorted_octree", "octree_sums", "octree_labels"]
 
 #: absolute and relative margin of the pruning test (distances round at about 1e-16 of 2e5)
 _MARGIN = 1e-9
@@ -167,29 +167,31 @@ class Octree(NamedTuple):
     squares: np.ndarray
 
 
-def build_octree(
-    colours: np.ndarray, counts: np.ndarray, top: int, leaf: int,
-    order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> Octree | None:
+def build_octree(colours: np.ndarray, counts: np.ndarray, top: int, leaf: int) -> Octree | None:
     """The octree of distinct RGB uint8 ``colours`` weighted by ``counts``, cells of levels ``top`` to ``leaf``.
 
-    ``order`` is the colours' Morton order when it is known already (a
-    histogram counted in Morton order, :func:`bigquant.kernels.morton_to_codes`):
-    ``(perm, mcodes, mcounts)``, the row of ``colours`` of each Morton code,
-    the sorted Morton codes and their counts.  Without it the colours are
-    sorted here.  Returns ``None`` when ``colours`` repeat a colour.
+    Returns ``None`` when ``colours`` repeat a colour.
+    """
+    ok, perm, mcodes = _morton_order(np.ascontiguousarray(colours, dtype=np.uint8), *MORTON_TABLES)
+    if not ok:
+        return None
+    return sorted_octree(mcodes, np.asarray(counts)[perm], top, leaf, perm)
+
+
+def sorted_octree(mcodes: np.ndarray, mcounts: np.ndarray, top: int, leaf: int, perm: np.ndarray | None) -> Octree:
+    """The octree of the distinct colours of increasing Morton codes ``mcodes``, weighted by ``mcounts``.
+
+    What :func:`build_octree` builds once it has sorted the colours; a
+    histogram counted in Morton order (:func:`bigquant.kernels.morton_to_codes`)
+    has them so already.  ``perm`` is the row of each colour in the caller's
+    order (labels are written there); ``None`` leaves it to be set with
+    ``tree._replace(perm=...)`` before any labels are asked for.
     """
     if not 0 <= top <= leaf <= 8:
         raise ValueError(f"levels top={top}, leaf={leaf} must satisfy 0 <= top <= leaf <= 8")
-    if order is None:
-        ok, perm, mcodes = _morton_order(np.ascontiguousarray(colours, dtype=np.uint8), *MORTON_TABLES)
-        if not ok:
-            return None
-        weights = np.asarray(counts)[perm]
-    else:
-        perm, mcodes, weights = order
-    return Octree(perm, *_build(np.ascontiguousarray(mcodes, dtype=np.uint32), weights.astype(np.float64),
-                                np.int64(top), np.int64(leaf)))
+    arrays = _build(np.ascontiguousarray(mcodes, dtype=np.uint32), np.asarray(mcounts).astype(np.float64),
+                    np.int64(top), np.int64(leaf))
+    return Octree(perm, *arrays)  # type: ignore[arg-type]
 
 
 @numba.njit(inline="always", **_JIT)

@@ -17,7 +17,7 @@ from bigquant import colour_histogram, kernels, read_image, tasks
 from bigquant.cluster.histogram import ColourHistogram, histogram_graph
 from bigquant.cluster.octree import ColourOctree
 from bigquant.io.sample import make_sample_image
-from bigquant.kernels.octree import build_octree
+from bigquant.kernels.octree import build_octree, sorted_octree
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_the_kept_morton_order_is_the_octrees_own(tiled):
     np.testing.assert_array_equal(kernels.encode_morton(hist.colours[perm]), mcodes)
     assert np.all(np.diff(mcodes.astype(np.int64)) > 0)
     np.testing.assert_array_equal(hist.counts[perm], mcounts)
-    kept = build_octree(hist.colours, hist.counts, 2, 6, hist.morton)
+    kept = sorted_octree(mcodes, mcounts, 2, 6, perm)
     sorted_here = build_octree(hist.colours, hist.counts, 2, 6)
     for name, a, b in zip(kept._fields, kept, sorted_here):
         np.testing.assert_array_equal(a, b, err_msg=name)
@@ -133,3 +133,24 @@ def test_fits_on_a_histogram_share_its_octree(monkeypatch, tiled):
     alone = KMeans(5, random_state=0).fit_histogram(ColourHistogram(hist.colours, hist.counts, hist.codes, 8))
     np.testing.assert_array_equal(alone.cluster_centers_, second.cluster_centers_)
     assert alone.inertia_ == second.inertia_
+
+
+def test_the_octree_built_beside_the_code_order_is_the_colours_own(monkeypatch, tiled):
+    import bigquant.cluster.octree as octree_mod
+
+    monkeypatch.setattr(octree_mod, "OCTREE_MIN_COLOURS", 1000)
+    _, path = tiled
+    hist = colour_histogram(read_image(path, chunks=1024).data, octree=True)
+    assert hist._octree_cache and hist.morton is None  # built with the histogram, the order handed over
+    built = hist.octree()
+    alone = build_octree(hist.colours, hist.counts, octree_mod.TOP_LEVEL, octree_mod.LEAF_LEVEL)
+    for name, a, b in zip(alone._fields, built._tree, alone):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    centers = hist.colours[:: hist.n_colours // 7][:7].astype(np.float64)
+    np.testing.assert_array_equal(built.labels(centers), kernels.assign_labels(hist.colours, centers, np.int64)[0])
+    # built from Morton codes alone, then given the colours' rows: the same labels; a wrong order refused
+    order = np.argsort(kernels.encode_morton(hist.colours)).astype(np.int32)
+    build = ColourOctree.of_morton(kernels.encode_morton(hist.colours)[order], hist.counts[order])
+    np.testing.assert_array_equal(build(order).labels(centers), built.labels(centers))
+    with pytest.raises(ValueError, match="rows"):
+        build(order[:-1])
