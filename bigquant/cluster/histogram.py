@@ -28,6 +28,7 @@ from bigquant.cluster.points import (
     _thread_pool,
     block_tree,
     n_threads,
+    on_pool_thread,
 )
 
 __all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "histogram_of_morton", "MAX_HISTOGRAM_BITS"]
@@ -288,8 +289,8 @@ def histogram_of_morton(mcodes: np.ndarray, mcounts: np.ndarray, *, octree: bool
     """
     from bigquant.kernels import morton_colours
 
-    build = (octree and n_threads() > 1 and ColourOctree.suits_rgb(int(mcodes.shape[0]),
-                                                                      float(np.sum(mcounts, dtype=np.float64))))
+    build = (octree and n_threads() > 1 and not on_pool_thread()
+             and ColourOctree.suits_rgb(int(mcodes.shape[0]), float(np.sum(mcounts, dtype=np.float64))))
     pending = _thread_pool().submit(ColourOctree.of_morton, mcodes, mcounts) if build else None
     try:
         colours, codes, counts, perm = morton_colours(mcodes, mcounts)

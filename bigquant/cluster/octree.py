@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from bigquant import kernels
-from bigquant.cluster.points import InMemoryPoints, _weighted_moments
-from bigquant.kernels.octree import Octree, build_octree, octree_labels, octree_sums, sorted_octree
+from bigquant.cluster.points import InMemoryPoints, _thread_pool, _weighted_moments, n_threads, on_pool_thread
+from bigquant.kernels.octree import Octree, build_octree, octree_labels, octree_sums, sorted_octree, top_parts
 
 __all__ = ["ColourOctree", "OctreePoints", "OCTREE_MIN_COLOURS"]
 
@@ -94,6 +95,7 @@ class ColourOctree:
     def _set(self, tree: Octree) -> None:
         self._tree = tree
         self.n_colours = int(tree.X.shape[0])
+        self._parts: list[tuple[int, int] | None] = list(top_parts(tree, n_threads())) if n_threads() > 1 else [None]
         top = slice(0, int(tree.offsets[1]))
         # exact integers: the same numbers in any order
         self._moments = _weighted_moments(float(np.sum(tree.weight[top])), tree.sums[top].sum(axis=0), tree.squares)
@@ -113,18 +115,29 @@ class ColourOctree:
         """:meth:`suits` for RGB uint8 colours, from how many there are and the pixels they count."""
         return n_colours > OCTREE_MIN_COLOURS and n_pixels <= _EXACT_MAX_PIXELS
 
+    def _each_part(self, func: Callable[[tuple[int, int]], Any]) -> list[Any]:
+        """``func(tops)`` for the top cells cut in one part per thread, on the shared pool (in turn on its threads)."""
+        parts = self._parts if not on_pool_thread() else [None]
+        if len(parts) == 1:
+            return [func(parts[0])]
+        return list(_thread_pool().map(func, parts))
+
     def sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per nearest centre (ties to the lowest index): weighted colour sums, weights, weighted squared norms.
 
-        The numbers of a full scan of the colours, bit for bit.
+        The numbers of a full scan of the colours, bit for bit (the parts'
+        sums are integers: exact in any order).
         """
-        sums, counts, sqnorm, _ = octree_sums(self._tree, centers)
+        found = self._each_part(lambda tops: octree_sums(self._tree, centers, tops))
+        sums, counts, sqnorm, _ = found[0]
+        for more in found[1:]:
+            sums, counts, sqnorm = sums + more[0], counts + more[1], sqnorm + more[2]
         return sums, counts, sqnorm
 
     def labels(self, centers: np.ndarray) -> np.ndarray:
         """The nearest centre of every colour, in the histogram's order (int64; a full scan's labels)."""
         labels = np.empty(self.n_colours, dtype=np.int64)
-        octree_labels(self._tree, centers, labels)
+        self._each_part(lambda tops: octree_labels(self._tree, centers, labels, tops))
         return labels
 
     def cells(self, level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

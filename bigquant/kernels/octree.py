@@ -33,7 +33,7 @@ import numpy as np
 from bigquant.kernels._jit import JIT as _JIT
 from bigquant.kernels.morton import MORTON_TABLES, _unmorton
 
-__all__ = ["Octree", "build_octree", "sorted_octree", "octree_sums", "octree_labels"]
+__all__ = ["Octree", "build_octree", "sorted_octree", "octree_sums", "octree_labels", "top_parts"]
 
 #: absolute and relative margin of the pruning test (distances round at about 1e-16 of 2e5)
 _MARGIN = 1e-9
@@ -258,9 +258,10 @@ def _nearest_of(X, i, centers_t, cand, n_cand):  # pragma: no cover - jitted
 
 
 @numba.njit(**_JIT)
-def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_weight, node_sqnorm, n_top,
-          depth, centers_t, perm, labels, sums, counts, sqnorm, want_sums):  # pragma: no cover - jitted
-    """Depth-first filtering walk; adds to ``sums``/``counts``/``sqnorm`` or writes ``labels`` (via ``perm``)."""
+def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_weight, node_sqnorm, top_lo,
+          top_hi, depth, centers_t, perm, labels, sums, counts, sqnorm, want_sums):  # pragma: no cover - jitted
+    """Depth-first filtering walk from the top cells ``top_lo:top_hi``; adds to ``sums``/``counts``/``sqnorm``
+    or writes ``labels`` (via ``perm``)."""
     k = centers_t.shape[1]
     size = 8 * depth + 1
     stack = np.empty(size, dtype=np.int64)
@@ -268,7 +269,7 @@ def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_
     cands = np.empty((size, k), dtype=np.int64)
     cand = np.empty(k, dtype=np.int64)
     scanned = 0
-    for top_node in range(n_top):
+    for top_node in range(top_lo, top_hi):
         stack[0] = top_node
         kept[0] = k
         for j in range(k):
@@ -318,36 +319,55 @@ def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_
 
 
 def _cells(tree: Octree) -> tuple:
-    """The arguments of :func:`_walk` that describe the tree."""
+    """The arguments of :func:`_walk` that describe the tree (the top cells apart)."""
     return (tree.X, tree.w, tree.first, tree.stop, tree.child_lo, tree.child_hi, tree.corner, tree.level,
-            tree.sums, tree.weight, tree.sqnorm, np.int64(tree.offsets[1]), np.int64(len(tree.offsets) - 1))
+            tree.sums, tree.weight, tree.sqnorm)
 
 
-def octree_sums(tree: Octree, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _top_range(tree: Octree, tops: tuple[int, int] | None) -> tuple[np.int64, np.int64, np.int64]:
+    lo, hi = (0, int(tree.offsets[1])) if tops is None else tops
+    return np.int64(lo), np.int64(hi), np.int64(len(tree.offsets) - 1)
+
+
+def top_parts(tree: Octree, n_parts: int) -> list[tuple[int, int]]:
+    """The top cells cut into up to ``n_parts`` ranges of about as many colours, for walks on several threads."""
+    n_top = int(tree.offsets[1])
+    n = int(tree.X.shape[0])
+    cuts = np.searchsorted(tree.first[:n_top], np.linspace(0, n, max(1, n_parts) + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], cuts, [n_top]]))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def octree_sums(
+    tree: Octree, centers: np.ndarray, tops: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per nearest centre: the weighted colour sums, the weights and the weighted squared norms.
 
     ``tree`` is :func:`build_octree`'s; ``centers`` (k, 3), finite.  Bit-identical to the sums of a full scan of the colours
     (:func:`bigquant.kernels.partial_sums`); also returns how many colours were
-    scanned one by one.
+    scanned one by one.  ``tops`` (a range of :func:`top_parts`) sums the
+    colours of those top cells only: the sums of the parts, integers, add up
+    to the whole's exactly.
     """
     centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
     k = centers_t.shape[1]
     sums = np.zeros((k, 3))
     counts = np.zeros(k)
     sqnorm = np.zeros(k)
-    scanned = _walk(*_cells(tree), centers_t, tree.perm, np.empty(0, np.int64), sums, counts, sqnorm,
-                    np.bool_(True))
+    scanned = _walk(*_cells(tree), *_top_range(tree, tops), centers_t, tree.perm, np.empty(0, np.int64), sums,
+                    counts, sqnorm, np.bool_(True))
     return sums, counts, sqnorm, int(scanned)
 
 
-def octree_labels(tree: Octree, centers: np.ndarray, labels: np.ndarray) -> int:
+def octree_labels(tree: Octree, centers: np.ndarray, labels: np.ndarray, tops: tuple[int, int] | None = None) -> int:
     """Write the nearest centre of every colour (in the colours' own order) into ``labels``.
 
     The labels of a full scan (:func:`bigquant.kernels.assign_labels`); returns
-    how many colours were scanned one by one.
+    how many colours were scanned one by one.  ``tops``: the colours of those
+    top cells only (see :func:`octree_sums`).
     """
     centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
     k = centers_t.shape[1]
-    scanned = _walk(*_cells(tree), centers_t, tree.perm, labels, np.zeros((k, 3)), np.zeros(k), np.zeros(k),
-                    np.bool_(False))
+    scanned = _walk(*_cells(tree), *_top_range(tree, tops), centers_t, tree.perm, labels, np.zeros((k, 3)),
+                    np.zeros(k), np.zeros(k), np.bool_(False))
     return int(scanned)
