@@ -20,6 +20,7 @@ from dask.delayed import Delayed
 
 from bigquant import kernels, tasks
 from bigquant.cluster.octree import ColourOctree, OctreePoints
+from bigquant.io.compute import current_scheduler
 from bigquant.cluster.points import (
     _MIN_SEGMENT,
     BoundedPoints,
@@ -376,8 +377,9 @@ def colour_histogram(
             f"{MAX_HISTOGRAM_BITS} bits per pixel, got dtype={X.dtype} with {n_channels} channels"
         )
     if isinstance(X, da.Array):
-        (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid,
-                                                        as_morton=True))
+        graph = histogram_graph(X, bits, split_every=split_every, valid=valid, as_morton=True)
+        # no client can exist before distributed is imported: not imported to look for one
+        (codes, counts), = dask.compute(graph, scheduler=current_scheduler([graph]))
         inverse = None
         if bits == 8 and n_channels == 3:  # Morton codes
             hist = histogram_of_morton(codes, counts, octree=octree)
