@@ -277,6 +277,29 @@ class KMeansBase(BaseEstimator):
         self._lut_token = dask.base.tokenize(histogram.codes, labels, histogram.bits, sentinel)
         return lut, histogram.bits, sentinel
 
+    def _labels_table_key(self, X: da.Array) -> tuple[Any, int, int]:
+        """The lookup table of the lazy ``labels_`` of ``X`` as a graph key, with its bits and sentinel.
+
+        Without a distributed client and before anyone asked for the table, a
+        task that builds it when the labels are computed (a fit whose labels
+        are never computed, as :func:`bigquant.quantize`'s, whose writer
+        looks up its palette's own table, builds none).  Any table of these
+        centres gives the same labels (a colour it does not hold takes its
+        nearest centre), so the key names the centres and the pixels, not
+        the table's bytes.
+        """
+        histogram = getattr(self, "_lut_source", None)
+        if self._lut is not None or histogram is None or active_client() is not None:
+            _, bits, sentinel = self.lookup_table()
+            return self.lookup_table_key(), bits, sentinel
+        sentinel = len(self.cluster_centers_)
+        token = dask.base.tokenize(X.name, self.cluster_centers_, histogram.bits, sentinel, histogram.n_colours)
+        key = f"{tasks.LUT}-{token}"
+        lut = dask.delayed(kernels.build_lut, pure=True)(
+            histogram.codes, self._labels_of_colours(), histogram.bits * self.n_features_in_, sentinel,
+            dask_key_name=key)
+        return lut, histogram.bits, sentinel
+
     def lookup_table_key(self) -> Any:
         """The lookup table as one key of a dask graph.
 
@@ -377,8 +400,7 @@ class KMeansBase(BaseEstimator):
         if data.is_dask:
             X = data.array
             if use_lut:
-                _, bits, sentinel = self.lookup_table()
-                lut_d = self.lookup_table_key()
+                lut_d, bits, sentinel = self._labels_table_key(X)
                 return X.map_blocks(
                     _block_lookup, lut_d, bits, sentinel, centers, dtype,
                     drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS,
