@@ -75,11 +75,6 @@ class ColourHistogram:
     inverse : ndarray of shape (n_pixels,) or None
         For (small) in-memory input: the index of each pixel's colour, so
         that ``colours[inverse]`` is the image; ``None`` otherwise.
-    morton : tuple of ndarray or None
-        For RGB uint8 colours counted in Morton order: ``(perm, mcodes,
-        mcounts)``, the row of each colour in Morton order, their Morton codes
-        and counts; the :meth:`octree` is built from them (and drops them)
-        without sorting the colours again.
     """
 
     colours: np.ndarray
@@ -87,11 +82,7 @@ class ColourHistogram:
     codes: np.ndarray
     bits: int
     inverse: np.ndarray | None = field(default=None, repr=False, compare=False)
-    morton: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
-    _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    _octree_cache: list[ColourOctree | None] = field(default_factory=list, init=False, repr=False, compare=False)
+    _derived: _Derived = field(default_factory=lambda: _Derived(), init=False, repr=False, compare=False)
 
     @property
     def n_colours(self) -> int:
@@ -102,6 +93,17 @@ class ColourHistogram:
     def n_pixels(self) -> int:
         """Number of pixels counted."""
         return int(self.counts.sum())
+
+    @property
+    def morton(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The colours' Morton order, when they were counted in it and no :meth:`octree` was built yet.
+
+        ``(perm, mcodes, mcounts)``: the row of each colour in Morton order,
+        their Morton codes (increasing) and counts (:func:`histogram_of_morton`);
+        the octree is built from them without sorting the colours again, and
+        drops them.
+        """
+        return self._derived.morton
 
     def points(self) -> InMemoryPoints:
         """The colours as a weighted point set for Lloyd's iteration.
@@ -117,30 +119,29 @@ class ColourHistogram:
 
     def octree(self) -> ColourOctree | None:
         """The colours' :class:`~bigquant.cluster.octree.ColourOctree` (cached), or ``None`` when it would not pay."""
-        if not self._octree_cache:
+        derived = self._derived
+        if not derived.octree:
             octree = None
             if self.bits == 8 and ColourOctree.suits(self.colours, self.counts):
                 try:
-                    octree = ColourOctree(self.colours, self.counts, self.morton)
+                    octree = ColourOctree(self.colours, self.counts, derived.morton)
                 except ValueError:  # repeated colours (a histogram made by hand): the bounded steps
                     logger.debug("the histogram repeats colours: no octree")
-            self._octree_cache.append(octree)
-            self.morton = None  # the octree keeps the order it needs
-        return self._octree_cache[0]
+            derived.octree.append(octree)
+            derived.morton = None  # the octree keeps the order it needs
+        return derived.octree[0]
 
     def sharing(self) -> ColourHistogram:
         """The same colours and counts without the pixel index, sharing what is derived from them.
 
         A fit on the copy labels the distinct colours (not the pixels) and
-        leaves this histogram as it is; the :meth:`octree` and the coarse
-        colour sets are built once, for this histogram and all its copies
-        (e.g. the fits of a sweep over k).  The Morton order (:attr:`morton`)
-        goes with the copy.
+        leaves this histogram as it is; the :meth:`octree`, the coarse colour
+        sets and the Morton order they are built from are shared by this
+        histogram and all its copies (e.g. the fits of a sweep over k): built
+        once, by whichever needs them first.
         """
-        copy = ColourHistogram(self.colours, self.counts, self.codes, self.bits, None, self.morton)
-        copy._coarse_cache = self._coarse_cache
-        copy._octree_cache = self._octree_cache
-        self.morton = None
+        copy = ColourHistogram(self.colours, self.counts, self.codes, self.bits)
+        copy._derived = self._derived
         return copy
 
     def coarse(self, drop_bits: int, *, n_parts: int | None = None) -> BoundedPoints:
@@ -169,9 +170,10 @@ class ColourHistogram:
         of that side are the set. The sums are exact integers, so the set is
         the same whichever way it is built.
         """
-        if drop_bits not in self._coarse_cache:
+        cache = self._derived.coarse
+        if drop_bits not in cache:
             width = self.bits - drop_bits
-            octree = self._octree_cache[0] if self._octree_cache else None
+            octree = self._derived.octree[0] if self._derived.octree else None
             cells = octree.cells(self.bits - drop_bits) if octree is not None else None
             if cells is not None:  # the octree's cells of that side, put in code order
                 corners, sums, weights = cells
@@ -181,8 +183,20 @@ class ColourHistogram:
                 found = kernels.coarse_bins(cells, sums, weights, 1, width)
             else:
                 found = kernels.coarse_bins(self.colours, None, self.counts, drop_bits, width)
-            self._coarse_cache[drop_bits] = found
-        return self._coarse_cache[drop_bits]
+            cache[drop_bits] = found
+        return cache[drop_bits]
+
+
+@dataclass
+class _Derived:
+    """What a histogram's colours and counts give, shared by its copies (:meth:`ColourHistogram.sharing`)."""
+
+    #: the Morton order (see :attr:`ColourHistogram.morton`) until the octree is built
+    morton: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: [the octree, or None when it would not pay] once decided
+    octree: list[ColourOctree | None] = field(default_factory=list)
+    #: drop_bits -> the coarse set's cells, sums and weights
+    coarse: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _block_counts(
@@ -297,12 +311,13 @@ def histogram_of_morton(mcodes: np.ndarray, mcounts: np.ndarray, *, octree: bool
         colours, codes, counts, perm = morton_colours(mcodes, mcounts)
     finally:
         ordered = pending.result() if pending is not None else None
-    hist = ColourHistogram(colours, counts, codes, 8, None, (perm, mcodes, mcounts))
+    hist = ColourHistogram(colours, counts, codes, 8)
     if ordered is not None:
-        hist._octree_cache.append(ordered(perm))
-        hist.morton = None
-    elif octree:
-        hist.octree()
+        hist._derived.octree.append(ordered(perm))
+    else:
+        hist._derived.morton = (perm, mcodes, mcounts)
+        if octree:
+            hist.octree()
     return hist
 
 

@@ -107,12 +107,12 @@ def test_coarse_sets_from_the_octree_are_the_colours_own(tiled):
     hist = colour_histogram(read_image(path, chunks=1024).data)
     plain = ColourHistogram(hist.colours, hist.counts, hist.codes, hist.bits)
     with_tree = ColourHistogram(hist.colours, hist.counts, hist.codes, hist.bits)
-    with_tree._octree_cache.append(ColourOctree(hist.colours, hist.counts))
+    with_tree._derived.octree.append(ColourOctree(hist.colours, hist.counts))
     for drop in (2, 3, 4):  # levels 6 and 5 of the octree; 4 dropped bits is a level the octree has
         for a, b in zip(with_tree.coarse_sums(drop), plain.coarse_sums(drop)):
             np.testing.assert_array_equal(a, b)
             assert a.dtype == b.dtype
-    assert with_tree._octree_cache[0].cells(7) is None  # finer than the leaves: not the octree's
+    assert with_tree.octree().cells(7) is None  # finer than the leaves: not the octree's
 
 
 def test_fits_on_a_histogram_share_its_octree(monkeypatch, tiled):
@@ -141,7 +141,7 @@ def test_the_octree_built_beside_the_code_order_is_the_colours_own(monkeypatch, 
     monkeypatch.setattr(octree_mod, "OCTREE_MIN_COLOURS", 1000)
     _, path = tiled
     hist = colour_histogram(read_image(path, chunks=1024).data, octree=True)
-    assert hist._octree_cache and hist.morton is None  # built with the histogram, the order handed over
+    assert hist._derived.octree and hist.morton is None  # built with the histogram, the order handed over
     built = hist.octree()
     alone = build_octree(hist.colours, hist.counts, octree_mod.TOP_LEVEL, octree_mod.LEAF_LEVEL)
     for name, a, b in zip(alone._fields, built._tree, alone):
