@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bigquant import kernels
-from bigquant.kernels import MortonTable, count_morton, encode_morton, take_counts
+from bigquant.kernels import MortonTable, count_morton, encode_morton, take_counts, take_sum
 
 __all__ = ["block_counts", "lane_counts", "lanes_total", "region_counts"]
 
@@ -66,9 +66,11 @@ def lane_counts(
 def lanes_total(tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Sorted Morton codes and counts (the tables' type) of the lanes' tables added up (into the first)."""
     total = tables[0]
-    for other in tables[1:]:
+    if len(tables) == 1:
+        return take_counts(total)
+    for other in tables[1:-1]:
         np.add(total, other, out=total)
-    return take_counts(total)
+    return take_sum(total, tables[-1])  # the last addition and the read in one pass
 
 
 def region_counts(

@@ -50,6 +50,7 @@ from bigquant.kernels.morton import (
     morton_colours,
     morton_to_codes,
     take_counts,
+    take_sum,
 )
 from bigquant.kernels.scans import (
     SCAN_BLOCK,
@@ -108,6 +109,7 @@ __all__ = [
     "squared_shift",
     "take",
     "take_counts",
+    "take_sum",
     "take_nonzero",
     "to_space",
     "unique_colours",

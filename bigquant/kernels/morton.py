@@ -19,7 +19,7 @@ from bigquant.kernels.colours import (
     take_nonzero,
 )
 
-__all__ = ["count_morton", "encode_morton", "morton_to_codes", "morton_colours", "take_counts", "merge_counts", "MORTON_TABLES",
+__all__ = ["count_morton", "encode_morton", "morton_to_codes", "morton_colours", "take_counts", "take_sum", "merge_counts", "MORTON_TABLES",
            "MortonTable"]
 
 
@@ -225,6 +225,28 @@ def take_counts(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if table.dtype == np.uint32:
         return _take_nonzero32(table)
     return take_nonzero(table)
+
+
+@numba.njit(**_JIT)
+def _take_sum(a, b):  # pragma: no cover
+    # branch-free, as _take_marked: every code is stored at j, which moves on when its sum is set
+    n = 0
+    for code in range(a.shape[0]):
+        n += (a[code] + b[code]) != 0
+    codes = np.empty(n + 1, dtype=np.uint32)
+    counts = np.empty(n + 1, dtype=a.dtype)
+    j = 0
+    for code in range(a.shape[0]):
+        v = a[code] + b[code]
+        codes[j] = code
+        counts[j] = v
+        j += v != 0
+    return codes[:n], counts[:n]
+
+
+def take_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted codes and counts (the tables' type) of the non-zero sums of two counter tables of one type."""
+    return _take_sum(a, b)
 
 
 def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
