@@ -20,7 +20,6 @@ from dask.delayed import Delayed
 
 from bigquant import kernels, tasks
 from bigquant.cluster.octree import ColourOctree, OctreePoints
-from bigquant.io.compute import current_scheduler
 from bigquant.cluster.points import (
     _MIN_SEGMENT,
     BoundedPoints,
@@ -31,6 +30,7 @@ from bigquant.cluster.points import (
     n_threads,
     on_pool_thread,
 )
+from bigquant.io.compute import current_scheduler
 
 __all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "histogram_of_morton", "MAX_HISTOGRAM_BITS"]
 
@@ -264,7 +264,7 @@ def histogram_graph(
         reader = None  # small blocks are sorted, not tabled: reading them whole costs nothing
     n_lanes = _count_lanes(X, reader, morton) if lanes else 0
     if n_lanes:
-        root = _lane_graph(X, reader, n_lanes, split_every)
+        root = _lane_graph(X, reader, n_lanes)
     elif reader is None:
         root = block_tree(tasks.COUNT, X, valid, _block_counts, (bits, n_channels, morton),
                           merge, split_every=split_every, sum_name=tasks.MERGE)
@@ -335,14 +335,14 @@ def _count_lanes(X: da.Array, reader: Any, morton: bool) -> int:
     return min(n_threads(), n_blocks) if n_blocks > 1 else 0
 
 
-def _lane_graph(X: da.Array, reader: Any, lanes: int, split_every: int) -> Delayed:
+def _lane_graph(X: da.Array, reader: Any, lanes: int) -> Delayed:
     """The count of ``X``'s blocks as ``lanes`` chains of tasks, each adding into one table, then their total."""
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
     from bigquant.cluster.counting import lane_counts, lanes_total
 
-    token = tokenize(X.name, "lanes", lanes, split_every)
+    token = tokenize(X.name, "lanes", lanes)
     name = f"{tasks.COUNT}-{token}"
     # uint32 counters while even one colour of every pixel would fit
     dtype = np.uint32 if X.shape[0] * X.shape[1] < 2**32 else np.uint64
