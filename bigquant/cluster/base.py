@@ -273,9 +273,19 @@ class KMeansBase(BaseEstimator):
         labels = self._labels_of_colours()
         sentinel = len(self.cluster_centers_)
         lut = kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
-        # what the table is made of, a few hundred kB, rather than its 16 MiB
-        self._lut_token = dask.base.tokenize(histogram.codes, labels, histogram.bits, sentinel)
+        self._lut_token = self._table_token(histogram)
         return lut, histogram.bits, sentinel
+
+    def _table_token(self, histogram: ColourHistogram) -> str:
+        """A token of the lookup table of ``histogram``'s colours to the nearest centre.
+
+        Any such table gives the same labels (a colour it does not hold takes
+        its nearest centre, with the same ties), so the token names the
+        centres and the histogram's size rather than hashing its codes (40 MB
+        at 10 M colours) or the table (16 MiB).
+        """
+        return dask.base.tokenize("nearest", np.asarray(self.cluster_centers_), histogram.bits,
+                                  len(self.cluster_centers_), histogram.n_colours, histogram.n_pixels)
 
     def _labels_table_key(self, X: da.Array) -> tuple[Any, int, int]:
         """The lookup table of the lazy ``labels_`` of ``X`` as a graph key, with its bits and sentinel.
@@ -285,16 +295,14 @@ class KMeansBase(BaseEstimator):
         are never computed, as :func:`bigquant.quantize`'s, whose writer
         looks up its palette's own table, builds none).  Any table of these
         centres gives the same labels (a colour it does not hold takes its
-        nearest centre), so the key names the centres and the pixels, not
-        the table's bytes.
+        nearest centre): the key is :meth:`_table_token`'s.
         """
         histogram = getattr(self, "_lut_source", None)
         if self._lut is not None or histogram is None or active_client() is not None:
             _, bits, sentinel = self.lookup_table()
             return self.lookup_table_key(), bits, sentinel
         sentinel = len(self.cluster_centers_)
-        token = dask.base.tokenize(X.name, self.cluster_centers_, histogram.bits, sentinel, histogram.n_colours)
-        key = f"{tasks.LUT}-{token}"
+        key = f"{tasks.LUT}-{self._table_token(histogram)}"
         lut = dask.delayed(kernels.build_lut, pure=True)(
             histogram.codes, self._labels_of_colours(), histogram.bits * self.n_features_in_, sentinel,
             dask_key_name=key)
