@@ -67,6 +67,21 @@ def test_quantize_of_a_small_png_imports_no_distributed(small_png, tmp_path):
     assert "distributed" not in result["loaded"]
 
 
+def test_quantize_of_a_tiled_tiff_imports_no_distributed(tmp_path):
+    # the lazy path (the colour histogram's pass, the write, the quality report) on this
+    # process's threads: no compute names a scheduler that makes dask import distributed
+    import tifffile
+
+    from bigquant.io.sample import make_sample_image
+
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, make_sample_image((1024, 1536), seed=2), tile=(256, 256), compression="zlib",
+                     photometric="rgb")
+    result = _run(["quantize", str(path), str(tmp_path / "out.tif"), "-k", "8", "-q"], tmp_path)
+    assert result["code"] == 0 and (tmp_path / "out.tif").exists()
+    assert "dask.array" in result["loaded"] and "distributed" not in result["loaded"]
+
+
 def test_quantize_freezes_the_pipelines_modules_and_keeps_collecting(small_png, tmp_path):
     # the objects numba, dask and scipy leave as they load are frozen (no collection walks
     # them again), and the collector runs as usual afterwards

@@ -273,8 +273,39 @@ class KMeansBase(BaseEstimator):
         labels = self._labels_of_colours()
         sentinel = len(self.cluster_centers_)
         lut = kernels.build_lut(histogram.codes, labels, histogram.bits * self.n_features_in_, sentinel)
-        # what the table is made of, a few hundred kB, rather than its 16 MiB
-        self._lut_token = dask.base.tokenize(histogram.codes, labels, histogram.bits, sentinel)
+        self._lut_token = self._table_token(histogram)
+        return lut, histogram.bits, sentinel
+
+    def _table_token(self, histogram: ColourHistogram) -> str:
+        """A token of the lookup table of ``histogram``'s colours to the nearest centre.
+
+        Any such table gives the same labels (a colour it does not hold takes
+        its nearest centre, with the same ties), so the token names the
+        centres and the histogram's size rather than hashing its codes (40 MB
+        at 10 M colours) or the table (16 MiB).
+        """
+        return dask.base.tokenize("nearest", np.asarray(self.cluster_centers_), histogram.bits,
+                                  len(self.cluster_centers_), histogram.n_colours, histogram.n_pixels)
+
+    def _labels_table_key(self, X: da.Array) -> tuple[Any, int, int]:
+        """The lookup table of the lazy ``labels_`` of ``X`` as a graph key, with its bits and sentinel.
+
+        Without a distributed client and before anyone asked for the table, a
+        task that builds it when the labels are computed (a fit whose labels
+        are never computed, as :func:`bigquant.quantize`'s, whose writer
+        looks up its palette's own table, builds none).  Any table of these
+        centres gives the same labels (a colour it does not hold takes its
+        nearest centre): the key is :meth:`_table_token`'s.
+        """
+        histogram = getattr(self, "_lut_source", None)
+        if self._lut is not None or histogram is None or active_client() is not None:
+            _, bits, sentinel = self.lookup_table()
+            return self.lookup_table_key(), bits, sentinel
+        sentinel = len(self.cluster_centers_)
+        key = f"{tasks.LUT}-{self._table_token(histogram)}"
+        lut = dask.delayed(kernels.build_lut, pure=True)(
+            histogram.codes, self._labels_of_colours(), histogram.bits * self.n_features_in_, sentinel,
+            dask_key_name=key)
         return lut, histogram.bits, sentinel
 
     def lookup_table_key(self) -> Any:
@@ -377,8 +408,7 @@ class KMeansBase(BaseEstimator):
         if data.is_dask:
             X = data.array
             if use_lut:
-                _, bits, sentinel = self.lookup_table()
-                lut_d = self.lookup_table_key()
+                lut_d, bits, sentinel = self._labels_table_key(X)
                 return X.map_blocks(
                     _block_lookup, lut_d, bits, sentinel, centers, dtype,
                     drop_axis=X.ndim - 1, dtype=dtype, token=tasks.LABELS,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 import dask.array as da
@@ -27,9 +28,11 @@ from bigquant.cluster.points import (
     _thread_pool,
     block_tree,
     n_threads,
+    on_pool_thread,
 )
+from bigquant.io.compute import current_scheduler
 
-__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "MAX_HISTOGRAM_BITS"]
+__all__ = ["ColourHistogram", "histogram_bits", "colour_histogram", "histogram_of_morton", "MAX_HISTOGRAM_BITS"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +82,7 @@ class ColourHistogram:
     codes: np.ndarray
     bits: int
     inverse: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _coarse_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    _octree_cache: list[ColourOctree | None] = field(default_factory=list, init=False, repr=False, compare=False)
+    _derived: _Derived = field(default_factory=lambda: _Derived(), init=False, repr=False, compare=False)
 
     @property
     def n_colours(self) -> int:
@@ -93,6 +93,17 @@ class ColourHistogram:
     def n_pixels(self) -> int:
         """Number of pixels counted."""
         return int(self.counts.sum())
+
+    @property
+    def morton(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The colours' Morton order, when they were counted in it and no :meth:`octree` was built yet.
+
+        ``(perm, mcodes, mcounts)``: the row of each colour in Morton order,
+        their Morton codes (increasing) and counts (:func:`histogram_of_morton`);
+        the octree is built from them without sorting the colours again, and
+        drops them.
+        """
+        return self._derived.morton
 
     def points(self) -> InMemoryPoints:
         """The colours as a weighted point set for Lloyd's iteration.
@@ -108,15 +119,30 @@ class ColourHistogram:
 
     def octree(self) -> ColourOctree | None:
         """The colours' :class:`~bigquant.cluster.octree.ColourOctree` (cached), or ``None`` when it would not pay."""
-        if not self._octree_cache:
+        derived = self._derived
+        if not derived.octree:
             octree = None
             if self.bits == 8 and ColourOctree.suits(self.colours, self.counts):
                 try:
-                    octree = ColourOctree(self.colours, self.counts)
+                    octree = ColourOctree(self.colours, self.counts, derived.morton)
                 except ValueError:  # repeated colours (a histogram made by hand): the bounded steps
                     logger.debug("the histogram repeats colours: no octree")
-            self._octree_cache.append(octree)
-        return self._octree_cache[0]
+            derived.octree.append(octree)
+            derived.morton = None  # the octree keeps the order it needs
+        return derived.octree[0]
+
+    def sharing(self) -> ColourHistogram:
+        """The same colours and counts without the pixel index, sharing what is derived from them.
+
+        A fit on the copy labels the distinct colours (not the pixels) and
+        leaves this histogram as it is; the :meth:`octree`, the coarse colour
+        sets and the Morton order they are built from are shared by this
+        histogram and all its copies (e.g. the fits of a sweep over k): built
+        once, by whichever needs them first.
+        """
+        copy = ColourHistogram(self.colours, self.counts, self.codes, self.bits)
+        copy._derived = self._derived
+        return copy
 
     def coarse(self, drop_bits: int, *, n_parts: int | None = None) -> BoundedPoints:
         """A smaller weighted point set: colours merged on a coarser grid (cached).
@@ -140,18 +166,37 @@ class ColourHistogram:
         """Cells, summed colours and weights of the coarse set for ``drop_bits`` (cached).
 
         Sets of more than 2 dropped bits merge the next finer set (4x fewer
-        points than the colours). The sums are exact integers, so the set is
+        points than the colours); once the :meth:`octree` is built, its cells
+        of that side are the set. The sums are exact integers, so the set is
         the same whichever way it is built.
         """
-        if drop_bits not in self._coarse_cache:
+        cache = self._derived.coarse
+        if drop_bits not in cache:
             width = self.bits - drop_bits
-            if drop_bits > 2:
+            octree = self._derived.octree[0] if self._derived.octree else None
+            cells = octree.cells(self.bits - drop_bits) if octree is not None else None
+            if cells is not None:  # the octree's cells of that side, put in code order
+                corners, sums, weights = cells
+                found = kernels.coarse_bins(corners.astype(np.int64), sums, weights, drop_bits, width)
+            elif drop_bits > 2:
                 cells, sums, weights = self.coarse_sums(drop_bits - 1)
                 found = kernels.coarse_bins(cells, sums, weights, 1, width)
             else:
                 found = kernels.coarse_bins(self.colours, None, self.counts, drop_bits, width)
-            self._coarse_cache[drop_bits] = found
-        return self._coarse_cache[drop_bits]
+            cache[drop_bits] = found
+        return cache[drop_bits]
+
+
+@dataclass
+class _Derived:
+    """What a histogram's colours and counts give, shared by its copies (:meth:`ColourHistogram.sharing`)."""
+
+    #: the Morton order (see :attr:`ColourHistogram.morton`) until the octree is built
+    morton: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: [the octree, or None when it would not pay] once decided
+    octree: list[ColourOctree | None] = field(default_factory=list)
+    #: drop_bits -> the coarse set's cells, sums and weights
+    coarse: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _block_counts(
@@ -179,7 +224,10 @@ def _histogram_numpy(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, 
     return (*kernels.merge_sparse_counts(parts), None)
 
 
-def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.Array | None = None) -> Delayed:
+def histogram_graph(
+    X: da.Array, bits: int, *, split_every: int = 8, valid: da.Array | None = None, lanes: bool = True,
+    as_morton: bool = False,
+) -> Delayed:
     """The lazy histogram of a dask array (..., C) as a Delayed (codes, counts).
 
     Large blocks of a TIFF read by segments (tiles) are counted tile by tile
@@ -187,6 +235,13 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
     Morton order, merged with uint32 counts and converted to the usual codes
     and int64 counts at the end.  With ``valid`` (a boolean array of X's
     spatial shape, any chunks) only the pixels where it is True are counted.
+
+    ``lanes`` lets RGB uint8 blocks read by tiles be counted in lanes (one
+    table of counters per thread, see :mod:`bigquant.cluster.counting`) when
+    the tasks run in this process; ``False`` always merges per-block
+    histograms (several graphs computed at once hold less).  With
+    ``as_morton``, RGB uint8 colours are left as sorted Morton codes and
+    their counts (uint32 while they fit), for :func:`histogram_of_morton`.
     """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -207,7 +262,10 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
     reader = segment_reader(X) if X.ndim == 3 and valid is None else None
     if reader is not None and max(X.chunks[0]) * max(X.chunks[1]) * 16 < (1 << (bits * n_channels)):
         reader = None  # small blocks are sorted, not tabled: reading them whole costs nothing
-    if reader is None:
+    n_lanes = _count_lanes(X, reader, morton) if lanes else 0
+    if n_lanes:
+        root = _lane_graph(X, reader, n_lanes)
+    elif reader is None:
         root = block_tree(tasks.COUNT, X, valid, _block_counts, (bits, n_channels, morton),
                           merge, split_every=split_every, sum_name=tasks.MERGE)
     else:
@@ -229,15 +287,82 @@ def histogram_graph(X: da.Array, bits: int, *, split_every: int = 8, valid: da.A
         tree, top = tree_reduce(f"{tasks.MERGE}-{token}", tops, merge, split_every=2)
         layer.update(tree)
         root = Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
-    if morton:
+    if morton and not as_morton:
         root = dask.delayed(morton_to_codes, pure=True)(
             root, dask_key_name=f"{tasks.CODES}-{tokenize(root.key)}"
         )
     return root
 
 
+def histogram_of_morton(mcodes: np.ndarray, mcounts: np.ndarray, *, octree: bool = False) -> ColourHistogram:
+    """The histogram of RGB uint8 colours counted in Morton order (sorted Morton codes and their counts).
+
+    The colours are put in code order in one pass, which also gives their
+    Morton order (:attr:`ColourHistogram.morton`).  With ``octree``, its
+    :meth:`~ColourHistogram.octree` is built at the same time on another
+    thread, when it suits the histogram: it needs only the Morton codes.
+    """
+    from bigquant.kernels import morton_colours
+
+    build = (octree and n_threads() > 1 and not on_pool_thread()
+             and ColourOctree.suits_rgb(int(mcodes.shape[0]), float(np.sum(mcounts, dtype=np.float64))))
+    pending = _thread_pool().submit(ColourOctree.of_morton, mcodes, mcounts) if build else None
+    try:
+        colours, codes, counts, perm = morton_colours(mcodes, mcounts)
+    finally:
+        ordered = pending.result() if pending is not None else None
+    hist = ColourHistogram(colours, counts, codes, 8)
+    if ordered is not None:
+        hist._derived.octree.append(ordered(perm))
+    else:
+        hist._derived.morton = (perm, mcodes, mcounts)
+        if octree:
+            hist.octree()
+    return hist
+
+
+def _count_lanes(X: da.Array, reader: Any, morton: bool) -> int:
+    """Lanes to count ``X``'s blocks in (see :mod:`bigquant.cluster.counting`), or 0 for a merge tree.
+
+    Lanes need RGB uint8 blocks read tile by tile (``reader``) and tasks that
+    share this process's memory; one lane per thread, at most one per block.
+    """
+    from bigquant.cluster.scheduler import shares_memory
+
+    if reader is None or not morton or not shares_memory():
+        return 0
+    n_blocks = X.numblocks[0] * X.numblocks[1]
+    return min(n_threads(), n_blocks) if n_blocks > 1 else 0
+
+
+def _lane_graph(X: da.Array, reader: Any, lanes: int) -> Delayed:
+    """The count of ``X``'s blocks as ``lanes`` chains of tasks, each adding into one table, then their total."""
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    from bigquant.cluster.counting import lane_counts, lanes_total
+
+    token = tokenize(X.name, "lanes", lanes)
+    name = f"{tasks.COUNT}-{token}"
+    # uint32 counters while even one colour of every pixel would fit
+    dtype = np.uint32 if X.shape[0] * X.shape[1] < 2**32 else np.uint64
+    ys, xs = np.cumsum((0,) + X.chunks[0]), np.cumsum((0,) + X.chunks[1])
+    windows = [(int(ys[a]), int(ys[a + 1]), int(xs[b]), int(xs[b + 1]))
+               for a in range(len(ys) - 1) for b in range(len(xs) - 1)]
+    layer: dict = {}
+    last: list[Any] = [None] * lanes
+    for i, window in enumerate(windows):  # block i in lane i % lanes: both lanes read down the image
+        key = (name, i)
+        layer[key] = (lane_counts, last[i % lanes], reader, window, dtype)
+        last[i % lanes] = key
+    top = (f"{tasks.MERGE}-{token}", 0)
+    layer[top] = (lanes_total, list(last))
+    return Delayed(top, HighLevelGraph.from_collections(top[0], layer, dependencies=[]), layer=top[0])
+
+
 def colour_histogram(
-    X: np.ndarray | da.Array, *, split_every: int = 8, valid: np.ndarray | da.Array | None = None
+    X: np.ndarray | da.Array, *, split_every: int = 8, valid: np.ndarray | da.Array | None = None,
+    octree: bool = False,
 ) -> ColourHistogram:
     """Exact histogram of the colours of ``X``.
 
@@ -250,6 +375,10 @@ def colour_histogram(
     valid : boolean array of shape (n_samples,) or (H, W), default=None
         Which samples are image (True) and counted; masked samples (False) are
         not.  None counts every sample.
+    octree : bool, default=False
+        Also build the histogram's :meth:`~ColourHistogram.octree` (what a
+        fit steps through), where it suits; for RGB uint8 colours counted on
+        Dask, on another thread while the colours are put in code order.
 
     Returns
     -------
@@ -263,8 +392,14 @@ def colour_histogram(
             f"{MAX_HISTOGRAM_BITS} bits per pixel, got dtype={X.dtype} with {n_channels} channels"
         )
     if isinstance(X, da.Array):
-        (codes, counts), = dask.compute(histogram_graph(X, bits, split_every=split_every, valid=valid))
+        graph = histogram_graph(X, bits, split_every=split_every, valid=valid, as_morton=True)
+        # no client can exist before distributed is imported: not imported to look for one
+        (codes, counts), = dask.compute(graph, scheduler=current_scheduler([graph]))
         inverse = None
+        if bits == 8 and n_channels == 3:  # Morton codes
+            hist = histogram_of_morton(codes, counts, octree=octree)
+            logger.info("colour histogram: %d distinct colours in %d pixels", hist.n_colours, hist.n_pixels)
+            return hist
     else:
         flat = np.ascontiguousarray(X).reshape(-1, n_channels)
         if valid is not None:
@@ -274,4 +409,7 @@ def colour_histogram(
             inverse = None  # indexes the valid samples only, not every pixel
     colours = kernels.decode_colours(codes, n_channels, bits, X.dtype)
     logger.info("colour histogram: %d distinct colours in %d pixels", codes.shape[0], int(counts.sum()))
-    return ColourHistogram(colours, counts, codes, bits, inverse)
+    hist = ColourHistogram(colours, counts, codes, bits, inverse)
+    if octree:
+        hist.octree()
+    return hist

@@ -311,7 +311,7 @@ default="k-means++"
             return self._fit_grid(data, valid, init_array, rng)
         if strategy == "histogram":
             with phase(tasks.HISTOGRAM):
-                histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid)
+                histogram = colour_histogram(data.array, split_every=self.split_every, valid=valid, octree=True)
             if histogram.n_colours == 0:
                 raise InvalidInputError("every sample is masked: sample_weight is False everywhere")
             return self._fit_histogram(data, histogram, init_array, rng)
@@ -348,8 +348,8 @@ default="k-means++"
             raise InvalidInputError("the histogram counts no pixel: nothing to fit")
         rng = check_random_state(self.random_state)
         self._ckpt = self._make_checkpoint(data, "histogram", True)
-        return self._fit_histogram(data, ColourHistogram(histogram.colours, histogram.counts, histogram.codes,
-                                                         histogram.bits), init_array, rng)
+        # without its pixel index (labels_ label the colours), sharing its octree and coarse sets
+        return self._fit_histogram(data, histogram.sharing(), init_array, rng)
 
     def _tell_limits(self, tol: float) -> None:
         """Tell a callback with a ``limits`` method the fit's ``max_iter`` and absolute ``tol``."""

@@ -17,12 +17,14 @@ the same runs, number for number, at a sixth of the cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from bigquant import kernels
-from bigquant.cluster.points import InMemoryPoints, _weighted_moments
-from bigquant.kernels.octree import build_octree, octree_labels, octree_sums
+from bigquant.cluster.points import InMemoryPoints, _thread_pool, _weighted_moments, n_threads, on_pool_thread
+from bigquant.kernels.octree import Octree, build_octree, octree_labels, octree_sums, sorted_octree, top_parts
 
 __all__ = ["ColourOctree", "OctreePoints", "OCTREE_MIN_COLOURS"]
 
@@ -46,6 +48,12 @@ class ColourOctree:
         Distinct colours.
     counts : ndarray of shape (n_colours,)
         Their pixel counts (integers).
+    order : tuple of ndarray, optional
+        The colours' Morton order when it is known (a histogram counted in
+        Morton order, :attr:`bigquant.cluster.histogram.ColourHistogram.morton`):
+        ``(perm, mcodes, mcounts)``, the row of each colour in Morton order,
+        their sorted Morton codes and their counts.  Without it the colours
+        are sorted here.
 
     Raises
     ------
@@ -53,12 +61,41 @@ class ColourOctree:
         A colour repeats.
     """
 
-    def __init__(self, colours: np.ndarray, counts: np.ndarray) -> None:
-        tree = build_octree(colours, counts, TOP_LEVEL, LEAF_LEVEL)
-        if tree is None:
-            raise ValueError("the colours of an octree must be distinct")
+    def __init__(self, colours: np.ndarray, counts: np.ndarray,
+                 order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        if order is None:
+            tree = build_octree(colours, counts, TOP_LEVEL, LEAF_LEVEL)
+            if tree is None:
+                raise ValueError("the colours of an octree must be distinct")
+        else:
+            perm, mcodes, mcounts = order
+            tree = sorted_octree(mcodes, mcounts, TOP_LEVEL, LEAF_LEVEL, perm)
+        self._set(tree)
+
+    @classmethod
+    def of_morton(cls, mcodes: np.ndarray, mcounts: np.ndarray) -> Callable[[np.ndarray], ColourOctree]:
+        """Build the octree of a histogram counted in Morton order before its colours are put in code order.
+
+        The cells and sums need only the sorted Morton codes and counts;
+        the returned function takes the row of each colour in the
+        histogram (see :func:`bigquant.kernels.morton_colours`) and gives the
+        octree.
+        """
+        tree = sorted_octree(mcodes, mcounts, TOP_LEVEL, LEAF_LEVEL, None)
+
+        def ordered(perm: np.ndarray) -> ColourOctree:
+            if perm.shape != (tree.X.shape[0],):
+                raise ValueError(f"the order of {tree.X.shape[0]} colours has {perm.shape[0]} rows")
+            octree = cls.__new__(cls)
+            octree._set(tree._replace(perm=perm))
+            return octree
+
+        return ordered
+
+    def _set(self, tree: Octree) -> None:
         self._tree = tree
-        self.n_colours = int(colours.shape[0])
+        self.n_colours = int(tree.X.shape[0])
+        self._parts: list[tuple[int, int] | None] = list(top_parts(tree, n_threads())) if n_threads() > 1 else [None]
         top = slice(0, int(tree.offsets[1]))
         # exact integers: the same numbers in any order
         self._moments = _weighted_moments(float(np.sum(tree.weight[top])), tree.sums[top].sum(axis=0), tree.squares)
@@ -71,22 +108,50 @@ class ColourOctree:
         pixels that every sum stays an exact integer in float64.
         """
         return (colours.dtype == np.uint8 and colours.ndim == 2 and colours.shape[1] == 3
-                and colours.shape[0] > OCTREE_MIN_COLOURS
-                and float(np.sum(counts, dtype=np.float64)) <= _EXACT_MAX_PIXELS)
+                and ColourOctree.suits_rgb(colours.shape[0], float(np.sum(counts, dtype=np.float64))))
+
+    @staticmethod
+    def suits_rgb(n_colours: int, n_pixels: float) -> bool:
+        """:meth:`suits` for RGB uint8 colours, from how many there are and the pixels they count."""
+        return n_colours > OCTREE_MIN_COLOURS and n_pixels <= _EXACT_MAX_PIXELS
+
+    def _each_part(self, func: Callable[[tuple[int, int]], Any]) -> list[Any]:
+        """``func(tops)`` for the top cells cut in one part per thread, on the shared pool (in turn on its threads)."""
+        parts = self._parts if not on_pool_thread() else [None]
+        if len(parts) == 1:
+            return [func(parts[0])]
+        return list(_thread_pool().map(func, parts))
 
     def sums(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per nearest centre (ties to the lowest index): weighted colour sums, weights, weighted squared norms.
 
-        The numbers of a full scan of the colours, bit for bit.
+        The numbers of a full scan of the colours, bit for bit (the parts'
+        sums are integers: exact in any order).
         """
-        sums, counts, sqnorm, _ = octree_sums(self._tree, centers)
+        found = self._each_part(lambda tops: octree_sums(self._tree, centers, tops))
+        sums, counts, sqnorm, _ = found[0]
+        for more in found[1:]:
+            sums, counts, sqnorm = sums + more[0], counts + more[1], sqnorm + more[2]
         return sums, counts, sqnorm
 
     def labels(self, centers: np.ndarray) -> np.ndarray:
         """The nearest centre of every colour, in the histogram's order (int64; a full scan's labels)."""
         labels = np.empty(self.n_colours, dtype=np.int64)
-        octree_labels(self._tree, centers, labels)
+        self._each_part(lambda tops: octree_labels(self._tree, centers, labels, tops))
         return labels
+
+    def cells(self, level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The cells of ``level`` (side ``2**(8 - level)``) in Morton order: lowest colours (uint8), sums, weights.
+
+        The sums of the colours in each cell, weighted by their counts, and
+        the summed counts: exact integers (in float64).  ``None`` for a level
+        the octree does not hold.
+        """
+        if not TOP_LEVEL <= level <= LEAF_LEVEL:
+            return None
+        tree = self._tree
+        cut = slice(int(tree.offsets[level - TOP_LEVEL]), int(tree.offsets[level - TOP_LEVEL + 1]))
+        return tree.corner[cut], tree.sums[cut], tree.weight[cut]
 
     def moments(self) -> tuple[float, np.ndarray, np.ndarray]:
         """Total weight, weighted mean and weighted variance per channel (exact sums)."""

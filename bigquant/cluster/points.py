@@ -16,6 +16,7 @@ does not know where the data lives.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "tree_reduce",
     "block_tree",
     "n_threads",
+    "on_pool_thread",
 ]
 
 #: rows per thread-pool segment below which splitting is not worth it
@@ -132,14 +134,21 @@ class PointSet(Protocol):
 
 
 _POOL: ThreadPoolExecutor | None = None
+#: the names of its threads start with this and "_"
+_POOL_PREFIX = "bigquant"
 
 
 def _thread_pool() -> ThreadPoolExecutor:
     """One shared pool for the in-memory kernels (they release the GIL)."""
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(n_threads(), thread_name_prefix="bigquant")
+        _POOL = ThreadPoolExecutor(n_threads(), thread_name_prefix=_POOL_PREFIX)
     return _POOL
+
+
+def on_pool_thread() -> bool:
+    """Whether this thread is one of :func:`_thread_pool`'s (which must not wait on the pool itself)."""
+    return threading.current_thread().name.startswith(_POOL_PREFIX + "_")
 
 
 def _segments(n_rows: int, n_parts: int) -> list[slice]:

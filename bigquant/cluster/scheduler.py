@@ -6,6 +6,9 @@
   with :meth:`distributed.Client.as_current` (context-local: no global
   ``dask.config.set(scheduler=client)``, which a nanny would try to pickle and
   which concurrent jobs would leave set).
+- :func:`shares_memory` tells whether the tasks of a compute run in this
+  process (threads, or one after the other), so that they can hand big
+  objects to one another for nothing.
 - :func:`phase` opens a :func:`distributed.span` around a phase of the work
   (``histogram``, ``lloyd``, ``labels``, ``write``...) when a distributed client
   is active, so the dashboard groups its tasks; without a client it does
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
-__all__ = ["active_client", "on_client", "phase"]
+__all__ = ["active_client", "on_client", "phase", "shares_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,27 @@ def active_client() -> Client | None:
     if client is None or getattr(client, "status", "closed") not in ("running", "connecting"):
         return None
     return client
+
+
+def shares_memory() -> bool:
+    """Whether ``dask.compute`` would run its tasks in this process: threads or synchronously, no client.
+
+    False for a distributed client, a process pool, or a scheduler setting
+    it does not know (where a task's result may be pickled to another process).
+    """
+    if active_client() is not None:
+        return False
+    import dask
+
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler is None:
+        return True  # dask's default for arrays and delayed: its thread pool
+    if isinstance(scheduler, str):
+        return scheduler.lower() in ("threads", "threading", "sync", "synchronous", "single-threaded")
+    import dask.local
+    import dask.threaded
+
+    return scheduler in (dask.threaded.get, dask.local.get_sync)
 
 
 #: jobs inside :func:`on_client` in this process, and the dask "scheduler" setting before the first

@@ -47,8 +47,10 @@ from bigquant.kernels.morton import (
     count_morton,
     encode_morton,
     merge_counts,
+    morton_colours,
     morton_to_codes,
     take_counts,
+    take_sum,
 )
 from bigquant.kernels.scans import (
     SCAN_BLOCK,
@@ -98,6 +100,7 @@ __all__ = [
     "merge_counts",
     "merge_sparse_counts",
     "moments",
+    "morton_colours",
     "morton_to_codes",
     "ordered_dither",
     "oversample",
@@ -106,6 +109,7 @@ __all__ = [
     "squared_shift",
     "take",
     "take_counts",
+    "take_sum",
     "take_nonzero",
     "to_space",
     "unique_colours",

@@ -19,7 +19,7 @@ from bigquant.kernels.colours import (
     take_nonzero,
 )
 
-__all__ = ["count_morton", "encode_morton", "morton_to_codes", "take_counts", "merge_counts", "MORTON_TABLES",
+__all__ = ["count_morton", "encode_morton", "morton_to_codes", "morton_colours", "take_counts", "take_sum", "merge_counts", "MORTON_TABLES",
            "MortonTable"]
 
 
@@ -49,32 +49,49 @@ def _encode_morton(X, s0, s1, s2, codes):  # pragma: no cover
         codes[i] = s0[X[i, 0]] | s1[X[i, 1]] | s2[X[i, 2]]
 
 
+def _unspread_tables() -> np.ndarray:
+    """``[b, v]``: the usual code bits (red highest) of byte ``b`` of a Morton code when that byte is ``v``."""
+    out = np.zeros((3, 256), dtype=np.uint32)
+    v = np.arange(256, dtype=np.uint32)
+    for b in range(3):
+        for bit in range(8):
+            morton_bit = 8 * b + bit  # channel bit morton_bit // 3 of blue (0), green (1) or red (2)
+            code_bit = morton_bit // 3 + 8 * (morton_bit % 3)
+            out[b] |= ((v >> bit) & 1) << code_bit
+    return out
+
+
+_UNSPREAD = _unspread_tables()
+
+
 @numba.njit(inline="always", **_JIT)
 def _unmorton(m):  # pragma: no cover
-    r = np.uint32(0)
-    g = np.uint32(0)
-    b = np.uint32(0)
-    for bit in range(8):
-        r |= ((m >> np.uint32(3 * bit + 2)) & np.uint32(1)) << np.uint32(bit)
-        g |= ((m >> np.uint32(3 * bit + 1)) & np.uint32(1)) << np.uint32(bit)
-        b |= ((m >> np.uint32(3 * bit)) & np.uint32(1)) << np.uint32(bit)
-    return (r << np.uint32(16)) | (g << np.uint32(8)) | b
+    """The usual code (red highest) of Morton code ``m``: three table look-ups."""
+    return (_UNSPREAD[0, m & np.uint32(255)] | _UNSPREAD[1, (m >> np.uint32(8)) & np.uint32(255)]
+            | _UNSPREAD[2, (m >> np.uint32(16)) & np.uint32(255)])
 
 
 @numba.njit(**_JIT)
-def _morton_to_codes(mcodes, counts, index):  # pragma: no cover
+def _morton_to_codes(mcodes, counts, index, colours):  # pragma: no cover
     for i in range(mcodes.shape[0]):
         index[_unmorton(mcodes[i])] = i + 1
     codes = np.empty(mcodes.shape[0], dtype=np.uint32)
     out = np.empty(mcodes.shape[0], dtype=np.int64)
+    order = np.empty(mcodes.shape[0], dtype=np.int32)
+    with_colours = colours.shape[0] > 0
     j = 0
     for code in range(index.shape[0]):
         v = index[code]
         if v:
             codes[j] = code
             out[j] = counts[v - 1]
+            order[v - 1] = j
+            if with_colours:
+                colours[j, 0] = code >> 16
+                colours[j, 1] = (code >> 8) & 255
+                colours[j, 2] = code & 255
             j += 1
-    return codes, out
+    return codes, out, order
 
 
 #: a :class:`MortonTable` marks which blocks of 2**_BLOCK_BITS counters it touched
@@ -163,13 +180,36 @@ def encode_morton(X: np.ndarray) -> np.ndarray:
     return codes
 
 
-def morton_to_codes(hist: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """A histogram of Morton codes as sorted usual codes (red highest) and int64 counts."""
+def morton_to_codes(
+    hist: tuple[np.ndarray, np.ndarray], return_order: bool = False
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A histogram of Morton codes as sorted usual codes (red highest) and int64 counts.
+
+    With ``return_order``, also the row of each Morton code's colour in the
+    result (int32): ``codes[order]`` are the colours in Morton order, what
+    :func:`bigquant.kernels.octree.build_octree` sorts them into.
+    """
     mcodes, counts = hist
-    if mcodes.shape[0] == 0:
-        return mcodes.astype(np.uint32), counts.astype(np.int64)
-    index = np.zeros(1 << 24, dtype=np.uint32)
-    return _morton_to_codes(mcodes, counts, index)
+    index = np.zeros(1 << 24 if mcodes.shape[0] else 0, dtype=np.uint32)
+    codes, out, order = _morton_to_codes(mcodes, counts, index, _NO_COLOURS)
+    return (codes, out, order) if return_order else (codes, out)
+
+
+def morton_colours(
+    mcodes: np.ndarray, mcounts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`morton_to_codes` with the order, and the colours decoded in the same pass.
+
+    Returns the colours (n, 3) uint8, their sorted codes, int64 counts and
+    the row of each Morton code's colour (see :func:`morton_to_codes`).
+    """
+    index = np.zeros(1 << 24 if mcodes.shape[0] else 0, dtype=np.uint32)
+    colours = np.empty((mcodes.shape[0], 3), dtype=np.uint8)
+    codes, counts, order = _morton_to_codes(mcodes, mcounts, index, colours)
+    return colours, codes, counts, order
+
+
+_NO_COLOURS = np.empty((0, 3), dtype=np.uint8)
 
 
 _UINT32_LIKE = np.empty(0, dtype=np.uint32)
@@ -185,6 +225,28 @@ def take_counts(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if table.dtype == np.uint32:
         return _take_nonzero32(table)
     return take_nonzero(table)
+
+
+@numba.njit(**_JIT)
+def _take_sum(a, b):  # pragma: no cover
+    # branch-free, as _take_marked: every code is stored at j, which moves on when its sum is set
+    n = 0
+    for code in range(a.shape[0]):
+        n += (a[code] + b[code]) != 0
+    codes = np.empty(n + 1, dtype=np.uint32)
+    counts = np.empty(n + 1, dtype=a.dtype)
+    j = 0
+    for code in range(a.shape[0]):
+        v = a[code] + b[code]
+        codes[j] = code
+        counts[j] = v
+        j += v != 0
+    return codes[:n], counts[:n]
+
+
+def take_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted codes and counts (the tables' type) of the non-zero sums of two counter tables of one type."""
+    return _take_sum(a, b)
 
 
 def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -33,16 +33,17 @@ import numpy as np
 from bigquant.kernels._jit import JIT as _JIT
 from bigquant.kernels.morton import MORTON_TABLES, _unmorton
 
-__all__ = ["Octree", "build_octree", "octree_sums", "octree_labels"]
+__all__ = ["Octree", "build_octree", "sorted_octree", "octree_sums", "octree_labels", "top_parts"]
 
 #: absolute and relative margin of the pruning test (distances round at about 1e-16 of 2e5)
 _MARGIN = 1e-9
 
 
 @numba.njit(**_JIT)
-def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
+def _morton_order(colours, s0, s1, s2):  # pragma: no cover - jitted
+    """The rows of distinct ``colours`` in Morton order and their Morton codes; ``ok`` False if a colour repeats."""
     n = colours.shape[0]
-    # Morton order by a table of 2**24 slots (row + 1): the colours are distinct
+    # a table of 2**24 slots (row + 1): the colours are distinct
     index = np.zeros(1 << 24, dtype=np.int32)
     for i in range(n):
         index[s0[colours[i, 0]] | s1[colours[i, 1]] | s2[colours[i, 2]]] = i + 1
@@ -56,10 +57,13 @@ def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
                 perm[j] = v - 1
                 mcodes[j] = m
             j += 1
-    if j != n:  # repeated colours: not a histogram
-        return (False, perm, colours, np.empty(0), np.empty(0, np.int32), np.empty(0, np.int32),
-                np.empty(0, np.int32), np.empty(0, np.int32), np.empty((0, 3), np.uint8), np.empty(0, np.uint8),
-                np.empty((0, 3)), np.empty(0), np.empty(0), np.empty(0, np.int64), np.zeros(3))
+    return j == n, perm, mcodes
+
+
+@numba.njit(**_JIT)
+def _build(mcodes, weights, top, leaf):  # pragma: no cover - jitted
+    """The cells of the colours of sorted Morton codes ``mcodes`` with float64 counts ``weights`` (kept as ``w``)."""
+    n = mcodes.shape[0]
     n_levels = leaf - top + 1
     # the first level whose cell changes from the colour before (n_levels: none), and cells per level
     opens = np.empty(n, dtype=np.uint8)
@@ -86,15 +90,15 @@ def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
     weight = np.zeros(n_nodes)
     sqnorm = np.zeros(n_nodes)
     X = np.empty((n, 3), dtype=np.uint8)
-    w = np.empty(n)
+    w = weights
     squares = np.zeros(3)
     nxt = offsets[:n_levels].copy()
     for i in range(n):
         m = mcodes[i]
-        row = perm[i]
-        for c in range(3):
-            X[i, c] = colours[row, c]
-        w[i] = np.float64(counts[row])
+        rgb = _unmorton(m)
+        X[i, 0] = (rgb >> np.uint32(16)) & np.uint32(255)
+        X[i, 1] = (rgb >> np.uint32(8)) & np.uint32(255)
+        X[i, 2] = rgb & np.uint32(255)
         for lv in range(np.int64(opens[i]), n_levels):
             shift = np.uint32(3 * (8 - top - lv))
             node = nxt[lv]
@@ -135,7 +139,7 @@ def _build(colours, counts, s0, s1, s2, top, leaf):  # pragma: no cover - jitted
                     sums[node, c] += sums[ch, c]
                 weight[node] += weight[ch]
                 sqnorm[node] += sqnorm[ch]
-    return (True, perm, X, w, first, stop, child_lo, child_hi, corner, level, sums, weight, sqnorm, offsets, squares)
+    return X, w, first, stop, child_lo, child_hi, corner, level, sums, weight, sqnorm, offsets, squares
 
 
 class Octree(NamedTuple):
@@ -168,11 +172,26 @@ def build_octree(colours: np.ndarray, counts: np.ndarray, top: int, leaf: int) -
 
     Returns ``None`` when ``colours`` repeat a colour.
     """
+    ok, perm, mcodes = _morton_order(np.ascontiguousarray(colours, dtype=np.uint8), *MORTON_TABLES)
+    if not ok:
+        return None
+    return sorted_octree(mcodes, np.asarray(counts)[perm], top, leaf, perm)
+
+
+def sorted_octree(mcodes: np.ndarray, mcounts: np.ndarray, top: int, leaf: int, perm: np.ndarray | None) -> Octree:
+    """The octree of the distinct colours of increasing Morton codes ``mcodes``, weighted by ``mcounts``.
+
+    What :func:`build_octree` builds once it has sorted the colours; a
+    histogram counted in Morton order (:func:`bigquant.kernels.morton_to_codes`)
+    has them so already.  ``perm`` is the row of each colour in the caller's
+    order (labels are written there); ``None`` leaves it to be set with
+    ``tree._replace(perm=...)`` before any labels are asked for.
+    """
     if not 0 <= top <= leaf <= 8:
         raise ValueError(f"levels top={top}, leaf={leaf} must satisfy 0 <= top <= leaf <= 8")
-    found = _build(np.ascontiguousarray(colours, dtype=np.uint8), np.ascontiguousarray(counts),
-                   *MORTON_TABLES, np.int64(top), np.int64(leaf))
-    return Octree(*found[1:]) if found[0] else None
+    arrays = _build(np.ascontiguousarray(mcodes, dtype=np.uint32), np.asarray(mcounts).astype(np.float64),
+                    np.int64(top), np.int64(leaf))
+    return Octree(perm, *arrays)  # type: ignore[arg-type]
 
 
 @numba.njit(inline="always", **_JIT)
@@ -239,9 +258,10 @@ def _nearest_of(X, i, centers_t, cand, n_cand):  # pragma: no cover - jitted
 
 
 @numba.njit(**_JIT)
-def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_weight, node_sqnorm, n_top,
-          depth, centers_t, perm, labels, sums, counts, sqnorm, want_sums):  # pragma: no cover - jitted
-    """Depth-first filtering walk; adds to ``sums``/``counts``/``sqnorm`` or writes ``labels`` (via ``perm``)."""
+def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_weight, node_sqnorm, top_lo,
+          top_hi, depth, centers_t, perm, labels, sums, counts, sqnorm, want_sums):  # pragma: no cover - jitted
+    """Depth-first filtering walk from the top cells ``top_lo:top_hi``; adds to ``sums``/``counts``/``sqnorm``
+    or writes ``labels`` (via ``perm``)."""
     k = centers_t.shape[1]
     size = 8 * depth + 1
     stack = np.empty(size, dtype=np.int64)
@@ -249,7 +269,7 @@ def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_
     cands = np.empty((size, k), dtype=np.int64)
     cand = np.empty(k, dtype=np.int64)
     scanned = 0
-    for top_node in range(n_top):
+    for top_node in range(top_lo, top_hi):
         stack[0] = top_node
         kept[0] = k
         for j in range(k):
@@ -299,36 +319,55 @@ def _walk(X, w, first, stop, child_lo, child_hi, corner, level, node_sums, node_
 
 
 def _cells(tree: Octree) -> tuple:
-    """The arguments of :func:`_walk` that describe the tree."""
+    """The arguments of :func:`_walk` that describe the tree (the top cells apart)."""
     return (tree.X, tree.w, tree.first, tree.stop, tree.child_lo, tree.child_hi, tree.corner, tree.level,
-            tree.sums, tree.weight, tree.sqnorm, np.int64(tree.offsets[1]), np.int64(len(tree.offsets) - 1))
+            tree.sums, tree.weight, tree.sqnorm)
 
 
-def octree_sums(tree: Octree, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _top_range(tree: Octree, tops: tuple[int, int] | None) -> tuple[np.int64, np.int64, np.int64]:
+    lo, hi = (0, int(tree.offsets[1])) if tops is None else tops
+    return np.int64(lo), np.int64(hi), np.int64(len(tree.offsets) - 1)
+
+
+def top_parts(tree: Octree, n_parts: int) -> list[tuple[int, int]]:
+    """The top cells cut into up to ``n_parts`` ranges of about as many colours, for walks on several threads."""
+    n_top = int(tree.offsets[1])
+    n = int(tree.X.shape[0])
+    cuts = np.searchsorted(tree.first[:n_top], np.linspace(0, n, max(1, n_parts) + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], cuts, [n_top]]))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def octree_sums(
+    tree: Octree, centers: np.ndarray, tops: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per nearest centre: the weighted colour sums, the weights and the weighted squared norms.
 
     ``tree`` is :func:`build_octree`'s; ``centers`` (k, 3), finite.  Bit-identical to the sums of a full scan of the colours
     (:func:`bigquant.kernels.partial_sums`); also returns how many colours were
-    scanned one by one.
+    scanned one by one.  ``tops`` (a range of :func:`top_parts`) sums the
+    colours of those top cells only: the sums of the parts, integers, add up
+    to the whole's exactly.
     """
     centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
     k = centers_t.shape[1]
     sums = np.zeros((k, 3))
     counts = np.zeros(k)
     sqnorm = np.zeros(k)
-    scanned = _walk(*_cells(tree), centers_t, tree.perm, np.empty(0, np.int64), sums, counts, sqnorm,
-                    np.bool_(True))
+    scanned = _walk(*_cells(tree), *_top_range(tree, tops), centers_t, tree.perm, np.empty(0, np.int64), sums,
+                    counts, sqnorm, np.bool_(True))
     return sums, counts, sqnorm, int(scanned)
 
 
-def octree_labels(tree: Octree, centers: np.ndarray, labels: np.ndarray) -> int:
+def octree_labels(tree: Octree, centers: np.ndarray, labels: np.ndarray, tops: tuple[int, int] | None = None) -> int:
     """Write the nearest centre of every colour (in the colours' own order) into ``labels``.
 
     The labels of a full scan (:func:`bigquant.kernels.assign_labels`); returns
-    how many colours were scanned one by one.
+    how many colours were scanned one by one.  ``tops``: the colours of those
+    top cells only (see :func:`octree_sums`).
     """
     centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
     k = centers_t.shape[1]
-    scanned = _walk(*_cells(tree), centers_t, tree.perm, labels, np.zeros((k, 3)), np.zeros(k), np.zeros(k),
-                    np.bool_(False))
+    scanned = _walk(*_cells(tree), *_top_range(tree, tops), centers_t, tree.perm, labels, np.zeros((k, 3)),
+                    np.zeros(k), np.zeros(k), np.bool_(False))
     return int(scanned)

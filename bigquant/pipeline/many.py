@@ -224,7 +224,8 @@ def joint_histogram(
     bits = histogram_bits(dtype, n_channels)
     if bits is None:
         raise InvalidParameterError(f"a joint colour histogram needs 8-bit data; these are {dtype} x {n_channels}")
-    graphs = [histogram_graph(da.asarray(item.data), bits, valid=item.valid) for item in opened]
+    # per-block histograms merged: lanes' tables of every file at once would hold 64 MB a lane
+    graphs = [histogram_graph(da.asarray(item.data), bits, valid=item.valid, lanes=False) for item in opened]
     with phase(tasks.HISTOGRAM):
         parts = dask.compute(*graphs)
     per_file = []

@@ -1259,7 +1259,7 @@ def _fit_palette(
         pal, error = model.palette()
         return PaletteChoice(pal, model, getattr(model, "histogram_", None), error)
     with phase(tasks.HISTOGRAM):
-        histogram = colour_histogram(data, valid=valid)
+        histogram = colour_histogram(data, valid=valid, octree=True)
     if histogram.n_colours == 0:
         raise InvalidInputError(f"{where}: every pixel is masked (alpha, nodata or mask): nothing to fit")
     choice = choose_palette(histogram, target, n_clusters, limit, params)

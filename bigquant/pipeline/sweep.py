@@ -792,7 +792,7 @@ def _run_histogram(hist: ColourHistogram, ks: list[int], n_init: int, max_iter: 
     """Fit every k concurrently; yield (k, fit, seconds) as they finish, largest k started first."""
     if not ks:
         return
-    payload = ColourHistogram(hist.colours, hist.counts, hist.codes, hist.bits)  # without a pixel index
+    payload = hist.sharing()  # without a pixel index; the fits of threads share its octree
     if uses_coarse_search(payload):
         prepare_search(payload)  # the coarse colour sets, computed once and shipped with it
     order = sorted(ks, reverse=True)  # the slowest first: better packing

@@ -9,7 +9,8 @@ images, so that compiling happens once, here, and never on a worker:
 
 - 8-bit RGB in memory (a PNG or JPEG: fitted and mapped as one array, many
   colours: the coarse search) and as a tiled TIFF (the dask path every large
-  input takes, windows of a megapixel: the Morton-order counts), each plain and
+  input takes, windows of a megapixel: the Morton-order counts, of one window
+  alone and of several in lanes), each plain and
   with Floyd--Steinberg dithering, with the quality report (a sweep of k fits
   with the same kernels).
 
@@ -37,7 +38,8 @@ __all__ = ["kernels_warm", "warm_kernels"]
 logger = logging.getLogger(__name__)
 
 #: side of the in-memory image (pixels: over 16384 colours and 2 x 65536 pixels, as
-#: a 512 x 512 photo) and of the TIFF (one window of at least 2**20 pixels)
+#: a 512 x 512 photo) and of the TIFF's windows (at least 2**20 pixels: counted as read);
+#: the TIFF is two windows wide, read as one chunk (counted alone) and as two (in lanes)
 _ARRAY_SIDE = 384
 _TIFF_SIDE = 1024
 _STAMP = "bigquant-warm.stamp"
@@ -98,6 +100,7 @@ def warm_kernels(force: bool = False) -> float:
     import dask
     import numpy as np
 
+    from bigquant.cluster.octree import ColourOctree
     from bigquant.io.sample import make_sample_image, make_sample_tiff
     from bigquant.pipeline.quantize import quantize
 
@@ -107,11 +110,17 @@ def warm_kernels(force: bool = False) -> float:
             dask.config.set(scheduler="threads"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         root = pathlib.Path(folder)
-        tiff = make_sample_tiff(root / "in.tif", size=(_TIFF_SIDE, _TIFF_SIDE), tile=512, seed=1,
+        tiff = make_sample_tiff(root / "in.tif", size=(_TIFF_SIDE, 2 * _TIFF_SIDE), tile=512, seed=1,
                                 compression="zlib")
         for source in (image, tiff):
             for dither in (None, "floyd-steinberg"):
-                quantize(source, root / "out.tif", 16, random_state=0, overwrite=True, dither=dither)
+                # the plain TIFF in two chunks: the colour count's lanes (one chunk: a count of its own)
+                chunks = _TIFF_SIDE if source is tiff and dither is None else None
+                quantize(source, root / "out.tif", 16, random_state=0, overwrite=True, dither=dither,
+                         chunks=chunks)
+        # the octree of an in-memory image of over 2**18 colours sorts them itself (a TIFF's
+        # colours come in Morton order from the count)
+        ColourOctree(image.reshape(-1, 3)[:1], np.ones(1, np.int64))
     seconds = time.perf_counter() - start
     cache = _cache_folder()
     if cache is not None:

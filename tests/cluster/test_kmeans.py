@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans as SKKMeans
 
-from bigquant import KMeans, MiniBatchKMeans
+from bigquant import KMeans, MiniBatchKMeans, kernels
 from bigquant.errors import (
     ConvergenceWarning,
     FewColoursWarning,
@@ -524,6 +524,20 @@ def test_every_sample_masked_is_an_error(photo_like):
 def test_mask_of_the_wrong_shape_is_an_error(photo_like):
     with pytest.raises(InvalidInputError, match=r"sample_weight \(a mask\) has shape \(3, 3\)"):
         KMeans(3).fit(photo_like, sample_weight=np.ones((3, 3), bool))
+
+
+def test_labels_of_a_dask_fit_build_their_table_only_when_computed(photo_like):
+    """A fit whose lazy labels are never computed (quantize writes its palette's own) builds no table;
+    computed, they are every pixel's nearest centre, the same as through the table built on demand."""
+    X = da.from_array(photo_like, chunks=(64, 64, 3))
+    km = KMeans(5, random_state=0).fit(X)
+    assert km._lut is None
+    want = kernels.assign_labels(photo_like.reshape(-1, 3), km.cluster_centers_, np.int32)[0]
+    np.testing.assert_array_equal(km.labels_.compute().ravel(), want)
+    assert km._lut is None  # the task's table is the graph's, not kept
+    lut, _, _ = km.lookup_table()  # asked for: built, kept, and the labels' key holds it
+    assert km._lut is not None
+    np.testing.assert_array_equal(km.predict(X).compute().ravel(), want)
 
 
 def test_lookup_table_key_without_a_client_holds_the_table_itself(photo_like):

@@ -148,3 +148,28 @@ def test_fit_and_palette_are_the_same_with_and_without_the_octree(monkeypatch):
     np.testing.assert_array_equal(pal_a, pal_b)
     assert err_a == err_b
     np.testing.assert_array_equal(a.palette_labels(), b.palette_labels())
+
+
+def test_walks_of_the_top_cells_in_parts_add_up_to_the_whole(histogram):
+    from bigquant.kernels.octree import top_parts
+
+    tree = build_octree(histogram.colours, histogram.counts, 2, 6)
+    for n_parts in (2, 3, 7):
+        parts = top_parts(tree, n_parts)
+        assert parts[0][0] == 0 and parts[-1][1] == tree.offsets[1] and len(parts) <= n_parts
+        assert all(a[1] == b[0] for a, b in zip(parts[:-1], parts[1:]))
+        for centers in _centre_sets(histogram.colours)[:3]:
+            whole = octree_sums(tree, centers)
+            found = [octree_sums(tree, centers, tops) for tops in parts]
+            for i in range(3):
+                np.testing.assert_array_equal(np.sum([f[i] for f in found], axis=0), whole[i])
+            assert sum(f[3] for f in found) == whole[3]
+            labels = np.full(len(histogram.colours), -1, np.int64)
+            for tops in parts:
+                octree_labels(tree, centers, labels, tops)
+            np.testing.assert_array_equal(labels, kernels.assign_labels(histogram.colours, centers, np.int64)[0])
+    # the octree of a fit walks in parts on the threads: the same numbers as one walk
+    octree = ColourOctree(histogram.colours, histogram.counts)
+    centers = _centre_sets(histogram.colours)[0]
+    for got, want in zip(octree.sums(centers), octree_sums(tree, centers)[:3]):
+        np.testing.assert_array_equal(got, want)

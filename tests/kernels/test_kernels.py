@@ -157,3 +157,21 @@ def test_morton_table_takes_back_every_count():
     np.testing.assert_array_equal(merged[1], 2 * want_counts)
     empty = kernels.MortonTable().take()
     assert empty[0].shape == (0,) and empty[1].shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_take_sum_reads_two_tables_added(dtype):
+    """The non-zero sums of two counter tables, the first and last codes included, in their type."""
+    rng = np.random.default_rng(4)
+    a = np.zeros(1 << 12, dtype=dtype)
+    b = np.zeros(1 << 12, dtype=dtype)
+    a[rng.integers(0, 1 << 12, 900)] = rng.integers(1, 50, 900)
+    b[rng.integers(0, 1 << 12, 700)] = rng.integers(1, 50, 700)
+    a[0], b[-1] = 3, 2**31 if dtype == np.uint32 else 2**40
+    codes, counts = kernels.take_sum(a, b)
+    want = np.flatnonzero(a + b)
+    np.testing.assert_array_equal(codes, want)
+    np.testing.assert_array_equal(counts, (a + b)[want])
+    assert codes.dtype == np.uint32 and counts.dtype == dtype
+    none = kernels.take_sum(np.zeros(8, dtype), np.zeros(8, dtype))
+    assert none[0].shape == (0,) and none[1].shape == (0,)
