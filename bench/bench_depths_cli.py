@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                 cli_out = workdir / f"cli_{tree}.tif"
                 c0, t0 = _children_cpu(), time.perf_counter()
                 subprocess.run([python, "-m", "bigquant", "-q", "quantize", str(path), str(cli_out), "-k", "16", "-f",
-                                "--no-progress"], env=env, check=True)
+                                "--no-progress"], env=env, check=True, cwd=root)  # ``-m`` too: cwd first
                 rows.setdefault((label, tree, "CLI"), []).append((time.perf_counter() - t0, _children_cpu() - c0))
             names = list(trees)
             same = all((workdir / f"cli_{n}.tif").read_bytes() == (workdir / f"cli_{names[0]}.tif").read_bytes()
