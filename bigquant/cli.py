@@ -666,7 +666,14 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
     if args.no_cluster:
         if args.scheduler:
             raise UsageError(f"{PROG}: --no-cluster and --scheduler exclude each other")
-        yield None
+        import dask
+        import dask.threaded
+
+        # this process's threads, as the function itself: a compute that names no scheduler, or
+        # names one by a string, has dask import distributed to look for a client (0.1-0.2 s of
+        # CPU), which cannot exist here
+        with dask.config.set(scheduler=dask.threaded.get):
+            yield None
         return
     from bigquant.pipeline.runtime import connect
 

@@ -105,6 +105,24 @@ def test_quantize_loads_no_scipy_sparse_or_fftpack_and_scipy_still_imports(small
     assert result["ndimage"] is True
 
 
+def test_a_16_bit_image_on_the_command_lines_threads_imports_no_distributed(tmp_path):
+    # over the in-memory size, the grid fit and the write compute on dask: each compute that
+    # names no scheduler would have dask import distributed to look for a client
+    import tifffile
+
+    from bigquant.pipeline.quantize import IN_MEMORY_MAX_PIXELS
+
+    side = int(IN_MEMORY_MAX_PIXELS ** 0.5) + 256
+    rng = np.random.default_rng(0)
+    pixels = (rng.integers(0, 64, (side // 64, side // 64, 3)) * 1000).astype(np.uint16)
+    pixels = np.repeat(np.repeat(pixels, 64, axis=0), 64, axis=1)
+    src = tmp_path / "u16.tif"
+    tifffile.imwrite(src, pixels, tile=(256, 256), photometric="rgb")
+    result = _run(["quantize", str(src), str(tmp_path / "out.tif"), "-k", "8", "-q"], tmp_path)
+    assert result["code"] == 0 and (tmp_path / "out.tif").exists()
+    assert "distributed" not in result["loaded"]
+
+
 def test_loading_the_pipeline_leaves_a_paused_collector_alone():
     import gc
 
