@@ -163,17 +163,7 @@ def _nearest_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t, labels
                 a, b, c = x0 - centers_t[0, lab], x1 - centers_t[1, lab], x2 - centers_t[2, lab]
                 min_dist[i] = a * a + b * b + c * c
             continue
-        p0 = offsets[code]
-        best = cand[p0]
-        a, b, c = x0 - centers_t[0, best], x1 - centers_t[1, best], x2 - centers_t[2, best]
-        best_d = a * a + b * b + c * c
-        for p in range(p0 + 1, offsets[code + 1]):
-            j = cand[p]
-            a, b, c = x0 - centers_t[0, j], x1 - centers_t[1, j], x2 - centers_t[2, j]
-            d = a * a + b * b + c * c
-            if d < best_d:
-                best_d = d
-                best = j
+        best, best_d = _scan_candidates(x0, x1, x2, offsets[code], offsets[code + 1], cand, centers_t)
         labels[i] = best
         if distances:
             min_dist[i] = best_d
