@@ -462,6 +462,23 @@ def _pass_with_write(data: Any, valid: Any, target: Any, dither: str | None, dst
             and all(np.all(np.cumsum(sizes)[:-1] % int(tile) == 0) for sizes in data.chunks[:2]))
 
 
+@contextlib.contextmanager
+def _removed_on_failure(paths: Sequence[Any]) -> Iterator[None]:
+    """Remove ``paths`` (None entries skipped) when the block fails.
+
+    The files a write made with a fit not yet settled: should finishing the
+    fit or writing the image again fail, what is on disk was made with a
+    palette the job never reported, so nothing is left of it.
+    """
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if path is not None:
+                pathlib.Path(path).unlink(missing_ok=True)
+        raise
+
+
 def _settled(last_pass: Any, choice: PaletteChoice) -> bool:
     """Finish the fit from the pass made with the write; whether what was written is what it writes.
 
@@ -1004,20 +1021,22 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
                 report=written if want else None, spool=spool,
                 measure=bool(measure) and not _measured_elsewhere(choice), last_pass=last_pass,
             )
-            settled = last_pass is None or _settled(last_pass, choice)
-            if last_pass is not None:
-                logger.info("fit settled with the write's pass: %s iterations%s", choice.model.n_iter_,
-                            "" if settled else ", its palette moved: written again")
-            if not settled:
-                # the pass made with the write moved the centres: the image as the finished fit writes it
-                pal, error = choice.model.palette()
-                choice = PaletteChoice(pal, choice.model, None, error)
-                written = {}
-                mapper, nodata = write_quantized(
-                    written_data, valid, choice, source, dst_path, dataclasses.replace(write, overwrite=True),
-                    preview=report.preview, report=written if want else None, spool=spool,
-                    measure=bool(measure) and not _measured_elsewhere(choice),
-                )
+            provisional = [dst_path, rat_path(dst_path), report.preview] if last_pass is not None else []
+            with _removed_on_failure(provisional):
+                settled = last_pass is None or _settled(last_pass, choice)
+                if last_pass is not None:
+                    logger.info("fit settled with the write's pass: %s iterations%s", choice.model.n_iter_,
+                                "" if settled else ", its palette moved: written again")
+                if not settled:
+                    # the pass made with the write moved the centres: the image as the finished fit writes it
+                    pal, error = choice.model.palette()
+                    choice = PaletteChoice(pal, choice.model, None, error)
+                    written = {}
+                    mapper, nodata = write_quantized(
+                        written_data, valid, choice, source, dst_path, dataclasses.replace(write, overwrite=True),
+                        preview=report.preview, report=written if want else None, spool=spool,
+                        measure=bool(measure) and not _measured_elsewhere(choice),
+                    )
             logger.info("wrote %s in %.1f s", dst_path, time.perf_counter() - t1)
             _release_freed_memory()
             sums = written.get("sums")

@@ -586,3 +586,38 @@ def test_16_bit_first_pass_is_made_in_the_write(tmp_path, count_decodes, monkeyp
     monkeypatch.undo()
     assert not quantize_module._pass_with_write(read_image(src, chunks=128).data, None, None, None,
                                                 tmp_path / "q.tif", 128)  # 0.12 MP
+
+
+@pytest.mark.parametrize("fails", ["settle", "rewrite"])
+def test_a_failure_after_a_write_made_with_an_unsettled_fit_leaves_nothing(tmp_path, monkeypatch, fails):
+    """When finishing the fit (the passes after the one made with the write) or writing the image again
+    fails, the image written with the provisional palette is removed with its attribute table and preview:
+    nothing on disk the job did not report."""
+    from bigquant.pipeline import quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "PASS_WITH_WRITE_MIN_PIXELS", 0)
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 65536, (8, 3)).astype(np.int64)
+    image = np.clip(base[rng.integers(0, 8, (320, 384))] + rng.integers(-2000, 2001, (320, 384, 3)), 0, 65535)
+    src = tmp_path / "blobs16.tif"
+    tifffile.imwrite(src, image.astype(np.uint16), tile=(64, 64), photometric="rgb", compression="zlib")
+    writes = []
+    original_write = quantize_module.write_quantized
+
+    def write(*args, **kwargs):
+        writes.append(1)
+        if fails == "rewrite" and len(writes) == 2:
+            raise OSError("disk full")
+        return original_write(*args, **kwargs)
+
+    def settle(*args):
+        raise OSError("worker lost")
+
+    monkeypatch.setattr(quantize_module, "write_quantized", write)
+    if fails == "settle":
+        monkeypatch.setattr(quantize_module, "_settled", settle)
+    dst = tmp_path / "q.tif"
+    with pytest.raises(OSError):  # k = 12 at this tol moves the centres after the first pass (13 passes)
+        quantize(src, dst, 12, random_state=0, chunks=128, tol=1e-9, tile=128, preview=tmp_path / "p.png")
+    assert len(writes) == (1 if fails == "settle" else 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs16.tif"]
