@@ -32,9 +32,10 @@ from bigquant.cluster.allocator import release_freed_memory
 from bigquant.cluster.scheduler import active_client, on_client, phase
 from bigquant.cluster.validation import label_dtype
 from bigquant.errors import InvalidInputError, InvalidParameterError
+from bigquant.io.atomic import temp_sibling
 from bigquant.io.chunks import ChunksLike
 from bigquant.io.encode import DITHERED_DEFLATE_LEVEL, LabelLookup, resolve_codec
-from bigquant.io.objects import output_location
+from bigquant.io.objects import URLPath, output_location
 from bigquant.io.palette import as_colours, index_dtype
 from bigquant.io.palette_file import palette_format, read_palette, write_palette
 from bigquant.io.rat import class_table, rat_fits, rat_path, write_rat
@@ -448,8 +449,9 @@ def _pass_with_write(data: Any, valid: Any, target: Any, dither: str | None, dst
     When the write labels the pixels in its own read (:func:`_measuring_labeller`),
     in the fit's blocks: dask pixels whose chunks lie on the output's ``tile``
     grid (the writer reads them as they are), nothing masked, no quality
-    target, no dithering, TIFF out; and where the first pass is likely the
-    last (a pass that moves the centres costs a second write): at most three
+    target, no dithering, a local TIFF out (the files it replaces kept
+    aside until the fit settles: :func:`_provisional_outputs`); and where
+    the first pass is likely the last (a pass that moves the centres costs a second write): at most three
     bands, whose grid (6 bits a band or more) leaves the search next to the
     pixels' fixed point, and at least :data:`PASS_WITH_WRITE_MIN_PIXELS`
     pixels (the fit of the 67 MP and 1 GP photos made one pass; crops of
@@ -457,26 +459,42 @@ def _pass_with_write(data: Any, valid: Any, target: Any, dither: str | None, dst
     5 bits a band, 67 MP took 5).
     """
     return (isinstance(data, da.Array) and valid is None and target is None and dither is None
-            and int(data.shape[-1]) <= 3 and FORMATS.get(dst.suffix.lower()) == "tiff"
+            and not isinstance(dst, URLPath) and int(data.shape[-1]) <= 3
+            and FORMATS.get(dst.suffix.lower()) == "tiff"
             and math.prod(data.shape[:2]) >= PASS_WITH_WRITE_MIN_PIXELS
             and all(np.all(np.cumsum(sizes)[:-1] % int(tile) == 0) for sizes in data.chunks[:2]))
 
 
 @contextlib.contextmanager
-def _removed_on_failure(paths: Sequence[Any]) -> Iterator[None]:
-    """Remove ``paths`` (None entries skipped) when the block fails.
+def _provisional_outputs(paths: Sequence[Any]) -> Iterator[None]:
+    """Files written with a fit not yet settled: the ones they replace are kept aside until the block ends.
 
-    The files a write made with a fit not yet settled: should finishing the
-    fit or writing the image again fail, what is on disk was made with a
-    palette the job never reported, so nothing is left of it.
+    Each existing file ``paths`` names (None skipped; only with ``overwrite``
+    can one exist here) is moved to a hidden name beside it first
+    (:func:`bigquant.io.atomic.temp_sibling`, tag ``kept``: no cleanup of stale
+    temporaries removes it, so a run killed outright leaves the user's file
+    there).  Should the block fail -- the write, finishing the fit, writing
+    again -- what it wrote (made with a palette the job never reported) is
+    removed and the files kept aside are put back; once it succeeds they are
+    removed.
     """
+    targets = [pathlib.Path(path) for path in paths if path is not None]
+    aside = []
+    for path in targets:
+        if path.is_file():
+            kept = temp_sibling(path, "kept")
+            os.replace(path, kept)
+            aside.append((path, kept))
     try:
         yield
     except BaseException:
-        for path in paths:
-            if path is not None:
-                pathlib.Path(path).unlink(missing_ok=True)
+        for path in targets:
+            path.unlink(missing_ok=True)
+        for path, kept in aside:
+            os.replace(kept, path)
         raise
+    for _, kept in aside:
+        kept.unlink(missing_ok=True)
 
 
 def _settled(last_pass: Any, choice: PaletteChoice) -> bool:
@@ -1015,14 +1033,15 @@ def _run(request: Request, src: Any, source: ImageSource, given: PaletteChoice |
         want = measure is not False and np.shape(choice.palette)[1] == int(data.shape[-1])
         # Floyd--Steinberg keeps its labels in a spool until the output and its report are done
         with label_spool(dst_path, dither, scratch=request.map.scratch) as spool:
-            mapper, nodata = write_quantized(
-                written_data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
-                dither_strength=dither_strength, dither_data=dither_data,
-                report=written if want else None, spool=spool,
-                measure=bool(measure) and not _measured_elsewhere(choice), last_pass=last_pass,
-            )
+            # written with a fit not yet settled: the files replaced are kept aside until it is
             provisional = [dst_path, rat_path(dst_path), report.preview] if last_pass is not None else []
-            with _removed_on_failure(provisional):
+            with _provisional_outputs(provisional):
+                mapper, nodata = write_quantized(
+                    written_data, valid, choice, source, dst_path, write, preview=report.preview, dither=dither,
+                    dither_strength=dither_strength, dither_data=dither_data,
+                    report=written if want else None, spool=spool,
+                    measure=bool(measure) and not _measured_elsewhere(choice), last_pass=last_pass,
+                )
                 settled = last_pass is None or _settled(last_pass, choice)
                 if last_pass is not None:
                     logger.info("fit settled with the write's pass: %s iterations%s", choice.model.n_iter_,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -588,11 +589,12 @@ def test_16_bit_first_pass_is_made_in_the_write(tmp_path, count_decodes, monkeyp
                                                 tmp_path / "q.tif", 128)  # 0.12 MP
 
 
-@pytest.mark.parametrize("fails", ["settle", "rewrite"])
-def test_a_failure_after_a_write_made_with_an_unsettled_fit_leaves_nothing(tmp_path, monkeypatch, fails):
-    """When finishing the fit (the passes after the one made with the write) or writing the image again
-    fails, the image written with the provisional palette is removed with its attribute table and preview:
-    nothing on disk the job did not report."""
+@pytest.mark.parametrize("fails", ["settle", "rewrite", None])
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_write_made_with_an_unsettled_fit_replaces_nothing_until_it_settles(tmp_path, monkeypatch, fails, existing):
+    """The image written in the pass that finishes the fit is provisional: should finishing the fit or
+    writing the image again fail, it is removed with its attribute table and preview, and the files an
+    ``overwrite`` was to replace are back as they were; once it settles, nothing else is left beside them."""
     from bigquant.pipeline import quantize as quantize_module
 
     monkeypatch.setattr(quantize_module, "PASS_WITH_WRITE_MIN_PIXELS", 0)
@@ -601,8 +603,14 @@ def test_a_failure_after_a_write_made_with_an_unsettled_fit_leaves_nothing(tmp_p
     image = np.clip(base[rng.integers(0, 8, (320, 384))] + rng.integers(-2000, 2001, (320, 384, 3)), 0, 65535)
     src = tmp_path / "blobs16.tif"
     tifffile.imwrite(src, image.astype(np.uint16), tile=(64, 64), photometric="rgb", compression="zlib")
+    dst, preview = tmp_path / "q.tif", tmp_path / "p.png"
+    before = {dst: b"the user's image", tmp_path / "q.tif.aux.xml": b"<PAMDataset/>", preview: b"a preview"}
+    if existing:
+        for path, data in before.items():
+            path.write_bytes(data)
     writes = []
     original_write = quantize_module.write_quantized
+    original_settled = quantize_module._settled
 
     def write(*args, **kwargs):
         writes.append(1)
@@ -611,13 +619,24 @@ def test_a_failure_after_a_write_made_with_an_unsettled_fit_leaves_nothing(tmp_p
         return original_write(*args, **kwargs)
 
     def settle(*args):
-        raise OSError("worker lost")
+        if fails == "settle":
+            raise OSError("worker lost")
+        return original_settled(*args)
 
     monkeypatch.setattr(quantize_module, "write_quantized", write)
-    if fails == "settle":
-        monkeypatch.setattr(quantize_module, "_settled", settle)
-    dst = tmp_path / "q.tif"
-    with pytest.raises(OSError):  # k = 12 at this tol moves the centres after the first pass (13 passes)
-        quantize(src, dst, 12, random_state=0, chunks=128, tol=1e-9, tile=128, preview=tmp_path / "p.png")
+    monkeypatch.setattr(quantize_module, "_settled", settle)
+    # k = 12 at this tol moves the centres after the first pass (13 passes): the image is written again
+    run = functools.partial(quantize, src, dst, 12, random_state=0, chunks=128, tol=1e-9, tile=128, preview=preview,
+                            overwrite=existing)
+    if fails is None:
+        run()
+        assert len(writes) == 2 and tifffile.imread(dst).shape == (320, 384)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs16.tif", "p.png", "q.tif", "q.tif.aux.xml"]
+        return
+    with pytest.raises(OSError):
+        run()
     assert len(writes) == (1 if fails == "settle" else 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs16.tif"]
+    names = ["blobs16.tif"] + (["p.png", "q.tif", "q.tif.aux.xml"] if existing else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    if existing:
+        assert all(path.read_bytes() == data for path, data in before.items())
