@@ -646,8 +646,8 @@ class LastPass:
     the pass's sums in the same read (:meth:`block_step`), and
     :meth:`settle` finishes the fit from them.  When the pass does move the
     centres (or empties a cluster), :meth:`settle` runs the passes left over
-    the pixels as :func:`finish_on_pixels` would, and tells the caller that
-    what was written needs writing again.  Either way the fit ends with the
+    the pixels as :func:`finish_on_pixels` would, and what was written may
+    need writing again.  Either way the fit ends with the
     centres, inertia and passes of :func:`finish_on_pixels` run before the
     write, bit for bit: the sums of each block are those of
     :class:`~bigquant.cluster.points.DaskPoints` (same blocks, same kernel
@@ -730,21 +730,17 @@ class LastPass:
         sums, counts, inertia = value(root)
         return sums, counts, float(inertia)
 
-    def settle(self) -> bool:
-        """Finish the fit from the pass the write made; True when it ended on :attr:`centers` (nothing to rewrite).
+    def settle(self) -> None:
+        """Finish the fit from the pass the write made (the passes left, if it moved the centres).
 
         Without the write's sums (none recorded, or other blocks) the pass is
-        made here, over the pixels.
+        made here, over the pixels.  Whether what was written stands is the
+        writer's to judge: it depends on the palette, the centres rounded
+        (:func:`bigquant.pipeline.quantize.write_quantized`).
         """
         first = self._recorded_sums()
-        done = finish_on_pixels(self.points, self.centers, tol=self.tol, max_iter=self.max_iter,
-                                callback=self.callback, first=first)
-        self.finish(done)
-        kept = bool(np.array_equal(done.centers, self.centers))
-        if not kept:
-            logger.info("the pass made with the write moved the centres (%d passes): the image is written again",
-                        done.n_pass)
-        return kept
+        self.finish(finish_on_pixels(self.points, self.centers, tol=self.tol, max_iter=self.max_iter,
+                                     callback=self.callback, first=first))
 
 
 def _block_step(block: np.ndarray, cells: CellGrid, centers: np.ndarray, palette: np.ndarray,
