@@ -17,6 +17,7 @@ fresh 64 MB table to fault in, no counts read back per block, no merge tree
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,15 @@ from bigquant import kernels
 from bigquant.kernels import MortonTable, count_morton, encode_morton, take_counts, take_sum
 
 __all__ = ["block_counts", "lane_counts", "lanes_total", "region_counts"]
+
+
+def _rows_read(reader: Any, window: tuple[int, int, int, int], n_channels: int) -> Iterator[np.ndarray]:
+    """``reader``'s pixels ``[y0:y1, x0:x1]`` tile by tile as read, each as contiguous (n, n_channels) rows."""
+    for part, _ in reader.segment_windows(window):
+        if part.dtype != reader.dtype:
+            part = part.astype(reader.dtype)
+        yield np.ascontiguousarray(part).reshape(-1, n_channels)
+
 
 def block_counts(
     block: np.ndarray, bits: int, n_channels: int, morton: bool
@@ -44,6 +54,7 @@ def block_counts(
     table.add(X)
     return table.take()
 
+
 def lane_counts(
     table: np.ndarray | None, reader: Any, window: tuple[int, int, int, int], dtype: np.dtype | type
 ) -> np.ndarray:
@@ -56,10 +67,8 @@ def lane_counts(
     """
     if table is None:
         table = np.zeros(1 << 24, dtype=dtype)  # calloc'd: pages the counts never touch cost nothing
-    for part, _ in reader.segment_windows(window):
-        if part.dtype != reader.dtype:
-            part = part.astype(reader.dtype)
-        count_morton(np.ascontiguousarray(part).reshape(-1, 3), table)
+    for X in _rows_read(reader, window, 3):
+        count_morton(X, table)
     return table
 
 
@@ -84,10 +93,7 @@ def region_counts(
     # a fresh calloc'd table: untouched pages cost nothing, nothing stays allocated
     counter = MortonTable() if morton else None
     table = np.zeros(1 << total_bits, dtype=np.uint32) if counter is None else counter.table
-    for part, _ in reader.segment_windows(window):
-        if part.dtype != reader.dtype:
-            part = part.astype(reader.dtype)
-        X = np.ascontiguousarray(part).reshape(-1, n_channels)
+    for X in _rows_read(reader, window, n_channels):
         if counter is not None:
             counter.add(X)
         else:
