@@ -733,6 +733,7 @@ def _loading_pipeline() -> Iterator[None]:
     try:
         _import_dask_array_without_scipy()
         yield
+        _start_numba()
     finally:
         gc.freeze()
         gc.enable()
@@ -757,6 +758,35 @@ def _import_dask_array_without_scipy() -> None:
         import dask.array  # noqa: F401
     finally:
         del sys.modules["scipy"]
+
+
+def _start_numba() -> None:
+    """Initialise numba's CPU target now, without the ``scipy.linalg`` it loads to look for BLAS.
+
+    numba sets its compiler up on the first call of a compiled function:
+    0.1 s of imports and registrations, and 0.1 s more for ``scipy.linalg``
+    (with ``numpy.f2py``, which scipy's array-API layer pulls in), imported
+    only to learn whether ``np.dot`` and friends could call BLAS -- no kernel
+    of bigquant does.  With ``sys.modules["scipy.linalg"] = None`` during that
+    first call numba records "no BLAS" for the two functions that ask at set-up
+    (``np.convolve`` and ``np.correlate`` then use its own loop) and imports
+    scipy as usual when a kernel that needs BLAS is compiled.  Done here, with
+    the pipeline's imports (collector paused, objects frozen), rather than in
+    the first pass: that call is the colour count's kernel (loaded from numba's
+    cache), which every fit of 8-bit colours runs first.  A process where
+    numba's target or ``scipy.linalg`` is set up already is left alone.
+    """
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    import numpy as np
+
+    from bigquant.kernels import count_morton
+
+    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # `import scipy.linalg` raises ImportError
+    try:
+        count_morton(np.empty((0, 3), dtype=np.uint8), np.empty(0, dtype=np.uint32))
+    finally:
+        del sys.modules["scipy.linalg"]
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
