@@ -712,6 +712,24 @@ def _runtime(args: argparse.Namespace, console: _Console) -> Iterator[Any]:
         yield runtime.client
 
 
+def _decoding_ahead(args: argparse.Namespace, src: str, target: Any) -> contextlib.AbstractContextManager[Any]:
+    """A child process decoding ``src`` ahead while the pipeline loads (:mod:`bigquant.io.ahead`), when it may pay.
+
+    That is a job that runs on this process's threads and keeps the decoded
+    tiles for its write (:func:`bigquant.io.spool.pixel_spool`): a palette
+    fitted in RGB by the histogram or the value grid, unmasked, written as a
+    local TIFF or PNG.  The child itself checks the rest (a large local
+    TIFF of compressed tiles, a second core).
+    """
+    from bigquant.io.ahead import decoding_ahead, spool_base
+
+    if (_cluster_asked(args) or args.palette is not None or args.skip_if_larger or args.mask is not None
+            or args.strategy not in ("auto", "histogram", "grid") or args.space != "rgb" or args.alpha == "fit"
+            or not isinstance(target, pathlib.Path) or target.suffix.lower() not in (".tif", ".tiff", ".png")):
+        return contextlib.nullcontext()
+    return decoding_ahead(src, spool_base(target, args.scratch), level=args.level, series=args.series)
+
+
 @contextlib.contextmanager
 def _loading_pipeline() -> Iterator[None]:
     """Import the pipeline's modules with the cyclic garbage collector paused, then freeze what they made.
@@ -970,6 +988,8 @@ def _quantize_each(args: argparse.Namespace, console: _Console, jobs: list[tuple
                 skipped.append((shown, "no such file"))
                 continue
             kept.append((src, dst, target, shown))
+        if len(kept) == 1:  # the second core decodes the input while this one loads the pipeline
+            stack.enter_context(_decoding_ahead(args, kept[0][0], kept[0][2]))
         # the pipeline (dask.array, numba) is imported only once the inputs are known to exist
         with _loading_pipeline():
             from bigquant.pipeline.progress import Line, LloydProgress, progress

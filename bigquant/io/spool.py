@@ -46,15 +46,16 @@ import numpy as np
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError
+from bigquant.io.ahead import adopt, spool_base, stop_decoding
 from bigquant.io.atomic import remove_path, temp_sibling
 from bigquant.io.files import is_url
-from bigquant.io.reach import unreachable_workers
 from bigquant.io.tiff_read import TiffBlockReader, _register_segments, segment_reader
 
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["PixelSpool", "TileSpool", "pixel_spool", "spoolable", "FREE_FACTOR", "FREE_MARGIN"]
+__all__ = ["PixelSpool", "TileSpool", "pixel_spool", "spoolable", "room_for", "create_spool_files", "FREE_FACTOR",
+           "FREE_MARGIN", "DATA_FILE", "MARKS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ logger = logging.getLogger(__name__)
 FREE_FACTOR = 2
 #: ... and this many bytes stay free after it
 FREE_MARGIN = 2 * 2**30
+#: the files of a spool directory: the tiles, and one mark a tile
+DATA_FILE = "tiles.raw"
+MARKS_FILE = "marks"
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,10 @@ class TileSpool:
 class SpoolingReader(TiffBlockReader):
     """A :class:`TiffBlockReader` that also writes every whole tile it decodes into ``spool``.
 
-    A window whose tiles are all in the spool already is read back from it
-    (a fit that reads the pixels more than once decodes them once).
+    A tile already in the spool (marked) is read back from it instead of
+    decoded: a fit that reads the pixels more than once decodes them once,
+    and the tiles a child process decoded ahead (:mod:`bigquant.io.ahead`)
+    are not decoded again.
 
     Writing is best effort: an OS error (a full disk) stops this call's
     writes and leaves its tiles unmarked, so the spool is not used.
@@ -138,11 +144,25 @@ class SpoolingReader(TiffBlockReader):
     ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
         spool = self.spool
         assert spool is not None
+        stop_decoding(self.path)  # the marks are final once no child writes them
+        marks = _marks(spool)
+        if marks is None or not marks.any():
+            yield from self._decoded(window, buffer)
+            return
+        for run, marked in _runs(spool, window, marks):
+            if marked:  # whole tiles in the spool: read back raw, no decode
+                yield from SpooledReader.segment_windows(self, run, buffer)  # type: ignore[arg-type]
+            else:
+                yield from self._decoded(run, buffer)
+
+    def _decoded(
+        self, window: tuple[int, int, int, int], buffer: np.ndarray | None
+    ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
+        """The window's tiles decoded, each whole tile written into the spool and marked."""
+        spool = self.spool
+        assert spool is not None
         sh, sw = spool.segment
         nx, tile_bytes = spool.grid[1], spool.tile_bytes
-        if _all_marked(spool, window):  # a later pass (the grid fit's Lloyd passes): read back raw, no decode
-            yield from SpooledReader.segment_windows(self, window, buffer)  # type: ignore[arg-type]
-            return
         with contextlib.ExitStack() as stack:
             fds: tuple[int, int] | None = None
             try:
@@ -165,20 +185,35 @@ class SpoolingReader(TiffBlockReader):
                 yield part, (ya, xa)
 
 
-def _all_marked(spool: TileSpool, window: tuple[int, int, int, int]) -> bool:
-    """Whether every tile of ``window`` is in the spool already (whole tiles only, as they were written)."""
-    y0, y1, x0, x1 = window
-    sh, sw = spool.segment
-    if y0 % sh or x0 % sw or (y1 % sh and y1 != spool.shape[0]) or (x1 % sw and x1 != spool.shape[1]):
-        return False
+def _marks(spool: TileSpool) -> np.ndarray | None:
+    """The spool's marks, one a tile in row-major order (None when unreadable)."""
     try:
         marks = np.fromfile(spool.marks, dtype=np.uint8)
     except OSError:
-        return False
+        return None
     ny, nx = spool.grid
-    if marks.shape != (ny * nx,):
-        return False
-    return bool(marks.reshape(ny, nx)[y0 // sh:-(-y1 // sh), x0 // sw:-(-x1 // sw)].all())
+    return marks if marks.shape == (ny * nx,) else None
+
+
+def _runs(
+    spool: TileSpool, window: tuple[int, int, int, int], marks: np.ndarray
+) -> Iterator[tuple[tuple[int, int, int, int], bool]]:
+    """``window`` cut into runs of tiles along each row of tiles, all marked or all not, in row-major order.
+
+    A marked tile is whole in the spool, so any part of it reads back raw.
+    """
+    y0, y1, x0, x1 = window
+    sh, sw = spool.segment
+    nx = spool.grid[1]
+    first, last = x0 // sw, (x1 - 1) // sw
+    for ty in range(y0 // sh, (y1 - 1) // sh + 1):
+        ya, yb = max(y0, ty * sh), min(y1, (ty + 1) * sh)
+        row = marks[ty * nx + first : ty * nx + last + 1] != 0
+        start = first
+        for tx in range(first + 1, last + 2):
+            if tx == last + 1 or row[tx - first] != row[start - first]:
+                yield (ya, yb, max(x0, start * sw), min(x1, tx * sw)), bool(row[start - first])
+                start = tx
 
 
 @dataclass(frozen=True)
@@ -318,43 +353,62 @@ def pixel_spool(data: da.Array, target: pathlib.PurePath,
     if reader is None or (scratch is not None and is_url(os.fspath(scratch))) or not hasattr(os, "pwrite"):
         yield None  # (os.pwrite: tasks write their tiles at their offsets, without a shared position)
         return
-    if scratch is not None:
-        base = pathlib.Path(os.fspath(scratch)) / target.name
-    elif is_url(str(target)) or not isinstance(target, pathlib.Path):
-        base = pathlib.Path(tempfile.gettempdir()) / target.name
-    else:
-        base = target
+    base = spool_base(target, scratch)
     assert reader.segment is not None
     probe = TileSpool("", "", tuple(data.shape), reader.segment, np.dtype(reader.dtype))
-    try:
-        free = shutil.disk_usage(base.parent).free
-    except OSError:
-        free = 0
-    if free < FREE_FACTOR * probe.nbytes or free - probe.nbytes < FREE_MARGIN:
-        logger.info("no pixel spool: %s has %.1f GB free for %.1f GB of tiles; the tiles are decoded again",
-                    base.parent, free / 1e9, probe.nbytes / 1e9)
+    if not room_for(base.parent, probe.nbytes):
         yield None
         return
-    directory = temp_sibling(base, "spool")
+    # a child process may have decoded tiles ahead into a spool of its own for this output (the command line's)
+    adopted = adopt(reader, base)
+    directory = adopted if adopted is not None else temp_sibling(base, "spool")
     try:
-        directory.mkdir()
+        if adopted is None:
+            directory.mkdir()
+        from bigquant.io.reach import unreachable_workers
+
         unseen = unreachable_workers(directory, collections=[data])
         if unseen:
             logger.info("no pixel spool: the workers do not see %s (%s); the tiles are decoded again",
                         directory, "; ".join(sorted(set(unseen.values()))))
             yield None
             return
-        spool = dataclasses.replace(probe, data=str(directory / "tiles.raw"), marks=str(directory / "marks"))
-        with open(spool.data, "wb") as fh:
-            fh.truncate(spool.nbytes)  # sparse: disk is taken as tiles are written
-        with open(spool.marks, "wb") as fh:
-            fh.truncate(spool.grid[0] * spool.grid[1])
+        if adopted is None:
+            spool = create_spool_files(probe, directory)
+        else:
+            spool = dataclasses.replace(probe, data=str(directory / DATA_FILE), marks=str(directory / MARKS_FILE))
         fields = {f.name: getattr(reader, f.name) for f in dataclasses.fields(TiffBlockReader)}
         counting = _array(SpoolingReader(**fields, spool=spool), data, "spooling")
         raw = dict(fields, compressed=False, file_dtype=reader.dtype)
         raw_reader = SpooledReader(**raw, spool=spool)
         spooled = _array(raw_reader, data, "spooled")
-        logger.debug("pixel spool %s: %.2f GB at most", directory, spool.nbytes / 1e9)
+        logger.debug("pixel spool %s: %.2f GB at most%s", directory, spool.nbytes / 1e9,
+                     ", with the tiles decoded ahead" if adopted is not None else "")
         yield PixelSpool(counting, spooled, spool, raw_reader)
     finally:
+        if adopted is not None:
+            stop_decoding(reader.path)  # nothing read the file yet: the child may still write here
         remove_path(directory)
+
+
+def room_for(directory: pathlib.Path, nbytes: int) -> bool:
+    """Whether ``directory`` has the room for a spool of ``nbytes`` (:data:`FREE_FACTOR`, :data:`FREE_MARGIN`)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = 0
+    if free < FREE_FACTOR * nbytes or free - nbytes < FREE_MARGIN:
+        logger.info("no pixel spool: %s has %.1f GB free for %.1f GB of tiles; the tiles are decoded again",
+                    directory, free / 1e9, nbytes / 1e9)
+        return False
+    return True
+
+
+def create_spool_files(probe: TileSpool, directory: pathlib.Path) -> TileSpool:
+    """``probe``'s spool in ``directory``: its files made (sparse, no tile marked)."""
+    spool = dataclasses.replace(probe, data=str(directory / DATA_FILE), marks=str(directory / MARKS_FILE))
+    with open(spool.data, "wb") as fh:
+        fh.truncate(spool.nbytes)  # sparse: disk is taken as tiles are written
+    with open(spool.marks, "wb") as fh:
+        fh.truncate(spool.grid[0] * spool.grid[1])
+    return spool

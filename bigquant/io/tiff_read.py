@@ -43,6 +43,7 @@ import numpy as np
 
 from bigquant import tasks
 from bigquant.errors import ImageReadError, InvalidParameterError
+from bigquant.io.ahead import stop_decoding
 from bigquant.io.chunks import ChunksLike, aligned_chunks, check_task_bytes
 from bigquant.io.chunks import max_task_bytes as task_bytes_limit
 from bigquant.io.files import file_stamp, is_url, open_binary
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # imported where a dask array is built: `bigquant info` of a 
 
 __all__ = [
     "TiffBlockReader",
+    "level_reader",
     "segment_reader",
     "window_reader",
     "read_tiff",
@@ -277,6 +279,7 @@ class TiffBlockReader:
         saves allocating one for each call of a raw reader.
         """
         assert self.segment is not None and self.file_dtype is not None
+        stop_decoding(self.path)  # a child decoding this file ahead stops: this process reads it now
         y0, y1, x0, x1 = window
         height, width = self.shape[:2]
         sh, sw = self.segment
@@ -803,6 +806,48 @@ def _level_info(tf: Any, location: str, level: int, series: int | None, image_se
     )
 
 
+def _level_reader(location: str, info: dict[str, Any]) -> TiffBlockReader:
+    """The reader of one level described by :func:`_level_info`."""
+    layout = info["layout"]
+    return TiffBlockReader(
+        path=location,
+        series=info["series"],
+        level=info["level"],
+        shape=info["shape"],
+        dtype=info["dtype"],
+        axes=info["axes"],
+        lead=info["lead"],
+        native_ndim=info["native_ndim"],
+        memmap=info["memmap"],
+        segment=layout[0] if layout else None,
+        tiled=info["tiled"],
+        file_dtype=layout[1] if layout else None,
+        compressed=layout[2] if layout else False,
+    )
+
+
+def level_reader(path: str, *, level: int = 0, series: int | None = None) -> TiffBlockReader:
+    """The :class:`TiffBlockReader` :func:`read_tiff` builds for one level of a local TIFF, without dask.
+
+    The same reader (equal, field by field) for the same file, level and
+    series: what a process that only decodes tiles needs
+    (:mod:`bigquant.io.ahead`).  Raises ImageReadError or
+    InvalidParameterError as :func:`read_tiff` does.
+    """
+    import tifffile
+
+    from bigquant.io.inspect import image_series
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            info = _level_info(tf, path, level, series, image_series)
+    except (ImageReadError, InvalidParameterError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
+        raise ImageReadError(f"{path}: not a readable TIFF file: {exc}") from exc
+    return _level_reader(path, info)
+
+
 def _level_array(
     location: str, info: dict[str, Any], chunks: ChunksLike, stamp: tuple[Any, ...], limit: int
 ) -> tuple[da.Array, TiffBlockReader, tuple[int, int] | None]:
@@ -825,26 +870,11 @@ def _level_array(
             location, "tile" if info["tiled"] else "strip", tile + tuple(shape[2:]), dtype.itemsize, limit,
             advice="rewrite it as a tiled TIFF (e.g. `vips tiffsave in.tif out.tif --tile --bigtiff`)",
         )
-    layout = info["layout"]
     if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], tuple):
         cy, cx = chunks  # explicit chunk sizes (another array's): followed as given
     else:
         cy, cx = aligned_chunks(shape[:2], grid, chunks, name=location)
-    reader = TiffBlockReader(
-        path=location,
-        series=info["series"],
-        level=info["level"],
-        shape=shape,
-        dtype=dtype,
-        axes=info["axes"],
-        lead=info["lead"],
-        native_ndim=info["native_ndim"],
-        memmap=info["memmap"],
-        segment=layout[0] if layout else None,
-        tiled=info["tiled"],
-        file_dtype=layout[1] if layout else None,
-        compressed=layout[2] if layout else False,
-    )
+    reader = _level_reader(location, info)
     import dask.array as da
     from dask.base import tokenize
 
