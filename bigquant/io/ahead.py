@@ -24,8 +24,9 @@ adopted only when the reader of the pass equals the child's, field by field,
 for the same version of the file; a spool nothing adopts is removed by
 :meth:`DecodeAhead.close`.
 
-Only the parent's side is imported by the command line; the child runs
-``python -m bigquant.io.ahead`` (:func:`main`).
+This module is the parent's side (only the standard library is imported
+before the child starts); the child runs ``python -m bigquant.io.spool``
+(:func:`bigquant.io.spool.decode_ahead`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DecodeAhead", "adopt", "decoding_ahead", "spool_base", "stop_decoding", "main", "MIN_FILE_BYTES", "MAX_BYTES",
+__all__ = ["DecodeAhead", "adopt", "decoding_ahead", "spool_base", "stop_decoding", "MIN_FILE_BYTES", "MAX_BYTES",
            "LAYOUT_FILE"]
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def decoding_ahead(
 
     root = str(pathlib.Path(bigquant.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    argv = [sys.executable, "-m", "bigquant.io.ahead", path, str(directory), str(level),
+    argv = [sys.executable, "-m", "bigquant.io.spool", path, str(directory), str(level),
             "" if series is None else str(series), str(os.getpid())]
     try:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -251,54 +252,3 @@ def _reader_from_json(fields: dict[str, Any], kind: type) -> Any:
         if values.get(name) is not None:
             values[name] = tuple(values[name])
     return kind(**values)
-
-
-def decode(path: str, directory: pathlib.Path, *, level: int, series: int | None, parent: int | None) -> int:
-    """The child's work: decode ``path``'s tiles into the spool files in ``directory``; the tiles written.
-
-    Nothing is written when the level is not read tile by tile from
-    compressed tiles (what :func:`bigquant.io.spool.spoolable` asks), or the
-    directory lacks the room a pixel spool needs.
-    """
-    from bigquant.io.files import file_stamp
-    from bigquant.io.spool import SpoolingReader, TileSpool, create_spool_files, room_for
-    from bigquant.io.tiff_read import level_reader
-
-    stamp = file_stamp(path)
-    reader = level_reader(path, level=level, series=series)
-    if not (reader.compressed and reader.tiled and reader.segment is not None and reader.file_dtype == reader.dtype):
-        return 0
-    probe = TileSpool("", "", tuple(reader.shape), reader.segment, reader.dtype)
-    if not room_for(directory, probe.nbytes):
-        return 0
-    spool = create_spool_files(probe, directory)
-    written = directory / (LAYOUT_FILE + ".part")
-    written.write_text(json.dumps({"reader": _reader_to_json(reader), "stamp": list(stamp)}))
-    os.replace(written, directory / LAYOUT_FILE)
-    fields = {f.name: getattr(reader, f.name) for f in dataclasses.fields(reader)}
-    spooling = SpoolingReader(**fields, spool=spool)
-    height, width = reader.shape[:2]
-    done = n = 0
-    for part, _ in spooling.segment_windows((0, height, 0, width)):
-        n += 1
-        done += part.nbytes
-        if done >= MAX_BYTES or (parent is not None and os.getppid() != parent):
-            break
-    return n
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bigquant.io.ahead PATH DIRECTORY LEVEL SERIES PARENT``: the child of :func:`decoding_ahead`."""
-    path, directory, level, series, parent = list(sys.argv[1:] if argv is None else argv)
-    with contextlib.suppress(OSError):
-        os.nice(5)  # the parent's threads come first once the pass runs
-    try:
-        decode(path, pathlib.Path(directory), level=int(level), series=int(series) if series else None,
-               parent=int(parent) if parent else None)
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - the child process
-    sys.exit(main())

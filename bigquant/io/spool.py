@@ -37,8 +37,8 @@ import math
 import os
 import pathlib
 import shutil
-import tempfile
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +54,8 @@ from bigquant.io.tiff_read import TiffBlockReader, _register_segments, segment_r
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["PixelSpool", "TileSpool", "pixel_spool", "spoolable", "room_for", "create_spool_files", "FREE_FACTOR",
-           "FREE_MARGIN", "DATA_FILE", "MARKS_FILE"]
+__all__ = ["PixelSpool", "TileSpool", "pixel_spool", "spoolable", "room_for", "create_spool_files", "decode_ahead",
+           "FREE_FACTOR", "FREE_MARGIN", "DATA_FILE", "MARKS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -412,3 +412,60 @@ def create_spool_files(probe: TileSpool, directory: pathlib.Path) -> TileSpool:
     with open(spool.marks, "wb") as fh:
         fh.truncate(spool.grid[0] * spool.grid[1])
     return spool
+
+
+def decode_ahead(path: str, directory: pathlib.Path, *, level: int, series: int | None, parent: int | None) -> int:
+    """Decode ``path``'s tiles into the spool files in ``directory``; returns the tiles written.
+
+    The work of the child process of :func:`bigquant.io.ahead.decoding_ahead`:
+    the tiles in row-major order, each written and then marked, until
+    :data:`bigquant.io.ahead.MAX_BYTES` of them or until ``parent`` is gone.
+
+    Nothing is written when the level is not read tile by tile from
+    compressed tiles (what :func:`bigquant.io.spool.spoolable` asks), or the
+    directory lacks the room a pixel spool needs.
+    """
+    import json
+
+    from bigquant.io.ahead import LAYOUT_FILE, MAX_BYTES, _reader_to_json
+    from bigquant.io.files import file_stamp
+    from bigquant.io.tiff_read import level_reader
+
+    stamp = file_stamp(path)
+    reader = level_reader(path, level=level, series=series)
+    if not (reader.compressed and reader.tiled and reader.segment is not None and reader.file_dtype == reader.dtype):
+        return 0
+    probe = TileSpool("", "", tuple(reader.shape), reader.segment, reader.dtype)
+    if not room_for(directory, probe.nbytes):
+        return 0
+    spool = create_spool_files(probe, directory)
+    written = directory / (LAYOUT_FILE + ".part")
+    written.write_text(json.dumps({"reader": _reader_to_json(reader), "stamp": list(stamp)}))
+    os.replace(written, directory / LAYOUT_FILE)
+    fields = {f.name: getattr(reader, f.name) for f in dataclasses.fields(reader)}
+    spooling = SpoolingReader(**fields, spool=spool)
+    height, width = reader.shape[:2]
+    done = n = 0
+    for part, _ in spooling.segment_windows((0, height, 0, width)):
+        n += 1
+        done += part.nbytes
+        if done >= MAX_BYTES or (parent is not None and os.getppid() != parent):
+            break
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bigquant.io.spool PATH DIRECTORY LEVEL SERIES PARENT``: :func:`decode_ahead`, in a child process."""
+    path, directory, level, series, parent = list(sys.argv[1:] if argv is None else argv)
+    with contextlib.suppress(OSError):
+        os.nice(5)  # the parent's threads come first once the pass runs
+    try:
+        decode_ahead(path, pathlib.Path(directory), level=int(level), series=int(series) if series else None,
+                     parent=int(parent) if parent else None)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the child process of bigquant.io.ahead
+    sys.exit(main())
