@@ -106,3 +106,35 @@ def test_cluster_and_no_cluster_exclude_each_other(small_png, tmp_path, capsys):
     argv = ["quantize", str(small_png), str(tmp_path / "q.tif"), "--no-cluster", "--cluster"]
     assert cli.main(argv) == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_a_large_compressed_tiff_is_decoded_ahead_and_written_the_same(tmp_path, monkeypatch):
+    """The command decodes the input in a child process while it loads; the pass adopts that spool."""
+    import numpy as np
+    import tifffile
+
+    from bigquant.io import ahead
+    from bigquant.io import spool as spool_module
+    from bigquant.io.sample import make_sample_image
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, make_sample_image((512, 768), seed=5), tile=(128, 128), compression="zlib",
+                     photometric="rgb")
+    adopted: list = []
+
+    def adopt(*args):
+        for child in list(ahead._running.values()):  # the child done first: the test does not race it
+            child.process.wait(timeout=60)
+        adopted.append(ahead.adopt(*args))
+        return adopted[-1]
+
+    monkeypatch.setattr(spool_module, "adopt", adopt)
+    outs = {}
+    for name, smallest in (("ahead", 0), ("not", 2**62)):
+        monkeypatch.setattr(ahead, "MIN_FILE_BYTES", smallest)
+        adopted.clear()
+        assert cli.main(["quantize", str(src), str(tmp_path / f"{name}.tif"), "-k", "8", "-q"]) == 0
+        assert len(adopted) == 1 and (adopted[0] is not None) == (name == "ahead")
+        outs[name] = tifffile.imread(tmp_path / f"{name}.tif")
+    np.testing.assert_array_equal(outs["ahead"], outs["not"])
+    assert not [p for p in tmp_path.iterdir() if "spool" in p.name]
