@@ -1,8 +1,6 @@
 """``python -m bigquant``: the ``bigquant`` command (see :mod:`bigquant.cli`)."""
 
-import sys
-
-from bigquant.cli import main
+from bigquant.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -188,3 +188,22 @@ def test_every_code_of_the_table_is_a_class_tested_here(table):
                ("--quality", "nothing written"), ("interrupted",), ("--keep-going", "skipped"),
                ("--skip-if-larger", "not be smaller")]
     assert {_code_for(table, *words) for words in classes} == set(table)
+
+
+def test_python_m_bigquant_flushes_its_output_and_returns_the_code(tmp_path):
+    """``python -m bigquant`` leaves with os._exit after main: what it printed into a pipe still arrives."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import tifffile
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, np.zeros((64, 64, 3), np.uint8), tile=(32, 32))
+    env = dict(os.environ, PYTHONPATH=str(README.parent))
+    done = subprocess.run([sys.executable, "-m", "bigquant", "info", str(src)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and "64 x 64 x 3" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "bigquant", "quantize", str(tmp_path / "missing.tif"),
+                           str(tmp_path / "out.tif")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and "no such file" in done.stderr
