@@ -21,6 +21,12 @@ tile was marked (:meth:`PixelSpool.complete`); otherwise (a fit that did not
 read every tile whole, a full disk...) it writes from the source, decoding
 again.  The pixels are the decoder's own, so the output is identical either way.
 
+The command line may have started filling the spool before the pipeline
+was even imported: a child process decodes a large input's tiles into a
+spool of its own (:mod:`bigquant.io.ahead`, :func:`decode_ahead`, run as
+``python -m bigquant.io.spool``), which :func:`pixel_spool` adopts when its
+reader is the pass's; the tiles it marked are then read back, not decoded.
+
 The spool is 3 bytes a pixel for RGB (1.07 GP: 3.2 GB): it is made only on a
 local disk with room to spare (:data:`FREE_FACTOR`, :data:`FREE_MARGIN`):
 beside the output, or under ``scratch``; only when every worker writes where
