@@ -725,7 +725,8 @@ def _decoding_ahead(args: argparse.Namespace, src: str, target: Any) -> contextl
 
     if (_cluster_asked(args) or args.palette is not None or args.skip_if_larger or args.mask is not None
             or args.strategy not in ("auto", "histogram", "grid") or args.space != "rgb" or args.alpha == "fit"
-            or not isinstance(target, pathlib.Path) or target.suffix.lower() not in (".tif", ".tiff", ".png")):
+            or not isinstance(target, pathlib.Path) or target.suffix.lower() not in (".tif", ".tiff", ".png")
+            or (args.scratch is not None and "://" in str(args.scratch))):
         return contextlib.nullcontext()
     return decoding_ahead(src, spool_base(target, args.scratch), level=args.level, series=args.series)
 
