@@ -76,6 +76,8 @@ class DecodeAhead:
 
     def stop(self) -> None:
         """Kill the child, if it still runs, and wait for it: its marks are final then."""
+        if self.process.returncode is not None:
+            return
         with self._stop_lock:
             if self.process.poll() is None:
                 self.process.kill()
