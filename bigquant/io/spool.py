@@ -388,8 +388,13 @@ def pixel_spool(data: da.Array, target: pathlib.PurePath,
         raw = dict(fields, compressed=False, file_dtype=reader.dtype)
         raw_reader = SpooledReader(**raw, spool=spool)
         spooled = _array(raw_reader, data, "spooled")
-        logger.debug("pixel spool %s: %.2f GB at most%s", directory, spool.nbytes / 1e9,
-                     ", with the tiles decoded ahead" if adopted is not None else "")
+        if adopted is None:
+            logger.debug("pixel spool %s: %.2f GB at most", directory, spool.nbytes / 1e9)
+        else:
+            marks = _marks(spool)
+            logger.debug("pixel spool %s: %.2f GB at most, with the tiles decoded ahead (%d of %d so far)",
+                         directory, spool.nbytes / 1e9, 0 if marks is None else int(np.count_nonzero(marks)),
+                         spool.grid[0] * spool.grid[1])
         yield PixelSpool(counting, spooled, spool, raw_reader)
     finally:
         if adopted is not None:
