@@ -728,7 +728,10 @@ def _decoding_ahead(args: argparse.Namespace, src: str, target: Any) -> contextl
             or not isinstance(target, pathlib.Path) or target.suffix.lower() not in (".tif", ".tiff", ".png")
             or (args.scratch is not None and "://" in str(args.scratch))):
         return contextlib.nullcontext()
-    return decoding_ahead(src, spool_base(target, args.scratch), level=args.level, series=args.series)
+    from bigquant.io.spool import decode_ahead  # imported here, the forked child has it (and numpy) already
+
+    return decoding_ahead(src, spool_base(target, args.scratch), level=args.level, series=args.series,
+                          work=decode_ahead)
 
 
 @contextlib.contextmanager

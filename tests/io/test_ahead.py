@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import dask
 import numpy as np
@@ -44,11 +45,14 @@ def decodes(monkeypatch):
     return seen
 
 
-def test_the_first_pass_reads_the_tiles_the_child_decoded(tmp_path, deflated, any_size, decodes):
+@pytest.mark.parametrize("work", [None, decode_ahead], ids=["spawned", "forked"])
+def test_the_first_pass_reads_the_tiles_the_child_decoded(tmp_path, deflated, any_size, decodes, work):
     path, rgb = deflated
     out = tmp_path / "out.tif"
-    with ahead.decoding_ahead(str(path), out) as child:
+    with ahead.decoding_ahead(str(path), out, work=work) as child:
         assert child is not None
+        if work is not None and threading.active_count() == 1:
+            assert isinstance(child.process, ahead._Forked)
         assert child.process.wait(timeout=60) == 0  # 35 small tiles: all decoded
         data = read_image(str(path), chunks=128).data
         with dask.config.set(scheduler="threads"), pixel_spool(data, out) as kept:
