@@ -280,8 +280,14 @@ def _range_graph(X: da.Array, valid: da.Array | None) -> Delayed:
             for x in _spread(W, _PROBE_SIDE):
                 y0, x0 = (y // _PROBE_WINDOW) * _PROBE_WINDOW, (x // _PROBE_WINDOW) * _PROBE_WINDOW
                 windows.append((y0, min(H, y0 + _PROBE_WINDOW), x0, min(W, x0 + _PROBE_WINDOW)))
-        layer = {(name, 0): (_reader_range, reader, sorted(set(windows)), n_channels)}
-        return Delayed((name, 0), HighLevelGraph.from_collections(name, layer, dependencies=[]), layer=name)
+        # a task a row of windows (the threads read them side by side), their bounds combined
+        rows: dict[int, list[tuple[int, int, int, int]]] = {}
+        for window in sorted(set(windows)):
+            rows.setdefault(window[0], []).append(window)
+        layer = {(name, i): (_reader_range, reader, row, n_channels) for i, row in enumerate(rows.values())}
+        root = (f"{tasks.tree_sum(tasks.GRID_RANGE)}-{token}", 0)
+        layer[root] = (_combine_ranges, list(layer))
+        return Delayed(root, HighLevelGraph.from_collections(root[0], layer, dependencies=[]), layer=root[0])
     keys = list(flatten(X.__dask_keys__()))
     wkeys = None if valid is None else list(flatten(valid.__dask_keys__()))
     # a grid of blocks spread over the image: at most 1/8 of them

@@ -129,6 +129,30 @@ def test_range_of_a_dask_array_comes_from_a_few_blocks():
     assert np.all(hi > lo)
 
 
+def test_range_of_a_tiled_file_is_read_a_row_of_tiles_a_task(tmp_path):
+    """The probe's 16 tiles of a tiled TIFF are read by several tasks (the threads read them side by side)
+    and their bounds combined: the per-band min and max of exactly those tiles."""
+    import tifffile
+
+    from bigquant.cluster import grid as grid_module
+    from bigquant.io import read_image
+
+    img = _photo16((1280, 1280))
+    img[1000:1010, 1100:1110] = [0, 1, 65535]  # inside a probed tile (the last row, the last column)
+    tifffile.imwrite(tmp_path / "p.tif", img, tile=(256, 256), photometric="rgb")
+    data = read_image(tmp_path / "p.tif").data
+    graph = dict(grid_module._range_graph(data, None).__dask_graph__())
+    readers = [task for task in graph.values() if getattr(task, "func", None) is grid_module._reader_range
+               or (isinstance(task, tuple) and task[0] is grid_module._reader_range)]
+    assert len(readers) == 4  # a task a row of windows
+    lo, hi = value_range(data)
+    starts = [0, 256, 768, 1024]  # the tiles of the 4 x 4 probe: at rows and columns 0, 426, 852, 1279
+    tiles = np.stack([img[y:y + 256, x:x + 256].reshape(-1, 3) for y in starts for x in starts])
+    np.testing.assert_array_equal(lo, tiles.reshape(-1, 3).min(axis=0))
+    np.testing.assert_array_equal(hi, tiles.reshape(-1, 3).max(axis=0))
+    assert lo[0] == 0 and hi[2] == 65535  # the values planted in a probed tile
+
+
 def test_grid_bits():
     assert grid_bits(np.uint16, 3) == 6
     assert grid_bits(np.uint16, 4) == 5
