@@ -301,6 +301,20 @@ def _range_graph(X: da.Array, valid: da.Array | None) -> Delayed:
     return Delayed(root, HighLevelGraph.from_collections(root[0], layer, dependencies=deps), layer=root[0])
 
 
+def _load_kernels(dtype: np.dtype, n_channels: int) -> bool:
+    """Run the grid pass's block kernels once on one pixel of ``dtype``: loaded from numba's cache."""
+    pixel = np.zeros((1, 1, n_channels), dtype=dtype)
+    _block_grid(pixel, None, np.zeros(n_channels), np.ones(n_channels), 1)
+    return True
+
+
+def _kernels_loaded(dtype: np.dtype, n_channels: int) -> Delayed:
+    """A task that loads the grid pass's kernels for ``dtype`` (:func:`_load_kernels`), lazily."""
+    name = f"{tasks.GRID}-{tokenize(np.dtype(dtype).str, n_channels, 'load')}"
+    layer = {(name, 0): (_load_kernels, np.dtype(dtype), int(n_channels))}
+    return Delayed((name, 0), HighLevelGraph.from_collections(name, layer, dependencies=[]), layer=name)
+
+
 def value_range(X: np.ndarray | da.Array, valid: np.ndarray | da.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-band (low, high) bounds of the grid: exact for numpy, from a few tiles or blocks for dask.
 
@@ -310,7 +324,9 @@ def value_range(X: np.ndarray | da.Array, valid: np.ndarray | da.Array | None = 
     """
     n_channels = X.shape[-1]
     if isinstance(X, da.Array):
-        (bounds,) = dask.compute(_range_graph(X, valid))
+        # beside the probe's reads, a task loads the grid pass's kernels (numba's cache; a process's
+        # first load also sets numba up, ~0.1 s) that the pass's threads would otherwise all wait for
+        bounds, _ = dask.compute(_range_graph(X, valid), _kernels_loaded(X.dtype, n_channels))
     else:
         bounds = _finite_range(X, valid, n_channels)
     lo, hi = bounds[0].copy(), bounds[1].copy()

@@ -153,6 +153,26 @@ def test_range_of_a_tiled_file_is_read_a_row_of_tiles_a_task(tmp_path):
     assert lo[0] == 0 and hi[2] == 65535  # the values planted in a probed tile
 
 
+def test_the_range_probe_loads_the_grid_kernels_beside_its_reads():
+    """A task of the probe's compute runs the grid pass's block kernels on one pixel of the data's type
+    (numba's cache loaded before the pass, whose threads would otherwise all wait for the first load)."""
+    from dask.callbacks import Callback
+
+    from bigquant import kernels, tasks
+
+    ran = []
+
+    class Seen(Callback):
+        def _pretask(self, key, dsk, state):
+            ran.append(key[0] if isinstance(key, tuple) else key)
+
+    img = _data("uint16 RGB").astype(np.uint8)  # a type no other grid test counts: its kernels load here
+    with Seen():
+        value_range(da.from_array(img, chunks=(32, 32, -1)))
+    assert any(str(k).startswith(tasks.GRID + "-") for k in ran), ran
+    assert any("uint8" in str(sig[0]) for sig in kernels.add_grid_cells.signatures)
+
+
 def test_grid_bits():
     assert grid_bits(np.uint16, 3) == 6
     assert grid_bits(np.uint16, 4) == 5
