@@ -303,8 +303,11 @@ def _range_graph(X: da.Array, valid: da.Array | None) -> Delayed:
 
 def _load_kernels(dtype: np.dtype, n_channels: int) -> bool:
     """Run the grid pass's block kernels once on one pixel of ``dtype``: loaded from numba's cache."""
-    pixel = np.zeros((1, 1, n_channels), dtype=dtype)
-    _block_grid(pixel, None, np.zeros(n_channels), np.ones(n_channels), 1)
+    pixel = np.zeros((1, n_channels), dtype=dtype)
+    table, stats = _empty_tables(0, n_channels)  # one cell: the zero pixel's (any number of bands)
+    _count_into(pixel, None, np.zeros(n_channels), np.ones(n_channels), 1, (table, stats))
+    kernels.take_grid_cells(table)
+    _count_distinct(pixel, None)
     return True
 
 
