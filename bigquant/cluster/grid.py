@@ -714,8 +714,13 @@ class LastPass:
         row-major block order, to :meth:`record`.
         """
         self.n_labels = len(palette)
-        return functools.partial(_block_step, cells=self.cells, centers=self.centers,
-                                 palette=np.ascontiguousarray(palette, dtype=np.float64), dtype=np.dtype(label_dtype))
+        palette = np.ascontiguousarray(palette, dtype=np.float64)
+        # both tables built here, once: the writer's threads find them in this process's cache
+        # (else each thread builds both at its first block, all at once)
+        self.cells.tables(self.centers)
+        self.cells.tables(palette)
+        return functools.partial(_block_step, cells=self.cells, centers=self.centers, palette=palette,
+                                 dtype=np.dtype(label_dtype))
 
     def record(self, parts: Sequence[np.ndarray]) -> None:
         """Keep the sums :meth:`block_step` gave each block (row-major block order) for :meth:`settle`."""

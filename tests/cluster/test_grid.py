@@ -173,6 +173,38 @@ def test_the_range_probe_loads_the_grid_kernels_beside_its_reads():
     assert any("uint8" in str(sig[0]) for sig in kernels.add_grid_cells.signatures)
 
 
+def test_the_last_pass_builds_its_cell_tables_before_the_writer_threads(monkeypatch):
+    """LastPass.block_step builds the tables of the centres and of the palette in the calling process:
+    the writer's threads, labelling their blocks at once, find them cached (none builds them again)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bigquant import kernels
+    from bigquant.cluster import cells as cells_module
+    from bigquant.cluster.cells import CellGrid
+    from bigquant.cluster.grid import LastPass
+    from bigquant.cluster.points import DaskPoints
+
+    img = _photo16((64, 64))
+    flat = img.reshape(-1, 3)
+    centers = flat[[0, 700, 2100, 3500]].astype(np.float64) + 0.3
+    palette = np.rint(centers)
+    cells = CellGrid.over(flat.min(axis=0), flat.max(axis=0), len(centers))
+    last = LastPass(DaskPoints(da.from_array(img, chunks=(32, 32, -1))), centers, cells, lambda done: None,
+                    tol=1.0, max_iter=5)
+    step = last.block_step(palette, np.uint8)
+
+    def no_build(*args):
+        raise AssertionError("a cell table built again in a writer thread")
+
+    monkeypatch.setattr(cells_module, "cell_table", no_build)
+    blocks = [img[y:y + 32, x:x + 32] for y in (0, 32) for x in (0, 32)]
+    with ThreadPoolExecutor(4) as pool:
+        labelled = list(pool.map(step, blocks))
+    for block, (labels, _) in zip(blocks, labelled):
+        expected = kernels.assign_labels(block.reshape(-1, 3), palette, np.int32)[0].reshape(32, 32)
+        np.testing.assert_array_equal(labels, expected)
+
+
 def test_grid_bits():
     assert grid_bits(np.uint16, 3) == 6
     assert grid_bits(np.uint16, 4) == 5
