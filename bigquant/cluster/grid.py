@@ -242,7 +242,8 @@ def _finite_range(block: np.ndarray, valid: np.ndarray | None, n_channels: int) 
         X = X[np.isfinite(X).all(axis=1)]
         if X.shape[0] == 0:
             return out
-    out[0], out[1] = X.min(axis=0), X.max(axis=0)
+    bands = np.ascontiguousarray(X.T)  # a band a row: a reduction along the strided axis is ~40x slower
+    out[0], out[1] = bands.min(axis=1), bands.max(axis=1)
     return out
 
 
