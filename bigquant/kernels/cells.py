@@ -365,7 +365,7 @@ def _scan_rows(g, n, centers_t, best_d, best):  # pragma: no cover - jitted
 @numba.njit(**_JIT)
 def _sums_and_labels_small_ints(X, lo, inv_width, bits, table, p_table, centers_t, palette_t, sums, counts, out,
                                 out_counts):  # pragma: no cover - jitted
-    """:func:`_sums_and_labels_rgb` for unsigned RGB integers of at most 16 bits, in loops without unpredictable branches.
+    """:func:`_sums_and_labels_rgb` for unsigned RGB integers of 16 bits or fewer, without unpredictable branches.
 
     A run of :data:`_RUN` rows at a time: their values and cell codes
     (vectorised; the codes clipped to the grid, the rows outside it flagged),
