@@ -216,3 +216,37 @@ def test_sums_and_labels_in_one_read_break_ties_as_the_full_scans():
     np.testing.assert_array_equal(sums, expected[0])
     np.testing.assert_array_equal(counts, expected[1])
     assert inertia == expected[2]
+
+
+def test_threads_missing_the_same_cell_table_wait_for_one_build(monkeypatch):
+    """Threads that all find a table missing (a pass's first blocks at once) build it once, and all get it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    X = _data("uint16", 4000, 3, rng)
+    centers = X[:6].astype(np.float64) + 0.25
+    grid = CellGrid.over(X.min(axis=0), X.max(axis=0), len(centers))
+    built = []
+    start = threading.Barrier(6)
+    real = cells_module.cell_table
+
+    def slow_build(*args):
+        built.append(threading.get_ident())
+        time.sleep(0.2)  # long enough for every thread to miss the cache meanwhile
+        return real(*args)
+
+    monkeypatch.setattr(cells_module, "cell_table", slow_build)
+
+    def labels(_):
+        start.wait()
+        return grid.labels(X, centers)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(labels, range(6)))
+    assert len(built) == 1, f"{len(built)} builds of one table"
+    expected = kernels.assign_labels(X, centers, np.int32)[0]
+    for got in results:
+        np.testing.assert_array_equal(got, expected)
+    assert not cells_module._building  # no lock left behind
