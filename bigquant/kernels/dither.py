@@ -56,6 +56,7 @@ __all__ = [
     "nearest_in_grid",
     "ordered_dither",
     "strength_q",
+    "unskew_labels",
 ]
 
 #: one level of a pixel value is this many error units (errors are 1/16 levels)
@@ -422,7 +423,7 @@ def _rgb_pair(P, py, dx_p, V, has_mask, E, ey, dx_e, L, dx_l, x, x1, steps, sa, 
 
 
 @numba.njit(error_model="numpy", **_JIT)  # no zero test on the divisions of the sums' cube roots
-def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, masked_label,
+def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, out_skew, write_out, masked_label,
              y0, xa, xb, q, col16, offsets, cand, shift, span, keys, index_mask, with_sums, tables,
              sums):  # pragma: no cover - jitted
     n_ch = col16.shape[1]
@@ -477,9 +478,10 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                          a1 + steps, b1, sb, q, span, col16, keys, index_mask, masked_label)
             for i in range(2 if pair else 1):
                 y = y0 + r + i
-                if write_out:
+                if write_out:  # row y of out starts out_skew columns further left than the row above
+                    ox = ox0 - out_skew * (y - oy0)
                     for x in range(xa[r + i], xb[r + i]):
-                        out[y - oy0, x - ox0] = L[i, x - lx0]
+                        out[y - oy0, x - ox] = L[i, x - lx0]
                 if with_sums:  # in raster order, as error_sums adds them
                     sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, i, lx0, xa[r + i],
                                             xb[r + i], colf, okc, lin_lut, True, m1, m2, scratch, sse, de, n)
@@ -498,7 +500,7 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, write_out, ma
                                 q, col16, offsets, cand, shift, span, t)
                 L[0, x - lx0] = lab if valid else masked_label
                 if write_out:
-                    out[y - oy0, x - ox0] = L[0, x - lx0]
+                    out[y - oy0, x - ox0 + out_skew * (y - oy0)] = L[0, x - lx0]
             if with_sums:  # as error_sums adds them (no Delta E but of three channels)
                 sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, 0, lx0, xa[r], xb[r], colf,
                                         okc, lin_lut, False, m1, m2, scratch, sse, de, n)
@@ -528,6 +530,7 @@ def fs_rows(
     grid: tuple[np.ndarray, np.ndarray, int, int],
     masked_label: int = 0,
     sums: np.ndarray | None = None,
+    out_skew: int = 0,
 ) -> None:
     """Diffuse error over rows ``y0 + r``, columns ``[xa[r], xb[r])`` (global coordinates), in raster order.
 
@@ -543,6 +546,9 @@ def fs_rows(
         receives the errors of the rows.
     out : ndarray of shape (ho, wo) or None
         Labels, element [0, 0] at ``out_origin``; None: labels not kept.
+        With ``out_skew`` s, row ``r`` of ``out`` starts ``s r`` columns
+        further left: the label of pixel (y, x) is ``out[y - oy, x - ox + s (y - oy)]``
+        (a slanted tile's labels packed into (h, W), ``s = 1``).
     y0, xa, xb
         The rows and their column ranges (global), visited in this order.
     q : int
@@ -577,10 +583,50 @@ def fs_rows(
     fast = _colour_keys(col16, span)
     keys, index_mask = fast if fast is not None else (np.empty((4, 0)), 0)
     _fs_rows(pixels, origin[0], origin[1], V, has_mask, errors, error_origin[0], error_origin[1],
-             O, out_origin[0], out_origin[1], keep, np.int64(masked_label), int(y0),
+             O, out_origin[0], out_origin[1], np.int64(out_skew), keep, np.int64(masked_label), int(y0),
              np.ascontiguousarray(xa, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.int64),
              np.int64(q), col16, offsets, cand, np.int64(shift), np.int64(span), keys, np.int64(index_mask),
              with_sums, tables, sums)
+
+
+@numba.njit(**_JIT)
+def _unskew(a, b, first, out):  # pragma: no cover - jitted
+    h, w = out.shape
+    width_t = a.shape[1]
+    for r in range(h):
+        c0 = first + r  # the column of tile a that out[r, 0] is
+        n_a = min(w, max(0, width_t - c0))
+        for c in range(n_a):
+            out[r, c] = a[r, c0 + c]
+        for c in range(n_a, w):
+            out[r, c] = b[r, c0 + c - width_t]
+
+
+def unskew_labels(left: np.ndarray, right: np.ndarray | None, first: int, width: int) -> np.ndarray:
+    """A rectangular chunk of labels put together from two slanted tiles' packed labels.
+
+    Parameters
+    ----------
+    left, right : ndarray of shape (h, W)
+        The labels of slanted tiles ``J`` and ``J + 1`` of a band as
+        :func:`fs_rows` packs them with ``out_skew=1``: row ``r`` holds
+        the columns ``J W - r + c``.  ``right`` may be None when no column
+        of the chunk reaches it (the image's last tile).
+    first : int
+        The chunk's first column less ``J W``.
+    width : int
+        The chunk's width.
+
+    Returns
+    -------
+    labels : ndarray of shape (h, width), the tiles' type
+        Row ``r``, column ``c``: column ``first + r + c`` of the two tiles side by side.
+    """
+    a = np.ascontiguousarray(left)
+    b = a if right is None else np.ascontiguousarray(right, dtype=a.dtype)
+    out = np.empty((a.shape[0], width), dtype=a.dtype)
+    _unskew(a, b, np.int64(first), out)
+    return out
 
 
 def floyd_steinberg(

@@ -83,6 +83,7 @@ from bigquant.kernels.dither import (
     fs_rows,
     ordered_dither,
     strength_q,
+    unskew_labels,
 )
 
 __all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels", "label_spool"]
@@ -204,16 +205,17 @@ def _slanted_tile(
     xa = np.clip(j * width_t - r, 0, width)
     xb = np.clip((j + 1) * width_t - r, 0, width)
     xb = np.maximum(xa, xb)
-    out = np.zeros((h, errors.shape[1]), dtype=spool[2]) if spool is not None else None
+    # the labels packed as (h, W), row r from column J W - r on (out_skew): as the spool keeps them
+    out = np.zeros((h, width_t), dtype=spool[2]) if spool is not None else None
     masked_label = 0 if spool is None else spool[1]
     # the quality sums come with the dither (the pixel and its label at hand), not from a pass of their own
     sums = np.zeros(3) if with_sums else None
-    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label,
-            sums=sums)
+    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, j * width_t), y0, xa, xb, q, colours, grid,
+            masked_label, sums=sums, out_skew=1)
     spooled: bool | np.ndarray = False
     if spool is not None:
         assert out is not None
-        spooled = _spool_tile(spool, out, ex0, geometry)
+        spooled = _spool_tile(spool, out, geometry)
     bottom_x = j * width_t - (h - 1)
     bottom = _take(errors, origin, y0 + h - 1, bottom_x, 0, 1, width_t)
     links = [
@@ -264,22 +266,16 @@ def _load_labels(path: str) -> np.ndarray:
     return np.load(io.BytesIO(fs.cat_file(key)))
 
 
-def _spool_tile(spool: tuple[str, int, Any], out: np.ndarray, ex0: int,
+def _spool_tile(spool: tuple[str, int, Any], labels: np.ndarray,
                 geometry: tuple[int, int, int, int, int, int]) -> bool | np.ndarray:
-    """Save the labels of slanted tile (I, J) packed as (h, W): row r holds columns ``J W - r + c``.
+    """Save the labels of slanted tile (I, J), packed as (h, W): row r holds columns ``J W - r + c``.
 
-    ``out`` holds the tile's labels from column ``ex0`` on (masked pixels
-    already carry the spool's masked label).  Returns True, or the packed
-    labels when the directory cannot be written (a full disk): pass 2 then
-    takes them from memory.
+    Masked pixels already carry the spool's masked label.  Returns True, or
+    the labels when the directory cannot be written (a full disk): pass 2
+    then takes them from memory.
     """
-    directory, _, dtype = spool
-    y0, h, j, width_t, _, _ = geometry
-    # packed[r, c] = out[r, J W - r + c - ex0]: a view one element further left each row
-    first = j * width_t - ex0
-    row_step, item = out.strides
-    packed = np.lib.stride_tricks.as_strided(out[:, first:], shape=(h, width_t), strides=(row_step - item, item))
-    labels = packed.astype(dtype)
+    directory = spool[0]
+    y0, _, j = geometry[:3]
     try:
         _save_labels(_spool_file(directory, y0, j), labels)
     except Exception as exc:  # noqa: BLE001 - OS errors, and an object store's of every kind
@@ -326,21 +322,17 @@ def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[
 
     Row ``r`` of the chunk, column ``x``, is column ``x + r - J' W`` of row
     ``r`` of tile ``J' = (x + r) // W`` (see :func:`_spool_tile`): with the two
-    tiles side by side, column ``x - J W + r`` of their row -- a view one
-    element further right each row.
+    tiles side by side, column ``x - J W + r`` of their row
+    (:func:`bigquant.kernels.dither.unskew_labels`, one pass).
     """
-    _, y1, x0, x1 = window
-    h = y1 - y0
-    pair = np.zeros((h, 2 * width_t), dtype=dtype)
+    x0, x1 = window[2:]
+    parts: list[np.ndarray | None] = []
     for side, jj in enumerate((j, j + 1)):
-        if jj < n_tiles:
-            held = tiles[side][2] if side < len(tiles) and tiles[side] is not None else True
-            pair[:, side * width_t:(side + 1) * width_t] = (
-                _load_labels(_spool_file(directory, y0, jj)) if held is True else held)
-    row_step, item = pair.strides
-    skewed = np.lib.stride_tricks.as_strided(pair[:, x0 - j * width_t:], shape=(h, x1 - x0),
-                                             strides=(row_step + item, item))
-    return skewed.copy()
+        held = tiles[side][2] if side < len(tiles) and tiles[side] is not None else True
+        parts.append(None if jj >= n_tiles else
+                     np.asarray(_load_labels(_spool_file(directory, y0, jj))) if held is True else held)
+    assert parts[0] is not None
+    return unskew_labels(parts[0], parts[1], x0 - j * width_t, x1 - x0).astype(dtype, copy=False)
 
 
 #: largest chunk edge the dither works in (its error buffers grow as the square of it)
