@@ -251,8 +251,7 @@ def _ok_distance2(o0, o1, o2, ok_colours, lab):  # pragma: no cover - jitted
 def _sums_scratch():  # pragma: no cover - jitted
     """The scratch :func:`_error_row` takes: OKLab (3, block), squared distances, squared errors, partial sums."""
     return (np.empty((3, _BLOCK), dtype=np.float32), np.empty(_BLOCK, dtype=np.float32), np.empty(_BLOCK),
-            np.empty(2 * _LANES), np.empty((_BLOCK, 3), dtype=np.float32), np.empty((3, _BLOCK)),
-            np.empty((3, _BLOCK)))
+            np.empty(2 * _LANES), np.empty((3, _BLOCK), dtype=np.float32))
 
 
 @numba.njit(inline="always", **_JIT)
@@ -273,23 +272,29 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
     result is the same for every caller).  Masked pixels add zeros
     (whatever their label).
     """
-    ok, dist, sq, lanes, pal, col, pix = scratch
+    ok, dist, sq, lanes, pal = scratch
     n_ch = P.shape[2]
     last = colours.shape[0] - 1  # a masked pixel's label may be past the palette: read within it, add zero
     for c0 in range(xa, xb, _BLOCK):
         c1 = min(c0 + _BLOCK, xb)
         m = c1 - c0
         if with_de:
-            for x in range(c0, c1):  # the lookups of linear sRGB (not vectorised)
+            for x in range(c0, c1):  # the lookups, one loop (not vectorised): linear sRGB, the colour's OKLab
+                i = x - c0
                 v0 = P[py, x - dx_p, 0]
                 v1 = P[py, x - dx_p, 1]
                 v2 = P[py, x - dx_p, 2]
-                pix[0, x - c0] = np.float64(v0)
-                pix[1, x - c0] = np.float64(v1)
-                pix[2, x - c0] = np.float64(v2)
-                ok[0, x - c0] = lin_lut[np.int64(v0)]
-                ok[1, x - c0] = lin_lut[np.int64(v1)]
-                ok[2, x - c0] = lin_lut[np.int64(v2)]
+                lab = min(np.int64(L[ly, x - dx_l]), last)
+                ok[0, i] = lin_lut[np.int64(v0)]
+                ok[1, i] = lin_lut[np.int64(v1)]
+                ok[2, i] = lin_lut[np.int64(v2)]
+                pal[0, i] = ok_colours[lab, 0]
+                pal[1, i] = ok_colours[lab, 1]
+                pal[2, i] = ok_colours[lab, 2]
+                d0 = np.float64(v0) - colours[lab, 0]  # exact: integers in float64
+                d1 = np.float64(v1) - colours[lab, 1]
+                d2 = np.float64(v2) - colours[lab, 2]
+                sq[i] = d0 * d0 + d1 * d1 + d2 * d2
             for i in range(m):  # -> LMS (vectorised)
                 l0, l1, l2 = _lms(ok[0, i], ok[1, i], ok[2, i], m1)
                 ok[0, i] = l0
@@ -298,25 +303,12 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
             for c in range(3):  # the cube roots: a loop of their own, over contiguous values (vectorised)
                 for i in range(m):
                     ok[c, i] = _cbrt(ok[c, i])
-            for i in range(m):  # -> OKLab (vectorised: no lookup)
+            for i in range(m):  # -> OKLab, and the squared distance to the colour (vectorised: no lookup)
                 o0, o1, o2 = _oklab(ok[0, i], ok[1, i], ok[2, i], m2)
-                ok[0, i] = o0
-                ok[1, i] = o1
-                ok[2, i] = o2
-            for x in range(c0, c1):  # the lookups of the pixels' colours (not vectorised)
-                lab = min(np.int64(L[ly, x - dx_l]), last)
-                pal[x - c0, 0] = ok_colours[lab, 0]
-                pal[x - c0, 1] = ok_colours[lab, 1]
-                pal[x - c0, 2] = ok_colours[lab, 2]
-                col[0, x - c0] = colours[lab, 0]
-                col[1, x - c0] = colours[lab, 1]
-                col[2, x - c0] = colours[lab, 2]
-            for i in range(m):  # roots below
-                dist[i] = _ok_distance2(ok[0, i], ok[1, i], ok[2, i], pal, i)
-                d0 = pix[0, i] - col[0, i]
-                d1 = pix[1, i] - col[1, i]
-                d2 = pix[2, i] - col[2, i]
-                sq[i] = d0 * d0 + d1 * d1 + d2 * d2
+                e0 = o0 - pal[0, i]
+                e1 = o1 - pal[1, i]
+                e2 = o2 - pal[2, i]
+                dist[i] = e0 * e0 + e1 * e1 + e2 * e2
         else:
             for x in range(c0, c1):
                 lab = min(np.int64(L[ly, x - dx_l]), last)
