@@ -596,10 +596,10 @@ def _unskew(a, b, first, out):  # pragma: no cover - jitted
     for r in range(h):
         c0 = first + r  # the column of tile a that out[r, 0] is
         n_a = min(w, max(0, width_t - c0))
-        for c in range(n_a):
-            out[r, c] = a[r, c0 + c]
-        for c in range(n_a, w):
-            out[r, c] = b[r, c0 + c - width_t]
+        if n_a > 0:
+            out[r, :n_a] = a[r, c0:c0 + n_a]
+        if n_a < w:
+            out[r, n_a:] = b[r, c0 + n_a - width_t:c0 + w - width_t]
 
 
 def unskew_labels(left: np.ndarray, right: np.ndarray | None, first: int, width: int) -> np.ndarray:
