@@ -262,15 +262,15 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
     ``dx_*`` turn a column into a column of each array; ``scratch`` is
     :func:`_sums_scratch`.  The one definition of the sums' arithmetic:
     :func:`_error_rows` and :func:`bigquant.kernels.dither.fs_rows` both run
-    it.  A block of columns at a time: every pixel's OKLab in float32
-    (``lin_lut``, ``m1``, ``m2`` and ``ok_colours`` are float32), in loops
-    that either look values up or compute (these vectorise: the matrices
-    and the cube roots); its squared distance to its colour, and its squared
-    error over the channels (float64: exact for integer colours); then the
-    distances' roots, all added in :data:`_LANES` interleaved float64
-    partial sums, and those to the row's, in a fixed order (so that the
-    result is the same for every caller).  Masked pixels add zeros
-    (whatever their label).
+    it.  A block of columns at a time: one loop looks up what depends on a
+    lookup (the pixel's linear sRGB, its colour's OKLab, and its squared
+    error over the channels, float64: exact for integer colours), then
+    loops that only compute, and so vectorise: the pixels' OKLab in float32
+    (``lin_lut``, ``m1``, ``m2`` and ``ok_colours`` are float32: the
+    matrices, the cube roots), the squared distances to the colours, their
+    roots; all added in :data:`_LANES` interleaved float64 partial sums,
+    and those to the row's, in a fixed order (so that the result is the
+    same for every caller).  Masked pixels add zeros (whatever their label).
     """
     ok, dist, sq, lanes, pal = scratch
     n_ch = P.shape[2]
@@ -327,16 +327,18 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
                     n += 1
         else:
             n += m
+        for i in range(m):  # the roots, a loop of their own (vectorised)
+            dist[i] = np.sqrt(dist[i])
         lanes[:] = 0.0
         i = 0
         while i + _LANES <= m:
             for j in range(_LANES):
                 lanes[j] += sq[i + j]
-                lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
+                lanes[_LANES + j] += np.float64(dist[i + j])
             i += _LANES
         for j in range(m - i):
             lanes[j] += sq[i + j]
-            lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
+            lanes[_LANES + j] += np.float64(dist[i + j])
         for j in range(_LANES):
             sse += lanes[j]
             de += lanes[_LANES + j]
