@@ -510,8 +510,33 @@ def _window_reader(data: da.Array) -> TiffBlockReader | None:
     return reader
 
 
-def _window(reader: TiffBlockReader, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+def _window(reader: TiffBlockReader, y0: int, y1: int, x0: int, x1: int, j: int, width_t: int) -> np.ndarray:
+    """The pixels of slanted tile ``j`` of the band of rows ``[y0, y1)``, in a window of columns ``[x0, x1)``.
+
+    From a pixel spool only the tiles under the parallelogram (row ``r``:
+    columns ``[j W - r, (j + 1) W - r)``) are read, each tile band of rows
+    for the columns of its own rows (about 3/4 of the window); the window's
+    other pixels are left unset, as the tile reads none of them.  From any
+    other reader, the whole window.
+    """
+    tiles_into = getattr(reader, "tiles_into", None)
+    if tiles_into is not None and reader.segment is not None:
+        width = reader.shape[1]
+        sh = reader.segment[0]
+        out = np.empty((y1 - y0, x1 - x0) + tuple(reader.shape[2:]), dtype=reader.dtype)
+        spans = []
+        for lo, hi in _row_bands(y0, y1, sh):
+            # rows lo .. hi - 1: the columns of row hi - 1's start to row lo's end
+            spans.append((lo, hi, max(0, j * width_t - (hi - 1 - y0)), min(width, (j + 1) * width_t - (lo - y0))))
+        if tiles_into(out, (y0, x0), spans):
+            return out
     return reader[y0:y1, x0:x1]
+
+
+def _row_bands(y0: int, y1: int, step: int) -> list[tuple[int, int]]:
+    """Rows ``[y0, y1)`` cut at the multiples of ``step``."""
+    cuts = [y0, *range((y0 // step + 1) * step, y1, step), y1]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _in_this_process(collections: list[Any]) -> Any:
@@ -563,7 +588,8 @@ def _floyd_steinberg(
             ]
             vname = None if valid is None else valid.name
             if windows is not None:  # one window over both chunks, as the left one (px0 (J - 1) W) or chunk 0
-                window = (_window, windows, y0, y0 + h, max(0, (j - 1) * tile_w), min(width, (j + 1) * tile_w))
+                window = (_window, windows, y0, y0 + h, max(0, (j - 1) * tile_w), min(width, (j + 1) * tile_w), j,
+                          tile_w)
                 pixels = (window, None) if j > 0 else (None, window)
             else:
                 pixels = (block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)))
