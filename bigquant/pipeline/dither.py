@@ -404,12 +404,12 @@ class _Done(_Pass1):
 class _Persisted(_Pass1):
     """A pass persisted on the scheduler (futures on a distributed client: it runs meanwhile)."""
 
-    def __init__(self, persisted: list[Any], token: str):
-        self._persisted, self._token = persisted, token
+    def __init__(self, persisted: list[Any], token: str, scheduler: Any = None):
+        self._persisted, self._token, self._scheduler = persisted, token, scheduler
 
     def result(self) -> np.ndarray | None:
         (outcome,) = dask.compute(dask.delayed(_outcome, pure=True)(
-            list(self._persisted), dask_key_name=f"{tasks.FS_OUTCOME}-{self._token}"))
+            list(self._persisted), dask_key_name=f"{tasks.FS_OUTCOME}-{self._token}"), scheduler=self._scheduler)
         return outcome[0]
 
 
@@ -556,7 +556,9 @@ def _floyd_steinberg(
     if spool is not None and not is_url(str(spool)) and not os.path.isdir(spool):
         logger.info("dither pass 2: the spool %s is not shared by every worker; dithering again", spool)
         spool = None
-    (grid,) = dask.persist(_candidate_grid(colours, _max_value(data.dtype)))
+    # the scheduler named: dask would otherwise import distributed (0.2 s) to look for a client
+    scheduler = current_scheduler([data])
+    (grid,) = dask.persist(_candidate_grid(colours, _max_value(data.dtype)), scheduler=scheduler)
     grid_key = grid.key
     boundaries = tuple(p for c in range(1, n_cols) for p in (c * tile_w - 1, c * tile_w))
     token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q, masked_label,
@@ -629,7 +631,8 @@ def _floyd_steinberg(
             spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=[])
             return da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype), board
         # on a distributed client the pass runs on as futures, and the chunks wait for theirs
-        persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
+        persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False,
+                                 scheduler=scheduler)
         kept_of = dict(zip(kept_keys, persisted))
         for i in range(n_bands):
             for j in range(n_cols):
@@ -637,10 +640,11 @@ def _floyd_steinberg(
                 ldsk[(label_name, i, j)] = (_spooled_chunk, *spooled_args(i, j), *tiles)
         spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=list(persisted))
         return (da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype),
-                _Persisted(list(persisted), token))
-    persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
+                _Persisted(list(persisted), token, scheduler))
+    persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False,
+                             scheduler=scheduler)
     kept_of = dict(zip(kept_keys, persisted))
-    sums = _Persisted(list(persisted), token).result() if with_sums else None
+    sums = _Persisted(list(persisted), token, scheduler).result() if with_sums else None
     for i in range(n_bands):
         for j in range(n_cols):
             edges = []
