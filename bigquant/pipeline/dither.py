@@ -130,26 +130,45 @@ def _max_value(dtype: np.dtype) -> int:
 # --------------------------------------------------------------------------- segments
 
 
+def _line(errors: np.ndarray, origin: tuple[int, int], y: int, x: int, dy: int, dx: int,
+          n: int) -> tuple[int, np.ndarray | None]:
+    """The points ``i`` of a segment inside ``errors`` ([0, 0] at ``origin``): (first i, a view of them) or (0, None).
+
+    Segments are rows, columns and anti-diagonals (``dy`` 0 or 1, ``dx`` -1,
+    0 or 1, not both 0): their points inside the buffer are consecutive,
+    and a strided view of the flattened buffer, so no index arrays are made.
+    """
+    he, we = errors.shape[:2]
+    lo, hi = 0, n
+    for p, d, size in ((y - origin[0], dy, he), (x - origin[1], dx, we)):
+        if d == 0:
+            if not 0 <= p < size:
+                return 0, None
+        elif d == 1:  # p + i in [0, size)
+            lo, hi = max(lo, -p), min(hi, size - p)
+        else:  # p - i in [0, size)
+            lo, hi = max(lo, p - size + 1), min(hi, p + 1)
+    if lo >= hi:
+        return 0, None
+    flat = errors.reshape(he * we, *errors.shape[2:])
+    step = dy * we + dx
+    start = (y - origin[0] + dy * lo) * we + (x - origin[1] + dx * lo)
+    return lo, flat[start: start + step * (hi - lo - 1) + 1: step]
+
+
 def _paste(errors: np.ndarray, origin: tuple[int, int], segments: list[Segment]) -> None:
     """Copy the points of ``segments`` that fall inside ``errors`` (element [0, 0] at ``origin``)."""
-    he, we = errors.shape[:2]
     for y, x, dy, dx, vals in segments:
-        n = len(vals)
-        if not n:
-            continue
-        steps = np.arange(n)
-        ys = y - origin[0] + dy * steps
-        xs = x - origin[1] + dx * steps
-        ok = (ys >= 0) & (ys < he) & (xs >= 0) & (xs < we)
-        if ok.any():
-            errors[ys[ok], xs[ok]] = vals[ok]
+        lo, view = _line(errors, origin, y, x, dy, dx, len(vals))
+        if view is not None:
+            view[...] = vals[lo:lo + len(view)]
 
 
 def _take(errors: np.ndarray, origin: tuple[int, int], y: int, x: int, dy: int, dx: int, n: int) -> Segment:
-    steps = np.arange(n)
-    ys = y - origin[0] + dy * steps
-    xs = x - origin[1] + dx * steps
-    return (y, x, dy, dx, errors[ys, xs].copy())
+    """The segment of ``n`` points from (y, x) in steps (dy, dx), every point inside ``errors``."""
+    lo, view = _line(errors, origin, y, x, dy, dx, n)
+    assert view is not None and lo == 0 and len(view) == n
+    return (y, x, dy, dx, view.copy())
 
 
 # --------------------------------------------------------------------------- pass 1
