@@ -478,10 +478,14 @@ def _fs_rows(P, py0, px0, V, has_mask, E, ey0, ex0, out, oy0, ox0, out_skew, wri
                          a1 + steps, b1, sb, q, span, col16, keys, index_mask, masked_label)
             for i in range(2 if pair else 1):
                 y = y0 + r + i
-                if write_out:  # row y of out starts out_skew columns further left than the row above
-                    ox = ox0 - out_skew * (y - oy0)
-                    for x in range(xa[r + i], xb[r + i]):
-                        out[y - oy0, x - ox] = L[i, x - lx0]
+                a, b = xa[r + i], xb[r + i]
+                if write_out and a < b:  # row y of out starts out_skew columns further left than the row above
+                    # one-dimensional rows, unsigned indices (no negative-index test): the copy vectorises
+                    orow, lrow = out[y - oy0], L[i]
+                    so = np.uint64(a - ox0 + out_skew * (y - oy0))
+                    sl = np.uint64(a - lx0)
+                    for c in range(np.uint64(b - a)):
+                        orow[so + c] = lrow[sl + c]
                 if with_sums:  # in raster order, as error_sums adds them
                     sse, de, n = _error_row(P, y - py0, px0, V, y - py0, px0, has_mask, L, i, lx0, xa[r + i],
                                             xb[r + i], colf, okc, lin_lut, True, m1, m2, scratch, sse, de, n)
