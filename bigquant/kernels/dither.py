@@ -312,6 +312,36 @@ def _rgb_step_keys(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, in
     return _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked), lab
 
 
+@numba.njit(inline="always", **_JIT)
+def _rgb_step_rows(Prow, xp, masked, Eup, Ecur, ex, state, q, span, col16, keys, index_mask,
+                   masked_label):  # pragma: no cover - jitted
+    """:func:`_rgb_step_keys` on one row of pixels and two rows of errors (above, this), at unsigned columns."""
+    l0, l1, l2, ul0, ul1, ul2, u0, u1, u2 = state
+    xr = ex + np.uint64(1)
+    ur0 = np.int64(Eup[xr, 0])
+    ur1 = np.int64(Eup[xr, 1])
+    ur2 = np.int64(Eup[xr, 2])
+    t0 = np.int64(UNITS) * np.int64(Prow[xp, 0]) + (((7 * l0 + ul0 + 5 * u0 + 3 * ur0) * q) >> 12)
+    t1 = np.int64(UNITS) * np.int64(Prow[xp, 1]) + (((7 * l1 + ul1 + 5 * u1 + 3 * ur1) * q) >> 12)
+    t2 = np.int64(UNITS) * np.int64(Prow[xp, 2]) + (((7 * l2 + ul2 + 5 * u2 + 3 * ur2) * q) >> 12)
+    t0 = min(max(t0, np.int64(0)), span)
+    t1 = min(max(t1, np.int64(0)), span)
+    t2 = min(max(t2, np.int64(0)), span)
+    best = np.uint64(_nearest_keys(t0, t1, t2, keys, index_mask))
+    if masked:
+        l0 = np.int64(0)
+        l1 = np.int64(0)
+        l2 = np.int64(0)
+    else:
+        l0 = t0 - col16[best, 0]
+        l1 = t1 - col16[best, 1]
+        l2 = t2 - col16[best, 2]
+    Ecur[ex, 0] = l0
+    Ecur[ex, 1] = l1
+    Ecur[ex, 2] = l2
+    return (l0, l1, l2, u0, u1, u2, ur0, ur1, ur2), (masked_label if masked else np.int64(best))
+
+
 @numba.njit(**_JIT)
 def _rgb_row_grid(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, L, li, dx_l, masked_label, xa, xb, q, col16,
                   offsets, cand, shift, span):  # pragma: no cover - jitted
@@ -410,15 +440,22 @@ def _rgb_pair(P, py, dx_p, V, has_mask, E, ey, dx_e, L, dx_l, x, x1, steps, sa, 
     two chains from overlapping: 41 against 12 ns a pixel).  Returns the
     two rows' states.
     """
-    for i in range(steps):
-        masked = is_masked(V, has_mask, py, x + i - dx_p)
-        sa, lab = _rgb_step_keys(P, py, x + i - dx_p, masked, E, ey, x + i - dx_e, sa, q, span, col16, keys,
-                                 index_mask, masked_label)
-        L[0, x + i - dx_l] = lab
-        masked = is_masked(V, has_mask, py + 1, x1 + i - dx_p)
-        sb, lab = _rgb_step_keys(P, py + 1, x1 + i - dx_p, masked, E, ey + 1, x1 + i - dx_e, sb, q, span, col16,
-                                 keys, index_mask, masked_label)
-        L[1, x1 + i - dx_l] = lab
+    # rows as one-dimensional views and columns as unsigned indices: no negative-index test on any access
+    Pa, Pb = P[py], P[py + 1]
+    E0, E1, E2 = E[ey - 1], E[ey], E[ey + 1]
+    La, Lb = L[0], L[1]
+    pa, pb = np.uint64(x - dx_p), np.uint64(x1 - dx_p)
+    ea, eb = np.uint64(x - dx_e), np.uint64(x1 - dx_e)
+    la, lb = np.uint64(x - dx_l), np.uint64(x1 - dx_l)
+    for i in range(np.uint64(steps)):
+        masked = is_masked(V, has_mask, py, x + np.int64(i) - dx_p)
+        sa, lab = _rgb_step_rows(Pa, pa + i, masked, E0, E1, ea + i, sa, q, span, col16, keys, index_mask,
+                                 masked_label)
+        La[la + i] = lab
+        masked = is_masked(V, has_mask, py + 1, x1 + np.int64(i) - dx_p)
+        sb, lab = _rgb_step_rows(Pb, pb + i, masked, E1, E2, eb + i, sb, q, span, col16, keys, index_mask,
+                                 masked_label)
+        Lb[lb + i] = lab
     return sa, sb
 
 
