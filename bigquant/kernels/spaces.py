@@ -279,15 +279,18 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
         c1 = min(c0 + _BLOCK, xb)
         m = c1 - c0
         if with_de:
-            for x in range(c0, c1):  # the lookups, one loop (not vectorised): linear sRGB, the colour's OKLab
-                i = x - c0
-                v0 = P[py, x - dx_p, 0]
-                v1 = P[py, x - dx_p, 1]
-                v2 = P[py, x - dx_p, 2]
-                lab = min(np.int64(L[ly, x - dx_l]), last)
-                ok[0, i] = lin_lut[np.int64(v0)]
-                ok[1, i] = lin_lut[np.int64(v1)]
-                ok[2, i] = lin_lut[np.int64(v2)]
+            # the lookups, one loop (not vectorised): linear sRGB, the colour's OKLab; rows as
+            # one-dimensional views and unsigned indices (no negative-index test on any access)
+            prow, lrow = P[py], L[ly]
+            sp, sl = np.uint64(c0 - dx_p), np.uint64(c0 - dx_l)
+            for i in range(np.uint64(m)):
+                v0 = prow[sp + i, 0]
+                v1 = prow[sp + i, 1]
+                v2 = prow[sp + i, 2]
+                lab = np.uint64(min(max(np.int64(lrow[sl + i]), 0), last))
+                ok[0, i] = lin_lut[np.uint64(v0)]
+                ok[1, i] = lin_lut[np.uint64(v1)]
+                ok[2, i] = lin_lut[np.uint64(v2)]
                 pal[0, i] = ok_colours[lab, 0]
                 pal[1, i] = ok_colours[lab, 1]
                 pal[2, i] = ok_colours[lab, 2]
