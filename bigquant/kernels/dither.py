@@ -27,7 +27,10 @@ Three-channel images (most of them) run the step written out channel by channel
 with the pulled errors carried in registers (:func:`_rgb_step_keys`), two rows
 side by side, the lower two columns behind the upper: a pixel's step is a
 chain of dependent operations (pull, target, nearest colour, error, next
-pixel), and two independent chains keep the processor busy.  The others run a
+pixel), and two independent chains keep the processor busy.  The pairs step
+through one-dimensional row views at unsigned columns (:func:`_rgb_step_rows`): numba
+tests every signed index for a negative value, and those tests were a sixth of the
+step's operations.  The others run a
 loop over the channels, a pixel after the other.  The tests hold every path to
 the rule above (``tests/kernels/test_dither.py``).
 
