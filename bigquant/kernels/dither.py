@@ -24,13 +24,12 @@ The reference, stated once (every implementation follows it):
   and ``e = 0`` (it neither receives nor passes error).
 
 Three-channel images (most of them) run the step written out channel by channel
-with the pulled errors carried in registers (:func:`_rgb_step_keys`), two rows
+with the pulled errors carried in registers (:func:`_rgb_step_rows`), two rows
 side by side, the lower two columns behind the upper: a pixel's step is a
 chain of dependent operations (pull, target, nearest colour, error, next
-pixel), and two independent chains keep the processor busy.  The pairs step
-through one-dimensional row views at unsigned columns (:func:`_rgb_step_rows`): numba
-tests every signed index for a negative value, and those tests were a sixth of the
-step's operations.  The others run a
+pixel), and two independent chains keep the processor busy.  The step reads
+one-dimensional row views at unsigned columns: numba tests every signed index
+for a negative value, and those tests were a sixth of the step's operations.  The others run a
 loop over the channels, a pixel after the other.  The tests hold every path to
 the rule above (``tests/kernels/test_dither.py``).
 
@@ -267,58 +266,17 @@ def _rgb_enter(E, ey, ex):  # pragma: no cover - jitted
 
 
 @numba.njit(inline="always", **_JIT)
-def _rgb_target(P, py, xp, E, ey, ex, state, q, span):  # pragma: no cover - jitted
-    """A pixel's clamped target (three channels) and the errors of its up-right neighbour."""
-    l0, l1, l2, ul0, ul1, ul2, u0, u1, u2 = state
-    ur0 = np.int64(E[ey - 1, ex + 1, 0])
-    ur1 = np.int64(E[ey - 1, ex + 1, 1])
-    ur2 = np.int64(E[ey - 1, ex + 1, 2])
-    t0 = np.int64(UNITS) * np.int64(P[py, xp, 0]) + (((7 * l0 + ul0 + 5 * u0 + 3 * ur0) * q) >> 12)
-    t1 = np.int64(UNITS) * np.int64(P[py, xp, 1]) + (((7 * l1 + ul1 + 5 * u1 + 3 * ur1) * q) >> 12)
-    t2 = np.int64(UNITS) * np.int64(P[py, xp, 2]) + (((7 * l2 + ul2 + 5 * u2 + 3 * ur2) * q) >> 12)
-    t0 = min(max(t0, np.int64(0)), span)
-    t1 = min(max(t1, np.int64(0)), span)
-    t2 = min(max(t2, np.int64(0)), span)
-    return t0, t1, t2, ur0, ur1, ur2
-
-
-@numba.njit(inline="always", **_JIT)
-def _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked):  # pragma: no cover - jitted
-    """Store a pixel's error (nothing passed on if masked); returns the state for the next column."""
-    if masked:
-        l0 = np.int64(0)
-        l1 = np.int64(0)
-        l2 = np.int64(0)
-    else:
-        l0 = t0 - col16[best, 0]
-        l1 = t1 - col16[best, 1]
-        l2 = t2 - col16[best, 2]
-    E[ey, ex, 0] = l0
-    E[ey, ex, 1] = l1
-    E[ey, ex, 2] = l2
-    return (l0, l1, l2, state[6], state[7], state[8], ur0, ur1, ur2)
-
-
-@numba.njit(inline="always", **_JIT)
-def _rgb_step_keys(P, py, xp, masked, E, ey, ex, state, q, span, col16, keys, index_mask,
+def _rgb_step_rows(Prow, xp, masked, Eup, Ecur, ex, state, q, span, col16, keys, index_mask,
                    masked_label):  # pragma: no cover - jitted
     """:func:`_fs_pixel` written out for three channels, the nearest colour by :func:`_nearest_keys`.
 
-    ``state`` holds the errors of the pixel's left, up-left and up
-    neighbours (read as the row advances: the row above once per pixel, the
-    left neighbour not at all); returns the state for the next column and
-    the label.
+    ``Prow`` is the pixel's row of pixels, ``Eup`` and ``Ecur`` the rows of
+    errors above it and its own, ``xp`` and ``ex`` its columns in them
+    (unsigned: no test for a negative index).  ``state`` holds the errors of
+    the pixel's left, up-left and up neighbours (read as the row advances:
+    the row above once per pixel, the left neighbour not at all); returns the
+    state for the next column and the label.
     """
-    t0, t1, t2, ur0, ur1, ur2 = _rgb_target(P, py, xp, E, ey, ex, state, q, span)
-    best = _nearest_keys(t0, t1, t2, keys, index_mask)
-    lab = masked_label if masked else best
-    return _rgb_store(E, ey, ex, state, t0, t1, t2, ur0, ur1, ur2, col16, best, masked), lab
-
-
-@numba.njit(inline="always", **_JIT)
-def _rgb_step_rows(Prow, xp, masked, Eup, Ecur, ex, state, q, span, col16, keys, index_mask,
-                   masked_label):  # pragma: no cover - jitted
-    """:func:`_rgb_step_keys` on one row of pixels and two rows of errors (above, this), at unsigned columns."""
     l0, l1, l2, ul0, ul1, ul2, u0, u1, u2 = state
     xr = ex + np.uint64(1)
     ur0 = np.int64(Eup[xr, 0])
@@ -425,11 +383,12 @@ def _rgb_run(P, py, dx_p, V, vy, dx_v, has_mask, E, ey, dx_e, L, li, dx_l, xa, x
     ``L[li, x - dx_l]``.  The stretches a row runs alone (the start of the
     upper row of a pair, the ends, a row without a partner).
     """
+    Prow, Eup, Ecur, Lrow = P[py], E[ey - 1], E[ey], L[li]
     for x in range(xa, xb):
         masked = has_mask and not V[vy, x - dx_v]
-        state, lab = _rgb_step_keys(P, py, x - dx_p, masked, E, ey, x - dx_e, state, q, span, col16, keys,
-                                    index_mask, masked_label)
-        L[li, x - dx_l] = lab
+        state, lab = _rgb_step_rows(Prow, np.uint64(x - dx_p), masked, Eup, Ecur, np.uint64(x - dx_e), state, q,
+                                    span, col16, keys, index_mask, masked_label)
+        Lrow[np.uint64(x - dx_l)] = lab
     return state
 
 
