@@ -40,6 +40,8 @@ _CACHED = 4
 
 _cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 _lock = threading.Lock()
+#: a lock per table being built: threads missing the same table wait for one build, not each make their own
+_building: dict[str, threading.Lock] = {}
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,12 +96,22 @@ class CellGrid:
             if hit is not None:
                 _cache.move_to_end(key)
                 return hit
-        table, offsets, cand = cell_table(self.lo, self.width, self.bits, centers)
-        built = (table, offsets, cand, np.ascontiguousarray(centers.T))
-        with _lock:
-            _cache[key] = built
-            while len(_cache) > _CACHED:
-                _cache.popitem(last=False)
+            building = _building.setdefault(key, threading.Lock())
+        with building:  # one build a table: the threads that missed it too wait for it here
+            with _lock:
+                hit = _cache.get(key)
+                if hit is not None:
+                    return hit
+            try:
+                table, offsets, cand = cell_table(self.lo, self.width, self.bits, centers)
+                built = (table, offsets, cand, np.ascontiguousarray(centers.T))
+                with _lock:
+                    _cache[key] = built
+                    while len(_cache) > _CACHED:
+                        _cache.popitem(last=False)
+            finally:
+                with _lock:
+                    _building.pop(key, None)
         return built
 
     def certain_fraction(self, centers: np.ndarray) -> float:

@@ -23,6 +23,7 @@ import dask.array as da
 import numpy as np
 
 from bigquant.errors import ImageWriteError, InvalidInputError, InvalidParameterError
+from bigquant.kernels.nbits import count_indices
 
 __all__ = [
     "BlockEncoder", "Codec", "LABEL_COUNTS", "LABELLER_SUMS", "LabelLookup", "DITHERED_DEFLATE_LEVEL", "PALETTE_DEFLATE_LEVEL", "TileRegion",
@@ -397,7 +398,7 @@ class BlockEncoder:
                 pixels, win = window(y, h, x, w)
                 lookup_window(pixels, win, lk.bits, lut, lk.sentinel, centers_t, labels)
                 if counts is not None:
-                    counts += np.bincount(labels[:h, :w].ravel(), minlength=self.n_labels)
+                    counts += count_indices(labels[:h, :w], self.n_labels)
                 for s, sub in sub_labels.items():  # steps divide the tile: y, x are multiples
                     part = labels[:h:s, :w:s]
                     sub[y // s : y // s + part.shape[0], x // s : x // s + part.shape[1]] = part
@@ -427,7 +428,7 @@ class BlockEncoder:
         pix = self.pixels(block)
         subs: dict[Any, np.ndarray] = {s: np.ascontiguousarray(pix[::s, ::s]) for s in self.steps}
         if self.count_labels and self.kind != "image":  # labels checked by pixels(): within n_labels
-            subs[LABEL_COUNTS] = np.bincount(block.ravel(), minlength=self.n_labels).astype(np.int64)
+            subs[LABEL_COUNTS] = count_indices(block, self.n_labels)
         if measured is not None:
             subs[LABELLER_SUMS] = np.asarray(measured, dtype=np.float64)
         return self.tiles(pix), subs

@@ -264,6 +264,57 @@ class SpooledReader(TiffBlockReader):
         finally:
             fh.close()
 
+    def tiles_into(self, out: np.ndarray, origin: tuple[int, int],
+                   windows: list[tuple[int, int, int, int]]) -> bool:
+        """Copy every tile under ``windows`` (image rows and columns ``(y0, y1, x0, x1)``) into ``out``.
+
+        ``out`` (rows, cols, samples), C-contiguous in the spool's type, holds
+        the image from pixel ``origin``; each tile is copied once, whole,
+        from a memory map of the spool (one copy: no read into a buffer
+        first), and the rest of ``out`` is left as it is -- so a pass that
+        needs an irregular region (a slanted tile's parallelogram) reads
+        only the tiles under it.  Returns False, having copied nothing,
+        when a tile is not inside ``out`` (the caller then reads another way).
+        """
+        spool = self.spool
+        assert spool is not None
+        sh, sw = spool.segment
+        nx, tile_bytes = spool.grid[1], spool.tile_bytes
+        spp = math.prod(spool.shape[2:])
+        oy, ox = origin
+        if (out.dtype != spool.dtype or not out.flags.c_contiguous or out.ndim != 3
+                or out.shape[2] != spp):
+            return False
+        tiles: dict[tuple[int, int], None] = {}
+        for y0, y1, x0, x1 in windows:
+            if y1 > y0 and x1 > x0:
+                for ty in range(y0 // sh, (y1 - 1) // sh + 1):
+                    for tx in range(x0 // sw, (x1 - 1) // sw + 1):
+                        rows, cols = spool.extent(ty, tx)
+                        if (ty * sh < oy or tx * sw < ox or ty * sh + rows > oy + out.shape[0]
+                                or tx * sw + cols > ox + out.shape[1]):
+                            return False
+                        tiles[ty, tx] = None
+        if not tiles:
+            return True
+        try:
+            flat = np.memmap(spool.data, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as exc:
+            raise ImageReadError(f"{spool.data}: the pixel spool cannot be read: {exc}") from exc
+        try:
+            for ty, tx in tiles:
+                rows, cols = spool.extent(ty, tx)
+                start = (ty * nx + tx) * tile_bytes
+                size = rows * cols * spp * spool.dtype.itemsize
+                if start + size > flat.size:
+                    raise ImageReadError(f"{spool.data}: the pixel spool is truncated at tile {ty * nx + tx}")
+                tile = flat[start:start + size].view(spool.dtype).reshape(rows, cols, spp)
+                top, left = ty * sh - oy, tx * sw - ox
+                out[top:top + rows, left:left + cols] = tile
+        finally:
+            del flat
+        return True
+
 
 def spoolable(data: da.Array) -> TiffBlockReader | None:
     """The reader of ``data`` if a spool would save decoding it again, else None.

@@ -331,6 +331,146 @@ def _sums_and_labels_rgb(X, lo, inv_width, bits, table, offsets, cand, centers_t
     return inertia
 
 
+#: rows :func:`_sums_and_labels_small_ints` takes at a time (its scratch stays in the first-level cache)
+_RUN = 256
+#: interleaved partial sums per centre of :func:`_sums_and_labels_small_ints` (independent chains of adds)
+_SUM_LANES = 4
+#: rows between two flushes of :func:`_sums_and_labels_small_ints`' packed sums (``(2**16 - 1) * 2**15 < 2**32``)
+_FLUSH_ROWS = 1 << 15
+
+
+@numba.njit(inline="always", **_JIT)
+def _scan_rows(g, n, centers_t, best_d, best):  # pragma: no cover - jitted
+    """Nearest of all centres for the RGB values ``g[:, :n]`` (float64), as :func:`_nearest`: vectorised over the rows.
+
+    The distances are :func:`_scan_candidates`' expression and the ties go to
+    the lowest index (a strictly smaller distance replaces), so the labels are
+    the full scan's and the candidates' scan's (no centre but a candidate can
+    be nearest or tie).
+    """
+    for t in range(n):
+        a, b, c = g[0, t] - centers_t[0, 0], g[1, t] - centers_t[1, 0], g[2, t] - centers_t[2, 0]
+        best_d[t] = a * a + b * b + c * c
+        best[t] = 0
+    for j in range(1, centers_t.shape[1]):
+        m0, m1, m2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
+        for t in range(n):
+            a, b, c = g[0, t] - m0, g[1, t] - m1, g[2, t] - m2
+            d = a * a + b * b + c * c
+            closer = d < best_d[t]
+            best_d[t] = d if closer else best_d[t]
+            best[t] = j if closer else best[t]
+
+
+@numba.njit(**_JIT)
+def _sums_and_labels_small_ints(X, lo, inv_width, bits, table, p_table, centers_t, palette_t, sums, counts, out,
+                                out_counts):  # pragma: no cover - jitted
+    """:func:`_sums_and_labels_rgb` for unsigned RGB integers of 16 bits or fewer, without unpredictable branches.
+
+    A run of :data:`_RUN` rows at a time: their values and cell codes
+    (vectorised; the codes clipped to the grid, the rows outside it flagged),
+    the two table lookups, then the rows whose cell is not certain for either
+    set of centres (or outside the grid) gathered and scanned against every
+    centre, the rows vectorised (:func:`_scan_rows`: the same labels as the
+    candidates' scans, without a branch a row); the squared distances to the
+    nearest centres (the one expression, so bit for bit) and the inertia
+    added in row order; last the sums and counts, as integers: the three
+    values and a one packed in two int64 (32 bits each), added in
+    :data:`_SUM_LANES` interleaved partial sums (no chain of adds through
+    memory), flushed to int64 totals every :data:`_FLUSH_ROWS` rows.  Sums of
+    integers are exact in any order: the float64 sums of the row-by-row scan.
+    """
+    n = X.shape[0]
+    k = centers_t.shape[1]
+    side = np.float64(1 << bits)
+    top = side - 1.0
+    l0, l1, l2 = lo[0], lo[1], lo[2]
+    s0, s1, s2 = inv_width[0], inv_width[1], inv_width[2]
+    f = np.empty((3, _RUN))
+    code = np.empty(_RUN, dtype=np.int64)
+    outside = np.empty(_RUN, dtype=np.bool_)
+    near = np.empty(_RUN, dtype=np.int64)
+    lab = np.empty(_RUN, dtype=np.int64)
+    d = np.empty(_RUN)
+    rows = np.empty(_RUN, dtype=np.int64)
+    g = np.empty((3, _RUN))
+    best_d = np.empty(_RUN)
+    best = np.empty(_RUN, dtype=np.int64)
+    packed = np.zeros((_SUM_LANES, k, 2), dtype=np.int64)
+    total = np.zeros((k, 4), dtype=np.int64)
+    lane_labels = np.zeros((_SUM_LANES, out_counts.shape[0]), dtype=np.int64)
+    low32 = np.int64(0xFFFFFFFF)
+    one = np.int64(1) << 32
+    inertia = 0.0
+    since = 0
+    for start in range(0, n, _RUN):
+        m = min(_RUN, n - start)
+        for i in range(m):  # values (vectorised)
+            f[0, i] = np.float64(X[start + i, 0])
+            f[1, i] = np.float64(X[start + i, 1])
+            f[2, i] = np.float64(X[start + i, 2])
+        for i in range(m):  # cell codes, clipped to the grid; the rows outside it flagged (vectorised)
+            u0, u1, u2 = (f[0, i] - l0) * s0, (f[1, i] - l1) * s1, (f[2, i] - l2) * s2
+            q0 = np.int64(min(max(u0, 0.0), top))
+            q1 = np.int64(min(max(u1, 0.0), top))
+            q2 = np.int64(min(max(u2, 0.0), top))
+            code[i] = (((q0 << bits) | q1) << bits) | q2
+            outside[i] = (u0 < 0.0) | (u0 >= side) | (u1 < 0.0) | (u1 >= side) | (u2 < 0.0) | (u2 >= side)
+        n_scan = 0
+        for i in range(m):  # the certain cells' labels; the other rows listed
+            c = code[i]
+            a, b = np.int64(table[c]), np.int64(p_table[c])
+            near[i] = -1 if outside[i] else a
+            lab[i] = -1 if outside[i] else b
+            rows[n_scan] = i
+            n_scan += 1 if (near[i] < 0) | (lab[i] < 0) else 0
+        if n_scan:
+            for t in range(n_scan):
+                i = rows[t]
+                g[0, t] = f[0, i]
+                g[1, t] = f[1, i]
+                g[2, t] = f[2, i]
+            _scan_rows(g, n_scan, centers_t, best_d, best)
+            for t in range(n_scan):
+                near[rows[t]] = best[t]
+            _scan_rows(g, n_scan, palette_t, best_d, best)
+            for t in range(n_scan):
+                lab[rows[t]] = best[t]
+        for i in range(m):  # squared distances to the nearest centres (vectorised)
+            j = near[i]
+            a, b, c = f[0, i] - centers_t[0, j], f[1, i] - centers_t[1, j], f[2, i] - centers_t[2, j]
+            d[i] = a * a + b * b + c * c
+        for i in range(m):
+            out[start + i] = lab[i]
+            inertia += d[i]  # in row order: the inertia of a row-by-row scan
+        for i in range(m):
+            r = i & (_SUM_LANES - 1)
+            j = near[i]
+            packed[r, j, 0] += np.int64(X[start + i, 0]) | (np.int64(X[start + i, 1]) << 32)
+            packed[r, j, 1] += np.int64(X[start + i, 2]) | one
+            lane_labels[r, lab[i]] += 1
+        since += m
+        if since >= _FLUSH_ROWS or start + m == n:
+            for r in range(_SUM_LANES):
+                for j in range(k):
+                    v, w = packed[r, j, 0], packed[r, j, 1]
+                    total[j, 0] += v & low32
+                    total[j, 1] += v >> 32
+                    total[j, 2] += w & low32
+                    total[j, 3] += w >> 32
+                    packed[r, j, 0] = 0
+                    packed[r, j, 1] = 0
+            since = 0
+    for j in range(k):
+        counts[j] += np.float64(total[j, 3])
+        for c in range(3):
+            sums[j, c] += np.float64(total[j, c])
+    for r in range(_SUM_LANES):
+        for j in range(out_counts.shape[0]):
+            out_counts[j] += lane_labels[r, j]
+    return inertia
+
+
 @numba.njit(**_JIT)
 def _cell_sums_and_labels(X, lo, inv_width, bits, table, offsets, cand, centers_t, p_table, p_offsets, p_cand,
                           palette_t, sums, counts, out, out_counts):  # pragma: no cover
@@ -367,5 +507,8 @@ def cell_sums_and_labels(X, lo, inv_width, bits, tables, palette_tables, sums, c
     """
     table, offsets, cand, centers_t = tables
     p_table, p_offsets, p_cand, palette_t = palette_tables
+    if X.ndim == 2 and X.shape[1] == 3 and X.dtype.kind == "u" and X.dtype.itemsize <= 2:
+        return _sums_and_labels_small_ints(X, lo, inv_width, np.int64(bits), table, p_table, centers_t, palette_t,
+                                           sums, counts, out, out_counts)
     return _cell_sums_and_labels(X, lo, inv_width, np.int64(bits), table, offsets, cand, centers_t, p_table,
                                  p_offsets, p_cand, palette_t, sums, counts, out, out_counts)

@@ -251,8 +251,7 @@ def _ok_distance2(o0, o1, o2, ok_colours, lab):  # pragma: no cover - jitted
 def _sums_scratch():  # pragma: no cover - jitted
     """The scratch :func:`_error_row` takes: OKLab (3, block), squared distances, squared errors, partial sums."""
     return (np.empty((3, _BLOCK), dtype=np.float32), np.empty(_BLOCK, dtype=np.float32), np.empty(_BLOCK),
-            np.empty(2 * _LANES), np.empty((_BLOCK, 3), dtype=np.float32), np.empty((3, _BLOCK)),
-            np.empty((3, _BLOCK)))
+            np.empty(2 * _LANES), np.empty((3, _BLOCK), dtype=np.float32))
 
 
 @numba.njit(inline="always", **_JIT)
@@ -263,33 +262,42 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
     ``dx_*`` turn a column into a column of each array; ``scratch`` is
     :func:`_sums_scratch`.  The one definition of the sums' arithmetic:
     :func:`_error_rows` and :func:`bigquant.kernels.dither.fs_rows` both run
-    it.  A block of columns at a time: every pixel's OKLab in float32
-    (``lin_lut``, ``m1``, ``m2`` and ``ok_colours`` are float32), in loops
-    that either look values up or compute (these vectorise: the matrices
-    and the cube roots); its squared distance to its colour, and its squared
-    error over the channels (float64: exact for integer colours); then the
-    distances' roots, all added in :data:`_LANES` interleaved float64
-    partial sums, and those to the row's, in a fixed order (so that the
-    result is the same for every caller).  Masked pixels add zeros
-    (whatever their label).
+    it.  A block of columns at a time: one loop looks up what depends on a
+    lookup (the pixel's linear sRGB, its colour's OKLab, and its squared
+    error over the channels, float64: exact for integer colours), then
+    loops that only compute, and so vectorise: the pixels' OKLab in float32
+    (``lin_lut``, ``m1``, ``m2`` and ``ok_colours`` are float32: the
+    matrices, the cube roots), the squared distances to the colours, their
+    roots; all added in :data:`_LANES` interleaved float64 partial sums,
+    and those to the row's, in a fixed order (so that the result is the
+    same for every caller).  Masked pixels add zeros (whatever their label).
     """
-    ok, dist, sq, lanes, pal, col, pix = scratch
+    ok, dist, sq, lanes, pal = scratch
     n_ch = P.shape[2]
     last = colours.shape[0] - 1  # a masked pixel's label may be past the palette: read within it, add zero
     for c0 in range(xa, xb, _BLOCK):
         c1 = min(c0 + _BLOCK, xb)
         m = c1 - c0
         if with_de:
-            for x in range(c0, c1):  # the lookups of linear sRGB (not vectorised)
-                v0 = P[py, x - dx_p, 0]
-                v1 = P[py, x - dx_p, 1]
-                v2 = P[py, x - dx_p, 2]
-                pix[0, x - c0] = np.float64(v0)
-                pix[1, x - c0] = np.float64(v1)
-                pix[2, x - c0] = np.float64(v2)
-                ok[0, x - c0] = lin_lut[np.int64(v0)]
-                ok[1, x - c0] = lin_lut[np.int64(v1)]
-                ok[2, x - c0] = lin_lut[np.int64(v2)]
+            # the lookups, one loop (not vectorised): linear sRGB, the colour's OKLab; rows as
+            # one-dimensional views and unsigned indices (no negative-index test on any access)
+            prow, lrow = P[py], L[ly]
+            sp, sl = np.uint64(c0 - dx_p), np.uint64(c0 - dx_l)
+            for i in range(np.uint64(m)):
+                v0 = prow[sp + i, 0]
+                v1 = prow[sp + i, 1]
+                v2 = prow[sp + i, 2]
+                lab = np.uint64(min(max(np.int64(lrow[sl + i]), 0), last))
+                ok[0, i] = lin_lut[np.uint64(v0)]
+                ok[1, i] = lin_lut[np.uint64(v1)]
+                ok[2, i] = lin_lut[np.uint64(v2)]
+                pal[0, i] = ok_colours[lab, 0]
+                pal[1, i] = ok_colours[lab, 1]
+                pal[2, i] = ok_colours[lab, 2]
+                d0 = np.float64(v0) - colours[lab, 0]  # exact: integers in float64
+                d1 = np.float64(v1) - colours[lab, 1]
+                d2 = np.float64(v2) - colours[lab, 2]
+                sq[i] = d0 * d0 + d1 * d1 + d2 * d2
             for i in range(m):  # -> LMS (vectorised)
                 l0, l1, l2 = _lms(ok[0, i], ok[1, i], ok[2, i], m1)
                 ok[0, i] = l0
@@ -298,25 +306,12 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
             for c in range(3):  # the cube roots: a loop of their own, over contiguous values (vectorised)
                 for i in range(m):
                     ok[c, i] = _cbrt(ok[c, i])
-            for i in range(m):  # -> OKLab (vectorised: no lookup)
+            for i in range(m):  # -> OKLab, and the squared distance to the colour (vectorised: no lookup)
                 o0, o1, o2 = _oklab(ok[0, i], ok[1, i], ok[2, i], m2)
-                ok[0, i] = o0
-                ok[1, i] = o1
-                ok[2, i] = o2
-            for x in range(c0, c1):  # the lookups of the pixels' colours (not vectorised)
-                lab = min(np.int64(L[ly, x - dx_l]), last)
-                pal[x - c0, 0] = ok_colours[lab, 0]
-                pal[x - c0, 1] = ok_colours[lab, 1]
-                pal[x - c0, 2] = ok_colours[lab, 2]
-                col[0, x - c0] = colours[lab, 0]
-                col[1, x - c0] = colours[lab, 1]
-                col[2, x - c0] = colours[lab, 2]
-            for i in range(m):  # roots below
-                dist[i] = _ok_distance2(ok[0, i], ok[1, i], ok[2, i], pal, i)
-                d0 = pix[0, i] - col[0, i]
-                d1 = pix[1, i] - col[1, i]
-                d2 = pix[2, i] - col[2, i]
-                sq[i] = d0 * d0 + d1 * d1 + d2 * d2
+                e0 = o0 - pal[0, i]
+                e1 = o1 - pal[1, i]
+                e2 = o2 - pal[2, i]
+                dist[i] = e0 * e0 + e1 * e1 + e2 * e2
         else:
             for x in range(c0, c1):
                 lab = min(np.int64(L[ly, x - dx_l]), last)
@@ -335,16 +330,18 @@ def _error_row(P, py, dx_p, V, vy, dx_v, has_mask, L, ly, dx_l, xa, xb, colours,
                     n += 1
         else:
             n += m
+        for i in range(m):  # the roots, a loop of their own (vectorised)
+            dist[i] = np.sqrt(dist[i])
         lanes[:] = 0.0
         i = 0
         while i + _LANES <= m:
             for j in range(_LANES):
                 lanes[j] += sq[i + j]
-                lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
+                lanes[_LANES + j] += np.float64(dist[i + j])
             i += _LANES
         for j in range(m - i):
             lanes[j] += sq[i + j]
-            lanes[_LANES + j] += np.float64(np.sqrt(dist[i + j]))
+            lanes[_LANES + j] += np.float64(dist[i + j])
         for j in range(_LANES):
             sse += lanes[j]
             de += lanes[_LANES + j]

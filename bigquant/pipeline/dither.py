@@ -83,6 +83,7 @@ from bigquant.kernels.dither import (
     fs_rows,
     ordered_dither,
     strength_q,
+    unskew_labels,
 )
 
 __all__ = ["DITHER_CHUNK", "DITHERS", "blue_noise_mask", "check_dither", "dither_labels", "label_spool"]
@@ -129,29 +130,71 @@ def _max_value(dtype: np.dtype) -> int:
 # --------------------------------------------------------------------------- segments
 
 
+def _line(errors: np.ndarray, origin: tuple[int, int], y: int, x: int, dy: int, dx: int,
+          n: int) -> tuple[int, np.ndarray | None]:
+    """The points ``i`` of a segment inside ``errors`` ([0, 0] at ``origin``): (first i, a view of them) or (0, None).
+
+    Segments are rows, columns and anti-diagonals (``dy`` 0 or 1, ``dx`` -1,
+    0 or 1, not both 0): their points inside the buffer are consecutive,
+    and a strided view of the flattened buffer, so no index arrays are made.
+    """
+    he, we = errors.shape[:2]
+    lo, hi = 0, n
+    for p, d, size in ((y - origin[0], dy, he), (x - origin[1], dx, we)):
+        if d == 0:
+            if not 0 <= p < size:
+                return 0, None
+        elif d == 1:  # p + i in [0, size)
+            lo, hi = max(lo, -p), min(hi, size - p)
+        else:  # p - i in [0, size)
+            lo, hi = max(lo, p - size + 1), min(hi, p + 1)
+    if lo >= hi:
+        return 0, None
+    flat = errors.reshape(he * we, *errors.shape[2:])
+    step = dy * we + dx
+    start = (y - origin[0] + dy * lo) * we + (x - origin[1] + dx * lo)
+    return lo, flat[start: start + step * (hi - lo - 1) + 1: step]
+
+
 def _paste(errors: np.ndarray, origin: tuple[int, int], segments: list[Segment]) -> None:
     """Copy the points of ``segments`` that fall inside ``errors`` (element [0, 0] at ``origin``)."""
-    he, we = errors.shape[:2]
     for y, x, dy, dx, vals in segments:
-        n = len(vals)
-        if not n:
-            continue
-        steps = np.arange(n)
-        ys = y - origin[0] + dy * steps
-        xs = x - origin[1] + dx * steps
-        ok = (ys >= 0) & (ys < he) & (xs >= 0) & (xs < we)
-        if ok.any():
-            errors[ys[ok], xs[ok]] = vals[ok]
+        lo, view = _line(errors, origin, y, x, dy, dx, len(vals))
+        if view is not None:
+            view[...] = vals[lo:lo + len(view)]
 
 
 def _take(errors: np.ndarray, origin: tuple[int, int], y: int, x: int, dy: int, dx: int, n: int) -> Segment:
-    steps = np.arange(n)
-    ys = y - origin[0] + dy * steps
-    xs = x - origin[1] + dx * steps
-    return (y, x, dy, dx, errors[ys, xs].copy())
+    """The segment of ``n`` points from (y, x) in steps (dy, dx), every point inside ``errors``."""
+    lo, view = _line(errors, origin, y, x, dy, dx, n)
+    assert view is not None and lo == 0 and len(view) == n
+    return (y, x, dy, dx, view.copy())
 
 
 # --------------------------------------------------------------------------- pass 1
+
+
+def _error_buffer(shape: tuple[int, int, int], dtype: np.dtype, first: np.ndarray, past: int) -> np.ndarray:
+    """A slanted tile's error buffer, zero wherever it is read before it is written -- and only there.
+
+    Zeroing the whole buffer (about 12 MB for a 1024-px 8-bit RGB tile)
+    cost more than any other step around the kernel.  Row ``r + 1`` holds
+    tile row ``r``, whose pixels are buffer columns ``first[r]`` on; the
+    kernel and the edges taken afterwards read, besides what the tile
+    writes, row 0 (the band above's last row), the two columns left of
+    each row (the left tile's last two, or outside the image) and the
+    column ``past`` the image's last one.  Those are zeroed here (before the
+    neighbours' edges are pasted); the rest is written before it is read.
+    """
+    errors = np.empty(shape, dtype=dtype)
+    errors[0] = 0
+    rows = np.arange(1, shape[0])
+    errors[rows, first - 1] = 0
+    errors[rows, first - 2] = 0
+    if past < shape[1]:
+        errors[:, past] = 0
+    return errors
+
 
 
 def _slanted_tile(
@@ -194,26 +237,28 @@ def _slanted_tile(
     n_ch = pixels.shape[2]
     ex0 = j * width_t - h - 1
     origin = (y0 - 1, ex0)
-    errors = np.zeros((h + 1, (j + 1) * width_t + 2 - ex0, n_ch), dtype=error_dtype(pixels.dtype))
+    r = np.arange(h)
+    xa = np.clip(j * width_t - r, 0, width)
+    xb = np.clip((j + 1) * width_t - r, 0, width)
+    xb = np.maximum(xa, xb)
+    errors = _error_buffer((h + 1, (j + 1) * width_t + 2 - ex0, n_ch), error_dtype(pixels.dtype), xa - ex0,
+                           width - ex0)
     for link in above:
         if link is not None:
             _paste(errors, origin, link[0])
     if left is not None:
         _paste(errors, origin, left[0])
-    r = np.arange(h)
-    xa = np.clip(j * width_t - r, 0, width)
-    xb = np.clip((j + 1) * width_t - r, 0, width)
-    xb = np.maximum(xa, xb)
-    out = np.zeros((h, errors.shape[1]), dtype=spool[2]) if spool is not None else None
+    # the labels packed as (h, W), row r from column J W - r on (out_skew): as the spool keeps them
+    out = np.zeros((h, width_t), dtype=spool[2]) if spool is not None else None
     masked_label = 0 if spool is None else spool[1]
     # the quality sums come with the dither (the pixel and its label at hand), not from a pass of their own
     sums = np.zeros(3) if with_sums else None
-    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, ex0), y0, xa, xb, q, colours, grid, masked_label,
-            sums=sums)
+    fs_rows(pixels, (y0, px0), mask, errors, origin, out, (y0, j * width_t), y0, xa, xb, q, colours, grid,
+            masked_label, sums=sums, out_skew=1)
     spooled: bool | np.ndarray = False
     if spool is not None:
         assert out is not None
-        spooled = _spool_tile(spool, out, ex0, geometry)
+        spooled = _spool_tile(spool, out, geometry)
     bottom_x = j * width_t - (h - 1)
     bottom = _take(errors, origin, y0 + h - 1, bottom_x, 0, 1, width_t)
     links = [
@@ -264,22 +309,16 @@ def _load_labels(path: str) -> np.ndarray:
     return np.load(io.BytesIO(fs.cat_file(key)))
 
 
-def _spool_tile(spool: tuple[str, int, Any], out: np.ndarray, ex0: int,
+def _spool_tile(spool: tuple[str, int, Any], labels: np.ndarray,
                 geometry: tuple[int, int, int, int, int, int]) -> bool | np.ndarray:
-    """Save the labels of slanted tile (I, J) packed as (h, W): row r holds columns ``J W - r + c``.
+    """Save the labels of slanted tile (I, J), packed as (h, W): row r holds columns ``J W - r + c``.
 
-    ``out`` holds the tile's labels from column ``ex0`` on (masked pixels
-    already carry the spool's masked label).  Returns True, or the packed
-    labels when the directory cannot be written (a full disk): pass 2 then
-    takes them from memory.
+    Masked pixels already carry the spool's masked label.  Returns True, or
+    the labels when the directory cannot be written (a full disk): pass 2
+    then takes them from memory.
     """
-    directory, _, dtype = spool
-    y0, h, j, width_t, _, _ = geometry
-    # packed[r, c] = out[r, J W - r + c - ex0]: a view one element further left each row
-    first = j * width_t - ex0
-    row_step, item = out.strides
-    packed = np.lib.stride_tricks.as_strided(out[:, first:], shape=(h, width_t), strides=(row_step - item, item))
-    labels = packed.astype(dtype)
+    directory = spool[0]
+    y0, _, j = geometry[:3]
     try:
         _save_labels(_spool_file(directory, y0, j), labels)
     except Exception as exc:  # noqa: BLE001 - OS errors, and an object store's of every kind
@@ -326,21 +365,17 @@ def _spooled_chunk(directory: str, y0: int, j: int, n_tiles: int, window: tuple[
 
     Row ``r`` of the chunk, column ``x``, is column ``x + r - J' W`` of row
     ``r`` of tile ``J' = (x + r) // W`` (see :func:`_spool_tile`): with the two
-    tiles side by side, column ``x - J W + r`` of their row -- a view one
-    element further right each row.
+    tiles side by side, column ``x - J W + r`` of their row
+    (:func:`bigquant.kernels.dither.unskew_labels`, one pass).
     """
-    _, y1, x0, x1 = window
-    h = y1 - y0
-    pair = np.zeros((h, 2 * width_t), dtype=dtype)
+    x0, x1 = window[2:]
+    parts: list[np.ndarray | None] = []
     for side, jj in enumerate((j, j + 1)):
-        if jj < n_tiles:
-            held = tiles[side][2] if side < len(tiles) and tiles[side] is not None else True
-            pair[:, side * width_t:(side + 1) * width_t] = (
-                _load_labels(_spool_file(directory, y0, jj)) if held is True else held)
-    row_step, item = pair.strides
-    skewed = np.lib.stride_tricks.as_strided(pair[:, x0 - j * width_t:], shape=(h, x1 - x0),
-                                             strides=(row_step + item, item))
-    return skewed.copy()
+        held = tiles[side][2] if side < len(tiles) and tiles[side] is not None else True
+        parts.append(None if jj >= n_tiles else
+                     np.asarray(_load_labels(_spool_file(directory, y0, jj))) if held is True else held)
+    assert parts[0] is not None
+    return unskew_labels(parts[0], parts[1], x0 - j * width_t, x1 - x0).astype(dtype, copy=False)
 
 
 #: largest chunk edge the dither works in (its error buffers grow as the square of it)
@@ -388,12 +423,12 @@ class _Done(_Pass1):
 class _Persisted(_Pass1):
     """A pass persisted on the scheduler (futures on a distributed client: it runs meanwhile)."""
 
-    def __init__(self, persisted: list[Any], token: str):
-        self._persisted, self._token = persisted, token
+    def __init__(self, persisted: list[Any], token: str, scheduler: Any = None):
+        self._persisted, self._token, self._scheduler = persisted, token, scheduler
 
     def result(self) -> np.ndarray | None:
         (outcome,) = dask.compute(dask.delayed(_outcome, pure=True)(
-            list(self._persisted), dask_key_name=f"{tasks.FS_OUTCOME}-{self._token}"))
+            list(self._persisted), dask_key_name=f"{tasks.FS_OUTCOME}-{self._token}"), scheduler=self._scheduler)
         return outcome[0]
 
 
@@ -494,8 +529,33 @@ def _window_reader(data: da.Array) -> TiffBlockReader | None:
     return reader
 
 
-def _window(reader: TiffBlockReader, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+def _window(reader: TiffBlockReader, y0: int, y1: int, x0: int, x1: int, j: int, width_t: int) -> np.ndarray:
+    """The pixels of slanted tile ``j`` of the band of rows ``[y0, y1)``, in a window of columns ``[x0, x1)``.
+
+    From a pixel spool only the tiles under the parallelogram (row ``r``:
+    columns ``[j W - r, (j + 1) W - r)``) are read, each tile band of rows
+    for the columns of its own rows (about 3/4 of the window); the window's
+    other pixels are left unset, as the tile reads none of them.  From any
+    other reader, the whole window.
+    """
+    tiles_into = getattr(reader, "tiles_into", None)
+    if tiles_into is not None and reader.segment is not None:
+        width = reader.shape[1]
+        sh = reader.segment[0]
+        out = np.empty((y1 - y0, x1 - x0) + tuple(reader.shape[2:]), dtype=reader.dtype)
+        spans = []
+        for lo, hi in _row_bands(y0, y1, sh):
+            # rows lo .. hi - 1: the columns of row hi - 1's start to row lo's end
+            spans.append((lo, hi, max(0, j * width_t - (hi - 1 - y0)), min(width, (j + 1) * width_t - (lo - y0))))
+        if tiles_into(out, (y0, x0), spans):
+            return out
     return reader[y0:y1, x0:x1]
+
+
+def _row_bands(y0: int, y1: int, step: int) -> list[tuple[int, int]]:
+    """Rows ``[y0, y1)`` cut at the multiples of ``step``."""
+    cuts = [y0, *range((y0 // step + 1) * step, y1, step), y1]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _in_this_process(collections: list[Any]) -> Any:
@@ -515,7 +575,9 @@ def _floyd_steinberg(
     if spool is not None and not is_url(str(spool)) and not os.path.isdir(spool):
         logger.info("dither pass 2: the spool %s is not shared by every worker; dithering again", spool)
         spool = None
-    (grid,) = dask.persist(_candidate_grid(colours, _max_value(data.dtype)))
+    # the scheduler named: dask would otherwise import distributed (0.2 s) to look for a client
+    scheduler = current_scheduler([data])
+    (grid,) = dask.persist(_candidate_grid(colours, _max_value(data.dtype)), scheduler=scheduler)
     grid_key = grid.key
     boundaries = tuple(p for c in range(1, n_cols) for p in (c * tile_w - 1, c * tile_w))
     token = dask.base.tokenize(data.name, None if valid is None else valid.name, colours, q, masked_label,
@@ -547,7 +609,8 @@ def _floyd_steinberg(
             ]
             vname = None if valid is None else valid.name
             if windows is not None:  # one window over both chunks, as the left one (px0 (J - 1) W) or chunk 0
-                window = (_window, windows, y0, y0 + h, max(0, (j - 1) * tile_w), min(width, (j + 1) * tile_w))
+                window = (_window, windows, y0, y0 + h, max(0, (j - 1) * tile_w), min(width, (j + 1) * tile_w), j,
+                          tile_w)
                 pixels = (window, None) if j > 0 else (None, window)
             else:
                 pixels = (block(data.name, j - 1, extra=(0,)), block(data.name, j, extra=(0,)))
@@ -587,7 +650,8 @@ def _floyd_steinberg(
             spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=[])
             return da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype), board
         # on a distributed client the pass runs on as futures, and the chunks wait for theirs
-        persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
+        persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False,
+                                 scheduler=scheduler)
         kept_of = dict(zip(kept_keys, persisted))
         for i in range(n_bands):
             for j in range(n_cols):
@@ -595,10 +659,11 @@ def _floyd_steinberg(
                 ldsk[(label_name, i, j)] = (_spooled_chunk, *spooled_args(i, j), *tiles)
         spool_graph = HighLevelGraph.from_collections(label_name, ldsk, dependencies=list(persisted))
         return (da.Array(spool_graph, label_name, chunks=data.chunks[:2], dtype=dtype),
-                _Persisted(list(persisted), token))
-    persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False)
+                _Persisted(list(persisted), token, scheduler))
+    persisted = dask.persist(*[Delayed(k, graph, layer=tile_name) for k in kept_keys], optimize_graph=False,
+                             scheduler=scheduler)
     kept_of = dict(zip(kept_keys, persisted))
-    sums = _Persisted(list(persisted), token).result() if with_sums else None
+    sums = _Persisted(list(persisted), token, scheduler).result() if with_sums else None
     for i in range(n_bands):
         for j in range(n_cols):
             edges = []

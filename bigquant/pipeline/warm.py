@@ -12,15 +12,17 @@ images, so that compiling happens once, here, and never on a worker:
   input takes, windows of a megapixel: the Morton-order counts, of one window
   alone and of several in lanes), each plain and
   with Floyd--Steinberg dithering, with the quality report (a sweep of k fits
-  with the same kernels).
+  with the same kernels);
+- 16-bit RGB as a tiled TIFF: the value grid's fit, its last pass alone and
+  in the write (:func:`_warm_16_bit`).
 
 When it is done it writes a stamp into numba's cache folder (numba's version,
 this CPU, the kernels' source files' sizes and times: what numba's own index
 checks), so :func:`kernels_warm` answers in a millisecond whether it must run
 again.  ``make install`` (and so ``make demo``) runs it as ``python -m
 bigquant.pipeline.warm``; :func:`bigquant.pipeline.runtime.connect` runs it
-before it starts a local cluster's worker processes.  Other paths (16-bit or
-multi-band data, OKLab fits, masks, blue-noise dithering) compile on their first
+before it starts a local cluster's worker processes.  Other paths (other
+depths, multi-band data, OKLab fits, masks, blue-noise dithering) compile on their first
 use, in whichever process meets them first.
 """
 
@@ -32,6 +34,7 @@ import pathlib
 import tempfile
 import time
 import warnings
+from typing import Any
 
 __all__ = ["kernels_warm", "warm_kernels"]
 
@@ -118,6 +121,7 @@ def warm_kernels(force: bool = False) -> float:
                 chunks = _TIFF_SIDE if source is tiff and dither is None else None
                 quantize(source, root / "out.tif", 16, random_state=0, overwrite=True, dither=dither,
                          chunks=chunks)
+        _warm_16_bit(root, quantize)
         # the octree of an in-memory image of over 2**18 colours sorts them itself (a TIFF's
         # colours come in Morton order from the count)
         ColourOctree(image.reshape(-1, 3)[:1], np.ones(1, np.int64))
@@ -130,6 +134,33 @@ def warm_kernels(force: bool = False) -> float:
             logger.debug("could not write %s", cache / _STAMP, exc_info=True)
     logger.info("numba kernels compiled or loaded in %.1f s", seconds)
     return seconds
+
+
+def _warm_16_bit(root: pathlib.Path, quantize: Any) -> None:
+    """16-bit RGB as a tiled TIFF (a GIS analyst's GeoTIFF): the value grid's fit and its write.
+
+    With :data:`bigquant.pipeline.quantize.PASS_WITH_WRITE_MIN_PIXELS`
+    lowered for this small image, the fit's last exact pass runs in the
+    write's read (:func:`bigquant.cluster.grid.deferring_last_pass`), as it does
+    for images of 16 MP and more; once more without, as smaller ones run.
+    """
+    import numpy as np
+    import tifffile
+
+    from bigquant.io.sample import make_sample_image
+    from bigquant.pipeline import quantize as quantize_module
+
+    pixels = make_sample_image((_TIFF_SIDE // 2, _TIFF_SIDE), seed=2).astype(np.uint16) * 257
+    tiff = root / "in16.tif"
+    tifffile.imwrite(tiff, pixels, tile=(256, 256), photometric="rgb", compression="zlib")
+    floor = quantize_module.PASS_WITH_WRITE_MIN_PIXELS
+    for lowered in (True, False):
+        quantize_module.PASS_WITH_WRITE_MIN_PIXELS = 0 if lowered else floor
+        try:
+            quantize(tiff, root / "out16.tif", 16, random_state=0, overwrite=True, chunks=_TIFF_SIDE // 2,
+                     measure=True)  # the quality report, as the command line makes it
+        finally:
+            quantize_module.PASS_WITH_WRITE_MIN_PIXELS = floor
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ def _data(kind: str, n: int, bands: int, rng: np.random.Generator) -> np.ndarray
         return rng.integers(100, 4096, (n, bands)).astype(np.uint16)
     if kind == "int16":
         return rng.integers(-32768, 32768, (n, bands)).astype(np.int16)
+    if kind == "uint8":
+        return rng.integers(0, 256, (n, bands)).astype(np.uint8)
     if kind == "float32":
         return rng.normal(0.0, 1.0, (n, bands)).astype(np.float32)
     return rng.uniform(-1e3, 1e3, (n, bands))
@@ -171,7 +173,7 @@ def test_few_values_end_the_fit_in_the_grid_pass(monkeypatch, pixel_passes):
 
 
 @pytest.mark.parametrize("bands", [1, 3, 4])
-@pytest.mark.parametrize("kind", ["uint16", "uint16-narrow", "float32"])
+@pytest.mark.parametrize("kind", ["uint16", "uint16-narrow", "uint8", "int16", "float32"])
 def test_sums_and_labels_in_one_read_are_the_two_scans(kind, bands):
     """One look at each pixel: a Lloyd step's sums for the centres and the labels of their rounded palette,
     each bit for bit what the full scans give (values outside the grid included)."""
@@ -190,3 +192,61 @@ def test_sums_and_labels_in_one_read_are_the_two_scans(kind, bands):
         np.testing.assert_array_equal(sums, expected[0])
         np.testing.assert_array_equal(counts, expected[1])
         assert inertia == expected[2]  # the same additions in the same order
+
+
+def test_sums_and_labels_in_one_read_break_ties_as_the_full_scans():
+    """The fused kernel's rows scanned against every centre: repeated centres, values on cell boundaries and
+    half-way between two centres take the lowest index, as the full scans do; sums and inertia bit for bit."""
+    rng = np.random.default_rng(8)
+    X = rng.integers(0, 65536, (70_000, 3)).astype(np.uint16)  # more rows than a flush of the packed sums
+    X[:4096] = (np.arange(4096)[:, None] * 16).astype(np.uint16)
+    X[4096:4200] = 1024  # half-way between centres 2 and 3
+    centers = np.array([[1000.0, 2000.0, 3000.0], [1000.0, 2000.0, 3000.0], [0.0, 0.0, 0.0],
+                        [2048.0, 2048.0, 2048.0], [65535.0, 0.0, 65535.0], [32768.0, 32768.0, 32768.0],
+                        [32767.0, 32767.0, 32767.0]])
+    palette = centers.copy()
+    palette[5] = palette[6]  # a palette colour repeated: the lower index labels its pixels
+    grid = CellGrid.over(X.min(axis=0), X.max(axis=0), len(centers))
+    (sums, counts, inertia), labels, label_counts = grid.sums_and_labels(X, centers, palette, np.uint8)
+    expected_labels = kernels.assign_labels(X, palette, np.int32)[0]
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert (labels[4096:4200] == 2).all() and 6 not in labels and 1 not in labels
+    np.testing.assert_array_equal(label_counts, np.bincount(expected_labels, minlength=len(palette)))
+    expected = kernels.partial_sums(X, centers, None)
+    np.testing.assert_array_equal(sums, expected[0])
+    np.testing.assert_array_equal(counts, expected[1])
+    assert inertia == expected[2]
+
+
+def test_threads_missing_the_same_cell_table_wait_for_one_build(monkeypatch):
+    """Threads that all find a table missing (a pass's first blocks at once) build it once, and all get it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    X = _data("uint16", 4000, 3, rng)
+    centers = X[:6].astype(np.float64) + 0.25
+    grid = CellGrid.over(X.min(axis=0), X.max(axis=0), len(centers))
+    built = []
+    start = threading.Barrier(6)
+    real = cells_module.cell_table
+
+    def slow_build(*args):
+        built.append(threading.get_ident())
+        time.sleep(0.2)  # long enough for every thread to miss the cache meanwhile
+        return real(*args)
+
+    monkeypatch.setattr(cells_module, "cell_table", slow_build)
+
+    def labels(_):
+        start.wait()
+        return grid.labels(X, centers)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(labels, range(6)))
+    assert len(built) == 1, f"{len(built)} builds of one table"
+    expected = kernels.assign_labels(X, centers, np.int32)[0]
+    for got in results:
+        np.testing.assert_array_equal(got, expected)
+    assert not cells_module._building  # no lock left behind

@@ -129,6 +129,82 @@ def test_range_of_a_dask_array_comes_from_a_few_blocks():
     assert np.all(hi > lo)
 
 
+def test_range_of_a_tiled_file_is_read_a_row_of_tiles_a_task(tmp_path):
+    """The probe's 16 tiles of a tiled TIFF are read by several tasks (the threads read them side by side)
+    and their bounds combined: the per-band min and max of exactly those tiles."""
+    import tifffile
+
+    from bigquant.cluster import grid as grid_module
+    from bigquant.io import read_image
+
+    img = _photo16((1280, 1280))
+    img[1000:1010, 1100:1110] = [0, 1, 65535]  # inside a probed tile (the last row, the last column)
+    tifffile.imwrite(tmp_path / "p.tif", img, tile=(256, 256), photometric="rgb")
+    data = read_image(tmp_path / "p.tif").data
+    graph = dict(grid_module._range_graph(data, None).__dask_graph__())
+    readers = [task for task in graph.values() if getattr(task, "func", None) is grid_module._reader_range
+               or (isinstance(task, tuple) and task[0] is grid_module._reader_range)]
+    assert len(readers) == 4  # a task a row of windows
+    lo, hi = value_range(data)
+    starts = [0, 256, 768, 1024]  # the tiles of the 4 x 4 probe: at rows and columns 0, 426, 852, 1279
+    tiles = np.stack([img[y:y + 256, x:x + 256].reshape(-1, 3) for y in starts for x in starts])
+    np.testing.assert_array_equal(lo, tiles.reshape(-1, 3).min(axis=0))
+    np.testing.assert_array_equal(hi, tiles.reshape(-1, 3).max(axis=0))
+    assert lo[0] == 0 and hi[2] == 65535  # the values planted in a probed tile
+
+
+def test_the_range_probe_loads_the_grid_kernels_beside_its_reads():
+    """A task of the probe's compute runs the grid pass's block kernels on one pixel of the data's type
+    (numba's cache loaded before the pass, whose threads would otherwise all wait for the first load)."""
+    from dask.callbacks import Callback
+
+    from bigquant import kernels, tasks
+
+    ran = []
+
+    class Seen(Callback):
+        def _pretask(self, key, dsk, state):
+            ran.append(key[0] if isinstance(key, tuple) else key)
+
+    img = _data("uint16 RGB").astype(np.uint8)  # a type no other grid test counts: its kernels load here
+    with Seen():
+        value_range(da.from_array(img, chunks=(32, 32, -1)))
+    assert any(str(k).startswith(tasks.GRID + "-") for k in ran), ran
+    assert any("uint8" in str(sig[0]) for sig in kernels.add_grid_cells.signatures)
+
+
+def test_the_last_pass_builds_its_cell_tables_before_the_writer_threads(monkeypatch):
+    """LastPass.block_step builds the tables of the centres and of the palette in the calling process:
+    the writer's threads, labelling their blocks at once, find them cached (none builds them again)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bigquant import kernels
+    from bigquant.cluster import cells as cells_module
+    from bigquant.cluster.cells import CellGrid
+    from bigquant.cluster.grid import LastPass
+    from bigquant.cluster.points import DaskPoints
+
+    img = _photo16((64, 64))
+    flat = img.reshape(-1, 3)
+    centers = flat[[0, 700, 2100, 3500]].astype(np.float64) + 0.3
+    palette = np.rint(centers)
+    cells = CellGrid.over(flat.min(axis=0), flat.max(axis=0), len(centers))
+    last = LastPass(DaskPoints(da.from_array(img, chunks=(32, 32, -1))), centers, cells, lambda done: None,
+                    tol=1.0, max_iter=5)
+    step = last.block_step(palette, np.uint8)
+
+    def no_build(*args):
+        raise AssertionError("a cell table built again in a writer thread")
+
+    monkeypatch.setattr(cells_module, "cell_table", no_build)
+    blocks = [img[y:y + 32, x:x + 32] for y in (0, 32) for x in (0, 32)]
+    with ThreadPoolExecutor(4) as pool:
+        labelled = list(pool.map(step, blocks))
+    for block, (labels, _) in zip(blocks, labelled):
+        expected = kernels.assign_labels(block.reshape(-1, 3), palette, np.int32)[0].reshape(32, 32)
+        np.testing.assert_array_equal(labels, expected)
+
+
 def test_grid_bits():
     assert grid_bits(np.uint16, 3) == 6
     assert grid_bits(np.uint16, 4) == 5

@@ -52,6 +52,26 @@ def test_the_spooled_array_reads_what_the_source_decodes(tmp_path, deflated, kin
     assert not os.path.exists(directory)
 
 
+def test_tiles_into_copies_the_whole_tiles_under_the_windows_and_nothing_else(tmp_path, deflated):
+    paths, pixels = deflated
+    rgb = pixels["rgb"]
+    data = read_image(paths["rgb"], chunks=128).data
+    with dask.config.set(scheduler="threads"), pixel_spool(data, tmp_path / "out.tif") as kept:
+        kept.counting.compute()
+        reader = segment_reader(kept.spooled)
+        out = np.full((192, 336, 3), 7, np.uint8)  # image rows 64..256, columns 64..400 (the cut edge tiles)
+        assert reader.tiles_into(out, (64, 64), [(70, 100, 130, 140), (200, 256, 390, 400), (80, 80, 0, 400)])
+        tiles = [(64, 128, 128, 192), (192, 256, 384, 400)]  # whole tiles under the windows (the last one empty)
+        expected = np.full_like(out, 7)
+        for y0, y1, x0, x1 in tiles:
+            expected[y0 - 64:y1 - 64, x0 - 64:x1 - 64] = rgb[y0:y1, x0:x1]
+        np.testing.assert_array_equal(out, expected)
+        # a tile reaching past ``out``: nothing copied, False
+        small = np.full((100, 100, 3), 7, np.uint8)
+        assert not reader.tiles_into(small, (64, 64), [(64, 70, 64, 70), (70, 80, 150, 170)])
+        assert (small == 7).all()
+
+
 def test_only_whole_tiles_are_spooled(tmp_path, deflated):
     """Windows that cut tiles spool nothing of those tiles: the spool stays incomplete."""
     paths, _ = deflated

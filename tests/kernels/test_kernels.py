@@ -175,3 +175,17 @@ def test_take_sum_reads_two_tables_added(dtype):
     assert codes.dtype == np.uint32 and counts.dtype == dtype
     none = kernels.take_sum(np.zeros(8, dtype), np.zeros(8, dtype))
     assert none[0].shape == (0,) and none[1].shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_count_indices_is_bincount(dtype):
+    from bigquant.kernels.nbits import count_indices
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 17, (37, 53)).astype(dtype)
+    a[:, :20] = 5  # a long run of one index
+    view = a[3:30, 7:50]  # not contiguous
+    for arr in (a, view):
+        assert count_indices(arr, 17).tolist() == np.bincount(arr.ravel(), minlength=17).tolist()
+    # values past the length are not counted
+    assert count_indices(a, 6).tolist() == np.bincount(a.ravel(), minlength=17)[:6].tolist()

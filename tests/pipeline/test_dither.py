@@ -198,7 +198,7 @@ def test_pixels_read_in_place_are_read_by_each_tile_as_one_window(tmp_path, phot
     data = read_image(tmp_path / "raw.tif", chunks=64).data
     windows = []
     real = dither._window
-    monkeypatch.setattr(dither, "_window", lambda *args: windows.append(args[1:]) or real(*args))
+    monkeypatch.setattr(dither, "_window", lambda *args: windows.append(args[1:5]) or real(*args))
     with label_spool(tmp_path / "out.tif") as spool:
         labels = dither_labels(data, palette, spool=spool if spooled else None)
         np.testing.assert_array_equal(labels.compute(), floyd_steinberg(photo, palette))
@@ -323,3 +323,27 @@ def test_bad_parameters_name_the_value(photo, palette):
         dither_labels(data, palette[:, :1])
     with pytest.raises(InputTypeError, match="float32"):
         dither_labels(data.astype(np.float32), palette)
+
+
+def test_segments_paste_exactly_their_points_inside_the_buffer():
+    """Rows, columns and anti-diagonals, partly or wholly outside the buffer: the points inside, no others."""
+    from bigquant.pipeline.dither import _paste, _take
+
+    rng = np.random.default_rng(7)
+    origin = (5, -3)
+    for _ in range(400):
+        dy, dx = [(0, 1), (1, 0), (1, -1)][rng.integers(3)]
+        n = int(rng.integers(1, 30))
+        y, x = int(rng.integers(-10, 30)), int(rng.integers(-25, 30))
+        vals = rng.integers(-500, 500, (n, 3)).astype(np.int16)
+        got = np.zeros((12, 17, 3), np.int16)
+        _paste(got, origin, [(y, x, dy, dx, vals)])
+        want = np.zeros_like(got)
+        for i in range(n):
+            yy, xx = y + dy * i - origin[0], x + dx * i - origin[1]
+            if 0 <= yy < 12 and 0 <= xx < 17:
+                want[yy, xx] = vals[i]
+        np.testing.assert_array_equal(got, want)
+        if (want != 0).any() and all(0 <= y + dy * i - origin[0] < 12 and 0 <= x + dx * i - origin[1] < 17
+                                     for i in (0, n - 1)):
+            np.testing.assert_array_equal(_take(got, origin, y, x, dy, dx, n)[4], vals)

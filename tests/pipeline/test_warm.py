@@ -50,9 +50,25 @@ def inputs(tmp_path_factory):
     return root, png, tiff
 
 
+@pytest.fixture(scope="module")
+def inputs16(inputs):
+    """16-bit RGB tiled TIFFs: a small one, and one of 16 MP (the fit's last pass runs in the write)."""
+    import numpy as np
+    import tifffile
+
+    root = inputs[0]
+    small, large = root / "small16.tif", root / "large16.tif"
+    tifffile.imwrite(small, make_sample_image((640, 768), seed=6).astype(np.uint16) * 257, tile=(256, 256),
+                     photometric="rgb", compression="zlib")
+    tifffile.imwrite(large, make_sample_image((4096, 4096), seed=7).astype(np.uint16) * 257, tile=(512, 512),
+                     photometric="rgb", compression="zlib")
+    return small, large
+
+
 @pytest.mark.slow  # compiles every kernel of the warm-up into an empty cache: about 25 s of CPU
-def test_after_the_warm_up_the_common_paths_compile_nothing(inputs, tmp_path):
+def test_after_the_warm_up_the_common_paths_compile_nothing(inputs, inputs16, tmp_path):
     root, png, tiff = inputs
+    small16, large16 = inputs16
     common = ["-k", "12", "--overwrite", "--no-progress", "-q"]
     commands = [
         ["quantize", str(png), str(root / "a.png"), *common],
@@ -60,6 +76,8 @@ def test_after_the_warm_up_the_common_paths_compile_nothing(inputs, tmp_path):
         ["quantize", str(tiff), str(root / "c.tif"), *common],
         ["quantize", str(tiff), str(root / "d.tif"), *common, "--dither", "floyd-steinberg"],
         ["sweep", str(tiff), "--k", "3:9:3", "--no-progress", "-q"],
+        ["quantize", str(small16), str(root / "e.tif"), *common],
+        ["quantize", str(large16), str(root / "f.tif"), *common],
     ]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))  # empty: only the warm-up fills it
