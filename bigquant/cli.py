@@ -720,10 +720,17 @@ def _decoding_ahead(args: argparse.Namespace, src: str, target: Any) -> contextl
     fitted in RGB by the histogram or the value grid, unmasked, written as a
     local TIFF or PNG.  The child itself checks the rest (a large local
     TIFF of compressed tiles, a second core).
+
+    The child only reads the input, into a hidden spool, while the request's
+    checks run; none is started for an output those checks would refuse
+    without the pipeline (:func:`_output_refused`), and one whose request
+    is refused later is killed and its spool removed before the error is
+    printed (the block's exit).
     """
     from bigquant.io.ahead import decoding_ahead, spool_base
 
-    if (_cluster_asked(args) or args.palette is not None or args.skip_if_larger or args.mask is not None
+    if (_output_refused(args, src, target) or _cluster_asked(args) or args.palette is not None
+            or args.skip_if_larger or args.mask is not None
             or args.strategy not in ("auto", "histogram", "grid") or args.space != "rgb" or args.alpha == "fit"
             or not isinstance(target, pathlib.Path) or target.suffix.lower() not in (".tif", ".tiff", ".png")
             or (args.scratch is not None and "://" in str(args.scratch))):
@@ -732,6 +739,25 @@ def _decoding_ahead(args: argparse.Namespace, src: str, target: Any) -> contextl
 
     return decoding_ahead(src, spool_base(target, args.scratch), level=args.level, series=args.series,
                           work=decode_ahead)
+
+
+def _output_refused(args: argparse.Namespace, src: str, target: Any) -> bool:
+    """Whether the request's output checks will refuse ``target`` (the input itself, a directory, no room...).
+
+    The checks of :func:`bigquant.io.atomic.check_target` and the input's own
+    file (a hard or symbolic link included), made here before the pipeline
+    is imported; the request makes them again, and says why.
+    """
+    from bigquant.errors import BigquantError
+    from bigquant.io.atomic import check_target
+
+    if not isinstance(target, pathlib.Path):
+        return True
+    try:
+        check_target(target, overwrite=bool(args.overwrite))
+        return target.exists() and os.path.samefile(src, target)
+    except (BigquantError, OSError):
+        return True
 
 
 @contextlib.contextmanager

@@ -138,3 +138,44 @@ def test_a_large_compressed_tiff_is_decoded_ahead_and_written_the_same(tmp_path,
         outs[name] = tifffile.imread(tmp_path / f"{name}.tif")
     np.testing.assert_array_equal(outs["ahead"], outs["not"])
     assert not [p for p in tmp_path.iterdir() if "spool" in p.name]
+
+
+def test_a_refused_request_starts_no_child_or_leaves_none(tmp_path, monkeypatch, capsys):
+    """Decoding ahead never outlives a refused request: an output the checks refuse up front (the input
+    itself, an existing file without --overwrite, a directory) starts no child; a request refused later
+    (k too large for a PNG) kills its child and removes its spool before the error is printed."""
+    import contextlib
+
+    import tifffile
+
+    from bigquant.io import ahead
+    from bigquant.io.sample import make_sample_image
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, make_sample_image((512, 768), seed=5), tile=(128, 128), compression="zlib",
+                     photometric="rgb")
+    monkeypatch.setattr(ahead, "MIN_FILE_BYTES", 0)
+    started: list = []
+    real = ahead.decoding_ahead
+
+    @contextlib.contextmanager
+    def recorded(*args, **kwargs):
+        with real(*args, **kwargs) as child:
+            started.append(child)
+            yield child
+
+    monkeypatch.setattr(ahead, "decoding_ahead", recorded)
+    (tmp_path / "exists.tif").write_bytes(b"mine")
+    (tmp_path / "folder.tif").mkdir()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    for out, extra in ((src, ["--overwrite"]), (tmp_path / "exists.tif", []),
+                       (tmp_path / "folder.tif", ["--overwrite"])):
+        assert cli.main(["quantize", str(src), str(out), "-k", "8", "-q", *extra]) != 0
+        assert started == [], out
+    capsys.readouterr()
+    assert cli.main(["quantize", str(src), str(tmp_path / "big.png"), "-k", "300", "-q"]) != 0
+    assert "256" in capsys.readouterr().err
+    assert len(started) == 1 and started[0] is not None  # a child ran while the request was checked ...
+    assert started[0].process.returncode is not None  # ... and is gone, its spool with it
+    assert not started[0].directory.exists() and not ahead._running
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
