@@ -24,6 +24,7 @@ import numpy as np
 from dask.system import CPU_COUNT
 
 from bigquant.errors import ImageWriteError, InvalidParameterError
+from bigquant.kernels.render import render_window
 
 __all__ = ["make_sample_image", "make_sample_tiff"]
 
@@ -80,23 +81,13 @@ def _render(
     height, width = shape
     scale = _scale_for(shape)
     phase = float(np.random.default_rng(seed).uniform(0.0, 2.0 * np.pi))
-    iy, wy, dy = _axis(y0, y1, height, ph, scale, phase)
-    ix, wx, dx = _axis(x0, x1, width, pw, scale, phase * 0.7 + 1.0)
-    rows0 = photo[iy]
-    rows1 = photo[iy + 1]
-    wy = wy[:, None, None]
-    wx = wx[None, :, None]
-    top = rows0[:, ix] * (1 - wx) + rows0[:, ix + 1] * wx
-    bottom = rows1[:, ix] * (1 - wx) + rows1[:, ix + 1] * wx
-    out = top * (1 - wy) + bottom * wy
-    gain = 1.0 + 0.18 * dy[:, None, :] * dx[None, :, :]
-    out *= gain
-    out += 10.0 * dy[:, None, :]
+    rows = _axis(y0, y1, height, ph, scale, phase)
+    cols = _axis(x0, x1, width, pw, scale, phase * 0.7 + 1.0)
     # light noise, seeded by the window position so tiles are reproducible
     rng = np.random.default_rng([seed, y0, x0])
-    out += rng.integers(-_NOISE, _NOISE + 1, size=out.shape, dtype=np.int8)
-    np.clip(out, 0, 255, out=out)
-    return np.rint(out).astype(np.uint8)
+    noise = rng.integers(-_NOISE, _NOISE + 1, size=(y1 - y0, x1 - x0, 3), dtype=np.int8)
+    # bilinear samples, gain and offset drift, noise, clip and rounding: one float32 pass (kernels.render)
+    return render_window(photo, rows, cols, noise)
 
 
 def make_sample_image(size: tuple[int, int] = (512, 512), *, seed: int = 0) -> np.ndarray:
