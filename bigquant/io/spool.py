@@ -481,7 +481,8 @@ def decode_ahead(path: str, directory: pathlib.Path, *, level: int, series: int 
 
     The work of the child process of :func:`bigquant.io.ahead.decoding_ahead`:
     the tiles in row-major order, each written and then marked, until
-    :data:`bigquant.io.ahead.MAX_BYTES` of them or until ``parent`` is gone.
+    :data:`bigquant.io.ahead.MAX_BYTES` of them or until ``parent`` is gone
+    (then the directory is removed: no process is left to adopt it).
 
     Nothing is written when the level is not read tile by tile from
     compressed tiles (what :func:`bigquant.io.spool.spoolable` asks), or the
@@ -511,7 +512,12 @@ def decode_ahead(path: str, directory: pathlib.Path, *, level: int, series: int 
     for part, _ in spooling.segment_windows((0, height, 0, width)):
         n += 1
         done += part.nbytes
-        if done >= MAX_BYTES or (parent is not None and os.getppid() != parent):
+        if parent is not None and os.getppid() != parent:  # nobody will adopt the spool: no files left behind
+            from bigquant.io.atomic import remove_path
+
+            remove_path(directory)
+            break
+        if done >= MAX_BYTES:
             break
     return n
 

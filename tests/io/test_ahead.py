@@ -132,3 +132,12 @@ def test_the_child_writes_nothing_for_tiles_it_would_not_spool(tmp_path):
     directory.mkdir()
     assert decode_ahead(str(raw), directory, level=0, series=None, parent=None) == 0
     assert list(directory.iterdir()) == []
+
+
+def test_a_child_whose_parent_is_gone_stops_and_removes_its_spool(tmp_path, deflated):
+    """The command killed (its child reparented): the child stops at its next tile and leaves no spool."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    gone = os.getppid() + 1 if os.getppid() + 1 != os.getpid() else os.getppid() + 2  # not this process's parent
+    assert decode_ahead(str(deflated[0]), directory, level=0, series=None, parent=gone) == 1
+    assert not directory.exists()
