@@ -365,9 +365,11 @@ def test_peak_memory_does_not_grow_with_the_image(tmp_path):
         lazy = _lazy(10, np.uint8, 2, chunks=((64,) * (height // 64), (1001,)))
         peaks[height] = _write_measured(lazy, tmp_path / f"h{height}.png", palette=colours, tile=64)
     # Pillow's whole-image write held all 8 MB of labels; here a fixed cost (zlib's
-    # state), a few bands of 64 kB, and the task graph: a few kB a chunk
+    # state), a few bands of 64 kB, and the task graph: a few kB a chunk (0.10 byte a pixel
+    # of growth alone; tracemalloc also counts other threads' allocations of a full test run,
+    # which once took it to 0.128). Holding the labels would grow by 1 byte a pixel.
     assert peaks[8192] < 8192 * 1001 / 4, peaks
-    assert peaks[8192] - peaks[1024] < (8192 - 1024) * 1001 / 8, peaks
+    assert peaks[8192] - peaks[1024] < (8192 - 1024) * 1001 / 4, peaks
 
 
 @pytest.mark.distributed
