@@ -729,10 +729,10 @@ def _decoding_ahead(args: argparse.Namespace, src: str, target: Any) -> contextl
     """
     from bigquant.io.ahead import decoding_ahead, spool_base
 
-    if (_output_refused(args, src, target) or _cluster_asked(args) or args.palette is not None
-            or args.skip_if_larger or args.mask is not None
+    if (not isinstance(target, pathlib.Path) or _output_refused(args, src, target) or _cluster_asked(args)
+            or args.palette is not None or args.skip_if_larger or args.mask is not None
             or args.strategy not in ("auto", "histogram", "grid") or args.space != "rgb" or args.alpha == "fit"
-            or not isinstance(target, pathlib.Path) or target.suffix.lower() not in (".tif", ".tiff", ".png")
+            or target.suffix.lower() not in (".tif", ".tiff", ".png")
             or (args.scratch is not None and "://" in str(args.scratch))):
         return contextlib.nullcontext()
     from bigquant.io.spool import decode_ahead  # imported here, the forked child has it (and numpy) already
@@ -741,7 +741,7 @@ def _decoding_ahead(args: argparse.Namespace, src: str, target: Any) -> contextl
                           work=decode_ahead)
 
 
-def _output_refused(args: argparse.Namespace, src: str, target: Any) -> bool:
+def _output_refused(args: argparse.Namespace, src: str, target: pathlib.Path) -> bool:
     """Whether the request's output checks will refuse ``target`` (the input itself, a directory, no room...).
 
     The checks of :func:`bigquant.io.atomic.check_target` and the input's own
@@ -751,8 +751,6 @@ def _output_refused(args: argparse.Namespace, src: str, target: Any) -> bool:
     from bigquant.errors import BigquantError
     from bigquant.io.atomic import check_target
 
-    if not isinstance(target, pathlib.Path):
-        return True
     try:
         check_target(target, overwrite=bool(args.overwrite))
         return target.exists() and os.path.samefile(src, target)
